@@ -1,0 +1,112 @@
+//! The command line: parse, call the library, print. One file per subcommand.
+
+mod tail;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// waly: every committed change in PostgreSQL, archived as immutable events.
+#[derive(Debug, Parser)]
+#[command(name = "waly", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log level filter (also WALY_LOG), e.g. `debug` or `waly=trace`.
+    #[arg(long, global = true, env = "WALY_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream live changes from a publication and print them.
+    Tail(tail::TailArgs),
+}
+
+/// Where the source database is: a URL or key=value string, else PG* variables.
+#[derive(Debug, clap::Args)]
+pub struct SourceArgs {
+    /// The database, as a libpq URL (postgres://user@host:5432/db?sslmode=verify-full)
+    /// or key=value string. Unset parts come from PGHOST, PGPORT, PGUSER,
+    /// PGPASSWORD, PGDATABASE, PGSSLMODE, PGSSLROOTCERT.
+    #[arg(long, env = "WALY_SOURCE", hide_env_values = true, default_value = "")]
+    pub source: String,
+}
+
+impl SourceArgs {
+    /// The parsed settings.
+    pub fn conninfo(&self) -> anyhow::Result<crate::source::ConnInfo> {
+        Ok(crate::source::ConnInfo::parse(&self.source)?)
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(ansi).init(),
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGINT or SIGTERM).
+pub(crate) async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Tail(args) => tail::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

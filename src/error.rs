@@ -1,0 +1,225 @@
+//! The library's one error type, classified in one place.
+//!
+//! Variants carry what a person needs to act: the server and its SQLSTATE,
+//! the setting to change, the byte offset of a bad message. Whether an error
+//! is worth retrying is decided by [`Error::is_transient`] and nowhere else.
+
+use crate::pgoutput::DecodeError;
+use std::fmt;
+use std::time::Duration;
+
+/// Everything that can go wrong in waly's library code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The connection settings are invalid.
+    #[error("invalid connection settings: {0}")]
+    Config(String),
+    /// A TCP or Unix-socket connection could not be opened.
+    #[error("could not connect to {target}: {source}")]
+    Connect {
+        /// Which server (never includes a password).
+        target: String,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// Connecting took longer than `connect_timeout`.
+    #[error("timed out after {}s connecting to {target} (connect_timeout); is the server up and reachable?", .after.as_secs())]
+    ConnectTimeout {
+        /// Which server.
+        target: String,
+        /// How long was waited.
+        after: Duration,
+    },
+    /// TLS could not be set up or verified.
+    #[error("TLS with {target}: {message}")]
+    Tls {
+        /// Which server.
+        target: String,
+        /// What failed.
+        message: String,
+    },
+    /// The server reported an error.
+    #[error("{0}")]
+    Server(Box<ServerError>),
+    /// The server broke the protocol, or sent something waly cannot use.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A pgoutput message could not be decoded.
+    #[error("at WAL position {lsn}: {source}")]
+    Decode {
+        /// The WAL position of the message.
+        lsn: crate::Lsn,
+        /// The decoding failure.
+        source: DecodeError,
+    },
+    /// The server's setup does not allow what was asked; the message says how to fix it.
+    #[error("{0}")]
+    Prerequisite(String),
+    /// The connection dropped.
+    #[error("connection to the server was lost: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server closed the connection.
+    #[error("the server closed the connection unexpectedly")]
+    ConnectionClosed,
+}
+
+impl Error {
+    /// Whether trying again later may succeed (network trouble, a server
+    /// restarting), as opposed to a mistake that retrying cannot fix.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Io(_) | Error::ConnectionClosed => true,
+            Error::Server(e) => {
+                e.code.starts_with("08") // connection exception
+                    || e.code.starts_with("57P") // admin shutdown, crash shutdown, cannot connect now
+                    || e.code == "53300" // too many connections
+                    || e.code == "55006" // object in use: a slot still held by a dying walsender
+            }
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE, when the server reported the error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Error::Server(e) => Some(&e.code),
+            _ => None,
+        }
+    }
+}
+
+/// An `ErrorResponse` from the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerError {
+    /// `ERROR`, `FATAL`, ...
+    pub severity: String,
+    /// The SQLSTATE.
+    pub code: String,
+    /// The primary message.
+    pub message: String,
+    /// Optional detail.
+    pub detail: Option<String>,
+    /// Optional hint from the server.
+    pub hint: Option<String>,
+    /// A hint of waly's own: what to change to fix it.
+    pub fix: Option<String>,
+}
+
+impl ServerError {
+    /// Parses the fields of an `ErrorResponse` or `NoticeResponse` body.
+    pub fn parse(body: &[u8]) -> ServerError {
+        let mut e = ServerError::default();
+        let mut rest = body;
+        while let Some((&kind, tail)) = rest.split_first() {
+            if kind == 0 {
+                break;
+            }
+            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+            let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+            rest = tail.get(end + 1..).unwrap_or_default();
+            match kind {
+                b'V' => e.severity = value,
+                b'S' if e.severity.is_empty() => e.severity = value,
+                b'C' => e.code = value,
+                b'M' => e.message = value,
+                b'D' => e.detail = Some(value),
+                b'H' => e.hint = Some(value),
+                _ => {}
+            }
+        }
+        e.fix = fix_for(&e);
+        e
+    }
+}
+
+/// waly's advice for server errors a sidecar operator commonly meets.
+fn fix_for(e: &ServerError) -> Option<String> {
+    let m = e.message.as_str();
+    if m.contains("wal_level") {
+        return Some(WAL_LEVEL_FIX.into());
+    }
+    if m.contains("all replication slots are in use") {
+        return Some(
+            "raise max_replication_slots (ALTER SYSTEM SET max_replication_slots = 20; then restart PostgreSQL), \
+             or drop slots nobody uses: SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active"
+                .into(),
+        );
+    }
+    if m.contains("number of requested standby connections exceeds max_wal_senders") || m.contains("max_wal_senders") {
+        return Some("raise max_wal_senders (ALTER SYSTEM SET max_wal_senders = 20; then restart PostgreSQL)".into());
+    }
+    if e.code == "28P01" {
+        return Some("check the password (in the URL, PGPASSWORD or the password= setting)".into());
+    }
+    if e.code == "28000" && m.contains("pg_hba.conf") {
+        return Some(
+            "add a line to pg_hba.conf allowing this role to connect (for replication connections the database \
+             column must name the database, or be 'all'), then SELECT pg_reload_conf()"
+                .into(),
+        );
+    }
+    if m.contains("must be superuser or replication role") || m.contains("permission denied to start WAL sender") {
+        return Some("give the role the REPLICATION attribute: ALTER ROLE <name> REPLICATION".into());
+    }
+    None
+}
+
+/// How to turn logical decoding on.
+pub const WAL_LEVEL_FIX: &str =
+    "run ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL (the setting takes effect only at server start)";
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = if self.severity.is_empty() {
+            "ERROR"
+        } else {
+            &self.severity
+        };
+        write!(f, "server {severity}: {} (SQLSTATE {})", self.message, self.code)?;
+        if let Some(d) = &self.detail {
+            write!(f, "\n  detail: {d}")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        if let Some(x) = &self.fix {
+            write!(f, "\n  to fix: {x}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_error_fields_and_adds_advice() {
+        let body = b"SERROR\0VERROR\0C55000\0Mlogical decoding requires wal_level >= logical\0\0";
+        let e = ServerError::parse(body);
+        assert_eq!(e.code, "55000");
+        assert_eq!(e.severity, "ERROR");
+        let shown = e.to_string();
+        assert!(shown.contains("ALTER SYSTEM SET wal_level = logical"), "{shown}");
+        assert!(!Error::Server(Box::new(e)).is_transient());
+    }
+
+    #[test]
+    fn classifies_transient_errors() {
+        let e = ServerError {
+            code: "57P01".into(),
+            ..Default::default()
+        };
+        assert!(Error::Server(Box::new(e)).is_transient());
+        assert!(Error::ConnectionClosed.is_transient());
+        assert!(!Error::Config("x".into()).is_transient());
+    }
+
+    #[test]
+    fn tolerates_malformed_error_bodies() {
+        let e = ServerError::parse(b"Mno terminator");
+        assert_eq!(e.message, "no terminator");
+        let e = ServerError::parse(b"");
+        assert_eq!(e.message, "");
+    }
+}

@@ -1,0 +1,472 @@
+//! The change model: pgoutput messages assembled into changes that carry
+//! their transaction's identity, plus the relation cache that names columns.
+//!
+//! Each change has the deterministic identity `(commit_lsn, seq)`: the LSN of
+//! its transaction's commit record (known from Begin) and its ordinal inside
+//! that transaction. Column values keep PostgreSQL's text form; `None` is SQL
+//! NULL, distinct from the empty string.
+
+use crate::pgoutput::{self, Message, OldKind, TupleData};
+use crate::{Error, Lsn};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A column of a published table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Column {
+    /// The column's name.
+    pub name: Arc<str>,
+    /// The type's OID.
+    pub type_oid: u32,
+    /// The type modifier, -1 when none.
+    pub type_modifier: i32,
+    /// The type's name as `format_type` prints it (or `oid N` when unknown).
+    pub type_name: String,
+    /// Whether it belongs to the replica identity.
+    pub key: bool,
+}
+
+/// The replica identity a table publishes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicaIdentity {
+    /// The primary key (or nothing without one).
+    Default,
+    /// No old values at all.
+    Nothing,
+    /// The whole old row.
+    Full,
+    /// The columns of a chosen unique index.
+    Index,
+}
+
+/// The shape of a published table, from its latest Relation message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RelationInfo {
+    /// The table's OID.
+    pub oid: u32,
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// Its replica identity.
+    pub replica_identity: ReplicaIdentity,
+    /// Its columns, in order.
+    pub columns: Vec<Column>,
+}
+
+impl RelationInfo {
+    /// `schema.table`.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// A row was inserted.
+    Insert,
+    /// A row was updated.
+    Update,
+    /// A row was deleted.
+    Delete,
+    /// The table was truncated.
+    Truncate,
+}
+
+impl Op {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+        }
+    }
+}
+
+/// Column values by name, in table column order; `None` is NULL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Row(pub Vec<(Arc<str>, Option<String>)>);
+
+impl Row {
+    /// The value of column `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&Option<String>> {
+        self.0.iter().find(|(n, _)| &**n == name).map(|(_, v)| v)
+    }
+}
+
+impl Serialize for Row {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(&**k, v)?;
+        }
+        m.end()
+    }
+}
+
+fn rfc3339_micros<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+/// One committed row change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// The LSN of the transaction's commit record.
+    pub commit_lsn: Lsn,
+    /// The change's ordinal inside its transaction, from 0.
+    pub seq: u64,
+    /// The WAL position of the change itself.
+    pub lsn: Lsn,
+    /// The transaction id.
+    pub xid: u32,
+    /// When the transaction committed.
+    #[serde(serialize_with = "rfc3339_micros")]
+    pub commit_time: DateTime<Utc>,
+    /// `schema.table`.
+    pub table: String,
+    /// What happened.
+    pub op: Op,
+    /// The replica identity columns of the row (after the change for inserts
+    /// and updates, before it for deletes); `None` when the table has none.
+    pub key: Option<Row>,
+    /// The old key (`K`) or old row (`O`), only when the replica identity sent it.
+    pub old: Option<Row>,
+    /// The new row, without its unchanged-TOAST columns.
+    pub new: Option<Row>,
+    /// Columns whose large values were unchanged and therefore not sent.
+    pub unchanged_toast: Vec<Arc<str>>,
+}
+
+/// A `pg_logical_emit_message` message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogicalMessage {
+    /// Its prefix.
+    pub prefix: String,
+    /// Its content: UTF-8 text as is; other bytes as `\x` and hex, like bytea.
+    pub content: String,
+    /// Whether it was emitted inside a transaction.
+    pub transactional: bool,
+    /// Its WAL position.
+    #[serde(skip)]
+    pub lsn: Lsn,
+    /// The transaction's commit LSN and the message's ordinal in it, when transactional.
+    #[serde(skip)]
+    pub txn: Option<(Lsn, u64, u32)>,
+}
+
+/// One assembled event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A transaction begins.
+    Begin {
+        /// Its id.
+        xid: u32,
+        /// The LSN its commit record will have.
+        commit_lsn: Lsn,
+        /// Its commit time.
+        commit_time: DateTime<Utc>,
+    },
+    /// A table's shape was (re)announced.
+    Relation(Arc<RelationInfo>),
+    /// A row changed.
+    Change(Change),
+    /// A logical decoding message.
+    Message(LogicalMessage),
+    /// A transaction committed.
+    Commit {
+        /// The LSN of its commit record.
+        commit_lsn: Lsn,
+        /// The LSN just past it: confirm this once the transaction is safe.
+        end_lsn: Lsn,
+        /// Its commit time.
+        commit_time: DateTime<Utc>,
+    },
+}
+
+/// PostgreSQL timestamps count microseconds from 2000-01-01 UTC.
+pub fn pg_time(us: pgoutput::PgTimestamp) -> DateTime<Utc> {
+    const OFFSET_US: i64 = 946_684_800_000_000;
+    DateTime::from_timestamp_micros(us.saturating_add(OFFSET_US)).unwrap_or_default()
+}
+
+#[derive(Debug)]
+struct Txn {
+    xid: u32,
+    commit_lsn: Lsn,
+    commit_time: DateTime<Utc>,
+    seq: u64,
+}
+
+/// Turns pgoutput messages into [`Event`]s, keeping the relation cache and
+/// the current transaction.
+#[derive(Debug, Default)]
+pub struct Assembler {
+    relations: HashMap<u32, Arc<RelationInfo>>,
+    types: HashMap<u32, String>,
+    txn: Option<Txn>,
+}
+
+impl Assembler {
+    /// An empty assembler.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The cached shape of relation `oid`.
+    pub fn relation(&self, oid: u32) -> Option<&Arc<RelationInfo>> {
+        self.relations.get(&oid)
+    }
+
+    /// Whether a transaction is open (Begin seen, Commit not yet).
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    /// Decodes one XLogData payload at `lsn` and appends its events to `out`.
+    pub fn push(&mut self, lsn: Lsn, data: &bytes::Bytes, out: &mut Vec<Event>) -> Result<(), Error> {
+        let msg = pgoutput::decode(data).map_err(|source| Error::Decode { lsn, source })?;
+        self.handle(lsn, msg, out)
+    }
+
+    /// Handles one decoded message at `lsn`.
+    pub fn handle(&mut self, lsn: Lsn, msg: Message, out: &mut Vec<Event>) -> Result<(), Error> {
+        let bad = |what: String| Error::Protocol(format!("at WAL position {lsn}: {what}"));
+        match msg {
+            Message::Begin(b) => {
+                if let Some(open) = &self.txn {
+                    return Err(bad(format!(
+                        "Begin of xid {} inside open transaction {}",
+                        b.xid, open.xid
+                    )));
+                }
+                let t = Txn {
+                    xid: b.xid,
+                    commit_lsn: Lsn(b.final_lsn),
+                    commit_time: pg_time(b.commit_time),
+                    seq: 0,
+                };
+                out.push(Event::Begin {
+                    xid: t.xid,
+                    commit_lsn: t.commit_lsn,
+                    commit_time: t.commit_time,
+                });
+                self.txn = Some(t);
+            }
+            Message::Commit(c) => {
+                let t = self
+                    .txn
+                    .take()
+                    .ok_or_else(|| bad("Commit without a transaction".into()))?;
+                if t.commit_lsn != Lsn(c.commit_lsn) {
+                    return Err(bad(format!(
+                        "Commit LSN {} differs from Begin's final LSN {}",
+                        Lsn(c.commit_lsn),
+                        t.commit_lsn
+                    )));
+                }
+                out.push(Event::Commit {
+                    commit_lsn: Lsn(c.commit_lsn),
+                    end_lsn: Lsn(c.end_lsn),
+                    commit_time: pg_time(c.commit_time),
+                });
+            }
+            Message::Origin { .. } => {}
+            Message::Type { oid, namespace, name } => {
+                self.types.insert(oid, crate::pgtypes::custom_name(&namespace, &name));
+            }
+            Message::Relation(r) => {
+                let columns = r
+                    .columns
+                    .iter()
+                    .map(|c| Column {
+                        name: Arc::from(c.name.as_str()),
+                        type_oid: c.type_oid,
+                        type_modifier: c.type_modifier,
+                        type_name: crate::pgtypes::builtin_name(c.type_oid, c.type_modifier)
+                            .or_else(|| self.types.get(&c.type_oid).cloned())
+                            .unwrap_or_else(|| format!("oid {}", c.type_oid)),
+                        key: c.is_key(),
+                    })
+                    .collect();
+                let info = Arc::new(RelationInfo {
+                    oid: r.oid,
+                    schema: r.namespace,
+                    name: r.name,
+                    replica_identity: match r.replica_identity {
+                        b'n' => ReplicaIdentity::Nothing,
+                        b'f' => ReplicaIdentity::Full,
+                        b'i' => ReplicaIdentity::Index,
+                        _ => ReplicaIdentity::Default,
+                    },
+                    columns,
+                });
+                self.relations.insert(info.oid, info.clone());
+                out.push(Event::Relation(info));
+            }
+            Message::Insert { relation, new } => {
+                let rel = self.rel(relation, lsn)?;
+                let (new, toast) = row(&rel, &new, lsn)?;
+                let key = key_of(&rel, &new);
+                self.change(lsn, &rel, Op::Insert, key, None, Some(new), toast, out)?;
+            }
+            Message::Update { relation, old, new } => {
+                let rel = self.rel(relation, lsn)?;
+                let (new, toast) = row(&rel, &new, lsn)?;
+                let old = old.map(|o| old_row(&rel, &o, lsn)).transpose()?;
+                let key = key_of(&rel, &new);
+                self.change(lsn, &rel, Op::Update, key, old, Some(new), toast, out)?;
+            }
+            Message::Delete { relation, old } => {
+                let rel = self.rel(relation, lsn)?;
+                let old = old_row(&rel, &old, lsn)?;
+                let key = key_of(&rel, &old);
+                self.change(lsn, &rel, Op::Delete, key, Some(old), None, Vec::new(), out)?;
+            }
+            Message::Truncate { relations, .. } => {
+                for oid in relations {
+                    let rel = self.rel(oid, lsn)?;
+                    self.change(lsn, &rel, Op::Truncate, None, None, None, Vec::new(), out)?;
+                }
+            }
+            Message::LogicalMessage(m) => {
+                let txn = match (&mut self.txn, m.transactional) {
+                    (Some(t), true) => {
+                        let seq = t.seq;
+                        t.seq += 1;
+                        Some((t.commit_lsn, seq, t.xid))
+                    }
+                    _ => None,
+                };
+                out.push(Event::Message(LogicalMessage {
+                    prefix: m.prefix,
+                    content: text_or_hex(&m.content),
+                    transactional: m.transactional,
+                    lsn: Lsn(m.lsn),
+                    txn,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    fn rel(&self, oid: u32, lsn: Lsn) -> Result<Arc<RelationInfo>, Error> {
+        self.relations.get(&oid).cloned().ok_or_else(|| {
+            Error::Protocol(format!(
+                "at WAL position {lsn}: change for relation {oid} before its Relation message"
+            ))
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn change(
+        &mut self,
+        lsn: Lsn,
+        rel: &RelationInfo,
+        op: Op,
+        key: Option<Row>,
+        old: Option<Row>,
+        new: Option<Row>,
+        unchanged_toast: Vec<Arc<str>>,
+        out: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        let t = self
+            .txn
+            .as_mut()
+            .ok_or_else(|| Error::Protocol(format!("at WAL position {lsn}: {} outside a transaction", op.as_str())))?;
+        let seq = t.seq;
+        t.seq += 1;
+        out.push(Event::Change(Change {
+            commit_lsn: t.commit_lsn,
+            seq,
+            lsn,
+            xid: t.xid,
+            commit_time: t.commit_time,
+            table: rel.qualified(),
+            op,
+            key,
+            old,
+            new,
+            unchanged_toast,
+        }));
+        Ok(())
+    }
+}
+
+fn text_or_hex(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_string(),
+        Err(_) => {
+            let mut s = String::with_capacity(2 + b.len() * 2);
+            s.push_str("\\x");
+            for byte in b {
+                s.push_str(&format!("{byte:02x}"));
+            }
+            s
+        }
+    }
+}
+
+fn value(v: &[u8], rel: &RelationInfo, col: &str, lsn: Lsn) -> Result<String, Error> {
+    std::str::from_utf8(v).map(str::to_owned).map_err(|_| {
+        Error::Protocol(format!(
+            "at WAL position {lsn}: value of {}.{col} is not valid UTF-8",
+            rel.qualified()
+        ))
+    })
+}
+
+/// A tuple as a row; unchanged-TOAST columns are left out and listed.
+fn row(rel: &RelationInfo, t: &pgoutput::Tuple, lsn: Lsn) -> Result<(Row, Vec<Arc<str>>), Error> {
+    if t.len() != rel.columns.len() {
+        return Err(Error::Protocol(format!(
+            "at WAL position {lsn}: tuple has {} columns, but {} has {}",
+            t.len(),
+            rel.qualified(),
+            rel.columns.len()
+        )));
+    }
+    let mut values = Vec::with_capacity(t.len());
+    let mut toast = Vec::new();
+    for (col, d) in rel.columns.iter().zip(t) {
+        match d {
+            TupleData::Null => values.push((col.name.clone(), None)),
+            TupleData::Text(v) => values.push((col.name.clone(), Some(value(v, rel, &col.name, lsn)?))),
+            TupleData::UnchangedToast => toast.push(col.name.clone()),
+            TupleData::Binary(_) => {
+                return Err(Error::Protocol(format!(
+                    "at WAL position {lsn}: binary value for {}.{}; waly never asks for binary mode",
+                    rel.qualified(),
+                    col.name
+                )))
+            }
+        }
+    }
+    Ok((Row(values), toast))
+}
+
+fn old_row(rel: &RelationInfo, o: &pgoutput::OldTuple, lsn: Lsn) -> Result<Row, Error> {
+    let (full, _) = row(rel, &o.tuple, lsn)?;
+    Ok(match o.kind {
+        OldKind::Full => full,
+        OldKind::Key => key_of(rel, &full).unwrap_or_default(),
+    })
+}
+
+/// The replica identity columns of `r`, or `None` when the table has none.
+fn key_of(rel: &RelationInfo, r: &Row) -> Option<Row> {
+    let cols: Vec<_> = rel
+        .columns
+        .iter()
+        .filter(|c| c.key)
+        .filter_map(|c| r.0.iter().find(|(n, _)| *n == c.name).cloned())
+        .collect();
+    (!cols.is_empty()).then_some(Row(cols))
+}

@@ -1,0 +1,30 @@
+//! waly: a change-data-capture sidecar for PostgreSQL.
+//!
+//! waly subscribes to a logical replication slot (`pgoutput`) and turns every
+//! committed change into an immutable event. A tour of the modules, in the
+//! order data flows through them:
+//!
+//! - [`source`]: the replication connection, our own, on `postgres-protocol`,
+//!   tokio and rustls. [`source::conninfo`] parses libpq-style settings,
+//!   [`source::tls`] applies `sslmode`, [`source::conn`] logs in (cleartext,
+//!   MD5, SCRAM-SHA-256) and frames messages, [`source::replication`] runs
+//!   `IDENTIFY_SYSTEM`, `CREATE_REPLICATION_SLOT` and `START_REPLICATION`, and
+//!   keeps the walsender happy from a task of its own.
+//! - [`pgoutput`]: pure decoding of pgoutput bytes into messages.
+//! - [`event`]: messages assembled into changes with the identity
+//!   `(commit_lsn, seq)`, and the relation cache that names their columns.
+//! - [`pgtypes`]: type names as `format_type` prints them.
+//! - [`tail`]: `waly tail`, a live view of the changes.
+//! - [`lsn`]: WAL positions as a type; [`error`]: the one error type.
+
+pub mod cli;
+pub mod error;
+pub mod event;
+pub mod lsn;
+pub mod pgoutput;
+pub mod pgtypes;
+pub mod source;
+pub mod tail;
+
+pub use error::Error;
+pub use lsn::Lsn;

@@ -1,0 +1,5 @@
+//! The `waly` command: parse, call the library, print the error chain.
+
+fn main() -> std::process::ExitCode {
+    waly::cli::main()
+}
