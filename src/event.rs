@@ -157,9 +157,22 @@ pub struct LogicalMessage {
     /// Its WAL position.
     #[serde(skip)]
     pub lsn: Lsn,
-    /// The transaction's commit LSN and the message's ordinal in it, when transactional.
+    /// Its place in its transaction, when transactional.
     #[serde(skip)]
-    pub txn: Option<(Lsn, u64, u32)>,
+    pub txn: Option<TxnRef>,
+}
+
+/// Where a transactional message sits: its transaction and its ordinal there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnRef {
+    /// The transaction's commit LSN.
+    pub commit_lsn: Lsn,
+    /// The ordinal inside the transaction (shared with its changes).
+    pub seq: u64,
+    /// The transaction id.
+    pub xid: u32,
+    /// When the transaction committed.
+    pub commit_time: DateTime<Utc>,
 }
 
 /// One assembled event.
@@ -341,7 +354,12 @@ impl Assembler {
                     (Some(t), true) => {
                         let seq = t.seq;
                         t.seq += 1;
-                        Some((t.commit_lsn, seq, t.xid))
+                        Some(TxnRef {
+                            commit_lsn: t.commit_lsn,
+                            seq,
+                            xid: t.xid,
+                            commit_time: t.commit_time,
+                        })
                     }
                     _ => None,
                 };

@@ -253,12 +253,26 @@ pub fn format_message(m: &LogicalMessage, json: bool, out: &mut Vec<u8>) {
         let _ = serde_json::to_writer(&mut *out, &serde_json::json!({ "message": m }));
         return;
     }
-    let _ = write!(
-        out,
-        "message {} prefix={:?} {}content={:?}",
-        m.lsn,
-        m.prefix,
-        if m.transactional { "transactional " } else { "" },
-        m.content
-    );
+    match &m.txn {
+        Some(t) => {
+            let _ = write!(
+                out,
+                "{} {} xid {} #{} {:<8} {}: {}",
+                t.commit_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                t.commit_lsn,
+                t.xid,
+                t.seq,
+                "message",
+                m.prefix,
+                m.content
+            );
+        }
+        None => {
+            let _ = write!(
+                out,
+                "(not transactional) {} message  {}: {}",
+                m.lsn, m.prefix, m.content
+            );
+        }
+    }
 }

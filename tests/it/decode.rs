@@ -263,10 +263,13 @@ async fn logical_messages_arrive_transactional_or_not() {
     assert_eq!(m[0].content, r#"{"op":"CREATE_ACCOUNT","actor":"alice"}"#);
     assert!(m[0].transactional);
     let c = cap.changes();
-    let (commit_lsn, seq, xid) = m[0].txn.expect("attached to its transaction");
-    assert_eq!((commit_lsn, xid), (c[0].commit_lsn, c[0].xid));
+    let t = m[0].txn.expect("attached to its transaction");
     assert_eq!(
-        (seq, c[0].seq),
+        (t.commit_lsn, t.xid, t.commit_time),
+        (c[0].commit_lsn, c[0].xid, c[0].commit_time)
+    );
+    assert_eq!(
+        (t.seq, c[0].seq),
         (0, 1),
         "message and change share the transaction's ordinals"
     );

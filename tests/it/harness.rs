@@ -6,7 +6,7 @@
 //! this process exits, however it exits, the pipe closes and the watchdog
 //! stops PostgreSQL and removes its directory.
 
-#![allow(dead_code)]
+#![allow(dead_code, missing_debug_implementations)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;

@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod decode;
 mod harness;
+mod s3;
 mod stream;
 mod tail_cli;
 
