@@ -205,7 +205,7 @@ impl PgConn {
                                     .await
                                     .map_err(|e| Error::Tls {
                                         target: target.clone(),
-                                        message: e.to_string(),
+                                        message: tls::explain(&e),
                                     })?;
                                 Stream::Tls(Box::new(tls))
                             }

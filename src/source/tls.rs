@@ -104,6 +104,26 @@ fn load_roots(file: &str) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
+/// Explains a failed handshake in terms of the settings that decide it.
+pub fn explain(e: &std::io::Error) -> String {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+    match inner {
+        Some(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+            "the server's certificate is not signed by a root in sslrootcert (unknown issuer)".into()
+        }
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => "the server's certificate is not valid for the host name connected to; \
+               connect by a name the certificate lists, or use sslmode=verify-ca"
+            .into(),
+        Some(rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. })) => {
+            "the server's certificate has expired".into()
+        }
+        Some(other) => other.to_string(),
+        None => e.to_string(),
+    }
+}
+
 /// The server name to present and verify: an IP address or a DNS name.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, Error> {
     ServerName::try_from(host.to_string()).map_err(|e| Error::Tls {
