@@ -15,7 +15,7 @@ pub enum Error {
     #[error("invalid connection settings: {0}")]
     Config(String),
     /// A TCP or Unix-socket connection could not be opened.
-    #[error("could not connect to {target}: {source}")]
+    #[error("could not connect to {target}")]
     Connect {
         /// Which server (never includes a password).
         target: String,
@@ -45,7 +45,7 @@ pub enum Error {
     #[error("protocol error: {0}")]
     Protocol(String),
     /// A pgoutput message could not be decoded.
-    #[error("at WAL position {lsn}: {source}")]
+    #[error("at WAL position {lsn}")]
     Decode {
         /// The WAL position of the message.
         lsn: crate::Lsn,

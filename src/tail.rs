@@ -50,7 +50,7 @@ pub async fn preflight(conn: &mut PgConn, publication: &str) -> Result<(), Error
         .await?;
     if rows.is_empty() {
         return Err(Error::Prerequisite(format!(
-            "publication {publication:?} does not exist in this database.\n  to fix: run `waly init`, or \
+            "publication {publication:?} does not exist in this database.\n  to fix: \
              CREATE PUBLICATION {} FOR ALL TABLES; (or FOR TABLE a, b)",
             quote::ident(publication)?
         )));
@@ -85,34 +85,43 @@ pub async fn run(
     let mut asm = Assembler::new();
     let mut events = Vec::new();
     let mut summary = TailSummary::default();
-    let mut printed_up_to = Lsn::ZERO;
+    // The end of the last transaction written to `out` but not yet flushed.
+    let mut unflushed: Option<Lsn> = None;
     let mut line = Vec::with_capacity(1024);
     tokio::pin!(stop);
     let result = loop {
+        // Flush whenever we would otherwise wait, then confirm what is out.
+        if let Some(end) = unflushed {
+            if !stream.has_pending() {
+                if let Err(e) = out.flush() {
+                    break Err(Error::Io(e));
+                }
+                stream.confirm(end);
+                unflushed = None;
+            }
+        }
         let msg = tokio::select! {
             _ = &mut stop => break Ok(()),
             m = stream.recv() => m,
         };
-        let Some(msg) = msg else {
-            break Err(Error::ConnectionClosed);
-        };
-        let (reached_end, commit_end) = match msg {
-            Err(e) => break Err(e),
-            Ok(ReplicationMessage::Keepalive { wal_end }) => {
-                let idle = !asm.in_transaction() && !stream.has_pending();
-                if idle && printed_up_to < wal_end {
-                    // Nothing of ours is in flight: everything before wal_end is printed.
-                    printed_up_to = wal_end;
+        let reached_end = match msg {
+            None => break Err(Error::ConnectionClosed),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(ReplicationMessage::Keepalive { wal_end })) => {
+                // Between transactions, with everything printed flushed, all
+                // WAL before wal_end is accounted for: an idle tail never pins WAL.
+                let between = !asm.in_transaction();
+                if between && unflushed.is_none() {
                     stream.confirm(wal_end);
                 }
-                (idle && opts.endpos.is_some_and(|e| wal_end >= e), None)
+                between && opts.endpos.is_some_and(|e| wal_end >= e)
             }
-            Ok(ReplicationMessage::XLogData { wal_start, data, .. }) => {
+            Some(Ok(ReplicationMessage::XLogData { wal_start, data, .. })) => {
                 events.clear();
                 if let Err(e) = asm.push(wal_start, &data, &mut events) {
                     break Err(e);
                 }
-                let mut commit_end = None;
+                let mut reached = false;
                 for ev in &events {
                     line.clear();
                     match ev {
@@ -126,7 +135,8 @@ pub async fn run(
                         }
                         Event::Commit { end_lsn, .. } => {
                             summary.transactions += 1;
-                            commit_end = Some(*end_lsn);
+                            unflushed = Some(*end_lsn);
+                            reached = opts.endpos.is_some_and(|e| *end_lsn >= e);
                         }
                         Event::Begin { .. } | Event::Relation(_) => {}
                     }
@@ -137,19 +147,9 @@ pub async fn run(
                         }
                     }
                 }
-                let reached = commit_end.is_some_and(|end| opts.endpos.is_some_and(|e| end >= e));
-                (reached, commit_end)
+                reached
             }
         };
-        if let Some(end) = commit_end {
-            if !stream.has_pending() || reached_end {
-                if let Err(e) = out.flush() {
-                    break Err(Error::Io(e));
-                }
-                printed_up_to = end;
-                stream.confirm(end);
-            }
-        }
         if reached_end {
             break Ok(());
         }
@@ -157,8 +157,8 @@ pub async fn run(
     if let Err(e) = out.flush() {
         return finish(stream, Err(Error::Io(e)), summary).await;
     }
-    if result.is_ok() && printed_up_to > stream.durable() {
-        stream.confirm(printed_up_to);
+    if let (Ok(()), Some(end)) = (&result, unflushed) {
+        stream.confirm(end);
     }
     finish(stream, result, summary).await
 }

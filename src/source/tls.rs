@@ -116,9 +116,9 @@ pub fn explain(e: &std::io::Error) -> String {
         )) => "the server's certificate is not valid for the host name connected to; \
                connect by a name the certificate lists, or use sslmode=verify-ca"
             .into(),
-        Some(rustls::Error::InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. })) => {
-            "the server's certificate has expired".into()
-        }
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) => "the server's certificate has expired".into(),
         Some(other) => other.to_string(),
         None => e.to_string(),
     }

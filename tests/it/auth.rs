@@ -43,7 +43,9 @@ async fn tls_require_and_verify_full_with_a_test_certificate() {
     let ca = cluster.ca_cert.display().to_string();
 
     // require: encrypted, nothing verified.
-    let mut c = login(&db.tcp_url("tlsuser", Some(PASSWORD), "sslmode=require")).await.expect("require");
+    let mut c = login(&db.tcp_url("tlsuser", Some(PASSWORD), "sslmode=require"))
+        .await
+        .expect("require");
     assert!(c.tls && uses_tls(&mut c).await);
 
     // verify-full: chain and name (localhost and 127.0.0.1 are both in the certificate).
@@ -52,7 +54,9 @@ async fn tls_require_and_verify_full_with_a_test_certificate() {
             "host={host} port={} user=tlsuser password={PASSWORD} dbname={} sslmode=verify-full sslrootcert={ca}",
             cluster.port, db.name
         );
-        let mut c = login(&url).await.unwrap_or_else(|e| panic!("verify-full via {host}: {e}"));
+        let mut c = login(&url)
+            .await
+            .unwrap_or_else(|e| panic!("verify-full via {host}: {e}"));
         assert!(uses_tls(&mut c).await);
     }
 
@@ -64,25 +68,45 @@ async fn tls_require_and_verify_full_with_a_test_certificate() {
             cluster.port, db.name
         )
     };
-    login(&other("verify-ca", &ca)).await.expect("verify-ca ignores the name");
-    let err = login(&other("verify-full", &ca)).await.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(err.contains("TLS") && err.contains("not valid for the host name"), "{err}");
+    login(&other("verify-ca", &ca))
+        .await
+        .expect("verify-ca ignores the name");
+    let err = login(&other("verify-full", &ca))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("TLS") && err.contains("not valid for the host name"),
+        "{err}"
+    );
 
     // A root that did not sign the server's certificate is refused.
     let wrong = cluster.other_ca_cert.display().to_string();
-    let err = login(&db.tcp_url("tlsuser", Some(PASSWORD), &format!("sslmode=verify-full sslrootcert={wrong}")))
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    assert!(err.contains("TLS") && err.to_lowercase().contains("unknown issuer"), "{err}");
+    let err = login(&db.tcp_url(
+        "tlsuser",
+        Some(PASSWORD),
+        &format!("sslmode=verify-full sslrootcert={wrong}"),
+    ))
+    .await
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        err.contains("TLS") && err.to_lowercase().contains("unknown issuer"),
+        "{err}"
+    );
 
     // verify-full without any root says how to provide one.
-    let err = login(&db.tcp_url("tlsuser", Some(PASSWORD), "sslmode=verify-full sslrootcert=/nonexistent/root.crt"))
-        .await
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+    let err = login(&db.tcp_url(
+        "tlsuser",
+        Some(PASSWORD),
+        "sslmode=verify-full sslrootcert=/nonexistent/root.crt",
+    ))
+    .await
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
     assert!(err.contains("cannot read sslrootcert"), "{err}");
 }
 
@@ -101,7 +125,16 @@ async fn tail_streams_over_tls_with_scram() {
         &format!("sslmode=verify-full sslrootcert={}", cluster.ca_cert.display()),
     );
     let out = crate::harness::run_within(
-        crate::harness::waly().args(["tail", "--json", "--slot", &slot, "--endpos", &end.to_string(), "--source", &url]),
+        crate::harness::waly().args([
+            "tail",
+            "--json",
+            "--slot",
+            &slot,
+            "--endpos",
+            &end.to_string(),
+            "--source",
+            &url,
+        ]),
         60,
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
