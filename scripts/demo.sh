@@ -24,7 +24,7 @@ echo "\$ waly tail --source 'dbname=postgres' --publication waly &"
 TAIL=$!
 # Wait for the tail's temporary slot to exist before writing anything.
 for _ in $(seq 1 100); do
-    [ "$(psql -XAt -d postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'waly_tail_%' AND active")" = 1 ] && break
+    [ "$(psql -XAt -d postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'waly_tail_%' AND active AND confirmed_flush_lsn IS NOT NULL")" = 1 ] && break
     sleep 0.1
 done
 
@@ -54,7 +54,7 @@ echo "--- with --json, one object per change (a new tail, then one more update):
 "$WALY" tail --source "dbname=postgres" --publication waly --json --log warn >"$DIR/tail.json" &
 TAIL=$!
 for _ in $(seq 1 100); do
-    [ "$(psql -XAt -d postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'waly_tail_%' AND active")" = 1 ] && break
+    [ "$(psql -XAt -d postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'waly_tail_%' AND active AND confirmed_flush_lsn IS NOT NULL")" = 1 ] && break
     sleep 0.1
 done
 psql -Xq -d postgres -c "UPDATE users SET name = 'Alice' WHERE id = 1"

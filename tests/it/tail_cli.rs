@@ -3,14 +3,17 @@
 use crate::harness::{run_within, waly, Running, TestDb};
 use std::process::Command;
 
+/// Waits until the tail's slot is consistent (it exists, but decodes nothing,
+/// while it waits for transactions running anywhere in the cluster to end).
 fn wait_for_tail_slot(db: &TestDb) {
     db.wait_for(
         &format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'waly_tail_%' AND database = '{}' AND active",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'waly_tail_%' AND database = '{}' \
+             AND active AND confirmed_flush_lsn IS NOT NULL",
             db.name
         ),
         "1",
-        30,
+        120,
     );
 }
 
