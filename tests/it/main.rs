@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod decode;
+mod golden;
 mod harness;
 mod s3;
 mod stream;
