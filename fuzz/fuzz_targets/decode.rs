@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let buf = bytes::Bytes::copy_from_slice(data);
     let _ = waly::pgoutput::decode(&buf);
-    // Feed the same bytes, split at NULs, through an assembler as a stream.
+    // Feed the same bytes, split at 0xFE, through an assembler as a stream of messages.
     let mut asm = waly::event::Assembler::new();
     let mut out = Vec::new();
     for (i, chunk) in data.split(|&b| b == 0xFE).enumerate() {
