@@ -56,12 +56,15 @@ pub struct RelationInfo {
     pub replica_identity: ReplicaIdentity,
     /// Its columns, in order.
     pub columns: Vec<Column>,
+    /// `schema.table`, shared by every change to it.
+    #[serde(skip)]
+    pub qualified: Arc<str>,
 }
 
 impl RelationInfo {
     /// `schema.table`.
-    pub fn qualified(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
+    pub fn qualified(&self) -> &str {
+        &self.qualified
     }
 }
 
@@ -131,7 +134,7 @@ pub struct Change {
     #[serde(serialize_with = "rfc3339_micros")]
     pub commit_time: DateTime<Utc>,
     /// `schema.table`.
-    pub table: String,
+    pub table: Arc<str>,
     /// What happened.
     pub op: Op,
     /// The replica identity columns of the row (after the change for inserts
@@ -310,6 +313,7 @@ impl Assembler {
                     })
                     .collect();
                 let info = Arc::new(RelationInfo {
+                    qualified: Arc::from(format!("{}.{}", r.namespace, r.name)),
                     oid: r.oid,
                     schema: r.namespace,
                     name: r.name,
@@ -407,7 +411,7 @@ impl Assembler {
             lsn,
             xid: t.xid,
             commit_time: t.commit_time,
-            table: rel.qualified(),
+            table: rel.qualified.clone(),
             op,
             key,
             old,

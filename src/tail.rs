@@ -62,7 +62,7 @@ pub async fn preflight(conn: &mut PgConn, publication: &str) -> Result<(), Error
 pub async fn run(
     info: &ConnInfo,
     opts: &TailOptions,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
     stop: impl Future<Output = ()>,
 ) -> Result<TailSummary, Error> {
     let mut conn = PgConn::connect(info, true).await?;

@@ -97,10 +97,18 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match &cli.command {
-            Command::Tail(args) => tail::run(args).await,
-        }
+    // The command runs as a task on the worker threads, not on this thread:
+    // a task woken by another (the replication reader handing over a batch)
+    // then usually runs on the same worker, without a cross-thread wake-up.
+    let command = cli.command;
+    let result = runtime.block_on(async move {
+        let task = tokio::spawn(async move {
+            match &command {
+                Command::Tail(args) => tail::run(args).await,
+            }
+        });
+        task.await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the command's task failed: {e}")))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,7 +41,7 @@ pub async fn run(args: &TailArgs) -> anyhow::Result<()> {
         proto_version: args.proto_version,
     };
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout.lock());
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout);
     match crate::tail::run(&info, &opts, &mut out, super::stop_signal()).await {
         Ok(summary) => {
             tracing::info!(

@@ -73,6 +73,9 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// How much to read from the socket at a time.
+const READ_CHUNK: usize = 256 * 1024;
+
 /// The largest backend message accepted (PostgreSQL's own limit is 1 GB).
 const MAX_FRAME: usize = 1 << 30;
 
@@ -104,28 +107,56 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next message; `Error::ConnectionClosed` at end of stream.
     pub async fn read(&mut self) -> Result<Frame, Error> {
         loop {
-            if self.buf.len() >= 5 {
-                let tag = self.buf[0];
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-                if !(4..=MAX_FRAME).contains(&len) {
-                    return Err(Error::Protocol(format!(
-                        "backend message {:?} has invalid length {len}",
-                        tag as char
-                    )));
-                }
-                if self.buf.len() > len {
-                    self.buf.advance(5);
-                    let body = self.buf.split_to(len - 4).freeze();
-                    return Ok(Frame { tag, body });
-                }
-                self.buf.reserve(len + 1 - self.buf.len());
-            } else {
-                self.buf.reserve(64 * 1024);
+            if let Some(f) = self.buffered()? {
+                return Ok(f);
             }
+            // Read in large chunks: one read usually brings many messages.
+            let want = match self.buf.len() {
+                n if n >= 5 => {
+                    let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                    (len + 1 - n).max(READ_CHUNK)
+                }
+                _ => READ_CHUNK,
+            };
+            self.buf.reserve(want);
             if self.io.read_buf(&mut self.buf).await? == 0 {
                 return Err(Error::ConnectionClosed);
             }
         }
+    }
+
+    /// Reads whatever the socket holds right now, without waiting; returns
+    /// whether anything came.
+    pub fn try_fill(&mut self) -> Result<bool, Error> {
+        use futures_util::FutureExt;
+        self.buf.reserve(READ_CHUNK);
+        match self.io.read_buf(&mut self.buf).now_or_never() {
+            None => Ok(false),
+            Some(Ok(0)) => Err(Error::ConnectionClosed),
+            Some(Ok(_)) => Ok(true),
+            Some(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// The next message if it is already wholly in the buffer; never reads.
+    pub fn buffered(&mut self) -> Result<Option<Frame>, Error> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let tag = self.buf[0];
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if !(4..=MAX_FRAME).contains(&len) {
+            return Err(Error::Protocol(format!(
+                "backend message {:?} has invalid length {len}",
+                tag as char
+            )));
+        }
+        if self.buf.len() <= len {
+            return Ok(None);
+        }
+        self.buf.advance(5);
+        let body = self.buf.split_to(len - 4).freeze();
+        Ok(Some(Frame { tag, body }))
     }
 
     /// Gives the underlying reader back.

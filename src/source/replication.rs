@@ -184,11 +184,14 @@ struct Shared {
     wake: Notify,
 }
 
-type Item = (Result<ReplicationMessage, Error>, Option<OwnedSemaphorePermit>);
+type Item = (Result<Vec<ReplicationMessage>, Error>, Option<OwnedSemaphorePermit>);
 
 /// A running logical replication stream.
 pub struct ReplicationStream {
     rx: mpsc::Receiver<Item>,
+    /// The batch being handed out, and the budget it holds until drained.
+    current: std::collections::VecDeque<ReplicationMessage>,
+    current_permit: Option<OwnedSemaphorePermit>,
     budget: Arc<Semaphore>,
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
@@ -263,13 +266,15 @@ pub async fn start_replication(
     });
     let budget_bytes = opts.buffer_bytes.clamp(64 << 10, u32::MAX as usize >> 1);
     let budget = Arc::new(Semaphore::new(budget_bytes));
-    let (tx, rx) = mpsc::channel(4096);
+    let (tx, rx) = mpsc::channel(64);
     let (stop_tx, stop_rx) = oneshot::channel();
     let PgConn { reader, writer, .. } = conn;
     let status = tokio::spawn(status_task(writer, shared.clone(), stop_rx, status_interval));
     let reader = tokio::spawn(reader_task(reader, shared.clone(), tx, budget.clone(), budget_bytes));
     Ok(ReplicationStream {
         rx,
+        current: Default::default(),
+        current_permit: None,
         budget,
         shared,
         stop: Some(stop_tx),
@@ -303,12 +308,24 @@ fn interval_for_timeout(setting: Option<&str>) -> Duration {
 impl ReplicationStream {
     /// The next message, or `None` once the stream has ended.
     pub async fn recv(&mut self) -> Option<Result<ReplicationMessage, Error>> {
-        self.rx.recv().await.map(|(m, _permit)| m)
+        loop {
+            if let Some(m) = self.current.pop_front() {
+                return Some(Ok(m));
+            }
+            self.current_permit = None;
+            match self.rx.recv().await? {
+                (Ok(batch), permit) => {
+                    self.current = batch.into();
+                    self.current_permit = permit;
+                }
+                (Err(e), _) => return Some(Err(e)),
+            }
+        }
     }
 
     /// Whether a message is ready without waiting.
     pub fn has_pending(&self) -> bool {
-        !self.rx.is_empty()
+        !self.current.is_empty() || !self.rx.is_empty()
     }
 
     /// Records that everything before `lsn` is durably stored; status updates
@@ -423,6 +440,48 @@ async fn send_status(w: &mut WriteHalf<Stream>, shared: &Shared) -> Result<(), E
     Ok(())
 }
 
+/// How many bytes of messages the reader hands over at once at most.
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// What one frame means for the reader.
+enum Step {
+    Message(ReplicationMessage, usize),
+    Ignore,
+    End,
+    Fail(Error),
+}
+
+fn step(frame: super::conn::Frame, shared: &Shared) -> Step {
+    match frame.tag {
+        b'd' => match parse_copy_data(frame.body) {
+            Ok(CopyMessage::XLogData(m)) => {
+                let size = match &m {
+                    ReplicationMessage::XLogData { data, .. } => data.len() + 64,
+                    ReplicationMessage::Keepalive { .. } => 64,
+                };
+                Step::Message(m, size)
+            }
+            Ok(CopyMessage::Keepalive { wal_end, reply }) => {
+                if reply {
+                    shared.wake.notify_one();
+                }
+                Step::Message(ReplicationMessage::Keepalive { wal_end }, 64)
+            }
+            Err(e) => Step::Fail(e),
+        },
+        b'c' | b'C' | b'N' | b'S' => Step::Ignore,
+        b'Z' => Step::End,
+        b'E' => Step::Fail(Error::Server(Box::new(ServerError::parse(&frame.body)))),
+        other => Step::Fail(Error::Protocol(format!(
+            "unexpected message {:?} during replication",
+            other as char
+        ))),
+    }
+}
+
+/// Reads frames and hands them to the consumer in batches (one socket read
+/// usually holds many messages; one channel operation per batch keeps the
+/// per-message cost low). The batches are bounded by a byte budget.
 async fn reader_task(
     mut r: FrameReader<ReadHalf<Stream>>,
     shared: Arc<Shared>,
@@ -433,67 +492,68 @@ async fn reader_task(
     // Once the consumer is gone we only drain to the end of the copy.
     let mut draining = false;
     loop {
-        let frame = match r.read().await {
-            Ok(f) => f,
-            Err(e) => {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let mut outcome: Option<Result<(), Error>> = None;
+        let mut frame = r.read().await.map(Some);
+        loop {
+            let f = match frame {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    outcome = Some(Err(e));
+                    break;
+                }
+            };
+            match step(f, &shared) {
+                Step::Message(m, size) => {
+                    if !draining {
+                        batch.push(m);
+                        bytes += size;
+                    }
+                }
+                Step::Ignore => {}
+                Step::End => {
+                    outcome = Some(Ok(()));
+                    break;
+                }
+                Step::Fail(e) => {
+                    outcome = Some(Err(e));
+                    break;
+                }
+            }
+            if bytes >= MAX_BATCH_BYTES {
+                break;
+            }
+            frame = match r.buffered() {
+                // Keep the socket drained while data is there: the walsender
+                // then never waits on us, and batches grow.
+                Ok(None) => match r.try_fill() {
+                    Ok(true) => r.buffered(),
+                    Ok(false) => Ok(None),
+                    Err(e) => Err(e),
+                },
+                other => other,
+            };
+        }
+        if !batch.is_empty() {
+            let permits = bytes.clamp(1, budget_bytes) as u32;
+            match budget.clone().acquire_many_owned(permits).await {
+                Ok(permit) => {
+                    if tx.send((Ok(batch), Some(permit))).await.is_err() {
+                        draining = true;
+                    }
+                }
+                Err(_) => draining = true,
+            }
+        }
+        match outcome {
+            None => {}
+            Some(Ok(())) => return Ok(r),
+            Some(Err(e)) => {
                 if !draining {
                     let _ = tx.send((Err(clone_err(&e)), None)).await;
                 }
-                return Err(e);
-            }
-        };
-        match frame.tag {
-            b'd' => {
-                let msg = match parse_copy_data(frame.body) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let _ = tx.send((Err(clone_err(&e)), None)).await;
-                        return Err(e);
-                    }
-                };
-                match msg {
-                    CopyMessage::XLogData(m) => {
-                        if draining {
-                            continue;
-                        }
-                        let size = match &m {
-                            ReplicationMessage::XLogData { data, .. } => data.len().clamp(1, budget_bytes),
-                            ReplicationMessage::Keepalive { .. } => 1,
-                        };
-                        let permit = match budget.clone().acquire_many_owned(size as u32).await {
-                            Ok(p) => p,
-                            Err(_) => {
-                                draining = true;
-                                continue;
-                            }
-                        };
-                        if tx.send((Ok(m), Some(permit))).await.is_err() {
-                            draining = true;
-                        }
-                    }
-                    CopyMessage::Keepalive { wal_end, reply } => {
-                        if reply {
-                            shared.wake.notify_one();
-                        }
-                        if !draining {
-                            // Informational only: never block the reader for it.
-                            let _ = tx.try_send((Ok(ReplicationMessage::Keepalive { wal_end }), None));
-                        }
-                    }
-                }
-            }
-            b'c' | b'C' | b'N' | b'S' => {}
-            b'Z' => return Ok(r),
-            b'E' => {
-                let e = ServerError::parse(&frame.body);
-                if !draining {
-                    let _ = tx.send((Err(Error::Server(Box::new(e.clone()))), None)).await;
-                }
-                return Err(Error::Server(Box::new(e)));
-            }
-            other => {
-                let e = Error::Protocol(format!("unexpected message {:?} during replication", other as char));
-                let _ = tx.send((Err(clone_err(&e)), None)).await;
                 return Err(e);
             }
         }

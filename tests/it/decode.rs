@@ -12,7 +12,7 @@ fn val<'a>(r: &'a Option<Row>, col: &str) -> Option<&'a str> {
 }
 
 fn ops(changes: &[&Change]) -> Vec<(String, Op)> {
-    changes.iter().map(|c| (c.table.clone(), c.op)).collect()
+    changes.iter().map(|c| (c.table.to_string(), c.op)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,7 +35,7 @@ async fn insert_update_delete_and_key_change_arrive_with_their_values() {
         [Op::Insert, Op::Insert, Op::Update, Op::Update, Op::Delete]
     );
     // Insert: values in text form; NULL and '' stay distinct.
-    assert_eq!(c[0].table, "public.users");
+    assert_eq!(&*c[0].table, "public.users");
     assert_eq!(val(&c[0].new, "id"), Some("1"));
     assert_eq!(val(&c[0].new, "name"), Some("alice"));
     assert_eq!(val(&c[0].new, "note"), None);
@@ -73,7 +73,7 @@ async fn truncate_of_several_tables_and_cascade_names_every_table() {
     );
     let cap = capture_sql(&db, "waly", "TRUNCATE a, b; TRUNCATE parent CASCADE;").await;
     let c = cap.changes();
-    let got: Vec<_> = c.iter().map(|c| (c.table.as_str(), c.op)).collect();
+    let got: Vec<_> = c.iter().map(|c| (&*c.table, c.op)).collect();
     assert_eq!(got.len(), 4, "{got:?}");
     assert!(c
         .iter()
@@ -81,14 +81,14 @@ async fn truncate_of_several_tables_and_cascade_names_every_table() {
     let mut t1: Vec<_> = c
         .iter()
         .filter(|x| x.commit_lsn == c[0].commit_lsn)
-        .map(|x| x.table.as_str())
+        .map(|x| &*x.table)
         .collect();
     t1.sort();
     assert_eq!(t1, ["public.a", "public.b"]);
     let mut t2: Vec<_> = c
         .iter()
         .filter(|x| x.commit_lsn != c[0].commit_lsn)
-        .map(|x| x.table.as_str())
+        .map(|x| &*x.table)
         .collect();
     t2.sort();
     assert_eq!(
@@ -162,7 +162,7 @@ async fn every_replica_identity_sends_what_it_promises() {
     let end = db.current_lsn();
     let cap = crate::capture_with(&db, &slot, "waly", end, None).await;
     let c = cap.changes();
-    let by = |t: &str| c.iter().filter(|x| x.table == t).copied().collect::<Vec<_>>();
+    let by = |t: &str| c.iter().filter(|x| &*x.table == t).copied().collect::<Vec<_>>();
 
     let d = by("public.d");
     assert!(d[0].old.is_none(), "DEFAULT sends no old row on a plain update");
