@@ -164,6 +164,8 @@ impl ConnInfo {
             .application_name(&self.application_name)
             .connect_timeout(self.connect_timeout)
             .ssl_mode(match self.sslmode {
+                // PostgreSQL never speaks TLS on a Unix socket.
+                _ if matches!(self.hosts.first(), Some(Host::Unix(_))) => tokio_postgres::config::SslMode::Disable,
                 SslMode::Disable => tokio_postgres::config::SslMode::Disable,
                 SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
                 _ => tokio_postgres::config::SslMode::Require,

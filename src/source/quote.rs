@@ -11,6 +11,24 @@ pub fn ident(name: &str) -> Result<String, Error> {
     Ok(format!("\"{}\"", name.replace('"', "\"\"")))
 }
 
+/// Validates a replication slot name (PostgreSQL allows only lower-case
+/// letters, digits and `_`, at most 63 bytes) and returns it quoted. The
+/// replication command grammar cannot escape a `"` inside a name, so names
+/// are checked here rather than trusted to quoting.
+pub fn slot(name: &str) -> Result<String, Error> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid {
+        return Err(Error::Config(format!(
+            "invalid replication slot name {name:?}: use 1 to 63 lower-case letters, digits and underscores"
+        )));
+    }
+    Ok(format!("\"{name}\""))
+}
+
 /// Quotes a string literal for SQL. Backslashes force the `E''` form so the
 /// result means the same whatever `standard_conforming_strings` is.
 pub fn literal(value: &str) -> Result<String, Error> {
@@ -95,6 +113,14 @@ mod tests {
             Some("\"a\"\"; DROP TABLE x; --\"")
         );
         assert!(ident("a\0b").is_err());
+    }
+
+    #[test]
+    fn slot_names_are_validated_not_escaped() {
+        assert_eq!(slot("waly_1").ok().as_deref(), Some("\"waly_1\""));
+        for bad in ["", "Waly", "a b", "x\" LOGICAL pgoutput; --", &"a".repeat(64)] {
+            assert!(slot(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

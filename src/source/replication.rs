@@ -105,7 +105,7 @@ pub async fn create_slot(
 ) -> Result<CreatedSlot, Error> {
     let sql = format!(
         "CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput (SNAPSHOT {})",
-        quote::ident(name)?,
+        quote::slot(name)?,
         if temporary { "TEMPORARY " } else { "" },
         match snapshot {
             SnapshotAction::Export => "'export'",
@@ -125,7 +125,7 @@ pub async fn create_slot(
 
 /// Drops a slot, waiting for it to become inactive.
 pub async fn drop_slot(conn: &mut PgConn, name: &str) -> Result<(), Error> {
-    conn.simple_query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote::ident(name)?))
+    conn.simple_query(&format!("DROP_REPLICATION_SLOT {} WAIT", quote::slot(name)?))
         .await?;
     Ok(())
 }
@@ -233,7 +233,7 @@ pub async fn start_replication(
         .join(",");
     let sql = format!(
         "START_REPLICATION SLOT {} LOGICAL {start} (proto_version {}, publication_names {}, messages {})",
-        quote::ident(slot)?,
+        quote::slot(slot)?,
         quote::replication_literal(&opts.proto_version.to_string())?,
         quote::replication_literal(&pubs)?,
         if opts.messages { "'true'" } else { "'false'" },

@@ -238,8 +238,9 @@ impl MakeRustls {
 /// One TLS handshake for `tokio_postgres`.
 #[derive(Debug)]
 pub struct RustlsConnect {
-    config: Arc<ClientConfig>,
-    name: ServerName<'static>,
+    /// `None` when TLS cannot be used (sslmode=disable, or a Unix socket,
+    /// for which `tokio_postgres` still asks for a connector with no name).
+    setup: Result<(Arc<ClientConfig>, ServerName<'static>), String>,
 }
 
 /// A TLS stream handed to `tokio_postgres`.
@@ -255,14 +256,13 @@ where
     type Error = Error;
 
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, Error> {
-        let config = self.config.clone().ok_or_else(|| Error::Tls {
-            target: domain.to_string(),
-            message: "TLS requested while sslmode=disable".into(),
-        })?;
-        Ok(RustlsConnect {
-            config,
-            name: server_name(domain)?,
-        })
+        let setup = match &self.config {
+            None => Err("TLS requested while sslmode=disable".to_string()),
+            Some(config) => server_name(domain)
+                .map(|name| (config.clone(), name))
+                .map_err(|e| e.to_string()),
+        };
+        Ok(RustlsConnect { setup })
     }
 }
 
@@ -276,9 +276,8 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
-            let tls = tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
-                .await?;
+            let (config, name) = self.setup.map_err(std::io::Error::other)?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, stream).await?;
             Ok(RustlsStream(tls))
         })
     }

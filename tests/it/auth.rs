@@ -60,6 +60,19 @@ async fn tls_require_and_verify_full_with_a_test_certificate() {
         assert!(uses_tls(&mut c).await);
     }
 
+    // Ordinary SQL connections (snapshot COPY, restore) follow the same rules.
+    let info = ConnInfo::parse_with_env(
+        &db.tcp_url("tlsuser", Some(PASSWORD), &format!("sslmode=verify-full sslrootcert={ca}")),
+        |_| None,
+    )
+    .expect("parses");
+    let sql = source::tls::connect_sql(&info).await.expect("SQL over verify-full");
+    let row = sql
+        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .await
+        .expect("query");
+    assert!(row.get::<_, bool>(0), "the SQL connection is encrypted");
+
     // 127.0.0.2 is the same server under a name the certificate lacks:
     // verify-ca accepts it, verify-full refuses it.
     let other = |mode: &str, root: &str| {

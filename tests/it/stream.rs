@@ -186,3 +186,82 @@ async fn restart_after_abrupt_disconnect_redelivers_exactly_the_unconfirmed() {
     let rest = capture_with(&db, &slot, "waly", end, None).await;
     assert_eq!(inserted_ids(&rest), ["3", "4", "5"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_publication_and_slot_names_are_quoted_not_executed() {
+    let db = TestDb::new();
+    let publication = r#"Pub "x"; DROP TABLE t; --"#;
+    db.psql(&format!(
+        "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION {} FOR ALL TABLES",
+        waly::source::quote::ident(publication).expect("quotes")
+    ));
+    let mut conn = PgConn::connect(&db.conninfo(), true).await.expect("connect");
+    waly::tail::preflight(&mut conn, publication)
+        .await
+        .expect("the publication is found by its exact name");
+    // A slot name that could change the command is refused before sending.
+    let bad_slot = source::create_slot(
+        &mut conn,
+        "x\" LOGICAL pgoutput; --",
+        true,
+        source::SnapshotAction::Nothing,
+    )
+    .await
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(bad_slot.contains("invalid replication slot name"), "{bad_slot}");
+    let slot = format!("s_{}", db.name);
+    source::create_slot(&mut conn, &slot, false, source::SnapshotAction::Nothing)
+        .await
+        .expect("slot");
+    conn.close().await;
+    db.psql("INSERT INTO t VALUES (1)");
+    let end = db.current_lsn();
+    let cap = capture_with(&db, &slot, publication, end, None).await;
+    assert_eq!(inserted_ids(&cap), ["1"]);
+    assert_eq!(db.psql("SELECT count(*) FROM t"), "1", "the table is still there");
+}
+
+/// The groundwork of guarantee 4: the exported snapshot plus the slot's
+/// changes is exactly the table, with nothing missed or seen twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_snapshot_and_slot_changes_meet_exactly() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100);
+         CREATE PUBLICATION waly FOR ALL TABLES",
+    );
+    let mut repl = PgConn::connect(&db.conninfo(), true).await.expect("connect");
+    let slot = format!("s_{}", db.name);
+    let created = source::create_slot(&mut repl, &slot, false, source::SnapshotAction::Export)
+        .await
+        .expect("slot");
+    let snapshot = created.snapshot_name.clone().expect("an exported snapshot");
+    // Writes after the slot's consistent point: in the stream, not the snapshot.
+    db.psql("INSERT INTO t VALUES (101); DELETE FROM t WHERE id = 1;");
+    let sql = source::tls::connect_sql(&db.conninfo()).await.expect("sql connection");
+    sql.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT {}",
+        source::quote::literal(&snapshot).expect("quotes")
+    ))
+    .await
+    .expect("snapshot imported");
+    let row = sql
+        .query_one("SELECT count(*), min(id), max(id) FROM t", &[])
+        .await
+        .expect("query");
+    let (n, lo, hi): (i64, i32, i32) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        (n, lo, hi),
+        (100, 1, 100),
+        "the snapshot is the state at the consistent point"
+    );
+    sql.batch_execute("COMMIT").await.expect("commit");
+    repl.close().await;
+    let end = db.current_lsn();
+    let cap = capture_with(&db, &slot, "waly", end, None).await;
+    let ops: Vec<_> = cap.changes().iter().map(|c| c.op).collect();
+    assert_eq!(ops, [Op::Insert, Op::Delete], "exactly the later writes");
+    assert!(cap.changes()[0].commit_lsn >= created.consistent_point);
+}
