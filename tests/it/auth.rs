@@ -62,7 +62,11 @@ async fn tls_require_and_verify_full_with_a_test_certificate() {
 
     // Ordinary SQL connections (snapshot COPY, restore) follow the same rules.
     let info = ConnInfo::parse_with_env(
-        &db.tcp_url("tlsuser", Some(PASSWORD), &format!("sslmode=verify-full sslrootcert={ca}")),
+        &db.tcp_url(
+            "tlsuser",
+            Some(PASSWORD),
+            &format!("sslmode=verify-full sslrootcert={ca}"),
+        ),
         |_| None,
     )
     .expect("parses");
