@@ -61,6 +61,47 @@ pub enum Error {
     /// The server closed the connection.
     #[error("the server closed the connection unexpectedly")]
     ConnectionClosed,
+    /// The archive URL cannot be used.
+    #[error("invalid archive URL {url:?}: {why}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The object store needs credentials that are not configured.
+    #[error("no credentials for archive {url}: {what}")]
+    MissingCredentials {
+        /// The archive URL.
+        url: String,
+        /// What to set.
+        what: String,
+    },
+    /// An object store operation failed.
+    #[error("archive object {key}")]
+    Store {
+        /// The object (relative to the archive).
+        key: String,
+        /// The store's error.
+        source: Box<object_store::Error>,
+    },
+    /// A write-once object already exists with different bytes.
+    #[error("archive object {key} already exists with different content: another writer, or a damaged archive; refusing to overwrite")]
+    Conflict {
+        /// The object.
+        key: String,
+    },
+    /// An archive object is damaged or not what it claims to be.
+    #[error("archive object {key} is corrupt: {why}")]
+    Corrupt {
+        /// The object.
+        key: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The archive belongs to another database, or is otherwise unusable for this one.
+    #[error("{0}")]
+    ArchiveMismatch(String),
 }
 
 impl Error {
@@ -69,6 +110,15 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Io(_) | Error::ConnectionClosed => true,
+            Error::Store { source, .. } => !matches!(
+                **source,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::NotSupported { .. }
+                    | object_store::Error::NotImplemented
+                    | object_store::Error::InvalidPath { .. }
+                    | object_store::Error::UnknownConfigurationKey { .. }
+            ),
             Error::Server(e) => {
                 e.code.starts_with("08") // connection exception
                     || e.code.starts_with("57P") // admin shutdown, crash shutdown, cannot connect now
@@ -76,6 +126,14 @@ impl Error {
                     || e.code == "55006" // object in use: a slot still held by a dying walsender
             }
             _ => false,
+        }
+    }
+
+    /// An object store failure at `key`.
+    pub fn store(key: &str, source: object_store::Error) -> Error {
+        Error::Store {
+            key: key.to_string(),
+            source: Box::new(source),
         }
     }
 

@@ -17,12 +17,14 @@
 //! - [`tail`]: `waly tail`, a live view of the changes.
 //! - [`lsn`]: WAL positions as a type; [`error`]: the one error type.
 
+pub mod archive;
 pub mod cli;
 pub mod error;
 pub mod event;
 pub mod lsn;
 pub mod pgoutput;
 pub mod pgtypes;
+pub mod segment;
 pub mod source;
 pub mod tail;
 

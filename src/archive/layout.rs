@@ -1,0 +1,147 @@
+//! Object names: fixed-width numbers and hex LSNs, so names sort in order,
+//! and table names encoded so any identifier is a safe path segment.
+
+use crate::Lsn;
+
+/// The identity object at the archive's root.
+pub const IDENTITY: &str = "waly.json";
+
+/// A generation's id: an 8-digit sequence number.
+pub fn generation_id(n: u32) -> String {
+    format!("{n:08}")
+}
+
+/// The directory of generation `gen`.
+pub fn generation_dir(gen: &str) -> String {
+    format!("generations/{gen}")
+}
+
+/// The description object of generation `gen`.
+pub fn generation_meta(gen: &str) -> String {
+    format!("generations/{gen}/generation.json")
+}
+
+/// The segments directory of generation `gen`.
+pub fn segments_dir(gen: &str) -> String {
+    format!("generations/{gen}/segments")
+}
+
+/// The key of segment number `n`, holding commit LSNs `first..=last`.
+pub fn segment_key(gen: &str, n: u64, first: Lsn, last: Lsn) -> String {
+    format!(
+        "generations/{gen}/segments/{n:010}-{:016X}-{:016X}.jsonl.zst",
+        first.as_u64(),
+        last.as_u64()
+    )
+}
+
+/// Parses a segment key's file name into `(n, first, last)`.
+pub fn parse_segment_key(key: &str) -> Option<(u64, Lsn, Lsn)> {
+    let name = key.rsplit('/').next()?.strip_suffix(".jsonl.zst")?;
+    let mut parts = name.split('-');
+    let n = parts.next()?;
+    let first = parts.next()?;
+    let last = parts.next()?;
+    if parts.next().is_some() || n.len() != 10 || first.len() != 16 || last.len() != 16 {
+        return None;
+    }
+    Some((
+        n.parse().ok()?,
+        Lsn(u64::from_str_radix(first, 16).ok()?),
+        Lsn(u64::from_str_radix(last, 16).ok()?),
+    ))
+}
+
+/// Encodes one identifier so it is a safe, unambiguous path segment: bytes
+/// outside `[A-Za-z0-9_-]` become `~XX`.
+fn encode_part(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("~{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode_part(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'~' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A table (`schema`, `name`) as a path segment: `schema.name`, each part encoded.
+pub fn table_segment(schema: &str, name: &str) -> String {
+    format!("{}.{}", encode_part(schema), encode_part(name))
+}
+
+/// The inverse of [`table_segment`].
+pub fn parse_table_segment(s: &str) -> Option<(String, String)> {
+    let (schema, name) = s.split_once('.')?;
+    Some((decode_part(schema)?, decode_part(name)?))
+}
+
+/// The object holding version `version` of a table's schema.
+pub fn schema_key(gen: &str, table_seg: &str, version: u32) -> String {
+    format!("generations/{gen}/schemas/{table_seg}/{version:06}.json")
+}
+
+/// The schemas directory of generation `gen`.
+pub fn schemas_dir(gen: &str) -> String {
+    format!("generations/{gen}/schemas")
+}
+
+/// The directory of the snapshot consistent with `lsn`.
+pub fn snapshot_dir(gen: &str, lsn: Lsn) -> String {
+    format!("generations/{gen}/snapshots/{:016X}", lsn.as_u64())
+}
+
+/// The manifest of the snapshot at `lsn` (written last).
+pub fn snapshot_manifest(gen: &str, lsn: Lsn) -> String {
+    format!("{}/manifest.json", snapshot_dir(gen, lsn))
+}
+
+/// Part `part` of table `table_seg` in the snapshot at `lsn`.
+pub fn snapshot_part(gen: &str, lsn: Lsn, table_seg: &str, part: u32) -> String {
+    format!("{}/{table_seg}/{part:06}.jsonl.zst", snapshot_dir(gen, lsn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_keys_sort_and_parse() {
+        let a = segment_key("00000001", 9, Lsn(0x16B6C50), Lsn(0x16B9F00));
+        let b = segment_key("00000001", 10, Lsn(0x16B9F00), Lsn(0x1_0000_0000));
+        assert_eq!(
+            a,
+            "generations/00000001/segments/0000000009-00000000016B6C50-00000000016B9F00.jsonl.zst"
+        );
+        assert!(a < b);
+        assert_eq!(parse_segment_key(&b), Some((10, Lsn(0x16B9F00), Lsn(0x1_0000_0000))));
+        assert_eq!(parse_segment_key("generations/x/segments/junk.jsonl.zst"), None);
+    }
+
+    #[test]
+    fn any_table_name_is_a_safe_segment() {
+        for (schema, name) in [("public", "users"), ("My Schema", "a.b/c~d"), ("s", "日本")] {
+            let seg = table_segment(schema, name);
+            assert!(!seg.contains('/') && seg.matches('.').count() == 1, "{seg}");
+            assert_eq!(parse_table_segment(&seg), Some((schema.to_string(), name.to_string())));
+        }
+    }
+}

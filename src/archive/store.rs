@@ -1,0 +1,209 @@
+//! Opening an archive's object store from a URL, and the few operations
+//! waly needs on it: write-once puts, gets, and sorted listings.
+//!
+//! Every write is `PutMode::Create`: an object, once written, never changes.
+//! An `AlreadyExists` answer counts as success only when the stored bytes are
+//! identical (a retried upload whose first attempt did land).
+
+use crate::Error as ArchiveError;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use std::sync::Arc;
+
+/// An archive location: a store and a prefix inside it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    prefix: Path,
+    url: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+/// Whether a bare `AWS_*` environment provides S3 credentials without
+/// asking the instance-metadata service.
+fn s3_credentials_present() -> bool {
+    let set = |k: &str| std::env::var(k).map(|v| !v.is_empty()).unwrap_or(false);
+    (set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY"))
+        || set("AWS_WEB_IDENTITY_TOKEN_FILE")
+        || set("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        || set("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        || std::env::var("WALY_S3_INSTANCE_METADATA").as_deref() == Ok("true")
+}
+
+impl Store {
+    /// Opens `url`: `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix`, `file:///path`, `memory://`, or a plain path.
+    /// Credentials and endpoints come from the usual environment variables
+    /// (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT`, `GOOGLE_SERVICE_ACCOUNT`,
+    /// `AZURE_STORAGE_ACCOUNT_NAME`, ...).
+    pub fn open(url: &str) -> Result<Store, ArchiveError> {
+        let bad = |why: String| ArchiveError::BadUrl {
+            url: url.to_string(),
+            why,
+        };
+        let (scheme, rest) = match url.split_once("://") {
+            Some((s, r)) => (s, r),
+            None => ("file", url),
+        };
+        let (inner, prefix): (Arc<dyn ObjectStore>, &str) = match scheme {
+            "file" => {
+                if rest.is_empty() {
+                    return Err(bad("the path is empty".into()));
+                }
+                std::fs::create_dir_all(rest).map_err(|e| bad(format!("cannot create directory {rest}: {e}")))?;
+                let local = object_store::local::LocalFileSystem::new_with_prefix(rest)
+                    .map_err(|e| bad(e.to_string()))?
+                    .with_automatic_cleanup(true);
+                (Arc::new(local), "")
+            }
+            "memory" => (Arc::new(object_store::memory::InMemory::new()), rest),
+            "s3" | "s3a" => {
+                let (bucket, prefix) = bucket_and_prefix(rest).ok_or_else(|| bad("no bucket name".into()))?;
+                if !s3_credentials_present() {
+                    return Err(ArchiveError::MissingCredentials {
+                        url: url.to_string(),
+                        what: "S3 needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a web-identity or \
+                               container role); to use this machine's EC2 instance role, set \
+                               WALY_S3_INSTANCE_METADATA=true"
+                            .into(),
+                    });
+                }
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
+                let endpoint = std::env::var("AWS_ENDPOINT_URL")
+                    .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                    .unwrap_or_default();
+                if !endpoint.is_empty() {
+                    b = b.with_endpoint(&endpoint);
+                    if endpoint.starts_with("http://") {
+                        b = b.with_allow_http(true);
+                    }
+                }
+                (Arc::new(b.build().map_err(|e| bad(e.to_string()))?), prefix)
+            }
+            "gs" => {
+                let (bucket, prefix) = bucket_and_prefix(rest).ok_or_else(|| bad("no bucket name".into()))?;
+                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+                (Arc::new(b.build().map_err(|e| bad(e.to_string()))?), prefix)
+            }
+            "az" | "azure" | "abfs" => {
+                let (container, prefix) = bucket_and_prefix(rest).ok_or_else(|| bad("no container name".into()))?;
+                let b = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(container);
+                (Arc::new(b.build().map_err(|e| bad(e.to_string()))?), prefix)
+            }
+            other => {
+                return Err(bad(format!(
+                    "unsupported scheme {other:?}: use s3://, gs://, az://, file:// or a directory path"
+                )))
+            }
+        };
+        Ok(Store {
+            inner,
+            prefix: Path::from(prefix.trim_matches('/')),
+            url: url.to_string(),
+        })
+    }
+
+    /// A store over an existing `ObjectStore` (for the contract tests).
+    pub fn from_object_store(inner: Arc<dyn ObjectStore>, prefix: &str) -> Store {
+        Store {
+            inner,
+            prefix: Path::from(prefix.trim_matches('/')),
+            url: format!("(object store)/{prefix}"),
+        }
+    }
+
+    /// The URL the archive was opened from.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn path(&self, key: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in key.split('/').filter(|s| !s.is_empty()) {
+            p = p.child(part);
+        }
+        p
+    }
+
+    /// Writes `bytes` at `key` once. If an object is already there, succeeds
+    /// only if it holds exactly these bytes.
+    pub async fn put_once(&self, key: &str, bytes: Bytes) -> Result<(), ArchiveError> {
+        let path = self.path(key);
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self.inner.put_opts(&path, PutPayload::from(bytes.clone()), opts).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                let existing = self.get(key).await?;
+                if existing == bytes {
+                    Ok(())
+                } else {
+                    Err(ArchiveError::Conflict { key: key.to_string() })
+                }
+            }
+            Err(source) => Err(ArchiveError::store(key, source)),
+        }
+    }
+
+    /// Reads the object at `key`.
+    pub async fn get(&self, key: &str) -> Result<Bytes, ArchiveError> {
+        let path = self.path(key);
+        let r = self.inner.get(&path).await.map_err(|e| ArchiveError::store(key, e))?;
+        r.bytes().await.map_err(|e| ArchiveError::store(key, e))
+    }
+
+    /// Reads the object at `key`, or `None` when there is none.
+    pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, ArchiveError> {
+        match self.get(key).await {
+            Ok(b) => Ok(Some(b)),
+            Err(ArchiveError::Store { source, .. }) if matches!(*source, object_store::Error::NotFound { .. }) => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every key under `dir` (relative to the archive), with its size, sorted.
+    /// Listing order is never trusted: the result is sorted here.
+    pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, ArchiveError> {
+        let base = self.path(dir);
+        let skip = self.prefix.parts().count();
+        let mut out: Vec<(String, u64)> = self
+            .inner
+            .list(Some(&base))
+            .map_ok(|m| {
+                let rel: Vec<String> = m.location.parts().skip(skip).map(|p| p.as_ref().to_string()).collect();
+                (rel.join("/"), m.size)
+            })
+            .try_collect()
+            .await
+            .map_err(|e| ArchiveError::store(dir, e))?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// Deletes the object at `key` (tests and pruning only; archive data is
+    /// otherwise never rewritten).
+    pub async fn delete(&self, key: &str) -> Result<(), ArchiveError> {
+        self.inner
+            .delete(&self.path(key))
+            .await
+            .map_err(|e| ArchiveError::store(key, e))
+    }
+}
+
+fn bucket_and_prefix(rest: &str) -> Option<(&str, &str)> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    (!bucket.is_empty()).then_some((bucket, prefix))
+}
