@@ -21,10 +21,13 @@ pub mod archive;
 pub mod cli;
 pub mod error;
 pub mod event;
+pub mod log;
 pub mod lsn;
 pub mod pgoutput;
 pub mod pgtypes;
+pub mod pipeline;
 pub mod segment;
+pub mod snapshot;
 pub mod source;
 pub mod tail;
 

@@ -14,6 +14,7 @@
 //! themselves and never trust listing order. See docs/FORMAT.md.
 
 pub mod layout;
+pub mod state;
 
 pub mod store;
 

@@ -1,5 +1,7 @@
 //! The command line: parse, call the library, print. One file per subcommand.
 
+mod log;
+mod run;
 mod tail;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Stream live changes from a publication and print them.
     Tail(tail::TailArgs),
+    /// Capture every committed change into the archive (the sidecar).
+    Run(run::RunArgs),
+    /// Print the archived changes in commit order, each once.
+    Log(log::LogArgs),
 }
 
 /// Where the source database is: a URL or key=value string, else PG* variables.
@@ -43,6 +49,23 @@ pub struct SourceArgs {
     /// PGPASSWORD, PGDATABASE, PGSSLMODE, PGSSLROOTCERT.
     #[arg(long, env = "WALY_SOURCE", hide_env_values = true, default_value = "")]
     pub source: String,
+}
+
+/// Where the archive is.
+#[derive(Debug, clap::Args)]
+pub struct ArchiveArgs {
+    /// The archive: a directory, file:///path, s3://bucket/prefix, gs://bucket/prefix or
+    /// az://container/prefix. Credentials come from the usual environment variables
+    /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT, GOOGLE_SERVICE_ACCOUNT, AZURE_STORAGE_*).
+    #[arg(long, env = "WALY_ARCHIVE", hide_env_values = true, default_value = "./waly-archive")]
+    pub archive: String,
+}
+
+impl ArchiveArgs {
+    /// Opens the archive's store.
+    pub fn open(&self) -> anyhow::Result<crate::archive::Store> {
+        Ok(crate::archive::Store::open(&self.archive)?)
+    }
 }
 
 impl SourceArgs {
@@ -105,6 +128,8 @@ pub fn main() -> ExitCode {
         let task = tokio::spawn(async move {
             match &command {
                 Command::Tail(args) => tail::run(args).await,
+                Command::Run(args) => run::run(args).await,
+                Command::Log(args) => log::run(args).await,
             }
         });
         task.await

@@ -1,0 +1,292 @@
+//! What the archive already holds: its identity, its generations, and for
+//! the current generation the tail of the segment chain, the schema versions
+//! and the snapshots. The writer rebuilds this on every start; nothing else
+//! is kept between runs.
+
+use super::layout;
+use super::Store;
+use crate::segment::{ColumnDef, CommitPoint, SchemaRecord, SegmentReader};
+use crate::{Error, Lsn};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `waly.json`: which database the archive belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Format version of the archive layout.
+    pub waly_archive: u32,
+    /// The cluster's system identifier (`IDENTIFY_SYSTEM`).
+    pub system_identifier: String,
+    /// The database name.
+    pub database: String,
+    /// The replication slot.
+    pub slot: String,
+    /// The publication.
+    pub publication: String,
+    /// When the archive was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// `generation.json`: why and where a generation began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationInfo {
+    /// The generation id.
+    pub generation: String,
+    /// When it began.
+    pub started_at: DateTime<Utc>,
+    /// Why: first start, slot missing, slot invalidated, gap detected.
+    pub reason: String,
+    /// The slot's position when it began.
+    pub slot_lsn: Lsn,
+    /// The timeline.
+    pub timeline: u32,
+}
+
+/// A snapshot manifest: written last, after every part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version.
+    pub waly_snapshot: u32,
+    /// The generation.
+    pub generation: String,
+    /// The LSN the snapshot is consistent with: it holds every transaction
+    /// committed before it, and none after.
+    pub lsn: Lsn,
+    /// When it was taken.
+    pub taken_at: DateTime<Utc>,
+    /// The tables in it.
+    pub tables: Vec<ManifestTable>,
+}
+
+/// One table in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestTable {
+    /// `schema.table`.
+    pub table: String,
+    /// The schema version its rows follow.
+    pub schema_version: u32,
+    /// Rows in all parts.
+    pub rows: u64,
+    /// The parts, in order.
+    pub parts: Vec<ManifestPart>,
+}
+
+/// One part object of a snapshot table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestPart {
+    /// The object key.
+    pub key: String,
+    /// Rows in it.
+    pub rows: u64,
+    /// Its size.
+    pub bytes: u64,
+    /// SHA-256 (hex) of its bytes.
+    pub sha256: String,
+}
+
+/// The end of a generation's segment chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tail {
+    /// The number the next segment gets.
+    pub next_number: u64,
+    /// SHA-256 of the last segment.
+    pub prev_sha256: Option<String>,
+    /// The last transaction completely archived.
+    pub last_commit: Option<CommitPoint>,
+    /// Everything before this WAL position is archived (or deliberately not:
+    /// idle WAL, or WAL covered by a snapshot).
+    pub durable_lsn: Option<Lsn>,
+}
+
+/// The state of one generation.
+#[derive(Debug, Clone, Default)]
+pub struct GenState {
+    /// Its id.
+    pub id: String,
+    /// The end of its segment chain.
+    pub tail: Tail,
+    /// The latest schema version of each table.
+    pub schemas: BTreeMap<String, SchemaRecord>,
+    /// The LSN of each table's latest snapshot.
+    pub snapshots: BTreeMap<String, Lsn>,
+    /// The manifests, oldest first.
+    pub manifests: Vec<Manifest>,
+}
+
+impl GenState {
+    /// The position up to which the slot may be confirmed: the chain's
+    /// durable end, or a later snapshot's LSN.
+    pub fn durable_position(&self) -> Lsn {
+        let snap = self.manifests.iter().map(|m| m.lsn).max().unwrap_or_default();
+        self.tail.durable_lsn.unwrap_or_default().max(snap)
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        key: key.to_string(),
+        why: e.to_string(),
+    })
+}
+
+/// Serializes `v` as pretty JSON with a trailing newline.
+pub fn to_json<T: Serialize>(v: &T) -> bytes::Bytes {
+    let mut out = serde_json::to_vec_pretty(v).unwrap_or_default();
+    out.push(b'\n');
+    bytes::Bytes::from(out)
+}
+
+/// Reads `waly.json`, if the archive has one.
+pub async fn read_identity(store: &Store) -> Result<Option<Identity>, Error> {
+    match store.get_opt(layout::IDENTITY).await? {
+        Some(b) => Ok(Some(parse_json(layout::IDENTITY, &b)?)),
+        None => Ok(None),
+    }
+}
+
+/// Makes sure the archive belongs to `mine`: writes the identity if there is
+/// none, refuses if it names another database.
+pub async fn claim(store: &Store, mine: &Identity) -> Result<Identity, Error> {
+    if let Some(theirs) = read_identity(store).await? {
+        check_identity(store, &theirs, mine)?;
+        return Ok(theirs);
+    }
+    match store.put_once(layout::IDENTITY, to_json(mine)).await {
+        Ok(()) => Ok(mine.clone()),
+        // Someone else claimed it at the same moment: check theirs.
+        Err(Error::Conflict { .. }) => {
+            let theirs = read_identity(store)
+                .await?
+                .ok_or_else(|| Error::ArchiveMismatch("the archive identity vanished".into()))?;
+            check_identity(store, &theirs, mine)?;
+            Ok(theirs)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn check_identity(store: &Store, theirs: &Identity, mine: &Identity) -> Result<(), Error> {
+    if theirs.system_identifier != mine.system_identifier || theirs.database != mine.database {
+        return Err(Error::ArchiveMismatch(format!(
+            "the archive at {} belongs to database {:?} of cluster {}, not to database {:?} of cluster {}; \
+             use another --archive for this database",
+            store.url(),
+            theirs.database,
+            theirs.system_identifier,
+            mine.database,
+            mine.system_identifier
+        )));
+    }
+    if theirs.slot != mine.slot {
+        return Err(Error::ArchiveMismatch(format!(
+            "the archive at {} is fed by slot {:?}, not {:?}; use --slot {} or another --archive",
+            store.url(),
+            theirs.slot,
+            mine.slot,
+            theirs.slot
+        )));
+    }
+    Ok(())
+}
+
+/// The generation ids, oldest first.
+pub async fn generations(store: &Store) -> Result<Vec<String>, Error> {
+    let mut gens: Vec<String> = store
+        .list("generations")
+        .await?
+        .into_iter()
+        .filter_map(|(k, _)| {
+            let mut parts = k.split('/');
+            let (Some("generations"), Some(g), Some("generation.json")) = (parts.next(), parts.next(), parts.next())
+            else {
+                return None;
+            };
+            Some(g.to_string())
+        })
+        .collect();
+    gens.sort();
+    gens.dedup();
+    Ok(gens)
+}
+
+/// Reads a generation's description.
+pub async fn generation_info(store: &Store, gen: &str) -> Result<GenerationInfo, Error> {
+    let key = layout::generation_meta(gen);
+    parse_json(&key, &store.get(&key).await?)
+}
+
+/// The segments of `gen` as `(key, number, size)`, in chain order.
+pub async fn segments(store: &Store, gen: &str) -> Result<Vec<(String, u64, u64)>, Error> {
+    let mut out = Vec::new();
+    for (key, size) in store.list(&layout::segments_dir(gen)).await? {
+        match layout::parse_segment_key(&key) {
+            Some((n, _, _)) => out.push((key, n, size)),
+            None => tracing::warn!(key, "ignoring an object that is not named like a segment"),
+        }
+    }
+    out.sort_by_key(|(_, n, _)| *n);
+    Ok(out)
+}
+
+/// Loads what the writer needs to continue generation `gen`.
+pub async fn load_generation(store: &Store, gen: &str) -> Result<GenState, Error> {
+    let mut st = GenState {
+        id: gen.to_string(),
+        ..Default::default()
+    };
+    let segs = segments(store, gen).await?;
+    if let Some((key, n, _)) = segs.last() {
+        let bytes = store.get(key).await?;
+        st.tail.next_number = n + 1;
+        st.tail.prev_sha256 = Some(crate::segment::sha256_hex(&bytes));
+        // The last commit may be further back when a large transaction spans
+        // the last segments: walk back through the headers.
+        for (key, _, _) in segs.iter().rev() {
+            let b = if key == &segs[segs.len() - 1].0 {
+                bytes.clone()
+            } else {
+                store.get(key).await?
+            };
+            let r = SegmentReader::open(key, &b)?;
+            if st.tail.durable_lsn.is_none() {
+                st.tail.durable_lsn = r.header.durable_lsn;
+            }
+            if let Some(c) = r.header.last_commit {
+                st.tail.last_commit = Some(c);
+                break;
+            }
+        }
+    }
+    for (key, _) in store.list(&layout::schemas_dir(gen)).await? {
+        let rec: SchemaRecord = parse_json(&key, &store.get(&key).await?)?;
+        let newer = st.schemas.get(&rec.table).is_none_or(|s| s.version < rec.version);
+        if newer {
+            st.schemas.insert(rec.table.clone(), rec);
+        }
+    }
+    for (key, _) in store
+        .list(&format!("{}/snapshots", layout::generation_dir(gen)))
+        .await?
+    {
+        if !key.ends_with("/manifest.json") {
+            continue;
+        }
+        let m: Manifest = parse_json(&key, &store.get(&key).await?)?;
+        for t in &m.tables {
+            let e = st.snapshots.entry(t.table.clone()).or_default();
+            *e = (*e).max(m.lsn);
+        }
+        st.manifests.push(m);
+    }
+    st.manifests.sort_by_key(|m| m.lsn);
+    Ok(st)
+}
+
+/// Whether two column lists describe the same table shape.
+pub fn same_columns(a: &[ColumnDef], b: &[ColumnDef]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.name == y.name && x.type_oid == y.type_oid && x.type_modifier == y.type_modifier && x.key == y.key
+        })
+}

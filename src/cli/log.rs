@@ -1,0 +1,100 @@
+//! `waly log`: print the archived changes.
+
+use super::ArchiveArgs;
+use crate::log::{Bound, Item, LogOptions};
+use std::io::Write;
+
+/// Print archived changes in commit order, each once.
+#[derive(Debug, clap::Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+    /// Only this table (schema.table; unqualified means public).
+    #[arg(long)]
+    pub table: Option<String>,
+    /// From this commit time (RFC 3339; without an offset it is UTC) or LSN.
+    #[arg(long)]
+    pub since: Option<Bound>,
+    /// Up to this commit time (RFC 3339; without an offset it is UTC) or LSN.
+    #[arg(long)]
+    pub until: Option<Bound>,
+    /// One JSON object per change (the fields of `waly tail --json`).
+    #[arg(long)]
+    pub json: bool,
+    /// Also print snapshot rows (they are not changes).
+    #[arg(long)]
+    pub snapshot: bool,
+}
+
+pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
+    let store = args.archive.open()?;
+    let table = match &args.table {
+        Some(t) => {
+            let (s, n) = crate::source::quote::split_qualified(t)?;
+            Some(format!("{s}.{n}"))
+        }
+        None => None,
+    };
+    let opts = LogOptions {
+        table,
+        since: args.since,
+        until: args.until,
+        snapshot: args.snapshot,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout);
+    let mut line = Vec::with_capacity(1024);
+    let json = args.json;
+    let result = crate::log::walk(&store, &opts, &mut |item| {
+        line.clear();
+        match item {
+            Item::Change(c) => crate::tail::format_change(c, json, &mut line),
+            Item::Message(m) => {
+                if json {
+                    let _ = serde_json::to_writer(
+                        &mut line,
+                        &serde_json::json!({"message": {"prefix": m.prefix, "content": m.content, "transactional": true,
+                            "commit_lsn": m.commit_lsn, "seq": m.seq, "xid": m.xid}}),
+                    );
+                } else {
+                    let _ = write!(
+                        line,
+                        "{} xid {} #{} message  {}: {}",
+                        m.commit_lsn, m.xid, m.seq, m.prefix, m.content
+                    );
+                }
+            }
+            Item::SnapshotRow { table, lsn, row } => {
+                if json {
+                    let _ = serde_json::to_writer(
+                        &mut line,
+                        &serde_json::json!({"snapshot": {"table": table, "lsn": lsn, "row": row}}),
+                    );
+                } else {
+                    let _ = write!(
+                        line,
+                        "snapshot {lsn} {table} {}",
+                        serde_json::to_string(row).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        line.push(b'\n');
+        out.write_all(&line).map_err(crate::Error::Io)
+    })
+    .await;
+    match result {
+        Ok(stats) => {
+            out.flush()?;
+            tracing::debug!(
+                shown = stats.shown,
+                duplicates = stats.duplicates,
+                incomplete = stats.incomplete,
+                "log done"
+            );
+            Ok(())
+        }
+        Err(crate::Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,81 @@
+//! `waly run`: the sidecar.
+
+use super::{ArchiveArgs, SourceArgs};
+use crate::pipeline::RunOptions;
+use std::time::Duration;
+
+/// Parses `500ms`, `1s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 500ms, 1s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration {s:?}: use e.g. 500ms, 1s, 2m")),
+    };
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("invalid duration {s:?}: must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `16MiB`, `8MB`, `1048576`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("invalid size {s:?}: use e.g. 16MiB"))?;
+    let mult = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "kb" => 1000,
+        "mib" | "m" => 1 << 20,
+        "mb" => 1_000_000,
+        "gib" | "g" => 1 << 30,
+        _ => return Err(format!("invalid size {s:?}: use e.g. 16MiB")),
+    };
+    let v = n * mult;
+    if v < 4096 {
+        return Err(format!("size {s:?} is too small (at least 4KiB)"));
+    }
+    Ok(v)
+}
+
+/// Capture changes into the archive until stopped (SIGTERM/SIGINT flush, confirm and exit 0).
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+    /// The replication slot (created if missing).
+    #[arg(long, default_value = "waly")]
+    pub slot: String,
+    /// The publication to capture.
+    #[arg(long, default_value = "waly")]
+    pub publication: String,
+    /// Close a segment at most this long after its first change.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+    /// Close a segment once it holds this much (uncompressed).
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    pub segment_size: usize,
+}
+
+pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let info = args.source.conninfo()?;
+    let store = args.archive.open()?;
+    let opts = RunOptions {
+        slot: args.slot.clone(),
+        publication: args.publication.clone(),
+        flush_interval: args.flush_interval,
+        segment_bytes: args.segment_size,
+        ..RunOptions::default()
+    };
+    crate::pipeline::run(&info, &store, &opts, super::stop_signal()).await?;
+    Ok(())
+}

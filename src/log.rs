@@ -1,0 +1,223 @@
+//! `waly log`: the archived changes in commit order, each once.
+//!
+//! Readers never trust the writer to have written each change once: a
+//! transaction cut short by a crash is written again after restart. Changes
+//! are deduplicated on their identity `(commit_lsn, seq)`, which only grows
+//! along the chain. A transaction counts only once its commit marker is
+//! archived, so the generation's trailing, incomplete transaction is held
+//! back.
+
+use crate::archive::state::{self, Manifest};
+use crate::archive::Store;
+use crate::event::{Change, Row};
+use crate::segment::{MessageRecord, Record, SegmentReader};
+use crate::{Error, Lsn};
+use chrono::{DateTime, Utc};
+use std::io::BufRead;
+
+/// A point in history: a commit time or a commit LSN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// Commit time.
+    Time(DateTime<Utc>),
+    /// Commit LSN.
+    Lsn(Lsn),
+}
+
+impl std::str::FromStr for Bound {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.contains('/') {
+            return s.parse().map(Bound::Lsn).map_err(|e| e.to_string());
+        }
+        parse_time(s).map(Bound::Time)
+    }
+}
+
+/// Parses RFC 3339; a date-time without an offset is UTC; a bare date is midnight UTC.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
+            return Ok(t.and_utc());
+        }
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    }
+    Err(format!(
+        "invalid time {s:?}: use RFC 3339, e.g. 2026-11-20T09:30:00Z (a time without an offset is UTC), or an LSN like 0/16B6C50"
+    ))
+}
+
+/// What to print.
+#[derive(Debug, Clone, Default)]
+pub struct LogOptions {
+    /// Only this table (`schema.table`).
+    pub table: Option<String>,
+    /// Only commits at or after this point.
+    pub since: Option<Bound>,
+    /// Only commits at or before this point.
+    pub until: Option<Bound>,
+    /// Also the snapshot rows, before each generation's changes.
+    pub snapshot: bool,
+}
+
+/// One thing `waly log` shows.
+#[derive(Debug)]
+pub enum Item<'a> {
+    /// A row of a snapshot.
+    SnapshotRow {
+        /// `schema.table`.
+        table: &'a str,
+        /// The snapshot's LSN.
+        lsn: Lsn,
+        /// The row.
+        row: &'a Row,
+    },
+    /// A change.
+    Change(&'a Change),
+    /// A `waly` message.
+    Message(&'a MessageRecord),
+}
+
+/// What a log walk saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogStats {
+    /// Items shown.
+    pub shown: u64,
+    /// Duplicates skipped.
+    pub duplicates: u64,
+    /// Records held back because their transaction has no commit marker.
+    pub incomplete: u64,
+}
+
+fn after(b: Option<Bound>, lsn: Lsn, t: DateTime<Utc>) -> bool {
+    match b {
+        None => true,
+        Some(Bound::Lsn(l)) => lsn >= l,
+        Some(Bound::Time(x)) => t >= x,
+    }
+}
+
+fn before(b: Option<Bound>, lsn: Lsn, t: DateTime<Utc>) -> bool {
+    match b {
+        None => true,
+        Some(Bound::Lsn(l)) => lsn <= l,
+        Some(Bound::Time(x)) => t <= x,
+    }
+}
+
+/// Walks the archive, calling `f` for each item in commit order.
+pub async fn walk(
+    store: &Store,
+    opts: &LogOptions,
+    f: &mut (dyn FnMut(Item<'_>) -> Result<(), Error> + Send),
+) -> Result<LogStats, Error> {
+    let mut stats = LogStats::default();
+    let gens = state::generations(store).await?;
+    if gens.is_empty() && state::read_identity(store).await?.is_none() {
+        return Err(Error::ArchiveMismatch(format!(
+            "{} is not a waly archive (no waly.json); check --archive",
+            store.url()
+        )));
+    }
+    for gen in gens {
+        let st = state::load_generation(store, &gen).await?;
+        if opts.snapshot {
+            for m in &st.manifests {
+                snapshot_rows(store, m, opts, f, &mut stats).await?;
+            }
+        }
+        let last_complete = st.tail.last_commit.map(|c| c.commit_lsn);
+        let mut hwm: Option<(Lsn, u64)> = None;
+        for (key, _, _) in state::segments(store, &gen).await? {
+            let bytes = store.get(&key).await?;
+            let mut r = SegmentReader::open(&key, &bytes)?;
+            while let Some(rec) = r.next_record()? {
+                let (id, t) = match &rec {
+                    Record::Change(c) => ((c.change.commit_lsn, c.change.seq), c.change.commit_time),
+                    Record::Message(m) => ((m.commit_lsn, m.seq), m.commit_time),
+                    Record::Schema(_) | Record::Commit(_) => continue,
+                };
+                if last_complete.is_none_or(|c| id.0 > c) {
+                    stats.incomplete += 1;
+                    continue;
+                }
+                if hwm.is_some_and(|h| id <= h) {
+                    stats.duplicates += 1;
+                    continue;
+                }
+                hwm = Some(id);
+                if !after(opts.since, id.0, t) || !before(opts.until, id.0, t) {
+                    continue;
+                }
+                match &rec {
+                    Record::Change(c) => {
+                        if opts.table.as_deref().is_some_and(|want| want != &*c.change.table) {
+                            continue;
+                        }
+                        f(Item::Change(&c.change))?;
+                    }
+                    Record::Message(m) => {
+                        if opts.table.is_some() {
+                            continue;
+                        }
+                        f(Item::Message(m))?;
+                    }
+                    _ => {}
+                }
+                stats.shown += 1;
+            }
+        }
+    }
+    Ok(stats)
+}
+
+async fn snapshot_rows(
+    store: &Store,
+    m: &Manifest,
+    opts: &LogOptions,
+    f: &mut (dyn FnMut(Item<'_>) -> Result<(), Error> + Send),
+    stats: &mut LogStats,
+) -> Result<(), Error> {
+    for t in &m.tables {
+        if opts.table.as_deref().is_some_and(|want| want != t.table) {
+            continue;
+        }
+        for part in &t.parts {
+            let bytes = store.get(&part.key).await?;
+            if crate::segment::sha256_hex(&bytes) != part.sha256 {
+                return Err(Error::Corrupt {
+                    key: part.key.clone(),
+                    why: "its SHA-256 differs from the manifest's".into(),
+                });
+            }
+            let corrupt = |why: String| Error::Corrupt {
+                key: part.key.clone(),
+                why,
+            };
+            let dec = zstd::stream::read::Decoder::new(&bytes[..]).map_err(|e| corrupt(e.to_string()))?;
+            let mut lines = std::io::BufReader::new(dec).lines();
+            lines.next(); // the part header
+            for line in lines {
+                let line = line.map_err(|e| corrupt(e.to_string()))?;
+                let row: Row = serde_json::from_str(&line).map_err(|e| corrupt(e.to_string()))?;
+                f(Item::SnapshotRow {
+                    table: &t.table,
+                    lsn: m.lsn,
+                    row: &row,
+                })?;
+                stats.shown += 1;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,604 @@
+//! `waly run`: stream changes from the slot into segments, upload them
+//! write-once, and confirm the slot only up to what is durably archived.
+//!
+//! One session = one replication connection. A session starts by reading
+//! the archive's tail (nothing else is remembered between sessions), picks
+//! or starts a generation, snapshots tables that have no snapshot yet, then
+//! streams. Transactions already archived are skipped; a transaction that
+//! was only partly archived is written again (readers deduplicate on
+//! `(commit_lsn, seq)`). Transient failures (connection lost, server
+//! restarting, object store down) end the session and a new one starts
+//! after a backoff; the slot was never confirmed past the archive, so
+//! nothing is lost.
+
+use crate::archive::layout;
+use crate::archive::state::{self, to_json, GenState, GenerationInfo, Identity};
+use crate::archive::Store;
+use crate::event::{Assembler, Event, RelationInfo};
+use crate::segment::{ChangeRecord, ColumnDef, CommitRecord, MessageRecord, Record, SchemaRecord, SegmentBuilder};
+use crate::snapshot::{self, TableRef};
+use crate::source::{self, quote, ConnInfo, PgConn, ReplicationMessage, SnapshotAction, StartOptions};
+use crate::{Error, Lsn};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How `waly run` behaves.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The slot to stream from (created if missing).
+    pub slot: String,
+    /// The publication to stream.
+    pub publication: String,
+    /// A segment is closed this long after its first record at the latest.
+    pub flush_interval: Duration,
+    /// A segment is closed once it holds this many uncompressed bytes.
+    pub segment_bytes: usize,
+    /// With nothing published changing, record the idle WAL position (so the
+    /// slot can advance) at most this often.
+    pub idle_interval: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            slot: "waly".into(),
+            publication: "waly".into(),
+            flush_interval: Duration::from_secs(1),
+            segment_bytes: 16 << 20,
+            idle_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Writes `bytes` at `key` once, retrying transient failures with backoff
+/// (100 ms doubling to 10 s) until it succeeds or `stopping()` says to give up.
+pub async fn put_with_retry(
+    store: &Store,
+    key: &str,
+    bytes: bytes::Bytes,
+    stopping: &mut (dyn FnMut() -> bool + Send),
+) -> Result<(), Error> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1u32;
+    loop {
+        match store.put_once(key, bytes.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && !stopping() => {
+                tracing::warn!(key, attempt, error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "upload failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs until `stop` resolves (then flushes, confirms and returns `Ok`) or a
+/// permanent error.
+pub async fn run(
+    info: &ConnInfo,
+    store: &Store,
+    opts: &RunOptions,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        stop.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = Instant::now();
+        match session(info, store, opts, stop_rx.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_transient() && !*stop_rx.borrow() => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_millis(500);
+                }
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "session ended; reconnecting");
+                let mut rx = stop_rx.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = async { let _ = rx.wait_for(|s| *s).await; } => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The slot as `pg_replication_slots` shows it.
+#[derive(Debug)]
+struct SlotState {
+    confirmed_flush: Option<Lsn>,
+    wal_status: Option<String>,
+    active_pid: Option<String>,
+}
+
+async fn slot_state(conn: &mut PgConn, slot: &str) -> Result<Option<SlotState>, Error> {
+    let rows = conn
+        .simple_query(&format!(
+            "SELECT confirmed_flush_lsn, wal_status, active_pid, plugin, database = current_database() \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = {}",
+            quote::literal(slot)?
+        ))
+        .await?;
+    let Some(r) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    if r.get(3).cloned().flatten().as_deref() != Some("pgoutput") || r.get(4).cloned().flatten().as_deref() != Some("t")
+    {
+        return Err(Error::Prerequisite(format!(
+            "replication slot {slot:?} exists but is not a pgoutput slot of this database; \
+             choose another --slot, or drop it: SELECT pg_drop_replication_slot({})",
+            quote::literal(slot)?
+        )));
+    }
+    Ok(Some(SlotState {
+        confirmed_flush: r.first().cloned().flatten().and_then(|s| s.parse().ok()),
+        wal_status: r.get(1).cloned().flatten(),
+        active_pid: r.get(2).cloned().flatten(),
+    }))
+}
+
+/// Published tables, with those that lack a usable replica identity.
+async fn published_tables(conn: &mut PgConn, publication: &str) -> Result<(Vec<TableRef>, Vec<String>), Error> {
+    let rows = conn
+        .simple_query(&format!(
+            "SELECT t.schemaname, t.tablename,
+                    c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS
+                        (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
+               FROM pg_catalog.pg_publication_tables t
+               JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname
+               JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
+              WHERE t.pubname = {} ORDER BY 1, 2",
+            quote::literal(publication)?
+        ))
+        .await?;
+    let mut tables = Vec::new();
+    let mut unkeyed = Vec::new();
+    for r in rows {
+        let schema = r.first().cloned().flatten().unwrap_or_default();
+        let name = r.get(1).cloned().flatten().unwrap_or_default();
+        if r.get(2).cloned().flatten().as_deref() == Some("t") {
+            unkeyed.push(format!("{schema}.{name}"));
+        }
+        tables.push(TableRef { schema, name });
+    }
+    Ok((tables, unkeyed))
+}
+
+/// The writer's state within one session.
+struct Writer<'a> {
+    store: &'a Store,
+    gen: GenState,
+    builder: SegmentBuilder,
+    stop: watch::Receiver<bool>,
+    last_flush: Instant,
+}
+
+impl Writer<'_> {
+    /// Seals and uploads the current segment (if it has anything), then
+    /// returns the position that may now be confirmed.
+    async fn flush(&mut self) -> Result<Option<Lsn>, Error> {
+        if self.builder.is_empty() {
+            return Ok(None);
+        }
+        let builder = std::mem::replace(&mut self.builder, SegmentBuilder::new()?);
+        let number = self.gen.tail.next_number;
+        let sealed = builder.seal(&self.gen.id, number, self.gen.tail.prev_sha256.clone())?;
+        let key = layout::segment_key(&self.gen.id, number, sealed.header.first_lsn, sealed.header.last_lsn);
+        let stop = self.stop.clone();
+        put_with_retry(self.store, &key, sealed.bytes.clone(), &mut || *stop.borrow()).await?;
+        tracing::debug!(
+            key,
+            records = sealed.header.records,
+            bytes = sealed.bytes.len(),
+            "segment archived"
+        );
+        self.gen.tail.next_number = number + 1;
+        self.gen.tail.prev_sha256 = Some(sealed.sha256);
+        if let Some(c) = sealed.header.last_commit {
+            self.gen.tail.last_commit = Some(c);
+        }
+        if let Some(d) = sealed.header.durable_lsn {
+            self.gen.tail.durable_lsn = Some(d);
+        }
+        self.last_flush = Instant::now();
+        Ok(sealed.header.durable_lsn)
+    }
+}
+
+/// The open transaction, as the writer sees it.
+struct Txn {
+    commit_lsn: Lsn,
+    xid: u32,
+    commit_time: chrono::DateTime<chrono::Utc>,
+    /// Already archived in an earlier session: skip it whole.
+    skip: bool,
+    records: u64,
+}
+
+async fn start_generation(
+    store: &Store,
+    previous: Option<&str>,
+    reason: &str,
+    slot_lsn: Lsn,
+    timeline: u32,
+) -> Result<GenState, Error> {
+    let n = previous.and_then(|g| g.parse::<u32>().ok()).map_or(1, |n| n + 1);
+    let id = layout::generation_id(n);
+    let info = GenerationInfo {
+        generation: id.clone(),
+        started_at: chrono::Utc::now(),
+        reason: reason.to_string(),
+        slot_lsn,
+        timeline,
+    };
+    store.put_once(&layout::generation_meta(&id), to_json(&info)).await?;
+    if previous.is_some() {
+        tracing::error!(
+            generation = id,
+            reason,
+            "STARTING A NEW GENERATION: history before this point cannot be joined to history after it"
+        );
+    } else {
+        tracing::info!(generation = id, reason, "starting the first generation");
+    }
+    Ok(GenState {
+        id,
+        ..Default::default()
+    })
+}
+
+/// The columns of a relation as the stream describes them, completed from
+/// the catalog (type names, NOT NULL, primary key) where the catalog still
+/// agrees.
+async fn relation_columns(sql: &tokio_postgres::Client, rel: &RelationInfo) -> Vec<ColumnDef> {
+    let catalog = snapshot::catalog_columns(sql, &rel.schema, &rel.name)
+        .await
+        .unwrap_or_default();
+    rel.columns
+        .iter()
+        .map(|c| {
+            let cat = catalog
+                .iter()
+                .find(|k| k.name == *c.name && k.type_oid == c.type_oid && k.type_modifier == c.type_modifier);
+            ColumnDef {
+                name: c.name.to_string(),
+                type_name: cat.map_or_else(|| c.type_name.clone(), |k| k.type_name.clone()),
+                type_oid: c.type_oid,
+                type_modifier: c.type_modifier,
+                key: c.key,
+                primary_key: cat.is_some_and(|k| k.primary_key),
+                not_null: cat.is_some_and(|k| k.not_null),
+            }
+        })
+        .collect()
+}
+
+async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch::Receiver<bool>) -> Result<(), Error> {
+    let mut conn = PgConn::connect(info, true).await?;
+    source::check_wal_level(&mut conn).await?;
+    crate::tail::preflight(&mut conn, &opts.publication).await?;
+    let system = source::identify_system(&mut conn).await?;
+    let database = system.dbname.clone().unwrap_or_else(|| info.dbname.clone());
+    state::claim(
+        store,
+        &Identity {
+            waly_archive: 1,
+            system_identifier: system.system_id.clone(),
+            database: database.clone(),
+            slot: opts.slot.clone(),
+            publication: opts.publication.clone(),
+            created_at: chrono::Utc::now(),
+        },
+    )
+    .await?;
+
+    // The slot, and whether history continues from the archive.
+    let mut reason = None;
+    let slot = slot_state(&mut conn, &opts.slot).await?;
+    if let Some(s) = &slot {
+        if let Some(pid) = &s.active_pid {
+            return Err(Error::Prerequisite(format!(
+                "slot {:?} is in use by another process (PID {pid}); is another waly running?",
+                opts.slot
+            )));
+        }
+    }
+    let lost = slot.as_ref().and_then(|s| s.wal_status.as_deref()) == Some("lost");
+    if lost {
+        tracing::error!(slot = opts.slot, "the slot was invalidated: PostgreSQL removed WAL it still needed (max_slot_wal_keep_size); changes in that WAL are lost to the archive");
+        conn.simple_query(&format!(
+            "SELECT pg_drop_replication_slot({})",
+            quote::literal(&opts.slot)?
+        ))
+        .await?;
+        reason = Some("the slot was invalidated (WAL it needed was removed)".to_string());
+    }
+    if slot.is_none() || lost {
+        let created = source::create_slot(&mut conn, &opts.slot, false, SnapshotAction::Nothing).await?;
+        tracing::info!(slot = opts.slot, lsn = %created.consistent_point, "created the replication slot");
+        reason.get_or_insert_with(|| "the replication slot did not exist".to_string());
+    }
+    let gens = state::generations(store).await?;
+    let mut gen = match gens.last() {
+        Some(g) => state::load_generation(store, g).await?,
+        None => GenState::default(),
+    };
+    if gens.is_empty() {
+        reason = Some("first start".into());
+    } else if reason.is_none() {
+        let confirmed = slot.as_ref().and_then(|s| s.confirmed_flush).unwrap_or_default();
+        let durable = gen.durable_position();
+        if confirmed > durable {
+            reason = Some(format!(
+                "the slot is confirmed to {confirmed} but the archive holds only up to {durable}: changes in \
+                 between were never archived (was the slot dropped and recreated, or advanced by someone else?)"
+            ));
+        }
+    }
+    if let Some(r) = &reason {
+        let slot_lsn = slot_state(&mut conn, &opts.slot)
+            .await?
+            .and_then(|s| s.confirmed_flush)
+            .unwrap_or_default();
+        gen = start_generation(store, gens.last().map(|s| s.as_str()), r, slot_lsn, system.timeline).await?;
+    }
+
+    // Every published table needs a snapshot in this generation.
+    let (tables, unkeyed) = published_tables(&mut conn, &opts.publication).await?;
+    for t in &unkeyed {
+        tracing::warn!(table = t, "published table has no usable replica identity: UPDATE and DELETE on it fail on the primary; give it a primary key or REPLICA IDENTITY FULL");
+    }
+    let missing: Vec<TableRef> = tables
+        .into_iter()
+        .filter(|t| !gen.snapshots.contains_key(&t.qualified()))
+        .collect();
+    if !missing.is_empty() {
+        snapshot_tables(info, store, &mut gen, &missing).await?;
+    }
+
+    let sql = source::tls::connect_sql(info).await?;
+    let start_opts = StartOptions {
+        publications: vec![opts.publication.clone()],
+        ..StartOptions::default()
+    };
+    let mut stream = source::start_replication(conn, &opts.slot, Lsn::ZERO, &start_opts).await?;
+    let resume = gen.durable_position();
+    if !resume.is_zero() {
+        stream.confirm(resume);
+    }
+    tracing::info!(generation = gen.id, slot = opts.slot, archive = store.url(), resume = %resume, "streaming");
+    let mut w = Writer {
+        store,
+        gen,
+        builder: SegmentBuilder::new()?,
+        stop: stop.clone(),
+        last_flush: Instant::now(),
+    };
+    let mut asm = Assembler::new();
+    let mut events = Vec::new();
+    let mut txn: Option<Txn> = None;
+    let mut stop_rx = stop.clone();
+    let result: Result<(), Error> = loop {
+        let deadline = w
+            .builder
+            .opened_at
+            .map(|t| tokio::time::Instant::from_std(t + opts.flush_interval));
+        let msg = tokio::select! {
+            _ = async { let _ = stop_rx.wait_for(|s| *s).await; } => break Ok(()),
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                match w.flush().await {
+                    Ok(Some(lsn)) => { stream.confirm(lsn); stream.report_now(); }
+                    Ok(None) => {}
+                    Err(e) => break Err(e),
+                }
+                continue;
+            }
+            m = stream.recv() => m,
+        };
+        let msg = match msg {
+            None => break Err(Error::ConnectionClosed),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(m)) => m,
+        };
+        match msg {
+            ReplicationMessage::Keepalive { wal_end } => {
+                let idle = txn.is_none() && w.builder.records() == 0;
+                let behind = w.gen.durable_position() < wal_end;
+                if idle && behind && w.last_flush.elapsed() >= opts.idle_interval {
+                    // Nothing published changed, but WAL flowed: record that
+                    // the archive is complete up to here so the slot can move.
+                    w.builder.mark_idle(wal_end);
+                    match w.flush().await {
+                        Ok(Some(lsn)) => {
+                            stream.confirm(lsn);
+                            stream.report_now();
+                        }
+                        Ok(None) => {}
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
+            ReplicationMessage::XLogData { wal_start, data, .. } => {
+                events.clear();
+                if let Err(e) = asm.push(wal_start, &data, &mut events) {
+                    break Err(e);
+                }
+                if let Err(e) = handle_events(info, &sql, &mut w, &mut txn, &events).await {
+                    break Err(e);
+                }
+                if w.builder.uncompressed_bytes() >= opts.segment_bytes {
+                    match w.flush().await {
+                        Ok(Some(lsn)) => {
+                            stream.confirm(lsn);
+                            stream.report_now();
+                        }
+                        Ok(None) => {}
+                        Err(e) => break Err(e),
+                    }
+                }
+            }
+        }
+    };
+    // Whatever happened, make what we have durable before leaving: a partial
+    // transaction is harmless (it counts only with its commit marker).
+    let flushed = w.flush().await;
+    match (&result, flushed) {
+        (Ok(()), Ok(d)) => {
+            if let Some(lsn) = d {
+                stream.confirm(lsn);
+            }
+            tracing::info!(confirmed = %stream.durable(), "stopping: archive flushed, slot confirmed");
+            stream.shutdown().await?;
+            Ok(())
+        }
+        (Ok(()), Err(e)) => Err(e),
+        (Err(_), Ok(d)) => {
+            if let Some(lsn) = d {
+                stream.confirm(lsn);
+            }
+            result
+        }
+        (Err(_), Err(e)) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not flush after a failure");
+            result
+        }
+    }
+}
+
+async fn snapshot_tables(info: &ConnInfo, store: &Store, gen: &mut GenState, tables: &[TableRef]) -> Result<(), Error> {
+    let next: BTreeMap<String, u32> = tables
+        .iter()
+        .map(|t| {
+            let q = t.qualified();
+            let v = gen.schemas.get(&q).map_or(1, |s| s.version + 1);
+            (q, v)
+        })
+        .collect();
+    let (manifest, schemas) = snapshot::take(info, store, &gen.id, tables, &next).await?;
+    for s in schemas {
+        gen.schemas.insert(s.table.clone(), s);
+    }
+    for t in &manifest.tables {
+        gen.snapshots.insert(t.table.clone(), manifest.lsn);
+    }
+    gen.manifests.push(manifest);
+    Ok(())
+}
+
+async fn handle_events(
+    info: &ConnInfo,
+    sql: &tokio_postgres::Client,
+    w: &mut Writer<'_>,
+    txn: &mut Option<Txn>,
+    events: &[Event],
+) -> Result<(), Error> {
+    for ev in events {
+        match ev {
+            Event::Begin {
+                xid,
+                commit_lsn,
+                commit_time,
+            } => {
+                let skip = w.gen.tail.last_commit.is_some_and(|c| *commit_lsn <= c.commit_lsn);
+                *txn = Some(Txn {
+                    commit_lsn: *commit_lsn,
+                    xid: *xid,
+                    commit_time: *commit_time,
+                    skip,
+                    records: 0,
+                });
+            }
+            Event::Relation(rel) => {
+                let table = rel.qualified().to_string();
+                if !w.gen.snapshots.contains_key(&table) {
+                    // A table that joined the publication: snapshot it now.
+                    // Its snapshot is newer than this transaction, which it
+                    // therefore already contains.
+                    w.flush().await?;
+                    let t = TableRef {
+                        schema: rel.schema.clone(),
+                        name: rel.name.clone(),
+                    };
+                    snapshot_tables(info, w.store, &mut w.gen, &[t]).await?;
+                    continue;
+                }
+                let columns = relation_columns(sql, rel).await;
+                let current = w.gen.schemas.get(&table);
+                if current.is_some_and(|s| state::same_columns(&s.columns, &columns)) {
+                    continue;
+                }
+                let version = current.map_or(1, |s| s.version + 1);
+                let commit_lsn = txn.as_ref().map(|t| t.commit_lsn).unwrap_or_default();
+                let rec = SchemaRecord {
+                    commit_lsn,
+                    table: table.clone(),
+                    version,
+                    columns,
+                };
+                let seg = crate::archive::layout::table_segment(&rel.schema, &rel.name);
+                w.store
+                    .put_once(&layout::schema_key(&w.gen.id, &seg, version), to_json(&rec))
+                    .await?;
+                tracing::info!(table, version, "new schema version");
+                if txn.as_ref().is_some_and(|t| !t.skip) {
+                    w.builder.push(&Record::Schema(rec.clone()))?;
+                }
+                w.gen.schemas.insert(table, rec);
+            }
+            Event::Change(c) => {
+                let Some(t) = txn.as_mut() else { continue };
+                let before_snapshot = w.gen.snapshots.get(&*c.table).is_none_or(|s| c.commit_lsn < *s);
+                if t.skip || before_snapshot {
+                    continue;
+                }
+                let schema_version = w.gen.schemas.get(&*c.table).map_or(0, |s| s.version);
+                w.builder.push(&Record::Change(ChangeRecord {
+                    change: c.clone(),
+                    schema_version,
+                }))?;
+                t.records += 1;
+            }
+            Event::Message(m) => {
+                let (Some(t), Some(r)) = (txn.as_mut(), m.txn) else {
+                    continue;
+                };
+                if t.skip || m.prefix != "waly" {
+                    continue;
+                }
+                w.builder.push(&Record::Message(MessageRecord {
+                    commit_lsn: r.commit_lsn,
+                    seq: r.seq,
+                    lsn: m.lsn,
+                    xid: r.xid,
+                    commit_time: r.commit_time,
+                    prefix: m.prefix.clone(),
+                    content: m.content.clone(),
+                }))?;
+                t.records += 1;
+            }
+            Event::Commit {
+                commit_lsn, end_lsn, ..
+            } => {
+                let Some(t) = txn.take() else { continue };
+                if !t.skip && t.records > 0 {
+                    w.builder.push(&Record::Commit(CommitRecord {
+                        commit_lsn: *commit_lsn,
+                        end_lsn: *end_lsn,
+                        xid: t.xid,
+                        commit_time: t.commit_time,
+                        records: t.records,
+                    }))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! Base snapshots: every row of a set of tables, consistent with a slot's
+//! exported snapshot, streamed in bounded memory into part objects; the
+//! manifest is written last (a snapshot without its manifest does not exist).
+//!
+//! The snapshot comes from a *temporary* slot created just for it: its
+//! consistent point `L` splits history exactly. Transactions committed before
+//! `L` are in the snapshot; the archive's slot then contributes only
+//! transactions committing at or after `L` for those tables.
+
+use crate::archive::layout;
+use crate::archive::state::{to_json, Manifest, ManifestPart, ManifestTable};
+use crate::archive::Store;
+use crate::event::Row;
+use crate::segment::{ColumnDef, SchemaRecord};
+use crate::source::{self, quote, ConnInfo, PgConn, SnapshotAction};
+use crate::{Error, Lsn};
+use futures_util::StreamExt;
+use std::io::Write;
+use std::sync::Arc;
+
+/// Uncompressed bytes per snapshot part.
+const PART_BYTES: usize = 32 << 20;
+
+/// The columns of `table` (an OID, or a `'schema.name'` text cast to
+/// regclass) as the catalog describes them now, in the connection's snapshot.
+pub async fn catalog_columns(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    name: &str,
+) -> Result<Vec<ColumnDef>, Error> {
+    let qualified = format!("{}.{}", quote::ident(schema)?, quote::ident(name)?);
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid::int8, a.atttypmod, a.attnotnull,
+                    coalesce(a.attnum = ANY(pk.indkey), false),
+                    CASE c.relreplident
+                        WHEN 'f' THEN true
+                        WHEN 'd' THEN coalesce(a.attnum = ANY(pk.indkey), false)
+                        WHEN 'i' THEN coalesce(a.attnum = ANY(ri.indkey), false)
+                        ELSE false END
+               FROM pg_attribute a
+               JOIN pg_class c ON c.oid = a.attrelid
+               LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary
+               LEFT JOIN pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident
+              WHERE c.oid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&qualified],
+        )
+        .await
+        .map_err(|e| Error::Protocol(format!("reading the columns of {qualified}: {e}")))?;
+    Ok(rows
+        .iter()
+        .map(|r| ColumnDef {
+            name: r.get(0),
+            type_name: r.get(1),
+            type_oid: r.get::<_, i64>(2) as u32,
+            type_modifier: r.get(3),
+            not_null: r.get(4),
+            primary_key: r.get(5),
+            key: r.get(6),
+        })
+        .collect())
+}
+
+/// Decodes one field of COPY's text format (`\N` is NULL).
+fn copy_field(f: &[u8]) -> Result<Option<String>, Error> {
+    if f == b"\\N" {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(f.len());
+    let mut i = 0;
+    while i < f.len() {
+        let b = f[i];
+        if b != b'\\' || i + 1 >= f.len() {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let c = f[i + 1];
+        i += 2;
+        match c {
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'v' => out.push(11),
+            b'0'..=b'7' => {
+                let mut v = u32::from(c - b'0');
+                for _ in 0..2 {
+                    match f.get(i) {
+                        Some(d @ b'0'..=b'7') => {
+                            v = v * 8 + u32::from(d - b'0');
+                            i += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            b'x' => {
+                let mut v = 0u32;
+                let mut n = 0;
+                while n < 2 {
+                    match f.get(i).and_then(|d| (*d as char).to_digit(16)) {
+                        Some(d) => {
+                            v = v * 16 + d;
+                            i += 1;
+                            n += 1;
+                        }
+                        None => break,
+                    }
+                }
+                out.push(v as u8);
+            }
+            other => out.push(other),
+        }
+    }
+    String::from_utf8(out)
+        .map(Some)
+        .map_err(|_| Error::Protocol("COPY produced a value that is not UTF-8".into()))
+}
+
+/// A table to snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl TableRef {
+    /// `schema.name`, as archived.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// The first line of a snapshot part.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PartHeader {
+    /// Format version.
+    pub waly_snapshot_part: u32,
+    /// `schema.table`.
+    pub table: String,
+    /// The snapshot's LSN.
+    pub lsn: Lsn,
+    /// The part number.
+    pub part: u32,
+    /// The schema version of the rows.
+    pub schema_version: u32,
+}
+
+struct PartWriter {
+    enc: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    rows: u64,
+    uncompressed: usize,
+}
+
+impl PartWriter {
+    fn new(header: &PartHeader) -> Result<Self, Error> {
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
+        enc.include_checksum(true)?;
+        let line = serde_json::to_vec(header).map_err(|e| Error::Protocol(e.to_string()))?;
+        enc.write_all(&line)?;
+        enc.write_all(b"\n")?;
+        Ok(PartWriter {
+            enc,
+            rows: 0,
+            uncompressed: line.len() + 1,
+        })
+    }
+}
+
+/// Takes a consistent snapshot of `tables` into generation `gen`, recording
+/// each table's columns as schema version `schema_versions[table]` (or 1).
+/// Returns the manifest (already written) and the schema records written.
+pub async fn take(
+    info: &ConnInfo,
+    store: &Store,
+    gen: &str,
+    tables: &[TableRef],
+    next_versions: &std::collections::BTreeMap<String, u32>,
+) -> Result<(Manifest, Vec<SchemaRecord>), Error> {
+    let mut repl = PgConn::connect(info, true).await?;
+    let slot_name = format!(
+        "waly_snap_{}_{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    );
+    let created = source::create_slot(&mut repl, &slot_name, true, SnapshotAction::Export).await?;
+    let snapshot_name = created
+        .snapshot_name
+        .clone()
+        .ok_or_else(|| Error::Protocol("the server exported no snapshot".into()))?;
+    let lsn = created.consistent_point;
+    tracing::info!(%lsn, tables = tables.len(), "taking a consistent snapshot");
+    let sql = source::tls::connect_sql(info).await?;
+    sql.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        quote::literal(&snapshot_name)?
+    ))
+    .await
+    .map_err(|e| source::tls::sql_error(info, e))?;
+    let mut manifest = Manifest {
+        waly_snapshot: 1,
+        generation: gen.to_string(),
+        lsn,
+        taken_at: chrono::Utc::now(),
+        tables: Vec::new(),
+    };
+    let mut schemas = Vec::new();
+    for t in tables {
+        let qualified = t.qualified();
+        let columns = catalog_columns(&sql, &t.schema, &t.name).await?;
+        let version = next_versions.get(&qualified).copied().unwrap_or(1);
+        let schema = SchemaRecord {
+            commit_lsn: lsn,
+            table: qualified.clone(),
+            version,
+            columns: columns.clone(),
+        };
+        let seg = layout::table_segment(&t.schema, &t.name);
+        store
+            .put_once(&layout::schema_key(gen, &seg, version), to_json(&schema))
+            .await?;
+        schemas.push(schema);
+        let names: Vec<Arc<str>> = columns.iter().map(|c| Arc::from(c.name.as_str())).collect();
+        let select: Vec<String> = columns
+            .iter()
+            .map(|c| quote::ident(&c.name))
+            .collect::<Result<_, _>>()?;
+        let copy = format!(
+            "COPY (SELECT {} FROM {}.{}) TO STDOUT",
+            if select.is_empty() {
+                "".to_string()
+            } else {
+                select.join(", ")
+            },
+            quote::ident(&t.schema)?,
+            quote::ident(&t.name)?
+        );
+        let stream = sql
+            .copy_out(copy.as_str())
+            .await
+            .map_err(|e| source::tls::sql_error(info, e))?;
+        futures_util::pin_mut!(stream);
+        let mut entry = ManifestTable {
+            table: qualified.clone(),
+            schema_version: version,
+            rows: 0,
+            parts: Vec::new(),
+        };
+        let header = |part| PartHeader {
+            waly_snapshot_part: 1,
+            table: qualified.clone(),
+            lsn,
+            part,
+            schema_version: version,
+        };
+        let mut writer = PartWriter::new(&header(0))?;
+        let mut carry: Vec<u8> = Vec::new();
+        let mut line = Vec::with_capacity(1024);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| source::tls::sql_error(info, e))?;
+            carry.extend_from_slice(&chunk);
+            let mut start = 0;
+            while let Some(nl) = carry[start..].iter().position(|&b| b == b'\n') {
+                let raw = &carry[start..start + nl];
+                start += nl + 1;
+                let mut values = Vec::with_capacity(names.len());
+                let fields: Vec<&[u8]> = if names.is_empty() {
+                    Vec::new()
+                } else {
+                    raw.split(|&b| b == b'\t').collect()
+                };
+                if fields.len() != names.len() {
+                    return Err(Error::Protocol(format!(
+                        "COPY of {qualified} returned {} fields for {} columns",
+                        fields.len(),
+                        names.len()
+                    )));
+                }
+                for (n, f) in names.iter().zip(fields) {
+                    values.push((n.clone(), copy_field(f)?));
+                }
+                line.clear();
+                serde_json::to_writer(&mut line, &Row(values)).map_err(|e| Error::Protocol(e.to_string()))?;
+                line.push(b'\n');
+                writer.enc.write_all(&line)?;
+                writer.rows += 1;
+                writer.uncompressed += line.len();
+                if writer.uncompressed >= PART_BYTES {
+                    let part = entry.parts.len() as u32;
+                    let full = std::mem::replace(&mut writer, PartWriter::new(&header(part + 1))?);
+                    finish_part(store, gen, lsn, &seg, part, full, &mut entry).await?;
+                }
+            }
+            carry.drain(..start);
+        }
+        let part = entry.parts.len() as u32;
+        finish_part(store, gen, lsn, &seg, part, writer, &mut entry).await?;
+        tracing::info!(
+            table = qualified,
+            rows = entry.rows,
+            parts = entry.parts.len(),
+            "snapshot of table done"
+        );
+        manifest.tables.push(entry);
+    }
+    sql.batch_execute("COMMIT")
+        .await
+        .map_err(|e| source::tls::sql_error(info, e))?;
+    store
+        .put_once(&layout::snapshot_manifest(gen, lsn), to_json(&manifest))
+        .await?;
+    repl.close().await;
+    Ok((manifest, schemas))
+}
+
+async fn finish_part(
+    store: &Store,
+    gen: &str,
+    lsn: Lsn,
+    seg: &str,
+    part: u32,
+    w: PartWriter,
+    entry: &mut ManifestTable,
+) -> Result<(), Error> {
+    let rows = w.rows;
+    let bytes = bytes::Bytes::from(w.enc.finish()?);
+    let key = layout::snapshot_part(gen, lsn, seg, part);
+    let sha256 = crate::segment::sha256_hex(&bytes);
+    let size = bytes.len() as u64;
+    crate::pipeline::put_with_retry(store, &key, bytes, &mut || false).await?;
+    entry.rows += rows;
+    entry.parts.push(ManifestPart {
+        key,
+        rows,
+        bytes: size,
+        sha256,
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_fields_decode() {
+        assert_eq!(copy_field(b"\\N").ok(), Some(None));
+        assert_eq!(copy_field(b"").ok(), Some(Some(String::new())));
+        assert_eq!(copy_field(b"a\\tb\\nc\\\\d").ok(), Some(Some("a\tb\nc\\d".into())));
+        assert_eq!(copy_field(b"\\101\\x42\\v").ok(), Some(Some("AB\u{b}".into())));
+        assert_eq!(copy_field("ü日".as_bytes()).ok(), Some(Some("ü日".into())));
+    }
+}
