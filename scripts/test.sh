@@ -27,7 +27,8 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 # Explicit credentials: an S3 client must never fall back to instance metadata.
-export WALY_TEST_S3_ENDPOINT=http://127.0.0.1:$MOTO_PORT
+export WALY_TEST_S3_ENDPOINT=http://127.0.0.1:$MOTO_PORT AWS_ENDPOINT_URL=http://127.0.0.1:$MOTO_PORT
+export WALY_TEST_MOTO_BIN="$(cd "$VENV" && pwd)/bin/moto_server"
 export AWS_ACCESS_KEY_ID=waly-test AWS_SECRET_ACCESS_KEY=waly-test-secret AWS_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true
 

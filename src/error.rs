@@ -99,6 +99,15 @@ pub enum Error {
         /// What is wrong.
         why: String,
     },
+    /// The slot is being streamed by another process (a waly still running,
+    /// or the walsender of one that just died); waiting may free it.
+    #[error("replication slot {slot:?} is in use by another process (PID {pid}); waiting for it to be released")]
+    SlotBusy {
+        /// The slot.
+        slot: String,
+        /// The walsender holding it.
+        pid: String,
+    },
     /// The archive belongs to another database, or is otherwise unusable for this one.
     #[error("{0}")]
     ArchiveMismatch(String),
@@ -109,7 +118,11 @@ impl Error {
     /// restarting), as opposed to a mistake that retrying cannot fix.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Connect { .. } | Error::ConnectTimeout { .. } | Error::Io(_) | Error::ConnectionClosed => true,
+            Error::Connect { .. }
+            | Error::ConnectTimeout { .. }
+            | Error::Io(_)
+            | Error::ConnectionClosed
+            | Error::SlotBusy { .. } => true,
             Error::Store { source, .. } => !matches!(
                 **source,
                 object_store::Error::NotFound { .. }

@@ -305,10 +305,10 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
     let slot = slot_state(&mut conn, &opts.slot).await?;
     if let Some(s) = &slot {
         if let Some(pid) = &s.active_pid {
-            return Err(Error::Prerequisite(format!(
-                "slot {:?} is in use by another process (PID {pid}); is another waly running?",
-                opts.slot
-            )));
+            return Err(Error::SlotBusy {
+                slot: opts.slot.clone(),
+                pid: pid.clone(),
+            });
         }
     }
     let lost = slot.as_ref().and_then(|s| s.wal_status.as_deref()) == Some("lost");

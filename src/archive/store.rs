@@ -76,6 +76,7 @@ impl Store {
                     });
                 }
                 let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_client_options(client_options())
                     .with_bucket_name(bucket)
                     .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch);
                 let endpoint = std::env::var("AWS_ENDPOINT_URL")
@@ -91,12 +92,16 @@ impl Store {
             }
             "gs" => {
                 let (bucket, prefix) = bucket_and_prefix(rest).ok_or_else(|| bad("no bucket name".into()))?;
-                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_client_options(client_options())
+                    .with_bucket_name(bucket);
                 (Arc::new(b.build().map_err(|e| bad(e.to_string()))?), prefix)
             }
             "az" | "azure" | "abfs" => {
                 let (container, prefix) = bucket_and_prefix(rest).ok_or_else(|| bad("no container name".into()))?;
-                let b = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(container);
+                let b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_client_options(client_options())
+                    .with_container_name(container);
                 (Arc::new(b.build().map_err(|e| bad(e.to_string()))?), prefix)
             }
             other => {
@@ -201,6 +206,18 @@ impl Store {
             .await
             .map_err(|e| ArchiveError::store(key, e))
     }
+}
+
+/// HTTP client settings for cloud stores: `WALY_STORE_TIMEOUT` (seconds,
+/// default 30) bounds each request, so a hung server is noticed.
+fn client_options() -> object_store::ClientOptions {
+    let secs = std::env::var("WALY_STORE_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(30);
+    object_store::ClientOptions::new()
+        .with_timeout(std::time::Duration::from_secs(secs))
+        .with_connect_timeout(std::time::Duration::from_secs(secs.min(10)))
 }
 
 fn bucket_and_prefix(rest: &str) -> Option<(&str, &str)> {

@@ -1,5 +1,6 @@
 //! The command line: parse, call the library, print. One file per subcommand.
 
+mod init;
 mod log;
 mod run;
 mod tail;
@@ -35,6 +36,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Stream live changes from a publication and print them.
     Tail(tail::TailArgs),
+    /// Check the database, create the publication and the slot.
+    Init(init::InitArgs),
     /// Capture every committed change into the archive (the sidecar).
     Run(run::RunArgs),
     /// Print the archived changes in commit order, each once.
@@ -128,6 +131,7 @@ pub fn main() -> ExitCode {
         let task = tokio::spawn(async move {
             match &command {
                 Command::Tail(args) => tail::run(args).await,
+                Command::Init(args) => init::run(args).await,
                 Command::Run(args) => run::run(args).await,
                 Command::Log(args) => log::run(args).await,
             }

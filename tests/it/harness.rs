@@ -161,13 +161,16 @@ impl Cluster {
             args.push("-c".into());
             args.push(s.to_string());
         }
-        let script = r#"d="$1"; shift; "$@" >"$d/server.log" 2>&1 & pid=$!; read _ignored; kill -INT $pid; wait $pid; rm -rf "$d""#;
+        // The watchdog stops the server with pg_ctl, which also finds a
+        // server restarted by a test (`Cluster::restart`).
+        let script = r#"d="$1"; ctl="$2"; shift 2; "$@" >"$d/server.log" 2>&1 & read _ignored; "$ctl" -D "$d/data" stop -m fast -w >/dev/null 2>&1; rm -rf "$d""#;
         let mut child: Child = as_server_user(
             Command::new("sh")
                 .arg("-c")
                 .arg(script)
                 .arg("watchdog")
                 .arg(&dir)
+                .arg(bindir().join("pg_ctl"))
                 .arg(bindir().join("postgres"))
                 .args(&args)
                 .stdin(Stdio::piped())
@@ -222,6 +225,20 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Restarts the server: `mode` is `fast` or `immediate` (a crash).
+    pub fn restart(&self, mode: &str) {
+        run_ok(
+            as_server_user(&mut Command::new(bindir().join("pg_ctl")))
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-m", mode, "-w", "-t", "60", "-l"])
+                .arg(self.dir.join("server.log"))
+                .arg("restart")
+                .stdout(Stdio::null()),
+        );
+        self.wait_ready();
     }
 
     /// Stops the server (the watchdog removes its directory).
@@ -449,6 +466,38 @@ impl Drop for TestDb {
             .cluster
             .try_psql("postgres", &format!("DROP DATABASE IF EXISTS {n} WITH (FORCE)"));
     }
+}
+
+/// A bare S3 request to moto (to create buckets, which object stores cannot).
+pub fn s3_request(endpoint: &str, method: &str, path: &str) -> String {
+    use std::io::Write;
+    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(hostport).expect("moto is listening");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// A fresh bucket on the test S3 endpoint, or `None` (with a note) when
+/// `make test` did not provide one.
+pub fn s3_bucket(name: &str) -> Option<String> {
+    let Ok(endpoint) = std::env::var("WALY_TEST_S3_ENDPOINT") else {
+        eprintln!("skipped: WALY_TEST_S3_ENDPOINT is not set (make test sets it)");
+        return None;
+    };
+    let bucket = format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    );
+    let put = s3_request(&endpoint, "PUT", &format!("/{bucket}"));
+    assert!(put.starts_with("HTTP/1.1 200"), "{put}");
+    Some(bucket)
 }
 
 /// The `waly` binary under test.

@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL (see `harness`). One binary,
 //! so the cluster starts once.
 
+mod archive;
 mod auth;
 mod bad_input;
 mod decode;

@@ -1,21 +1,7 @@
 //! The S3 wiring `make test` provides for the archive suites: moto answers
 //! the S3 protocol on the endpoint the tests are given.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
-fn request(endpoint: &str, method: &str, path: &str) -> String {
-    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = TcpStream::connect(hostport).expect("moto is listening");
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
-}
+use crate::harness::s3_request as request;
 
 #[test]
 fn moto_answers_the_s3_protocol() {
