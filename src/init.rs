@@ -205,7 +205,7 @@ pub async fn init(
             )));
         }
     }
-    let all_tables = opts.tables.is_empty() && !(opts.skip_unkeyed && !unkeyed.is_empty());
+    let all_tables = opts.tables.is_empty() && (!opts.skip_unkeyed || unkeyed.is_empty());
     match publication {
         Some(_) => writeln!(out, "-- publication {:?} exists; leaving it as it is", opts.publication)?,
         None if all_tables => statements.push((
