@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: a throwaway PostgreSQL, a small workload, and `waly tail`
-# showing every change as it commits.
+# `make demo`: a throwaway PostgreSQL; `waly init`; `waly run` capturing a
+# workload into a local archive; `waly log` reading it back; and `waly tail`
+# watching live.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/pg.sh
@@ -8,29 +9,37 @@ cd "$(dirname "$0")/.."
 cargo build --release --quiet
 WALY=$PWD/target/release/waly
 DIR=$PWD/.tmp/demo
+ARCHIVE=$DIR/archive
 pg_start "$DIR"
-trap 'kill $TAIL 2>/dev/null || true; pg_stop "$DIR"' EXIT
+RUN=; TAIL=
+trap 'kill $RUN $TAIL 2>/dev/null || true; pg_stop "$DIR"' EXIT
+export WALY_SOURCE="dbname=postgres"
+say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 echo "PostgreSQL running on $PGHOST port $PGPORT (throwaway, in $DIR)"
 
 psql -XqAt -d postgres <<'SQL'
 CREATE TABLE users (id int PRIMARY KEY, name text, email text, bio text);
 CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users, total numeric(10,2));
-CREATE PUBLICATION waly FOR ALL TABLES;
+CREATE TABLE events_no_key (at timestamptz, what text);
+INSERT INTO users VALUES (1, 'alice', 'alice@example.com', NULL);
 SQL
 
-echo
-echo "\$ waly tail --source 'dbname=postgres' --publication waly &"
-"$WALY" tail --source "dbname=postgres" --publication waly --log warn >"$DIR/tail.out" &
-TAIL=$!
-# Wait for the tail's temporary slot to exist before writing anything.
-for _ in $(seq 1 100); do
-    [ "$(psql -XAt -d postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'waly_tail_%' AND active AND confirmed_flush_lsn IS NOT NULL")" = 1 ] && break
+say "waly init --archive $ARCHIVE          # refuses: a table without a key would break"
+"$WALY" init --archive "$ARCHIVE" || true
+say "waly init --archive $ARCHIVE --replica-identity-full"
+"$WALY" init --archive "$ARCHIVE" --replica-identity-full
+
+say "waly run --archive $ARCHIVE &"
+"$WALY" run --archive "$ARCHIVE" --log warn &
+RUN=$!
+for _ in $(seq 1 300); do
+    [ "$(psql -XAt -d postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'waly' AND active")" = 1 ] && break
     sleep 0.1
 done
 
-echo "\$ psql <<workload>>"
+say "psql <<workload>>"
 psql -Xq -d postgres >/dev/null <<'SQL'
-INSERT INTO users VALUES (1, 'alice', 'alice@example.com', NULL), (2, 'bob', '', 'likes ünïcode ☕');
+INSERT INTO users VALUES (2, 'bob', '', 'likes ünïcode ☕');
 BEGIN;
 SELECT pg_logical_emit_message(true, 'waly', '{"op":"PLACE_ORDER","actor":"alice","request":"r-17"}');
 INSERT INTO orders VALUES (100, 1, 42.50);
@@ -38,26 +47,29 @@ UPDATE users SET email = 'alice@new.example' WHERE id = 1;
 COMMIT;
 UPDATE users SET id = 20 WHERE id = 2;
 DELETE FROM orders WHERE id = 100;
-TRUNCATE orders;
+INSERT INTO events_no_key VALUES (now(), 'signup');
 SQL
+sleep 2
+say "kill -TERM \$RUN   # flushes, confirms the slot, exits 0"
+kill -TERM $RUN; wait $RUN; RUN=
 
-for _ in $(seq 1 100); do
-    [ "$(grep -c truncate "$DIR/tail.out" || true)" -ge 1 ] && break
-    sleep 0.1
-done
-kill -TERM $TAIL; wait $TAIL || true
-echo
-echo "--- waly tail printed:"
-cat "$DIR/tail.out"
-echo
-echo "--- with --json, one object per change (a new tail, then one more update):"
-"$WALY" tail --source "dbname=postgres" --publication waly --json --log warn >"$DIR/tail.json" &
+say "waly log --archive $ARCHIVE"
+"$WALY" log --archive "$ARCHIVE"
+say "waly log --archive $ARCHIVE --table users --json"
+"$WALY" log --archive "$ARCHIVE" --table users --json
+say "waly log --archive $ARCHIVE --snapshot --table users   # the base snapshot is not a change; shown on request"
+"$WALY" log --archive "$ARCHIVE" --snapshot --table users | head -3
+say "find $ARCHIVE -type f"
+(cd "$ARCHIVE" && find . -type f | sort)
+
+say "waly tail --publication waly &   # a live view from a temporary slot"
+"$WALY" tail --log warn >"$DIR/tail.out" &
 TAIL=$!
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
     [ "$(psql -XAt -d postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'waly_tail_%' AND active AND confirmed_flush_lsn IS NOT NULL")" = 1 ] && break
     sleep 0.1
 done
-psql -Xq -d postgres -c "UPDATE users SET name = 'Alice' WHERE id = 1"
-for _ in $(seq 1 100); do [ -s "$DIR/tail.json" ] && break; sleep 0.1; done
-kill -TERM $TAIL; wait $TAIL || true
-cat "$DIR/tail.json"
+psql -Xq -d postgres -c "UPDATE users SET name = 'Alice' WHERE id = 1" -c "TRUNCATE orders"
+for _ in $(seq 1 100); do [ "$(wc -l <"$DIR/tail.out")" -ge 2 ] && break; sleep 0.1; done
+kill -TERM $TAIL; wait $TAIL || true; TAIL=
+cat "$DIR/tail.out"

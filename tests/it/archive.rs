@@ -79,6 +79,11 @@ fn archive_dir(db: &TestDb) -> String {
         .to_string()
 }
 
+/// Slot names are cluster-wide: each test database gets its own.
+fn slot(db: &TestDb) -> String {
+    format!("w_{}", db.name)
+}
+
 fn spawn_run(db: &TestDb, archive: &str) -> Running {
     Running::spawn(waly().args([
         "run",
@@ -86,6 +91,8 @@ fn spawn_run(db: &TestDb, archive: &str) -> Running {
         &db.url(),
         "--archive",
         archive,
+        "--slot",
+        &slot(db),
         "--flush-interval",
         "200ms",
         "--log",
@@ -93,16 +100,22 @@ fn spawn_run(db: &TestDb, archive: &str) -> Running {
     ]))
 }
 
-/// Waits until `waly run` streams (its slot is active).
-fn wait_streaming(db: &TestDb) {
-    db.wait_for(
-        &format!(
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'waly' AND database = '{}' AND active",
-            db.name
-        ),
-        "1",
-        120,
+/// Waits until `waly run` streams (its slot is active); on failure shows
+/// what it said.
+fn wait_streaming(db: &TestDb, run: &Running) {
+    let sql = format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active",
+        slot(db)
     );
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while db.psql(&sql) != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "waly run did not start streaming within 300s; it said:\n{}",
+            run.stderr_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn log_json(archive: &str, extra: &[&str]) -> Vec<serde_json::Value> {
@@ -255,7 +268,7 @@ fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     db.psql(AUDITED);
     let archive = archive_dir(&db);
     let mut run = spawn_run(&db, &archive);
-    wait_streaming(&db);
+    wait_streaming(&db, &run);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -344,7 +357,9 @@ fn base_snapshot_taken_during_writes_plus_events_equals_the_source() {
         .filter_map(|l| l.split_once('|'))
         .map(|(a, b)| (a.parse().unwrap_or(-1), b.to_string()))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Creating slots waits for transactions running anywhere in the cluster
+    // (other tests run beside this one): be patient.
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let mut state: BTreeMap<i64, String> = BTreeMap::new();
         for v in log_json(&archive, &["--snapshot", "--table", "snap"]) {
@@ -402,7 +417,7 @@ fn postgres_restarts_fast_and_immediate_lose_nothing() {
         cluster,
     });
     let run = spawn_run(&db, &archive);
-    wait_streaming(&db);
+    wait_streaming(&db, &run);
     db.psql(&workload(11, 150, 1, false));
     cluster.restart("fast");
     db.psql(&workload(12, 150, 10_000, false));
@@ -418,8 +433,8 @@ fn postgres_restarts_fast_and_immediate_lose_nothing() {
 /// Reads the slot's confirmed position.
 fn confirmed(db: &TestDb) -> String {
     db.psql(&format!(
-        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'waly' AND database = '{}'",
-        db.name
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'",
+        slot(db)
     ))
 }
 
@@ -462,6 +477,8 @@ fn frozen_object_store_holds_the_slot_back_and_loses_nothing() {
                     archive,
                     "--flush-interval",
                     "200ms",
+                    "--slot",
+                    &slot(db),
                 ])
                 .env("AWS_ENDPOINT_URL", &endpoint)
                 .env("WALY_STORE_TIMEOUT", "2"),
@@ -482,7 +499,7 @@ fn frozen_object_store_holds_the_slot_back_and_loses_nothing() {
             .count()
     };
     let run = start(&db);
-    wait_streaming(&db);
+    wait_streaming(&db, &run);
     db.psql(&workload(21, 100, 1, false));
     let want = count(&audited(&db));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -538,7 +555,7 @@ fn log_filters_by_table_and_time_and_hides_snapshot_rows_unless_asked() {
     db.psql("INSERT INTO acct VALUES (999, 5, 'before waly'); DELETE FROM audit;");
     let archive = archive_dir(&db);
     let run = spawn_run(&db, &archive);
-    wait_streaming(&db);
+    wait_streaming(&db, &run);
     db.psql("INSERT INTO acct VALUES (1, 0, 'a'); INSERT INTO item VALUES (1, 0);");
     std::thread::sleep(Duration::from_millis(1100));
     let middle = chrono::Utc::now().to_rfc3339();
@@ -574,7 +591,7 @@ fn log_filters_by_table_and_time_and_hides_snapshot_rows_unless_asked() {
 fn init(db: &TestDb, archive: &str, extra: &[&str]) -> std::process::Output {
     run_within(
         waly()
-            .args(["init", "--source", &db.url(), "--archive", archive])
+            .args(["init", "--source", &db.url(), "--archive", archive, "--slot", &slot(db)])
             .args(extra),
         60,
     )
@@ -616,7 +633,10 @@ fn init_refuses_tables_that_publishing_would_break_and_offers_both_fixes() {
     );
     assert!(sql.contains("CREATE PUBLICATION \"waly\" FOR ALL TABLES"), "{sql}");
     assert!(
-        sql.contains("pg_create_logical_replication_slot('waly', 'pgoutput')"),
+        sql.contains(&format!(
+            "pg_create_logical_replication_slot('{}', 'pgoutput')",
+            slot(&db)
+        )),
         "{sql}"
     );
     assert!(sql.contains("CREATE EVENT TRIGGER"), "{sql}");
@@ -687,17 +707,38 @@ fn archive_of_another_database_is_refused() {
     }
     let archive = archive_dir(&a);
     let run = spawn_run(&a, &archive);
-    wait_streaming(&a);
+    wait_streaming(&a, &run);
     let (status, _) = run.terminate(60);
     assert!(status.success());
     let out = run_within(
-        waly().args(["run", "--source", &b.url(), "--archive", &archive, "--log", "warn"]),
+        waly().args([
+            "run",
+            "--source",
+            &b.url(),
+            "--archive",
+            &archive,
+            "--log",
+            "warn",
+            "--slot",
+            &slot(&b),
+        ]),
         60,
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("belongs to database \"{}\"", a.name)), "{err}");
-    let out = init(&b, &archive, &[]);
+    let out = run_within(
+        waly().args([
+            "init",
+            "--source",
+            &b.url(),
+            "--archive",
+            &archive,
+            "--slot",
+            &format!("w_{}", b.name),
+        ]),
+        60,
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("belongs to database"));
     assert_eq!(
         b.psql(&format!(
@@ -743,7 +784,7 @@ fn corrupt_segment_is_named_by_log() {
     db.psql("CREATE TABLE t (id int PRIMARY KEY, pad text); CREATE PUBLICATION waly FOR ALL TABLES");
     let archive = archive_dir(&db);
     let run = spawn_run(&db, &archive);
-    wait_streaming(&db);
+    wait_streaming(&db, &run);
     db.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 2000) g");
     let deadline = Instant::now() + Duration::from_secs(60);
     while log_json(&archive, &[]).len() < 2000 {

@@ -553,7 +553,8 @@ pub fn run_within(cmd: &mut Command, secs: u64) -> Output {
 pub struct Running {
     pub child: Child,
     lines: std::sync::mpsc::Receiver<String>,
-    stderr: std::thread::JoinHandle<String>,
+    stderr: std::sync::Arc<Mutex<String>>,
+    stderr_done: std::thread::JoinHandle<()>,
 }
 
 impl Running {
@@ -574,16 +575,30 @@ impl Running {
                 }
             }
         });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
+        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let stderr_done = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
         });
         Running {
             child,
             lines: rx,
             stderr,
+            stderr_done,
         }
+    }
+
+    /// What the process has written to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Collects `n` lines, failing the test after `secs` seconds.
@@ -620,6 +635,11 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        (status, self.stderr.join().unwrap_or_default())
+        let Running {
+            stderr, stderr_done, ..
+        } = self;
+        let _ = stderr_done.join();
+        let s = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        (status, s)
     }
 }
