@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Capture benchmark: `waly run` into a local archive vs `pg_recvlogical -P
+# pgoutput` to /dev/null, draining the same WAL from separate slots created
+# before the workload; archive size vs `pg_recvlogical -P wal2json | zstd -3`.
+#
+#   bench/capture.sh [ROUNDS]     (default 3; medians are reported)
+#
+# Workloads: one transaction inserting 1,000,000 rows; 200,000 single-row
+# UPDATE transactions from pgbench. waly's time runs from its start until the
+# slot is confirmed past the workload's last transaction (that is: until the
+# last change is durably archived).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/pg.sh
+ROUNDS=${1:-3}
+if [ ! -f "$PG_BINDIR/../lib/wal2json.so" ] && ! ls /usr/lib/postgresql/*/lib/wal2json.so >/dev/null 2>&1; then
+    echo "installing wal2json for the size comparison"; apt-get install -y -qq postgresql-15-wal2json >/dev/null
+fi
+cargo build --release --quiet
+WALY=$PWD/target/release/waly
+DIR=$PWD/.tmp/bench-capture
+pg_start "$DIR" fsync=off logical_decoding_work_mem=64MB
+trap 'pg_stop "$DIR"' EXIT
+DB=bench
+createdb "$DB"
+q() { psql -XAtq -d "$DB" -c "$1"; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+now() { date +%s.%N; }
+
+printf '\\set aid random(1, 200000)\nUPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n' >"$DIR/update.sql"
+pgbench -i -q -s 2 "$DB" >/dev/null 2>&1
+q "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int, price numeric(10,2), created timestamptz)"
+q "ALTER TABLE pgbench_history REPLICA IDENTITY FULL"
+q "CREATE PUBLICATION waly FOR ALL TABLES"
+
+# one NAME ROWS WITH_WAL2JSON COMMAND... -> "recv_s waly_s rss_kb archive_bytes w2j_bytes"
+one() {
+    local name=$1 rows=$2 w2j=$3; shift 3
+    local archive=$DIR/archive-$name
+    rm -rf "$archive"
+    q "TRUNCATE items"
+    q "SELECT pg_create_logical_replication_slot('recv', 'pgoutput')" >/dev/null
+    [ "$w2j" = 1 ] && q "SELECT pg_create_logical_replication_slot('w2j', 'wal2json')" >/dev/null
+    # waly's first start: slot, generation, base snapshot; then stop.
+    "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn & local pid=$!
+    until [ "$(q "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'waly' AND active")" = 1 ]; do sleep 0.1; done
+    kill -TERM $pid; wait $pid
+    "$@" >/dev/null 2>&1
+    local m0; m0=$(q "SELECT pg_current_wal_insert_lsn()")
+    q "INSERT INTO items VALUES (-1, 'end marker', 0, 0, now()) ON CONFLICT (id) DO UPDATE SET qty = items.qty + 1"
+    local end; end=$(q "SELECT pg_current_wal_insert_lsn()")
+    local t0 t1 t2
+    t0=$(now)
+    pg_recvlogical -d "$DB" --slot recv --start --endpos "$end" --no-loop -o proto_version=1 -o publication_names=waly -f /dev/null
+    t1=$(now)
+    /usr/bin/time -f '%M' -o "$DIR/rss" "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn & pid=$!
+    until [ "$(q "SELECT coalesce(confirmed_flush_lsn > '$m0', false) FROM pg_replication_slots WHERE slot_name = 'waly'")" = t ]; do sleep 0.02; done
+    t2=$(now)
+    kill -TERM $pid; wait $pid
+    local w2jb=0
+    if [ "$w2j" = 1 ]; then
+        pg_recvlogical -d "$DB" --slot w2j --start --endpos "$end" --no-loop -f - | zstd -3 -q -c >"$DIR/w2j.zst"
+        w2jb=$(stat -c %s "$DIR/w2j.zst")
+        q "SELECT pg_drop_replication_slot('w2j')" >/dev/null
+    fi
+    q "SELECT pg_drop_replication_slot('recv'), pg_drop_replication_slot('waly')" >/dev/null
+    local ab; ab=$(du -sb "$archive/generations" | cut -f1)
+    awk -v a="$t0" -v b="$t1" -v c="$t2" -v r="$(cat "$DIR/rss")" -v ab="$ab" -v wb="$w2jb" \
+        'BEGIN { printf "%.3f %.3f %s %s %s\n", b-a, c-b, r, ab, wb }'
+}
+
+bench() {
+    local name=$1 rows=$2 w2j=$3; shift 3
+    local rt=() wt=() rss=() ab=0 wb=0
+    for r in $(seq 1 "$ROUNDS"); do
+        read -r a b m x y < <(one "$name" "$rows" "$w2j" "$@")
+        rt+=("$a"); wt+=("$b"); rss+=("$m"); ab=$x; wb=$y
+    done
+    local rm wm mx
+    rm=$(printf '%s\n' "${rt[@]}" | median); wm=$(printf '%s\n' "${wt[@]}" | median)
+    mx=$(printf '%s\n' "${rss[@]}" | sort -n | tail -n 1)
+    awk -v n="$name" -v rows="$rows" -v r="$rm" -v w="$wm" -v m="$mx" -v ab="$ab" -v wb="$wb" -v rr="${rt[*]}" -v ww="${wt[*]}" 'BEGIN {
+        printf "%-24s pg_recvlogical %8.0f/s  waly run %8.0f/s  ratio %.2f  peak RSS %.1f MiB  archive %.1f B/change",
+            n, rows/r, rows/w, r/w, m/1024, ab/rows
+        if (wb > 0) printf "  (wal2json|zstd -3: %.1f B/change, %.1f MB per 1M rows)", wb/rows, wb/rows
+        printf "\n%-24s runs (s): pg_recvlogical [%s]  waly [%s]\n", "", rr, ww
+    }'
+}
+
+echo "rounds: $ROUNDS (medians)"
+bench "1M-row insert (1 txn)" 1000000 1 \
+    q "INSERT INTO items SELECT i, 'item ' || i, i % 100, i * 0.01, now() FROM generate_series(1, 1000000) i"
+bench "200k pgbench updates" 200000 0 \
+    pgbench -n -c 4 -j 2 -t 50000 -f "$DIR/update.sql" "$DB"
