@@ -53,9 +53,11 @@ one() {
     t0=$(now)
     pg_recvlogical -d "$DB" --slot recv --start --endpos "$end" --no-loop -o proto_version=1 -o publication_names=waly -f /dev/null
     t1=$(now)
-    /usr/bin/time -f '%M' -o "$DIR/rss" "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn & pid=$!
+    "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn & pid=$!
     until [ "$(q "SELECT coalesce(confirmed_flush_lsn > '$m0', false) FROM pg_replication_slots WHERE slot_name = 'waly'")" = t ]; do sleep 0.02; done
     t2=$(now)
+    # Peak resident memory of the whole run so far (the kernel's high-water mark).
+    awk '/^VmHWM/ {print $2}' "/proc/$pid/status" >"$DIR/rss"
     kill -TERM $pid; wait $pid
     local w2jb=0
     if [ "$w2j" = 1 ]; then
