@@ -110,26 +110,9 @@ pub async fn init(
     let mut repl = PgConn::connect(info, true).await?;
     let system = source::identify_system(&mut repl).await?;
     repl.close().await;
-    let identity = Identity {
-        waly_archive: 1,
-        system_identifier: system.system_id.clone(),
-        database: database.clone(),
-        slot: opts.slot.clone(),
-        publication: opts.publication.clone(),
-        created_at: chrono::Utc::now(),
-    };
+    let identity = Identity::new(&system.system_id, &database, &opts.slot, &opts.publication);
     if let Some(theirs) = state::read_identity(store).await? {
-        if theirs.system_identifier != identity.system_identifier || theirs.database != identity.database {
-            return Err(Error::ArchiveMismatch(format!(
-                "the archive at {} belongs to database {:?} of cluster {}, not this one ({:?} of cluster {}); \
-                 use another --archive",
-                store.url(),
-                theirs.database,
-                theirs.system_identifier,
-                database,
-                system.system_id
-            )));
-        }
+        state::check_identity(store, &theirs, &identity)?;
     }
 
     // The tables.

@@ -15,7 +15,7 @@ use crate::archive::layout;
 use crate::archive::state::{self, to_json, GenState, GenerationInfo, Identity};
 use crate::archive::Store;
 use crate::event::{Assembler, Event, RelationInfo};
-use crate::segment::{ChangeRecord, ColumnDef, CommitRecord, MessageRecord, Record, SchemaRecord, SegmentBuilder};
+use crate::segment::{ColumnDef, CommitRecord, MessageRecord, Record, SchemaRecord, SegmentBuilder};
 use crate::snapshot::{self, TableRef};
 use crate::source::{self, quote, ConnInfo, PgConn, ReplicationMessage, SnapshotAction, StartOptions};
 use crate::{Error, Lsn};
@@ -289,14 +289,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
     let database = system.dbname.clone().unwrap_or_else(|| info.dbname.clone());
     state::claim(
         store,
-        &Identity {
-            waly_archive: 1,
-            system_identifier: system.system_id.clone(),
-            database: database.clone(),
-            slot: opts.slot.clone(),
-            publication: opts.publication.clone(),
-            created_at: chrono::Utc::now(),
-        },
+        &Identity::new(&system.system_id, &database, &opts.slot, &opts.publication),
     )
     .await?;
 
@@ -560,10 +553,7 @@ async fn handle_events(
                     continue;
                 }
                 let schema_version = w.gen.schemas.get(&*c.table).map_or(0, |s| s.version);
-                w.builder.push(&Record::Change(ChangeRecord {
-                    change: c.clone(),
-                    schema_version,
-                }))?;
+                w.builder.push_change(c, schema_version)?;
                 t.records += 1;
             }
             Event::Message(m) => {

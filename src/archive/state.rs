@@ -28,6 +28,20 @@ pub struct Identity {
     pub created_at: DateTime<Utc>,
 }
 
+impl Identity {
+    /// The identity of an archive for `database` of cluster `system_identifier`, fed by `slot`.
+    pub fn new(system_identifier: &str, database: &str, slot: &str, publication: &str) -> Identity {
+        Identity {
+            waly_archive: 1,
+            system_identifier: system_identifier.to_string(),
+            database: database.to_string(),
+            slot: slot.to_string(),
+            publication: publication.to_string(),
+            created_at: Utc::now(),
+        }
+    }
+}
+
 /// `generation.json`: why and where a generation began.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GenerationInfo {
@@ -166,7 +180,8 @@ pub async fn claim(store: &Store, mine: &Identity) -> Result<Identity, Error> {
     }
 }
 
-fn check_identity(store: &Store, theirs: &Identity, mine: &Identity) -> Result<(), Error> {
+/// Refuses an archive that belongs to another database or slot.
+pub fn check_identity(store: &Store, theirs: &Identity, mine: &Identity) -> Result<(), Error> {
     if theirs.system_identifier != mine.system_identifier || theirs.database != mine.database {
         return Err(Error::ArchiveMismatch(format!(
             "the archive at {} belongs to database {:?} of cluster {}, not to database {:?} of cluster {}; \

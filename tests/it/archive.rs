@@ -275,24 +275,7 @@ fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
         .unwrap_or(7);
     eprintln!("workload seed {seed}");
     let script = workload(seed, 1500, 1, true);
-    let url = db.url();
-    let writer = std::thread::spawn(move || {
-        let mut child = Command::new("psql")
-            .arg(url)
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("psql");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(script.as_bytes())
-            .expect("write");
-        child.wait().expect("psql ran")
-    });
+    let writer = crate::harness::psql_in_background(db.url(), script);
     let mut x = seed;
     let mut kills = 0;
     while kills < 12 || !writer.is_finished() {
@@ -321,33 +304,16 @@ fn base_snapshot_taken_during_writes_plus_events_equals_the_source() {
          CREATE PUBLICATION waly FOR TABLE snap;",
     );
     let archive = archive_dir(&db);
-    let url = db.url();
     // Writes run before, during and after the snapshot.
-    let writer = std::thread::spawn(move || {
-        let mut s = String::new();
-        for i in 0..400 {
-            s.push_str(&format!(
-                "UPDATE snap SET v = v + 1 WHERE id % 400 = {i}; INSERT INTO snap VALUES ({}, -1); DELETE FROM snap WHERE id = {};\nSELECT pg_sleep(0.01);\n",
-                100_000 + i,
-                1 + i * 7
-            ));
-        }
-        let mut child = Command::new("psql")
-            .arg(url)
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("psql");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(s.as_bytes())
-            .expect("write");
-        child.wait().expect("psql ran")
-    });
+    let mut s = String::new();
+    for i in 0..400 {
+        s.push_str(&format!(
+            "UPDATE snap SET v = v + 1 WHERE id % 400 = {i}; INSERT INTO snap VALUES ({}, -1); DELETE FROM snap WHERE id = {};\nSELECT pg_sleep(0.01);\n",
+            100_000 + i,
+            1 + i * 7
+        ));
+    }
+    let writer = crate::harness::psql_in_background(db.url(), s);
     std::thread::sleep(Duration::from_millis(500));
     let run = spawn_run(&db, &archive);
     assert!(writer.join().expect("writer").success());

@@ -468,6 +468,28 @@ impl Drop for TestDb {
     }
 }
 
+/// Runs an SQL script with psql on a thread of its own (a workload beside
+/// the test); join the handle for psql's exit status.
+pub fn psql_in_background(url: String, script: String) -> std::thread::JoinHandle<std::process::ExitStatus> {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut child = Command::new("psql")
+            .arg(url)
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("psql");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write");
+        child.wait().expect("psql ran")
+    })
+}
+
 /// A bare S3 request to moto (to create buckets, which object stores cannot).
 pub fn s3_request(endpoint: &str, method: &str, path: &str) -> String {
     use std::io::Write;
