@@ -19,10 +19,10 @@ async fn uses_tls(conn: &mut PgConn) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scram_and_md5_logins_work_and_wrong_passwords_do_not() {
+async fn scram_md5_and_cleartext_logins_work_and_wrong_passwords_do_not() {
     let Some(_) = owned_cluster() else { return };
     let db = TestDb::new();
-    for user in ["scramuser", "md5user"] {
+    for user in ["scramuser", "md5user", "clearuser"] {
         let url = db.tcp_url(user, Some(PASSWORD), "sslmode=disable");
         let mut conn = login(&url).await.unwrap_or_else(|e| panic!("{user}: {e}"));
         assert!(!uses_tls(&mut conn).await);
@@ -41,6 +41,10 @@ async fn tls_require_and_verify_full_with_a_test_certificate() {
     let Some(cluster) = owned_cluster() else { return };
     let db = TestDb::new();
     let ca = cluster.ca_cert.display().to_string();
+
+    // prefer (the default) over TCP: encrypted when the server offers it.
+    let mut c = login(&db.tcp_url("md5user", Some(PASSWORD), "")).await.expect("prefer");
+    assert!(c.tls && uses_tls(&mut c).await);
 
     // require: encrypted, nothing verified.
     let mut c = login(&db.tcp_url("tlsuser", Some(PASSWORD), "sslmode=require"))

@@ -93,7 +93,7 @@ pub struct Cluster {
     watchdog: Mutex<Option<ChildStdin>>,
 }
 
-/// Password of the `md5user`, `scramuser` and `tlsuser` roles.
+/// Password of the `md5user`, `scramuser`, `clearuser` and `tlsuser` roles.
 pub const PASSWORD: &str = "s3cret-Pa55";
 
 impl Cluster {
@@ -128,6 +128,7 @@ impl Cluster {
             "local all all trust\n\
              hostssl all tlsuser 127.0.0.0/8 scram-sha-256\n\
              host all md5user 127.0.0.0/8 md5\n\
+             host all clearuser 127.0.0.0/8 password\n\
              host all scramuser 127.0.0.0/8 scram-sha-256\n\
              host all all 127.0.0.0/8 trust\n",
         )
@@ -198,7 +199,8 @@ impl Cluster {
                 "SET password_encryption = 'md5'; CREATE ROLE md5user LOGIN REPLICATION SUPERUSER PASSWORD '{PASSWORD}';
                  SET password_encryption = 'scram-sha-256';
                  CREATE ROLE scramuser LOGIN REPLICATION SUPERUSER PASSWORD '{PASSWORD}';
-                 CREATE ROLE tlsuser LOGIN REPLICATION SUPERUSER PASSWORD '{PASSWORD}';"
+                 CREATE ROLE tlsuser LOGIN REPLICATION SUPERUSER PASSWORD '{PASSWORD}';
+                 CREATE ROLE clearuser LOGIN REPLICATION SUPERUSER PASSWORD '{PASSWORD}';"
             ),
         );
         c
