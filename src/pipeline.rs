@@ -182,6 +182,15 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    /// Flushes, then confirms to the server what that made durable.
+    async fn flush_and_confirm(&mut self, stream: &source::ReplicationStream) -> Result<(), Error> {
+        if let Some(lsn) = self.flush().await? {
+            stream.confirm(lsn);
+            stream.report_now();
+        }
+        Ok(())
+    }
+
     /// Seals and uploads the current segment (if it has anything), then
     /// returns the position that may now be confirmed.
     async fn flush(&mut self) -> Result<Option<Lsn>, Error> {
@@ -387,10 +396,8 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         let msg = tokio::select! {
             _ = async { let _ = stop_rx.wait_for(|s| *s).await; } => break Ok(()),
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                match w.flush().await {
-                    Ok(Some(lsn)) => { stream.confirm(lsn); stream.report_now(); }
-                    Ok(None) => {}
-                    Err(e) => break Err(e),
+                if let Err(e) = w.flush_and_confirm(&stream).await {
+                    break Err(e);
                 }
                 continue;
             }
@@ -409,13 +416,8 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
                     // Nothing published changed, but WAL flowed: record that
                     // the archive is complete up to here so the slot can move.
                     w.builder.mark_idle(wal_end);
-                    match w.flush().await {
-                        Ok(Some(lsn)) => {
-                            stream.confirm(lsn);
-                            stream.report_now();
-                        }
-                        Ok(None) => {}
-                        Err(e) => break Err(e),
+                    if let Err(e) = w.flush_and_confirm(&stream).await {
+                        break Err(e);
                     }
                 }
             }
@@ -428,13 +430,8 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
                     break Err(e);
                 }
                 if w.builder.uncompressed_bytes() >= opts.segment_bytes {
-                    match w.flush().await {
-                        Ok(Some(lsn)) => {
-                            stream.confirm(lsn);
-                            stream.report_now();
-                        }
-                        Ok(None) => {}
-                        Err(e) => break Err(e),
+                    if let Err(e) = w.flush_and_confirm(&stream).await {
+                        break Err(e);
                     }
                 }
             }

@@ -1,6 +1,6 @@
 //! `waly init`: prepare the database and the archive.
 
-use super::{ArchiveArgs, SourceArgs};
+use super::{ArchiveArgs, SlotArgs, SourceArgs};
 use crate::init::InitOptions;
 
 /// Check the server, create the publication and the slot (safe to run twice).
@@ -10,12 +10,8 @@ pub struct InitArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub archive: ArchiveArgs,
-    /// The replication slot to create.
-    #[arg(long, default_value = "waly")]
-    pub slot: String,
-    /// The publication to create.
-    #[arg(long, default_value = "waly")]
-    pub publication: String,
+    #[command(flatten)]
+    pub names: SlotArgs,
     /// Publish only these tables (comma-separated; schema.table or table). Default: all tables.
     #[arg(long, value_delimiter = ',')]
     pub tables: Vec<String>,
@@ -37,8 +33,8 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
     let info = args.source.conninfo()?;
     let store = args.archive.open()?;
     let opts = InitOptions {
-        slot: args.slot.clone(),
-        publication: args.publication.clone(),
+        slot: args.names.slot.clone(),
+        publication: args.names.publication.clone(),
         tables: args.tables.clone(),
         dry_run: args.dry_run,
         replica_identity_full: args.replica_identity_full,

@@ -54,6 +54,17 @@ pub struct SourceArgs {
     pub source: String,
 }
 
+/// Which slot and publication waly uses.
+#[derive(Debug, clap::Args)]
+pub struct SlotArgs {
+    /// The replication slot.
+    #[arg(long, default_value = "waly")]
+    pub slot: String,
+    /// The publication.
+    #[arg(long, default_value = "waly")]
+    pub publication: String,
+}
+
 /// Where the archive is.
 #[derive(Debug, clap::Args)]
 pub struct ArchiveArgs {

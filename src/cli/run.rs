@@ -1,6 +1,6 @@
 //! `waly run`: the sidecar.
 
-use super::{ArchiveArgs, SourceArgs};
+use super::{ArchiveArgs, SlotArgs, SourceArgs};
 use crate::pipeline::RunOptions;
 use std::time::Duration;
 
@@ -52,12 +52,8 @@ pub struct RunArgs {
     pub source: SourceArgs,
     #[command(flatten)]
     pub archive: ArchiveArgs,
-    /// The replication slot (created if missing).
-    #[arg(long, default_value = "waly")]
-    pub slot: String,
-    /// The publication to capture.
-    #[arg(long, default_value = "waly")]
-    pub publication: String,
+    #[command(flatten)]
+    pub names: SlotArgs,
     /// Close a segment at most this long after its first change.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub flush_interval: Duration,
@@ -70,8 +66,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
     let info = args.source.conninfo()?;
     let store = args.archive.open()?;
     let opts = RunOptions {
-        slot: args.slot.clone(),
-        publication: args.publication.clone(),
+        slot: args.names.slot.clone(),
+        publication: args.names.publication.clone(),
         flush_interval: args.flush_interval,
         segment_bytes: args.segment_size,
         ..RunOptions::default()
