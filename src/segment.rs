@@ -256,16 +256,38 @@ impl SegmentBuilder {
     /// Appends a change record, serialized straight from the borrowed change
     /// (the hot path: no copy of the row).
     pub fn push_change(&mut self, change: &Change, schema_version: u32) -> Result<(), Error> {
+        // The same fields, in the same order, as `Record::Change`, as a plain
+        // struct of borrows: serde's `flatten` goes through a slower map path.
         #[derive(Serialize)]
         struct Line<'a> {
             r#type: &'static str,
-            #[serde(flatten)]
-            change: &'a Change,
+            commit_lsn: Lsn,
+            seq: u64,
+            lsn: Lsn,
+            xid: u32,
+            #[serde(serialize_with = "rfc3339")]
+            commit_time: &'a DateTime<Utc>,
+            table: &'a str,
+            op: Op,
+            key: &'a Option<crate::event::Row>,
+            old: &'a Option<crate::event::Row>,
+            new: &'a Option<crate::event::Row>,
+            unchanged_toast: &'a [std::sync::Arc<str>],
             schema_version: u32,
         }
         self.write_line(&Line {
             r#type: "change",
-            change,
+            commit_lsn: change.commit_lsn,
+            seq: change.seq,
+            lsn: change.lsn,
+            xid: change.xid,
+            commit_time: &change.commit_time,
+            table: &change.table,
+            op: change.op,
+            key: &change.key,
+            old: &change.old,
+            new: &change.new,
+            unchanged_toast: &change.unchanged_toast,
             schema_version,
         })?;
         self.note(change.commit_lsn, Some(change.commit_time));
