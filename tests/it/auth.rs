@@ -145,19 +145,7 @@ async fn tail_streams_over_tls_with_scram() {
         Some(PASSWORD),
         &format!("sslmode=verify-full sslrootcert={}", cluster.ca_cert.display()),
     );
-    let out = crate::harness::run_within(
-        crate::harness::waly().args([
-            "tail",
-            "--json",
-            "--slot",
-            &slot,
-            "--endpos",
-            &end.to_string(),
-            "--source",
-            &url,
-        ]),
-        60,
-    );
+    let out = crate::harness::tail_slot(&url, &slot, end, 60);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(r#""new":{"id":"1","v":"over tls"}"#), "{stdout}");

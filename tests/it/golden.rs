@@ -8,7 +8,7 @@ use crate::harness::TestDb;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use waly::pgoutput::{self, Message, OldKind, TupleData};
-use waly::source::{self, PgConn, ReplicationMessage, StartOptions};
+use waly::source::ReplicationMessage;
 use waly::Lsn;
 
 fn dir() -> PathBuf {
@@ -138,14 +138,7 @@ async fn capture_golden_fixtures() {
          TRUNCATE k, f;",
     );
     let end = db.current_lsn();
-    let conn = PgConn::connect(&db.conninfo(), true).await.expect("connect");
-    let opts = StartOptions {
-        publications: vec!["waly".into()],
-        ..StartOptions::default()
-    };
-    let mut stream = source::start_replication(conn, &slot, Lsn::ZERO, &opts)
-        .await
-        .expect("start");
+    let mut stream = crate::start_stream(&db, &slot, "waly").await;
     let mut session = Vec::new();
     loop {
         match stream.recv().await.expect("open").expect("no error") {

@@ -573,6 +573,23 @@ pub fn run_within(cmd: &mut Command, secs: u64) -> Output {
     }
 }
 
+/// `waly tail --json` on an existing slot up to `endpos`, within `secs`.
+pub fn tail_slot(source: &str, slot: &str, endpos: waly::Lsn, secs: u64) -> Output {
+    run_within(
+        waly().args([
+            "tail",
+            "--json",
+            "--slot",
+            slot,
+            "--endpos",
+            &endpos.to_string(),
+            "--source",
+            source,
+        ]),
+        secs,
+    )
+}
+
 /// A long-running child whose stdout lines are collected as they come.
 pub struct Running {
     pub child: Child,

@@ -17,6 +17,18 @@ use waly::event::{Assembler, Change, Event, LogicalMessage};
 use waly::source::{self, PgConn, ReplicationMessage, StartOptions};
 use waly::Lsn;
 
+/// Starts streaming `slot` of `db` for `publication`, from where it was confirmed.
+pub async fn start_stream(db: &TestDb, slot: &str, publication: &str) -> source::ReplicationStream {
+    let conn = PgConn::connect(&db.conninfo(), true).await.expect("connect");
+    let opts = StartOptions {
+        publications: vec![publication.to_string()],
+        ..StartOptions::default()
+    };
+    source::start_replication(conn, slot, Lsn::ZERO, &opts)
+        .await
+        .expect("start replication")
+}
+
 /// Everything decoded from a slot up to `endpos`.
 #[derive(Debug, Default)]
 pub struct Captured {
@@ -70,13 +82,8 @@ pub async fn capture_with(
 ) -> Captured {
     let mut conn = PgConn::connect(&db.conninfo(), true).await.expect("connect");
     waly::tail::preflight(&mut conn, publication).await.expect("preflight");
-    let opts = StartOptions {
-        publications: vec![publication.to_string()],
-        ..StartOptions::default()
-    };
-    let mut stream = source::start_replication(conn, slot, Lsn::ZERO, &opts)
-        .await
-        .expect("start replication");
+    conn.close().await;
+    let mut stream = start_stream(db, slot, publication).await;
     let mut asm = Assembler::new();
     let mut out = Captured::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -142,14 +142,7 @@ async fn restart_after_clean_shutdown_redelivers_exactly_the_unconfirmed() {
 async fn restart_after_abrupt_disconnect_redelivers_exactly_the_unconfirmed() {
     let db = TestDb::new();
     let (slot, _, end) = five_transactions(&db);
-    let conn = PgConn::connect(&db.conninfo(), true).await.expect("connect");
-    let opts = StartOptions {
-        publications: vec!["waly".into()],
-        ..StartOptions::default()
-    };
-    let mut stream = source::start_replication(conn, &slot, Lsn::ZERO, &opts)
-        .await
-        .expect("start");
+    let mut stream = crate::start_stream(&db, &slot, "waly").await;
     let mut asm = Assembler::new();
     let mut events = Vec::new();
     let mut ends = Vec::new();

@@ -125,37 +125,13 @@ fn tail_stops_at_endpos_on_an_existing_slot_and_confirms_it() {
     db.create_slot(&slot);
     db.psql("INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);");
     let end = db.current_lsn();
-    let out = run_within(
-        waly().args([
-            "tail",
-            "--json",
-            "--slot",
-            &slot,
-            "--endpos",
-            &end.to_string(),
-            "--source",
-            &db.url(),
-        ]),
-        30,
-    );
+    let out = crate::harness::tail_slot(&db.url(), &slot, end, 30);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
     // What was printed is confirmed, so a second run from the slot prints nothing new.
     db.psql("INSERT INTO t VALUES (3)");
     let end = db.current_lsn();
-    let out = run_within(
-        waly().args([
-            "tail",
-            "--json",
-            "--slot",
-            &slot,
-            "--endpos",
-            &end.to_string(),
-            "--source",
-            &db.url(),
-        ]),
-        30,
-    );
+    let out = crate::harness::tail_slot(&db.url(), &slot, end, 30);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.contains(r#""new":{"id":"3"}"#));
