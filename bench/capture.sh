@@ -45,7 +45,10 @@ one() {
     [ "$w2j" = 1 ] && q "SELECT pg_create_logical_replication_slot('w2j', 'wal2json')" >/dev/null
     # waly's first start: slot, generation, base snapshot; then stop.
     "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn & local pid=$!
-    until [ "$(q "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'waly' AND active")" = 1 ]; do sleep 0.1; done
+    # Streaming, not just active: the slot is active while being created too,
+    # before the base snapshot.
+    until [ "$(q "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+                  WHERE s.slot_name = 'waly' AND r.state IN ('catchup', 'streaming')")" = 1 ]; do sleep 0.1; done
     kill -TERM $pid; wait $pid
     "$@" >/dev/null 2>&1
     local m0; m0=$(q "SELECT pg_current_wal_insert_lsn()")

@@ -141,7 +141,7 @@ pub async fn walk(
         for (key, _, _) in state::segments(store, &gen).await? {
             let bytes = store.get(&key).await?;
             let mut r = SegmentReader::open(&key, &bytes)?;
-            while let Some(rec) = r.next_record()? {
+            while let Some(rec) = r.next_record(&st.schemas)? {
                 let (id, t) = match &rec {
                     Record::Change(c) => ((c.change.commit_lsn, c.change.seq), c.change.commit_time),
                     Record::Message(m) => ((m.commit_lsn, m.seq), m.commit_time),

@@ -15,11 +15,11 @@ use crate::archive::layout;
 use crate::archive::state::{self, to_json, GenState, GenerationInfo, Identity};
 use crate::archive::Store;
 use crate::event::{Assembler, Event, RelationInfo};
-use crate::segment::{ColumnDef, CommitRecord, MessageRecord, Record, SchemaRecord, SegmentBuilder};
+use crate::segment::{ColumnDef, CommitRecord, MessageRecord, SchemaRecord, SegmentBuilder};
 use crate::snapshot::{self, TableRef};
 use crate::source::{self, quote, ConnInfo, PgConn, ReplicationMessage, SnapshotAction, StartOptions};
 use crate::{Error, Lsn};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -179,6 +179,9 @@ struct Writer<'a> {
     builder: SegmentBuilder,
     stop: watch::Receiver<bool>,
     last_flush: Instant,
+    /// The schema version each table's changes follow in this session (set
+    /// by the stream's table descriptions).
+    active: HashMap<String, u32>,
 }
 
 impl Writer<'_> {
@@ -383,6 +386,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         builder: SegmentBuilder::new()?,
         stop: stop.clone(),
         last_flush: Instant::now(),
+        active: HashMap::new(),
     };
     let mut asm = Assembler::new();
     let mut events = Vec::new();
@@ -468,13 +472,13 @@ async fn snapshot_tables(info: &ConnInfo, store: &Store, gen: &mut GenState, tab
         .iter()
         .map(|t| {
             let q = t.qualified();
-            let v = gen.schemas.get(&q).map_or(1, |s| s.version + 1);
+            let v = gen.schemas.next_version(&q);
             (q, v)
         })
         .collect();
     let (manifest, schemas) = snapshot::take(info, store, &gen.id, tables, &next).await?;
     for s in schemas {
-        gen.schemas.insert(s.table.clone(), s);
+        gen.schemas.insert(s);
     }
     for t in &manifest.tables {
         gen.snapshots.insert(t.table.clone(), manifest.lsn);
@@ -508,7 +512,7 @@ async fn handle_events(
             }
             Event::Relation(rel) => {
                 let table = rel.qualified().to_string();
-                if !w.gen.snapshots.contains_key(&table) {
+                let Some(snapshot) = w.gen.snapshots.get(&table).copied() else {
                     // A table that joined the publication: snapshot it now.
                     // Its snapshot is newer than this transaction, which it
                     // therefore already contains.
@@ -518,15 +522,27 @@ async fn handle_events(
                         name: rel.name.clone(),
                     };
                     snapshot_tables(info, w.store, &mut w.gen, &[t]).await?;
+                    if let Some(s) = w.gen.schemas.latest(&table) {
+                        w.active.insert(table, s.version);
+                    }
+                    continue;
+                };
+                let commit_lsn = txn.as_ref().map(|t| t.commit_lsn).unwrap_or_default();
+                if commit_lsn < snapshot {
+                    // This transaction is in the snapshot; the changes after
+                    // it follow the snapshot's columns until the next
+                    // description.
+                    if let Some(s) = w.gen.schemas.at(&table, snapshot) {
+                        w.active.insert(table, s.version);
+                    }
                     continue;
                 }
                 let columns = relation_columns(sql, rel).await;
-                let current = w.gen.schemas.get(&table);
-                if current.is_some_and(|s| state::same_columns(&s.columns, &columns)) {
+                if let Some(s) = w.gen.schemas.reusable(&table, commit_lsn, &columns) {
+                    w.active.insert(table, s.version);
                     continue;
                 }
-                let version = current.map_or(1, |s| s.version + 1);
-                let commit_lsn = txn.as_ref().map(|t| t.commit_lsn).unwrap_or_default();
+                let version = w.gen.schemas.next_version(&table);
                 let rec = SchemaRecord {
                     commit_lsn,
                     table: table.clone(),
@@ -539,9 +555,10 @@ async fn handle_events(
                     .await?;
                 tracing::info!(table, version, "new schema version");
                 if txn.as_ref().is_some_and(|t| !t.skip) {
-                    w.builder.push(&Record::Schema(rec.clone()))?;
+                    w.builder.push_schema(&rec)?;
                 }
-                w.gen.schemas.insert(table, rec);
+                w.active.insert(table, version);
+                w.gen.schemas.insert(rec);
             }
             Event::Change(c) => {
                 let Some(t) = txn.as_mut() else { continue };
@@ -549,7 +566,10 @@ async fn handle_events(
                 if t.skip || before_snapshot {
                     continue;
                 }
-                let schema_version = w.gen.schemas.get(&*c.table).map_or(0, |s| s.version);
+                let schema_version = match w.active.get(&*c.table) {
+                    Some(v) => *v,
+                    None => w.gen.schemas.at(&c.table, c.commit_lsn).map_or(0, |s| s.version),
+                };
                 w.builder.push_change(c, schema_version)?;
                 t.records += 1;
             }
@@ -560,7 +580,7 @@ async fn handle_events(
                 if t.skip || m.prefix != "waly" {
                     continue;
                 }
-                w.builder.push(&Record::Message(MessageRecord {
+                w.builder.push_message(&MessageRecord {
                     commit_lsn: r.commit_lsn,
                     seq: r.seq,
                     lsn: m.lsn,
@@ -568,7 +588,7 @@ async fn handle_events(
                     commit_time: r.commit_time,
                     prefix: m.prefix.clone(),
                     content: m.content.clone(),
-                }))?;
+                })?;
                 t.records += 1;
             }
             Event::Commit {
@@ -576,13 +596,13 @@ async fn handle_events(
             } => {
                 let Some(t) = txn.take() else { continue };
                 if !t.skip && t.records > 0 {
-                    w.builder.push(&Record::Commit(CommitRecord {
+                    w.builder.push_commit(&CommitRecord {
                         commit_lsn: *commit_lsn,
                         end_lsn: *end_lsn,
                         xid: t.xid,
                         commit_time: t.commit_time,
                         records: t.records,
-                    }))?;
+                    })?;
                 }
             }
         }

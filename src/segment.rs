@@ -8,16 +8,18 @@
 //! LSN and commit-time range, the last complete transaction, and the SHA-256
 //! of the previous segment's bytes, which chains the segments together.
 
-use crate::event::{Change, Op};
+use crate::event::{Change, Op, Row};
 use crate::{Error, Lsn};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
+use std::sync::Arc;
 
 /// The format version written in every header.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// zstd level: level 3 compresses JSON well at hundreds of MB/s.
 const LEVEL: i32 = 3;
@@ -66,8 +68,10 @@ pub struct SegmentHeader {
     /// Commit time of the last record.
     #[serde(serialize_with = "rfc3339_opt")]
     pub last_commit_time: Option<DateTime<Utc>>,
-    /// How many records follow.
+    /// How many records follow (changes, messages, schemas and commits).
     pub records: u64,
+    /// How many lines follow (the records and the `begin` lines).
+    pub lines: u64,
     /// SHA-256 (hex) of the previous segment's bytes; `null` for the first.
     pub prev_sha256: Option<String>,
 }
@@ -123,7 +127,7 @@ pub struct MessageRecord {
     pub content: String,
 }
 
-/// A new version of a table's columns; changes after it use it.
+/// A version of a table's columns; changes after it use it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchemaRecord {
     /// The commit LSN of the transaction in which it was first seen (or the
@@ -153,9 +157,9 @@ pub struct CommitRecord {
     pub records: u64,
 }
 
-/// One line after the header.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+/// A record as readers see it: whole, with its transaction's fields (on
+/// disk those are written once per transaction, see [`SegmentBuilder`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// A row change.
     Change(ChangeRecord),
@@ -178,18 +182,225 @@ impl Record {
         }
     }
 
-    fn commit_time(&self) -> Option<DateTime<Utc>> {
-        match self {
-            Record::Change(c) => Some(c.change.commit_time),
-            Record::Message(m) => Some(m.commit_time),
-            Record::Commit(c) => Some(c.commit_time),
-            Record::Schema(_) => None,
-        }
-    }
-
     /// Whether it is a change with this op.
     pub fn is_op(&self, op: Op) -> bool {
         matches!(self, Record::Change(c) if c.change.op == op)
+    }
+}
+
+/// Whether two column lists describe the same table shape.
+pub fn same_columns(a: &[ColumnDef], b: &[ColumnDef]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.name == y.name && x.type_oid == y.type_oid && x.type_modifier == y.type_modifier && x.key == y.key
+        })
+}
+
+/// The replica-identity columns of `row` under `columns`, in column order
+/// (`None` when the table has none): the `key` of a change.
+pub fn key_of(columns: &[ColumnDef], row: &Row) -> Option<Row> {
+    let cols: Vec<_> = columns
+        .iter()
+        .filter(|c| c.key)
+        .filter_map(|c| row.0.iter().find(|(n, _)| **n == *c.name).cloned())
+        .collect();
+    (!cols.is_empty()).then_some(Row(cols))
+}
+
+/// Every schema version of a generation's tables.
+#[derive(Debug, Clone, Default)]
+pub struct Schemas {
+    by_table: BTreeMap<String, Vec<SchemaRecord>>,
+}
+
+impl Schemas {
+    /// Adds (or replaces) a version.
+    pub fn insert(&mut self, rec: SchemaRecord) {
+        let versions = self.by_table.entry(rec.table.clone()).or_default();
+        match versions.binary_search_by_key(&rec.version, |s| s.version) {
+            Ok(i) => versions[i] = rec,
+            Err(i) => versions.insert(i, rec),
+        }
+    }
+
+    /// A table's versions, oldest first.
+    pub fn versions(&self, table: &str) -> &[SchemaRecord] {
+        self.by_table.get(table).map_or(&[], |v| v.as_slice())
+    }
+
+    /// The tables that have a version.
+    pub fn tables(&self) -> impl Iterator<Item = &str> {
+        self.by_table.keys().map(String::as_str)
+    }
+
+    /// A table's newest version.
+    pub fn latest(&self, table: &str) -> Option<&SchemaRecord> {
+        self.versions(table).last()
+    }
+
+    /// One version of a table.
+    pub fn version(&self, table: &str, version: u32) -> Option<&SchemaRecord> {
+        let v = self.versions(table);
+        v.binary_search_by_key(&version, |s| s.version).ok().map(|i| &v[i])
+    }
+
+    /// The number the table's next version gets.
+    pub fn next_version(&self, table: &str) -> u32 {
+        self.latest(table).map_or(1, |s| s.version + 1)
+    }
+
+    /// The version in force at `lsn`: the newest that took effect at or before it.
+    pub fn at(&self, table: &str, lsn: Lsn) -> Option<&SchemaRecord> {
+        self.versions(table).iter().rev().find(|s| s.commit_lsn <= lsn)
+    }
+
+    /// The existing version that a table description seen in transaction
+    /// `commit_lsn` is: one that took effect in that very transaction with
+    /// these columns, else the one in force before it if it has them. A
+    /// transaction streamed again after a restart thus finds the versions
+    /// it created the first time instead of making new ones.
+    pub fn reusable(&self, table: &str, commit_lsn: Lsn, columns: &[ColumnDef]) -> Option<&SchemaRecord> {
+        let versions = self.versions(table);
+        versions
+            .iter()
+            .rev()
+            .find(|s| s.commit_lsn == commit_lsn && same_columns(&s.columns, columns))
+            .or_else(|| {
+                versions
+                    .iter()
+                    .rev()
+                    .find(|s| s.commit_lsn < commit_lsn)
+                    .filter(|s| same_columns(&s.columns, columns))
+            })
+    }
+}
+
+/// One line of a segment after the header, as stored. Fields of the
+/// transaction are written once, on its `begin` line, and the lines up to
+/// the next `begin` belong to it; `seq` is written only where it is not the
+/// previous one plus 1, and `lsn_delta` is the LSN minus the previous
+/// record's in the transaction (the commit LSN for the first).
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Line {
+    Begin {
+        commit_lsn: Lsn,
+        xid: u32,
+        commit_time: DateTime<Utc>,
+    },
+    Change {
+        seq: Option<u64>,
+        lsn_delta: i64,
+        table: String,
+        op: Op,
+        #[serde(default)]
+        old: Option<Row>,
+        #[serde(default)]
+        new: Option<Row>,
+        #[serde(default)]
+        unchanged_toast: Vec<Arc<str>>,
+        schema_version: u32,
+    },
+    Message {
+        seq: Option<u64>,
+        lsn_delta: i64,
+        prefix: String,
+        content: String,
+    },
+    Schema(SchemaRecord),
+    Commit {
+        end_lsn: Lsn,
+        records: u64,
+    },
+}
+
+#[derive(Serialize)]
+struct BeginLine<'a> {
+    r#type: &'static str,
+    commit_lsn: Lsn,
+    xid: u32,
+    #[serde(serialize_with = "rfc3339")]
+    commit_time: &'a DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+struct ChangeLine<'a> {
+    r#type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    lsn_delta: i64,
+    table: &'a str,
+    op: Op,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old: Option<&'a Row>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new: Option<&'a Row>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    unchanged_toast: &'a [Arc<str>],
+    schema_version: u32,
+}
+
+#[derive(Serialize)]
+struct MessageLine<'a> {
+    r#type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    lsn_delta: i64,
+    prefix: &'a str,
+    content: &'a str,
+}
+
+#[derive(Serialize)]
+struct CommitLine {
+    r#type: &'static str,
+    end_lsn: Lsn,
+    records: u64,
+}
+
+#[derive(Serialize)]
+struct SchemaLine<'a> {
+    r#type: &'static str,
+    #[serde(flatten)]
+    schema: &'a SchemaRecord,
+}
+
+/// The transaction whose lines are being written or read.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    commit_lsn: Lsn,
+    xid: u32,
+    commit_time: DateTime<Utc>,
+    next_seq: u64,
+    prev_lsn: Lsn,
+}
+
+impl Run {
+    fn new(commit_lsn: Lsn, xid: u32, commit_time: DateTime<Utc>) -> Run {
+        Run {
+            commit_lsn,
+            xid,
+            commit_time,
+            next_seq: 0,
+            prev_lsn: commit_lsn,
+        }
+    }
+
+    /// Encodes `seq` and `lsn` of the next record and advances.
+    fn encode(&mut self, seq: u64, lsn: Lsn) -> (Option<u64>, i64) {
+        let s = (seq != self.next_seq).then_some(seq);
+        let d = lsn.as_u64().wrapping_sub(self.prev_lsn.as_u64()) as i64;
+        self.next_seq = seq + 1;
+        self.prev_lsn = lsn;
+        (s, d)
+    }
+
+    /// Decodes `seq` and `lsn` of the next record and advances.
+    fn decode(&mut self, seq: Option<u64>, lsn_delta: i64) -> (u64, Lsn) {
+        let seq = seq.unwrap_or(self.next_seq);
+        let lsn = Lsn(self.prev_lsn.as_u64().wrapping_add(lsn_delta as u64));
+        self.next_seq = seq + 1;
+        self.prev_lsn = lsn;
+        (seq, lsn)
     }
 }
 
@@ -198,7 +409,9 @@ pub struct SegmentBuilder {
     encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
     line: Vec<u8>,
     uncompressed: usize,
+    lines: u64,
     records: u64,
+    run: Option<Run>,
     first_lsn: Option<Lsn>,
     last_lsn: Option<Lsn>,
     last_commit: Option<CommitPoint>,
@@ -242,7 +455,9 @@ impl SegmentBuilder {
             encoder: zstd_encoder()?,
             line: Vec::with_capacity(1024),
             uncompressed: 0,
+            lines: 0,
             records: 0,
+            run: None,
             first_lsn: None,
             last_lsn: None,
             last_commit: None,
@@ -253,45 +468,100 @@ impl SegmentBuilder {
         })
     }
 
-    /// Appends a change record, serialized straight from the borrowed change
-    /// (the hot path: no copy of the row).
-    pub fn push_change(&mut self, change: &Change, schema_version: u32) -> Result<(), Error> {
-        // The same fields, in the same order, as `Record::Change`, as a plain
-        // struct of borrows: serde's `flatten` goes through a slower map path.
-        #[derive(Serialize)]
-        struct Line<'a> {
-            r#type: &'static str,
-            commit_lsn: Lsn,
-            seq: u64,
-            lsn: Lsn,
-            xid: u32,
-            #[serde(serialize_with = "rfc3339")]
-            commit_time: &'a DateTime<Utc>,
-            table: &'a str,
-            op: Op,
-            key: &'a Option<crate::event::Row>,
-            old: &'a Option<crate::event::Row>,
-            new: &'a Option<crate::event::Row>,
-            unchanged_toast: &'a [std::sync::Arc<str>],
-            schema_version: u32,
+    /// The transaction `commit_lsn` is written from here on: a `begin` line
+    /// unless it already is.
+    fn enter(&mut self, commit_lsn: Lsn, xid: u32, commit_time: &DateTime<Utc>) -> Result<Run, Error> {
+        if let Some(r) = self.run.filter(|r| r.commit_lsn == commit_lsn) {
+            return Ok(r);
         }
-        self.write_line(&Line {
+        self.write_line(&BeginLine {
+            r#type: "begin",
+            commit_lsn,
+            xid,
+            commit_time,
+        })?;
+        let r = Run::new(commit_lsn, xid, *commit_time);
+        self.run = Some(r);
+        Ok(r)
+    }
+
+    /// Appends a change record, serialized straight from the borrowed change
+    /// (no copy of the row).
+    pub fn push_change(&mut self, change: &Change, schema_version: u32) -> Result<(), Error> {
+        let mut run = self.enter(change.commit_lsn, change.xid, &change.commit_time)?;
+        let (seq, lsn_delta) = run.encode(change.seq, change.lsn);
+        self.write_line(&ChangeLine {
             r#type: "change",
-            commit_lsn: change.commit_lsn,
-            seq: change.seq,
-            lsn: change.lsn,
-            xid: change.xid,
-            commit_time: &change.commit_time,
+            seq,
+            lsn_delta,
             table: &change.table,
             op: change.op,
-            key: &change.key,
-            old: &change.old,
-            new: &change.new,
+            old: change.old.as_ref(),
+            new: change.new.as_ref(),
             unchanged_toast: &change.unchanged_toast,
             schema_version,
         })?;
+        self.run = Some(run);
+        self.records += 1;
         self.note(change.commit_lsn, Some(change.commit_time));
         Ok(())
+    }
+
+    /// Appends a logical message.
+    pub fn push_message(&mut self, m: &MessageRecord) -> Result<(), Error> {
+        let mut run = self.enter(m.commit_lsn, m.xid, &m.commit_time)?;
+        let (seq, lsn_delta) = run.encode(m.seq, m.lsn);
+        self.write_line(&MessageLine {
+            r#type: "message",
+            seq,
+            lsn_delta,
+            prefix: &m.prefix,
+            content: &m.content,
+        })?;
+        self.run = Some(run);
+        self.records += 1;
+        self.note(m.commit_lsn, Some(m.commit_time));
+        Ok(())
+    }
+
+    /// Appends a schema version seen in the stream.
+    pub fn push_schema(&mut self, s: &SchemaRecord) -> Result<(), Error> {
+        self.write_line(&SchemaLine {
+            r#type: "schema",
+            schema: s,
+        })?;
+        self.records += 1;
+        self.note(s.commit_lsn, None);
+        Ok(())
+    }
+
+    /// Appends a transaction's commit marker.
+    pub fn push_commit(&mut self, c: &CommitRecord) -> Result<(), Error> {
+        self.enter(c.commit_lsn, c.xid, &c.commit_time)?;
+        self.write_line(&CommitLine {
+            r#type: "commit",
+            end_lsn: c.end_lsn,
+            records: c.records,
+        })?;
+        self.run = None;
+        self.records += 1;
+        self.note(c.commit_lsn, Some(c.commit_time));
+        self.last_commit = Some(CommitPoint {
+            commit_lsn: c.commit_lsn,
+            end_lsn: c.end_lsn,
+        });
+        self.durable_lsn = Some(c.end_lsn);
+        Ok(())
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, r: &Record) -> Result<(), Error> {
+        match r {
+            Record::Change(c) => self.push_change(&c.change, c.schema_version),
+            Record::Message(m) => self.push_message(m),
+            Record::Schema(s) => self.push_schema(s),
+            Record::Commit(c) => self.push_commit(c),
+        }
     }
 
     fn write_line<T: Serialize>(&mut self, v: &T) -> Result<(), Error> {
@@ -300,7 +570,7 @@ impl SegmentBuilder {
         self.line.push(b'\n');
         self.encoder.write_all(&self.line)?;
         self.uncompressed += self.line.len();
-        self.records += 1;
+        self.lines += 1;
         Ok(())
     }
 
@@ -312,20 +582,6 @@ impl SegmentBuilder {
             self.last_time = Some(t);
         }
         self.opened_at.get_or_insert_with(std::time::Instant::now);
-    }
-
-    /// Appends one record.
-    pub fn push(&mut self, r: &Record) -> Result<(), Error> {
-        self.write_line(r)?;
-        self.note(r.commit_lsn(), r.commit_time());
-        if let Record::Commit(c) = r {
-            self.last_commit = Some(CommitPoint {
-                commit_lsn: c.commit_lsn,
-                end_lsn: c.end_lsn,
-            });
-            self.durable_lsn = Some(c.end_lsn);
-        }
-        Ok(())
     }
 
     /// Marks `lsn` as archived once this segment is, without a record (an
@@ -373,6 +629,7 @@ impl SegmentBuilder {
             first_commit_time: self.first_time,
             last_commit_time: self.last_time,
             records: self.records,
+            lines: self.lines,
             prev_sha256,
         };
         let mut head = zstd_encoder()?;
@@ -408,6 +665,8 @@ pub struct SegmentReader<'a> {
     /// The segment's header.
     pub header: SegmentHeader,
     read: u64,
+    run: Option<Run>,
+    tables: HashMap<String, Arc<str>>,
 }
 
 impl std::fmt::Debug for SegmentReader<'_> {
@@ -431,104 +690,286 @@ impl<'a> SegmentReader<'a> {
         lines
             .read_line(&mut buf)
             .map_err(|e| corrupt(format!("cannot decompress the header: {e}")))?;
-        let header: SegmentHeader =
+        let value: serde_json::Value =
             serde_json::from_str(buf.trim_end()).map_err(|e| corrupt(format!("bad header line: {e}")))?;
-        if header.waly_segment != FORMAT_VERSION {
+        if value["waly_segment"] != FORMAT_VERSION {
             return Err(corrupt(format!(
                 "segment format version {} is not one this waly reads ({FORMAT_VERSION})",
-                header.waly_segment
+                value["waly_segment"]
             )));
         }
+        let header: SegmentHeader =
+            serde_json::from_value(value).map_err(|e| corrupt(format!("bad header line: {e}")))?;
         Ok(SegmentReader {
             key: key.to_string(),
             lines,
             buf,
             header,
             read: 0,
+            run: None,
+            tables: HashMap::new(),
         })
     }
 
-    /// The next record, `None` at the end (after checking the count).
-    pub fn next_record(&mut self) -> Result<Option<Record>, Error> {
-        let corrupt = |why: String| Error::Corrupt {
+    fn corrupt(&self, why: String) -> Error {
+        Error::Corrupt {
             key: self.key.clone(),
             why,
-        };
-        self.buf.clear();
-        let n = self
-            .lines
-            .read_line(&mut self.buf)
-            .map_err(|e| corrupt(format!("cannot decompress record {}: {e}", self.read + 1)))?;
-        if n == 0 {
-            if self.read != self.header.records {
-                return Err(corrupt(format!(
-                    "truncated: the header promises {} records, found {}",
-                    self.header.records, self.read
-                )));
-            }
-            return Ok(None);
         }
-        self.read += 1;
-        let r = serde_json::from_str(self.buf.trim_end())
-            .map_err(|e| corrupt(format!("record {} is not valid: {e}", self.read)))?;
-        Ok(Some(r))
+    }
+
+    fn intern(&mut self, table: String) -> Arc<str> {
+        if let Some(t) = self.tables.get(&table) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(table.as_str());
+        self.tables.insert(table, t.clone());
+        t
+    }
+
+    /// The next record, `None` at the end (after checking the count).
+    /// `schemas` holds the generation's schema versions: a change's `key` is
+    /// its row's replica-identity columns under its schema version.
+    pub fn next_record(&mut self, schemas: &Schemas) -> Result<Option<Record>, Error> {
+        loop {
+            self.buf.clear();
+            let n = self.lines.read_line(&mut self.buf);
+            let n = n.map_err(|e| self.corrupt(format!("cannot decompress line {}: {e}", self.read + 1)))?;
+            if n == 0 {
+                if self.read != self.header.lines {
+                    return Err(self.corrupt(format!(
+                        "truncated: the header promises {} lines, found {}",
+                        self.header.lines, self.read
+                    )));
+                }
+                return Ok(None);
+            }
+            self.read += 1;
+            let line: Line = serde_json::from_str(self.buf.trim_end())
+                .map_err(|e| self.corrupt(format!("line {} is not valid: {e}", self.read)))?;
+            match line {
+                Line::Begin {
+                    commit_lsn,
+                    xid,
+                    commit_time,
+                } => self.run = Some(Run::new(commit_lsn, xid, commit_time)),
+                Line::Schema(s) => return Ok(Some(Record::Schema(s))),
+                other => {
+                    let Some(mut run) = self.run else {
+                        return Err(self.corrupt(format!("line {} is outside a transaction", self.read)));
+                    };
+                    let rec = self.record(&mut run, other, schemas)?;
+                    self.run = Some(run);
+                    return Ok(Some(rec));
+                }
+            }
+        }
+    }
+
+    fn record(&mut self, run: &mut Run, line: Line, schemas: &Schemas) -> Result<Record, Error> {
+        Ok(match line {
+            Line::Change {
+                seq,
+                lsn_delta,
+                table,
+                op,
+                old,
+                new,
+                unchanged_toast,
+                schema_version,
+            } => {
+                let (seq, lsn) = run.decode(seq, lsn_delta);
+                let row = match op {
+                    Op::Insert | Op::Update => new.as_ref(),
+                    Op::Delete => old.as_ref(),
+                    Op::Truncate => None,
+                };
+                let key = match row {
+                    None => None,
+                    Some(row) => {
+                        let schema = schemas.version(&table, schema_version).ok_or_else(|| {
+                            self.corrupt(format!(
+                                "line {}: {table} has no schema version {schema_version} in the archive",
+                                self.read
+                            ))
+                        })?;
+                        key_of(&schema.columns, row)
+                    }
+                };
+                Record::Change(ChangeRecord {
+                    change: Change {
+                        commit_lsn: run.commit_lsn,
+                        seq,
+                        lsn,
+                        xid: run.xid,
+                        commit_time: run.commit_time,
+                        table: self.intern(table),
+                        op,
+                        key,
+                        old,
+                        new,
+                        unchanged_toast,
+                    },
+                    schema_version,
+                })
+            }
+            Line::Message {
+                seq,
+                lsn_delta,
+                prefix,
+                content,
+            } => {
+                let (seq, lsn) = run.decode(seq, lsn_delta);
+                Record::Message(MessageRecord {
+                    commit_lsn: run.commit_lsn,
+                    seq,
+                    lsn,
+                    xid: run.xid,
+                    commit_time: run.commit_time,
+                    prefix,
+                    content,
+                })
+            }
+            Line::Commit { end_lsn, records } => Record::Commit(CommitRecord {
+                commit_lsn: run.commit_lsn,
+                end_lsn,
+                xid: run.xid,
+                commit_time: run.commit_time,
+                records,
+            }),
+            Line::Begin { .. } | Line::Schema(_) => {
+                return Err(self.corrupt(format!("line {}: unexpected record", self.read)))
+            }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Row;
-    use std::sync::Arc;
 
-    fn change(commit: u64, seq: u64) -> Record {
+    fn time() -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap_or_default()
+    }
+
+    fn col(name: &str, key: bool) -> ColumnDef {
+        ColumnDef {
+            name: name.into(),
+            type_name: "text".into(),
+            type_oid: 25,
+            type_modifier: -1,
+            key,
+            primary_key: key,
+            not_null: key,
+        }
+    }
+
+    fn schemas() -> Schemas {
+        let mut s = Schemas::default();
+        s.insert(SchemaRecord {
+            commit_lsn: Lsn(1),
+            table: "public.t".into(),
+            version: 1,
+            columns: vec![col("id", true), col("v", false), col("e", false)],
+        });
+        s
+    }
+
+    fn row(id: &str) -> Row {
+        Row(vec![
+            (Arc::from("id"), Some(id.into())),
+            (Arc::from("v"), None),
+            (Arc::from("e"), Some(String::new())),
+        ])
+    }
+
+    fn change(commit: u64, seq: u64, lsn: u64, op: Op) -> Record {
+        let (old, new) = match op {
+            Op::Insert => (None, Some(row("1"))),
+            Op::Update => (Some(row("0")), Some(row("1"))),
+            Op::Delete => (Some(Row(vec![(Arc::from("id"), Some("1".into()))])), None),
+            Op::Truncate => (None, None),
+        };
+        let key = match op {
+            Op::Truncate => None,
+            _ => Some(Row(vec![(Arc::from("id"), Some("1".into()))])),
+        };
         Record::Change(ChangeRecord {
             change: Change {
                 commit_lsn: Lsn(commit),
                 seq,
-                lsn: Lsn(commit - 10 + seq),
+                lsn: Lsn(lsn),
                 xid: 7,
-                commit_time: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap_or_default(),
+                commit_time: time(),
                 table: Arc::from("public.t"),
-                op: Op::Insert,
-                key: Some(Row(vec![(Arc::from("id"), Some("1".into()))])),
-                old: None,
-                new: Some(Row(vec![
-                    (Arc::from("id"), Some("1".into())),
-                    (Arc::from("v"), None),
-                    (Arc::from("e"), Some(String::new())),
-                ])),
-                unchanged_toast: vec![],
+                op,
+                key,
+                old,
+                new,
+                unchanged_toast: if op == Op::Update { vec![Arc::from("e")] } else { vec![] },
             },
             schema_version: 1,
         })
     }
 
-    fn commit(commit: u64) -> Record {
+    fn commit(commit: u64, records: u64) -> Record {
         Record::Commit(CommitRecord {
             commit_lsn: Lsn(commit),
             end_lsn: Lsn(commit + 8),
             xid: 7,
-            commit_time: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap_or_default(),
-            records: 2,
+            commit_time: time(),
+            records,
         })
+    }
+
+    fn message(commit: u64, seq: u64, lsn: u64) -> Record {
+        Record::Message(MessageRecord {
+            commit_lsn: Lsn(commit),
+            seq,
+            lsn: Lsn(lsn),
+            xid: 7,
+            commit_time: time(),
+            prefix: "waly".into(),
+            content: "{\"op\":\"x\"}".into(),
+        })
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<Vec<Record>, Error> {
+        let mut r = SegmentReader::open("k", bytes)?;
+        let mut back = Vec::new();
+        while let Some(rec) = r.next_record(&schemas())? {
+            back.push(rec);
+        }
+        Ok(back)
     }
 
     #[test]
     fn records_round_trip_through_a_segment() {
-        let records = vec![change(100, 0), change(100, 1), commit(100), change(200, 0)];
+        let records = vec![
+            change(100, 0, 50, Op::Insert),
+            message(100, 1, 60),
+            // seq gaps and LSNs that go down are kept exactly
+            change(100, 5, 55, Op::Update),
+            change(100, 6, 90, Op::Delete),
+            change(100, 7, 95, Op::Truncate),
+            commit(100, 5),
+            Record::Schema(SchemaRecord {
+                commit_lsn: Lsn(200),
+                table: "public.t".into(),
+                version: 1,
+                columns: vec![col("id", true)],
+            }),
+            change(200, 0, 150, Op::Insert),
+        ];
         let mut b = SegmentBuilder::new().expect("builder");
         for r in &records {
-            match r {
-                // The borrowed fast path writes exactly what `push` would.
-                Record::Change(c) if c.change.seq == 1 => b.push_change(&c.change, c.schema_version),
-                other => b.push(other),
-            }
-            .expect("push");
+            b.push(r).expect("push");
         }
         let sealed = b.seal("00000001", 3, Some("ab".repeat(32))).expect("seal");
         assert_eq!(sealed.header.first_lsn, Lsn(100));
         assert_eq!(sealed.header.last_lsn, Lsn(200));
+        assert_eq!(sealed.header.records, 8);
+        assert_eq!(sealed.header.lines, 10, "two begin lines");
         assert_eq!(
             sealed.header.last_commit,
             Some(CommitPoint {
@@ -537,20 +978,98 @@ mod tests {
             })
         );
         assert_eq!(sealed.sha256, sha256_hex(&sealed.bytes));
-        let mut r = SegmentReader::open("k", &sealed.bytes).expect("open");
+        let r = SegmentReader::open("k", &sealed.bytes).expect("open");
         assert_eq!(r.header, sealed.header);
-        let mut back = Vec::new();
-        while let Some(rec) = r.next_record().expect("record") {
-            back.push(rec);
+        assert_eq!(
+            read_all(&sealed.bytes).expect("read"),
+            records,
+            "values, NULLs, empty strings, keys, seq and lsn survive"
+        );
+    }
+
+    #[test]
+    fn transaction_fields_are_written_once_per_transaction_and_segment() {
+        let mut b = SegmentBuilder::new().expect("builder");
+        for i in 0..3 {
+            b.push(&change(100, i, 10 + i * 40, Op::Insert)).expect("push");
         }
-        assert_eq!(back, records, "values, NULLs and empty strings survive");
+        let sealed = b.seal("00000001", 0, None).expect("seal");
+        let text = zstd::decode_all(&sealed.bytes[..]).expect("zstd");
+        let text = String::from_utf8(text).expect("utf-8");
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(
+            lines[0].starts_with(r#"{"type":"begin","commit_lsn":"0/64","xid":7"#),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            !lines[1].contains("commit_lsn") && !lines[1].contains("\"seq\""),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[1].contains(r#""lsn_delta":-90"#), "{}", lines[1]);
+        assert!(lines[2].contains(r#""lsn_delta":40"#), "{}", lines[2]);
+        assert!(
+            !lines[2].contains("\"key\"") && !lines[2].contains("\"old\""),
+            "{}",
+            lines[2]
+        );
+        // The rest of the transaction, in the next segment, starts with its own begin line.
+        let mut b = SegmentBuilder::new().expect("builder");
+        b.push(&change(100, 3, 200, Op::Insert)).expect("push");
+        b.push(&commit(100, 4)).expect("push");
+        let next = b.seal("00000001", 1, Some(sealed.sha256)).expect("seal");
+        let back = read_all(&next.bytes).expect("read");
+        assert_eq!(back, vec![change(100, 3, 200, Op::Insert), commit(100, 4)]);
+    }
+
+    #[test]
+    fn a_change_whose_schema_version_is_missing_is_an_error_naming_the_object() {
+        let mut b = SegmentBuilder::new().expect("builder");
+        let Record::Change(mut c) = change(100, 0, 50, Op::Insert) else {
+            unreachable!()
+        };
+        c.schema_version = 9;
+        b.push(&Record::Change(c)).expect("push");
+        let sealed = b.seal("00000001", 0, None).expect("seal");
+        let err = read_all(&sealed.bytes).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("no schema version 9") && err.contains('k'), "{err}");
+    }
+
+    #[test]
+    fn schema_versions_are_found_again_when_a_transaction_is_streamed_again() {
+        let mut s = schemas();
+        let v1 = vec![col("id", true), col("v", false), col("e", false)];
+        let v2 = vec![col("id", true), col("e", false)];
+        // Transaction 300 changed the table twice: back to v1's shape, then v2.
+        s.insert(SchemaRecord {
+            commit_lsn: Lsn(300),
+            table: "public.t".into(),
+            version: 2,
+            columns: v2.clone(),
+        });
+        assert_eq!(s.reusable("public.t", Lsn(200), &v1).map(|r| r.version), Some(1));
+        assert_eq!(s.reusable("public.t", Lsn(300), &v1).map(|r| r.version), Some(1));
+        assert_eq!(s.reusable("public.t", Lsn(300), &v2).map(|r| r.version), Some(2));
+        assert_eq!(s.reusable("public.t", Lsn(400), &v2).map(|r| r.version), Some(2));
+        assert_eq!(s.reusable("public.t", Lsn(400), &v1), None, "a real change after v2");
+        assert_eq!(
+            s.reusable("public.t", Lsn(200), &v2),
+            None,
+            "v2 is not in force before 300"
+        );
+        assert_eq!(s.at("public.t", Lsn(299)).map(|r| r.version), Some(1));
+        assert_eq!(s.at("public.t", Lsn(300)).map(|r| r.version), Some(2));
+        assert_eq!(s.next_version("public.t"), 3);
+        assert_eq!(s.next_version("public.u"), 1);
     }
 
     #[test]
     fn damage_is_detected_and_names_the_object() {
         let mut b = SegmentBuilder::new().expect("builder");
         for i in 0..200 {
-            b.push(&change(100, i)).expect("push");
+            b.push(&change(100, i, 100 + i, Op::Insert)).expect("push");
         }
         let sealed = b.seal("00000001", 0, None).expect("seal");
         let mut bytes = sealed.bytes.to_vec();
@@ -558,7 +1077,7 @@ mod tests {
         bytes[at] ^= 0x40;
         let err = (|| -> Result<(), Error> {
             let mut r = SegmentReader::open("generations/x/segments/s", &bytes)?;
-            while r.next_record()?.is_some() {}
+            while r.next_record(&schemas())?.is_some() {}
             Ok(())
         })()
         .err()
@@ -570,11 +1089,6 @@ mod tests {
         );
         // Cutting the object short is caught too.
         let cut = &sealed.bytes[..sealed.bytes.len() / 2];
-        let err = (|| -> Result<(), Error> {
-            let mut r = SegmentReader::open("seg", cut)?;
-            while r.next_record()?.is_some() {}
-            Ok(())
-        })();
-        assert!(err.is_err());
+        assert!(read_all(cut).is_err());
     }
 }

@@ -5,7 +5,7 @@
 
 use super::layout;
 use super::Store;
-use crate::segment::{ColumnDef, CommitPoint, SchemaRecord, SegmentReader};
+use crate::segment::{CommitPoint, SchemaRecord, Schemas, SegmentReader};
 use crate::{Error, Lsn};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -120,8 +120,8 @@ pub struct GenState {
     pub id: String,
     /// The end of its segment chain.
     pub tail: Tail,
-    /// The latest schema version of each table.
-    pub schemas: BTreeMap<String, SchemaRecord>,
+    /// Every schema version of every table.
+    pub schemas: Schemas,
     /// The LSN of each table's latest snapshot.
     pub snapshots: BTreeMap<String, Lsn>,
     /// The manifests, oldest first.
@@ -275,10 +275,7 @@ pub async fn load_generation(store: &Store, gen: &str) -> Result<GenState, Error
     }
     for (key, _) in store.list(&layout::schemas_dir(gen)).await? {
         let rec: SchemaRecord = parse_json(&key, &store.get(&key).await?)?;
-        let newer = st.schemas.get(&rec.table).is_none_or(|s| s.version < rec.version);
-        if newer {
-            st.schemas.insert(rec.table.clone(), rec);
-        }
+        st.schemas.insert(rec);
     }
     for (key, _) in store
         .list(&format!("{}/snapshots", layout::generation_dir(gen)))
@@ -296,12 +293,4 @@ pub async fn load_generation(store: &Store, gen: &str) -> Result<GenState, Error
     }
     st.manifests.sort_by_key(|m| m.lsn);
     Ok(st)
-}
-
-/// Whether two column lists describe the same table shape.
-pub fn same_columns(a: &[ColumnDef], b: &[ColumnDef]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(x, y)| {
-            x.name == y.name && x.type_oid == y.type_oid && x.type_modifier == y.type_modifier && x.key == y.key
-        })
 }

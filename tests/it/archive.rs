@@ -100,11 +100,15 @@ fn spawn_run(db: &TestDb, archive: &str) -> Running {
     ]))
 }
 
-/// Waits until `waly run` streams (its slot is active); on failure shows
-/// what it said.
+/// Waits until `waly run` streams from its slot; on failure shows what it
+/// said. The slot alone is not enough: it is also active while it is being
+/// created, before the base snapshot, and a write made then belongs to the
+/// snapshot, not to the stream. Only START_REPLICATION takes the walsender
+/// out of its `startup` state.
 fn wait_streaming(db: &TestDb, run: &Running) {
     let sql = format!(
-        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}' AND active",
+        "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+          WHERE s.slot_name = '{}' AND r.state IN ('catchup', 'streaming')",
         slot(db)
     );
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -274,7 +278,22 @@ fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(7);
     eprintln!("workload seed {seed}");
-    let script = workload(seed, 1500, 1, true);
+    // DDL along the way: each ALTER makes a new schema version of item, and
+    // a transaction streamed again after a kill must find its versions
+    // again rather than make more.
+    let mut script = String::new();
+    let mut alters = 0;
+    for (i, line) in workload(seed, 1500, 1, true).lines().enumerate() {
+        script.push_str(line);
+        script.push('\n');
+        if i % 200 == 199 {
+            alters += 1;
+            script.push_str(&format!(
+                "ALTER TABLE item ADD COLUMN c{alters} int; INSERT INTO item VALUES ({}, 2);\n",
+                5_000_000 + alters
+            ));
+        }
+    }
     let writer = crate::harness::psql_in_background(db.url(), script);
     let mut x = seed;
     let mut kills = 0;
@@ -293,6 +312,12 @@ fn kill_9_at_random_moments_loses_nothing_and_duplicates_nothing() {
     assert!(status.success(), "clean stop after {kills} kills: {stderr}");
     // Same answer after the clean stop: nothing half-written remains visible.
     assert_eq!(archived(&archive), audited(&db));
+    let versions = |t: &str| files_under(&archive, &format!("generations/00000001/schemas/{t}")).len();
+    assert_eq!(
+        (versions("public.acct"), versions("public.item")),
+        (1, 1 + alters),
+        "one schema version per table shape, however often the stream was replayed"
+    );
     let _ = std::fs::remove_dir_all(&archive);
 }
 
