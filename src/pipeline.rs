@@ -388,18 +388,27 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         last_flush: Instant::now(),
         active: HashMap::new(),
     };
-    let mut asm = Assembler::new();
-    let mut events = Vec::new();
-    let mut txn: Option<Txn> = None;
+    let mut consumer = Consumer {
+        asm: Assembler::new(),
+        events: Vec::new(),
+        txn: None,
+    };
     let mut stop_rx = stop.clone();
-    let result: Result<(), Error> = loop {
-        let deadline = w
-            .builder
-            .opened_at
-            .map(|t| tokio::time::Instant::from_std(t + opts.flush_interval));
-        let msg = tokio::select! {
+    // One timer for the age bound, moved as segments open, not one per message.
+    let timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
+    let result: Result<(), Error> = 'session: loop {
+        let deadline = w.builder.opened_at.map(|t| t + opts.flush_interval);
+        if deadline != armed {
+            if let Some(d) = deadline {
+                timer.as_mut().reset(tokio::time::Instant::from_std(d));
+            }
+            armed = deadline;
+        }
+        let mut next = tokio::select! {
             _ = async { let _ = stop_rx.wait_for(|s| *s).await; } => break Ok(()),
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+            _ = &mut timer, if deadline.is_some() => {
                 if let Err(e) = w.flush_and_confirm(&stream).await {
                     break Err(e);
                 }
@@ -407,38 +416,28 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
             }
             m = stream.recv() => m,
         };
-        let msg = match msg {
-            None => break Err(Error::ConnectionClosed),
-            Some(Err(e)) => break Err(e),
-            Some(Ok(m)) => m,
-        };
-        match msg {
-            ReplicationMessage::Keepalive { wal_end } => {
-                let idle = txn.is_none() && w.builder.records() == 0;
-                let behind = w.gen.durable_position() < wal_end;
-                if idle && behind && w.last_flush.elapsed() >= opts.idle_interval {
-                    // Nothing published changed, but WAL flowed: record that
-                    // the archive is complete up to here so the slot can move.
-                    w.builder.mark_idle(wal_end);
-                    if let Err(e) = w.flush_and_confirm(&stream).await {
-                        break Err(e);
-                    }
-                }
+        // Then whatever else has already arrived, without a trip through
+        // `select!` per message; the stop signal and the age bound are
+        // looked at every so often.
+        let mut n = 0u32;
+        loop {
+            let msg = match next {
+                None => break 'session Err(Error::ConnectionClosed),
+                Some(Err(e)) => break 'session Err(e),
+                Some(Ok(m)) => m,
+            };
+            if let Err(e) = consumer.on_message(info, &sql, &mut w, &stream, msg, opts).await {
+                break 'session Err(e);
             }
-            ReplicationMessage::XLogData { wal_start, data, .. } => {
-                events.clear();
-                if let Err(e) = asm.push(wal_start, &data, &mut events) {
-                    break Err(e);
-                }
-                if let Err(e) = handle_events(info, &sql, &mut w, &mut txn, &events).await {
-                    break Err(e);
-                }
-                if w.builder.uncompressed_bytes() >= opts.segment_bytes {
-                    if let Err(e) = w.flush_and_confirm(&stream).await {
-                        break Err(e);
-                    }
-                }
+            n += 1;
+            let due = || w.builder.opened_at.is_some_and(|t| t.elapsed() >= opts.flush_interval);
+            if n % 256 == 0 && (*stop.borrow() || due()) {
+                break;
             }
+            next = match stream.try_recv() {
+                Some(m) => Some(m),
+                None => break,
+            };
         }
     };
     // Whatever happened, make what we have durable before leaving: a partial
@@ -464,6 +463,47 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
             tracing::warn!(error = %format!("{e:#}"), "could not flush after a failure");
             result
         }
+    }
+}
+
+/// Turns the stream's messages into archive records.
+struct Consumer {
+    asm: Assembler,
+    events: Vec<Event>,
+    txn: Option<Txn>,
+}
+
+impl Consumer {
+    async fn on_message(
+        &mut self,
+        info: &ConnInfo,
+        sql: &tokio_postgres::Client,
+        w: &mut Writer<'_>,
+        stream: &source::ReplicationStream,
+        msg: ReplicationMessage,
+        opts: &RunOptions,
+    ) -> Result<(), Error> {
+        match msg {
+            ReplicationMessage::Keepalive { wal_end } => {
+                let idle = self.txn.is_none() && w.builder.records() == 0;
+                let behind = w.gen.durable_position() < wal_end;
+                if idle && behind && w.last_flush.elapsed() >= opts.idle_interval {
+                    // Nothing published changed, but WAL flowed: record that
+                    // the archive is complete up to here so the slot can move.
+                    w.builder.mark_idle(wal_end);
+                    w.flush_and_confirm(stream).await?;
+                }
+            }
+            ReplicationMessage::XLogData { wal_start, data, .. } => {
+                self.events.clear();
+                self.asm.push(wal_start, &data, &mut self.events)?;
+                handle_events(info, sql, w, &mut self.txn, &self.events).await?;
+                if w.builder.uncompressed_bytes() >= opts.segment_bytes {
+                    w.flush_and_confirm(stream).await?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

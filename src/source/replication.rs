@@ -323,6 +323,25 @@ impl ReplicationStream {
         }
     }
 
+    /// The next message if one has already arrived; `None` if none has
+    /// (or the stream has ended: [`ReplicationStream::recv`] says which).
+    pub fn try_recv(&mut self) -> Option<Result<ReplicationMessage, Error>> {
+        loop {
+            if let Some(m) = self.current.pop_front() {
+                return Some(Ok(m));
+            }
+            self.current_permit = None;
+            match self.rx.try_recv() {
+                Ok((Ok(batch), permit)) => {
+                    self.current = batch.into();
+                    self.current_permit = permit;
+                }
+                Ok((Err(e), _)) => return Some(Err(e)),
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Whether a message is ready without waiting.
     pub fn has_pending(&self) -> bool {
         !self.current.is_empty() || !self.rx.is_empty()
