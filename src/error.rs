@@ -111,6 +111,9 @@ pub enum Error {
     /// The archive belongs to another database, or is otherwise unusable for this one.
     #[error("{0}")]
     ArchiveMismatch(String),
+    /// What was asked for is not in the archive (a table, a point in time).
+    #[error("{0}")]
+    NotInArchive(String),
 }
 
 impl Error {

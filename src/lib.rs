@@ -27,6 +27,7 @@ pub mod lsn;
 pub mod pgoutput;
 pub mod pgtypes;
 pub mod pipeline;
+pub mod restore;
 pub mod segment;
 pub mod snapshot;
 pub mod source;

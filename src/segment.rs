@@ -42,6 +42,9 @@ pub struct CommitPoint {
     pub commit_lsn: Lsn,
     /// The LSN just past its commit record.
     pub end_lsn: Lsn,
+    /// Its commit time.
+    #[serde(serialize_with = "rfc3339")]
+    pub commit_time: DateTime<Utc>,
 }
 
 /// A segment's first line.
@@ -549,6 +552,7 @@ impl SegmentBuilder {
         self.last_commit = Some(CommitPoint {
             commit_lsn: c.commit_lsn,
             end_lsn: c.end_lsn,
+            commit_time: c.commit_time,
         });
         self.durable_lsn = Some(c.end_lsn);
         Ok(())
@@ -974,7 +978,8 @@ mod tests {
             sealed.header.last_commit,
             Some(CommitPoint {
                 commit_lsn: Lsn(100),
-                end_lsn: Lsn(108)
+                end_lsn: Lsn(108),
+                commit_time: time(),
             })
         );
         assert_eq!(sealed.sha256, sha256_hex(&sealed.bytes));

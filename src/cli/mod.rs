@@ -2,7 +2,9 @@
 
 mod init;
 mod log;
+mod restore;
 mod run;
+mod show;
 mod tail;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +44,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// Print the archived changes in commit order, each once.
     Log(log::LogArgs),
+    /// Restore a table as it was at a point in time (into a table, a file, or as undo SQL).
+    Restore(restore::RestoreArgs),
+    /// Print a table, or some rows, as they were at a point in time.
+    Show(show::ShowArgs),
 }
 
 /// Where the source database is: a URL or key=value string, else PG* variables.
@@ -145,6 +151,8 @@ pub fn main() -> ExitCode {
                 Command::Init(args) => init::run(args).await,
                 Command::Run(args) => run::run(args).await,
                 Command::Log(args) => log::run(args).await,
+                Command::Restore(args) => restore::run(args).await,
+                Command::Show(args) => show::run(args).await,
             }
         });
         task.await

@@ -72,7 +72,7 @@ async fn archive_contract_on_s3() {
 
 // ---------------------------------------------------------------- helpers
 
-fn archive_dir(db: &TestDb) -> String {
+pub(crate) fn archive_dir(db: &TestDb) -> String {
     std::env::temp_dir()
         .join(format!("waly-archive-{}", db.name))
         .display()
@@ -80,11 +80,11 @@ fn archive_dir(db: &TestDb) -> String {
 }
 
 /// Slot names are cluster-wide: each test database gets its own.
-fn slot(db: &TestDb) -> String {
+pub(crate) fn slot(db: &TestDb) -> String {
     format!("w_{}", db.name)
 }
 
-fn spawn_run(db: &TestDb, archive: &str) -> Running {
+pub(crate) fn spawn_run(db: &TestDb, archive: &str) -> Running {
     Running::spawn(waly().args([
         "run",
         "--source",
@@ -105,7 +105,7 @@ fn spawn_run(db: &TestDb, archive: &str) -> Running {
 /// created, before the base snapshot, and a write made then belongs to the
 /// snapshot, not to the stream. Only START_REPLICATION takes the walsender
 /// out of its `startup` state.
-fn wait_streaming(db: &TestDb, run: &Running) {
+pub(crate) fn wait_streaming(db: &TestDb, run: &Running) {
     let sql = format!(
         "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
           WHERE s.slot_name = '{}' AND r.state IN ('catchup', 'streaming')",
@@ -122,7 +122,7 @@ fn wait_streaming(db: &TestDb, run: &Running) {
     }
 }
 
-fn log_json(archive: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+pub(crate) fn log_json(archive: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let out = run_within(waly().args(["log", "--json", "--archive", archive]).args(extra), 120);
     assert!(
         out.status.success(),
@@ -805,7 +805,7 @@ fn corrupt_segment_is_named_by_log() {
 
 // ---------------------------------------------------------------- lifecycle
 
-fn files_under(dir: &str, sub: &str) -> Vec<String> {
+pub(crate) fn files_under(dir: &str, sub: &str) -> Vec<String> {
     let base = std::path::Path::new(dir).join(sub);
     let mut out = Vec::new();
     let mut stack = vec![base.clone()];

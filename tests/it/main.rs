@@ -7,6 +7,7 @@ mod bad_input;
 mod decode;
 mod golden;
 mod harness;
+mod restore;
 mod s3;
 mod stream;
 mod tail_cli;
