@@ -17,6 +17,7 @@ use crate::log::Bound;
 use crate::segment::{ColumnDef, Record, SchemaRecord, SegmentReader};
 use crate::{Error, Lsn};
 use chrono::{DateTime, Utc};
+use std::borrow::Cow;
 use std::collections::BinaryHeap;
 use std::io::{BufRead, Read, Write};
 use std::sync::Arc;
@@ -583,7 +584,14 @@ pub type Progress<'a> = &'a mut (dyn FnMut(u64) + Send);
 /// Reads what `plan` names; the returned [`Rows`] yields the table's rows
 /// at the point, in key order.
 pub async fn rows(store: &Store, plan: &Plan, filter: &Filter, progress: Progress<'_>) -> Result<Rows, Error> {
+    let started = std::time::Instant::now();
     let (sorter, outcome, truncated_at) = collect(store, plan, filter, progress).await?;
+    tracing::debug!(
+        runs = sorter.runs.len(),
+        changes = outcome.changes,
+        ms = started.elapsed().as_millis() as u64,
+        "archive read and sorted"
+    );
     Ok(Rows {
         merged: sorter.finish()?,
         truncated_at,
@@ -603,7 +611,7 @@ pub struct Rows {
     /// The current key's row (JSON) and how many copies of it exist (more
     /// than one only for identical rows of a table without a primary key).
     state: Option<(Vec<u8>, i64)>,
-    pending: Option<(Row, i64)>,
+    pending: Option<(Vec<u8>, i64)>,
     done: bool,
     /// What was restored.
     pub outcome: Outcome,
@@ -617,11 +625,10 @@ impl std::fmt::Debug for Rows {
     }
 }
 
-fn finish_group(state: &mut Option<(Vec<u8>, i64)>, pending: &mut Option<(Row, i64)>) -> Result<(), Error> {
+fn finish_group(state: &mut Option<(Vec<u8>, i64)>, pending: &mut Option<(Vec<u8>, i64)>) -> Result<(), Error> {
     if let Some((row, n)) = state.take() {
         if n > 0 {
-            let r: Row = serde_json::from_slice(&row).map_err(|e| Error::Protocol(e.to_string()))?;
-            *pending = Some((r, n));
+            *pending = Some((row, n));
         }
     }
     Ok(())
@@ -630,6 +637,16 @@ fn finish_group(state: &mut Option<(Vec<u8>, i64)>, pending: &mut Option<(Row, i
 impl Rows {
     /// The next row, `None` after the last.
     pub fn next_row(&mut self) -> Result<Option<Row>, Error> {
+        match self.next_json()? {
+            None => Ok(None),
+            Some(j) => Ok(Some(
+                serde_json::from_slice(&j).map_err(|e| Error::Protocol(e.to_string()))?,
+            )),
+        }
+    }
+
+    /// The next row as its JSON object (column name to text or `null`).
+    pub fn next_json(&mut self) -> Result<Option<Vec<u8>>, Error> {
         loop {
             if let Some((row, n)) = &mut self.pending {
                 if *n > 1 {
@@ -718,6 +735,7 @@ async fn collect(
         .latest(table)
         .ok_or_else(|| Error::NotInArchive(format!("{table} has no schema in generation {}", plan.generation)))?;
     let ident = identity_columns(latest);
+    let ident_names: Vec<&str> = ident.iter().map(String::as_str).collect();
     // The snapshot.
     if let Some(entry) = plan.snapshot.tables.iter().find(|t| t.table == table) {
         for part in &entry.parts {
@@ -744,8 +762,8 @@ async fn collect(
                     break;
                 }
                 let text = line.trim_end_matches('\n');
-                let row: Row = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
-                let key = row_key(&ident, &row);
+                let vals = pick(text.as_bytes(), &ident_names).map_err(|e| corrupt(e.to_string()))?;
+                let key = serde_json::to_vec(&vals).unwrap_or_default();
                 if keep(&key) {
                     sorter.push(&key, 0, 0, Kind::Base, b"", text.as_bytes())?;
                 }
@@ -853,9 +871,9 @@ async fn collect(
     Ok((sorter, Outcome { schema, cut, changes }, truncated_at))
 }
 
-/// Appends `row` as a line of COPY's text format (`\N` is NULL).
-pub fn copy_text_line(out: &mut Vec<u8>, columns: &[ColumnDef], row: &Row) {
-    for (i, v) in values(columns, row).enumerate() {
+/// Appends values as a line of COPY's text format (`\N` is NULL).
+pub fn copy_text_line<'a>(out: &mut Vec<u8>, values: impl Iterator<Item = Option<&'a str>>) {
+    for (i, v) in values.enumerate() {
         if i > 0 {
             out.push(b'\t');
         }
@@ -925,6 +943,63 @@ pub fn column_list(schema: &SchemaRecord) -> Result<String, Error> {
         .map(|c| crate::source::quote::ident(&c.name))
         .collect::<Result<Vec<_>, _>>()?
         .join(", "))
+}
+
+/// A JSON text that borrows from its input when it has no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The values of the columns `names` (in that order) from a row's JSON
+/// object, borrowed where possible; a column the row lacks is NULL.
+pub fn pick<'a>(json: &'a [u8], names: &[&str]) -> Result<Vec<Option<Cow<'a, str>>>, serde_json::Error> {
+    struct Seed<'n>(&'n [&'n str]);
+    impl<'de> serde::de::DeserializeSeed<'de> for Seed<'_> {
+        type Value = Vec<Option<Cow<'de, str>>>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> serde::de::Visitor<'de> for Seed<'_> {
+        type Value = Vec<Option<Cow<'de, str>>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a row object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<Option<Cow<'de, str>>> = vec![None; self.0.len()];
+            while let Some(Text(k)) = m.next_key::<Text<'de>>()? {
+                match self.0.iter().position(|n| *n == k) {
+                    Some(i) => out[i] = m.next_value::<Option<Text<'de>>>()?.map(|t| t.0),
+                    None => {
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    serde::de::DeserializeSeed::deserialize(Seed(names), &mut de)
 }
 
 /// Values of `row` in the order of `columns` (a column the row lacks is NULL).

@@ -301,8 +301,10 @@ async fn copy_in(
     futures_util::pin_mut!(sink);
     let mut buf = Vec::with_capacity(256 * 1024);
     let mut n = 0u64;
-    while let Some(row) = rows.next_row()? {
-        restore::copy_text_line(&mut buf, &schema.columns, &row);
+    let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    while let Some(json) = rows.next_json()? {
+        let values = restore::pick(&json, &names)?;
+        restore::copy_text_line(&mut buf, values.iter().map(|v| v.as_deref()));
         n += 1;
         if buf.len() >= 256 * 1024 {
             sink.send(bytes::Bytes::from(std::mem::take(&mut buf))).await?;
@@ -341,7 +343,7 @@ fn write_file(path: &str, format: FileFormat, target: &str, rows: &mut restore::
         line.clear();
         match format {
             FileFormat::Csv => restore::csv_line(&mut line, restore::values(&schema.columns, &row)),
-            FileFormat::Sql => restore::copy_text_line(&mut line, &schema.columns, &row),
+            FileFormat::Sql => restore::copy_text_line(&mut line, restore::values(&schema.columns, &row)),
             FileFormat::Jsonl => {
                 let obj: serde_json::Map<String, serde_json::Value> = schema
                     .columns

@@ -241,6 +241,26 @@ fn bad_restore_input_is_refused_clearly_and_changes_nothing() {
         "0",
         "nothing was created"
     );
+    // With --replace: an existing table is dropped and made again; the live
+    // table keeps its definition (and indexes) and gets its rows back.
+    ok(&restore(
+        &archive,
+        &db,
+        &["t", "--at", &now, "--into", "taken", "--replace"],
+    ));
+    assert_eq!(
+        db.psql("SELECT string_agg(id || v, ',' ORDER BY id) FROM taken"),
+        "1a,2b"
+    );
+    db.psql("CREATE INDEX t_v ON t (v); INSERT INTO t VALUES (3, 'c'); UPDATE t SET v = 'z' WHERE id = 1;");
+    let out = restore(&archive, &db, &["t", "--at", &now, "--into", "t", "--replace"]);
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("replacing every row of the live table"),
+        "it says what it does"
+    );
+    assert_eq!(db.psql("SELECT string_agg(id || v, ',' ORDER BY id) FROM t"), "1a,2b");
+    assert_eq!(db.psql("SELECT count(*) FROM pg_indexes WHERE indexname = 't_v'"), "1");
     // And the dry run plans without reading or writing.
     let plan = ok(&restore(&archive, &db, &["t", "--at", &now, "--dry-run"]));
     assert!(
