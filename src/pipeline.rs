@@ -288,6 +288,7 @@ async fn relation_columns(sql: &tokio_postgres::Client, rel: &RelationInfo) -> V
                 key: c.key,
                 primary_key: cat.is_some_and(|k| k.primary_key),
                 not_null: cat.is_some_and(|k| k.not_null),
+                missing: cat.and_then(|k| k.missing.clone()),
             }
         })
         .collect()

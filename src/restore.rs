@@ -762,7 +762,7 @@ async fn collect(
                     break;
                 }
                 let text = line.trim_end_matches('\n');
-                let vals = pick(text.as_bytes(), &ident_names).map_err(|e| corrupt(e.to_string()))?;
+                let vals = pick(text.as_bytes(), &ident_names, &[]).map_err(|e| corrupt(e.to_string()))?;
                 let key = serde_json::to_vec(&vals).unwrap_or_default();
                 if keep(&key) {
                     sorter.push(&key, 0, 0, Kind::Base, b"", text.as_bytes())?;
@@ -971,22 +971,29 @@ impl<'de> serde::Deserialize<'de> for Text<'de> {
 }
 
 /// The values of the columns `names` (in that order) from a row's JSON
-/// object, borrowed where possible; a column the row lacks is NULL.
-pub fn pick<'a>(json: &'a [u8], names: &[&str]) -> Result<Vec<Option<Cow<'a, str>>>, serde_json::Error> {
-    struct Seed<'n>(&'n [&'n str]);
-    impl<'de> serde::de::DeserializeSeed<'de> for Seed<'_> {
+/// object, borrowed where possible; a column the row lacks gets its entry in
+/// `absent` (the value rows written before the column existed have), or NULL.
+pub fn pick<'a>(
+    json: &'a [u8],
+    names: &[&str],
+    absent: &[Option<&'a str>],
+) -> Result<Vec<Option<Cow<'a, str>>>, serde_json::Error> {
+    struct Seed<'n, 'a>(&'n [&'n str], &'n [Option<&'a str>]);
+    impl<'de> serde::de::DeserializeSeed<'de> for Seed<'_, 'de> {
         type Value = Vec<Option<Cow<'de, str>>>;
         fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
             d.deserialize_map(self)
         }
     }
-    impl<'de> serde::de::Visitor<'de> for Seed<'_> {
+    impl<'de> serde::de::Visitor<'de> for Seed<'_, 'de> {
         type Value = Vec<Option<Cow<'de, str>>>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a row object")
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-            let mut out: Vec<Option<Cow<'de, str>>> = vec![None; self.0.len()];
+            let mut out: Vec<Option<Cow<'de, str>>> = (0..self.0.len())
+                .map(|i| self.1.get(i).copied().flatten().map(Cow::Borrowed))
+                .collect();
             while let Some(Text(k)) = m.next_key::<Text<'de>>()? {
                 match self.0.iter().position(|n| *n == k) {
                     Some(i) => out[i] = m.next_value::<Option<Text<'de>>>()?.map(|t| t.0),
@@ -999,17 +1006,18 @@ pub fn pick<'a>(json: &'a [u8], names: &[&str]) -> Result<Vec<Option<Cow<'a, str
         }
     }
     let mut de = serde_json::Deserializer::from_slice(json);
-    serde::de::DeserializeSeed::deserialize(Seed(names), &mut de)
+    serde::de::DeserializeSeed::deserialize(Seed(names, absent), &mut de)
 }
 
-/// Values of `row` in the order of `columns` (a column the row lacks is NULL).
+/// Values of `row` in the order of `columns`; a column the row lacks has
+/// the value rows written before it existed have (or NULL).
 pub fn values<'a>(columns: &'a [ColumnDef], row: &'a Row) -> impl Iterator<Item = Option<&'a str>> + 'a {
-    columns.iter().map(move |c| {
-        row.0
-            .iter()
-            .find(|(n, _)| **n == *c.name)
-            .and_then(|(_, v)| v.as_deref())
-    })
+    columns
+        .iter()
+        .map(move |c| match row.0.iter().find(|(n, _)| **n == *c.name) {
+            Some((_, v)) => v.as_deref(),
+            None => c.missing.as_deref(),
+        })
 }
 
 #[cfg(test)]

@@ -98,6 +98,11 @@ pub struct ColumnDef {
     pub primary_key: bool,
     /// Whether it is NOT NULL.
     pub not_null: bool,
+    /// The value (text form) that rows written before the column was added
+    /// have: `ALTER TABLE ... ADD COLUMN ... DEFAULT` gives it to existing
+    /// rows without writing them. Absent when there is none (NULL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<String>,
 }
 
 /// A change as archived.
@@ -865,6 +870,7 @@ mod tests {
             key,
             primary_key: key,
             not_null: key,
+            missing: None,
         }
     }
 

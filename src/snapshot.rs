@@ -37,7 +37,8 @@ pub async fn catalog_columns(
                         WHEN 'f' THEN true
                         WHEN 'd' THEN coalesce(a.attnum = ANY(pk.indkey), false)
                         WHEN 'i' THEN coalesce(a.attnum = ANY(ri.indkey), false)
-                        ELSE false END
+                        ELSE false END,
+                    CASE WHEN a.atthasmissing THEN array_to_string(a.attmissingval, '') END
                FROM pg_attribute a
                JOIN pg_class c ON c.oid = a.attrelid
                LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary
@@ -58,6 +59,7 @@ pub async fn catalog_columns(
             not_null: r.get(4),
             primary_key: r.get(5),
             key: r.get(6),
+            missing: r.get(7),
         })
         .collect())
 }

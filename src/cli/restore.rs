@@ -302,8 +302,9 @@ async fn copy_in(
     let mut buf = Vec::with_capacity(256 * 1024);
     let mut n = 0u64;
     let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
+    let absent: Vec<Option<&str>> = schema.columns.iter().map(|c| c.missing.as_deref()).collect();
     while let Some(json) = rows.next_json()? {
-        let values = restore::pick(&json, &names)?;
+        let values = restore::pick(&json, &names, &absent)?;
         restore::copy_text_line(&mut buf, values.iter().map(|v| v.as_deref()));
         n += 1;
         if buf.len() >= 256 * 1024 {

@@ -69,7 +69,8 @@ fn restore_reproduces_the_table_at_every_point_through_truncate_and_schema_chang
         // Schema changes open a burst: the archive learns a table's new
         // shape with its next change (see docs/RESTORE.md).
         let mut sql = match burst {
-            6 => "ALTER TABLE t ADD COLUMN extra text;\n".to_string(),
+            // Rows untouched since keep the default without being written.
+            6 => "ALTER TABLE t ADD COLUMN extra text DEFAULT 'd,\"q\"';\n".to_string(),
             8 => "ALTER TABLE t DROP COLUMN note;\n".to_string(),
             _ => String::new(),
         };
