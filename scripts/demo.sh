@@ -49,6 +49,11 @@ UPDATE users SET id = 20 WHERE id = 2;
 DELETE FROM orders WHERE id = 100;
 INSERT INTO events_no_key VALUES (now(), 'signup');
 SQL
+sleep 1
+BEFORE=$(psql -XAt -d postgres -c "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+sleep 1
+say "psql -c \"DELETE FROM users WHERE id = 1\"   # oops (at $BEFORE everything was fine)"
+psql -Xq -d postgres -c "DELETE FROM users WHERE id = 1"
 sleep 2
 say "kill -TERM \$RUN   # flushes, confirms the slot, exits 0"
 kill -TERM $RUN; wait $RUN; RUN=
@@ -59,6 +64,13 @@ say "waly log --archive $ARCHIVE --table users --json"
 "$WALY" log --archive "$ARCHIVE" --table users --json
 say "waly log --archive $ARCHIVE --snapshot --table users   # the base snapshot is not a change; shown on request"
 "$WALY" log --archive "$ARCHIVE" --snapshot --table users | head -3
+say "waly show users --at $BEFORE   # the table as it was"
+"$WALY" show users --archive "$ARCHIVE" --at "$BEFORE"
+say "waly restore users --at $BEFORE --into users_before   # into a new table"
+"$WALY" restore users --archive "$ARCHIVE" --at "$BEFORE" --into users_before
+psql -X -d postgres -c "TABLE users_before"
+say "waly restore users --at $BEFORE --key 1 --upsert   # row-level undo; --apply runs it"
+"$WALY" restore users --archive "$ARCHIVE" --at "$BEFORE" --key 1 --upsert
 say "find $ARCHIVE -type f"
 (cd "$ARCHIVE" && find . -type f | sort)
 
@@ -69,7 +81,7 @@ for _ in $(seq 1 300); do
     [ "$(psql -XAt -d postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'waly_tail_%' AND active AND confirmed_flush_lsn IS NOT NULL")" = 1 ] && break
     sleep 0.1
 done
-psql -Xq -d postgres -c "UPDATE users SET name = 'Alice' WHERE id = 1" -c "TRUNCATE orders"
+psql -Xq -d postgres -c "UPDATE users SET name = 'Bob' WHERE id = 20" -c "TRUNCATE orders"
 for _ in $(seq 1 100); do [ "$(wc -l <"$DIR/tail.out")" -ge 2 ] && break; sleep 0.1; done
 kill -TERM $TAIL; wait $TAIL || true; TAIL=
 cat "$DIR/tail.out"
