@@ -21,6 +21,7 @@ pub mod archive;
 pub mod cli;
 pub mod error;
 pub mod event;
+pub mod history;
 pub mod init;
 pub mod log;
 pub mod lsn;

@@ -73,12 +73,16 @@ pub struct LogOptions {
 /// One thing `waly log` shows.
 #[derive(Debug)]
 pub enum Item<'a> {
+    /// The start of a generation (what follows belongs to it).
+    Generation(&'a str),
     /// A row of a snapshot.
     SnapshotRow {
         /// `schema.table`.
         table: &'a str,
         /// The snapshot's LSN.
         lsn: Lsn,
+        /// When the snapshot was taken.
+        taken_at: DateTime<Utc>,
         /// The row.
         row: &'a Row,
     },
@@ -131,6 +135,7 @@ pub async fn walk(
     }
     for gen in gens {
         let st = state::load_generation(store, &gen).await?;
+        f(Item::Generation(&gen))?;
         if opts.snapshot {
             for m in &st.manifests {
                 snapshot_rows(store, m, opts, f, &mut stats).await?;
@@ -213,6 +218,7 @@ async fn snapshot_rows(
                 f(Item::SnapshotRow {
                     table: &t.table,
                     lsn: m.lsn,
+                    taken_at: m.taken_at,
                     row: &row,
                 })?;
                 stats.shown += 1;

@@ -586,6 +586,7 @@ async fn handle_events(
                 let version = w.gen.schemas.next_version(&table);
                 let rec = SchemaRecord {
                     commit_lsn,
+                    commit_time: txn.as_ref().map(|t| t.commit_time),
                     table: table.clone(),
                     version,
                     columns,

@@ -147,6 +147,10 @@ pub struct SchemaRecord {
     pub version: u32,
     /// The columns, in order.
     pub columns: Vec<ColumnDef>,
+    /// When it took effect: the commit time of that transaction (the time
+    /// the snapshot was taken for a snapshot's version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_time: Option<DateTime<Utc>>,
 }
 
 /// The end of a transaction: it counts only once this is archived.
@@ -878,6 +882,7 @@ mod tests {
         let mut s = Schemas::default();
         s.insert(SchemaRecord {
             commit_lsn: Lsn(1),
+            commit_time: None,
             table: "public.t".into(),
             version: 1,
             columns: vec![col("id", true), col("v", false), col("e", false)],
@@ -965,6 +970,7 @@ mod tests {
             commit(100, 5),
             Record::Schema(SchemaRecord {
                 commit_lsn: Lsn(200),
+                commit_time: None,
                 table: "public.t".into(),
                 version: 1,
                 columns: vec![col("id", true)],
@@ -1056,6 +1062,7 @@ mod tests {
         // Transaction 300 changed the table twice: back to v1's shape, then v2.
         s.insert(SchemaRecord {
             commit_lsn: Lsn(300),
+            commit_time: None,
             table: "public.t".into(),
             version: 2,
             columns: v2.clone(),

@@ -219,6 +219,7 @@ pub async fn take(
         let version = next_versions.get(&qualified).copied().unwrap_or(1);
         let schema = SchemaRecord {
             commit_lsn: lsn,
+            commit_time: Some(manifest.taken_at),
             table: qualified.clone(),
             version,
             columns: columns.clone(),

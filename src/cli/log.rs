@@ -48,6 +48,7 @@ pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
     let result = crate::log::walk(&store, &opts, &mut |item| {
         line.clear();
         match item {
+            Item::Generation(_) => return Ok(()),
             Item::Change(c) => crate::tail::format_change(c, json, &mut line),
             Item::Message(m) => {
                 if json {
@@ -64,7 +65,7 @@ pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            Item::SnapshotRow { table, lsn, row } => {
+            Item::SnapshotRow { table, lsn, row, .. } => {
                 if json {
                     let _ = serde_json::to_writer(
                         &mut line,

@@ -1,10 +1,13 @@
 //! The command line: parse, call the library, print. One file per subcommand.
 
+mod history;
 mod init;
 mod log;
 mod restore;
 mod run;
+mod schema;
 mod show;
+mod tables;
 mod tail;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +51,12 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// Print a table, or some rows, as they were at a point in time.
     Show(show::ShowArgs),
+    /// Every version of one row: when, in which transaction, what changed, and why.
+    History(history::HistoryArgs),
+    /// The archived tables: schema versions, changes, latest snapshot.
+    Tables(tables::TablesArgs),
+    /// A table's schema versions and what each changed.
+    Schema(schema::SchemaArgs),
 }
 
 /// Where the source database is: a URL or key=value string, else PG* variables.
@@ -153,6 +162,9 @@ pub fn main() -> ExitCode {
                 Command::Log(args) => log::run(args).await,
                 Command::Restore(args) => restore::run(args).await,
                 Command::Show(args) => show::run(args).await,
+                Command::History(args) => history::run(args).await,
+                Command::Tables(args) => tables::run(args).await,
+                Command::Schema(args) => schema::run(args).await,
             }
         });
         task.await

@@ -7,6 +7,7 @@ mod bad_input;
 mod decode;
 mod golden;
 mod harness;
+mod history;
 mod restore;
 mod s3;
 mod stream;

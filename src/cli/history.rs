@@ -1,0 +1,148 @@
+//! `waly history`: every version of one row.
+
+use super::ArchiveArgs;
+use crate::history::{self, HistoryQuery, Version};
+use crate::log::Bound;
+use std::io::Write;
+
+/// List every version of a row: when, which transaction, what changed, and why.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// The table (schema.table; unqualified means public).
+    pub table: String,
+    /// The row's primary key: the value, `col=val,col=val` for a composite key,
+    /// or the values in the table's column order (`42,7`).
+    pub key: String,
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+    /// Only versions committed at or after this time (RFC 3339; without an offset it is UTC) or LSN.
+    #[arg(long)]
+    pub since: Option<Bound>,
+    /// Only versions committed at or before this time or LSN.
+    #[arg(long)]
+    pub until: Option<Bound>,
+    /// One JSON object per version (the fields of `waly log --json`, plus
+    /// version, changed and intent).
+    #[arg(long)]
+    pub json: bool,
+    /// Whole rows instead of only what changed.
+    #[arg(long)]
+    pub full: bool,
+}
+
+/// Shortens a value for the human form.
+fn show(v: &Option<String>) -> String {
+    match v {
+        None => "NULL".to_string(),
+        Some(s) => {
+            let flat = s.replace('\n', "\\n");
+            if flat.chars().count() > 60 {
+                let head: String = flat.chars().take(40).collect();
+                format!("'{head}…' ({} chars)", s.chars().count())
+            } else {
+                format!("'{flat}'")
+            }
+        }
+    }
+}
+
+fn describe(v: &Version, full: bool) -> String {
+    let cell = |name: &str, val: &Option<String>| {
+        if v.unchanged_toast.iter().any(|t| t == name) {
+            format!("{name}: {} (unchanged)", show(val))
+        } else {
+            format!("{name}: {}", show(val))
+        }
+    };
+    let mut parts = Vec::new();
+    if let Some((from, to)) = &v.key_change {
+        parts.push(format!("key {from} → {to}"));
+    }
+    match (v.op, &v.row) {
+        ("delete", _) | ("truncate", _) => parts.push(if v.op == "delete" {
+            "deleted".into()
+        } else {
+            "truncated".into()
+        }),
+        (_, Some(row)) if full || v.op != "update" => {
+            parts.extend(row.0.iter().map(|(n, val)| cell(n, val)));
+        }
+        (_, Some(row)) => {
+            for name in &v.changed {
+                let new = row.0.iter().find(|(n, _)| **n == **name).and_then(|(_, x)| x.clone());
+                let old = v
+                    .before
+                    .as_ref()
+                    .and_then(|b| b.0.iter().find(|(n, _)| **n == **name))
+                    .and_then(|(_, x)| x.clone());
+                parts.push(format!("{name}: {} → {}", show(&old), show(&new)));
+            }
+            if v.changed.is_empty() {
+                parts.push("no column changed".into());
+            }
+        }
+        _ => {}
+    }
+    parts.join(", ")
+}
+
+pub async fn run(args: &HistoryArgs) -> anyhow::Result<()> {
+    let (schema, name) = crate::source::quote::split_qualified(&args.table)?;
+    let table = format!("{schema}.{name}");
+    let store = args.archive.open()?;
+    let query = HistoryQuery {
+        table: table.clone(),
+        key: args.key.clone(),
+        since: args.since,
+        until: args.until,
+    };
+    let (_, versions) = history::history(&store, &query).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    if args.json {
+        for v in &versions {
+            serde_json::to_writer(&mut out, &v.to_json(&table))?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        return Ok(());
+    }
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none();
+    let paint = |op: &str| -> String {
+        if !colour {
+            return format!("{op:<8}");
+        }
+        let code = match op {
+            "insert" => "32",
+            "update" => "33",
+            "delete" | "truncate" => "31",
+            _ => "36",
+        };
+        format!("\x1b[{code}m{op:<8}\x1b[0m")
+    };
+    writeln!(
+        out,
+        "{:>3}  {:<27}  {:<8}  {:<12}  {:>8}  what changed",
+        "v", "commit time", "op", "commit LSN", "xid"
+    )?;
+    for v in &versions {
+        let xid = v.change.as_ref().map_or(String::new(), |c| c.xid.to_string());
+        let mut line = format!(
+            "{:>3}  {:<27}  {}  {:<12}  {:>8}  {}",
+            v.version,
+            v.commit_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            paint(v.op),
+            v.commit_lsn.to_string(),
+            xid,
+            describe(v, args.full)
+        );
+        if v.op == "snapshot" {
+            line.push_str("  [first known version: the base snapshot]");
+        }
+        if let Some(i) = &v.intent {
+            line.push_str(&format!("  [intent: {i}]"));
+        }
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(())
+}

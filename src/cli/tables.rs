@@ -1,0 +1,98 @@
+//! `waly tables`: what the archive holds, per table.
+
+use super::ArchiveArgs;
+use crate::archive::state;
+use crate::log::{Item, LogOptions};
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use std::io::Write;
+
+/// List the archived tables: schema versions, first and last change, change count, latest snapshot.
+#[derive(Debug, clap::Args)]
+pub struct TablesArgs {
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+    /// One JSON object per table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    versions: u32,
+    changes: u64,
+    first: Option<DateTime<Utc>>,
+    last: Option<DateTime<Utc>>,
+    snapshot: Option<(String, crate::Lsn, DateTime<Utc>)>,
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map_or_else(
+        || "-".to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+}
+
+pub async fn run(args: &TablesArgs) -> anyhow::Result<()> {
+    let store = args.archive.open()?;
+    let mut tables: BTreeMap<String, Stats> = BTreeMap::new();
+    for g in state::generations(&store).await? {
+        let st = state::load_generation(&store, &g).await?;
+        for t in st.schemas.tables() {
+            tables.entry(t.to_string()).or_default().versions += st.schemas.versions(t).len() as u32;
+        }
+        for m in &st.manifests {
+            for t in &m.tables {
+                tables.entry(t.table.clone()).or_default().snapshot = Some((g.clone(), m.lsn, m.taken_at));
+            }
+        }
+    }
+    crate::log::walk(&store, &LogOptions::default(), &mut |item| {
+        if let Item::Change(c) = item {
+            let s = tables.entry(c.table.to_string()).or_default();
+            s.changes += 1;
+            s.first.get_or_insert(c.commit_time);
+            s.last = Some(c.commit_time);
+        }
+        Ok(())
+    })
+    .await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    if args.json {
+        for (t, s) in &tables {
+            let snap = s.snapshot.as_ref().map(|(g, l, at)| {
+                serde_json::json!({"generation": g, "lsn": l, "taken_at": at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)})
+            });
+            serde_json::to_writer(
+                &mut out,
+                &serde_json::json!({"table": t, "schema_versions": s.versions, "changes": s.changes,
+                    "first_change": s.first.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+                    "last_change": s.last.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+                    "latest_snapshot": snap}),
+            )?;
+            out.write_all(b"\n")?;
+        }
+    } else {
+        let w = tables.keys().map(|t| t.len()).max().unwrap_or(5).max(5);
+        writeln!(
+            out,
+            "{:<w$}  {:>7}  {:>10}  {:<20}  {:<20}  latest snapshot",
+            "table", "schemas", "changes", "first change", "last change"
+        )?;
+        for (t, s) in &tables {
+            let snap = s.snapshot.as_ref().map_or("-".to_string(), |(g, l, at)| {
+                format!("{} (LSN {l}, generation {g})", time(Some(*at)))
+            });
+            writeln!(
+                out,
+                "{t:<w$}  {:>7}  {:>10}  {:<20}  {:<20}  {snap}",
+                s.versions,
+                s.changes,
+                time(s.first),
+                time(s.last)
+            )?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! `waly history`, `waly tables` and `waly schema` against a real
+//! PostgreSQL; an audit trigger is the oracle.
+
+use crate::archive::{archive_dir, slot, spawn_run, wait_streaming};
+use crate::harness::{run_within, waly, TestDb};
+use std::process::Output;
+
+fn history(archive: &str, args: &[&str]) -> Output {
+    run_within(waly().args(["history", "--archive", archive]).args(args), 120)
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
+}
+
+/// `(op, old id, new id, v, length of big)` of one version or audit row.
+type Step = (String, Option<String>, Option<String>, Option<String>, Option<String>);
+
+#[test]
+fn history_follows_a_row_through_updates_toast_a_key_change_delete_and_reinsert() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE h (id int PRIMARY KEY, v int, big text);
+         ALTER TABLE h ALTER COLUMN big SET STORAGE EXTERNAL;
+         CREATE TABLE audit (n serial, op text, old_id int, new_id int, v int, big_len int);
+         CREATE FUNCTION audit_h() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO audit (op, old_id, new_id, v, big_len) VALUES (lower(TG_OP),
+                 CASE WHEN TG_OP <> 'INSERT' THEN OLD.id END,
+                 CASE WHEN TG_OP <> 'DELETE' THEN NEW.id END,
+                 CASE WHEN TG_OP <> 'DELETE' THEN NEW.v END,
+                 CASE WHEN TG_OP <> 'DELETE' THEN length(NEW.big) END);
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER a AFTER INSERT OR UPDATE OR DELETE ON h FOR EACH ROW EXECUTE FUNCTION audit_h();
+         INSERT INTO h VALUES (1, 0, repeat('x', 300000)), (50, 0, 'other');
+         CREATE PUBLICATION waly FOR TABLE h;",
+    );
+    let archive = archive_dir(&db);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    for i in 1..=5 {
+        db.psql(&format!("UPDATE h SET v = {i} WHERE id = 1")); // big: unchanged TOAST
+    }
+    db.psql(
+        "BEGIN;
+         SELECT pg_logical_emit_message(true, 'waly', '{\"op\":\"REFUND\",\"actor\":\"alice\"}');
+         UPDATE h SET v = 100 WHERE id = 1;
+         UPDATE h SET v = 100 WHERE id = 50;
+         COMMIT;",
+    );
+    db.psql("UPDATE h SET id = 10 WHERE id = 1");
+    db.psql("UPDATE h SET v = 7, big = 'short now' WHERE id = 10");
+    db.psql("UPDATE h SET v = 8 WHERE id = 50");
+    db.psql("DELETE FROM h WHERE id = 10");
+    db.psql("INSERT INTO h VALUES (10, 42, NULL)");
+    let end = db.current_lsn();
+    db.wait_for(
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{}'",
+            slot(&db)
+        ),
+        "t",
+        120,
+    );
+    let (status, stderr) = run.terminate(60);
+    assert!(status.success(), "{stderr}");
+
+    let versions = json_lines(&history(&archive, &["h", "1", "--json"]));
+    let steps: Vec<Step> = versions
+        .iter()
+        .skip(1)
+        .map(|v| {
+            let text = |x: &serde_json::Value| x.as_str().map(str::to_string);
+            (
+                v["op"].as_str().unwrap_or_default().to_string(),
+                text(&v["old"]["id"]).or_else(|| {
+                    // Without a key change the old key is the key itself.
+                    (v["op"] == "update").then(|| text(&v["key"]["id"])).flatten()
+                }),
+                if v["op"] == "delete" {
+                    None
+                } else {
+                    text(&v["new"]["id"])
+                },
+                text(&v["new"]["v"]),
+                v["new"]["big"].as_str().map(|b| b.chars().count().to_string()),
+            )
+        })
+        .collect();
+    let audit: Vec<Step> = db
+        .psql(
+            "SELECT op, coalesce(old_id::text, '-'), coalesce(new_id::text, '-'), coalesce(v::text, '-'),
+                    coalesce(big_len::text, '-')
+               FROM audit WHERE old_id IN (1, 10) OR new_id IN (1, 10) ORDER BY n",
+        )
+        .lines()
+        .map(|l| {
+            let f: Vec<Option<String>> = l.split('|').map(|x| (x != "-").then(|| x.to_string())).collect();
+            (
+                f[0].clone().unwrap_or_default(),
+                f[1].clone(),
+                f[2].clone(),
+                f[3].clone(),
+                f[4].clone(),
+            )
+        })
+        .collect();
+    // The audit's first row is the insert from before waly: the snapshot version.
+    assert_eq!(audit[0].0, "insert");
+    assert_eq!(steps, audit[1..], "every version, with its values, as the audit saw it");
+    assert_eq!(versions[0]["op"], "snapshot");
+    assert_eq!(versions[0]["new"]["v"], "0");
+    assert_eq!(versions[0]["snapshot"], true);
+    let numbers: Vec<u64> = versions.iter().filter_map(|v| v["version"].as_u64()).collect();
+    assert_eq!(numbers, (1..=versions.len() as u64).collect::<Vec<_>>());
+    // Unchanged TOAST is carried forward and marked.
+    assert_eq!(versions[1]["unchanged_toast"], serde_json::json!(["big"]));
+    assert_eq!(versions[1]["changed"], serde_json::json!(["v"]));
+    // The intent is on the version its transaction made, and only there.
+    let intents: Vec<&serde_json::Value> = versions.iter().map(|v| &v["intent"]).collect();
+    assert_eq!(intents[6], "{\"op\":\"REFUND\",\"actor\":\"alice\"}");
+    assert_eq!(intents.iter().filter(|i| !i.is_null()).count(), 1);
+    assert_eq!(
+        versions[7]["key_change"],
+        serde_json::json!({"from": "id=1", "to": "id=10"})
+    );
+    // The same row asked for by its later key has the same history.
+    let later = json_lines(&history(&archive, &["h", "id=10", "--json"]));
+    assert_eq!(later.len(), versions.len() - 7, "from the key change on");
+    assert_eq!(
+        later[0]["key_change"],
+        serde_json::json!({"from": "id=1", "to": "id=10"})
+    );
+
+    // The human form says the same, one line per version.
+    let text = history(&archive, &["public.h", "1"]);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert_eq!(text.lines().count(), 1 + versions.len(), "{text}");
+    assert!(
+        text.contains("v: '4' → '5'") && text.contains("REFUND") && text.contains("deleted"),
+        "{text}"
+    );
+    assert!(
+        text.contains("key id=1 → id=10") && text.contains("first known version"),
+        "{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "no colour off a terminal");
+
+    // --since/--until bound it, numbers kept.
+    let t = |i: usize| versions[i]["commit_time"].as_str().unwrap_or_default().to_string();
+    let window = json_lines(&history(
+        &archive,
+        &["h", "1", "--json", "--since", &t(3), "--until", &t(6)],
+    ));
+    let nums: Vec<u64> = window.iter().filter_map(|v| v["version"].as_u64()).collect();
+    assert_eq!(nums, [4, 5, 6, 7]);
+
+    // Bad input.
+    for (args, says) in [
+        (vec!["nosuch", "1"], "not in the archive"),
+        (vec!["h", "a=1"], "no key column"),
+        (vec!["h", "1,2"], "give 1 value"),
+        (vec!["h", "999"], "no row of public.h with key id=999"),
+    ] {
+        let out = history(&archive, &args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+
+    // waly tables and waly schema.
+    let tables = run_within(waly().args(["tables", "--archive", &archive, "--json"]), 60);
+    let tables = json_lines(&tables);
+    assert_eq!(tables.len(), 1);
+    assert_eq!(tables[0]["table"], "public.h");
+    // Every audited change but the two inserts from before waly (in the snapshot).
+    let audited_changes: u64 = db.psql("SELECT count(*) - 2 FROM audit").parse().unwrap_or(0);
+    assert_eq!(tables[0]["changes"].as_u64(), Some(audited_changes));
+    assert_eq!(tables[0]["schema_versions"].as_u64(), Some(1));
+
+    // The same history from an S3 archive (a copy of this one).
+    if let Some(bucket) = crate::harness::s3_bucket("history") {
+        let s3 = format!("s3://{bucket}/copy");
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let from = waly::archive::Store::open(&archive).expect("local");
+            let to = waly::archive::Store::open(&s3).expect("s3");
+            for (key, _) in from.list("").await.expect("list") {
+                to.put_once(&key, from.get(&key).await.expect("get"))
+                    .await
+                    .expect("put");
+            }
+        });
+        assert_eq!(json_lines(&history(&s3, &["h", "1", "--json"])), versions);
+    }
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
+#[test]
+fn schema_lists_versions_with_what_each_added_dropped_or_retyped() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE s (id int PRIMARY KEY, a text, b int);
+         CREATE PUBLICATION waly FOR TABLE s;",
+    );
+    let archive = archive_dir(&db);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("INSERT INTO s VALUES (1, 'x', 1)");
+    db.psql("ALTER TABLE s ADD COLUMN c text; INSERT INTO s VALUES (2, 'y', 2, 'z')");
+    db.psql("ALTER TABLE s DROP COLUMN a, ALTER COLUMN b TYPE bigint; INSERT INTO s VALUES (3, 3, 'w')");
+    let end = db.current_lsn();
+    db.wait_for(
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{}'",
+            slot(&db)
+        ),
+        "t",
+        120,
+    );
+    let (status, stderr) = run.terminate(60);
+    assert!(status.success(), "{stderr}");
+    let out = run_within(waly().args(["schema", "s", "--archive", &archive, "--json"]), 60);
+    let versions = json_lines(&out);
+    let summary: Vec<(u64, serde_json::Value, serde_json::Value, serde_json::Value)> = versions
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap_or(0),
+                v["added"].clone(),
+                v["dropped"].clone(),
+                v["retyped"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, serde_json::json!([]), serde_json::json!([]), serde_json::json!([])),
+            (
+                2,
+                serde_json::json!(["c text"]),
+                serde_json::json!([]),
+                serde_json::json!([])
+            ),
+            (
+                3,
+                serde_json::json!([]),
+                serde_json::json!(["a"]),
+                serde_json::json!(["b: integer → bigint"])
+            ),
+        ]
+    );
+    assert!(versions.iter().all(|v| v["commit_time"].is_string()), "{versions:?}");
+    let text = run_within(waly().args(["schema", "s", "--archive", &archive]), 60);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("added c text") && text.contains("dropped a") && text.contains("retyped b"),
+        "{text}"
+    );
+    let missing = run_within(waly().args(["schema", "nosuch", "--archive", &archive]), 60);
+    assert!(!missing.status.success());
+    let _ = std::fs::remove_dir_all(&archive);
+}
