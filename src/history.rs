@@ -72,20 +72,200 @@ fn value<'a>(row: &'a Row, col: &str) -> Option<&'a Option<String>> {
     row.0.iter().find(|(n, _)| &**n == col).map(|(_, v)| v)
 }
 
+/// Follows one row through the archive's items, in order.
+struct Tracker {
+    table: String,
+    ident: Vec<String>,
+    current: Vec<u8>,
+    row: Option<Row>,
+    generation: String,
+    txn: Option<Lsn>,
+    intent: Option<String>,
+    pending: Vec<Version>,
+    out: Vec<Version>,
+    n: u64,
+}
+
+impl Tracker {
+    fn row_key(&self, r: &Row) -> Vec<u8> {
+        encode_key(&self.ident, |c| value(r, c).cloned())
+    }
+
+    /// The index hash of the key followed now.
+    fn current_hash(&self) -> u64 {
+        crate::index::key_hash(&self.table, &self.current)
+    }
+
+    fn flush(&mut self) {
+        for mut v in self.pending.drain(..) {
+            v.intent = self.intent.clone();
+            self.out.push(v);
+        }
+    }
+
+    fn enter_txn(&mut self, lsn: Lsn) {
+        if self.txn != Some(lsn) {
+            self.flush();
+            self.txn = Some(lsn);
+            self.intent = None;
+        }
+    }
+
+    fn on(&mut self, item: Item<'_>) {
+        match item {
+            Item::Generation(g) => {
+                self.flush();
+                self.generation = g.to_string();
+                self.row = None;
+                self.txn = None;
+                self.intent = None;
+            }
+            Item::SnapshotRow {
+                table: t,
+                lsn,
+                taken_at,
+                row: r,
+            } => {
+                if t == self.table && self.row_key(r) == self.current {
+                    self.n += 1;
+                    self.out.push(Version {
+                        version: self.n,
+                        generation: self.generation.clone(),
+                        op: "snapshot",
+                        commit_lsn: lsn,
+                        commit_time: taken_at,
+                        change: None,
+                        before: self.row.take(),
+                        row: Some(r.clone()),
+                        changed: r.0.iter().map(|(c, _)| c.to_string()).collect(),
+                        unchanged_toast: Vec::new(),
+                        key_change: None,
+                        intent: None,
+                    });
+                    self.row = Some(r.clone());
+                }
+            }
+            Item::Message(m) => {
+                self.enter_txn(m.commit_lsn);
+                self.intent = Some(match self.intent.take() {
+                    Some(i) => format!("{i}; {}", m.content),
+                    None => m.content.clone(),
+                });
+            }
+            Item::Change(c) => {
+                self.enter_txn(c.commit_lsn);
+                if *c.table != *self.table {
+                    return;
+                }
+                self.change(c);
+            }
+        }
+    }
+
+    fn change(&mut self, c: &Change) {
+        let old_key = c.old.as_ref().map(|r| self.row_key(r));
+        let new_key = c.new.as_ref().map(|r| self.row_key(r));
+        let current = &self.current;
+        let mine = match c.op {
+            Op::Insert => new_key.as_ref() == Some(current),
+            // Also an update that gave a row this key: the history of the
+            // key starts there, saying where the row came from.
+            Op::Update => old_key.as_ref() == Some(current) || new_key.as_ref() == Some(current),
+            Op::Delete => old_key.as_ref() == Some(current),
+            Op::Truncate => self.row.is_some(),
+        };
+        if !mine {
+            return;
+        }
+        let before = self.row.clone();
+        let mut key_change = None;
+        let after = match c.op {
+            Op::Insert | Op::Update => {
+                let mut whole = c.new.clone().unwrap_or_default();
+                for t in &c.unchanged_toast {
+                    let carried = before.as_ref().and_then(|b| value(b, t)).cloned().flatten();
+                    whole.0.push((t.clone(), carried));
+                }
+                // Carried values go back to their place in the row.
+                if let Some(b) = &before {
+                    whole
+                        .0
+                        .sort_by_key(|(n, _)| b.0.iter().position(|(m, _)| m == n).unwrap_or(usize::MAX));
+                }
+                if let (Some(ok), Some(nk)) = (&old_key, &new_key) {
+                    if ok != nk {
+                        key_change = Some((key_text(&self.ident, ok), key_text(&self.ident, nk)));
+                        self.current = nk.clone();
+                    }
+                }
+                Some(whole)
+            }
+            Op::Delete | Op::Truncate => None,
+        };
+        let changed: Vec<String> = match (&before, &after) {
+            (Some(b), Some(a)) if c.op == Op::Update => {
+                a.0.iter()
+                    .filter(|(n, v)| value(b, n) != Some(v))
+                    .map(|(n, _)| n.to_string())
+                    .collect()
+            }
+            (_, Some(a)) => a.0.iter().map(|(n, _)| n.to_string()).collect(),
+            _ => Vec::new(),
+        };
+        self.n += 1;
+        self.pending.push(Version {
+            version: self.n,
+            generation: self.generation.clone(),
+            op: c.op.as_str(),
+            commit_lsn: c.commit_lsn,
+            commit_time: c.commit_time,
+            change: Some(c.clone()),
+            before,
+            row: after.clone(),
+            changed,
+            unchanged_toast: c.unchanged_toast.iter().map(|t| t.to_string()).collect(),
+            key_change,
+            intent: None,
+        });
+        self.row = after;
+    }
+}
+
+/// How a history lookup went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LookupStats {
+    /// Bytes read from the archive.
+    pub bytes_read: u64,
+    /// Segments read whole (not covered by a usable index object).
+    pub segments_scanned: u64,
+    /// Frames read through the index.
+    pub frames_read: u64,
+}
+
 /// Every version of the row with `query.key` in `query.table`, oldest first.
-pub async fn history(store: &Store, query: &HistoryQuery) -> Result<(Vec<String>, Vec<Version>), Error> {
+/// With `use_index`, the index narrows what is read; segments it does not
+/// cover (or whose index object is damaged, with a warning) are read whole.
+pub async fn history(
+    store: &Store,
+    query: &HistoryQuery,
+    use_index: bool,
+) -> Result<(Vec<String>, Vec<Version>, LookupStats), Error> {
+    let started_at = store.bytes_read();
     let table = query.table.as_str();
     // The key columns, from the table's newest schema.
     let mut latest = None;
     let mut known = std::collections::BTreeSet::new();
-    for g in state::generations(store).await? {
-        let st = state::load_generation(store, &g).await?;
+    let gens = state::generations(store).await?;
+    let mut states = Vec::new();
+    for g in &gens {
+        let st = state::load_generation(store, g).await?;
         for t in st.schemas.tables() {
             known.insert(t.to_string());
         }
         if let Some(s) = st.schemas.latest(table) {
             latest = Some(s.clone());
         }
+        states.push(st);
     }
     let Some(schema) = latest else {
         let list: Vec<&str> = known.iter().map(String::as_str).collect();
@@ -107,152 +287,49 @@ pub async fn history(store: &Store, query: &HistoryQuery) -> Result<(Vec<String>
     let key = crate::restore::parse_keys(std::slice::from_ref(&query.key), &ident, table)?
         .pop()
         .unwrap_or_default();
-    let row_key = |r: &Row| encode_key(&ident, |c| value(r, c).cloned());
-
-    let mut out: Vec<Version> = Vec::new();
-    let mut pending: Vec<Version> = Vec::new();
-    let mut current = key.clone();
-    let mut row: Option<Row> = None;
-    let mut generation = String::new();
-    let mut txn: Option<Lsn> = None;
-    let mut intent: Option<String> = None;
-    let mut n = 0u64;
-    let opts = LogOptions {
-        table: None,
-        since: None,
-        until: None,
-        snapshot: true,
+    let fresh = || Tracker {
+        table: table.to_string(),
+        ident: ident.clone(),
+        current: key.clone(),
+        row: None,
+        generation: String::new(),
+        txn: None,
+        intent: None,
+        pending: Vec::new(),
+        out: Vec::new(),
+        n: 0,
     };
-    fn flush(pending: &mut Vec<Version>, intent: &Option<String>, out: &mut Vec<Version>) {
-        for mut v in pending.drain(..) {
-            v.intent = intent.clone();
-            out.push(v);
+    let mut t = fresh();
+    let mut stats = LookupStats::default();
+    let mut scan = !use_index;
+    if use_index {
+        for st in &states {
+            if let Err(trouble) = indexed_generation(store, st, &mut t, &mut stats).await? {
+                // A damaged index never gives a wrong answer: start over
+                // without it.
+                tracing::warn!("{trouble}; reading the whole archive instead");
+                t = fresh();
+                stats = LookupStats::default();
+                scan = true;
+                break;
+            }
         }
     }
-    log::walk(store, &opts, &mut |item| {
-        match item {
-            Item::Generation(g) => {
-                flush(&mut pending, &intent, &mut out);
-                generation = g.to_string();
-                row = None;
-                txn = None;
-                intent = None;
-            }
-            Item::SnapshotRow {
-                table: t,
-                lsn,
-                taken_at,
-                row: r,
-            } => {
-                if t == table && row_key(r) == current {
-                    n += 1;
-                    out.push(Version {
-                        version: n,
-                        generation: generation.clone(),
-                        op: "snapshot",
-                        commit_lsn: lsn,
-                        commit_time: taken_at,
-                        change: None,
-                        before: row.take(),
-                        row: Some(r.clone()),
-                        changed: r.0.iter().map(|(c, _)| c.to_string()).collect(),
-                        unchanged_toast: Vec::new(),
-                        key_change: None,
-                        intent: None,
-                    });
-                    row = Some(r.clone());
-                }
-            }
-            Item::Message(m) => {
-                if txn != Some(m.commit_lsn) {
-                    flush(&mut pending, &intent, &mut out);
-                    txn = Some(m.commit_lsn);
-                    intent = None;
-                }
-                intent = Some(match intent.take() {
-                    Some(i) => format!("{i}; {}", m.content),
-                    None => m.content.clone(),
-                });
-            }
-            Item::Change(c) => {
-                if txn != Some(c.commit_lsn) {
-                    flush(&mut pending, &intent, &mut out);
-                    txn = Some(c.commit_lsn);
-                    intent = None;
-                }
-                if &*c.table != table {
-                    return Ok(());
-                }
-                let old_key = c.old.as_ref().map(&row_key);
-                let new_key = c.new.as_ref().map(&row_key);
-                let mine = match c.op {
-                    Op::Insert => new_key.as_ref() == Some(&current),
-                    // Also an update that gave a row this key: the history of
-                    // the key starts there, saying where the row came from.
-                    Op::Update => old_key.as_ref() == Some(&current) || new_key.as_ref() == Some(&current),
-                    Op::Delete => old_key.as_ref() == Some(&current),
-                    Op::Truncate => row.is_some(),
-                };
-                if !mine {
-                    return Ok(());
-                }
-                let before = row.clone();
-                let mut key_change = None;
-                let after = match c.op {
-                    Op::Insert | Op::Update => {
-                        let mut whole = c.new.clone().unwrap_or_default();
-                        for t in &c.unchanged_toast {
-                            let carried = before.as_ref().and_then(|b| value(b, t)).cloned().flatten();
-                            whole.0.push((t.clone(), carried));
-                        }
-                        // Carried values go back to their place in the row.
-                        if let Some(b) = &before {
-                            whole
-                                .0
-                                .sort_by_key(|(n, _)| b.0.iter().position(|(m, _)| m == n).unwrap_or(usize::MAX));
-                        }
-                        if let (Some(ok), Some(nk)) = (&old_key, &new_key) {
-                            if ok != nk {
-                                key_change = Some((key_text(&ident, ok), key_text(&ident, nk)));
-                                current = nk.clone();
-                            }
-                        }
-                        Some(whole)
-                    }
-                    Op::Delete | Op::Truncate => None,
-                };
-                let changed: Vec<String> = match (&before, &after) {
-                    (Some(b), Some(a)) if c.op == Op::Update => {
-                        a.0.iter()
-                            .filter(|(n, v)| value(b, n) != Some(v))
-                            .map(|(n, _)| n.to_string())
-                            .collect()
-                    }
-                    (_, Some(a)) => a.0.iter().map(|(n, _)| n.to_string()).collect(),
-                    _ => Vec::new(),
-                };
-                n += 1;
-                pending.push(Version {
-                    version: n,
-                    generation: generation.clone(),
-                    op: c.op.as_str(),
-                    commit_lsn: c.commit_lsn,
-                    commit_time: c.commit_time,
-                    change: Some(c.clone()),
-                    before,
-                    row: after.clone(),
-                    changed,
-                    unchanged_toast: c.unchanged_toast.iter().map(|t| t.to_string()).collect(),
-                    key_change,
-                    intent: None,
-                });
-                row = after;
-            }
-        }
-        Ok(())
-    })
-    .await?;
-    flush(&mut pending, &intent, &mut out);
+    if scan {
+        let opts = LogOptions {
+            table: None,
+            since: None,
+            until: None,
+            snapshot: true,
+        };
+        log::walk(store, &opts, &mut |item| {
+            t.on(item);
+            Ok(())
+        })
+        .await?;
+    }
+    t.flush();
+    let mut out = t.out;
     if out.is_empty() {
         return Err(Error::NotInArchive(format!(
             "no row of {table} with key {} in the archive",
@@ -273,7 +350,271 @@ pub async fn history(store: &Store, query: &HistoryQuery) -> Result<(Vec<String>
         after && before
     };
     out.retain(inside);
-    Ok((ident, out))
+    stats.bytes_read = store.bytes_read() - started_at;
+    Ok((ident, out, stats))
+}
+
+/// One generation, read through its index where it has one.
+/// `Ok(Err(why))` when an index object turned out damaged part-way.
+async fn indexed_generation(
+    store: &Store,
+    st: &state::GenState,
+    t: &mut Tracker,
+    stats: &mut LookupStats,
+) -> Result<Result<(), String>, Error> {
+    let damaged = |key: &str, e: &Error| format!("the index is damaged ({key}: {e})");
+    use crate::index::{self, Index};
+    use crate::segment::{Record, SegmentReader};
+    use std::collections::{BTreeMap, BTreeSet, HashSet};
+    let gen = st.id.as_str();
+    t.on(Item::Generation(gen));
+    // Snapshot rows: the frame that holds the key, or every row.
+    let snapshot_indexes: BTreeMap<String, u64> = store
+        .list(&format!("index/{gen}/snapshots"))
+        .await?
+        .into_iter()
+        .collect();
+    for m in &st.manifests {
+        let Some(entry) = m.tables.iter().find(|e| e.table == t.table) else {
+            continue;
+        };
+        let ikey = index::snapshot_index_key(gen, m.lsn);
+        let hash = t.current_hash();
+        let found = match snapshot_indexes.get(&ikey) {
+            Some(size) => match Index::open(store, &ikey, *size).await {
+                Ok(idx) => match idx.lookup_key(store, hash).await {
+                    Ok(hits) => Some((idx, hits)),
+                    Err(e) => {
+                        tracing::warn!(index = ikey, error = %e, "the index is damaged; reading the snapshot instead");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(index = ikey, error = %e, "the index is damaged; reading the snapshot instead");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut rows = Vec::new();
+        match found {
+            Some((idx, hits)) => {
+                for (o, f) in hits {
+                    let Some(obj) = idx.footer.objects.get(o as usize) else {
+                        continue;
+                    };
+                    let Some((off, len)) = obj.frames.get(f as usize) else {
+                        continue;
+                    };
+                    let part = entry.parts.iter().find(|p| p.key == obj.key);
+                    if part.is_none() {
+                        continue; // another table's part
+                    }
+                    let z = store.get_range(&obj.key, *off..off + len).await?;
+                    stats.frames_read += 1;
+                    let text = zstd::decode_all(&z[..]).map_err(|e| Error::Corrupt {
+                        key: obj.key.clone(),
+                        why: e.to_string(),
+                    })?;
+                    for line in String::from_utf8_lossy(&text).lines() {
+                        if line.starts_with("{\"waly_snapshot_part\"") {
+                            continue;
+                        }
+                        if let Ok(r) = serde_json::from_str::<Row>(line) {
+                            rows.push(r);
+                        }
+                    }
+                }
+            }
+            None => {
+                for part in &entry.parts {
+                    let bytes = store.get(&part.key).await?;
+                    let text = zstd::decode_all(&bytes[..]).map_err(|e| Error::Corrupt {
+                        key: part.key.clone(),
+                        why: e.to_string(),
+                    })?;
+                    for line in String::from_utf8_lossy(&text).lines().skip(1) {
+                        if let Ok(r) = serde_json::from_str::<Row>(line) {
+                            rows.push(r);
+                        }
+                    }
+                }
+            }
+        }
+        for r in &rows {
+            t.on(Item::SnapshotRow {
+                table: &entry.table.clone(),
+                lsn: m.lsn,
+                taken_at: m.taken_at,
+                row: r,
+            });
+        }
+    }
+    // The segments: through the index where covered, whole where not.
+    let segments = state::segments(store, gen).await?;
+    let mut indexes: Vec<Index> = Vec::new();
+    for (key, size, _, _) in index::segment_indexes(store, gen).await? {
+        match Index::open(store, &key, size).await {
+            Ok(i) => indexes.push(i),
+            // Its segments are then read whole.
+            Err(e) => tracing::warn!(index = key, error = %e, "the index is damaged; reading its segments instead"),
+        }
+    }
+    // Which index covers which segment (by the footer, checked against the key).
+    let mut covered: BTreeMap<u64, usize> = BTreeMap::new();
+    for (i, idx) in indexes.iter().enumerate() {
+        for o in &idx.footer.objects {
+            if segments.iter().any(|(k, n, _)| *n == o.number && *k == o.key) {
+                covered.insert(o.number, i);
+            }
+        }
+    }
+    let mut hits: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+    let mut looked: HashSet<u64> = HashSet::new();
+    let frames_of: BTreeMap<u64, Vec<(u64, u64)>> = indexes
+        .iter()
+        .flat_map(|i| i.footer.objects.iter().map(|o| (o.number, o.frames.clone())))
+        .collect();
+    let last_complete = st.tail.last_commit.map(|c| c.commit_lsn);
+    let mut hwm: Option<(Lsn, u64)> = None;
+    let mut txns: BTreeSet<Lsn> = BTreeSet::new();
+    for (key, number, _) in &segments {
+        // Look up every key followed so far (a key change adds one).
+        let h = t.current_hash();
+        if looked.insert(h) {
+            for idx in &indexes {
+                match idx.lookup_key(store, h).await {
+                    Ok(found) => {
+                        for (o, f) in found {
+                            if let Some(obj) = idx.footer.objects.get(o as usize) {
+                                hits.entry(obj.number).or_default().insert(f);
+                            }
+                        }
+                    }
+                    Err(e) => return Ok(Err(damaged(&idx.key, &e))),
+                }
+            }
+        }
+        let whole = !covered.contains_key(number);
+        let mut feed = |bytes: &[u8], frame: bool, t: &mut Tracker| -> Result<(), Error> {
+            let mut r = if frame {
+                SegmentReader::frame(key, bytes)?
+            } else {
+                SegmentReader::open(key, bytes)?
+            };
+            while let Some(rec) = r.next_record(&st.schemas)? {
+                let id = match &rec {
+                    Record::Change(c) => (c.change.commit_lsn, c.change.seq),
+                    Record::Message(m) => (m.commit_lsn, m.seq),
+                    Record::Schema(_) | Record::Commit(_) => continue,
+                };
+                if last_complete.is_none_or(|c| id.0 > c) || hwm.is_some_and(|h| id <= h) {
+                    continue;
+                }
+                hwm = Some(id);
+                match &rec {
+                    Record::Change(c) => {
+                        let before = t.n;
+                        t.on(Item::Change(&c.change));
+                        if t.n != before {
+                            txns.insert(c.change.commit_lsn);
+                        }
+                    }
+                    Record::Message(m) => t.on(Item::Message(m)),
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        if whole {
+            let bytes = store.get(key).await?;
+            stats.segments_scanned += 1;
+            feed(&bytes, false, t)?;
+            continue;
+        }
+        // Frame by frame; a key change inside this segment adds frames.
+        let mut done: BTreeSet<u32> = BTreeSet::new();
+        loop {
+            let next = hits
+                .get(number)
+                .and_then(|fs| fs.iter().find(|f| !done.contains(f)).copied());
+            let Some(f) = next else { break };
+            done.insert(f);
+            let Some((off, len)) = frames_of.get(number).and_then(|fr| fr.get(f as usize)).copied() else {
+                continue;
+            };
+            let z = store.get_range(key, off..off + len).await?;
+            stats.frames_read += 1;
+            feed(&z, true, t)?;
+            let h = t.current_hash();
+            if looked.insert(h) {
+                for idx in &indexes {
+                    let found = match idx.lookup_key(store, h).await {
+                        Ok(f) => f,
+                        Err(e) => return Ok(Err(damaged(&idx.key, &e))),
+                    };
+                    for (o, f) in found {
+                        if let Some(obj) = idx.footer.objects.get(o as usize) {
+                            hits.entry(obj.number).or_default().insert(f);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    t.flush();
+    // Intents: the `waly` messages of the transactions that made versions,
+    // where they sit in frames that were not read.
+    for lsn in txns {
+        let missing: Vec<usize> = t
+            .out
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.generation == gen && v.commit_lsn == lsn && v.intent.is_none() && v.change.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        if missing.is_empty() {
+            continue;
+        }
+        let mut contents: Vec<(u64, String)> = Vec::new();
+        let mut seen: BTreeSet<(u64, u32)> = BTreeSet::new();
+        for idx in &indexes {
+            let found = match idx.lookup_message(store, lsn.as_u64()).await {
+                Ok(f) => f,
+                Err(e) => return Ok(Err(damaged(&idx.key, &e))),
+            };
+            for (o, f) in found {
+                let Some(obj) = idx.footer.objects.get(o as usize) else {
+                    continue;
+                };
+                if !seen.insert((obj.number, f)) {
+                    continue;
+                }
+                let Some((off, len)) = obj.frames.get(f as usize).copied() else {
+                    continue;
+                };
+                let z = store.get_range(&obj.key, off..off + len).await?;
+                stats.frames_read += 1;
+                let mut r = SegmentReader::frame(&obj.key, &z)?;
+                while let Some(rec) = r.next_record(&st.schemas)? {
+                    if let Record::Message(m) = rec {
+                        if m.commit_lsn == lsn && !contents.iter().any(|(s, _)| *s == m.seq) {
+                            contents.push((m.seq, m.content));
+                        }
+                    }
+                }
+            }
+        }
+        if contents.is_empty() {
+            continue;
+        }
+        contents.sort();
+        let intent = contents.into_iter().map(|(_, c)| c).collect::<Vec<_>>().join("; ");
+        for i in missing {
+            t.out[i].intent = Some(intent.clone());
+        }
+    }
+    Ok(Ok(()))
 }
 
 impl Version {

@@ -22,6 +22,7 @@ pub mod cli;
 pub mod error;
 pub mod event;
 pub mod history;
+pub mod index;
 pub mod init;
 pub mod log;
 pub mod lsn;

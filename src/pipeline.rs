@@ -182,9 +182,85 @@ struct Writer<'a> {
     /// The schema version each table's changes follow in this session (set
     /// by the stream's table descriptions).
     active: HashMap<String, u32>,
+    /// Each table's primary-key columns, for the index, under a schema version.
+    pk: HashMap<String, (u32, Vec<String>)>,
 }
 
+/// Segments whose index objects `waly run` merges into one.
+pub const MERGE_SEGMENTS: u64 = 64;
+
 impl Writer<'_> {
+    /// Notes the change's row key(s) for the segment's index.
+    fn index_change(&mut self, c: &crate::event::Change, schema_version: u32) {
+        let table: &str = &c.table;
+        let fresh = self.pk.get(table).is_none_or(|(v, _)| *v != schema_version);
+        if fresh {
+            let pk: Vec<String> = self
+                .gen
+                .schemas
+                .version(table, schema_version)
+                .map(|s| {
+                    s.columns
+                        .iter()
+                        .filter(|c| c.primary_key)
+                        .map(|c| c.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.pk.insert(table.to_string(), (schema_version, pk));
+        }
+        let Some((_, pk)) = self.pk.get(table) else { return };
+        if pk.is_empty() {
+            return;
+        }
+        let new = c.new.as_ref().map(|r| crate::index::row_key_hash(table, pk, r));
+        let old = c.old.as_ref().map(|r| crate::index::row_key_hash(table, pk, r));
+        if let Some(h) = new {
+            self.builder.note_key(h);
+        }
+        if let Some(h) = old.filter(|h| Some(*h) != new) {
+            self.builder.note_key(h);
+        }
+    }
+
+    /// Writes the index object of segment `number` (just stored), and every
+    /// [`MERGE_SEGMENTS`] segments merges the last ones' into one. The index
+    /// is derived data: failures are logged, and readers scan instead.
+    async fn write_index(&mut self, number: u64, key: &str, sealed: &crate::segment::SealedSegment) {
+        let mut b = crate::index::Builder::default();
+        b.add(
+            crate::index::Covered {
+                number,
+                key: key.to_string(),
+                frames: sealed
+                    .header
+                    .frames
+                    .iter()
+                    .map(|(o, l)| (o + sealed.body_offset, *l))
+                    .collect(),
+            },
+            &sealed.key_entries,
+            &sealed.message_entries,
+        );
+        let written = match b.encode(&self.gen.id) {
+            Ok(bytes) => {
+                self.store
+                    .put_once(&crate::index::segments_index_key(&self.gen.id, number, number), bytes)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::warn!(segment = number, error = %e, "could not write the segment's index; reads fall back to scanning it");
+            return;
+        }
+        if (number + 1) % MERGE_SEGMENTS == 0 {
+            if let Err(e) = crate::index::merge(self.store, &self.gen.id, number + 1 - MERGE_SEGMENTS, number).await {
+                tracing::warn!(error = %e, "could not merge the index; lookups read more objects until `waly reindex`");
+            }
+        }
+    }
+
     /// Flushes, then confirms to the server what that made durable.
     async fn flush_and_confirm(&mut self, stream: &source::ReplicationStream) -> Result<(), Error> {
         if let Some(lsn) = self.flush().await? {
@@ -212,8 +288,9 @@ impl Writer<'_> {
             bytes = sealed.bytes.len(),
             "segment archived"
         );
+        self.write_index(number, &key, &sealed).await;
         self.gen.tail.next_number = number + 1;
-        self.gen.tail.prev_sha256 = Some(sealed.sha256);
+        self.gen.tail.prev_sha256 = Some(sealed.sha256.clone());
         if let Some(c) = sealed.header.last_commit {
             self.gen.tail.last_commit = Some(c);
         }
@@ -388,6 +465,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         stop: stop.clone(),
         last_flush: Instant::now(),
         active: HashMap::new(),
+        pk: HashMap::new(),
     };
     let mut consumer = Consumer {
         asm: Assembler::new(),
@@ -613,6 +691,7 @@ async fn handle_events(
                     None => w.gen.schemas.at(&c.table, c.commit_lsn).map_or(0, |s| s.version),
                 };
                 w.builder.push_change(c, schema_version)?;
+                w.index_change(c, schema_version);
                 t.records += 1;
             }
             Event::Message(m) => {

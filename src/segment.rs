@@ -15,7 +15,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::sync::Arc;
 
 /// The format version written in every header.
@@ -48,7 +48,7 @@ pub struct CommitPoint {
 }
 
 /// A segment's first line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentHeader {
     /// Always [`FORMAT_VERSION`]; names the object as a waly segment.
     pub waly_segment: u32,
@@ -75,6 +75,11 @@ pub struct SegmentHeader {
     pub records: u64,
     /// How many lines follow (the records and the `begin` lines).
     pub lines: u64,
+    /// `[offset, length]` of each zstd frame of the records, counted from
+    /// the end of the header frame; each frame starts at a record boundary
+    /// with a `begin` line (or a `schema` line) and decompresses on its own.
+    #[serde(default)]
+    pub frames: Vec<(u64, u64)>,
     /// SHA-256 (hex) of the previous segment's bytes; `null` for the first.
     pub prev_sha256: Option<String>,
 }
@@ -416,9 +421,23 @@ impl Run {
     }
 }
 
-/// Collects records into the next segment, compressing as it goes.
+/// Uncompressed bytes after which a segment's body starts a new zstd frame
+/// (at a record boundary): a reader can then fetch and decompress one frame
+/// of a segment alone.
+pub const FRAME_BYTES: usize = 256 * 1024;
+
+/// Collects records into the next segment, compressing a frame at a time.
 pub struct SegmentBuilder {
-    encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    compressor: zstd::bulk::Compressor<'static>,
+    /// The current frame, uncompressed.
+    frame: Vec<u8>,
+    /// The finished frames, compressed, one after another.
+    body: Vec<u8>,
+    /// `(offset in body, length)` of each finished frame.
+    frames: Vec<(u64, u64)>,
+    /// Index entries: a change's `(key hash, frame)`, a message's `(commit LSN, frame)`.
+    key_entries: Vec<(u64, u32)>,
+    message_entries: Vec<(u64, u32)>,
     line: Vec<u8>,
     uncompressed: usize,
     lines: u64,
@@ -443,10 +462,10 @@ impl std::fmt::Debug for SegmentBuilder {
     }
 }
 
-fn zstd_encoder() -> Result<zstd::stream::write::Encoder<'static, Vec<u8>>, Error> {
-    let mut e = zstd::stream::write::Encoder::new(Vec::with_capacity(256 * 1024), LEVEL)?;
-    e.include_checksum(true)?;
-    Ok(e)
+fn compressor() -> Result<zstd::bulk::Compressor<'static>, Error> {
+    let mut c = zstd::bulk::Compressor::new(LEVEL)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+    Ok(c)
 }
 
 /// A finished segment, ready to upload.
@@ -458,13 +477,24 @@ pub struct SealedSegment {
     pub bytes: Bytes,
     /// SHA-256 (hex) of `bytes`, for the next segment's header.
     pub sha256: String,
+    /// Index entries: each change's `(key hash, frame)`.
+    pub key_entries: Vec<(u64, u32)>,
+    /// Index entries: each `waly` message's `(commit LSN, frame)`.
+    pub message_entries: Vec<(u64, u32)>,
+    /// Where the records start: the length of the header frame.
+    pub body_offset: u64,
 }
 
 impl SegmentBuilder {
     /// An empty segment.
     pub fn new() -> Result<Self, Error> {
         Ok(SegmentBuilder {
-            encoder: zstd_encoder()?,
+            compressor: compressor()?,
+            frame: Vec::with_capacity(FRAME_BYTES + 64 * 1024),
+            body: Vec::new(),
+            frames: Vec::new(),
+            key_entries: Vec::new(),
+            message_entries: Vec::new(),
             line: Vec::with_capacity(1024),
             uncompressed: 0,
             lines: 0,
@@ -500,6 +530,7 @@ impl SegmentBuilder {
     /// Appends a change record, serialized straight from the borrowed change
     /// (no copy of the row).
     pub fn push_change(&mut self, change: &Change, schema_version: u32) -> Result<(), Error> {
+        self.boundary()?;
         let mut run = self.enter(change.commit_lsn, change.xid, &change.commit_time)?;
         let (seq, lsn_delta) = run.encode(change.seq, change.lsn);
         self.write_line(&ChangeLine {
@@ -521,6 +552,9 @@ impl SegmentBuilder {
 
     /// Appends a logical message.
     pub fn push_message(&mut self, m: &MessageRecord) -> Result<(), Error> {
+        self.boundary()?;
+        let f = self.frame_index();
+        self.message_entries.push((m.commit_lsn.as_u64(), f));
         let mut run = self.enter(m.commit_lsn, m.xid, &m.commit_time)?;
         let (seq, lsn_delta) = run.encode(m.seq, m.lsn);
         self.write_line(&MessageLine {
@@ -538,6 +572,7 @@ impl SegmentBuilder {
 
     /// Appends a schema version seen in the stream.
     pub fn push_schema(&mut self, s: &SchemaRecord) -> Result<(), Error> {
+        self.boundary()?;
         self.write_line(&SchemaLine {
             r#type: "schema",
             schema: s,
@@ -549,6 +584,7 @@ impl SegmentBuilder {
 
     /// Appends a transaction's commit marker.
     pub fn push_commit(&mut self, c: &CommitRecord) -> Result<(), Error> {
+        self.boundary()?;
         self.enter(c.commit_lsn, c.xid, &c.commit_time)?;
         self.write_line(&CommitLine {
             r#type: "commit",
@@ -581,10 +617,47 @@ impl SegmentBuilder {
         self.line.clear();
         serde_json::to_writer(&mut self.line, v).map_err(|e| Error::Protocol(format!("serializing a record: {e}")))?;
         self.line.push(b'\n');
-        self.encoder.write_all(&self.line)?;
+        self.frame.extend_from_slice(&self.line);
         self.uncompressed += self.line.len();
         self.lines += 1;
         Ok(())
+    }
+
+    /// Compresses the current frame onto the body.
+    fn end_frame(&mut self) -> Result<(), Error> {
+        if self.frame.is_empty() {
+            return Ok(());
+        }
+        let compressed = self.compressor.compress(&self.frame)?;
+        self.frames.push((self.body.len() as u64, compressed.len() as u64));
+        self.body.extend_from_slice(&compressed);
+        self.frame.clear();
+        Ok(())
+    }
+
+    /// At a record boundary: starts a new frame once the current one is
+    /// full. A frame starts with its transaction's `begin` line, so it reads
+    /// on its own.
+    fn boundary(&mut self) -> Result<(), Error> {
+        if self.frame.len() >= FRAME_BYTES {
+            self.end_frame()?;
+            self.run = None;
+        }
+        Ok(())
+    }
+
+    /// The frame being written (its index in the segment).
+    fn frame_index(&self) -> u32 {
+        self.frames.len() as u32
+    }
+
+    /// Records that the change just pushed concerns the row whose key hashes
+    /// to `hash` (see [`crate::index`]).
+    pub fn note_key(&mut self, hash: u64) {
+        let f = self.frame_index();
+        if self.key_entries.last() != Some(&(hash, f)) {
+            self.key_entries.push((hash, f));
+        }
     }
 
     fn note(&mut self, lsn: Lsn, time: Option<DateTime<Utc>>) {
@@ -628,8 +701,8 @@ impl SegmentBuilder {
 
     /// Seals the segment as number `number` of `generation`, after the
     /// segment whose SHA-256 is `prev_sha256`.
-    pub fn seal(self, generation: &str, number: u64, prev_sha256: Option<String>) -> Result<SealedSegment, Error> {
-        let body = self.encoder.finish()?;
+    pub fn seal(mut self, generation: &str, number: u64, prev_sha256: Option<String>) -> Result<SealedSegment, Error> {
+        self.end_frame()?;
         let first = self.first_lsn.or(self.durable_lsn).unwrap_or_default();
         let header = SegmentHeader {
             waly_segment: FORMAT_VERSION,
@@ -643,18 +716,24 @@ impl SegmentBuilder {
             last_commit_time: self.last_time,
             records: self.records,
             lines: self.lines,
+            frames: std::mem::take(&mut self.frames),
             prev_sha256,
         };
-        let mut head = zstd_encoder()?;
-        serde_json::to_writer(&mut head, &header).map_err(|e| Error::Protocol(format!("serializing a header: {e}")))?;
-        head.write_all(b"\n")?;
-        let mut bytes = head.finish()?;
-        bytes.extend_from_slice(&body);
+        let mut json =
+            serde_json::to_vec(&header).map_err(|e| Error::Protocol(format!("serializing a header: {e}")))?;
+        json.push(b'\n');
+        let head = self.compressor.compress(&json)?;
+        let body_offset = head.len() as u64;
+        let mut bytes = head;
+        bytes.extend_from_slice(&self.body);
         let sha256 = sha256_hex(&bytes);
         Ok(SealedSegment {
             header,
             bytes: Bytes::from(bytes),
             sha256,
+            key_entries: self.key_entries,
+            message_entries: self.message_entries,
+            body_offset,
         })
     }
 }
@@ -680,6 +759,8 @@ pub struct SegmentReader<'a> {
     read: u64,
     run: Option<Run>,
     tables: HashMap<String, Arc<str>>,
+    /// A whole segment (its header promises a line count), or one frame.
+    whole: bool,
 }
 
 impl std::fmt::Debug for SegmentReader<'_> {
@@ -721,6 +802,26 @@ impl<'a> SegmentReader<'a> {
             read: 0,
             run: None,
             tables: HashMap::new(),
+            whole: true,
+        })
+    }
+
+    /// Reads one frame of the segment `key` (its bytes only, as the header's
+    /// or an index's `frames` locate them): the records in it.
+    pub fn frame(key: &str, bytes: &'a [u8]) -> Result<Self, Error> {
+        let decoder = zstd::stream::read::Decoder::new(bytes).map_err(|e| Error::Corrupt {
+            key: key.to_string(),
+            why: format!("not zstd: {e}"),
+        })?;
+        Ok(SegmentReader {
+            key: key.to_string(),
+            lines: std::io::BufReader::with_capacity(64 * 1024, decoder),
+            buf: String::new(),
+            header: SegmentHeader::default(),
+            read: 0,
+            run: None,
+            tables: HashMap::new(),
+            whole: false,
         })
     }
 
@@ -749,7 +850,7 @@ impl<'a> SegmentReader<'a> {
             let n = self.lines.read_line(&mut self.buf);
             let n = n.map_err(|e| self.corrupt(format!("cannot decompress line {}: {e}", self.read + 1)))?;
             if n == 0 {
-                if self.read != self.header.lines {
+                if self.whole && self.read != self.header.lines {
                     return Err(self.corrupt(format!(
                         "truncated: the header promises {} lines, found {}",
                         self.header.lines, self.read
@@ -1039,6 +1140,36 @@ mod tests {
         let next = b.seal("00000001", 1, Some(sealed.sha256)).expect("seal");
         let back = read_all(&next.bytes).expect("read");
         assert_eq!(back, vec![change(100, 3, 200, Op::Insert), commit(100, 4)]);
+    }
+
+    #[test]
+    fn a_large_segment_is_frames_that_each_read_alone() {
+        let mut b = SegmentBuilder::new().expect("builder");
+        let mut all = Vec::new();
+        for i in 0..6000u64 {
+            let r = change(100, i, 100 + i * 10, Op::Insert);
+            b.push(&r).expect("push");
+            b.note_key(i % 7);
+            all.push(r);
+        }
+        all.push(commit(100, 6000));
+        b.push(all.last().expect("commit")).expect("push");
+        let sealed = b.seal("00000001", 0, None).expect("seal");
+        let frames = sealed.header.frames.clone();
+        assert!(frames.len() >= 3, "{} frames", frames.len());
+        assert_eq!(read_all(&sealed.bytes).expect("whole"), all);
+        let mut pieced = Vec::new();
+        for (off, len) in &frames {
+            let at = (sealed.body_offset + off) as usize;
+            let mut r = SegmentReader::frame("k", &sealed.bytes[at..at + *len as usize]).expect("frame");
+            while let Some(rec) = r.next_record(&schemas()).expect("record") {
+                pieced.push(rec);
+            }
+        }
+        assert_eq!(pieced, all, "frame by frame, the same records");
+        let last_frame = frames.len() as u32 - 1;
+        assert!(sealed.key_entries.iter().any(|(_, f)| *f == last_frame));
+        assert!(sealed.key_entries.iter().all(|(h, _)| *h < 7));
     }
 
     #[test]

@@ -15,7 +15,6 @@ use crate::segment::{ColumnDef, SchemaRecord};
 use crate::source::{self, quote, ConnInfo, PgConn, SnapshotAction};
 use crate::{Error, Lsn};
 use futures_util::StreamExt;
-use std::io::Write;
 use std::sync::Arc;
 
 /// Uncompressed bytes per snapshot part.
@@ -154,24 +153,59 @@ pub struct PartHeader {
     pub schema_version: u32,
 }
 
+/// A snapshot part being written: zstd frames of about
+/// [`crate::segment::FRAME_BYTES`] each, so one row's frame can be read
+/// alone (the index records which frame holds which key).
 struct PartWriter {
-    enc: zstd::stream::write::Encoder<'static, Vec<u8>>,
+    compressor: zstd::bulk::Compressor<'static>,
+    frame: Vec<u8>,
+    body: Vec<u8>,
+    frames: Vec<(u64, u64)>,
+    keys: Vec<(u64, u32)>,
     rows: u64,
     uncompressed: usize,
 }
 
 impl PartWriter {
     fn new(header: &PartHeader) -> Result<Self, Error> {
-        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
-        enc.include_checksum(true)?;
-        let line = serde_json::to_vec(header).map_err(|e| Error::Protocol(e.to_string()))?;
-        enc.write_all(&line)?;
-        enc.write_all(b"\n")?;
+        let mut compressor = zstd::bulk::Compressor::new(3)?;
+        compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+        let mut frame = serde_json::to_vec(header).map_err(|e| Error::Protocol(e.to_string()))?;
+        frame.push(b'\n');
+        let uncompressed = frame.len();
         Ok(PartWriter {
-            enc,
+            compressor,
+            frame,
+            body: Vec::new(),
+            frames: Vec::new(),
+            keys: Vec::new(),
             rows: 0,
-            uncompressed: line.len() + 1,
+            uncompressed,
         })
+    }
+
+    fn end_frame(&mut self) -> Result<(), Error> {
+        if !self.frame.is_empty() {
+            let z = self.compressor.compress(&self.frame)?;
+            self.frames.push((self.body.len() as u64, z.len() as u64));
+            self.body.extend_from_slice(&z);
+            self.frame.clear();
+        }
+        Ok(())
+    }
+
+    /// Appends a row line (with its newline); `hash` is its key's.
+    fn push(&mut self, line: &[u8], hash: Option<u64>) -> Result<(), Error> {
+        if self.frame.len() >= crate::segment::FRAME_BYTES {
+            self.end_frame()?;
+        }
+        self.frame.extend_from_slice(line);
+        if let Some(h) = hash {
+            self.keys.push((h, self.frames.len() as u32));
+        }
+        self.rows += 1;
+        self.uncompressed += line.len();
+        Ok(())
     }
 }
 
@@ -213,6 +247,7 @@ pub async fn take(
         tables: Vec::new(),
     };
     let mut schemas = Vec::new();
+    let mut index = crate::index::Builder::default();
     for t in tables {
         let qualified = t.qualified();
         let columns = catalog_columns(&sql, &t.schema, &t.name).await?;
@@ -230,6 +265,12 @@ pub async fn take(
             .await?;
         schemas.push(schema);
         let names: Vec<Arc<str>> = columns.iter().map(|c| Arc::from(c.name.as_str())).collect();
+        let pk: Vec<usize> = columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.primary_key)
+            .map(|(i, _)| i)
+            .collect();
         let select: Vec<String> = columns
             .iter()
             .map(|c| quote::ident(&c.name))
@@ -288,22 +329,27 @@ pub async fn take(
                 for (n, f) in names.iter().zip(fields) {
                     values.push((n.clone(), copy_field(f)?));
                 }
+                let hash = (!pk.is_empty()).then(|| {
+                    let key: Vec<Option<&str>> = pk
+                        .iter()
+                        .map(|i| values.get(*i).and_then(|(_, v)| v.as_deref()))
+                        .collect();
+                    crate::index::key_hash(&qualified, &serde_json::to_vec(&key).unwrap_or_default())
+                });
                 line.clear();
                 serde_json::to_writer(&mut line, &Row(values)).map_err(|e| Error::Protocol(e.to_string()))?;
                 line.push(b'\n');
-                writer.enc.write_all(&line)?;
-                writer.rows += 1;
-                writer.uncompressed += line.len();
+                writer.push(&line, hash)?;
                 if writer.uncompressed >= PART_BYTES {
                     let part = entry.parts.len() as u32;
                     let full = std::mem::replace(&mut writer, PartWriter::new(&header(part + 1))?);
-                    finish_part(store, gen, lsn, &seg, part, full, &mut entry).await?;
+                    finish_part(store, gen, lsn, &seg, part, full, &mut entry, &mut index).await?;
                 }
             }
             carry.drain(..start);
         }
         let part = entry.parts.len() as u32;
-        finish_part(store, gen, lsn, &seg, part, writer, &mut entry).await?;
+        finish_part(store, gen, lsn, &seg, part, writer, &mut entry, &mut index).await?;
         tracing::info!(
             table = qualified,
             rows = entry.rows,
@@ -319,30 +365,52 @@ pub async fn take(
         .put_once(&layout::snapshot_manifest(gen, lsn), to_json(&manifest))
         .await?;
     repl.close().await;
+    // The index is derived data: a failure to write it costs speed, not history.
+    match index.encode(gen) {
+        Ok(bytes) => {
+            if let Err(e) = store.put_once(&crate::index::snapshot_index_key(gen, lsn), bytes).await {
+                tracing::warn!(error = %e, "could not write the snapshot's index; reads fall back to scanning");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not build the snapshot's index"),
+    }
     Ok((manifest, schemas))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn finish_part(
     store: &Store,
     gen: &str,
     lsn: Lsn,
     seg: &str,
     part: u32,
-    w: PartWriter,
+    mut w: PartWriter,
     entry: &mut ManifestTable,
+    index: &mut crate::index::Builder,
 ) -> Result<(), Error> {
+    w.end_frame()?;
     let rows = w.rows;
-    let bytes = bytes::Bytes::from(w.enc.finish()?);
+    let bytes = bytes::Bytes::from(std::mem::take(&mut w.body));
     let key = layout::snapshot_part(gen, lsn, seg, part);
     let sha256 = crate::segment::sha256_hex(&bytes);
     let size = bytes.len() as u64;
     crate::pipeline::put_with_retry(store, &key, bytes, &mut || false).await?;
     entry.rows += rows;
+    index.add(
+        crate::index::Covered {
+            number: part as u64,
+            key: key.clone(),
+            frames: w.frames.clone(),
+        },
+        &w.keys,
+        &[],
+    );
     entry.parts.push(ManifestPart {
         key,
         rows,
         bytes: size,
         sha256,
+        frames: w.frames,
     });
     Ok(())
 }

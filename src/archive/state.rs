@@ -97,6 +97,10 @@ pub struct ManifestPart {
     pub bytes: u64,
     /// SHA-256 (hex) of its bytes.
     pub sha256: String,
+    /// `[offset, length]` of each zstd frame (the first holds the part's
+    /// header line); each decompresses alone.
+    #[serde(default)]
+    pub frames: Vec<(u64, u64)>,
 }
 
 /// The end of a generation's segment chain.

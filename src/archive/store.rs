@@ -18,6 +18,7 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
+    read: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -114,6 +115,7 @@ impl Store {
             inner,
             prefix: Path::from(prefix.trim_matches('/')),
             url: url.to_string(),
+            read: Arc::default(),
         })
     }
 
@@ -123,6 +125,7 @@ impl Store {
             inner,
             prefix: Path::from(prefix.trim_matches('/')),
             url: format!("(object store)/{prefix}"),
+            read: Arc::default(),
         }
     }
 
@@ -165,7 +168,27 @@ impl Store {
     pub async fn get(&self, key: &str) -> Result<Bytes, ArchiveError> {
         let path = self.path(key);
         let r = self.inner.get(&path).await.map_err(|e| ArchiveError::store(key, e))?;
-        r.bytes().await.map_err(|e| ArchiveError::store(key, e))
+        let b = r.bytes().await.map_err(|e| ArchiveError::store(key, e))?;
+        self.read
+            .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(b)
+    }
+
+    /// Reads `range` (byte offsets) of the object at `key`.
+    pub async fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, ArchiveError> {
+        let b = self
+            .inner
+            .get_range(&self.path(key), range)
+            .await
+            .map_err(|e| ArchiveError::store(key, e))?;
+        self.read
+            .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(b)
+    }
+
+    /// Bytes read through this store so far (object bodies and ranges).
+    pub fn bytes_read(&self) -> u64 {
+        self.read.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Reads the object at `key`, or `None` when there is none.

@@ -28,6 +28,12 @@ pub struct HistoryArgs {
     /// Whole rows instead of only what changed.
     #[arg(long)]
     pub full: bool,
+    /// Read every segment instead of using the index (the answer is the same).
+    #[arg(long)]
+    pub scan: bool,
+    /// Print on stderr how much of the archive was read.
+    #[arg(long)]
+    pub stats: bool,
 }
 
 /// Shortens a value for the human form.
@@ -96,7 +102,13 @@ pub async fn run(args: &HistoryArgs) -> anyhow::Result<()> {
         since: args.since,
         until: args.until,
     };
-    let (_, versions) = history::history(&store, &query).await?;
+    let (_, versions, stats) = history::history(&store, &query, !args.scan).await?;
+    if args.stats {
+        eprintln!(
+            "read {} bytes: {} frames through the index, {} segments whole",
+            stats.bytes_read, stats.frames_read, stats.segments_scanned
+        );
+    }
     let mut out = std::io::BufWriter::new(std::io::stdout());
     if args.json {
         for v in &versions {

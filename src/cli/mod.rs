@@ -3,6 +3,7 @@
 mod history;
 mod init;
 mod log;
+mod reindex;
 mod restore;
 mod run;
 mod schema;
@@ -57,6 +58,8 @@ pub enum Command {
     Tables(tables::TablesArgs),
     /// A table's schema versions and what each changed.
     Schema(schema::SchemaArgs),
+    /// Rebuild the index (derived data) from the segments and snapshots.
+    Reindex(reindex::ReindexArgs),
 }
 
 /// Where the source database is: a URL or key=value string, else PG* variables.
@@ -165,6 +168,7 @@ pub fn main() -> ExitCode {
                 Command::History(args) => history::run(args).await,
                 Command::Tables(args) => tables::run(args).await,
                 Command::Schema(args) => schema::run(args).await,
+                Command::Reindex(args) => reindex::run(args).await,
             }
         });
         task.await

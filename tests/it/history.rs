@@ -137,6 +137,45 @@ fn history_follows_a_row_through_updates_toast_a_key_change_delete_and_reinsert(
         serde_json::json!({"from": "id=1", "to": "id=10"})
     );
 
+    // The same without the index, after rebuilding it from nothing, and
+    // through a damaged index object (with a warning).
+    assert_eq!(
+        json_lines(&history(&archive, &["h", "1", "--json", "--scan"])),
+        versions
+    );
+    std::fs::remove_dir_all(std::path::Path::new(&archive).join("index")).expect("drop the index");
+    assert_eq!(
+        json_lines(&history(&archive, &["h", "1", "--json"])),
+        versions,
+        "no index: a scan"
+    );
+    let re = run_within(waly().args(["reindex", "--archive", &archive]), 120);
+    assert!(re.status.success(), "{}", String::from_utf8_lossy(&re.stderr));
+    let indexed = history(&archive, &["h", "1", "--json", "--stats"]);
+    assert_eq!(json_lines(&indexed), versions, "rebuilt index");
+    assert!(
+        String::from_utf8_lossy(&indexed.stderr).contains("0 segments whole"),
+        "the rebuilt index covers every segment: {}",
+        String::from_utf8_lossy(&indexed.stderr)
+    );
+    let seg_index = crate::archive::files_under(&archive, "index")
+        .into_iter()
+        .find(|f| f.starts_with("00000001/segments/"))
+        .expect("a segment index object");
+    let path = std::path::Path::new(&archive).join("index").join(&seg_index);
+    let mut bytes = std::fs::read(&path).expect("read index");
+    for b in bytes.iter_mut().take(64) {
+        *b ^= 0x5a; // the first blocks
+    }
+    std::fs::write(&path, bytes).expect("write index");
+    let damaged = history(&archive, &["h", "1", "--json"]);
+    assert_eq!(json_lines(&damaged), versions, "a damaged index gives the same answer");
+    assert!(
+        String::from_utf8_lossy(&damaged.stderr).contains("index is damaged"),
+        "and says so: {}",
+        String::from_utf8_lossy(&damaged.stderr)
+    );
+
     // The human form says the same, one line per version.
     let text = history(&archive, &["public.h", "1"]);
     let text = String::from_utf8_lossy(&text.stdout).to_string();

@@ -1,0 +1,549 @@
+//! The index: which frames of which objects hold a given row's changes, so
+//! one row's history reads a few small ranges instead of the archive.
+//!
+//! An index object covers some objects of a generation (a run of segments,
+//! or one snapshot's parts). It holds sorted entries `(hash, object, frame)`
+//! where `hash` is [`key_hash`] of a row's table and primary key, and a
+//! second list `(commit LSN, object, frame)` locating `waly` messages. The
+//! entries are cut into blocks (zstd frames) of [`BLOCK_ENTRIES`]; a footer
+//! lists the covered objects with their frames' byte ranges and each block's
+//! first value, offset and length; the last 24 bytes give the footer's
+//! offset and length and a magic. A lookup reads the trailer, the footer
+//! and one block per index object. The index is derived data: `waly
+//! reindex` rebuilds it from the segments, and a reader that finds an object
+//! uncovered, missing or damaged reads the segments themselves.
+
+use crate::archive::Store;
+use crate::Error;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Entries per block.
+pub const BLOCK_ENTRIES: usize = 1024;
+const MAGIC: &[u8; 8] = b"WALYIDX1";
+
+/// FNV-1a (64 bit) of the table name, a NUL, and the key as
+/// [`crate::restore::encode_key`] writes it. Stable across versions and
+/// machines; a collision only costs an extra frame read.
+pub fn key_hash(table: &str, key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in table.as_bytes().iter().chain(&[0u8]).chain(key) {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// [`key_hash`] of a row: its table and the values of its primary-key
+/// columns `pk` (a column the row lacks counts as NULL).
+pub fn row_key_hash(table: &str, pk: &[String], row: &crate::event::Row) -> u64 {
+    let key: Vec<Option<&str>> = pk
+        .iter()
+        .map(|c| row.0.iter().find(|(n, _)| **n == **c).and_then(|(_, v)| v.as_deref()))
+        .collect();
+    key_hash(table, &serde_json::to_vec(&key).unwrap_or_default())
+}
+
+/// An object an index covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Covered {
+    /// Segment number (or snapshot part number).
+    pub number: u64,
+    /// Its key in the archive.
+    pub key: String,
+    /// `[offset, length]` of each frame, from the start of the object.
+    pub frames: Vec<(u64, u64)>,
+}
+
+/// One block of entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    /// Its first value (hash or LSN).
+    pub first: u64,
+    /// Offset in the index object.
+    pub offset: u64,
+    /// Compressed length.
+    pub len: u64,
+}
+
+/// The footer of an index object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Footer {
+    /// Always 1.
+    pub waly_index: u32,
+    /// The generation.
+    pub generation: String,
+    /// The objects covered, in order.
+    pub objects: Vec<Covered>,
+    /// Blocks of `(key hash, object, frame)`.
+    pub key_blocks: Vec<Block>,
+    /// Blocks of `(message commit LSN, object, frame)`.
+    pub message_blocks: Vec<Block>,
+}
+
+/// An entry: a value (hash or LSN), the object's position in `objects`, the frame.
+pub type Entry = (u64, u32, u32);
+
+/// Collects entries for one index object.
+#[derive(Debug, Default)]
+pub struct Builder {
+    objects: Vec<Covered>,
+    keys: Vec<Entry>,
+    messages: Vec<Entry>,
+}
+
+impl Builder {
+    /// Adds an object and its entries (`(value, frame)`).
+    pub fn add(&mut self, object: Covered, keys: &[(u64, u32)], messages: &[(u64, u32)]) {
+        let i = self.objects.len() as u32;
+        self.objects.push(object);
+        self.keys.extend(keys.iter().map(|(h, f)| (*h, i, *f)));
+        self.messages.extend(messages.iter().map(|(l, f)| (*l, i, *f)));
+    }
+
+    /// Adds the entries of an existing index (its objects renumbered).
+    pub fn extend(&mut self, footer: &Footer, keys: &[Entry], messages: &[Entry]) {
+        let base = self.objects.len() as u32;
+        self.objects.extend(footer.objects.iter().cloned());
+        self.keys.extend(keys.iter().map(|(h, o, f)| (*h, o + base, *f)));
+        self.messages
+            .extend(messages.iter().map(|(l, o, f)| (*l, o + base, *f)));
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// The index object's bytes.
+    pub fn encode(mut self, generation: &str) -> Result<Bytes, Error> {
+        let mut c = zstd::bulk::Compressor::new(1)?;
+        c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+        let mut out = Vec::new();
+        let mut blocks = |entries: &mut Vec<Entry>, out: &mut Vec<u8>| -> Result<Vec<Block>, Error> {
+            entries.sort_unstable();
+            entries.dedup();
+            let mut blocks = Vec::new();
+            let mut raw = Vec::with_capacity(BLOCK_ENTRIES * 16);
+            for chunk in entries.chunks(BLOCK_ENTRIES) {
+                raw.clear();
+                for (v, o, f) in chunk {
+                    raw.extend_from_slice(&v.to_le_bytes());
+                    raw.extend_from_slice(&o.to_le_bytes());
+                    raw.extend_from_slice(&f.to_le_bytes());
+                }
+                let z = c.compress(&raw)?;
+                blocks.push(Block {
+                    first: chunk[0].0,
+                    offset: out.len() as u64,
+                    len: z.len() as u64,
+                });
+                out.extend_from_slice(&z);
+            }
+            Ok(blocks)
+        };
+        let key_blocks = blocks(&mut self.keys, &mut out)?;
+        let message_blocks = blocks(&mut self.messages, &mut out)?;
+        let footer = Footer {
+            waly_index: 1,
+            generation: generation.to_string(),
+            objects: self.objects,
+            key_blocks,
+            message_blocks,
+        };
+        let json = serde_json::to_vec(&footer).map_err(|e| Error::Protocol(e.to_string()))?;
+        let z = c.compress(&json)?;
+        let at = out.len() as u64;
+        out.extend_from_slice(&z);
+        out.extend_from_slice(&at.to_le_bytes());
+        out.extend_from_slice(&(z.len() as u64).to_le_bytes());
+        out.extend_from_slice(MAGIC);
+        Ok(Bytes::from(out))
+    }
+}
+
+/// An index object, opened (its footer read).
+#[derive(Debug, Clone)]
+pub struct Index {
+    /// Its key in the archive.
+    pub key: String,
+    /// Its footer.
+    pub footer: Footer,
+}
+
+fn damaged(key: &str, why: impl std::fmt::Display) -> Error {
+    Error::Corrupt {
+        key: key.to_string(),
+        why: format!("index object: {why}"),
+    }
+}
+
+fn decode_block(key: &str, z: &[u8]) -> Result<Vec<Entry>, Error> {
+    let raw = zstd::bulk::decompress(z, BLOCK_ENTRIES * 16).map_err(|e| damaged(key, e))?;
+    if raw.len() % 16 != 0 {
+        return Err(damaged(key, "a block is not whole entries"));
+    }
+    Ok(raw
+        .chunks_exact(16)
+        .map(|e| {
+            let v = u64::from_le_bytes(e[0..8].try_into().unwrap_or_default());
+            let o = u32::from_le_bytes(e[8..12].try_into().unwrap_or_default());
+            let f = u32::from_le_bytes(e[12..16].try_into().unwrap_or_default());
+            (v, o, f)
+        })
+        .collect())
+}
+
+impl Index {
+    /// Reads the trailer and the footer of the index object `key` of `size` bytes.
+    pub async fn open(store: &Store, key: &str, size: u64) -> Result<Index, Error> {
+        if size < 24 {
+            return Err(damaged(key, "too short"));
+        }
+        let t = store.get_range(key, size - 24..size).await?;
+        if &t[16..24] != MAGIC {
+            return Err(damaged(key, "no trailer"));
+        }
+        let at = u64::from_le_bytes(t[0..8].try_into().unwrap_or_default());
+        let len = u64::from_le_bytes(t[8..16].try_into().unwrap_or_default());
+        if at.checked_add(len).is_none_or(|end| end > size - 24) {
+            return Err(damaged(key, "the trailer points outside the object"));
+        }
+        let z = store.get_range(key, at..at + len).await?;
+        let json = zstd::bulk::decompress(&z, 256 << 20).map_err(|e| damaged(key, e))?;
+        let footer: Footer = serde_json::from_slice(&json).map_err(|e| damaged(key, e))?;
+        if footer.waly_index != 1 {
+            return Err(damaged(key, format!("version {}", footer.waly_index)));
+        }
+        Ok(Index {
+            key: key.to_string(),
+            footer,
+        })
+    }
+
+    async fn find(&self, store: &Store, blocks: &[Block], value: u64) -> Result<Vec<(u32, u32)>, Error> {
+        // Blocks whose range can hold `value`: from the last one starting
+        // below it to the last one starting at it (equal values may straddle).
+        let lo = blocks.partition_point(|b| b.first < value).saturating_sub(1);
+        let hi = blocks.partition_point(|b| b.first <= value);
+        let mut out = Vec::new();
+        for b in blocks.get(lo..hi).unwrap_or_default() {
+            let z = store.get_range(&self.key, b.offset..b.offset + b.len).await?;
+            for (v, o, f) in decode_block(&self.key, &z)? {
+                if v == value {
+                    out.push((o, f));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `(object, frame)` of every entry for the row whose key hashes to `hash`.
+    pub async fn lookup_key(&self, store: &Store, hash: u64) -> Result<Vec<(u32, u32)>, Error> {
+        self.find(store, &self.footer.key_blocks, hash).await
+    }
+
+    /// `(object, frame)` of the `waly` messages of the transaction `commit_lsn`.
+    pub async fn lookup_message(&self, store: &Store, commit_lsn: u64) -> Result<Vec<(u32, u32)>, Error> {
+        self.find(store, &self.footer.message_blocks, commit_lsn).await
+    }
+
+    /// Every entry (for merging).
+    pub async fn entries(&self, store: &Store) -> Result<(Vec<Entry>, Vec<Entry>), Error> {
+        let mut keys = Vec::new();
+        for b in &self.footer.key_blocks {
+            keys.extend(decode_block(
+                &self.key,
+                &store.get_range(&self.key, b.offset..b.offset + b.len).await?,
+            )?);
+        }
+        let mut messages = Vec::new();
+        for b in &self.footer.message_blocks {
+            messages.extend(decode_block(
+                &self.key,
+                &store.get_range(&self.key, b.offset..b.offset + b.len).await?,
+            )?);
+        }
+        Ok((keys, messages))
+    }
+}
+
+/// The key of the index object covering segments `first..=last` of `gen`.
+pub fn segments_index_key(gen: &str, first: u64, last: u64) -> String {
+    format!("index/{gen}/segments/{first:010}-{last:010}.idx")
+}
+
+/// The key of the index object of the snapshot at `lsn` in `gen`.
+pub fn snapshot_index_key(gen: &str, lsn: crate::Lsn) -> String {
+    format!("index/{gen}/snapshots/{:016X}.idx", lsn.as_u64())
+}
+
+/// Parses a segment index key into the segments it covers.
+pub fn parse_segments_index_key(key: &str) -> Option<(u64, u64)> {
+    let name = key.rsplit('/').next()?.strip_suffix(".idx")?;
+    let (a, b) = name.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The segment index objects of `gen` that together cover the most
+/// segments without overlapping: `(key, size, first, last)`, in order.
+pub async fn segment_indexes(store: &Store, gen: &str) -> Result<Vec<(String, u64, u64, u64)>, Error> {
+    let mut all: Vec<(String, u64, u64, u64)> = store
+        .list(&format!("index/{gen}/segments"))
+        .await?
+        .into_iter()
+        .filter_map(|(k, size)| parse_segments_index_key(&k).map(|(a, b)| (k, size, a, b)))
+        .filter(|(_, _, a, b)| a <= b)
+        .collect();
+    // Widest first; keep those that do not overlap a kept one.
+    all.sort_by_key(|(_, _, a, b)| (std::cmp::Reverse(b - a), *a));
+    let mut kept: Vec<(String, u64, u64, u64)> = Vec::new();
+    for c in all {
+        if kept.iter().all(|k| c.3 < k.2 || c.2 > k.3) {
+            kept.push(c);
+        }
+    }
+    kept.sort_by_key(|k| k.2);
+    Ok(kept)
+}
+
+/// Merges the segment index objects of `gen` that lie within
+/// `first..=last` into one, if together they cover every segment there; the
+/// merged ones are then deleted. Returns whether it merged.
+pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bool, Error> {
+    let mut parts: Vec<(String, u64, u64, u64)> = store
+        .list(&format!("index/{gen}/segments"))
+        .await?
+        .into_iter()
+        .filter_map(|(k, size)| parse_segments_index_key(&k).map(|(a, b)| (k, size, a, b)))
+        .filter(|(_, _, a, b)| *a >= first && *b <= last)
+        .collect();
+    parts.sort_by_key(|p| (p.2, std::cmp::Reverse(p.3)));
+    // A chain of objects from `first` to `last`, without gaps or overlaps.
+    let mut chain = Vec::new();
+    let mut next = first;
+    for p in parts {
+        if p.2 == next {
+            next = p.3 + 1;
+            chain.push(p);
+        }
+    }
+    if next != last + 1 || chain.len() < 2 {
+        return Ok(false);
+    }
+    let mut b = Builder::default();
+    for (key, size, _, _) in &chain {
+        let idx = Index::open(store, key, *size).await?;
+        let (keys, messages) = idx.entries(store).await?;
+        b.extend(&idx.footer, &keys, &messages);
+    }
+    store
+        .put_once(&segments_index_key(gen, first, last), b.encode(gen)?)
+        .await?;
+    for (key, _, _, _) in &chain {
+        store.delete(key).await?;
+    }
+    Ok(true)
+}
+
+/// What `waly reindex` did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReindexStats {
+    /// Segments indexed.
+    pub segments: u64,
+    /// Snapshots indexed.
+    pub snapshots: u64,
+    /// Index objects written.
+    pub objects: u64,
+}
+
+fn pk_of(schemas: &crate::segment::Schemas, table: &str, version: u32) -> Vec<String> {
+    schemas
+        .version(table, version)
+        .map(|s| {
+            s.columns
+                .iter()
+                .filter(|c| c.primary_key)
+                .map(|c| c.name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Rebuilds every index object from the segments and snapshots: the old
+/// ones are deleted first, then each run of [`crate::pipeline::MERGE_SEGMENTS`]
+/// segments and each snapshot gets one.
+pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
+    use crate::segment::{Record, SegmentReader};
+    let mut stats = ReindexStats::default();
+    for gen in crate::archive::state::generations(store).await? {
+        let st = crate::archive::state::load_generation(store, &gen).await?;
+        for (key, _) in store.list(&format!("index/{gen}")).await? {
+            store.delete(&key).await?;
+        }
+        // Snapshots.
+        for m in &st.manifests {
+            let mut b = Builder::default();
+            for t in &m.tables {
+                let pk = pk_of(&st.schemas, &t.table, t.schema_version);
+                for (n, part) in t.parts.iter().enumerate() {
+                    let bytes = store.get(&part.key).await?;
+                    let frames = if part.frames.is_empty() {
+                        vec![(0, bytes.len() as u64)]
+                    } else {
+                        part.frames.clone()
+                    };
+                    let mut keys = Vec::new();
+                    for (f, (off, len)) in frames.iter().enumerate() {
+                        let z = bytes
+                            .get(*off as usize..(off + len) as usize)
+                            .ok_or_else(|| damaged(&part.key, "a frame lies outside the part"))?;
+                        let text = zstd::decode_all(z).map_err(|e| damaged(&part.key, e))?;
+                        for line in String::from_utf8_lossy(&text).lines() {
+                            if pk.is_empty() || line.starts_with("{\"waly_snapshot_part\"") {
+                                continue;
+                            }
+                            let row: crate::event::Row =
+                                serde_json::from_str(line).map_err(|e| damaged(&part.key, e))?;
+                            keys.push((row_key_hash(&t.table, &pk, &row), f as u32));
+                        }
+                    }
+                    b.add(
+                        Covered {
+                            number: n as u64,
+                            key: part.key.clone(),
+                            frames,
+                        },
+                        &keys,
+                        &[],
+                    );
+                }
+            }
+            if !b.is_empty() {
+                store
+                    .put_once(&snapshot_index_key(&gen, m.lsn), b.encode(&gen)?)
+                    .await?;
+                stats.objects += 1;
+            }
+            stats.snapshots += 1;
+        }
+        // Segments, a run at a time.
+        let segments = crate::archive::state::segments(store, &gen).await?;
+        for run in segments.chunks(crate::pipeline::MERGE_SEGMENTS as usize) {
+            let mut b = Builder::default();
+            for (key, number, _) in run {
+                let bytes = store.get(key).await?;
+                let header = SegmentReader::open(key, &bytes)?.header;
+                let body = zstd::zstd_safe::find_frame_compressed_size(&bytes).map_err(|e| damaged(key, e))? as u64;
+                let frames: Vec<(u64, u64)> = if header.frames.is_empty() {
+                    vec![(body, bytes.len() as u64 - body)]
+                } else {
+                    header.frames.iter().map(|(o, l)| (o + body, *l)).collect()
+                };
+                let mut keys = Vec::new();
+                let mut messages = Vec::new();
+                for (f, (off, len)) in frames.iter().enumerate() {
+                    let z = bytes
+                        .get(*off as usize..(off + len) as usize)
+                        .ok_or_else(|| damaged(key, "a frame lies outside the segment"))?;
+                    let mut r = SegmentReader::frame(key, z)?;
+                    while let Some(rec) = r.next_record(&st.schemas)? {
+                        match rec {
+                            Record::Change(c) => {
+                                let pk = pk_of(&st.schemas, &c.change.table, c.schema_version);
+                                if pk.is_empty() {
+                                    continue;
+                                }
+                                let t = &*c.change.table;
+                                let new = c.change.new.as_ref().map(|r| row_key_hash(t, &pk, r));
+                                let old = c.change.old.as_ref().map(|r| row_key_hash(t, &pk, r));
+                                keys.extend(new.iter().chain(old.iter()).map(|h| (*h, f as u32)));
+                            }
+                            Record::Message(m) => messages.push((m.commit_lsn.as_u64(), f as u32)),
+                            _ => {}
+                        }
+                    }
+                }
+                b.add(
+                    Covered {
+                        number: *number,
+                        key: key.clone(),
+                        frames,
+                    },
+                    &keys,
+                    &messages,
+                );
+                stats.segments += 1;
+            }
+            let (first, last) = (run[0].1, run[run.len() - 1].1);
+            store
+                .put_once(&segments_index_key(&gen, first, last), b.encode(&gen)?)
+                .await?;
+            stats.objects += 1;
+        }
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lookups_find_every_entry_and_only_those() {
+        let store = Store::open("memory://").expect("store");
+        let mut b = Builder::default();
+        for obj in 0..3u64 {
+            let keys: Vec<(u64, u32)> = (0..5000u64)
+                .map(|i| ((i * 7919 + obj) % 3001, (i % 9) as u32))
+                .collect();
+            let msgs: Vec<(u64, u32)> = (0..100u64).map(|i| (obj * 1000 + i, 1)).collect();
+            b.add(
+                Covered {
+                    number: obj,
+                    key: format!("seg{obj}"),
+                    frames: vec![(0, 1)],
+                },
+                &keys,
+                &msgs,
+            );
+        }
+        let bytes = b.encode("00000001").expect("encode");
+        store.put_once("i", bytes.clone()).await.expect("put");
+        let idx = Index::open(&store, "i", bytes.len() as u64).await.expect("open");
+        assert!(idx.footer.key_blocks.len() > 3);
+        for h in [0u64, 1, 2, 1500, 3000] {
+            let mut got = idx.lookup_key(&store, h).await.expect("lookup");
+            got.sort();
+            let mut want: Vec<(u32, u32)> = (0..3u32)
+                .flat_map(|o| {
+                    (0..5000u64)
+                        .filter(move |i| (i * 7919 + o as u64) % 3001 == h)
+                        .map(move |i| (o, (i % 9) as u32))
+                })
+                .collect();
+            want.sort();
+            want.dedup();
+            assert_eq!(got, want, "hash {h}");
+        }
+        assert_eq!(idx.lookup_key(&store, 5000).await.expect("lookup"), vec![]);
+        assert_eq!(idx.lookup_message(&store, 1005).await.expect("lookup"), vec![(1, 1)]);
+        // Damage is an error, not a wrong answer.
+        let mut bad = bytes.to_vec();
+        let at = idx.footer.key_blocks[1].offset as usize + 5;
+        bad[at] ^= 0xff;
+        store.put_once("bad", Bytes::from(bad)).await.expect("put");
+        let bad = Index::open(&store, "bad", bytes.len() as u64)
+            .await
+            .expect("footer intact");
+        let first = bad.footer.key_blocks[1].first;
+        assert!(bad.lookup_key(&store, first).await.is_err());
+    }
+
+    #[test]
+    fn the_hash_is_stable() {
+        assert_eq!(key_hash("public.t", br#"["1"]"#), key_hash("public.t", br#"["1"]"#));
+        assert_ne!(key_hash("public.t", br#"["1"]"#), key_hash("public.u", br#"["1"]"#));
+        assert_eq!(key_hash("", b""), 0xaf63bd4c8601b7df);
+    }
+}
