@@ -64,6 +64,13 @@ say "waly log --archive $ARCHIVE --table users --json"
 "$WALY" log --archive "$ARCHIVE" --table users --json
 say "waly log --archive $ARCHIVE --snapshot --table users   # the base snapshot is not a change; shown on request"
 "$WALY" log --archive "$ARCHIVE" --snapshot --table users | head -3
+say "waly history users 1   # every version of one row: when, which transaction, what changed, why"
+"$WALY" history users 1 --archive "$ARCHIVE"
+say "waly history users 2   # the key changed to 20: the history follows it"
+"$WALY" history users 2 --archive "$ARCHIVE"
+say "waly tables; waly schema users"
+"$WALY" tables --archive "$ARCHIVE"
+"$WALY" schema users --archive "$ARCHIVE"
 say "waly show users --at $BEFORE   # the table as it was"
 "$WALY" show users --archive "$ARCHIVE" --at "$BEFORE"
 say "waly restore users --at $BEFORE --into users_before   # into a new table"

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# History benchmark: one row's history in an archive of >= 10M change events
+# over >= 500 segments, through the index and by a full scan.
+#
+#   bench/history.sh [KEYS] [SCAN_KEYS]   (default 100 keys through the index, 5 by full scan)
+#
+# The archive: pgbench_accounts at scale 10 (1M rows) in the base snapshot,
+# then 10 updates of every row (10M changes), with 2 MiB segments. Reports
+# the median and p99 latency of `waly history pgbench_accounts <aid>`, the
+# bytes each lookup read (also as a fraction of the archive), and the same
+# for a full scan (`--scan`), which reads everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/pg.sh
+KEYS=${1:-100}
+SCAN_KEYS=${2:-5}
+cargo build --release --quiet
+WALY=$PWD/target/release/waly
+DIR=$PWD/.tmp/bench-history
+pg_start "$DIR" fsync=off max_wal_size=4GB
+trap 'pg_stop "$DIR"' EXIT
+createdb bench
+q() { psql -XAtq -d bench -c "$1"; }
+ARCHIVE=$DIR/archive
+rm -rf "$ARCHIVE"
+pgbench -i -q -s 10 bench >/dev/null 2>&1
+q "CREATE PUBLICATION waly FOR TABLE pgbench_accounts"
+"$WALY" run --source "dbname=bench" --archive "$ARCHIVE" --segment-size 2MiB --log warn & pid=$!
+until [ "$(q "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+              WHERE s.slot_name = 'waly' AND r.state IN ('catchup', 'streaming')")" = 1 ]; do sleep 0.2; done
+for i in $(seq 1 10); do
+    q "UPDATE pgbench_accounts SET abalance = abalance + $i"
+done
+end=$(q "SELECT pg_current_wal_insert_lsn()")
+q "DO \$\$ BEGIN
+     WHILE NOT coalesce((SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'waly'), false)
+     LOOP PERFORM pg_sleep(0.2); END LOOP; END \$\$"
+kill -TERM $pid; wait $pid
+TOTAL=$(find "$ARCHIVE" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
+SEGS=$(find "$ARCHIVE/generations" -path '*/segments/*' -type f | wc -l)
+IDX=$(find "$ARCHIVE/index" -type f -printf '%s\n' 2>/dev/null | awk '{s += $1} END {print s + 0}')
+echo "archive: $TOTAL bytes ($IDX of them index), $SEGS segments, 10M changes + a 1M-row snapshot"
+
+lookup() { # KEY FLAGS... -> "seconds bytes"
+    local key=$1; shift
+    local t0 t1
+    t0=$(date +%s.%N)
+    "$WALY" history pgbench_accounts "$key" --archive "$ARCHIVE" --json --stats "$@" >"$DIR/out" 2>"$DIR/err"
+    t1=$(date +%s.%N)
+    [ "$(wc -l <"$DIR/out")" = 11 ] || { echo "key $key: expected 11 versions, got $(wc -l <"$DIR/out")"; cat "$DIR/err"; exit 1; }
+    echo "$(echo "$t1 - $t0" | bc) $(sed -n 's/^read \([0-9]*\) bytes.*/\1/p' "$DIR/err")"
+}
+stats() { # file -> "median p99" of column 1, "median" of column 2
+    sort -g -k1,1 "$1" | awk '{t[NR]=$1; b[NR]=$2} END {
+        m = (NR%2 ? t[(NR+1)/2] : (t[NR/2]+t[NR/2+1])/2); i = int(NR*0.99); if (i < 1) i = 1; if (i > NR) i = NR
+        n = asort(b); mb = (n%2 ? b[(n+1)/2] : (b[n/2]+b[n/2+1])/2)
+        printf "%.3f %.3f %d\n", m, t[i], mb }'
+}
+: >"$DIR/indexed"; : >"$DIR/scanned"
+for k in $(shuf -i 1-1000000 -n "$KEYS" --random-source=<(yes)); do lookup "$k" >>"$DIR/indexed"; done
+for k in $(shuf -i 1-1000000 -n "$SCAN_KEYS" --random-source=<(yes)); do lookup "$k" --scan >>"$DIR/scanned"; done
+read -r im ip ib < <(stats "$DIR/indexed")
+read -r sm sp sb < <(stats "$DIR/scanned")
+awk -v im="$im" -v ip="$ip" -v ib="$ib" -v sm="$sm" -v sp="$sp" -v sb="$sb" -v total="$TOTAL" -v k="$KEYS" -v sk="$SCAN_KEYS" 'BEGIN {
+    printf "index (%d keys):     median %.3f s  p99 %.3f s  read %d bytes per lookup (%.3f%% of the archive)\n", k, im, ip, ib, 100*ib/total
+    printf "full scan (%d keys): median %.3f s  p99 %.3f s  read %d bytes per lookup (%.1f%% of the archive)\n", sk, sm, sp, sb, 100*sb/total
+    printf "ratio: the index reads %.0fx fewer bytes and answers %.1fx faster (medians)\n", sb/ib, sm/im
+}'
