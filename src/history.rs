@@ -460,21 +460,15 @@ async fn indexed_generation(
             Err(e) => tracing::warn!(index = key, error = %e, "the index is damaged; reading its segments instead"),
         }
     }
-    // Which index covers which segment (by the footer, checked against the key).
+    // Which index covers which segment (by the footers).
     let mut covered: BTreeMap<u64, usize> = BTreeMap::new();
     for (i, idx) in indexes.iter().enumerate() {
         for o in &idx.footer.objects {
-            if segments.iter().any(|(k, n, _)| *n == o.number && *k == o.key) {
-                covered.insert(o.number, i);
-            }
+            covered.insert(o.number, i);
         }
     }
     let mut hits: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
     let mut looked: HashSet<u64> = HashSet::new();
-    let frames_of: BTreeMap<u64, Vec<(u64, u64)>> = indexes
-        .iter()
-        .flat_map(|i| i.footer.objects.iter().map(|o| (o.number, o.frames.clone())))
-        .collect();
     let last_complete = st.tail.last_commit.map(|c| c.commit_lsn);
     let mut hwm: Option<(Lsn, u64)> = None;
     let mut txns: BTreeSet<Lsn> = BTreeSet::new();
@@ -534,13 +528,17 @@ async fn indexed_generation(
         }
         // Frame by frame; a key change inside this segment adds frames.
         let mut done: BTreeSet<u32> = BTreeSet::new();
+        let mut frames: Option<Vec<(u64, u64)>> = None;
         loop {
             let next = hits
                 .get(number)
                 .and_then(|fs| fs.iter().find(|f| !done.contains(f)).copied());
             let Some(f) = next else { break };
             done.insert(f);
-            let Some((off, len)) = frames_of.get(number).and_then(|fr| fr.get(f as usize)).copied() else {
+            if frames.is_none() {
+                frames = Some(index::segment_frames(store, key).await?);
+            }
+            let Some((off, len)) = frames.as_ref().and_then(|fr| fr.get(f as usize)).copied() else {
                 continue;
             };
             let z = store.get_range(key, off..off + len).await?;
@@ -590,12 +588,16 @@ async fn indexed_generation(
                 if !seen.insert((obj.number, f)) {
                     continue;
                 }
-                let Some((off, len)) = obj.frames.get(f as usize).copied() else {
+                let Some((seg_key, _, _)) = segments.iter().find(|(_, n, _)| *n == obj.number) else {
                     continue;
                 };
-                let z = store.get_range(&obj.key, off..off + len).await?;
+                let frames = index::segment_frames(store, seg_key).await?;
+                let Some((off, len)) = frames.get(f as usize).copied() else {
+                    continue;
+                };
+                let z = store.get_range(seg_key, off..off + len).await?;
                 stats.frames_read += 1;
-                let mut r = SegmentReader::frame(&obj.key, &z)?;
+                let mut r = SegmentReader::frame(seg_key, &z)?;
                 while let Some(rec) = r.next_record(&st.schemas)? {
                     if let Record::Message(m) = rec {
                         if m.commit_lsn == lsn && !contents.iter().any(|(s, _)| *s == m.seq) {

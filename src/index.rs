@@ -19,11 +19,13 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Entries per block.
-pub const BLOCK_ENTRIES: usize = 1024;
-const MAGIC: &[u8; 8] = b"WALYIDX1";
+pub const BLOCK_ENTRIES: usize = 256;
+/// Block pointers per fence block.
+const FENCE_ENTRIES: usize = 256;
+const MAGIC: &[u8; 8] = b"WALYIDX2";
 
-/// FNV-1a (64 bit) of the table name, a NUL, and the key as
-/// [`crate::restore::encode_key`] writes it. Stable across versions and
+/// The top 32 bits of FNV-1a (64 bit) of the table name, a NUL, and the key
+/// as [`crate::restore::encode_key`] writes it. Stable across versions and
 /// machines; a collision only costs an extra frame read.
 pub fn key_hash(table: &str, key: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -31,7 +33,7 @@ pub fn key_hash(table: &str, key: &[u8]) -> u64 {
         h ^= *b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
-    h
+    h >> 32
 }
 
 /// [`key_hash`] of a row: its table and the values of its primary-key
@@ -47,38 +49,41 @@ pub fn row_key_hash(table: &str, pk: &[String], row: &crate::event::Row) -> u64 
 /// An object an index covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Covered {
-    /// Segment number (or snapshot part number).
+    /// Segment number (or position of the part in the snapshot's manifest).
     pub number: u64,
-    /// Its key in the archive.
+    /// Its key in the archive (empty for segments: they are found by number).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
-    /// `[offset, length]` of each frame, from the start of the object.
+    /// `[offset, length]` of each frame, from the start of the object (empty
+    /// for segments: their header lists them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub frames: Vec<(u64, u64)>,
 }
 
-/// One block of entries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A pointer to a block: its first value, offset and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Block {
     /// Its first value (hash or LSN).
     pub first: u64,
     /// Offset in the index object.
     pub offset: u64,
-    /// Compressed length.
+    /// Length.
     pub len: u64,
 }
 
 /// The footer of an index object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Footer {
-    /// Always 1.
+    /// Always 2.
     pub waly_index: u32,
     /// The generation.
     pub generation: String,
     /// The objects covered, in order.
     pub objects: Vec<Covered>,
-    /// Blocks of `(key hash, object, frame)`.
-    pub key_blocks: Vec<Block>,
-    /// Blocks of `(message commit LSN, object, frame)`.
-    pub message_blocks: Vec<Block>,
+    /// Fence blocks over the blocks of `(key hash, object, frame)`.
+    pub key_fences: Vec<Block>,
+    /// Fence blocks over the blocks of `(message commit LSN, object, frame)`.
+    pub message_fences: Vec<Block>,
 }
 
 /// An entry: a value (hash or LSN), the object's position in `objects`, the frame.
@@ -90,6 +95,27 @@ pub struct Builder {
     objects: Vec<Covered>,
     keys: Vec<Entry>,
     messages: Vec<Entry>,
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*at)?;
+        *at += 1;
+        v |= ((byte & 0x7f) as u64) << shift;
+        if byte < 0x80 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 impl Builder {
@@ -115,22 +141,25 @@ impl Builder {
         self.objects.is_empty()
     }
 
-    /// The index object's bytes.
+    /// The index object's bytes: data blocks, fence blocks, footer, trailer.
     pub fn encode(mut self, generation: &str) -> Result<Bytes, Error> {
         let mut c = zstd::bulk::Compressor::new(1)?;
         c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
         let mut out = Vec::new();
-        let mut blocks = |entries: &mut Vec<Entry>, out: &mut Vec<u8>| -> Result<Vec<Block>, Error> {
+        let mut section = |entries: &mut Vec<Entry>, out: &mut Vec<u8>| -> Result<Vec<Block>, Error> {
             entries.sort_unstable();
             entries.dedup();
             let mut blocks = Vec::new();
-            let mut raw = Vec::with_capacity(BLOCK_ENTRIES * 16);
+            let mut raw = Vec::with_capacity(BLOCK_ENTRIES * 8);
             for chunk in entries.chunks(BLOCK_ENTRIES) {
                 raw.clear();
+                let mut prev = chunk[0].0;
+                raw.extend_from_slice(&prev.to_le_bytes());
                 for (v, o, f) in chunk {
-                    raw.extend_from_slice(&v.to_le_bytes());
-                    raw.extend_from_slice(&o.to_le_bytes());
-                    raw.extend_from_slice(&f.to_le_bytes());
+                    put_varint(&mut raw, v - prev);
+                    put_varint(&mut raw, *o as u64);
+                    put_varint(&mut raw, *f as u64);
+                    prev = *v;
                 }
                 let z = c.compress(&raw)?;
                 blocks.push(Block {
@@ -140,16 +169,32 @@ impl Builder {
                 });
                 out.extend_from_slice(&z);
             }
-            Ok(blocks)
+            let mut fences = Vec::new();
+            for chunk in blocks.chunks(FENCE_ENTRIES) {
+                raw.clear();
+                for b in chunk {
+                    raw.extend_from_slice(&b.first.to_le_bytes());
+                    raw.extend_from_slice(&b.offset.to_le_bytes());
+                    raw.extend_from_slice(&b.len.to_le_bytes());
+                }
+                let z = c.compress(&raw)?;
+                fences.push(Block {
+                    first: chunk[0].first,
+                    offset: out.len() as u64,
+                    len: z.len() as u64,
+                });
+                out.extend_from_slice(&z);
+            }
+            Ok(fences)
         };
-        let key_blocks = blocks(&mut self.keys, &mut out)?;
-        let message_blocks = blocks(&mut self.messages, &mut out)?;
+        let key_fences = section(&mut self.keys, &mut out)?;
+        let message_fences = section(&mut self.messages, &mut out)?;
         let footer = Footer {
-            waly_index: 1,
+            waly_index: 2,
             generation: generation.to_string(),
             objects: self.objects,
-            key_blocks,
-            message_blocks,
+            key_fences,
+            message_fences,
         };
         let json = serde_json::to_vec(&footer).map_err(|e| Error::Protocol(e.to_string()))?;
         let z = c.compress(&json)?;
@@ -179,19 +224,42 @@ fn damaged(key: &str, why: impl std::fmt::Display) -> Error {
 }
 
 fn decode_block(key: &str, z: &[u8]) -> Result<Vec<Entry>, Error> {
-    let raw = zstd::bulk::decompress(z, BLOCK_ENTRIES * 16).map_err(|e| damaged(key, e))?;
-    if raw.len() % 16 != 0 {
-        return Err(damaged(key, "a block is not whole entries"));
+    let raw = zstd::bulk::decompress(z, BLOCK_ENTRIES * 32 + 8).map_err(|e| damaged(key, e))?;
+    let bad = || damaged(key, "a block does not decode");
+    let mut prev = u64::from_le_bytes(raw.get(0..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    let mut at = 8;
+    let mut out = Vec::new();
+    while at < raw.len() {
+        let v = prev + get_varint(&raw, &mut at).ok_or_else(bad)?;
+        let o = get_varint(&raw, &mut at).ok_or_else(bad)? as u32;
+        let f = get_varint(&raw, &mut at).ok_or_else(bad)? as u32;
+        out.push((v, o, f));
+        prev = v;
+    }
+    Ok(out)
+}
+
+fn decode_fences(key: &str, z: &[u8]) -> Result<Vec<Block>, Error> {
+    let raw = zstd::bulk::decompress(z, FENCE_ENTRIES * 24).map_err(|e| damaged(key, e))?;
+    if raw.len() % 24 != 0 {
+        return Err(damaged(key, "a fence block is not whole pointers"));
     }
     Ok(raw
-        .chunks_exact(16)
-        .map(|e| {
-            let v = u64::from_le_bytes(e[0..8].try_into().unwrap_or_default());
-            let o = u32::from_le_bytes(e[8..12].try_into().unwrap_or_default());
-            let f = u32::from_le_bytes(e[12..16].try_into().unwrap_or_default());
-            (v, o, f)
+        .chunks_exact(24)
+        .map(|e| Block {
+            first: u64::from_le_bytes(e[0..8].try_into().unwrap_or_default()),
+            offset: u64::from_le_bytes(e[8..16].try_into().unwrap_or_default()),
+            len: u64::from_le_bytes(e[16..24].try_into().unwrap_or_default()),
         })
         .collect())
+}
+
+/// The pointers whose range can hold `value`: from the last one starting
+/// below it to the last one starting at it (equal values may straddle).
+fn candidates(blocks: &[Block], value: u64) -> &[Block] {
+    let lo = blocks.partition_point(|b| b.first < value).saturating_sub(1);
+    let hi = blocks.partition_point(|b| b.first <= value);
+    blocks.get(lo..hi).unwrap_or_default()
 }
 
 impl Index {
@@ -202,7 +270,7 @@ impl Index {
         }
         let t = store.get_range(key, size - 24..size).await?;
         if &t[16..24] != MAGIC {
-            return Err(damaged(key, "no trailer"));
+            return Err(damaged(key, "no trailer (or another format)"));
         }
         let at = u64::from_le_bytes(t[0..8].try_into().unwrap_or_default());
         let len = u64::from_le_bytes(t[8..16].try_into().unwrap_or_default());
@@ -212,7 +280,7 @@ impl Index {
         let z = store.get_range(key, at..at + len).await?;
         let json = zstd::bulk::decompress(&z, 256 << 20).map_err(|e| damaged(key, e))?;
         let footer: Footer = serde_json::from_slice(&json).map_err(|e| damaged(key, e))?;
-        if footer.waly_index != 1 {
+        if footer.waly_index != 2 {
             return Err(damaged(key, format!("version {}", footer.waly_index)));
         }
         Ok(Index {
@@ -221,13 +289,16 @@ impl Index {
         })
     }
 
-    async fn find(&self, store: &Store, blocks: &[Block], value: u64) -> Result<Vec<(u32, u32)>, Error> {
-        // Blocks whose range can hold `value`: from the last one starting
-        // below it to the last one starting at it (equal values may straddle).
-        let lo = blocks.partition_point(|b| b.first < value).saturating_sub(1);
-        let hi = blocks.partition_point(|b| b.first <= value);
+    async fn find(&self, store: &Store, fences: &[Block], value: u64) -> Result<Vec<(u32, u32)>, Error> {
+        let mut blocks = Vec::new();
+        for f in candidates(fences, value) {
+            let z = store.get_range(&self.key, f.offset..f.offset + f.len).await?;
+            let inner = decode_fences(&self.key, &z)?;
+            blocks.extend_from_slice(candidates(&inner, value));
+        }
+        blocks.dedup();
         let mut out = Vec::new();
-        for b in blocks.get(lo..hi).unwrap_or_default() {
+        for b in blocks {
             let z = store.get_range(&self.key, b.offset..b.offset + b.len).await?;
             for (v, o, f) in decode_block(&self.key, &z)? {
                 if v == value {
@@ -240,31 +311,32 @@ impl Index {
 
     /// `(object, frame)` of every entry for the row whose key hashes to `hash`.
     pub async fn lookup_key(&self, store: &Store, hash: u64) -> Result<Vec<(u32, u32)>, Error> {
-        self.find(store, &self.footer.key_blocks, hash).await
+        self.find(store, &self.footer.key_fences, hash).await
     }
 
     /// `(object, frame)` of the `waly` messages of the transaction `commit_lsn`.
     pub async fn lookup_message(&self, store: &Store, commit_lsn: u64) -> Result<Vec<(u32, u32)>, Error> {
-        self.find(store, &self.footer.message_blocks, commit_lsn).await
+        self.find(store, &self.footer.message_fences, commit_lsn).await
+    }
+
+    async fn section(&self, store: &Store, fences: &[Block]) -> Result<Vec<Entry>, Error> {
+        let mut out = Vec::new();
+        for f in fences {
+            let z = store.get_range(&self.key, f.offset..f.offset + f.len).await?;
+            for b in decode_fences(&self.key, &z)? {
+                let z = store.get_range(&self.key, b.offset..b.offset + b.len).await?;
+                out.extend(decode_block(&self.key, &z)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Every entry (for merging).
     pub async fn entries(&self, store: &Store) -> Result<(Vec<Entry>, Vec<Entry>), Error> {
-        let mut keys = Vec::new();
-        for b in &self.footer.key_blocks {
-            keys.extend(decode_block(
-                &self.key,
-                &store.get_range(&self.key, b.offset..b.offset + b.len).await?,
-            )?);
-        }
-        let mut messages = Vec::new();
-        for b in &self.footer.message_blocks {
-            messages.extend(decode_block(
-                &self.key,
-                &store.get_range(&self.key, b.offset..b.offset + b.len).await?,
-            )?);
-        }
-        Ok((keys, messages))
+        Ok((
+            self.section(store, &self.footer.key_fences).await?,
+            self.section(store, &self.footer.message_fences).await?,
+        ))
     }
 }
 
@@ -305,6 +377,26 @@ pub async fn segment_indexes(store: &Store, gen: &str) -> Result<Vec<(String, u6
     }
     kept.sort_by_key(|k| k.2);
     Ok(kept)
+}
+
+/// `[offset, length]` of the record frames of segment `key`, from the start
+/// of the object, read from its header (the first bytes only).
+pub async fn segment_frames(store: &Store, key: &str) -> Result<Vec<(u64, u64)>, Error> {
+    let mut want = 4096u64;
+    loop {
+        let head = store.get_range(key, 0..want).await?;
+        let got = head.len() as u64;
+        match zstd::zstd_safe::find_frame_compressed_size(&head) {
+            Ok(n) if n as u64 <= got => {
+                let json = zstd::decode_all(&head[..n]).map_err(|e| damaged(key, e))?;
+                let header: crate::segment::SegmentHeader =
+                    serde_json::from_slice(&json).map_err(|e| damaged(key, e))?;
+                return Ok(header.frames.iter().map(|(o, l)| (o + n as u64, *l)).collect());
+            }
+            _ if got < want => return Err(damaged(key, "the segment header does not decode")),
+            _ => want *= 4,
+        }
+    }
 }
 
 /// Merges the segment index objects of `gen` that lie within
@@ -467,8 +559,8 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                 b.add(
                     Covered {
                         number: *number,
-                        key: key.clone(),
-                        frames,
+                        key: String::new(),
+                        frames: Vec::new(),
                     },
                     &keys,
                     &messages,
@@ -511,7 +603,7 @@ mod tests {
         let bytes = b.encode("00000001").expect("encode");
         store.put_once("i", bytes.clone()).await.expect("put");
         let idx = Index::open(&store, "i", bytes.len() as u64).await.expect("open");
-        assert!(idx.footer.key_blocks.len() > 3);
+        assert!(!idx.footer.key_fences.is_empty());
         for h in [0u64, 1, 2, 1500, 3000] {
             let mut got = idx.lookup_key(&store, h).await.expect("lookup");
             got.sort();
@@ -530,20 +622,20 @@ mod tests {
         assert_eq!(idx.lookup_message(&store, 1005).await.expect("lookup"), vec![(1, 1)]);
         // Damage is an error, not a wrong answer.
         let mut bad = bytes.to_vec();
-        let at = idx.footer.key_blocks[1].offset as usize + 5;
-        bad[at] ^= 0xff;
+        for b in bad.iter_mut().take(40) {
+            *b ^= 0xff; // the first data blocks
+        }
         store.put_once("bad", Bytes::from(bad)).await.expect("put");
         let bad = Index::open(&store, "bad", bytes.len() as u64)
             .await
             .expect("footer intact");
-        let first = bad.footer.key_blocks[1].first;
-        assert!(bad.lookup_key(&store, first).await.is_err());
+        assert!(bad.lookup_key(&store, 0).await.is_err());
     }
 
     #[test]
     fn the_hash_is_stable() {
         assert_eq!(key_hash("public.t", br#"["1"]"#), key_hash("public.t", br#"["1"]"#));
         assert_ne!(key_hash("public.t", br#"["1"]"#), key_hash("public.u", br#"["1"]"#));
-        assert_eq!(key_hash("", b""), 0xaf63bd4c8601b7df);
+        assert_eq!(key_hash("", b""), 0xaf63bd4c);
     }
 }

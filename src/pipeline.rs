@@ -186,8 +186,9 @@ struct Writer<'a> {
     pk: HashMap<String, (u32, Vec<String>)>,
 }
 
-/// Segments whose index objects `waly run` merges into one.
-pub const MERGE_SEGMENTS: u64 = 64;
+/// The most segments one index object covers: `waly run` merges the index
+/// objects of each 16 segments into one, and those of each 128.
+pub const MERGE_SEGMENTS: u64 = 128;
 
 impl Writer<'_> {
     /// Notes the change's row key(s) for the segment's index.
@@ -226,18 +227,13 @@ impl Writer<'_> {
     /// Writes the index object of segment `number` (just stored), and every
     /// [`MERGE_SEGMENTS`] segments merges the last ones' into one. The index
     /// is derived data: failures are logged, and readers scan instead.
-    async fn write_index(&mut self, number: u64, key: &str, sealed: &crate::segment::SealedSegment) {
+    async fn write_index(&mut self, number: u64, sealed: &crate::segment::SealedSegment) {
         let mut b = crate::index::Builder::default();
         b.add(
             crate::index::Covered {
                 number,
-                key: key.to_string(),
-                frames: sealed
-                    .header
-                    .frames
-                    .iter()
-                    .map(|(o, l)| (o + sealed.body_offset, *l))
-                    .collect(),
+                key: String::new(),
+                frames: Vec::new(),
             },
             &sealed.key_entries,
             &sealed.message_entries,
@@ -254,9 +250,13 @@ impl Writer<'_> {
             tracing::warn!(segment = number, error = %e, "could not write the segment's index; reads fall back to scanning it");
             return;
         }
-        if (number + 1) % MERGE_SEGMENTS == 0 {
-            if let Err(e) = crate::index::merge(self.store, &self.gen.id, number + 1 - MERGE_SEGMENTS, number).await {
-                tracing::warn!(error = %e, "could not merge the index; lookups read more objects until `waly reindex`");
+        // Merge 16 into one, then 16 of those into one: few objects to
+        // consult per lookup, each merge bounded.
+        for span in [16, MERGE_SEGMENTS] {
+            if (number + 1) % span == 0 {
+                if let Err(e) = crate::index::merge(self.store, &self.gen.id, number + 1 - span, number).await {
+                    tracing::warn!(error = %e, "could not merge the index; lookups read more objects until `waly reindex`");
+                }
             }
         }
     }
@@ -288,7 +288,7 @@ impl Writer<'_> {
             bytes = sealed.bytes.len(),
             "segment archived"
         );
-        self.write_index(number, &key, &sealed).await;
+        self.write_index(number, &sealed).await;
         self.gen.tail.next_number = number + 1;
         self.gen.tail.prev_sha256 = Some(sealed.sha256.clone());
         if let Some(c) = sealed.header.last_commit {
