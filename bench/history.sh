@@ -36,10 +36,11 @@ q "DO \$\$ BEGIN
      WHILE NOT coalesce((SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'waly'), false)
      LOOP PERFORM pg_sleep(0.2); END LOOP; END \$\$"
 kill -TERM $pid; wait $pid
-TOTAL=$(find "$ARCHIVE" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
+# The archive proper (segments and snapshots); the index is derived and counted apart.
+TOTAL=$(find "$ARCHIVE/generations" "$ARCHIVE/waly.json" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
 SEGS=$(find "$ARCHIVE/generations" -path '*/segments/*' -type f | wc -l)
 IDX=$(find "$ARCHIVE/index" -type f -printf '%s\n' 2>/dev/null | awk '{s += $1} END {print s + 0}')
-echo "archive: $TOTAL bytes ($IDX of them index), $SEGS segments, 10M changes + a 1M-row snapshot"
+echo "archive: $TOTAL bytes in $SEGS segments and a snapshot (10M changes + 1M rows); index: $IDX bytes more"
 
 lookup() { # KEY FLAGS... -> "seconds bytes"
     local key=$1; shift
@@ -50,11 +51,12 @@ lookup() { # KEY FLAGS... -> "seconds bytes"
     [ "$(wc -l <"$DIR/out")" = 11 ] || { echo "key $key: expected 11 versions, got $(wc -l <"$DIR/out")"; cat "$DIR/err"; exit 1; }
     echo "$(echo "$t1 - $t0" | bc) $(sed -n 's/^read \([0-9]*\) bytes.*/\1/p' "$DIR/err")"
 }
-stats() { # file -> "median p99" of column 1, "median" of column 2
-    sort -g -k1,1 "$1" | awk '{t[NR]=$1; b[NR]=$2} END {
-        m = (NR%2 ? t[(NR+1)/2] : (t[NR/2]+t[NR/2+1])/2); i = int(NR*0.99); if (i < 1) i = 1; if (i > NR) i = NR
-        n = asort(b); mb = (n%2 ? b[(n+1)/2] : (b[n/2]+b[n/2+1])/2)
-        printf "%.3f %.3f %d\n", m, t[i], mb }'
+stats() { # file -> "median p99" of column 1 (seconds), median of column 2 (bytes)
+    local t b
+    t=$(cut -d' ' -f1 "$1" | sort -g | awk '{a[NR]=$1} END {i = int(NR*0.99 + 0.5); if (i < 1) i = 1
+        printf "%s %s", (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2), a[i]}')
+    b=$(cut -d' ' -f2 "$1" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}')
+    echo "$t $b"
 }
 : >"$DIR/indexed"; : >"$DIR/scanned"
 for k in $(shuf -i 1-1000000 -n "$KEYS" --random-source=<(yes)); do lookup "$k" >>"$DIR/indexed"; done
