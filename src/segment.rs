@@ -424,7 +424,7 @@ impl Run {
 /// Uncompressed bytes after which a segment's body starts a new zstd frame
 /// (at a record boundary): a reader can then fetch and decompress one frame
 /// of a segment alone.
-pub const FRAME_BYTES: usize = 256 * 1024;
+pub const FRAME_BYTES: usize = 1024 * 1024;
 
 /// Collects records into the next segment, compressing a frame at a time.
 pub struct SegmentBuilder {
@@ -1146,13 +1146,13 @@ mod tests {
     fn a_large_segment_is_frames_that_each_read_alone() {
         let mut b = SegmentBuilder::new().expect("builder");
         let mut all = Vec::new();
-        for i in 0..6000u64 {
+        for i in 0..24000u64 {
             let r = change(100, i, 100 + i * 10, Op::Insert);
             b.push(&r).expect("push");
             b.note_key(i % 7);
             all.push(r);
         }
-        all.push(commit(100, 6000));
+        all.push(commit(100, 24000));
         b.push(all.last().expect("commit")).expect("push");
         let sealed = b.seal("00000001", 0, None).expect("seal");
         let frames = sealed.header.frames.clone();
@@ -1170,6 +1170,7 @@ mod tests {
         let last_frame = frames.len() as u32 - 1;
         assert!(sealed.key_entries.iter().any(|(_, f)| *f == last_frame));
         assert!(sealed.key_entries.iter().all(|(h, _)| *h < 7));
+        assert_eq!(FRAME_BYTES, 1 << 20, "the test's sizes assume 1 MiB frames");
     }
 
     #[test]
