@@ -355,6 +355,23 @@ pub async fn history(
 }
 
 /// One generation, read through its index where it has one.
+/// `(segment, frame)` of every entry for `hash`, asking every index object
+/// at once (an object store answers many small reads in parallel).
+async fn lookup_all(store: &Store, indexes: &[crate::index::Index], hash: u64) -> Result<Vec<(u64, u32)>, String> {
+    let found = futures_util::future::join_all(indexes.iter().map(|i| i.lookup_key(store, hash))).await;
+    let mut out = Vec::new();
+    for (idx, r) in indexes.iter().zip(found) {
+        match r {
+            Ok(hits) => out.extend(
+                hits.into_iter()
+                    .filter_map(|(o, f)| idx.footer.objects.get(o as usize).map(|obj| (obj.number, f))),
+            ),
+            Err(e) => return Err(format!("the index is damaged ({}: {e})", idx.key)),
+        }
+    }
+    Ok(out)
+}
+
 /// `Ok(Err(why))` when an index object turned out damaged part-way.
 async fn indexed_generation(
     store: &Store,
@@ -453,8 +470,11 @@ async fn indexed_generation(
     // The segments: through the index where covered, whole where not.
     let segments = state::segments(store, gen).await?;
     let mut indexes: Vec<Index> = Vec::new();
-    for (key, size, _, _) in index::segment_indexes(store, gen).await? {
-        match Index::open(store, &key, size).await {
+    let listed = index::segment_indexes(store, gen).await?;
+    let opened =
+        futures_util::future::join_all(listed.iter().map(|(key, size, _, _)| Index::open(store, key, *size))).await;
+    for ((key, _, _, _), r) in listed.iter().zip(opened) {
+        match r {
             Ok(i) => indexes.push(i),
             // Its segments are then read whole.
             Err(e) => tracing::warn!(index = key, error = %e, "the index is damaged; reading its segments instead"),
@@ -476,17 +496,11 @@ async fn indexed_generation(
         // Look up every key followed so far (a key change adds one).
         let h = t.current_hash();
         if looked.insert(h) {
-            for idx in &indexes {
-                match idx.lookup_key(store, h).await {
-                    Ok(found) => {
-                        for (o, f) in found {
-                            if let Some(obj) = idx.footer.objects.get(o as usize) {
-                                hits.entry(obj.number).or_default().insert(f);
-                            }
-                        }
-                    }
-                    Err(e) => return Ok(Err(damaged(&idx.key, &e))),
-                }
+            match lookup_all(store, &indexes, h).await {
+                Ok(found) => found.into_iter().for_each(|(n, f)| {
+                    hits.entry(n).or_default().insert(f);
+                }),
+                Err(why) => return Ok(Err(why)),
             }
         }
         let whole = !covered.contains_key(number);
@@ -546,16 +560,11 @@ async fn indexed_generation(
             feed(&z, true, t)?;
             let h = t.current_hash();
             if looked.insert(h) {
-                for idx in &indexes {
-                    let found = match idx.lookup_key(store, h).await {
-                        Ok(f) => f,
-                        Err(e) => return Ok(Err(damaged(&idx.key, &e))),
-                    };
-                    for (o, f) in found {
-                        if let Some(obj) = idx.footer.objects.get(o as usize) {
-                            hits.entry(obj.number).or_default().insert(f);
-                        }
-                    }
+                match lookup_all(store, &indexes, h).await {
+                    Ok(found) => found.into_iter().for_each(|(n, f)| {
+                        hits.entry(n).or_default().insert(f);
+                    }),
+                    Err(why) => return Ok(Err(why)),
                 }
             }
         }
