@@ -34,6 +34,7 @@ pub mod segment;
 pub mod snapshot;
 pub mod source;
 pub mod tail;
+pub mod verify;
 
 pub use error::Error;
 pub use lsn::Lsn;

@@ -10,6 +10,7 @@ mod schema;
 mod show;
 mod tables;
 mod tail;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -60,6 +61,8 @@ pub enum Command {
     Schema(schema::SchemaArgs),
     /// Rebuild the index (derived data) from the segments and snapshots.
     Reindex(reindex::ReindexArgs),
+    /// Check that the archive is whole and untouched (exit 0 clean, 1 problems, 2 could not run).
+    Verify(verify::VerifyArgs),
 }
 
 /// Where the source database is: a URL or key=value string, else PG* variables.
@@ -158,27 +161,34 @@ pub fn main() -> ExitCode {
     let command = cli.command;
     let result = runtime.block_on(async move {
         let task = tokio::spawn(async move {
+            let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS).map_err(|e| (e, 1u8));
             match &command {
-                Command::Tail(args) => tail::run(args).await,
-                Command::Init(args) => init::run(args).await,
-                Command::Run(args) => run::run(args).await,
-                Command::Log(args) => log::run(args).await,
-                Command::Restore(args) => restore::run(args).await,
-                Command::Show(args) => show::run(args).await,
-                Command::History(args) => history::run(args).await,
-                Command::Tables(args) => tables::run(args).await,
-                Command::Schema(args) => schema::run(args).await,
-                Command::Reindex(args) => reindex::run(args).await,
+                Command::Tail(args) => done(tail::run(args).await),
+                Command::Init(args) => done(init::run(args).await),
+                Command::Run(args) => done(run::run(args).await),
+                Command::Log(args) => done(log::run(args).await),
+                Command::Restore(args) => done(restore::run(args).await),
+                Command::Show(args) => done(show::run(args).await),
+                Command::History(args) => done(history::run(args).await),
+                Command::Tables(args) => done(tables::run(args).await),
+                Command::Schema(args) => done(schema::run(args).await),
+                Command::Reindex(args) => done(reindex::run(args).await),
+                // 0 clean, 1 problems found, 2 could not run.
+                Command::Verify(args) => match verify::run(args).await {
+                    Ok(true) => Ok(ExitCode::SUCCESS),
+                    Ok(false) => Ok(ExitCode::from(1)),
+                    Err(e) => Err((e, 2)),
+                },
             }
         });
         task.await
-            .unwrap_or_else(|e| Err(anyhow::anyhow!("the command's task failed: {e}")))
+            .unwrap_or_else(|e| Err((anyhow::anyhow!("the command's task failed: {e}"), 1)))
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Ok(code) => code,
+        Err((e, code)) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
 }

@@ -12,6 +12,7 @@ mod restore;
 mod s3;
 mod stream;
 mod tail_cli;
+mod verify;
 
 use harness::TestDb;
 use std::time::Duration;

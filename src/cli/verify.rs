@@ -1,0 +1,50 @@
+//! `waly verify`: check the archive; exit 0 clean, 1 problems, 2 could not run.
+
+use super::ArchiveArgs;
+use std::io::Write;
+
+/// Prove the archive whole and untouched, or name what is not (exit 0 clean, 1 problems, 2 could not run).
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+    /// The report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Whether the archive is clean.
+pub async fn run(args: &VerifyArgs) -> anyhow::Result<bool> {
+    let store = args.archive.open()?;
+    let report = crate::verify::verify(&store).await?;
+    let mut out = std::io::stdout();
+    if args.json {
+        serde_json::to_writer(
+            &mut out,
+            &serde_json::json!({"clean": report.clean(), "report": report}),
+        )?;
+        writeln!(out)?;
+    } else {
+        for p in &report.problems {
+            writeln!(
+                out,
+                "{}: {} {}: {}",
+                if p.harmless { "note" } else { "PROBLEM" },
+                serde_json::to_value(p.kind)?.as_str().unwrap_or_default(),
+                p.object,
+                p.detail
+            )?;
+        }
+        writeln!(
+            out,
+            "{}: {} generation(s), {} segment(s), {} snapshot(s); {} problem(s), {} harmless note(s)",
+            if report.clean() { "clean" } else { "NOT CLEAN" },
+            report.generations,
+            report.segments,
+            report.snapshots,
+            report.problems.iter().filter(|p| !p.harmless).count(),
+            report.problems.iter().filter(|p| p.harmless).count()
+        )?;
+    }
+    Ok(report.clean())
+}

@@ -1,0 +1,380 @@
+//! `waly verify`: proves the archive whole and untouched, or names what is not.
+//!
+//! For each generation: every segment decompresses with its zstd checksums
+//! and holds the records its header promises; segment numbers run from 0
+//! without holes; each header matches its object key and generation; each
+//! segment carries the SHA-256 of the one before it; commit LSNs never go
+//! backwards; every transaction has its commit marker (a trailing or
+//! abandoned partial one is harmless and said so); every snapshot has its
+//! manifest and every part the manifest lists, with its SHA-256; index
+//! objects (derived data) cover only segments that exist.
+
+use crate::archive::{layout, state, Store};
+use crate::segment::{sha256_hex, Record, SegmentReader};
+use crate::{Error, Lsn};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What is wrong with an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// An object that should be there is not.
+    Missing,
+    /// An object's bytes are not what was written.
+    Altered,
+    /// Objects are out of their order.
+    Reordered,
+    /// An object that was never part of the chain.
+    Inserted,
+    /// An object cut short.
+    Truncated,
+    /// A transaction without its commit marker (harmless: it never counted).
+    OrphanPartial,
+    /// A snapshot whose manifest was never written, made obsolete by a later one (harmless).
+    AbandonedSnapshot,
+    /// An index object that does not match the segments (harmless: derived; `waly reindex`).
+    StaleIndex,
+}
+
+/// One problem, by object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The object's key (or, for a missing segment, its number's place).
+    pub object: String,
+    /// What is wrong.
+    pub kind: Kind,
+    /// Details.
+    pub detail: String,
+    /// Whether it leaves history intact.
+    pub harmless: bool,
+}
+
+/// What `verify` saw.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Generations checked.
+    pub generations: u64,
+    /// Segments checked.
+    pub segments: u64,
+    /// Snapshots checked.
+    pub snapshots: u64,
+    /// Problems, in the order found.
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    fn add(&mut self, object: impl Into<String>, kind: Kind, detail: impl Into<String>) {
+        let harmless = matches!(kind, Kind::OrphanPartial | Kind::AbandonedSnapshot | Kind::StaleIndex);
+        self.problems.push(Problem {
+            object: object.into(),
+            kind,
+            detail: detail.into(),
+            harmless,
+        });
+    }
+
+    /// Whether anything harmful was found.
+    pub fn clean(&self) -> bool {
+        self.problems.iter().all(|p| p.harmless)
+    }
+}
+
+/// Walks the whole archive.
+pub async fn verify(store: &Store) -> Result<Report, Error> {
+    let mut report = Report::default();
+    if state::read_identity(store).await?.is_none() {
+        return Err(Error::ArchiveMismatch(format!(
+            "{} is not a waly archive (no waly.json); check --archive",
+            store.url()
+        )));
+    }
+    for gen in state::generations(store).await? {
+        report.generations += 1;
+        let st = state::load_generation(store, &gen).await?;
+        segments(store, &gen, &st, &mut report).await?;
+        snapshots(store, &gen, &st, &mut report).await?;
+        indexes(store, &gen, &mut report).await?;
+    }
+    Ok(report)
+}
+
+async fn segments(store: &Store, gen: &str, st: &state::GenState, report: &mut Report) -> Result<(), Error> {
+    let list = state::segments(store, gen).await?;
+    // Several objects with one number: all but one were inserted.
+    let mut by_number: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (key, n, _) in &list {
+        by_number.entry(*n).or_default().push(key.clone());
+    }
+    let last = by_number.keys().next_back().copied();
+    // Objects in chain order, read; their SHA-256.
+    let mut read: Vec<(u64, String, Option<crate::segment::SegmentHeader>, String)> = Vec::new();
+    for (n, keys) in &by_number {
+        for key in keys {
+            report.segments += 1;
+            let bytes = match store.get(key).await {
+                Ok(b) => b,
+                Err(e) => {
+                    report.add(key, Kind::Missing, format!("cannot be read: {e}"));
+                    continue;
+                }
+            };
+            let sha = sha256_hex(&bytes);
+            let header = match check_records(key, &bytes, st, report) {
+                Some(h) => h,
+                None => {
+                    read.push((*n, key.clone(), None, sha));
+                    continue;
+                }
+            };
+            let key_lsns = layout::parse_segment_key(key).map(|(_, a, b)| (a, b));
+            if header.generation != gen || header.number != *n {
+                report.add(
+                    key,
+                    Kind::Reordered,
+                    format!(
+                        "its header says it is segment {} of generation {}, its name segment {n} of {gen}",
+                        header.number, header.generation
+                    ),
+                );
+            } else if key_lsns != Some((header.first_lsn, header.last_lsn)) {
+                report.add(key, Kind::Altered, "its header's LSN range differs from its name's");
+            }
+            read.push((*n, key.clone(), Some(header), sha));
+        }
+    }
+    // Holes.
+    if let Some(last) = last {
+        for n in 0..=last {
+            if !by_number.contains_key(&n) {
+                report.add(
+                    format!("{}/{n:010}-*", layout::segments_dir(gen)),
+                    Kind::Missing,
+                    format!("segment {n} of {} is not in the archive", last + 1),
+                );
+            }
+        }
+    }
+    // The chain: each segment names the SHA-256 of the one before it.
+    let shas: BTreeMap<String, String> = read.iter().map(|(_, k, _, s)| (s.clone(), k.clone())).collect();
+    let mut prev: Option<&(u64, String, Option<crate::segment::SegmentHeader>, String)> = None;
+    let mut prev_last: Option<Lsn> = None;
+    for item in &read {
+        let (n, key, header, _) = item;
+        let Some(h) = header else {
+            prev = Some(item);
+            continue;
+        };
+        if by_number.get(n).is_some_and(|ks| ks.len() > 1) {
+            // Of several objects with this number, the one that chains is the real one.
+            let chains = match (prev, &h.prev_sha256) {
+                (Some(p), Some(want)) => &p.3 == want,
+                (None, None) => true,
+                _ => false,
+            };
+            if !chains {
+                report.add(key, Kind::Inserted, format!("a second segment {n} that does not chain"));
+                continue;
+            }
+        }
+        match (&h.prev_sha256, prev) {
+            (None, None) => {}
+            (Some(want), Some(p)) if p.0 + 1 == *n && &p.3 != want => {
+                match shas.get(want) {
+                    // It chains, but to another object: the order was changed.
+                    Some(other) if other != &p.1 => report.add(
+                        key,
+                        Kind::Reordered,
+                        format!("it follows {other} in the chain, but sits after {}", p.1),
+                    ),
+                    _ if Some(*n) == last && p.2.is_some() => {
+                        report.add(key, Kind::Inserted, "it does not chain to the segment before it")
+                    }
+                    _ => report.add(
+                        &p.1,
+                        Kind::Altered,
+                        format!("its SHA-256 is not the one segment {n} recorded for it"),
+                    ),
+                }
+            }
+            (None, Some(_)) => report.add(key, Kind::Inserted, "it claims to be the first segment"),
+            (Some(_), None) if *n == 0 => report.add(key, Kind::Altered, "segment 0 names a previous segment"),
+            _ => {}
+        }
+        if let Some(pl) = prev_last {
+            if h.records > 0 && h.first_lsn < pl {
+                report.add(
+                    key,
+                    Kind::Reordered,
+                    format!(
+                        "it starts at commit LSN {} but the segment before ends at {pl}",
+                        h.first_lsn
+                    ),
+                );
+            }
+        }
+        if h.records > 0 {
+            prev_last = Some(h.last_lsn);
+        }
+        prev = Some(item);
+    }
+    // Transactions without their commit marker.
+    let mut open: BTreeMap<Lsn, String> = BTreeMap::new();
+    let mut committed: BTreeSet<Lsn> = BTreeSet::new();
+    for (_, key, header, _) in &read {
+        if header.is_none() {
+            continue;
+        }
+        let Ok(bytes) = store.get(key).await else { continue };
+        let Ok(mut r) = SegmentReader::open(key, &bytes) else {
+            continue;
+        };
+        while let Ok(Some(rec)) = r.next_record(&st.schemas) {
+            match rec {
+                Record::Change(c) => {
+                    open.entry(c.change.commit_lsn).or_insert_with(|| key.clone());
+                }
+                Record::Message(m) => {
+                    open.entry(m.commit_lsn).or_insert_with(|| key.clone());
+                }
+                Record::Commit(c) => {
+                    committed.insert(c.commit_lsn);
+                }
+                Record::Schema(_) => {}
+            }
+        }
+    }
+    for (lsn, key) in open {
+        if !committed.contains(&lsn) {
+            report.add(
+                key,
+                Kind::OrphanPartial,
+                format!("transaction {lsn} has no commit marker: written before a crash, it never counted"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Decompresses every record (checking zstd's checksums and the count);
+/// returns the header, or reports the object.
+fn check_records(
+    key: &str,
+    bytes: &[u8],
+    st: &state::GenState,
+    report: &mut Report,
+) -> Option<crate::segment::SegmentHeader> {
+    let mut r = match SegmentReader::open(key, bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            report.add(key, Kind::Altered, e.to_string());
+            return None;
+        }
+    };
+    loop {
+        match r.next_record(&st.schemas) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Some(r.header.clone()),
+            Err(e) => {
+                let text = e.to_string();
+                let kind = if text.contains("truncated") || text.contains("incomplete") {
+                    Kind::Truncated
+                } else {
+                    Kind::Altered
+                };
+                report.add(key, kind, text);
+                return None;
+            }
+        }
+    }
+}
+
+async fn snapshots(store: &Store, gen: &str, st: &state::GenState, report: &mut Report) -> Result<(), Error> {
+    let dir = format!("{}/snapshots", layout::generation_dir(gen));
+    let mut dirs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (key, _) in store.list(&dir).await? {
+        let Some(rest) = key.strip_prefix(&format!("{dir}/")) else {
+            continue;
+        };
+        let lsn = rest.split('/').next().unwrap_or_default().to_string();
+        dirs.entry(lsn).or_default().push(key);
+    }
+    for (lsn_hex, keys) in dirs {
+        report.snapshots += 1;
+        let Ok(lsn_value) = u64::from_str_radix(&lsn_hex, 16) else {
+            continue;
+        };
+        let lsn = Lsn(lsn_value);
+        let manifest_key = layout::snapshot_manifest(gen, lsn);
+        if let Some(m) = st.manifests.iter().find(|m| m.lsn == lsn) {
+            for t in &m.tables {
+                for p in &t.parts {
+                    match store.get_opt(&p.key).await? {
+                        None => report.add(&p.key, Kind::Missing, "a part the manifest lists is not there"),
+                        Some(b) if sha256_hex(&b) != p.sha256 => {
+                            report.add(&p.key, Kind::Altered, "its SHA-256 differs from the manifest's")
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            continue;
+        }
+        // Parts without a manifest: an interrupted snapshot that a later one
+        // replaced is harmless; otherwise the manifest is gone.
+        let tables: BTreeSet<String> = keys
+            .iter()
+            .filter_map(|k| k.split('/').nth(4).map(str::to_string))
+            .collect();
+        let replaced = tables.iter().all(|t| {
+            st.manifests.iter().any(|m| {
+                m.lsn > lsn
+                    && m.tables.iter().any(|mt| {
+                        let (s, n) = mt.table.split_once('.').unwrap_or(("", &mt.table));
+                        layout::table_segment(s, n) == *t
+                    })
+            })
+        });
+        if replaced {
+            report.add(
+                &manifest_key,
+                Kind::AbandonedSnapshot,
+                "an interrupted snapshot, replaced by a later one",
+            );
+        } else {
+            report.add(
+                &manifest_key,
+                Kind::Missing,
+                format!("the snapshot at {lsn} has {} part(s) but no manifest", keys.len()),
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn indexes(store: &Store, gen: &str, report: &mut Report) -> Result<(), Error> {
+    let numbers: BTreeSet<u64> = state::segments(store, gen)
+        .await?
+        .into_iter()
+        .map(|(_, n, _)| n)
+        .collect();
+    for (key, size) in store.list(&format!("index/{gen}/segments")).await? {
+        match crate::index::Index::open(store, &key, size).await {
+            Err(e) => report.add(
+                &key,
+                Kind::StaleIndex,
+                format!("unreadable ({e}); `waly reindex` rebuilds it"),
+            ),
+            Ok(idx) => {
+                if let Some(o) = idx.footer.objects.iter().find(|o| !numbers.contains(&o.number)) {
+                    report.add(
+                        &key,
+                        Kind::StaleIndex,
+                        format!("it indexes segment {}, which is not in the archive", o.number),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
