@@ -1,5 +1,6 @@
 //! The command line: parse, call the library, print. One file per subcommand.
 
+mod drop;
 mod history;
 mod init;
 mod log;
@@ -63,6 +64,8 @@ pub enum Command {
     Reindex(reindex::ReindexArgs),
     /// Check that the archive is whole and untouched (exit 0 clean, 1 problems, 2 could not run).
     Verify(verify::VerifyArgs),
+    /// Remove waly's slot, publication and guard trigger from the database (asks first, or --yes).
+    Drop(drop::DropArgs),
 }
 
 /// Where the source database is: a URL or key=value string, else PG* variables.
@@ -173,6 +176,7 @@ pub fn main() -> ExitCode {
                 Command::Tables(args) => done(tables::run(args).await),
                 Command::Schema(args) => done(schema::run(args).await),
                 Command::Reindex(args) => done(reindex::run(args).await),
+                Command::Drop(args) => done(drop::run(args).await),
                 // 0 clean, 1 problems found, 2 could not run.
                 Command::Verify(args) => match verify::run(args).await {
                     Ok(true) => Ok(ExitCode::SUCCESS),

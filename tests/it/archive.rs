@@ -1031,3 +1031,55 @@ fn an_idle_source_does_not_pin_wal() {
     assert!(log_json(&archive, &[]).is_empty(), "no changes were invented");
     let _ = std::fs::remove_dir_all(&archive);
 }
+
+#[test]
+fn drop_removes_slot_publication_and_guard_only_when_told_and_not_in_use() {
+    let db = TestDb::new();
+    db.psql("CREATE TABLE d (id int PRIMARY KEY, v text);");
+    let archive = archive_dir(&db);
+    let out = init(&db, &archive, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let drop = |extra: &[&str]| {
+        run_within(
+            waly()
+                .args(["drop", "--source", &db.url(), "--slot", &slot(&db)])
+                .args(extra),
+            60,
+        )
+    };
+    let state = || {
+        db.psql(&format!(
+            "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}') || ',' ||
+                    (SELECT count(*) FROM pg_publication WHERE pubname = 'waly') || ',' ||
+                    (SELECT count(*) FROM pg_event_trigger WHERE evtname = 'waly_guard_replica_identity')",
+            slot(&db)
+        ))
+    };
+    assert_eq!(state(), "1,1,1");
+    // In use: refused.
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("INSERT INTO d VALUES (1, 'kept in the archive')");
+    let busy = drop(&["--yes"]);
+    assert!(!busy.status.success());
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("in use"));
+    let (status, stderr) = run.terminate(60);
+    assert!(status.success(), "{stderr}");
+    // Not confirmed (and no terminal to ask on): refused, nothing dropped.
+    let unconfirmed = drop(&[]);
+    assert!(!unconfirmed.status.success());
+    assert!(String::from_utf8_lossy(&unconfirmed.stderr).contains("--yes"));
+    assert!(
+        String::from_utf8_lossy(&unconfirmed.stdout).contains("pg_drop_replication_slot"),
+        "the plan is shown"
+    );
+    assert_eq!(state(), "1,1,1");
+    // Confirmed: all three gone, the archive still readable.
+    let done = drop(&["--yes"]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(state(), "0,0,0");
+    let rows = log_json(&archive, &["--table", "d"]);
+    assert_eq!(rows.len(), 1);
+    assert!(drop(&["--yes"]).status.success(), "dropping twice is harmless");
+    let _ = std::fs::remove_dir_all(&archive);
+}
