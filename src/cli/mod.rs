@@ -9,6 +9,7 @@ mod restore;
 mod run;
 mod schema;
 mod show;
+mod status;
 mod tables;
 mod tail;
 mod verify;
@@ -66,6 +67,8 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Remove waly's slot, publication and guard trigger from the database (asks first, or --yes).
     Drop(drop::DropArgs),
+    /// The slot (active, confirmed LSN, lag, retained WAL) and the archive (latest commit, size, generations).
+    Status(status::StatusArgs),
 }
 
 /// Where the source database is: a URL or key=value string, else PG* variables.
@@ -177,6 +180,7 @@ pub fn main() -> ExitCode {
                 Command::Schema(args) => done(schema::run(args).await),
                 Command::Reindex(args) => done(reindex::run(args).await),
                 Command::Drop(args) => done(drop::run(args).await),
+                Command::Status(args) => done(status::run(args).await),
                 // 0 clean, 1 problems found, 2 could not run.
                 Command::Verify(args) => match verify::run(args).await {
                     Ok(true) => Ok(ExitCode::SUCCESS),

@@ -1065,6 +1065,33 @@ fn drop_removes_slot_publication_and_guard_only_when_told_and_not_in_use() {
     assert!(String::from_utf8_lossy(&busy.stderr).contains("in use"));
     let (status, stderr) = run.terminate(60);
     assert!(status.success(), "{stderr}");
+    // waly status: the slot as PostgreSQL sees it, the archive as it is.
+    let st = run_within(
+        waly().args([
+            "status",
+            "--json",
+            "--source",
+            &db.url(),
+            "--archive",
+            &archive,
+            "--slot",
+            &slot(&db),
+        ]),
+        60,
+    );
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("json");
+    let last = log_json(&archive, &["--table", "d"]).pop().expect("a change");
+    assert_eq!(st["slot"]["exists"], true);
+    assert_eq!(st["slot"]["active"], false);
+    assert!(st["slot"]["lag_bytes"].as_i64().is_some_and(|l| l >= 0), "{st}");
+    assert!(st["slot"]["retained_wal_bytes"].as_i64().is_some_and(|l| l > 0), "{st}");
+    assert_eq!(st["archive"]["latest_commit"]["commit_lsn"], last["commit_lsn"]);
+    assert_eq!(
+        st["archive"]["segments"].as_u64(),
+        Some(files_under(&archive, "generations/00000001/segments").len() as u64)
+    );
+    assert_eq!(st["archive"]["generations"][0]["generation"], "00000001");
     // Not confirmed (and no terminal to ask on): refused, nothing dropped.
     let unconfirmed = drop(&[]);
     assert!(!unconfirmed.status.success());

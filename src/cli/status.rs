@@ -1,0 +1,151 @@
+//! `waly status`: the slot as PostgreSQL sees it, and the archive.
+
+use super::{ArchiveArgs, SlotArgs, SourceArgs};
+use crate::archive::state;
+use std::io::Write;
+
+/// Show the slot (active, confirmed LSN, lag, retained WAL) and the archive
+/// (latest commit, size, segments, generations).
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+    #[command(flatten)]
+    pub names: SlotArgs,
+    /// One JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+async fn slot(args: &StatusArgs) -> anyhow::Result<serde_json::Value> {
+    let info = args.source.conninfo()?;
+    let client = crate::source::tls::connect_sql(&info).await?;
+    let row = client
+        .query_opt(
+            "SELECT active, active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status,
+                    pg_current_wal_lsn()::text,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::int8,
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8,
+                    current_setting('max_slot_wal_keep_size')
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&args.names.slot],
+        )
+        .await?;
+    let keep: String = client
+        .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
+        .await?
+        .get(0);
+    Ok(match row {
+        None => serde_json::json!({"slot": args.names.slot, "exists": false, "max_slot_wal_keep_size": keep}),
+        Some(r) => serde_json::json!({
+            "slot": args.names.slot,
+            "exists": true,
+            "active": r.get::<_, bool>(0),
+            "active_pid": r.get::<_, Option<i32>>(1),
+            "confirmed_flush_lsn": r.get::<_, Option<String>>(2),
+            "restart_lsn": r.get::<_, Option<String>>(3),
+            "wal_status": r.get::<_, Option<String>>(4),
+            "current_wal_lsn": r.get::<_, Option<String>>(5),
+            "lag_bytes": r.get::<_, Option<i64>>(6),
+            "retained_wal_bytes": r.get::<_, Option<i64>>(7),
+            "max_slot_wal_keep_size": r.get::<_, String>(8),
+        }),
+    })
+}
+
+async fn archive(args: &StatusArgs) -> anyhow::Result<serde_json::Value> {
+    let store = args.archive.open()?;
+    let identity = state::read_identity(&store).await?;
+    let mut gens = Vec::new();
+    let mut total_bytes = 0u64;
+    let mut total_segments = 0u64;
+    for (_, size) in store.list("").await? {
+        total_bytes += size;
+    }
+    let mut latest = serde_json::Value::Null;
+    for g in state::generations(&store).await? {
+        let info = state::generation_info(&store, &g).await?;
+        let st = state::load_generation(&store, &g).await?;
+        let segs = state::segments(&store, &g).await?;
+        total_segments += segs.len() as u64;
+        if let Some(c) = st.tail.last_commit {
+            latest = serde_json::json!({"generation": g, "commit_lsn": c.commit_lsn,
+                "commit_time": c.commit_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)});
+        }
+        gens.push(
+            serde_json::json!({"generation": g, "started_at": info.started_at, "reason": info.reason,
+            "segments": segs.len(), "snapshots": st.manifests.len(), "durable_lsn": st.tail.durable_lsn}),
+        );
+    }
+    Ok(
+        serde_json::json!({"url": store.url(), "identity": identity, "bytes": total_bytes,
+        "segments": total_segments, "latest_commit": latest, "generations": gens}),
+    )
+}
+
+pub async fn run(args: &StatusArgs) -> anyhow::Result<()> {
+    let slot = slot(args)
+        .await
+        .unwrap_or_else(|e| serde_json::json!({"slot": args.names.slot, "error": format!("{e:#}")}));
+    let archive = archive(args).await?;
+    let mut out = std::io::stdout();
+    if args.json {
+        serde_json::to_writer(&mut out, &serde_json::json!({"slot": slot, "archive": archive}))?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    match slot.get("error") {
+        Some(e) => writeln!(out, "slot {}: cannot ask the database: {}", s(&slot["slot"]), s(e))?,
+        None if slot["exists"] == false => writeln!(out, "slot {}: does not exist", s(&slot["slot"]))?,
+        None => {
+            writeln!(
+                out,
+                "slot {}: {}{}, confirmed to {}, {} bytes behind {} (wal_status {})",
+                s(&slot["slot"]),
+                if slot["active"] == true { "active" } else { "INACTIVE" },
+                slot["active_pid"]
+                    .as_i64()
+                    .map(|p| format!(" (pid {p})"))
+                    .unwrap_or_default(),
+                s(&slot["confirmed_flush_lsn"]),
+                s(&slot["lag_bytes"]),
+                s(&slot["current_wal_lsn"]),
+                s(&slot["wal_status"])
+            )?;
+            writeln!(
+                out,
+                "retained WAL: {} bytes (max_slot_wal_keep_size = {})",
+                s(&slot["retained_wal_bytes"]),
+                s(&slot["max_slot_wal_keep_size"])
+            )?;
+        }
+    }
+    writeln!(
+        out,
+        "archive {}: {} bytes, {} segments; latest commit {} at {}",
+        s(&archive["url"]),
+        s(&archive["bytes"]),
+        s(&archive["segments"]),
+        s(&archive["latest_commit"]["commit_lsn"]),
+        s(&archive["latest_commit"]["commit_time"])
+    )?;
+    for g in archive["generations"].as_array().cloned().unwrap_or_default() {
+        writeln!(
+            out,
+            "  generation {}: {} segments, {} snapshot(s), since {} ({})",
+            s(&g["generation"]),
+            s(&g["segments"]),
+            s(&g["snapshots"]),
+            s(&g["started_at"]),
+            s(&g["reason"])
+        )?;
+    }
+    Ok(())
+}
