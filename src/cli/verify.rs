@@ -11,12 +11,23 @@ pub struct VerifyArgs {
     /// The report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// The restore drill: restore each --table at the archive's latest point and compare
+    /// it with the live table in this database, row for row.
+    #[arg(long, value_name = "URL", hide_env_values = true, requires = "tables")]
+    pub against_source: Option<String>,
+    /// A table for --against-source (repeatable).
+    #[arg(long = "table", requires = "against_source")]
+    pub tables: Vec<String>,
 }
 
 /// Whether the archive is clean.
 pub async fn run(args: &VerifyArgs) -> anyhow::Result<bool> {
     let store = args.archive.open()?;
-    let report = crate::verify::verify(&store).await?;
+    let mut report = crate::verify::verify(&store).await?;
+    if let Some(url) = &args.against_source {
+        let info = crate::source::ConnInfo::parse(url)?;
+        crate::verify::against_source(&store, &info, &args.tables, &mut report).await?;
+    }
     let mut out = std::io::stdout();
     if args.json {
         serde_json::to_writer(

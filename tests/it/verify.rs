@@ -87,6 +87,45 @@ fn verify_names_each_kind_of_damage_and_says_clean_otherwise() {
         "clean: {problems:?}"
     );
 
+    // The restore drill: the archive's latest state equals the live table...
+    let drill = || {
+        let out = run_within(
+            waly().args([
+                "verify",
+                "--json",
+                "--archive",
+                &archive,
+                "--against-source",
+                &db.url(),
+                "--table",
+                "t",
+            ]),
+            120,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let differs: Vec<String> = v["report"]["problems"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|p| p["kind"] == "differs")
+            .map(|p| p["detail"].as_str().unwrap_or_default().to_string())
+            .collect();
+        (out.status.code(), differs)
+    };
+    assert_eq!(drill(), (Some(0), vec![]));
+    // ... until someone edits the table behind waly's back (it is not running).
+    db.psql("UPDATE t SET v = 'tampered' WHERE id = 3");
+    let (code, differs) = drill();
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        differs,
+        vec![
+            "only in the live table: (3,tampered)".to_string(),
+            "only in the archive: (3,\"row 3\")".to_string()
+        ]
+    );
+
     let scenario = |name: &str, damage: &dyn Fn(&Path), kind: &str, object: &dyn Fn(&Path) -> String| {
         let dir = std::env::temp_dir().join(format!("{}-{name}", db.name));
         let _ = std::fs::remove_dir_all(&dir);
