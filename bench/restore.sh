@@ -25,19 +25,27 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 now() { date +%s.%N; }
 ARCHIVE=$DIR/archive
 rm -rf "$ARCHIVE"
+# waly run in the background, streaming (its walsender past startup).
+start_waly() {
+    "$WALY" run --source "dbname=bench" --archive "$ARCHIVE" --log warn & pid=$!
+    until [ "$(q "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+                  WHERE s.slot_name = 'waly' AND r.state IN ('catchup', 'streaming')")" = 1 ]; do sleep 0.2; done
+}
+# Waits (server-side) until the slot is confirmed past everything written, then stops waly.
+stop_waly_when_archived() {
+    local end; end=$(q "SELECT pg_current_wal_insert_lsn()")
+    q "DO \$\$ BEGIN
+         WHILE NOT coalesce((SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'waly'), false)
+         LOOP PERFORM pg_sleep(0.05); END LOOP; END \$\$"
+    kill -TERM "$pid"; wait "$pid"
+}
 
 q "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int, price numeric(10,2), created timestamptz)"
 q "INSERT INTO items SELECT i, 'item ' || i, i % 100, i * 0.01, now() FROM generate_series(1, 1000000) i"
 q "CREATE PUBLICATION waly FOR TABLE items"
-"$WALY" run --source "dbname=bench" --archive "$ARCHIVE" --log warn & pid=$!
-until [ "$(q "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
-              WHERE s.slot_name = 'waly' AND r.state IN ('catchup', 'streaming')")" = 1 ]; do sleep 0.2; done
+start_waly
 q "UPDATE items SET qty = qty + 1, name = name || '+' WHERE id % 5 = 0"
-end=$(q "SELECT pg_current_wal_insert_lsn()")
-q "DO \$\$ BEGIN
-     WHILE NOT coalesce((SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'waly'), false)
-     LOOP PERFORM pg_sleep(0.05); END LOOP; END \$\$"
-kill -TERM $pid; wait $pid
+stop_waly_when_archived
 AT=$(q "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
 ROWS=$(q "SELECT count(*) FROM items")
 chmod 777 "$DIR"
@@ -67,15 +75,9 @@ awk -v rows="$ROWS" -v w="$wm" -v c="$cm" -v m="$mx" -v ww="${wt[*]}" -v cc="${c
 }'
 
 # Memory with a long history: 1M more updates (every row), then one restore.
-"$WALY" run --source "dbname=bench" --archive "$ARCHIVE" --log warn & pid=$!
-until [ "$(q "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
-              WHERE s.slot_name = 'waly' AND r.state IN ('catchup', 'streaming')")" = 1 ]; do sleep 0.2; done
+start_waly
 q "UPDATE items SET qty = qty + 1"
-end=$(q "SELECT pg_current_wal_insert_lsn()")
-q "DO \$\$ BEGIN
-     WHILE NOT coalesce((SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'waly'), false)
-     LOOP PERFORM pg_sleep(0.05); END LOOP; END \$\$"
-kill -TERM $pid; wait $pid
+stop_waly_when_archived
 AT=$(q "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
 q "DROP TABLE IF EXISTS items_restored"
 t0=$(now)

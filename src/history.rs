@@ -268,15 +268,7 @@ pub async fn history(
         states.push(st);
     }
     let Some(schema) = latest else {
-        let list: Vec<&str> = known.iter().map(String::as_str).collect();
-        return Err(Error::NotInArchive(format!(
-            "table {table} is not in the archive; archived tables: {}",
-            if list.is_empty() {
-                "none".to_string()
-            } else {
-                list.join(", ")
-            }
-        )));
+        return Err(crate::restore::not_in_archive(table, &known));
     };
     if !schema.columns.iter().any(|c| c.primary_key) {
         return Err(Error::Config(format!(
@@ -355,21 +347,33 @@ pub async fn history(
 }
 
 /// One generation, read through its index where it has one.
-/// `(segment, frame)` of every entry for `hash`, asking every index object
-/// at once (an object store answers many small reads in parallel).
-async fn lookup_all(store: &Store, indexes: &[crate::index::Index], hash: u64) -> Result<Vec<(u64, u32)>, String> {
+/// Adds to `hits` the `(segment, frame)` of every entry for `hash` (once
+/// per hash), asking every index object at once (an object store answers
+/// many small reads in parallel).
+async fn follow(
+    store: &Store,
+    indexes: &[crate::index::Index],
+    hash: u64,
+    looked: &mut std::collections::HashSet<u64>,
+    hits: &mut std::collections::BTreeMap<u64, std::collections::BTreeSet<u32>>,
+) -> Result<(), String> {
+    if !looked.insert(hash) {
+        return Ok(());
+    }
     let found = futures_util::future::join_all(indexes.iter().map(|i| i.lookup_key(store, hash))).await;
-    let mut out = Vec::new();
     for (idx, r) in indexes.iter().zip(found) {
         match r {
-            Ok(hits) => out.extend(
-                hits.into_iter()
-                    .filter_map(|(o, f)| idx.footer.objects.get(o as usize).map(|obj| (obj.number, f))),
-            ),
+            Ok(entries) => {
+                for (o, f) in entries {
+                    if let Some(obj) = idx.footer.objects.get(o as usize) {
+                        hits.entry(obj.number).or_default().insert(f);
+                    }
+                }
+            }
             Err(e) => return Err(format!("the index is damaged ({}: {e})", idx.key)),
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// `Ok(Err(why))` when an index object turned out damaged part-way.
@@ -495,13 +499,8 @@ async fn indexed_generation(
     for (key, number, _) in &segments {
         // Look up every key followed so far (a key change adds one).
         let h = t.current_hash();
-        if looked.insert(h) {
-            match lookup_all(store, &indexes, h).await {
-                Ok(found) => found.into_iter().for_each(|(n, f)| {
-                    hits.entry(n).or_default().insert(f);
-                }),
-                Err(why) => return Ok(Err(why)),
-            }
+        if let Err(why) = follow(store, &indexes, h, &mut looked, &mut hits).await {
+            return Ok(Err(why));
         }
         let whole = !covered.contains_key(number);
         let mut feed = |bytes: &[u8], frame: bool, t: &mut Tracker| -> Result<(), Error> {
@@ -559,13 +558,8 @@ async fn indexed_generation(
             stats.frames_read += 1;
             feed(&z, true, t)?;
             let h = t.current_hash();
-            if looked.insert(h) {
-                match lookup_all(store, &indexes, h).await {
-                    Ok(found) => found.into_iter().for_each(|(n, f)| {
-                        hits.entry(n).or_default().insert(f);
-                    }),
-                    Err(why) => return Ok(Err(why)),
-                }
+            if let Err(why) = follow(store, &indexes, h, &mut looked, &mut hits).await {
+                return Ok(Err(why));
             }
         }
     }

@@ -449,7 +449,8 @@ pub struct ReindexStats {
     pub objects: u64,
 }
 
-fn pk_of(schemas: &crate::segment::Schemas, table: &str, version: u32) -> Vec<String> {
+/// The primary-key columns of `table` under schema `version` (none if unknown).
+pub fn pk_of(schemas: &crate::segment::Schemas, table: &str, version: u32) -> Vec<String> {
     schemas
         .version(table, version)
         .map(|s| {

@@ -196,18 +196,7 @@ impl Writer<'_> {
         let table: &str = &c.table;
         let fresh = self.pk.get(table).is_none_or(|(v, _)| *v != schema_version);
         if fresh {
-            let pk: Vec<String> = self
-                .gen
-                .schemas
-                .version(table, schema_version)
-                .map(|s| {
-                    s.columns
-                        .iter()
-                        .filter(|c| c.primary_key)
-                        .map(|c| c.name.clone())
-                        .collect()
-                })
-                .unwrap_or_default();
+            let pk = crate::index::pk_of(&self.gen.schemas, table, schema_version);
             self.pk.insert(table.to_string(), (schema_version, pk));
         }
         let Some((_, pk)) = self.pk.get(table) else { return };

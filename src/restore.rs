@@ -89,15 +89,7 @@ pub async fn plan(store: &Store, table: &str, point: Bound) -> Result<Plan, Erro
         loaded.push(st);
     }
     if !known_tables.contains(table) {
-        let list: Vec<&str> = known_tables.iter().map(String::as_str).collect();
-        return Err(Error::NotInArchive(format!(
-            "table {table} is not in the archive; archived tables: {}",
-            if list.is_empty() {
-                "none".to_string()
-            } else {
-                list.join(", ")
-            }
-        )));
+        return Err(not_in_archive(table, &known_tables));
     }
     let ranges: Vec<String> = loaded
         .iter()
@@ -186,6 +178,19 @@ pub async fn plan(store: &Store, table: &str, point: Bound) -> Result<Plan, Erro
         last_complete: st.tail.last_commit,
         gen: st,
     })
+}
+
+/// The error for a table the archive does not hold, listing those it does.
+pub fn not_in_archive(table: &str, known: &std::collections::BTreeSet<String>) -> Error {
+    let list: Vec<&str> = known.iter().map(String::as_str).collect();
+    Error::NotInArchive(format!(
+        "table {table} is not in the archive; archived tables: {}",
+        if list.is_empty() {
+            "none".to_string()
+        } else {
+            list.join(", ")
+        }
+    ))
 }
 
 /// A point, for messages.

@@ -122,6 +122,22 @@ pub(crate) fn wait_streaming(db: &TestDb, run: &Running) {
     }
 }
 
+/// Waits until the slot has confirmed everything written so far (the
+/// archive holds it), then stops `waly run` cleanly.
+pub(crate) fn settle(db: &TestDb, run: crate::harness::Running) {
+    let end = db.current_lsn();
+    db.wait_for(
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{}'",
+            slot(db)
+        ),
+        "t",
+        120,
+    );
+    let (status, stderr) = run.terminate(60);
+    assert!(status.success(), "{stderr}");
+}
+
 pub(crate) fn log_json(archive: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let out = run_within(waly().args(["log", "--json", "--archive", archive]).args(extra), 120);
     assert!(

@@ -1,7 +1,7 @@
 //! `waly history`, `waly tables` and `waly schema` against a real
 //! PostgreSQL; an audit trigger is the oracle.
 
-use crate::archive::{archive_dir, slot, spawn_run, wait_streaming};
+use crate::archive::{archive_dir, settle, spawn_run, wait_streaming};
 use crate::harness::{run_within, waly, TestDb};
 use std::process::Output;
 
@@ -58,17 +58,7 @@ fn history_follows_a_row_through_updates_toast_a_key_change_delete_and_reinsert(
     db.psql("UPDATE h SET v = 8 WHERE id = 50");
     db.psql("DELETE FROM h WHERE id = 10");
     db.psql("INSERT INTO h VALUES (10, 42, NULL)");
-    let end = db.current_lsn();
-    db.wait_for(
-        &format!(
-            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{}'",
-            slot(&db)
-        ),
-        "t",
-        120,
-    );
-    let (status, stderr) = run.terminate(60);
-    assert!(status.success(), "{stderr}");
+    settle(&db, run);
 
     let versions = json_lines(&history(&archive, &["h", "1", "--json"]));
     let steps: Vec<Step> = versions
@@ -253,17 +243,7 @@ fn schema_lists_versions_with_what_each_added_dropped_or_retyped() {
     db.psql("INSERT INTO s VALUES (1, 'x', 1)");
     db.psql("ALTER TABLE s ADD COLUMN c text; INSERT INTO s VALUES (2, 'y', 2, 'z')");
     db.psql("ALTER TABLE s DROP COLUMN a, ALTER COLUMN b TYPE bigint; INSERT INTO s VALUES (3, 3, 'w')");
-    let end = db.current_lsn();
-    db.wait_for(
-        &format!(
-            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{}'",
-            slot(&db)
-        ),
-        "t",
-        120,
-    );
-    let (status, stderr) = run.terminate(60);
-    assert!(status.success(), "{stderr}");
+    settle(&db, run);
     let out = run_within(waly().args(["schema", "s", "--archive", &archive, "--json"]), 60);
     let versions = json_lines(&out);
     let summary: Vec<(u64, serde_json::Value, serde_json::Value, serde_json::Value)> = versions

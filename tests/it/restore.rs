@@ -1,7 +1,7 @@
 //! `waly restore` and `waly show` against a real PostgreSQL: the restored
 //! state is compared with the source as it was, by checksum.
 
-use crate::archive::{archive_dir, spawn_run, wait_streaming};
+use crate::archive::{archive_dir, settle, spawn_run, wait_streaming};
 use crate::harness::{run_within, waly, TestDb};
 use std::process::Output;
 
@@ -28,22 +28,6 @@ fn checksum(db: &TestDb, table: &str) -> String {
     db.psql(&format!(
         "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '-') FROM {table} t"
     ))
-}
-
-/// Waits until the slot has confirmed everything written so far (the
-/// archive holds it), then stops `waly run` cleanly.
-fn settle(db: &TestDb, run: crate::harness::Running) {
-    let end = db.current_lsn();
-    db.wait_for(
-        &format!(
-            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{}'",
-            crate::archive::slot(db)
-        ),
-        "t",
-        120,
-    );
-    let (status, stderr) = run.terminate(60);
-    assert!(status.success(), "{stderr}");
 }
 
 #[test]

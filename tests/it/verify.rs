@@ -1,7 +1,7 @@
 //! `waly verify` finds and names each kind of damage, and says clean when
 //! there is none.
 
-use crate::archive::{archive_dir, slot, spawn_run, wait_streaming};
+use crate::archive::{archive_dir, settle, spawn_run, wait_streaming};
 use crate::harness::{run_within, waly, TestDb};
 use std::path::{Path, PathBuf};
 
@@ -67,17 +67,7 @@ fn verify_names_each_kind_of_damage_and_says_clean_otherwise() {
         db.psql(&format!("INSERT INTO t VALUES ({i}, 'row {i}')"));
         std::thread::sleep(std::time::Duration::from_millis(450)); // a segment each
     }
-    let end = db.current_lsn();
-    db.wait_for(
-        &format!(
-            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{}'",
-            slot(&db)
-        ),
-        "t",
-        120,
-    );
-    let (status, stderr) = run.terminate(60);
-    assert!(status.success(), "{stderr}");
+    settle(&db, run);
     let base = PathBuf::from(&archive);
     assert!(segments(&base).len() >= 5, "{:?}", segments(&base));
     let (code, problems) = verify(&base);
