@@ -1126,3 +1126,155 @@ fn drop_removes_slot_publication_and_guard_only_when_told_and_not_in_use() {
     assert!(drop(&["--yes"]).status.success(), "dropping twice is harmless");
     let _ = std::fs::remove_dir_all(&archive);
 }
+
+#[test]
+fn every_reading_and_capturing_command_works_as_the_least_privileged_role() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE pub (id int PRIMARY KEY, v text);
+         CREATE TABLE private (id int PRIMARY KEY, secret text);
+         INSERT INTO pub VALUES (1, 'before');",
+    );
+    let archive = archive_dir(&db);
+    let out = init(&db, &archive, &["--tables", "pub"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let role = format!("lp_{}", db.name);
+    let setup = std::process::Command::new("psql")
+        .arg(db.url())
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            &format!("role={role}"),
+            "-v",
+            "publication=waly",
+            "-f",
+        ])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/setup.sql"))
+        .output()
+        .expect("psql");
+    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT has_table_privilege('{role}', 'pub', 'SELECT'), has_table_privilege('{role}', 'private', 'SELECT'),
+                    rolsuper, rolreplication FROM pg_roles WHERE rolname = '{role}'"
+        )),
+        "t|f|f|t"
+    );
+    let url = format!("{} user={role}", db.url().replace("user=postgres", ""));
+    let run = Running::spawn(waly().args([
+        "run",
+        "--source",
+        &url,
+        "--archive",
+        &archive,
+        "--slot",
+        &slot(&db),
+        "--flush-interval",
+        "200ms",
+        "--log",
+        "warn",
+    ]));
+    wait_streaming(&db, &run);
+    db.psql("INSERT INTO pub VALUES (2, 'after'); UPDATE pub SET v = 'changed' WHERE id = 1;");
+    settle(&db, run);
+    let ok = |args: &[&str]| {
+        let out = run_within(waly().args(args), 120);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(log_json(&archive, &["--table", "pub"]).len(), 2);
+    assert!(ok(&["history", "pub", "1", "--archive", &archive]).contains("changed"));
+    assert!(ok(&[
+        "show",
+        "pub",
+        "--archive",
+        &archive,
+        "--at",
+        &chrono::Utc::now().to_rfc3339()
+    ])
+    .contains("after"));
+    ok(&[
+        "verify",
+        "--archive",
+        &archive,
+        "--against-source",
+        &url,
+        "--table",
+        "pub",
+    ]);
+    let st = ok(&[
+        "status",
+        "--json",
+        "--source",
+        &url,
+        "--archive",
+        &archive,
+        "--slot",
+        &slot(&db),
+    ]);
+    assert!(st.contains("\"exists\":true"), "{st}");
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
+#[test]
+fn no_password_or_secret_appears_in_any_output() {
+    let db = TestDb::new();
+    let secret = "aws-secret-value-7Qx";
+    let password = crate::harness::PASSWORD;
+    let mut outputs = Vec::new();
+    let mut record = |mut cmd: Command| {
+        let out = run_within(
+            cmd.env("AWS_SECRET_ACCESS_KEY", secret)
+                .env("AWS_ACCESS_KEY_ID", "waly-test")
+                .env("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+                .env("WALY_STORE_TIMEOUT", "2"),
+            120,
+        );
+        outputs.push(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    };
+    // A wrong password, a server that is not there, a database that does not exist: errors and debug logs.
+    let wrong = db.tcp_url("scramuser", Some(&format!("{password}x")), "");
+    let right_but_nowhere = format!("postgres://scramuser:{password}@127.0.0.1:1/nowhere?connect_timeout=2");
+    for source in [wrong.as_str(), right_but_nowhere.as_str()] {
+        let mut c = waly();
+        c.args(["--log", "debug", "tail", "--source", source]);
+        record(c);
+        let mut c = waly();
+        c.args([
+            "--log",
+            "debug",
+            "status",
+            "--source",
+            source,
+            "--archive",
+            "s3://bucket/x",
+        ]);
+        record(c);
+    }
+    let mut c = waly();
+    c.args(["--log", "debug", "log", "--archive", "s3://bucket/prefix"]);
+    record(c);
+    let mut c = waly();
+    c.env("WALY_SOURCE", &right_but_nowhere).args(["run", "--help"]);
+    record(c);
+    let mut c = waly();
+    c.env("WALY_SOURCE", &right_but_nowhere).args(["restore", "--help"]);
+    record(c);
+    assert!(
+        outputs.iter().any(|o| o.contains("127.0.0.1")),
+        "the errors were printed: {outputs:#?}"
+    );
+    for o in &outputs {
+        assert!(!o.contains(password), "a password leaked: {o}");
+        assert!(!o.contains(secret), "a secret leaked: {o}");
+    }
+}
