@@ -38,6 +38,13 @@ pub struct RunOptions {
     /// With nothing published changing, record the idle WAL position (so the
     /// slot can advance) at most this often.
     pub idle_interval: Duration,
+    /// Warn when the slot retains more WAL than this fraction of
+    /// `max_slot_wal_keep_size`...
+    pub wal_warn_fraction: f64,
+    /// ... or, when that is unlimited, more than this many bytes.
+    pub wal_warn_bytes: u64,
+    /// How often to look.
+    pub wal_check_interval: Duration,
 }
 
 impl Default for RunOptions {
@@ -48,6 +55,9 @@ impl Default for RunOptions {
             flush_interval: Duration::from_secs(1),
             segment_bytes: 16 << 20,
             idle_interval: Duration::from_secs(10),
+            wal_warn_fraction: 0.8,
+            wal_warn_bytes: 10 << 30,
+            wal_check_interval: Duration::from_secs(30),
         }
     }
 }
@@ -184,6 +194,45 @@ struct Writer<'a> {
     active: HashMap<String, u32>,
     /// Each table's primary-key columns, for the index, under a schema version.
     pk: HashMap<String, (u32, Vec<String>)>,
+    /// When the WAL the slot retains was last looked at.
+    last_wal_check: Instant,
+}
+
+/// Warns when the slot retains WAL close to `max_slot_wal_keep_size` (past
+/// it, PostgreSQL invalidates the slot and history gets a gap), or, with no
+/// limit, more than the absolute threshold (the disk is the limit then).
+async fn check_retained_wal(sql: &tokio_postgres::Client, opts: &RunOptions) {
+    let row = sql
+        .query_opt(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8,
+                    pg_size_bytes(current_setting('max_slot_wal_keep_size'))
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&opts.slot],
+        )
+        .await;
+    let (retained, keep) = match row {
+        Ok(Some(r)) => (r.get::<_, Option<i64>>(0).unwrap_or(0), r.get::<_, i64>(1)),
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read the WAL the slot retains");
+            return;
+        }
+    };
+    let limit = if keep >= 0 {
+        (keep as f64 * opts.wal_warn_fraction) as i64
+    } else {
+        opts.wal_warn_bytes as i64
+    };
+    if retained > limit {
+        tracing::warn!(
+            slot = opts.slot,
+            retained_bytes = retained,
+            warn_above_bytes = limit,
+            max_slot_wal_keep_size_bytes = keep,
+            "the slot retains more WAL than it should: waly is behind or the archive is failing; past \
+             max_slot_wal_keep_size PostgreSQL invalidates the slot and history gets a gap"
+        );
+    }
 }
 
 /// The most segments one index object covers: `waly run` merges the index
@@ -455,6 +504,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         last_flush: Instant::now(),
         active: HashMap::new(),
         pk: HashMap::new(),
+        last_wal_check: Instant::now(),
     };
     let mut consumer = Consumer {
         asm: Assembler::new(),
@@ -551,6 +601,10 @@ impl Consumer {
         msg: ReplicationMessage,
         opts: &RunOptions,
     ) -> Result<(), Error> {
+        if w.last_wal_check.elapsed() >= opts.wal_check_interval {
+            w.last_wal_check = Instant::now();
+            check_retained_wal(sql, opts).await;
+        }
         match msg {
             ReplicationMessage::Keepalive { wal_end } => {
                 let idle = self.txn.is_none() && w.builder.records() == 0;

@@ -60,9 +60,22 @@ pub struct RunArgs {
     /// Close a segment once it holds this much (uncompressed).
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
     pub segment_size: usize,
+    /// Warn when the slot retains more WAL than this fraction of max_slot_wal_keep_size.
+    #[arg(long, default_value = "0.8")]
+    pub wal_warn_fraction: f64,
+    /// Warn when the slot retains more WAL than this, if max_slot_wal_keep_size is unlimited.
+    #[arg(long, default_value = "10GiB", value_parser = parse_size)]
+    pub wal_warn_size: usize,
+    /// How often to look at the WAL the slot retains.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub wal_check_interval: Duration,
 }
 
 pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.wal_warn_fraction > 0.0 && args.wal_warn_fraction <= 1.0,
+        "--wal-warn-fraction must be above 0 and at most 1, e.g. 0.8"
+    );
     let info = args.source.conninfo()?;
     let store = args.archive.open()?;
     let opts = RunOptions {
@@ -70,6 +83,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
         publication: args.names.publication.clone(),
         flush_interval: args.flush_interval,
         segment_bytes: args.segment_size,
+        wal_warn_fraction: args.wal_warn_fraction,
+        wal_warn_bytes: args.wal_warn_size as u64,
+        wal_check_interval: args.wal_check_interval,
         ..RunOptions::default()
     };
     crate::pipeline::run(&info, &store, &opts, super::stop_signal()).await?;

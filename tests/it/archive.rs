@@ -1278,3 +1278,53 @@ fn no_password_or_secret_appears_in_any_output() {
         assert!(!o.contains(secret), "a secret leaked: {o}");
     }
 }
+
+#[test]
+fn run_warns_when_the_slot_retains_too_much_wal() {
+    let db = TestDb::new();
+    db.psql("CREATE TABLE w (id int PRIMARY KEY); CREATE PUBLICATION waly FOR TABLE w;");
+    let archive = archive_dir(&db);
+    // The test cluster's max_slot_wal_keep_size is unlimited: the absolute threshold applies.
+    let run = Running::spawn(waly().args([
+        "run",
+        "--source",
+        &db.url(),
+        "--archive",
+        &archive,
+        "--slot",
+        &slot(&db),
+        "--wal-warn-size",
+        "4KiB",
+        "--wal-check-interval",
+        "500ms",
+        "--log",
+        "warn",
+    ]));
+    wait_streaming(&db, &run);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    while !run.stderr_so_far().contains("retains more WAL than it should") {
+        assert!(Instant::now() < deadline, "no warning: {}", run.stderr_so_far());
+        i += 1;
+        db.psql(&format!("INSERT INTO w VALUES ({i})"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, stderr) = run.terminate(60);
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("max_slot_wal_keep_size"), "{stderr}");
+    let bad = run_within(
+        waly().args([
+            "run",
+            "--source",
+            &db.url(),
+            "--archive",
+            &archive,
+            "--wal-warn-fraction",
+            "2",
+        ]),
+        30,
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--wal-warn-fraction"));
+    let _ = std::fs::remove_dir_all(&archive);
+}
