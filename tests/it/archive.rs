@@ -85,19 +85,28 @@ pub(crate) fn slot(db: &TestDb) -> String {
 }
 
 pub(crate) fn spawn_run(db: &TestDb, archive: &str) -> Running {
-    Running::spawn(waly().args([
-        "run",
-        "--source",
-        &db.url(),
-        "--archive",
-        archive,
-        "--slot",
-        &slot(db),
-        "--flush-interval",
-        "200ms",
-        "--log",
-        "warn",
-    ]))
+    spawn_run_as(db, &db.url(), archive, &[])
+}
+
+/// `waly run` for `db`'s slot, connecting with `source`, with more arguments.
+pub(crate) fn spawn_run_as(db: &TestDb, source: &str, archive: &str, extra: &[&str]) -> Running {
+    Running::spawn(
+        waly()
+            .args([
+                "run",
+                "--source",
+                source,
+                "--archive",
+                archive,
+                "--slot",
+                &slot(db),
+                "--flush-interval",
+                "200ms",
+                "--log",
+                "warn",
+            ])
+            .args(extra),
+    )
 }
 
 /// Waits until `waly run` streams from its slot; on failure shows what it
@@ -1162,19 +1171,7 @@ fn every_reading_and_capturing_command_works_as_the_least_privileged_role() {
         "t|f|f|t"
     );
     let url = format!("{} user={role}", db.url().replace("user=postgres", ""));
-    let run = Running::spawn(waly().args([
-        "run",
-        "--source",
-        &url,
-        "--archive",
-        &archive,
-        "--slot",
-        &slot(&db),
-        "--flush-interval",
-        "200ms",
-        "--log",
-        "warn",
-    ]));
+    let run = spawn_run_as(&db, &url, &archive, &[]);
     wait_streaming(&db, &run);
     db.psql("INSERT INTO pub VALUES (2, 'after'); UPDATE pub SET v = 'changed' WHERE id = 1;");
     settle(&db, run);
@@ -1285,21 +1282,12 @@ fn run_warns_when_the_slot_retains_too_much_wal() {
     db.psql("CREATE TABLE w (id int PRIMARY KEY); CREATE PUBLICATION waly FOR TABLE w;");
     let archive = archive_dir(&db);
     // The test cluster's max_slot_wal_keep_size is unlimited: the absolute threshold applies.
-    let run = Running::spawn(waly().args([
-        "run",
-        "--source",
+    let run = spawn_run_as(
+        &db,
         &db.url(),
-        "--archive",
         &archive,
-        "--slot",
-        &slot(&db),
-        "--wal-warn-size",
-        "4KiB",
-        "--wal-check-interval",
-        "500ms",
-        "--log",
-        "warn",
-    ]));
+        &["--wal-warn-size", "4KiB", "--wal-check-interval", "500ms"],
+    );
     wait_streaming(&db, &run);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut i = 0;
