@@ -493,8 +493,7 @@ async fn indexed_generation(
     }
     let mut hits: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
     let mut looked: HashSet<u64> = HashSet::new();
-    let last_complete = st.tail.last_commit.map(|c| c.commit_lsn);
-    let mut hwm: Option<(Lsn, u64)> = None;
+    let mut dedup = log::Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
     let mut txns: BTreeSet<Lsn> = BTreeSet::new();
     for (key, number, _) in &segments {
         // Look up every key followed so far (a key change adds one).
@@ -510,15 +509,10 @@ async fn indexed_generation(
                 SegmentReader::open(key, bytes)?
             };
             while let Some(rec) = r.next_record(&st.schemas)? {
-                let id = match &rec {
-                    Record::Change(c) => (c.change.commit_lsn, c.change.seq),
-                    Record::Message(m) => (m.commit_lsn, m.seq),
-                    Record::Schema(_) | Record::Commit(_) => continue,
-                };
-                if last_complete.is_none_or(|c| id.0 > c) || hwm.is_some_and(|h| id <= h) {
+                let Some((id, _)) = rec.identity() else { continue };
+                if dedup.admit(id) != log::Admit::Keep {
                     continue;
                 }
-                hwm = Some(id);
                 match &rec {
                     Record::Change(c) => {
                         let before = t.n;
@@ -566,6 +560,7 @@ async fn indexed_generation(
     t.flush();
     // Intents: the `waly` messages of the transactions that made versions,
     // where they sit in frames that were not read.
+    let mut frame_tables: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
     for lsn in txns {
         let missing: Vec<usize> = t
             .out
@@ -594,8 +589,10 @@ async fn indexed_generation(
                 let Some((seg_key, _, _)) = segments.iter().find(|(_, n, _)| *n == obj.number) else {
                     continue;
                 };
-                let frames = index::segment_frames(store, seg_key).await?;
-                let Some((off, len)) = frames.get(f as usize).copied() else {
+                if let std::collections::btree_map::Entry::Vacant(e) = frame_tables.entry(obj.number) {
+                    e.insert(index::segment_frames(store, seg_key).await?);
+                }
+                let Some((off, len)) = frame_tables.get(&obj.number).and_then(|fr| fr.get(f as usize)).copied() else {
                     continue;
                 };
                 let z = store.get_range(seg_key, off..off + len).await?;

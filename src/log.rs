@@ -57,6 +57,53 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     ))
 }
 
+/// What a reader does with a change or message, by its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// New: use it.
+    Keep,
+    /// Written again after a restart, and already seen.
+    Duplicate,
+    /// Its transaction's commit marker is not archived (yet): it does not count.
+    Incomplete,
+}
+
+/// Reads one generation's records as docs/FORMAT.md says: a transaction
+/// counts only up to the generation's last complete one, and identities
+/// `(commit_lsn, seq)` that do not grow are duplicates.
+#[derive(Debug, Clone, Copy)]
+pub struct Dedup {
+    last_complete: Option<Lsn>,
+    hwm: Option<(Lsn, u64)>,
+}
+
+impl Dedup {
+    /// For a generation whose last complete transaction is `last_complete`.
+    pub fn new(last_complete: Option<Lsn>) -> Dedup {
+        Dedup {
+            last_complete,
+            hwm: None,
+        }
+    }
+
+    /// Whether the transaction `commit_lsn` is complete in the archive.
+    pub fn complete(&self, commit_lsn: Lsn) -> bool {
+        self.last_complete.is_some_and(|c| commit_lsn <= c)
+    }
+
+    /// What to do with the record whose identity is `id`.
+    pub fn admit(&mut self, id: (Lsn, u64)) -> Admit {
+        if !self.complete(id.0) {
+            return Admit::Incomplete;
+        }
+        if self.hwm.is_some_and(|h| id <= h) {
+            return Admit::Duplicate;
+        }
+        self.hwm = Some(id);
+        Admit::Keep
+    }
+}
+
 /// What to print.
 #[derive(Debug, Clone, Default)]
 pub struct LogOptions {
@@ -141,26 +188,23 @@ pub async fn walk(
                 snapshot_rows(store, m, opts, f, &mut stats).await?;
             }
         }
-        let last_complete = st.tail.last_commit.map(|c| c.commit_lsn);
-        let mut hwm: Option<(Lsn, u64)> = None;
+        let mut dedup = Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
         for (key, _, _) in state::segments(store, &gen).await? {
             let bytes = store.get(&key).await?;
             let mut r = SegmentReader::open(&key, &bytes)?;
             while let Some(rec) = r.next_record(&st.schemas)? {
-                let (id, t) = match &rec {
-                    Record::Change(c) => ((c.change.commit_lsn, c.change.seq), c.change.commit_time),
-                    Record::Message(m) => ((m.commit_lsn, m.seq), m.commit_time),
-                    Record::Schema(_) | Record::Commit(_) => continue,
-                };
-                if last_complete.is_none_or(|c| id.0 > c) {
-                    stats.incomplete += 1;
-                    continue;
+                let Some((id, t)) = rec.identity() else { continue };
+                match dedup.admit(id) {
+                    Admit::Incomplete => {
+                        stats.incomplete += 1;
+                        continue;
+                    }
+                    Admit::Duplicate => {
+                        stats.duplicates += 1;
+                        continue;
+                    }
+                    Admit::Keep => {}
                 }
-                if hwm.is_some_and(|h| id <= h) {
-                    stats.duplicates += 1;
-                    continue;
-                }
-                hwm = Some(id);
                 if !after(opts.since, id.0, t) || !before(opts.until, id.0, t) {
                     continue;
                 }

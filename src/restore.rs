@@ -777,8 +777,7 @@ async fn collect(
     }
     // The changes after it.
     let start = plan.snapshot.lsn;
-    let last_complete = plan.last_complete.map(|c| c.commit_lsn);
-    let mut hwm: Option<(Lsn, u64)> = None;
+    let mut dedup = crate::log::Dedup::new(plan.last_complete.map(|c| c.commit_lsn));
     let mut cut: Option<(Lsn, DateTime<Utc>)> = None;
     let mut changes = 0u64;
     let mut truncated_at: Option<(u64, u64)> = None;
@@ -790,20 +789,21 @@ async fn collect(
         progress(read);
         let mut r = SegmentReader::open(key, &bytes)?;
         while let Some(rec) = r.next_record(schemas)? {
-            let (id, time) = match &rec {
-                Record::Change(c) => ((c.change.commit_lsn, c.change.seq), c.change.commit_time),
-                Record::Message(m) => ((m.commit_lsn, m.seq), m.commit_time),
-                Record::Commit(c) => ((c.commit_lsn, u64::MAX), c.commit_time),
-                Record::Schema(_) => continue,
+            let (lsn, time) = match &rec {
+                Record::Commit(c) => (c.commit_lsn, c.commit_time),
+                other => match other.identity() {
+                    Some((id, time)) => (id.0, time),
+                    None => continue,
+                },
             };
-            if id.0 < start {
+            if lsn < start {
                 continue;
             }
-            if last_complete.is_none_or(|c| id.0 > c) {
+            if !dedup.complete(lsn) {
                 break 'segments; // the incomplete tail
             }
             let past = match plan.point {
-                Bound::Lsn(p) => id.0 > p,
+                Bound::Lsn(p) => lsn > p,
                 Bound::Time(t) => time > t,
             };
             if past {
@@ -813,10 +813,11 @@ async fn collect(
                 cut = Some((c.commit_lsn, c.commit_time));
                 continue;
             }
-            if hwm.is_some_and(|h| id <= h) {
-                continue; // written twice (a restart); already seen
+            if let Some((id, _)) = rec.identity() {
+                if dedup.admit(id) != crate::log::Admit::Keep {
+                    continue; // written twice (a restart); already seen
+                }
             }
-            hwm = Some(id);
             let Record::Change(c) = rec else { continue };
             let c = c.change;
             if &*c.table != table {

@@ -199,6 +199,16 @@ impl Record {
         }
     }
 
+    /// The identity `(commit_lsn, seq)` and commit time of a change or
+    /// message (what readers deduplicate on); `None` for other records.
+    pub fn identity(&self) -> Option<((Lsn, u64), DateTime<Utc>)> {
+        match self {
+            Record::Change(c) => Some(((c.change.commit_lsn, c.change.seq), c.change.commit_time)),
+            Record::Message(m) => Some(((m.commit_lsn, m.seq), m.commit_time)),
+            Record::Schema(_) | Record::Commit(_) => None,
+        }
+    }
+
     /// Whether it is a change with this op.
     pub fn is_op(&self, op: Op) -> bool {
         matches!(self, Record::Change(c) if c.change.op == op)

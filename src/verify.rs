@@ -109,6 +109,7 @@ async fn segments(store: &Store, gen: &str, st: &state::GenState, report: &mut R
         by_number.entry(*n).or_default().push(key.clone());
     }
     let last = by_number.keys().next_back().copied();
+    let mut txns = Txns::default();
     // Objects in chain order, read; their SHA-256.
     let mut read: Vec<(u64, String, Option<crate::segment::SegmentHeader>, String)> = Vec::new();
     for (n, keys) in &by_number {
@@ -122,7 +123,7 @@ async fn segments(store: &Store, gen: &str, st: &state::GenState, report: &mut R
                 }
             };
             let sha = sha256_hex(&bytes);
-            let header = match check_records(key, &bytes, st, report) {
+            let header = match check_records(key, &bytes, st, report, &mut txns) {
                 Some(h) => h,
                 None => {
                     read.push((*n, key.clone(), None, sha));
@@ -221,33 +222,8 @@ async fn segments(store: &Store, gen: &str, st: &state::GenState, report: &mut R
         prev = Some(item);
     }
     // Transactions without their commit marker.
-    let mut open: BTreeMap<Lsn, String> = BTreeMap::new();
-    let mut committed: BTreeSet<Lsn> = BTreeSet::new();
-    for (_, key, header, _) in &read {
-        if header.is_none() {
-            continue;
-        }
-        let Ok(bytes) = store.get(key).await else { continue };
-        let Ok(mut r) = SegmentReader::open(key, &bytes) else {
-            continue;
-        };
-        while let Ok(Some(rec)) = r.next_record(&st.schemas) {
-            match rec {
-                Record::Change(c) => {
-                    open.entry(c.change.commit_lsn).or_insert_with(|| key.clone());
-                }
-                Record::Message(m) => {
-                    open.entry(m.commit_lsn).or_insert_with(|| key.clone());
-                }
-                Record::Commit(c) => {
-                    committed.insert(c.commit_lsn);
-                }
-                Record::Schema(_) => {}
-            }
-        }
-    }
-    for (lsn, key) in open {
-        if !committed.contains(&lsn) {
+    for (lsn, key) in txns.open {
+        if !txns.committed.contains(&lsn) {
             report.add(
                 key,
                 Kind::OrphanPartial,
@@ -258,14 +234,25 @@ async fn segments(store: &Store, gen: &str, st: &state::GenState, report: &mut R
     Ok(())
 }
 
+/// The transactions seen in a generation's segments: where each first
+/// appeared, and which have their commit marker.
+#[derive(Debug, Default)]
+struct Txns {
+    open: BTreeMap<Lsn, String>,
+    committed: BTreeSet<Lsn>,
+}
+
 /// Decompresses every record (checking zstd's checksums and the count);
-/// returns the header, or reports the object.
+/// returns the header, or reports the object. The transactions of a segment
+/// that reads whole are added to `txns`.
 fn check_records(
     key: &str,
     bytes: &[u8],
     st: &state::GenState,
     report: &mut Report,
+    txns: &mut Txns,
 ) -> Option<crate::segment::SegmentHeader> {
+    let mut seen = Txns::default();
     let mut r = match SegmentReader::open(key, bytes) {
         Ok(r) => r,
         Err(e) => {
@@ -275,8 +262,21 @@ fn check_records(
     };
     loop {
         match r.next_record(&st.schemas) {
-            Ok(Some(_)) => {}
-            Ok(None) => return Some(r.header.clone()),
+            Ok(Some(Record::Commit(c))) => {
+                seen.committed.insert(c.commit_lsn);
+            }
+            Ok(Some(rec)) => {
+                if let Some(((lsn, _), _)) = rec.identity() {
+                    seen.open.entry(lsn).or_insert_with(|| key.to_string());
+                }
+            }
+            Ok(None) => {
+                for (lsn, k) in seen.open {
+                    txns.open.entry(lsn).or_insert(k);
+                }
+                txns.committed.extend(seen.committed);
+                return Some(r.header.clone());
+            }
             Err(e) => {
                 let text = e.to_string();
                 let kind = if text.contains("truncated") || text.contains("incomplete") {

@@ -2,7 +2,6 @@
 
 use super::ArchiveArgs;
 use crate::history::{self, HistoryQuery, Version};
-use crate::log::Bound;
 use std::io::Write;
 
 /// List every version of a row: when, which transaction, what changed, and why.
@@ -15,12 +14,8 @@ pub struct HistoryArgs {
     pub key: String,
     #[command(flatten)]
     pub archive: ArchiveArgs,
-    /// Only versions committed at or after this time (RFC 3339; without an offset it is UTC) or LSN.
-    #[arg(long)]
-    pub since: Option<Bound>,
-    /// Only versions committed at or before this time or LSN.
-    #[arg(long)]
-    pub until: Option<Bound>,
+    #[command(flatten)]
+    pub span: super::SpanArgs,
     /// One JSON object per version (the fields of `waly log --json`, plus
     /// version, changed and intent).
     #[arg(long)]
@@ -99,8 +94,8 @@ pub async fn run(args: &HistoryArgs) -> anyhow::Result<()> {
     let query = HistoryQuery {
         table: table.clone(),
         key: args.key.clone(),
-        since: args.since,
-        until: args.until,
+        since: args.span.since,
+        until: args.span.until,
     };
     let (_, versions, stats) = history::history(&store, &query, !args.scan).await?;
     if args.stats {

@@ -1,7 +1,7 @@
 //! `waly log`: print the archived changes.
 
 use super::ArchiveArgs;
-use crate::log::{Bound, Item, LogOptions};
+use crate::log::{Item, LogOptions};
 use std::io::Write;
 
 /// Print archived changes in commit order, each once.
@@ -12,12 +12,8 @@ pub struct LogArgs {
     /// Only this table (schema.table; unqualified means public).
     #[arg(long)]
     pub table: Option<String>,
-    /// From this commit time (RFC 3339; without an offset it is UTC) or LSN.
-    #[arg(long)]
-    pub since: Option<Bound>,
-    /// Up to this commit time (RFC 3339; without an offset it is UTC) or LSN.
-    #[arg(long)]
-    pub until: Option<Bound>,
+    #[command(flatten)]
+    pub span: super::SpanArgs,
     /// One JSON object per change (the fields of `waly tail --json`).
     #[arg(long)]
     pub json: bool,
@@ -37,8 +33,8 @@ pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
     };
     let opts = LogOptions {
         table,
-        since: args.since,
-        until: args.until,
+        since: args.span.since,
+        until: args.span.until,
         snapshot: args.snapshot,
     };
     let stdout = std::io::stdout();

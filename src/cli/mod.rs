@@ -92,6 +92,17 @@ pub struct SlotArgs {
     pub publication: String,
 }
 
+/// A span of history, by commit time or commit LSN.
+#[derive(Debug, clap::Args)]
+pub struct SpanArgs {
+    /// Only what committed at or after this time (RFC 3339; without an offset it is UTC) or LSN.
+    #[arg(long)]
+    pub since: Option<crate::log::Bound>,
+    /// Only what committed at or before this time or LSN.
+    #[arg(long)]
+    pub until: Option<crate::log::Bound>,
+}
+
 /// Where the archive is.
 #[derive(Debug, clap::Args)]
 pub struct ArchiveArgs {
