@@ -111,6 +111,10 @@ pub enum Error {
     /// The archive belongs to another database, or is otherwise unusable for this one.
     #[error("{0}")]
     ArchiveMismatch(String),
+    /// Another writer did the same thing at the same moment (took a lease,
+    /// started a generation); trying again sorts it out.
+    #[error("{0}")]
+    Contended(String),
     /// What was asked for is not in the archive (a table, a point in time).
     #[error("{0}")]
     NotInArchive(String),
@@ -125,7 +129,8 @@ impl Error {
             | Error::ConnectTimeout { .. }
             | Error::Io(_)
             | Error::ConnectionClosed
-            | Error::SlotBusy { .. } => true,
+            | Error::SlotBusy { .. }
+            | Error::Contended(_) => true,
             Error::Store { source, .. } => !matches!(
                 **source,
                 object_store::Error::NotFound { .. }

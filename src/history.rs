@@ -484,11 +484,18 @@ async fn indexed_generation(
             Err(e) => tracing::warn!(index = key, error = %e, "the index is damaged; reading its segments instead"),
         }
     }
-    // Which index covers which segment (by the footers).
+    // Which index covers which segment (by the footers): an entry counts
+    // only for the segment of its number written under its fencing token.
+    let fences: BTreeMap<u64, u64> = segments
+        .iter()
+        .map(|(k, n, _)| (*n, crate::archive::layout::segment_fence(k)))
+        .collect();
     let mut covered: BTreeMap<u64, usize> = BTreeMap::new();
     for (i, idx) in indexes.iter().enumerate() {
         for o in &idx.footer.objects {
-            covered.insert(o.number, i);
+            if fences.get(&o.number) == Some(&o.fence) {
+                covered.insert(o.number, i);
+            }
         }
     }
     let mut hits: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
@@ -586,7 +593,10 @@ async fn indexed_generation(
                 if !seen.insert((obj.number, f)) {
                     continue;
                 }
-                let Some((seg_key, _, _)) = segments.iter().find(|(_, n, _)| *n == obj.number) else {
+                let Some((seg_key, _, _)) = segments
+                    .iter()
+                    .find(|(k, n, _)| *n == obj.number && crate::archive::layout::segment_fence(k) == obj.fence)
+                else {
                     continue;
                 };
                 if let std::collections::btree_map::Entry::Vacant(e) = frame_tables.entry(obj.number) {

@@ -58,6 +58,15 @@ pub struct Covered {
     /// for segments: their header lists them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub frames: Vec<(u64, u64)>,
+    /// For a segment: the fencing token it was written under. An index
+    /// entry applies only to the segment of that number *and* token, so the
+    /// index of a deposed writer's upload is never applied to history.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fence: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A pointer to a block: its first value, offset and length.
@@ -506,6 +515,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                             number: n as u64,
                             key: part.key.clone(),
                             frames,
+                            fence: 0,
                         },
                         &keys,
                         &[],
@@ -562,6 +572,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                         number: *number,
                         key: String::new(),
                         frames: Vec::new(),
+                        fence: crate::archive::layout::segment_fence(key),
                     },
                     &keys,
                     &messages,
@@ -596,6 +607,7 @@ mod tests {
                     number: obj,
                     key: format!("seg{obj}"),
                     frames: vec![(0, 1)],
+                    fence: 0,
                 },
                 &keys,
                 &msgs,

@@ -26,6 +26,7 @@ pub mod index;
 pub mod init;
 pub mod log;
 pub mod lsn;
+pub mod metrics;
 pub mod pgoutput;
 pub mod pgtypes;
 pub mod pipeline;

@@ -15,12 +15,15 @@ use crate::archive::layout;
 use crate::archive::state::{self, to_json, GenState, GenerationInfo, Identity};
 use crate::archive::Store;
 use crate::event::{Assembler, Event, RelationInfo};
+use crate::metrics::{Metrics, Phase};
 use crate::segment::{ColumnDef, CommitRecord, MessageRecord, SchemaRecord, SegmentBuilder};
 use crate::snapshot::{self, TableRef};
 use crate::source::{self, quote, ConnInfo, PgConn, ReplicationMessage, SnapshotAction, StartOptions};
 use crate::{Error, Lsn};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -45,6 +48,10 @@ pub struct RunOptions {
     pub wal_warn_bytes: u64,
     /// How often to look.
     pub wal_check_interval: Duration,
+    /// While another process streams the slot, look again this often.
+    pub standby_poll: Duration,
+    /// Counters and health, shared with the `/metrics` server.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for RunOptions {
@@ -58,22 +65,33 @@ impl Default for RunOptions {
             wal_warn_fraction: 0.8,
             wal_warn_bytes: 10 << 30,
             wal_check_interval: Duration::from_secs(30),
+            standby_poll: Duration::from_secs(2),
+            metrics: Arc::new(Metrics::default()),
         }
     }
 }
 
 /// Writes `bytes` at `key` once, retrying transient failures with backoff
 /// (100 ms doubling to 10 s) until it succeeds or `stopping()` says to give up.
+/// Failures and retries are counted in `metrics`.
 pub async fn put_with_retry(
     store: &Store,
     key: &str,
     bytes: bytes::Bytes,
+    metrics: &Metrics,
     stopping: &mut (dyn FnMut() -> bool + Send),
 ) -> Result<(), Error> {
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1u32;
     loop {
-        match store.put_once(key, bytes.clone()).await {
+        if attempt > 1 {
+            metrics.upload_retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let put = store.put_once(key, bytes.clone()).await;
+        if let Err(e) = &put {
+            metrics.upload_failed(&format!("uploading {key}: {e:#}"));
+        }
+        match put {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && !stopping() => {
                 tracing::warn!(key, attempt, error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "upload failed; retrying");
@@ -99,25 +117,82 @@ pub async fn run(
         stop.await;
         let _ = stop_tx.send(true);
     });
+    let metrics = &opts.metrics;
     let mut backoff = Duration::from_millis(500);
+    let mut standby_since: Option<Instant> = None;
+    let mut last_recorded: Option<(String, Instant)> = None;
     loop {
         let started = Instant::now();
-        match session(info, store, opts, stop_rx.clone()).await {
+        let e = match session(info, store, opts, stop_rx.clone()).await {
             Ok(()) => return Ok(()),
-            Err(e) if e.is_transient() && !*stop_rx.borrow() => {
-                if started.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_millis(500);
-                }
-                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "session ended; reconnecting");
-                let mut rx = stop_rx.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = async { let _ = rx.wait_for(|s| *s).await; } => return Ok(()),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-            Err(e) => return Err(e),
+            Err(e) => e,
+        };
+        if *stop_rx.borrow() {
+            return Ok(());
         }
+        let wait = if let Error::SlotBusy { pid, .. } = &e {
+            // Another waly streams the slot: PostgreSQL's lock on an active
+            // slot is the election. Wait as a standby, quietly.
+            if standby_since.is_none() {
+                tracing::info!(
+                    slot = opts.slot,
+                    holder_pid = pid,
+                    poll_ms = opts.standby_poll.as_millis() as u64,
+                    "standby: the slot is streamed by another process; waiting to take over"
+                );
+                standby_since = Some(Instant::now());
+            }
+            metrics.set_phase(Phase::Standby {
+                holder_pid: pid.clone(),
+            });
+            opts.standby_poll
+        } else if e.is_transient() {
+            if started.elapsed() > Duration::from_secs(60) {
+                backoff = Duration::from_millis(500);
+            }
+            let message = format!("{e:#}");
+            tracing::warn!(error = %message, retry_in_ms = backoff.as_millis() as u64, "session ended; reconnecting");
+            metrics.session_failed(&message);
+            // The same failure over and over is recorded once per 10 minutes.
+            if last_recorded
+                .as_ref()
+                .is_none_or(|(m, t)| *m != message || t.elapsed() > Duration::from_secs(600))
+            {
+                record_error(store, &message).await;
+                last_recorded = Some((message, Instant::now()));
+            }
+            metrics.set_phase(Phase::Reconnecting);
+            let wait = backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            wait
+        } else {
+            record_error(store, &format!("{e:#}")).await;
+            return Err(e);
+        };
+        let mut rx = stop_rx.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = async { let _ = rx.wait_for(|s| *s).await; } => return Ok(()),
+        }
+        if !matches!(metrics.phase(), Phase::Standby { .. }) {
+            standby_since = None;
+        }
+    }
+}
+
+/// Leaves the error that ended a session in the archive (`errors/`), so
+/// `waly status` can show it from anywhere. Best effort: the archive may be
+/// what failed.
+async fn record_error(store: &Store, message: &str) {
+    let now = chrono::Utc::now();
+    let key = layout::error_key(now);
+    let body = serde_json::json!({
+        "time": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "error": message,
+        "host": crate::archive::lease::holder(),
+    });
+    if let Err(e) = store.put_once(&key, to_json(&body)).await {
+        tracing::debug!(error = %e, "could not record the error in the archive");
     }
 }
 
@@ -185,6 +260,12 @@ async fn published_tables(conn: &mut PgConn, publication: &str) -> Result<(Vec<T
 /// The writer's state within one session.
 struct Writer<'a> {
     store: &'a Store,
+    /// The fencing token of this session's lease.
+    fence: u64,
+    metrics: &'a Metrics,
+    /// Changes/messages and transactions in the open segment.
+    pending_events: u64,
+    pending_txns: u64,
     gen: GenState,
     builder: SegmentBuilder,
     stop: watch::Receiver<bool>,
@@ -211,7 +292,7 @@ async fn check_retained_wal(sql: &tokio_postgres::Client, opts: &RunOptions) {
         )
         .await;
     let (retained, keep) = match row {
-        Ok(Some(r)) => (r.get::<_, Option<i64>>(0).unwrap_or(0), r.get::<_, i64>(1)),
+        Ok(Some(r)) => (r.get::<_, Option<i64>>(0).unwrap_or(0).max(0), r.get::<_, i64>(1)),
         Ok(None) => return,
         Err(e) => {
             tracing::debug!(error = %e, "could not read the WAL the slot retains");
@@ -223,6 +304,9 @@ async fn check_retained_wal(sql: &tokio_postgres::Client, opts: &RunOptions) {
     } else {
         opts.wal_warn_bytes as i64
     };
+    let warning = (retained > limit)
+        .then(|| format!("the slot retains {retained} bytes of WAL, more than the warning level of {limit} bytes"));
+    opts.metrics.set_retained_wal(retained as u64, warning);
     if retained > limit {
         tracing::warn!(
             slot = opts.slot,
@@ -272,6 +356,7 @@ impl Writer<'_> {
                 number,
                 key: String::new(),
                 frames: Vec::new(),
+                fence: self.fence,
             },
             &sealed.key_entries,
             &sealed.message_entries,
@@ -303,6 +388,7 @@ impl Writer<'_> {
     async fn flush_and_confirm(&mut self, stream: &source::ReplicationStream) -> Result<(), Error> {
         if let Some(lsn) = self.flush().await? {
             stream.confirm(lsn);
+            self.metrics.set_confirmed(lsn);
             stream.report_now();
         }
         Ok(())
@@ -316,10 +402,23 @@ impl Writer<'_> {
         }
         let builder = std::mem::replace(&mut self.builder, SegmentBuilder::new()?);
         let number = self.gen.tail.next_number;
-        let sealed = builder.seal(&self.gen.id, number, self.gen.tail.prev_sha256.clone())?;
-        let key = layout::segment_key(&self.gen.id, number, sealed.header.first_lsn, sealed.header.last_lsn);
+        let sealed = builder.seal(&self.gen.id, number, self.gen.tail.prev_sha256.clone(), self.fence)?;
+        let key = layout::segment_key(
+            &self.gen.id,
+            number,
+            sealed.header.first_lsn,
+            sealed.header.last_lsn,
+            self.fence,
+        );
         let stop = self.stop.clone();
-        put_with_retry(self.store, &key, sealed.bytes.clone(), &mut || *stop.borrow()).await?;
+        put_with_retry(self.store, &key, sealed.bytes.clone(), self.metrics, &mut || {
+            *stop.borrow()
+        })
+        .await?;
+        self.metrics
+            .segment_uploaded(sealed.bytes.len() as u64, self.pending_events, self.pending_txns);
+        self.metrics.pending_commit_ms.store(0, Ordering::Relaxed);
+        (self.pending_events, self.pending_txns) = (0, 0);
         tracing::debug!(
             key,
             records = sealed.header.records,
@@ -366,7 +465,14 @@ async fn start_generation(
         slot_lsn,
         timeline,
     };
-    store.put_once(&layout::generation_meta(&id), to_json(&info)).await?;
+    match store.put_once(&layout::generation_meta(&id), to_json(&info)).await {
+        Err(Error::Conflict { .. }) => {
+            return Err(Error::Contended(format!(
+                "generation {id} was started by another writer at the same moment"
+            )))
+        }
+        r => r?,
+    }
     if previous.is_some() {
         tracing::error!(
             generation = id,
@@ -410,6 +516,7 @@ async fn relation_columns(sql: &tokio_postgres::Client, rel: &RelationInfo) -> V
 }
 
 async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch::Receiver<bool>) -> Result<(), Error> {
+    let metrics = &*opts.metrics;
     let mut conn = PgConn::connect(info, true).await?;
     source::check_wal_level(&mut conn).await?;
     crate::tail::preflight(&mut conn, &opts.publication).await?;
@@ -482,7 +589,8 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         .filter(|t| !gen.snapshots.contains_key(&t.qualified()))
         .collect();
     if !missing.is_empty() {
-        snapshot_tables(info, store, &mut gen, &missing).await?;
+        metrics.set_phase(Phase::Snapshotting);
+        snapshot_tables(info, store, &mut gen, &missing, metrics).await?;
     }
 
     let sql = source::tls::connect_sql(info).await?;
@@ -490,14 +598,45 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         publications: vec![opts.publication.clone()],
         ..StartOptions::default()
     };
-    let mut stream = source::start_replication(conn, &opts.slot, Lsn::ZERO, &start_opts).await?;
+    let mut stream = match source::start_replication(conn, &opts.slot, Lsn::ZERO, &start_opts).await {
+        Ok(s) => s,
+        // Lost the election to a process that started streaming meanwhile.
+        Err(Error::Server(e)) if e.code == "55006" => {
+            let pid = e.message.rsplit(' ').next().unwrap_or("?").to_string();
+            return Err(Error::SlotBusy {
+                slot: opts.slot.clone(),
+                pid,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    // This process holds the slot now: a writer before it can no longer
+    // confirm anything, so the archive's tail, read again now, holds all it
+    // confirmed. Segments from here on are ours under a new fencing token;
+    // whatever an earlier writer still uploads is ignored by readers.
+    gen.tail = state::load_generation(store, &gen.id).await?.tail;
+    let lease = crate::archive::lease::acquire(store, &gen.id, gen.tail.next_number).await?;
+    if matches!(metrics.phase(), Phase::Standby { .. }) {
+        tracing::info!(
+            slot = opts.slot,
+            fence = lease.token,
+            "standby: the slot was released; taking over"
+        );
+    }
+    metrics.set_phase(Phase::Streaming);
+    metrics.set_generation(&gen.id);
     let resume = gen.durable_position();
+    metrics.set_confirmed(resume);
     if !resume.is_zero() {
         stream.confirm(resume);
     }
-    tracing::info!(generation = gen.id, slot = opts.slot, archive = store.url(), resume = %resume, "streaming");
+    tracing::info!(generation = gen.id, slot = opts.slot, archive = store.url(), resume = %resume, fence = lease.token, "streaming");
     let mut w = Writer {
         store,
+        fence: lease.token,
+        metrics,
+        pending_events: 0,
+        pending_txns: 0,
         gen,
         builder: SegmentBuilder::new()?,
         stop: stop.clone(),
@@ -565,6 +704,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         (Ok(()), Ok(d)) => {
             if let Some(lsn) = d {
                 stream.confirm(lsn);
+                metrics.set_confirmed(lsn);
             }
             tracing::info!(confirmed = %stream.durable(), "stopping: archive flushed, slot confirmed");
             stream.shutdown().await?;
@@ -605,6 +745,10 @@ impl Consumer {
             w.last_wal_check = Instant::now();
             check_retained_wal(sql, opts).await;
         }
+        let wal_end = match &msg {
+            ReplicationMessage::Keepalive { wal_end } | ReplicationMessage::XLogData { wal_end, .. } => *wal_end,
+        };
+        w.metrics.server_wal_end.fetch_max(wal_end.as_u64(), Ordering::Relaxed);
         match msg {
             ReplicationMessage::Keepalive { wal_end } => {
                 let idle = self.txn.is_none() && w.builder.records() == 0;
@@ -629,7 +773,13 @@ impl Consumer {
     }
 }
 
-async fn snapshot_tables(info: &ConnInfo, store: &Store, gen: &mut GenState, tables: &[TableRef]) -> Result<(), Error> {
+async fn snapshot_tables(
+    info: &ConnInfo,
+    store: &Store,
+    gen: &mut GenState,
+    tables: &[TableRef],
+    metrics: &Metrics,
+) -> Result<(), Error> {
     let next: BTreeMap<String, u32> = tables
         .iter()
         .map(|t| {
@@ -638,7 +788,7 @@ async fn snapshot_tables(info: &ConnInfo, store: &Store, gen: &mut GenState, tab
             (q, v)
         })
         .collect();
-    let (manifest, schemas) = snapshot::take(info, store, &gen.id, tables, &next).await?;
+    let (manifest, schemas) = snapshot::take(info, store, &gen.id, tables, &next, metrics).await?;
     for s in schemas {
         gen.schemas.insert(s);
     }
@@ -683,7 +833,7 @@ async fn handle_events(
                         schema: rel.schema.clone(),
                         name: rel.name.clone(),
                     };
-                    snapshot_tables(info, w.store, &mut w.gen, &[t]).await?;
+                    snapshot_tables(info, w.store, &mut w.gen, &[t], w.metrics).await?;
                     if let Some(s) = w.gen.schemas.latest(&table) {
                         w.active.insert(table, s.version);
                     }
@@ -736,6 +886,13 @@ async fn handle_events(
                 w.builder.push_change(c, schema_version)?;
                 w.index_change(c, schema_version);
                 t.records += 1;
+                w.pending_events += 1;
+                let _ = w.metrics.pending_commit_ms.compare_exchange(
+                    0,
+                    t.commit_time.timestamp_millis(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             }
             Event::Message(m) => {
                 let (Some(t), Some(r)) = (txn.as_mut(), m.txn) else {
@@ -754,6 +911,7 @@ async fn handle_events(
                     content: m.content.clone(),
                 })?;
                 t.records += 1;
+                w.pending_events += 1;
             }
             Event::Commit {
                 commit_lsn, end_lsn, ..
@@ -767,6 +925,7 @@ async fn handle_events(
                         commit_time: t.commit_time,
                         records: t.records,
                     })?;
+                    w.pending_txns += 1;
                 }
             }
         }

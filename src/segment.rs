@@ -82,6 +82,13 @@ pub struct SegmentHeader {
     pub frames: Vec<(u64, u64)>,
     /// SHA-256 (hex) of the previous segment's bytes; `null` for the first.
     pub prev_sha256: Option<String>,
+    /// The fencing token of the writer's lease (absent: 0, no lease).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fence: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A column as archived in a schema version.
@@ -711,7 +718,13 @@ impl SegmentBuilder {
 
     /// Seals the segment as number `number` of `generation`, after the
     /// segment whose SHA-256 is `prev_sha256`.
-    pub fn seal(mut self, generation: &str, number: u64, prev_sha256: Option<String>) -> Result<SealedSegment, Error> {
+    pub fn seal(
+        mut self,
+        generation: &str,
+        number: u64,
+        prev_sha256: Option<String>,
+        fence: u64,
+    ) -> Result<SealedSegment, Error> {
         self.end_frame()?;
         let first = self.first_lsn.or(self.durable_lsn).unwrap_or_default();
         let header = SegmentHeader {
@@ -728,6 +741,7 @@ impl SegmentBuilder {
             lines: self.lines,
             frames: std::mem::take(&mut self.frames),
             prev_sha256,
+            fence,
         };
         let mut json =
             serde_json::to_vec(&header).map_err(|e| Error::Protocol(format!("serializing a header: {e}")))?;
@@ -1092,7 +1106,7 @@ mod tests {
         for r in &records {
             b.push(r).expect("push");
         }
-        let sealed = b.seal("00000001", 3, Some("ab".repeat(32))).expect("seal");
+        let sealed = b.seal("00000001", 3, Some("ab".repeat(32)), 0).expect("seal");
         assert_eq!(sealed.header.first_lsn, Lsn(100));
         assert_eq!(sealed.header.last_lsn, Lsn(200));
         assert_eq!(sealed.header.records, 8);
@@ -1121,7 +1135,7 @@ mod tests {
         for i in 0..3 {
             b.push(&change(100, i, 10 + i * 40, Op::Insert)).expect("push");
         }
-        let sealed = b.seal("00000001", 0, None).expect("seal");
+        let sealed = b.seal("00000001", 0, None, 0).expect("seal");
         let text = zstd::decode_all(&sealed.bytes[..]).expect("zstd");
         let text = String::from_utf8(text).expect("utf-8");
         let lines: Vec<&str> = text.lines().skip(1).collect();
@@ -1147,7 +1161,7 @@ mod tests {
         let mut b = SegmentBuilder::new().expect("builder");
         b.push(&change(100, 3, 200, Op::Insert)).expect("push");
         b.push(&commit(100, 4)).expect("push");
-        let next = b.seal("00000001", 1, Some(sealed.sha256)).expect("seal");
+        let next = b.seal("00000001", 1, Some(sealed.sha256), 0).expect("seal");
         let back = read_all(&next.bytes).expect("read");
         assert_eq!(back, vec![change(100, 3, 200, Op::Insert), commit(100, 4)]);
     }
@@ -1164,7 +1178,7 @@ mod tests {
         }
         all.push(commit(100, 24000));
         b.push(all.last().expect("commit")).expect("push");
-        let sealed = b.seal("00000001", 0, None).expect("seal");
+        let sealed = b.seal("00000001", 0, None, 0).expect("seal");
         let frames = sealed.header.frames.clone();
         assert!(frames.len() >= 3, "{} frames", frames.len());
         assert_eq!(read_all(&sealed.bytes).expect("whole"), all);
@@ -1191,7 +1205,7 @@ mod tests {
         };
         c.schema_version = 9;
         b.push(&Record::Change(c)).expect("push");
-        let sealed = b.seal("00000001", 0, None).expect("seal");
+        let sealed = b.seal("00000001", 0, None, 0).expect("seal");
         let err = read_all(&sealed.bytes).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("no schema version 9") && err.contains('k'), "{err}");
     }
@@ -1231,7 +1245,7 @@ mod tests {
         for i in 0..200 {
             b.push(&change(100, i, 100 + i, Op::Insert)).expect("push");
         }
-        let sealed = b.seal("00000001", 0, None).expect("seal");
+        let sealed = b.seal("00000001", 0, None, 0).expect("seal");
         let mut bytes = sealed.bytes.to_vec();
         let at = bytes.len() - 20;
         bytes[at] ^= 0x40;

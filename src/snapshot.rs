@@ -218,7 +218,11 @@ pub async fn take(
     gen: &str,
     tables: &[TableRef],
     next_versions: &std::collections::BTreeMap<String, u32>,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<(Manifest, Vec<SchemaRecord>), Error> {
+    use std::sync::atomic::Ordering;
+    metrics.snapshot_tables.store(tables.len() as u64, Ordering::Relaxed);
+    metrics.snapshot_tables_done.store(0, Ordering::Relaxed);
     let mut repl = PgConn::connect(info, true).await?;
     let slot_name = format!(
         "waly_snap_{}_{}",
@@ -343,13 +347,13 @@ pub async fn take(
                 if writer.uncompressed >= PART_BYTES {
                     let part = entry.parts.len() as u32;
                     let full = std::mem::replace(&mut writer, PartWriter::new(&header(part + 1))?);
-                    finish_part(store, gen, lsn, &seg, part, full, &mut entry, &mut index).await?;
+                    finish_part(store, gen, lsn, &seg, part, full, &mut entry, &mut index, metrics).await?;
                 }
             }
             carry.drain(..start);
         }
         let part = entry.parts.len() as u32;
-        finish_part(store, gen, lsn, &seg, part, writer, &mut entry, &mut index).await?;
+        finish_part(store, gen, lsn, &seg, part, writer, &mut entry, &mut index, metrics).await?;
         tracing::info!(
             table = qualified,
             rows = entry.rows,
@@ -357,6 +361,7 @@ pub async fn take(
             "snapshot of table done"
         );
         manifest.tables.push(entry);
+        metrics.snapshot_tables_done.fetch_add(1, Ordering::Relaxed);
     }
     sql.batch_execute("COMMIT")
         .await
@@ -387,6 +392,7 @@ async fn finish_part(
     mut w: PartWriter,
     entry: &mut ManifestTable,
     index: &mut crate::index::Builder,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<(), Error> {
     w.end_frame()?;
     let rows = w.rows;
@@ -394,13 +400,17 @@ async fn finish_part(
     let key = layout::snapshot_part(gen, lsn, seg, part);
     let sha256 = crate::segment::sha256_hex(&bytes);
     let size = bytes.len() as u64;
-    crate::pipeline::put_with_retry(store, &key, bytes, &mut || false).await?;
+    crate::pipeline::put_with_retry(store, &key, bytes, metrics, &mut || false).await?;
     entry.rows += rows;
+    metrics
+        .snapshot_rows
+        .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
     index.add(
         crate::index::Covered {
             number: part as u64,
             key: key.clone(),
             frames: w.frames.clone(),
+            fence: 0,
         },
         &w.keys,
         &[],

@@ -35,6 +35,9 @@ pub enum Kind {
     AbandonedSnapshot,
     /// An index object that does not match the segments (harmless: derived; `waly reindex`).
     StaleIndex,
+    /// A segment uploaded by a writer after it lost its lease (harmless:
+    /// readers ignore it; the writer that took over archived that history).
+    Fenced,
     /// A restored table differs from the live one (`--against-source`).
     Differs,
 }
@@ -67,7 +70,10 @@ pub struct Report {
 
 impl Report {
     fn add(&mut self, object: impl Into<String>, kind: Kind, detail: impl Into<String>) {
-        let harmless = matches!(kind, Kind::OrphanPartial | Kind::AbandonedSnapshot | Kind::StaleIndex);
+        let harmless = matches!(
+            kind,
+            Kind::OrphanPartial | Kind::AbandonedSnapshot | Kind::StaleIndex | Kind::Fenced
+        );
         self.problems.push(Problem {
             object: object.into(),
             kind,
@@ -102,7 +108,41 @@ pub async fn verify(store: &Store) -> Result<Report, Error> {
 }
 
 async fn segments(store: &Store, gen: &str, st: &state::GenState, report: &mut Report) -> Result<(), Error> {
-    let list = state::segments(store, gen).await?;
+    let leases = crate::archive::lease::list(store).await?;
+    let mut list = Vec::new();
+    for s in state::segment_objects(store, gen).await? {
+        if s.is_current() {
+            list.push((s.key, s.number, s.size));
+            continue;
+        }
+        report.segments += 1;
+        // Written under a lease that a later one replaced at or before its
+        // position: a deposed writer's late upload, if the token is real.
+        let real = s.fence < s.in_force && leases.iter().any(|l| l.token == s.fence);
+        let header_fence = match store.get(&s.key).await {
+            Ok(b) => SegmentReader::open(&s.key, &b).ok().map(|r| r.header.fence),
+            Err(_) => None,
+        };
+        if real && header_fence == Some(s.fence) {
+            report.add(
+                &s.key,
+                Kind::Fenced,
+                format!(
+                    "written under fencing token {} after the lease with token {} took over; ignored by readers",
+                    s.fence, s.in_force
+                ),
+            );
+        } else {
+            report.add(
+                &s.key,
+                Kind::Inserted,
+                format!(
+                    "it carries fencing token {}, but no such lease was in force at segment {}",
+                    s.fence, s.number
+                ),
+            );
+        }
+    }
     // Several objects with one number: all but one were inserted.
     let mut by_number: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for (key, n, _) in &list {
@@ -142,6 +182,8 @@ async fn segments(store: &Store, gen: &str, st: &state::GenState, report: &mut R
                 );
             } else if key_lsns != Some((header.first_lsn, header.last_lsn)) {
                 report.add(key, Kind::Altered, "its header's LSN range differs from its name's");
+            } else if header.fence != layout::segment_fence(key) {
+                report.add(key, Kind::Altered, "its header's fencing token differs from its name's");
             }
             read.push((*n, key.clone(), Some(header), sha));
         }
@@ -355,10 +397,10 @@ async fn snapshots(store: &Store, gen: &str, st: &state::GenState, report: &mut 
 }
 
 async fn indexes(store: &Store, gen: &str, report: &mut Report) -> Result<(), Error> {
-    let numbers: BTreeSet<u64> = state::segments(store, gen)
+    let numbers: BTreeMap<u64, u64> = state::segments(store, gen)
         .await?
         .into_iter()
-        .map(|(_, n, _)| n)
+        .map(|(k, n, _)| (n, layout::segment_fence(&k)))
         .collect();
     for (key, size) in store.list(&format!("index/{gen}/segments")).await? {
         match crate::index::Index::open(store, &key, size).await {
@@ -368,11 +410,19 @@ async fn indexes(store: &Store, gen: &str, report: &mut Report) -> Result<(), Er
                 format!("unreadable ({e}); `waly reindex` rebuilds it"),
             ),
             Ok(idx) => {
-                if let Some(o) = idx.footer.objects.iter().find(|o| !numbers.contains(&o.number)) {
+                if let Some(o) = idx
+                    .footer
+                    .objects
+                    .iter()
+                    .find(|o| numbers.get(&o.number) != Some(&o.fence))
+                {
                     report.add(
                         &key,
                         Kind::StaleIndex,
-                        format!("it indexes segment {}, which is not in the archive", o.number),
+                        format!(
+                            "it indexes segment {} (fencing token {}), which is not in the archive's history",
+                            o.number, o.fence
+                        ),
                     );
                 }
             }

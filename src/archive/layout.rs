@@ -26,10 +26,16 @@ pub fn segments_dir(gen: &str) -> String {
     format!("generations/{gen}/segments")
 }
 
-/// The key of segment number `n`, holding commit LSNs `first..=last`.
-pub fn segment_key(gen: &str, n: u64, first: Lsn, last: Lsn) -> String {
+/// The key of segment number `n`, holding commit LSNs `first..=last`,
+/// written under fencing token `fence` (0: no lease, not in the name).
+pub fn segment_key(gen: &str, n: u64, first: Lsn, last: Lsn, fence: u64) -> String {
+    let token = if fence == 0 {
+        String::new()
+    } else {
+        format!("-{fence:010}")
+    };
     format!(
-        "generations/{gen}/segments/{n:010}-{:016X}-{:016X}.jsonl.zst",
+        "generations/{gen}/segments/{n:010}-{:016X}-{:016X}{token}.jsonl.zst",
         first.as_u64(),
         last.as_u64()
     )
@@ -37,11 +43,25 @@ pub fn segment_key(gen: &str, n: u64, first: Lsn, last: Lsn) -> String {
 
 /// Parses a segment key's file name into `(n, first, last)`.
 pub fn parse_segment_key(key: &str) -> Option<(u64, Lsn, Lsn)> {
+    parse_segment_name(key).map(|(n, a, b, _)| (n, a, b))
+}
+
+/// The fencing token in a segment key's name (0 when it has none).
+pub fn segment_fence(key: &str) -> u64 {
+    parse_segment_name(key).map_or(0, |s| s.3)
+}
+
+fn parse_segment_name(key: &str) -> Option<(u64, Lsn, Lsn, u64)> {
     let name = key.rsplit('/').next()?.strip_suffix(".jsonl.zst")?;
     let mut parts = name.split('-');
     let n = parts.next()?;
     let first = parts.next()?;
     let last = parts.next()?;
+    let fence = match parts.next() {
+        None => 0,
+        Some(t) if t.len() == 10 => t.parse().ok().filter(|t| *t > 0)?,
+        Some(_) => return None,
+    };
     if parts.next().is_some() || n.len() != 10 || first.len() != 16 || last.len() != 16 {
         return None;
     }
@@ -49,6 +69,7 @@ pub fn parse_segment_key(key: &str) -> Option<(u64, Lsn, Lsn)> {
         n.parse().ok()?,
         Lsn(u64::from_str_radix(first, 16).ok()?),
         Lsn(u64::from_str_radix(last, 16).ok()?),
+        fence,
     ))
 }
 
@@ -119,14 +140,47 @@ pub fn snapshot_part(gen: &str, lsn: Lsn, table_seg: &str, part: u32) -> String 
     format!("{}/{table_seg}/{part:06}.jsonl.zst", snapshot_dir(gen, lsn))
 }
 
+/// The directory of writer leases.
+pub const LEASES_DIR: &str = "leases";
+
+/// The lease with fencing token `token`, granting its holder segments from
+/// number `first` of generation `gen` on. Everything a reader needs is in
+/// the name, so a listing is enough to apply the fence.
+pub fn lease_key(token: u64, gen: &str, first: u64) -> String {
+    format!("{LEASES_DIR}/{token:010}-{gen}-{first:010}.json")
+}
+
+/// Parses a lease key into `(token, gen, first)`.
+pub fn parse_lease_key(key: &str) -> Option<(u64, String, u64)> {
+    let name = key.strip_prefix(LEASES_DIR)?.strip_prefix('/')?.strip_suffix(".json")?;
+    let mut parts = name.split('-');
+    let (token, gen, first) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || token.len() != 10 || gen.len() != 8 || first.len() != 10 {
+        return None;
+    }
+    Some((token.parse().ok()?, gen.to_string(), first.parse().ok()?))
+}
+
+/// The directory where `waly run` leaves the errors that ended its sessions.
+pub const ERRORS_DIR: &str = "errors";
+
+/// The object recording an error at `time`.
+pub fn error_key(time: chrono::DateTime<chrono::Utc>) -> String {
+    format!("{ERRORS_DIR}/{}.json", time.format("%Y%m%dT%H%M%S%.3fZ"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn segment_keys_sort_and_parse() {
-        let a = segment_key("00000001", 9, Lsn(0x16B6C50), Lsn(0x16B9F00));
-        let b = segment_key("00000001", 10, Lsn(0x16B9F00), Lsn(0x1_0000_0000));
+        let a = segment_key("00000001", 9, Lsn(0x16B6C50), Lsn(0x16B9F00), 0);
+        let b = segment_key("00000001", 10, Lsn(0x16B9F00), Lsn(0x1_0000_0000), 0);
+        let c = segment_key("00000001", 10, Lsn(0x16B9F00), Lsn(0x1_0000_0000), 3);
+        assert!(c.ends_with("0000000010-00000000016B9F00-0000000100000000-0000000003.jsonl.zst"));
+        assert_eq!(parse_segment_key(&c), Some((10, Lsn(0x16B9F00), Lsn(0x1_0000_0000))));
+        assert_eq!((segment_fence(&b), segment_fence(&c)), (0, 3));
         assert_eq!(
             a,
             "generations/00000001/segments/0000000009-00000000016B6C50-00000000016B9F00.jsonl.zst"

@@ -235,17 +235,58 @@ pub async fn generation_info(store: &Store, gen: &str) -> Result<GenerationInfo,
     parse_json(&key, &store.get(&key).await?)
 }
 
-/// The segments of `gen` as `(key, number, size)`, in chain order.
-pub async fn segments(store: &Store, gen: &str) -> Result<Vec<(String, u64, u64)>, Error> {
+/// A segment object as listed, with the fencing token that applies to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentObject {
+    /// Its key.
+    pub key: String,
+    /// Its number.
+    pub number: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The fencing token it was written under (from its name).
+    pub fence: u64,
+    /// The token of the lease in force at its position.
+    pub in_force: u64,
+}
+
+impl SegmentObject {
+    /// Written by the writer that held the lease: part of history.
+    pub fn is_current(&self) -> bool {
+        self.fence == self.in_force
+    }
+}
+
+/// Every object named like a segment of `gen`, fenced or not, by number.
+pub async fn segment_objects(store: &Store, gen: &str) -> Result<Vec<SegmentObject>, Error> {
+    let leases = super::lease::list(store).await?;
     let mut out = Vec::new();
     for (key, size) in store.list(&layout::segments_dir(gen)).await? {
         match layout::parse_segment_key(&key) {
-            Some((n, _, _)) => out.push((key, n, size)),
+            Some((number, _, _)) => out.push(SegmentObject {
+                fence: layout::segment_fence(&key),
+                in_force: super::lease::in_force(&leases, gen, number),
+                key,
+                number,
+                size,
+            }),
             None => tracing::warn!(key, "ignoring an object that is not named like a segment"),
         }
     }
-    out.sort_by_key(|(_, n, _)| *n);
+    out.sort_by_key(|s| (s.number, s.fence));
     Ok(out)
+}
+
+/// The segments of `gen` as `(key, number, size)`, in chain order: those
+/// written under the lease in force at their position. Uploads of a deposed
+/// writer are left out (`waly verify` reports them).
+pub async fn segments(store: &Store, gen: &str) -> Result<Vec<(String, u64, u64)>, Error> {
+    Ok(segment_objects(store, gen)
+        .await?
+        .into_iter()
+        .filter(|s| s.is_current())
+        .map(|s| (s.key, s.number, s.size))
+        .collect())
 }
 
 /// Loads what the writer needs to continue generation `gen`.

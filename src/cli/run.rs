@@ -1,7 +1,10 @@
 //! `waly run`: the sidecar.
 
 use super::{ArchiveArgs, SlotArgs, SourceArgs};
+use crate::metrics::Metrics;
 use crate::pipeline::RunOptions;
+use anyhow::Context as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Parses `500ms`, `1s`, `2m`, `1h`.
@@ -69,6 +72,15 @@ pub struct RunArgs {
     /// How often to look at the WAL the slot retains.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub wal_check_interval: Duration,
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9187).
+    #[arg(long, env = "WALY_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Health turns red after uploads have failed, or streaming has been impossible, this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub unhealthy_after: Duration,
+    /// As a standby (another process streams the slot), look again this often.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub standby_poll: Duration,
 }
 
 pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -78,6 +90,14 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
     );
     let info = args.source.conninfo()?;
     let store = args.archive.open()?;
+    let metrics = Arc::new(Metrics::new(args.unhealthy_after));
+    if let Some(addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+        tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    }
     let opts = RunOptions {
         slot: args.names.slot.clone(),
         publication: args.names.publication.clone(),
@@ -86,6 +106,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
         wal_warn_fraction: args.wal_warn_fraction,
         wal_warn_bytes: args.wal_warn_size as u64,
         wal_check_interval: args.wal_check_interval,
+        standby_poll: args.standby_poll,
+        metrics,
         ..RunOptions::default()
     };
     crate::pipeline::run(&info, &store, &opts, super::stop_signal()).await?;

@@ -5,7 +5,7 @@ use crate::archive::state;
 use std::io::Write;
 
 /// Show the slot (active, confirmed LSN, lag, retained WAL) and the archive
-/// (latest commit, size, segments, generations).
+/// (latest commit, size, segments, generations, the writer, the sidecar's last error).
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     #[command(flatten)]
@@ -79,9 +79,25 @@ async fn archive(args: &StatusArgs) -> anyhow::Result<serde_json::Value> {
             "segments": segs.len(), "snapshots": st.manifests.len(), "durable_lsn": st.tail.durable_lsn}),
         );
     }
+    // The writer: the newest lease. The sidecar's last error: the newest
+    // object under errors/ (names sort by time).
+    let newest = |dir: &'static str| {
+        let store = &store;
+        async move {
+            let mut keys: Vec<String> = store.list(dir).await?.into_iter().map(|(k, _)| k).collect();
+            keys.sort();
+            anyhow::Ok(match keys.last() {
+                Some(k) => serde_json::from_slice(&store.get(k).await?).unwrap_or(serde_json::Value::Null),
+                None => serde_json::Value::Null,
+            })
+        }
+    };
+    let writer = newest(crate::archive::layout::LEASES_DIR).await?;
+    let last_error = newest(crate::archive::layout::ERRORS_DIR).await?;
     Ok(
         serde_json::json!({"url": store.url(), "identity": identity, "bytes": total_bytes,
-        "segments": total_segments, "latest_commit": latest, "generations": gens}),
+        "segments": total_segments, "latest_commit": latest, "generations": gens,
+        "writer": writer, "last_error": last_error}),
     )
 }
 
@@ -136,6 +152,28 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<()> {
         s(&archive["latest_commit"]["commit_lsn"]),
         s(&archive["latest_commit"]["commit_time"])
     )?;
+    let w = &archive["writer"];
+    if !w.is_null() {
+        writeln!(
+            out,
+            "writer: {} (fencing token {}) since {}, from segment {} of generation {}",
+            s(&w["holder"]),
+            s(&w["token"]),
+            s(&w["acquired_at"]),
+            s(&w["first_segment"]),
+            s(&w["generation"])
+        )?;
+    }
+    match &archive["last_error"] {
+        serde_json::Value::Null => writeln!(out, "last error of the sidecar: none recorded")?,
+        e => writeln!(
+            out,
+            "last error of the sidecar: {} on {}: {}",
+            s(&e["time"]),
+            s(&e["host"]),
+            s(&e["error"])
+        )?,
+    }
     for g in archive["generations"].as_array().cloned().unwrap_or_default() {
         writeln!(
             out,

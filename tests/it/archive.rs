@@ -43,7 +43,7 @@ async fn contract(store: Store) {
     // A segment survives the trip byte for byte.
     let mut b = waly::segment::SegmentBuilder::new().expect("builder");
     b.mark_idle(waly::Lsn(42));
-    let sealed = b.seal("00000001", 0, None).expect("seal");
+    let sealed = b.seal("00000001", 0, None, 0).expect("seal");
     store.put_once("seg", sealed.bytes.clone()).await.expect("put segment");
     let back = store.get("seg").await.expect("get segment");
     assert_eq!(waly::segment::sha256_hex(&back), sealed.sha256);
@@ -1282,11 +1282,20 @@ fn run_warns_when_the_slot_retains_too_much_wal() {
     db.psql("CREATE TABLE w (id int PRIMARY KEY); CREATE PUBLICATION waly FOR TABLE w;");
     let archive = archive_dir(&db);
     // The test cluster's max_slot_wal_keep_size is unlimited: the absolute threshold applies.
+    let port = crate::harness::free_port();
+    let addr = format!("127.0.0.1:{port}");
     let run = spawn_run_as(
         &db,
         &db.url(),
         &archive,
-        &["--wal-warn-size", "4KiB", "--wal-check-interval", "500ms"],
+        &[
+            "--wal-warn-size",
+            "4KiB",
+            "--wal-check-interval",
+            "500ms",
+            "--metrics-addr",
+            &addr,
+        ],
     );
     wait_streaming(&db, &run);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1297,6 +1306,12 @@ fn run_warns_when_the_slot_retains_too_much_wal() {
         db.psql(&format!("INSERT INTO w VALUES ({i})"));
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The readiness check fails too, saying why.
+    let (code, why) = crate::harness::wait_http(port, "/readyz", 30, "not ready", |c, b| {
+        c == 503 && b.contains("retains")
+    });
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("retains") && why.contains("WAL"), "{why}");
     let (status, stderr) = run.terminate(60);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("max_slot_wal_keep_size"), "{stderr}");

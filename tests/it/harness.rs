@@ -71,7 +71,8 @@ fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-fn free_port() -> u16 {
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -682,5 +683,45 @@ impl Running {
         let _ = stderr_done.join();
         let s = stderr.lock().map(|s| s.clone()).unwrap_or_default();
         (status, s)
+    }
+}
+
+/// `GET path` from `127.0.0.1:port`: `(status code, body)`, or `None` when
+/// nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+/// The value of metric `name` (without labels) in a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Polls `GET path` until `pred(code, body)` holds, for at most `secs`.
+pub fn wait_http(port: u16, path: &str, secs: u64, what: &str, pred: impl Fn(u16, &str) -> bool) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = None;
+    loop {
+        if let Some((code, body)) = http_get(port, path) {
+            if pred(code, &body) {
+                return (code, body);
+            }
+            last = Some((code, body));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {secs}s for {what} on {path}; last {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -8,6 +8,7 @@ mod decode;
 mod golden;
 mod harness;
 mod history;
+mod operate;
 mod restore;
 mod s3;
 mod stream;

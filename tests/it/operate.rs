@@ -1,0 +1,311 @@
+//! Operating waly: metrics and health over HTTP, standby and fencing, an
+//! invalidated slot, pruning.
+
+use crate::archive::{archive_dir, log_json, slot, spawn_run_as, wait_streaming};
+use crate::harness::{free_port, http_get, metric, run_within, wait_http, waly, TestDb};
+use std::time::{Duration, Instant};
+
+/// The slot's walsender PID.
+fn walsender_pid(db: &TestDb) -> String {
+    db.psql(&format!(
+        "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{}'",
+        slot(db)
+    ))
+}
+
+/// Waits until the slot has confirmed everything written so far.
+fn wait_confirmed(db: &TestDb, secs: u64) -> waly::Lsn {
+    let end = db.current_lsn();
+    db.wait_for(
+        &format!(
+            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{}'",
+            slot(db)
+        ),
+        "t",
+        secs,
+    );
+    end
+}
+
+fn verify_json(archive: &str) -> (i32, serde_json::Value) {
+    let out = run_within(waly().args(["verify", "--json", "--archive", archive]), 120);
+    let v =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), v)
+}
+
+#[test]
+fn metrics_and_health_answer_over_http_with_the_workloads_numbers() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE m (id int PRIMARY KEY, v text); INSERT INTO m SELECT g, 'seed' FROM generate_series(1, 7) g;
+         CREATE PUBLICATION waly FOR TABLE m;",
+    );
+    let archive = archive_dir(&db);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let run = spawn_run_as(
+        &db,
+        &db.url(),
+        &archive,
+        &["--metrics-addr", &addr, "--unhealthy-after", "1s"],
+    );
+    wait_streaming(&db, &run);
+    wait_http(port, "/readyz", 60, "ready", |c, _| c == 200);
+    // A known workload: 5 transactions of 20 inserts, then 1 of 3 updates.
+    for t in 0..5 {
+        db.psql(&format!(
+            "INSERT INTO m SELECT g, 'x' FROM generate_series({}, {}) g",
+            100 + t * 20,
+            119 + t * 20
+        ));
+    }
+    db.psql("UPDATE m SET v = 'y' WHERE id <= 3");
+    let end = wait_confirmed(&db, 120);
+    let (code, page) = wait_http(port, "/metrics", 30, "the workload counted", |_, b| {
+        metric(b, "waly_events_archived_total") == Some(103.0)
+    });
+    assert_eq!(code, 200);
+    assert_eq!(metric(&page, "waly_transactions_archived_total"), Some(6.0), "{page}");
+    assert!(
+        metric(&page, "waly_segment_uploads_total").unwrap_or(0.0) >= 1.0,
+        "{page}"
+    );
+    assert!(
+        metric(&page, "waly_bytes_archived_total").unwrap_or(0.0) > 0.0,
+        "{page}"
+    );
+    assert!(
+        metric(&page, "waly_confirmed_lsn").unwrap_or(0.0) >= end.as_u64() as f64,
+        "{page}"
+    );
+    let last = metric(&page, "waly_last_upload_timestamp_seconds").unwrap_or(0.0);
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(
+        (now - 120.0..=now + 1.0).contains(&last),
+        "last upload {last}, now {now}"
+    );
+    assert_eq!(metric(&page, "waly_snapshot_tables"), Some(1.0), "{page}");
+    assert_eq!(metric(&page, "waly_snapshot_tables_done"), Some(1.0), "{page}");
+    assert_eq!(metric(&page, "waly_snapshot_rows_total"), Some(7.0), "{page}");
+    assert_eq!(metric(&page, "waly_upload_failures_total"), Some(0.0), "{page}");
+    assert_eq!(metric(&page, "waly_streaming"), Some(1.0), "{page}");
+    assert_eq!(metric(&page, "waly_ready"), Some(1.0), "{page}");
+    assert!(
+        page.contains("waly_info{generation=\"00000001\",phase=\"streaming\"} 1"),
+        "{page}"
+    );
+    assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(port, "/nope").map(|r| r.0), Some(404));
+
+    // The archive starts failing: the segments directory becomes a file.
+    let segs = std::path::Path::new(&archive).join("generations/00000001/segments");
+    let aside = std::path::Path::new(&archive).join("segments-aside");
+    std::fs::rename(&segs, &aside).expect("move aside");
+    std::fs::write(&segs, b"not a directory").expect("block");
+    db.psql("INSERT INTO m VALUES (1000, 'during the outage')");
+    let (code, why) = wait_http(port, "/readyz", 60, "not ready", |c, _| c == 503);
+    assert_eq!(code, 503);
+    assert!(why.contains("uploads have been failing"), "{why}");
+    let (code, _) = wait_http(port, "/healthz", 30, "unhealthy", |c, _| c == 503);
+    assert_eq!(code, 503);
+    let page = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+    assert!(
+        metric(&page, "waly_upload_failures_total").unwrap_or(0.0) >= 1.0,
+        "{page}"
+    );
+    assert!(
+        metric(&page, "waly_upload_retries_total").unwrap_or(0.0) >= 1.0,
+        "{page}"
+    );
+    assert!(
+        metric(&page, "waly_replication_lag_bytes").unwrap_or(0.0) > 0.0,
+        "{page}"
+    );
+    assert!(
+        metric(&page, "waly_replication_lag_seconds").unwrap_or(0.0) > 0.0,
+        "{page}"
+    );
+    assert_eq!(
+        metric(&page, "waly_events_archived_total"),
+        Some(103.0),
+        "nothing counted that is not archived"
+    );
+
+    // It recovers by itself, and the row is archived.
+    std::fs::remove_file(&segs).expect("unblock");
+    std::fs::rename(&aside, &segs).expect("move back");
+    wait_http(port, "/readyz", 60, "ready again", |c, _| c == 200);
+    wait_http(port, "/metrics", 30, "the row counted", |_, b| {
+        metric(b, "waly_events_archived_total") == Some(104.0) && metric(b, "waly_replication_lag_seconds") == Some(0.0)
+    });
+    assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
+    let (status, stderr) = run.terminate(60);
+    assert!(status.success(), "{stderr}");
+    assert!(
+        log_json(&archive, &["--table", "m"])
+            .iter()
+            .any(|v| v["key"]["id"] == "1000"),
+        "the outage lost nothing"
+    );
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
+/// `waly run` for `db`'s slot with exactly these extra arguments.
+fn spawn(db: &TestDb, archive: &str, extra: &[&str]) -> crate::harness::Running {
+    crate::harness::Running::spawn(
+        waly()
+            .args(["run", "--source", &db.url(), "--archive", archive, "--slot", &slot(db)])
+            .args(extra),
+    )
+}
+
+fn signal(run: &crate::harness::Running, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &run.child.id().to_string()])
+        .status()
+        .map(|s| s.success());
+    assert_eq!(ok.ok(), Some(true), "kill {sig}");
+}
+
+#[test]
+fn a_standby_takes_over_and_a_deposed_writers_late_upload_is_fenced() {
+    let db = TestDb::new();
+    db.psql("CREATE TABLE s (id int PRIMARY KEY, era text); CREATE PUBLICATION waly FOR TABLE s;");
+    let archive = archive_dir(&db);
+    // A holds what it receives for a minute before uploading.
+    let a = spawn(&db, &archive, &["--flush-interval", "60s", "--log", "info"]);
+    wait_streaming(&db, &a);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let b = spawn(
+        &db,
+        &archive,
+        &[
+            "--flush-interval",
+            "200ms",
+            "--standby-poll",
+            "200ms",
+            "--metrics-addr",
+            &addr,
+            "--log",
+            "info",
+        ],
+    );
+    let (_, why) = wait_http(port, "/readyz", 60, "a waiting standby", |c, b| {
+        c == 503 && b.contains("standby")
+    });
+    assert!(why.contains(&walsender_pid(&db)), "names the holder: {why}");
+    assert_eq!(
+        http_get(port, "/healthz").map(|r| r.0),
+        Some(200),
+        "a standby is healthy"
+    );
+    let page = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+    assert_eq!(metric(&page, "waly_standby"), Some(1.0), "{page}");
+
+    // A receives the first era, then stalls (a long GC pause, a partition)
+    // and loses its connection; its walsender goes away.
+    for t in 0..10 {
+        db.psql(&format!(
+            "INSERT INTO s SELECT g, 'first' FROM generate_series({}, {}) g",
+            1 + t * 10,
+            10 + t * 10
+        ));
+    }
+    let pid = walsender_pid(&db);
+    let end = db.current_lsn();
+    db.wait_for(
+        &format!("SELECT sent_lsn >= '{end}' FROM pg_stat_replication WHERE pid = {pid}"),
+        "t",
+        60,
+    );
+    signal(&a, "-STOP");
+    db.psql(&format!("SELECT pg_terminate_backend({pid})"));
+
+    // B takes over, from what the archive holds.
+    wait_http(port, "/readyz", 60, "the standby taking over", |c, _| c == 200);
+    for t in 0..10 {
+        db.psql(&format!(
+            "INSERT INTO s SELECT g, 'second' FROM generate_series({}, {}) g",
+            101 + t * 10,
+            110 + t * 10
+        ));
+    }
+    wait_confirmed(&db, 120);
+
+    // A wakes up and uploads what it held, too late: under its old token.
+    signal(&a, "-CONT");
+    let segs = std::path::Path::new(&archive).join("generations/00000001/segments");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let late = loop {
+        let found = std::fs::read_dir(&segs)
+            .expect("segments")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with("-0000000001.jsonl.zst"))
+            .max();
+        if let Some(n) = found.filter(|_| a.stderr_so_far().contains("standby")) {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "A uploaded nothing: {}", a.stderr_so_far());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (status, a_said) = a.terminate(60);
+    assert!(status.success(), "{a_said}");
+    wait_confirmed(&db, 120);
+    let (status, b_said) = b.terminate(60);
+    assert!(status.success(), "{b_said}");
+    assert!(b_said.contains("taking over"), "{b_said}");
+
+    // Leases 1 (A) and 2 (B, from where A's uploads stopped counting).
+    let mut leases: Vec<String> = std::fs::read_dir(std::path::Path::new(&archive).join("leases"))
+        .expect("leases")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    leases.sort();
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    let b_first: u64 = leases[1][20..30].parse().expect("first segment");
+    let late_number: u64 = late[..10].parse().expect("number");
+    assert!(
+        late_number >= b_first,
+        "A's upload {late} lies in B's lease from {b_first}"
+    );
+
+    // Verify: clean, the late upload named as fenced; no interleaving.
+    let (code, report) = verify_json(&archive);
+    let problems = report["report"]["problems"].as_array().cloned().unwrap_or_default();
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["kind"] == "fenced" && p["object"].as_str().unwrap_or("").ends_with(&late)),
+        "{report}"
+    );
+    assert!(problems.iter().all(|p| p["harmless"] == true), "{report}");
+    // No loss, no duplicate: each row once, with its era.
+    let rows = log_json(&archive, &["--table", "s"]);
+    let mut ids: Vec<i64> = rows
+        .iter()
+        .filter_map(|v| v["key"]["id"].as_str().and_then(|s| s.parse().ok()))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (1..=200).collect::<Vec<i64>>());
+    let status = run_within(
+        waly().args([
+            "status",
+            "--json",
+            "--source",
+            &db.url(),
+            "--archive",
+            &archive,
+            "--slot",
+            &slot(&db),
+        ]),
+        60,
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(status["archive"]["writer"]["token"], 2, "{status}");
+    let _ = std::fs::remove_dir_all(&archive);
+}
