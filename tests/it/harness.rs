@@ -371,7 +371,11 @@ pub struct TestDb {
 
 impl TestDb {
     pub fn new() -> TestDb {
-        let cluster = cluster();
+        TestDb::on(cluster())
+    }
+
+    /// A database of its own on `cluster`.
+    pub fn on(cluster: &'static Cluster) -> TestDb {
         let name = unique("t");
         cluster.psql("postgres", &format!("CREATE DATABASE {name}"));
         TestDb { name, cluster }

@@ -309,3 +309,95 @@ fn a_standby_takes_over_and_a_deposed_writers_late_upload_is_fenced() {
     assert_eq!(status["archive"]["writer"]["token"], 2, "{status}");
     let _ = std::fs::remove_dir_all(&archive);
 }
+
+#[test]
+fn an_invalidated_slot_is_reported_starts_a_new_generation_and_restore_refuses_the_gap() {
+    if crate::harness::owned_cluster().is_none() {
+        return;
+    }
+    // max_slot_wal_keep_size is cluster-wide: a small cluster of its own.
+    let cluster: &'static crate::harness::Cluster = Box::leak(Box::new(crate::harness::Cluster::start(&[
+        "max_slot_wal_keep_size=1MB",
+    ])));
+    let db = TestDb::on(cluster);
+    db.psql(
+        "CREATE TABLE acct (id int PRIMARY KEY, note text); CREATE TABLE junk (x text);
+         CREATE PUBLICATION waly FOR TABLE acct;",
+    );
+    let archive = archive_dir(&db);
+    let run = spawn(&db, &archive, &["--flush-interval", "200ms"]);
+    wait_streaming(&db, &run);
+    db.psql("INSERT INTO acct VALUES (1, 'first era')");
+    wait_confirmed(&db, 120);
+    let (status, stderr) = run.terminate(60);
+    assert!(status.success(), "{stderr}");
+
+    // While waly is away, more WAL than the slot may keep: PostgreSQL
+    // invalidates it at a checkpoint.
+    db.psql("INSERT INTO acct VALUES (2, 'lost in the gap')");
+    let in_gap = db.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    let wal_status = format!(
+        "SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{}'",
+        slot(&db)
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while db.psql(&wal_status) != "lost" {
+        assert!(
+            Instant::now() < deadline,
+            "the slot was not invalidated: {}",
+            db.psql(&wal_status)
+        );
+        db.psql(
+            "INSERT INTO junk SELECT repeat('x', 100) FROM generate_series(1, 2000);
+             SELECT pg_switch_wal(); INSERT INTO junk VALUES ('y'); SELECT pg_switch_wal(); CHECKPOINT;",
+        );
+    }
+
+    let run = spawn(&db, &archive, &["--flush-interval", "200ms"]);
+    wait_streaming(&db, &run);
+    db.psql("INSERT INTO acct VALUES (3, 'second era')");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ids: Vec<String> = log_json(&archive, &["--table", "acct"])
+            .iter()
+            .filter_map(|v| v["key"]["id"].as_str().map(str::to_string))
+            .collect();
+        if ids == ["1", "3"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "got {ids:?}\n{}", run.stderr_so_far());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (status, stderr) = run.terminate(60);
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("the slot was invalidated"), "reported: {stderr}");
+    assert!(stderr.contains("STARTING A NEW GENERATION"), "{stderr}");
+    let gen2: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(std::path::Path::new(&archive).join("generations/00000002/generation.json")).expect("gen 2"),
+    )
+    .expect("json");
+    assert!(gen2["reason"].as_str().unwrap_or("").contains("invalidated"), "{gen2}");
+
+    // Restore works on either side and refuses the gap, naming both sides.
+    let show = |at: &str| {
+        run_within(
+            waly().args(["show", "acct", "--archive", &archive, "--format", "csv", "--at", at]),
+            120,
+        )
+    };
+    let now = chrono::Utc::now().to_rfc3339();
+    let after = show(&now);
+    assert!(after.status.success(), "{}", String::from_utf8_lossy(&after.stderr));
+    let rows = String::from_utf8_lossy(&after.stdout).lines().count();
+    assert_eq!(rows, 4, "header and rows 1, 2 (from the new snapshot), 3");
+    let gap = show(&in_gap);
+    let err = String::from_utf8_lossy(&gap.stderr);
+    assert!(!gap.status.success(), "a point in the gap restored");
+    assert!(
+        err.contains("gap") && err.contains("generation 00000001: from") && err.contains("generation 00000002: from"),
+        "{err}"
+    );
+    drop(db);
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(&archive);
+}
