@@ -19,6 +19,7 @@
 
 pub mod archive;
 pub mod cli;
+pub mod compact;
 pub mod error;
 pub mod event;
 pub mod history;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod pgoutput;
 pub mod pgtypes;
 pub mod pipeline;
+pub mod prune;
 pub mod restore;
 pub mod segment;
 pub mod snapshot;

@@ -462,8 +462,12 @@ mod tests {
 
     #[test]
     fn readiness_follows_phase_uploads_and_wal() {
+        let patient = Metrics::new(Duration::from_secs(60));
+        assert!(patient.readiness().unwrap_or_default().contains("starting"));
+        assert_eq!(patient.liveness(), None, "starting is not yet a failure");
         let m = Metrics::new(Duration::from_millis(0));
-        assert!(m.readiness().unwrap_or_default().contains("starting"));
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(m.liveness().unwrap_or_default().contains("not streaming"));
         m.set_phase(Phase::Streaming);
         assert_eq!(m.readiness(), None);
         assert_eq!(m.liveness(), None);

@@ -248,6 +248,7 @@ pub async fn take(
         generation: gen.to_string(),
         lsn,
         taken_at: chrono::Utc::now(),
+        compacted_at: None,
         tables: Vec::new(),
     };
     let mut schemas = Vec::new();
@@ -269,11 +270,10 @@ pub async fn take(
             .await?;
         schemas.push(schema);
         let names: Vec<Arc<str>> = columns.iter().map(|c| Arc::from(c.name.as_str())).collect();
-        let pk: Vec<usize> = columns
+        let pk: Vec<String> = columns
             .iter()
-            .enumerate()
-            .filter(|(_, c)| c.primary_key)
-            .map(|(i, _)| i)
+            .filter(|c| c.primary_key)
+            .map(|c| c.name.clone())
             .collect();
         let select: Vec<String> = columns
             .iter()
@@ -294,22 +294,8 @@ pub async fn take(
             .await
             .map_err(|e| source::tls::sql_error(info, e))?;
         futures_util::pin_mut!(stream);
-        let mut entry = ManifestTable {
-            table: qualified.clone(),
-            schema_version: version,
-            rows: 0,
-            parts: Vec::new(),
-        };
-        let header = |part| PartHeader {
-            waly_snapshot_part: 1,
-            table: qualified.clone(),
-            lsn,
-            part,
-            schema_version: version,
-        };
-        let mut writer = PartWriter::new(&header(0))?;
+        let mut table = TableWriter::new(store, gen, lsn, &qualified, &seg, version, pk)?;
         let mut carry: Vec<u8> = Vec::new();
-        let mut line = Vec::with_capacity(1024);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| source::tls::sql_error(info, e))?;
             carry.extend_from_slice(&chunk);
@@ -333,27 +319,11 @@ pub async fn take(
                 for (n, f) in names.iter().zip(fields) {
                     values.push((n.clone(), copy_field(f)?));
                 }
-                let hash = (!pk.is_empty()).then(|| {
-                    let key: Vec<Option<&str>> = pk
-                        .iter()
-                        .map(|i| values.get(*i).and_then(|(_, v)| v.as_deref()))
-                        .collect();
-                    crate::index::key_hash(&qualified, &serde_json::to_vec(&key).unwrap_or_default())
-                });
-                line.clear();
-                serde_json::to_writer(&mut line, &Row(values)).map_err(|e| Error::Protocol(e.to_string()))?;
-                line.push(b'\n');
-                writer.push(&line, hash)?;
-                if writer.uncompressed >= PART_BYTES {
-                    let part = entry.parts.len() as u32;
-                    let full = std::mem::replace(&mut writer, PartWriter::new(&header(part + 1))?);
-                    finish_part(store, gen, lsn, &seg, part, full, &mut entry, &mut index, metrics).await?;
-                }
+                table.push(&Row(values), &mut index, metrics).await?;
             }
             carry.drain(..start);
         }
-        let part = entry.parts.len() as u32;
-        finish_part(store, gen, lsn, &seg, part, writer, &mut entry, &mut index, metrics).await?;
+        let entry = table.finish(&mut index, metrics).await?;
         tracing::info!(
             table = qualified,
             rows = entry.rows,
@@ -382,47 +352,124 @@ pub async fn take(
     Ok((manifest, schemas))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn finish_part(
-    store: &Store,
-    gen: &str,
+/// One table's rows going into the parts of a snapshot (and its index).
+pub(crate) struct TableWriter<'a> {
+    store: &'a Store,
+    gen: String,
     lsn: Lsn,
-    seg: &str,
-    part: u32,
-    mut w: PartWriter,
-    entry: &mut ManifestTable,
-    index: &mut crate::index::Builder,
-    metrics: &crate::metrics::Metrics,
-) -> Result<(), Error> {
-    w.end_frame()?;
-    let rows = w.rows;
-    let bytes = bytes::Bytes::from(std::mem::take(&mut w.body));
-    let key = layout::snapshot_part(gen, lsn, seg, part);
-    let sha256 = crate::segment::sha256_hex(&bytes);
-    let size = bytes.len() as u64;
-    crate::pipeline::put_with_retry(store, &key, bytes, metrics, &mut || false).await?;
-    entry.rows += rows;
-    metrics
-        .snapshot_rows
-        .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
-    index.add(
-        crate::index::Covered {
-            number: part as u64,
-            key: key.clone(),
-            frames: w.frames.clone(),
-            fence: 0,
-        },
-        &w.keys,
-        &[],
-    );
-    entry.parts.push(ManifestPart {
-        key,
-        rows,
-        bytes: size,
-        sha256,
-        frames: w.frames,
-    });
-    Ok(())
+    seg: String,
+    pk: Vec<String>,
+    header: PartHeader,
+    writer: PartWriter,
+    entry: ManifestTable,
+    line: Vec<u8>,
+}
+
+impl<'a> TableWriter<'a> {
+    /// Starts table `qualified` (`seg` as a path segment) of the snapshot at
+    /// `lsn`, its rows following schema `version` with primary key `pk`.
+    pub(crate) fn new(
+        store: &'a Store,
+        gen: &str,
+        lsn: Lsn,
+        qualified: &str,
+        seg: &str,
+        version: u32,
+        pk: Vec<String>,
+    ) -> Result<Self, Error> {
+        let header = PartHeader {
+            waly_snapshot_part: 1,
+            table: qualified.to_string(),
+            lsn,
+            part: 0,
+            schema_version: version,
+        };
+        Ok(TableWriter {
+            store,
+            gen: gen.to_string(),
+            lsn,
+            seg: seg.to_string(),
+            pk,
+            writer: PartWriter::new(&header)?,
+            header,
+            entry: ManifestTable {
+                table: qualified.to_string(),
+                schema_version: version,
+                rows: 0,
+                parts: Vec::new(),
+            },
+            line: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Adds a row; a full part is uploaded.
+    pub(crate) async fn push(
+        &mut self,
+        row: &Row,
+        index: &mut crate::index::Builder,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<(), Error> {
+        let hash = (!self.pk.is_empty()).then(|| crate::index::row_key_hash(&self.header.table, &self.pk, row));
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, row).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.line.push(b'\n');
+        self.writer.push(&self.line, hash)?;
+        if self.writer.uncompressed >= PART_BYTES {
+            self.header.part += 1;
+            let full = std::mem::replace(&mut self.writer, PartWriter::new(&self.header)?);
+            self.upload(full, index, metrics).await?;
+        }
+        Ok(())
+    }
+
+    /// Uploads the last part; returns the table's manifest entry.
+    pub(crate) async fn finish(
+        mut self,
+        index: &mut crate::index::Builder,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<ManifestTable, Error> {
+        let last = std::mem::replace(&mut self.writer, PartWriter::new(&self.header)?);
+        self.upload(last, index, metrics).await?;
+        Ok(self.entry)
+    }
+
+    async fn upload(
+        &mut self,
+        mut w: PartWriter,
+        index: &mut crate::index::Builder,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<(), Error> {
+        w.end_frame()?;
+        let part = self.entry.parts.len() as u32;
+        let rows = w.rows;
+        let bytes = bytes::Bytes::from(std::mem::take(&mut w.body));
+        let key = layout::snapshot_part(&self.gen, self.lsn, &self.seg, part);
+        let sha256 = crate::segment::sha256_hex(&bytes);
+        let size = bytes.len() as u64;
+        crate::pipeline::put_with_retry(self.store, &key, bytes, metrics, &mut || false).await?;
+        self.entry.rows += rows;
+        metrics
+            .snapshot_rows
+            .fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+        index.add(
+            crate::index::Covered {
+                number: part as u64,
+                key: key.clone(),
+                frames: w.frames.clone(),
+                fence: 0,
+            },
+            &w.keys,
+            &[],
+        );
+        self.entry.parts.push(ManifestPart {
+            key,
+            rows,
+            bytes: size,
+            sha256,
+            frames: w.frames,
+        });
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -109,8 +109,14 @@ pub async fn verify(store: &Store) -> Result<Report, Error> {
 
 async fn segments(store: &Store, gen: &str, st: &state::GenState, report: &mut Report) -> Result<(), Error> {
     let leases = crate::archive::lease::list(store).await?;
+    // After `waly prune`, the chain starts later, from a recorded hash.
+    let pruned = crate::prune::mark(store, gen).await?;
+    let first = pruned.as_ref().map_or(0, |m| m.first_kept);
     let mut list = Vec::new();
     for s in state::segment_objects(store, gen).await? {
+        if s.number < first {
+            continue; // left by a prune cut short; the next prune deletes it
+        }
         if s.is_current() {
             list.push((s.key, s.number, s.size));
             continue;
@@ -190,7 +196,7 @@ async fn segments(store: &Store, gen: &str, st: &state::GenState, report: &mut R
     }
     // Holes.
     if let Some(last) = last {
-        for n in 0..=last {
+        for n in first..=last {
             if !by_number.contains_key(&n) {
                 report.add(
                     format!("{}/{n:010}-*", layout::segments_dir(gen)),
@@ -243,6 +249,12 @@ async fn segments(store: &Store, gen: &str, st: &state::GenState, report: &mut R
                 }
             }
             (None, Some(_)) => report.add(key, Kind::Inserted, "it claims to be the first segment"),
+            (want, None) if *n == first && first > 0 && pruned.as_ref().map(|m| &m.prev_sha256) != Some(want) => report
+                .add(
+                    key,
+                    Kind::Altered,
+                    "it does not continue the chain from where the prune left it",
+                ),
             (Some(_), None) if *n == 0 => report.add(key, Kind::Altered, "segment 0 names a previous segment"),
             _ => {}
         }

@@ -67,8 +67,12 @@ pub struct Manifest {
     /// The LSN the snapshot is consistent with: it holds every transaction
     /// committed before it, and none after.
     pub lsn: Lsn,
-    /// When it was taken.
+    /// When it was taken: the moment its state describes (for a compacted
+    /// snapshot, the time of the last commit it holds).
     pub taken_at: DateTime<Utc>,
+    /// For a snapshot made by `waly compact` from the archive: when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compacted_at: Option<DateTime<Utc>>,
     /// The tables in it.
     pub tables: Vec<ManifestTable>,
 }

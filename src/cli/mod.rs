@@ -1,9 +1,11 @@
 //! The command line: parse, call the library, print. One file per subcommand.
 
+mod compact;
 mod drop;
 mod history;
 mod init;
 mod log;
+mod prune;
 mod reindex;
 mod restore;
 mod run;
@@ -69,6 +71,10 @@ pub enum Command {
     Drop(drop::DropArgs),
     /// The slot (active, confirmed LSN, lag, retained WAL) and the archive (latest commit, size, generations).
     Status(status::StatusArgs),
+    /// Delete what no point inside the retention window needs (--keep 30d; --dry-run lists it).
+    Prune(prune::PruneArgs),
+    /// Make a fresh snapshot of every table from the archive alone (no source needed).
+    Compact(compact::CompactArgs),
 }
 
 /// Where the source database is: a URL or key=value string, else PG* variables.
@@ -192,6 +198,8 @@ pub fn main() -> ExitCode {
                 Command::Reindex(args) => done(reindex::run(args).await),
                 Command::Drop(args) => done(drop::run(args).await),
                 Command::Status(args) => done(status::run(args).await),
+                Command::Prune(args) => done(prune::run(args).await),
+                Command::Compact(args) => done(compact::run(args).await),
                 // 0 clean, 1 problems found, 2 could not run.
                 Command::Verify(args) => match verify::run(args).await {
                     Ok(true) => Ok(ExitCode::SUCCESS),

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Parses `500ms`, `1s`, `2m`, `1h`.
+/// Parses `500ms`, `1s`, `2m`, `1h`, `30d`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -19,6 +19,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" | "" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86400.0,
         _ => return Err(format!("invalid duration {s:?}: use e.g. 500ms, 1s, 2m")),
     };
     if !(secs > 0.0 && secs.is_finite()) {

@@ -401,3 +401,147 @@ fn an_invalidated_slot_is_reported_starts_a_new_generation_and_restore_refuses_t
     cluster.stop();
     let _ = std::fs::remove_dir_all(&archive);
 }
+
+/// The rows of `waly show TABLE --at AT` as sorted `a|b` lines, or the error.
+fn show_at(archive: &str, table: &str, at: &str) -> Result<Vec<String>, String> {
+    let out = run_within(
+        waly().args(["show", table, "--archive", archive, "--format", "csv", "--at", at]),
+        120,
+    );
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let mut rows: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.trim_matches('"')).collect::<Vec<_>>().join("|"))
+        .collect();
+    rows.sort();
+    Ok(rows)
+}
+
+/// The table as it is now, sorted like [`show_at`], and the time.
+fn state_now(db: &TestDb, table: &str) -> (String, Vec<String>) {
+    let mut rows: Vec<String> = db
+        .psql(&format!("SELECT id, v FROM {table}"))
+        .lines()
+        .map(str::to_string)
+        .collect();
+    rows.sort();
+    let at = db.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    (at, rows)
+}
+
+fn files(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn prune_keeps_every_point_inside_the_window_restorable_and_verify_clean() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE p (id int PRIMARY KEY, v text); INSERT INTO p SELECT g, 'seed' FROM generate_series(1, 5) g;
+         CREATE PUBLICATION waly FOR TABLE p;",
+    );
+    let archive = archive_dir(&db);
+    let run = spawn(&db, &archive, &["--flush-interval", "100ms"]);
+    wait_streaming(&db, &run);
+    // Before the window: changes, then a snapshot made from the archive.
+    let (early, _) = state_now(&db, "p");
+    for i in 0..5 {
+        db.psql(&format!(
+            "UPDATE p SET v = 'old{i}' WHERE id = {}; INSERT INTO p VALUES ({}, 'x')",
+            i + 1,
+            100 + i
+        ));
+    }
+    wait_confirmed(&db, 120);
+    let compact = run_within(waly().args(["compact", "--archive", &archive]), 120);
+    let said = String::from_utf8_lossy(&compact.stdout);
+    assert!(compact.status.success(), "{}", String::from_utf8_lossy(&compact.stderr));
+    assert!(
+        said.contains("compacted 1 table(s), 10 rows, 10 changes folded"),
+        "{said}"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let window = Instant::now();
+    let (at_window, rows_at_window) = state_now(&db, "p");
+    // Inside the window: changes, each point remembered with the table.
+    let mut points = vec![(at_window, rows_at_window)];
+    for i in 0..4 {
+        db.psql(&format!(
+            "UPDATE p SET v = 'new{i}' WHERE id = {}; DELETE FROM p WHERE id = {}; INSERT INTO p VALUES ({}, 'y')",
+            i + 2,
+            100 + i,
+            200 + i
+        ));
+        wait_confirmed(&db, 120);
+        points.push(state_now(&db, "p"));
+    }
+    let (status, stderr) = run.terminate(60);
+    assert!(status.success(), "{stderr}");
+
+    let root = std::path::Path::new(&archive);
+    let before = files(root);
+    let keep = format!("{:.3}s", window.elapsed().as_secs_f64() + 0.3);
+    let dry = run_within(
+        waly().args(["prune", "--archive", &archive, "--keep", &keep, "--dry-run"]),
+        120,
+    );
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let listed = String::from_utf8_lossy(&dry.stdout);
+    assert!(listed.contains("/segments/0000000000-"), "{listed}");
+    assert_eq!(files(root), before, "a dry run deletes nothing");
+    let pruned = run_within(waly().args(["prune", "--archive", &archive, "--keep", &keep]), 120);
+    assert!(pruned.status.success(), "{}", String::from_utf8_lossy(&pruned.stderr));
+    let after = files(root);
+    let gone: Vec<&String> = before.iter().filter(|f| !after.contains(f)).collect();
+    assert_eq!(
+        gone.len(),
+        listed.lines().filter(|l| l.starts_with("would delete")).count(),
+        "{gone:?}\n{listed}"
+    );
+    assert!(gone.iter().any(|f| f.contains("/segments/")), "{gone:?}");
+    let snapshots = |files: &[String]| files.iter().filter(|f| f.ends_with("manifest.json")).count();
+    assert_eq!(
+        (snapshots(&before), snapshots(&after)),
+        (2, 1),
+        "the source snapshot went, the compacted one stayed"
+    );
+
+    // Every point inside the window restores exactly; verify is clean.
+    for (at, want) in &points {
+        assert_eq!(show_at(&archive, "public.p", at).as_ref(), Ok(want), "at {at}");
+    }
+    let (code, report) = verify_json(&archive);
+    assert_eq!(code, 0, "{report}");
+    // A point whose path is gone is refused, not answered wrongly.
+    let err = show_at(&archive, "public.p", &early).expect_err("before the kept snapshot");
+    assert!(err.contains("before the archive's history"), "{err}");
+
+    // The sidecar continues the pruned chain.
+    let run = spawn(&db, &archive, &["--flush-interval", "100ms"]);
+    wait_streaming(&db, &run);
+    db.psql("INSERT INTO p VALUES (300, 'after the prune')");
+    wait_confirmed(&db, 120);
+    let (status, stderr) = run.terminate(60);
+    assert!(status.success(), "{stderr}");
+    let (at, want) = state_now(&db, "p");
+    assert_eq!(show_at(&archive, "public.p", &at).as_ref(), Ok(&want));
+    let (code, report) = verify_json(&archive);
+    assert_eq!(code, 0, "{report}");
+    let _ = std::fs::remove_dir_all(&archive);
+}

@@ -1,0 +1,207 @@
+//! `waly prune --keep DURATION`: deletes what no point inside the retention
+//! window needs.
+//!
+//! A point is restored from the newest snapshot of each table at or before
+//! it plus the segments after that snapshot. So for the window starting at
+//! `W = now - keep`:
+//! - a generation that ended before `W` (the next one started at or before
+//!   it) is deleted whole;
+//! - in the generation holding `W`, each table's newest snapshot taken at or
+//!   before `W` is kept, older snapshots that no table needs any more go,
+//!   and so do the segments before the oldest of those kept snapshots (a
+//!   leading run of them; the generation's last segment always stays, as the
+//!   writer continues its chain from it);
+//! - errors recorded before `W` go.
+//!
+//! Where no snapshot is old enough, nothing in that generation goes: a
+//! point in the window is never left without a path. `waly compact` makes a
+//! newer snapshot from the archive, so more can go next time. Before
+//! deleting segments, a write-once marker (`generations/<gen>/pruned/...`)
+//! records where the chain now starts and the hash it continues from, so
+//! `waly verify` tells a prune from a loss.
+
+use crate::archive::state::{self, to_json};
+use crate::archive::{layout, Store};
+use crate::{Error, Lsn};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Where a generation's chain starts after a prune.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneMark {
+    /// The generation.
+    pub generation: String,
+    /// The first segment kept.
+    pub first_kept: u64,
+    /// The SHA-256 the first kept segment names as its predecessor's.
+    pub prev_sha256: Option<String>,
+    /// Segments before this commit LSN were deleted.
+    pub before_lsn: Lsn,
+    /// The window's start.
+    pub window_start: DateTime<Utc>,
+    /// When the prune ran.
+    pub pruned_at: DateTime<Utc>,
+}
+
+/// The object of a prune mark.
+pub fn mark_key(gen: &str, first_kept: u64) -> String {
+    format!("{}/pruned/{first_kept:010}.json", layout::generation_dir(gen))
+}
+
+/// The newest prune mark of `gen`, if it was ever pruned.
+pub async fn mark(store: &Store, gen: &str) -> Result<Option<PruneMark>, Error> {
+    let mut keys: Vec<String> = store
+        .list(&format!("{}/pruned", layout::generation_dir(gen)))
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    keys.sort();
+    let Some(k) = keys.last() else { return Ok(None) };
+    let bytes = store.get(k).await?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Corrupt {
+        key: k.clone(),
+        why: e.to_string(),
+    })
+}
+
+/// What a prune deletes, and why.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// The window's start.
+    pub window_start: Option<DateTime<Utc>>,
+    /// Whole generations that end before the window.
+    pub generations: Vec<String>,
+    /// Per generation holding the window's start: the snapshots kept as
+    /// starting points, and the mark to write.
+    pub marks: Vec<PruneMark>,
+    /// Every object to delete.
+    pub objects: Vec<(String, u64)>,
+}
+
+impl Plan {
+    /// Bytes freed.
+    pub fn bytes(&self) -> u64 {
+        self.objects.iter().map(|(_, b)| b).sum()
+    }
+}
+
+/// Works out what pruning to a window starting at `window_start` deletes.
+pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Error> {
+    let mut plan = Plan {
+        window_start: Some(window_start),
+        ..Default::default()
+    };
+    let gens = state::generations(store).await?;
+    for (i, gen) in gens.iter().enumerate() {
+        let next_start = match gens.get(i + 1) {
+            Some(next) => Some(state::generation_info(store, next).await?.started_at),
+            None => None,
+        };
+        if next_start.is_some_and(|s| s <= window_start) {
+            // Every point of this generation is before the window.
+            plan.generations.push(gen.clone());
+            for dir in [layout::generation_dir(gen), format!("index/{gen}")] {
+                plan.objects.extend(store.list(&dir).await?);
+            }
+            continue;
+        }
+        let st = state::load_generation(store, gen).await?;
+        // Each table's newest snapshot at or before the window's start.
+        let mut keep: BTreeMap<&str, Lsn> = BTreeMap::new();
+        for m in st.manifests.iter().filter(|m| m.taken_at <= window_start) {
+            for t in &m.tables {
+                let e = keep.entry(t.table.as_str()).or_default();
+                *e = (*e).max(m.lsn);
+            }
+        }
+        let Some(boundary) = keep.values().min().copied() else {
+            continue;
+        };
+        // Snapshots no table starts from any more.
+        for m in &st.manifests {
+            let needed = m
+                .tables
+                .iter()
+                .any(|t| keep.get(t.table.as_str()).is_none_or(|k| *k <= m.lsn));
+            if needed {
+                continue;
+            }
+            plan.objects
+                .extend(store.list(&layout::snapshot_dir(gen, m.lsn)).await?);
+            let idx = crate::index::snapshot_index_key(gen, m.lsn);
+            if let Some((_, size)) = store.list(&idx).await?.into_iter().find(|(k, _)| *k == idx) {
+                plan.objects.push((idx, size));
+            }
+        }
+        // The leading segments wholly before the boundary, never the last.
+        let segments = state::segments(store, gen).await?;
+        let mut first_kept = None;
+        for (j, (key, number, size)) in segments.iter().enumerate() {
+            let last = crate::archive::layout::parse_segment_key(key).map_or(Lsn(u64::MAX), |(_, _, l)| l);
+            if last >= boundary || j + 1 == segments.len() {
+                first_kept = Some((*number, key.clone()));
+                break;
+            }
+            plan.objects.push((key.clone(), *size));
+        }
+        let Some((first_kept, first_key)) = first_kept else {
+            continue;
+        };
+        if first_kept == segments.first().map_or(0, |s| s.1) {
+            continue;
+        }
+        // Uploads fenced out before the new start, and index objects of
+        // deleted segments only.
+        for s in state::segment_objects(store, gen).await? {
+            if !s.is_current() && s.number < first_kept {
+                plan.objects.push((s.key, s.size));
+            }
+        }
+        for (key, size, _, last) in crate::index::segment_indexes(store, gen).await? {
+            if last < first_kept {
+                plan.objects.push((key, size));
+            }
+        }
+        let bytes = store.get(&first_key).await?;
+        let prev_sha256 = crate::segment::SegmentReader::open(&first_key, &bytes)?
+            .header
+            .prev_sha256;
+        plan.marks.push(PruneMark {
+            generation: gen.clone(),
+            first_kept,
+            prev_sha256,
+            before_lsn: boundary,
+            window_start,
+            pruned_at: Utc::now(),
+        });
+    }
+    for (key, size) in store.list(layout::ERRORS_DIR).await? {
+        let name = key.rsplit('/').next().unwrap_or("");
+        let time = name
+            .strip_suffix(".json")
+            .and_then(|t| chrono::NaiveDateTime::parse_from_str(t, "%Y%m%dT%H%M%S%.3fZ").ok());
+        if time.is_some_and(|t| t.and_utc() < window_start) {
+            plan.objects.push((key, size));
+        }
+    }
+    plan.objects.sort();
+    plan.objects.dedup();
+    Ok(plan)
+}
+
+/// Carries out `plan`: marks first, then deletions (an interrupted prune
+/// leaves an archive that verifies, and running it again finishes it).
+pub async fn execute(store: &Store, plan: &Plan) -> Result<(), Error> {
+    for m in &plan.marks {
+        store
+            .put_once(&mark_key(&m.generation, m.first_kept), to_json(m))
+            .await?;
+    }
+    // Segments in order, so a prune cut short leaves a chain that starts later.
+    for (key, _) in &plan.objects {
+        store.delete(key).await?;
+    }
+    Ok(())
+}
