@@ -307,6 +307,10 @@ fn a_standby_takes_over_and_a_deposed_writers_late_upload_is_fenced() {
     );
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
     assert_eq!(status["archive"]["writer"]["token"], 2, "{status}");
+    // A's lost connection is the sidecar's last recorded error.
+    let last = &status["archive"]["last_error"];
+    assert!(last["error"].as_str().unwrap_or("").contains("connection"), "{status}");
+    assert!(last["host"].as_str().unwrap_or("").contains(':'), "{status}");
     let _ = std::fs::remove_dir_all(&archive);
 }
 
@@ -397,6 +401,19 @@ fn an_invalidated_slot_is_reported_starts_a_new_generation_and_restore_refuses_t
         err.contains("gap") && err.contains("generation 00000001: from") && err.contains("generation 00000002: from"),
         "{err}"
     );
+
+    // Pruning to a window inside generation 2 deletes generation 1 whole;
+    // what the window holds still restores, and verify is clean.
+    std::thread::sleep(Duration::from_millis(500));
+    let pruned = run_within(waly().args(["prune", "--archive", &archive, "--keep", "0.2s"]), 120);
+    let said = String::from_utf8_lossy(&pruned.stderr);
+    assert!(pruned.status.success(), "{said}");
+    assert!(said.contains("generation 00000001 ends before the window"), "{said}");
+    assert!(!std::path::Path::new(&archive).join("generations/00000001").exists());
+    let again = show(&chrono::Utc::now().to_rfc3339());
+    assert_eq!(again.stdout, after.stdout, "{}", String::from_utf8_lossy(&again.stderr));
+    let (code, report) = verify_json(&archive);
+    assert_eq!(code, 0, "{report}");
     drop(db);
     cluster.stop();
     let _ = std::fs::remove_dir_all(&archive);
