@@ -29,8 +29,8 @@ say "waly init --archive $ARCHIVE          # refuses: a table without a key woul
 say "waly init --archive $ARCHIVE --replica-identity-full"
 "$WALY" init --archive "$ARCHIVE" --replica-identity-full
 
-say "waly run --archive $ARCHIVE &"
-"$WALY" run --archive "$ARCHIVE" --log warn &
+say "waly run --archive $ARCHIVE --metrics-addr 127.0.0.1:19187 &"
+"$WALY" run --archive "$ARCHIVE" --log warn --metrics-addr 127.0.0.1:19187 &
 RUN=$!
 for _ in $(seq 1 300); do
     [ "$(psql -XAt -d postgres -c "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'waly' AND active")" = 1 ] && break
@@ -55,6 +55,9 @@ sleep 1
 say "psql -c \"DELETE FROM users WHERE id = 1\"   # oops (at $BEFORE everything was fine)"
 psql -Xq -d postgres -c "DELETE FROM users WHERE id = 1"
 sleep 2
+say "GET http://127.0.0.1:19187/metrics   # Prometheus; /healthz and /readyz too"
+{ exec 3<>/dev/tcp/127.0.0.1/19187 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 \
+    && grep -E '^waly_(events|transactions)_archived_total|^waly_ready ' <&3; exec 3<&-; } || echo "(metrics not reachable)"
 say "kill -TERM \$RUN   # flushes, confirms the slot, exits 0"
 kill -TERM $RUN; wait $RUN; RUN=
 
@@ -78,6 +81,8 @@ say "waly restore users --at $BEFORE --into users_before   # into a new table"
 psql -X -d postgres -c "TABLE users_before"
 say "waly restore users --at $BEFORE --key 1 --upsert   # row-level undo; --apply runs it"
 "$WALY" restore users --archive "$ARCHIVE" --at "$BEFORE" --key 1 --upsert
+say "waly verify   # checksums, the hash chain, order, commit markers, manifests, index"
+"$WALY" verify --archive "$ARCHIVE"
 say "find $ARCHIVE -type f"
 (cd "$ARCHIVE" && find . -type f | sort)
 
