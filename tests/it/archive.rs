@@ -147,6 +147,23 @@ pub(crate) fn settle(db: &TestDb, run: crate::harness::Running) {
     assert!(status.success(), "{stderr}");
 }
 
+/// Waits until `waly log` shows exactly the changes of keys `want` (column
+/// `id`) in `table`, in that order.
+pub(crate) fn wait_logged_ids(archive: &str, table: &str, want: &[&str], run: &crate::harness::Running) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let ids: Vec<String> = log_json(archive, &["--table", table])
+            .iter()
+            .filter_map(|v| v["key"]["id"].as_str().map(str::to_string))
+            .collect();
+        if ids == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "got {ids:?}\n{}", run.stderr_so_far());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 pub(crate) fn log_json(archive: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let out = run_within(waly().args(["log", "--json", "--archive", archive]).args(extra), 120);
     assert!(
@@ -962,18 +979,7 @@ fn a_dropped_slot_starts_a_new_generation_instead_of_splicing() {
     let run = spawn_run(&db, &archive);
     wait_streaming(&db, &run);
     db.psql("INSERT INTO acct VALUES (3, 0, 'second era');");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let ids: Vec<String> = log_json(&archive, &["--table", "acct"])
-            .iter()
-            .filter_map(|v| v["key"]["id"].as_str().map(str::to_string))
-            .collect();
-        if ids == ["1", "3"] {
-            break;
-        }
-        assert!(Instant::now() < deadline, "got {ids:?}\n{}", run.stderr_so_far());
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_logged_ids(&archive, "acct", &["1", "3"], &run);
     let (status, stderr) = run.terminate(60);
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("STARTING A NEW GENERATION"), "said loudly: {stderr}");
