@@ -186,22 +186,71 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
             plan.objects.push((key, size));
         }
     }
-    plan.objects.sort();
+    plan.objects
+        .sort_by(|a, b| (deletion_rank(&a.0), &a.0).cmp(&(deletion_rank(&b.0), &b.0)));
     plan.objects.dedup();
     Ok(plan)
 }
 
-/// Carries out `plan`: marks first, then deletions (an interrupted prune
-/// leaves an archive that verifies, and running it again finishes it).
+/// The order of deletion, so that a prune cut short leaves refusals
+/// behind, never a wrong answer, and running it again finishes it: snapshot
+/// manifests first (a snapshot without its manifest does not exist, so no
+/// restore starts from it and then misses deleted segments), then their
+/// parts, then segments in chain order (the chain then starts later, as the
+/// mark says), then the rest, and a deleted generation's description last
+/// (until then the next prune still finds the generation).
+fn deletion_rank(key: &str) -> u8 {
+    if key.ends_with("/manifest.json") {
+        0
+    } else if key.starts_with("generations/") && key.contains("/snapshots/") {
+        1
+    } else if key.starts_with("generations/") && key.contains("/segments/") {
+        2
+    } else if key.ends_with("/generation.json") {
+        4
+    } else {
+        3
+    }
+}
+
+/// Carries out `plan`: marks first, then deletions in [`deletion_rank`]
+/// order (an interrupted prune leaves an archive that verifies, and running
+/// it again finishes it).
 pub async fn execute(store: &Store, plan: &Plan) -> Result<(), Error> {
     for m in &plan.marks {
         store
             .put_once(&mark_key(&m.generation, m.first_kept), to_json(m))
             .await?;
     }
-    // Segments in order, so a prune cut short leaves a chain that starts later.
     for (key, _) in &plan.objects {
         store.delete(key).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_prune_removes_starting_points_before_what_they_need() {
+        let mut keys = [
+            "errors/20261126T000000.000Z.json",
+            "generations/00000001/generation.json",
+            "generations/00000001/schemas/public.t/000001.json",
+            "generations/00000001/segments/0000000000-0000000000000001-0000000000000002.jsonl.zst",
+            "generations/00000001/snapshots/0000000000000001/manifest.json",
+            "generations/00000001/snapshots/0000000000000001/public.t/000000.jsonl.zst",
+            "index/00000001/segments/0000000000-0000000000.idx",
+        ];
+        keys.sort_by_key(|k| (deletion_rank(k), *k));
+        let at = |suffix: &str| keys.iter().position(|k| k.ends_with(suffix)).unwrap_or(usize::MAX);
+        assert_eq!(at("manifest.json"), 0);
+        assert!(
+            at("000000.jsonl.zst") < at("0000000000000002.jsonl.zst"),
+            "parts before segments"
+        );
+        assert!(at("0000000000000002.jsonl.zst") < at(".idx"));
+        assert_eq!(at("generation.json"), keys.len() - 1);
+    }
 }
