@@ -1230,7 +1230,7 @@ fn no_password_or_secret_appears_in_any_output() {
     let secret = "aws-secret-value-7Qx";
     let password = crate::harness::PASSWORD;
     let mut outputs = Vec::new();
-    let mut record = |mut cmd: Command| {
+    let record = |mut cmd: Command| -> String {
         let out = run_within(
             cmd.env("AWS_SECRET_ACCESS_KEY", secret)
                 .env("AWS_ACCESS_KEY_ID", "waly-test")
@@ -1238,11 +1238,11 @@ fn no_password_or_secret_appears_in_any_output() {
                 .env("WALY_STORE_TIMEOUT", "2"),
             120,
         );
-        outputs.push(format!(
+        format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        ));
+        )
     };
     // A wrong password, a server that is not there, a database that does not exist: errors and debug logs.
     let wrong = db.tcp_url("scramuser", Some(&format!("{password}x")), "");
@@ -1250,7 +1250,7 @@ fn no_password_or_secret_appears_in_any_output() {
     for source in [wrong.as_str(), right_but_nowhere.as_str()] {
         let mut c = waly();
         c.args(["--log", "debug", "tail", "--source", source]);
-        record(c);
+        outputs.push(record(c));
         let mut c = waly();
         c.args([
             "--log",
@@ -1261,17 +1261,68 @@ fn no_password_or_secret_appears_in_any_output() {
             "--archive",
             "s3://bucket/x",
         ]);
-        record(c);
+        outputs.push(record(c));
     }
     let mut c = waly();
     c.args(["--log", "debug", "log", "--archive", "s3://bucket/prefix"]);
-    record(c);
+    outputs.push(record(c));
     let mut c = waly();
     c.env("WALY_SOURCE", &right_but_nowhere).args(["run", "--help"]);
-    record(c);
+    outputs.push(record(c));
     let mut c = waly();
     c.env("WALY_SOURCE", &right_but_nowhere).args(["restore", "--help"]);
-    record(c);
+    outputs.push(record(c));
+    // The sidecar failing to connect: its health answers, the errors it
+    // leaves in the archive, and `waly status` reading them back.
+    let archive = archive_dir(&db);
+    let port = crate::harness::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let run = crate::harness::Running::spawn(waly().args([
+        "--log",
+        "debug",
+        "run",
+        "--source",
+        &right_but_nowhere,
+        "--archive",
+        &archive,
+        "--metrics-addr",
+        &addr,
+        "--unhealthy-after",
+        "1s",
+    ]));
+    let (_, why) = crate::harness::wait_http(port, "/healthz", 60, "unhealthy", |c, b| {
+        c == 503 && b.contains("127.0.0.1")
+    });
+    outputs.push(why);
+    outputs.push(
+        crate::harness::http_get(port, "/metrics")
+            .map(|r| r.1)
+            .unwrap_or_default(),
+    );
+    outputs.push(
+        crate::harness::http_get(port, "/readyz")
+            .map(|r| r.1)
+            .unwrap_or_default(),
+    );
+    let (_, stderr) = run.terminate(60);
+    outputs.push(stderr);
+    let mut c = waly();
+    c.args(["--log", "debug", "run", "--source", &wrong, "--archive", &archive]);
+    outputs.push(record(c));
+    let errors = std::path::Path::new(&archive).join("errors");
+    let recorded: Vec<String> = files_under(&archive, "errors")
+        .into_iter()
+        .map(|f| std::fs::read_to_string(errors.join(f)).unwrap_or_default())
+        .collect();
+    assert!(recorded.len() >= 2, "both failures recorded: {recorded:?}");
+    outputs.extend(recorded);
+    let mut c = waly();
+    c.args(["status", "--source", &wrong, "--archive", &archive]);
+    outputs.push(record(c));
+    assert!(
+        outputs.last().is_some_and(|o| o.contains("last error of the sidecar")),
+        "{outputs:#?}"
+    );
     assert!(
         outputs.iter().any(|o| o.contains("127.0.0.1")),
         "the errors were printed: {outputs:#?}"
@@ -1280,6 +1331,7 @@ fn no_password_or_secret_appears_in_any_output() {
         assert!(!o.contains(password), "a password leaked: {o}");
         assert!(!o.contains(secret), "a secret leaked: {o}");
     }
+    let _ = std::fs::remove_dir_all(&archive);
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Operating waly: metrics and health over HTTP, standby and fencing, an
 //! invalidated slot, pruning.
 
-use crate::archive::{archive_dir, log_json, slot, spawn_run_as, wait_streaming};
+use crate::archive::{archive_dir, files_under, log_json, slot, spawn_run_as, wait_streaming};
 use crate::harness::{free_port, http_get, metric, run_within, wait_http, waly, TestDb};
 use std::time::{Duration, Instant};
 
@@ -423,23 +423,6 @@ fn state_now(db: &TestDb, table: &str) -> (String, Vec<String>) {
     (at, rows)
 }
 
-fn files(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.filter_map(|e| e.ok()) {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(files(&p));
-        } else {
-            out.push(p.display().to_string());
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn prune_keeps_every_point_inside_the_window_restorable_and_verify_clean() {
     let db = TestDb::new();
@@ -485,8 +468,7 @@ fn prune_keeps_every_point_inside_the_window_restorable_and_verify_clean() {
     let (status, stderr) = run.terminate(60);
     assert!(status.success(), "{stderr}");
 
-    let root = std::path::Path::new(&archive);
-    let before = files(root);
+    let before = files_under(&archive, "");
     let keep = format!("{:.3}s", window.elapsed().as_secs_f64() + 0.3);
     let dry = run_within(
         waly().args(["prune", "--archive", &archive, "--keep", &keep, "--dry-run"]),
@@ -495,10 +477,10 @@ fn prune_keeps_every_point_inside_the_window_restorable_and_verify_clean() {
     assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
     let listed = String::from_utf8_lossy(&dry.stdout);
     assert!(listed.contains("/segments/0000000000-"), "{listed}");
-    assert_eq!(files(root), before, "a dry run deletes nothing");
+    assert_eq!(files_under(&archive, ""), before, "a dry run deletes nothing");
     let pruned = run_within(waly().args(["prune", "--archive", &archive, "--keep", &keep]), 120);
     assert!(pruned.status.success(), "{}", String::from_utf8_lossy(&pruned.stderr));
-    let after = files(root);
+    let after = files_under(&archive, "");
     let gone: Vec<&String> = before.iter().filter(|f| !after.contains(f)).collect();
     assert_eq!(
         gone.len(),
