@@ -433,23 +433,51 @@ fn prune_keeps_every_point_inside_the_window_restorable_and_verify_clean() {
     let archive = archive_dir(&db);
     let run = spawn(&db, &archive, &["--flush-interval", "100ms"]);
     wait_streaming(&db, &run);
-    // Before the window: changes, then a snapshot made from the archive.
+    // Before the window: changes, and snapshots made from the archive: one
+    // in the middle (--lsn), one at the end.
     let (early, _) = state_now(&db, "p");
+    let mut mid = None;
     for i in 0..5 {
         db.psql(&format!(
             "UPDATE p SET v = 'old{i}' WHERE id = {}; INSERT INTO p VALUES ({}, 'x')",
             i + 1,
             100 + i
         ));
+        if i == 1 {
+            mid = Some((db.current_lsn(), state_now(&db, "p")));
+        }
     }
+    let Some((mid_lsn, (mid_at, mid_rows))) = mid else {
+        unreachable!()
+    };
     wait_confirmed(&db, 120);
-    let compact = run_within(waly().args(["compact", "--archive", &archive]), 120);
-    let said = String::from_utf8_lossy(&compact.stdout);
-    assert!(compact.status.success(), "{}", String::from_utf8_lossy(&compact.stderr));
+    let compact = |extra: &[&str]| {
+        let out = run_within(waly().args(["compact", "--archive", &archive]).args(extra), 120);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let from_segments = show_at(&archive, "public.p", &mid_at);
+    let said = compact(&["--lsn", &mid_lsn.to_string()]);
     assert!(
-        said.contains("compacted 1 table(s), 10 rows, 10 changes folded"),
+        said.contains("compacted 1 table(s), 7 rows, 4 changes folded"),
         "{said}"
     );
+    assert_eq!(from_segments.as_ref(), Ok(&mid_rows));
+    assert_eq!(
+        show_at(&archive, "public.p", &mid_at),
+        from_segments,
+        "from the compacted snapshot"
+    );
+    let said = compact(&[]);
+    assert!(
+        said.contains("compacted 1 table(s), 10 rows, 6 changes folded"),
+        "{said}"
+    );
+    assert!(compact(&[]).contains("nothing to compact"));
     std::thread::sleep(Duration::from_millis(1100));
     let window = Instant::now();
     let (at_window, rows_at_window) = state_now(&db, "p");
@@ -491,7 +519,7 @@ fn prune_keeps_every_point_inside_the_window_restorable_and_verify_clean() {
     let snapshots = |files: &[String]| files.iter().filter(|f| f.ends_with("manifest.json")).count();
     assert_eq!(
         (snapshots(&before), snapshots(&after)),
-        (2, 1),
+        (3, 1),
         "the source snapshot went, the compacted one stayed"
     );
 
