@@ -4,8 +4,8 @@
 //! snapshot of the generation, so later restores, and `waly prune`, can start
 //! from there.
 //!
-//! The new snapshot's LSN is one past the last archived commit at the point,
-//! so it holds exactly the commits before it (the rule every snapshot
+//! The new snapshot's LSN is the end of the last archived commit at the
+//! point, so it holds exactly the commits before it (the rule every snapshot
 //! follows); its `taken_at` is that commit's time, the moment its state
 //! describes, and `compacted_at` says when it was made.
 
@@ -25,9 +25,53 @@ pub struct Compacted {
     pub changes: u64,
 }
 
+/// The last complete transaction of `gen` whose commit LSN is at or
+/// before `upto`: from the segment headers where they tell, else by reading
+/// the one segment that holds it.
+async fn last_commit_upto(
+    store: &Store,
+    st: &state::GenState,
+    upto: Lsn,
+) -> Result<Option<crate::segment::CommitPoint>, Error> {
+    if let Some(c) = st.tail.last_commit.filter(|c| c.commit_lsn <= upto) {
+        return Ok(Some(c));
+    }
+    let segments = state::segments(store, &st.id).await?;
+    for (key, _, _) in segments.iter().rev() {
+        let Some((_, first, _)) = layout::parse_segment_key(key) else {
+            continue;
+        };
+        if first > upto {
+            continue;
+        }
+        let bytes = store.get(key).await?;
+        let mut r = crate::segment::SegmentReader::open(key, &bytes)?;
+        if let Some(c) = r.header.last_commit.filter(|c| c.commit_lsn <= upto) {
+            return Ok(Some(c));
+        }
+        let mut found = None;
+        while let Some(rec) = r.next_record(&st.schemas)? {
+            if let crate::segment::Record::Commit(c) = rec {
+                if c.commit_lsn <= upto {
+                    found = Some(crate::segment::CommitPoint {
+                        commit_lsn: c.commit_lsn,
+                        end_lsn: c.end_lsn,
+                        commit_time: c.commit_time,
+                    });
+                }
+            }
+        }
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
 /// Compacts the latest generation's tables at the last archived commit at
 /// or before `upto` (the latest when `None`). `Ok(None)` when there is
-/// nothing to do: no commit after the newest snapshots.
+/// nothing to do: no commit after the newest snapshots. Tables are done one
+/// at a time, each with restore's bounded memory.
 pub async fn compact(store: &Store, upto: Option<Lsn>) -> Result<Option<Compacted>, Error> {
     let gens = state::generations(store).await?;
     let Some(gen) = gens.last() else {
@@ -37,41 +81,24 @@ pub async fn compact(store: &Store, upto: Option<Lsn>) -> Result<Option<Compacte
         )));
     };
     let st = state::load_generation(store, gen).await?;
-    let Some(last) = st.tail.last_commit else {
-        return Ok(None);
+    let cut = match upto {
+        None => st.tail.last_commit,
+        Some(u) => last_commit_upto(store, &st, u).await?,
     };
-    let point = upto.map_or(last.commit_lsn, |u| u.min(last.commit_lsn));
-    let mut tables: Vec<String> = st
-        .manifests
-        .iter()
-        .filter(|m| m.lsn <= point)
-        .flat_map(|m| m.tables.iter().map(|t| t.table.clone()))
-        .collect();
-    tables.sort();
-    tables.dedup();
-    // The state of each table, to temporary sorted runs; the newest commit
-    // folded in decides the snapshot's LSN.
-    let mut states = Vec::new();
-    let mut cut: Option<(Lsn, chrono::DateTime<chrono::Utc>)> = None;
-    let mut changes = 0;
-    for table in &tables {
-        let plan = restore::plan(store, table, Bound::Lsn(point)).await?;
-        if plan.generation != *gen {
-            continue;
+    let Some(cut) = cut else { return Ok(None) };
+    // The snapshot holds every commit before its LSN: the end of the cut.
+    let lsn = cut.end_lsn;
+    // Each table's newest snapshot before that; worth compacting only if
+    // some table has commits between its snapshot and the cut.
+    let mut newest: std::collections::BTreeMap<&str, Lsn> = std::collections::BTreeMap::new();
+    for m in st.manifests.iter().filter(|m| m.lsn < lsn) {
+        for t in &m.tables {
+            let e = newest.entry(t.table.as_str()).or_default();
+            *e = (*e).max(m.lsn);
         }
-        let rows = restore::rows(store, &plan, &Filter::default(), &mut |_| {}).await?;
-        if let Some(c) = rows.outcome.cut {
-            cut = cut.max(Some(c));
-        }
-        changes += rows.outcome.changes;
-        states.push((table.clone(), rows));
     }
-    let Some((cut_lsn, cut_time)) = cut else {
-        return Ok(None);
-    };
-    let lsn = Lsn(cut_lsn.as_u64() + 1);
-    if st.manifests.iter().any(|m| m.lsn >= lsn) {
-        // A snapshot at or after this point exists already.
+    let stale = newest.values().any(|l| *l <= cut.commit_lsn);
+    if !stale || st.manifests.iter().any(|m| m.lsn == lsn) {
         return Ok(None);
     }
     let metrics = Metrics::default();
@@ -80,16 +107,23 @@ pub async fn compact(store: &Store, upto: Option<Lsn>) -> Result<Option<Compacte
         waly_snapshot: 1,
         generation: gen.clone(),
         lsn,
-        taken_at: cut_time,
+        taken_at: cut.commit_time,
         compacted_at: Some(chrono::Utc::now()),
         tables: Vec::new(),
     };
-    for (table, mut rows) in states {
+    let mut changes = 0;
+    for table in newest.keys() {
+        let plan = restore::plan(store, table, Bound::Lsn(cut.commit_lsn)).await?;
+        if plan.generation != *gen {
+            continue;
+        }
+        let mut rows = restore::rows(store, &plan, &Filter::default(), &mut |_| {}).await?;
+        changes += rows.outcome.changes;
         let schema = rows.outcome.schema.clone();
-        let (schema_name, name) = table.split_once('.').unwrap_or(("", &table));
+        let (schema_name, name) = table.split_once('.').unwrap_or(("", table));
         let seg = layout::table_segment(schema_name, name);
-        let pk = crate::index::pk_of(&st.schemas, &table, schema.version);
-        let mut w = crate::snapshot::TableWriter::new(store, gen, lsn, &table, &seg, schema.version, pk)?;
+        let pk = crate::index::pk_of(&st.schemas, table, schema.version);
+        let mut w = crate::snapshot::TableWriter::new(store, gen, lsn, table, &seg, schema.version, pk)?;
         while let Some(row) = rows.next_row()? {
             w.push(&row, &mut index, &metrics).await?;
         }

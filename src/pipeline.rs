@@ -166,7 +166,10 @@ pub async fn run(
             backoff = (backoff * 2).min(Duration::from_secs(30));
             wait
         } else {
-            record_error(store, &format!("{e:#}")).await;
+            // Not into an archive that belongs to another database.
+            if !matches!(e, Error::ArchiveMismatch(_)) {
+                record_error(store, &format!("{e:#}")).await;
+            }
             return Err(e);
         };
         let mut rx = stop_rx.clone();

@@ -781,6 +781,11 @@ fn archive_of_another_database_is_refused() {
         "0",
         "nothing created for the refused database"
     );
+    assert_eq!(
+        files_under(&archive, "errors"),
+        Vec::<String>::new(),
+        "nothing written into a's archive"
+    );
     let _ = std::fs::remove_dir_all(&archive);
 }
 
