@@ -15,6 +15,16 @@
 //!   `(commit_lsn, seq)`, and the relation cache that names their columns.
 //! - [`pgtypes`]: type names as `format_type` prints them.
 //! - [`tail`]: `waly tail`, a live view of the changes.
+//! - [`segment`]: the archive's segment format; [`snapshot`]: base snapshots;
+//!   [`archive`]: the object store, its layout, the archive's state, and the
+//!   writer leases that fence a deposed writer out.
+//! - [`pipeline`]: `waly run`, the sidecar; [`metrics`]: its counters, health
+//!   rules and `/metrics` server; [`init`]: `waly init`.
+//! - Readers: [`log`] (`waly log`, and the deduplication every reader
+//!   shares), [`restore`] (`restore` and `show`), [`history`] with [`index`],
+//!   [`verify`].
+//! - Retention: [`compact`] (a snapshot from the archive alone) and [`prune`].
+//! - [`cli`]: the command line, thin.
 //! - [`lsn`]: WAL positions as a type; [`error`]: the one error type.
 
 pub mod archive;
