@@ -213,7 +213,7 @@ fn deletion_rank(key: &str) -> u8 {
     }
 }
 
-/// Carries out `plan`: marks first, then deletions in [`deletion_rank`]
+/// Carries out `plan`: marks first, then deletions in `deletion_rank`
 /// order (an interrupted prune leaves an archive that verifies, and running
 /// it again finishes it).
 pub async fn execute(store: &Store, plan: &Plan) -> Result<(), Error> {
