@@ -159,7 +159,11 @@ fn a_standby_takes_over_and_a_deposed_writers_late_upload_is_fenced() {
     db.psql("CREATE TABLE s (id int PRIMARY KEY, era text); CREATE PUBLICATION waly FOR TABLE s;");
     let archive = archive_dir(&db);
     // A holds what it receives for a minute before uploading.
-    let a = spawn(&db, &archive, &["--flush-interval", "60s", "--log", "info"]);
+    let a = spawn(
+        &db,
+        &archive,
+        &["--flush-interval", "60s", "--standby-poll", "200ms", "--log", "info"],
+    );
     wait_streaming(&db, &a);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
@@ -236,21 +240,52 @@ fn a_standby_takes_over_and_a_deposed_writers_late_upload_is_fenced() {
         assert!(Instant::now() < deadline, "A uploaded nothing: {}", a.stderr_so_far());
         std::thread::sleep(Duration::from_millis(100));
     };
+    wait_confirmed(&db, 120);
+    assert!(b.stderr_so_far().contains("taking over"), "{}", b.stderr_so_far());
+
+    // A is the standby now. Kill B outright: A takes over and archives the third era.
+    let mut b = b;
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    for t in 0..10 {
+        db.psql(&format!(
+            "INSERT INTO s SELECT g, 'third' FROM generate_series({}, {}) g",
+            201 + t * 10,
+            210 + t * 10
+        ));
+    }
+    // A holds what it streams for up to a minute; SIGTERM makes it flush.
+    let end = db.current_lsn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !a.stderr_so_far().contains("taking over") {
+        assert!(Instant::now() < deadline, "A did not take over: {}", a.stderr_so_far());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    db.wait_for(
+        &format!(
+            "SELECT sent_lsn >= '{end}' FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
+              WHERE s.slot_name = '{}'",
+            slot(&db)
+        ),
+        "t",
+        60,
+    );
     let (status, a_said) = a.terminate(60);
     assert!(status.success(), "{a_said}");
-    wait_confirmed(&db, 120);
-    let (status, b_said) = b.terminate(60);
-    assert!(status.success(), "{b_said}");
-    assert!(b_said.contains("taking over"), "{b_said}");
+    let confirmed = format!(
+        "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{}'",
+        slot(&db)
+    );
+    assert_eq!(db.psql(&confirmed), "t", "A flushed and confirmed the third era");
 
-    // Leases 1 (A) and 2 (B, from where A's uploads stopped counting).
+    // Leases 1 (A), 2 (B, from where A's uploads stopped counting), 3 (A again).
     let mut leases: Vec<String> = std::fs::read_dir(std::path::Path::new(&archive).join("leases"))
         .expect("leases")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     leases.sort();
-    assert_eq!(leases.len(), 2, "{leases:?}");
+    assert_eq!(leases.len(), 3, "{leases:?}");
     let b_first: u64 = leases[1][20..30].parse().expect("first segment");
     let late_number: u64 = late[..10].parse().expect("number");
     assert!(
@@ -276,7 +311,7 @@ fn a_standby_takes_over_and_a_deposed_writers_late_upload_is_fenced() {
         .filter_map(|v| v["key"]["id"].as_str().and_then(|s| s.parse().ok()))
         .collect();
     ids.sort();
-    assert_eq!(ids, (1..=200).collect::<Vec<i64>>());
+    assert_eq!(ids, (1..=300).collect::<Vec<i64>>());
     let status = run_within(
         waly().args([
             "status",
@@ -291,7 +326,7 @@ fn a_standby_takes_over_and_a_deposed_writers_late_upload_is_fenced() {
         60,
     );
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
-    assert_eq!(status["archive"]["writer"]["token"], 2, "{status}");
+    assert_eq!(status["archive"]["writer"]["token"], 3, "{status}");
     // A's lost connection is the sidecar's last recorded error.
     let last = &status["archive"]["last_error"];
     assert!(last["error"].as_str().unwrap_or("").contains("connection"), "{status}");
