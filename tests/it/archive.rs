@@ -164,6 +164,25 @@ pub(crate) fn wait_logged_ids(archive: &str, table: &str, want: &[&str], run: &c
     }
 }
 
+/// `waly status --json` for `db`'s slot and `archive`.
+pub(crate) fn status_json(db: &TestDb, archive: &str) -> serde_json::Value {
+    let st = run_within(
+        waly().args([
+            "status",
+            "--json",
+            "--source",
+            &db.url(),
+            "--archive",
+            archive,
+            "--slot",
+            &slot(db),
+        ]),
+        60,
+    );
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    serde_json::from_slice(&st.stdout).expect("status json")
+}
+
 pub(crate) fn log_json(archive: &str, extra: &[&str]) -> Vec<serde_json::Value> {
     let out = run_within(waly().args(["log", "--json", "--archive", archive]).args(extra), 120);
     assert!(
@@ -1102,21 +1121,7 @@ fn drop_removes_slot_publication_and_guard_only_when_told_and_not_in_use() {
     let (status, stderr) = run.terminate(60);
     assert!(status.success(), "{stderr}");
     // waly status: the slot as PostgreSQL sees it, the archive as it is.
-    let st = run_within(
-        waly().args([
-            "status",
-            "--json",
-            "--source",
-            &db.url(),
-            "--archive",
-            &archive,
-            "--slot",
-            &slot(&db),
-        ]),
-        60,
-    );
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).expect("json");
+    let st = status_json(&db, &archive);
     let last = log_json(&archive, &["--table", "d"]).pop().expect("a change");
     assert_eq!(st["slot"]["exists"], true);
     assert_eq!(st["slot"]["active"], false);

@@ -312,20 +312,7 @@ fn a_standby_takes_over_and_a_deposed_writers_late_upload_is_fenced() {
         .collect();
     ids.sort();
     assert_eq!(ids, (1..=300).collect::<Vec<i64>>());
-    let status = run_within(
-        waly().args([
-            "status",
-            "--json",
-            "--source",
-            &db.url(),
-            "--archive",
-            &archive,
-            "--slot",
-            &slot(&db),
-        ]),
-        60,
-    );
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    let status = crate::archive::status_json(&db, &archive);
     assert_eq!(status["archive"]["writer"]["token"], 3, "{status}");
     // A's lost connection is the sidecar's last recorded error.
     let last = &status["archive"]["last_error"];
