@@ -132,8 +132,8 @@ pub(crate) fn wait_streaming(db: &TestDb, run: &Running) {
 }
 
 /// Waits until the slot has confirmed everything written so far (the
-/// archive holds it), then stops `waly run` cleanly.
-pub(crate) fn settle(db: &TestDb, run: crate::harness::Running) {
+/// archive holds it); returns that position.
+pub(crate) fn wait_confirmed(db: &TestDb, secs: u64) -> waly::Lsn {
     let end = db.current_lsn();
     db.wait_for(
         &format!(
@@ -141,8 +141,14 @@ pub(crate) fn settle(db: &TestDb, run: crate::harness::Running) {
             slot(db)
         ),
         "t",
-        120,
+        secs,
     );
+    end
+}
+
+/// [`wait_confirmed`], then stops `waly run` cleanly.
+pub(crate) fn settle(db: &TestDb, run: crate::harness::Running) {
+    wait_confirmed(db, 120);
     let (status, stderr) = run.terminate(60);
     assert!(status.success(), "{stderr}");
 }

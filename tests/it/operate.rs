@@ -1,7 +1,7 @@
 //! Operating waly: metrics and health over HTTP, standby and fencing, an
 //! invalidated slot, pruning.
 
-use crate::archive::{archive_dir, files_under, log_json, slot, spawn_run_as, wait_streaming};
+use crate::archive::{archive_dir, files_under, log_json, slot, spawn_run_as, wait_confirmed, wait_streaming};
 use crate::harness::{free_port, http_get, metric, run_within, wait_http, waly, TestDb};
 use std::time::{Duration, Instant};
 
@@ -11,20 +11,6 @@ fn walsender_pid(db: &TestDb) -> String {
         "SELECT active_pid FROM pg_replication_slots WHERE slot_name = '{}'",
         slot(db)
     ))
-}
-
-/// Waits until the slot has confirmed everything written so far.
-fn wait_confirmed(db: &TestDb, secs: u64) -> waly::Lsn {
-    let end = db.current_lsn();
-    db.wait_for(
-        &format!(
-            "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{}'",
-            slot(db)
-        ),
-        "t",
-        secs,
-    );
-    end
 }
 
 /// Asserts that metric `name` on `page` is above `floor`.
