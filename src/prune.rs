@@ -11,7 +11,8 @@
 //!   and so do the segments before the oldest of those kept snapshots (a
 //!   leading run of them; the generation's last segment always stays, as the
 //!   writer continues its chain from it);
-//! - errors recorded before `W` go.
+//! - errors recorded before `W` go, and leases no remaining segment answers
+//!   to.
 //!
 //! Where no snapshot is old enough, nothing in that generation goes: a
 //! point in the window is never left without a path. `waly compact` makes a
@@ -176,6 +177,41 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
             window_start,
             pruned_at: Utc::now(),
         });
+    }
+    // Leases nothing left answers to: older than the lease in force where
+    // history now begins (a newer one applies to every segment after it),
+    // and the token of no segment that stays.
+    let deleting: std::collections::BTreeSet<&str> = plan.objects.iter().map(|(k, _)| k.as_str()).collect();
+    let mut oldest: Option<(String, u64)> = None;
+    let mut tokens_left = std::collections::BTreeSet::new();
+    for gen in gens.iter().filter(|g| !plan.generations.contains(g)) {
+        for s in state::segment_objects(store, gen).await? {
+            if deleting.contains(s.key.as_str()) {
+                continue;
+            }
+            tokens_left.insert(s.fence);
+            if oldest
+                .as_ref()
+                .is_none_or(|o| (gen.as_str(), s.number) < (o.0.as_str(), o.1))
+            {
+                oldest = Some((gen.clone(), s.number));
+            }
+        }
+    }
+    if let Some((gen, number)) = oldest {
+        let leases = crate::archive::lease::list(store).await?;
+        let floor = crate::archive::lease::in_force(&leases, &gen, number);
+        let old = leases
+            .iter()
+            .filter(|l| l.token < floor && !tokens_left.contains(&l.token));
+        let old_keys: Vec<String> = old
+            .map(|l| layout::lease_key(l.token, &l.generation, l.first))
+            .collect();
+        for (key, size) in store.list(layout::LEASES_DIR).await? {
+            if old_keys.contains(&key) {
+                plan.objects.push((key, size));
+            }
+        }
     }
     for (key, size) in store.list(layout::ERRORS_DIR).await? {
         let name = key.rsplit('/').next().unwrap_or("");

@@ -439,7 +439,7 @@ fn prune_keeps_every_point_inside_the_window_restorable_and_verify_clean() {
          CREATE PUBLICATION waly FOR TABLE p;",
     );
     let archive = archive_dir(&db);
-    let run = spawn(&db, &archive, &["--flush-interval", "100ms"]);
+    let mut run = spawn(&db, &archive, &["--flush-interval", "100ms"]);
     wait_streaming(&db, &run);
     // Before the window: changes, and snapshots made from the archive: one
     // in the middle (--lsn), one at the end.
@@ -453,6 +453,10 @@ fn prune_keeps_every_point_inside_the_window_restorable_and_verify_clean() {
         ));
         if i == 1 {
             mid = Some((db.current_lsn(), state_now(&db, "p")));
+            // A restart: a second lease, from here on.
+            crate::archive::settle(&db, run);
+            run = spawn(&db, &archive, &["--flush-interval", "100ms"]);
+            wait_streaming(&db, &run);
         }
     }
     let Some((mid_lsn, (mid_at, mid_rows))) = mid else {
@@ -530,6 +534,12 @@ fn prune_keeps_every_point_inside_the_window_restorable_and_verify_clean() {
         (3, 1),
         "the source snapshot went, the compacted one stayed"
     );
+
+    // The first lease went with the last segment written under it.
+    let leases = files_under(&archive, "leases");
+    assert!(before.iter().any(|f| f.starts_with("leases/0000000001-")), "{before:?}");
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert!(leases[0].starts_with("0000000002-"), "{leases:?}");
 
     // Every point inside the window restores exactly; verify is clean.
     for (at, want) in &points {
