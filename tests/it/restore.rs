@@ -413,4 +413,26 @@ fn restore_and_show_from_an_s3_archive() {
     assert!(table.trim_end().ends_with("(3 rows)"), "{table}");
     let csv = show(&["--format", "csv"]);
     assert_eq!(csv.lines().count(), 1 + 290, "a header and the 290 rows then");
+
+    // Retention on S3: a snapshot from the archive, then everything older goes.
+    let compact = ok(&run_within(waly().args(["compact", "--archive", &archive]), 120));
+    assert!(compact.contains("compacted 1 table(s), 1 rows"), "{compact}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ok(&run_within(
+        waly().args(["prune", "--archive", &archive, "--keep", "0.1s"]),
+        120,
+    ));
+    let now = chrono::Utc::now().to_rfc3339();
+    let latest = ok(&run_within(
+        waly().args(["show", "users", "--archive", &archive, "--at", &now, "--format", "csv"]),
+        120,
+    ));
+    assert_eq!(latest, "\"id\",\"region\",\"name\"\n\"1\",\"us\",\"later\"\n");
+    let gone = run_within(
+        waly().args(["show", "users", "--archive", &archive, "--at", &then]),
+        120,
+    );
+    assert!(!gone.status.success(), "a pruned point is refused");
+    let verify = run_within(waly().args(["verify", "--archive", &archive]), 120);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }
