@@ -119,7 +119,6 @@ pub async fn run(
     });
     let metrics = &opts.metrics;
     let mut backoff = Duration::from_millis(500);
-    let mut standby_since: Option<Instant> = None;
     let mut last_recorded: Option<(String, Instant)> = None;
     loop {
         let started = Instant::now();
@@ -133,14 +132,13 @@ pub async fn run(
         let wait = if let Error::SlotBusy { pid, .. } = &e {
             // Another waly streams the slot: PostgreSQL's lock on an active
             // slot is the election. Wait as a standby, quietly.
-            if standby_since.is_none() {
+            if !matches!(metrics.phase(), Phase::Standby { .. }) {
                 tracing::info!(
                     slot = opts.slot,
                     holder_pid = pid,
                     poll_ms = opts.standby_poll.as_millis() as u64,
                     "standby: the slot is streamed by another process; waiting to take over"
                 );
-                standby_since = Some(Instant::now());
             }
             metrics.set_phase(Phase::Standby {
                 holder_pid: pid.clone(),
@@ -176,9 +174,6 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = async { let _ = rx.wait_for(|s| *s).await; } => return Ok(()),
-        }
-        if !matches!(metrics.phase(), Phase::Standby { .. }) {
-            standby_since = None;
         }
     }
 }
@@ -617,7 +612,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
     // confirm anything, so the archive's tail, read again now, holds all it
     // confirmed. Segments from here on are ours under a new fencing token;
     // whatever an earlier writer still uploads is ignored by readers.
-    gen.tail = state::load_generation(store, &gen.id).await?.tail;
+    gen.tail = state::load_tail(store, &gen.id).await?;
     let lease = crate::archive::lease::acquire(store, &gen.id, gen.tail.next_number).await?;
     if matches!(metrics.phase(), Phase::Standby { .. }) {
         tracing::info!(
@@ -817,6 +812,16 @@ async fn handle_events(
                 commit_time,
             } => {
                 let skip = w.gen.tail.last_commit.is_some_and(|c| *commit_lsn <= c.commit_lsn);
+                if !skip {
+                    // The oldest committed transaction not archived yet (lag
+                    // in seconds), noted once per transaction.
+                    let _ = w.metrics.pending_commit_ms.compare_exchange(
+                        0,
+                        commit_time.timestamp_millis(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
                 *txn = Some(Txn {
                     commit_lsn: *commit_lsn,
                     xid: *xid,
@@ -890,12 +895,6 @@ async fn handle_events(
                 w.index_change(c, schema_version);
                 t.records += 1;
                 w.pending_events += 1;
-                let _ = w.metrics.pending_commit_ms.compare_exchange(
-                    0,
-                    t.commit_time.timestamp_millis(),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
             }
             Event::Message(m) => {
                 let (Some(t), Some(r)) = (txn.as_mut(), m.txn) else {
@@ -929,6 +928,9 @@ async fn handle_events(
                         records: t.records,
                     })?;
                     w.pending_txns += 1;
+                } else if w.builder.is_empty() {
+                    // Nothing of it to archive, and nothing else waiting.
+                    w.metrics.pending_commit_ms.store(0, Ordering::Relaxed);
                 }
             }
         }

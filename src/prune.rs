@@ -95,6 +95,9 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
         ..Default::default()
     };
     let gens = state::generations(store).await?;
+    let leases = crate::archive::lease::list(store).await?;
+    // The segment objects of each generation that stays, listed once.
+    let mut objects: BTreeMap<&str, Vec<state::SegmentObject>> = BTreeMap::new();
     for (i, gen) in gens.iter().enumerate() {
         let next_start = match gens.get(i + 1) {
             Some(next) => Some(state::generation_info(store, next).await?.started_at),
@@ -109,6 +112,9 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
             continue;
         }
         let st = state::load_generation(store, gen).await?;
+        let listed = objects
+            .entry(gen.as_str())
+            .or_insert(state::segment_objects_under(store, gen, &leases).await?);
         // Each table's newest snapshot at or before the window's start.
         let mut keep: BTreeMap<&str, Lsn> = BTreeMap::new();
         for m in st.manifests.iter().filter(|m| m.taken_at <= window_start) {
@@ -137,7 +143,11 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
             }
         }
         // The leading segments wholly before the boundary, never the last.
-        let segments = state::segments(store, gen).await?;
+        let segments: Vec<(String, u64, u64)> = listed
+            .iter()
+            .filter(|s| s.is_current())
+            .map(|s| (s.key.clone(), s.number, s.size))
+            .collect();
         let mut first_kept = None;
         for (j, (key, number, size)) in segments.iter().enumerate() {
             let last = crate::archive::layout::parse_segment_key(key).map_or(Lsn(u64::MAX), |(_, _, l)| l);
@@ -155,9 +165,9 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
         }
         // Uploads fenced out before the new start, and index objects of
         // deleted segments only.
-        for s in state::segment_objects(store, gen).await? {
+        for s in listed.iter() {
             if !s.is_current() && s.number < first_kept {
-                plan.objects.push((s.key, s.size));
+                plan.objects.push((s.key.clone(), s.size));
             }
         }
         for (key, size, _, last) in crate::index::segment_indexes(store, gen).await? {
@@ -184,31 +194,20 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
     let deleting: std::collections::BTreeSet<&str> = plan.objects.iter().map(|(k, _)| k.as_str()).collect();
     let mut oldest: Option<(String, u64)> = None;
     let mut tokens_left = std::collections::BTreeSet::new();
-    for gen in gens.iter().filter(|g| !plan.generations.contains(g)) {
-        for s in state::segment_objects(store, gen).await? {
-            if deleting.contains(s.key.as_str()) {
-                continue;
-            }
+    for (gen, listed) in &objects {
+        for s in listed.iter().filter(|s| !deleting.contains(s.key.as_str())) {
             tokens_left.insert(s.fence);
-            if oldest
-                .as_ref()
-                .is_none_or(|o| (gen.as_str(), s.number) < (o.0.as_str(), o.1))
-            {
-                oldest = Some((gen.clone(), s.number));
+            if oldest.as_ref().is_none_or(|o| (*gen, s.number) < (o.0.as_str(), o.1)) {
+                oldest = Some((gen.to_string(), s.number));
             }
         }
     }
     if let Some((gen, number)) = oldest {
-        let leases = crate::archive::lease::list(store).await?;
         let floor = crate::archive::lease::in_force(&leases, &gen, number);
-        let old = leases
-            .iter()
-            .filter(|l| l.token < floor && !tokens_left.contains(&l.token));
-        let old_keys: Vec<String> = old
-            .map(|l| layout::lease_key(l.token, &l.generation, l.first))
-            .collect();
         for (key, size) in store.list(layout::LEASES_DIR).await? {
-            if old_keys.contains(&key) {
+            let old = layout::parse_lease_key(&key)
+                .is_some_and(|(token, _, _)| token < floor && !tokens_left.contains(&token));
+            if old {
                 plan.objects.push((key, size));
             }
         }

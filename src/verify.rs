@@ -97,23 +97,31 @@ pub async fn verify(store: &Store) -> Result<Report, Error> {
             store.url()
         )));
     }
+    let leases = crate::archive::lease::list(store).await?;
     for gen in state::generations(store).await? {
         report.generations += 1;
         let st = state::load_generation(store, &gen).await?;
-        segments(store, &gen, &st, &mut report).await?;
+        let objects = state::segment_objects_under(store, &gen, &leases).await?;
+        segments(store, &gen, &st, &objects, &leases, &mut report).await?;
         snapshots(store, &gen, &st, &mut report).await?;
-        indexes(store, &gen, &mut report).await?;
+        indexes(store, &gen, &objects, &mut report).await?;
     }
     Ok(report)
 }
 
-async fn segments(store: &Store, gen: &str, st: &state::GenState, report: &mut Report) -> Result<(), Error> {
-    let leases = crate::archive::lease::list(store).await?;
+async fn segments(
+    store: &Store,
+    gen: &str,
+    st: &state::GenState,
+    objects: &[state::SegmentObject],
+    leases: &[crate::archive::lease::Lease],
+    report: &mut Report,
+) -> Result<(), Error> {
     // After `waly prune`, the chain starts later, from a recorded hash.
     let pruned = crate::prune::mark(store, gen).await?;
     let first = pruned.as_ref().map_or(0, |m| m.first_kept);
     let mut list = Vec::new();
-    for s in state::segment_objects(store, gen).await? {
+    for s in objects.iter().cloned() {
         if s.number < first {
             continue; // left by a prune cut short; the next prune deletes it
         }
@@ -408,11 +416,11 @@ async fn snapshots(store: &Store, gen: &str, st: &state::GenState, report: &mut 
     Ok(())
 }
 
-async fn indexes(store: &Store, gen: &str, report: &mut Report) -> Result<(), Error> {
-    let numbers: BTreeMap<u64, u64> = state::segments(store, gen)
-        .await?
-        .into_iter()
-        .map(|(k, n, _)| (n, layout::segment_fence(&k)))
+async fn indexes(store: &Store, gen: &str, objects: &[state::SegmentObject], report: &mut Report) -> Result<(), Error> {
+    let numbers: BTreeMap<u64, u64> = objects
+        .iter()
+        .filter(|s| s.is_current())
+        .map(|s| (s.number, s.fence))
         .collect();
     for (key, size) in store.list(&format!("index/{gen}/segments")).await? {
         match crate::index::Index::open(store, &key, size).await {

@@ -263,13 +263,21 @@ impl SegmentObject {
 
 /// Every object named like a segment of `gen`, fenced or not, by number.
 pub async fn segment_objects(store: &Store, gen: &str) -> Result<Vec<SegmentObject>, Error> {
-    let leases = super::lease::list(store).await?;
+    segment_objects_under(store, gen, &super::lease::list(store).await?).await
+}
+
+/// [`segment_objects`], with the archive's leases already listed.
+pub async fn segment_objects_under(
+    store: &Store,
+    gen: &str,
+    leases: &[super::lease::Lease],
+) -> Result<Vec<SegmentObject>, Error> {
     let mut out = Vec::new();
     for (key, size) in store.list(&layout::segments_dir(gen)).await? {
         match layout::parse_segment_key(&key) {
             Some((number, _, _)) => out.push(SegmentObject {
                 fence: layout::segment_fence(&key),
-                in_force: super::lease::in_force(&leases, gen, number),
+                in_force: super::lease::in_force(leases, gen, number),
                 key,
                 number,
                 size,
@@ -293,17 +301,15 @@ pub async fn segments(store: &Store, gen: &str) -> Result<Vec<(String, u64, u64)
         .collect())
 }
 
-/// Loads what the writer needs to continue generation `gen`.
-pub async fn load_generation(store: &Store, gen: &str) -> Result<GenState, Error> {
-    let mut st = GenState {
-        id: gen.to_string(),
-        ..Default::default()
-    };
+/// Where generation `gen`'s chain ends: the next number, the hash to chain
+/// to, the last complete transaction and the durable position.
+pub async fn load_tail(store: &Store, gen: &str) -> Result<Tail, Error> {
+    let mut tail = Tail::default();
     let segs = segments(store, gen).await?;
     if let Some((key, n, _)) = segs.last() {
         let bytes = store.get(key).await?;
-        st.tail.next_number = n + 1;
-        st.tail.prev_sha256 = Some(crate::segment::sha256_hex(&bytes));
+        tail.next_number = n + 1;
+        tail.prev_sha256 = Some(crate::segment::sha256_hex(&bytes));
         // The last commit may be further back when a large transaction spans
         // the last segments: walk back through the headers.
         for (key, _, _) in segs.iter().rev() {
@@ -313,15 +319,25 @@ pub async fn load_generation(store: &Store, gen: &str) -> Result<GenState, Error
                 store.get(key).await?
             };
             let r = SegmentReader::open(key, &b)?;
-            if st.tail.durable_lsn.is_none() {
-                st.tail.durable_lsn = r.header.durable_lsn;
+            if tail.durable_lsn.is_none() {
+                tail.durable_lsn = r.header.durable_lsn;
             }
             if let Some(c) = r.header.last_commit {
-                st.tail.last_commit = Some(c);
+                tail.last_commit = Some(c);
                 break;
             }
         }
     }
+    Ok(tail)
+}
+
+/// Loads what the writer needs to continue generation `gen`.
+pub async fn load_generation(store: &Store, gen: &str) -> Result<GenState, Error> {
+    let mut st = GenState {
+        id: gen.to_string(),
+        tail: load_tail(store, gen).await?,
+        ..Default::default()
+    };
     for (key, _) in store.list(&layout::schemas_dir(gen)).await? {
         let rec: SchemaRecord = parse_json(&key, &store.get(&key).await?)?;
         st.schemas.insert(rec);

@@ -1004,7 +1004,7 @@ fn a_dropped_slot_starts_a_new_generation_instead_of_splicing() {
         "SELECT pg_drop_replication_slot('{}'); INSERT INTO acct VALUES (2, 0, 'lost in the gap');",
         slot(&db)
     ));
-    let in_gap = db.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    let in_gap = db.now_utc();
     std::thread::sleep(Duration::from_millis(20));
     let run = spawn_run(&db, &archive);
     wait_streaming(&db, &run);

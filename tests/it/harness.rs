@@ -414,6 +414,12 @@ impl TestDb {
         self.cluster.try_psql(&self.name, sql)
     }
 
+    /// The server's clock now, RFC 3339 in UTC with microseconds (a point
+    /// to restore to).
+    pub fn now_utc(&self) -> String {
+        self.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+    }
+
     /// The server's current WAL position.
     pub fn current_lsn(&self) -> waly::Lsn {
         self.psql("SELECT pg_current_wal_insert_lsn()").parse().expect("an LSN")

@@ -332,7 +332,7 @@ fn an_invalidated_slot_is_reported_starts_a_new_generation_and_restore_refuses_t
     // While waly is away, more WAL than the slot may keep: PostgreSQL
     // invalidates it at a checkpoint.
     db.psql("INSERT INTO acct VALUES (2, 'lost in the gap')");
-    let in_gap = db.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    let in_gap = db.now_utc();
     let wal_status = format!(
         "SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{}'",
         slot(&db)
@@ -427,7 +427,7 @@ fn state_now(db: &TestDb, table: &str) -> (String, Vec<String>) {
         .map(str::to_string)
         .collect();
     rows.sort();
-    let at = db.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    let at = db.now_utc();
     (at, rows)
 }
 

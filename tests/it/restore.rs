@@ -82,7 +82,7 @@ fn restore_reproduces_the_table_at_every_point_through_truncate_and_schema_chang
         }
         db.psql(&sql);
         std::thread::sleep(std::time::Duration::from_millis(30));
-        let time = db.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+        let time = db.now_utc();
         let columns = db.psql(
             "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 AND NOT attisdropped",
         );
@@ -133,7 +133,7 @@ fn upsert_with_key_brings_back_a_deleted_row_and_reverts_an_updated_one() {
     wait_streaming(&db, &run);
     db.psql("UPDATE acct SET balance = balance + 1 WHERE id = 3");
     std::thread::sleep(std::time::Duration::from_millis(30));
-    let before = db.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    let before = db.now_utc();
     let want = checksum(&db, "acct");
     std::thread::sleep(std::time::Duration::from_millis(30));
     db.psql(
@@ -182,7 +182,7 @@ fn bad_restore_input_is_refused_clearly_and_changes_nothing() {
     wait_streaming(&db, &run);
     db.psql("INSERT INTO t VALUES (2, 'b')");
     settle(&db, run);
-    let now = db.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    let now = db.now_utc();
     let fails = |args: &[&str], says: &[&str]| {
         let out = restore(&archive, &db, args);
         let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -332,7 +332,7 @@ fn restore_is_exact_to_the_value_for_every_type() {
     db.psql("DELETE FROM every WHERE id IN (1, 13)");
     db.psql(&format!("INSERT INTO every VALUES {}", row(13, true)));
     settle(&db, run);
-    let now = db.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    let now = db.now_utc();
     ok(&restore(
         &archive,
         &db,
@@ -372,7 +372,7 @@ fn restore_and_show_from_an_s3_archive() {
     wait_streaming(&db, &run);
     db.psql("UPDATE users SET name = 'renamed' WHERE id <= 10; DELETE FROM users WHERE id > 290;");
     std::thread::sleep(std::time::Duration::from_millis(30));
-    let then = db.psql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    let then = db.now_utc();
     let want = checksum(&db, "users");
     std::thread::sleep(std::time::Duration::from_millis(30));
     db.psql("DELETE FROM users; INSERT INTO users VALUES (1, 'us', 'later');");
