@@ -92,7 +92,10 @@ pub async fn put_with_retry(
             metrics.upload_failed(&format!("uploading {key}: {e:#}"));
         }
         match put {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                metrics.upload_succeeded();
+                return Ok(());
+            }
             Err(e) if e.is_transient() && !stopping() => {
                 tracing::warn!(key, attempt, error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "upload failed; retrying");
                 tokio::time::sleep(delay).await;
