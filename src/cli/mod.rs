@@ -69,7 +69,7 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Remove waly's slot, publication and guard trigger from the database (asks first, or --yes).
     Drop(drop::DropArgs),
-    /// The slot (active, confirmed LSN, lag, retained WAL) and the archive (latest commit, size, generations).
+    /// The slot (active, confirmed LSN, lag, retained WAL) and the archive (latest commit, size, generations, writer, last error).
     Status(status::StatusArgs),
     /// Delete what no point inside the retention window needs (--keep 30d; --dry-run lists it).
     Prune(prune::PruneArgs),
