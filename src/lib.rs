@@ -15,6 +15,8 @@
 //!   `(commit_lsn, seq)`, and the relation cache that names their columns.
 //! - [`pgtypes`]: type names as `format_type` prints them.
 //! - [`tail`]: `waly tail`, a live view of the changes.
+//! - [`schema`]: schema versions, the DDL that makes them, and rows carried
+//!   from one version's shape to another's by attnum.
 //! - [`segment`]: the archive's segment format; [`snapshot`]: base snapshots;
 //!   [`archive`]: the object store, its layout, the archive's state, and the
 //!   writer leases that fence a deposed writer out.
@@ -43,6 +45,7 @@ pub mod pgtypes;
 pub mod pipeline;
 pub mod prune;
 pub mod restore;
+pub mod schema;
 pub mod segment;
 pub mod snapshot;
 pub mod source;
