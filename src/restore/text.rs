@@ -1,0 +1,156 @@
+//! Values out of a restore: COPY text and CSV lines, `CREATE TABLE` for a
+//! schema version, and column values picked from a row's JSON.
+
+use crate::event::Row;
+use crate::segment::{ColumnDef, SchemaRecord};
+use crate::Error;
+use std::borrow::Cow;
+
+/// Appends values as a line of COPY's text format (`\N` is NULL).
+pub fn copy_text_line<'a>(out: &mut Vec<u8>, values: impl Iterator<Item = Option<&'a str>>) {
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.push(b'\t');
+        }
+        match v {
+            None => out.extend_from_slice(b"\\N"),
+            Some(v) => {
+                for &b in v.as_bytes() {
+                    match b {
+                        b'\\' => out.extend_from_slice(b"\\\\"),
+                        b'\n' => out.extend_from_slice(b"\\n"),
+                        b'\r' => out.extend_from_slice(b"\\r"),
+                        b'\t' => out.extend_from_slice(b"\\t"),
+                        _ => out.push(b),
+                    }
+                }
+            }
+        }
+    }
+    out.push(b'\n');
+}
+
+/// Appends a CSV line as `COPY ... FROM ... (FORMAT csv)` reads it: NULL is
+/// an unquoted empty field, every value is quoted (so `""` is the empty string).
+pub fn csv_line<'a>(out: &mut Vec<u8>, values: impl Iterator<Item = Option<&'a str>>) {
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if let Some(v) = v {
+            out.push(b'"');
+            out.extend_from_slice(v.replace('"', "\"\"").as_bytes());
+            out.push(b'"');
+        }
+    }
+    out.push(b'\n');
+}
+
+/// `CREATE TABLE` for `schema` under the name `target` (already quoted):
+/// column names, types, NOT NULL and the primary key.
+pub fn create_table_sql(target: &str, schema: &SchemaRecord) -> Result<String, Error> {
+    let mut cols = Vec::new();
+    for c in &schema.columns {
+        cols.push(format!(
+            "{} {}{}",
+            crate::source::quote::ident(&c.name)?,
+            c.type_name,
+            if c.not_null { " NOT NULL" } else { "" }
+        ));
+    }
+    let pk: Vec<String> = schema
+        .columns
+        .iter()
+        .filter(|c| c.primary_key)
+        .map(|c| crate::source::quote::ident(&c.name))
+        .collect::<Result<_, _>>()?;
+    if !pk.is_empty() {
+        cols.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+    }
+    Ok(format!("CREATE TABLE {target} (\n    {}\n)", cols.join(",\n    ")))
+}
+
+/// The quoted column list of `schema`.
+pub fn column_list(schema: &SchemaRecord) -> Result<String, Error> {
+    Ok(schema
+        .columns
+        .iter()
+        .map(|c| crate::source::quote::ident(&c.name))
+        .collect::<Result<Vec<_>, _>>()?
+        .join(", "))
+}
+
+/// A JSON text that borrows from its input when it has no escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The values of the columns `names` (in that order) from a row's JSON
+/// object, borrowed where possible; a column the row lacks gets its entry in
+/// `absent` (the value rows written before the column existed have), or NULL.
+pub fn pick<'a>(
+    json: &'a [u8],
+    names: &[&str],
+    absent: &[Option<&'a str>],
+) -> Result<Vec<Option<Cow<'a, str>>>, serde_json::Error> {
+    struct Seed<'n, 'a>(&'n [&'n str], &'n [Option<&'a str>]);
+    impl<'de> serde::de::DeserializeSeed<'de> for Seed<'_, 'de> {
+        type Value = Vec<Option<Cow<'de, str>>>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> serde::de::Visitor<'de> for Seed<'_, 'de> {
+        type Value = Vec<Option<Cow<'de, str>>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a row object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<Option<Cow<'de, str>>> = (0..self.0.len())
+                .map(|i| self.1.get(i).copied().flatten().map(Cow::Borrowed))
+                .collect();
+            while let Some(Text(k)) = m.next_key::<Text<'de>>()? {
+                match self.0.iter().position(|n| *n == k) {
+                    Some(i) => out[i] = m.next_value::<Option<Text<'de>>>()?.map(|t| t.0),
+                    None => {
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    serde::de::DeserializeSeed::deserialize(Seed(names, absent), &mut de)
+}
+
+/// Values of `row` in the order of `columns`; a column the row lacks has
+/// the value rows written before it existed have (or NULL).
+pub fn values<'a>(columns: &'a [ColumnDef], row: &'a Row) -> impl Iterator<Item = Option<&'a str>> + 'a {
+    columns
+        .iter()
+        .map(move |c| match row.0.iter().find(|(n, _)| **n == *c.name) {
+            Some((_, v)) => v.as_deref(),
+            None => c.missing.as_deref(),
+        })
+}
