@@ -78,6 +78,11 @@ struct Tracker {
     ident: Vec<String>,
     current: Vec<u8>,
     row: Option<Row>,
+    /// The schema version `row` is written in.
+    row_version: u32,
+    /// The generation's schema versions: rows are carried between versions
+    /// by attnum, so a rename or an added column is not a change of value.
+    schemas: crate::segment::Schemas,
     generation: String,
     txn: Option<Lsn>,
     intent: Option<String>,
@@ -87,8 +92,25 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn row_key(&self, r: &Row) -> Vec<u8> {
-        encode_key(&self.ident, |c| value(r, c).cloned())
+    /// `r`, written in version `from`, in the shape of version `to`; values
+    /// the archive cannot know keep their old text (history shows what was
+    /// archived).
+    fn carry(&self, from: u32, to: u32, r: &Row) -> Row {
+        if from == to || from == 0 || to == 0 {
+            return r.clone();
+        }
+        match crate::schema::shape::projection(&self.schemas, &self.table, from, to) {
+            Ok(p) => p.apply_lenient(r),
+            Err(_) => r.clone(),
+        }
+    }
+
+    /// The key of `r` (written in version `from`), under the key columns'
+    /// names in the generation's newest version.
+    fn row_key(&self, from: u32, r: &Row) -> Vec<u8> {
+        let latest = self.schemas.latest(&self.table).map_or(0, |s| s.version);
+        let r = self.carry(from, latest, r);
+        encode_key(&self.ident, |c| value(&r, c).cloned())
     }
 
     /// The index hash of the key followed now.
@@ -113,9 +135,10 @@ impl Tracker {
 
     fn on(&mut self, item: Item<'_>) {
         match item {
-            Item::Generation(g) => {
+            Item::Generation { id, schemas } => {
                 self.flush();
-                self.generation = g.to_string();
+                self.generation = id.to_string();
+                self.schemas = schemas.clone();
                 self.row = None;
                 self.txn = None;
                 self.intent = None;
@@ -125,8 +148,9 @@ impl Tracker {
                 lsn,
                 taken_at,
                 row: r,
+                schema_version,
             } => {
-                if t == self.table && self.row_key(r) == self.current {
+                if t == self.table && self.row_key(schema_version, r) == self.current {
                     self.n += 1;
                     self.out.push(Version {
                         version: self.n,
@@ -143,6 +167,7 @@ impl Tracker {
                         intent: None,
                     });
                     self.row = Some(r.clone());
+                    self.row_version = schema_version;
                 }
             }
             Item::Message(m) => {
@@ -153,18 +178,18 @@ impl Tracker {
                 });
             }
             Item::Change(c) => {
-                self.enter_txn(c.commit_lsn);
-                if *c.table != *self.table {
+                self.enter_txn(c.change.commit_lsn);
+                if *c.change.table != *self.table {
                     return;
                 }
-                self.change(c);
+                self.change(&c.change, c.schema_version);
             }
         }
     }
 
-    fn change(&mut self, c: &Change) {
-        let old_key = c.old.as_ref().map(|r| self.row_key(r));
-        let new_key = c.new.as_ref().map(|r| self.row_key(r));
+    fn change(&mut self, c: &Change, v: u32) {
+        let old_key = c.old.as_ref().map(|r| self.row_key(v, r));
+        let new_key = c.new.as_ref().map(|r| self.row_key(v, r));
         let current = &self.current;
         let mine = match c.op {
             Op::Insert => new_key.as_ref() == Some(current),
@@ -177,7 +202,8 @@ impl Tracker {
         if !mine {
             return;
         }
-        let before = self.row.clone();
+        // The row before, in this change's shape.
+        let before = self.row.as_ref().map(|r| self.carry(self.row_version, v, r));
         let mut key_change = None;
         let after = match c.op {
             Op::Insert | Op::Update => {
@@ -228,6 +254,7 @@ impl Tracker {
             intent: None,
         });
         self.row = after;
+        self.row_version = v;
     }
 }
 
@@ -284,6 +311,8 @@ pub async fn history(
         ident: ident.clone(),
         current: key.clone(),
         row: None,
+        row_version: 0,
+        schemas: crate::segment::Schemas::default(),
         generation: String::new(),
         txn: None,
         intent: None,
@@ -388,7 +417,10 @@ async fn indexed_generation(
     use crate::segment::{Record, SegmentReader};
     use std::collections::{BTreeMap, BTreeSet, HashSet};
     let gen = st.id.as_str();
-    t.on(Item::Generation(gen));
+    t.on(Item::Generation {
+        id: gen,
+        schemas: &st.schemas,
+    });
     // Snapshot rows: the frame that holds the key, or every row.
     let snapshot_indexes: BTreeMap<String, u64> = store
         .list(&format!("index/{gen}/snapshots"))
@@ -468,6 +500,7 @@ async fn indexed_generation(
                 lsn: m.lsn,
                 taken_at: m.taken_at,
                 row: r,
+                schema_version: entry.schema_version,
             });
         }
     }
@@ -523,7 +556,7 @@ async fn indexed_generation(
                 match &rec {
                     Record::Change(c) => {
                         let before = t.n;
-                        t.on(Item::Change(&c.change));
+                        t.on(Item::Change(c));
                         if t.n != before {
                             txns.insert(c.change.commit_lsn);
                         }

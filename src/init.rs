@@ -13,6 +13,13 @@ use std::io::Write;
 /// The event trigger that protects tables created later (see sql/guard.sql).
 pub const GUARD_SQL: &str = include_str!("../sql/guard.sql");
 
+/// What `init` says when it cannot install the DDL capture triggers.
+pub const DDL_FALLBACK_NOTE: &str = "-- NOT installing the DDL capture triggers (sql/ddl.sql): they need a superuser (run init as one, or pass --no-ddl-capture).\n\
+-- Without them waly learns a table's new shape only from its next change, and from the catalog at that moment:\n\
+--   a point between a DDL and the table's next change restores the old shape; a column renamed and changed again\n\
+--   before the next change looks dropped and re-added; DDL that changes nothing pgoutput sends (OWNER TO,\n\
+--   defaults, rewrites) is not recorded, so a retype cannot be told from a rewrite.";
+
 /// What to set up.
 #[derive(Debug, Clone, Default)]
 pub struct InitOptions {
@@ -30,6 +37,8 @@ pub struct InitOptions {
     pub skip_unkeyed: bool,
     /// Do not install the event trigger.
     pub no_guard: bool,
+    /// Do not install the DDL capture triggers.
+    pub no_ddl_capture: bool,
 }
 
 struct Table {
@@ -78,7 +87,8 @@ pub async fn init(
                     current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots)::int,
                     current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)::int,
                     EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
-                    (SELECT puballtables FROM pg_publication WHERE pubname = $2)",
+                    (SELECT puballtables FROM pg_publication WHERE pubname = $2),
+                    (SELECT pubviaroot FROM pg_publication WHERE pubname = $2)",
             &[&opts.slot, &opts.publication],
         )
         .await
@@ -88,6 +98,7 @@ pub async fn init(
     let (free_slots, free_senders): (i32, i32) = (row.get(4), row.get(5));
     let slot_exists: bool = row.get(6);
     let publication: Option<bool> = row.get(7);
+    let via_root: Option<bool> = row.get(8);
     if !superuser && !replication {
         return Err(problem(format!(
             "role {user:?} may not stream changes.\n  to fix: ALTER ROLE {} REPLICATION;",
@@ -190,16 +201,30 @@ pub async fn init(
     }
     let all_tables = opts.tables.is_empty() && (!opts.skip_unkeyed || unkeyed.is_empty());
     match publication {
-        Some(_) => writeln!(out, "-- publication {:?} exists; leaving it as it is", opts.publication)?,
+        Some(_) => {
+            writeln!(out, "-- publication {:?} exists; leaving it as it is", opts.publication)?;
+            if via_root == Some(false) {
+                writeln!(
+                    out,
+                    "-- it publishes partitioned tables partition by partition, so the archive holds each partition as a table.\n\
+                     -- To archive them under their own name (docs/OPERATIONS.md, \"Partitioned tables\"):\n\
+                     --   ALTER PUBLICATION {} SET (publish_via_partition_root = true);",
+                    quote::ident(&opts.publication)?
+                )?;
+            }
+        }
         None if all_tables => statements.push((
             "publish every table, including tables created later".into(),
-            format!("CREATE PUBLICATION {} FOR ALL TABLES", quote::ident(&opts.publication)?),
+            format!(
+                "CREATE PUBLICATION {} FOR ALL TABLES WITH (publish_via_partition_root = true)",
+                quote::ident(&opts.publication)?
+            ),
         )),
         None if chosen.is_empty() => return Err(problem("no tables to publish")),
         None => statements.push((
             "publish the chosen tables".into(),
             format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
                 quote::ident(&opts.publication)?,
                 chosen
                     .iter()
@@ -222,6 +247,10 @@ pub async fn init(
             )?;
         }
     }
+    let ddl_capture = !opts.no_ddl_capture && superuser;
+    if !opts.no_ddl_capture && !superuser {
+        writeln!(out, "{DDL_FALLBACK_NOTE}")?;
+    }
     if slot_exists {
         writeln!(out, "-- slot {:?} exists; leaving it as it is", opts.slot)?;
     } else {
@@ -236,11 +265,31 @@ pub async fn init(
     for (why, stmt) in &statements {
         writeln!(out, "-- {why}\n{stmt};")?;
     }
+    // The triggers' bodies are long: shown in full only by a dry run.
     if guard {
-        writeln!(
-            out,
-            "-- protect tables created later (sql/guard.sql; needs a superuser)\n{GUARD_SQL}"
-        )?;
+        match opts.dry_run {
+            true => writeln!(
+                out,
+                "-- protect tables created later (sql/guard.sql; needs a superuser)\n{GUARD_SQL}"
+            )?,
+            false => writeln!(
+                out,
+                "-- installing the guard event trigger (sql/guard.sql): tables created later without a key get REPLICA IDENTITY FULL"
+            )?,
+        }
+    }
+    if ddl_capture {
+        match opts.dry_run {
+            true => writeln!(
+                out,
+                "-- record each DDL in the archive as it happens (sql/ddl.sql; needs a superuser)\n{}",
+                crate::schema::ddl::install_sql()
+            )?,
+            false => writeln!(
+                out,
+                "-- installing the DDL capture event triggers (sql/ddl.sql): each DDL is recorded in the archive as it happens"
+            )?,
+        }
     }
     if opts.dry_run {
         writeln!(out, "-- dry run: nothing was changed")?;
@@ -251,6 +300,9 @@ pub async fn init(
     }
     if guard {
         sql.batch_execute(GUARD_SQL).await.map_err(q)?;
+    }
+    if ddl_capture {
+        sql.batch_execute(&crate::schema::ddl::install_sql()).await.map_err(q)?;
     }
     state::claim(store, &identity).await?;
     writeln!(

@@ -9,8 +9,8 @@
 
 use crate::archive::state::{self, Manifest};
 use crate::archive::Store;
-use crate::event::{Change, Row};
-use crate::segment::{MessageRecord, Record, SegmentReader};
+use crate::event::Row;
+use crate::segment::{ChangeRecord, MessageRecord, Record, SegmentReader};
 use crate::{Error, Lsn};
 use chrono::{DateTime, Utc};
 use std::io::BufRead;
@@ -121,7 +121,12 @@ pub struct LogOptions {
 #[derive(Debug)]
 pub enum Item<'a> {
     /// The start of a generation (what follows belongs to it).
-    Generation(&'a str),
+    Generation {
+        /// Its id.
+        id: &'a str,
+        /// Its schema versions, which the rows that follow are written in.
+        schemas: &'a crate::segment::Schemas,
+    },
     /// A row of a snapshot.
     SnapshotRow {
         /// `schema.table`.
@@ -132,9 +137,11 @@ pub enum Item<'a> {
         taken_at: DateTime<Utc>,
         /// The row.
         row: &'a Row,
+        /// The schema version it is written in.
+        schema_version: u32,
     },
-    /// A change.
-    Change(&'a Change),
+    /// A change, with the schema version it is written in.
+    Change(&'a ChangeRecord),
     /// A `waly` message.
     Message(&'a MessageRecord),
 }
@@ -182,7 +189,10 @@ pub async fn walk(
     }
     for gen in gens {
         let st = state::load_generation(store, &gen).await?;
-        f(Item::Generation(&gen))?;
+        f(Item::Generation {
+            id: &gen,
+            schemas: &st.schemas,
+        })?;
         if opts.snapshot {
             for m in &st.manifests {
                 snapshot_rows(store, m, opts, f, &mut stats).await?;
@@ -213,7 +223,7 @@ pub async fn walk(
                         if opts.table.as_deref().is_some_and(|want| want != &*c.change.table) {
                             continue;
                         }
-                        f(Item::Change(&c.change))?;
+                        f(Item::Change(c))?;
                     }
                     Record::Message(m) => {
                         if opts.table.is_some() {
@@ -264,6 +274,7 @@ async fn snapshot_rows(
                     lsn: m.lsn,
                     taken_at: m.taken_at,
                     row: &row,
+                    schema_version: t.schema_version,
                 })?;
                 stats.shown += 1;
             }

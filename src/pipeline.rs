@@ -16,6 +16,7 @@ use crate::archive::state::{self, to_json, GenState, GenerationInfo, Identity};
 use crate::archive::Store;
 use crate::event::{Assembler, Event, RelationInfo};
 use crate::metrics::{Metrics, Phase};
+use crate::schema::TableMeta;
 use crate::segment::{ColumnDef, CommitRecord, MessageRecord, SchemaRecord, SegmentBuilder};
 use crate::snapshot::{self, TableRef};
 use crate::source::{self, quote, ConnInfo, PgConn, ReplicationMessage, SnapshotAction, StartOptions};
@@ -325,6 +326,33 @@ async fn check_retained_wal(sql: &tokio_postgres::Client, opts: &RunOptions) {
 pub const MERGE_SEGMENTS: u64 = 128;
 
 impl Writer<'_> {
+    /// Records a new schema version: its object now, its line in the
+    /// transaction (unless the transaction was archived before), and the
+    /// version changes of the table follow from here on.
+    async fn new_version(&mut self, txn: Option<&mut Txn>, rec: SchemaRecord) -> Result<(), Error> {
+        let (schema, name) = rec.table.split_once('.').unwrap_or(("", rec.table.as_str()));
+        let seg = layout::table_segment(schema, name);
+        self.store
+            .put_once(&layout::schema_key(&self.gen.id, &seg, rec.version), to_json(&rec))
+            .await?;
+        tracing::info!(
+            table = rec.table,
+            version = rec.version,
+            source = rec.source.as_deref().unwrap_or(""),
+            dropped = rec.dropped,
+            "new schema version"
+        );
+        if let Some(t) = txn {
+            if !t.skip {
+                self.builder.push_schema(&rec)?;
+                t.schema_changes += 1;
+            }
+        }
+        self.active.insert(rec.table.clone(), rec.version);
+        self.gen.schemas.insert(rec);
+        Ok(())
+    }
+
     /// Notes the change's row key(s) for the segment's index.
     fn index_change(&mut self, c: &crate::event::Change, schema_version: u32) {
         let table: &str = &c.table;
@@ -448,6 +476,9 @@ struct Txn {
     /// Already archived in an earlier session: skip it whole.
     skip: bool,
     records: u64,
+    /// Schema versions it made (a DDL transaction archives its commit
+    /// marker even with no change, so its point in time is known).
+    schema_changes: u64,
 }
 
 async fn start_generation(
@@ -490,30 +521,49 @@ async fn start_generation(
 }
 
 /// The columns of a relation as the stream describes them, completed from
-/// the catalog (type names, NOT NULL, primary key) where the catalog still
-/// agrees.
-async fn relation_columns(sql: &tokio_postgres::Client, rel: &RelationInfo) -> Vec<ColumnDef> {
-    let catalog = snapshot::catalog_columns(sql, &rel.schema, &rel.name)
+/// the catalog (type names, attnums, NOT NULL, primary key, defaults) where
+/// the catalog still agrees, with the generated columns pgoutput leaves out
+/// before PostgreSQL 18; and the table's other properties.
+async fn relation_columns(sql: &tokio_postgres::Client, rel: &RelationInfo) -> (Vec<ColumnDef>, TableMeta) {
+    let def = crate::schema::ddl::catalog_definition(sql, &rel.schema, &rel.name)
         .await
-        .unwrap_or_default();
-    rel.columns
+        .ok()
+        .flatten();
+    let catalog = def.as_ref().map_or(&[][..], |d| d.columns.as_slice());
+    let agrees = |c: &crate::event::Column| {
+        catalog
+            .iter()
+            .find(|k| k.name == *c.name && k.type_oid == c.type_oid && k.type_modifier == c.type_modifier)
+    };
+    let mut columns: Vec<ColumnDef> = rel
+        .columns
         .iter()
-        .map(|c| {
-            let cat = catalog
-                .iter()
-                .find(|k| k.name == *c.name && k.type_oid == c.type_oid && k.type_modifier == c.type_modifier);
-            ColumnDef {
+        .map(|c| match agrees(c) {
+            Some(k) => ColumnDef {
+                key: c.key,
+                ..k.clone()
+            },
+            None => ColumnDef {
                 name: c.name.to_string(),
-                type_name: cat.map_or_else(|| c.type_name.clone(), |k| k.type_name.clone()),
+                type_name: c.type_name.clone(),
                 type_oid: c.type_oid,
                 type_modifier: c.type_modifier,
                 key: c.key,
-                primary_key: cat.is_some_and(|k| k.primary_key),
-                not_null: cat.is_some_and(|k| k.not_null),
-                missing: cat.and_then(|k| k.missing.clone()),
-            }
+                ..ColumnDef::default()
+            },
         })
-        .collect()
+        .collect();
+    let all_agree = rel.columns.iter().all(|c| agrees(c).is_some());
+    if all_agree {
+        for k in catalog {
+            if k.generated.is_some() && !columns.iter().any(|c| c.name == k.name) {
+                columns.push(k.clone());
+            }
+        }
+        columns.sort_by_key(|c| c.attnum);
+    }
+    let meta = def.map(|d| d.meta).unwrap_or_default();
+    (columns, meta)
 }
 
 async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch::Receiver<bool>) -> Result<(), Error> {
@@ -800,6 +850,99 @@ async fn snapshot_tables(
     Ok(())
 }
 
+/// A DDL message: a new schema version for an archived table, at the DDL's
+/// transaction. A table renamed away from an archived name ends that name's
+/// history (a version marked dropped) and is snapshotted under its new one.
+async fn on_ddl(
+    info: &ConnInfo,
+    w: &mut Writer<'_>,
+    t: &mut Txn,
+    msg: &crate::schema::ddl::DdlMessage,
+) -> Result<(), Error> {
+    let Some(table) = msg.qualified() else { return Ok(()) };
+    // An archived table known by this OID under another name: renamed.
+    let renamed_from = msg.table.as_ref().and_then(|d| {
+        let oid = d.meta.oid?;
+        w.gen.schemas.tables().find_map(|name| {
+            let v = w.gen.schemas.latest(name)?;
+            (name != table && !v.dropped && v.meta.oid == Some(oid)).then(|| name.to_string())
+        })
+    });
+    if let Some(old) = &renamed_from {
+        if w.gen.snapshots.get(old).is_some_and(|s| t.commit_lsn >= *s) {
+            let rec = SchemaRecord {
+                commit_lsn: t.commit_lsn,
+                commit_time: Some(t.commit_time),
+                table: old.clone(),
+                version: w.gen.schemas.next_version(old),
+                columns: Vec::new(),
+                source: Some("ddl".into()),
+                meta: TableMeta {
+                    oid: Some(msg.oid),
+                    ..TableMeta::default()
+                },
+                ddl: Some(msg.ddl()),
+                dropped: true,
+            };
+            if w.gen
+                .schemas
+                .reusable_definition(old, t.commit_lsn, &[], &rec.meta, true)
+                .is_none()
+            {
+                w.new_version(Some(t), rec).await?;
+            }
+        }
+    }
+    let Some(snapshot) = w.gen.snapshots.get(&table).copied() else {
+        if renamed_from.is_some() && !t.skip {
+            // Its rows, under the new name, from a snapshot now.
+            if let Some(d) = &msg.table {
+                w.flush().await?;
+                let r = TableRef {
+                    schema: d.schema.clone(),
+                    name: d.name.clone(),
+                };
+                snapshot_tables(info, w.store, &mut w.gen, &[r], w.metrics).await?;
+            }
+        }
+        return Ok(()); // not archived (not published, or not yet)
+    };
+    if t.commit_lsn < snapshot {
+        return Ok(()); // the snapshot already has it
+    }
+    let (columns, meta, dropped) = match &msg.table {
+        Some(d) => (d.columns.clone(), d.meta.clone(), false),
+        None => (
+            Vec::new(),
+            TableMeta {
+                oid: Some(msg.oid),
+                ..TableMeta::default()
+            },
+            true,
+        ),
+    };
+    if let Some(s) = w
+        .gen
+        .schemas
+        .reusable_definition(&table, t.commit_lsn, &columns, &meta, dropped)
+    {
+        w.active.insert(table, s.version);
+        return Ok(());
+    }
+    let rec = SchemaRecord {
+        commit_lsn: t.commit_lsn,
+        commit_time: Some(t.commit_time),
+        table: table.clone(),
+        version: w.gen.schemas.next_version(&table),
+        columns,
+        source: Some("ddl".into()),
+        meta,
+        ddl: Some(msg.ddl()),
+        dropped,
+    };
+    w.new_version(Some(t), rec).await
+}
+
 async fn handle_events(
     info: &ConnInfo,
     sql: &tokio_postgres::Client,
@@ -831,6 +974,7 @@ async fn handle_events(
                     commit_time: *commit_time,
                     skip,
                     records: 0,
+                    schema_changes: 0,
                 });
             }
             Event::Relation(rel) => {
@@ -860,29 +1004,47 @@ async fn handle_events(
                     }
                     continue;
                 }
-                let columns = relation_columns(sql, rel).await;
-                if let Some(s) = w.gen.schemas.reusable(&table, commit_lsn, &columns) {
+                let streamed: Vec<ColumnDef> = rel
+                    .columns
+                    .iter()
+                    .map(|c| ColumnDef {
+                        name: c.name.to_string(),
+                        type_name: c.type_name.clone(),
+                        type_oid: c.type_oid,
+                        type_modifier: c.type_modifier,
+                        key: c.key,
+                        ..ColumnDef::default()
+                    })
+                    .collect();
+                if let Some(s) = w.gen.schemas.reusable(&table, commit_lsn, &streamed) {
                     w.active.insert(table, s.version);
                     continue;
                 }
-                let version = w.gen.schemas.next_version(&table);
+                // The DDL was not captured (no event trigger, or it failed):
+                // learn the new shape from the description and the catalog.
+                let (columns, meta) = relation_columns(sql, rel).await;
                 let rec = SchemaRecord {
                     commit_lsn,
                     commit_time: txn.as_ref().map(|t| t.commit_time),
                     table: table.clone(),
-                    version,
+                    version: w.gen.schemas.next_version(&table),
                     columns,
+                    source: Some("relation".into()),
+                    meta,
+                    ddl: None,
+                    dropped: false,
                 };
-                let seg = crate::archive::layout::table_segment(&rel.schema, &rel.name);
-                w.store
-                    .put_once(&layout::schema_key(&w.gen.id, &seg, version), to_json(&rec))
-                    .await?;
-                tracing::info!(table, version, "new schema version");
-                if txn.as_ref().is_some_and(|t| !t.skip) {
-                    w.builder.push_schema(&rec)?;
-                }
-                w.active.insert(table, version);
-                w.gen.schemas.insert(rec);
+                w.new_version(txn.as_mut(), rec).await?;
+            }
+            Event::Message(m) if m.prefix == crate::schema::ddl::PREFIX => {
+                let (Some(t), true) = (txn.as_mut(), m.transactional) else {
+                    continue;
+                };
+                let Some(msg) = crate::schema::ddl::DdlMessage::parse(&m.content)? else {
+                    tracing::warn!(lsn = %m.lsn, "a DDL message of a version this waly does not know; relying on the next change's description");
+                    continue;
+                };
+                on_ddl(info, w, t, &msg).await?;
             }
             Event::Change(c) => {
                 let Some(t) = txn.as_mut() else { continue };
@@ -922,7 +1084,7 @@ async fn handle_events(
                 commit_lsn, end_lsn, ..
             } => {
                 let Some(t) = txn.take() else { continue };
-                if !t.skip && t.records > 0 {
+                if !t.skip && (t.records > 0 || t.schema_changes > 0) {
                     w.builder.push_commit(&CommitRecord {
                         commit_lsn: *commit_lsn,
                         end_lsn: *end_lsn,

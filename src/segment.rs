@@ -212,7 +212,7 @@ enum Line {
         prefix: String,
         content: String,
     },
-    Schema(SchemaRecord),
+    Schema(Box<SchemaRecord>),
     Commit {
         end_lsn: Lsn,
         records: u64,
@@ -762,7 +762,7 @@ impl<'a> SegmentReader<'a> {
                     xid,
                     commit_time,
                 } => self.run = Some(Run::new(commit_lsn, xid, commit_time)),
-                Line::Schema(s) => return Ok(Some(Record::Schema(s))),
+                Line::Schema(s) => return Ok(Some(Record::Schema(*s))),
                 other => {
                     let Some(mut run) = self.run else {
                         return Err(self.corrupt(format!("line {} is outside a transaction", self.read)));
@@ -870,7 +870,7 @@ mod tests {
             key,
             primary_key: key,
             not_null: key,
-            missing: None,
+            ..ColumnDef::default()
         }
     }
 
@@ -882,6 +882,7 @@ mod tests {
             table: "public.t".into(),
             version: 1,
             columns: vec![col("id", true), col("v", false), col("e", false)],
+            ..SchemaRecord::default()
         });
         s
     }
@@ -970,6 +971,7 @@ mod tests {
                 table: "public.t".into(),
                 version: 1,
                 columns: vec![col("id", true)],
+                ..SchemaRecord::default()
             }),
             change(200, 0, 150, Op::Insert),
         ];
@@ -1093,6 +1095,7 @@ mod tests {
             table: "public.t".into(),
             version: 2,
             columns: v2.clone(),
+            ..SchemaRecord::default()
         });
         assert_eq!(s.reusable("public.t", Lsn(200), &v1).map(|r| r.version), Some(1));
         assert_eq!(s.reusable("public.t", Lsn(300), &v1).map(|r| r.version), Some(1));

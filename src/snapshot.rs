@@ -11,7 +11,7 @@ use crate::archive::layout;
 use crate::archive::state::{to_json, Manifest, ManifestPart, ManifestTable};
 use crate::archive::Store;
 use crate::event::Row;
-use crate::segment::{ColumnDef, SchemaRecord};
+use crate::segment::SchemaRecord;
 use crate::source::{self, quote, ConnInfo, PgConn, SnapshotAction};
 use crate::{Error, Lsn};
 use futures_util::StreamExt;
@@ -19,49 +19,6 @@ use std::sync::Arc;
 
 /// Uncompressed bytes per snapshot part.
 const PART_BYTES: usize = 32 << 20;
-
-/// The columns of `table` (an OID, or a `'schema.name'` text cast to
-/// regclass) as the catalog describes them now, in the connection's snapshot.
-pub async fn catalog_columns(
-    client: &tokio_postgres::Client,
-    schema: &str,
-    name: &str,
-) -> Result<Vec<ColumnDef>, Error> {
-    let qualified = format!("{}.{}", quote::ident(schema)?, quote::ident(name)?);
-    let rows = client
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid::int8, a.atttypmod, a.attnotnull,
-                    coalesce(a.attnum = ANY(pk.indkey), false),
-                    CASE c.relreplident
-                        WHEN 'f' THEN true
-                        WHEN 'd' THEN coalesce(a.attnum = ANY(pk.indkey), false)
-                        WHEN 'i' THEN coalesce(a.attnum = ANY(ri.indkey), false)
-                        ELSE false END,
-                    CASE WHEN a.atthasmissing THEN array_to_string(a.attmissingval, '') END
-               FROM pg_attribute a
-               JOIN pg_class c ON c.oid = a.attrelid
-               LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary
-               LEFT JOIN pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident
-              WHERE c.oid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped
-              ORDER BY a.attnum",
-            &[&qualified],
-        )
-        .await
-        .map_err(|e| Error::Protocol(format!("reading the columns of {qualified}: {e}")))?;
-    Ok(rows
-        .iter()
-        .map(|r| ColumnDef {
-            name: r.get(0),
-            type_name: r.get(1),
-            type_oid: r.get::<_, i64>(2) as u32,
-            type_modifier: r.get(3),
-            not_null: r.get(4),
-            primary_key: r.get(5),
-            key: r.get(6),
-            missing: r.get(7),
-        })
-        .collect())
-}
 
 /// Decodes one field of COPY's text format (`\N` is NULL).
 fn copy_field(f: &[u8]) -> Result<Option<String>, Error> {
@@ -255,7 +212,10 @@ pub async fn take(
     let mut index = crate::index::Builder::default();
     for t in tables {
         let qualified = t.qualified();
-        let columns = catalog_columns(&sql, &t.schema, &t.name).await?;
+        let def = crate::schema::ddl::catalog_definition(&sql, &t.schema, &t.name)
+            .await?
+            .ok_or_else(|| Error::NotInArchive(format!("table {qualified} no longer exists")))?;
+        let columns = def.columns;
         let version = next_versions.get(&qualified).copied().unwrap_or(1);
         let schema = SchemaRecord {
             commit_lsn: lsn,
@@ -263,6 +223,10 @@ pub async fn take(
             table: qualified.clone(),
             version,
             columns: columns.clone(),
+            source: Some("snapshot".into()),
+            meta: def.meta,
+            ddl: None,
+            dropped: false,
         };
         let seg = layout::table_segment(&t.schema, &t.name);
         store

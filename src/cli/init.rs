@@ -27,6 +27,9 @@ pub struct InitArgs {
     /// Do not install the event trigger that protects tables created later (it needs a superuser).
     #[arg(long)]
     pub no_guard: bool,
+    /// Do not install the event triggers that record each DDL in the archive as it happens (they need a superuser).
+    #[arg(long)]
+    pub no_ddl_capture: bool,
 }
 
 pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
@@ -40,6 +43,7 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
         replica_identity_full: args.replica_identity_full,
         skip_unkeyed: args.skip_unkeyed,
         no_guard: args.no_guard,
+        no_ddl_capture: args.no_ddl_capture,
     };
     let mut out = std::io::stdout();
     crate::init::init(&info, &store, &opts, &mut out).await?;

@@ -44,8 +44,8 @@ pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
     let result = crate::log::walk(&store, &opts, &mut |item| {
         line.clear();
         match item {
-            Item::Generation(_) => return Ok(()),
-            Item::Change(c) => crate::tail::format_change(c, json, &mut line),
+            Item::Generation { .. } => return Ok(()),
+            Item::Change(c) => crate::tail::format_change(&c.change, json, &mut line),
             Item::Message(m) => {
                 if json {
                     let _ = serde_json::to_writer(

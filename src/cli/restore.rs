@@ -21,6 +21,11 @@ pub struct PointArgs {
     pub lsn: Option<Lsn>,
 }
 
+/// `--shape`: the columns rows come out with.
+pub(crate) fn parse_shape(s: &str) -> Result<restore::Shape, String> {
+    s.parse()
+}
+
 fn parse_at(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     crate::log::parse_time(s)
 }
@@ -87,6 +92,11 @@ pub struct RestoreArgs {
     /// Print the plan (generation, snapshot, segments and bytes to read) and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// The columns the rows come out with: `as-was` (the table's columns at that point) or
+    /// `latest` (today's: renamed columns under their new names, dropped ones left out,
+    /// added ones with the value existing rows got), e.g. to --upsert old rows into the live table.
+    #[arg(long, default_value = "as-was", value_parser = parse_shape)]
+    pub shape: restore::Shape,
 }
 
 /// `schema.table` from what the user typed.
@@ -172,20 +182,14 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
     let store = args.archive.open()?;
     let point = args.point.point();
     let plan = restore::plan(&store, &table, point).await?;
-    let ident = match plan.gen.schemas.latest(&table) {
-        Some(s) => restore::identity_columns(s),
-        None => anyhow::bail!("{table} has no schema in the archive"),
-    };
-    let has_pk = plan
-        .gen
-        .schemas
-        .latest(&table)
-        .is_some_and(|s| s.columns.iter().any(|c| c.primary_key));
-    if !args.keys.is_empty() && !has_pk {
+    let shape = restore::target_schema(&plan, args.shape)?;
+    let ident = restore::identity_columns(&shape);
+    if !args.keys.is_empty() && !shape.columns.iter().any(|c| c.primary_key) {
         anyhow::bail!("--key needs a primary key, and {table} has none");
     }
     let filter = Filter {
         keys: restore::parse_keys(&args.keys, &ident, &table)?,
+        shape: args.shape,
     };
     if args.dry_run {
         print_plan(&plan, &mut std::io::stdout())?;

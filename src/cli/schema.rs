@@ -17,28 +17,54 @@ pub struct SchemaArgs {
     pub json: bool,
 }
 
-/// What changed from `before` to `after`: added, dropped and retyped columns.
-pub fn diff(before: &[ColumnDef], after: &[ColumnDef]) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let find = |cols: &[ColumnDef], n: &str| cols.iter().find(|c| c.name == n).cloned();
-    let added = after
-        .iter()
-        .filter(|c| find(before, &c.name).is_none())
-        .map(|c| format!("{} {}", c.name, c.type_name))
-        .collect();
-    let dropped = before
-        .iter()
-        .filter(|c| find(after, &c.name).is_none())
-        .map(|c| c.name.clone())
-        .collect();
-    let retyped = after
-        .iter()
-        .filter_map(|c| {
-            let b = find(before, &c.name)?;
-            (b.type_oid != c.type_oid || b.type_modifier != c.type_modifier)
-                .then(|| format!("{}: {} → {}", c.name, b.type_name, c.type_name))
-        })
-        .collect();
-    (added, dropped, retyped)
+/// What changed from one version's columns to the next's, column by
+/// column (by attnum).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Diff {
+    /// Columns added: `name type`.
+    pub added: Vec<String>,
+    /// Columns dropped.
+    pub dropped: Vec<String>,
+    /// Columns renamed: `old → new`.
+    pub renamed: Vec<String>,
+    /// Columns whose type changed: `name: old → new`.
+    pub retyped: Vec<String>,
+    /// Columns whose default, nullability, generation or identity changed.
+    pub altered: Vec<String>,
+}
+
+/// What changed from `before` to `after`.
+pub fn diff(before: &[ColumnDef], after: &[ColumnDef]) -> Diff {
+    let mut d = Diff::default();
+    for c in after {
+        let Some(b) = before.iter().find(|b| b.same_column(c)) else {
+            d.added.push(format!("{} {}", c.name, c.type_name));
+            continue;
+        };
+        if b.name != c.name {
+            d.renamed.push(format!("{} → {}", b.name, c.name));
+        }
+        if b.type_oid != c.type_oid || b.type_modifier != c.type_modifier {
+            d.retyped.push(format!("{}: {} → {}", c.name, b.type_name, c.type_name));
+        }
+        let what = [
+            (b.default != c.default, "default"),
+            (b.not_null != c.not_null, "not null"),
+            (b.generated != c.generated, "generated"),
+            (b.identity != c.identity, "identity"),
+            (b.primary_key != c.primary_key, "primary key"),
+        ];
+        let changed: Vec<&str> = what.iter().filter(|(x, _)| *x).map(|(_, n)| *n).collect();
+        if !changed.is_empty() {
+            d.altered.push(format!("{} ({})", c.name, changed.join(", ")));
+        }
+    }
+    for b in before {
+        if !after.iter().any(|c| c.same_column(b)) {
+            d.dropped.push(b.name.clone());
+        }
+    }
+    d
 }
 
 pub async fn run(args: &SchemaArgs) -> anyhow::Result<()> {
@@ -52,9 +78,9 @@ pub async fn run(args: &SchemaArgs) -> anyhow::Result<()> {
         let mut before: Option<&[ColumnDef]> = None;
         for v in st.schemas.versions(&table) {
             found = true;
-            let (added, dropped, retyped) = match before {
+            let d = match before {
                 Some(b) => diff(b, &v.columns),
-                None => (Vec::new(), Vec::new(), Vec::new()),
+                None => Diff::default(),
             };
             let when = v.commit_time.map_or("-".to_string(), |t| {
                 t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -63,8 +89,11 @@ pub async fn run(args: &SchemaArgs) -> anyhow::Result<()> {
                 serde_json::to_writer(
                     &mut out,
                     &serde_json::json!({"generation": g, "version": v.version, "commit_lsn": v.commit_lsn,
-                        "commit_time": v.commit_time, "columns": v.columns,
-                        "added": added, "dropped": dropped, "retyped": retyped}),
+                        "commit_time": v.commit_time, "columns": v.columns, "source": v.source,
+                        "ddl": v.ddl, "table_dropped": v.dropped, "owner": v.meta.owner,
+                        "replica_identity": v.meta.replica_identity,
+                        "added": d.added, "dropped": d.dropped, "renamed": d.renamed,
+                        "retyped": d.retyped, "altered": d.altered}),
                 )?;
                 out.write_all(b"\n")?;
             } else {
@@ -85,17 +114,25 @@ pub async fn run(args: &SchemaArgs) -> anyhow::Result<()> {
                 if before.is_none() {
                     what.push(format!("first version ({})", cols.join(", ")));
                 }
-                if !added.is_empty() {
-                    what.push(format!("added {}", added.join(", ")));
+                if v.dropped {
+                    what.push("table dropped or renamed away".into());
                 }
-                if !dropped.is_empty() {
-                    what.push(format!("dropped {}", dropped.join(", ")));
-                }
-                if !retyped.is_empty() {
-                    what.push(format!("retyped {}", retyped.join(", ")));
+                for (label, list) in [
+                    ("added", &d.added),
+                    ("dropped", &d.dropped),
+                    ("renamed", &d.renamed),
+                    ("retyped", &d.retyped),
+                    ("altered", &d.altered),
+                ] {
+                    if !list.is_empty() {
+                        what.push(format!("{label} {}", list.join(", ")));
+                    }
                 }
                 if what.is_empty() {
-                    what.push("key or identity changed".into());
+                    what.push("table properties changed (key, replica identity, owner or partitions)".into());
+                }
+                if let Some(ddl) = &v.ddl {
+                    what.push(format!("by {}", ddl.describe()));
                 }
                 writeln!(
                     out,

@@ -34,6 +34,9 @@ pub struct ShowArgs {
     /// At most this many rows.
     #[arg(long)]
     pub limit: Option<u64>,
+    /// The columns shown: `as-was` (the table's columns at that point) or `latest` (today's names).
+    #[arg(long, default_value = "as-was", value_parser = super::restore::parse_shape)]
+    pub shape: restore::Shape,
 }
 
 /// Rows whose widths set the table layout (later rows may be wider).
@@ -44,15 +47,14 @@ pub async fn run(args: &ShowArgs) -> anyhow::Result<()> {
     let table = format!("{schema}.{name}");
     let store = args.archive.open()?;
     let plan = restore::plan(&store, &table, args.point.point()).await?;
-    let Some(latest) = plan.gen.schemas.latest(&table) else {
-        anyhow::bail!("{table} has no schema in the archive");
-    };
-    if !args.keys.is_empty() && !latest.columns.iter().any(|c| c.primary_key) {
+    let shape = restore::target_schema(&plan, args.shape)?;
+    if !args.keys.is_empty() && !shape.columns.iter().any(|c| c.primary_key) {
         anyhow::bail!("--key needs a primary key, and {table} has none");
     }
-    let ident = restore::identity_columns(latest);
+    let ident = restore::identity_columns(&shape);
     let filter = Filter {
         keys: restore::parse_keys(&args.keys, &ident, &table)?,
+        shape: args.shape,
     };
     let mut bar = ProgressLine::new(plan.bytes());
     let mut progress = |n: u64| bar.update(n);

@@ -49,6 +49,7 @@ pub async fn run(args: &TablesArgs) -> anyhow::Result<()> {
     }
     crate::log::walk(&store, &LogOptions::default(), &mut |item| {
         if let Item::Change(c) = item {
+            let c = &c.change;
             let s = tables.entry(c.table.to_string()).or_default();
             s.changes += 1;
             s.first.get_or_insert(c.commit_time);

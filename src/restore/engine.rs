@@ -2,7 +2,7 @@
 //! each key's records folded, in commit order, into the row at the point.
 
 use super::sort::{decode, Kind, Merged, Sorter};
-use super::{pick, show_point, Plan};
+use super::{pick, Plan};
 use crate::archive::Store;
 use crate::event::{Op, Row};
 use crate::log::Bound;
@@ -14,11 +14,13 @@ use std::sync::Arc;
 
 // ------------------------------------------------------------------ the engine
 
-/// Which rows a restore keeps.
+/// Which rows a restore keeps, and in which shape.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     /// Only these keys (encoded as [`encode_key`] does); all if empty.
     pub keys: Vec<Vec<u8>>,
+    /// The schema version the rows come out in.
+    pub shape: Shape,
 }
 
 /// The columns whose values identify a row for the restore: the primary key
@@ -117,15 +119,7 @@ pub async fn rows(store: &Store, plan: &Plan, filter: &Filter, progress: Progres
         ms = started.elapsed().as_millis() as u64,
         "archive read and sorted"
     );
-    Ok(Rows {
-        merged: sorter.finish()?,
-        truncated_at,
-        group: Vec::new(),
-        state: None,
-        pending: None,
-        done: false,
-        outcome,
-    })
+    Ok(Rows::new(sorter.finish()?, truncated_at, outcome))
 }
 
 /// The rows of a restore, folded from the sorted records one key at a time.
@@ -170,8 +164,35 @@ impl Rows {
         }
     }
 
+    fn new(merged: Merged, truncated_at: Option<(u64, u64)>, outcome: Outcome) -> Rows {
+        Rows {
+            merged,
+            truncated_at,
+            group: Vec::new(),
+            state: None,
+            pending: None,
+            done: false,
+            outcome,
+        }
+    }
+
     /// The next row as its JSON object (column name to text or `null`).
+    /// A row holding a value the archive cannot know (a conversion waly
+    /// cannot reproduce) is an error naming the DDL: never a wrong row.
     pub fn next_json(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        let row = self.next_folded()?;
+        if let Some(j) = &row {
+            if j.windows(6).any(|w| w == b"\\u0000") {
+                let r: Row = serde_json::from_slice(j).map_err(|e| Error::Protocol(e.to_string()))?;
+                if let Some(why) = crate::schema::shape::first_unknown(&r) {
+                    return Err(Error::NotInArchive(why.to_string()));
+                }
+            }
+        }
+        Ok(row)
+    }
+
+    fn next_folded(&mut self) -> Result<Option<Vec<u8>>, Error> {
         loop {
             if let Some((row, n)) = &mut self.pending {
                 if *n > 1 {
@@ -242,27 +263,144 @@ fn carry_toast(new: &[u8], toast: &[u8], prev: Option<&[u8]>) -> Result<Vec<u8>,
     serde_json::to_vec(&row).map_err(bad)
 }
 
-async fn collect(
+/// Which schema version rows come out in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Shape {
+    /// The version in force at the point: the table as it was.
+    #[default]
+    AsWas,
+    /// The newest version in the archive: renamed columns under their new
+    /// names, dropped columns left out, columns added since with the value
+    /// existing rows got.
+    Latest,
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "as-was" => Ok(Shape::AsWas),
+            "latest" => Ok(Shape::Latest),
+            other => Err(format!("unknown shape {other:?}: use as-was or latest")),
+        }
+    }
+}
+
+/// The schema version a restore of `plan` gives its rows in.
+pub fn target_schema(plan: &Plan, shape: Shape) -> Result<SchemaRecord, Error> {
+    let table = plan.table.as_str();
+    let schemas = &plan.gen.schemas;
+    // Versions whose transaction the archive holds complete (a version is
+    // written ahead of its transaction's commit marker).
+    let archived = plan
+        .last_complete
+        .map_or(plan.snapshot.lsn, |c| c.commit_lsn.max(plan.snapshot.lsn));
+    let v = match shape {
+        Shape::AsWas => schemas.at_point(table, plan.point, archived),
+        Shape::Latest => schemas.versions(table).iter().rev().find(|s| s.commit_lsn <= archived),
+    }
+    .or_else(|| schemas.versions(table).first())
+    .cloned()
+    .ok_or_else(|| Error::NotInArchive(format!("{table} has no schema in generation {}", plan.generation)))?;
+    if v.dropped {
+        return Err(match shape {
+            Shape::AsWas => crate::schema::shape::dropped_error(table, &v),
+            Shape::Latest => Error::NotInArchive(format!(
+                "{table} no longer exists (dropped or renamed at {}), so it has no latest shape; use --shape as-was",
+                v.commit_lsn
+            )),
+        });
+    }
+    Ok(v)
+}
+
+/// The primary key of a version, by attnum where known.
+fn pk_identity(v: &SchemaRecord) -> Vec<(Option<i16>, Option<String>)> {
+    v.columns
+        .iter()
+        .filter(|c| c.primary_key)
+        .map(|c| match c.attnum {
+            Some(a) => (Some(a), None),
+            None => (None, Some(c.name.clone())),
+        })
+        .collect()
+}
+
+/// The newest version after `after` and up to `target` that changed the
+/// primary key: changes before it were keyed by another key, so the state
+/// just before it is rebuilt first and re-keyed.
+fn last_key_change<'a>(plan: &'a Plan, after: Lsn, target: &SchemaRecord) -> Option<&'a SchemaRecord> {
+    let versions = plan.gen.schemas.versions(&plan.table);
+    versions
+        .windows(2)
+        .filter(|w| w[1].version <= target.version && w[1].commit_lsn > after)
+        .filter(|w| pk_identity(&w[0]) != pk_identity(&w[1]))
+        .map(|w| &w[1])
+        .next_back()
+}
+
+/// What a scan gathered: the sorted records, what was restored, and the
+/// position of the last truncate.
+type Collected = (Sorter, Outcome, Option<(u64, u64)>);
+
+/// [`collect_inner`], boxed: a restore across a primary-key change first
+/// restores the point before it.
+fn collect<'a>(
+    store: &'a Store,
+    plan: &'a Plan,
+    filter: &'a Filter,
+    progress: Progress<'a>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Collected, Error>> + Send + 'a>> {
+    Box::pin(collect_inner(store, plan, filter, progress))
+}
+
+async fn collect_inner(
     store: &Store,
     plan: &Plan,
     filter: &Filter,
     progress: Progress<'_>,
-) -> Result<(Sorter, Outcome, Option<(u64, u64)>), Error> {
+) -> Result<Collected, Error> {
     let table = plan.table.as_str();
     let schemas = &plan.gen.schemas;
     let mut sorter = Sorter::new(16 << 20);
     let mut read = 0u64;
     let keep = |k: &[u8]| filter.keys.is_empty() || filter.keys.iter().any(|f| f.as_slice() == k);
-    // The identity columns come from the schema in force at the point; it is
-    // known only after the scan, so the scan keys rows by the latest schema
-    // and the final schema is checked against it below.
-    let latest = schemas
-        .latest(table)
-        .ok_or_else(|| Error::NotInArchive(format!("{table} has no schema in generation {}", plan.generation)))?;
-    let ident = identity_columns(latest);
+    // Every row is carried into the target version's shape (by attnum)
+    // before it is keyed, so renames, drops and added columns fold as the
+    // database applied them.
+    let target = target_schema(plan, filter.shape)?;
+    let mut shaper = crate::schema::shape::Shaper::new(schemas, table, target.version);
+    let ident = identity_columns(&target);
     let ident_names: Vec<&str> = ident.iter().map(String::as_str).collect();
+    let mut start = plan.snapshot.lsn;
+    // Across a primary-key change, the rows just before it (rebuilt under
+    // the old key) are the base, and only later changes are folded.
+    if let Some(barrier) = last_key_change(plan, plan.snapshot.lsn, &target) {
+        let before = Plan {
+            point: Bound::Lsn(Lsn(barrier.commit_lsn.as_u64().saturating_sub(1))),
+            ..plan.clone()
+        };
+        let inner = Filter {
+            keys: Vec::new(),
+            shape: Shape::AsWas,
+        };
+        let (s, o, t) = collect(store, &before, &inner, &mut *progress).await?;
+        let mut base = Rows::new(s.finish()?, t, o);
+        let from = base.outcome.schema.version;
+        while let Some(row) = base.next_row()? {
+            let row = shaper.row(from, &row)?;
+            let key = row_key(&ident, &row);
+            if keep(&key) {
+                let json = serde_json::to_vec(&row).map_err(|e| Error::Protocol(e.to_string()))?;
+                sorter.push(&key, 0, 0, Kind::Base, b"", &json)?;
+            }
+        }
+        start = barrier.commit_lsn;
+    }
     // The snapshot.
-    if let Some(entry) = plan.snapshot.tables.iter().find(|t| t.table == table) {
+    let snapshot_entry = plan.snapshot.tables.iter().find(|t| t.table == table);
+    if let Some(entry) = snapshot_entry.filter(|_| start == plan.snapshot.lsn) {
+        let as_is = shaper.from(entry.schema_version)?.is_identity();
         for part in &entry.parts {
             let bytes = store.get(&part.key).await?;
             if crate::segment::sha256_hex(&bytes) != part.sha256 {
@@ -287,16 +425,25 @@ async fn collect(
                     break;
                 }
                 let text = line.trim_end_matches('\n');
-                let vals = pick(text.as_bytes(), &ident_names, &[]).map_err(|e| corrupt(e.to_string()))?;
-                let key = serde_json::to_vec(&vals).unwrap_or_default();
+                if as_is {
+                    let vals = pick(text.as_bytes(), &ident_names, &[]).map_err(|e| corrupt(e.to_string()))?;
+                    let key = serde_json::to_vec(&vals).unwrap_or_default();
+                    if keep(&key) {
+                        sorter.push(&key, 0, 0, Kind::Base, b"", text.as_bytes())?;
+                    }
+                    continue;
+                }
+                let row: Row = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+                let row = shaper.row(entry.schema_version, &row)?;
+                let key = row_key(&ident, &row);
                 if keep(&key) {
-                    sorter.push(&key, 0, 0, Kind::Base, b"", text.as_bytes())?;
+                    let json = serde_json::to_vec(&row).map_err(|e| Error::Protocol(e.to_string()))?;
+                    sorter.push(&key, 0, 0, Kind::Base, b"", &json)?;
                 }
             }
         }
     }
     // The changes after it.
-    let start = plan.snapshot.lsn;
     let mut dedup = crate::log::Dedup::new(plan.last_complete.map(|c| c.commit_lsn));
     let mut cut: Option<(Lsn, DateTime<Utc>)> = None;
     let mut changes = 0u64;
@@ -339,9 +486,16 @@ async fn collect(
                 }
             }
             let Record::Change(c) = rec else { continue };
-            let c = c.change;
+            let from = c.schema_version;
+            let mut c = c.change;
             if &*c.table != table {
                 continue;
+            }
+            let p = shaper.from(from)?;
+            if !p.is_identity() {
+                c.new = c.new.as_ref().map(|r| p.apply(r));
+                c.old = c.old.as_ref().map(|r| p.apply(r));
+                c.unchanged_toast = c.unchanged_toast.iter().filter_map(|t| p.rename(t)).collect();
             }
             changes += 1;
             let (lsn, seq) = (c.commit_lsn.as_u64(), c.seq);
@@ -382,19 +536,15 @@ async fn collect(
             }
         }
     }
-    let at = cut.map_or(start, |c| c.0);
-    let schema = schemas
-        .at(table, at)
-        .or_else(|| schemas.latest(table))
-        .cloned()
-        .ok_or_else(|| Error::NotInArchive(format!("{table} has no schema at {at}")))?;
-    if identity_columns(&schema) != ident {
-        return Err(Error::NotInArchive(format!(
-            "{table}'s primary key changed after {}; restoring across a primary-key change is not supported",
-            show_point(plan.point)
-        )));
-    }
-    Ok((sorter, Outcome { schema, cut, changes }, truncated_at))
+    Ok((
+        sorter,
+        Outcome {
+            schema: target,
+            cut,
+            changes,
+        },
+        truncated_at,
+    ))
 }
 
 #[cfg(test)]

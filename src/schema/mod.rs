@@ -1,5 +1,16 @@
 //! Schema versions: each table's columns over time, as the archive records
 //! them, and the lookups readers make in them.
+//!
+//! A version is learned three ways: from the catalog when a snapshot is
+//! taken, from the DDL message waly's event trigger emits inside the DDL's
+//! own transaction ([`ddl`]), or, without the trigger, from pgoutput's
+//! Relation message completed from the catalog. Columns are identified by
+//! `attnum` across versions, so [`shape`] can carry a row from the shape it
+//! was written in to any later one: a rename keeps the values, a drop drops
+//! them, an added column takes the value PostgreSQL gave existing rows.
+
+pub mod ddl;
+pub mod shape;
 
 use crate::event::Row;
 use crate::Lsn;
@@ -8,8 +19,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A column as archived in a schema version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ColumnDef {
+    /// Its number in the table (`pg_attribute.attnum`), which a rename
+    /// keeps and no other column ever gets: its identity across versions.
+    /// Absent in versions recorded before waly knew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attnum: Option<i16>,
     /// Its name.
     pub name: String,
     /// Its type as `format_type` prints it.
@@ -31,10 +47,116 @@ pub struct ColumnDef {
     /// rows without writing them. Absent when there is none (NULL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<String>,
+    /// Its default expression (`pg_get_expr`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// For a generated column: how, and from what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated: Option<Generated>,
+    /// For an identity column: `always` or `by default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+impl ColumnDef {
+    /// Whether `other` is the same column in another version: the same
+    /// attnum where both know it, else the same name (versions recorded
+    /// before attnums).
+    pub fn same_column(&self, other: &ColumnDef) -> bool {
+        match (self.attnum, other.attnum) {
+            (Some(x), Some(y)) => x == y,
+            _ => self.name == other.name,
+        }
+    }
+}
+
+/// A generated column's definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generated {
+    /// `stored` or `virtual` (PostgreSQL 18).
+    pub kind: String,
+    /// The generation expression (`pg_get_expr`).
+    pub expression: String,
+}
+
+/// What a table is besides its columns, as recorded in a version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableMeta {
+    /// The table's OID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oid: Option<u32>,
+    /// `r` (a table) or `p` (a partitioned table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relkind: Option<String>,
+    /// The owning role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// `default`, `full`, `index` or `nothing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_identity: Option<String>,
+    /// For a partitioned table: its partition key (`pg_get_partkeydef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+    /// For a partition: its parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// For a partition: its bound (`FOR VALUES ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_bound: Option<String>,
+    /// For a partitioned table: its partitions, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<Partition>,
+}
+
+/// A partition of a partitioned table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partition {
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// Its bound (`FOR VALUES ...`, or `DEFAULT`).
+    pub bound: String,
+    /// Its own partition key, when it is partitioned in turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_key: Option<String>,
+}
+
+/// The DDL that made a version, as its event trigger saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ddl {
+    /// The command tag (`ALTER TABLE`, `DROP TABLE`, ...).
+    pub tag: String,
+    /// The statement text the client sent (at most 4,000 characters).
+    #[serde(default)]
+    pub command: String,
+    /// Whether PostgreSQL rewrote the table's rows for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rewritten: bool,
+}
+
+impl Ddl {
+    /// How an error names it: the statement on one line, shortened.
+    pub fn describe(&self) -> String {
+        let one_line: String = self.command.split_whitespace().collect::<Vec<_>>().join(" ");
+        if one_line.is_empty() {
+            return self.tag.clone();
+        }
+        let mut shown: String = one_line.chars().take(160).collect();
+        if shown.len() < one_line.len() {
+            shown.push_str("...");
+        }
+        shown
+    }
 }
 
 /// A version of a table's columns; changes after it use it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Room to grow: a user-written transform between two versions (an `up`
+/// and a `down` expression per column, for migrations that move data in
+/// ways the DDL alone does not say) would be a field of the version it
+/// leads to; readers that do not know it must refuse to project across it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchemaRecord {
     /// The commit LSN of the transaction in which it was first seen (or the
     /// snapshot LSN for a table's first version).
@@ -49,6 +171,28 @@ pub struct SchemaRecord {
     /// the snapshot was taken for a snapshot's version).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_time: Option<DateTime<Utc>>,
+    /// How waly learned it: `snapshot`, `ddl` or `relation` (absent in
+    /// versions recorded before waly said).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The table besides its columns.
+    #[serde(flatten)]
+    pub meta: TableMeta,
+    /// The DDL that made it, when captured by the event trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ddl: Option<Ddl>,
+    /// The table was dropped (or renamed away) here; no rows exist at or
+    /// after this version under this name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dropped: bool,
+}
+
+impl SchemaRecord {
+    /// Whether it describes the same table definition: columns with
+    /// everything recorded of them, and the table's own properties.
+    pub fn same_definition(&self, columns: &[ColumnDef], meta: &TableMeta, dropped: bool) -> bool {
+        self.columns == columns && self.meta == *meta && self.dropped == dropped
+    }
 }
 
 /// Whether two column lists describe the same table shape.
@@ -122,18 +266,70 @@ impl Schemas {
     /// these columns, else the one in force before it if it has them. A
     /// transaction streamed again after a restart thus finds the versions
     /// it created the first time instead of making new ones.
+    ///
+    /// Generated columns a version has and the description lacks are not
+    /// a difference: pgoutput before PostgreSQL 18 never sends them.
     pub fn reusable(&self, table: &str, commit_lsn: Lsn, columns: &[ColumnDef]) -> Option<&SchemaRecord> {
+        let same = |s: &SchemaRecord| {
+            let streamed: Vec<ColumnDef> = s
+                .columns
+                .iter()
+                .filter(|c| c.generated.is_none() || columns.iter().any(|d| d.name == c.name))
+                .cloned()
+                .collect();
+            !s.dropped && same_columns(&streamed, columns)
+        };
         let versions = self.versions(table);
         versions
             .iter()
             .rev()
-            .find(|s| s.commit_lsn == commit_lsn && same_columns(&s.columns, columns))
+            .find(|s| s.commit_lsn == commit_lsn && same(s))
             .or_else(|| {
                 versions
                     .iter()
                     .rev()
                     .find(|s| s.commit_lsn < commit_lsn)
-                    .filter(|s| same_columns(&s.columns, columns))
+                    .filter(|s| same(s))
             })
+    }
+
+    /// The existing version a DDL message seen in transaction `commit_lsn`
+    /// describes: one made in that very transaction with this definition
+    /// (the transaction streamed again after a restart), else the one in
+    /// force before it when the DDL changed nothing waly records.
+    pub fn reusable_definition(
+        &self,
+        table: &str,
+        commit_lsn: Lsn,
+        columns: &[ColumnDef],
+        meta: &TableMeta,
+        dropped: bool,
+    ) -> Option<&SchemaRecord> {
+        let versions = self.versions(table);
+        versions
+            .iter()
+            .rev()
+            .find(|s| s.commit_lsn == commit_lsn && s.same_definition(columns, meta, dropped))
+            .or_else(|| {
+                versions
+                    .iter()
+                    .rev()
+                    .find(|s| s.commit_lsn <= commit_lsn)
+                    .filter(|s| s.same_definition(columns, meta, dropped))
+            })
+    }
+
+    /// The version of `table` in force at `point`, among those that took
+    /// effect at or before `archived` (the archive's last complete commit,
+    /// or its snapshot when later): a version written ahead of its
+    /// transaction's commit marker is not yet history.
+    pub fn at_point(&self, table: &str, point: crate::log::Bound, archived: Lsn) -> Option<&SchemaRecord> {
+        self.versions(table).iter().rev().find(|s| {
+            s.commit_lsn <= archived
+                && match point {
+                    crate::log::Bound::Lsn(p) => s.commit_lsn <= p,
+                    crate::log::Bound::Time(t) => s.commit_time.is_none_or(|c| c <= t),
+                }
+        })
     }
 }

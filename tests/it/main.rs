@@ -11,6 +11,7 @@ mod history;
 mod operate;
 mod restore;
 mod s3;
+mod schemas;
 mod stream;
 mod tail_cli;
 mod verify;

@@ -1,0 +1,79 @@
+-- waly DDL capture: inside the DDL's own transaction, an event trigger emits
+-- a transactional logical message (prefix 'waly_ddl') with the whole
+-- definition of each table the DDL touched, after the change. The archive
+-- records a schema version at that transaction's commit: the DDL takes
+-- effect in the archive where it took effect in the database, and every
+-- column is known by its attnum, so a rename is a rename.
+--
+-- A failure here never fails the application's DDL: it is reported as a
+-- WARNING and waly falls back to the next change's Relation message.
+-- Installing it needs a superuser. The functions run as their owner
+-- (SECURITY DEFINER) with a fixed search_path.
+CREATE OR REPLACE FUNCTION public.waly_table_definition(rel oid) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $waly$
+@DEFINITION@
+$waly$;
+
+-- PostgreSQL rewrites a table's rows for some DDL (a volatile default, most
+-- type changes). Which tables were rewritten is noted for the transaction,
+-- so the DDL message can say so.
+CREATE OR REPLACE FUNCTION public.waly_note_rewrite() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $waly$
+BEGIN
+    PERFORM set_config('waly.rewritten',
+        coalesce(current_setting('waly.rewritten', true), '') || ' ' || pg_event_trigger_table_rewrite_oid() || ' ',
+        true);
+END
+$waly$;
+
+CREATE OR REPLACE FUNCTION public.waly_capture_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $waly$
+DECLARE
+    r record;
+    rewritten text := coalesce(current_setting('waly.rewritten', true), '');
+    cmd text := left(current_query(), 4000);
+BEGIN
+    BEGIN
+        IF TG_EVENT = 'sql_drop' THEN
+            FOR r IN SELECT DISTINCT d.objid, d.schema_name, d.object_name
+                       FROM pg_event_trigger_dropped_objects() d
+                      WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.object_type = 'table'
+            LOOP
+                PERFORM pg_logical_emit_message(true, 'waly_ddl', jsonb_build_object(
+                    'waly_ddl', 1, 'tag', TG_TAG, 'command', cmd, 'dropped', true,
+                    'oid', r.objid::int8, 'schema', r.schema_name, 'name', r.object_name)::text);
+            END LOOP;
+        ELSE
+            -- The tables the command touched, and the root of each partition
+            -- among them (a partition created or attached changes its root).
+            FOR r IN WITH touched AS (
+                         SELECT c.objid AS rel FROM pg_event_trigger_ddl_commands() c
+                          WHERE c.classid = 'pg_class'::regclass)
+                     SELECT DISTINCT x.rel FROM (
+                         SELECT t.rel FROM touched t
+                         UNION SELECT pg_partition_root(t.rel) FROM touched t) x
+                       JOIN pg_class k ON k.oid = x.rel
+                      WHERE k.relkind IN ('r', 'p')
+            LOOP
+                PERFORM pg_logical_emit_message(true, 'waly_ddl', jsonb_build_object(
+                    'waly_ddl', 1, 'tag', TG_TAG, 'command', cmd,
+                    'rewritten', position(' ' || r.rel || ' ' IN rewritten) > 0
+                                 OR EXISTS (SELECT 1 FROM pg_partition_tree(r.rel) pt
+                                             WHERE position(' ' || pt.relid::oid || ' ' IN rewritten) > 0),
+                    'oid', r.rel::int8,
+                    'table', public.waly_table_definition(r.rel))::text);
+            END LOOP;
+            PERFORM set_config('waly.rewritten', '', true);
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'waly: this DDL was not recorded for the archive (%); waly will learn the new shape from the next change instead', SQLERRM;
+    END;
+END
+$waly$;
+
+DROP EVENT TRIGGER IF EXISTS waly_capture_ddl;
+DROP EVENT TRIGGER IF EXISTS waly_capture_drop;
+DROP EVENT TRIGGER IF EXISTS waly_note_rewrite;
+CREATE EVENT TRIGGER waly_capture_ddl ON ddl_command_end EXECUTE FUNCTION public.waly_capture_ddl();
+CREATE EVENT TRIGGER waly_capture_drop ON sql_drop EXECUTE FUNCTION public.waly_capture_ddl();
+CREATE EVENT TRIGGER waly_note_rewrite ON table_rewrite EXECUTE FUNCTION public.waly_note_rewrite();

@@ -1,0 +1,56 @@
+-- waly: a table's whole definition as JSON, from the catalog. One query for
+-- every place waly reads a definition: the DDL event trigger (sql/ddl.sql,
+-- with :rel the table's OID), the base snapshot and the Relation-message
+-- fallback. Columns come with their attnum, the identity that survives a
+-- rename.
+SELECT jsonb_strip_nulls(jsonb_build_object(
+    'oid', c.oid::int8,
+    'schema', n.nspname::text,
+    'name', c.relname::text,
+    'relkind', c.relkind::text,
+    'owner', pg_get_userbyid(c.relowner)::text,
+    'replica_identity', CASE c.relreplident WHEN 'd' THEN 'default' WHEN 'f' THEN 'full'
+                                            WHEN 'i' THEN 'index' ELSE 'nothing' END,
+    'partition_key', CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END,
+    'parent', (SELECT i.inhparent::regclass::text FROM pg_inherits i WHERE i.inhrelid = c.oid LIMIT 1),
+    'partition_bound', CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END,
+    'partitions', CASE WHEN c.relkind = 'p' THEN coalesce((
+        SELECT jsonb_agg(jsonb_build_object(
+                   'name', p.relname::text,
+                   'schema', pn.nspname::text,
+                   'bound', pg_get_expr(p.relpartbound, p.oid),
+                   'partition_key', CASE WHEN p.relkind = 'p' THEN pg_get_partkeydef(p.oid) END)
+                   ORDER BY pn.nspname, p.relname)
+          FROM pg_inherits i
+          JOIN pg_class p ON p.oid = i.inhrelid
+          JOIN pg_namespace pn ON pn.oid = p.relnamespace
+         WHERE i.inhparent = c.oid), '[]'::jsonb) END,
+    'columns', coalesce((
+        SELECT jsonb_agg(jsonb_build_object(
+            'attnum', a.attnum,
+            'name', a.attname::text,
+            'type', format_type(a.atttypid, a.atttypmod),
+            'type_oid', a.atttypid::int8,
+            'type_modifier', a.atttypmod,
+            'not_null', a.attnotnull,
+            'primary_key', coalesce(a.attnum = ANY(pk.indkey), false),
+            'key', CASE c.relreplident
+                       WHEN 'f' THEN true
+                       WHEN 'd' THEN coalesce(a.attnum = ANY(pk.indkey), false)
+                       WHEN 'i' THEN coalesce(a.attnum = ANY(ri.indkey), false)
+                       ELSE false END,
+            'missing', CASE WHEN a.atthasmissing THEN array_to_string(a.attmissingval, '') END,
+            'default', CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END,
+            'generated', CASE WHEN a.attgenerated <> '' THEN jsonb_build_object(
+                             'kind', CASE a.attgenerated WHEN 's' THEN 'stored' ELSE 'virtual' END,
+                             'expression', pg_get_expr(d.adbin, d.adrelid)) END,
+            'identity', CASE a.attidentity WHEN 'a' THEN 'always' WHEN 'd' THEN 'by default' END
+        ) ORDER BY a.attnum)
+          FROM pg_attribute a
+          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]'::jsonb)))
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_index pk ON pk.indrelid = c.oid AND pk.indisprimary
+  LEFT JOIN pg_index ri ON ri.indrelid = c.oid AND ri.indisreplident
+ WHERE c.oid = :rel

@@ -1,0 +1,457 @@
+//! Rows carried from the shape they were written in to another version's
+//! shape, by attnum: the one rule every reader uses across DDL.
+//!
+//! Walking the versions in between, a column keeps its value through a
+//! rename, disappears with a drop, and a column added later takes the value
+//! PostgreSQL gave the rows that existed (`missing`, or NULL). A type change
+//! keeps the text only where the new type prints every old value the same
+//! way; anything else (a `USING` expression, a default computed per row by a
+//! table rewrite) cannot be reproduced from the archive, and an exact
+//! projection refuses it, naming the DDL and where it took effect. A lenient
+//! projection (for display) carries the old text instead.
+
+use super::{ColumnDef, SchemaRecord, Schemas};
+use crate::event::Row;
+use crate::Error;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Where a target column's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// The source row's column of this name.
+    Column(Arc<str>),
+    /// A value every source row has (a column added after it).
+    Value(Option<String>),
+    /// Unknown: why, and what a lenient projection (for display) uses.
+    Unknown(String, Box<Source>),
+}
+
+/// How to build a row of one version from a row of an earlier one.
+#[derive(Debug, Clone)]
+pub struct Projection {
+    columns: Vec<(Arc<str>, Source)>,
+    identity: bool,
+}
+
+impl Projection {
+    /// Whether rows come out as they went in.
+    pub fn is_identity(&self) -> bool {
+        self.identity
+    }
+
+    /// The row in the target shape. Columns the row leaves out (unchanged
+    /// TOAST) stay out, under their new names. A value the archive cannot
+    /// know is marked (see [`unknown`]): it is an error only if it reaches
+    /// a result, so a row deleted or rewritten since costs nothing.
+    pub fn apply(&self, row: &Row) -> Row {
+        if self.identity {
+            return row.clone();
+        }
+        self.build(row, false)
+    }
+
+    /// The row in the target shape for display: a value the archive cannot
+    /// know keeps its old text (or is NULL for a column added since).
+    pub fn apply_lenient(&self, row: &Row) -> Row {
+        if self.identity {
+            return row.clone();
+        }
+        self.build(row, true)
+    }
+
+    fn build(&self, row: &Row, lenient: bool) -> Row {
+        fn value(src: &Source, row: &Row, lenient: bool) -> Option<Option<String>> {
+            match src {
+                Source::Column(from) => row.0.iter().find(|(n, _)| n == from).map(|(_, v)| v.clone()),
+                Source::Value(v) => Some(v.clone()),
+                Source::Unknown(_, fallback) if lenient => value(fallback, row, lenient),
+                Source::Unknown(why, _) => Some(Some(format!("{UNKNOWN}{why}"))),
+            }
+        }
+        let mut out = Vec::with_capacity(self.columns.len());
+        for (name, src) in &self.columns {
+            if let Some(v) = value(src, row, lenient) {
+                out.push((name.clone(), v));
+            }
+        }
+        Row(out)
+    }
+
+    /// The target name of the source column `from`, if it survives.
+    pub fn rename(&self, from: &str) -> Option<Arc<str>> {
+        self.columns.iter().find_map(|(name, src)| match src {
+            Source::Column(f) if &**f == from => Some(name.clone()),
+            _ => None,
+        })
+    }
+}
+
+/// Marks a value the archive cannot know. PostgreSQL text never holds a
+/// NUL character, so no real value starts with it.
+const UNKNOWN: char = '\0';
+
+/// The reason a marked value cannot be known, or `None` for a real value.
+pub fn unknown(value: &str) -> Option<&str> {
+    value.strip_prefix(UNKNOWN)
+}
+
+/// The first unknown value of `row`: why it cannot be known.
+pub fn first_unknown(row: &Row) -> Option<&str> {
+    row.0.iter().find_map(|(_, v)| v.as_deref().and_then(unknown))
+}
+
+mod oid {
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const INT8: u32 = 20;
+    pub const NUMERIC: u32 = 1700;
+    pub const TEXT: u32 = 25;
+    pub const VARCHAR: u32 = 1043;
+    pub const UUID: u32 = 2950;
+    pub const DATE: u32 = 1082;
+    pub const JSONB: u32 = 3802;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+}
+
+/// Whether `ALTER COLUMN ... TYPE` from `a` to `b` (without `USING`) leaves
+/// the text of every value as it was: widening integers, unconstrained
+/// numeric or text targets, larger length or precision limits.
+fn text_preserving(a: &ColumnDef, b: &ColumnDef) -> bool {
+    use oid::*;
+    let (from, to) = (a.type_oid, b.type_oid);
+    let widened = |unlimited_or_larger: bool| b.type_modifier == -1 || unlimited_or_larger;
+    if from == to {
+        return match from {
+            // varchar(n): the modifier is n + 4; values fit and print the same.
+            VARCHAR => widened(a.type_modifier != -1 && b.type_modifier >= a.type_modifier),
+            // numeric(p, s): same scale, no smaller precision.
+            NUMERIC => widened(
+                a.type_modifier != -1
+                    && (a.type_modifier & 0xffff) == (b.type_modifier & 0xffff)
+                    && (b.type_modifier >> 16) >= (a.type_modifier >> 16),
+            ),
+            // Fractional-second precision: only ever more of it.
+            TIMESTAMP | TIMESTAMPTZ => widened(a.type_modifier != -1 && b.type_modifier >= a.type_modifier),
+            _ => a.type_modifier == b.type_modifier,
+        };
+    }
+    match (from, to) {
+        (INT2, INT4 | INT8) | (INT4, INT8) => true,
+        (INT2 | INT4 | INT8, NUMERIC) => b.type_modifier == -1,
+        (INT2 | INT4 | INT8 | NUMERIC | TEXT | VARCHAR | UUID | DATE | JSONB, TEXT) => true,
+        (INT2 | INT4 | INT8 | NUMERIC | TEXT | UUID | DATE | JSONB, VARCHAR) => b.type_modifier == -1,
+        _ => false,
+    }
+}
+
+fn words(command: &str) -> impl Iterator<Item = &str> {
+    command.split(|c: char| !c.is_alphanumeric() && c != '_' && c != '$')
+}
+
+fn has_using(command: &str) -> bool {
+    words(command).any(|w| w.eq_ignore_ascii_case("using"))
+}
+
+/// Whether the statement names the column (a superset of the columns a
+/// `USING` expression can have converted).
+fn mentions(command: &str, column: &str) -> bool {
+    words(command).any(|w| w.eq_ignore_ascii_case(column))
+}
+
+fn refusal(table: &str, at: &SchemaRecord, what: String) -> String {
+    let ddl = at.ddl.as_ref().map_or_else(
+        || format!("the schema change to version {}", at.version),
+        |d| format!("{:?}", d.describe()),
+    );
+    format!(
+        "{table}: cannot carry rows across {ddl} at {}: {what}; choose a point before {} or one after a snapshot taken since",
+        at.commit_lsn, at.commit_lsn
+    )
+}
+
+/// How rows of `table` written under version `from` look under version
+/// `to` (not earlier than `from`).
+pub fn projection(schemas: &Schemas, table: &str, from: u32, to: u32) -> Result<Projection, Error> {
+    let missing = |v: u32| Error::NotInArchive(format!("{table} has no schema version {v} in the archive"));
+    let first = schemas.version(table, from).ok_or_else(|| missing(from))?;
+    let mut state: Vec<(ColumnDef, Source)> = first
+        .columns
+        .iter()
+        .map(|c| (c.clone(), Source::Column(Arc::from(c.name.as_str()))))
+        .collect();
+    let mut changed = false;
+    for v in schemas
+        .versions(table)
+        .iter()
+        .filter(|s| s.version > from && s.version <= to)
+    {
+        changed = true;
+        let ddl = v.ddl.as_ref();
+        let rewritten = ddl.is_some_and(|d| d.rewritten);
+        let mut next = Vec::with_capacity(v.columns.len());
+        for c in &v.columns {
+            let src = match state.iter().find(|(p, _)| p.same_column(c)) {
+                Some((p, src)) => {
+                    let retyped = p.type_oid != c.type_oid || p.type_modifier != c.type_modifier;
+                    let using = ddl.is_some_and(|d| has_using(&d.command));
+                    // A rewrite with USING may have converted a column to
+                    // its own type: any column the statement names.
+                    let converted = rewritten
+                        && using
+                        && ddl.is_some_and(|d| mentions(&d.command, &p.name) || mentions(&d.command, &c.name));
+                    if (retyped && (using || !text_preserving(p, c))) || converted {
+                        Source::Unknown(
+                            refusal(
+                                table,
+                                v,
+                                format!(
+                                    "it converted {} ({} to {}) and waly cannot reproduce that conversion",
+                                    c.name, p.type_name, c.type_name
+                                ),
+                            ),
+                            Box::new(src.clone()),
+                        )
+                    } else {
+                        src.clone()
+                    }
+                }
+                None if rewritten && c.missing.is_none() && (c.default.is_some() || c.generated.is_some()) => {
+                    Source::Unknown(
+                        refusal(
+                            table,
+                            v,
+                            format!(
+                                "it added column {} with values computed row by row (the table was rewritten), which the archive does not hold",
+                                c.name
+                            ),
+                        ),
+                        Box::new(Source::Value(None)),
+                    )
+                }
+                None => Source::Value(c.missing.clone()),
+            };
+            next.push((c.clone(), src));
+        }
+        state = next;
+    }
+    let identity = !changed
+        || (state.len() == first.columns.len()
+            && state
+                .iter()
+                .zip(&first.columns)
+                .all(|((c, s), f)| c.name == f.name && *s == Source::Column(Arc::from(f.name.as_str()))));
+    Ok(Projection {
+        columns: state
+            .into_iter()
+            .map(|(c, s)| (Arc::from(c.name.as_str()), s))
+            .collect(),
+        identity,
+    })
+}
+
+/// Projections of one table's rows into one target version, built once per
+/// source version.
+#[derive(Debug)]
+pub struct Shaper<'a> {
+    schemas: &'a Schemas,
+    table: String,
+    target: u32,
+    cache: HashMap<u32, Projection>,
+}
+
+impl<'a> Shaper<'a> {
+    /// Rows of `table` into the shape of version `target`.
+    pub fn new(schemas: &'a Schemas, table: &str, target: u32) -> Self {
+        Shaper {
+            schemas,
+            table: table.to_string(),
+            target,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The target version.
+    pub fn target(&self) -> u32 {
+        self.target
+    }
+
+    /// The projection from version `from`.
+    pub fn from(&mut self, from: u32) -> Result<&Projection, Error> {
+        if !self.cache.contains_key(&from) {
+            let p = projection(self.schemas, &self.table, from, self.target)?;
+            self.cache.insert(from, p);
+        }
+        self.cache
+            .get(&from)
+            .ok_or_else(|| Error::NotInArchive(format!("{} has no schema version {from}", self.table)))
+    }
+
+    /// `row`, written under version `from`, in the target shape.
+    pub fn row(&mut self, from: u32, row: &Row) -> Result<Row, Error> {
+        Ok(self.from(from)?.apply(row))
+    }
+}
+
+/// Where the restore point sits relative to a drop: the error for a table
+/// whose version in force is `dropped`.
+pub fn dropped_error(table: &str, v: &SchemaRecord) -> Error {
+    let how = v
+        .ddl
+        .as_ref()
+        .map_or_else(|| "DROP TABLE".to_string(), |d| d.describe());
+    Error::NotInArchive(format!(
+        "{table} was dropped at {} ({how}); choose a point before it",
+        v.commit_lsn
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Ddl;
+    use crate::Lsn;
+
+    fn col(attnum: i16, name: &str, type_oid: u32, type_name: &str) -> ColumnDef {
+        ColumnDef {
+            attnum: Some(attnum),
+            name: name.into(),
+            type_name: type_name.into(),
+            type_oid,
+            type_modifier: -1,
+            ..ColumnDef::default()
+        }
+    }
+
+    fn version(v: u32, columns: Vec<ColumnDef>, command: &str, rewritten: bool) -> SchemaRecord {
+        SchemaRecord {
+            commit_lsn: Lsn(u64::from(v) * 100),
+            table: "public.t".into(),
+            version: v,
+            columns,
+            commit_time: None,
+            source: Some("ddl".into()),
+            meta: Default::default(),
+            ddl: Some(Ddl {
+                tag: "ALTER TABLE".into(),
+                command: command.into(),
+                rewritten,
+            }),
+            dropped: false,
+        }
+    }
+
+    fn row(pairs: &[(&str, Option<&str>)]) -> Row {
+        Row(pairs
+            .iter()
+            .map(|(n, v)| (Arc::from(*n), v.map(str::to_string)))
+            .collect())
+    }
+
+    #[test]
+    fn a_rename_carries_values_a_drop_drops_them_an_add_takes_the_missing_value() {
+        let mut s = Schemas::default();
+        s.insert(version(
+            1,
+            vec![
+                col(1, "id", 23, "integer"),
+                col(2, "email", 25, "text"),
+                col(3, "x", 25, "text"),
+            ],
+            "",
+            false,
+        ));
+        s.insert(version(
+            2,
+            vec![
+                col(1, "id", 23, "integer"),
+                col(2, "email_address", 25, "text"),
+                col(3, "x", 25, "text"),
+            ],
+            "alter table t rename email to email_address",
+            false,
+        ));
+        let mut plan = col(4, "plan", 25, "text");
+        plan.missing = Some("free".into());
+        plan.default = Some("'free'::text".into());
+        s.insert(version(
+            3,
+            vec![col(1, "id", 23, "integer"), col(2, "email_address", 25, "text"), plan],
+            "alter table t drop x, add plan text default 'free'",
+            false,
+        ));
+        let p = projection(&s, "public.t", 1, 3).expect("a projection");
+        let got = p.apply(&row(&[("id", Some("1")), ("email", Some("a@x")), ("x", Some("gone"))]));
+        assert_eq!(
+            got,
+            row(&[
+                ("id", Some("1")),
+                ("email_address", Some("a@x")),
+                ("plan", Some("free"))
+            ])
+        );
+        assert_eq!(p.rename("email").as_deref(), Some("email_address"));
+        assert!(p.rename("x").is_none());
+        assert!(projection(&s, "public.t", 3, 3).expect("same").is_identity());
+        assert!(!p.is_identity());
+    }
+
+    #[test]
+    fn retypes_carry_text_only_where_every_value_prints_the_same() {
+        let mut s = Schemas::default();
+        s.insert(version(
+            1,
+            vec![col(1, "id", 23, "integer"), col(2, "n", 23, "integer")],
+            "",
+            false,
+        ));
+        s.insert(version(
+            2,
+            vec![col(1, "id", 20, "bigint"), col(2, "n", 23, "integer")],
+            "alter table t alter id type bigint",
+            true,
+        ));
+        s.insert(version(
+            3,
+            vec![col(1, "id", 20, "bigint"), col(2, "n", 1700, "numeric")],
+            "alter table t alter n type numeric using n * 2",
+            true,
+        ));
+        let widen = projection(&s, "public.t", 1, 2).expect("a projection");
+        let exact = row(&[("id", Some("7")), ("n", Some("3"))]);
+        assert_eq!(widen.apply(&exact), exact, "int to bigint keeps the text");
+        assert!(first_unknown(&exact).is_none());
+        let using = projection(&s, "public.t", 1, 3).expect("a projection");
+        let got = using.apply(&exact);
+        assert_eq!(
+            got.0[0],
+            (Arc::from("id"), Some("7".to_string())),
+            "the other column is known"
+        );
+        let err = first_unknown(&got).expect("USING cannot be reproduced");
+        assert!(err.contains("using n * 2") && err.contains("0/12C"), "{err}");
+        assert_eq!(using.apply_lenient(&exact), exact, "for display, the old text");
+        // Rows written after the retype are not affected.
+        assert!(projection(&s, "public.t", 3, 3).expect("same").is_identity());
+    }
+
+    #[test]
+    fn a_column_added_by_a_rewrite_with_a_per_row_default_cannot_be_known() {
+        let mut s = Schemas::default();
+        s.insert(version(1, vec![col(1, "id", 23, "integer")], "", false));
+        let mut at = col(2, "at", 1184, "timestamp with time zone");
+        at.default = Some("clock_timestamp()".into());
+        at.not_null = true;
+        s.insert(version(
+            2,
+            vec![col(1, "id", 23, "integer"), at],
+            "alter table t add at timestamptz not null default clock_timestamp()",
+            true,
+        ));
+        let p = projection(&s, "public.t", 1, 2).expect("a projection");
+        let got = p.apply(&row(&[("id", Some("1"))]));
+        let err = first_unknown(&got).expect("refused");
+        assert!(err.contains("added column at"), "{err}");
+    }
+}

@@ -1,0 +1,271 @@
+//! Schemas over time against a real PostgreSQL: DDL captured by waly's
+//! event trigger as it happens, columns followed by attnum, and every reader
+//! exact across migrations (or refusing, named, where it cannot be).
+
+use crate::archive::{archive_dir, settle, slot, spawn_run, wait_confirmed, wait_streaming};
+use crate::harness::{run_within, waly, TestDb};
+use std::process::Output;
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "waly failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn init(db: &TestDb, archive: &str) -> String {
+    ok(&run_within(
+        waly().args(["init", "--source", &db.url(), "--archive", archive, "--slot", &slot(db)]),
+        60,
+    ))
+}
+
+fn restore(db: &TestDb, archive: &str, args: &[&str]) -> Output {
+    run_within(
+        waly()
+            .args(["restore", "--archive", archive, "--source", &db.url()])
+            .args(args),
+        300,
+    )
+}
+
+/// Row count and an md5 over the rows in key order, and the column list.
+fn state(db: &TestDb, table: &str) -> (String, String) {
+    let sum = db.psql(&format!(
+        "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '-') FROM {table} t"
+    ));
+    let cols = db.psql(&format!(
+        "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ',' ORDER BY attnum)
+           FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attnum > 0 AND NOT attisdropped"
+    ));
+    (sum, cols)
+}
+
+/// A point: its time, and the table's state then.
+struct Point {
+    label: &'static str,
+    at: String,
+    state: (String, String),
+}
+
+fn point(db: &TestDb, label: &'static str, table: &str) -> Point {
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let at = db.now_utc();
+    let state = state(db, table);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    Point { label, at, state }
+}
+
+#[test]
+fn a_rename_carries_values_and_every_migration_step_restores_exactly() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE customer (id int PRIMARY KEY, email text NOT NULL, name text, note text, score int);
+         INSERT INTO customer SELECT g, 'c' || g || '@example.com', 'name ' || g, 'note ' || g, g FROM generate_series(1, 600) g;",
+    );
+    let archive = archive_dir(&db);
+    let said = init(&db, &archive);
+    assert!(said.contains("DDL capture"), "{said}");
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    let t = "customer";
+    let mut points = vec![point(&db, "start", t)];
+    db.psql("UPDATE customer SET email = 'early' || id || '@example.com' WHERE id % 50 = 0");
+    points.push(point(&db, "before the rename", t));
+    db.psql("ALTER TABLE customer RENAME COLUMN email TO email_address");
+    // Between the ALTER and the table's next change: the new shape already.
+    points.push(point(&db, "after the rename, no change since", t));
+    db.psql("UPDATE customer SET email_address = 'new' || id || '@example.com' WHERE id % 7 = 0");
+    points.push(point(&db, "after the rename", t));
+    db.psql("ALTER TABLE customer ADD COLUMN plan text NOT NULL DEFAULT 'free'");
+    points.push(point(&db, "after add column with a default", t));
+    db.psql("UPDATE customer SET plan = 'pro', name = name || '!' WHERE id % 11 = 0");
+    db.psql("ALTER TABLE customer DROP COLUMN note");
+    points.push(point(&db, "after drop column", t));
+    db.psql("ALTER TABLE customer ALTER COLUMN id TYPE bigint");
+    points.push(point(&db, "after a widening retype (a rewrite)", t));
+    db.psql("ALTER TABLE customer ALTER COLUMN plan SET DEFAULT 'trial'; INSERT INTO customer (id, email_address) VALUES (1001, 'x@y')");
+    points.push(point(&db, "after set default", t));
+    db.psql("ALTER TABLE customer ALTER COLUMN plan DROP DEFAULT");
+    db.psql("ALTER TABLE customer DROP CONSTRAINT customer_pkey, ADD PRIMARY KEY (email_address)");
+    points.push(point(&db, "after a new primary key", t));
+    db.psql(
+        "UPDATE customer SET name = 'renamed ' || id WHERE id % 13 = 0;
+         DELETE FROM customer WHERE id % 17 = 0;
+         UPDATE customer SET email_address = 'moved' || id || '@example.com' WHERE id % 19 = 0;",
+    );
+    points.push(point(&db, "changes under the new key", t));
+    db.psql("ALTER TABLE customer REPLICA IDENTITY FULL; UPDATE customer SET score = score + 1 WHERE id % 5 = 0");
+    points.push(point(&db, "after replica identity full", t));
+    db.psql("CREATE ROLE schema_owner_test; ALTER TABLE customer OWNER TO schema_owner_test");
+    points.push(point(&db, "after owner to", t));
+    db.psql("UPDATE customer SET score = 0 WHERE id = 1");
+    points.push(point(&db, "a change after owner to", t));
+    // A conversion waly cannot reproduce: restores across it refuse.
+    db.psql("ALTER TABLE customer ALTER COLUMN score TYPE numeric USING score + random()");
+    let volatile_at = db.now_utc();
+    wait_confirmed(&db, 120);
+    settle(&db, run);
+
+    for (i, p) in points.iter().enumerate() {
+        let into = format!("customer_p{i}");
+        ok(&restore(&db, &archive, &[t, "--at", &p.at, "--into", &into]));
+        let got = state(&db, &into);
+        assert_eq!(got.0, p.state.0, "point {i} ({}): rows", p.label);
+        assert_eq!(got.1, p.state.1, "point {i} ({}): columns", p.label);
+        let nulls = db.psql(&format!(
+            "SELECT count(*) FROM {into} WHERE {} IS NULL",
+            if i < 2 { "email" } else { "email_address" }
+        ));
+        assert_eq!(nulls, "0", "point {i} ({}): no value lost to the rename", p.label);
+    }
+
+    // The unreproducible conversion: refused, naming the DDL and where.
+    let out = restore(&db, &archive, &[t, "--at", &volatile_at, "--into", "customer_volatile"]);
+    assert!(!out.status.success(), "a restore across a volatile USING must refuse");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ALTER TABLE customer ALTER COLUMN score TYPE numeric USING score + random()"),
+        "{err}"
+    );
+    assert!(err.contains("score"), "{err}");
+    let missing = db.psql("SELECT to_regclass('customer_volatile') IS NULL");
+    assert_eq!(missing, "t", "no table is left behind by a refused restore");
+
+    // `waly schema` tells the story: a rename, not a drop and an add; one
+    // version for OWNER TO, and none for the change after it.
+    let schema = ok(&run_within(
+        waly().args(["schema", "customer", "--archive", &archive, "--json"]),
+        30,
+    ));
+    let versions: Vec<serde_json::Value> = schema.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let renamed: Vec<&serde_json::Value> = versions
+        .iter()
+        .filter(|v| v["renamed"].as_array().is_some_and(|a| !a.is_empty()))
+        .collect();
+    assert_eq!(renamed.len(), 1, "{schema}");
+    assert_eq!(renamed[0]["renamed"][0], "email → email_address");
+    assert!(
+        renamed[0]["dropped"].as_array().is_some_and(|a| a.is_empty()),
+        "{schema}"
+    );
+    let owners: Vec<&str> = versions.iter().filter_map(|v| v["owner"].as_str()).collect();
+    assert_eq!(owners.last(), Some(&"schema_owner_test"), "{schema}");
+    let owner_versions = versions.iter().filter(|v| v["owner"] == "schema_owner_test").count();
+    assert_eq!(
+        owner_versions, 2,
+        "OWNER TO is one version, the USING retype the other: {schema}"
+    );
+    assert!(
+        versions.iter().all(|v| v["source"] != "relation"),
+        "with the event trigger no version comes from a Relation message: {schema}"
+    );
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
+#[test]
+fn shape_latest_puts_rows_from_before_a_migration_back_into_the_live_table() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE acct (id int PRIMARY KEY, mail text, legacy text, balance int);
+         INSERT INTO acct SELECT g, 'm' || g, 'l' || g, g * 10 FROM generate_series(1, 20) g;",
+    );
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE acct SET balance = 999 WHERE id = 5");
+    let before = point(&db, "before the migration", "acct");
+    db.psql(
+        "ALTER TABLE acct RENAME COLUMN mail TO email;
+         ALTER TABLE acct DROP COLUMN legacy;
+         ALTER TABLE acct ADD COLUMN tier text DEFAULT 'basic';
+         UPDATE acct SET balance = 0, email = 'changed' WHERE id IN (5, 6);
+         DELETE FROM acct WHERE id = 7;",
+    );
+    settle(&db, run);
+
+    // As it was: the old columns.
+    let was = ok(&restore(
+        &db,
+        &archive,
+        &[
+            "acct", "--at", &before.at, "--key", "5", "--output", "-", "--format", "jsonl",
+        ],
+    ));
+    let was: serde_json::Value = serde_json::from_str(was.trim()).expect("one row");
+    assert_eq!(was["mail"], "m5");
+    assert_eq!(was["legacy"], "l5");
+    assert_eq!(was["balance"], "999");
+    // Today's shape: the renamed column under its new name, the dropped one
+    // left out, the added one with the value existing rows got.
+    let latest = ok(&restore(
+        &db,
+        &archive,
+        &[
+            "acct", "--at", &before.at, "--key", "5", "--shape", "latest", "--output", "-", "--format", "jsonl",
+        ],
+    ));
+    let latest: serde_json::Value = serde_json::from_str(latest.trim()).expect("one row");
+    assert_eq!(
+        latest,
+        serde_json::json!({"id": "5", "email": "m5", "balance": "999", "tier": "basic"})
+    );
+    // ... which --upsert --apply puts straight back.
+    for key in ["5", "6", "7"] {
+        ok(&restore(
+            &db,
+            &archive,
+            &[
+                "acct", "--at", &before.at, "--key", key, "--shape", "latest", "--upsert", "--apply",
+            ],
+        ));
+    }
+    assert_eq!(
+        db.psql("SELECT string_agg(id || ':' || email || ':' || balance || ':' || tier, ',' ORDER BY id) FROM acct WHERE id IN (5, 6, 7)"),
+        "5:m5:999:basic,6:m6:60:basic,7:m7:70:basic"
+    );
+    // A shape that does not exist is an error.
+    let out = restore(
+        &db,
+        &archive,
+        &["acct", "--at", &before.at, "--shape", "sideways", "--into", "x"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown shape \"sideways\""),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
+#[test]
+fn history_follows_a_row_across_a_rename_and_an_added_default() {
+    let db = TestDb::new();
+    db.psql("CREATE TABLE member (id int PRIMARY KEY, email text, name text); INSERT INTO member VALUES (1, 'ann@example.com', 'Ann');");
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE member SET email = 'ann@new.example' WHERE id = 1");
+    db.psql("ALTER TABLE member RENAME COLUMN email TO email_address");
+    db.psql("ALTER TABLE member ADD COLUMN plan text DEFAULT 'free', ADD COLUMN region text DEFAULT 'eu'");
+    db.psql("UPDATE member SET name = 'Ann B' WHERE id = 1");
+    settle(&db, run);
+    let out = ok(&run_within(
+        waly().args(["history", "member", "1", "--archive", &archive, "--json"]),
+        60,
+    ));
+    let versions: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert_eq!(versions.len(), 3, "{out}");
+    assert_eq!(versions[1]["changed"], serde_json::json!(["email"]), "{out}");
+    // The last update changed the name only: the rename and the added
+    // columns are not changes of value.
+    assert_eq!(versions[2]["changed"], serde_json::json!(["name"]), "{out}");
+    assert_eq!(versions[2]["new"]["email_address"], "ann@new.example", "{out}");
+    let _ = std::fs::remove_dir_all(&archive);
+}
