@@ -190,6 +190,30 @@ impl Tracker {
     fn change(&mut self, c: &Change, v: u32) {
         let old_key = c.old.as_ref().map(|r| self.row_key(v, r));
         let new_key = c.new.as_ref().map(|r| self.row_key(v, r));
+        // In a partitioned table, an UPDATE that moves a row to another
+        // partition reaches the stream as a delete and, next in the same
+        // transaction, an insert: it is one update.
+        let partitioned = self
+            .schemas
+            .latest(&self.table)
+            .is_some_and(|s| s.meta.relkind.as_deref() == Some("p"));
+        if c.op == Op::Insert && partitioned {
+            let moved = self.pending.last().is_some_and(|last| {
+                last.op == "delete"
+                    && last
+                        .change
+                        .as_ref()
+                        .is_some_and(|d| d.commit_lsn == c.commit_lsn && d.seq + 1 == c.seq)
+            });
+            if let Some(deleted) = self.pending.pop().filter(|_| moved) {
+                self.n -= 1;
+                self.row = deleted.before;
+                let mut update = c.clone();
+                update.op = Op::Update;
+                update.old = deleted.change.and_then(|d| d.old);
+                return self.change(&update, v);
+            }
+        }
         let current = &self.current;
         let mine = match c.op {
             Op::Insert => new_key.as_ref() == Some(current),

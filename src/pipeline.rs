@@ -259,9 +259,24 @@ async fn published_tables(conn: &mut PgConn, publication: &str) -> Result<(Vec<T
     Ok((tables, unkeyed))
 }
 
+/// Whether `publication` publishes `schema.name` under its own name.
+async fn publishes(sql: &tokio_postgres::Client, publication: &str, schema: &str, name: &str) -> Result<bool, Error> {
+    let row = sql
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
+                             WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
+            &[&publication, &schema, &name],
+        )
+        .await
+        .map_err(|e| Error::Protocol(format!("asking whether {publication:?} publishes {schema}.{name}: {e}")))?;
+    Ok(row.get(0))
+}
+
 /// The writer's state within one session.
 struct Writer<'a> {
     store: &'a Store,
+    /// The publication: a table joins the archive only if it publishes it.
+    publication: String,
     /// The fencing token of this session's lease.
     fence: u64,
     metrics: &'a Metrics,
@@ -684,6 +699,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
     tracing::info!(generation = gen.id, slot = opts.slot, archive = store.url(), resume = %resume, fence = lease.token, "streaming");
     let mut w = Writer {
         store,
+        publication: opts.publication.clone(),
         fence: lease.token,
         metrics,
         pending_events: 0,
@@ -844,7 +860,7 @@ async fn snapshot_tables(
         gen.schemas.insert(s);
     }
     for t in &manifest.tables {
-        gen.snapshots.insert(t.table.clone(), manifest.lsn);
+        gen.snapshots.entry(t.table.clone()).or_insert(manifest.lsn);
     }
     gen.manifests.push(manifest);
     Ok(())
@@ -921,26 +937,63 @@ async fn on_ddl(
             true,
         ),
     };
-    if let Some(s) = w
+    let version = match w
         .gen
         .schemas
         .reusable_definition(&table, t.commit_lsn, &columns, &meta, dropped)
     {
-        w.active.insert(table, s.version);
-        return Ok(());
-    }
-    let rec = SchemaRecord {
-        commit_lsn: t.commit_lsn,
-        commit_time: Some(t.commit_time),
-        table: table.clone(),
-        version: w.gen.schemas.next_version(&table),
-        columns,
-        source: Some("ddl".into()),
-        meta,
-        ddl: Some(msg.ddl()),
-        dropped,
+        Some(s) => {
+            let v = s.version;
+            w.active.insert(table.clone(), v);
+            v
+        }
+        None => {
+            let rec = SchemaRecord {
+                commit_lsn: t.commit_lsn,
+                commit_time: Some(t.commit_time),
+                table: table.clone(),
+                version: w.gen.schemas.next_version(&table),
+                columns,
+                source: Some("ddl".into()),
+                meta,
+                ddl: Some(msg.ddl()),
+                dropped,
+            };
+            let v = rec.version;
+            w.new_version(Some(t), rec).await?;
+            v
+        }
     };
-    w.new_version(Some(t), rec).await
+    // A DDL whose effect on existing rows the archive cannot reproduce (a
+    // conversion, a default computed per row, a partition attached or
+    // detached): a snapshot now makes the table restorable again from here.
+    let unknowable = version > 1
+        && !dropped
+        && crate::schema::shape::projection(&w.gen.schemas, &table, version - 1, version)
+            .is_ok_and(|p| p.has_unknown() || p.barrier().is_some());
+    let snapshotted_since = w
+        .gen
+        .manifests
+        .iter()
+        .any(|m| m.lsn > t.commit_lsn && m.tables.iter().any(|e| e.table == table));
+    if unknowable && !snapshotted_since {
+        if let Some(d) = &msg.table {
+            tracing::info!(
+                table,
+                lsn = %t.commit_lsn,
+                "this DDL changed rows in a way the archive cannot reproduce; taking a snapshot of the table"
+            );
+            w.flush().await?;
+            let r = TableRef {
+                schema: d.schema.clone(),
+                name: d.name.clone(),
+            };
+            // Changes streamed after this keep the DDL's version (the
+            // snapshot's has the same columns) until their next description.
+            snapshot_tables(info, w.store, &mut w.gen, &[r], w.metrics).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn handle_events(
@@ -980,6 +1033,13 @@ async fn handle_events(
             Event::Relation(rel) => {
                 let table = rel.qualified().to_string();
                 let Some(snapshot) = w.gen.snapshots.get(&table).copied() else {
+                    // pgoutput describes a partition after its root when it
+                    // publishes via the root: the partition is not a table
+                    // of the archive. (Asked each time: Relation messages
+                    // are rare, and a table may join the publication.)
+                    if !publishes(sql, &w.publication, &rel.schema, &rel.name).await? {
+                        continue;
+                    }
                     // A table that joined the publication: snapshot it now.
                     // Its snapshot is newer than this transaction, which it
                     // therefore already contains.

@@ -470,23 +470,27 @@ pub async fn against_source(
         let table = format!("{schema}.{name}");
         let plan = restore::plan(store, &table, crate::log::Bound::Lsn(Lsn(u64::MAX))).await?;
         let mut rows = restore::rows(store, &plan, &restore::Filter::default(), &mut |_| {}).await?;
+        // Every column is compared, generated ones too (the temporary table
+        // computes them from the restored values); the others are copied.
         let cols = restore::column_list(&rows.outcome.schema)?;
-        let temp = format!("pg_temp.{}", quote::ident(&format!("waly_verify_{i}"))?);
+        let copied = restore::column_list(&restore::writable(&rows.outcome.schema))?;
+        let temp_name = format!("waly_verify_{i}");
+        let temp = format!("pg_temp.{}", quote::ident(&temp_name)?);
         client
             .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {temp}; {}",
-                restore::create_table_sql(&temp, &rows.outcome.schema)?
+                "DROP TABLE IF EXISTS {temp} CASCADE; {}",
+                restore::create_table_sql("pg_temp", &temp_name, &rows.outcome.schema)?
             ))
             .await
             .map_err(sql_err)?;
         {
             use futures_util::SinkExt;
             let sink = client
-                .copy_in::<_, bytes::Bytes>(&format!("COPY {temp} ({cols}) FROM STDIN"))
+                .copy_in::<_, bytes::Bytes>(&format!("COPY {temp} ({copied}) FROM STDIN"))
                 .await
                 .map_err(sql_err)?;
             futures_util::pin_mut!(sink);
-            let schema = rows.outcome.schema.clone();
+            let schema = restore::writable(&rows.outcome.schema);
             let names: Vec<&str> = schema.columns.iter().map(|c| c.name.as_str()).collect();
             let absent: Vec<Option<&str>> = schema.columns.iter().map(|c| c.missing.as_deref()).collect();
             let mut buf = Vec::with_capacity(256 * 1024);
@@ -536,7 +540,7 @@ pub async fn against_source(
             }
         }
         client
-            .batch_execute(&format!("DROP TABLE {temp}"))
+            .batch_execute(&format!("DROP TABLE {temp} CASCADE"))
             .await
             .map_err(sql_err)?;
     }

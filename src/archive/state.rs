@@ -130,7 +130,10 @@ pub struct GenState {
     pub tail: Tail,
     /// Every schema version of every table.
     pub schemas: Schemas,
-    /// The LSN of each table's latest snapshot.
+    /// The LSN of each table's first snapshot in the generation: the
+    /// stream archives the table's transactions from there on. (A later
+    /// snapshot, taken after a DDL waly cannot reproduce, or by compact,
+    /// does not move it: the changes around it stay history.)
     pub snapshots: BTreeMap<String, Lsn>,
     /// The manifests, oldest first.
     pub manifests: Vec<Manifest>,
@@ -351,8 +354,8 @@ pub async fn load_generation(store: &Store, gen: &str) -> Result<GenState, Error
         }
         let m: Manifest = parse_json(&key, &store.get(&key).await?)?;
         for t in &m.tables {
-            let e = st.snapshots.entry(t.table.clone()).or_default();
-            *e = (*e).max(m.lsn);
+            let e = st.snapshots.entry(t.table.clone()).or_insert(m.lsn);
+            *e = (*e).min(m.lsn);
         }
         st.manifests.push(m);
     }

@@ -208,8 +208,7 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
         let mut rows = restore::rows(&store, &plan, &filter, &mut progress).await?;
         bar.done();
         let into = args.into.clone().unwrap_or_else(|| default_name(&name, point));
-        let target = format!("{}.{}", quote::ident(&schema)?, quote::ident(&into)?);
-        let n = write_file(path, args.format, &target, &mut rows)?;
+        let n = write_file(path, args.format, (&schema, &into), &mut rows)?;
         eprintln!("{n} rows of {table} as of {}", describe_cut(&rows.outcome, point));
         return Ok(());
     }
@@ -244,7 +243,9 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
     }
     let mut rows = restore::rows(&store, &plan, &filter, &mut progress).await?;
     bar.done();
-    let schema_rec = rows.outcome.schema.clone();
+    let full = rows.outcome.schema.clone();
+    // Generated columns are computed by the database, not copied.
+    let schema_rec = restore::writable(&full);
     let cols = restore::column_list(&schema_rec)?;
     let mut setup = String::from("BEGIN;\n");
     if exists && live {
@@ -257,7 +258,7 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
         if exists {
             setup.push_str(&format!("DROP TABLE {target};\n"));
         }
-        setup.push_str(&restore::create_table_sql(&target, &schema_rec)?);
+        setup.push_str(&restore::create_table_sql(&into_schema, &into_name, &full)?);
         setup.push_str(";\n");
     }
     client.batch_execute(&setup).await?;
@@ -323,19 +324,26 @@ async fn copy_in(
     Ok(n)
 }
 
-fn write_file(path: &str, format: FileFormat, target: &str, rows: &mut restore::Rows) -> anyhow::Result<u64> {
+fn write_file(
+    path: &str,
+    format: FileFormat,
+    (target_schema, target_name): (&str, &str),
+    rows: &mut restore::Rows,
+) -> anyhow::Result<u64> {
+    let target = format!("{}.{}", quote::ident(target_schema)?, quote::ident(target_name)?);
     let out: Box<dyn Write> = if path == "-" {
         Box::new(std::io::stdout())
     } else {
         Box::new(std::fs::File::create(path).map_err(|e| anyhow::anyhow!("cannot create {path}: {e}"))?)
     };
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
-    let schema = rows.outcome.schema.clone();
+    let full = rows.outcome.schema.clone();
+    let schema = restore::writable(&full);
     let mut line = Vec::with_capacity(1024);
     match format {
         FileFormat::Csv => restore::csv_line(&mut line, schema.columns.iter().map(|c| Some(c.name.as_str()))),
         FileFormat::Sql => {
-            line.extend_from_slice(restore::create_table_sql(target, &schema)?.as_bytes());
+            line.extend_from_slice(restore::create_table_sql(target_schema, target_name, &full)?.as_bytes());
             line.extend_from_slice(
                 format!(";\nCOPY {target} ({}) FROM stdin;\n", restore::column_list(&schema)?).as_bytes(),
             );
@@ -383,7 +391,7 @@ async fn upsert(
 ) -> anyhow::Result<()> {
     let mut rows = restore::rows(store, plan, filter, &mut |n| bar.update(n)).await?;
     bar.done();
-    let schema = rows.outcome.schema.clone();
+    let schema = restore::writable(&rows.outcome.schema);
     let (s, n) = qualify(table)?;
     let target = format!("{}.{}", quote::ident(&s)?, quote::ident(&n)?);
     let cols = restore::column_list(&schema)?;

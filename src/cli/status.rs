@@ -37,9 +37,12 @@ async fn slot(args: &StatusArgs) -> anyhow::Result<serde_json::Value> {
         .query_one("SELECT current_setting('max_slot_wal_keep_size')", &[])
         .await?
         .get(0);
+    let ddl = crate::schema::ddl::capture_mode(&client).await?.as_str();
     Ok(match row {
-        None => serde_json::json!({"slot": args.names.slot, "exists": false, "max_slot_wal_keep_size": keep}),
+        None => serde_json::json!({"slot": args.names.slot, "exists": false, "max_slot_wal_keep_size": keep,
+            "ddl_capture": ddl}),
         Some(r) => serde_json::json!({
+            "ddl_capture": ddl,
             "slot": args.names.slot,
             "exists": true,
             "active": r.get::<_, bool>(0),
@@ -141,6 +144,7 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<()> {
                 s(&slot["retained_wal_bytes"]),
                 s(&slot["max_slot_wal_keep_size"])
             )?;
+            writeln!(out, "DDL capture: {}", s(&slot["ddl_capture"]))?;
         }
     }
     writeln!(

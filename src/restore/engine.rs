@@ -400,6 +400,9 @@ async fn collect_inner(
     // The snapshot.
     let snapshot_entry = plan.snapshot.tables.iter().find(|t| t.table == table);
     if let Some(entry) = snapshot_entry.filter(|_| start == plan.snapshot.lsn) {
+        if let Some(why) = shaper.from(entry.schema_version)?.barrier() {
+            return Err(Error::NotInArchive(why.to_string()));
+        }
         let as_is = shaper.from(entry.schema_version)?.is_identity();
         for part in &entry.parts {
             let bytes = store.get(&part.key).await?;

@@ -46,14 +46,25 @@ pub fn csv_line<'a>(out: &mut Vec<u8>, values: impl Iterator<Item = Option<&'a s
     out.push(b'\n');
 }
 
-/// `CREATE TABLE` for `schema` under the name `target` (already quoted):
-/// column names, types, NOT NULL and the primary key.
-pub fn create_table_sql(target: &str, schema: &SchemaRecord) -> Result<String, Error> {
+/// `CREATE TABLE` for `schema` as `target_schema.target_name`: column
+/// names, types, NOT NULL, generated columns with their expression (the
+/// database computes them), the primary key; for a partitioned table its
+/// partition key and a partition per partition the version records, named
+/// `<target_name>_<partition>`. Statements are separated by `;\n`, the last
+/// without it.
+pub fn create_table_sql(target_schema: &str, target_name: &str, schema: &SchemaRecord) -> Result<String, Error> {
+    use crate::source::quote::ident;
+    let target = format!("{}.{}", ident(target_schema)?, ident(target_name)?);
     let mut cols = Vec::new();
     for c in &schema.columns {
+        let generated = match &c.generated {
+            Some(g) if g.kind == "virtual" => format!(" GENERATED ALWAYS AS ({}) VIRTUAL", g.expression),
+            Some(g) => format!(" GENERATED ALWAYS AS ({}) STORED", g.expression),
+            None => String::new(),
+        };
         cols.push(format!(
-            "{} {}{}",
-            crate::source::quote::ident(&c.name)?,
+            "{} {}{generated}{}",
+            ident(&c.name)?,
             c.type_name,
             if c.not_null { " NOT NULL" } else { "" }
         ));
@@ -62,12 +73,42 @@ pub fn create_table_sql(target: &str, schema: &SchemaRecord) -> Result<String, E
         .columns
         .iter()
         .filter(|c| c.primary_key)
-        .map(|c| crate::source::quote::ident(&c.name))
+        .map(|c| ident(&c.name))
         .collect::<Result<_, _>>()?;
     if !pk.is_empty() {
         cols.push(format!("PRIMARY KEY ({})", pk.join(", ")));
     }
-    Ok(format!("CREATE TABLE {target} (\n    {}\n)", cols.join(",\n    ")))
+    let mut sql = format!("CREATE TABLE {target} (\n    {}\n)", cols.join(",\n    "));
+    if let Some(key) = &schema.meta.partition_key {
+        sql.push_str(&format!(" PARTITION BY {key}"));
+        for p in &schema.meta.partitions {
+            let name = format!("{target_name}_{}", p.name);
+            sql.push_str(&format!(
+                ";\nCREATE TABLE {}.{} PARTITION OF {target} {}",
+                ident(target_schema)?,
+                ident(&name)?,
+                p.bound
+            ));
+            if let Some(k) = &p.partition_key {
+                sql.push_str(&format!(" PARTITION BY {k}"));
+            }
+        }
+    }
+    Ok(sql)
+}
+
+/// `schema` without its generated columns: what a restore writes (the
+/// database computes the rest).
+pub fn writable(schema: &SchemaRecord) -> SchemaRecord {
+    SchemaRecord {
+        columns: schema
+            .columns
+            .iter()
+            .filter(|c| c.generated.is_none())
+            .cloned()
+            .collect(),
+        ..schema.clone()
+    }
 }
 
 /// The quoted column list of `schema`.

@@ -32,12 +32,25 @@ enum Source {
 pub struct Projection {
     columns: Vec<(Arc<str>, Source)>,
     identity: bool,
+    barrier: Option<String>,
 }
 
 impl Projection {
     /// Whether rows come out as they went in.
     pub fn is_identity(&self) -> bool {
         self.identity
+    }
+
+    /// Why no state from before it can be carried across at all (rows came
+    /// or went without changes in the stream), if so.
+    pub fn barrier(&self) -> Option<&str> {
+        self.barrier.as_deref()
+    }
+
+    /// Whether some value of a row crossing it cannot be known: only a
+    /// snapshot taken after the DDL makes the table restorable again.
+    pub fn has_unknown(&self) -> bool {
+        self.columns.iter().any(|(_, s)| matches!(s, Source::Unknown(..)))
     }
 
     /// The row in the target shape. Columns the row leaves out (unchanged
@@ -182,6 +195,8 @@ pub fn projection(schemas: &Schemas, table: &str, from: u32, to: u32) -> Result<
         .map(|c| (c.clone(), Source::Column(Arc::from(c.name.as_str()))))
         .collect();
     let mut changed = false;
+    let mut barrier = None;
+    let mut previous = first;
     for v in schemas
         .versions(table)
         .iter()
@@ -190,6 +205,32 @@ pub fn projection(schemas: &Schemas, table: &str, from: u32, to: u32) -> Result<
         changed = true;
         let ddl = v.ddl.as_ref();
         let rewritten = ddl.is_some_and(|d| d.rewritten);
+        // Attaching a partition adds its rows to the table, detaching one
+        // takes them away, and neither is a change in the stream.
+        let moved_rows = v.meta.partitions != previous.meta.partitions
+            && ddl.is_some_and(|d| mentions(&d.command, "attach") || mentions(&d.command, "detach"));
+        previous = v;
+        if moved_rows {
+            let why = refusal(
+                table,
+                v,
+                "it attached or detached a partition, which adds or removes rows without a change the archive sees"
+                    .to_string(),
+            );
+            barrier = Some(why.clone());
+            state = v
+                .columns
+                .iter()
+                .map(|c| {
+                    let fallback = state
+                        .iter()
+                        .find(|(p, _)| p.same_column(c))
+                        .map_or(Source::Value(None), |(_, s)| s.clone());
+                    (c.clone(), Source::Unknown(why.clone(), Box::new(fallback)))
+                })
+                .collect();
+            continue;
+        }
         let mut next = Vec::with_capacity(v.columns.len());
         for c in &v.columns {
             let src = match state.iter().find(|(p, _)| p.same_column(c)) {
@@ -248,6 +289,7 @@ pub fn projection(schemas: &Schemas, table: &str, from: u32, to: u32) -> Result<
             .map(|(c, s)| (Arc::from(c.name.as_str()), s))
             .collect(),
         identity,
+        barrier,
     })
 }
 

@@ -104,11 +104,23 @@ fn a_rename_carries_values_and_every_migration_step_restores_exactly() {
     points.push(point(&db, "after owner to", t));
     db.psql("UPDATE customer SET score = 0 WHERE id = 1");
     points.push(point(&db, "a change after owner to", t));
-    // A conversion waly cannot reproduce: restores across it refuse.
+    // A conversion waly cannot reproduce: restores across it refuse, and
+    // waly snapshots the table again so later points restore exactly.
     db.psql("ALTER TABLE customer ALTER COLUMN score TYPE numeric USING score + random()");
-    let volatile_at = db.now_utc();
     wait_confirmed(&db, 120);
+    db.psql("UPDATE customer SET name = 'after the snapshot' WHERE id % 23 = 0");
+    let after_resnapshot = point(&db, "after the volatile retype, past the new snapshot", t);
     settle(&db, run);
+    let schema = ok(&run_within(
+        waly().args(["schema", "customer", "--archive", &archive, "--json"]),
+        30,
+    ));
+    let volatile_at = schema
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .find(|v| v["ddl"]["command"].as_str().is_some_and(|c| c.contains("random()")))
+        .and_then(|v| v["commit_time"].as_str().map(str::to_string))
+        .expect("the volatile retype is a version");
 
     for (i, p) in points.iter().enumerate() {
         let into = format!("customer_p{i}");
@@ -134,6 +146,30 @@ fn a_rename_carries_values_and_every_migration_step_restores_exactly() {
     assert!(err.contains("score"), "{err}");
     let missing = db.psql("SELECT to_regclass('customer_volatile') IS NULL");
     assert_eq!(missing, "t", "no table is left behind by a refused restore");
+    ok(&restore(
+        &db,
+        &archive,
+        &[t, "--at", &after_resnapshot.at, "--into", "customer_later"],
+    ));
+    assert_eq!(
+        state(&db, "customer_later"),
+        after_resnapshot.state,
+        "exact again after the new snapshot"
+    );
+    // verify --against-source compares the latest state, through the new snapshot.
+    let out = run_within(
+        waly().args([
+            "verify",
+            "--archive",
+            &archive,
+            "--against-source",
+            &db.url(),
+            "--table",
+            t,
+        ]),
+        120,
+    );
+    ok(&out);
 
     // `waly schema` tells the story: a rename, not a drop and an add; one
     // version for OWNER TO, and none for the change after it.
@@ -156,8 +192,8 @@ fn a_rename_carries_values_and_every_migration_step_restores_exactly() {
     assert_eq!(owners.last(), Some(&"schema_owner_test"), "{schema}");
     let owner_versions = versions.iter().filter(|v| v["owner"] == "schema_owner_test").count();
     assert_eq!(
-        owner_versions, 2,
-        "OWNER TO is one version, the USING retype the other: {schema}"
+        owner_versions, 3,
+        "OWNER TO is one version, the USING retype another, the snapshot after it the third: {schema}"
     );
     assert!(
         versions.iter().all(|v| v["source"] != "relation"),
@@ -267,5 +303,116 @@ fn history_follows_a_row_across_a_rename_and_an_added_default() {
     // columns are not changes of value.
     assert_eq!(versions[2]["changed"], serde_json::json!(["name"]), "{out}");
     assert_eq!(versions[2]["new"]["email_address"], "ann@new.example", "{out}");
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
+#[test]
+fn a_partitioned_table_is_archived_restored_and_followed_under_its_own_name() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE payment (id int, paid date, amount numeric(10,2), note text, PRIMARY KEY (id, paid)) PARTITION BY RANGE (paid);
+         CREATE TABLE payment_2026_01 PARTITION OF payment FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
+         CREATE TABLE payment_2026_02 PARTITION OF payment FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
+         INSERT INTO payment SELECT g, date '2026-01-01' + (g % 50), g * 1.5, 'n' || g FROM generate_series(1, 60) g;",
+    );
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    let t = "payment";
+    let mut points = vec![point(&db, "start", t)];
+    db.psql("UPDATE payment SET amount = amount + 1 WHERE id % 3 = 0");
+    // Row 4 (paid 2026-01-05) moves to February's partition.
+    db.psql("UPDATE payment SET paid = '2026-02-20', note = 'moved' WHERE id = 4");
+    points.push(point(&db, "after a row moved partitions", t));
+    db.psql(
+        "CREATE TABLE payment_2026_03 PARTITION OF payment FOR VALUES FROM ('2026-03-01') TO ('2026-04-01');
+         INSERT INTO payment VALUES (1000, '2026-03-05', 5, 'march');",
+    );
+    points.push(point(&db, "after a partition was created", t));
+    // Detaching takes January's rows out of the table without a change in
+    // the stream: waly snapshots the table again.
+    db.psql("ALTER TABLE payment DETACH PARTITION payment_2026_01");
+    wait_confirmed(&db, 120);
+    db.psql("INSERT INTO payment VALUES (1001, '2026-02-07', 7, 'after detach')");
+    let after_detach = point(&db, "after detach, past the new snapshot", t);
+    settle(&db, run);
+
+    for (i, p) in points.iter().enumerate() {
+        let into = format!("payment_p{i}");
+        ok(&restore(&db, &archive, &[t, "--at", &p.at, "--into", &into]));
+        assert_eq!(state(&db, &into), p.state, "point {i} ({})", p.label);
+        assert_eq!(
+            db.psql(&format!("SELECT relkind FROM pg_class WHERE oid = '{into}'::regclass")),
+            "p"
+        );
+    }
+    let partitions = |table: &str| {
+        db.psql(&format!(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = '{table}'::regclass"
+        ))
+    };
+    assert_eq!(partitions("payment_p1"), "2");
+    assert_eq!(partitions("payment_p2"), "3", "the partition created later is restored");
+    ok(&restore(
+        &db,
+        &archive,
+        &[t, "--at", &after_detach.at, "--into", "payment_later"],
+    ));
+    assert_eq!(state(&db, "payment_later"), after_detach.state);
+    assert_eq!(partitions("payment_later"), "2", "the detached partition is not there");
+    // Between the DETACH and the snapshot after it, the rows that left
+    // cannot be known: refused, naming the DDL.
+    let schema = ok(&run_within(
+        waly().args(["schema", t, "--archive", &archive, "--json"]),
+        30,
+    ));
+    let detach_at = schema
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .find(|v| v["ddl"]["command"].as_str().is_some_and(|c| c.contains("DETACH")))
+        .and_then(|v| v["commit_time"].as_str().map(str::to_string))
+        .expect("the detach is a version");
+    let out = restore(&db, &archive, &[t, "--at", &detach_at, "--into", "payment_gap"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("DETACH PARTITION payment_2026_01") && err.contains("detached"),
+        "{err}"
+    );
+
+    // The parent's name for every reader; the partitions are not tables of
+    // the archive.
+    // (The detached partition is a table of its own now; the archive
+    // starts its history when it first changes.)
+    let tables = ok(&run_within(waly().args(["tables", "--archive", &archive]), 30));
+    assert!(tables.contains("public.payment "), "{tables}");
+    assert!(!tables.contains("payment_2026"), "{tables}");
+    let shown = ok(&run_within(
+        waly().args([
+            "show",
+            t,
+            "--archive",
+            &archive,
+            "--at",
+            &points[1].at,
+            "--key",
+            "4,2026-02-20",
+            "--format",
+            "json",
+        ]),
+        60,
+    ));
+    assert!(shown.contains("moved"), "{shown}");
+    // The move between partitions is one update in the row's history.
+    let out = ok(&run_within(
+        waly().args(["history", t, "4,2026-01-05", "--archive", &archive, "--json"]),
+        60,
+    ));
+    let versions: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let ops: Vec<&str> = versions.iter().filter_map(|v| v["op"].as_str()).collect();
+    assert_eq!(ops, ["snapshot", "update"], "{out}");
+    assert_eq!(versions[1]["new"]["note"], "moved", "{out}");
+    assert!(versions[1]["key_change"].is_object(), "{out}");
     let _ = std::fs::remove_dir_all(&archive);
 }
