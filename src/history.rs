@@ -11,7 +11,7 @@ use crate::archive::state;
 use crate::archive::Store;
 use crate::event::{Change, Op, Row};
 use crate::log::{self, Bound, Item, LogOptions};
-use crate::restore::{encode_key, identity_columns};
+use crate::schema::keys::KeyColumns;
 use crate::{Error, Lsn};
 use chrono::{DateTime, Utc};
 
@@ -58,16 +58,6 @@ pub struct HistoryQuery {
     pub until: Option<Bound>,
 }
 
-fn key_text(columns: &[String], key: &[u8]) -> String {
-    let vals: Vec<Option<String>> = serde_json::from_slice(key).unwrap_or_default();
-    columns
-        .iter()
-        .zip(vals)
-        .map(|(c, v)| format!("{c}={}", v.as_deref().unwrap_or("NULL")))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 fn value<'a>(row: &'a Row, col: &str) -> Option<&'a Option<String>> {
     row.0.iter().find(|(n, _)| &**n == col).map(|(_, v)| v)
 }
@@ -75,7 +65,7 @@ fn value<'a>(row: &'a Row, col: &str) -> Option<&'a Option<String>> {
 /// Follows one row through the archive's items, in order.
 struct Tracker {
     table: String,
-    ident: Vec<String>,
+    ident: KeyColumns,
     current: Vec<u8>,
     row: Option<Row>,
     /// The schema version `row` is written in.
@@ -110,7 +100,7 @@ impl Tracker {
     fn row_key(&self, from: u32, r: &Row) -> Vec<u8> {
         let latest = self.schemas.latest(&self.table).map_or(0, |s| s.version);
         let r = self.carry(from, latest, r);
-        encode_key(&self.ident, |c| value(&r, c).cloned())
+        self.ident.encode(&r)
     }
 
     /// The index hash of the key followed now.
@@ -244,7 +234,7 @@ impl Tracker {
                 }
                 if let (Some(ok), Some(nk)) = (&old_key, &new_key) {
                     if ok != nk {
-                        key_change = Some((key_text(&self.ident, ok), key_text(&self.ident, nk)));
+                        key_change = Some((self.ident.show(ok), self.ident.show(nk)));
                         self.current = nk.clone();
                     }
                 }
@@ -326,7 +316,7 @@ pub async fn history(
             "{table} has no primary key, so its rows have no identity to follow"
         )));
     }
-    let ident = identity_columns(&schema);
+    let ident = KeyColumns::identity(&schema);
     let key = crate::restore::parse_keys(std::slice::from_ref(&query.key), &ident, table)?
         .pop()
         .unwrap_or_default();
@@ -378,7 +368,7 @@ pub async fn history(
     if out.is_empty() {
         return Err(Error::NotInArchive(format!(
             "no row of {table} with key {} in the archive",
-            key_text(&ident, &key)
+            ident.show(&key)
         )));
     }
     let inside = |v: &Version| {
@@ -396,7 +386,7 @@ pub async fn history(
     };
     out.retain(inside);
     stats.bytes_read = store.bytes_read() - started_at;
-    Ok((ident, out, stats))
+    Ok((ident.names, out, stats))
 }
 
 /// One generation, read through its index where it has one.

@@ -14,6 +14,7 @@
 //! uncovered, missing or damaged reads the segments themselves.
 
 use crate::archive::Store;
+use crate::schema::keys::KeyColumns;
 use crate::Error;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -22,10 +23,16 @@ use serde::{Deserialize, Serialize};
 pub const BLOCK_ENTRIES: usize = 256;
 /// Block pointers per fence block.
 const FENCE_ENTRIES: usize = 256;
-const MAGIC: &[u8; 8] = b"WALYIDX2";
+const MAGIC: &[u8; 8] = b"WALYIDX3";
+/// The trailer of index objects written before keys were compared by value
+/// (format 2: key text hashed as it was stored).
+const MAGIC_V2: &[u8; 8] = b"WALYIDX2";
+/// The index format this waly reads and writes.
+const FORMAT: u32 = 3;
 
 /// The top 32 bits of FNV-1a (64 bit) of the table name, a NUL, and the key
-/// as [`crate::restore::encode_key`] writes it. Stable across versions and
+/// as [`KeyColumns::encode`] writes it (values in canonical form, so a key
+/// is found whatever text form of its type it is given in). Stable across versions and
 /// machines; a collision only costs an extra frame read.
 pub fn key_hash(table: &str, key: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -38,12 +45,8 @@ pub fn key_hash(table: &str, key: &[u8]) -> u64 {
 
 /// [`key_hash`] of a row: its table and the values of its primary-key
 /// columns `pk` (a column the row lacks counts as NULL).
-pub fn row_key_hash(table: &str, pk: &[String], row: &crate::event::Row) -> u64 {
-    let key: Vec<Option<&str>> = pk
-        .iter()
-        .map(|c| row.0.iter().find(|(n, _)| **n == **c).and_then(|(_, v)| v.as_deref()))
-        .collect();
-    key_hash(table, &serde_json::to_vec(&key).unwrap_or_default())
+pub fn row_key_hash(table: &str, pk: &KeyColumns, row: &crate::event::Row) -> u64 {
+    key_hash(table, &pk.encode(row))
 }
 
 /// An object an index covers.
@@ -199,7 +202,7 @@ impl Builder {
         let key_fences = section(&mut self.keys, &mut out)?;
         let message_fences = section(&mut self.messages, &mut out)?;
         let footer = Footer {
-            waly_index: 2,
+            waly_index: FORMAT,
             generation: generation.to_string(),
             objects: self.objects,
             key_fences,
@@ -278,6 +281,12 @@ impl Index {
             return Err(damaged(key, "too short"));
         }
         let t = store.get_range(key, size - 24..size).await?;
+        if &t[16..24] == MAGIC_V2 {
+            return Err(damaged(
+                key,
+                "written by an older waly (index format 2, keys hashed as stored text); `waly reindex` upgrades it",
+            ));
+        }
         if &t[16..24] != MAGIC {
             return Err(damaged(key, "no trailer (or another format)"));
         }
@@ -289,7 +298,7 @@ impl Index {
         let z = store.get_range(key, at..at + len).await?;
         let json = zstd::bulk::decompress(&z, 256 << 20).map_err(|e| damaged(key, e))?;
         let footer: Footer = serde_json::from_slice(&json).map_err(|e| damaged(key, e))?;
-        if footer.waly_index != 2 {
+        if footer.waly_index != FORMAT {
             return Err(damaged(key, format!("version {}", footer.waly_index)));
         }
         Ok(Index {
@@ -459,16 +468,10 @@ pub struct ReindexStats {
 }
 
 /// The primary-key columns of `table` under schema `version` (none if unknown).
-pub fn pk_of(schemas: &crate::segment::Schemas, table: &str, version: u32) -> Vec<String> {
+pub fn pk_of(schemas: &crate::segment::Schemas, table: &str, version: u32) -> KeyColumns {
     schemas
         .version(table, version)
-        .map(|s| {
-            s.columns
-                .iter()
-                .filter(|c| c.primary_key)
-                .map(|c| c.name.clone())
-                .collect()
-        })
+        .map(KeyColumns::primary_key)
         .unwrap_or_default()
 }
 

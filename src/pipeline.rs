@@ -291,7 +291,7 @@ struct Writer<'a> {
     /// by the stream's table descriptions).
     active: HashMap<String, u32>,
     /// Each table's primary-key columns, for the index, under a schema version.
-    pk: HashMap<String, (u32, Vec<String>)>,
+    pk: HashMap<String, (u32, crate::schema::keys::KeyColumns)>,
     /// When the WAL the slot retains was last looked at.
     last_wal_check: Instant,
 }

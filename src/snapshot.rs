@@ -232,13 +232,9 @@ pub async fn take(
         store
             .put_once(&layout::schema_key(gen, &seg, version), to_json(&schema))
             .await?;
+        let pk = crate::schema::keys::KeyColumns::primary_key(&schema);
         schemas.push(schema);
         let names: Vec<Arc<str>> = columns.iter().map(|c| Arc::from(c.name.as_str())).collect();
-        let pk: Vec<String> = columns
-            .iter()
-            .filter(|c| c.primary_key)
-            .map(|c| c.name.clone())
-            .collect();
         let select: Vec<String> = columns
             .iter()
             .map(|c| quote::ident(&c.name))
@@ -322,7 +318,7 @@ pub(crate) struct TableWriter<'a> {
     gen: String,
     lsn: Lsn,
     seg: String,
-    pk: Vec<String>,
+    pk: crate::schema::keys::KeyColumns,
     header: PartHeader,
     writer: PartWriter,
     entry: ManifestTable,
@@ -339,7 +335,7 @@ impl<'a> TableWriter<'a> {
         qualified: &str,
         seg: &str,
         version: u32,
-        pk: Vec<String>,
+        pk: crate::schema::keys::KeyColumns,
     ) -> Result<Self, Error> {
         let header = PartHeader {
             waly_snapshot_part: 1,

@@ -13,7 +13,7 @@ use std::io::Write;
 #[group(required = true, multiple = false)]
 pub struct PointArgs {
     /// Every transaction committed at or before this instant: RFC 3339
-    /// (2026-11-20T09:30:00Z); a date-time without an offset is UTC.
+    /// (2026-11-20T09:30:00Z; a date-time without an offset is UTC), or `now`.
     #[arg(long, value_parser = parse_at)]
     pub at: Option<chrono::DateTime<chrono::Utc>>,
     /// Every transaction whose commit LSN is at or before this one (0/16B6C50).
@@ -27,7 +27,15 @@ pub(crate) fn parse_shape(s: &str) -> Result<restore::Shape, String> {
 }
 
 fn parse_at(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    crate::log::parse_time(s)
+    if s.eq_ignore_ascii_case("now") {
+        return Ok(chrono::Utc::now());
+    }
+    if s.parse::<Lsn>().is_ok() {
+        return Err(format!("{s:?} is an LSN: give it with --lsn"));
+    }
+    crate::log::parse_time(s).map_err(|_| {
+        format!("invalid time {s:?}: use RFC 3339, e.g. 2026-11-20T09:30:00Z (a time without an offset is UTC), or now")
+    })
 }
 
 impl PointArgs {
@@ -183,7 +191,7 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
     let point = args.point.point();
     let plan = restore::plan(&store, &table, point).await?;
     let shape = restore::target_schema(&plan, args.shape)?;
-    let ident = restore::identity_columns(&shape);
+    let ident = restore::identity(&shape);
     if !args.keys.is_empty() && !shape.columns.iter().any(|c| c.primary_key) {
         anyhow::bail!("--key needs a primary key, and {table} has none");
     }
@@ -385,7 +393,7 @@ async fn upsert(
     plan: &Plan,
     filter: &Filter,
     table: &str,
-    ident: &[String],
+    ident: &crate::schema::keys::KeyColumns,
     info: &crate::source::ConnInfo,
     bar: &mut ProgressLine,
 ) -> anyhow::Result<()> {
@@ -395,7 +403,11 @@ async fn upsert(
     let (s, n) = qualify(table)?;
     let target = format!("{}.{}", quote::ident(&s)?, quote::ident(&n)?);
     let cols = restore::column_list(&schema)?;
-    let pk = ident.iter().map(|c| quote::ident(c)).collect::<Result<Vec<_>, _>>()?;
+    let pk = ident
+        .names
+        .iter()
+        .map(|c| quote::ident(c))
+        .collect::<Result<Vec<_>, _>>()?;
     let lit = |v: Option<&str>| -> anyhow::Result<String> {
         Ok(match v {
             None => "NULL".to_string(),
@@ -405,16 +417,14 @@ async fn upsert(
     let mut sql = String::from("BEGIN;\n");
     let mut found = Vec::new();
     while let Some(row) = rows.next_row()? {
-        found.push(restore::encode_key(ident, |c| {
-            row.0.iter().find(|(k, _)| &**k == c).map(|(_, v)| v.clone())
-        }));
+        found.push(ident.encode(&row));
         let vals = restore::values(&schema.columns, &row)
             .map(lit)
             .collect::<anyhow::Result<Vec<_>>>()?;
         let updates: Vec<String> = schema
             .columns
             .iter()
-            .filter(|c| !ident.contains(&c.name))
+            .filter(|c| !ident.names.contains(&c.name))
             .map(|c| quote::ident(&c.name).map(|q| format!("{q} = EXCLUDED.{q}")))
             .collect::<Result<_, _>>()?;
         let action = if updates.is_empty() {
@@ -434,6 +444,7 @@ async fn upsert(
         }
         let vals: Vec<Option<String>> = serde_json::from_slice(key)?;
         let conds = ident
+            .names
             .iter()
             .zip(&vals)
             .map(|(c, v)| Ok(format!("{} = {}", quote::ident(c)?, lit(v.as_deref())?)))

@@ -51,7 +51,7 @@ pub async fn run(args: &ShowArgs) -> anyhow::Result<()> {
     if !args.keys.is_empty() && !shape.columns.iter().any(|c| c.primary_key) {
         anyhow::bail!("--key needs a primary key, and {table} has none");
     }
-    let ident = restore::identity_columns(&shape);
+    let ident = restore::identity(&shape);
     let filter = Filter {
         keys: restore::parse_keys(&args.keys, &ident, &table)?,
         shape: args.shape,
@@ -135,6 +135,17 @@ pub async fn run(args: &ShowArgs) -> anyhow::Result<()> {
         out.flush()?;
         Ok(())
     })();
+    if result.is_ok() && n == 0 && !args.keys.is_empty() {
+        eprintln!(
+            "no row of {table} has {} {} at that point",
+            if args.keys.len() == 1 {
+                "the key"
+            } else {
+                "any of the keys"
+            },
+            args.keys.join("; ")
+        );
+    }
     match result {
         Err(e) if e.downcast_ref::<std::io::Error>().map(|e| e.kind()) == Some(std::io::ErrorKind::BrokenPipe) => {
             Ok(())

@@ -6,6 +6,7 @@ use super::{pick, Plan};
 use crate::archive::Store;
 use crate::event::{Op, Row};
 use crate::log::Bound;
+use crate::schema::keys::KeyColumns;
 use crate::segment::{Record, SchemaRecord, SegmentReader};
 use crate::{Error, Lsn};
 use chrono::{DateTime, Utc};
@@ -17,81 +18,27 @@ use std::sync::Arc;
 /// Which rows a restore keeps, and in which shape.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    /// Only these keys (encoded as [`encode_key`] does); all if empty.
+    /// Only these keys (as [`KeyColumns::encode`] gives them); all if empty.
     pub keys: Vec<Vec<u8>>,
     /// The schema version the rows come out in.
     pub shape: Shape,
 }
 
 /// The columns whose values identify a row for the restore: the primary key
-/// of the schema in force, or every column when there is none.
+/// of the schema in force (in key order), or every column when there is none.
+pub fn identity(schema: &SchemaRecord) -> KeyColumns {
+    KeyColumns::identity(schema)
+}
+
+/// The names of [`identity`]'s columns.
 pub fn identity_columns(schema: &SchemaRecord) -> Vec<String> {
-    let pk: Vec<String> = schema
-        .columns
-        .iter()
-        .filter(|c| c.primary_key)
-        .map(|c| c.name.clone())
-        .collect();
-    if pk.is_empty() {
-        schema.columns.iter().map(|c| c.name.clone()).collect()
-    } else {
-        pk
-    }
+    KeyColumns::identity(schema).names
 }
 
-/// The sort key of a row: the identity columns' values as a JSON array.
-pub fn encode_key(columns: &[String], value: impl Fn(&str) -> Option<Option<String>>) -> Vec<u8> {
-    let vals: Vec<Option<String>> = columns.iter().map(|c| value(c).unwrap_or(None)).collect();
-    serde_json::to_vec(&vals).unwrap_or_default()
-}
-
-fn row_key(columns: &[String], row: &Row) -> Vec<u8> {
-    encode_key(columns, |c| {
-        row.0.iter().find(|(n, _)| &**n == c).map(|(_, v)| v.clone())
-    })
-}
-
-/// Parses `--key` values: `col=val,col=val`, or values in key order
-/// (`42,7`). Returns the encoded keys.
-pub fn parse_keys(keys: &[String], columns: &[String], table: &str) -> Result<Vec<Vec<u8>>, Error> {
-    let mut out = Vec::new();
-    for k in keys {
-        let parts: Vec<&str> = k.split(',').collect();
-        let named = parts.iter().all(|p| p.contains('='));
-        let mut vals: Vec<Option<String>> = vec![None; columns.len()];
-        if named {
-            for p in &parts {
-                let (c, v) = p.split_once('=').unwrap_or((p, ""));
-                let Some(i) = columns.iter().position(|x| x == c.trim()) else {
-                    return Err(Error::Config(format!(
-                        "--key {k:?}: {table} has no key column {:?}; its key is ({})",
-                        c.trim(),
-                        columns.join(", ")
-                    )));
-                };
-                vals[i] = Some(v.to_string());
-            }
-        } else {
-            if parts.len() != columns.len() {
-                return Err(Error::Config(format!(
-                    "--key {k:?}: {table}'s key is ({}), so give {} value(s), or col=val pairs",
-                    columns.join(", "),
-                    columns.len()
-                )));
-            }
-            for (i, p) in parts.iter().enumerate() {
-                vals[i] = Some(p.to_string());
-            }
-        }
-        if let Some(i) = vals.iter().position(|v| v.is_none()) {
-            return Err(Error::Config(format!(
-                "--key {k:?}: no value for key column {}",
-                columns[i]
-            )));
-        }
-        out.push(serde_json::to_vec(&vals).unwrap_or_default());
-    }
-    Ok(out)
+/// Parses `--key` values (`col=val,col=val`, or values in key order) into
+/// keys compared by value.
+pub fn parse_keys(keys: &[String], ident: &KeyColumns, table: &str) -> Result<Vec<Vec<u8>>, Error> {
+    keys.iter().map(|k| ident.parse(k, table)).collect()
 }
 
 /// What a restore produced, besides the rows.
@@ -370,8 +317,8 @@ async fn collect_inner(
     // database applied them.
     let target = target_schema(plan, filter.shape)?;
     let mut shaper = crate::schema::shape::Shaper::new(schemas, table, target.version);
-    let ident = identity_columns(&target);
-    let ident_names: Vec<&str> = ident.iter().map(String::as_str).collect();
+    let ident = KeyColumns::identity(&target);
+    let ident_names: Vec<&str> = ident.names.iter().map(String::as_str).collect();
     let mut start = plan.snapshot.lsn;
     // Across a primary-key change, the rows just before it (rebuilt under
     // the old key) are the base, and only later changes are folded.
@@ -389,7 +336,7 @@ async fn collect_inner(
         let from = base.outcome.schema.version;
         while let Some(row) = base.next_row()? {
             let row = shaper.row(from, &row)?;
-            let key = row_key(&ident, &row);
+            let key = ident.encode(&row);
             if keep(&key) {
                 let json = serde_json::to_vec(&row).map_err(|e| Error::Protocol(e.to_string()))?;
                 sorter.push(&key, 0, 0, Kind::Base, b"", &json)?;
@@ -430,7 +377,10 @@ async fn collect_inner(
                 let text = line.trim_end_matches('\n');
                 if as_is {
                     let vals = pick(text.as_bytes(), &ident_names, &[]).map_err(|e| corrupt(e.to_string()))?;
-                    let key = serde_json::to_vec(&vals).unwrap_or_default();
+                    let key = ident.encode_with(|c| {
+                        let i = ident_names.iter().position(|n| *n == c)?;
+                        Some(vals.get(i).cloned().flatten().map(|v| v.into_owned()))
+                    });
                     if keep(&key) {
                         sorter.push(&key, 0, 0, Kind::Base, b"", text.as_bytes())?;
                     }
@@ -438,7 +388,7 @@ async fn collect_inner(
                 }
                 let row: Row = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
                 let row = shaper.row(entry.schema_version, &row)?;
-                let key = row_key(&ident, &row);
+                let key = ident.encode(&row);
                 if keep(&key) {
                     let json = serde_json::to_vec(&row).map_err(|e| Error::Protocol(e.to_string()))?;
                     sorter.push(&key, 0, 0, Kind::Base, b"", &json)?;
@@ -503,7 +453,7 @@ async fn collect_inner(
             changes += 1;
             let (lsn, seq) = (c.commit_lsn.as_u64(), c.seq);
             let mut put = |sorter: &mut Sorter, kind: Kind, row: &Row, toast: &[Arc<str>]| -> Result<(), Error> {
-                let k = row_key(&ident, row);
+                let k = ident.encode(row);
                 if !keep(&k) {
                     return Ok(());
                 }
@@ -517,7 +467,7 @@ async fn collect_inner(
             };
             match (c.op, &c.old, &c.new) {
                 (Op::Insert, _, Some(new)) => put(&mut sorter, Kind::Insert, new, &c.unchanged_toast)?,
-                (Op::Update, Some(old), Some(new)) if row_key(&ident, old) != row_key(&ident, new) => {
+                (Op::Update, Some(old), Some(new)) if ident.encode(old) != ident.encode(new) => {
                     // The key changed (or, without a primary key, the row):
                     // the old one goes, the new one comes, with unchanged
                     // large values taken from the old row when it has them.
@@ -548,19 +498,4 @@ async fn collect_inner(
         },
         truncated_at,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_parse_named_or_positional_and_refuse_the_rest() {
-        let cols = vec!["a".to_string(), "b".to_string()];
-        let k = parse_keys(&["a=1,b=x".into(), "1,x".into(), "b=x,a=1".into()], &cols, "t").expect("keys");
-        assert!(k.iter().all(|v| v == br#"["1","x"]"#), "{k:?}");
-        for bad in ["1", "a=1", "c=1,a=2", "1,2,3"] {
-            assert!(parse_keys(&[bad.into()], &cols, "t").is_err(), "{bad}");
-        }
-    }
 }

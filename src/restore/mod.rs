@@ -18,9 +18,7 @@ mod engine;
 mod sort;
 mod text;
 
-pub use engine::{
-    encode_key, identity_columns, parse_keys, rows, target_schema, Filter, Outcome, Progress, Rows, Shape,
-};
+pub use engine::{identity, identity_columns, parse_keys, rows, target_schema, Filter, Outcome, Progress, Rows, Shape};
 pub use text::{column_list, copy_text_line, create_table_sql, csv_line, pick, values, writable};
 
 use crate::archive::state::{self, GenState, Manifest};

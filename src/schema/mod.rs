@@ -10,6 +10,7 @@
 //! them, an added column takes the value PostgreSQL gave existing rows.
 
 pub mod ddl;
+pub mod keys;
 pub mod shape;
 
 use crate::event::Row;
@@ -40,6 +41,10 @@ pub struct ColumnDef {
     /// Whether it is part of the primary key.
     #[serde(default)]
     pub primary_key: bool,
+    /// Its place in the primary key (1, 2, ...), when known: the order of
+    /// a positional key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_position: Option<i16>,
     /// Whether it is NOT NULL.
     pub not_null: bool,
     /// The value (text form) that rows written before the column was added

@@ -416,3 +416,109 @@ fn a_partitioned_table_is_archived_restored_and_followed_under_its_own_name() {
     assert!(versions[1]["key_change"].is_object(), "{out}");
     let _ = std::fs::remove_dir_all(&archive);
 }
+
+#[test]
+fn keys_are_found_by_value_in_any_text_form_of_their_type() {
+    let db = TestDb::new();
+    // The server prints timestamps in New York time; the key's columns are
+    // declared in another order than the table's.
+    db.psql(&format!(
+        "ALTER DATABASE {} SET timezone = 'America/New_York';
+         CREATE TABLE ev (site text, at timestamptz, amount numeric, note text, PRIMARY KEY (at, site));
+         INSERT INTO ev VALUES ('x', '2026-01-05 09:00:00+00', 1.50, 'a'), ('y', '2026-01-05 09:00:00+00', 2, 'b');
+         CREATE TABLE price (amount numeric PRIMARY KEY, label text);
+         INSERT INTO price VALUES (1.0, 'one');",
+        db.name
+    ));
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE ev SET note = 'a2' WHERE site = 'x'; UPDATE price SET label = 'uno'");
+    settle(&db, run);
+    let printed = db.psql("SELECT at::text FROM ev WHERE site = 'x'");
+    assert_eq!(printed, "2026-01-05 04:00:00-05", "the server prints New York time");
+    let history = |key: &str| run_within(waly().args(["history", "ev", key, "--archive", &archive, "--json"]), 60);
+    for key in [
+        format!("{printed},x"),
+        "2026-01-05T09:00:00Z,x".to_string(),
+        "2026-01-05 10:00:00+01:00,x".to_string(),
+        "site=x,at=2026-01-05 09:00:00".to_string(),
+    ] {
+        let out = ok(&history(&key));
+        let notes: Vec<String> = out
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["new"]["note"].to_string())
+            .collect();
+        assert_eq!(notes, ["\"a\"", "\"a2\""], "key {key}: {out}");
+    }
+    // numeric by value: 1 finds 1.0.
+    let out = ok(&run_within(
+        waly().args(["history", "price", "1", "--archive", &archive, "--json"]),
+        60,
+    ));
+    assert_eq!(out.lines().count(), 2, "{out}");
+    // show --key and restore --key take the same forms.
+    let shown = ok(&run_within(
+        waly().args([
+            "show",
+            "ev",
+            "--archive",
+            &archive,
+            "--at",
+            "now",
+            "--key",
+            "2026-01-05T09:00:00Z,y",
+            "--format",
+            "json",
+        ]),
+        60,
+    ));
+    assert!(shown.contains("\"note\":\"b\""), "{shown}");
+    let restored = ok(&restore(
+        &db,
+        &archive,
+        &[
+            "ev",
+            "--at",
+            "now",
+            "--key",
+            "2026-01-05 10:00:00+01,x",
+            "--output",
+            "-",
+            "--format",
+            "jsonl",
+        ],
+    ));
+    assert_eq!(restored.lines().count(), 1, "{restored}");
+    assert!(restored.contains("a2"), "{restored}");
+    // A value that is not of the column's type names the column and type.
+    let out = history("not a time,x");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("column at (type timestamp with time zone)"), "{err}");
+    // A key that matches nothing: history fails, show says so.
+    let out = history("2026-01-06T09:00:00Z,x");
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no row of public.ev with key"));
+    let out = run_within(
+        waly().args([
+            "show",
+            "ev",
+            "--archive",
+            &archive,
+            "--at",
+            "now",
+            "--key",
+            "2026-01-06T09:00:00Z,x",
+        ]),
+        60,
+    );
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no row of public.ev has the key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&archive);
+}
