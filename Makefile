@@ -1,11 +1,14 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
-.PHONY: test demo build bench-decode clean
+.PHONY: test test-matrix demo build bench-decode clean
 
 build:
 	cargo build --release
 
 test:
 	scripts/test.sh
+
+test-matrix:
+	WALY_PG_MAJORS="15 16 17 18" scripts/test.sh
 
 demo:
 	scripts/demo.sh

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# `make test`: formatting, lints, then every test. PostgreSQL is started by
-# the test harness itself (a throwaway cluster per test binary); moto (the
-# S3 protocol) is started here for the S3 suites.
+# `make test`: formatting, lints, then every test, the integration suite on
+# PostgreSQL 15 and 17 (`make test-matrix`: 15, 16, 17 and 18; servers 16-18
+# come from the npm registry, see scripts/pg-versions.sh). PostgreSQL is
+# started by the test harness itself (a throwaway cluster per test binary);
+# moto (the S3 protocol) is started here for the S3 suites.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,5 +34,23 @@ export WALY_TEST_MOTO_BIN="$(cd "$VENV" && pwd)/bin/moto_server"
 export AWS_ACCESS_KEY_ID=waly-test AWS_SECRET_ACCESS_KEY=waly-test-secret AWS_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true
 
-echo "== cargo test (moto on $WALY_TEST_S3_ENDPOINT)"
-cargo test --all-targets -- --test-threads="${WALY_TEST_THREADS:-2}"
+# The PostgreSQL majors the integration suite runs on: 15 (the system's)
+# and 17 by default; `make test-matrix` sets WALY_PG_MAJORS="15 16 17 18".
+MAJORS=${WALY_PG_MAJORS:-15 17}
+system_bindir=$(ls -d /usr/lib/postgresql/15/bin 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+echo "== cargo test, unit tests and integration tests on PostgreSQL ${MAJORS%% *} (moto on $WALY_TEST_S3_ENDPOINT)"
+first=1
+for major in $MAJORS; do
+    if [ "$major" = 15 ]; then
+        bindir=$system_bindir
+    else
+        bindir=$(scripts/pg-versions.sh "$major")
+    fi
+    if [ $first = 1 ]; then
+        WALY_PG_BINDIR=$bindir cargo test --all-targets -- --test-threads="${WALY_TEST_THREADS:-2}"
+        first=0
+    else
+        echo "== cargo test --test it on PostgreSQL $major ($bindir)"
+        WALY_PG_BINDIR=$bindir cargo test --test it -- --test-threads="${WALY_TEST_THREADS:-2}"
+    fi
+done

@@ -32,6 +32,23 @@ pub fn bindir() -> PathBuf {
     PathBuf::from("/usr/lib/postgresql/15/bin")
 }
 
+/// Client tools (`pg_isready`): beside the server where it has them, else
+/// the first on PATH (the PostgreSQL 16-18 servers of the test matrix come
+/// without client tools; PostgreSQL 15's work against them).
+fn client_tool(name: &str) -> PathBuf {
+    let beside = bindir().join(name);
+    if beside.exists() {
+        return beside;
+    }
+    for d in ["/usr/lib/postgresql/15/bin", "/usr/bin"] {
+        let p = PathBuf::from(d).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from(name)
+}
+
 fn unique(prefix: &str) -> String {
     format!(
         "{prefix}_{}_{}",
@@ -210,7 +227,7 @@ impl Cluster {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let ok = Command::new(bindir().join("pg_isready"))
+            let ok = Command::new(client_tool("pg_isready"))
                 .arg("-h")
                 .arg(&self.socket_dir)
                 .arg("-p")

@@ -391,7 +391,8 @@ fn restore_and_show_from_an_s3_archive() {
             120,
         ))
     };
-    let json = show(&["--key", "region=eu,id=5", "--key", "7,eu", "--format", "json"]);
+    // Positional values follow the primary key's order, (region, id).
+    let json = show(&["--key", "region=eu,id=5", "--key", "eu,7", "--format", "json"]);
     let rows: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
     assert_eq!(
         rows,
