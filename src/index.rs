@@ -539,13 +539,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
             let mut b = Builder::default();
             for (key, number, _) in run {
                 let bytes = store.get(key).await?;
-                let header = SegmentReader::open(key, &bytes)?.header;
-                let body = zstd::zstd_safe::find_frame_compressed_size(&bytes).map_err(|e| damaged(key, e))? as u64;
-                let frames: Vec<(u64, u64)> = if header.frames.is_empty() {
-                    vec![(body, bytes.len() as u64 - body)]
-                } else {
-                    header.frames.iter().map(|(o, l)| (o + body, *l)).collect()
-                };
+                let (_, frames) = SegmentReader::locate_frames(key, &bytes)?;
                 let mut keys = Vec::new();
                 let mut messages = Vec::new();
                 for (f, (off, len)) in frames.iter().enumerate() {

@@ -701,6 +701,27 @@ impl<'a> SegmentReader<'a> {
         })
     }
 
+    /// The header of segment `key` and `[offset, length]` of each of its
+    /// record frames, from the start of the object: the one way every
+    /// reader locates a segment's frames. A record-less segment (one that
+    /// only marks the archive complete up to a position) has none.
+    pub fn locate_frames(key: &str, bytes: &[u8]) -> Result<(SegmentHeader, Vec<(u64, u64)>), Error> {
+        let header = SegmentReader::open(key, bytes)?.header;
+        let body = zstd::zstd_safe::find_frame_compressed_size(bytes).map_err(|e| Error::Corrupt {
+            key: key.to_string(),
+            why: format!("the header frame does not decode: {e}"),
+        })? as u64;
+        let rest = bytes.len() as u64 - body.min(bytes.len() as u64);
+        let frames = if !header.frames.is_empty() {
+            header.frames.iter().map(|(o, l)| (o + body, *l)).collect()
+        } else if rest > 0 {
+            vec![(body, rest)]
+        } else {
+            Vec::new()
+        };
+        Ok((header, frames))
+    }
+
     /// Reads one frame of the segment `key` (its bytes only, as the header's
     /// or an index's `frames` locate them): the records in it.
     pub fn frame(key: &str, bytes: &'a [u8]) -> Result<Self, Error> {
@@ -1037,6 +1058,34 @@ mod tests {
         let next = b.seal("00000001", 1, Some(sealed.sha256), 0).expect("seal");
         let back = read_all(&next.bytes).expect("read");
         assert_eq!(back, vec![change(100, 3, 200, Op::Insert), commit(100, 4)]);
+    }
+
+    #[test]
+    fn a_record_less_segment_has_no_frames_for_any_reader() {
+        let mut b = SegmentBuilder::new().expect("builder");
+        b.mark_idle(Lsn(500));
+        let sealed = b.seal("00000001", 3, None, 0).expect("seal");
+        assert_eq!(sealed.header.records, 0);
+        let (header, frames) = SegmentReader::locate_frames("k", &sealed.bytes).expect("located");
+        assert_eq!(header.durable_lsn, Some(Lsn(500)));
+        assert!(frames.is_empty(), "{frames:?}");
+        assert_eq!(read_all(&sealed.bytes).expect("reads whole"), Vec::<Record>::new());
+        // A segment with records: its frames read alone give them all.
+        let mut b = SegmentBuilder::new().expect("builder");
+        let all = vec![change(100, 0, 90, Op::Insert), commit(100, 1)];
+        for r in &all {
+            b.push(r).expect("push");
+        }
+        let sealed = b.seal("00000001", 4, None, 0).expect("seal");
+        let (_, frames) = SegmentReader::locate_frames("k", &sealed.bytes).expect("located");
+        let mut got = Vec::new();
+        for (off, len) in frames {
+            let mut r = SegmentReader::frame("k", &sealed.bytes[off as usize..(off + len) as usize]).expect("frame");
+            while let Some(rec) = r.next_record(&schemas()).expect("record") {
+                got.push(rec);
+            }
+        }
+        assert_eq!(got, all);
     }
 
     #[test]

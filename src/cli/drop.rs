@@ -1,4 +1,5 @@
-//! `waly drop`: take waly away from a database: its slot, publication and guard.
+//! `waly drop`: take waly away from a database: its slot, publication and
+//! event triggers (the guard and DDL capture).
 
 use super::{SlotArgs, SourceArgs};
 use crate::source::quote;
@@ -45,6 +46,33 @@ pub async fn run(args: &DropArgs) -> anyhow::Result<()> {
         )
         .await?
         .get(0);
+    let has_ddl_capture: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1)",
+            &[&crate::schema::ddl::TRIGGER],
+        )
+        .await?
+        .get(0);
+    // Another pgoutput slot of this database may be another waly that still
+    // needs the database-wide triggers: they stay then.
+    let others: Vec<String> = client
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots
+              WHERE database = current_database() AND plugin = 'pgoutput' AND slot_name <> $1 ORDER BY 1",
+            &[slot],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !others.is_empty() && (has_guard || has_ddl_capture) {
+        eprintln!(
+            "leaving the event triggers in place: slot(s) {} of this database may belong to another waly",
+            others.join(", ")
+        );
+    }
+    let has_guard = has_guard && others.is_empty();
+    let has_ddl_capture = has_ddl_capture && others.is_empty();
     if let Some(row) = &slot_row {
         if let Some(pid) = row.get::<_, Option<i32>>(0) {
             anyhow::bail!(
@@ -68,8 +96,15 @@ pub async fn run(args: &DropArgs) -> anyhow::Result<()> {
         plan.push("DROP EVENT TRIGGER waly_guard_replica_identity;".into());
         plan.push("DROP FUNCTION IF EXISTS public.waly_guard_replica_identity();".into());
     }
+    if has_ddl_capture {
+        plan.push("DROP EVENT TRIGGER IF EXISTS waly_capture_ddl, waly_capture_drop, waly_note_rewrite;".into());
+        plan.push(
+            "DROP FUNCTION IF EXISTS public.waly_capture_ddl(), public.waly_note_rewrite(), public.waly_table_definition(oid);"
+                .into(),
+        );
+    }
     if plan.is_empty() {
-        eprintln!("nothing to drop: no slot {slot}, no publication {publication}, no guard trigger");
+        eprintln!("nothing to drop: no slot {slot}, no publication {publication}, no event trigger to remove");
         return Ok(());
     }
     let mut out = std::io::stdout();

@@ -1112,11 +1112,12 @@ fn drop_removes_slot_publication_and_guard_only_when_told_and_not_in_use() {
         db.psql(&format!(
             "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}') || ',' ||
                     (SELECT count(*) FROM pg_publication WHERE pubname = 'waly') || ',' ||
-                    (SELECT count(*) FROM pg_event_trigger WHERE evtname = 'waly_guard_replica_identity')",
+                    (SELECT count(*) FROM pg_event_trigger WHERE evtname = 'waly_guard_replica_identity') || ',' ||
+                    (SELECT count(*) FROM pg_event_trigger WHERE evtname IN ('waly_capture_ddl', 'waly_capture_drop', 'waly_note_rewrite'))",
             slot(&db)
         ))
     };
-    assert_eq!(state(), "1,1,1");
+    assert_eq!(state(), "1,1,1,3");
     // In use: refused.
     let run = spawn_run(&db, &archive);
     wait_streaming(&db, &run);
@@ -1147,11 +1148,22 @@ fn drop_removes_slot_publication_and_guard_only_when_told_and_not_in_use() {
         String::from_utf8_lossy(&unconfirmed.stdout).contains("pg_drop_replication_slot"),
         "the plan is shown"
     );
-    assert_eq!(state(), "1,1,1");
-    // Confirmed: all three gone, the archive still readable.
+    assert_eq!(state(), "1,1,1,3");
+    // Another pgoutput slot in this database may be another waly: the
+    // database-wide event triggers stay while it exists.
+    db.psql(&format!(
+        "SELECT pg_create_logical_replication_slot('other_{}', 'pgoutput')",
+        db.name
+    ));
     let done = drop(&["--yes"]);
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
-    assert_eq!(state(), "0,0,0");
+    assert!(String::from_utf8_lossy(&done.stderr).contains("leaving the event triggers in place"));
+    assert_eq!(state(), "0,0,1,3");
+    db.psql(&format!("SELECT pg_drop_replication_slot('other_{}')", db.name));
+    // Confirmed and alone: everything gone, the archive still readable.
+    let done = drop(&["--yes"]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(state(), "0,0,0,0");
     let rows = log_json(&archive, &["--table", "d"]);
     assert_eq!(rows.len(), 1);
     assert!(drop(&["--yes"]).status.success(), "dropping twice is harmless");
