@@ -479,7 +479,7 @@ pub async fn against_source(
         client
             .batch_execute(&format!(
                 "DROP TABLE IF EXISTS {temp} CASCADE; {}",
-                restore::create_table_sql("pg_temp", &temp_name, &rows.outcome.schema)?
+                restore::create_table_sql("pg_temp", &temp_name, &rows.outcome.schema, false)?
             ))
             .await
             .map_err(sql_err)?;

@@ -266,7 +266,8 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
         if exists {
             setup.push_str(&format!("DROP TABLE {target};\n"));
         }
-        setup.push_str(&restore::create_table_sql(&into_schema, &into_name, &full)?);
+        // Filled UNLOGGED, then logged: see restore::set_logged_sql.
+        setup.push_str(&restore::create_table_sql(&into_schema, &into_name, &full, true)?);
         setup.push_str(";\n");
     }
     client.batch_execute(&setup).await?;
@@ -284,6 +285,11 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    if !(exists && live) {
+        client
+            .batch_execute(&restore::set_logged_sql(&into_schema, &into_name, &full)?)
+            .await?;
+    }
     client.batch_execute("COMMIT").await?;
     eprintln!(
         "restored {n} rows of {table} as of {} into {target}",
@@ -351,7 +357,7 @@ fn write_file(
     match format {
         FileFormat::Csv => restore::csv_line(&mut line, schema.columns.iter().map(|c| Some(c.name.as_str()))),
         FileFormat::Sql => {
-            line.extend_from_slice(restore::create_table_sql(target_schema, target_name, &full)?.as_bytes());
+            line.extend_from_slice(restore::create_table_sql(target_schema, target_name, &full, false)?.as_bytes());
             line.extend_from_slice(
                 format!(";\nCOPY {target} ({}) FROM stdin;\n", restore::column_list(&schema)?).as_bytes(),
             );

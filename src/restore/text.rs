@@ -51,8 +51,14 @@ pub fn csv_line<'a>(out: &mut Vec<u8>, values: impl Iterator<Item = Option<&'a s
 /// database computes them), the primary key; for a partitioned table its
 /// partition key and a partition per partition the version records, named
 /// `<target_name>_<partition>`. Statements are separated by `;\n`, the last
-/// without it.
-pub fn create_table_sql(target_schema: &str, target_name: &str, schema: &SchemaRecord) -> Result<String, Error> {
+/// without it. `unlogged`: the table (or, when partitioned, its partitions)
+/// is created UNLOGGED, see [`set_logged_sql`].
+pub fn create_table_sql(
+    target_schema: &str,
+    target_name: &str,
+    schema: &SchemaRecord,
+    unlogged: bool,
+) -> Result<String, Error> {
     use crate::source::quote::ident;
     let target = format!("{}.{}", ident(target_schema)?, ident(target_name)?);
     let mut cols = Vec::new();
@@ -78,13 +84,20 @@ pub fn create_table_sql(target_schema: &str, target_name: &str, schema: &SchemaR
     if !pk.is_empty() {
         cols.push(format!("PRIMARY KEY ({})", pk.join(", ")));
     }
-    let mut sql = format!("CREATE TABLE {target} (\n    {}\n)", cols.join(",\n    "));
+    let partitioned = schema.meta.partition_key.is_some();
+    let mut sql = format!(
+        "CREATE {}TABLE {target} (\n    {}\n)",
+        if unlogged && !partitioned { "UNLOGGED " } else { "" },
+        cols.join(",\n    ")
+    );
     if let Some(key) = &schema.meta.partition_key {
         sql.push_str(&format!(" PARTITION BY {key}"));
         for p in &schema.meta.partitions {
             let name = format!("{target_name}_{}", p.name);
+            let leaf = unlogged && p.partition_key.is_none();
             sql.push_str(&format!(
-                ";\nCREATE TABLE {}.{} PARTITION OF {target} {}",
+                ";\nCREATE {}TABLE {}.{} PARTITION OF {target} {}",
+                if leaf { "UNLOGGED " } else { "" },
                 ident(target_schema)?,
                 ident(&name)?,
                 p.bound
@@ -95,6 +108,33 @@ pub fn create_table_sql(target_schema: &str, target_name: &str, schema: &SchemaR
         }
     }
     Ok(sql)
+}
+
+/// The statements that make a table [`create_table_sql`] created UNLOGGED
+/// an ordinary one, before its transaction commits. A restore fills the
+/// table while it is UNLOGGED, so its rows never reach the WAL as changes,
+/// and `SET LOGGED` rewrites it, which logical decoding skips: a restore
+/// into a database waly captures does not put its output into the archive.
+pub fn set_logged_sql(target_schema: &str, target_name: &str, schema: &SchemaRecord) -> Result<String, Error> {
+    use crate::source::quote::ident;
+    let mut out = Vec::new();
+    match &schema.meta.partition_key {
+        None => out.push(format!(
+            "ALTER TABLE {}.{} SET LOGGED",
+            ident(target_schema)?,
+            ident(target_name)?
+        )),
+        Some(_) => {
+            for p in schema.meta.partitions.iter().filter(|p| p.partition_key.is_none()) {
+                out.push(format!(
+                    "ALTER TABLE {}.{} SET LOGGED",
+                    ident(target_schema)?,
+                    ident(&format!("{target_name}_{}", p.name))?
+                ));
+            }
+        }
+    }
+    Ok(out.join(";\n"))
 }
 
 /// `schema` without its generated columns: what a restore writes (the

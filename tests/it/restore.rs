@@ -437,3 +437,64 @@ fn restore_and_show_from_an_s3_archive() {
     let verify = run_within(waly().args(["verify", "--archive", &archive]), 120);
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }
+
+#[test]
+fn a_restore_into_the_captured_database_is_not_captured_back() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE orders (id int PRIMARY KEY, v text);
+         INSERT INTO orders SELECT g, 'v' || g FROM generate_series(1, 50) g;
+         CREATE TABLE parts (id int, at date, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
+         INSERT INTO parts SELECT g, date '2026-01-01' + g % 28 FROM generate_series(1, 20) g;",
+    );
+    let archive = archive_dir(&db);
+    let init = run_within(
+        waly().args([
+            "init",
+            "--source",
+            &db.url(),
+            "--archive",
+            &archive,
+            "--slot",
+            &crate::archive::slot(&db),
+        ]),
+        60,
+    );
+    ok(&init);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE orders SET v = 'changed' WHERE id = 1");
+    crate::archive::wait_confirmed(&db, 120);
+    // Restored while the sidecar captures every table of the database.
+    ok(&restore(
+        &archive,
+        &db,
+        &["orders", "--at", "now", "--into", "orders_copy"],
+    ));
+    ok(&restore(
+        &archive,
+        &db,
+        &["parts", "--at", "now", "--into", "parts_copy"],
+    ));
+    assert_eq!(checksum(&db, "orders_copy"), checksum(&db, "orders"));
+    assert_eq!(checksum(&db, "parts_copy"), checksum(&db, "parts"));
+    assert_eq!(
+        db.psql("SELECT string_agg(relpersistence::text, '' ORDER BY relname) FROM pg_class WHERE relname IN ('orders_copy', 'parts_copy', 'parts_copy_parts_1')"),
+        "ppp",
+        "ordinary logged tables once restored"
+    );
+    db.psql("UPDATE orders SET v = 'later' WHERE id = 2");
+    settle(&db, run);
+    let tables = ok(&run_within(
+        waly().args(["tables", "--archive", &archive, "--json"]),
+        60,
+    ));
+    assert!(
+        !tables.contains("orders_copy") && !tables.contains("parts_copy"),
+        "{tables}"
+    );
+    let log = ok(&run_within(waly().args(["log", "--archive", &archive, "--json"]), 60));
+    assert_eq!(log.lines().count(), 2, "the two updates, nothing restored: {log}");
+    let _ = std::fs::remove_dir_all(&archive);
+}
