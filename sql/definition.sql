@@ -34,7 +34,7 @@ SELECT jsonb_strip_nulls(jsonb_build_object(
             'type_modifier', a.atttypmod,
             'not_null', a.attnotnull,
             'primary_key', coalesce(a.attnum = ANY(pk.indkey), false),
-            'key_position', array_position(pk.indkey::int2[], a.attnum),
+            'key_position', array_position(pk.indkey::int2[], a.attnum) + 1 - array_lower(pk.indkey::int2[], 1),
             'key', CASE c.relreplident
                        WHEN 'f' THEN true
                        WHEN 'd' THEN coalesce(a.attnum = ANY(pk.indkey), false)

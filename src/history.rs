@@ -70,6 +70,9 @@ struct Tracker {
     row: Option<Row>,
     /// The schema version `row` is written in.
     row_version: u32,
+    /// The LSN of the snapshot the table's history starts from in this
+    /// generation: changes before it are in the snapshot already.
+    start_lsn: Option<Lsn>,
     /// The generation's schema versions: rows are carried between versions
     /// by attnum, so a rename or an added column is not a change of value.
     schemas: crate::segment::Schemas,
@@ -129,6 +132,7 @@ impl Tracker {
                 self.flush();
                 self.generation = id.to_string();
                 self.schemas = schemas.clone();
+                self.start_lsn = None;
                 self.row = None;
                 self.txn = None;
                 self.intent = None;
@@ -140,7 +144,17 @@ impl Tracker {
                 row: r,
                 schema_version,
             } => {
-                if t == self.table && self.row_key(schema_version, r) == self.current {
+                if t != self.table {
+                    return;
+                }
+                // Only the first snapshot of the generation starts the
+                // history; a later one (compact, or after a DDL) repeats
+                // what the changes say.
+                if self.start_lsn.is_some_and(|s| s != lsn) {
+                    return;
+                }
+                self.start_lsn = Some(lsn);
+                if self.row_key(schema_version, r) == self.current {
                     self.n += 1;
                     self.out.push(Version {
                         version: self.n,
@@ -169,7 +183,7 @@ impl Tracker {
             }
             Item::Change(c) => {
                 self.enter_txn(c.change.commit_lsn);
-                if *c.change.table != *self.table {
+                if *c.change.table != *self.table || self.start_lsn.is_some_and(|s| c.change.commit_lsn < s) {
                     return;
                 }
                 self.change(&c.change, c.schema_version);
@@ -326,6 +340,7 @@ pub async fn history(
         current: key.clone(),
         row: None,
         row_version: 0,
+        start_lsn: None,
         schemas: crate::segment::Schemas::default(),
         generation: String::new(),
         txn: None,
@@ -356,6 +371,7 @@ pub async fn history(
             since: None,
             until: None,
             snapshot: true,
+            first_snapshot_only: true,
         };
         log::walk(store, &opts, &mut |item| {
             t.on(item);
@@ -441,10 +457,14 @@ async fn indexed_generation(
         .await?
         .into_iter()
         .collect();
-    for m in &st.manifests {
-        let Some(entry) = m.tables.iter().find(|e| e.table == t.table) else {
-            continue;
-        };
+    // The first snapshot of the table in the generation starts its history
+    // (a later one, from compact or after a DDL, repeats the changes).
+    if let Some((m, entry)) = st
+        .manifests
+        .iter()
+        .find_map(|m| m.tables.iter().find(|e| e.table == t.table).map(|e| (m, e)))
+    {
+        t.start_lsn = Some(m.lsn);
         let ikey = index::snapshot_index_key(gen, m.lsn);
         let hash = t.current_hash();
         let found = match snapshot_indexes.get(&ikey) {
@@ -549,6 +569,18 @@ async fn indexed_generation(
     let mut looked: HashSet<u64> = HashSet::new();
     let mut dedup = log::Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
     let mut txns: BTreeSet<Lsn> = BTreeSet::new();
+    // The table's truncates end any row's life: their frames too.
+    if let Err(why) = follow(
+        store,
+        &indexes,
+        crate::index::truncate_hash(&t.table),
+        &mut looked,
+        &mut hits,
+    )
+    .await
+    {
+        return Ok(Err(why));
+    }
     for (key, number, _) in &segments {
         // Look up every key followed so far (a key change adds one).
         let h = t.current_hash();

@@ -49,6 +49,12 @@ pub fn row_key_hash(table: &str, pk: &KeyColumns, row: &crate::event::Row) -> u6
     key_hash(table, &pk.encode(row))
 }
 
+/// [`key_hash`] under which a table's truncates are indexed: the key text
+/// `truncate` is no JSON array, so no row's key collides with it.
+pub fn truncate_hash(table: &str) -> u64 {
+    key_hash(table, b"truncate")
+}
+
 /// An object an index covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Covered {
@@ -549,6 +555,9 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                     let mut r = SegmentReader::frame(key, z)?;
                     while let Some(rec) = r.next_record(&st.schemas)? {
                         match rec {
+                            Record::Change(c) if c.change.op == crate::event::Op::Truncate => {
+                                keys.push((truncate_hash(&c.change.table), f as u32));
+                            }
                             Record::Change(c) => {
                                 let pk = pk_of(&st.schemas, &c.change.table, c.schema_version);
                                 if pk.is_empty() {

@@ -134,7 +134,7 @@ pub async fn init(
                         (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)),
                     has_table_privilege(c.oid, 'SELECT')
                FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+              WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
                 AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
               ORDER BY 1, 2",
             &[],

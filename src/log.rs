@@ -115,6 +115,10 @@ pub struct LogOptions {
     pub until: Option<Bound>,
     /// Also the snapshot rows, before each generation's changes.
     pub snapshot: bool,
+    /// Of the snapshots, only each table's first in its generation (where
+    /// its history starts; later ones, from compact or after a DDL, repeat
+    /// what the changes already say).
+    pub first_snapshot_only: bool,
 }
 
 /// One thing `waly log` shows.
@@ -194,8 +198,9 @@ pub async fn walk(
             schemas: &st.schemas,
         })?;
         if opts.snapshot {
+            let mut seen = std::collections::BTreeSet::new();
             for m in &st.manifests {
-                snapshot_rows(store, m, opts, f, &mut stats).await?;
+                snapshot_rows(store, m, opts, &mut seen, f, &mut stats).await?;
             }
         }
         let mut dedup = Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
@@ -244,11 +249,15 @@ async fn snapshot_rows(
     store: &Store,
     m: &Manifest,
     opts: &LogOptions,
+    seen: &mut std::collections::BTreeSet<String>,
     f: &mut (dyn FnMut(Item<'_>) -> Result<(), Error> + Send),
     stats: &mut LogStats,
 ) -> Result<(), Error> {
     for t in &m.tables {
         if opts.table.as_deref().is_some_and(|want| want != t.table) {
+            continue;
+        }
+        if !seen.insert(t.table.clone()) && opts.first_snapshot_only {
             continue;
         }
         for part in &t.parts {

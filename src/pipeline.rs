@@ -242,8 +242,11 @@ async fn published_tables(conn: &mut PgConn, publication: &str) -> Result<(Vec<T
                FROM pg_catalog.pg_publication_tables t
                JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname
                JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
-              WHERE t.pubname = {} ORDER BY 1, 2",
-            quote::literal(publication)?
+              WHERE t.pubname = {}
+                AND coalesce(pg_catalog.obj_description(c.oid, 'pg_class'), '') NOT LIKE {}
+              ORDER BY 1, 2",
+            quote::literal(publication)?,
+            quote::literal(&format!("{}%", crate::restore::RESTORED_COMMENT))?
         ))
         .await?;
     let mut tables = Vec::new();
@@ -259,13 +262,22 @@ async fn published_tables(conn: &mut PgConn, publication: &str) -> Result<(Vec<T
     Ok((tables, unkeyed))
 }
 
-/// Whether `publication` publishes `schema.name` under its own name.
+/// Whether `publication` publishes `schema.name` under its own name (and
+/// it is not a table a restore made).
 async fn publishes(sql: &tokio_postgres::Client, publication: &str, schema: &str, name: &str) -> Result<bool, Error> {
     let row = sql
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables
-                             WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
-            &[&publication, &schema, &name],
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables t
+                             WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3
+                               AND coalesce(pg_catalog.obj_description(
+                                       pg_catalog.format('%I.%I', t.schemaname, t.tablename)::regclass, 'pg_class'), '')
+                                   NOT LIKE $4)",
+            &[
+                &publication,
+                &schema,
+                &name,
+                &format!("{}%", crate::restore::RESTORED_COMMENT),
+            ],
         )
         .await
         .map_err(|e| Error::Protocol(format!("asking whether {publication:?} publishes {schema}.{name}: {e}")))?;
@@ -371,6 +383,10 @@ impl Writer<'_> {
     /// Notes the change's row key(s) for the segment's index.
     fn index_change(&mut self, c: &crate::event::Change, schema_version: u32) {
         let table: &str = &c.table;
+        if c.op == crate::event::Op::Truncate {
+            self.builder.note_key(crate::index::truncate_hash(table));
+            return;
+        }
         let fresh = self.pk.get(table).is_none_or(|(v, _)| *v != schema_version);
         if fresh {
             let pk = crate::index::pk_of(&self.gen.schemas, table, schema_version);

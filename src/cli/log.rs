@@ -36,6 +36,7 @@ pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
         since: args.span.since,
         until: args.span.until,
         snapshot: args.snapshot,
+        first_snapshot_only: false,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout);

@@ -287,7 +287,11 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
     };
     if !(exists && live) {
         client
-            .batch_execute(&restore::set_logged_sql(&into_schema, &into_name, &full)?)
+            .batch_execute(&format!(
+                "{};\n{}",
+                restore::set_logged_sql(&into_schema, &into_name, &full)?,
+                restore::restored_comment_sql(&into_schema, &into_name, &table, &restore::show_point(point))?
+            ))
             .await?;
     }
     client.batch_execute("COMMIT").await?;

@@ -19,7 +19,10 @@ mod sort;
 mod text;
 
 pub use engine::{identity, identity_columns, parse_keys, rows, target_schema, Filter, Outcome, Progress, Rows, Shape};
-pub use text::{column_list, copy_text_line, create_table_sql, csv_line, pick, set_logged_sql, values, writable};
+pub use text::{
+    column_list, copy_text_line, create_table_sql, csv_line, pick, restored_comment_sql, set_logged_sql, values,
+    writable, RESTORED_COMMENT,
+};
 
 use crate::archive::state::{self, GenState, Manifest};
 use crate::archive::Store;

@@ -110,6 +110,25 @@ pub fn create_table_sql(
     Ok(sql)
 }
 
+/// How a table a restore created starts its comment. `waly run` leaves such
+/// tables out of the archive (a restore's output is not history); dropping
+/// the comment makes a table an ordinary one again.
+pub const RESTORED_COMMENT: &str = "waly: restored";
+
+/// `COMMENT ON TABLE` marking `target_schema.target_name` as a restore of
+/// `table` as of `point`.
+pub fn restored_comment_sql(target_schema: &str, target_name: &str, table: &str, point: &str) -> Result<String, Error> {
+    use crate::source::quote::{ident, literal};
+    Ok(format!(
+        "COMMENT ON TABLE {}.{} IS {}",
+        ident(target_schema)?,
+        ident(target_name)?,
+        literal(&format!(
+            "{RESTORED_COMMENT} from {table} as of {point}; waly does not capture it (drop this comment to capture it)"
+        ))?
+    ))
+}
+
 /// The statements that make a table [`create_table_sql`] created UNLOGGED
 /// an ordinary one, before its transaction commits. A restore fills the
 /// table while it is UNLOGGED, so its rows never reach the WAL as changes,

@@ -286,3 +286,46 @@ fn schema_lists_versions_with_what_each_added_dropped_or_retyped() {
     assert!(!missing.status.success());
     let _ = std::fs::remove_dir_all(&archive);
 }
+
+#[test]
+fn history_through_the_index_shows_the_truncate_that_ended_a_row_and_starts_at_the_first_snapshot() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE tr (id int PRIMARY KEY, email text);
+         INSERT INTO tr VALUES (1, 'ann@example.com');
+         CREATE PUBLICATION waly FOR TABLE tr;",
+    );
+    let archive = archive_dir(&db);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE tr SET email = 'ann@new.example' WHERE id = 1");
+    crate::archive::wait_confirmed(&db, 120);
+    // A compacted snapshot repeats what the changes say: it is not where
+    // the row's history starts.
+    let c = run_within(waly().args(["compact", "--archive", &archive]), 120);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    db.psql("UPDATE tr SET email = 'ann@third.example' WHERE id = 1");
+    db.psql("INSERT INTO tr VALUES (2, 'bob@example.com')");
+    db.psql("TRUNCATE tr");
+    settle(&db, run);
+    for scan in [false, true] {
+        let mut args = vec!["tr", "1", "--json"];
+        if scan {
+            args.push("--scan");
+        }
+        let versions = json_lines(&history(&archive, &args));
+        let ops: Vec<&str> = versions.iter().filter_map(|v| v["op"].as_str()).collect();
+        assert_eq!(
+            ops,
+            ["snapshot", "update", "update", "truncate"],
+            "scan {scan}: {versions:#?}"
+        );
+        assert_eq!(versions[1]["changed"], serde_json::json!(["email"]));
+        assert_eq!(versions[1]["new"]["email"], "ann@new.example");
+        assert_eq!(versions[2]["new"]["email"], "ann@third.example");
+        let later = json_lines(&history(&archive, &["tr", "2", "--json"]));
+        let ops: Vec<&str> = later.iter().filter_map(|v| v["op"].as_str()).collect();
+        assert_eq!(ops, ["insert", "truncate"], "{later:#?}");
+    }
+    let _ = std::fs::remove_dir_all(&archive);
+}

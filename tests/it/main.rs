@@ -9,6 +9,8 @@ mod golden;
 mod harness;
 mod history;
 mod operate;
+mod oracle_check;
+mod oracle_gen;
 mod restore;
 mod s3;
 mod schemas;
