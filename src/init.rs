@@ -73,6 +73,18 @@ pub async fn init(
 
     // The server.
     let wal_level: String = sql.query_one("SHOW wal_level", &[]).await.map_err(q)?.get(0);
+    let version: i32 = sql
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(q)?
+        .get(0);
+    // PostgreSQL 18 can send stored generated columns' values; earlier
+    // versions never do (docs/RESTORE.md).
+    let with = if version >= 180000 {
+        "publish_via_partition_root = true, publish_generated_columns = stored"
+    } else {
+        "publish_via_partition_root = true"
+    };
     if wal_level != "logical" {
         return Err(problem(format!(
             "wal_level is {wal_level:?}, but waly needs logical decoding.\n  to fix: {}",
@@ -216,7 +228,7 @@ pub async fn init(
         None if all_tables => statements.push((
             "publish every table, including tables created later".into(),
             format!(
-                "CREATE PUBLICATION {} FOR ALL TABLES WITH (publish_via_partition_root = true)",
+                "CREATE PUBLICATION {} FOR ALL TABLES WITH ({with})",
                 quote::ident(&opts.publication)?
             ),
         )),
@@ -224,7 +236,7 @@ pub async fn init(
         None => statements.push((
             "publish the chosen tables".into(),
             format!(
-                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
+                "CREATE PUBLICATION {} FOR TABLE {} WITH ({with})",
                 quote::ident(&opts.publication)?,
                 chosen
                     .iter()

@@ -578,11 +578,30 @@ fn a_real_world_schema_and_its_migrations_restore_exactly_at_every_step() {
         ))
     };
     // (table, point) pairs to restore afterwards.
+    // The restore drill after every step: the archive's latest state equals
+    // the live table.
+    let drill = |table: &str| {
+        wait_confirmed(&db, 120);
+        ok(&run_within(
+            waly().args([
+                "verify",
+                "--archive",
+                &archive,
+                "--against-source",
+                &db.url(),
+                "--table",
+                table,
+            ]),
+            120,
+        ));
+    };
     let mut points: Vec<(&str, Point)> = Vec::new();
     points.push(("account", point(&db, "start", "account")));
+    drill("account");
     churn("account", 1);
     db.psql("ALTER TABLE account ADD COLUMN tier text DEFAULT 'basic'");
     points.push(("account", point(&db, "add a column with a default", "account")));
+    drill("account");
     churn("account", 2);
     // A per-row default rewrites the table; waly snapshots it again.
     db.psql("ALTER TABLE account ADD COLUMN created timestamptz NOT NULL DEFAULT clock_timestamp()");
@@ -594,41 +613,53 @@ fn a_real_world_schema_and_its_migrations_restore_exactly_at_every_step() {
     churn("account", 3);
     db.psql("ALTER TABLE account RENAME COLUMN handle TO username");
     points.push(("account", point(&db, "rename a column", "account")));
+    drill("account");
     churn("account", 4);
     db.psql("ALTER TABLE account RENAME TO member");
     wait_confirmed(&db, 120);
     points.push(("member", point(&db, "rename the table", "member")));
+    drill("member");
     churn("member", 5);
     db.psql("ALTER TABLE member DROP COLUMN attrs");
     points.push(("member", point(&db, "drop a column", "member")));
+    drill("member");
     churn("member", 6);
     db.psql("ALTER TABLE member ALTER COLUMN price TYPE numeric(12,2)");
     points.push(("member", point(&db, "retype without USING", "member")));
+    drill("member");
     churn("member", 7);
     db.psql("ALTER TABLE member ALTER COLUMN feeling TYPE text USING upper(feeling::text)");
     wait_confirmed(&db, 120);
     points.push(("member", point(&db, "retype with USING", "member")));
+    drill("member");
     churn("member", 8);
     db.psql("ALTER TABLE member ALTER COLUMN tier SET DEFAULT 'gold'; INSERT INTO member (mail, uid) VALUES ('d@x', md5('d')::uuid)");
     points.push(("member", point(&db, "set a default", "member")));
+    drill("member");
     db.psql("ALTER TABLE member ALTER COLUMN tier DROP DEFAULT; INSERT INTO member (mail, uid) VALUES ('e@x', md5('e')::uuid)");
     points.push(("member", point(&db, "drop a default", "member")));
+    drill("member");
     db.psql("ALTER TABLE member DROP CONSTRAINT account_pkey, ADD PRIMARY KEY (uid)");
     points.push(("member", point(&db, "drop and add a primary key", "member")));
+    drill("member");
     db.psql(
         "UPDATE member SET mail = 'pk' || id || '@example.com' WHERE id % 9 = 0; DELETE FROM member WHERE id % 43 = 0",
     );
     points.push(("member", point(&db, "changes under the new key", "member")));
+    drill("member");
     db.psql("ALTER TABLE member REPLICA IDENTITY FULL; UPDATE member SET qty = qty + 1 WHERE id % 4 = 0");
     points.push(("member", point(&db, "replica identity full", "member")));
+    drill("member");
     // Partitions: created, attached, detached.
     points.push(("payment", point(&db, "partitions at the start", "payment")));
+    drill("payment");
     db.psql(
         "CREATE TABLE payment_03 PARTITION OF payment FOR VALUES FROM ('2026-03-01') TO ('2026-04-01');
          INSERT INTO payment VALUES (500, '2026-03-03', 5);
          UPDATE payment SET paid = '2026-03-09' WHERE id = 7;",
     );
     points.push(("payment", point(&db, "create a partition", "payment")));
+    drill("payment");
     db.psql(
         "CREATE TABLE payment_04 (id int, paid date, amount numeric(12,2), PRIMARY KEY (id, paid));
          INSERT INTO payment_04 VALUES (600, '2026-04-02', 6), (601, '2026-04-20', 7);
@@ -636,10 +667,12 @@ fn a_real_world_schema_and_its_migrations_restore_exactly_at_every_step() {
     );
     wait_confirmed(&db, 120);
     points.push(("payment", point(&db, "attach a partition", "payment")));
+    drill("payment");
     db.psql("ALTER TABLE payment DETACH PARTITION payment_01");
     wait_confirmed(&db, 120);
     db.psql("UPDATE payment SET amount = amount * 2 WHERE id % 3 = 0");
     points.push(("payment", point(&db, "detach a partition", "payment")));
+    drill("payment");
     let before_drop = point(&db, "before dropping the table", "payment");
     db.psql("DROP TABLE payment");
     let after_drop = db.now_utc();
@@ -682,5 +715,56 @@ fn a_real_world_schema_and_its_migrations_restore_exactly_at_every_step() {
         ]),
         120,
     ));
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
+#[test]
+fn generated_columns_are_recomputed_by_restore_and_shown_where_the_stream_carries_them() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE line (id int PRIMARY KEY, price numeric, qty int,
+                            total numeric GENERATED ALWAYS AS (price * qty) STORED);
+         INSERT INTO line (id, price, qty) VALUES (1, 2.5, 2);",
+    );
+    let pg18 = db.psql("SELECT current_setting('server_version_num')::int >= 180000") == "t";
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE line SET qty = 3 WHERE id = 1; INSERT INTO line (id, price, qty) VALUES (2, 1, 1);");
+    settle(&db, run);
+    // A restore recreates the column as generated; the database computes it.
+    ok(&restore(&db, &archive, &["line", "--at", "now", "--into", "line_copy"]));
+    assert_eq!(state(&db, "line_copy"), state(&db, "line"));
+    assert_eq!(
+        db.psql("SELECT attgenerated FROM pg_attribute WHERE attrelid = 'line_copy'::regclass AND attname = 'total'"),
+        "s"
+    );
+    ok(&run_within(
+        waly().args([
+            "verify",
+            "--archive",
+            &archive,
+            "--against-source",
+            &db.url(),
+            "--table",
+            "line",
+        ]),
+        120,
+    ));
+    // The snapshot holds the value; the stream carries it from PostgreSQL 18
+    // on (publish_generated_columns), not before.
+    let out = ok(&run_within(
+        waly().args(["history", "line", "1", "--archive", &archive, "--json"]),
+        60,
+    ));
+    let versions: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert_eq!(versions[0]["new"]["total"], "5.0", "{out}");
+    let streamed = &versions[1]["new"]["total"];
+    if pg18 {
+        assert_eq!(streamed, "7.5", "{out}");
+    } else {
+        assert!(streamed.is_null(), "{out}");
+    }
     let _ = std::fs::remove_dir_all(&archive);
 }
