@@ -38,6 +38,16 @@ async fn slot(args: &StatusArgs) -> anyhow::Result<serde_json::Value> {
         .await?
         .get(0);
     let ddl = crate::schema::ddl::capture_mode(&client).await?.as_str();
+    // Columns newer servers add (16: conflicting; 17: inactive_since,
+    // invalidation_reason), read by name so every version answers.
+    let extra: Option<serde_json::Value> = client
+        .query_opt(
+            "SELECT to_jsonb(s)::text FROM pg_replication_slots s WHERE slot_name = $1",
+            &[&args.names.slot],
+        )
+        .await?
+        .and_then(|r| serde_json::from_str(&r.get::<_, String>(0)).ok());
+    let newer = |k: &str| extra.as_ref().map_or(serde_json::Value::Null, |e| e[k].clone());
     Ok(match row {
         None => serde_json::json!({"slot": args.names.slot, "exists": false, "max_slot_wal_keep_size": keep,
             "ddl_capture": ddl}),
@@ -54,6 +64,9 @@ async fn slot(args: &StatusArgs) -> anyhow::Result<serde_json::Value> {
             "lag_bytes": r.get::<_, Option<i64>>(6),
             "retained_wal_bytes": r.get::<_, Option<i64>>(7),
             "max_slot_wal_keep_size": r.get::<_, String>(8),
+            "conflicting": newer("conflicting"),
+            "inactive_since": newer("inactive_since"),
+            "invalidation_reason": newer("invalidation_reason"),
         }),
     })
 }
@@ -144,6 +157,9 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<()> {
                 s(&slot["retained_wal_bytes"]),
                 s(&slot["max_slot_wal_keep_size"])
             )?;
+            if let Some(why) = slot["invalidation_reason"].as_str() {
+                writeln!(out, "the slot is INVALIDATED: {why}")?;
+            }
             writeln!(out, "DDL capture: {}", s(&slot["ddl_capture"]))?;
         }
     }

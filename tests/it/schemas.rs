@@ -264,6 +264,16 @@ fn shape_latest_puts_rows_from_before_a_migration_back_into_the_live_table() {
         db.psql("SELECT string_agg(id || ':' || email || ':' || balance || ':' || tier, ',' ORDER BY id) FROM acct WHERE id IN (5, 6, 7)"),
         "5:m5:999:basic,6:m6:60:basic,7:m7:70:basic"
     );
+    // waly status says how DDL reaches the archive.
+    let st = crate::archive::status_json(&db, &archive);
+    assert_eq!(st["slot"]["ddl_capture"], "event trigger", "{st}");
+    assert!(st["slot"].get("invalidation_reason").is_some(), "{st}");
+    db.psql("ALTER EVENT TRIGGER waly_capture_ddl DISABLE");
+    let st = crate::archive::status_json(&db, &archive);
+    assert_eq!(
+        st["slot"]["ddl_capture"], "relation messages (no event trigger)",
+        "{st}"
+    );
     // A shape that does not exist is an error.
     let out = restore(
         &db,
