@@ -504,23 +504,24 @@ fn check_verify(seed: u64, db: &TestDb, archive: &str, out: &mut Outcome) {
     let _ = std::fs::remove_dir_all(&copy);
     let cp = std::process::Command::new("cp").args(["-r", archive, &copy]).status();
     assert!(cp.is_ok_and(|s| s.success()), "copy the archive");
-    let segments = crate::archive::files_under(&copy, "generations/00000001/segments");
-    if let Some(victim) = segments
-        .iter()
-        .find(|s| std::fs::metadata(s).is_ok_and(|m| m.len() > 200))
-    {
-        let mut bytes = std::fs::read(victim).expect("read a segment");
-        let at = bytes.len() / 2;
-        bytes[at] ^= 0x55;
-        std::fs::write(victim, bytes).expect("tamper");
-        let o = waly_out(&["verify", "--archive", &copy]);
-        out.check(o.status.code() == Some(1), || {
-            format!(
-                "seed {seed}: verify did not find a flipped byte in {victim}:\n{}",
-                stdout(&o)
-            )
-        });
-    }
+    let dir = format!("{copy}/generations/00000001/segments");
+    let victim = crate::archive::files_under(&copy, "generations/00000001/segments")
+        .into_iter()
+        .map(|rel| format!("{dir}/{rel}"))
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("the archive has segments");
+    let mut bytes = std::fs::read(&victim).expect("read a segment");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    std::fs::write(&victim, bytes).expect("tamper");
+    let o = waly_out(&["verify", "--archive", &copy]);
+    let name = victim.rsplit('/').next().unwrap_or("").to_string();
+    out.check(o.status.code() == Some(1) && stdout(&o).contains(&name), || {
+        format!(
+            "seed {seed}: verify did not name the segment with a flipped byte, {name}:\n{}",
+            stdout(&o)
+        )
+    });
     let _ = std::fs::remove_dir_all(&copy);
 }
 
