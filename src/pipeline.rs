@@ -551,6 +551,18 @@ async fn start_generation(
     })
 }
 
+/// A column as pgoutput's Relation message alone describes it.
+fn streamed_column(c: &crate::event::Column) -> ColumnDef {
+    ColumnDef {
+        name: c.name.to_string(),
+        type_name: c.type_name.clone(),
+        type_oid: c.type_oid,
+        type_modifier: c.type_modifier,
+        key: c.key,
+        ..ColumnDef::default()
+    }
+}
+
 /// The columns of a relation as the stream describes them, completed from
 /// the catalog (type names, attnums, NOT NULL, primary key, defaults) where
 /// the catalog still agrees, with the generated columns pgoutput leaves out
@@ -574,14 +586,7 @@ async fn relation_columns(sql: &tokio_postgres::Client, rel: &RelationInfo) -> (
                 key: c.key,
                 ..k.clone()
             },
-            None => ColumnDef {
-                name: c.name.to_string(),
-                type_name: c.type_name.clone(),
-                type_oid: c.type_oid,
-                type_modifier: c.type_modifier,
-                key: c.key,
-                ..ColumnDef::default()
-            },
+            None => streamed_column(c),
         })
         .collect();
     let all_agree = rel.columns.iter().all(|c| agrees(c).is_some());
@@ -1080,18 +1085,7 @@ async fn handle_events(
                     }
                     continue;
                 }
-                let streamed: Vec<ColumnDef> = rel
-                    .columns
-                    .iter()
-                    .map(|c| ColumnDef {
-                        name: c.name.to_string(),
-                        type_name: c.type_name.clone(),
-                        type_oid: c.type_oid,
-                        type_modifier: c.type_modifier,
-                        key: c.key,
-                        ..ColumnDef::default()
-                    })
-                    .collect();
+                let streamed: Vec<ColumnDef> = rel.columns.iter().map(streamed_column).collect();
                 if let Some(s) = w.gen.schemas.reusable(&table, commit_lsn, &streamed) {
                     w.active.insert(table, s.version);
                     continue;

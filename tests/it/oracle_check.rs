@@ -67,15 +67,9 @@ struct Checkpoint {
     rows: Vec<(&'static str, String, Value)>,
 }
 
+/// Rows (count and md5) and columns of a table, as the source has them.
 fn table_state(db: &TestDb, table: &str) -> (String, String) {
-    let sum = db.psql(&format!(
-        "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '-') FROM {table} t"
-    ));
-    let cols = db.psql(&format!(
-        "SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod), ',' ORDER BY attnum)
-           FROM pg_attribute WHERE attrelid = '{table}'::regclass AND attnum > 0 AND NOT attisdropped"
-    ));
-    (sum, cols)
+    crate::schemas::state(db, table)
 }
 
 fn checkpoint(db: &TestDb, r: &mut Rng) -> Checkpoint {

@@ -14,7 +14,7 @@ fn restore(archive: &str, db: &TestDb, args: &[&str]) -> Output {
     )
 }
 
-fn ok(out: &Output) -> String {
+pub(crate) fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
         "waly failed: {}\n{}",

@@ -4,17 +4,8 @@
 
 use crate::archive::{archive_dir, settle, slot, spawn_run, wait_confirmed, wait_streaming};
 use crate::harness::{run_within, waly, TestDb};
+use crate::restore::ok;
 use std::process::Output;
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "waly failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
 
 fn init(db: &TestDb, archive: &str) -> String {
     ok(&run_within(
@@ -33,7 +24,7 @@ fn restore(db: &TestDb, archive: &str, args: &[&str]) -> Output {
 }
 
 /// Row count and an md5 over the rows in key order, and the column list.
-fn state(db: &TestDb, table: &str) -> (String, String) {
+pub(crate) fn state(db: &TestDb, table: &str) -> (String, String) {
     let sum = db.psql(&format!(
         "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '-') FROM {table} t"
     ));
