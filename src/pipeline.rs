@@ -302,6 +302,9 @@ struct Writer<'a> {
     /// The schema version each table's changes follow in this session (set
     /// by the stream's table descriptions).
     active: HashMap<String, u32>,
+    /// Tables whose description named columns as a later version does:
+    /// `(described, archived)` names, put back in their changes.
+    renamed: HashMap<String, Renames>,
     /// Each table's primary-key columns, for the index, under a schema version.
     pk: HashMap<String, (u32, crate::schema::keys::KeyColumns)>,
     /// When the WAL the slot retains was last looked at.
@@ -730,6 +733,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         stop: stop.clone(),
         last_flush: Instant::now(),
         active: HashMap::new(),
+        renamed: HashMap::new(),
         pk: HashMap::new(),
         last_wal_check: Instant::now(),
     };
@@ -885,6 +889,27 @@ async fn snapshot_tables(
     }
     gen.manifests.push(manifest);
     Ok(())
+}
+
+/// Column names to put back in a table's changes: `(described, archived)`.
+type Renames = Vec<(Arc<str>, Arc<str>)>;
+
+/// `c` with its columns named back: `(described, archived)` pairs.
+fn rename_columns(c: &crate::event::Change, names: &[(Arc<str>, Arc<str>)]) -> crate::event::Change {
+    let back = |n: &Arc<str>| {
+        names
+            .iter()
+            .find(|(from, _)| from == n)
+            .map_or_else(|| n.clone(), |(_, to)| to.clone())
+    };
+    let row = |r: &crate::event::Row| crate::event::Row(r.0.iter().map(|(n, v)| (back(n), v.clone())).collect());
+    crate::event::Change {
+        key: c.key.as_ref().map(row),
+        old: c.old.as_ref().map(row),
+        new: c.new.as_ref().map(row),
+        unchanged_toast: c.unchanged_toast.iter().map(back).collect(),
+        ..c.clone()
+    }
 }
 
 /// A DDL message: a new schema version for an archived table, at the DDL's
@@ -1086,8 +1111,25 @@ async fn handle_events(
                     continue;
                 }
                 let streamed: Vec<ColumnDef> = rel.columns.iter().map(streamed_column).collect();
+                w.renamed.remove(&table);
                 if let Some(s) = w.gen.schemas.reusable(&table, commit_lsn, &streamed) {
                     w.active.insert(table, s.version);
+                    continue;
+                }
+                if let Some((version, names)) = w.gen.schemas.described_later(&table, commit_lsn, &streamed) {
+                    tracing::debug!(
+                        table,
+                        version,
+                        "a description with later column names; archiving under the names of the time"
+                    );
+                    w.active.insert(table.clone(), version);
+                    w.renamed.insert(
+                        table,
+                        names
+                            .into_iter()
+                            .map(|(a, b)| (Arc::from(a.as_str()), Arc::from(b.as_str())))
+                            .collect(),
+                    );
                     continue;
                 }
                 // The DDL was not captured (no event trigger, or it failed):
@@ -1125,6 +1167,14 @@ async fn handle_events(
                 let schema_version = match w.active.get(&*c.table) {
                     Some(v) => *v,
                     None => w.gen.schemas.at(&c.table, c.commit_lsn).map_or(0, |s| s.version),
+                };
+                let renamed;
+                let c = match w.renamed.get(&*c.table) {
+                    Some(names) if !names.is_empty() => {
+                        renamed = rename_columns(c, names);
+                        &renamed
+                    }
+                    _ => c,
                 };
                 w.builder.push_change(c, schema_version)?;
                 w.index_change(c, schema_version);

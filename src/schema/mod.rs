@@ -298,6 +298,63 @@ impl Schemas {
             })
     }
 
+    /// When a table description seen in transaction `commit_lsn` names its
+    /// columns as a *later* version does (one the DDL trigger recorded after
+    /// this transaction) while its columns are those of the version in
+    /// force, column for column by type: that version, and the names to
+    /// put back (`(described, archived)`). PostgreSQL may describe a table
+    /// with its catalog names of a later moment when it decodes a
+    /// transaction again; the rows are still in the shape of their time.
+    pub fn described_later(
+        &self,
+        table: &str,
+        commit_lsn: Lsn,
+        columns: &[ColumnDef],
+    ) -> Option<(u32, Vec<(String, String)>)> {
+        let versions = self.versions(table);
+        let later_names = versions.iter().any(|s| {
+            s.commit_lsn > commit_lsn
+                && s.ddl.is_some()
+                && same_columns(
+                    &s.columns
+                        .iter()
+                        .filter(|c| c.generated.is_none() || columns.iter().any(|d| d.name == c.name))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                    columns,
+                )
+        });
+        if !later_names {
+            return None;
+        }
+        let now = versions
+            .iter()
+            .rev()
+            .find(|s| s.commit_lsn == commit_lsn)
+            .or_else(|| versions.iter().rev().find(|s| s.commit_lsn < commit_lsn))?;
+        let in_force: Vec<&ColumnDef> = now
+            .columns
+            .iter()
+            .filter(|c| c.generated.is_none() || columns.iter().any(|d| d.name == c.name))
+            .collect();
+        let fits = in_force.len() == columns.len()
+            && in_force
+                .iter()
+                .zip(columns)
+                .all(|(a, b)| a.type_oid == b.type_oid && a.type_modifier == b.type_modifier && a.key == b.key);
+        fits.then(|| {
+            (
+                now.version,
+                in_force
+                    .iter()
+                    .zip(columns)
+                    .filter(|(a, b)| a.name != b.name)
+                    .map(|(a, b)| (b.name.clone(), a.name.clone()))
+                    .collect(),
+            )
+        })
+    }
+
     /// The existing version a DDL message seen in transaction `commit_lsn`
     /// describes: one made in that very transaction with this definition
     /// (the transaction streamed again after a restart), else the one in
@@ -336,5 +393,49 @@ impl Schemas {
                     crate::log::Bound::Time(t) => s.commit_time.is_none_or(|c| c <= t),
                 }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(attnum: i16, name: &str) -> ColumnDef {
+        ColumnDef {
+            attnum: Some(attnum),
+            name: name.into(),
+            type_name: "text".into(),
+            type_oid: 25,
+            type_modifier: -1,
+            ..ColumnDef::default()
+        }
+    }
+
+    #[test]
+    fn a_description_with_later_column_names_is_archived_under_the_names_of_its_time() {
+        let mut s = Schemas::default();
+        let v = |version: u32, lsn: u64, names: [&str; 2], ddl: bool| SchemaRecord {
+            commit_lsn: Lsn(lsn),
+            table: "public.t".into(),
+            version,
+            columns: vec![col(1, names[0]), col(2, names[1])],
+            ddl: ddl.then(Ddl::default),
+            ..SchemaRecord::default()
+        };
+        s.insert(v(1, 100, ["id", "note"], false));
+        s.insert(v(2, 300, ["id", "remark"], true));
+        let described = vec![col(1, "id"), col(2, "remark")];
+        // A transaction before the rename, described with the rename's names.
+        assert_eq!(
+            s.described_later("public.t", Lsn(200), &described),
+            Some((1, vec![("remark".to_string(), "note".to_string())]))
+        );
+        // After it, the names are the version's own: nothing to put back.
+        assert_eq!(s.described_later("public.t", Lsn(400), &described), None);
+        // Without the DDL trigger's record, new names are a new version.
+        let mut fallback = Schemas::default();
+        fallback.insert(v(1, 100, ["id", "note"], false));
+        fallback.insert(v(2, 300, ["id", "remark"], false));
+        assert_eq!(fallback.described_later("public.t", Lsn(200), &described), None);
     }
 }
