@@ -76,6 +76,8 @@ struct Tracker {
     /// The generation's schema versions: rows are carried between versions
     /// by attnum, so a rename or an added column is not a change of value.
     schemas: crate::segment::Schemas,
+    /// Projections between the generation's versions, as they are needed.
+    projections: std::cell::RefCell<std::collections::HashMap<(u32, u32), Option<crate::schema::shape::Projection>>>,
     generation: String,
     txn: Option<Lsn>,
     intent: Option<String>,
@@ -92,9 +94,14 @@ impl Tracker {
         if from == to || from == 0 || to == 0 {
             return r.clone();
         }
-        match crate::schema::shape::projection(&self.schemas, &self.table, from, to) {
-            Ok(p) => p.apply_lenient(r),
-            Err(_) => r.clone(),
+        // Built once per pair of versions, not per change.
+        let mut cache = self.projections.borrow_mut();
+        let p = cache
+            .entry((from, to))
+            .or_insert_with(|| crate::schema::shape::projection(&self.schemas, &self.table, from, to).ok());
+        match p {
+            Some(p) => p.apply_lenient(r),
+            None => r.clone(),
         }
     }
 
@@ -132,6 +139,7 @@ impl Tracker {
                 self.flush();
                 self.generation = id.to_string();
                 self.schemas = schemas.clone();
+                self.projections.borrow_mut().clear();
                 self.start_lsn = None;
                 self.row = None;
                 self.txn = None;
@@ -342,6 +350,7 @@ pub async fn history(
         row_version: 0,
         start_lsn: None,
         schemas: crate::segment::Schemas::default(),
+        projections: Default::default(),
         generation: String::new(),
         txn: None,
         intent: None,

@@ -93,7 +93,7 @@ pub fn create_table_sql(
     if let Some(key) = &schema.meta.partition_key {
         sql.push_str(&format!(" PARTITION BY {key}"));
         for p in &schema.meta.partitions {
-            let name = format!("{target_name}_{}", p.name);
+            let name = partition_name(target_name, p);
             let leaf = unlogged && p.partition_key.is_none();
             sql.push_str(&format!(
                 ";\nCREATE {}TABLE {}.{} PARTITION OF {target} {}",
@@ -148,12 +148,17 @@ pub fn set_logged_sql(target_schema: &str, target_name: &str, schema: &SchemaRec
                 out.push(format!(
                     "ALTER TABLE {}.{} SET LOGGED",
                     ident(target_schema)?,
-                    ident(&format!("{target_name}_{}", p.name))?
+                    ident(&partition_name(target_name, p))?
                 ));
             }
         }
     }
     Ok(out.join(";\n"))
+}
+
+/// What a restore names the partition `p` of the table it creates.
+fn partition_name(target_name: &str, p: &crate::schema::Partition) -> String {
+    format!("{target_name}_{}", p.name)
 }
 
 /// `schema` without its generated columns: what a restore writes (the
