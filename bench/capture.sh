@@ -45,7 +45,7 @@ one() {
     q "SELECT pg_create_logical_replication_slot('recv', 'pgoutput')" >/dev/null
     [ "$w2j" = 1 ] && q "SELECT pg_create_logical_replication_slot('w2j', 'wal2json')" >/dev/null
     # waly's first start: slot, generation, base snapshot; then stop.
-    "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn & local pid=$!
+    "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn --create-slot & local pid=$!
     # Streaming, not just active: the slot is active while being created too,
     # before the base snapshot.
     until [ "$(q "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
@@ -59,7 +59,7 @@ one() {
     t0=$(now)
     pg_recvlogical -d "$DB" --slot recv --start --endpos "$end" --no-loop -o proto_version=1 -o publication_names=waly -f /dev/null
     t1=$(now)
-    "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn --flush-interval 200ms & pid=$!
+    "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn --flush-interval 200ms --create-slot & pid=$!
     # One server-side loop, not a psql per poll: psql is a Perl wrapper here,
     # and starting one every few milliseconds takes CPU from what is measured.
     q "DO \$\$ BEGIN

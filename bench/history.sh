@@ -25,7 +25,7 @@ ARCHIVE=$DIR/archive
 rm -rf "$ARCHIVE"
 pgbench -i -q -s 10 bench >/dev/null 2>&1
 q "CREATE PUBLICATION waly FOR TABLE pgbench_accounts"
-"$WALY" run --source "dbname=bench" --archive "$ARCHIVE" --segment-size 2MiB --log warn & pid=$!
+"$WALY" run --source "dbname=bench" --archive "$ARCHIVE" --segment-size 2MiB --log warn --create-slot & pid=$!
 until [ "$(q "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
               WHERE s.slot_name = 'waly' AND r.state IN ('catchup', 'streaming')")" = 1 ]; do sleep 0.2; done
 for i in $(seq 1 10); do

@@ -12,7 +12,8 @@ BEGIN
              WHERE command_tag IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
                AND object_type = 'table'
     LOOP
-        IF (SELECT relreplident FROM pg_class WHERE oid = r.objid) = 'd'
+        -- Only permanent tables: temporary and unlogged ones are never published.
+        IF (SELECT relreplident FROM pg_class WHERE oid = r.objid AND relpersistence = 'p') = 'd'
            AND NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = r.objid AND indisprimary) THEN
             EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.object_identity);
             RAISE NOTICE 'waly: % has no primary key; set REPLICA IDENTITY FULL so UPDATE and DELETE keep working while it is published', r.object_identity;

@@ -117,7 +117,9 @@ pub async fn compact(store: &Store, upto: Option<Lsn>) -> Result<Option<Compacte
         if plan.generation != *gen {
             continue;
         }
-        let mut rows = restore::rows(store, &plan, &Filter::default(), &mut |_| {}).await?;
+        let mut rows = restore::rows(store, &plan, &Filter::default(), &mut |_| {})
+            .await?
+            .keeping_unknown();
         changes += rows.outcome.changes;
         let schema = rows.outcome.schema.clone();
         let (schema_name, name) = table.split_once('.').unwrap_or(("", table));

@@ -8,6 +8,36 @@ use crate::pgoutput::DecodeError;
 use std::fmt;
 use std::time::Duration;
 
+/// Why a connection could not be opened, and what to check: the operating
+/// system's words alone ("Connection refused") do not say it.
+fn explain_connect(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    const WHERE: &str = "the host and port of --source (or WALY_SOURCE)";
+    let text = e.to_string();
+    let unresolved = [
+        "lookup address",
+        "Name or service not known",
+        "Temporary failure in name resolution",
+        "No address associated",
+    ]
+    .iter()
+    .any(|m| text.contains(m));
+    match e.kind() {
+        _ if unresolved => format!("the host name does not resolve ({text}); check the host name in --source (or WALY_SOURCE) and DNS"),
+        K::ConnectionRefused => format!(
+            "connection refused ({text}): no server listens there; check that PostgreSQL is running and {WHERE} (and listen_addresses on the server)"
+        ),
+        K::NotFound => format!(
+            "no server socket there ({text}): is PostgreSQL running on this machine? Otherwise give the server with --source (or WALY_SOURCE), e.g. postgres://user@host:5432/db"
+        ),
+        K::PermissionDenied => format!("permission denied ({text}): this user may not open the server's socket"),
+        K::TimedOut | K::HostUnreachable | K::NetworkUnreachable => {
+            format!("the server is unreachable ({text}); check {WHERE}, the network and firewalls")
+        }
+        _ => text,
+    }
+}
+
 /// Everything that can go wrong in waly's library code.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -15,12 +45,12 @@ pub enum Error {
     #[error("invalid connection settings: {0}")]
     Config(String),
     /// A TCP or Unix-socket connection could not be opened.
-    #[error("could not connect to {target}")]
+    #[error("could not connect to {target}: {}", explain_connect(.cause))]
     Connect {
         /// Which server (never includes a password).
         target: String,
         /// The operating system's reason.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Connecting took longer than `connect_timeout`.
     #[error("timed out after {}s connecting to {target} (connect_timeout); is the server up and reachable?", .after.as_secs())]
@@ -121,6 +151,44 @@ pub enum Error {
 }
 
 impl Error {
+    /// When the archive refuses waly's requests themselves (permissions,
+    /// credentials, a read-only directory): what to check. Retrying soon
+    /// does not help; the operator's fix does.
+    pub fn archive_refuses(&self) -> Option<&'static str> {
+        let Error::Store { source, .. } = self else { return None };
+        match **source {
+            object_store::Error::PermissionDenied { .. } => {
+                return Some(
+                    "the archive refuses access (permission denied): check that the credentials waly uses may \
+                     read and write there (the bucket policy, the IAM role)",
+                )
+            }
+            object_store::Error::Unauthenticated { .. } => {
+                return Some(
+                    "the archive does not accept waly's credentials: check the access key and secret (or the \
+                     role the machine has)",
+                )
+            }
+            _ => {}
+        }
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&**source);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ) {
+                    return Some(
+                        "the archive directory cannot be written (permission denied or read-only): check its \
+                         owner, mode and attributes (lsattr), and how the filesystem is mounted",
+                    );
+                }
+            }
+            cur = e.source();
+        }
+        None
+    }
+
     /// Whether trying again later may succeed (network trouble, a server
     /// restarting), as opposed to a mistake that retrying cannot fix.
     pub fn is_transient(&self) -> bool {
@@ -131,6 +199,7 @@ impl Error {
             | Error::ConnectionClosed
             | Error::SlotBusy { .. }
             | Error::Contended(_) => true,
+            Error::Store { .. } if self.archive_refuses().is_some() => false,
             Error::Store { source, .. } => !matches!(
                 **source,
                 object_store::Error::NotFound { .. }

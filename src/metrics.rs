@@ -262,6 +262,10 @@ impl Metrics {
                 "standby: the slot is streamed by another process (walsender PID {holder_pid}); waiting to take over"
             ))
             }
+            Phase::Reconnecting => {
+                let why = s.last_error.as_ref().map_or("", |(_, e)| e.as_str());
+                return Some(format!("not streaming: reconnecting after: {why}"));
+            }
             p => return Some(format!("not streaming: {}", p.name())),
         }
         s.wal_warning.clone()

@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub wal_check_interval: Duration,
     /// While another process streams the slot, look again this often.
     pub standby_poll: Duration,
+    /// Create the slot when it does not exist (otherwise that is an error).
+    pub create_slot: bool,
     /// Counters and health, shared with the `/metrics` server.
     pub metrics: Arc<Metrics>,
 }
@@ -67,6 +69,7 @@ impl Default for RunOptions {
             wal_warn_bytes: 10 << 30,
             wal_check_interval: Duration::from_secs(30),
             standby_poll: Duration::from_secs(2),
+            create_slot: true,
             metrics: Arc::new(Metrics::default()),
         }
     }
@@ -123,6 +126,7 @@ pub async fn run(
     });
     let metrics = &opts.metrics;
     let mut backoff = Duration::from_millis(500);
+    let mut refused_backoff = Duration::from_secs(1);
     let mut last_recorded: Option<(String, Instant)> = None;
     loop {
         let started = Instant::now();
@@ -130,6 +134,9 @@ pub async fn run(
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
+        if started.elapsed() > Duration::from_secs(60) {
+            refused_backoff = Duration::from_secs(1);
+        }
         if *stop_rx.borrow() {
             return Ok(());
         }
@@ -148,6 +155,17 @@ pub async fn run(
                 holder_pid: pid.clone(),
             });
             opts.standby_poll
+        } else if let Some(why) = e.archive_refuses() {
+            // Nothing to gain from retrying fast, and nothing to record (the
+            // archive is what refuses): say why, stay up (so /readyz says
+            // it too), and look again slowly until someone fixes it.
+            let message = format!("{why}: {e:#}");
+            tracing::error!(error = %message, retry_in_s = refused_backoff.as_secs(), "the archive refuses waly's writes; nothing is confirmed to the slot until that is fixed (PostgreSQL keeps the WAL meanwhile)");
+            metrics.session_failed(&message);
+            metrics.set_phase(Phase::Reconnecting);
+            let wait = refused_backoff;
+            refused_backoff = (refused_backoff * 2).min(Duration::from_secs(300));
+            wait
         } else if e.is_transient() {
             if started.elapsed() > Duration::from_secs(60) {
                 backoff = Duration::from_millis(500);
@@ -309,6 +327,13 @@ struct Writer<'a> {
     pk: HashMap<String, (u32, crate::schema::keys::KeyColumns)>,
     /// When the WAL the slot retains was last looked at.
     last_wal_check: Instant,
+    /// The source database, for what the stream leaves out.
+    sql: &'a tokio_postgres::Client,
+    /// Changes waiting for their generated columns' values (computed many
+    /// at a time), each with its schema version; nothing else is written
+    /// before them.
+    waiting: Vec<(crate::event::Change, u32)>,
+    generated: crate::schema::generated::Computer,
 }
 
 /// Warns when the slot retains WAL close to `max_slot_wal_keep_size` (past
@@ -380,6 +405,35 @@ impl Writer<'_> {
         }
         self.active.insert(rec.table.clone(), rec.version);
         self.gen.schemas.insert(rec);
+        Ok(())
+    }
+
+    /// Writes a change (after the ones waiting for generated values).
+    async fn push_change(&mut self, c: &crate::event::Change, schema_version: u32) -> Result<(), Error> {
+        if self.generated.needs(&self.gen.schemas, c, schema_version) {
+            self.waiting.push((c.clone(), schema_version));
+            if self.waiting.len() >= 500 {
+                self.write_waiting().await?;
+            }
+            return Ok(());
+        }
+        self.write_waiting().await?;
+        self.builder.push_change(c, schema_version)?;
+        self.index_change(c, schema_version);
+        Ok(())
+    }
+
+    /// Computes the generated values the waiting changes lack, and writes them.
+    async fn write_waiting(&mut self) -> Result<(), Error> {
+        if self.waiting.is_empty() {
+            return Ok(());
+        }
+        let mut waiting = std::mem::take(&mut self.waiting);
+        self.generated.fill(self.sql, &self.gen.schemas, &mut waiting).await?;
+        for (c, v) in &waiting {
+            self.builder.push_change(c, *v)?;
+            self.index_change(c, *v);
+        }
         Ok(())
     }
 
@@ -460,6 +514,7 @@ impl Writer<'_> {
     /// Seals and uploads the current segment (if it has anything), then
     /// returns the position that may now be confirmed.
     async fn flush(&mut self) -> Result<Option<Lsn>, Error> {
+        self.write_waiting().await?;
         if self.builder.is_empty() {
             return Ok(None);
         }
@@ -639,6 +694,27 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         .await?;
         reason = Some("the slot was invalidated (WAL it needed was removed)".to_string());
     }
+    if slot.is_none() && !opts.create_slot {
+        let history = match state::generations(store).await?.last() {
+            Some(g) => {
+                let st = state::load_generation(store, g).await?;
+                format!(
+                    " This archive's history (generation {}) ends at LSN {}: a slot created now starts a new \
+                     generation, and what committed in between is not archived.",
+                    st.id,
+                    st.durable_position()
+                )
+            }
+            None => String::new(),
+        };
+        return Err(Error::Config(format!(
+            "replication slot {:?} does not exist on this server. `waly init` creates it (with the \
+             publication and triggers); or pass --create-slot to have waly run create it. A slot holds WAL \
+             only from its creation on.{history} (Is --slot spelled right? `SELECT slot_name FROM \
+             pg_replication_slots` lists the slots.)",
+            opts.slot
+        )));
+    }
     if slot.is_none() || lost {
         let created = source::create_slot(&mut conn, &opts.slot, false, SnapshotAction::Nothing).await?;
         tracing::info!(slot = opts.slot, lsn = %created.consistent_point, "created the replication slot");
@@ -736,6 +812,9 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         renamed: HashMap::new(),
         pk: HashMap::new(),
         last_wal_check: Instant::now(),
+        sql: &sql,
+        waiting: Vec::new(),
+        generated: Default::default(),
     };
     let mut consumer = Consumer {
         asm: Assembler::new(),
@@ -1050,6 +1129,9 @@ async fn handle_events(
     events: &[Event],
 ) -> Result<(), Error> {
     for ev in events {
+        if !matches!(ev, Event::Change(_)) {
+            w.write_waiting().await?;
+        }
         match ev {
             Event::Begin {
                 xid,
@@ -1176,8 +1258,7 @@ async fn handle_events(
                     }
                     _ => c,
                 };
-                w.builder.push_change(c, schema_version)?;
-                w.index_change(c, schema_version);
+                w.push_change(c, schema_version).await?;
                 t.records += 1;
                 w.pending_events += 1;
             }

@@ -40,6 +40,10 @@ pub enum Kind {
     Fenced,
     /// A restored table differs from the live one (`--against-source`).
     Differs,
+    /// A restored table differs from the live one because the archive has
+    /// not caught up with the source (`--against-source`; `waly run` is
+    /// stopped or behind): not a fault of the archive, but nothing proven.
+    Behind,
 }
 
 /// One problem, by object.
@@ -66,6 +70,21 @@ pub struct Report {
     pub snapshots: u64,
     /// Problems, in the order found.
     pub problems: Vec<Problem>,
+    /// Tables `--against-source` found equal to the live ones.
+    pub compared: Vec<Compared>,
+}
+
+/// A table the restore drill compared and found equal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Compared {
+    /// `schema.table`.
+    pub table: String,
+    /// Rows in both.
+    pub rows: u64,
+    /// Columns compared.
+    pub columns: usize,
+    /// The archive's point the restore was taken at.
+    pub lsn: Lsn,
 }
 
 impl Report {
@@ -451,6 +470,85 @@ async fn indexes(store: &Store, gen: &str, objects: &[state::SegmentObject], rep
     Ok(())
 }
 
+/// Whether the source has WAL past what the archive holds, and so changes
+/// the archive cannot have yet: how far behind, or `None` if it is not.
+async fn behind(
+    client: &tokio_postgres::Client,
+    store: &Store,
+    plan: &crate::restore::Plan,
+    info: &crate::source::ConnInfo,
+) -> Result<Option<String>, Error> {
+    let last = crate::archive::state::generations(store).await?.pop();
+    if last.as_deref() != Some(plan.generation.as_str()) {
+        return Ok(None);
+    }
+    let end = plan.gen.durable_position();
+    let sql_err = |e: tokio_postgres::Error| crate::source::tls::sql_error(info, e);
+    let now: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .map_err(sql_err)?
+        .get(0);
+    let now: Lsn = now.parse().map_err(|_| Error::Protocol(format!("bad LSN {now}")))?;
+    if now <= end {
+        return Ok(None);
+    }
+    // With the sidecar stopped, its slot can be peeked at without taking
+    // anything from it: count the row changes the archive does not have.
+    let identity = crate::archive::state::read_identity(store).await.ok().flatten();
+    let mut changes = None;
+    if let Some(id) = identity {
+        let peek = format!(
+            "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, NULL, NULL, 'proto_version', '1', \
+             'publication_names', {}) WHERE lsn > $2::text::pg_lsn AND substr(data, 1, 1) IN ('\\x49', '\\x55', '\\x44')",
+            crate::source::quote::literal(&crate::source::quote::ident(&id.publication)?)?
+        );
+        if let Ok(r) = client.query_one(&peek, &[&id.slot, &end.to_string()]).await {
+            changes = Some(r.get::<_, i64>(0));
+        }
+    }
+    if changes == Some(0) {
+        return Ok(None); // nothing published happened since: a real difference
+    }
+    Ok(Some(format!(
+        "the archive is behind the source: it holds everything up to LSN {end}, the source is at LSN {now}{}; \
+         is `waly run` running? Once it has caught up, verify again",
+        changes.map_or(String::new(), |n| format!(
+            " ({n} row changes of published tables in between)"
+        ))
+    )))
+}
+
+/// The tables of the archive's latest generation not dropped there that
+/// the source database still has: what `--against-source` checks when no
+/// table is named.
+async fn live_tables(store: &Store, client: &tokio_postgres::Client) -> Result<Vec<String>, Error> {
+    let Some(g) = crate::archive::state::generations(store).await?.pop() else {
+        return Ok(Vec::new());
+    };
+    let st = crate::archive::state::load_generation(store, &g).await?;
+    let mut out = Vec::new();
+    for t in st.schemas.tables() {
+        if st.schemas.latest(t).is_some_and(|v| v.dropped) {
+            continue;
+        }
+        let (schema, name) = crate::source::quote::split_qualified(t)?;
+        let qualified = format!(
+            "{}.{}",
+            crate::source::quote::ident(&schema)?,
+            crate::source::quote::ident(&name)?
+        );
+        let exists = client
+            .query_one("SELECT to_regclass($1::text) IS NOT NULL", &[&qualified])
+            .await
+            .map_err(|e| Error::Protocol(format!("looking up {t} in the source: {e}")))?;
+        if exists.get::<_, bool>(0) {
+            out.push(t.to_string());
+        }
+    }
+    Ok(out)
+}
+
 /// The restore drill: restores each of `tables` at the archive's latest
 /// point into a temporary table of the source database and compares it
 /// with the live table, row for row (as text, both ways). Differences are
@@ -465,11 +563,20 @@ pub async fn against_source(
     use crate::source::quote;
     let client = crate::source::tls::connect_sql(info).await?;
     let sql_err = |e: tokio_postgres::Error| crate::source::tls::sql_error(info, e);
+    let every;
+    let tables = if tables.is_empty() {
+        every = live_tables(store, &client).await?;
+        &every
+    } else {
+        tables
+    };
     for (i, t) in tables.iter().enumerate() {
         let (schema, name) = quote::split_qualified(t)?;
         let table = format!("{schema}.{name}");
         let plan = restore::plan(store, &table, crate::log::Bound::Lsn(Lsn(u64::MAX))).await?;
-        let mut rows = restore::rows(store, &plan, &restore::Filter::default(), &mut |_| {}).await?;
+        let mut rows = restore::rows(store, &plan, &restore::Filter::default(), &mut |_| {})
+            .await?
+            .generated_by_database();
         // Every column is compared, generated ones too (the temporary table
         // computes them from the restored values); the others are copied.
         let cols = restore::column_list(&rows.outcome.schema)?;
@@ -509,6 +616,8 @@ pub async fn against_source(
             sink.finish().await.map_err(sql_err)?;
         }
         let live = format!("{}.{}", quote::ident(&schema)?, quote::ident(&name)?);
+        let restored_at = rows.outcome.cut.map_or(plan.snapshot.lsn, |c| c.0);
+        let columns = rows.outcome.schema.columns.len();
         let diff = |a: &str, b: &str| {
             format!(
                 "SELECT x::text FROM (SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b}) x ORDER BY 1 LIMIT 11"
@@ -528,10 +637,32 @@ pub async fn against_source(
             .iter()
             .map(|r| r.get(0))
             .collect();
+        if only_live.is_empty() && only_archive.is_empty() {
+            let n: i64 = client
+                .query_one(&format!("SELECT count(*) FROM {live}"), &[])
+                .await
+                .map_err(sql_err)?
+                .get(0);
+            report.compared.push(Compared {
+                table: table.clone(),
+                rows: n as u64,
+                columns,
+                lsn: restored_at,
+            });
+        } else if let Some(behind) = behind(&client, store, &plan, info).await? {
+            report.add(&table, Kind::Behind, behind);
+        }
         for (rows, side) in [
             (&only_live, "only in the live table"),
             (&only_archive, "only in the archive"),
         ] {
+            if report
+                .problems
+                .last()
+                .is_some_and(|p| p.kind == Kind::Behind && p.object == table)
+            {
+                break;
+            }
             for r in rows.iter().take(10) {
                 report.add(&table, Kind::Differs, format!("{side}: {r}"));
             }

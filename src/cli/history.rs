@@ -10,7 +10,7 @@ pub struct HistoryArgs {
     /// The table (schema.table; unqualified means public).
     pub table: String,
     /// The row's primary key: the value, `col=val,col=val` for a composite key,
-    /// or the values in the table's column order (`42,7`).
+    /// or the values in primary-key order (`42,7`). Each value in any text form of its type.
     pub key: String,
     #[command(flatten)]
     pub archive: ArchiveArgs,
@@ -20,7 +20,7 @@ pub struct HistoryArgs {
     /// version, changed and intent).
     #[arg(long)]
     pub json: bool,
-    /// Whole rows instead of only what changed.
+    /// Whole rows, with whole values, instead of only what changed (shortened).
     #[arg(long)]
     pub full: bool,
     /// Read every segment instead of using the index (the answer is the same).
@@ -31,13 +31,17 @@ pub struct HistoryArgs {
     pub stats: bool,
 }
 
-/// Shortens a value for the human form.
-fn show(v: &Option<String>) -> String {
+/// A value in the human form: shortened unless `full`; a value the archive
+/// does not know says why.
+fn show(v: &Option<String>, full: bool) -> String {
     match v {
         None => "NULL".to_string(),
+        Some(s) if crate::schema::shape::unknown(s).is_some() => {
+            format!("unknown ({})", crate::schema::shape::unknown(s).unwrap_or_default())
+        }
         Some(s) => {
             let flat = s.replace('\n', "\\n");
-            if flat.chars().count() > 60 {
+            if !full && flat.chars().count() > 60 {
                 let head: String = flat.chars().take(40).collect();
                 format!("'{head}…' ({} chars)", s.chars().count())
             } else {
@@ -50,9 +54,9 @@ fn show(v: &Option<String>) -> String {
 fn describe(v: &Version, full: bool) -> String {
     let cell = |name: &str, val: &Option<String>| {
         if v.unchanged_toast.iter().any(|t| t == name) {
-            format!("{name}: {} (unchanged)", show(val))
+            format!("{name}: {} (unchanged)", show(val, full))
         } else {
-            format!("{name}: {}", show(val))
+            format!("{name}: {}", show(val, full))
         }
     };
     let mut parts = Vec::new();
@@ -76,7 +80,7 @@ fn describe(v: &Version, full: bool) -> String {
                     .as_ref()
                     .and_then(|b| b.0.iter().find(|(n, _)| **n == **name))
                     .and_then(|(_, x)| x.clone());
-                parts.push(format!("{name}: {} → {}", show(&old), show(&new)));
+                parts.push(format!("{name}: {} → {}", show(&old, full), show(&new, full)));
             }
             if v.changed.is_empty() {
                 parts.push("no column changed".into());

@@ -27,7 +27,9 @@ pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
     let table = match &args.table {
         Some(t) => {
             let (s, n) = crate::source::quote::split_qualified(t)?;
-            Some(format!("{s}.{n}"))
+            let table = format!("{s}.{n}");
+            crate::restore::check_archived(&store, &table).await?;
+            Some(table)
         }
         None => None,
     };

@@ -71,7 +71,8 @@ pub struct RestoreArgs {
     pub archive: ArchiveArgs,
     #[command(flatten)]
     pub source: SourceArgs,
-    /// The table to create (default: <table>_at_<yyyymmddThhmmss>, in the table's schema).
+    /// The table to create (default: <table>_at_<yyyymmddthhmmss>, in the table's schema;
+    /// with --output, only for --format sql: the table the file creates).
     #[arg(long)]
     pub into: Option<String>,
     /// Create the table in this database instead of the source (a URL or key=value string).
@@ -179,7 +180,8 @@ impl ProgressLine {
 
 fn default_name(table: &str, point: Bound) -> String {
     match point {
-        Bound::Time(t) => format!("{table}_at_{}", t.format("%Y%m%dT%H%M%S")),
+        // Lower case: a name to type without quotes.
+        Bound::Time(t) => format!("{table}_at_{}", t.format("%Y%m%dt%H%M%S")),
         Bound::Lsn(l) => format!("{table}_at_{}", l.to_string().replace('/', "_").to_lowercase()),
     }
 }
@@ -189,7 +191,17 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
     let table = format!("{schema}.{name}");
     let store = args.archive.open()?;
     let point = args.point.point();
+    if args.into.is_some() && args.output.is_some() && args.format != FileFormat::Sql {
+        anyhow::bail!(
+            "--into names a table to create, and --output {} writes rows to a file instead: pass one of them \
+             (with --format sql, --into names the table the file creates)",
+            clap::ValueEnum::to_possible_value(&args.format).map_or_else(String::new, |v| v.get_name().to_string())
+        );
+    }
     let plan = restore::plan(&store, &table, point).await?;
+    if let Some(note) = &plan.past_end {
+        eprintln!("note: {note}");
+    }
     let shape = restore::target_schema(&plan, args.shape)?;
     let ident = restore::identity(&shape);
     if !args.keys.is_empty() && !shape.columns.iter().any(|c| c.primary_key) {
@@ -213,7 +225,9 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
     }
     let mut progress = |n: u64| bar.update(n);
     if let Some(path) = &args.output {
-        let mut rows = restore::rows(&store, &plan, &filter, &mut progress).await?;
+        let mut rows = restore::rows(&store, &plan, &filter, &mut progress)
+            .await?
+            .generated_by_database();
         bar.done();
         let into = args.into.clone().unwrap_or_else(|| default_name(&name, point));
         let n = write_file(path, args.format, (&schema, &into), &mut rows)?;
@@ -249,7 +263,9 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
             }
         );
     }
-    let mut rows = restore::rows(&store, &plan, &filter, &mut progress).await?;
+    let mut rows = restore::rows(&store, &plan, &filter, &mut progress)
+        .await?
+        .generated_by_database();
     bar.done();
     let full = rows.outcome.schema.clone();
     // Generated columns are computed by the database, not copied.
@@ -407,7 +423,9 @@ async fn upsert(
     info: &crate::source::ConnInfo,
     bar: &mut ProgressLine,
 ) -> anyhow::Result<()> {
-    let mut rows = restore::rows(store, plan, filter, &mut |n| bar.update(n)).await?;
+    let mut rows = restore::rows(store, plan, filter, &mut |n| bar.update(n))
+        .await?
+        .generated_by_database();
     bar.done();
     let schema = restore::writable(&rows.outcome.schema);
     let (s, n) = qualify(table)?;

@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// As a standby (another process streams the slot), look again this often.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub standby_poll: Duration,
+    /// Create the replication slot if it does not exist (`waly init` creates it). Without
+    /// this a missing slot is an error: a slot created now holds WAL only from now on.
+    #[arg(long)]
+    pub create_slot: bool,
 }
 
 pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -108,6 +112,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
         wal_warn_bytes: args.wal_warn_size as u64,
         wal_check_interval: args.wal_check_interval,
         standby_poll: args.standby_poll,
+        create_slot: args.create_slot,
         metrics,
         ..RunOptions::default()
     };

@@ -47,6 +47,9 @@ pub async fn run(args: &ShowArgs) -> anyhow::Result<()> {
     let table = format!("{schema}.{name}");
     let store = args.archive.open()?;
     let plan = restore::plan(&store, &table, args.point.point()).await?;
+    if let Some(note) = &plan.past_end {
+        eprintln!("note: {note}");
+    }
     let shape = restore::target_schema(&plan, args.shape)?;
     if !args.keys.is_empty() && !shape.columns.iter().any(|c| c.primary_key) {
         anyhow::bail!("--key needs a primary key, and {table} has none");

@@ -174,9 +174,15 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<()> {
     )?;
     let w = &archive["writer"];
     if !w.is_null() {
+        // The lease says who wrote last; whether it still runs, the slot says.
+        let state = match (slot.get("error"), slot["active"].as_bool()) {
+            (Some(_), _) => "state unknown: cannot ask the database",
+            (None, Some(true)) => "running: it streams the slot",
+            _ => "STOPPED: no process streams the slot",
+        };
         writeln!(
             out,
-            "writer: {} (fencing token {}) since {}, from segment {} of generation {}",
+            "writer: {} ({state}; fencing token {}) since {}, from segment {} of generation {}",
             s(&w["holder"]),
             s(&w["token"]),
             s(&w["acquired_at"]),

@@ -11,11 +11,12 @@ pub struct VerifyArgs {
     /// The report as one JSON object.
     #[arg(long)]
     pub json: bool,
-    /// The restore drill: restore each --table at the archive's latest point and compare
-    /// it with the live table in this database, row for row.
-    #[arg(long, value_name = "URL", hide_env_values = true, requires = "tables")]
+    /// The restore drill: restore each --table (default: every table of the archive the
+    /// database still has) at the archive's latest point and compare it with the live table
+    /// in this database, row for row.
+    #[arg(long, value_name = "URL", hide_env_values = true)]
     pub against_source: Option<String>,
-    /// A table for --against-source (repeatable).
+    /// A table for --against-source (repeatable; default: all).
     #[arg(long = "table", requires = "against_source")]
     pub tables: Vec<String>,
 }
@@ -44,6 +45,13 @@ pub async fn run(args: &VerifyArgs) -> anyhow::Result<bool> {
                 serde_json::to_value(p.kind)?.as_str().unwrap_or_default(),
                 p.object,
                 p.detail
+            )?;
+        }
+        for c in &report.compared {
+            writeln!(
+                out,
+                "equal: {}: {} rows x {} columns restored at LSN {} match the live table",
+                c.table, c.rows, c.columns, c.lsn
             )?;
         }
         writeln!(

@@ -79,8 +79,23 @@ pub struct Rows {
     state: Option<(Vec<u8>, i64)>,
     pending: Option<(Vec<u8>, i64)>,
     done: bool,
+    /// Columns whose unknown values are passed on instead of refused.
+    tolerated: Tolerated,
     /// What was restored.
     pub outcome: Outcome,
+}
+
+/// Which unknown values (see [`crate::schema::shape::unknown`]) a reader of
+/// [`Rows`] takes as they are.
+#[derive(Debug, Clone, Default)]
+enum Tolerated {
+    /// None: such a row is an error.
+    #[default]
+    None,
+    /// Those of generated columns (the database computes them again).
+    Generated(Vec<String>),
+    /// All (the rows are archived again, marks and all).
+    All,
 }
 
 impl std::fmt::Debug for Rows {
@@ -119,8 +134,24 @@ impl Rows {
             state: None,
             pending: None,
             done: false,
+            tolerated: Tolerated::None,
             outcome,
         }
+    }
+
+    /// For a reader that writes no generated column (the database computes
+    /// it): a value of one that the archive does not know is no error.
+    pub fn generated_by_database(mut self) -> Rows {
+        let names = self.outcome.schema.columns.iter().filter(|c| c.generated.is_some());
+        self.tolerated = Tolerated::Generated(names.map(|c| c.name.clone()).collect());
+        self
+    }
+
+    /// For a reader that archives the rows again: unknown values stay
+    /// marked as such, and are no error.
+    pub fn keeping_unknown(mut self) -> Rows {
+        self.tolerated = Tolerated::All;
+        self
     }
 
     /// The next row as its JSON object (column name to text or `null`).
@@ -129,9 +160,17 @@ impl Rows {
     pub fn next_json(&mut self) -> Result<Option<Vec<u8>>, Error> {
         let row = self.next_folded()?;
         if let Some(j) = &row {
-            if j.windows(6).any(|w| w == b"\\u0000") {
+            if !matches!(self.tolerated, Tolerated::All) && j.windows(6).any(|w| w == b"\\u0000") {
                 let r: Row = serde_json::from_slice(j).map_err(|e| Error::Protocol(e.to_string()))?;
-                if let Some(why) = crate::schema::shape::first_unknown(&r) {
+                let tolerated = |name: &str| match &self.tolerated {
+                    Tolerated::Generated(names) => names.iter().any(|n| n == name),
+                    _ => false,
+                };
+                let unknown =
+                    r.0.iter()
+                        .filter(|(n, _)| !tolerated(n))
+                        .find_map(|(_, v)| v.as_deref().and_then(crate::schema::shape::unknown));
+                if let Some(why) = unknown {
                     return Err(Error::NotInArchive(why.to_string()));
                 }
             }

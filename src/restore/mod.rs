@@ -52,6 +52,8 @@ pub struct Plan {
     pub gen: GenState,
     /// The latest complete transaction of the generation.
     pub last_complete: Option<crate::segment::CommitPoint>,
+    /// Where the archive ends, when the point is past its last transaction.
+    pub past_end: Option<String>,
 }
 
 impl Plan {
@@ -150,6 +152,36 @@ pub async fn plan(store: &Store, table: &str, point: Bound) -> Result<Plan, Erro
             )));
         }
     }
+    let mut past_end = None;
+    if is_last {
+        if let Bound::Time(t) = point {
+            let now = Utc::now();
+            if t > now + chrono::Duration::seconds(1) {
+                return Err(Error::NotInArchive(format!(
+                    "{} is in the future (it is {} now); give a point up to now (or `--at now`); restorable: {ranges}",
+                    show_point(point),
+                    now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )));
+            }
+        }
+        if let Some(c) = st.tail.last_commit {
+            let beyond = match point {
+                Bound::Lsn(p) => p > c.commit_lsn && p.0 != u64::MAX,
+                Bound::Time(t) => t > c.commit_time,
+            };
+            if beyond {
+                past_end = Some(format!(
+                    "{} is past the archive's last transaction ({}, committed {}): the rows are as of that \
+                     transaction. The archive is complete to LSN {}; anything committed after that is not \
+                     archived yet (`waly status` shows whether waly run is running and how far behind it is)",
+                    show_point(point),
+                    c.commit_lsn,
+                    c.commit_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    st.tail.durable_lsn.unwrap_or(c.commit_lsn)
+                ));
+            }
+        }
+    }
     let snapshot = st
         .manifests
         .iter()
@@ -184,8 +216,28 @@ pub async fn plan(store: &Store, table: &str, point: Bound) -> Result<Plan, Erro
         snapshot_bytes,
         segments,
         last_complete: st.tail.last_commit,
+        past_end,
         gen: st,
     })
+}
+
+/// An error unless the archive holds `table` (in some generation's
+/// snapshot), listing the tables it does hold.
+pub async fn check_archived(store: &Store, table: &str) -> Result<(), Error> {
+    let mut known = std::collections::BTreeSet::new();
+    for g in state::generations(store).await? {
+        let st = state::load_generation(store, &g).await?;
+        if st.schemas.tables().any(|t| t == table) {
+            return Ok(());
+        }
+        for m in &st.manifests {
+            if m.tables.iter().any(|t| t.table == table) {
+                return Ok(());
+            }
+            known.extend(m.tables.iter().map(|t| t.table.clone()));
+        }
+    }
+    Err(not_in_archive(table, &known))
 }
 
 /// The error for a table the archive does not hold, listing those it does.

@@ -116,10 +116,25 @@ pub async fn catalog_definition(
         "SELECT d::text FROM ({}) q(d)",
         DEFINITION_SQL.replace(":rel", "to_regclass($1::text)")
     );
-    let row = client
-        .query_opt(sql.as_str(), &[&qualified])
+    let failed = |e: tokio_postgres::Error| Error::Protocol(format!("reading the definition of {qualified}: {e}"));
+    // Expressions (defaults, generation, partition bounds) are printed as
+    // the event trigger prints them: with only pg_catalog on the path,
+    // every other name qualified, so they mean the same in any session.
+    let saved: String = client
+        .query_one("SELECT current_setting('search_path')", &[])
         .await
-        .map_err(|e| Error::Protocol(format!("reading the definition of {qualified}: {e}")))?;
+        .map_err(failed)?
+        .get(0);
+    client
+        .execute("SELECT set_config('search_path', 'pg_catalog', false)", &[])
+        .await
+        .map_err(failed)?;
+    let row = client.query_opt(sql.as_str(), &[&qualified]).await;
+    client
+        .execute("SELECT set_config('search_path', $1, false)", &[&saved])
+        .await
+        .map_err(failed)?;
+    let row = row.map_err(failed)?;
     let Some(row) = row else { return Ok(None) };
     let text: String = row.get(0);
     serde_json::from_str(&text)

@@ -10,6 +10,7 @@
 //! them, an added column takes the value PostgreSQL gave existing rows.
 
 pub mod ddl;
+pub mod generated;
 pub mod keys;
 pub mod shape;
 

@@ -79,7 +79,7 @@ impl Projection {
                 Source::Column(from) => row.0.iter().find(|(n, _)| n == from).map(|(_, v)| v.clone()),
                 Source::Value(v) => Some(v.clone()),
                 Source::Unknown(_, fallback) if lenient => value(fallback, row, lenient),
-                Source::Unknown(why, _) => Some(Some(format!("{UNKNOWN}{why}"))),
+                Source::Unknown(why, _) => Some(Some(unknown_value(why))),
             }
         }
         let mut out = Vec::with_capacity(self.columns.len());
@@ -103,6 +103,11 @@ impl Projection {
 /// Marks a value the archive cannot know. PostgreSQL text never holds a
 /// NUL character, so no real value starts with it.
 const UNKNOWN: char = '\0';
+
+/// A value marked as unknown, for the reason `why`.
+pub fn unknown_value(why: &str) -> String {
+    format!("{UNKNOWN}{why}")
+}
 
 /// The reason a marked value cannot be known, or `None` for a real value.
 pub fn unknown(value: &str) -> Option<&str> {

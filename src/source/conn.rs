@@ -208,9 +208,9 @@ impl PgConn {
 
     async fn connect_one(info: &ConnInfo, host: &Host, replication: bool) -> Result<PgConn, Error> {
         let target = format!("{host}:{} (user {}, database {})", info.port, info.user, info.dbname);
-        let connect_err = |source| Error::Connect {
+        let connect_err = |cause| Error::Connect {
             target: target.clone(),
-            source,
+            cause,
         };
         let stream = match host {
             Host::Unix(dir) => {
@@ -244,7 +244,7 @@ impl PgConn {
                             b'N' => {
                                 return Err(Error::Tls {
                                     target,
-                                    message: "the server does not support TLS (ssl = off), but sslmode requires it"
+                                    message: "the server does not offer TLS (its ssl setting is off), but sslmode requires it; turn ssl on in the server, or connect with sslmode=prefer (or disable) if an unencrypted connection is acceptable"
                                         .into(),
                                 })
                             }

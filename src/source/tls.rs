@@ -325,11 +325,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
 /// is spawned on the current runtime.
 pub async fn connect_sql(info: &ConnInfo) -> Result<tokio_postgres::Client, Error> {
     let tls = MakeRustls::new(info)?;
-    let (client, conn) = info
-        .to_sql_config()
-        .connect(tls)
-        .await
-        .map_err(|e| sql_error(info, e))?;
+    let (client, conn) = match info.to_sql_config().connect(tls).await {
+        Ok(c) => c,
+        // tokio_postgres says only "error connecting to server" or "error
+        // performing TLS handshake": waly's own connection says which
+        // (refused, unresolved, no TLS, a bad certificate) and what to check.
+        Err(e) if e.as_db_error().is_none() => {
+            return Err(match super::PgConn::connect(info, false).await {
+                Err(ours) => ours,
+                Ok(_) => sql_error(info, e),
+            })
+        }
+        Err(e) => return Err(sql_error(info, e)),
+    };
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "SQL connection ended");
@@ -359,6 +367,6 @@ pub fn sql_error(info: &ConnInfo, e: tokio_postgres::Error) -> Error {
     }
     Error::Connect {
         target: info.describe(),
-        source: std::io::Error::other(e.to_string()),
+        cause: std::io::Error::other(e.to_string()),
     }
 }

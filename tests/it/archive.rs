@@ -104,6 +104,7 @@ pub(crate) fn spawn_run_as(db: &TestDb, source: &str, archive: &str, extra: &[&s
                 "200ms",
                 "--log",
                 "warn",
+                "--create-slot",
             ])
             .args(extra),
     )
@@ -158,7 +159,8 @@ pub(crate) fn settle(db: &TestDb, run: crate::harness::Running) {
 pub(crate) fn wait_logged_ids(archive: &str, table: &str, want: &[&str], run: &crate::harness::Running) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let ids: Vec<String> = log_json(archive, &["--table", table])
+        let lines = log_json_once_archived(archive, &["--table", table]);
+        let ids: Vec<String> = lines
             .iter()
             .filter_map(|v| v["key"]["id"].as_str().map(str::to_string))
             .collect();
@@ -187,6 +189,21 @@ pub(crate) fn status_json(db: &TestDb, archive: &str) -> serde_json::Value {
     );
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     serde_json::from_slice(&st.stdout).expect("status json")
+}
+
+/// `waly log --json` with `extra`, or nothing while the archive does not hold
+/// the table yet (before its snapshot: `log --table` then refuses).
+pub(crate) fn log_json_once_archived(archive: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let out = run_within(waly().args(["log", "--json", "--archive", archive]).args(extra), 120);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && err.contains("is not in the archive") {
+        return Vec::new();
+    }
+    assert!(out.status.success(), "waly log: {err}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
 }
 
 pub(crate) fn log_json(archive: &str, extra: &[&str]) -> Vec<serde_json::Value> {
@@ -537,6 +554,7 @@ fn frozen_object_store_holds_the_slot_back_and_loses_nothing() {
                     "200ms",
                     "--slot",
                     &slot(db),
+                    "--create-slot",
                 ])
                 .env("AWS_ENDPOINT_URL", &endpoint)
                 .env("WALY_STORE_TIMEOUT", "2"),
@@ -779,6 +797,7 @@ fn archive_of_another_database_is_refused() {
             "warn",
             "--slot",
             &slot(&b),
+            "--create-slot",
         ]),
         60,
     );
@@ -914,7 +933,7 @@ fn table_added_later_gets_its_own_snapshot_and_schema_changes_are_versioned() {
     );
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let rows = log_json(&archive, &["--snapshot", "--table", "b"]);
+        let rows = log_json_once_archived(&archive, &["--snapshot", "--table", "b"]);
         let ids: Vec<String> = rows
             .iter()
             .filter_map(|v| {

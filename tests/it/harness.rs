@@ -752,3 +752,24 @@ pub fn wait_http(port: u16, path: &str, secs: u64, what: &str, pred: impl Fn(u16
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Makes `dir` and everything in it unwritable (`on`), even for root
+/// (`chattr +i`; the mode for others), or writable again. Whether it is now
+/// as asked (a filesystem without attributes cannot do it as root).
+pub fn freeze(dir: &str, on: bool) -> bool {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let (cmd, arg) = match (root, on) {
+        (true, true) => ("chattr", "+i"),
+        (true, false) => ("chattr", "-i"),
+        (false, true) => ("chmod", "a-w"),
+        (false, false) => ("chmod", "u+w"),
+    };
+    let _ = std::process::Command::new(cmd).args(["-R", arg, dir]).status();
+    let probe = format!("{dir}/.waly-probe");
+    let writable = std::fs::write(&probe, b"x").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    writable != on
+}

@@ -8,6 +8,7 @@ mod decode;
 mod golden;
 mod harness;
 mod history;
+mod messages;
 mod operate;
 mod oracle_check;
 mod oracle_gen;

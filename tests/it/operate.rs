@@ -126,7 +126,16 @@ fn metrics_and_health_answer_over_http_with_the_workloads_numbers() {
 fn spawn(db: &TestDb, archive: &str, extra: &[&str]) -> crate::harness::Running {
     crate::harness::Running::spawn(
         waly()
-            .args(["run", "--source", &db.url(), "--archive", archive, "--slot", &slot(db)])
+            .args([
+                "run",
+                "--source",
+                &db.url(),
+                "--archive",
+                archive,
+                "--slot",
+                &slot(db),
+                "--create-slot",
+            ])
             .args(extra),
     )
 }

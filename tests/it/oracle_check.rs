@@ -176,6 +176,15 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
                 wait_streaming(&db, &standby);
                 run = standby;
             }
+            Step::Outage { sql } => {
+                let frozen = crate::harness::freeze(&archive, true);
+                db.psql(&sql);
+                std::thread::sleep(Duration::from_secs(3));
+                assert!(crate::harness::freeze(&archive, false), "the archive stays unwritable");
+                if !frozen {
+                    eprintln!("oracle seed {seed}: this filesystem cannot make the archive unwritable; the outage step only ran its SQL");
+                }
+            }
             Step::RestoreIntoSource { table } => {
                 wait_confirmed(&db, 120);
                 copies += 1;

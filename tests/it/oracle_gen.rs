@@ -2,10 +2,11 @@
 //! application does (inserts, updates that change keys or leave a TOASTed
 //! value alone, NULL versus empty strings, no-op updates, deletes,
 //! truncates, transactions over several tables, savepoints rolled back, a
-//! large transaction, intents), migrations (add, rename, drop and retype
+//! large transaction, intents; generated columns, one reading only a
+//! TOASTed value), migrations (add, rename, drop and retype
 //! columns, a partition created), and operations on waly itself (kill -9 and
 //! restart, a PostgreSQL restart, compact, reindex, a standby taking over,
-//! a restore into the source database). Checkpoints fall at random moments.
+//! a restore into the source database, an object-store outage). Checkpoints fall at random moments.
 //! The same seed gives the same run.
 
 /// One step of a run.
@@ -28,6 +29,9 @@ pub enum Step {
     Takeover,
     /// `waly restore` of a table into the source database, as of now.
     RestoreIntoSource { table: &'static str },
+    /// The archive refuses writes (made unwritable) while this SQL runs and
+    /// a few seconds pass; then it is writable again.
+    Outage { sql: String },
 }
 
 impl Step {
@@ -42,6 +46,7 @@ impl Step {
             Step::Reindex => "reindex",
             Step::Takeover => "standby takeover",
             Step::RestoreIntoSource { .. } => "restore into the source",
+            Step::Outage { .. } => "object-store outage",
         }
     }
 }
@@ -53,7 +58,10 @@ pub const TABLES: [&str; 3] = ["acct", "item", "ev"];
 pub const SETUP: &str = "
 CREATE TABLE acct (id int PRIMARY KEY, name text, email text, big text, n numeric);
 ALTER TABLE acct ALTER COLUMN big SET STORAGE EXTERNAL;
-CREATE TABLE item (id int PRIMARY KEY, acct int, qty int, note text);
+ALTER TABLE acct ADD COLUMN shout text GENERATED ALWAYS AS (upper(name)) STORED,
+                 ADD COLUMN big_len int GENERATED ALWAYS AS (length(big)) STORED;
+CREATE TABLE item (id int PRIMARY KEY, acct int, qty int, note text,
+                   note_len int GENERATED ALWAYS AS (length(note)) STORED);
 CREATE TABLE ev (id int, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
 CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
 CREATE TABLE ev_2 PARTITION OF ev FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
@@ -127,6 +135,9 @@ pub fn generate(seed: u64, size: Size) -> Vec<Step> {
         Step::Takeover,
         Step::RestoreIntoSource { table: "acct" },
         Step::RestoreIntoSource { table: "ev" },
+        Step::Outage {
+            sql: format!("UPDATE item SET qty = qty + 1 WHERE id % 9 = {}", r.below(9)),
+        },
     ];
     let mut steps = vec![Step::Checkpoint];
     let large_at = r.below(size.steps as u64) as usize;

@@ -218,7 +218,7 @@ fn bad_restore_input_is_refused_clearly_and_changes_nothing() {
             "--target",
             "postgres://nobody@127.0.0.1:1/nowhere?connect_timeout=2",
         ],
-        &["could not connect", "127.0.0.1", "port=1"],
+        &["could not connect", "127.0.0.1:1", "connection refused"],
     );
     assert_eq!(db.psql("SELECT count(*) FROM t"), "2");
     assert_eq!(

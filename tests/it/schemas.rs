@@ -720,52 +720,165 @@ fn a_real_world_schema_and_its_migrations_restore_exactly_at_every_step() {
 }
 
 #[test]
-fn generated_columns_are_recomputed_by_restore_and_shown_where_the_stream_carries_them() {
+fn generated_columns_are_recomputed_by_restore_and_shown_by_every_reader() {
     let db = TestDb::new();
-    db.psql(
-        "CREATE TABLE line (id int PRIMARY KEY, price numeric, qty int,
-                            total numeric GENERATED ALWAYS AS (price * qty) STORED);
-         INSERT INTO line (id, price, qty) VALUES (1, 2.5, 2);",
-    );
+    // `label` reads a column the update sends and one it may leave out
+    // (unchanged TOAST); `size` reads only the latter.
+    let table = |name: &str, identity: &str| {
+        format!(
+            "CREATE TABLE {name} (id int PRIMARY KEY, price numeric, qty int,
+                 total numeric GENERATED ALWAYS AS (price * qty) STORED,
+                 body text,
+                 size int GENERATED ALWAYS AS (length(body)) STORED,
+                 label text GENERATED ALWAYS AS (qty::text || ':' || left(body, 3)) STORED);
+             ALTER TABLE {name} REPLICA IDENTITY {identity};
+             INSERT INTO {name} (id, price, qty, body) VALUES (1, 2.5, 2, 'abc');"
+        )
+    };
+    db.psql(&table("line", "DEFAULT"));
+    db.psql(&table("line_full", "FULL"));
     let pg18 = db.psql("SELECT current_setting('server_version_num')::int >= 180000") == "t";
     let archive = archive_dir(&db);
     init(&db, &archive);
     let run = spawn_run(&db, &archive);
     wait_streaming(&db, &run);
-    db.psql("UPDATE line SET qty = 3 WHERE id = 1; INSERT INTO line (id, price, qty) VALUES (2, 1, 1);");
+    let big = "(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 400) g)";
+    for t in ["line", "line_full"] {
+        db.psql(&format!(
+            "UPDATE {t} SET qty = 3 WHERE id = 1;
+             INSERT INTO {t} (id, price, qty, body) VALUES (2, 1, 1, 'xyz'), (3, 1, 1, {big});
+             UPDATE {t} SET price = 4 WHERE id = 3;"
+        ));
+    }
+    // Many rows in one transaction: computed in batches.
+    db.psql("INSERT INTO line (id, price, qty, body) SELECT g, g, 2, 'b' || g FROM generate_series(10, 1300) g");
     settle(&db, run);
-    // A restore recreates the column as generated; the database computes it.
-    ok(&restore(&db, &archive, &["line", "--at", "now", "--into", "line_copy"]));
-    assert_eq!(state(&db, "line_copy"), state(&db, "line"));
-    assert_eq!(
-        db.psql("SELECT attgenerated FROM pg_attribute WHERE attrelid = 'line_copy'::regclass AND attname = 'total'"),
-        "s"
-    );
-    ok(&run_within(
-        waly().args([
-            "verify",
-            "--archive",
-            &archive,
-            "--against-source",
-            &db.url(),
-            "--table",
-            "line",
-        ]),
-        120,
-    ));
-    // The snapshot holds the value; the stream carries it from PostgreSQL 18
-    // on (publish_generated_columns), not before.
-    let out = ok(&run_within(
-        waly().args(["history", "line", "1", "--archive", &archive, "--json"]),
-        60,
-    ));
-    let versions: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
-    assert_eq!(versions[0]["new"]["total"], "5.0", "{out}");
-    let streamed = &versions[1]["new"]["total"];
+    let history = |t: &str, key: &str| -> Vec<serde_json::Value> {
+        let out = ok(&run_within(
+            waly().args(["history", t, key, "--archive", &archive, "--json", "--full"]),
+            60,
+        ));
+        out.lines().map(|l| serde_json::from_str(l).expect("json")).collect()
+    };
+    let shown = |t: &str| {
+        run_within(
+            waly().args(["show", t, "--archive", &archive, "--at", "now", "--format", "json"]),
+            60,
+        )
+    };
+    let check = |stage: &str| {
+        // A restore recreates the columns as generated; the database computes them.
+        for t in ["line", "line_full"] {
+            ok(&restore(
+                &db,
+                &archive,
+                &[t, "--at", "now", "--into", "copy", "--replace"],
+            ));
+            assert_eq!(state(&db, "copy"), state(&db, t), "{stage}: {t}");
+        }
+        assert_eq!(
+            db.psql("SELECT attgenerated FROM pg_attribute WHERE attrelid = 'copy'::regclass AND attname = 'total'"),
+            "s"
+        );
+        // History and show carry the values the database stored, streamed
+        // (PostgreSQL 18) or computed by waly run on the source (before).
+        let versions = history("line", "1");
+        assert_eq!(versions[0]["new"]["total"], "5.0", "{stage}: {versions:?}");
+        assert_eq!(versions[1]["new"]["total"], "7.5", "{stage}: {versions:?}");
+        assert_eq!(versions[1]["new"]["label"], "3:abc", "{stage}: {versions:?}");
+        let versions = history("line_full", "3");
+        let last = &versions[versions.len() - 1]["new"];
+        assert_eq!(last["total"], "4", "{stage}: {versions:?}");
+        assert_eq!(last["size"], "12800", "{stage}: {versions:?}");
+        assert_eq!(last["label"], "1:c4c", "{stage}: {versions:?}");
+        let full = ok(&shown("line_full"));
+        let expected = db.psql(
+            "SELECT string_agg(id || ' ' || total || ' ' || size || ' ' || label, ',' ORDER BY id) FROM line_full",
+        );
+        let rows: Vec<serde_json::Value> = full.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        let got: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let v = |c: &str| r[c].as_str().unwrap_or("NULL").to_string();
+                format!("{} {} {} {}", v("id"), v("total"), v("size"), v("label"))
+            })
+            .collect();
+        assert_eq!(got.join(","), expected, "{stage}");
+        let many = ok(&run_within(
+            waly().args([
+                "show",
+                "line",
+                "--archive",
+                &archive,
+                "--at",
+                "now",
+                "--key",
+                "1300",
+                "--format",
+                "json",
+            ]),
+            60,
+        ));
+        assert!(many.contains(r#""total":"2600""#), "{stage}: row 1300 computed: {many}");
+        // Without REPLICA IDENTITY FULL, a generated column that reads an
+        // unchanged TOASTed value and a sent one cannot be computed before
+        // PostgreSQL 18: show refuses, saying how to fix it; history says
+        // the value is unknown; the others are exact.
+        let versions = history("line", "3");
+        let last = &versions[versions.len() - 1]["new"];
+        assert_eq!(last["total"], "4", "{stage}: {versions:?}");
+        assert_eq!(last["size"], "12800", "{stage}: {versions:?}");
+        if pg18 {
+            assert_eq!(last["label"], "1:c4c", "{stage}: {versions:?}");
+            ok(&shown("line"));
+        } else {
+            let label = last["label"].as_str().unwrap_or_default();
+            assert!(
+                label.starts_with('\0') && label.contains("REPLICA IDENTITY FULL"),
+                "{stage}: {label}"
+            );
+            let refused = shown("line");
+            assert!(!refused.status.success());
+            let err = String::from_utf8_lossy(&refused.stderr);
+            assert!(
+                err.contains("label") && err.contains("REPLICA IDENTITY FULL"),
+                "{stage}: {err}"
+            );
+            let human = ok(&run_within(
+                waly().args(["history", "line", "3", "--archive", &archive]),
+                60,
+            ));
+            assert!(human.contains("→ unknown (the generated column label"), "{human}");
+        }
+        ok(&run_within(
+            waly().args(["verify", "--archive", &archive, "--against-source", &db.url()]),
+            120,
+        ));
+    };
+    check("as archived");
+    // Compacting keeps every value, unknown ones as unknown.
+    ok(&run_within(waly().args(["compact", "--archive", &archive]), 120));
+    check("after compact");
     if pg18 {
-        assert_eq!(streamed, "7.5", "{out}");
-    } else {
-        assert!(streamed.is_null(), "{out}");
+        // A virtual column: never streamed, computed by waly run; a restore
+        // recreates it as virtual.
+        db.psql(
+            "CREATE TABLE vline (id int PRIMARY KEY, qty int, twice int GENERATED ALWAYS AS (qty * 2) VIRTUAL);
+                 INSERT INTO vline VALUES (1, 1);",
+        );
+        let run = spawn_run(&db, &archive);
+        wait_streaming(&db, &run);
+        db.psql("INSERT INTO vline VALUES (2, 5); UPDATE vline SET qty = 7 WHERE id = 1;");
+        settle(&db, run);
+        let versions = history("vline", "1");
+        assert_eq!(versions[0]["new"]["twice"], "2", "{versions:?}");
+        assert_eq!(versions[versions.len() - 1]["new"]["twice"], "14", "{versions:?}");
+        ok(&restore(&db, &archive, &["vline", "--at", "now", "--into", "vcopy"]));
+        assert_eq!(state(&db, "vcopy"), state(&db, "vline"));
+        assert_eq!(
+            db.psql("SELECT attgenerated FROM pg_attribute WHERE attrelid = 'vcopy'::regclass AND attname = 'twice'"),
+            "v"
+        );
     }
     let _ = std::fs::remove_dir_all(&archive);
 }

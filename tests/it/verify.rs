@@ -105,7 +105,12 @@ fn verify_names_each_kind_of_damage_and_says_clean_otherwise() {
     };
     assert_eq!(drill(), (Some(0), vec![]));
     // ... until someone edits the table behind waly's back (it is not running).
-    db.psql("UPDATE t SET v = 'tampered' WHERE id = 3");
+    // (Unpublished meanwhile: a change the slot would still deliver is the
+    // archive being behind, which the drill reports as such.)
+    db.psql(
+        "ALTER PUBLICATION waly DROP TABLE t; UPDATE t SET v = 'tampered' WHERE id = 3;
+         ALTER PUBLICATION waly ADD TABLE t;",
+    );
     let (code, differs) = drill();
     assert_eq!(code, Some(1));
     assert_eq!(
