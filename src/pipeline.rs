@@ -298,7 +298,9 @@ async fn publishes(sql: &tokio_postgres::Client, publication: &str, schema: &str
             ],
         )
         .await
-        .map_err(|e| Error::Protocol(format!("asking whether {publication:?} publishes {schema}.{name}: {e}")))?;
+        .map_err(|e| {
+            source::tls::sql_failed(&format!("asking whether {publication:?} publishes {schema}.{name}"), e)
+        })?;
     Ok(row.get(0))
 }
 

@@ -116,7 +116,8 @@ pub async fn catalog_definition(
         "SELECT d::text FROM ({}) q(d)",
         DEFINITION_SQL.replace(":rel", "to_regclass($1::text)")
     );
-    let failed = |e: tokio_postgres::Error| Error::Protocol(format!("reading the definition of {qualified}: {e}"));
+    let failed =
+        |e: tokio_postgres::Error| crate::source::tls::sql_failed(&format!("reading the definition of {qualified}"), e);
     // Expressions (defaults, generation, partition bounds) are printed as
     // the event trigger prints them: with only pg_catalog on the path,
     // every other name qualified, so they mean the same in any session.
@@ -171,7 +172,7 @@ pub async fn capture_mode(client: &tokio_postgres::Client) -> Result<CaptureMode
             &[&TRIGGER],
         )
         .await
-        .map_err(|e| Error::Protocol(format!("looking for the DDL event trigger: {e}")))?;
+        .map_err(|e| crate::source::tls::sql_failed("looking for the DDL event trigger", e))?;
     Ok(if row.get::<_, bool>(0) {
         CaptureMode::EventTrigger
     } else {

@@ -260,9 +260,13 @@ async fn evaluate(
         Ok(m) => m,
         Err(e) => {
             let _ = sql.simple_query("ROLLBACK").await;
-            return match e.as_db_error() {
-                Some(d) => Ok(Err(d.message().to_string())),
-                None => Err(Error::Protocol(format!("computing generated columns: {e}"))),
+            // The expression failed: its values are unknown. The server or
+            // the connection failed (a restart, a closed connection): the
+            // session starts again and computes them then.
+            let err = crate::source::tls::sql_failed("computing generated columns", e);
+            return match err {
+                Error::Server(s) if !Error::Server(s.clone()).is_transient() => Ok(Err(s.message.clone())),
+                other => Err(other),
             };
         }
     };

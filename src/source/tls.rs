@@ -348,6 +348,20 @@ pub async fn connect_sql(info: &ConnInfo) -> Result<tokio_postgres::Client, Erro
 
 /// Converts a `tokio_postgres` error into waly's, keeping the server's fields.
 pub fn sql_error(info: &ConnInfo, e: tokio_postgres::Error) -> Error {
+    if e.as_db_error().is_some() {
+        return sql_failed("", e);
+    }
+    Error::Connect {
+        target: info.describe(),
+        cause: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// A query on an open SQL connection failed (`what` says which): the
+/// server's error with its fields (transient or not by its SQLSTATE); a
+/// connection that closed or broke is transient, so the session starts
+/// again rather than the process giving up.
+pub fn sql_failed(what: &str, e: tokio_postgres::Error) -> Error {
     if let Some(db) = e.as_db_error() {
         let mut body = Vec::new();
         for (k, v) in [
@@ -365,8 +379,8 @@ pub fn sql_error(info: &ConnInfo, e: tokio_postgres::Error) -> Error {
         }
         return Error::Server(Box::new(crate::error::ServerError::parse(&body)));
     }
-    Error::Connect {
-        target: info.describe(),
-        cause: std::io::Error::other(e.to_string()),
+    if e.is_closed() {
+        return Error::ConnectionClosed;
     }
+    Error::Io(std::io::Error::other(format!("{what}: {e}")))
 }

@@ -103,6 +103,25 @@ fn spawn(db: &TestDb, archive: &str) -> Running {
     run
 }
 
+/// Waits until the sidecar has archived everything committed so far;
+/// fails with its log if it does not within two minutes.
+fn caught_up(db: &TestDb, run: &Running, when: &str) {
+    let end = db.current_lsn();
+    let q = format!(
+        "SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{}'",
+        slot(db)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while db.psql(&q) != "t" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waly run did not catch up {when} (to {end}):\n{}",
+            run.stderr_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn waly_out(args: &[&str]) -> std::process::Output {
     run_within(waly().args(args), 300)
 }
@@ -164,6 +183,10 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
                 let o = waly_out(&["compact", "--archive", &archive]);
                 assert!(o.status.success(), "compact: {}", stderr(&o));
             }
+            Step::Prune => {
+                let o = waly_out(&["prune", "--archive", &archive, "--keep", "1h"]);
+                assert!(o.status.success(), "prune: {}", stderr(&o));
+            }
             Step::Reindex => {
                 let o = waly_out(&["reindex", "--archive", &archive]);
                 assert!(o.status.success(), "reindex: {}", stderr(&o));
@@ -181,12 +204,14 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
                 db.psql(&sql);
                 std::thread::sleep(Duration::from_secs(3));
                 assert!(crate::harness::freeze(&archive, false), "the archive stays unwritable");
+                // Capture resumes by itself once the archive is writable.
+                caught_up(&db, &run, "after the outage");
                 if !frozen {
                     eprintln!("oracle seed {seed}: this filesystem cannot make the archive unwritable; the outage step only ran its SQL");
                 }
             }
             Step::RestoreIntoSource { table } => {
-                wait_confirmed(&db, 120);
+                caught_up(&db, &run, "before a restore into the source");
                 copies += 1;
                 let into = format!("oracle_copy_{copies}");
                 let o = waly_out(&[

@@ -5,7 +5,7 @@
 //! large transaction, intents; generated columns, one reading only a
 //! TOASTed value), migrations (add, rename, drop and retype
 //! columns, a partition created), and operations on waly itself (kill -9 and
-//! restart, a PostgreSQL restart, compact, reindex, a standby taking over,
+//! restart, a PostgreSQL restart, compact, prune, reindex, a standby taking over,
 //! a restore into the source database, an object-store outage). Checkpoints fall at random moments.
 //! The same seed gives the same run.
 
@@ -24,6 +24,9 @@ pub enum Step {
     Compact,
     /// `waly reindex`.
     Reindex,
+    /// `waly prune --keep 1h` while the sidecar runs: the window covers the
+    /// whole run, so whatever it deletes no point in it may need.
+    Prune,
     /// A second sidecar waits as a standby; the writer is killed; the
     /// standby takes over.
     Takeover,
@@ -44,6 +47,7 @@ impl Step {
             Step::PgRestart => "PostgreSQL restart",
             Step::Compact => "compact",
             Step::Reindex => "reindex",
+            Step::Prune => "prune --keep",
             Step::Takeover => "standby takeover",
             Step::RestoreIntoSource { .. } => "restore into the source",
             Step::Outage { .. } => "object-store outage",
@@ -132,6 +136,7 @@ pub fn generate(seed: u64, size: Size) -> Vec<Step> {
         Step::PgRestart,
         Step::Compact,
         Step::Reindex,
+        Step::Prune,
         Step::Takeover,
         Step::RestoreIntoSource { table: "acct" },
         Step::RestoreIntoSource { table: "ev" },
