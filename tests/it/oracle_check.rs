@@ -353,7 +353,25 @@ fn audit(db: &TestDb, table: &str) -> Vec<(String, Value, Value, Value)> {
 
 /// The versions history must show for `key` (after the snapshot), from the
 /// audit: followed through key changes as waly follows them.
-fn expected_history(rows: &[(String, Value, Value, Value)], key: &str) -> Vec<(String, Value, Value)> {
+/// One version of a row as history shows it: op, new row (NULL when gone),
+/// intent, and for an update the columns it changed (sorted).
+type Version = (String, Value, Value, Vec<String>);
+
+/// The columns whose values differ between two audited rows, sorted.
+fn changed_columns(old: &Value, new: &Value) -> Vec<String> {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = n
+        .iter()
+        .filter(|(k, v)| o.get(*k).is_some_and(|w| w != *v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+fn expected_history(rows: &[(String, Value, Value, Value)], key: &str) -> Vec<Version> {
     let mut cur = key.to_string();
     let mut exists = false;
     let mut out = Vec::new();
@@ -374,11 +392,16 @@ fn expected_history(rows: &[(String, Value, Value, Value)], key: &str) -> Vec<(S
                 if let Some(n) = id(new) {
                     cur = n;
                 }
-                out.push((op.clone(), new.clone(), intent.clone()));
+                let changed = if op == "update" {
+                    changed_columns(old, new)
+                } else {
+                    Vec::new()
+                };
+                out.push((op.clone(), new.clone(), intent.clone(), changed));
             }
             _ => {
                 exists = false;
-                out.push((op.clone(), Value::Null, intent.clone()));
+                out.push((op.clone(), Value::Null, intent.clone(), Vec::new()));
             }
         }
     }
@@ -401,7 +424,7 @@ fn check_history(seed: u64, db: &TestDb, archive: &str, r: &mut Rng, out: &mut O
             let key = keys[r.below(keys.len() as u64) as usize].clone();
             let want = expected_history(&rows, &key);
             let o = waly_out(&["history", table, &key, "--archive", archive, "--json"]);
-            let got: Vec<(String, Value, Value)> = stdout(&o)
+            let got: Vec<Version> = stdout(&o)
                 .lines()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
                 .filter(|v| v["op"] != "snapshot")
@@ -411,7 +434,22 @@ fn check_history(seed: u64, db: &TestDb, archive: &str, r: &mut Rng, out: &mut O
                     } else {
                         v["new"].clone()
                     };
-                    (v["op"].as_str().unwrap_or("").to_string(), new, v["intent"].clone())
+                    let mut changed: Vec<String> = match v["op"].as_str() {
+                        Some("update") => v["changed"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|c| c.as_str().map(str::to_string))
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    changed.sort();
+                    (
+                        v["op"].as_str().unwrap_or("").to_string(),
+                        new,
+                        v["intent"].clone(),
+                        changed,
+                    )
                 })
                 .collect();
             out.check(got == want, || {
