@@ -4,6 +4,7 @@
 use crate::archive::{archive_dir, settle, slot, spawn_run, spawn_run_as, wait_confirmed, wait_streaming};
 use crate::harness::{free_port, run_within, wait_http, waly, TestDb};
 use crate::restore::ok;
+use crate::schemas::init;
 use std::process::Output;
 
 fn fails(out: &Output) -> String {
@@ -78,18 +79,7 @@ fn command_line_rules_refuse_what_cannot_mean_anything_and_say_where_the_archive
          INSERT INTO note SELECT g, repeat('long text ', 10) || g FROM generate_series(1, 5) g;",
     );
     let archive = archive_dir(&db);
-    ok(&run_within(
-        waly().args([
-            "init",
-            "--source",
-            &db.url(),
-            "--archive",
-            &archive,
-            "--slot",
-            &slot(&db),
-        ]),
-        60,
-    ));
+    init(&db, &archive);
     // After init, `waly run --slot` with a slot that does not exist: no quiet permanent
     // slot, but where to create it.
     let out = run_within(
@@ -191,18 +181,7 @@ fn verify_against_source_says_what_it_compared_and_when_the_archive_is_behind() 
          INSERT INTO acct SELECT g, g FROM generate_series(1, 40) g;",
     );
     let archive = archive_dir(&db);
-    ok(&run_within(
-        waly().args([
-            "init",
-            "--source",
-            &db.url(),
-            "--archive",
-            &archive,
-            "--slot",
-            &slot(&db),
-        ]),
-        60,
-    ));
+    init(&db, &archive);
     let run = spawn_run(&db, &archive);
     wait_streaming(&db, &run);
     db.psql("UPDATE acct SET v = v + 1 WHERE id <= 10");
@@ -252,18 +231,7 @@ fn the_guard_trigger_is_silent_for_temporary_tables() {
     let db = TestDb::new();
     db.psql("CREATE TABLE keyed (id int PRIMARY KEY)");
     let archive = archive_dir(&db);
-    ok(&run_within(
-        waly().args([
-            "init",
-            "--source",
-            &db.url(),
-            "--archive",
-            &archive,
-            "--slot",
-            &slot(&db),
-        ]),
-        60,
-    ));
+    init(&db, &archive);
     let psql = |sql: &str| {
         let out = std::process::Command::new("psql")
             .args([&db.url(), "-X", "-c", sql])
@@ -292,18 +260,7 @@ fn an_archive_that_refuses_writes_is_named_retried_slowly_and_shown_on_readyz() 
     let db = TestDb::new();
     db.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');");
     let archive = archive_dir(&db);
-    ok(&run_within(
-        waly().args([
-            "init",
-            "--source",
-            &db.url(),
-            "--archive",
-            &archive,
-            "--slot",
-            &slot(&db),
-        ]),
-        60,
-    ));
+    init(&db, &archive);
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let run = spawn_run_as(&db, &db.url(), &archive, &["--metrics-addr", &addr]);

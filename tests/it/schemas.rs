@@ -7,7 +7,7 @@ use crate::harness::{run_within, waly, TestDb};
 use crate::restore::ok;
 use std::process::Output;
 
-fn init(db: &TestDb, archive: &str) -> String {
+pub(crate) fn init(db: &TestDb, archive: &str) -> String {
     ok(&run_within(
         waly().args(["init", "--source", &db.url(), "--archive", archive, "--slot", &slot(db)]),
         60,
