@@ -264,8 +264,11 @@ async fn evaluate(
             // the connection failed (a restart, a closed connection): the
             // session starts again and computes them then.
             let err = crate::source::tls::sql_failed("computing generated columns", e);
+            if err.is_transient() {
+                return Err(err);
+            }
             return match err {
-                Error::Server(s) if !Error::Server(s.clone()).is_transient() => Ok(Err(s.message.clone())),
+                Error::Server(s) => Ok(Err(s.message)),
                 other => Err(other),
             };
         }
