@@ -84,6 +84,14 @@ struct Tracker {
     pending: Vec<Version>,
     out: Vec<Version>,
     n: u64,
+    /// The row as it was just before an update gave it the followed key,
+    /// by that update's `(commit LSN, seq)`: found by following the old key
+    /// (`moved_in`), so the update's changed columns and unchanged large
+    /// values come from the row it really changed.
+    arrived: std::collections::HashMap<(Lsn, u64), Row>,
+    /// Updates that gave a row the followed key with no row known before
+    /// (the old key, encoded), to look up in `arrived`.
+    moved_in: Vec<(Lsn, u64, Vec<u8>)>,
 }
 
 impl Tracker {
@@ -238,8 +246,17 @@ impl Tracker {
         if !mine {
             return;
         }
-        // The row before, in this change's shape.
-        let before = self.row.as_ref().map(|r| self.carry(self.row_version, v, r));
+        // The row before, in this change's shape; for an update that gave
+        // a row the followed key, the row under its old key.
+        let mut before = self.row.as_ref().map(|r| self.carry(self.row_version, v, r));
+        if before.is_none() && c.op == Op::Update {
+            if let Some(ok) = old_key.as_ref().filter(|ok| **ok != self.current) {
+                before = self.arrived.get(&(c.commit_lsn, c.seq)).cloned();
+                if before.is_none() {
+                    self.moved_in.push((c.commit_lsn, c.seq, ok.clone()));
+                }
+            }
+        }
         let mut key_change = None;
         let after = match c.op {
             Op::Insert | Op::Update => {
@@ -342,10 +359,102 @@ pub async fn history(
     let key = crate::restore::parse_keys(std::slice::from_ref(&query.key), &ident, table)?
         .pop()
         .unwrap_or_default();
+    let (mut out, mut stats) = follow_row(store, &states, table, &ident, &key, use_index, 0).await?;
+    if out.is_empty() {
+        return Err(Error::NotInArchive(format!(
+            "no row of {table} with key {} in the archive",
+            ident.show(&key)
+        )));
+    }
+    let inside = |v: &Version| {
+        let after = match query.since {
+            None => true,
+            Some(Bound::Lsn(l)) => v.commit_lsn >= l,
+            Some(Bound::Time(t)) => v.commit_time >= t,
+        };
+        let before = match query.until {
+            None => true,
+            Some(Bound::Lsn(l)) => v.commit_lsn <= l,
+            Some(Bound::Time(t)) => v.commit_time <= t,
+        };
+        after && before
+    };
+    out.retain(inside);
+    stats.bytes_read = store.bytes_read() - started_at;
+    Ok((ident.names, out, stats))
+}
+
+/// How many key changes back `history` follows a row to find what it was
+/// before it came to the followed key.
+const MOVED_IN_DEPTH: u32 = 8;
+
+type Followed = (Vec<Version>, LookupStats);
+
+/// The versions of the row with `key`, oldest first. Where an update gave
+/// the row this key, the row it was under its old key is looked up (that
+/// key followed the same way, up to `MOVED_IN_DEPTH` moves back) and the
+/// archive read again with it known, so the update's changed columns and
+/// unchanged large values are the real ones.
+fn follow_row<'a>(
+    store: &'a Store,
+    states: &'a [state::GenState],
+    table: &'a str,
+    ident: &'a KeyColumns,
+    key: &'a [u8],
+    use_index: bool,
+    depth: u32,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Followed, Error>> + Send + 'a>> {
+    Box::pin(async move {
+        let mut arrived = std::collections::HashMap::new();
+        let mut stats = LookupStats::default();
+        loop {
+            let (t, s) = track(store, states, table, ident, key, use_index, arrived.clone()).await?;
+            stats.segments_scanned += s.segments_scanned;
+            stats.frames_read += s.frames_read;
+            let unknown: Vec<_> = t
+                .moved_in
+                .iter()
+                .filter(|(lsn, seq, _)| !arrived.contains_key(&(*lsn, *seq)))
+                .cloned()
+                .collect();
+            if unknown.is_empty() || depth >= MOVED_IN_DEPTH {
+                return Ok((t.out, stats));
+            }
+            let before_count = arrived.len();
+            for (lsn, seq, old) in unknown {
+                let (theirs, s) = follow_row(store, states, table, ident, &old, use_index, depth + 1).await?;
+                stats.segments_scanned += s.segments_scanned;
+                stats.frames_read += s.frames_read;
+                let found = theirs
+                    .into_iter()
+                    .find(|v| v.change.as_ref().is_some_and(|c| c.commit_lsn == lsn && c.seq == seq));
+                if let Some(b) = found.and_then(|v| v.before) {
+                    arrived.insert((lsn, seq), b);
+                }
+            }
+            if arrived.len() == before_count {
+                // The old key's history does not know the row either.
+                return Ok((t.out, stats));
+            }
+        }
+    })
+}
+
+/// One pass over the archive following `key`, with the rows known from
+/// before key changes in `arrived`.
+async fn track(
+    store: &Store,
+    states: &[state::GenState],
+    table: &str,
+    ident: &KeyColumns,
+    key: &[u8],
+    use_index: bool,
+    arrived: std::collections::HashMap<(Lsn, u64), Row>,
+) -> Result<(Tracker, LookupStats), Error> {
     let fresh = || Tracker {
         table: table.to_string(),
         ident: ident.clone(),
-        current: key.clone(),
+        current: key.to_vec(),
         row: None,
         row_version: 0,
         start_lsn: None,
@@ -357,12 +466,14 @@ pub async fn history(
         pending: Vec::new(),
         out: Vec::new(),
         n: 0,
+        arrived: arrived.clone(),
+        moved_in: Vec::new(),
     };
     let mut t = fresh();
     let mut stats = LookupStats::default();
     let mut scan = !use_index;
     if use_index {
-        for st in &states {
+        for st in states {
             if let Err(trouble) = indexed_generation(store, st, &mut t, &mut stats).await? {
                 // A damaged index never gives a wrong answer: start over
                 // without it.
@@ -389,29 +500,7 @@ pub async fn history(
         .await?;
     }
     t.flush();
-    let mut out = t.out;
-    if out.is_empty() {
-        return Err(Error::NotInArchive(format!(
-            "no row of {table} with key {} in the archive",
-            ident.show(&key)
-        )));
-    }
-    let inside = |v: &Version| {
-        let after = match query.since {
-            None => true,
-            Some(Bound::Lsn(l)) => v.commit_lsn >= l,
-            Some(Bound::Time(t)) => v.commit_time >= t,
-        };
-        let before = match query.until {
-            None => true,
-            Some(Bound::Lsn(l)) => v.commit_lsn <= l,
-            Some(Bound::Time(t)) => v.commit_time <= t,
-        };
-        after && before
-    };
-    out.retain(inside);
-    stats.bytes_read = store.bytes_read() - started_at;
-    Ok((ident.names, out, stats))
+    Ok((t, stats))
 }
 
 /// One generation, read through its index where it has one.

@@ -126,6 +126,19 @@ fn history_follows_a_row_through_updates_toast_a_key_change_delete_and_reinsert(
         later[0]["key_change"],
         serde_json::json!({"from": "id=1", "to": "id=10"})
     );
+    // history_of_a_key_a_row_moved_to_knows_the_row_it_came_from: only the
+    // key changed, and the large value the key change left alone is the
+    // one the row had under its old key.
+    assert_eq!(versions[7]["changed"], serde_json::json!(["id"]));
+    assert_eq!(later[0]["changed"], serde_json::json!(["id"]));
+    assert_eq!(later[0]["unchanged_toast"], serde_json::json!(["big"]));
+    assert_eq!(later[0]["new"]["big"].as_str().map(str::len), Some(300_000));
+    assert_eq!(later[0]["new"], versions[7]["new"]);
+    assert_eq!(
+        json_lines(&history(&archive, &["h", "id=10", "--json", "--scan"])),
+        later,
+        "the same without the index"
+    );
 
     // The same without the index, after rebuilding it from nothing, and
     // through a damaged index object (with a warning).
