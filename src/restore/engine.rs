@@ -1,7 +1,7 @@
 //! The restore engine: snapshot rows and changes into sort records, then
 //! each key's records folded, in commit order, into the row at the point.
 
-use super::sort::{decode, Kind, Merged, Sorter};
+use super::sort::{decode, Kind, Merged, Rec, Sorter, Spilled};
 use super::{pick, Plan};
 use crate::archive::Store;
 use crate::event::{Op, Row};
@@ -59,25 +59,165 @@ pub type Progress<'a> = &'a mut (dyn FnMut(u64) + Send);
 /// at the point, in key order.
 pub async fn rows(store: &Store, plan: &Plan, filter: &Filter, progress: Progress<'_>) -> Result<Rows, Error> {
     let started = std::time::Instant::now();
-    let (sorter, outcome, truncated_at) = collect(store, plan, filter, progress).await?;
+    // Asked for some keys: a key change that gave one of them its key and
+    // left a large value unchanged needs the row under its old key too
+    // (and that one, perhaps, the key before); those rows are read as
+    // well, and only the keys asked for come out.
+    let mut wider = filter.clone();
+    let mut c = collect(store, plan, &wider, &mut *progress).await?;
+    for _ in 0..MOVES_BACK {
+        if c.outside.is_empty() || filter.keys.is_empty() {
+            break;
+        }
+        wider.keys.extend(std::mem::take(&mut c.outside));
+        c = collect(store, plan, &wider, &mut *progress).await?;
+    }
     tracing::debug!(
-        runs = sorter.runs.len(),
-        changes = outcome.changes,
+        runs = c.sorter.runs.len(),
+        changes = c.outcome.changes,
         ms = started.elapsed().as_millis() as u64,
         "archive read and sorted"
     );
-    Ok(Rows::new(sorter.finish()?, truncated_at, outcome))
+    let mut rows = Rows::new(c)?;
+    if wider.keys.len() > filter.keys.len() {
+        rows.only = Some(filter.keys.iter().cloned().collect());
+    }
+    Ok(rows)
+}
+
+/// How many key changes back a restore of some keys follows a row for a
+/// large value its key changes left unchanged.
+const MOVES_BACK: usize = 8;
+
+/// Why a value is unknown when a key change left it unchanged and the row
+/// it came from could not be found.
+const MOVED_UNKNOWN: &str =
+    "an update changed this row's key and left this large value unchanged, and the row it came from is not in the archive";
+
+/// The values key changes left unchanged (PostgreSQL does not send them),
+/// found in the row under its old key: by the key change's `(lsn, seq)`,
+/// the wanted columns of that row, kept in a temporary file beside the
+/// restore's sorted runs so memory holds only where each is.
+#[derive(Default)]
+struct Fills {
+    file: Option<std::fs::File>,
+    at: std::collections::HashMap<(u64, u64), (u64, usize)>,
+    end: u64,
+}
+
+impl Fills {
+    fn create(dir: &std::path::Path) -> Result<Fills, Error> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.join("moved-values"))?;
+        Ok(Fills {
+            file: Some(file),
+            ..Fills::default()
+        })
+    }
+
+    fn get(&self, lsn: u64, seq: u64) -> Result<Option<Row>, Error> {
+        use std::os::unix::fs::FileExt;
+        let (Some(file), Some((off, len))) = (&self.file, self.at.get(&(lsn, seq))) else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; *len];
+        file.read_exact_at(&mut buf, *off)?;
+        Ok(Some(
+            serde_json::from_slice(&buf).map_err(|e| Error::Protocol(e.to_string()))?,
+        ))
+    }
+
+    fn put(&mut self, lsn: u64, seq: u64, row: &Row) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        let Some(file) = &self.file else { return Ok(()) };
+        let bytes = serde_json::to_vec(row).map_err(|e| Error::Protocol(e.to_string()))?;
+        file.write_all_at(&bytes, self.end)?;
+        self.at.insert((lsn, seq), (self.end, bytes.len()));
+        self.end += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+/// One key's row as its records fold: the row (JSON) and how many copies of
+/// it exist (more than one only for identical rows of a table without a
+/// primary key).
+type State = Option<(Vec<u8>, i64)>;
+
+/// Folds record `r` into its key's `state`. With `capture`, a delete that
+/// ends a row whose key changed records the values the key change left
+/// unchanged (when this pass knows them all).
+fn apply(state: &mut State, r: &Rec<'_>, fills: &Fills, capture: Option<&mut Fills>) -> Result<(), Error> {
+    match r.kind {
+        Kind::Base | Kind::Insert => {
+            let row = if r.toast.is_empty() {
+                r.row.to_vec()
+            } else {
+                // A key change: the unchanged values from the old row.
+                let found = fills.get(r.lsn, r.seq)?;
+                let unknown = crate::schema::shape::unknown_value(MOVED_UNKNOWN);
+                carry_toast(r.row, r.toast, Some(found.as_ref()), &unknown)?
+            };
+            let n = state.as_ref().map_or(0, |s| s.1.max(0));
+            *state = Some((row, n + 1));
+        }
+        Kind::Update => {
+            let row = if r.toast.is_empty() {
+                r.row.to_vec()
+            } else {
+                let prev: Option<Row> = match state {
+                    Some((p, _)) => Some(serde_json::from_slice(p).map_err(|e| Error::Protocol(e.to_string()))?),
+                    None => None,
+                };
+                carry_toast(r.row, r.toast, prev.as_ref().map(Some), "")?
+            };
+            let n = state.as_ref().map_or(1, |s| s.1.max(1));
+            *state = Some((row, n));
+        }
+        Kind::Delete => {
+            if let (Some(capture), Some((prev, _)), false) = (capture, state.as_ref(), r.toast.is_empty()) {
+                let bad = |e: serde_json::Error| Error::Protocol(e.to_string());
+                let names: Vec<String> = serde_json::from_slice(r.toast).map_err(bad)?;
+                let prev: Row = serde_json::from_slice(prev).map_err(bad)?;
+                let wanted: Vec<_> = prev
+                    .0
+                    .iter()
+                    .filter(|(n, _)| names.iter().any(|w| **w == **n))
+                    .cloned()
+                    .collect();
+                let moved_unknown =
+                    |v: &Option<String>| v.as_deref().and_then(crate::schema::shape::unknown) == Some(MOVED_UNKNOWN);
+                if wanted.len() == names.len() && !wanted.iter().any(|(_, v)| moved_unknown(v)) {
+                    capture.put(r.lsn, r.seq, &Row(wanted))?;
+                }
+            }
+            if let Some(s) = state {
+                s.1 -= 1;
+                if s.1 <= 0 {
+                    *state = None;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The rows of a restore, folded from the sorted records one key at a time.
 pub struct Rows {
     merged: Merged,
+    /// The sorted runs, when they are read more than once (kept until the
+    /// rows are).
+    _spilled: Option<Spilled>,
+    fills: Fills,
+    /// Only these keys come out (the others were read for key changes).
+    only: Option<std::collections::BTreeSet<Vec<u8>>>,
     truncated_at: Option<(u64, u64)>,
     group: Vec<u8>,
-    /// The current key's row (JSON) and how many copies of it exist (more
-    /// than one only for identical rows of a table without a primary key).
-    state: Option<(Vec<u8>, i64)>,
-    pending: Option<(Vec<u8>, i64)>,
+    /// The current key's row.
+    state: State,
+    pending: State,
     done: bool,
     /// Columns whose unknown values are passed on instead of refused.
     tolerated: Tolerated,
@@ -106,9 +246,14 @@ impl std::fmt::Debug for Rows {
     }
 }
 
-fn finish_group(state: &mut Option<(Vec<u8>, i64)>, pending: &mut Option<(Vec<u8>, i64)>) -> Result<(), Error> {
+fn finish_group(
+    state: &mut State,
+    pending: &mut State,
+    key: &[u8],
+    only: Option<&std::collections::BTreeSet<Vec<u8>>>,
+) -> Result<(), Error> {
     if let Some((row, n)) = state.take() {
-        if n > 0 {
+        if n > 0 && only.is_none_or(|o| o.contains(key)) {
             *pending = Some((row, n));
         }
     }
@@ -126,9 +271,74 @@ impl Rows {
         }
     }
 
-    fn new(merged: Merged, truncated_at: Option<(u64, u64)>, outcome: Outcome) -> Rows {
+    fn new(c: Collected) -> Result<Rows, Error> {
+        let Collected {
+            sorter,
+            outcome,
+            truncated_at,
+            moves,
+            ..
+        } = c;
+        if moves == 0 {
+            return Ok(Rows::folding(
+                sorter.finish()?,
+                None,
+                Fills::default(),
+                truncated_at,
+                outcome,
+            ));
+        }
+        // Key changes left large values unchanged: a first pass over the
+        // records finds them in the rows under the old keys (again while a
+        // pass finds more: a row whose key changed twice), then the rows.
+        let spilled = sorter.spill_all()?;
+        let mut fills = Fills::create(spilled.dir())?;
+        loop {
+            let mut found = Fills {
+                file: fills.file.as_ref().map(|f| f.try_clone()).transpose()?,
+                at: Default::default(),
+                end: fills.end,
+            };
+            let mut merged = spilled.merged()?;
+            let mut group: Vec<u8> = Vec::new();
+            let mut state: State = None;
+            while let Some(b) = merged.next_record()? {
+                let r = decode(b).ok_or_else(damaged)?;
+                if r.key != group.as_slice() {
+                    state = None;
+                    group.clear();
+                    group.extend_from_slice(r.key);
+                }
+                if truncated_at.is_some_and(|t| (r.lsn, r.seq) < t) {
+                    continue;
+                }
+                apply(&mut state, &r, &fills, Some(&mut found))?;
+            }
+            let before = fills.at.len();
+            fills.end = found.end;
+            for (k, v) in found.at {
+                fills.at.entry(k).or_insert(v);
+            }
+            if fills.at.len() as u64 >= moves || fills.at.len() == before {
+                break;
+            }
+        }
+        let merged = spilled.merged()?;
+        Ok(Rows::folding(merged, Some(spilled), fills, truncated_at, outcome))
+    }
+
+    fn folding(
+        merged: Merged,
+        spilled: Option<Spilled>,
+        fills: Fills,
+        truncated_at: Option<(u64, u64)>,
+        outcome: Outcome,
+    ) -> Rows {
         Rows {
             merged,
+            _spilled: spilled,
+            fills,
+            only: None,
             truncated_at,
             group: Vec::new(),
             state: None,
@@ -192,58 +402,42 @@ impl Rows {
             }
             let Some(b) = self.merged.next_record()? else {
                 self.done = true;
-                finish_group(&mut self.state, &mut self.pending)?;
+                finish_group(&mut self.state, &mut self.pending, &self.group, self.only.as_ref())?;
                 continue;
             };
-            let r = decode(b).ok_or_else(|| Error::Io(std::io::Error::other("a restore record is damaged")))?;
+            let r = decode(b).ok_or_else(damaged)?;
             if r.key != self.group.as_slice() {
-                finish_group(&mut self.state, &mut self.pending)?;
+                finish_group(&mut self.state, &mut self.pending, &self.group, self.only.as_ref())?;
                 self.group.clear();
                 self.group.extend_from_slice(r.key);
             }
             if self.truncated_at.is_some_and(|t| (r.lsn, r.seq) < t) {
                 continue;
             }
-            let state = &mut self.state;
-            match r.kind {
-                Kind::Base | Kind::Insert => {
-                    let n = state.as_ref().map_or(0, |s| s.1.max(0));
-                    *state = Some((r.row.to_vec(), n + 1));
-                }
-                Kind::Update => {
-                    let row = if r.toast.is_empty() {
-                        r.row.to_vec()
-                    } else {
-                        carry_toast(r.row, r.toast, state.as_ref().map(|s| s.0.as_slice()))?
-                    };
-                    let n = state.as_ref().map_or(1, |s| s.1.max(1));
-                    *state = Some((row, n));
-                }
-                Kind::Delete => {
-                    if let Some(s) = state {
-                        s.1 -= 1;
-                        if s.1 <= 0 {
-                            *state = None;
-                        }
-                    }
-                }
-            }
+            apply(&mut self.state, &r, &self.fills, None)?;
         }
     }
 }
 
+fn damaged() -> Error {
+    Error::Io(std::io::Error::other("a restore record is damaged"))
+}
+
 /// The new row with its unchanged-TOAST columns taken from the previous
 /// version.
-fn carry_toast(new: &[u8], toast: &[u8], prev: Option<&[u8]>) -> Result<Vec<u8>, Error> {
+/// `prev` is `None` when there is no previous version to look in (the
+/// values are NULL), `Some(None)` when it is unknown (the values are
+/// `unknown`).
+fn carry_toast(new: &[u8], toast: &[u8], prev: Option<Option<&Row>>, unknown: &str) -> Result<Vec<u8>, Error> {
     let bad = |e: serde_json::Error| Error::Protocol(e.to_string());
     let mut row: Row = serde_json::from_slice(new).map_err(bad)?;
     let names: Vec<String> = serde_json::from_slice(toast).map_err(bad)?;
-    let prev: Option<Row> = prev.map(serde_json::from_slice).transpose().map_err(bad)?;
     for n in names {
-        let v = prev
-            .as_ref()
-            .and_then(|p| p.0.iter().find(|(k, _)| **k == *n))
-            .and_then(|(_, v)| v.clone());
+        let v = match prev {
+            None => None,
+            Some(None) => Some(unknown.to_string()),
+            Some(Some(p)) => p.0.iter().find(|(k, _)| **k == *n).and_then(|(_, v)| v.clone()),
+        };
         row.0.push((Arc::from(n.as_str()), v));
     }
     serde_json::to_vec(&row).map_err(bad)
@@ -327,7 +521,18 @@ fn last_key_change<'a>(plan: &'a Plan, after: Lsn, target: &SchemaRecord) -> Opt
 
 /// What a scan gathered: the sorted records, what was restored, and the
 /// position of the last truncate.
-type Collected = (Sorter, Outcome, Option<(u64, u64)>);
+/// What a read of the archive gathered.
+struct Collected {
+    sorter: Sorter,
+    outcome: Outcome,
+    /// Records before this `(lsn, seq)` were truncated away.
+    truncated_at: Option<(u64, u64)>,
+    /// Key changes that left large values unchanged: their values are in
+    /// the rows under the old keys.
+    moves: u64,
+    /// Old keys of such key changes that the filter left out.
+    outside: std::collections::BTreeSet<Vec<u8>>,
+}
 
 /// [`collect_inner`], boxed: a restore across a primary-key change first
 /// restores the point before it.
@@ -370,8 +575,7 @@ async fn collect_inner(
             keys: Vec::new(),
             shape: Shape::AsWas,
         };
-        let (s, o, t) = collect(store, &before, &inner, &mut *progress).await?;
-        let mut base = Rows::new(s.finish()?, t, o);
+        let mut base = Rows::new(collect(store, &before, &inner, &mut *progress).await?)?;
         let from = base.outcome.schema.version;
         while let Some(row) = base.next_row()? {
             let row = shaper.row(from, &row)?;
@@ -440,6 +644,7 @@ async fn collect_inner(
     let mut cut: Option<(Lsn, DateTime<Utc>)> = None;
     let mut changes = 0u64;
     let mut truncated_at: Option<(u64, u64)> = None;
+    let (mut moves, mut outside) = (0u64, std::collections::BTreeSet::new());
     let mut buf = Vec::new();
     let mut toast_buf = Vec::new();
     'segments: for (key, _) in &plan.segments {
@@ -491,10 +696,10 @@ async fn collect_inner(
             }
             changes += 1;
             let (lsn, seq) = (c.commit_lsn.as_u64(), c.seq);
-            let mut put = |sorter: &mut Sorter, kind: Kind, row: &Row, toast: &[Arc<str>]| -> Result<(), Error> {
+            let mut put = |sorter: &mut Sorter, kind: Kind, row: &Row, toast: &[Arc<str>]| -> Result<bool, Error> {
                 let k = ident.encode(row);
                 if !keep(&k) {
-                    return Ok(());
+                    return Ok(false);
                 }
                 buf.clear();
                 serde_json::to_writer(&mut buf, row).map_err(|e| Error::Protocol(e.to_string()))?;
@@ -502,15 +707,20 @@ async fn collect_inner(
                 if !toast.is_empty() {
                     serde_json::to_writer(&mut toast_buf, toast).map_err(|e| Error::Protocol(e.to_string()))?;
                 }
-                sorter.push(&k, lsn, seq, kind, &toast_buf, &buf)
+                sorter.push(&k, lsn, seq, kind, &toast_buf, &buf)?;
+                Ok(true)
             };
             match (c.op, &c.old, &c.new) {
-                (Op::Insert, _, Some(new)) => put(&mut sorter, Kind::Insert, new, &c.unchanged_toast)?,
+                (Op::Insert, _, Some(new)) => {
+                    put(&mut sorter, Kind::Insert, new, &c.unchanged_toast)?;
+                }
                 (Op::Update, Some(old), Some(new)) if ident.encode(old) != ident.encode(new) => {
                     // The key changed (or, without a primary key, the row):
-                    // the old one goes, the new one comes, with unchanged
-                    // large values taken from the old row when it has them.
-                    put(&mut sorter, Kind::Delete, old, &[])?;
+                    // the old one goes, the new one comes. Large values the
+                    // update left unchanged come from the old row: sent
+                    // with it (REPLICA IDENTITY FULL), or else the row as
+                    // it was under the old key (the delete record names
+                    // them, and `Rows` finds them there).
                     let mut whole = new.clone();
                     let mut missing = Vec::new();
                     for t in &c.unchanged_toast {
@@ -519,22 +729,34 @@ async fn collect_inner(
                             None => missing.push(t.clone()),
                         }
                     }
-                    put(&mut sorter, Kind::Insert, &whole, &missing)?;
+                    let left = put(&mut sorter, Kind::Delete, old, &missing)?;
+                    if put(&mut sorter, Kind::Insert, &whole, &missing)? && !missing.is_empty() {
+                        moves += 1;
+                        if !left {
+                            outside.insert(ident.encode(old));
+                        }
+                    }
                 }
-                (Op::Update, _, Some(new)) => put(&mut sorter, Kind::Update, new, &c.unchanged_toast)?,
-                (Op::Delete, Some(old), _) => put(&mut sorter, Kind::Delete, old, &[])?,
+                (Op::Update, _, Some(new)) => {
+                    put(&mut sorter, Kind::Update, new, &c.unchanged_toast)?;
+                }
+                (Op::Delete, Some(old), _) => {
+                    put(&mut sorter, Kind::Delete, old, &[])?;
+                }
                 (Op::Truncate, _, _) => truncated_at = Some((lsn, seq)),
                 _ => {}
             }
         }
     }
-    Ok((
+    Ok(Collected {
         sorter,
-        Outcome {
+        outcome: Outcome {
             schema: target,
             cut,
             changes,
         },
         truncated_at,
-    ))
+        moves,
+        outside,
+    })
 }

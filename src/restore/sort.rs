@@ -192,29 +192,71 @@ impl Sorter {
         if !self.offsets.is_empty() {
             self.spill()?;
         }
-        let mut readers = Vec::new();
-        for p in &self.runs {
-            let f = std::fs::File::open(p)?;
-            readers.push(RunReader {
-                input: Box::new(std::io::BufReader::new(zstd::stream::read::Decoder::new(f)?)),
-                current: Vec::new(),
-            });
+        let mut merged = merge(&self.runs)?;
+        merged._dir = self.dir.take();
+        Ok(merged)
+    }
+
+    /// Every record written to run files that can be merged more than once
+    /// (a restore that reads its records twice).
+    pub(super) fn spill_all(mut self) -> Result<Spilled, Error> {
+        if !self.offsets.is_empty() || self.runs.is_empty() {
+            self.spill()?;
         }
-        let mut heap = BinaryHeap::new();
-        for (i, r) in readers.iter_mut().enumerate() {
-            if r.advance()? {
-                heap.push(std::cmp::Reverse(HeapKey::of(&r.current, i)?));
-            }
-        }
-        Ok(Merged {
-            source: Source::Runs {
-                readers,
-                heap,
-                last: Vec::new(),
-            },
-            _dir: self.dir.take(),
+        let dir = self
+            .dir
+            .take()
+            .ok_or_else(|| Error::Io(std::io::Error::other("no spill directory")))?;
+        Ok(Spilled {
+            runs: std::mem::take(&mut self.runs),
+            dir,
         })
     }
+}
+
+/// Sorted runs on disk, removed when dropped.
+pub(super) struct Spilled {
+    runs: Vec<std::path::PathBuf>,
+    dir: TempDir,
+}
+
+impl Spilled {
+    /// All the records, in order, from the start.
+    pub(super) fn merged(&self) -> Result<Merged, Error> {
+        merge(&self.runs)
+    }
+
+    /// The directory the runs are in (for other temporary files of the
+    /// same restore).
+    pub(super) fn dir(&self) -> &std::path::Path {
+        &self.dir.0
+    }
+}
+
+/// The records of `runs`, merged in order.
+fn merge(runs: &[std::path::PathBuf]) -> Result<Merged, Error> {
+    let mut readers = Vec::new();
+    for p in runs {
+        let f = std::fs::File::open(p)?;
+        readers.push(RunReader {
+            input: Box::new(std::io::BufReader::new(zstd::stream::read::Decoder::new(f)?)),
+            current: Vec::new(),
+        });
+    }
+    let mut heap = BinaryHeap::new();
+    for (i, r) in readers.iter_mut().enumerate() {
+        if r.advance()? {
+            heap.push(std::cmp::Reverse(HeapKey::of(&r.current, i)?));
+        }
+    }
+    Ok(Merged {
+        source: Source::Runs {
+            readers,
+            heap,
+            last: Vec::new(),
+        },
+        _dir: None,
+    })
 }
 
 struct RunReader {
