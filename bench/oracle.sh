@@ -7,15 +7,15 @@
 #   bench/oracle.sh SEEDS [FIRST_SEED]
 #
 # WALY_PG_BINDIR picks the server. The seeds are shared among
-# WALY_ORACLE_JOBS test processes (default 2), each with its own cluster:
-# a run mostly waits on the server and the sidecar, so two share two cores
+# WALY_ORACLE_JOBS test processes (default 4), each with its own cluster:
+# a run mostly waits on the server and the sidecar, so four share two cores
 # well. The last line reads: seeds=N operations=M checks=K disagreements=D.
 # A failing seed prints the command that replays it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS=${1:?usage: bench/oracle.sh SEEDS [FIRST_SEED]}
 FIRST=${2:-1}
-JOBS=${WALY_ORACLE_JOBS:-2}
+JOBS=${WALY_ORACLE_JOBS:-4}
 [ "$JOBS" -ge 1 ] || JOBS=1
 [ "$JOBS" -le "$SEEDS" ] || JOBS=$SEEDS
 mkdir -p .tmp

@@ -3,11 +3,12 @@
 //! value alone, NULL versus empty strings, no-op updates, deletes,
 //! truncates, transactions over several tables, savepoints rolled back, a
 //! large transaction, intents; generated columns, one reading only a
-//! TOASTed value), migrations (add, rename, drop and retype
-//! columns, a partition created), and operations on waly itself (kill -9 and
-//! restart, a PostgreSQL restart, compact, prune, reindex, a standby taking over,
-//! a restore into the source database, an object-store outage). Checkpoints fall at random moments.
-//! The same seed gives the same run.
+//! TOASTed value), migrations (add, rename, drop and retype columns, a
+//! partition created, a primary key changed), and operations on waly itself
+//! (kill -9 and restart, a PostgreSQL restart, compact, prune, reindex, a
+//! standby taking over, a restore into the source database, an object-store
+//! outage). Checkpoints fall at random moments. The same seed gives the same
+//! run.
 
 /// One step of a run.
 #[derive(Debug, Clone)]
@@ -127,7 +128,14 @@ pub fn generate(seed: u64, size: Size) -> Vec<Step> {
         acct_n: true,
         acct_tier: false,
         next_key: 100_000,
-        migrations: vec!["add column", "rename column", "drop column", "retype", "partition"],
+        migrations: vec![
+            "add column",
+            "rename column",
+            "drop column",
+            "retype",
+            "partition",
+            "primary key",
+        ],
     };
     // Operations on waly, each once, at random places; a restore into the
     // source twice.
@@ -203,6 +211,9 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
             "ALTER TABLE acct DROP COLUMN n".to_string()
         }
         "retype" => "ALTER TABLE item ALTER COLUMN qty TYPE bigint".to_string(),
+        // The same columns in another order: another key (restores across
+        // it rebuild the rows under the new one).
+        "primary key" => "ALTER TABLE ev DROP CONSTRAINT ev_pkey, ADD PRIMARY KEY (at, id)".to_string(),
         _ => "CREATE TABLE ev_3 PARTITION OF ev FOR VALUES FROM ('2026-03-01') TO ('2026-04-01');
               INSERT INTO ev VALUES (5000, '2026-03-02', 'march')"
             .to_string(),
