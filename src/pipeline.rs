@@ -402,11 +402,39 @@ impl Writer<'_> {
         if let Some(t) = txn {
             if !t.skip {
                 self.builder.push_schema(&rec)?;
-                t.schema_changes += 1;
+                t.versions.push((rec.table.clone(), rec.version));
             }
         }
         self.active.insert(rec.table.clone(), rec.version);
         self.gen.schemas.insert(rec);
+        Ok(())
+    }
+
+    /// A version that already exists is taken again. When it is this
+    /// transaction's own (recorded by an earlier session of the writer that
+    /// stopped before the transaction was archived), the transaction
+    /// carries it, as [`Writer::new_version`] would have: otherwise a DDL
+    /// transaction replayed after a crash would leave no commit marker, and
+    /// readers would not count its version as history until a later
+    /// transaction of the table.
+    fn reuse_version(&mut self, txn: Option<&mut Txn>, table: &str, version: u32) -> Result<(), Error> {
+        self.active.insert(table.to_string(), version);
+        let Some(t) = txn.filter(|t| !t.skip) else {
+            return Ok(());
+        };
+        if t.versions.iter().any(|(n, v)| n == table && *v == version) {
+            return Ok(());
+        }
+        let own = self
+            .gen
+            .schemas
+            .versions(table)
+            .iter()
+            .find(|s| s.version == version && s.commit_lsn == t.commit_lsn);
+        if let Some(rec) = own {
+            self.builder.push_schema(rec)?;
+            t.versions.push((table.to_string(), version));
+        }
         Ok(())
     }
 
@@ -568,8 +596,9 @@ struct Txn {
     skip: bool,
     records: u64,
     /// Schema versions it made (a DDL transaction archives its commit
-    /// marker even with no change, so its point in time is known).
-    schema_changes: u64,
+    /// marker even with no change, so its point in time is known), as
+    /// `(table, version)`.
+    versions: Vec<(String, u32)>,
 }
 
 async fn start_generation(
@@ -1027,12 +1056,14 @@ async fn on_ddl(
                 ddl: Some(msg.ddl()),
                 dropped: true,
             };
-            if w.gen
+            match w
+                .gen
                 .schemas
                 .reusable_definition(old, t.commit_lsn, &[], &rec.meta, true)
-                .is_none()
+                .map(|s| s.version)
             {
-                w.new_version(Some(t), rec).await?;
+                Some(v) => w.reuse_version(Some(t), old, v)?,
+                None => w.new_version(Some(t), rec).await?,
             }
         }
     }
@@ -1071,7 +1102,7 @@ async fn on_ddl(
     {
         Some(s) => {
             let v = s.version;
-            w.active.insert(table.clone(), v);
+            w.reuse_version(Some(t), &table, v)?;
             v
         }
         None => {
@@ -1157,7 +1188,7 @@ async fn handle_events(
                     commit_time: *commit_time,
                     skip,
                     records: 0,
-                    schema_changes: 0,
+                    versions: Vec::new(),
                 });
             }
             Event::Relation(rel) => {
@@ -1196,8 +1227,8 @@ async fn handle_events(
                 }
                 let streamed: Vec<ColumnDef> = rel.columns.iter().map(streamed_column).collect();
                 w.renamed.remove(&table);
-                if let Some(s) = w.gen.schemas.reusable(&table, commit_lsn, &streamed) {
-                    w.active.insert(table, s.version);
+                if let Some(v) = w.gen.schemas.reusable(&table, commit_lsn, &streamed).map(|s| s.version) {
+                    w.reuse_version(txn.as_mut(), &table, v)?;
                     continue;
                 }
                 if let Some((version, names)) = w.gen.schemas.described_later(&table, commit_lsn, &streamed) {
@@ -1296,7 +1327,7 @@ async fn handle_events(
                 commit_lsn, end_lsn, ..
             } => {
                 let Some(t) = txn.take() else { continue };
-                if !t.skip && (t.records > 0 || t.schema_changes > 0) {
+                if !t.skip && (t.records > 0 || !t.versions.is_empty()) {
                     w.builder.push_commit(&CommitRecord {
                         commit_lsn: *commit_lsn,
                         end_lsn: *end_lsn,
