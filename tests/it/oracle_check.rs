@@ -72,6 +72,22 @@ fn table_state(db: &TestDb, table: &str) -> (String, String) {
     crate::schemas::state(db, table)
 }
 
+/// Up to three rows of `want` missing from `got` and three the other way,
+/// each cut to 300 characters.
+fn row_diff(db: &TestDb, want: &str, got: &str) -> String {
+    let side = |label: &str, a: &str, b: &str| {
+        format!(
+            "(SELECT '{label} ' || left(r::text, 300) FROM (SELECT oracle_row(to_jsonb(x)) r FROM {a} x
+                EXCEPT ALL SELECT oracle_row(to_jsonb(y)) FROM {b} y) d LIMIT 3)"
+        )
+    };
+    db.psql(&format!(
+        "{} UNION ALL {}",
+        side("missing", want, got),
+        side("extra", got, want)
+    ))
+}
+
 fn checkpoint(db: &TestDb, r: &mut Rng) -> Checkpoint {
     std::thread::sleep(Duration::from_millis(20));
     let at = db.now_utc();
@@ -81,12 +97,15 @@ fn checkpoint(db: &TestDb, r: &mut Rng) -> Checkpoint {
     }
     let mut rows = Vec::new();
     // One row of one table: `show --key` reads as much as a restore.
-    let (t, key) = [
-        ("acct", "id::text"),
-        ("item", "id::text"),
-        ("ev", "'id=' || id || ',at=' || at"),
-    ][r.below(3) as usize];
+    // Its key is named column by column, as the table's primary key is now.
+    let t = TABLES[r.below(3) as usize];
     {
+        let key = format!(
+            "(SELECT string_agg(a.attname || '=' || (to_jsonb(x) ->> a.attname::text), ','
+                                ORDER BY array_position(i.indkey::int2[], a.attnum))
+                FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+               WHERE i.indrelid = '{t}'::regclass AND i.indisprimary)"
+        );
         let found = db.psql(&format!(
             "SELECT {key} || E'\\t' || oracle_row(to_jsonb(x))::text FROM {t} x ORDER BY id OFFSET {} LIMIT 1",
             r.below(150)
@@ -233,7 +252,10 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
                 assert!(o.status.success(), "restore into the source: {}", stderr(&o));
                 let (want, got) = (table_state(&db, table).0, table_state(&db, &into).0);
                 out.check(want == got, || {
-                    format!("seed {seed}: restore {table} --at now into the source: expected {want}, got {got}")
+                    format!(
+                        "seed {seed}: restore {table} --at now into the source: expected {want}, got {got}\n{}",
+                        row_diff(&db, table, &into)
+                    )
                 });
             }
         }

@@ -211,9 +211,9 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
             "ALTER TABLE acct DROP COLUMN n".to_string()
         }
         "retype" => "ALTER TABLE item ALTER COLUMN qty TYPE bigint".to_string(),
-        // The same columns in another order: another key (restores across
-        // it rebuild the rows under the new one).
-        "primary key" => "ALTER TABLE ev DROP CONSTRAINT ev_pkey, ADD PRIMARY KEY (at, id)".to_string(),
+        // Another key: restores across it rebuild the rows under the new
+        // one, and updates of `v` then change keys.
+        "primary key" => "ALTER TABLE ev DROP CONSTRAINT ev_pkey, ADD PRIMARY KEY (id, at, v)".to_string(),
         _ => "CREATE TABLE ev_3 PARTITION OF ev FOR VALUES FROM ('2026-03-01') TO ('2026-04-01');
               INSERT INTO ev VALUES (5000, '2026-03-02', 'march')"
             .to_string(),
