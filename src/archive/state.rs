@@ -336,9 +336,16 @@ pub async fn load_tail(store: &Store, gen: &str) -> Result<Tail, Error> {
 
 /// Loads what the writer needs to continue generation `gen`.
 pub async fn load_generation(store: &Store, gen: &str) -> Result<GenState, Error> {
+    let tail = load_tail(store, gen).await?;
+    load_generation_with(store, gen, tail).await
+}
+
+/// [`load_generation`] with its tail already known (or, for `waly verify`,
+/// left empty when the last segments cannot be read: verify reports them).
+pub async fn load_generation_with(store: &Store, gen: &str, tail: Tail) -> Result<GenState, Error> {
     let mut st = GenState {
         id: gen.to_string(),
-        tail: load_tail(store, gen).await?,
+        tail,
         ..Default::default()
     };
     for (key, _) in store.list(&layout::schemas_dir(gen)).await? {
