@@ -7,6 +7,9 @@
 //! --key`, `history` of keys against the audit's sequence of versions,
 //! `log` counts, order and duplicates, `tables` and `schema`, `verify`
 //! (clean, and tampering found on a copy) and `verify --against-source`.
+//! After the prune step the archive starts at a later snapshot: history,
+//! log and the audit are compared from there, and a checkpoint before it
+//! may be refused ("before the archive's history"), never restored wrong.
 //!
 //! `cargo test --test it oracle` runs the fixed seeds; `WALY_ORACLE_SEED=N`
 //! replays one; `WALY_ORACLE_SEEDS=N WALY_ORACLE_FIRST=F` runs N from F
@@ -22,7 +25,8 @@ use std::time::Duration;
 
 /// The audit, and what makes it: UNLOGGED, so never published.
 const AUDIT: &str = "
-CREATE UNLOGGED TABLE oracle_audit (n bigserial, tbl text, op text, old jsonb, new jsonb, intent text);
+CREATE UNLOGGED TABLE oracle_audit (n bigserial, tbl text, op text, old jsonb, new jsonb, intent text,
+                                    lsn pg_lsn DEFAULT pg_current_wal_insert_lsn());
 CREATE FUNCTION oracle_row(r jsonb) RETURNS jsonb LANGUAGE sql IMMUTABLE AS
   $$ SELECT jsonb_object_agg(key, value #>> '{}') FROM jsonb_each(r) $$;
 CREATE FUNCTION oracle_audit() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -62,6 +66,9 @@ impl Outcome {
 /// A checkpoint: when, and each table's rows and columns then.
 struct Checkpoint {
     at: String,
+    /// Taken before a prune deleted what came before the archive's new
+    /// start: a restore at it may be refused (never wrong).
+    before_prune: bool,
     state: BTreeMap<&'static str, (String, String)>,
     /// A few rows by key, for `show --key`: (table, key as given, row).
     rows: Vec<(&'static str, String, Value)>,
@@ -117,7 +124,12 @@ fn checkpoint(db: &TestDb, r: &mut Rng) -> Checkpoint {
         }
     }
     std::thread::sleep(Duration::from_millis(20));
-    Checkpoint { at, state, rows }
+    Checkpoint {
+        at,
+        before_prune: false,
+        state,
+        rows,
+    }
 }
 
 fn spawn(db: &TestDb, archive: &str) -> Running {
@@ -207,8 +219,23 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
                 assert!(o.status.success(), "compact: {}", stderr(&o));
             }
             Step::Prune => {
-                let o = waly_out(&["prune", "--archive", &archive, "--keep", "1h"]);
+                // History from the archive's start as it is now, before
+                // the prune moves the start (it may come late in a run).
+                caught_up(&db, &run, "before a prune");
+                check_history(seed, &db, &archive, &mut r, &mut out);
+                let o = waly_out(&["compact", "--archive", &archive]);
+                assert!(o.status.success(), "compact before prune: {}", stderr(&o));
+                std::thread::sleep(Duration::from_millis(1500));
+                let before = archive_start(&archive);
+                let o = waly_out(&["prune", "--archive", &archive, "--keep", "1s"]);
                 assert!(o.status.success(), "prune: {}", stderr(&o));
+                let after = archive_start(&archive);
+                out.check(after > before, || {
+                    format!("seed {seed}: prune --keep 1s after a compact deleted nothing (the archive starts at {after:?})")
+                });
+                for c in &mut checkpoints {
+                    c.before_prune = true;
+                }
             }
             Step::Reindex => {
                 let o = waly_out(&["reindex", "--archive", &archive]);
@@ -268,21 +295,27 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
     let (status, err) = run.terminate(60);
     assert!(status.success(), "waly run: {err}");
     let mut phase = std::time::Instant::now();
-    let mut timed = |name: &str| {
-        eprintln!("oracle seed {seed}: {name} took {:.1}s", phase.elapsed().as_secs_f64());
+    let mut counted = out.checks;
+    let mut timed = |name: &str, checks: u64| {
+        eprintln!(
+            "oracle seed {seed}: {name} took {:.1}s ({} checks)",
+            phase.elapsed().as_secs_f64(),
+            checks - counted
+        );
         phase = std::time::Instant::now();
+        counted = checks;
     };
-    timed("the run");
+    timed("the run", out.checks);
     check_restores(seed, &db, &archive, &checkpoints, &mut out);
-    timed("restores");
+    timed("restores", out.checks);
     check_show(seed, &archive, &checkpoints, &mut out);
-    timed("show --key");
+    timed("show --key", out.checks);
     check_history(seed, &db, &archive, &mut r, &mut out);
     check_log(seed, &db, &archive, &mut out);
     check_catalog(seed, &archive, &mut out);
-    timed("history, log, tables, schema");
+    timed("history, log, tables, schema", out.checks);
     check_verify(seed, &db, &archive, &mut out);
-    timed("verify");
+    timed("verify", out.checks);
     if std::env::var_os("WALY_ORACLE_KEEP").is_some() {
         eprintln!("oracle seed {seed}: the archive is kept in {archive}");
     } else {
@@ -291,6 +324,23 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
     drop(db);
     cluster.stop();
     out
+}
+
+/// The LSN of the archive's oldest snapshot: where its history starts
+/// (snapshot directories are named by LSN, docs/FORMAT.md).
+fn archive_start(archive: &str) -> Option<u64> {
+    let gens = std::fs::read_dir(format!("{archive}/generations")).ok()?;
+    gens.flatten()
+        .filter_map(|g| std::fs::read_dir(g.path().join("snapshots")).ok())
+        .flat_map(|d| d.flatten())
+        .filter_map(|s| u64::from_str_radix(&s.file_name().to_string_lossy(), 16).ok())
+        .min()
+}
+
+/// A restore or show at a point before a prune's new start: refused, and
+/// saying so.
+fn refused_as_pruned(o: &std::process::Output) -> bool {
+    !o.status.success() && stderr(o).contains("before the archive's history")
 }
 
 fn check_restores(seed: u64, db: &TestDb, archive: &str, checkpoints: &[Checkpoint], out: &mut Outcome) {
@@ -309,6 +359,10 @@ fn check_restores(seed: u64, db: &TestDb, archive: &str, checkpoints: &[Checkpoi
                 "--into",
                 &into,
             ]);
+            if c.before_prune && refused_as_pruned(&o) {
+                out.checks += 1;
+                continue;
+            }
             if !o.status.success() {
                 out.check(false, || {
                     format!(
@@ -346,6 +400,10 @@ fn check_show(seed: u64, archive: &str, checkpoints: &[Checkpoint], out: &mut Ou
                 "--format",
                 "json",
             ]);
+            if c.before_prune && refused_as_pruned(&o) {
+                out.checks += 1;
+                continue;
+            }
             let got: Option<Value> = stdout(&o).lines().next().and_then(|l| serde_json::from_str(l).ok());
             out.check(o.status.success() && got.as_ref() == Some(want), || {
                 format!(
@@ -360,9 +418,15 @@ fn check_show(seed: u64, archive: &str, checkpoints: &[Checkpoint], out: &mut Ou
 }
 
 /// The audit's rows of `table`, in order: (op, old, new, intent).
-fn audit(db: &TestDb, table: &str) -> Vec<(String, Value, Value, Value)> {
+/// The audit's rows of `table` after `start` (the archive's oldest
+/// snapshot: the oracle runs one transaction at a time, so a row written
+/// before that LSN is in the snapshot, and one after it is not).
+fn audit(db: &TestDb, table: &str, start: u64) -> Vec<(String, Value, Value, Value)> {
     db.psql(&format!(
-        "SELECT json_build_array(op, old, new, intent)::text FROM oracle_audit WHERE tbl = '{table}' ORDER BY n"
+        "SELECT json_build_array(op, old, new, intent)::text FROM oracle_audit
+          WHERE tbl = '{table}' AND lsn > '{:X}/{:X}' ORDER BY n",
+        start >> 32,
+        start & 0xFFFF_FFFF
     ))
     .lines()
     .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -397,9 +461,11 @@ fn changed_columns(old: &Value, new: &Value) -> Vec<String> {
 
 /// The versions history must show for `key` (after the snapshot), from the
 /// audit: followed through key changes as waly follows them.
-fn expected_history(rows: &[(String, Value, Value, Value)], key: &str) -> Vec<Version> {
+/// `existed`: whether the row was in the snapshot history starts from
+/// (for a truncate before the row's first change after it).
+fn expected_history(rows: &[(String, Value, Value, Value)], key: &str, existed: bool) -> Vec<Version> {
     let mut cur = key.to_string();
-    let mut exists = false;
+    let mut exists = existed;
     let mut out = Vec::new();
     let id = |v: &Value| v["id"].as_str().map(str::to_string);
     for (op, old, new, intent) in rows {
@@ -436,7 +502,7 @@ fn expected_history(rows: &[(String, Value, Value, Value)], key: &str) -> Vec<Ve
 
 fn check_history(seed: u64, db: &TestDb, archive: &str, r: &mut Rng, out: &mut Outcome) {
     for table in ["acct", "item"] {
-        let rows = audit(db, table);
+        let rows = audit(db, table, archive_start(archive).unwrap_or(0));
         let mut keys: Vec<String> = rows
             .iter()
             .filter_map(|(_, old, new, _)| new["id"].as_str().or(old["id"].as_str()).map(str::to_string))
@@ -448,8 +514,13 @@ fn check_history(seed: u64, db: &TestDb, archive: &str, r: &mut Rng, out: &mut O
                 break;
             }
             let key = keys[r.below(keys.len() as u64) as usize].clone();
-            let want = expected_history(&rows, &key);
             let o = waly_out(&["history", table, &key, "--archive", archive, "--json"]);
+            let existed = stdout(&o)
+                .lines()
+                .next()
+                .and_then(|l| serde_json::from_str::<Value>(l).ok())
+                .is_some_and(|v| v["op"] == "snapshot");
+            let want = expected_history(&rows, &key, existed);
             let got: Vec<Version> = stdout(&o)
                 .lines()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -509,6 +580,7 @@ fn check_log(seed: u64, db: &TestDb, archive: &str, out: &mut Outcome) {
         let (a, b) = s.split_once('/').unwrap_or(("0", "0"));
         (u64::from_str_radix(a, 16).unwrap_or(0) << 32) | u64::from_str_radix(b, 16).unwrap_or(0)
     };
+    let start = archive_start(archive).unwrap_or(0);
     let mut ordered = true;
     let mut duplicates = 0;
     for v in &lines {
@@ -520,7 +592,9 @@ fn check_log(seed: u64, db: &TestDb, archive: &str, out: &mut Outcome) {
             ordered = false;
         }
         last = lsn.to_string();
-        if let (Some(t), Some(op)) = (v["table"].as_str(), v["op"].as_str()) {
+        // Counted from the archive's start on (a segment kept by a prune
+        // may begin before it).
+        if let (Some(t), Some(op), true) = (v["table"].as_str(), v["op"].as_str(), lsn_key(lsn) > start) {
             *counts.entry((t.to_string(), op.to_string())).or_default() += 1;
         }
     }
@@ -535,7 +609,9 @@ fn check_log(seed: u64, db: &TestDb, archive: &str, out: &mut Outcome) {
         for op in ["insert", "update", "delete", "truncate"] {
             let want: u64 = db
                 .psql(&format!(
-                    "SELECT count(*) FROM oracle_audit WHERE tbl = '{table}' AND op = '{op}'"
+                    "SELECT count(*) FROM oracle_audit WHERE tbl = '{table}' AND op = '{op}' AND lsn > '{:X}/{:X}'",
+                    start >> 32,
+                    start & 0xFFFF_FFFF
                 ))
                 .parse()
                 .unwrap_or(0);

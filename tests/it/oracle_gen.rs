@@ -25,8 +25,10 @@ pub enum Step {
     Compact,
     /// `waly reindex`.
     Reindex,
-    /// `waly prune --keep 1h` while the sidecar runs: the window covers the
-    /// whole run, so whatever it deletes no point in it may need.
+    /// `waly compact`, then `waly prune --keep 1s` while the sidecar runs:
+    /// the compacted snapshot is the archive's start from then on, and what
+    /// came before it is deleted (points before it are refused, never
+    /// restored wrong).
     Prune,
     /// A second sidecar waits as a standby; the writer is killed; the
     /// standby takes over.
