@@ -424,9 +424,8 @@ fn check_show(seed: u64, archive: &str, checkpoints: &[Checkpoint], out: &mut Ou
 fn audit(db: &TestDb, table: &str, start: u64) -> Vec<(String, Value, Value, Value)> {
     db.psql(&format!(
         "SELECT json_build_array(op, old, new, intent)::text FROM oracle_audit
-          WHERE tbl = '{table}' AND lsn > '{:X}/{:X}' ORDER BY n",
-        start >> 32,
-        start & 0xFFFF_FFFF
+          WHERE tbl = '{table}' AND lsn > '{}' ORDER BY n",
+        waly::Lsn(start)
     ))
     .lines()
     .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -609,9 +608,8 @@ fn check_log(seed: u64, db: &TestDb, archive: &str, out: &mut Outcome) {
         for op in ["insert", "update", "delete", "truncate"] {
             let want: u64 = db
                 .psql(&format!(
-                    "SELECT count(*) FROM oracle_audit WHERE tbl = '{table}' AND op = '{op}' AND lsn > '{:X}/{:X}'",
-                    start >> 32,
-                    start & 0xFFFF_FFFF
+                    "SELECT count(*) FROM oracle_audit WHERE tbl = '{table}' AND op = '{op}' AND lsn > '{}'",
+                    waly::Lsn(start)
                 ))
                 .parse()
                 .unwrap_or(0);
