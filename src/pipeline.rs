@@ -410,6 +410,19 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// Rewrites a version that is not history yet (its transaction is not
+    /// archived) to take effect at another transaction. Killed between the
+    /// delete and the write, the next session records it again.
+    async fn move_version(&mut self, rec: SchemaRecord) -> Result<(), Error> {
+        let (schema, name) = rec.table.split_once('.').unwrap_or(("", rec.table.as_str()));
+        let key = layout::schema_key(&self.gen.id, &layout::table_segment(schema, name), rec.version);
+        self.store.delete(&key).await?;
+        self.store.put_once(&key, to_json(&rec)).await?;
+        tracing::info!(table = rec.table, version = rec.version, commit_lsn = %rec.commit_lsn, "schema version moved to the first transaction with its shape");
+        self.gen.schemas.insert(rec);
+        Ok(())
+    }
+
     /// A version that already exists is taken again. When it is this
     /// transaction's own (recorded by an earlier session of the writer that
     /// stopped before the transaction was archived), the transaction
@@ -1246,6 +1259,23 @@ async fn handle_events(
                             .collect(),
                     );
                     continue;
+                }
+                if let Some(t) = txn.as_mut().filter(|t| !t.skip) {
+                    if let Some(later) = w.gen.schemas.described_earlier(&table, commit_lsn, &streamed) {
+                        // A session killed after recording this shape for a
+                        // later transaction, before archiving it: the
+                        // version moves to this one, the first with its
+                        // shape (neither transaction is archived yet).
+                        let version = later.version;
+                        let rec = SchemaRecord {
+                            commit_lsn,
+                            commit_time: Some(t.commit_time),
+                            ..later.clone()
+                        };
+                        w.move_version(rec).await?;
+                        w.reuse_version(Some(t), &table, version)?;
+                        continue;
+                    }
                 }
                 if txn.as_ref().is_some_and(|t| t.skip) {
                     // A transaction the archive has (streamed again after a

@@ -356,6 +356,31 @@ impl Schemas {
         })
     }
 
+    /// A version learned from a table description that a crashed session
+    /// recorded for a *later* transaction than `commit_lsn`, while this
+    /// earlier transaction already has its shape: the version next after
+    /// the one in force, with these columns. The caller has established
+    /// that `commit_lsn` is not archived, so neither is that version's
+    /// transaction: the version is not history yet, and it belongs to this
+    /// transaction, the first that has its shape.
+    pub fn described_earlier(&self, table: &str, commit_lsn: Lsn, columns: &[ColumnDef]) -> Option<&SchemaRecord> {
+        let versions = self.versions(table);
+        let in_force = versions.iter().rposition(|s| s.commit_lsn <= commit_lsn)?;
+        let next = versions.get(in_force + 1)?;
+        let streamed: Vec<ColumnDef> = next
+            .columns
+            .iter()
+            .filter(|c| c.generated.is_none() || columns.iter().any(|d| d.name == c.name))
+            .cloned()
+            .collect();
+        (next.commit_lsn > commit_lsn
+            && next.ddl.is_none()
+            && next.source.as_deref() == Some("relation")
+            && !next.dropped
+            && same_columns(&streamed, columns))
+        .then_some(next)
+    }
+
     /// The existing version a DDL message seen in transaction `commit_lsn`
     /// describes: one made in that very transaction with this definition
     /// (the transaction streamed again after a restart), else the one in
@@ -438,5 +463,36 @@ mod tests {
         fallback.insert(v(1, 100, ["id", "note"], false));
         fallback.insert(v(2, 300, ["id", "remark"], false));
         assert_eq!(fallback.described_later("public.t", Lsn(200), &described), None);
+    }
+
+    #[test]
+    fn a_description_a_crashed_session_recorded_later_belongs_to_the_first_transaction_with_its_shape() {
+        let mut s = Schemas::default();
+        let v = |version: u32, lsn: u64, names: &[&str], source: &str| SchemaRecord {
+            commit_lsn: Lsn(lsn),
+            table: "public.t".into(),
+            version,
+            columns: names.iter().zip(1..).map(|(n, a)| col(a, n)).collect(),
+            source: Some(source.into()),
+            ..SchemaRecord::default()
+        };
+        s.insert(v(1, 100, &["id"], "snapshot"));
+        s.insert(v(2, 500, &["id", "c1"], "relation"));
+        let described = vec![col(1, "id"), col(2, "c1")];
+        assert_eq!(
+            s.described_earlier("public.t", Lsn(300), &described).map(|r| r.version),
+            Some(2)
+        );
+        // Another shape, or a version of the DDL trigger (which knows when it happened): no.
+        assert_eq!(s.described_earlier("public.t", Lsn(300), &[col(1, "id")]), None);
+        let mut ddl = s.clone();
+        ddl.insert(SchemaRecord {
+            ddl: Some(Ddl::default()),
+            ..v(2, 500, &["id", "c1"], "ddl")
+        });
+        assert_eq!(ddl.described_earlier("public.t", Lsn(300), &described), None);
+        // At or after the version's own transaction it is in force, not later.
+        assert_eq!(s.described_earlier("public.t", Lsn(500), &described), None);
+        assert_eq!(s.described_earlier("public.t", Lsn(600), &described), None);
     }
 }

@@ -1025,3 +1025,60 @@ fn a_ddl_transaction_replayed_after_a_crash_is_history_at_its_own_commit() {
     ok(&run_within(waly().args(["verify", "--archive", &archive]), 120));
     let _ = std::fs::remove_dir_all(&archive);
 }
+
+#[test]
+fn one_schema_version_per_shape_when_a_replay_meets_the_shape_before_a_crashed_session_did() {
+    // Without the DDL trigger, a table's new shape is learned from pgoutput's
+    // description, at the first transaction that has it. A session killed
+    // after recording such a version for a later transaction (before
+    // archiving either) left an object the replay meets only after an
+    // earlier transaction of the same shape: that version belongs to the
+    // earlier transaction, not a second version of the same shape. Found by
+    // the kill -9 test on PostgreSQL 18 (versions 2 and 3 alike, 3 at the
+    // earlier LSN). The crashed session's object is written here as it
+    // would have left it.
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE item (id int PRIMARY KEY, v int); INSERT INTO item VALUES (1, 1);
+         CREATE PUBLICATION waly FOR ALL TABLES;",
+    );
+    let archive = archive_dir(&db);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE item SET v = 2");
+    settle(&db, run);
+    let dir = format!("{archive}/generations/00000001/schemas/public.item");
+    let v1: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/000001.json")).expect("version 1")).expect("json");
+    let later = waly::Lsn(db.current_lsn().0 + (64 << 20));
+    let mut v2 = v1.clone();
+    v2["version"] = 2.into();
+    v2["source"] = "relation".into();
+    v2["commit_lsn"] = later.to_string().into();
+    v2["columns"].as_array_mut().expect("columns").push(
+        serde_json::json!({"attnum": 3, "name": "c1", "type": "integer", "type_oid": 23,
+            "type_modifier": -1, "key": false, "primary_key": false, "not_null": false}),
+    );
+    std::fs::write(format!("{dir}/000002.json"), v2.to_string()).expect("write version 2");
+    db.psql("ALTER TABLE item ADD COLUMN c1 int; INSERT INTO item VALUES (2, 2, 3);");
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    settle(&db, run);
+    let files = crate::archive::files_under(&archive, "generations/00000001/schemas/public.item");
+    assert_eq!(files.len(), 2, "one version per shape: {files:?}");
+    let moved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/000002.json")).expect("version 2")).expect("json");
+    let at: waly::Lsn = moved["commit_lsn"].as_str().expect("an LSN").parse().expect("an LSN");
+    assert!(
+        at < later,
+        "version 2 takes effect with the insert, at {at}, not at {later}"
+    );
+    let csv = ok(&restore(
+        &db,
+        &archive,
+        &["item", "--at", "now", "--output", "-", "--format", "csv"],
+    ));
+    assert_eq!(csv, "\"id\",\"v\",\"c1\"\n\"1\",\"2\",\n\"2\",\"2\",\"3\"\n");
+    ok(&run_within(waly().args(["verify", "--archive", &archive]), 120));
+    let _ = std::fs::remove_dir_all(&archive);
+}
