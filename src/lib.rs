@@ -34,6 +34,7 @@ pub mod cli;
 pub mod compact;
 pub mod error;
 pub mod event;
+pub mod export;
 pub mod history;
 pub mod index;
 pub mod init;

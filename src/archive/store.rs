@@ -164,6 +164,46 @@ impl Store {
         }
     }
 
+    /// Writes `bytes` at `key`, replacing what is there (for objects that
+    /// are not history: an export's cursor).
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), ArchiveError> {
+        self.inner
+            .put(&self.path(key), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| ArchiveError::store(key, e))
+    }
+
+    /// Uploads the local file `file` to `key` in parts (memory holds one
+    /// part), replacing what is there; the object appears whole or not at all.
+    pub async fn put_file(&self, key: &str, file: &std::path::Path) -> Result<(), ArchiveError> {
+        use tokio::io::AsyncReadExt;
+        const PART: usize = 8 << 20;
+        let mut f = tokio::fs::File::open(file).await.map_err(ArchiveError::Io)?;
+        let len = f.metadata().await.map_err(ArchiveError::Io)?.len() as usize;
+        if len <= PART {
+            let mut buf = Vec::with_capacity(len);
+            f.read_to_end(&mut buf).await.map_err(ArchiveError::Io)?;
+            return self.put(key, Bytes::from(buf)).await;
+        }
+        let upload = self
+            .inner
+            .put_multipart(&self.path(key))
+            .await
+            .map_err(|e| ArchiveError::store(key, e))?;
+        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
+        let mut buf = vec![0u8; PART];
+        loop {
+            let n = f.read(&mut buf).await.map_err(ArchiveError::Io)?;
+            if n == 0 {
+                break;
+            }
+            w.wait_for_capacity(2).await.map_err(|e| ArchiveError::store(key, e))?;
+            w.write(&buf[..n]);
+        }
+        w.finish().await.map(|_| ()).map_err(|e| ArchiveError::store(key, e))
+    }
+
     /// Reads the object at `key`.
     pub async fn get(&self, key: &str) -> Result<Bytes, ArchiveError> {
         let path = self.path(key);

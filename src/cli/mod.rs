@@ -2,6 +2,7 @@
 
 mod compact;
 mod drop;
+mod export;
 mod history;
 mod init;
 mod log;
@@ -75,6 +76,8 @@ pub enum Command {
     Prune(prune::PruneArgs),
     /// Make a fresh snapshot of every table from the archive alone (no source needed).
     Compact(compact::CompactArgs),
+    /// Write each table's changes as a Parquet dataset (hive layout), continuing from the last export.
+    Export(export::ExportArgs),
 }
 
 /// Where the source database is: a URL or key=value string, else PG* variables.
@@ -200,6 +203,7 @@ pub fn main() -> ExitCode {
                 Command::Status(args) => done(status::run(args).await),
                 Command::Prune(args) => done(prune::run(args).await),
                 Command::Compact(args) => done(compact::run(args).await),
+                Command::Export(args) => done(export::run(args).await),
                 // 0 clean, 1 problems found, 2 could not run.
                 Command::Verify(args) => match verify::run(args).await {
                     Ok(true) => Ok(ExitCode::SUCCESS),

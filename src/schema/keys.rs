@@ -213,7 +213,7 @@ fn special(t: &str) -> Option<String> {
     }
 }
 
-fn naive(t: &str) -> Option<NaiveDateTime> {
+pub(crate) fn naive(t: &str) -> Option<NaiveDateTime> {
     let t = t.replacen('T', " ", 1);
     NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
         .or_else(|_| NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M"))
@@ -222,7 +222,7 @@ fn naive(t: &str) -> Option<NaiveDateTime> {
 
 /// A timestamp with an offset (`+01`, `+05:30`, `-0800`, `+05:53:28`, `Z`,
 /// or none for UTC) as the UTC date-time it names.
-fn instant(t: &str) -> Option<NaiveDateTime> {
+pub(crate) fn instant(t: &str) -> Option<NaiveDateTime> {
     let t = t.trim();
     if let Some(rest) = t.strip_suffix('Z').or_else(|| t.strip_suffix('z')) {
         return naive(rest.trim_end());

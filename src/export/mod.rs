@@ -1,0 +1,774 @@
+//! `waly export`: each table's changes (and its base snapshot) as a Parquet
+//! dataset in hive layout, `<table>/date=<yyyy-mm-dd>/part-<first>-<last>.parquet`,
+//! written once and continued incrementally from a cursor at the
+//! destination. docs/EXPORT.md describes the columns, the types and the
+//! as-of query.
+
+pub mod file;
+pub mod value;
+
+use crate::archive::state::{self, Identity};
+use crate::archive::{layout, Store};
+use crate::event::{Op, Row};
+use crate::log::{Bound, Item, LogOptions};
+use crate::schema::{SchemaRecord, Schemas};
+use crate::segment::ChangeRecord;
+use crate::{Error, Lsn};
+use bytes::Bytes;
+use chrono::NaiveDate;
+use file::{OutColumn, OutRow, ParquetFile};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use value::Kind;
+
+/// What to export.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    /// Only these tables (`schema.table`); all when `None`.
+    pub tables: Option<Vec<String>>,
+    /// Only changes committed at or after this point (and no snapshot rows).
+    pub since: Option<Bound>,
+    /// Only changes committed at or before this point.
+    pub until: Option<Bound>,
+    /// Close a file at the next transaction once it holds this many bytes.
+    pub file_bytes: usize,
+}
+
+/// What an export did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExportStats {
+    /// Change rows written.
+    pub changes: u64,
+    /// Snapshot rows written.
+    pub snapshot_rows: u64,
+    /// Files written.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Files of an export that stopped before its cursor, deleted.
+    pub removed: u64,
+}
+
+/// The cursor at the destination: where each table's export ends.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Cursor {
+    /// The archive exported here.
+    archive: ArchiveId,
+    /// Per table: the commit LSN its export is complete through, and the
+    /// data column names its files have used.
+    tables: BTreeMap<String, TableCursor>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct TableCursor {
+    through: Lsn,
+    #[serde(default)]
+    names: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ArchiveId {
+    system_identifier: String,
+    database: String,
+    slot: String,
+    created_at: String,
+}
+
+impl ArchiveId {
+    fn of(id: &Identity) -> ArchiveId {
+        ArchiveId {
+            system_identifier: id.system_identifier.clone(),
+            database: id.database.clone(),
+            slot: id.slot.clone(),
+            created_at: id.created_at.to_rfc3339(),
+        }
+    }
+}
+
+const CURSOR: &str = "_waly/cursor.json";
+
+/// A column's identity across schema versions: its attnum (its name in
+/// versions recorded before waly knew attnums).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Ident {
+    Attnum(i16),
+    Name(String),
+}
+
+fn ident(c: &crate::schema::ColumnDef) -> Ident {
+    c.attnum.map_or_else(|| Ident::Name(c.name.clone()), Ident::Attnum)
+}
+
+/// The data columns of a file whose first row is in version `from`: every
+/// column of that version and the later ones, named as the newest names
+/// it, its earlier names kept, typed to hold every version's values.
+fn columns_from(versions: &[SchemaRecord], from: u32) -> (Vec<Ident>, Vec<OutColumn>) {
+    let mut cols: BTreeMap<Ident, OutColumn> = BTreeMap::new();
+    for v in versions.iter().filter(|v| v.version >= from && !v.dropped) {
+        for c in &v.columns {
+            let kind = Kind::of(c);
+            match cols.get_mut(&ident(c)) {
+                Some(o) => {
+                    o.kind = Kind::unify(&o.kind, &kind);
+                    if o.name != c.name {
+                        let old = std::mem::replace(&mut o.name, c.name.clone());
+                        if !o.earlier_names.contains(&old) {
+                            o.earlier_names.push(old);
+                        }
+                    }
+                }
+                None => {
+                    cols.insert(
+                        ident(c),
+                        OutColumn {
+                            name: c.name.clone(),
+                            kind,
+                            earlier_names: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    // Earlier names from versions before `from` too, so a file names every
+    // name its column had.
+    for v in versions.iter().filter(|v| v.version < from) {
+        for c in &v.columns {
+            if let Some(o) = cols.get_mut(&ident(c)) {
+                if o.name != c.name && !o.earlier_names.contains(&c.name) {
+                    o.earlier_names.insert(0, c.name.clone());
+                }
+            }
+        }
+    }
+    cols.into_iter().unzip()
+}
+
+/// An open file of a table.
+struct Open {
+    file: ParquetFile,
+    path: std::path::PathBuf,
+    date: NaiveDate,
+    idents: Vec<Ident>,
+}
+
+/// A change of the transaction being read, kept until its end: the
+/// transaction's intent (its `waly` messages) may come after it.
+struct Pending {
+    commit_lsn: Lsn,
+    intent: Vec<String>,
+    changes: Vec<ChangeRecord>,
+    /// Changes beyond `PENDING_MAX`, spilled as JSON lines.
+    spill: Option<(std::io::BufWriter<std::fs::File>, std::path::PathBuf, u64)>,
+}
+
+const PENDING_MAX: usize = 50_000;
+
+struct Exporter<'a> {
+    dest: &'a Store,
+    tmp: std::path::PathBuf,
+    opts: &'a ExportOptions,
+    cursor: Cursor,
+    /// Tables exported: given, or all with a version in the archive.
+    wanted: Option<BTreeSet<String>>,
+    generation: String,
+    schemas: Schemas,
+    open: BTreeMap<String, Open>,
+    pending: Option<Pending>,
+    through: Option<Lsn>,
+    stats: ExportStats,
+    names: BTreeMap<String, BTreeSet<String>>,
+    seq: u64,
+}
+
+impl Exporter<'_> {
+    fn wants(&self, table: &str) -> bool {
+        self.wanted.as_ref().is_none_or(|w| w.contains(table))
+    }
+
+    fn exported_through(&self, table: &str) -> Option<Lsn> {
+        self.cursor.tables.get(table).map(|t| t.through)
+    }
+
+    fn item(&mut self, item: Item<'_>) -> Result<(), Error> {
+        match item {
+            Item::Generation { id, schemas } => {
+                self.finish_pending()?;
+                self.close_all()?;
+                self.generation = id.to_string();
+                self.schemas = schemas.clone();
+            }
+            Item::SnapshotRow {
+                table,
+                lsn,
+                taken_at,
+                row,
+                schema_version,
+            } => {
+                self.see(lsn);
+                if !self.wants(table) || self.exported_through(table).is_some() || self.opts.since.is_some() {
+                    return Ok(());
+                }
+                let Some(version) = self.schemas.version(table, schema_version).cloned() else {
+                    return Err(missing_version(table, schema_version));
+                };
+                let out = OutRow {
+                    op: "snapshot",
+                    commit_lsn: lsn.0,
+                    seq: -1,
+                    xid: 0,
+                    commit_time: taken_at.timestamp_micros(),
+                    schema_version,
+                    intent: None,
+                    values: Vec::new(),
+                    old_key: None,
+                    unchanged: Vec::new(),
+                };
+                self.write(table, &version, out, Some(row), None, &[])?;
+                self.stats.snapshot_rows += 1;
+            }
+            Item::Change(c) => {
+                self.see(c.change.commit_lsn);
+                let table = &*c.change.table;
+                if !self.wants(table) || self.exported_through(table).is_some_and(|t| c.change.commit_lsn <= t) {
+                    return Ok(());
+                }
+                self.pend(c.change.commit_lsn)?;
+                let p = self.pending.as_mut().expect("pending");
+                if p.changes.len() < PENDING_MAX {
+                    p.changes.push(c.clone());
+                } else {
+                    if p.spill.is_none() {
+                        self.seq += 1;
+                        let path = self.tmp.join(format!("pending-{}.jsonl", self.seq));
+                        let f = std::fs::File::create(&path)?;
+                        p.spill = Some((std::io::BufWriter::new(f), path, 0));
+                    }
+                    if let Some((w, _, n)) = p.spill.as_mut() {
+                        serde_json::to_writer(&mut *w, c).map_err(|e| Error::Io(e.into()))?;
+                        std::io::Write::write_all(w, b"\n")?;
+                        *n += 1;
+                    }
+                }
+            }
+            Item::Message(m) => {
+                self.see(m.commit_lsn);
+                self.pend(m.commit_lsn)?;
+                if let Some(p) = self.pending.as_mut() {
+                    p.intent.push(m.content.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn see(&mut self, lsn: Lsn) {
+        self.through = Some(self.through.map_or(lsn, |t| t.max(lsn)));
+    }
+
+    /// Starts collecting transaction `lsn` (writing the one before).
+    fn pend(&mut self, lsn: Lsn) -> Result<(), Error> {
+        if self.pending.as_ref().is_some_and(|p| p.commit_lsn == lsn) {
+            return Ok(());
+        }
+        self.finish_pending()?;
+        self.pending = Some(Pending {
+            commit_lsn: lsn,
+            intent: Vec::new(),
+            changes: Vec::new(),
+            spill: None,
+        });
+        Ok(())
+    }
+
+    /// Writes the collected transaction's changes, each with its intent.
+    fn finish_pending(&mut self) -> Result<(), Error> {
+        let Some(p) = self.pending.take() else { return Ok(()) };
+        let intent: Option<Arc<str>> = (!p.intent.is_empty()).then(|| Arc::from(p.intent.join("; ")));
+        for c in &p.changes {
+            self.change(c, intent.clone())?;
+        }
+        if let Some((w, path, _)) = p.spill {
+            drop(w.into_inner().map_err(|e| Error::Io(e.into_error()))?);
+            let f = std::io::BufReader::new(std::fs::File::open(&path)?);
+            for line in std::io::BufRead::lines(f) {
+                let c: ChangeRecord = serde_json::from_str(&line?).map_err(|e| Error::Io(e.into()))?;
+                self.change(&c, intent.clone())?;
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        Ok(())
+    }
+
+    fn change(&mut self, c: &ChangeRecord, intent: Option<Arc<str>>) -> Result<(), Error> {
+        let ch = &c.change;
+        let table = &*ch.table;
+        let Some(version) = self.schemas.version(table, c.schema_version).cloned() else {
+            return Err(missing_version(table, c.schema_version));
+        };
+        let out = OutRow {
+            op: ch.op.as_str(),
+            commit_lsn: ch.commit_lsn.0,
+            seq: ch.seq as i64,
+            xid: ch.xid,
+            commit_time: ch.commit_time.timestamp_micros(),
+            schema_version: c.schema_version,
+            intent,
+            values: Vec::new(),
+            old_key: None,
+            unchanged: Vec::new(),
+        };
+        let (row, fallback) = match ch.op {
+            Op::Insert | Op::Update => (ch.new.as_ref(), None),
+            Op::Delete => (ch.old.as_ref().or(ch.key.as_ref()), ch.key.as_ref()),
+            Op::Truncate => (None, None),
+        };
+        let unchanged: Vec<&str> = ch.unchanged_toast.iter().map(|s| &**s).collect();
+        let old = if ch.op == Op::Update { ch.old.as_ref() } else { None };
+        self.write(table, &version, out, row.or(fallback), old, &unchanged)?;
+        self.stats.changes += 1;
+        Ok(())
+    }
+
+    /// Puts a row in `table`'s open file (opening or rolling it as needed),
+    /// its values carried by column identity from `version`'s names.
+    fn write(
+        &mut self,
+        table: &str,
+        version: &SchemaRecord,
+        mut out: OutRow,
+        row: Option<&Row>,
+        old: Option<&Row>,
+        unchanged: &[&str],
+    ) -> Result<(), Error> {
+        let date = chrono::DateTime::from_timestamp_micros(out.commit_time)
+            .unwrap_or_default()
+            .date_naive();
+        let covers = |o: &Open| version.columns.iter().all(|c| o.idents.contains(&ident(c)));
+        let roll = self.open.get(table).is_some_and(|o| {
+            o.date != date
+                || !covers(o)
+                || (o.file.bytes_written() >= self.opts.file_bytes
+                    && o.file.lsns.is_some_and(|(_, last)| last != out.commit_lsn))
+        });
+        if roll {
+            self.close(table)?;
+        }
+        if !self.open.contains_key(table) {
+            self.open_file(table, version.version, date)?;
+        }
+        let o = self.open.get_mut(table).expect("an open file");
+        let by_ident: BTreeMap<Ident, &str> = version.columns.iter().map(|c| (ident(c), c.name.as_str())).collect();
+        let value = |r: Option<&Row>, id: &Ident| -> Option<String> {
+            let name = by_ident.get(id)?;
+            r?.get(name).cloned().flatten()
+        };
+        out.values = o.idents.iter().map(|id| value(row, id)).collect();
+        // The old key, when an update changed the key.
+        let key: Vec<usize> = primary_key(&o.idents, version);
+        if let (Some(old), false) = (old, key.is_empty()) {
+            let old_key: Vec<Option<String>> = key.iter().map(|&i| value(Some(old), &o.idents[i])).collect();
+            let new_key: Vec<Option<String>> = key.iter().map(|&i| out.values[i].clone()).collect();
+            let sent = key
+                .iter()
+                .all(|&i| by_ident.get(&o.idents[i]).is_some_and(|n| old.get(n).is_some()));
+            if sent && old_key != new_key {
+                out.old_key = Some(old_key);
+            }
+        }
+        out.unchanged = unchanged
+            .iter()
+            .filter_map(|n| {
+                let c = version.columns.iter().find(|c| c.name == *n)?;
+                let i = o.idents.iter().position(|id| *id == ident(c))?;
+                Some(o.file.columns()[i].name.clone())
+            })
+            .collect();
+        o.file.push(out).map_err(|e| Error::Corrupt {
+            key: format!("{table} (export)"),
+            why: e,
+        })
+    }
+
+    fn open_file(&mut self, table: &str, from: u32, date: NaiveDate) -> Result<(), Error> {
+        let versions = self.schemas.versions(table);
+        let (idents, columns) = columns_from(versions, from);
+        let latest = versions.iter().rev().find(|v| !v.dropped);
+        let key = latest.map(|v| primary_key(&idents, v)).unwrap_or_default();
+        // `_old_key` holds the key of the versions from `from` on.
+        let names = self.names.entry(table.to_string()).or_default();
+        names.extend(columns.iter().map(|c| c.name.clone()));
+        self.seq += 1;
+        let path = self.tmp.join(format!("part-{}.parquet", self.seq));
+        let last = versions.iter().map(|v| v.version).max().unwrap_or(from);
+        let meta = vec![
+            ("waly.table".to_string(), table.to_string()),
+            ("waly.generation".to_string(), self.generation.clone()),
+            ("waly.schema_version".to_string(), last.to_string()),
+            ("waly.schema_versions".to_string(), format!("{from}-{last}")),
+        ];
+        let file =
+            ParquetFile::create(&path, table, columns, key, meta).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        self.open.insert(
+            table.to_string(),
+            Open {
+                file,
+                path,
+                date,
+                idents,
+            },
+        );
+        Ok(())
+    }
+
+    /// Finishes `table`'s open file and uploads it.
+    fn close(&mut self, table: &str) -> Result<(), Error> {
+        let Some(o) = self.open.remove(table) else {
+            return Ok(());
+        };
+        let Some((first, last)) = o.file.lsns else {
+            let _ = std::fs::remove_file(&o.path);
+            return Ok(());
+        };
+        o.file.finish().map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let key = part_key(table, o.date, Lsn(first), Lsn(last));
+        let bytes = std::fs::metadata(&o.path)?.len();
+        let dest = self.dest;
+        let path = o.path.clone();
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(dest.put_file(&key, &path)))
+            .map_err(|e| destination(dest, e))?;
+        let _ = std::fs::remove_file(&o.path);
+        self.stats.files += 1;
+        self.stats.bytes += bytes;
+        Ok(())
+    }
+
+    fn close_all(&mut self) -> Result<(), Error> {
+        let tables: Vec<String> = self.open.keys().cloned().collect();
+        for t in tables {
+            self.close(&t)?;
+        }
+        Ok(())
+    }
+}
+
+/// The indices (into `idents`) of `version`'s primary key columns, in key order.
+fn primary_key(idents: &[Ident], version: &SchemaRecord) -> Vec<usize> {
+    let mut pk: Vec<&crate::schema::ColumnDef> = version.columns.iter().filter(|c| c.primary_key).collect();
+    pk.sort_by_key(|c| c.key_position.unwrap_or(i16::MAX));
+    pk.iter()
+        .filter_map(|c| idents.iter().position(|i| *i == ident(c)))
+        .collect()
+}
+
+fn missing_version(table: &str, version: u32) -> Error {
+    Error::Corrupt {
+        key: format!("schemas/{table}/{version:06}.json"),
+        why: "a change names this schema version, which the archive does not have".into(),
+    }
+}
+
+/// A table's directory at the destination.
+fn table_dir(table: &str) -> String {
+    let (schema, name) = table.split_once('.').unwrap_or(("public", table));
+    layout::table_segment(schema, name)
+}
+
+/// Where a file of `table` with commits `first..=last` on `date` goes: its
+/// name depends on the LSN range only.
+fn part_key(table: &str, date: NaiveDate, first: Lsn, last: Lsn) -> String {
+    format!(
+        "{}/date={}/part-{:016X}-{:016X}.parquet",
+        table_dir(table),
+        date.format("%Y-%m-%d"),
+        first.0,
+        last.0
+    )
+}
+
+/// The first commit LSN in a part's name.
+fn part_first(key: &str) -> Option<Lsn> {
+    let name = key.rsplit('/').next()?;
+    let hex = name.strip_prefix("part-")?.get(..16)?;
+    u64::from_str_radix(hex, 16).ok().map(Lsn)
+}
+
+fn destination(dest: &Store, e: Error) -> Error {
+    let hint = e.archive_refuses().map(|h| format!("; {h}")).unwrap_or_default();
+    match e {
+        Error::Store { key, source } => Error::ArchiveMismatch(format!(
+            "cannot use the export destination {} ({key}): {source}{hint}",
+            dest.url()
+        )),
+        e => e,
+    }
+}
+
+/// Exports `store`'s archive to `dest`.
+pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result<ExportStats, Error> {
+    let Some(identity) = state::read_identity(store).await? else {
+        return Err(Error::ArchiveMismatch(format!(
+            "{} is not a waly archive (no waly.json); check --archive",
+            store.url()
+        )));
+    };
+    if let (Some(since), Some(until)) = (opts.since, opts.until) {
+        let after = match (since, until) {
+            (Bound::Lsn(a), Bound::Lsn(b)) => a > b,
+            (Bound::Time(a), Bound::Time(b)) => a > b,
+            _ => false,
+        };
+        if after {
+            return Err(Error::NotInArchive(
+                "--since is after --until: nothing can be exported".into(),
+            ));
+        }
+    }
+    let wanted = match &opts.tables {
+        Some(ts) => {
+            for t in ts {
+                crate::restore::check_archived(store, t).await?;
+            }
+            Some(ts.iter().cloned().collect::<BTreeSet<_>>())
+        }
+        None => None,
+    };
+    let me = ArchiveId::of(&identity);
+    let cursor = match dest.get_opt(CURSOR).await.map_err(|e| destination(dest, e))? {
+        Some(b) => {
+            let c: Cursor = serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+                key: format!("{}/{CURSOR}", dest.url()),
+                why: e.to_string(),
+            })?;
+            if c.archive != me {
+                return Err(Error::ArchiveMismatch(format!(
+                    "the destination {} holds the export of another archive (database {:?} of system {}, slot {:?}, created {}); export this archive to another place",
+                    dest.url(),
+                    c.archive.database,
+                    c.archive.system_identifier,
+                    c.archive.slot,
+                    c.archive.created_at
+                )));
+            }
+            c
+        }
+        None => Cursor {
+            archive: me.clone(),
+            tables: BTreeMap::new(),
+        },
+    };
+    // A cursor first: it marks the destination as this archive's, and an
+    // unwritable destination says so before any work.
+    dest.put(
+        CURSOR,
+        Bytes::from(serde_json::to_vec_pretty(&cursor).unwrap_or_default()),
+    )
+    .await
+    .map_err(|e| destination(dest, e))?;
+    let tmp = std::env::temp_dir().join(format!("waly-export-{}-{}", std::process::id(), crate::Lsn(rand_u64())));
+    std::fs::create_dir_all(&tmp)?;
+    let mut ex = Exporter {
+        dest,
+        tmp: tmp.clone(),
+        opts,
+        cursor,
+        wanted,
+        generation: String::new(),
+        schemas: Schemas::default(),
+        open: BTreeMap::new(),
+        pending: None,
+        through: None,
+        stats: ExportStats::default(),
+        names: BTreeMap::new(),
+        seq: 0,
+    };
+    ex.stats.removed = remove_unfinished(dest, &ex.cursor).await?;
+    let log_opts = LogOptions {
+        table: None,
+        since: opts.since,
+        until: opts.until,
+        snapshot: true,
+        first_snapshot_only: true,
+    };
+    let walked = crate::log::walk(store, &log_opts, &mut |item| ex.item(item)).await;
+    let result = walked.and_then(|_| {
+        ex.finish_pending()?;
+        ex.close_all()
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    result?;
+    // Every table exported is complete through the last commit read.
+    let tables: Vec<String> = match &ex.wanted {
+        Some(w) => w.iter().cloned().collect(),
+        None => {
+            let mut all: BTreeSet<String> = ex.names.keys().cloned().collect();
+            all.extend(ex.schemas.tables().map(str::to_string));
+            all.into_iter().collect()
+        }
+    };
+    let schemas = ex.schemas.clone();
+    let mut cursor = ex.cursor.clone();
+    if let Some(through) = ex.through {
+        for t in &tables {
+            let entry = cursor.tables.entry(t.clone()).or_default();
+            entry.through = entry.through.max(through);
+            entry.names.extend(ex.names.get(t).into_iter().flatten().cloned());
+        }
+    }
+    let stats = ex.stats;
+    dest.put(
+        CURSOR,
+        Bytes::from(serde_json::to_vec_pretty(&cursor).unwrap_or_default()),
+    )
+    .await
+    .map_err(|e| destination(dest, e))?;
+    let views = views(dest.url(), &cursor, &schemas);
+    dest.put("_waly/as_of_duckdb.sql", Bytes::from(views.0))
+        .await
+        .map_err(|e| destination(dest, e))?;
+    dest.put("_waly/as_of_spark.sql", Bytes::from(views.1))
+        .await
+        .map_err(|e| destination(dest, e))?;
+    Ok(stats)
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
+}
+
+/// Deletes the files an export that stopped before writing its cursor
+/// left: those of changes after a table's cursor (they are written again).
+async fn remove_unfinished(dest: &Store, cursor: &Cursor) -> Result<u64, Error> {
+    let mut removed = 0;
+    for (key, _) in dest.list("").await.map_err(|e| destination(dest, e))? {
+        let Some(first) = part_first(&key) else { continue };
+        let Some(dir) = key.split('/').next() else { continue };
+        let through = cursor
+            .tables
+            .iter()
+            .find(|(t, _)| table_dir(t) == dir)
+            .map(|(_, c)| c.through);
+        if through.is_none_or(|t| first > t) {
+            tracing::info!(key, "removing a file of an export that did not finish");
+            dest.delete(&key).await.map_err(|e| destination(dest, e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The SQL type (the same name in DuckDB and Spark) of a kind, for the
+/// kinds a missing value is given for.
+fn sql_type(k: &Kind) -> Option<String> {
+    Some(match k {
+        Kind::Int16 => "SMALLINT".into(),
+        Kind::Int32 => "INTEGER".into(),
+        Kind::Int64 => "BIGINT".into(),
+        Kind::Decimal { precision, scale } => format!("DECIMAL({precision},{scale})"),
+        Kind::Float32 => "FLOAT".into(),
+        Kind::Float64 => "DOUBLE".into(),
+        Kind::Bool => "BOOLEAN".into(),
+        Kind::Text => "STRING".into(),
+        Kind::Date => "DATE".into(),
+        _ => return None,
+    })
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The as-of query per table with a primary key, for DuckDB (a table
+/// macro `"<table>_as_of"(t)`) and for Spark SQL (a view over the files
+/// and a query with the parameter `:as_of`).
+fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
+    let root = root.trim_end_matches('/');
+    let mut duck = String::from(
+        "-- waly export: each table as it was at a time, from the change log.\n\
+         -- DuckDB: .read this file, then SELECT * FROM \"public.t_as_of\"(TIMESTAMPTZ '2026-11-27 10:00:00+00');\n",
+    );
+    let mut spark = String::from(
+        "-- waly export: each table as it was at a time, for Spark SQL.\n\
+         -- Run each view statement, then its query with spark.sql(query, args={\"as_of\": ...}).\n",
+    );
+    for (table, tc) in &cursor.tables {
+        let versions = schemas.versions(table);
+        let Some(latest) = versions.iter().rev().find(|v| !v.dropped) else {
+            continue;
+        };
+        let (idents, columns) = columns_from(versions, 1);
+        let key = primary_key(&idents, latest);
+        if key.is_empty() {
+            continue;
+        }
+        // Each column under its newest name, from whichever name each file used.
+        let select: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let written: Vec<String> = std::iter::once(&c.name)
+                    .chain(c.earlier_names.iter().rev())
+                    .filter(|n| tc.names.contains(*n))
+                    .map(|n| quote(n))
+                    .collect();
+                let value = match written.len() {
+                    0 => "NULL".to_string(),
+                    1 => written[0].clone(),
+                    _ => format!("coalesce({})", written.join(", ")),
+                };
+                // Rows from before the column was added have the value
+                // `ADD COLUMN ... DEFAULT` gave existing rows.
+                let added = versions
+                    .iter()
+                    .find_map(|v| v.columns.iter().find(|d| ident(d) == idents[i]).map(|d| (v.version, d)));
+                match (added, sql_type(&c.kind)) {
+                    (Some((since, d)), Some(ty)) if d.missing.is_some() => format!(
+                        "CASE WHEN _schema_version < {since} THEN CAST('{}' AS {ty}) ELSE {value} END AS {}",
+                        d.missing.as_deref().unwrap_or_default().replace('\'', "''"),
+                        quote(&c.name)
+                    ),
+                    _ => format!("{value} AS {}", quote(&c.name)),
+                }
+            })
+            .collect();
+        let select = select.join(", ");
+        let key_cols: Vec<String> = key.iter().map(|&i| quote(&columns[i].name)).collect();
+        let moved = key
+            .iter()
+            .map(|&i| format!("m._old_key.{0} = r.{0}", quote(&columns[i].name)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let later = "(m._commit_lsn > r._commit_lsn OR (m._commit_lsn = r._commit_lsn AND m._seq > r._seq))";
+        let body = |from: &str, as_of: &str| {
+            format!(
+                "WITH log AS (SELECT _op, _commit_lsn, _seq, _commit_time, _old_key, {select} FROM {from}),\n\
+                 upto AS (SELECT * FROM log WHERE _commit_time <= {as_of}),\n\
+                 cut AS (SELECT _commit_lsn AS l, _seq AS s FROM upto WHERE _op = 'truncate' ORDER BY _commit_lsn DESC, _seq DESC LIMIT 1),\n\
+                 live AS (SELECT * FROM upto u WHERE _op <> 'truncate' AND NOT EXISTS (SELECT 1 FROM cut WHERE u._commit_lsn < cut.l OR (u._commit_lsn = cut.l AND u._seq < cut.s))),\n\
+                 ranked AS (SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _commit_lsn DESC, _seq DESC) AS _rank FROM live)\n\
+                 SELECT {cols} FROM ranked r WHERE _rank = 1 AND _op <> 'delete'\n  AND NOT EXISTS (SELECT 1 FROM live m WHERE m._old_key IS NOT NULL AND {moved} AND {later})",
+                keys = key_cols.join(", "),
+                cols = columns.iter().map(|c| format!("r.{}", quote(&c.name))).collect::<Vec<_>>().join(", "),
+            )
+        };
+        let dir = format!("{root}/{}", table_dir(table));
+        duck.push_str(&format!(
+            "\nCREATE OR REPLACE MACRO {}(as_of) AS TABLE\n{};\n",
+            quote(&format!("{table}_as_of")),
+            body(
+                &format!("read_parquet('{dir}/*/*.parquet', hive_partitioning = true, union_by_name = true)"),
+                "as_of"
+            )
+        ));
+        let view = quote(&format!("{table}_log")).replace('"', "`");
+        spark.push_str(&format!(
+            "\n-- {table}\nCREATE OR REPLACE TEMPORARY VIEW {view} USING parquet OPTIONS (path '{dir}', mergeSchema 'true');\n{};\n",
+            body(&view, "CAST(:as_of AS TIMESTAMP)").replace('"', "`")
+        ));
+    }
+    (duck, spark)
+}

@@ -1,0 +1,336 @@
+//! `waly export`: the archive as a Parquet change log, read back with DuckDB
+//! and compared with `waly log --json`, `waly restore --at` and the source.
+
+use crate::archive::{archive_dir, log_json, settle, spawn_run, wait_streaming};
+use crate::harness::{run_within, waly, TestDb};
+use crate::restore::ok;
+use crate::schemas::init;
+use std::collections::BTreeMap;
+use std::process::Output;
+
+/// Runs `sql` (statements separated by `;`, the last one a query) in DuckDB
+/// and returns the last query's rows, each value as DuckDB's VARCHAR cast.
+pub(crate) fn duckdb(sql: &str) -> Vec<Vec<Option<String>>> {
+    let python = std::env::var("WALY_TEST_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
+    let script = r#"
+import duckdb, json, sys
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+stmts = [s for s in sys.stdin.read().split(";\n") if s.strip()]
+for s in stmts[:-1]:
+    con.execute(s)
+rows = con.execute(stmts[-1]).fetchall()
+print(json.dumps([[None if v is None else str(v) for v in r] for r in rows]))
+"#;
+    let mut child = std::process::Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {python} (scripts/test.sh installs DuckDB into .venv): {e}"));
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), sql.as_bytes()).expect("write the SQL");
+    let out = child.wait_with_output().expect("duckdb");
+    assert!(
+        out.status.success(),
+        "duckdb failed: {}\n{sql}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("rows as JSON")
+}
+
+fn export(archive: &str, to: &str, extra: &[&str]) -> Output {
+    run_within(
+        waly().args(["export", "--archive", archive, "--to", to]).args(extra),
+        300,
+    )
+}
+
+fn failed(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn files(dir: &str) -> String {
+    format!("read_parquet('{dir}/*/*/*.parquet', hive_partitioning = true, union_by_name = true, filename = true)")
+}
+
+/// Changes per (table, op) in `waly log --json`.
+fn log_counts(archive: &str) -> BTreeMap<(String, String), usize> {
+    let mut m = BTreeMap::new();
+    for l in log_json(archive, &[]) {
+        if let (Some(t), Some(op)) = (l["table"].as_str(), l["op"].as_str()) {
+            *m.entry((t.to_string(), op.to_string())).or_default() += 1;
+        }
+    }
+    m
+}
+
+/// Changes per (table, op) in the export (snapshot rows apart).
+fn export_counts(dir: &str) -> BTreeMap<(String, String), usize> {
+    duckdb(&format!(
+        "SELECT regexp_extract(filename, '([^/]+)/date=', 1) AS t, _op, count(*) FROM {} WHERE _op <> 'snapshot' GROUP BY ALL",
+        files(dir)
+    ))
+    .into_iter()
+    .map(|r| {
+        (
+            (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()),
+            r[2].as_deref().unwrap_or("0").parse().unwrap_or(0),
+        )
+    })
+    .collect()
+}
+
+/// Rows of `waly restore T --at AT --shape latest` as JSON objects, sorted by id.
+fn restored(db: &TestDb, archive: &str, table: &str, at: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let out = ok(&run_within(
+        waly()
+            .args([
+                "restore",
+                "--archive",
+                archive,
+                "--source",
+                &db.url(),
+                table,
+                "--at",
+                at,
+            ])
+            .args(["--shape", "latest", "--output", "-", "--format", "jsonl"]),
+        120,
+    ));
+    let mut rows: Vec<serde_json::Map<String, serde_json::Value>> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    rows.sort_by_key(|r| r["id"].as_str().and_then(|s| s.parse::<i64>().ok()));
+    rows
+}
+
+#[test]
+fn the_export_holds_every_change_typed_and_its_as_of_query_equals_restore() {
+    let db = TestDb::new();
+    db.psql(
+        "SET TimeZone = 'Europe/Paris';
+         CREATE TYPE mood AS ENUM ('sad', 'happy');
+         CREATE TABLE typed (id int PRIMARY KEY, i2 smallint, i8 bigint, dec numeric(12,3), big numeric,
+             r real, d double precision, b boolean, t text, vc varchar(20), day date, ts timestamp,
+             tstz timestamptz, u uuid, j json, jb jsonb, by bytea, ints int[], texts text[],
+             decs numeric(10,2)[], m mood);
+         CREATE TABLE acct (id int PRIMARY KEY, email text, n int);",
+    );
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql(
+        "INSERT INTO typed VALUES (1, -7, 9007199254740993, 1234.5, 123456789012345678901234567890.5,
+             1.5, -2.25, true, 'héllo', 'v', '2026-01-02', '2026-01-02 03:04:05.123456',
+             '2026-01-02 03:04:05+01', 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', '{\"a\": 1}', '{\"b\": [2]}',
+             '\\xdeadbeef', '{1,2,NULL}', '{\"a b\",c}', '{1.50,NULL}', 'happy');
+         INSERT INTO typed (id) VALUES (2);
+         INSERT INTO acct SELECT g, 'u' || g || '@example.com', g FROM generate_series(1, 50) g;",
+    );
+    let t1 = db.now_utc();
+    // A key change, a delete, and a transaction whose intent comes last.
+    db.psql(
+        "UPDATE acct SET id = 1000 WHERE id = 7;
+         DELETE FROM acct WHERE id = 8;
+         BEGIN; UPDATE acct SET n = n + 100 WHERE id <= 5;
+         SELECT pg_logical_emit_message(true, 'waly', 'bonus for the first five'); COMMIT;",
+    );
+    let t2 = db.now_utc();
+    db.psql(
+        "ALTER TABLE acct ADD COLUMN plan text DEFAULT 'free';
+         UPDATE acct SET plan = 'pro' WHERE id = 2;
+         ALTER TABLE acct RENAME COLUMN email TO email_address;
+         UPDATE acct SET email_address = 'new@example.com' WHERE id = 3;",
+    );
+    let t3 = db.now_utc();
+    settle(&db, run);
+    let dest = format!("{archive}-export");
+    let _ = std::fs::remove_dir_all(&dest);
+    ok(&export(&archive, &dest, &[]));
+
+    // The same changes as the log: per table and operation, each once.
+    let want = log_counts(&archive);
+    assert_eq!(export_counts(&dest), want);
+    let dup = duckdb(&format!(
+        "SELECT count(*) - count(DISTINCT (_commit_lsn, _seq)) FROM {} WHERE _op <> 'snapshot'",
+        files(&dest)
+    ));
+    assert_eq!(dup, vec![vec![Some("0".to_string())]], "no change twice");
+
+    // Every type as its Parquet type, and its value.
+    let types = duckdb(&format!(
+        "SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM read_parquet('{dest}/public.typed/*/*.parquet'))"
+    ));
+    let types: BTreeMap<String, String> = types
+        .into_iter()
+        .map(|r| (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()))
+        .collect();
+    for (col, ty) in [
+        ("id", "INTEGER"),
+        ("i2", "SMALLINT"),
+        ("i8", "BIGINT"),
+        ("dec", "DECIMAL(12,3)"),
+        ("big", "VARCHAR"),
+        ("r", "FLOAT"),
+        ("d", "DOUBLE"),
+        ("b", "BOOLEAN"),
+        ("t", "VARCHAR"),
+        ("vc", "VARCHAR"),
+        ("day", "DATE"),
+        ("ts", "TIMESTAMP"),
+        ("tstz", "TIMESTAMP WITH TIME ZONE"),
+        ("u", "UUID"),
+        ("j", "VARCHAR"),
+        ("jb", "VARCHAR"),
+        ("by", "BLOB"),
+        ("ints", "INTEGER[]"),
+        ("texts", "VARCHAR[]"),
+        ("decs", "DECIMAL(10,2)[]"),
+        ("m", "VARCHAR"),
+        ("_commit_lsn", "BIGINT"),
+        ("_commit_time", "TIMESTAMP WITH TIME ZONE"),
+    ] {
+        assert_eq!(types.get(col).map(String::as_str), Some(ty), "{col}: {types:?}");
+    }
+    let row = duckdb(&format!(
+        "SELECT i2::VARCHAR, i8::VARCHAR, dec::VARCHAR, big, r::VARCHAR, d::VARCHAR, b::VARCHAR, t, vc,
+                day::VARCHAR, ts::VARCHAR, tstz::VARCHAR, u::VARCHAR, j, jb, hex(\"by\"), ints::VARCHAR,
+                texts::VARCHAR, decs::VARCHAR, m
+           FROM read_parquet('{dest}/public.typed/*/*.parquet') WHERE id = 1"
+    ));
+    let want: Vec<Option<String>> = [
+        "-7",
+        "9007199254740993",
+        "1234.500",
+        "123456789012345678901234567890.5",
+        "1.5",
+        "-2.25",
+        "true",
+        "héllo",
+        "v",
+        "2026-01-02",
+        "2026-01-02 03:04:05.123456",
+        "2026-01-02 02:04:05+00",
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "{\"a\": 1}",
+        "{\"b\": [2]}",
+        "DEADBEEF",
+        "[1, 2, NULL]",
+        "[a b, c]",
+        "[1.50, NULL]",
+        "happy",
+    ]
+    .iter()
+    .map(|s| Some(s.to_string()))
+    .collect();
+    assert_eq!(row, vec![want]);
+    let nulls = duckdb(&format!(
+        "SELECT count(*) FROM read_parquet('{dest}/public.typed/*/*.parquet') WHERE id = 2 AND i2 IS NULL AND ints IS NULL AND u IS NULL"
+    ));
+    assert_eq!(nulls, vec![vec![Some("1".to_string())]]);
+
+    // Commit identity, intents, the old key, schema versions.
+    let bonus = duckdb(&format!(
+        "SELECT string_agg(id::VARCHAR, ',' ORDER BY id), min(_intent), max(_intent) FROM {} WHERE _intent IS NOT NULL",
+        files(&dest)
+    ));
+    assert_eq!(
+        bonus,
+        vec![vec![
+            Some("1,2,3,4,5".to_string()),
+            Some("bonus for the first five".to_string()),
+            Some("bonus for the first five".to_string())
+        ]]
+    );
+    let moved = duckdb(&format!(
+        "SELECT id, _old_key.id FROM read_parquet('{dest}/public.acct/*/*.parquet', union_by_name = true) WHERE _old_key IS NOT NULL"
+    ));
+    assert_eq!(moved, vec![vec![Some("1000".to_string()), Some("7".to_string())]]);
+
+    // The as-of query (the view file the export wrote) equals restore.
+    for at in [&t1, &t2, &t3] {
+        let rows = duckdb(&format!(
+            "{};\nSELECT id::VARCHAR, email_address, n::VARCHAR, plan FROM \"public.acct_as_of\"(TIMESTAMPTZ '{at}') ORDER BY id",
+            std::fs::read_to_string(format!("{dest}/_waly/as_of_duckdb.sql"))
+                .expect("the view file")
+                .trim_end()
+                .trim_end_matches(';')
+        ));
+        let want: Vec<Vec<Option<String>>> = restored(&db, &archive, "acct", at)
+            .iter()
+            .map(|r| {
+                ["id", "email_address", "n", "plan"]
+                    .iter()
+                    .map(|c| r.get(*c).and_then(|v| v.as_str()).map(str::to_string))
+                    .collect()
+            })
+            .collect();
+        // A column added later has the value ADD COLUMN gave existing rows,
+        // as restore --shape latest gives it.
+        assert_eq!(rows, want, "as of {at}");
+    }
+
+    // Incremental: more changes, the export continues, nothing twice.
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE acct SET n = -1 WHERE id = 9; INSERT INTO typed (id) VALUES (3); TRUNCATE typed;");
+    settle(&db, run);
+    let before: Vec<String> = crate::archive::files_under(&dest, "public.acct");
+    ok(&export(&archive, &dest, &[]));
+    assert_eq!(export_counts(&dest), log_counts(&archive));
+    let after: Vec<String> = crate::archive::files_under(&dest, "public.acct");
+    assert!(
+        before.iter().all(|f| after.contains(f)),
+        "files are written once: {before:?} {after:?}"
+    );
+    assert!(after.len() > before.len());
+    // A file an export left before writing its cursor (killed) is removed
+    // and its changes written again, once.
+    let leftover = after.iter().max().expect("a file").clone();
+    let stray = format!("{dest}/public.acct/date=2099-01-01");
+    std::fs::create_dir_all(&stray).expect("mkdir");
+    std::fs::copy(
+        format!("{dest}/public.acct/{leftover}"),
+        format!("{stray}/part-7FFFFFFFFFFFFFFF-7FFFFFFFFFFFFFFF.parquet"),
+    )
+    .expect("copy");
+    let out = export(&archive, &dest, &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("removed 1 files of an export that did not finish"),
+        "{}",
+        ok(&out)
+    );
+    assert_eq!(export_counts(&dest), log_counts(&archive));
+
+    // Bad input: a clear error and exit 1.
+    let e = failed(&export(
+        &archive,
+        &dest,
+        &["--since", "2026-02-01T00:00:00Z", "--until", "2026-01-01T00:00:00Z"],
+    ));
+    assert!(e.contains("--since is after --until"), "{e}");
+    let e = failed(&export(&archive, &dest, &["--tables", "nosuch"]));
+    assert!(e.contains("public.nosuch is not in the archive"), "{e}");
+    let other = TestDb::new();
+    other.psql("CREATE TABLE o (id int PRIMARY KEY)");
+    let other_archive = archive_dir(&other);
+    init(&other, &other_archive);
+    let e = failed(&export(&other_archive, &dest, &[]));
+    assert!(e.contains("holds the export of another archive"), "{e}");
+    let locked = format!("{archive}-locked");
+    std::fs::create_dir_all(&locked).expect("mkdir");
+    if crate::harness::freeze(&locked, true) {
+        let e = failed(&export(&archive, &locked, &[]));
+        crate::harness::freeze(&locked, false);
+        assert!(e.contains("cannot use the export destination"), "{e}");
+    } else {
+        eprintln!("SKIPPED the unwritable destination: this filesystem cannot make a directory unwritable");
+    }
+    for d in [&dest, &archive, &other_archive, &locked] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
