@@ -334,3 +334,123 @@ fn the_export_holds_every_change_typed_and_its_as_of_query_equals_restore() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// A database with `rows` rows in `big`, in transactions of 50,000, and
+/// some updates and deletes, archived.
+fn big_archive(rows: usize) -> (TestDb, String) {
+    let db = TestDb::new();
+    db.psql("CREATE TABLE big (id int PRIMARY KEY, v text, n int)");
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    for start in (0..rows).step_by(50_000) {
+        db.psql(&format!(
+            "INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text), g FROM generate_series({}, {}) g",
+            start + 1,
+            (start + 50_000).min(rows)
+        ));
+    }
+    db.psql("UPDATE big SET n = -n WHERE id % 10 = 0; DELETE FROM big WHERE id % 97 = 0;");
+    settle(&db, run);
+    (db, archive)
+}
+
+/// Changes per (commit_lsn, seq) in the export: (rows, distinct identities).
+fn identities(dest: &str) -> (usize, usize) {
+    let r = duckdb(&format!(
+        "SELECT count(*), count(DISTINCT (_commit_lsn, _seq)) FROM {} WHERE _op <> 'snapshot'",
+        files(dest)
+    ));
+    let n = |i: usize| r[0][i].as_deref().unwrap_or("0").parse().unwrap_or(0);
+    (n(0), n(1))
+}
+
+#[test]
+fn an_export_killed_midway_and_run_again_has_every_change_once() {
+    let (_db, archive) = big_archive(400_000);
+    let changes: usize = log_counts(&archive).values().sum();
+    let dest = format!("{archive}-export");
+    let _ = std::fs::remove_dir_all(&dest);
+    // Small files, so the first is uploaded long before the export ends.
+    let mut child = waly()
+        .args(["export", "--archive", &archive, "--to", &dest, "--file-mib", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the export");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !crate::archive::files_under(&dest, "public.big")
+        .iter()
+        .any(|f| f.ends_with(".parquet"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no file within 120 s");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the export was still running when killed"
+    );
+    let _ = child.kill(); // SIGKILL: no cursor written
+    let _ = child.wait();
+    let (rows, distinct) = identities(&dest);
+    assert_eq!(rows, distinct, "no change twice, even from a killed export");
+    assert!(rows < changes, "the killed export was partial: {rows} of {changes}");
+    let out = export(&archive, &dest, &["--file-mib", "1"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("files of an export that did not finish"),
+        "{}",
+        ok(&out)
+    );
+    assert_eq!(
+        identities(&dest),
+        (changes, changes),
+        "every change once after the rerun"
+    );
+    assert_eq!(export_counts(&dest), log_counts(&archive));
+    for d in [&dest, &archive] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn an_export_to_s3_writes_the_same_files_as_to_a_directory() {
+    let Some(bucket) = crate::harness::s3_bucket("export") else {
+        panic!("WALY_TEST_S3_ENDPOINT is not set: run the tests with make test");
+    };
+    let (_db, archive) = big_archive(60_000);
+    let local = format!("{archive}-export");
+    let _ = std::fs::remove_dir_all(&local);
+    ok(&export(&archive, &local, &[]));
+    let s3 = format!("s3://{bucket}/exports/app");
+    ok(&export(&archive, &s3, &[]));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let store = waly::archive::Store::open(&s3).expect("open");
+    let objects = rt.block_on(store.list("")).expect("list");
+    let parts: Vec<&String> = objects
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.ends_with(".parquet"))
+        .collect();
+    assert!(!parts.is_empty(), "{objects:?}");
+    let local_parts: Vec<String> = crate::archive::files_under(&local, "public.big")
+        .into_iter()
+        .map(|f| format!("public.big/{f}"))
+        .collect();
+    assert_eq!(parts.iter().map(|s| s.as_str()).collect::<Vec<_>>(), local_parts);
+    for p in &parts {
+        let there = rt.block_on(store.get(p)).expect("get");
+        let here = std::fs::read(format!("{local}/{p}")).expect("read");
+        assert!(there[..] == here[..], "{p} differs between S3 and the directory");
+    }
+    // Again: nothing new, nothing rewritten, and the cursor says so.
+    let out = export(&archive, &s3, &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exported 0 changes and 0 snapshot rows in 0 files"),
+        "{}",
+        ok(&out)
+    );
+    for d in [&local, &archive] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
