@@ -86,6 +86,13 @@ pub struct RunArgs {
     /// this a missing slot is an error: a slot created now holds WAL only from now on.
     #[arg(long)]
     pub create_slot: bool,
+    /// Keep a Parquet export (`waly export`) current at this URL, on its own thread: it
+    /// only reads the archive, and never delays the slot's confirmation.
+    #[arg(long)]
+    pub export_to: Option<String>,
+    /// With --export-to: how long to wait between export runs.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub export_interval: Duration,
 }
 
 pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -102,6 +109,10 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?;
         tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
         tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    }
+    if let Some(to) = &args.export_to {
+        let dest = crate::archive::Store::open(to).with_context(|| format!("--export-to {to}"))?;
+        crate::export::keep_current(store.clone(), dest, args.export_interval)?;
     }
     let opts = RunOptions {
         slot: args.names.slot.clone(),

@@ -633,6 +633,42 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
     Ok(stats)
 }
 
+/// Runs the export to `dest` every `interval` on a thread of its own (and
+/// its own runtime), so the capture never waits for it; a failed run is
+/// logged and tried again at the next interval.
+pub fn keep_current(store: Store, dest: Store, interval: std::time::Duration) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("waly-export")
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new().name("waly-export".into()).spawn(move || {
+        runtime.block_on(async {
+            let opts = ExportOptions {
+                file_bytes: 128 << 20,
+                ..ExportOptions::default()
+            };
+            loop {
+                tokio::time::sleep(interval).await;
+                match export(&store, &dest, &opts).await {
+                    Ok(s) => tracing::info!(
+                        changes = s.changes,
+                        snapshot_rows = s.snapshot_rows,
+                        files = s.files,
+                        bytes = s.bytes,
+                        to = dest.url(),
+                        "export brought up to date"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(to = dest.url(), error = %e, "export failed; trying again at the next interval")
+                    }
+                }
+            }
+        })
+    })?;
+    Ok(())
+}
+
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -454,3 +454,49 @@ fn an_export_to_s3_writes_the_same_files_as_to_a_directory() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[test]
+fn waly_run_keeps_an_export_current_without_holding_back_the_slot() {
+    let db = TestDb::new();
+    db.psql("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 100) g;");
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let dest = format!("{archive}-export");
+    let _ = std::fs::remove_dir_all(&dest);
+    let run = crate::archive::spawn_run_as(
+        &db,
+        &db.url(),
+        &archive,
+        &["--export-to", &dest, "--export-interval", "1s"],
+    );
+    wait_streaming(&db, &run);
+    for round in 0..3 {
+        db.psql(&format!(
+            "UPDATE t SET v = v + 1 WHERE id % 3 = {round}; DELETE FROM t WHERE id = {}",
+            50 + round
+        ));
+        // The slot is confirmed as the archive grows, whatever the export does.
+        crate::archive::wait_confirmed(&db, 60);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let want = log_counts(&archive);
+        let parts = crate::archive::files_under(&dest, "public.t");
+        if parts.iter().any(|f| f.ends_with(".parquet")) && export_counts(&dest) == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the export did not catch up: {:?} vs {want:?}; {}",
+            export_counts(&dest),
+            run.stderr_so_far()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let snapshot = duckdb(&format!("SELECT count(*) FROM {} WHERE _op = 'snapshot'", files(&dest)));
+    assert_eq!(snapshot, vec![vec![Some("100".to_string())]]);
+    settle(&db, run);
+    for d in [&dest, &archive] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
