@@ -179,6 +179,8 @@ struct Exporter<'a> {
     through: Option<Lsn>,
     stats: ExportStats,
     names: BTreeMap<String, BTreeSet<String>>,
+    /// Every table of every generation read.
+    seen_tables: BTreeSet<String>,
     seq: u64,
 }
 
@@ -198,6 +200,7 @@ impl Exporter<'_> {
                 self.close_all()?;
                 self.generation = id.to_string();
                 self.schemas = schemas.clone();
+                self.seen_tables.extend(schemas.tables().map(str::to_string));
             }
             Item::SnapshotRow {
                 table,
@@ -581,6 +584,7 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
         through: None,
         stats: ExportStats::default(),
         names: BTreeMap::new(),
+        seen_tables: BTreeSet::new(),
         seq: 0,
     };
     ex.stats.removed = remove_unfinished(dest, &ex.cursor).await?;
@@ -601,11 +605,7 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
     // Every table exported is complete through the last commit read.
     let tables: Vec<String> = match &ex.wanted {
         Some(w) => w.iter().cloned().collect(),
-        None => {
-            let mut all: BTreeSet<String> = ex.names.keys().cloned().collect();
-            all.extend(ex.schemas.tables().map(str::to_string));
-            all.into_iter().collect()
-        }
+        None => ex.seen_tables.iter().cloned().collect(),
     };
     let schemas = ex.schemas.clone();
     let mut cursor = ex.cursor.clone();

@@ -5,7 +5,7 @@ mod archive;
 mod auth;
 mod bad_input;
 mod decode;
-mod export;
+pub(crate) mod export;
 mod golden;
 mod harness;
 mod history;

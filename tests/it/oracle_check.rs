@@ -316,6 +316,8 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
     timed("history, log, tables, schema", out.checks);
     check_verify(seed, &db, &archive, &mut out);
     timed("verify", out.checks);
+    check_export(seed, &archive, &mut out);
+    timed("export", out.checks);
     if std::env::var_os("WALY_ORACLE_KEEP").is_some() {
         eprintln!("oracle seed {seed}: the archive is kept in {archive}");
     } else {
@@ -622,6 +624,58 @@ fn check_log(seed: u64, db: &TestDb, archive: &str, out: &mut Outcome) {
             });
         }
     }
+}
+
+/// The Parquet export, read by DuckDB: per table and operation the log's
+/// changes, each once; run again, nothing new.
+fn check_export(seed: u64, archive: &str, out: &mut Outcome) {
+    let dest = format!("{archive}-export");
+    let _ = std::fs::remove_dir_all(&dest);
+    let o = waly_out(&["export", "--archive", archive, "--to", &dest]);
+    out.check(o.status.success(), || {
+        format!("seed {seed}: export failed: {}", stderr(&o))
+    });
+    if !o.status.success() {
+        return;
+    }
+    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for v in stdout(&waly_out(&["log", "--archive", archive, "--json"]))
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        if let (Some(t), Some(op)) = (v["table"].as_str(), v["op"].as_str()) {
+            *want.entry((t.to_string(), op.to_string())).or_default() += 1;
+        }
+    }
+    let parts = crate::archive::files_under(&dest, "");
+    let got: BTreeMap<(String, String), u64> = if parts.iter().any(|f| f.ends_with(".parquet")) {
+        crate::export::duckdb(&format!(
+            "SELECT regexp_extract(filename, '([^/]+)/date=', 1), _op, count(*), count(DISTINCT (_commit_lsn, _seq))
+               FROM read_parquet('{dest}/*/*/*.parquet', filename = true, union_by_name = true, hive_partitioning = true)
+              WHERE _op <> 'snapshot' GROUP BY ALL"
+        ))
+        .into_iter()
+        .map(|r| {
+            let n = |i: usize| r[i].as_deref().unwrap_or("0").parse::<u64>().unwrap_or(0);
+            let (all, distinct) = (n(2), n(3));
+            out.check(all == distinct, || {
+                format!("seed {seed}: export: {:?} {:?}: {} rows, {distinct} distinct changes", r[0], r[1], all)
+            });
+            ((r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()), all)
+        })
+        .collect()
+    } else {
+        BTreeMap::new()
+    };
+    out.check(got == want, || {
+        format!("seed {seed}: export: per table and operation {got:?}, the log {want:?}")
+    });
+    let again = waly_out(&["export", "--archive", archive, "--to", &dest]);
+    out.check(
+        again.status.success() && stderr(&again).contains("exported 0 changes and 0 snapshot rows"),
+        || format!("seed {seed}: export again: {}", stderr(&again)),
+    );
+    let _ = std::fs::remove_dir_all(&dest);
 }
 
 fn check_catalog(seed: u64, archive: &str, out: &mut Outcome) {
