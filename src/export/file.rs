@@ -234,6 +234,9 @@ impl ParquetFile {
             }
         }
         let props = WriterProperties::builder()
+            // Version 2 encodings: increasing integers (LSNs, seq, keys)
+            // delta-coded where the dictionary does not fit.
+            .set_writer_version(parquet::file::properties::WriterVersion::PARQUET_2_0)
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).map_err(|e| e.to_string())?))
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_max_row_group_row_count(Some(GROUP_ROWS))

@@ -151,21 +151,70 @@ struct Open {
     path: std::path::PathBuf,
     date: NaiveDate,
     idents: Vec<Ident>,
+    /// Per schema version of its rows: how they map onto the file's columns.
+    maps: std::collections::HashMap<u32, Arc<VersionMap>>,
+    /// The file's `_old_key` columns (indices into `idents`).
+    key: Vec<usize>,
 }
 
-/// A change of the transaction being read, kept until its end: the
-/// transaction's intent (its `waly` messages) may come after it.
+/// How rows written in one schema version map onto a file's columns.
+struct VersionMap {
+    /// Per file column, its name in the version (`None`: not in it).
+    names: Vec<Option<Arc<str>>>,
+    /// The file's key columns, when the version has each of them.
+    key: Vec<usize>,
+    /// Whether the file has every column of the version.
+    covers: bool,
+}
+
+impl Open {
+    fn map(&mut self, version: &SchemaRecord) -> Arc<VersionMap> {
+        let idents = &self.idents;
+        let key = &self.key;
+        self.maps
+            .entry(version.version)
+            .or_insert_with(|| {
+                let names: Vec<Option<Arc<str>>> = idents
+                    .iter()
+                    .map(|id| {
+                        version
+                            .columns
+                            .iter()
+                            .find(|c| ident(c) == *id)
+                            .map(|c| Arc::from(c.name.as_str()))
+                    })
+                    .collect();
+                // The key is the version's primary key, when it is the file's.
+                let mut own = primary_key(idents, version);
+                own.sort_unstable();
+                let mut file_key = key.clone();
+                file_key.sort_unstable();
+                Arc::new(VersionMap {
+                    key: if own == file_key { key.clone() } else { Vec::new() },
+                    covers: version.columns.iter().all(|c| idents.contains(&ident(c))),
+                    names,
+                })
+            })
+            .clone()
+    }
+}
+
+/// The transaction being read. Its changes are kept until its end, since
+/// its intent (its `waly` messages) may come after them; a transaction of
+/// more than `PENDING_MAX` changes has its messages looked up in its
+/// segments instead, and its changes are written as they come.
 struct Pending {
     commit_lsn: Lsn,
     intent: Vec<String>,
     changes: Vec<ChangeRecord>,
-    /// Changes beyond `PENDING_MAX`, spilled as JSON lines.
-    spill: Option<(std::io::BufWriter<std::fs::File>, std::path::PathBuf, u64)>,
+    /// The intent, once looked up.
+    known: Option<Option<Arc<str>>>,
 }
 
 const PENDING_MAX: usize = 50_000;
 
 struct Exporter<'a> {
+    store: &'a Store,
     dest: &'a Store,
     tmp: std::path::PathBuf,
     opts: &'a ExportOptions,
@@ -238,27 +287,29 @@ impl Exporter<'_> {
                     return Ok(());
                 }
                 self.pend(c.change.commit_lsn)?;
-                let p = self.pending.as_mut().expect("pending");
-                if p.changes.len() < PENDING_MAX {
-                    p.changes.push(c.clone());
-                } else {
-                    if p.spill.is_none() {
-                        self.seq += 1;
-                        let path = self.tmp.join(format!("pending-{}.jsonl", self.seq));
-                        let f = std::fs::File::create(&path)?;
-                        p.spill = Some((std::io::BufWriter::new(f), path, 0));
-                    }
-                    if let Some((w, _, n)) = p.spill.as_mut() {
-                        serde_json::to_writer(&mut *w, c).map_err(|e| Error::Io(e.into()))?;
-                        std::io::Write::write_all(w, b"\n")?;
-                        *n += 1;
+                let Some(p) = self.pending.as_mut() else { return Ok(()) };
+                if let Some(intent) = p.known.clone() {
+                    return self.change(c, intent);
+                }
+                p.changes.push(c.clone());
+                if p.changes.len() >= PENDING_MAX {
+                    let lsn = p.commit_lsn;
+                    let (store, generation) = (self.store, self.generation.clone());
+                    let found = tokio::task::block_in_place(|| {
+                        tokio::runtime::Handle::current().block_on(intent_of(store, &generation, lsn))
+                    })?;
+                    let intent: Option<Arc<str>> = (!found.is_empty()).then(|| Arc::from(found.join("; ")));
+                    let held = std::mem::take(&mut p.changes);
+                    p.known = Some(intent.clone());
+                    for c in &held {
+                        self.change(c, intent.clone())?;
                     }
                 }
             }
             Item::Message(m) => {
                 self.see(m.commit_lsn);
                 self.pend(m.commit_lsn)?;
-                if let Some(p) = self.pending.as_mut() {
+                if let Some(p) = self.pending.as_mut().filter(|p| p.known.is_none()) {
                     p.intent.push(m.content.clone());
                 }
             }
@@ -280,7 +331,7 @@ impl Exporter<'_> {
             commit_lsn: lsn,
             intent: Vec::new(),
             changes: Vec::new(),
-            spill: None,
+            known: None,
         });
         Ok(())
     }
@@ -288,18 +339,12 @@ impl Exporter<'_> {
     /// Writes the collected transaction's changes, each with its intent.
     fn finish_pending(&mut self) -> Result<(), Error> {
         let Some(p) = self.pending.take() else { return Ok(()) };
+        if p.known.is_some() {
+            return Ok(());
+        }
         let intent: Option<Arc<str>> = (!p.intent.is_empty()).then(|| Arc::from(p.intent.join("; ")));
         for c in &p.changes {
             self.change(c, intent.clone())?;
-        }
-        if let Some((w, path, _)) = p.spill {
-            drop(w.into_inner().map_err(|e| Error::Io(e.into_error()))?);
-            let f = std::io::BufReader::new(std::fs::File::open(&path)?);
-            for line in std::io::BufRead::lines(f) {
-                let c: ChangeRecord = serde_json::from_str(&line?).map_err(|e| Error::Io(e.into()))?;
-                self.change(&c, intent.clone())?;
-            }
-            let _ = std::fs::remove_file(&path);
         }
         Ok(())
     }
@@ -348,10 +393,9 @@ impl Exporter<'_> {
         let date = chrono::DateTime::from_timestamp_micros(out.commit_time)
             .unwrap_or_default()
             .date_naive();
-        let covers = |o: &Open| version.columns.iter().all(|c| o.idents.contains(&ident(c)));
-        let roll = self.open.get(table).is_some_and(|o| {
+        let roll = self.open.get_mut(table).is_some_and(|o| {
             o.date != date
-                || !covers(o)
+                || !o.map(version).covers
                 || (o.file.bytes_written() >= self.opts.file_bytes
                     && o.file.lsns.is_some_and(|(_, last)| last != out.commit_lsn))
         });
@@ -362,29 +406,31 @@ impl Exporter<'_> {
             self.open_file(table, version.version, date)?;
         }
         let o = self.open.get_mut(table).expect("an open file");
-        let by_ident: BTreeMap<Ident, &str> = version.columns.iter().map(|c| (ident(c), c.name.as_str())).collect();
-        let value = |r: Option<&Row>, id: &Ident| -> Option<String> {
-            let name = by_ident.get(id)?;
-            r?.get(name).cloned().flatten()
+        let map = o.map(version);
+        let value = |r: &Row, name: &Option<Arc<str>>| -> Option<String> {
+            let name = name.as_deref()?;
+            r.0.iter().find(|(n, _)| **n == *name).and_then(|(_, v)| v.clone())
         };
-        out.values = o.idents.iter().map(|id| value(row, id)).collect();
-        // The old key, when an update changed the key.
-        let key: Vec<usize> = primary_key(&o.idents, version);
-        if let (Some(old), false) = (old, key.is_empty()) {
-            let old_key: Vec<Option<String>> = key.iter().map(|&i| value(Some(old), &o.idents[i])).collect();
-            let new_key: Vec<Option<String>> = key.iter().map(|&i| out.values[i].clone()).collect();
-            let sent = key
-                .iter()
-                .all(|&i| by_ident.get(&o.idents[i]).is_some_and(|n| old.get(n).is_some()));
-            if sent && old_key != new_key {
+        out.values = match row {
+            Some(r) => map.names.iter().map(|n| value(r, n)).collect(),
+            None => vec![None; map.names.len()],
+        };
+        // The old key, when an update changed the key (and PostgreSQL sent it).
+        if let (Some(old), false) = (old, map.key.is_empty()) {
+            let sent = map.key.iter().all(|&i| {
+                map.names[i]
+                    .as_deref()
+                    .is_some_and(|n| old.0.iter().any(|(m, _)| **m == *n))
+            });
+            let old_key: Vec<Option<String>> = map.key.iter().map(|&i| value(old, &map.names[i])).collect();
+            if sent && map.key.iter().zip(&old_key).any(|(&i, o)| out.values[i] != *o) {
                 out.old_key = Some(old_key);
             }
         }
         out.unchanged = unchanged
             .iter()
             .filter_map(|n| {
-                let c = version.columns.iter().find(|c| c.name == *n)?;
-                let i = o.idents.iter().position(|id| *id == ident(c))?;
+                let i = map.names.iter().position(|m| m.as_deref() == Some(*n))?;
                 Some(o.file.columns()[i].name.clone())
             })
             .collect();
@@ -411,8 +457,8 @@ impl Exporter<'_> {
             ("waly.schema_version".to_string(), last.to_string()),
             ("waly.schema_versions".to_string(), format!("{from}-{last}")),
         ];
-        let file =
-            ParquetFile::create(&path, table, columns, key, meta).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let file = ParquetFile::create(&path, table, columns, key.clone(), meta)
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
         self.open.insert(
             table.to_string(),
             Open {
@@ -420,6 +466,8 @@ impl Exporter<'_> {
                 path,
                 date,
                 idents,
+                maps: std::collections::HashMap::new(),
+                key,
             },
         );
         Ok(())
@@ -454,6 +502,72 @@ impl Exporter<'_> {
         }
         Ok(())
     }
+}
+
+/// The `waly` messages of transaction `lsn`, in order, read from the
+/// segments of `generation` whose commit-LSN range (in their names) holds
+/// it: only the message lines are parsed.
+async fn intent_of(store: &Store, generation: &str, lsn: Lsn) -> Result<Vec<String>, Error> {
+    #[derive(Deserialize)]
+    struct Begin {
+        commit_lsn: Lsn,
+    }
+    #[derive(Deserialize)]
+    struct Message {
+        prefix: String,
+        content: String,
+    }
+    let mut found: BTreeMap<u64, String> = BTreeMap::new();
+    for (key, _, _) in state::segments(store, generation).await? {
+        let name = key.rsplit('/').next().unwrap_or_default();
+        let mut parts = name.split(['-', '.']).skip(1);
+        let range = (
+            parts.next().and_then(|h| u64::from_str_radix(h, 16).ok()),
+            parts.next().and_then(|h| u64::from_str_radix(h, 16).ok()),
+        );
+        if let (Some(first), Some(last)) = range {
+            if lsn.0 < first || lsn.0 > last {
+                continue;
+            }
+        }
+        let bytes = store.get(&key).await?;
+        let text = zstd::stream::decode_all(&bytes[..]).map_err(|e| Error::Corrupt {
+            key: key.clone(),
+            why: e.to_string(),
+        })?;
+        // Records of the transaction, and their `seq` (written only where
+        // it is not the previous one plus 1).
+        let mut inside = false;
+        let mut next_seq = 0u64;
+        for line in text.split(|b| *b == b'\n').skip(1) {
+            if line.starts_with(br#"{"type":"begin""#) {
+                inside = serde_json::from_slice::<Begin>(line).is_ok_and(|b| b.commit_lsn == lsn);
+                next_seq = 0;
+                continue;
+            }
+            let record = line.starts_with(br#"{"type":"change""#) || line.starts_with(br#"{"type":"message""#);
+            if !inside || !record {
+                continue;
+            }
+            let written = line
+                .strip_prefix(br#"{"type":"change","seq":"#)
+                .or_else(|| line.strip_prefix(br#"{"type":"message","seq":"#))
+                .and_then(|rest| {
+                    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+                    std::str::from_utf8(&rest[..digits]).ok()?.parse::<u64>().ok()
+                });
+            let seq = written.unwrap_or(next_seq);
+            next_seq = seq + 1;
+            if line.starts_with(br#"{"type":"message""#) {
+                if let Ok(m) = serde_json::from_slice::<Message>(line) {
+                    if m.prefix == "waly" {
+                        found.insert(seq, m.content);
+                    }
+                }
+            }
+        }
+    }
+    Ok(found.into_values().collect())
 }
 
 /// The indices (into `idents`) of `version`'s primary key columns, in key order.
@@ -572,6 +686,7 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
     let tmp = std::env::temp_dir().join(format!("waly-export-{}-{}", std::process::id(), crate::Lsn(rand_u64())));
     std::fs::create_dir_all(&tmp)?;
     let mut ex = Exporter {
+        store,
         dest,
         tmp: tmp.clone(),
         opts,

@@ -345,8 +345,11 @@ fn big_archive(rows: usize) -> (TestDb, String) {
     let run = spawn_run(&db, &archive);
     wait_streaming(&db, &run);
     for start in (0..rows).step_by(50_000) {
+        // Each load's intent comes last: the export looks it up for
+        // transactions too large to hold.
         db.psql(&format!(
-            "INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text), g FROM generate_series({}, {}) g",
+            "BEGIN; INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text), g FROM generate_series({}, {}) g;
+             SELECT pg_logical_emit_message(true, 'waly', 'load {start}'); COMMIT;",
             start + 1,
             (start + 50_000).min(rows)
         ));
@@ -408,6 +411,15 @@ fn an_export_killed_midway_and_run_again_has_every_change_once() {
         "every change once after the rerun"
     );
     assert_eq!(export_counts(&dest), log_counts(&archive));
+    let loads = duckdb(&format!(
+        "SELECT count(*), count(DISTINCT _intent) FROM {} WHERE _op = 'insert' AND _intent = 'load ' || ((id - 1) // 50000 * 50000)",
+        files(&dest)
+    ));
+    assert_eq!(
+        loads,
+        vec![vec![Some("400000".to_string()), Some("8".to_string())]],
+        "each inserted row has its load's intent"
+    );
     for d in [&dest, &archive] {
         let _ = std::fs::remove_dir_all(d);
     }
