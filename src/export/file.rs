@@ -2,12 +2,12 @@
 //! and written to a local temporary file, which the export then uploads.
 
 use super::value::{array_elements, Kind, Value};
-use parquet::basic::{Compression, LogicalType, Repetition, TimeUnit, Type as Physical, ZstdLevel};
+use parquet::basic::{Compression, Encoding, LogicalType, Repetition, TimeUnit, Type as Physical, ZstdLevel};
 use parquet::data_type::{ByteArray, FixedLenByteArray};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::writer::{SerializedColumnWriter, SerializedFileWriter};
-use parquet::schema::types::{Type, TypePtr};
+use parquet::schema::types::{ColumnPath, Type, TypePtr};
 use std::sync::Arc;
 
 /// A data column of a file.
@@ -233,7 +233,33 @@ impl ParquetFile {
                 ));
             }
         }
-        let props = WriterProperties::builder()
+        // Integers (LSNs, seq, keys, times) delta-coded where a dictionary
+        // does not fit them: increasing values cost a few bits each.
+        let mut builder = WriterProperties::builder();
+        let delta = |k: &Kind| {
+            matches!(
+                k,
+                Kind::Int16 | Kind::Int32 | Kind::Int64 | Kind::Date | Kind::Timestamp { .. }
+            ) || matches!(k, Kind::Decimal { precision, .. } if *precision <= 18)
+        };
+        let int_columns = ["_commit_lsn", "_seq", "_xid", "_commit_time", "_schema_version"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(columns.iter().filter(|c| delta(&c.kind)).map(|c| c.name.clone()));
+        for name in int_columns {
+            builder = builder.set_column_encoding(ColumnPath::new(vec![name]), Encoding::DELTA_BINARY_PACKED);
+        }
+        // Values that are unique in a row group (seq, the key) never fit a
+        // dictionary.
+        let unique = std::iter::once("_seq".to_string()).chain(
+            key.iter()
+                .filter(|&&i| delta(&columns[i].kind))
+                .map(|&i| columns[i].name.clone()),
+        );
+        for name in unique {
+            builder = builder.set_column_dictionary_enabled(ColumnPath::new(vec![name]), false);
+        }
+        let props = builder
             // Version 2 encodings: increasing integers (LSNs, seq, keys)
             // delta-coded where the dictionary does not fit.
             .set_writer_version(parquet::file::properties::WriterVersion::PARQUET_2_0)

@@ -222,7 +222,7 @@ struct Exporter<'a> {
     /// Tables exported: given, or all with a version in the archive.
     wanted: Option<BTreeSet<String>>,
     generation: String,
-    schemas: Schemas,
+    schemas: Arc<Schemas>,
     open: BTreeMap<String, Open>,
     pending: Option<Pending>,
     through: Option<Lsn>,
@@ -248,7 +248,7 @@ impl Exporter<'_> {
                 self.finish_pending()?;
                 self.close_all()?;
                 self.generation = id.to_string();
-                self.schemas = schemas.clone();
+                self.schemas = Arc::new(schemas.clone());
                 self.seen_tables.extend(schemas.tables().map(str::to_string));
             }
             Item::SnapshotRow {
@@ -262,7 +262,8 @@ impl Exporter<'_> {
                 if !self.wants(table) || self.exported_through(table).is_some() || self.opts.since.is_some() {
                     return Ok(());
                 }
-                let Some(version) = self.schemas.version(table, schema_version).cloned() else {
+                let schemas = self.schemas.clone();
+                let Some(version) = schemas.version(table, schema_version) else {
                     return Err(missing_version(table, schema_version));
                 };
                 let out = OutRow {
@@ -277,7 +278,7 @@ impl Exporter<'_> {
                     old_key: None,
                     unchanged: Vec::new(),
                 };
-                self.write(table, &version, out, Some(row), None, &[])?;
+                self.write(table, version, out, Some(row), None, &[])?;
                 self.stats.snapshot_rows += 1;
             }
             Item::Change(c) => {
@@ -352,7 +353,8 @@ impl Exporter<'_> {
     fn change(&mut self, c: &ChangeRecord, intent: Option<Arc<str>>) -> Result<(), Error> {
         let ch = &c.change;
         let table = &*ch.table;
-        let Some(version) = self.schemas.version(table, c.schema_version).cloned() else {
+        let schemas = self.schemas.clone();
+        let Some(version) = schemas.version(table, c.schema_version) else {
             return Err(missing_version(table, c.schema_version));
         };
         let out = OutRow {
@@ -374,7 +376,7 @@ impl Exporter<'_> {
         };
         let unchanged: Vec<&str> = ch.unchanged_toast.iter().map(|s| &**s).collect();
         let old = if ch.op == Op::Update { ch.old.as_ref() } else { None };
-        self.write(table, &version, out, row.or(fallback), old, &unchanged)?;
+        self.write(table, version, out, row.or(fallback), old, &unchanged)?;
         self.stats.changes += 1;
         Ok(())
     }
@@ -693,7 +695,7 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
         cursor,
         wanted,
         generation: String::new(),
-        schemas: Schemas::default(),
+        schemas: Arc::default(),
         open: BTreeMap::new(),
         pending: None,
         through: None,
