@@ -241,6 +241,33 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
                 let o = waly_out(&["reindex", "--archive", &archive]);
                 assert!(o.status.success(), "reindex: {}", stderr(&o));
             }
+            Step::Quiet => {
+                let segments = || {
+                    crate::archive::files_under(&archive, "generations")
+                        .iter()
+                        .filter(|f| f.contains("/segments/"))
+                        .count()
+                };
+                caught_up(&db, &run, "before a quiet period");
+                let before = segments();
+                db.psql(
+                    "CREATE TEMP TABLE oracle_quiet (x int); INSERT INTO oracle_quiet VALUES (1);
+                     SELECT pg_switch_wal(); CHECKPOINT;",
+                );
+                // The sidecar marks an idle position (a record-less segment)
+                // at the first keepalive 10 s after its last segment.
+                let deadline = std::time::Instant::now() + Duration::from_secs(90);
+                while segments() == before && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                out.check(segments() > before, || {
+                    format!("seed {seed}: no idle heartbeat segment within 90 s of a quiet period")
+                });
+                let o = waly_out(&["reindex", "--archive", &archive]);
+                out.check(o.status.success(), || {
+                    format!("seed {seed}: reindex after a quiet period: {}", stderr(&o))
+                });
+            }
             Step::Takeover => {
                 let standby = spawn_run(&db, &archive);
                 std::thread::sleep(Duration::from_millis(500));

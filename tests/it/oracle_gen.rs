@@ -38,6 +38,10 @@ pub enum Step {
     /// The archive refuses writes (made unwritable) while this SQL runs and
     /// a few seconds pass; then it is writable again.
     Outage { sql: String },
+    /// A quiet period: only unpublished WAL (a temporary table, a WAL
+    /// switch, a checkpoint), long enough for the sidecar's idle heartbeat
+    /// (a record-less segment); then `waly reindex` over it.
+    Quiet,
 }
 
 impl Step {
@@ -50,6 +54,7 @@ impl Step {
             Step::PgRestart => "PostgreSQL restart",
             Step::Compact => "compact",
             Step::Reindex => "reindex",
+            Step::Quiet => "a quiet period, then reindex",
             Step::Prune => "prune --keep",
             Step::Takeover => "standby takeover",
             Step::RestoreIntoSource { .. } => "restore into the source",
@@ -146,6 +151,7 @@ pub fn generate(seed: u64, size: Size) -> Vec<Step> {
         Step::PgRestart,
         Step::Compact,
         Step::Reindex,
+        Step::Quiet,
         Step::Prune,
         Step::Takeover,
         Step::RestoreIntoSource { table: "acct" },
