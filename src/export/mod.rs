@@ -5,6 +5,7 @@
 //! as-of query.
 
 pub mod file;
+pub mod sink;
 pub mod value;
 
 use crate::archive::state::{self, Identity};
@@ -16,7 +17,7 @@ use crate::segment::ChangeRecord;
 use crate::{Error, Lsn};
 use bytes::Bytes;
 use chrono::NaiveDate;
-use file::{OutColumn, OutRow, ParquetFile};
+use file::{OutColumn, OutRow};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -147,8 +148,14 @@ fn columns_from(versions: &[SchemaRecord], from: u32) -> (Vec<Ident>, Vec<OutCol
 
 /// An open file of a table.
 struct Open {
-    file: ParquetFile,
-    path: std::path::PathBuf,
+    /// The file's data columns.
+    columns: Vec<OutColumn>,
+    /// The first and last commit LSN of its rows.
+    lsns: Option<(u64, u64)>,
+    /// Bytes written so far (the writer keeps it current).
+    written: Arc<std::sync::atomic::AtomicUsize>,
+    /// Rows not yet handed to the writer.
+    batch: Vec<OutRow>,
     date: NaiveDate,
     idents: Vec<Ident>,
     /// Per schema version of its rows: how they map onto the file's columns.
@@ -215,7 +222,7 @@ const PENDING_MAX: usize = 50_000;
 
 struct Exporter<'a> {
     store: &'a Store,
-    dest: &'a Store,
+    sink: sink::Sink,
     tmp: std::path::PathBuf,
     opts: &'a ExportOptions,
     cursor: Cursor,
@@ -398,8 +405,8 @@ impl Exporter<'_> {
         let roll = self.open.get_mut(table).is_some_and(|o| {
             o.date != date
                 || !o.map(version).covers
-                || (o.file.bytes_written() >= self.opts.file_bytes
-                    && o.file.lsns.is_some_and(|(_, last)| last != out.commit_lsn))
+                || (o.written.load(std::sync::atomic::Ordering::Relaxed) >= self.opts.file_bytes
+                    && o.lsns.is_some_and(|(_, last)| last != out.commit_lsn))
         });
         if roll {
             self.close(table)?;
@@ -433,13 +440,22 @@ impl Exporter<'_> {
             .iter()
             .filter_map(|n| {
                 let i = map.names.iter().position(|m| m.as_deref() == Some(*n))?;
-                Some(o.file.columns()[i].name.clone())
+                Some(o.columns[i].name.clone())
             })
             .collect();
-        o.file.push(out).map_err(|e| Error::Corrupt {
-            key: format!("{table} (export)"),
-            why: e,
-        })
+        o.lsns = Some(match o.lsns {
+            None => (out.commit_lsn, out.commit_lsn),
+            Some((first, _)) => (first, out.commit_lsn),
+        });
+        o.batch.push(out);
+        if o.batch.len() >= sink::BATCH {
+            let rows = std::mem::take(&mut o.batch);
+            self.sink.send(sink::Cmd::Rows {
+                table: table.to_string(),
+                rows,
+            })?;
+        }
+        Ok(())
     }
 
     fn open_file(&mut self, table: &str, from: u32, date: NaiveDate) -> Result<(), Error> {
@@ -459,13 +475,22 @@ impl Exporter<'_> {
             ("waly.schema_version".to_string(), last.to_string()),
             ("waly.schema_versions".to_string(), format!("{from}-{last}")),
         ];
-        let file = ParquetFile::create(&path, table, columns, key.clone(), meta)
-            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        self.sink.send(sink::Cmd::Open {
+            table: table.to_string(),
+            path,
+            columns: columns.clone(),
+            key: key.clone(),
+            meta,
+            written: written.clone(),
+        })?;
         self.open.insert(
             table.to_string(),
             Open {
-                file,
-                path,
+                columns,
+                lsns: None,
+                written,
+                batch: Vec::new(),
                 date,
                 idents,
                 maps: std::collections::HashMap::new(),
@@ -475,25 +500,24 @@ impl Exporter<'_> {
         Ok(())
     }
 
-    /// Finishes `table`'s open file and uploads it.
+    /// Has the writer finish `table`'s open file and upload it.
     fn close(&mut self, table: &str) -> Result<(), Error> {
         let Some(o) = self.open.remove(table) else {
             return Ok(());
         };
-        let Some((first, last)) = o.file.lsns else {
-            let _ = std::fs::remove_file(&o.path);
-            return Ok(());
-        };
-        o.file.finish().map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        let key = part_key(table, o.date, Lsn(first), Lsn(last));
-        let bytes = std::fs::metadata(&o.path)?.len();
-        let dest = self.dest;
-        let path = o.path.clone();
-        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(dest.put_file(&key, &path)))
-            .map_err(|e| destination(dest, e))?;
-        let _ = std::fs::remove_file(&o.path);
-        self.stats.files += 1;
-        self.stats.bytes += bytes;
+        if !o.batch.is_empty() {
+            self.sink.send(sink::Cmd::Rows {
+                table: table.to_string(),
+                rows: o.batch,
+            })?;
+        }
+        // A file without rows is not uploaded (the writer deletes it at the end).
+        if let Some((first, last)) = o.lsns {
+            self.sink.send(sink::Cmd::Close {
+                table: table.to_string(),
+                key: part_key(table, o.date, Lsn(first), Lsn(last)),
+            })?;
+        }
         Ok(())
     }
 
@@ -689,7 +713,7 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
     std::fs::create_dir_all(&tmp)?;
     let mut ex = Exporter {
         store,
-        dest,
+        sink: sink::Sink::start(dest.clone(), tokio::runtime::Handle::current())?,
         tmp: tmp.clone(),
         opts,
         cursor,
@@ -717,8 +741,10 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
         ex.finish_pending()?;
         ex.close_all()
     });
+    let written = ex.sink.finish();
     let _ = std::fs::remove_dir_all(&tmp);
     result?;
+    (ex.stats.files, ex.stats.bytes) = written?;
     // Every table exported is complete through the last commit read.
     let tables: Vec<String> = match &ex.wanted {
         Some(w) => w.iter().cloned().collect(),
@@ -755,7 +781,7 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
 /// logged and tried again at the next interval.
 pub fn keep_current(store: Store, dest: Store, interval: std::time::Duration) -> Result<(), Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .thread_name("waly-export")
         .enable_all()
         .build()?;

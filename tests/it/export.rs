@@ -512,3 +512,31 @@ fn waly_run_keeps_an_export_current_without_holding_back_the_slot() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+#[test]
+fn a_value_parquet_cannot_hold_stops_the_export_and_names_it() {
+    // numeric(5,2) holds NaN; Parquet's DECIMAL does not. The export stops
+    // (never a null or a rounded value in its place) and says where.
+    let db = TestDb::new();
+    db.psql("CREATE TABLE nums (id int PRIMARY KEY, x numeric(5,2))");
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("INSERT INTO nums VALUES (1, 1.5), (2, 'NaN')");
+    settle(&db, run);
+    let dest = format!("{archive}-export");
+    let _ = std::fs::remove_dir_all(&dest);
+    for _ in 0..2 {
+        let e = failed(&export(&archive, &dest, &[]));
+        assert!(e.contains("public.nums.x") && e.contains("NaN"), "{e}");
+        let parts: Vec<String> = crate::archive::files_under(&dest, "")
+            .into_iter()
+            .filter(|f| f.ends_with(".parquet"))
+            .collect();
+        assert!(parts.is_empty(), "no file of the failed export: {parts:?}");
+    }
+    for d in [&dest, &archive] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
