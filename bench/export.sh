@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Export benchmark: the 10M-change bench archive (pgbench_accounts at scale
-# 10 in the base snapshot, then 10 updates of every row, 2 MiB segments, as
-# bench/history.sh builds it) exported to Parquet, against `waly log --json`
+# 10 in the base snapshot, then 10 updates of every row, 2 MiB segments:
+# bench/archive-10m.sh) exported to Parquet, against `waly log --json`
 # over the same archive in the same run; then one DuckDB query over the whole
 # export (changes per minute per table), and the same export read by Apache
 # Spark in local mode (counts per operation compared with DuckDB's).
@@ -22,23 +22,9 @@ PY=$PWD/.venv/bin/python
 "$PY" -c 'import duckdb' 2>/dev/null || { python3 -m venv .venv && .venv/bin/pip install --quiet 'duckdb==2.0.1'; }
 pg_start "$DIR" fsync=off max_wal_size=4GB
 trap 'pg_stop "$DIR"' EXIT
-createdb bench
-q() { psql -XAtq -d bench -c "$1"; }
 ARCHIVE=$DIR/archive
-rm -rf "$ARCHIVE"
-pgbench -i -q -s 10 bench >/dev/null 2>&1
-q "CREATE PUBLICATION waly FOR TABLE pgbench_accounts"
-"$WALY" run --source "dbname=bench" --archive "$ARCHIVE" --segment-size 2MiB --log warn --create-slot & pid=$!
-until [ "$(q "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
-              WHERE s.slot_name = 'waly' AND r.state IN ('catchup', 'streaming')")" = 1 ]; do sleep 0.2; done
-for i in $(seq 1 10); do
-    q "UPDATE pgbench_accounts SET abalance = abalance + $i"
-done
-end=$(q "SELECT pg_current_wal_insert_lsn()")
-q "DO \$\$ BEGIN
-     WHILE NOT coalesce((SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'waly'), false)
-     LOOP PERFORM pg_sleep(0.2); END LOOP; END \$\$"
-kill -TERM $pid; wait $pid
+. bench/archive-10m.sh
+build_10m_archive "$WALY" "$ARCHIVE"
 SEGMENT_BYTES=$(find "$ARCHIVE/generations" -path '*/segments/*' -type f -printf '%s\n' | awk '{s += $1} END {print s}')
 SNAPSHOT_BYTES=$(find "$ARCHIVE/generations" -path '*/snapshots/*' -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')
 

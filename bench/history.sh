@@ -19,23 +19,9 @@ WALY=$PWD/target/release/waly
 DIR=$PWD/.tmp/bench-history
 pg_start "$DIR" fsync=off max_wal_size=4GB
 trap 'pg_stop "$DIR"' EXIT
-createdb bench
-q() { psql -XAtq -d bench -c "$1"; }
 ARCHIVE=$DIR/archive
-rm -rf "$ARCHIVE"
-pgbench -i -q -s 10 bench >/dev/null 2>&1
-q "CREATE PUBLICATION waly FOR TABLE pgbench_accounts"
-"$WALY" run --source "dbname=bench" --archive "$ARCHIVE" --segment-size 2MiB --log warn --create-slot & pid=$!
-until [ "$(q "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
-              WHERE s.slot_name = 'waly' AND r.state IN ('catchup', 'streaming')")" = 1 ]; do sleep 0.2; done
-for i in $(seq 1 10); do
-    q "UPDATE pgbench_accounts SET abalance = abalance + $i"
-done
-end=$(q "SELECT pg_current_wal_insert_lsn()")
-q "DO \$\$ BEGIN
-     WHILE NOT coalesce((SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'waly'), false)
-     LOOP PERFORM pg_sleep(0.2); END LOOP; END \$\$"
-kill -TERM $pid; wait $pid
+. bench/archive-10m.sh
+build_10m_archive "$WALY" "$ARCHIVE"
 # The archive proper (segments and snapshots); the index is derived and counted apart.
 TOTAL=$(find "$ARCHIVE/generations" "$ARCHIVE/waly.json" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
 SEGS=$(find "$ARCHIVE/generations" -path '*/segments/*' -type f | wc -l)

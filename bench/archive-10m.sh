@@ -1,0 +1,23 @@
+# Sourced by bench/history.sh and bench/export.sh (after scripts/pg.sh and
+# pg_start): build_10m_archive WALY ARCHIVE makes the 10M-change bench
+# archive: pgbench_accounts at scale 10 (1M rows) in the base snapshot, then
+# 10 updates of every row (10M changes), with 2 MiB segments.
+build_10m_archive() {
+    local waly=$1 archive=$2 pid end
+    createdb bench
+    rm -rf "$archive"
+    pgbench -i -q -s 10 bench >/dev/null 2>&1
+    psql -XAtq -d bench -c "CREATE PUBLICATION waly FOR TABLE pgbench_accounts"
+    "$waly" run --source "dbname=bench" --archive "$archive" --segment-size 2MiB --log warn --create-slot & pid=$!
+    until [ "$(psql -XAtq -d bench -c "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
+                  WHERE s.slot_name = 'waly' AND r.state IN ('catchup', 'streaming')")" = 1 ]; do sleep 0.2; done
+    for i in $(seq 1 10); do
+        psql -XAtq -d bench -c "UPDATE pgbench_accounts SET abalance = abalance + $i"
+    done
+    end=$(psql -XAtq -d bench -c "SELECT pg_current_wal_insert_lsn()")
+    psql -XAtq -d bench -c "DO \$\$ BEGIN
+         WHILE NOT coalesce((SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'waly'), false)
+         LOOP PERFORM pg_sleep(0.2); END LOOP; END \$\$"
+    kill -TERM "$pid"
+    wait "$pid"
+}
