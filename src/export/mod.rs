@@ -545,16 +545,8 @@ async fn intent_of(store: &Store, generation: &str, lsn: Lsn) -> Result<Vec<Stri
     }
     let mut found: BTreeMap<u64, String> = BTreeMap::new();
     for (key, _, _) in state::segments(store, generation).await? {
-        let name = key.rsplit('/').next().unwrap_or_default();
-        let mut parts = name.split(['-', '.']).skip(1);
-        let range = (
-            parts.next().and_then(|h| u64::from_str_radix(h, 16).ok()),
-            parts.next().and_then(|h| u64::from_str_radix(h, 16).ok()),
-        );
-        if let (Some(first), Some(last)) = range {
-            if lsn.0 < first || lsn.0 > last {
-                continue;
-            }
+        if layout::parse_segment_key(&key).is_some_and(|(_, first, last)| lsn < first || lsn > last) {
+            continue;
         }
         let bytes = store.get(&key).await?;
         let text = zstd::stream::decode_all(&bytes[..]).map_err(|e| Error::Corrupt {
@@ -709,7 +701,10 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
     )
     .await
     .map_err(|e| destination(dest, e))?;
-    let tmp = std::env::temp_dir().join(format!("waly-export-{}-{}", std::process::id(), crate::Lsn(rand_u64())));
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let tmp = std::env::temp_dir().join(format!("waly-export-{}-{started}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     let mut ex = Exporter {
         store,
@@ -810,13 +805,6 @@ pub fn keep_current(store: Store, dest: Store, interval: std::time::Duration) ->
         })
     })?;
     Ok(())
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id() as u64);
-    h.finish()
 }
 
 /// Deletes the files an export that stopped before writing its cursor

@@ -220,6 +220,18 @@ pub fn key_of(columns: &[ColumnDef], row: &Row) -> Option<Row> {
     (!cols.is_empty()).then_some(Row(cols))
 }
 
+/// A version's columns as pgoutput describes them in `described`: its
+/// generated columns only where the description has them (before
+/// PostgreSQL 18 it never sends them).
+fn streamed(version: &SchemaRecord, described: &[ColumnDef]) -> Vec<ColumnDef> {
+    version
+        .columns
+        .iter()
+        .filter(|c| c.generated.is_none() || described.iter().any(|d| d.name == c.name))
+        .cloned()
+        .collect()
+}
+
 /// Every schema version of a generation's tables.
 #[derive(Debug, Clone, Default)]
 pub struct Schemas {
@@ -276,15 +288,7 @@ impl Schemas {
     /// Generated columns a version has and the description lacks are not
     /// a difference: pgoutput before PostgreSQL 18 never sends them.
     pub fn reusable(&self, table: &str, commit_lsn: Lsn, columns: &[ColumnDef]) -> Option<&SchemaRecord> {
-        let same = |s: &SchemaRecord| {
-            let streamed: Vec<ColumnDef> = s
-                .columns
-                .iter()
-                .filter(|c| c.generated.is_none() || columns.iter().any(|d| d.name == c.name))
-                .cloned()
-                .collect();
-            !s.dropped && same_columns(&streamed, columns)
-        };
+        let same = |s: &SchemaRecord| !s.dropped && same_columns(&streamed(s, columns), columns);
         let versions = self.versions(table);
         versions
             .iter()
@@ -313,18 +317,9 @@ impl Schemas {
         columns: &[ColumnDef],
     ) -> Option<(u32, Vec<(String, String)>)> {
         let versions = self.versions(table);
-        let later_names = versions.iter().any(|s| {
-            s.commit_lsn > commit_lsn
-                && s.ddl.is_some()
-                && same_columns(
-                    &s.columns
-                        .iter()
-                        .filter(|c| c.generated.is_none() || columns.iter().any(|d| d.name == c.name))
-                        .cloned()
-                        .collect::<Vec<_>>(),
-                    columns,
-                )
-        });
+        let later_names = versions
+            .iter()
+            .any(|s| s.commit_lsn > commit_lsn && s.ddl.is_some() && same_columns(&streamed(s, columns), columns));
         if !later_names {
             return None;
         }
@@ -333,11 +328,7 @@ impl Schemas {
             .rev()
             .find(|s| s.commit_lsn == commit_lsn)
             .or_else(|| versions.iter().rev().find(|s| s.commit_lsn < commit_lsn))?;
-        let in_force: Vec<&ColumnDef> = now
-            .columns
-            .iter()
-            .filter(|c| c.generated.is_none() || columns.iter().any(|d| d.name == c.name))
-            .collect();
+        let in_force = streamed(now, columns);
         let fits = in_force.len() == columns.len()
             && in_force
                 .iter()
@@ -367,17 +358,11 @@ impl Schemas {
         let versions = self.versions(table);
         let in_force = versions.iter().rposition(|s| s.commit_lsn <= commit_lsn)?;
         let next = versions.get(in_force + 1)?;
-        let streamed: Vec<ColumnDef> = next
-            .columns
-            .iter()
-            .filter(|c| c.generated.is_none() || columns.iter().any(|d| d.name == c.name))
-            .cloned()
-            .collect();
         (next.commit_lsn > commit_lsn
             && next.ddl.is_none()
             && next.source.as_deref() == Some("relation")
             && !next.dropped
-            && same_columns(&streamed, columns))
+            && same_columns(&streamed(next, columns), columns))
         .then_some(next)
     }
 
