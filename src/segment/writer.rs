@@ -1,0 +1,335 @@
+//! Writing a segment: records into JSON lines, frames compressed as they
+//! fill, and the header (written last, placed first) that describes them.
+
+use super::line::{BeginLine, ChangeLine, CommitLine, MessageLine, Run, SchemaLine};
+use super::{sha256_hex, CommitRecord, MessageRecord, SchemaRecord};
+use super::{CommitPoint, Record, SegmentHeader, FORMAT_VERSION, LEVEL};
+use crate::event::Change;
+use crate::{Error, Lsn};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Uncompressed bytes after which a segment's body starts a new zstd frame
+/// (at a record boundary): a reader can then fetch and decompress one frame
+/// of a segment alone.
+pub const FRAME_BYTES: usize = 1024 * 1024;
+
+/// Collects records into the next segment, compressing a frame at a time.
+pub struct SegmentBuilder {
+    compressor: zstd::bulk::Compressor<'static>,
+    /// The current frame, uncompressed.
+    frame: Vec<u8>,
+    /// The finished frames, compressed, one after another.
+    body: Vec<u8>,
+    /// `(offset in body, length)` of each finished frame.
+    frames: Vec<(u64, u64)>,
+    /// Index entries: a change's `(key hash, frame)`, a message's `(commit LSN, frame)`.
+    key_entries: Vec<(u64, u32)>,
+    message_entries: Vec<(u64, u32)>,
+    line: Vec<u8>,
+    uncompressed: usize,
+    lines: u64,
+    records: u64,
+    run: Option<Run>,
+    first_lsn: Option<Lsn>,
+    last_lsn: Option<Lsn>,
+    last_commit: Option<CommitPoint>,
+    first_time: Option<DateTime<Utc>>,
+    last_time: Option<DateTime<Utc>>,
+    durable_lsn: Option<Lsn>,
+    /// When the first record arrived (for the age bound).
+    pub opened_at: Option<std::time::Instant>,
+}
+
+impl std::fmt::Debug for SegmentBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentBuilder")
+            .field("records", &self.records)
+            .field("uncompressed", &self.uncompressed)
+            .finish_non_exhaustive()
+    }
+}
+
+fn compressor() -> Result<zstd::bulk::Compressor<'static>, Error> {
+    let mut c = zstd::bulk::Compressor::new(LEVEL)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+    Ok(c)
+}
+
+/// A finished segment, ready to upload.
+#[derive(Debug, Clone)]
+pub struct SealedSegment {
+    /// Its header.
+    pub header: SegmentHeader,
+    /// Its bytes.
+    pub bytes: Bytes,
+    /// SHA-256 (hex) of `bytes`, for the next segment's header.
+    pub sha256: String,
+    /// Index entries: each change's `(key hash, frame)`.
+    pub key_entries: Vec<(u64, u32)>,
+    /// Index entries: each `waly` message's `(commit LSN, frame)`.
+    pub message_entries: Vec<(u64, u32)>,
+    /// Where the records start: the length of the header frame.
+    pub body_offset: u64,
+}
+
+impl SegmentBuilder {
+    /// An empty segment.
+    pub fn new() -> Result<Self, Error> {
+        Ok(SegmentBuilder {
+            compressor: compressor()?,
+            frame: Vec::with_capacity(FRAME_BYTES + 64 * 1024),
+            body: Vec::new(),
+            frames: Vec::new(),
+            key_entries: Vec::new(),
+            message_entries: Vec::new(),
+            line: Vec::with_capacity(1024),
+            uncompressed: 0,
+            lines: 0,
+            records: 0,
+            run: None,
+            first_lsn: None,
+            last_lsn: None,
+            last_commit: None,
+            first_time: None,
+            last_time: None,
+            durable_lsn: None,
+            opened_at: None,
+        })
+    }
+
+    /// The transaction `commit_lsn` is written from here on: a `begin` line
+    /// unless it already is.
+    fn enter(&mut self, commit_lsn: Lsn, xid: u32, commit_time: &DateTime<Utc>) -> Result<Run, Error> {
+        if let Some(r) = self.run.filter(|r| r.commit_lsn == commit_lsn) {
+            return Ok(r);
+        }
+        self.write_line(&BeginLine {
+            r#type: "begin",
+            commit_lsn,
+            xid,
+            commit_time,
+        })?;
+        let r = Run::new(commit_lsn, xid, *commit_time);
+        self.run = Some(r);
+        Ok(r)
+    }
+
+    /// Appends a change record, serialized straight from the borrowed change
+    /// (no copy of the row).
+    pub fn push_change(&mut self, change: &Change, schema_version: u32) -> Result<(), Error> {
+        self.boundary()?;
+        let mut run = self.enter(change.commit_lsn, change.xid, &change.commit_time)?;
+        let (seq, lsn_delta) = run.encode(change.seq, change.lsn);
+        self.write_line(&ChangeLine {
+            r#type: "change",
+            seq,
+            lsn_delta,
+            table: &change.table,
+            op: change.op,
+            old: change.old.as_ref(),
+            new: change.new.as_ref(),
+            unchanged_toast: &change.unchanged_toast,
+            schema_version,
+        })?;
+        self.run = Some(run);
+        self.records += 1;
+        self.note(change.commit_lsn, Some(change.commit_time));
+        Ok(())
+    }
+
+    /// Appends a logical message.
+    pub fn push_message(&mut self, m: &MessageRecord) -> Result<(), Error> {
+        self.boundary()?;
+        let f = self.frame_index();
+        self.message_entries.push((m.commit_lsn.as_u64(), f));
+        let mut run = self.enter(m.commit_lsn, m.xid, &m.commit_time)?;
+        let (seq, lsn_delta) = run.encode(m.seq, m.lsn);
+        self.write_line(&MessageLine {
+            r#type: "message",
+            seq,
+            lsn_delta,
+            prefix: &m.prefix,
+            content: &m.content,
+        })?;
+        self.run = Some(run);
+        self.records += 1;
+        self.note(m.commit_lsn, Some(m.commit_time));
+        Ok(())
+    }
+
+    /// Appends a schema version seen in the stream.
+    pub fn push_schema(&mut self, s: &SchemaRecord) -> Result<(), Error> {
+        self.boundary()?;
+        self.write_line(&SchemaLine {
+            r#type: "schema",
+            schema: s,
+        })?;
+        self.records += 1;
+        self.note(s.commit_lsn, None);
+        Ok(())
+    }
+
+    /// Appends a transaction's commit marker.
+    pub fn push_commit(&mut self, c: &CommitRecord) -> Result<(), Error> {
+        self.boundary()?;
+        self.enter(c.commit_lsn, c.xid, &c.commit_time)?;
+        self.write_line(&CommitLine {
+            r#type: "commit",
+            end_lsn: c.end_lsn,
+            records: c.records,
+        })?;
+        self.run = None;
+        self.records += 1;
+        self.note(c.commit_lsn, Some(c.commit_time));
+        self.last_commit = Some(CommitPoint {
+            commit_lsn: c.commit_lsn,
+            end_lsn: c.end_lsn,
+            commit_time: c.commit_time,
+        });
+        self.durable_lsn = Some(c.end_lsn);
+        Ok(())
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, r: &Record) -> Result<(), Error> {
+        match r {
+            Record::Change(c) => self.push_change(&c.change, c.schema_version),
+            Record::Message(m) => self.push_message(m),
+            Record::Schema(s) => self.push_schema(s),
+            Record::Commit(c) => self.push_commit(c),
+        }
+    }
+
+    fn write_line<T: Serialize>(&mut self, v: &T) -> Result<(), Error> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, v).map_err(|e| Error::Protocol(format!("serializing a record: {e}")))?;
+        self.line.push(b'\n');
+        self.frame.extend_from_slice(&self.line);
+        self.uncompressed += self.line.len();
+        self.lines += 1;
+        Ok(())
+    }
+
+    /// Compresses the current frame onto the body.
+    fn end_frame(&mut self) -> Result<(), Error> {
+        if self.frame.is_empty() {
+            return Ok(());
+        }
+        let compressed = self.compressor.compress(&self.frame)?;
+        self.frames.push((self.body.len() as u64, compressed.len() as u64));
+        self.body.extend_from_slice(&compressed);
+        self.frame.clear();
+        Ok(())
+    }
+
+    /// At a record boundary: starts a new frame once the current one is
+    /// full. A frame starts with its transaction's `begin` line, so it reads
+    /// on its own.
+    fn boundary(&mut self) -> Result<(), Error> {
+        if self.frame.len() >= FRAME_BYTES {
+            self.end_frame()?;
+            self.run = None;
+        }
+        Ok(())
+    }
+
+    /// The frame being written (its index in the segment).
+    fn frame_index(&self) -> u32 {
+        self.frames.len() as u32
+    }
+
+    /// Records that the change just pushed concerns the row whose key hashes
+    /// to `hash` (see [`crate::index`]).
+    pub fn note_key(&mut self, hash: u64) {
+        let f = self.frame_index();
+        if self.key_entries.last() != Some(&(hash, f)) {
+            self.key_entries.push((hash, f));
+        }
+    }
+
+    fn note(&mut self, lsn: Lsn, time: Option<DateTime<Utc>>) {
+        self.first_lsn.get_or_insert(lsn);
+        self.last_lsn = Some(lsn);
+        if let Some(t) = time {
+            self.first_time.get_or_insert(t);
+            self.last_time = Some(t);
+        }
+        self.opened_at.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// Marks `lsn` as archived once this segment is, without a record (an
+    /// idle source: WAL flowed, but nothing published changed).
+    pub fn mark_idle(&mut self, lsn: Lsn) {
+        if self.durable_lsn.is_none_or(|d| d < lsn) {
+            self.durable_lsn = Some(lsn);
+        }
+        self.opened_at.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// Records appended so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Uncompressed bytes appended so far.
+    pub fn uncompressed_bytes(&self) -> usize {
+        self.uncompressed
+    }
+
+    /// Whether there is anything to write (records, or an idle position).
+    pub fn is_empty(&self) -> bool {
+        self.records == 0 && self.durable_lsn.is_none()
+    }
+
+    /// The position confirmed once this segment is durable, if any.
+    pub fn durable_lsn(&self) -> Option<Lsn> {
+        self.durable_lsn
+    }
+
+    /// Seals the segment as number `number` of `generation`, after the
+    /// segment whose SHA-256 is `prev_sha256`.
+    pub fn seal(
+        mut self,
+        generation: &str,
+        number: u64,
+        prev_sha256: Option<String>,
+        fence: u64,
+    ) -> Result<SealedSegment, Error> {
+        self.end_frame()?;
+        let first = self.first_lsn.or(self.durable_lsn).unwrap_or_default();
+        let header = SegmentHeader {
+            waly_segment: FORMAT_VERSION,
+            generation: generation.to_string(),
+            number,
+            first_lsn: first,
+            last_lsn: self.last_lsn.or(self.durable_lsn).unwrap_or_default(),
+            last_commit: self.last_commit,
+            durable_lsn: self.durable_lsn,
+            first_commit_time: self.first_time,
+            last_commit_time: self.last_time,
+            records: self.records,
+            lines: self.lines,
+            frames: std::mem::take(&mut self.frames),
+            prev_sha256,
+            fence,
+        };
+        let mut json =
+            serde_json::to_vec(&header).map_err(|e| Error::Protocol(format!("serializing a header: {e}")))?;
+        json.push(b'\n');
+        let head = self.compressor.compress(&json)?;
+        let body_offset = head.len() as u64;
+        let mut bytes = head;
+        bytes.extend_from_slice(&self.body);
+        let sha256 = sha256_hex(&bytes);
+        Ok(SealedSegment {
+            header,
+            bytes: Bytes::from(bytes),
+            sha256,
+            key_entries: self.key_entries,
+            message_entries: self.message_entries,
+            body_offset,
+        })
+    }
+}
