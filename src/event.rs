@@ -115,14 +115,54 @@ impl<'de> Deserialize<'de> for Row {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Row, A::Error> {
                 let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
-                while let Some((k, v)) = m.next_entry::<String, Option<String>>()? {
-                    out.push((Arc::from(k), v));
+                while let Some((k, v)) = m.next_entry::<ColumnName, Option<String>>()? {
+                    out.push((k.0, v));
                 }
                 Ok(Row(out))
             }
         }
         d.deserialize_map(V)
     }
+}
+
+/// A column name read from JSON, shared with every other row that names
+/// the same column: readers see the same few names millions of times.
+struct ColumnName(Arc<str>);
+
+impl<'de> Deserialize<'de> for ColumnName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ColumnName;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a column name")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ColumnName, E> {
+                Ok(ColumnName(shared_name(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `name` as an `Arc<str>` shared by this thread's earlier calls (up to a
+/// few thousand distinct names; past that, a new one each time).
+fn shared_name(name: &str) -> Arc<str> {
+    const MAX: usize = 4096;
+    thread_local! {
+        static NAMES: std::cell::RefCell<std::collections::HashMap<Box<str>, Arc<str>>> = Default::default();
+    }
+    NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        if let Some(n) = names.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        if names.len() < MAX {
+            names.insert(name.into(), n.clone());
+        }
+        n
+    })
 }
 
 impl Serialize for Row {

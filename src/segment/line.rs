@@ -18,35 +18,101 @@ use std::sync::Arc;
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub(super) enum Line {
-    Begin {
-        commit_lsn: Lsn,
-        xid: u32,
-        commit_time: DateTime<Utc>,
-    },
-    Change {
-        seq: Option<u64>,
-        lsn_delta: i64,
-        table: String,
-        op: Op,
-        #[serde(default)]
-        old: Option<Row>,
-        #[serde(default)]
-        new: Option<Row>,
-        #[serde(default)]
-        unchanged_toast: Vec<Arc<str>>,
-        schema_version: u32,
-    },
-    Message {
-        seq: Option<u64>,
-        lsn_delta: i64,
-        prefix: String,
-        content: String,
-    },
+    Begin(BeginFields),
+    Change(ChangeFields),
+    Message(MessageFields),
     Schema(Box<SchemaRecord>),
-    Commit {
-        end_lsn: Lsn,
-        records: u64,
-    },
+    Commit(CommitFields),
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct BeginFields {
+    pub(super) commit_lsn: Lsn,
+    pub(super) xid: u32,
+    pub(super) commit_time: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ChangeFields {
+    pub(super) seq: Option<u64>,
+    pub(super) lsn_delta: i64,
+    pub(super) table: String,
+    pub(super) op: Op,
+    #[serde(default)]
+    pub(super) old: Option<Row>,
+    #[serde(default)]
+    pub(super) new: Option<Row>,
+    #[serde(default)]
+    pub(super) unchanged_toast: Vec<Arc<str>>,
+    pub(super) schema_version: u32,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct MessageFields {
+    pub(super) seq: Option<u64>,
+    pub(super) lsn_delta: i64,
+    pub(super) prefix: String,
+    pub(super) content: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct CommitFields {
+    pub(super) end_lsn: Lsn,
+    pub(super) records: u64,
+}
+
+impl Line {
+    /// Parses one stored line. Every line waly writes opens with its
+    /// `"type"`, so its fields go straight into their variant; serde's
+    /// general way with internally tagged enums first buffers every field
+    /// (a copy and an allocation per value), which is most of a reader's
+    /// time. A line that does not open so is parsed the general way, and so
+    /// is one the direct way refuses: its error is the general way's.
+    pub(super) fn parse(text: &str) -> serde_json::Result<Line> {
+        if text.starts_with(r#"{"type":""#) {
+            if let Ok(Direct(line)) = serde_json::from_str::<Direct>(text) {
+                return Ok(line);
+            }
+        }
+        serde_json::from_str(text)
+    }
+}
+
+/// A line whose first field is its `"type"`.
+struct Direct(Line);
+
+impl<'de> Deserialize<'de> for Direct {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Direct;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a segment line opening with its type")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Direct, A::Error> {
+                use serde::de::Error as _;
+                if m.next_key::<&str>()? != Some("type") {
+                    return Err(A::Error::custom("the first field is not the type"));
+                }
+                let tag: &str = m.next_value()?;
+                let rest = serde::de::value::MapAccessDeserializer::new(m);
+                Ok(Direct(match tag {
+                    "begin" => Line::Begin(BeginFields::deserialize(rest)?),
+                    "change" => Line::Change(ChangeFields::deserialize(rest)?),
+                    "message" => Line::Message(MessageFields::deserialize(rest)?),
+                    "schema" => Line::Schema(Box::new(SchemaRecord::deserialize(rest)?)),
+                    "commit" => Line::Commit(CommitFields::deserialize(rest)?),
+                    other => {
+                        return Err(A::Error::unknown_variant(
+                            other,
+                            &["begin", "change", "message", "schema", "commit"],
+                        ))
+                    }
+                }))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[derive(Serialize)]

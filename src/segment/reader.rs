@@ -1,7 +1,7 @@
 //! Reading a segment: the header, then its records one at a time, with
 //! the zstd checksums checked on the way.
 
-use super::line::{Line, Run};
+use super::line::{BeginFields, ChangeFields, CommitFields, Line, MessageFields, Run};
 use super::{key_of, ChangeRecord, CommitRecord, MessageRecord, Record, Schemas, SegmentHeader, FORMAT_VERSION};
 use crate::event::{Change, Op};
 use crate::Error;
@@ -141,14 +141,14 @@ impl<'a> SegmentReader<'a> {
                 return Ok(None);
             }
             self.read += 1;
-            let line: Line = serde_json::from_str(self.buf.trim_end())
+            let line = Line::parse(self.buf.trim_end())
                 .map_err(|e| self.corrupt(format!("line {} is not valid: {e}", self.read)))?;
             match line {
-                Line::Begin {
+                Line::Begin(BeginFields {
                     commit_lsn,
                     xid,
                     commit_time,
-                } => self.run = Some(Run::new(commit_lsn, xid, commit_time)),
+                }) => self.run = Some(Run::new(commit_lsn, xid, commit_time)),
                 Line::Schema(s) => return Ok(Some(Record::Schema(*s))),
                 other => {
                     let Some(mut run) = self.run else {
@@ -164,7 +164,7 @@ impl<'a> SegmentReader<'a> {
 
     fn record(&mut self, run: &mut Run, line: Line, schemas: &Schemas) -> Result<Record, Error> {
         Ok(match line {
-            Line::Change {
+            Line::Change(ChangeFields {
                 seq,
                 lsn_delta,
                 table,
@@ -173,7 +173,7 @@ impl<'a> SegmentReader<'a> {
                 new,
                 unchanged_toast,
                 schema_version,
-            } => {
+            }) => {
                 let (seq, lsn) = run.decode(seq, lsn_delta);
                 let row = match op {
                     Op::Insert | Op::Update => new.as_ref(),
@@ -209,12 +209,12 @@ impl<'a> SegmentReader<'a> {
                     schema_version,
                 })
             }
-            Line::Message {
+            Line::Message(MessageFields {
                 seq,
                 lsn_delta,
                 prefix,
                 content,
-            } => {
+            }) => {
                 let (seq, lsn) = run.decode(seq, lsn_delta);
                 Record::Message(MessageRecord {
                     commit_lsn: run.commit_lsn,
@@ -226,14 +226,14 @@ impl<'a> SegmentReader<'a> {
                     content,
                 })
             }
-            Line::Commit { end_lsn, records } => Record::Commit(CommitRecord {
+            Line::Commit(CommitFields { end_lsn, records }) => Record::Commit(CommitRecord {
                 commit_lsn: run.commit_lsn,
                 end_lsn,
                 xid: run.xid,
                 commit_time: run.commit_time,
                 records,
             }),
-            Line::Begin { .. } | Line::Schema(_) => {
+            Line::Begin(_) | Line::Schema(_) => {
                 return Err(self.corrupt(format!("line {}: unexpected record", self.read)))
             }
         })
