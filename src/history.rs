@@ -626,7 +626,7 @@ async fn indexed_generation(
                 }
             }
         }
-        for r in &rows {
+        for r in &mut rows {
             t.on(Item::SnapshotRow {
                 table: &entry.table.clone(),
                 lsn: m.lsn,
@@ -692,17 +692,18 @@ async fn indexed_generation(
             } else {
                 SegmentReader::open(key, bytes)?
             };
-            while let Some(rec) = r.next_record(&st.schemas)? {
+            while let Some(mut rec) = r.next_record(&st.schemas)? {
                 let Some((id, _)) = rec.identity() else { continue };
                 if dedup.admit(id) != log::Admit::Keep {
                     continue;
                 }
-                match &rec {
+                match &mut rec {
                     Record::Change(c) => {
                         let before = t.n;
+                        let commit_lsn = c.change.commit_lsn;
                         t.on(Item::Change(c));
                         if t.n != before {
-                            txns.insert(c.change.commit_lsn);
+                            txns.insert(commit_lsn);
                         }
                     }
                     Record::Message(m) => t.on(Item::Message(m)),

@@ -139,13 +139,14 @@ pub enum Item<'a> {
         lsn: Lsn,
         /// When the snapshot was taken.
         taken_at: DateTime<Utc>,
-        /// The row.
-        row: &'a Row,
+        /// The row (the walk is done with it).
+        row: &'a mut Row,
         /// The schema version it is written in.
         schema_version: u32,
     },
-    /// A change, with the schema version it is written in.
-    Change(&'a ChangeRecord),
+    /// A change, with the schema version it is written in. The walk is done
+    /// with it: a reader may take its rows rather than copy them.
+    Change(&'a mut ChangeRecord),
     /// A `waly` message.
     Message(&'a MessageRecord),
 }
@@ -207,7 +208,7 @@ pub async fn walk(
         for (key, _, _) in state::segments(store, &gen).await? {
             let bytes = store.get(&key).await?;
             let mut r = SegmentReader::open(&key, &bytes)?;
-            while let Some(rec) = r.next_record(&st.schemas)? {
+            while let Some(mut rec) = r.next_record(&st.schemas)? {
                 let Some((id, t)) = rec.identity() else { continue };
                 match dedup.admit(id) {
                     Admit::Incomplete => {
@@ -223,7 +224,7 @@ pub async fn walk(
                 if !after(opts.since, id.0, t) || !before(opts.until, id.0, t) {
                     continue;
                 }
-                match &rec {
+                match &mut rec {
                     Record::Change(c) => {
                         if opts.table.as_deref().is_some_and(|want| want != &*c.change.table) {
                             continue;
@@ -277,12 +278,12 @@ async fn snapshot_rows(
             lines.next(); // the part header
             for line in lines {
                 let line = line.map_err(|e| corrupt(e.to_string()))?;
-                let row: Row = serde_json::from_str(&line).map_err(|e| corrupt(e.to_string()))?;
+                let mut row: Row = serde_json::from_str(&line).map_err(|e| corrupt(e.to_string()))?;
                 f(Item::SnapshotRow {
                     table: &t.table,
                     lsn: m.lsn,
                     taken_at: m.taken_at,
-                    row: &row,
+                    row: &mut row,
                     schema_version: t.schema_version,
                 })?;
                 stats.shown += 1;

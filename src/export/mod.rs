@@ -5,19 +5,20 @@
 //! as-of query.
 
 pub mod file;
+mod read;
 pub mod sink;
 pub mod value;
 
 use crate::archive::state::{self, Identity};
 use crate::archive::{layout, Store};
 use crate::event::{Op, Row};
-use crate::log::{Bound, Item, LogOptions};
+use crate::log::{Bound, LogOptions};
 use crate::schema::{SchemaRecord, Schemas};
-use crate::segment::ChangeRecord;
 use crate::{Error, Lsn};
 use bytes::Bytes;
 use chrono::NaiveDate;
 use file::{OutColumn, OutRow};
+use read::{Held, Owned};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -213,7 +214,7 @@ impl Open {
 struct Pending {
     commit_lsn: Lsn,
     intent: Vec<String>,
-    changes: Vec<ChangeRecord>,
+    changes: Vec<Held>,
     /// The intent, once looked up.
     known: Option<Option<Arc<str>>>,
 }
@@ -222,6 +223,8 @@ const PENDING_MAX: usize = 50_000;
 
 struct Exporter<'a> {
     store: &'a Store,
+    /// For the reads this thread makes itself (a large transaction's intent).
+    runtime: tokio::runtime::Handle,
     sink: sink::Sink,
     tmp: std::path::PathBuf,
     opts: &'a ExportOptions,
@@ -249,16 +252,20 @@ impl Exporter<'_> {
         self.cursor.tables.get(table).map(|t| t.through)
     }
 
-    fn item(&mut self, item: Item<'_>) -> Result<(), Error> {
+    fn item(&mut self, item: Owned) -> Result<(), Error> {
         match item {
-            Item::Generation { id, schemas } => {
+            Owned::Generation { id, schemas } => {
                 self.finish_pending()?;
                 self.close_all()?;
-                self.generation = id.to_string();
-                self.schemas = Arc::new(schemas.clone());
+                self.generation = id;
                 self.seen_tables.extend(schemas.tables().map(str::to_string));
+                self.schemas = schemas;
             }
-            Item::SnapshotRow {
+            Owned::End => {
+                self.finish_pending()?;
+                self.close_all()?;
+            }
+            Owned::SnapshotRow {
                 table,
                 lsn,
                 taken_at,
@@ -266,6 +273,7 @@ impl Exporter<'_> {
                 schema_version,
             } => {
                 self.see(lsn);
+                let table = &*table;
                 if !self.wants(table) || self.exported_through(table).is_some() || self.opts.since.is_some() {
                     return Ok(());
                 }
@@ -288,37 +296,34 @@ impl Exporter<'_> {
                 self.write(table, version, out, Some(row), None, &[])?;
                 self.stats.snapshot_rows += 1;
             }
-            Item::Change(c) => {
-                self.see(c.change.commit_lsn);
-                let table = &*c.change.table;
-                if !self.wants(table) || self.exported_through(table).is_some_and(|t| c.change.commit_lsn <= t) {
+            Owned::Change(held) => {
+                self.see(held.commit_lsn);
+                let table = &*held.table;
+                if !self.wants(table) || self.exported_through(table).is_some_and(|t| held.commit_lsn <= t) {
                     return Ok(());
                 }
-                self.pend(c.change.commit_lsn)?;
+                self.pend(held.commit_lsn)?;
                 let Some(p) = self.pending.as_mut() else { return Ok(()) };
                 if let Some(intent) = p.known.clone() {
-                    return self.change(c, intent);
+                    return self.change(held, intent);
                 }
-                p.changes.push(c.clone());
+                p.changes.push(held);
                 if p.changes.len() >= PENDING_MAX {
                     let lsn = p.commit_lsn;
-                    let (store, generation) = (self.store, self.generation.clone());
-                    let found = tokio::task::block_in_place(|| {
-                        tokio::runtime::Handle::current().block_on(intent_of(store, &generation, lsn))
-                    })?;
+                    let found = self.runtime.block_on(intent_of(self.store, &self.generation, lsn))?;
                     let intent: Option<Arc<str>> = (!found.is_empty()).then(|| Arc::from(found.join("; ")));
                     let held = std::mem::take(&mut p.changes);
                     p.known = Some(intent.clone());
-                    for c in &held {
+                    for c in held {
                         self.change(c, intent.clone())?;
                     }
                 }
             }
-            Item::Message(m) => {
+            Owned::Message(m) => {
                 self.see(m.commit_lsn);
                 self.pend(m.commit_lsn)?;
                 if let Some(p) = self.pending.as_mut().filter(|p| p.known.is_none()) {
-                    p.intent.push(m.content.clone());
+                    p.intent.push(m.content);
                 }
             }
         }
@@ -351,39 +356,40 @@ impl Exporter<'_> {
             return Ok(());
         }
         let intent: Option<Arc<str>> = (!p.intent.is_empty()).then(|| Arc::from(p.intent.join("; ")));
-        for c in &p.changes {
+        for c in p.changes {
             self.change(c, intent.clone())?;
         }
         Ok(())
     }
 
-    fn change(&mut self, c: &ChangeRecord, intent: Option<Arc<str>>) -> Result<(), Error> {
-        let ch = &c.change;
-        let table = &*ch.table;
+    fn change(&mut self, c: Held, intent: Option<Arc<str>>) -> Result<(), Error> {
+        let table = &*c.table;
         let schemas = self.schemas.clone();
         let Some(version) = schemas.version(table, c.schema_version) else {
             return Err(missing_version(table, c.schema_version));
         };
         let out = OutRow {
-            op: ch.op.as_str(),
-            commit_lsn: ch.commit_lsn.0,
-            seq: ch.seq as i64,
-            xid: ch.xid,
-            commit_time: ch.commit_time.timestamp_micros(),
+            op: c.op.as_str(),
+            commit_lsn: c.commit_lsn.0,
+            seq: c.seq as i64,
+            xid: c.xid,
+            commit_time: c.commit_time,
             schema_version: c.schema_version,
             intent,
             values: Vec::new(),
             old_key: None,
             unchanged: Vec::new(),
         };
-        let (row, fallback) = match ch.op {
-            Op::Insert | Op::Update => (ch.new.as_ref(), None),
-            Op::Delete => (ch.old.as_ref().or(ch.key.as_ref()), ch.key.as_ref()),
+        // A delete's row is its old row when the replica identity sent it,
+        // else its key.
+        let (row, old) = match c.op {
+            Op::Insert => (c.new, None),
+            Op::Update => (c.new, c.old),
+            Op::Delete => (c.old.or(c.key), None),
             Op::Truncate => (None, None),
         };
-        let unchanged: Vec<&str> = ch.unchanged_toast.iter().map(|s| &**s).collect();
-        let old = if ch.op == Op::Update { ch.old.as_ref() } else { None };
-        self.write(table, version, out, row.or(fallback), old, &unchanged)?;
+        let unchanged: Vec<&str> = c.unchanged_toast.iter().map(|s| &**s).collect();
+        self.write(table, version, out, row, old.as_ref(), &unchanged)?;
         self.stats.changes += 1;
         Ok(())
     }
@@ -395,7 +401,7 @@ impl Exporter<'_> {
         table: &str,
         version: &SchemaRecord,
         mut out: OutRow,
-        row: Option<&Row>,
+        row: Option<Row>,
         old: Option<&Row>,
         unchanged: &[&str],
     ) -> Result<(), Error> {
@@ -421,7 +427,22 @@ impl Exporter<'_> {
             r.0.iter().find(|(n, _)| **n == *name).and_then(|(_, v)| v.clone())
         };
         out.values = match row {
-            Some(r) => map.names.iter().map(|n| value(r, n)).collect(),
+            // Values moved from the row, found by name (a row lists its
+            // columns in attnum order, as the file mostly does: look from
+            // where the last one was found).
+            Some(mut r) => {
+                let mut at = 0;
+                map.names
+                    .iter()
+                    .map(|name| {
+                        let name = name.as_deref()?;
+                        let n = r.0.len();
+                        let i = (0..n).map(|k| (at + k) % n).find(|&i| *r.0[i].0 == *name)?;
+                        at = i + 1;
+                        r.0[i].1.take()
+                    })
+                    .collect()
+            }
             None => vec![None; map.names.len()],
         };
         // The old key, when an update changed the key (and PostgreSQL sent it).
@@ -706,9 +727,11 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
         .map_or(0, |d| d.as_nanos());
     let tmp = std::env::temp_dir().join(format!("waly-export-{}-{started}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
+    let runtime = tokio::runtime::Handle::current();
     let mut ex = Exporter {
         store,
-        sink: sink::Sink::start(dest.clone(), tokio::runtime::Handle::current())?,
+        runtime: runtime.clone(),
+        sink: sink::Sink::start(dest.clone(), runtime.clone())?,
         tmp: tmp.clone(),
         opts,
         cursor,
@@ -731,10 +754,18 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
         snapshot: true,
         first_snapshot_only: true,
     };
-    let walked = crate::log::walk(store, &log_opts, &mut |item| ex.item(item)).await;
-    let result = walked.and_then(|_| {
-        ex.finish_pending()?;
-        ex.close_all()
+    // The walk on this thread, the export's logic on another, the writing
+    // on a third. After a failed walk nothing more is closed or uploaded.
+    let result = tokio::task::block_in_place(|| {
+        let ex = &mut ex;
+        read::walk_beside(&runtime, store, &log_opts, move |batches| {
+            for batch in batches {
+                for item in batch {
+                    ex.item(item)?;
+                }
+            }
+            Ok(())
+        })
     });
     let written = ex.sink.finish();
     let _ = std::fs::remove_dir_all(&tmp);

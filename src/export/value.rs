@@ -138,7 +138,13 @@ impl Kind {
 
     /// The value of `text` (a value's PostgreSQL text form) in this kind.
     pub fn value(&self, text: &str) -> Result<Value, String> {
-        let t = text.trim();
+        // Text is taken as it is (no trimming: a `char(n)`'s padding is part of it).
+        let padded = |t: &str| t.starts_with(char::is_whitespace) || t.ends_with(char::is_whitespace);
+        let t = if matches!(self, Kind::Text) || !padded(text) {
+            text
+        } else {
+            text.trim()
+        };
         match self {
             Kind::Int16 | Kind::Int32 => t.parse::<i32>().map(Value::I32).map_err(|_| "not an integer".into()),
             Kind::Int64 => t.parse::<i64>().map(Value::I64).map_err(|_| "not an integer".into()),
