@@ -8,12 +8,14 @@ build_10m_archive() {
     rm -rf "$archive"
     pgbench -i -q -s 10 bench >/dev/null 2>&1
     psql -XAtq -d bench -c "CREATE PUBLICATION waly FOR TABLE pgbench_accounts"
-    "$waly" run --source "dbname=bench" --archive "$archive" --segment-size 2MiB --log warn --create-slot & pid=$!
+    "$waly" run --source "dbname=bench" --archive "$archive" --segment-size 2MiB --idle-interval 10s --log warn --create-slot & pid=$!
     until [ "$(psql -XAtq -d bench -c "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
                   WHERE s.slot_name = 'waly' AND r.state IN ('catchup', 'streaming')")" = 1 ]; do sleep 0.2; done
     for i in $(seq 1 10); do
         psql -XAtq -d bench -c "UPDATE pgbench_accounts SET abalance = abalance + $i"
     done
+    # The wait below may need an idle heartbeat (WAL after the last commit):
+    # --idle-interval 10s keeps it short.
     end=$(psql -XAtq -d bench -c "SELECT pg_current_wal_insert_lsn()")
     psql -XAtq -d bench -c "DO \$\$ BEGIN
          WHILE NOT coalesce((SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'waly'), false)

@@ -27,7 +27,7 @@ ARCHIVE=$DIR/archive
 rm -rf "$ARCHIVE"
 # waly run in the background, streaming (its walsender past startup).
 start_waly() {
-    "$WALY" run --source "dbname=bench" --archive "$ARCHIVE" --log warn --create-slot & pid=$!
+    "$WALY" run --source "dbname=bench" --archive "$ARCHIVE" --idle-interval 10s --log warn --create-slot & pid=$!
     until [ "$(q "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
                   WHERE s.slot_name = 'waly' AND r.state IN ('catchup', 'streaming')")" = 1 ]; do sleep 0.2; done
 }

@@ -39,8 +39,10 @@ pub struct RunOptions {
     pub flush_interval: Duration,
     /// A segment is closed once it holds this many uncompressed bytes.
     pub segment_bytes: usize,
-    /// With nothing published changing, record the idle WAL position (so the
-    /// slot can advance) at most this often.
+    /// With nothing published changing, record the idle WAL position (a
+    /// record-less segment, so the slot can advance) at most this often:
+    /// an idle archive gains one object per interval, and the slot holds
+    /// at most this long's WAL.
     pub idle_interval: Duration,
     /// Warn when the slot retains more WAL than this fraction of
     /// `max_slot_wal_keep_size`...
@@ -64,7 +66,7 @@ impl Default for RunOptions {
             publication: "waly".into(),
             flush_interval: Duration::from_secs(1),
             segment_bytes: 16 << 20,
-            idle_interval: Duration::from_secs(10),
+            idle_interval: Duration::from_secs(300),
             wal_warn_fraction: 0.8,
             wal_warn_bytes: 10 << 30,
             wal_check_interval: Duration::from_secs(30),

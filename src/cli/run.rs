@@ -70,6 +70,11 @@ pub struct RunArgs {
     /// Warn when the slot retains more WAL than this, if max_slot_wal_keep_size is unlimited.
     #[arg(long, default_value = "10GiB", value_parser = parse_size)]
     pub wal_warn_size: usize,
+    /// With the published tables idle while other WAL flows, record how far the archive is
+    /// complete (one small object) and advance the slot at most this often. The slot holds
+    /// at most this long's WAL meanwhile.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub idle_interval: Duration,
     /// How often to look at the WAL the slot retains.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub wal_check_interval: Duration,
@@ -119,13 +124,13 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<()> {
         publication: args.names.publication.clone(),
         flush_interval: args.flush_interval,
         segment_bytes: args.segment_size,
+        idle_interval: args.idle_interval,
         wal_warn_fraction: args.wal_warn_fraction,
         wal_warn_bytes: args.wal_warn_size as u64,
         wal_check_interval: args.wal_check_interval,
         standby_poll: args.standby_poll,
         create_slot: args.create_slot,
         metrics,
-        ..RunOptions::default()
     };
     crate::pipeline::run(&info, &store, &opts, super::stop_signal()).await?;
     Ok(())

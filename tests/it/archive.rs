@@ -89,25 +89,28 @@ pub(crate) fn spawn_run(db: &TestDb, archive: &str) -> Running {
 }
 
 /// `waly run` for `db`'s slot, connecting with `source`, with more arguments.
+/// Tests wait for the slot to pass unpublished WAL, so the idle heartbeat
+/// is 10 s unless `extra` sets it.
 pub(crate) fn spawn_run_as(db: &TestDb, source: &str, archive: &str, extra: &[&str]) -> Running {
-    Running::spawn(
-        waly()
-            .args([
-                "run",
-                "--source",
-                source,
-                "--archive",
-                archive,
-                "--slot",
-                &slot(db),
-                "--flush-interval",
-                "200ms",
-                "--log",
-                "warn",
-                "--create-slot",
-            ])
-            .args(extra),
-    )
+    let mut c = waly();
+    c.args([
+        "run",
+        "--source",
+        source,
+        "--archive",
+        archive,
+        "--slot",
+        &slot(db),
+        "--flush-interval",
+        "200ms",
+        "--log",
+        "warn",
+        "--create-slot",
+    ]);
+    if !extra.contains(&"--idle-interval") {
+        c.args(["--idle-interval", "10s"]);
+    }
+    Running::spawn(c.args(extra))
 }
 
 /// Waits until `waly run` streams from its slot; on failure shows what it
@@ -1109,6 +1112,60 @@ fn an_idle_source_does_not_pin_wal() {
     let (status, _) = run.terminate(60);
     assert!(status.success());
     assert!(log_json(&archive, &[]).is_empty(), "no changes were invented");
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
+#[test]
+fn an_idle_archive_gains_one_object_per_idle_interval_while_the_slot_advances() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE quiet (id int PRIMARY KEY); CREATE TABLE busy (id int); CREATE PUBLICATION waly FOR TABLE quiet;",
+    );
+    let archive = archive_dir(&db);
+    let run = spawn_run_as(&db, &db.url(), &archive, &["--idle-interval", "20s"]);
+    wait_streaming(&db, &run);
+    // Whatever the session wrote at its start (snapshot, lease) is in by now.
+    let objects = || files_under(&archive, "");
+    let start_lsn: waly::Lsn = confirmed(&db).parse().expect("lsn");
+    let before = objects();
+    // 65 s of WAL that no published table is in: at most one heartbeat per
+    // 20 s (the old fixed 10 s made six, with their index objects twelve
+    // objects).
+    let t0 = Instant::now();
+    let mut advanced = Vec::new();
+    let mut last = start_lsn;
+    while t0.elapsed() < Duration::from_secs(65) {
+        db.psql("INSERT INTO busy SELECT generate_series(1, 100)");
+        let now: waly::Lsn = confirmed(&db).parse().expect("lsn");
+        if now > last {
+            advanced.push(now);
+            last = now;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Each heartbeat is a record-less segment and its index object.
+    let gained: Vec<String> = objects().into_iter().filter(|f| !before.contains(f)).collect();
+    let heartbeats = gained
+        .iter()
+        .filter(|f| f.contains("/segments/") && f.ends_with(".jsonl.zst"))
+        .count();
+    assert!(
+        (1..=4).contains(&heartbeats) && gained.len() <= 2 * heartbeats,
+        "{} objects in 65 idle seconds with --idle-interval 20s: {gained:?}\n{}",
+        gained.len(),
+        run.stderr_so_far()
+    );
+    assert!(
+        advanced.len() >= 2,
+        "the slot advanced {} times past unpublished WAL (from {start_lsn})\n{}",
+        advanced.len(),
+        run.stderr_so_far()
+    );
+    let (status, _) = run.terminate(60);
+    assert!(status.success());
+    assert!(log_json(&archive, &[]).is_empty(), "no changes were invented");
+    let v = run_within(waly().args(["verify", "--archive", &archive]), 60);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
     let _ = std::fs::remove_dir_all(&archive);
 }
 
