@@ -555,6 +555,8 @@ fn frozen_object_store_holds_the_slot_back_and_loses_nothing() {
                     archive,
                     "--flush-interval",
                     "200ms",
+                    "--idle-interval",
+                    "10s",
                     "--slot",
                     &slot(db),
                     "--create-slot",

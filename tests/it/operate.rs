@@ -122,7 +122,8 @@ fn metrics_and_health_answer_over_http_with_the_workloads_numbers() {
     let _ = std::fs::remove_dir_all(&archive);
 }
 
-/// `waly run` for `db`'s slot with exactly these extra arguments.
+/// `waly run` for `db`'s slot with these extra arguments (and a 10 s idle
+/// heartbeat: the tests wait for the slot to pass unpublished WAL).
 fn spawn(db: &TestDb, archive: &str, extra: &[&str]) -> crate::harness::Running {
     crate::harness::Running::spawn(
         waly()
@@ -135,6 +136,8 @@ fn spawn(db: &TestDb, archive: &str, extra: &[&str]) -> crate::harness::Running 
                 "--slot",
                 &slot(db),
                 "--create-slot",
+                "--idle-interval",
+                "10s",
             ])
             .args(extra),
     )
