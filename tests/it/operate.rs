@@ -245,15 +245,18 @@ fn a_standby_takes_over_and_a_deposed_writers_late_upload_is_fenced() {
     let mut b = b;
     let _ = b.child.kill();
     let _ = b.child.wait();
+    let mut end = String::new();
     for t in 0..10 {
-        db.psql(&format!(
-            "INSERT INTO s SELECT g, 'third' FROM generate_series({}, {}) g",
+        // The WAL position right after each commit, in the same session: a
+        // later look could include WAL the server writes on its own (that
+        // only an idle heartbeat would confirm, and A holds records).
+        end = db.psql(&format!(
+            "INSERT INTO s SELECT g, 'third' FROM generate_series({}, {}) g; SELECT pg_current_wal_insert_lsn()",
             201 + t * 10,
             210 + t * 10
         ));
     }
     // A holds what it streams for up to a minute; SIGTERM makes it flush.
-    let end = db.current_lsn();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !a.stderr_so_far().contains("taking over") {
         assert!(Instant::now() < deadline, "A did not take over: {}", a.stderr_so_far());
