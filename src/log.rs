@@ -7,10 +7,11 @@
 //! archived, so the generation's trailing, incomplete transaction is held
 //! back.
 
+use crate::archive::ahead::Ahead;
 use crate::archive::state::{self, Manifest};
 use crate::archive::Store;
 use crate::event::Row;
-use crate::segment::{ChangeRecord, MessageRecord, Record, SegmentReader};
+use crate::segment::{ChangeRecord, MessageRecord, Record};
 use crate::{Error, Lsn};
 use chrono::{DateTime, Utc};
 use std::io::BufRead;
@@ -205,10 +206,14 @@ pub async fn walk(
             }
         }
         let mut dedup = Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
-        for (key, _, _) in state::segments(store, &gen).await? {
-            let bytes = store.get(&key).await?;
-            let mut r = SegmentReader::open(&key, &bytes)?;
-            while let Some(mut rec) = r.next_record(&st.schemas)? {
+        let keys = state::segments(store, &gen)
+            .await?
+            .into_iter()
+            .map(|(k, _, _)| k)
+            .collect();
+        let mut ahead = Ahead::start(store, keys, st.schemas.clone())?;
+        while let Some(batch) = ahead.next().await? {
+            for mut rec in batch {
                 let Some((id, t)) = rec.identity() else { continue };
                 match dedup.admit(id) {
                     Admit::Incomplete => {

@@ -16,6 +16,7 @@
 //! Numbers are fixed-width so keys sort in order; readers sort listings
 //! themselves and never trust listing order. See docs/FORMAT.md.
 
+pub mod ahead;
 pub mod layout;
 pub mod lease;
 pub mod state;

@@ -313,23 +313,31 @@ impl ParquetFile {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let rows = std::mem::take(&mut self.rows);
+        let mut rows = std::mem::take(&mut self.rows);
         self.buffered = 0;
         let table = self.table.clone();
         let fail = |what: &str, e: parquet::errors::ParquetError| format!("writing {table}'s Parquet {what}: {e}");
         let mut group = self.writer.next_row_group().map_err(|e| fail("row group", e))?;
-        let mut leaves: Vec<Leaf> = vec![
-            Leaf::required(rows.iter().map(|r| Value::Bytes(r.op.as_bytes().to_vec()))),
-            Leaf::required(rows.iter().map(|r| Value::I64(r.commit_lsn as i64))),
-            Leaf::required(rows.iter().map(|r| Value::I64(r.seq))),
-            Leaf::required(rows.iter().map(|r| Value::I64(r.xid as i64))),
-            Leaf::required(rows.iter().map(|r| Value::I64(r.commit_time))),
-            Leaf::required(rows.iter().map(|r| Value::I32(r.schema_version as i32))),
-            Leaf::optional(
-                rows.iter()
-                    .map(|r| r.intent.as_ref().map(|s| Value::Bytes(s.as_bytes().to_vec()))),
-            ),
-        ];
+        // Each leaf column is made, written and dropped before the next, so
+        // a group's typed values are never all in memory at once.
+        let mut put = |leaf: Leaf| -> Result<(), String> {
+            let Some(mut col) = group.next_column().map_err(|e| fail("column", e))? else {
+                return Err(format!("writing {table}'s Parquet: more values than columns"));
+            };
+            leaf.write(&mut col).map_err(|e| fail("column", e))?;
+            col.close().map_err(|e| fail("column", e))
+        };
+        let shared = |s: &str| Value::Bytes(bytes::Bytes::copy_from_slice(s.as_bytes()));
+        put(Leaf::required(
+            rows.iter()
+                .map(|r| Value::Bytes(bytes::Bytes::from_static(r.op.as_bytes()))),
+        ))?;
+        put(Leaf::required(rows.iter().map(|r| Value::I64(r.commit_lsn as i64))))?;
+        put(Leaf::required(rows.iter().map(|r| Value::I64(r.seq))))?;
+        put(Leaf::required(rows.iter().map(|r| Value::I64(r.xid as i64))))?;
+        put(Leaf::required(rows.iter().map(|r| Value::I64(r.commit_time))))?;
+        put(Leaf::required(rows.iter().map(|r| Value::I32(r.schema_version as i32))))?;
+        put(Leaf::optional(rows.iter().map(|r| r.intent.as_deref().map(shared))))?;
         for (i, c) in self.columns.iter().enumerate() {
             let at = |r: &OutRow| format!("{table}.{} at {}#{}", c.name, crate::Lsn(r.commit_lsn), r.seq);
             let leaf = match &c.kind {
@@ -357,19 +365,18 @@ impl ParquetFile {
                 }
                 kind => {
                     let mut vals = Vec::with_capacity(rows.len());
-                    for r in &rows {
-                        vals.push(
-                            r.values[i]
-                                .as_deref()
-                                .map(|t| kind.value(t))
-                                .transpose()
-                                .map_err(|e| format!("{}: {e}: {:?}", at(r), r.values[i]))?,
-                        );
+                    for r in &mut rows {
+                        vals.push(match r.values[i].take() {
+                            None => None,
+                            // A text is moved into the column, not copied.
+                            Some(t) if *kind == Kind::Text => Some(Value::Bytes(t.into_bytes().into())),
+                            Some(t) => Some(kind.value(&t).map_err(|e| format!("{}: {e}: {:?}", at(r), Some(&t)))?),
+                        });
                     }
                     Leaf::optional(vals.into_iter())
                 }
             };
-            leaves.push(leaf);
+            put(leaf)?;
         }
         for (j, &i) in self.key.iter().enumerate() {
             let kind = key_kind(&self.columns[i].kind);
@@ -392,23 +399,15 @@ impl ParquetFile {
                     },
                 }
             }
-            leaves.push(leaf);
+            put(leaf)?;
         }
-        leaves.push(Leaf::list(rows.iter().map(|r| {
-            (!r.unchanged.is_empty()).then(|| {
-                r.unchanged
-                    .iter()
-                    .map(|n| Some(Value::Bytes(n.as_bytes().to_vec())))
-                    .collect()
-            })
-        })));
-        for leaf in leaves {
-            let Some(mut col) = group.next_column().map_err(|e| fail("column", e))? else {
-                return Err(format!("writing {table}'s Parquet: more values than columns"));
-            };
-            leaf.write(&mut col).map_err(|e| fail("column", e))?;
-            col.close().map_err(|e| fail("column", e))?;
-        }
+        put(Leaf::list(rows.iter().map(|r| {
+            (!r.unchanged.is_empty()).then(|| r.unchanged.iter().map(|n| Some(shared(n))).collect())
+        })))?;
+        // The emptied buffer is kept for the next group (it is tens of
+        // megabytes: grown anew, it costs reallocations and fresh pages).
+        rows.clear();
+        self.rows = rows;
         group.close().map_err(|e| fail("row group", e))?;
         Ok(())
     }

@@ -235,6 +235,10 @@ struct Exporter<'a> {
     schemas: Arc<Schemas>,
     open: BTreeMap<String, Open>,
     pending: Option<Pending>,
+    /// A finished transaction's emptied list, kept for the next (a large
+    /// transaction's list is megabytes: growing it anew each time costs
+    /// reallocations and fresh pages).
+    spare: Vec<Held>,
     through: Option<Lsn>,
     stats: ExportStats,
     names: BTreeMap<String, BTreeSet<String>>,
@@ -314,9 +318,7 @@ impl Exporter<'_> {
                     let intent: Option<Arc<str>> = (!found.is_empty()).then(|| Arc::from(found.join("; ")));
                     let held = std::mem::take(&mut p.changes);
                     p.known = Some(intent.clone());
-                    for c in held {
-                        self.change(c, intent.clone())?;
-                    }
+                    self.write_held(held, intent)?;
                 }
             }
             Owned::Message(m) => {
@@ -343,7 +345,7 @@ impl Exporter<'_> {
         self.pending = Some(Pending {
             commit_lsn: lsn,
             intent: Vec::new(),
-            changes: Vec::new(),
+            changes: std::mem::take(&mut self.spare),
             known: None,
         });
         Ok(())
@@ -356,8 +358,16 @@ impl Exporter<'_> {
             return Ok(());
         }
         let intent: Option<Arc<str>> = (!p.intent.is_empty()).then(|| Arc::from(p.intent.join("; ")));
-        for c in p.changes {
+        self.write_held(p.changes, intent)
+    }
+
+    /// Writes held changes with their transaction's intent, keeping the emptied list.
+    fn write_held(&mut self, mut held: Vec<Held>, intent: Option<Arc<str>>) -> Result<(), Error> {
+        for c in held.drain(..) {
             self.change(c, intent.clone())?;
+        }
+        if held.capacity() > self.spare.capacity() {
+            self.spare = held;
         }
         Ok(())
     }
@@ -740,6 +750,7 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
         schemas: Arc::default(),
         open: BTreeMap::new(),
         pending: None,
+        spare: Vec::new(),
         through: None,
         stats: ExportStats::default(),
         names: BTreeMap::new(),

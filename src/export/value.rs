@@ -56,8 +56,8 @@ pub enum Value {
     F64(f64),
     /// BOOLEAN.
     Bool(bool),
-    /// BYTE_ARRAY.
-    Bytes(Vec<u8>),
+    /// BYTE_ARRAY (shared: a constant or a moved string is not copied).
+    Bytes(bytes::Bytes),
     /// FIXED_LEN_BYTE_ARRAY (16 bytes: UUID, large DECIMAL).
     Fixed(Vec<u8>),
 }
@@ -163,7 +163,7 @@ impl Kind {
                 "f" | "false" => Ok(Value::Bool(false)),
                 _ => Err("not a boolean".into()),
             },
-            Kind::Text => Ok(Value::Bytes(text.as_bytes().to_vec())),
+            Kind::Text => Ok(Value::Bytes(bytes::Bytes::copy_from_slice(text.as_bytes()))),
             Kind::Date => date(t).map(Value::I32),
             Kind::Timestamp { utc } => timestamp(t, *utc).map(Value::I64),
             Kind::Uuid => {
@@ -173,7 +173,7 @@ impl Kind {
                 }
                 hex_bytes(&hex).map(Value::Fixed)
             }
-            Kind::Bytes => bytea(text).map(Value::Bytes),
+            Kind::Bytes => bytea(text).map(|b| Value::Bytes(b.into())),
             Kind::List(_) => Err("a list is not one value".into()),
         }
     }
@@ -428,8 +428,11 @@ mod tests {
             Kind::Timestamp { utc: false }.value("1970-01-01 00:00:01"),
             Ok(Value::I64(1_000_000))
         );
-        assert_eq!(Kind::Bytes.value("\\x00ff"), Ok(Value::Bytes(vec![0, 255])));
-        assert_eq!(Kind::Bytes.value("a\\\\\\001"), Ok(Value::Bytes(vec![b'a', b'\\', 1])));
+        assert_eq!(Kind::Bytes.value("\\x00ff"), Ok(Value::Bytes(vec![0, 255].into())));
+        assert_eq!(
+            Kind::Bytes.value("a\\\\\\001"),
+            Ok(Value::Bytes(vec![b'a', b'\\', 1].into()))
+        );
         assert_eq!(
             Kind::Uuid.value("00000000-0000-0000-0000-0000000000ff"),
             Ok(Value::Fixed([vec![0; 15], vec![255]].concat()))
