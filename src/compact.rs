@@ -9,7 +9,7 @@
 //! follows); its `taken_at` is that commit's time, the moment its state
 //! describes, and `compacted_at` says when it was made.
 
-use crate::archive::state::{self, to_json, Manifest};
+use crate::archive::state::{self, Manifest};
 use crate::archive::{layout, Store};
 use crate::log::Bound;
 use crate::metrics::Metrics;
@@ -133,16 +133,6 @@ pub async fn compact(store: &Store, upto: Option<Lsn>) -> Result<Option<Compacte
         tracing::info!(table, rows = entry.rows, "compacted");
         manifest.tables.push(entry);
     }
-    store
-        .put_once(&layout::snapshot_manifest(gen, lsn), to_json(&manifest))
-        .await?;
-    match index.encode(gen) {
-        Ok(bytes) => {
-            if let Err(e) = store.put_once(&crate::index::snapshot_index_key(gen, lsn), bytes).await {
-                tracing::warn!(error = %e, "could not write the snapshot's index; reads fall back to scanning");
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "could not build the snapshot's index"),
-    }
+    crate::snapshot::write_manifest(store, &manifest, index).await?;
     Ok(Some(Compacted { manifest, changes }))
 }

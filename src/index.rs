@@ -49,6 +49,51 @@ pub fn row_key_hash(table: &str, pk: &KeyColumns, row: &crate::event::Row) -> u6
     key_hash(table, &pk.encode(row))
 }
 
+/// The most segments one index object covers: the writer merges the index
+/// objects of each 16 segments into one, and those of each 128.
+pub const MERGE_SEGMENTS: u64 = 128;
+
+/// Writes the index object of segment `number` of `gen` (just stored,
+/// under fencing token `fence`), and every [`MERGE_SEGMENTS`] segments
+/// merges the last ones' into one. The index is derived data: failures are
+/// logged, and readers scan instead.
+pub async fn write_segment_index(
+    store: &Store,
+    gen: &str,
+    number: u64,
+    fence: u64,
+    sealed: &crate::segment::SealedSegment,
+) {
+    let mut b = Builder::default();
+    b.add(
+        Covered {
+            number,
+            key: String::new(),
+            frames: Vec::new(),
+            fence,
+        },
+        &sealed.key_entries,
+        &sealed.message_entries,
+    );
+    let written = match b.encode(gen) {
+        Ok(bytes) => store.put_once(&segments_index_key(gen, number, number), bytes).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        tracing::warn!(segment = number, error = %e, "could not write the segment's index; reads fall back to scanning it");
+        return;
+    }
+    // Merge 16 into one, then 16 of those into one: few objects to
+    // consult per lookup, each merge bounded.
+    for span in [16, MERGE_SEGMENTS] {
+        if (number + 1) % span == 0 {
+            if let Err(e) = merge(store, gen, number + 1 - span, number).await {
+                tracing::warn!(error = %e, "could not merge the index; lookups read more objects until `waly reindex`");
+            }
+        }
+    }
+}
+
 /// [`key_hash`] under which a table's truncates are indexed: the key text
 /// `truncate` is no JSON array, so no row's key collides with it.
 pub fn truncate_hash(table: &str) -> u64 {
@@ -482,7 +527,7 @@ pub fn pk_of(schemas: &crate::segment::Schemas, table: &str, version: u32) -> Ke
 }
 
 /// Rebuilds every index object from the segments and snapshots: the old
-/// ones are deleted first, then each run of [`crate::pipeline::MERGE_SEGMENTS`]
+/// ones are deleted first, then each run of [`MERGE_SEGMENTS`]
 /// segments and each snapshot gets one.
 pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
     use crate::segment::{Record, SegmentReader};
@@ -541,7 +586,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
         }
         // Segments, a run at a time.
         let segments = crate::archive::state::segments(store, &gen).await?;
-        for run in segments.chunks(crate::pipeline::MERGE_SEGMENTS as usize) {
+        for run in segments.chunks(MERGE_SEGMENTS as usize) {
             let mut b = Builder::default();
             for (key, number, _) in run {
                 let bytes = store.get(key).await?;

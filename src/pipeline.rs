@@ -380,10 +380,6 @@ async fn check_retained_wal(sql: &tokio_postgres::Client, opts: &RunOptions) {
     }
 }
 
-/// The most segments one index object covers: `waly run` merges the index
-/// objects of each 16 segments into one, and those of each 128.
-pub const MERGE_SEGMENTS: u64 = 128;
-
 impl Writer<'_> {
     /// Records a new schema version: its object now, its line in the
     /// transaction (unless the transaction was archived before), and the
@@ -508,44 +504,6 @@ impl Writer<'_> {
         }
     }
 
-    /// Writes the index object of segment `number` (just stored), and every
-    /// [`MERGE_SEGMENTS`] segments merges the last ones' into one. The index
-    /// is derived data: failures are logged, and readers scan instead.
-    async fn write_index(&mut self, number: u64, sealed: &crate::segment::SealedSegment) {
-        let mut b = crate::index::Builder::default();
-        b.add(
-            crate::index::Covered {
-                number,
-                key: String::new(),
-                frames: Vec::new(),
-                fence: self.fence,
-            },
-            &sealed.key_entries,
-            &sealed.message_entries,
-        );
-        let written = match b.encode(&self.gen.id) {
-            Ok(bytes) => {
-                self.store
-                    .put_once(&crate::index::segments_index_key(&self.gen.id, number, number), bytes)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = written {
-            tracing::warn!(segment = number, error = %e, "could not write the segment's index; reads fall back to scanning it");
-            return;
-        }
-        // Merge 16 into one, then 16 of those into one: few objects to
-        // consult per lookup, each merge bounded.
-        for span in [16, MERGE_SEGMENTS] {
-            if (number + 1) % span == 0 {
-                if let Err(e) = crate::index::merge(self.store, &self.gen.id, number + 1 - span, number).await {
-                    tracing::warn!(error = %e, "could not merge the index; lookups read more objects until `waly reindex`");
-                }
-            }
-        }
-    }
-
     /// Flushes, then confirms to the server what that made durable.
     async fn flush_and_confirm(&mut self, stream: &source::ReplicationStream) -> Result<(), Error> {
         if let Some(lsn) = self.flush().await? {
@@ -588,7 +546,7 @@ impl Writer<'_> {
             bytes = sealed.bytes.len(),
             "segment archived"
         );
-        self.write_index(number, &sealed).await;
+        crate::index::write_segment_index(self.store, &self.gen.id, number, self.fence, &sealed).await;
         self.gen.tail.next_number = number + 1;
         self.gen.tail.prev_sha256 = Some(sealed.sha256.clone());
         if let Some(c) = sealed.header.last_commit {

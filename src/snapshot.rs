@@ -296,10 +296,22 @@ pub async fn take(
     sql.batch_execute("COMMIT")
         .await
         .map_err(|e| source::tls::sql_error(info, e))?;
-    store
-        .put_once(&layout::snapshot_manifest(gen, lsn), to_json(&manifest))
-        .await?;
+    write_manifest(store, &manifest, index).await?;
     repl.close().await;
+    Ok((manifest, schemas))
+}
+
+/// Writes a snapshot's manifest (after all its parts: the snapshot exists
+/// from then on), then the index of its parts.
+pub(crate) async fn write_manifest(
+    store: &Store,
+    manifest: &Manifest,
+    index: crate::index::Builder,
+) -> Result<(), Error> {
+    let (gen, lsn) = (manifest.generation.as_str(), manifest.lsn);
+    store
+        .put_once(&layout::snapshot_manifest(gen, lsn), to_json(manifest))
+        .await?;
     // The index is derived data: a failure to write it costs speed, not history.
     match index.encode(gen) {
         Ok(bytes) => {
@@ -309,7 +321,7 @@ pub async fn take(
         }
         Err(e) => tracing::warn!(error = %e, "could not build the snapshot's index"),
     }
-    Ok((manifest, schemas))
+    Ok(())
 }
 
 /// One table's rows going into the parts of a snapshot (and its index).
