@@ -50,6 +50,7 @@ pub mod schema;
 pub mod segment;
 pub mod snapshot;
 pub mod source;
+pub mod synth;
 pub mod tail;
 pub mod verify;
 

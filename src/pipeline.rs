@@ -574,7 +574,7 @@ struct Txn {
     versions: Vec<(String, u32)>,
 }
 
-async fn start_generation(
+pub(crate) async fn start_generation(
     store: &Store,
     previous: Option<&str>,
     reason: &str,

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// An archive location: a store and a prefix inside it.
@@ -18,7 +19,63 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
-    read: Arc<std::sync::atomic::AtomicU64>,
+    read: Arc<Reads>,
+}
+
+/// What reading through a store has cost so far: the measure of a read's
+/// price on an object store, which bills requests and bytes.
+#[derive(Debug, Default)]
+pub struct Reads {
+    bytes: AtomicU64,
+    requests: AtomicU64,
+    lists: AtomicU64,
+    objects: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// A snapshot of [`Reads`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReadCost {
+    /// Bytes of object bodies and ranges.
+    pub bytes: u64,
+    /// GET requests (whole objects and ranges).
+    pub requests: u64,
+    /// LIST requests.
+    pub lists: u64,
+    /// Distinct objects read from.
+    pub objects: u64,
+}
+
+/// Every store's reads in this process (`WALY_READ_STATS=1` prints them at exit).
+static ALL_READS: Reads = Reads {
+    bytes: AtomicU64::new(0),
+    requests: AtomicU64::new(0),
+    lists: AtomicU64::new(0),
+    objects: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+};
+
+impl Reads {
+    fn cost(&self) -> ReadCost {
+        ReadCost {
+            bytes: self.bytes.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            lists: self.lists.load(Ordering::Relaxed),
+            objects: self.objects.lock().map_or(0, |o| o.len() as u64),
+        }
+    }
+
+    fn listed(&self) {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn got(&self, key: &str, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut o) = self.objects.lock() {
+            if !o.contains(key) {
+                o.insert(key.to_string());
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -209,8 +266,8 @@ impl Store {
         let path = self.path(key);
         let r = self.inner.get(&path).await.map_err(|e| ArchiveError::store(key, e))?;
         let b = r.bytes().await.map_err(|e| ArchiveError::store(key, e))?;
-        self.read
-            .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.read.got(key, b.len());
+        ALL_READS.got(key, b.len());
         Ok(b)
     }
 
@@ -221,14 +278,24 @@ impl Store {
             .get_range(&self.path(key), range)
             .await
             .map_err(|e| ArchiveError::store(key, e))?;
-        self.read
-            .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.read.got(key, b.len());
+        ALL_READS.got(key, b.len());
         Ok(b)
     }
 
     /// Bytes read through this store so far (object bodies and ranges).
     pub fn bytes_read(&self) -> u64 {
-        self.read.load(std::sync::atomic::Ordering::Relaxed)
+        self.read.bytes.load(Ordering::Relaxed)
+    }
+
+    /// What reading through this store (and its clones) has cost so far.
+    pub fn read_cost(&self) -> ReadCost {
+        self.read.cost()
+    }
+
+    /// What reading through every store of this process has cost so far.
+    pub fn all_read_cost() -> ReadCost {
+        ALL_READS.cost()
     }
 
     /// Reads the object at `key`, or `None` when there is none.
@@ -247,6 +314,8 @@ impl Store {
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, ArchiveError> {
         let base = self.path(dir);
         let skip = self.prefix.parts().count();
+        self.read.listed();
+        ALL_READS.listed();
         let mut out: Vec<(String, u64)> = self
             .inner
             .list(Some(&base))

@@ -103,9 +103,10 @@ pub async fn run(args: &HistoryArgs) -> anyhow::Result<()> {
     };
     let (_, versions, stats) = history::history(&store, &query, !args.scan).await?;
     if args.stats {
+        let cost = store.read_cost();
         eprintln!(
-            "read {} bytes: {} frames through the index, {} segments whole",
-            stats.bytes_read, stats.frames_read, stats.segments_scanned
+            "read {} bytes: {} frames through the index, {} segments whole; {} GET requests to {} objects, {} listings",
+            stats.bytes_read, stats.frames_read, stats.segments_scanned, cost.requests, cost.objects, cost.lists
         );
     }
     let mut out = std::io::BufWriter::new(std::io::stdout());

@@ -13,6 +13,7 @@ mod run;
 mod schema;
 mod show;
 mod status;
+mod synth;
 mod tables;
 mod tail;
 mod verify;
@@ -78,6 +79,9 @@ pub enum Command {
     Compact(compact::CompactArgs),
     /// Write each table's changes as a Parquet dataset (hive layout), continuing from the last export.
     Export(export::ExportArgs),
+    /// Write a valid archive of synthetic changes, without PostgreSQL (a benchmark tool; bench/scale.sh).
+    #[command(hide = true)]
+    Synth(synth::SynthArgs),
 }
 
 /// Where the source database is: a URL or key=value string, else PG* variables.
@@ -204,6 +208,7 @@ pub fn main() -> ExitCode {
                 Command::Prune(args) => done(prune::run(args).await),
                 Command::Compact(args) => done(compact::run(args).await),
                 Command::Export(args) => done(export::run(args).await),
+                Command::Synth(args) => done(synth::run(args).await),
                 // 0 clean, 1 problems found, 2 could not run.
                 Command::Verify(args) => match verify::run(args).await {
                     Ok(true) => Ok(ExitCode::SUCCESS),
@@ -215,6 +220,13 @@ pub fn main() -> ExitCode {
         task.await
             .unwrap_or_else(|e| Err((anyhow::anyhow!("the command's task failed: {e}"), 1)))
     });
+    if std::env::var_os("WALY_READ_STATS").is_some_and(|v| v == "1") {
+        let c = crate::archive::Store::all_read_cost();
+        eprintln!(
+            "reads: {} bytes in {} GET requests to {} objects, {} listings",
+            c.bytes, c.requests, c.objects, c.lists
+        );
+    }
     match result {
         Ok(code) => code,
         Err((e, code)) => {

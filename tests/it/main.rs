@@ -17,6 +17,7 @@ mod restore;
 mod s3;
 mod schemas;
 mod stream;
+mod synth;
 mod tail_cli;
 mod verify;
 

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Scale benchmark: what reads cost as the archive grows, on synthetic
+# archives (`waly synth`, no PostgreSQL) of each size given, with the same
+# table mix: public.t0 (1M rows) takes 1000 parts of the changes, t1 (100k)
+# 100, t2 (10k) 10 and t3 (1k rows) 1, so t3 is a small table that changes
+# rarely while t0 dominates. Per size it reports:
+#   - one row's history (random ids of t0, skewed to low ids as the changes
+#     are): objects and bytes read per lookup (medians), and the p99 time;
+#   - `waly tables`: objects read and wall time;
+#   - a restore of t3 to a file: the share of the archive's bytes it read.
+#
+#   bench/scale.sh [SIZES] [LOOKUPS]   (default "10000000 100000000", 25)
+#
+# Disk: about 9 bytes of segments per event plus the index (about 1 GB and
+# 2.5 GB at 10^8); writing 10^8 events takes about 10 minutes here.
+# WALY_READ_STATS=1 makes waly print what a command read (requests, objects, bytes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZES=${1:-10000000 100000000}
+LOOKUPS=${2:-25}
+cargo build --release --quiet
+WALY=$PWD/target/release/waly
+DIR=$PWD/.tmp/bench-scale
+mkdir -p "$DIR"
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+p99() { sort -g | awk '{a[NR]=$1} END {i = int(NR*0.99 + 0.5); if (i < 1) i = 1; print a[i]}'; }
+now() { date +%s.%N; }
+read_field() { sed -n "s/^reads: \([0-9]*\) bytes in \([0-9]*\) GET requests to \([0-9]*\) objects, \([0-9]*\) listings.*/\\$1/p" "$2"; }
+LINES=()
+for N in $SIZES; do
+    ARCHIVE=$DIR/archive-$N
+    if [ ! -f "$ARCHIVE/.complete" ]; then
+        rm -rf "$ARCHIVE"
+        "$WALY" synth --archive "$ARCHIVE" --events "$N" --weights 1000,100,10,1 \
+            --rows 1000000,100000,10000,1000 --skew 1 --row-bytes 64 --txn-changes 10 --log warn
+        touch "$ARCHIVE/.complete"
+    fi
+    ARCHIVE_BYTES=$(find "$ARCHIVE/generations" "$ARCHIVE/waly.json" -type f -printf '%s\n' | awk '{s += $1} END {print s}')
+    INDEX_BYTES=$(find "$ARCHIVE/index" -type f -printf '%s\n' 2>/dev/null | awk '{s += $1} END {print s + 0}')
+    SEGS=$(find "$ARCHIVE/generations" -path '*/segments/*' -type f | wc -l)
+    echo "archive of $N events: $ARCHIVE_BYTES bytes in $SEGS segments; index $INDEX_BYTES bytes"
+
+    : >"$DIR/history"
+    for k in $(shuf -i 1-1000000 -n "$LOOKUPS" --random-source=<(yes)); do
+        t0=$(now)
+        WALY_READ_STATS=1 "$WALY" history --archive "$ARCHIVE" public.t0 "$k" --json >/dev/null 2>"$DIR/err"
+        t1=$(now)
+        echo "$(read_field 3 "$DIR/err") $(read_field 1 "$DIR/err") $(echo "$t1 - $t0" | bc)" >>"$DIR/history"
+    done
+    H_OBJ=$(cut -d' ' -f1 "$DIR/history" | median)
+    H_BYTES=$(cut -d' ' -f2 "$DIR/history" | median)
+    H_P99=$(cut -d' ' -f3 "$DIR/history" | p99)
+
+    t0=$(now)
+    WALY_READ_STATS=1 "$WALY" tables --archive "$ARCHIVE" >/dev/null 2>"$DIR/err"
+    t1=$(now)
+    T_OBJ=$(read_field 3 "$DIR/err")
+    T_S=$(echo "$t1 - $t0" | bc)
+
+    rm -f "$DIR/t3.csv"
+    WALY_READ_STATS=1 "$WALY" restore --archive "$ARCHIVE" public.t3 --at now --output "$DIR/t3.csv" >/dev/null 2>"$DIR/err"
+    R_BYTES=$(read_field 1 "$DIR/err")
+    R_PCT=$(awk -v r="$R_BYTES" -v a="$ARCHIVE_BYTES" 'BEGIN {printf "%.2f", 100 * r / a}')
+    echo "history: p99 ${H_P99}s; restore of t3: $R_BYTES bytes read"
+    LINES+=("scale: events=$N history_objects_median=$H_OBJ history_bytes_median=$H_BYTES tables_objects=$T_OBJ tables_s=$T_S restore_small_fraction_pct=$R_PCT")
+done
+printf '%s\n' "${LINES[@]}"

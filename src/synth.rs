@@ -1,0 +1,342 @@
+//! `waly synth`: a valid archive of synthetic changes, written straight to a
+//! store without PostgreSQL, for benchmarks at sizes (10^8 events and more)
+//! that a real database would take days to produce on a small machine.
+//!
+//! It writes what `waly run` writes, through the same builders: the
+//! archive's identity, one generation with a base snapshot of every table
+//! (schema versions, parts, manifest, index), then hash-chained segments of
+//! transactions with their commit markers, and each segment's index (merged
+//! as the writer merges it). `waly verify` calls the result clean.
+//!
+//! The tables are `public.t0`, `public.t1`, ... (`id bigint` primary key,
+//! `n bigint`, `pad text`); each gets a share of the changes by its weight,
+//! and its own number of rows in the base snapshot.
+//! Changes are mostly updates of existing rows, some inserts of new rows and
+//! some deletes; the row a change touches is drawn with a configurable skew
+//! toward low ids. The draw is seeded: the same options give the same archive.
+
+use crate::archive::layout;
+use crate::archive::state::{self, Identity, Manifest};
+use crate::archive::Store;
+use crate::event::{Change, Op, Row};
+use crate::schema::keys::KeyColumns;
+use crate::segment::{ColumnDef, CommitRecord, SchemaRecord, SegmentBuilder};
+use crate::{Error, Lsn};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct SynthOptions {
+    /// Changes in all.
+    pub events: u64,
+    /// Each table's share of the changes (relative), one table per weight.
+    pub weights: Vec<u64>,
+    /// Rows each table has in the base snapshot: one number per table, or
+    /// one for all.
+    pub rows: Vec<u64>,
+    /// Skew of the rows changes touch: 0 draws ids uniformly; at `s` the id
+    /// is `rows * u^(1+s)` for a uniform `u`, so low ids are hot.
+    pub skew: f64,
+    /// Bytes of each row's `pad` value.
+    pub row_bytes: usize,
+    /// Changes per transaction.
+    pub txn_changes: u32,
+    /// Uncompressed bytes per segment (as `waly run --segment-size`).
+    pub segment_bytes: usize,
+    /// Commit time of the first transaction; each next one is `txn_interval` later.
+    pub start: DateTime<Utc>,
+    /// Time between transactions.
+    pub txn_interval: chrono::Duration,
+    /// The seed of the draw.
+    pub seed: u64,
+}
+
+/// What was written.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SynthStats {
+    /// Changes written.
+    pub changes: u64,
+    /// Transactions written.
+    pub transactions: u64,
+    /// Segments written.
+    pub segments: u64,
+    /// Bytes of segments written.
+    pub segment_bytes: u64,
+    /// Rows in the base snapshot.
+    pub snapshot_rows: u64,
+}
+
+/// splitmix64: a small, fast, seeded generator (for synthetic data only).
+struct Draw(u64);
+
+impl Draw {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [0, n).
+    fn below(&mut self, n: u64) -> u64 {
+        ((self.next() as u128 * n as u128) >> 64) as u64
+    }
+}
+
+/// One synthetic table: which ids exist.
+struct Table {
+    name: Arc<str>,
+    schema: SchemaRecord,
+    pk: KeyColumns,
+    /// One bit per id in `1..=alive.len() * 64`.
+    alive: Vec<u64>,
+    /// The largest id ever inserted.
+    max_id: u64,
+}
+
+impl Table {
+    fn is_alive(&self, id: u64) -> bool {
+        let i = (id - 1) as usize;
+        self.alive.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn set(&mut self, id: u64, on: bool) {
+        let i = (id - 1) as usize;
+        if self.alive.len() <= i / 64 {
+            self.alive.resize(i / 64 + 1, 0);
+        }
+        if on {
+            self.alive[i / 64] |= 1 << (i % 64);
+        } else {
+            self.alive[i / 64] &= !(1 << (i % 64));
+        }
+    }
+}
+
+fn column(attnum: i16, name: &str, type_name: &str, type_oid: u32, key: bool) -> ColumnDef {
+    ColumnDef {
+        attnum: Some(attnum),
+        name: name.to_string(),
+        type_name: type_name.to_string(),
+        type_oid,
+        type_modifier: -1,
+        key,
+        primary_key: key,
+        key_position: key.then_some(1),
+        not_null: key,
+        missing: None,
+        default: None,
+        generated: None,
+        identity: None,
+    }
+}
+
+/// The names a row's columns are known by (shared by every row).
+struct Names {
+    id: Arc<str>,
+    n: Arc<str>,
+    pad: Arc<str>,
+}
+
+impl Names {
+    fn row(&self, id: u64, n: u64, pad: &str) -> Row {
+        Row(vec![
+            (self.id.clone(), Some(id.to_string())),
+            (self.n.clone(), Some(n.to_string())),
+            (self.pad.clone(), Some(pad.to_string())),
+        ])
+    }
+
+    fn key(&self, id: u64) -> Row {
+        Row(vec![(self.id.clone(), Some(id.to_string()))])
+    }
+}
+
+/// Writes a synthetic archive to `store`, which must hold no archive yet.
+pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, Error> {
+    if opts.weights.is_empty() || opts.weights.iter().all(|w| *w == 0) {
+        return Err(Error::NotInArchive(
+            "synth: give at least one table a weight above 0".into(),
+        ));
+    }
+    let rows_of = |t: usize| opts.rows.get(t).or(opts.rows.last()).copied().unwrap_or(0);
+    if opts.txn_changes == 0 || (0..opts.weights.len()).any(|t| rows_of(t) == 0) {
+        return Err(Error::NotInArchive(
+            "synth: every table needs --rows of at least 1, and --txn-changes at least 1".into(),
+        ));
+    }
+    if state::read_identity(store).await?.is_some() || !state::generations(store).await?.is_empty() {
+        return Err(Error::ArchiveMismatch(format!(
+            "{} already holds an archive: synth writes only into an empty one",
+            store.url()
+        )));
+    }
+    state::claim(store, &Identity::new("synthetic", "synthetic", "waly", "waly")).await?;
+    let mut lsn = Lsn(0x0100_0000);
+    let gen = crate::pipeline::start_generation(store, None, "synthetic archive (waly synth)", lsn, 1)
+        .await?
+        .id;
+    let names = Names {
+        id: Arc::from("id"),
+        n: Arc::from("n"),
+        pad: Arc::from("pad"),
+    };
+    let pad: String = "x".repeat(opts.row_bytes);
+    let mut stats = SynthStats::default();
+
+    // The base snapshot: every table with ids 1..=rows.
+    let taken_at = opts.start - opts.txn_interval;
+    let mut manifest = Manifest {
+        waly_snapshot: 1,
+        generation: gen.clone(),
+        lsn,
+        taken_at,
+        compacted_at: None,
+        tables: Vec::new(),
+    };
+    let metrics = crate::metrics::Metrics::default();
+    let mut index = crate::index::Builder::default();
+    let mut tables = Vec::new();
+    for i in 0..opts.weights.len() {
+        let name = format!("public.t{i}");
+        let schema = SchemaRecord {
+            commit_lsn: lsn,
+            table: name.clone(),
+            version: 1,
+            columns: vec![
+                column(1, "id", "bigint", 20, true),
+                column(2, "n", "bigint", 20, false),
+                column(3, "pad", "text", 25, false),
+            ],
+            commit_time: Some(taken_at),
+            source: Some("snapshot".into()),
+            meta: Default::default(),
+            ddl: None,
+            dropped: false,
+        };
+        let seg = layout::table_segment("public", &format!("t{i}"));
+        store
+            .put_once(&layout::schema_key(&gen, &seg, 1), state::to_json(&schema))
+            .await?;
+        let pk = KeyColumns::primary_key(&schema);
+        let mut w = crate::snapshot::TableWriter::new(store, &gen, lsn, &name, &seg, 1, pk.clone())?;
+        let rows = rows_of(i);
+        for id in 1..=rows {
+            w.push(&names.row(id, 0, &pad), &mut index, &metrics).await?;
+        }
+        let entry = w.finish(&mut index, &metrics).await?;
+        stats.snapshot_rows += entry.rows;
+        manifest.tables.push(entry);
+        let mut t = Table {
+            name: Arc::from(name.as_str()),
+            schema,
+            pk,
+            alive: Vec::new(),
+            max_id: rows,
+        };
+        t.alive = vec![u64::MAX; (rows as usize).div_ceil(64)];
+        for id in rows + 1..=t.alive.len() as u64 * 64 {
+            t.set(id, false);
+        }
+        tables.push(t);
+    }
+    crate::snapshot::write_manifest(store, &manifest, index).await?;
+
+    // The changes, in transactions, in segments.
+    let total: u64 = opts.weights.iter().sum();
+    let mut draw = Draw(opts.seed);
+    let mut builder = SegmentBuilder::new()?;
+    let mut tail = state::Tail::default();
+    let mut xid = 1000u32;
+    let mut time = opts.start;
+    while stats.changes < opts.events {
+        let in_txn = (opts.events - stats.changes).min(opts.txn_changes as u64);
+        let changes: Vec<(usize, Op, u64)> = (0..in_txn)
+            .map(|_| {
+                let mut pick = draw.below(total);
+                let t = opts
+                    .weights
+                    .iter()
+                    .position(|w| {
+                        let here = pick < *w;
+                        pick = pick.saturating_sub(*w);
+                        here
+                    })
+                    .unwrap_or(0);
+                let table = &mut tables[t];
+                let roll = draw.below(100);
+                let id = if roll < 5 {
+                    table.max_id + 1
+                } else {
+                    let u = draw.unit().powf(1.0 + opts.skew);
+                    1 + ((u * table.max_id as f64) as u64).min(table.max_id - 1)
+                };
+                let op = match (roll, table.is_alive(id)) {
+                    (_, false) => Op::Insert,
+                    (5..=9, true) => Op::Delete,
+                    _ => Op::Update,
+                };
+                table.set(id, op != Op::Delete);
+                table.max_id = table.max_id.max(id);
+                (t, op, id)
+            })
+            .collect();
+        let first_lsn = lsn;
+        let commit_lsn = Lsn(first_lsn.0 + 100 * in_txn + 64);
+        for (seq, (t, op, id)) in changes.into_iter().enumerate() {
+            let table = &tables[t];
+            let n = stats.changes + seq as u64 + 1;
+            let change = Change {
+                commit_lsn,
+                seq: seq as u64,
+                lsn: Lsn(first_lsn.0 + 100 * seq as u64),
+                xid,
+                commit_time: time,
+                table: table.name.clone(),
+                op,
+                key: Some(names.key(id)),
+                old: (op == Op::Delete).then(|| names.key(id)),
+                new: (op != Op::Delete).then(|| names.row(id, n, &pad)),
+                unchanged_toast: Vec::new(),
+            };
+            builder.push_change(&change, table.schema.version)?;
+            let row = change.new.as_ref().or(change.old.as_ref());
+            if let Some(r) = row {
+                builder.note_key(crate::index::row_key_hash(&table.name, &table.pk, r));
+            }
+        }
+        let end_lsn = Lsn(commit_lsn.0 + 48);
+        builder.push_commit(&CommitRecord {
+            commit_lsn,
+            end_lsn,
+            xid,
+            commit_time: time,
+            records: in_txn,
+        })?;
+        stats.changes += in_txn;
+        stats.transactions += 1;
+        lsn = Lsn(end_lsn.0 + 8);
+        xid = xid.wrapping_add(1).max(3);
+        time += opts.txn_interval;
+        if builder.uncompressed_bytes() >= opts.segment_bytes || stats.changes >= opts.events {
+            let full = std::mem::replace(&mut builder, SegmentBuilder::new()?);
+            let number = tail.next_number;
+            let sealed = full.seal(&gen, number, tail.prev_sha256.take(), 0)?;
+            let key = layout::segment_key(&gen, number, sealed.header.first_lsn, sealed.header.last_lsn, 0);
+            store.put_once(&key, sealed.bytes.clone()).await?;
+            crate::index::write_segment_index(store, &gen, number, 0, &sealed).await;
+            stats.segments += 1;
+            stats.segment_bytes += sealed.bytes.len() as u64;
+            tail.next_number = number + 1;
+            tail.prev_sha256 = Some(sealed.sha256);
+        }
+    }
+    Ok(stats)
+}
