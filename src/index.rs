@@ -74,6 +74,7 @@ pub async fn write_segment_index(
         },
         &sealed.key_entries,
         &sealed.message_entries,
+        &sealed.table_entries,
     );
     let written = match b.encode(gen) {
         Ok(bytes) => store.put_once(&segments_index_key(gen, number, number), bytes).await,
@@ -98,6 +99,12 @@ pub async fn write_segment_index(
 /// `truncate` is no JSON array, so no row's key collides with it.
 pub fn truncate_hash(table: &str) -> u64 {
     key_hash(table, b"truncate")
+}
+
+/// [`key_hash`] under which the frames holding a table's changes are
+/// indexed (in their own section; the key text `table` is no JSON array).
+pub fn table_hash(table: &str) -> u64 {
+    key_hash(table, b"table")
 }
 
 /// An object an index covers.
@@ -147,6 +154,11 @@ pub struct Footer {
     pub key_fences: Vec<Block>,
     /// Fence blocks over the blocks of `(message commit LSN, object, frame)`.
     pub message_fences: Vec<Block>,
+    /// Fence blocks over the blocks of `(table hash, object, frame)`: which
+    /// frames hold a table's changes. Absent in index objects written before
+    /// waly kept it (a reader then reads those segments whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_fences: Option<Vec<Block>>,
 }
 
 /// An entry: a value (hash or LSN), the object's position in `objects`, the frame.
@@ -158,6 +170,10 @@ pub struct Builder {
     objects: Vec<Covered>,
     keys: Vec<Entry>,
     messages: Vec<Entry>,
+    tables: Vec<Entry>,
+    /// Some object came from an index without a table section: the merged
+    /// one cannot have a whole one either.
+    tables_unknown: bool,
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -182,21 +198,28 @@ fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
 }
 
 impl Builder {
-    /// Adds an object and its entries (`(value, frame)`).
-    pub fn add(&mut self, object: Covered, keys: &[(u64, u32)], messages: &[(u64, u32)]) {
+    /// Adds an object and its entries (`(value, frame)`): row keys,
+    /// messages, and the tables its frames have changes of.
+    pub fn add(&mut self, object: Covered, keys: &[(u64, u32)], messages: &[(u64, u32)], tables: &[(u64, u32)]) {
         let i = self.objects.len() as u32;
         self.objects.push(object);
         self.keys.extend(keys.iter().map(|(h, f)| (*h, i, *f)));
         self.messages.extend(messages.iter().map(|(l, f)| (*l, i, *f)));
+        self.tables.extend(tables.iter().map(|(h, f)| (*h, i, *f)));
     }
 
-    /// Adds the entries of an existing index (its objects renumbered).
-    pub fn extend(&mut self, footer: &Footer, keys: &[Entry], messages: &[Entry]) {
+    /// Adds the entries of an existing index (its objects renumbered);
+    /// `tables` is `None` when it has no table section.
+    pub fn extend(&mut self, footer: &Footer, keys: &[Entry], messages: &[Entry], tables: Option<&[Entry]>) {
         let base = self.objects.len() as u32;
         self.objects.extend(footer.objects.iter().cloned());
         self.keys.extend(keys.iter().map(|(h, o, f)| (*h, o + base, *f)));
         self.messages
             .extend(messages.iter().map(|(l, o, f)| (*l, o + base, *f)));
+        match tables {
+            Some(t) => self.tables.extend(t.iter().map(|(h, o, f)| (*h, o + base, *f))),
+            None => self.tables_unknown = true,
+        }
     }
 
     /// Whether nothing was added.
@@ -252,12 +275,18 @@ impl Builder {
         };
         let key_fences = section(&mut self.keys, &mut out)?;
         let message_fences = section(&mut self.messages, &mut out)?;
+        let table_fences = if self.tables_unknown {
+            None
+        } else {
+            Some(section(&mut self.tables, &mut out)?)
+        };
         let footer = Footer {
             waly_index: FORMAT,
             generation: generation.to_string(),
             objects: self.objects,
             key_fences,
             message_fences,
+            table_fences,
         };
         let json = serde_json::to_vec(&footer).map_err(|e| Error::Protocol(e.to_string()))?;
         let z = c.compress(&json)?;
@@ -400,11 +429,25 @@ impl Index {
         Ok(out)
     }
 
-    /// Every entry (for merging).
-    pub async fn entries(&self, store: &Store) -> Result<(Vec<Entry>, Vec<Entry>), Error> {
+    /// `(object, frame)` of every frame with changes of `table`; `None` when
+    /// this index object does not say (written before it kept tables).
+    pub async fn lookup_table(&self, store: &Store, table: &str) -> Result<Option<Vec<(u32, u32)>>, Error> {
+        match &self.footer.table_fences {
+            None => Ok(None),
+            Some(fences) => self.find(store, fences, table_hash(table)).await.map(Some),
+        }
+    }
+
+    /// Every entry (for merging): row keys, messages, tables (if it has them).
+    pub async fn entries(&self, store: &Store) -> Result<(Vec<Entry>, Vec<Entry>, Option<Vec<Entry>>), Error> {
+        let tables = match &self.footer.table_fences {
+            None => None,
+            Some(fences) => Some(self.section(store, fences).await?),
+        };
         Ok((
             self.section(store, &self.footer.key_fences).await?,
             self.section(store, &self.footer.message_fences).await?,
+            tables,
         ))
     }
 }
@@ -451,6 +494,15 @@ pub async fn segment_indexes(store: &Store, gen: &str) -> Result<Vec<(String, u6
 /// `[offset, length]` of the record frames of segment `key`, from the start
 /// of the object, read from its header (the first bytes only).
 pub async fn segment_frames(store: &Store, key: &str) -> Result<Vec<(u64, u64)>, Error> {
+    segment_header(store, key).await.map(|(_, frames)| frames)
+}
+
+/// The header of segment `key`, and `[offset, length]` of its record frames
+/// from the start of the object: read from its first bytes only.
+pub async fn segment_header(
+    store: &Store,
+    key: &str,
+) -> Result<(crate::segment::SegmentHeader, Vec<(u64, u64)>), Error> {
     let mut want = 4096u64;
     loop {
         let head = store.get_range(key, 0..want).await?;
@@ -460,12 +512,69 @@ pub async fn segment_frames(store: &Store, key: &str) -> Result<Vec<(u64, u64)>,
                 let json = zstd::decode_all(&head[..n]).map_err(|e| damaged(key, e))?;
                 let header: crate::segment::SegmentHeader =
                     serde_json::from_slice(&json).map_err(|e| damaged(key, e))?;
-                return Ok(header.frames.iter().map(|(o, l)| (o + n as u64, *l)).collect());
+                let frames = header.frames.iter().map(|(o, l)| (o + n as u64, *l)).collect();
+                return Ok((header, frames));
             }
             _ if got < want => return Err(damaged(key, "the segment header does not decode")),
             _ => want *= 4,
         }
     }
+}
+
+/// Where a table's changes are, by the index: for each segment of `gen`
+/// in `numbers` (first..=last) that a table-aware index object covers,
+/// keyed by `(number, fencing token)`, the frames with changes of `table`
+/// (none: the segment has none). A segment missing from the answer is not
+/// covered (no index object, an older one, or a damaged one: warned) and
+/// must be read whole.
+pub async fn table_frames(
+    store: &Store,
+    gen: &str,
+    table: &str,
+    numbers: std::ops::RangeInclusive<u64>,
+) -> std::collections::BTreeMap<(u64, u64), Vec<u32>> {
+    let mut out = std::collections::BTreeMap::new();
+    let objects = match segment_indexes(store, gen).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the index; reading every segment whole");
+            return out;
+        }
+    };
+    for (key, size, first, last) in objects {
+        if last < *numbers.start() || first > *numbers.end() {
+            continue;
+        }
+        let found = async {
+            let idx = Index::open(store, &key, size).await?;
+            let frames = idx.lookup_table(store, table).await?;
+            Ok::<_, Error>(frames.map(|f| (idx, f)))
+        }
+        .await;
+        match found {
+            Ok(Some((idx, frames))) => {
+                for o in &idx.footer.objects {
+                    out.entry((o.number, o.fence)).or_insert_with(Vec::new);
+                }
+                for (o, f) in frames {
+                    if let Some(obj) = idx.footer.objects.get(o as usize) {
+                        out.entry((obj.number, obj.fence)).or_insert_with(Vec::new).push(f);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                index = key,
+                error = %e,
+                "an index object is damaged; reading its segments whole (`waly reindex` rebuilds it)"
+            ),
+        }
+    }
+    for frames in out.values_mut() {
+        frames.sort_unstable();
+        frames.dedup();
+    }
+    out
 }
 
 /// Merges the segment index objects of `gen` that lie within
@@ -495,8 +604,8 @@ pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bo
     let mut b = Builder::default();
     for (key, size, _, _) in &chain {
         let idx = Index::open(store, key, *size).await?;
-        let (keys, messages) = idx.entries(store).await?;
-        b.extend(&idx.footer, &keys, &messages);
+        let (keys, messages, tables) = idx.entries(store).await?;
+        b.extend(&idx.footer, &keys, &messages, tables.as_deref());
     }
     store
         .put_once(&segments_index_key(gen, first, last), b.encode(gen)?)
@@ -573,6 +682,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                         },
                         &keys,
                         &[],
+                        &[],
                     );
                 }
             }
@@ -593,12 +703,19 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                 let (_, frames) = SegmentReader::locate_frames(key, &bytes)?;
                 let mut keys = Vec::new();
                 let mut messages = Vec::new();
+                let mut tables = Vec::new();
                 for (f, (off, len)) in frames.iter().enumerate() {
                     let z = bytes
                         .get(*off as usize..(off + len) as usize)
                         .ok_or_else(|| damaged(key, "a frame lies outside the segment"))?;
                     let mut r = SegmentReader::frame(key, z)?;
                     while let Some(rec) = r.next_record(&st.schemas)? {
+                        if let Record::Change(c) = &rec {
+                            let t = (table_hash(&c.change.table), f as u32);
+                            if !tables.contains(&t) {
+                                tables.push(t);
+                            }
+                        }
                         match rec {
                             Record::Change(c) if c.change.op == crate::event::Op::Truncate => {
                                 keys.push((truncate_hash(&c.change.table), f as u32));
@@ -627,6 +744,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                     },
                     &keys,
                     &messages,
+                    &tables,
                 );
                 stats.segments += 1;
             }
@@ -653,6 +771,11 @@ mod tests {
                 .map(|i| ((i * 7919 + obj) % 3001, (i % 9) as u32))
                 .collect();
             let msgs: Vec<(u64, u32)> = (0..100u64).map(|i| (obj * 1000 + i, 1)).collect();
+            // Table a in every object's frame 0, b only in object 1's frames 1 and 3.
+            let mut tables = vec![(table_hash("public.a"), 0)];
+            if obj == 1 {
+                tables.extend([(table_hash("public.b"), 1), (table_hash("public.b"), 3)]);
+            }
             b.add(
                 Covered {
                     number: obj,
@@ -662,6 +785,7 @@ mod tests {
                 },
                 &keys,
                 &msgs,
+                &tables,
             );
         }
         let bytes = b.encode("00000001").expect("encode");
@@ -684,6 +808,25 @@ mod tests {
         }
         assert_eq!(idx.lookup_key(&store, 5000).await.expect("lookup"), vec![]);
         assert_eq!(idx.lookup_message(&store, 1005).await.expect("lookup"), vec![(1, 1)]);
+        let table = |t: &'static str| {
+            let (idx, store) = (&idx, &store);
+            async move { idx.lookup_table(store, t).await.expect("lookup") }
+        };
+        assert_eq!(table("public.a").await, Some(vec![(0, 0), (1, 0), (2, 0)]));
+        assert_eq!(table("public.b").await, Some(vec![(1, 1), (1, 3)]));
+        assert_eq!(table("public.c").await, Some(vec![]));
+        // Merged with an index that has no table section, the merged one
+        // does not claim to know where tables are.
+        let (keys, messages, tables) = idx.entries(&store).await.expect("entries");
+        let mut merged = Builder::default();
+        merged.extend(&idx.footer, &keys, &messages, tables.as_deref());
+        let mut old = idx.footer.clone();
+        old.table_fences = None;
+        merged.extend(&old, &keys, &messages, None);
+        let merged = merged.encode("00000001").expect("encode");
+        store.put_once("m", merged.clone()).await.expect("put");
+        let m = Index::open(&store, "m", merged.len() as u64).await.expect("open");
+        assert_eq!(m.lookup_table(&store, "public.b").await.expect("lookup"), None);
         // Damage is an error, not a wrong answer.
         let mut bad = bytes.to_vec();
         for b in bad.iter_mut().take(40) {

@@ -432,6 +432,7 @@ impl<'a> TableWriter<'a> {
             },
             &w.keys,
             &[],
+            &[],
         );
         self.entry.parts.push(ManifestPart {
             key,

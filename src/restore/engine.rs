@@ -3,7 +3,7 @@
 
 use super::sort::{decode, Kind, Merged, Rec, Sorter, Spilled};
 use super::{pick, Plan};
-use crate::archive::Store;
+use crate::archive::{layout, Store};
 use crate::event::{Op, Row};
 use crate::log::Bound;
 use crate::schema::keys::KeyColumns;
@@ -536,6 +536,18 @@ struct Collected {
 
 /// [`collect_inner`], boxed: a restore across a primary-key change first
 /// restores the point before it.
+/// Runs of consecutive frame numbers, as `(first, last)`.
+fn runs(frames: &[u32]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &f in frames {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == f => *last = f,
+            _ => out.push((f, f)),
+        }
+    }
+    out
+}
+
 fn collect<'a>(
     store: &'a Store,
     plan: &'a Plan,
@@ -647,104 +659,170 @@ async fn collect_inner(
     let (mut moves, mut outside) = (0u64, std::collections::BTreeSet::new());
     let mut buf = Vec::new();
     let mut toast_buf = Vec::new();
+    // Which frames hold the table's changes, where the index says.
+    let numbers = || {
+        plan.segments
+            .iter()
+            .filter_map(|(k, _)| layout::parse_segment_key(k).map(|(n, _, _)| n))
+    };
+    let by_table = match (numbers().min(), numbers().max()) {
+        (Some(first), Some(last)) => crate::index::table_frames(store, &plan.generation, table, first..=last).await,
+        _ => Default::default(),
+    };
+    let past_point = |lsn: Lsn, time: DateTime<Utc>| match plan.point {
+        Bound::Lsn(p) => lsn > p,
+        Bound::Time(t) => time > t,
+    };
+    // Folds one record in; true when the walk is done.
+    let mut fold = |rec: Record| -> Result<bool, Error> {
+        let (lsn, time) = match &rec {
+            Record::Commit(c) => (c.commit_lsn, c.commit_time),
+            other => match other.identity() {
+                Some((id, time)) => (id.0, time),
+                None => return Ok(false),
+            },
+        };
+        if lsn < start {
+            return Ok(false);
+        }
+        if !dedup.complete(lsn) {
+            return Ok(true); // the incomplete tail
+        }
+        if past_point(lsn, time) {
+            return Ok(true);
+        }
+        if let Record::Commit(c) = &rec {
+            cut = Some((c.commit_lsn, c.commit_time));
+            return Ok(false);
+        }
+        if let Some((id, _)) = rec.identity() {
+            if dedup.admit(id) != crate::log::Admit::Keep {
+                return Ok(false); // written twice (a restart); already seen
+            }
+        }
+        let Record::Change(c) = rec else { return Ok(false) };
+        let from = c.schema_version;
+        let mut c = c.change;
+        if &*c.table != table {
+            return Ok(false);
+        }
+        let p = shaper.from(from)?;
+        if !p.is_identity() {
+            c.new = c.new.as_ref().map(|r| p.apply(r));
+            c.old = c.old.as_ref().map(|r| p.apply(r));
+            c.unchanged_toast = c.unchanged_toast.iter().filter_map(|t| p.rename(t)).collect();
+        }
+        changes += 1;
+        let (lsn, seq) = (c.commit_lsn.as_u64(), c.seq);
+        let mut put = |sorter: &mut Sorter, kind: Kind, row: &Row, toast: &[Arc<str>]| -> Result<bool, Error> {
+            let k = ident.encode(row);
+            if !keep(&k) {
+                return Ok(false);
+            }
+            buf.clear();
+            serde_json::to_writer(&mut buf, row).map_err(|e| Error::Protocol(e.to_string()))?;
+            toast_buf.clear();
+            if !toast.is_empty() {
+                serde_json::to_writer(&mut toast_buf, toast).map_err(|e| Error::Protocol(e.to_string()))?;
+            }
+            sorter.push(&k, lsn, seq, kind, &toast_buf, &buf)?;
+            Ok(true)
+        };
+        match (c.op, &c.old, &c.new) {
+            (Op::Insert, _, Some(new)) => {
+                put(&mut sorter, Kind::Insert, new, &c.unchanged_toast)?;
+            }
+            (Op::Update, Some(old), Some(new)) if ident.encode(old) != ident.encode(new) => {
+                // The key changed (or, without a primary key, the row):
+                // the old one goes, the new one comes. Large values the
+                // update left unchanged come from the old row: sent
+                // with it (REPLICA IDENTITY FULL), or else the row as
+                // it was under the old key (the delete record names
+                // them, and `Rows` finds them there).
+                let mut whole = new.clone();
+                let mut missing = Vec::new();
+                for t in &c.unchanged_toast {
+                    match old.0.iter().find(|(n, _)| n == t) {
+                        Some(v) => whole.0.push(v.clone()),
+                        None => missing.push(t.clone()),
+                    }
+                }
+                let left = put(&mut sorter, Kind::Delete, old, &missing)?;
+                if put(&mut sorter, Kind::Insert, &whole, &missing)? && !missing.is_empty() {
+                    moves += 1;
+                    if !left {
+                        outside.insert(ident.encode(old));
+                    }
+                }
+            }
+            (Op::Update, _, Some(new)) => {
+                put(&mut sorter, Kind::Update, new, &c.unchanged_toast)?;
+            }
+            (Op::Delete, Some(old), _) => {
+                put(&mut sorter, Kind::Delete, old, &[])?;
+            }
+            (Op::Truncate, _, _) => truncated_at = Some((lsn, seq)),
+            _ => {}
+        }
+        Ok(false)
+    };
     'segments: for (key, _) in &plan.segments {
+        let covered =
+            layout::parse_segment_key(key).and_then(|(n, _, _)| by_table.get(&(n, layout::segment_fence(key))));
+        if let Some(frames) = covered {
+            // A segment wholly at or before the point: only its frames with
+            // the table's changes are read, then its last commit marker (as
+            // its header records it) is the cut so far.
+            let (header, offsets) = crate::index::segment_header(store, key).await?;
+            let before = header
+                .last_commit
+                .is_some_and(|c| header.last_lsn <= c.commit_lsn && !past_point(c.commit_lsn, c.commit_time))
+                && header.last_commit_time.is_none_or(|t| !past_point(Lsn(0), t));
+            if before {
+                for (a, b) in runs(frames) {
+                    let (Some(&(off, _)), Some(&(last_off, last_len))) =
+                        (offsets.get(a as usize), offsets.get(b as usize))
+                    else {
+                        return Err(Error::Corrupt {
+                            key: key.clone(),
+                            why: format!("the index names frame {b}, which its header does not have"),
+                        });
+                    };
+                    let z = store.get_range(key, off..last_off + last_len).await?;
+                    read += z.len() as u64;
+                    progress(read);
+                    for f in a..=b {
+                        let (o, l) = offsets[f as usize];
+                        let mut r = SegmentReader::frame(key, &z[(o - off) as usize..(o - off + l) as usize])?;
+                        while let Some(rec) = r.next_record(schemas)? {
+                            if fold(rec)? {
+                                break 'segments;
+                            }
+                        }
+                    }
+                }
+                if let Some(c) = header.last_commit {
+                    let marker = crate::segment::CommitRecord {
+                        commit_lsn: c.commit_lsn,
+                        end_lsn: c.end_lsn,
+                        xid: 0,
+                        commit_time: c.commit_time,
+                        records: 0,
+                    };
+                    if fold(Record::Commit(marker))? {
+                        break 'segments;
+                    }
+                }
+                continue;
+            }
+        }
         let bytes = store.get(key).await?;
         read += bytes.len() as u64;
         progress(read);
         let mut r = SegmentReader::open(key, &bytes)?;
         while let Some(rec) = r.next_record(schemas)? {
-            let (lsn, time) = match &rec {
-                Record::Commit(c) => (c.commit_lsn, c.commit_time),
-                other => match other.identity() {
-                    Some((id, time)) => (id.0, time),
-                    None => continue,
-                },
-            };
-            if lsn < start {
-                continue;
-            }
-            if !dedup.complete(lsn) {
-                break 'segments; // the incomplete tail
-            }
-            let past = match plan.point {
-                Bound::Lsn(p) => lsn > p,
-                Bound::Time(t) => time > t,
-            };
-            if past {
+            if fold(rec)? {
                 break 'segments;
-            }
-            if let Record::Commit(c) = &rec {
-                cut = Some((c.commit_lsn, c.commit_time));
-                continue;
-            }
-            if let Some((id, _)) = rec.identity() {
-                if dedup.admit(id) != crate::log::Admit::Keep {
-                    continue; // written twice (a restart); already seen
-                }
-            }
-            let Record::Change(c) = rec else { continue };
-            let from = c.schema_version;
-            let mut c = c.change;
-            if &*c.table != table {
-                continue;
-            }
-            let p = shaper.from(from)?;
-            if !p.is_identity() {
-                c.new = c.new.as_ref().map(|r| p.apply(r));
-                c.old = c.old.as_ref().map(|r| p.apply(r));
-                c.unchanged_toast = c.unchanged_toast.iter().filter_map(|t| p.rename(t)).collect();
-            }
-            changes += 1;
-            let (lsn, seq) = (c.commit_lsn.as_u64(), c.seq);
-            let mut put = |sorter: &mut Sorter, kind: Kind, row: &Row, toast: &[Arc<str>]| -> Result<bool, Error> {
-                let k = ident.encode(row);
-                if !keep(&k) {
-                    return Ok(false);
-                }
-                buf.clear();
-                serde_json::to_writer(&mut buf, row).map_err(|e| Error::Protocol(e.to_string()))?;
-                toast_buf.clear();
-                if !toast.is_empty() {
-                    serde_json::to_writer(&mut toast_buf, toast).map_err(|e| Error::Protocol(e.to_string()))?;
-                }
-                sorter.push(&k, lsn, seq, kind, &toast_buf, &buf)?;
-                Ok(true)
-            };
-            match (c.op, &c.old, &c.new) {
-                (Op::Insert, _, Some(new)) => {
-                    put(&mut sorter, Kind::Insert, new, &c.unchanged_toast)?;
-                }
-                (Op::Update, Some(old), Some(new)) if ident.encode(old) != ident.encode(new) => {
-                    // The key changed (or, without a primary key, the row):
-                    // the old one goes, the new one comes. Large values the
-                    // update left unchanged come from the old row: sent
-                    // with it (REPLICA IDENTITY FULL), or else the row as
-                    // it was under the old key (the delete record names
-                    // them, and `Rows` finds them there).
-                    let mut whole = new.clone();
-                    let mut missing = Vec::new();
-                    for t in &c.unchanged_toast {
-                        match old.0.iter().find(|(n, _)| n == t) {
-                            Some(v) => whole.0.push(v.clone()),
-                            None => missing.push(t.clone()),
-                        }
-                    }
-                    let left = put(&mut sorter, Kind::Delete, old, &missing)?;
-                    if put(&mut sorter, Kind::Insert, &whole, &missing)? && !missing.is_empty() {
-                        moves += 1;
-                        if !left {
-                            outside.insert(ident.encode(old));
-                        }
-                    }
-                }
-                (Op::Update, _, Some(new)) => {
-                    put(&mut sorter, Kind::Update, new, &c.unchanged_toast)?;
-                }
-                (Op::Delete, Some(old), _) => {
-                    put(&mut sorter, Kind::Delete, old, &[])?;
-                }
-                (Op::Truncate, _, _) => truncated_at = Some((lsn, seq)),
-                _ => {}
             }
         }
     }

@@ -27,6 +27,10 @@ pub struct SegmentBuilder {
     /// Index entries: a change's `(key hash, frame)`, a message's `(commit LSN, frame)`.
     key_entries: Vec<(u64, u32)>,
     message_entries: Vec<(u64, u32)>,
+    /// Index entries: `(table hash, frame)` of each table a frame has changes of.
+    table_entries: Vec<(u64, u32)>,
+    /// The tables the current frame has changes of.
+    frame_tables: Vec<u64>,
     line: Vec<u8>,
     uncompressed: usize,
     lines: u64,
@@ -70,6 +74,9 @@ pub struct SealedSegment {
     pub key_entries: Vec<(u64, u32)>,
     /// Index entries: each `waly` message's `(commit LSN, frame)`.
     pub message_entries: Vec<(u64, u32)>,
+    /// Index entries: `(table hash, frame)` of each table a frame has changes
+    /// of (see [`crate::index::table_hash`]).
+    pub table_entries: Vec<(u64, u32)>,
     /// Where the records start: the length of the header frame.
     pub body_offset: u64,
 }
@@ -84,6 +91,8 @@ impl SegmentBuilder {
             frames: Vec::new(),
             key_entries: Vec::new(),
             message_entries: Vec::new(),
+            table_entries: Vec::new(),
+            frame_tables: Vec::new(),
             line: Vec::with_capacity(1024),
             uncompressed: 0,
             lines: 0,
@@ -136,6 +145,11 @@ impl SegmentBuilder {
         self.run = Some(run);
         self.records += 1;
         self.note(change.commit_lsn, Some(change.commit_time));
+        let h = crate::index::table_hash(&change.table);
+        if !self.frame_tables.contains(&h) {
+            self.frame_tables.push(h);
+            self.table_entries.push((h, self.frame_index()));
+        }
         Ok(())
     }
 
@@ -221,6 +235,7 @@ impl SegmentBuilder {
         self.frames.push((self.body.len() as u64, compressed.len() as u64));
         self.body.extend_from_slice(&compressed);
         self.frame.clear();
+        self.frame_tables.clear();
         Ok(())
     }
 
@@ -329,6 +344,7 @@ impl SegmentBuilder {
             sha256,
             key_entries: self.key_entries,
             message_entries: self.message_entries,
+            table_entries: self.table_entries,
             body_offset,
         })
     }

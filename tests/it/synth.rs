@@ -153,3 +153,88 @@ fn a_synthetic_archive_is_clean_and_every_reader_agrees_on_it() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&again);
 }
+
+/// Restores `table` of `dir` as of now to a CSV file: the file's text and
+/// what the restore printed on stderr (with the bytes it read).
+fn restore_csv(dir: &str, table: &str) -> (String, String) {
+    let out_file = format!("{dir}.csv");
+    let _ = std::fs::remove_file(&out_file);
+    let out = run_within(
+        waly().env("WALY_READ_STATS", "1").args([
+            "restore",
+            "--archive",
+            dir,
+            table,
+            "--at",
+            "now",
+            "--output",
+            &out_file,
+        ]),
+        120,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "restore: {err}");
+    let csv = std::fs::read_to_string(&out_file).expect("the restored file");
+    let _ = std::fs::remove_file(&out_file);
+    (csv, err)
+}
+
+fn bytes_read(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("reads: ")?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no read statistics in {stderr}"))
+}
+
+#[test]
+fn restoring_a_rarely_changed_table_reads_only_the_frames_that_hold_it() {
+    let dir = std::env::temp_dir().join("waly-synth-rare").display().to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = run_within(
+        waly().args([
+            "synth",
+            "--archive",
+            &dir,
+            "--events",
+            "700000",
+            "--weights",
+            "100000,1",
+            "--rows",
+            "300",
+            "--segment-size",
+            "4MiB",
+            "--seed",
+            "3",
+        ]),
+        120,
+    );
+    assert!(out.status.success(), "synth: {}", String::from_utf8_lossy(&out.stderr));
+    let (indexed, err) = restore_csv(&dir, "public.t1");
+    let with_index = bytes_read(&err);
+    // Without the index, every segment is read whole: the same rows.
+    let index = std::path::Path::new(&dir).join("index");
+    let aside = std::path::Path::new(&dir).join("index-aside");
+    std::fs::rename(&index, &aside).expect("move the index aside");
+    let (scanned, err) = restore_csv(&dir, "public.t1");
+    let without = bytes_read(&err);
+    assert_eq!(indexed, scanned, "the index changed the restored rows");
+    assert!(
+        with_index * 4 < without,
+        "the index should spare most of the reading: {with_index} bytes with it, {without} without"
+    );
+    // A damaged index object: a warning, and still the same rows.
+    std::fs::rename(&aside, &index).expect("put the index back");
+    let segs = index.join("00000001/segments");
+    let victim = std::fs::read_dir(&segs)
+        .expect("index objects")
+        .next()
+        .expect("one")
+        .expect("entry")
+        .path();
+    let bytes = std::fs::read(&victim).expect("read");
+    std::fs::write(&victim, &bytes[..bytes.len() / 2]).expect("truncate");
+    let (damaged, err) = restore_csv(&dir, "public.t1");
+    assert_eq!(damaged, scanned, "a damaged index changed the restored rows");
+    assert!(err.contains("index object is damaged"), "no warning: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
