@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Scale benchmark: what reads cost as the archive grows, on synthetic
 # archives (`waly synth`, no PostgreSQL) of each size given, with the same
-# table mix: public.t0 (1M rows) takes 1000 parts of the changes, t1 (100k)
-# 100, t2 (10k) 10 and t3 (1k rows) 1, so t3 is a small table that changes
-# rarely while t0 dominates. Per size it reports:
+# table mix: public.t0 (1M rows) takes 1,000,000 parts of the changes, t1
+# (100k rows) 100,000, t2 (10k rows) 10,000 and t3 (1k rows) 1: t3 is a
+# small table that changes rarely (about one change per 1.1M, so 9 at 10^7
+# and 90 at 10^8) while t0 dominates. Per size it reports:
 #   - one row's history (random ids of t0, skewed to low ids as the changes
 #     are): objects and bytes read per lookup (medians), and the p99 time;
 #   - `waly tables`: objects read and wall time;
@@ -11,8 +12,9 @@
 #
 #   bench/scale.sh [SIZES] [LOOKUPS]   (default "10000000 100000000", 25)
 #
-# Disk: about 9 bytes of segments per event plus the index (about 1 GB and
-# 2.5 GB at 10^8); writing 10^8 events takes about 10 minutes here.
+# Disk: about 10 bytes of segments per event plus the index (about 1 GB and
+# 0.3 GB at 10^8); writing 10^8 events takes about 9 minutes here. Archives
+# are kept in .tmp/bench-scale and reused while the mix is the same.
 # WALY_READ_STATS=1 makes waly print what a command read (requests, objects, bytes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,11 +30,12 @@ now() { date +%s.%N; }
 read_field() { sed -n "s/^reads: \([0-9]*\) bytes in \([0-9]*\) GET requests to \([0-9]*\) objects, \([0-9]*\) listings.*/\\$1/p" "$2"; }
 LINES=()
 for N in $SIZES; do
-    ARCHIVE=$DIR/archive-$N
+    MIX="--weights 1000000,100000,10000,1 --rows 1000000,100000,10000,1000 --skew 1 --row-bytes 64 --txn-changes 10"
+    ARCHIVE=$DIR/archive-$N-$(echo "$MIX" | cksum | cut -d" " -f1)
     if [ ! -f "$ARCHIVE/.complete" ]; then
         rm -rf "$ARCHIVE"
-        "$WALY" synth --archive "$ARCHIVE" --events "$N" --weights 1000,100,10,1 \
-            --rows 1000000,100000,10000,1000 --skew 1 --row-bytes 64 --txn-changes 10 --log warn
+        # shellcheck disable=SC2086
+        "$WALY" synth --archive "$ARCHIVE" --events "$N" $MIX --log warn
         touch "$ARCHIVE/.complete"
     fi
     ARCHIVE_BYTES=$(find "$ARCHIVE/generations" "$ARCHIVE/waly.json" -type f -printf '%s\n' | awk '{s += $1} END {print s}')

@@ -521,6 +521,19 @@ pub async fn segment_header(
     }
 }
 
+/// Runs of consecutive frame numbers (sorted), as `(first, last)`: the
+/// frames one range request reads.
+pub fn frame_runs(frames: &[u32]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &f in frames {
+        match out.last_mut() {
+            Some((_, last)) if *last + 1 == f => *last = f,
+            _ => out.push((f, f)),
+        }
+    }
+    out
+}
+
 /// Where a table's changes are, by the index: for each segment of `gen`
 /// in `numbers` (first..=last) that a table-aware index object covers,
 /// keyed by `(number, fencing token)`, the frames with changes of `table`

@@ -7,7 +7,8 @@
 //! archived, so the generation's trailing, incomplete transaction is held
 //! back.
 
-use crate::archive::ahead::Ahead;
+use crate::archive::ahead::{Ahead, Wanted};
+use crate::archive::layout;
 use crate::archive::state::{self, Manifest};
 use crate::archive::Store;
 use crate::event::Row;
@@ -206,12 +207,21 @@ pub async fn walk(
             }
         }
         let mut dedup = Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
-        let keys = state::segments(store, &gen)
-            .await?
+        let segments = state::segments(store, &gen).await?;
+        // One table's log reads, of each segment the index covers, only the
+        // frames with that table's changes.
+        let frames = match (&opts.table, segments.first(), segments.last()) {
+            (Some(t), Some(first), Some(last)) => crate::index::table_frames(store, &gen, t, first.1..=last.1).await,
+            _ => Default::default(),
+        };
+        let wanted = segments
             .into_iter()
-            .map(|(k, _, _)| k)
+            .map(|(key, number, _)| Wanted {
+                frames: frames.get(&(number, layout::segment_fence(&key))).cloned(),
+                key,
+            })
             .collect();
-        let mut ahead = Ahead::start(store, keys, st.schemas.clone())?;
+        let mut ahead = Ahead::start(store, wanted, st.schemas.clone())?;
         while let Some(batch) = ahead.next().await? {
             for mut rec in batch {
                 let Some((id, t)) = rec.identity() else { continue };

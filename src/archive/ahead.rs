@@ -17,6 +17,22 @@ const IN_FLIGHT: usize = 4;
 /// Segments fetched and waiting for the decoder.
 const FETCHED: usize = 2;
 
+/// A segment to read: whole, or (where the index says which frames hold
+/// what the reader wants) only those frames.
+#[derive(Debug, Clone)]
+pub struct Wanted {
+    /// The segment's key.
+    pub key: String,
+    /// The frames to read (numbers in the segment's header), or `None`: all.
+    pub frames: Option<Vec<u32>>,
+}
+
+/// A segment's bytes: the whole object, or the frames wanted.
+enum Fetched {
+    Whole(String, Bytes),
+    Frames(String, Vec<Bytes>),
+}
+
 /// What the decoder hands over: records, or the explicit end (so a decoder
 /// that stopped without one is an error, never a silently shorter history).
 type Batch = Result<Option<Vec<Record>>, Error>;
@@ -29,15 +45,15 @@ pub struct Ahead {
 }
 
 impl Ahead {
-    /// Starts reading `keys` (one generation's segments, in order), whose
+    /// Starts reading `segments` (of one generation, in order), whose
     /// records are written in `schemas`. Must be called on the runtime.
-    pub fn start(store: &Store, keys: Vec<String>, schemas: Schemas) -> Result<Ahead, Error> {
-        let (fetched_tx, mut fetched_rx) = channel::<Result<(String, Bytes), Error>>(FETCHED);
+    pub fn start(store: &Store, segments: Vec<Wanted>, schemas: Schemas) -> Result<Ahead, Error> {
+        let (fetched_tx, mut fetched_rx) = channel::<Result<Fetched, Error>>(FETCHED);
         let (tx, rx) = channel::<Batch>(IN_FLIGHT);
         let store = store.clone();
         tokio::spawn(async move {
-            for key in keys {
-                let got = store.get(&key).await.map(|b| (key, b));
+            for s in segments {
+                let got = fetch(&store, s).await;
                 let failed = got.is_err();
                 if fetched_tx.send(got).await.is_err() || failed {
                     return;
@@ -46,7 +62,7 @@ impl Ahead {
         });
         std::thread::Builder::new().name("waly-decode".into()).spawn(move || {
             while let Some(got) = fetched_rx.blocking_recv() {
-                match got.and_then(|(key, bytes)| decode(&key, &bytes, &schemas, &tx)) {
+                match got.and_then(|f| decode(f, &schemas, &tx)) {
                     Ok(true) => {}
                     Ok(false) => return, // the reader is gone
                     Err(e) => {
@@ -78,18 +94,60 @@ impl Ahead {
     }
 }
 
+/// Fetches a segment: whole, or its header then its wanted frames
+/// (adjacent ones in one range request).
+async fn fetch(store: &Store, s: Wanted) -> Result<Fetched, Error> {
+    let Some(frames) = s.frames else {
+        return Ok(Fetched::Whole(s.key.clone(), store.get(&s.key).await?));
+    };
+    if frames.is_empty() {
+        return Ok(Fetched::Frames(s.key, Vec::new()));
+    }
+    let (_, offsets) = crate::index::segment_header(store, &s.key).await?;
+    let mut out = Vec::with_capacity(frames.len());
+    for (a, b) in crate::index::frame_runs(&frames) {
+        let (Some(&(off, _)), Some(&(last_off, last_len))) = (offsets.get(a as usize), offsets.get(b as usize)) else {
+            return Err(Error::Corrupt {
+                key: s.key.clone(),
+                why: format!("the index names frame {b}, which its header does not have"),
+            });
+        };
+        let z = store.get_range(&s.key, off..last_off + last_len).await?;
+        for &(o, l) in &offsets[a as usize..=b as usize] {
+            out.push(z.slice((o - off) as usize..(o - off + l) as usize));
+        }
+    }
+    Ok(Fetched::Frames(s.key, out))
+}
+
 /// Decodes one segment into batches sent on `tx`; false when the reader is gone.
-fn decode(key: &str, bytes: &[u8], schemas: &Schemas, tx: &Sender<Batch>) -> Result<bool, Error> {
-    let mut r = SegmentReader::open(key, bytes)?;
+fn decode(f: Fetched, schemas: &Schemas, tx: &Sender<Batch>) -> Result<bool, Error> {
     let mut batch = Vec::with_capacity(BATCH);
-    while let Some(rec) = r.next_record(schemas)? {
-        batch.push(rec);
-        if batch.len() == BATCH
-            && tx
-                .blocking_send(Ok(Some(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))))
-                .is_err()
-        {
-            return Ok(false);
+    let pass = |r: &mut SegmentReader<'_>, batch: &mut Vec<Record>| -> Result<bool, Error> {
+        while let Some(rec) = r.next_record(schemas)? {
+            batch.push(rec);
+            if batch.len() == BATCH
+                && tx
+                    .blocking_send(Ok(Some(std::mem::replace(batch, Vec::with_capacity(BATCH)))))
+                    .is_err()
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    match f {
+        Fetched::Whole(key, bytes) => {
+            if !pass(&mut SegmentReader::open(&key, &bytes)?, &mut batch)? {
+                return Ok(false);
+            }
+        }
+        Fetched::Frames(key, frames) => {
+            for z in &frames {
+                if !pass(&mut SegmentReader::frame(&key, z)?, &mut batch)? {
+                    return Ok(false);
+                }
+            }
         }
     }
     Ok(batch.is_empty() || tx.blocking_send(Ok(Some(batch))).is_ok())

@@ -536,18 +536,6 @@ struct Collected {
 
 /// [`collect_inner`], boxed: a restore across a primary-key change first
 /// restores the point before it.
-/// Runs of consecutive frame numbers, as `(first, last)`.
-fn runs(frames: &[u32]) -> Vec<(u32, u32)> {
-    let mut out: Vec<(u32, u32)> = Vec::new();
-    for &f in frames {
-        match out.last_mut() {
-            Some((_, last)) if *last + 1 == f => *last = f,
-            _ => out.push((f, f)),
-        }
-    }
-    out
-}
-
 fn collect<'a>(
     store: &'a Store,
     plan: &'a Plan,
@@ -779,7 +767,7 @@ async fn collect_inner(
                 .is_some_and(|c| header.last_lsn <= c.commit_lsn && !past_point(c.commit_lsn, c.commit_time))
                 && header.last_commit_time.is_none_or(|t| !past_point(Lsn(0), t));
             if before {
-                for (a, b) in runs(frames) {
+                for (a, b) in crate::index::frame_runs(frames) {
                     let (Some(&(off, _)), Some(&(last_off, last_len))) =
                         (offsets.get(a as usize), offsets.get(b as usize))
                     else {

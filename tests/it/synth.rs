@@ -179,6 +179,19 @@ fn restore_csv(dir: &str, table: &str) -> (String, String) {
     (csv, err)
 }
 
+/// `waly log --table` of `dir` as JSON lines, and the bytes it read.
+fn table_log(dir: &str, table: &str) -> (String, u64) {
+    let out = run_within(
+        waly()
+            .env("WALY_READ_STATS", "1")
+            .args(["log", "--archive", dir, "--table", table, "--json"]),
+        120,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "log: {err}");
+    (String::from_utf8(out.stdout).expect("utf-8"), bytes_read(&err))
+}
+
 fn bytes_read(stderr: &str) -> u64 {
     stderr
         .lines()
@@ -187,7 +200,7 @@ fn bytes_read(stderr: &str) -> u64 {
 }
 
 #[test]
-fn restoring_a_rarely_changed_table_reads_only_the_frames_that_hold_it() {
+fn a_rarely_changed_tables_restore_and_log_read_only_the_frames_that_hold_it() {
     let dir = std::env::temp_dir().join("waly-synth-rare").display().to_string();
     let _ = std::fs::remove_dir_all(&dir);
     let out = run_within(
@@ -211,6 +224,7 @@ fn restoring_a_rarely_changed_table_reads_only_the_frames_that_hold_it() {
     assert!(out.status.success(), "synth: {}", String::from_utf8_lossy(&out.stderr));
     let (indexed, err) = restore_csv(&dir, "public.t1");
     let with_index = bytes_read(&err);
+    let (log_indexed, log_with_index) = table_log(&dir, "public.t1");
     // Without the index, every segment is read whole: the same rows.
     let index = std::path::Path::new(&dir).join("index");
     let aside = std::path::Path::new(&dir).join("index-aside");
@@ -218,6 +232,16 @@ fn restoring_a_rarely_changed_table_reads_only_the_frames_that_hold_it() {
     let (scanned, err) = restore_csv(&dir, "public.t1");
     let without = bytes_read(&err);
     assert_eq!(indexed, scanned, "the index changed the restored rows");
+    let (log_scanned, log_without) = table_log(&dir, "public.t1");
+    assert!(
+        log_scanned.lines().count() > 2,
+        "the rare table has changes: {log_scanned}"
+    );
+    assert_eq!(log_indexed, log_scanned, "the index changed the table's log");
+    assert!(
+        log_with_index * 4 < log_without,
+        "log --table: {log_with_index} bytes with the index, {log_without} without"
+    );
     assert!(
         with_index * 4 < without,
         "the index should spare most of the reading: {with_index} bytes with it, {without} without"
@@ -235,6 +259,11 @@ fn restoring_a_rarely_changed_table_reads_only_the_frames_that_hold_it() {
     std::fs::write(&victim, &bytes[..bytes.len() / 2]).expect("truncate");
     let (damaged, err) = restore_csv(&dir, "public.t1");
     assert_eq!(damaged, scanned, "a damaged index changed the restored rows");
+    assert_eq!(
+        table_log(&dir, "public.t1").0,
+        log_scanned,
+        "a damaged index changed the table's log"
+    );
     assert!(err.contains("index object is damaged"), "no warning: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
