@@ -469,11 +469,28 @@ async fn indexes(store: &Store, gen: &str, objects: &[state::SegmentObject], rep
                             o.number, o.fence
                         ),
                     );
+                } else if let Some(why) = index_blocks_fault(store, &idx).await {
+                    report.add(&key, Kind::StaleIndex, format!("{why}; `waly reindex` rebuilds it"));
                 }
             }
         }
     }
     Ok(())
+}
+
+/// What is wrong with an index object's blocks, if anything: each section
+/// (row keys, messages, tables) must decode, and every entry must name an
+/// object the footer lists.
+async fn index_blocks_fault(store: &Store, idx: &crate::index::Index) -> Option<String> {
+    let (keys, messages, tables) = match idx.entries(store).await {
+        Ok(e) => e,
+        Err(e) => return Some(format!("its blocks do not decode ({e})")),
+    };
+    let objects = idx.footer.objects.len() as u32;
+    let all = keys.iter().chain(&messages).chain(tables.iter().flatten());
+    all.map(|(_, o, _)| *o)
+        .find(|o| *o >= objects)
+        .map(|o| format!("an entry names object {o}, but the footer lists {objects}"))
 }
 
 /// Whether the source has WAL past what the archive holds, and so changes

@@ -144,6 +144,25 @@ fn a_synthetic_archive_is_clean_and_every_reader_agrees_on_it() {
         assert_eq!(history.len(), 1 + n, "{table} {id}: history");
     }
 
+    // `verify` reads the index objects' blocks: a damaged block (its
+    // footer intact) is named, as harmless derived data.
+    let merged = std::path::Path::new(&dir).join("index/00000001/segments/0000000000-0000000015.idx");
+    let mut bytes = std::fs::read(&merged).expect("the first merged index object");
+    for b in bytes.iter_mut().skip(4).take(16) {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&merged, &bytes).expect("damage it");
+    let verified = run_within(waly().args(["verify", "--archive", &dir]), 120);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(
+        said.contains("0000000000-0000000015.idx") && said.contains("do not decode"),
+        "verify did not name the damaged index object: {said}"
+    );
+
     // The same seed writes the same segments; another seed other ones.
     let again = std::env::temp_dir().join("waly-synth-b").display().to_string();
     synth(&again, "7");
