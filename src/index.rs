@@ -523,7 +523,7 @@ pub async fn segment_header(
 
 /// Runs of consecutive frame numbers (sorted), as `(first, last)`: the
 /// frames one range request reads.
-pub fn frame_runs(frames: &[u32]) -> Vec<(u32, u32)> {
+fn frame_runs(frames: &[u32]) -> Vec<(u32, u32)> {
     let mut out: Vec<(u32, u32)> = Vec::new();
     for &f in frames {
         match out.last_mut() {
@@ -532,6 +532,31 @@ pub fn frame_runs(frames: &[u32]) -> Vec<(u32, u32)> {
         }
     }
     out
+}
+
+/// Reads frames `frames` (sorted numbers) of segment `key`, whose frames lie
+/// at `offsets` (from [`segment_header`]): adjacent ones in one range
+/// request. Each frame's bytes, in order.
+pub async fn read_frames(
+    store: &Store,
+    key: &str,
+    offsets: &[(u64, u64)],
+    frames: &[u32],
+) -> Result<Vec<Bytes>, Error> {
+    let mut out = Vec::with_capacity(frames.len());
+    for (a, b) in frame_runs(frames) {
+        let (Some(&(off, _)), Some(&(last_off, last_len))) = (offsets.get(a as usize), offsets.get(b as usize)) else {
+            return Err(Error::Corrupt {
+                key: key.to_string(),
+                why: format!("the index names frame {b}, which its header does not have"),
+            });
+        };
+        let z = store.get_range(key, off..last_off + last_len).await?;
+        for &(o, l) in &offsets[a as usize..=b as usize] {
+            out.push(z.slice((o - off) as usize..(o - off + l) as usize));
+        }
+    }
+    Ok(out)
 }
 
 /// Where a table's changes are, by the index: for each segment of `gen`

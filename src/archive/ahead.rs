@@ -104,19 +104,7 @@ async fn fetch(store: &Store, s: Wanted) -> Result<Fetched, Error> {
         return Ok(Fetched::Frames(s.key, Vec::new()));
     }
     let (_, offsets) = crate::index::segment_header(store, &s.key).await?;
-    let mut out = Vec::with_capacity(frames.len());
-    for (a, b) in crate::index::frame_runs(&frames) {
-        let (Some(&(off, _)), Some(&(last_off, last_len))) = (offsets.get(a as usize), offsets.get(b as usize)) else {
-            return Err(Error::Corrupt {
-                key: s.key.clone(),
-                why: format!("the index names frame {b}, which its header does not have"),
-            });
-        };
-        let z = store.get_range(&s.key, off..last_off + last_len).await?;
-        for &(o, l) in &offsets[a as usize..=b as usize] {
-            out.push(z.slice((o - off) as usize..(o - off + l) as usize));
-        }
-    }
+    let out = crate::index::read_frames(store, &s.key, &offsets, &frames).await?;
     Ok(Fetched::Frames(s.key, out))
 }
 

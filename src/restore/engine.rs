@@ -762,30 +762,20 @@ async fn collect_inner(
             // the table's changes are read, then its last commit marker (as
             // its header records it) is the cut so far.
             let (header, offsets) = crate::index::segment_header(store, key).await?;
-            let before = header
-                .last_commit
-                .is_some_and(|c| header.last_lsn <= c.commit_lsn && !past_point(c.commit_lsn, c.commit_time))
-                && header.last_commit_time.is_none_or(|t| !past_point(Lsn(0), t));
+            // Its last record is its last commit, at or before the point
+            // (by LSN, and by the last commit time it records).
+            let before = header.last_commit.is_some_and(|c| {
+                let time = header.last_commit_time.map_or(c.commit_time, |t| t.max(c.commit_time));
+                header.last_lsn <= c.commit_lsn && !past_point(c.commit_lsn, time)
+            });
             if before {
-                for (a, b) in crate::index::frame_runs(frames) {
-                    let (Some(&(off, _)), Some(&(last_off, last_len))) =
-                        (offsets.get(a as usize), offsets.get(b as usize))
-                    else {
-                        return Err(Error::Corrupt {
-                            key: key.clone(),
-                            why: format!("the index names frame {b}, which its header does not have"),
-                        });
-                    };
-                    let z = store.get_range(key, off..last_off + last_len).await?;
+                for z in crate::index::read_frames(store, key, &offsets, frames).await? {
                     read += z.len() as u64;
                     progress(read);
-                    for f in a..=b {
-                        let (o, l) = offsets[f as usize];
-                        let mut r = SegmentReader::frame(key, &z[(o - off) as usize..(o - off + l) as usize])?;
-                        while let Some(rec) = r.next_record(schemas)? {
-                            if fold(rec)? {
-                                break 'segments;
-                            }
+                    let mut r = SegmentReader::frame(key, &z)?;
+                    while let Some(rec) = r.next_record(schemas)? {
+                        if fold(rec)? {
+                            break 'segments;
                         }
                     }
                 }
