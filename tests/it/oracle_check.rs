@@ -601,6 +601,26 @@ fn check_log(seed: u64, db: &TestDb, archive: &str, out: &mut Outcome) {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    // One table's log (which reads only the frames the index lists for
+    // it) is the whole log's lines of that table.
+    let whole = stdout(&o);
+    for t in TABLES {
+        let table = format!("public.{t}");
+        let want: Vec<&str> = whole
+            .lines()
+            .filter(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["table"] == table.as_str()))
+            .collect();
+        let one = waly_out(&["log", "--archive", archive, "--table", &table, "--json"]);
+        let got = stdout(&one);
+        out.check(got.lines().eq(want.iter().copied()), || {
+            format!(
+                "seed {seed}: log --table {table} ({} lines) is not the whole log's {} lines of it: {}",
+                got.lines().count(),
+                want.len(),
+                stderr(&one)
+            )
+        });
+    }
     let mut seen = std::collections::HashSet::new();
     let mut last = String::new();
     let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
