@@ -20,6 +20,8 @@ build_10m_archive() {
     psql -XAtq -d bench -c "DO \$\$ BEGIN
          WHILE NOT coalesce((SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'waly'), false)
          LOOP PERFORM pg_sleep(0.2); END LOOP; END \$\$"
+    # Its peak resident set (merges of the index included) while it built the archive.
+    echo "waly run peak RSS while building the archive: $(sed -n 's/^VmHWM:[[:space:]]*//p' "/proc/$pid/status")"
     kill -TERM "$pid"
     wait "$pid"
 }

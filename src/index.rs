@@ -732,13 +732,15 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
             }
             stats.snapshots += 1;
         }
-        // Segments, a run at a time.
+        // Segments, a run at a time; the catalog as they go.
         let segments = crate::archive::state::segments(store, &gen).await?;
+        let mut catalog = crate::catalog::Catalog::new(&gen);
         for run in segments.chunks(MERGE_SEGMENTS as usize) {
             let mut b = Builder::default();
             for (key, number, _) in run {
                 let bytes = store.get(key).await?;
-                let (_, frames) = SegmentReader::locate_frames(key, &bytes)?;
+                let (header, frames) = SegmentReader::locate_frames(key, &bytes)?;
+                let mut summary = crate::catalog::Summary::default();
                 let mut keys = Vec::new();
                 let mut messages = Vec::new();
                 let mut tables = Vec::new();
@@ -749,6 +751,8 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                     let mut r = SegmentReader::frame(key, z)?;
                     while let Some(rec) = r.next_record(&st.schemas)? {
                         if let Record::Change(c) = &rec {
+                            let ch = &c.change;
+                            summary.note(&ch.table, ch.commit_lsn, ch.seq, ch.commit_time);
                             let t = (table_hash(&c.change.table), f as u32);
                             if !tables.contains(&t) {
                                 tables.push(t);
@@ -784,6 +788,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                     &messages,
                     &tables,
                 );
+                catalog.absorb(key, header.last_commit.map(|c| c.commit_lsn), &summary);
                 stats.segments += 1;
             }
             let (first, last) = (run[0].1, run[run.len() - 1].1);
@@ -792,6 +797,11 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                 .await?;
             stats.objects += 1;
         }
+        crate::catalog::refresh_objects(store, &gen, &mut catalog).await?;
+        store
+            .put(&crate::catalog::key(&gen), crate::archive::state::to_json(&catalog))
+            .await?;
+        stats.objects += 1;
     }
     Ok(stats)
 }

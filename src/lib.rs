@@ -30,6 +30,7 @@
 //! - [`lsn`]: WAL positions as a type; [`error`]: the one error type.
 
 pub mod archive;
+pub mod catalog;
 pub mod cli;
 pub mod compact;
 pub mod error;

@@ -318,6 +318,8 @@ struct Writer<'a> {
     pending_events: u64,
     pending_txns: u64,
     gen: GenState,
+    /// The generation's catalog, folded forward segment by segment.
+    catalog: crate::catalog::Keeper,
     builder: SegmentBuilder,
     stop: watch::Receiver<bool>,
     last_flush: Instant,
@@ -547,6 +549,10 @@ impl Writer<'_> {
             "segment archived"
         );
         crate::index::write_segment_index(self.store, &self.gen.id, number, self.fence, &sealed).await;
+        let last_commit = sealed.header.last_commit.map(|c| c.commit_lsn);
+        self.catalog
+            .stored(self.store, &self.gen.id, &key, last_commit, &sealed.summary)
+            .await;
         self.gen.tail.next_number = number + 1;
         self.gen.tail.prev_sha256 = Some(sealed.sha256.clone());
         if let Some(c) = sealed.header.last_commit {
@@ -801,8 +807,10 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         stream.confirm(resume);
     }
     tracing::info!(generation = gen.id, slot = opts.slot, archive = store.url(), resume = %resume, fence = lease.token, "streaming");
+    let catalog = crate::catalog::Keeper::start(store, &gen.id).await;
     let mut w = Writer {
         store,
+        catalog,
         publication: opts.publication.clone(),
         fence: lease.token,
         metrics,

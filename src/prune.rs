@@ -260,6 +260,13 @@ pub async fn execute(store: &Store, plan: &Plan) -> Result<(), Error> {
     for (key, _) in &plan.objects {
         store.delete(key).await?;
     }
+    // The catalog of a generation that lost its first segments no longer
+    // fits its chain: build it again from what is left.
+    for m in &plan.marks {
+        if let Some((cat, _)) = crate::catalog::current(store, &m.generation, None).await? {
+            crate::catalog::save(store, &cat).await;
+        }
+    }
     Ok(())
 }
 

@@ -254,6 +254,7 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
     let mut draw = Draw(opts.seed);
     let mut builder = SegmentBuilder::new()?;
     let mut tail = state::Tail::default();
+    let mut catalog = crate::catalog::Keeper::start(store, &gen).await;
     let mut xid = 1000u32;
     let mut time = opts.start;
     while stats.changes < opts.events {
@@ -332,6 +333,8 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
             let key = layout::segment_key(&gen, number, sealed.header.first_lsn, sealed.header.last_lsn, 0);
             store.put_once(&key, sealed.bytes.clone()).await?;
             crate::index::write_segment_index(store, &gen, number, 0, &sealed).await;
+            let last_commit = sealed.header.last_commit.map(|c| c.commit_lsn);
+            catalog.stored(store, &gen, &key, last_commit, &sealed.summary).await;
             stats.segments += 1;
             stats.segment_bytes += sealed.bytes.len() as u64;
             tail.next_number = number + 1;

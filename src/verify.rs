@@ -127,7 +127,33 @@ pub async fn verify(store: &Store) -> Result<Report, Error> {
         };
         let st = state::load_generation_with(store, &gen, tail).await?;
         let objects = state::segment_objects_under(store, &gen, &leases).await?;
-        segments(store, &gen, &st, &objects, &leases, &mut report).await?;
+        // The stored catalog, checked by folding the segments it names as they are read.
+        let chain: Vec<(String, u64, u64)> = objects
+            .iter()
+            .filter(|s| s.is_current())
+            .map(|s| (s.key.clone(), s.number, s.size))
+            .collect();
+        let stored = crate::catalog::load(store, &gen).await;
+        let mut refold = match &stored {
+            Some(c) => match c.fits(&chain) {
+                Ok(()) => Some((crate::catalog::Catalog::new(&gen), c.segments())),
+                Err(why) => {
+                    let detail = format!("the catalog does not fit the segments: {why}; `waly tables` reads the segments until `waly reindex`");
+                    report.add(crate::catalog::key(&gen), Kind::StaleIndex, detail);
+                    None
+                }
+            },
+            None => None,
+        };
+        segments(store, &gen, &st, &objects, &leases, &mut report, &mut refold).await?;
+        if let (Some(c), Some((r, _))) = (&stored, &refold) {
+            if r.segments() == c.segments() {
+                if let Some(why) = c.differs_from(r) {
+                    let detail = format!("the catalog's counts are not the segments': {why}; `waly tables` shows them until `waly reindex`");
+                    report.add(crate::catalog::key(&gen), Kind::StaleIndex, detail);
+                }
+            }
+        }
         snapshots(store, &gen, &st, &mut report).await?;
         indexes(store, &gen, &objects, &mut report).await?;
     }
@@ -141,6 +167,7 @@ async fn segments(
     objects: &[state::SegmentObject],
     leases: &[crate::archive::lease::Lease],
     report: &mut Report,
+    refold: &mut Option<(crate::catalog::Catalog, u64)>,
 ) -> Result<(), Error> {
     // After `waly prune`, the chain starts later, from a recorded hash.
     let pruned = crate::prune::mark(store, gen).await?;
@@ -209,6 +236,12 @@ async fn segments(
                     continue;
                 }
             };
+            if let Some((cat, _)) = refold.as_mut().filter(|(c, upto)| c.segments() < *upto) {
+                match crate::catalog::summarize(key, &bytes, &st.schemas) {
+                    Ok((last_commit, s)) => cat.absorb(key, last_commit, &s),
+                    Err(_) => *refold = None,
+                }
+            }
             let key_lsns = layout::parse_segment_key(key).map(|(_, a, b)| (a, b));
             if header.generation != gen || header.number != *n {
                 report.add(

@@ -148,7 +148,7 @@ impl GenState {
     }
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, Error> {
+pub fn parse_json<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
         key: key.to_string(),
         why: e.to_string(),

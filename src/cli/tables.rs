@@ -15,6 +15,10 @@ pub struct TablesArgs {
     /// One JSON object per table.
     #[arg(long)]
     pub json: bool,
+    /// Read every segment rather than the catalogs `waly run` keeps (the
+    /// same answer, at the cost of a full read).
+    #[arg(long)]
+    pub scan: bool,
 }
 
 #[derive(Debug, Default)]
@@ -26,18 +30,53 @@ struct Stats {
     snapshot: Option<(String, crate::Lsn, DateTime<Utc>)>,
 }
 
-fn time(t: Option<DateTime<Utc>>) -> String {
-    t.map_or_else(
-        || "-".to_string(),
-        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-    )
+/// Each generation's catalog, brought up to date with its segments.
+async fn from_catalogs(store: &crate::archive::Store) -> anyhow::Result<BTreeMap<String, Stats>> {
+    let mut tables: BTreeMap<String, Stats> = BTreeMap::new();
+    let gens = state::generations(store).await?;
+    if gens.is_empty() && state::read_identity(store).await?.is_none() {
+        return Err(crate::Error::ArchiveMismatch(format!(
+            "{} is not a waly archive (no waly.json); check --archive",
+            store.url()
+        ))
+        .into());
+    }
+    for g in gens {
+        let Some((cat, fresh)) = crate::catalog::current(store, &g, None).await? else {
+            continue; // only with a limit
+        };
+        if fresh.rebuilt && fresh.segments_read > 0 {
+            tracing::warn!(
+                generation = g,
+                segments = fresh.segments_read,
+                "no catalog fits this generation: read its segments (`waly run` and `waly reindex` write one)"
+            );
+        }
+        for (t, n) in cat.schema_versions() {
+            tables.entry(t.to_string()).or_default().versions += n;
+        }
+        for (t, (lsn, at)) in cat.latest_snapshots() {
+            tables.entry(t.to_string()).or_default().snapshot = Some((g.clone(), lsn, at));
+        }
+        for (t, c) in &cat.tables {
+            let s = tables.entry(t.clone()).or_default();
+            s.changes += c.changes;
+            if s.first.is_none() {
+                s.first = c.first;
+            }
+            if c.last.is_some() {
+                s.last = c.last;
+            }
+        }
+    }
+    Ok(tables)
 }
 
-pub async fn run(args: &TablesArgs) -> anyhow::Result<()> {
-    let store = args.archive.open()?;
+/// The same, from every segment, as `waly log` reads them.
+async fn scan(store: &crate::archive::Store) -> anyhow::Result<BTreeMap<String, Stats>> {
     let mut tables: BTreeMap<String, Stats> = BTreeMap::new();
-    for g in state::generations(&store).await? {
-        let st = state::load_generation(&store, &g).await?;
+    for g in state::generations(store).await? {
+        let st = state::load_generation(store, &g).await?;
         for t in st.schemas.tables() {
             tables.entry(t.to_string()).or_default().versions += st.schemas.versions(t).len() as u32;
         }
@@ -47,7 +86,7 @@ pub async fn run(args: &TablesArgs) -> anyhow::Result<()> {
             }
         }
     }
-    crate::log::walk(&store, &LogOptions::default(), &mut |item| {
+    crate::log::walk(store, &LogOptions::default(), &mut |item| {
         if let Item::Change(c) = item {
             let c = &c.change;
             let s = tables.entry(c.table.to_string()).or_default();
@@ -58,6 +97,23 @@ pub async fn run(args: &TablesArgs) -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
+    Ok(tables)
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map_or_else(
+        || "-".to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
+}
+
+pub async fn run(args: &TablesArgs) -> anyhow::Result<()> {
+    let store = args.archive.open()?;
+    let tables = if args.scan {
+        scan(&store).await?
+    } else {
+        from_catalogs(&store).await?
+    };
     let mut out = std::io::BufWriter::new(std::io::stdout());
     if args.json {
         for (t, s) in &tables {

@@ -31,6 +31,7 @@ pub struct SegmentBuilder {
     table_entries: Vec<(u64, u32)>,
     /// The tables the current frame has changes of.
     frame_tables: Vec<u64>,
+    summary: crate::catalog::Summary,
     line: Vec<u8>,
     uncompressed: usize,
     lines: u64,
@@ -77,6 +78,8 @@ pub struct SealedSegment {
     /// Index entries: `(table hash, frame)` of each table a frame has changes
     /// of (see [`crate::index::table_hash`]).
     pub table_entries: Vec<(u64, u32)>,
+    /// Its changes, as the catalog counts them.
+    pub summary: crate::catalog::Summary,
     /// Where the records start: the length of the header frame.
     pub body_offset: u64,
 }
@@ -92,6 +95,7 @@ impl SegmentBuilder {
             key_entries: Vec::new(),
             message_entries: Vec::new(),
             table_entries: Vec::new(),
+            summary: Default::default(),
             frame_tables: Vec::new(),
             line: Vec::with_capacity(1024),
             uncompressed: 0,
@@ -145,6 +149,8 @@ impl SegmentBuilder {
         self.run = Some(run);
         self.records += 1;
         self.note(change.commit_lsn, Some(change.commit_time));
+        self.summary
+            .note(&change.table, change.commit_lsn, change.seq, change.commit_time);
         let h = crate::index::table_hash(&change.table);
         if !self.frame_tables.contains(&h) {
             self.frame_tables.push(h);
@@ -345,6 +351,7 @@ impl SegmentBuilder {
             key_entries: self.key_entries,
             message_entries: self.message_entries,
             table_entries: self.table_entries,
+            summary: self.summary,
             body_offset,
         })
     }

@@ -727,6 +727,20 @@ fn check_export(seed: u64, archive: &str, out: &mut Outcome) {
 
 fn check_catalog(seed: u64, archive: &str, out: &mut Outcome) {
     let o = waly_out(&["tables", "--archive", archive, "--json"]);
+    // The catalog `waly run` keeps (across its kills and restarts, compact,
+    // prune and reindex) says what a read of every segment says.
+    let scan = waly_out(&["tables", "--archive", archive, "--json", "--scan"]);
+    out.check(o.status.success() && stdout(&o) == stdout(&scan), || {
+        format!(
+            "seed {seed}: tables from the catalog:\n{}{}\nfrom the segments:\n{}",
+            stdout(&o),
+            stderr(&o),
+            stdout(&scan)
+        )
+    });
+    out.check(!stderr(&o).contains("no catalog fits"), || {
+        format!("seed {seed}: tables read the segments: {}", stderr(&o))
+    });
     let mut names: Vec<String> = stdout(&o)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

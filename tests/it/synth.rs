@@ -286,3 +286,66 @@ fn a_rarely_changed_tables_restore_and_log_read_only_the_frames_that_hold_it() {
     assert!(err.contains("index object is damaged"), "no warning: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `waly tables` with the stats of a read (`WALY_READ_STATS`): stdout, stderr.
+fn tables_with_stats(dir: &str, scan: bool) -> (String, String) {
+    let mut args = vec!["tables", "--archive", dir, "--json"];
+    if scan {
+        args.push("--scan");
+    }
+    let out = run_within(waly().env("WALY_READ_STATS", "1").args(&args), 120);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "tables: {err}");
+    (String::from_utf8_lossy(&out.stdout).to_string(), err)
+}
+
+/// Objects a command read, from its `WALY_READ_STATS` line.
+fn objects_read(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("reads: "))
+        .and_then(|l| l.split(" objects").next())
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no read stats in: {stderr}"))
+}
+
+#[test]
+fn tables_answers_from_the_catalog_as_a_scan_does_and_a_wrong_catalog_is_named() {
+    let dir = std::env::temp_dir().join("waly-synth-catalog").display().to_string();
+    synth(&dir, "11");
+    let (scanned, scan_err) = tables_with_stats(&dir, true);
+    let (listed, err) = tables_with_stats(&dir, false);
+    assert_eq!(listed, scanned, "the catalog and a scan disagree");
+    assert!(objects_read(&scan_err) > 10, "the scan reads the segments: {scan_err}");
+    assert_eq!(objects_read(&err), 1, "tables reads the catalog alone: {err}");
+
+    // Without it, tables reads the segments, says so, and answers the same.
+    let catalog = std::path::Path::new(&dir).join("index/00000001/catalog.json");
+    let kept = std::fs::read(&catalog).expect("the catalog");
+    std::fs::remove_file(&catalog).expect("remove the catalog");
+    let (listed, err) = tables_with_stats(&dir, false);
+    assert_eq!(listed, scanned);
+    assert!(err.contains("no catalog fits"), "{err}");
+
+    // A catalog whose counts are not the segments' is named by verify and
+    // rebuilt by reindex.
+    let mut wrong: serde_json::Value = serde_json::from_slice(&kept).expect("catalog JSON");
+    let n = wrong["tables"]["public.t1"]["changes"].as_u64().expect("a count");
+    wrong["tables"]["public.t1"]["changes"] = (n + 1).into();
+    std::fs::write(&catalog, serde_json::to_vec(&wrong).expect("JSON")).expect("write");
+    let verified = run_within(waly().args(["verify", "--archive", &dir]), 120);
+    let said = String::from_utf8_lossy(&verified.stdout).to_string();
+    assert!(
+        said.contains("catalog.json") && said.contains("public.t1"),
+        "verify did not name the catalog: {said}"
+    );
+    let reindexed = run_within(waly().args(["reindex", "--archive", &dir]), 120);
+    assert!(reindexed.status.success());
+    assert_eq!(
+        std::fs::read(&catalog).expect("rebuilt"),
+        kept,
+        "reindex rebuilds the same catalog"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
