@@ -239,14 +239,20 @@ impl Catalog {
             let mut names: Vec<&String> = self.tables.keys().chain(other.tables.keys()).collect();
             names.sort();
             names.dedup();
+            let show = |c: Option<&TableChanges>| {
+                c.map_or("no changes".to_string(), |c| {
+                    let at = |t: Option<DateTime<Utc>>| t.map_or("-".to_string(), |t| t.to_rfc3339());
+                    format!("{} changes, first {}, last {}", c.changes, at(c.first), at(c.last))
+                })
+            };
             let t = names
                 .into_iter()
                 .find(|t| self.tables.get(*t) != other.tables.get(*t))
                 .map_or(String::new(), |t| {
                     format!(
-                        "table {t}: {:?}, the segments say {:?}",
-                        self.tables.get(t),
-                        other.tables.get(t)
+                        "table {t}: {}; the segments say {}",
+                        show(self.tables.get(t)),
+                        show(other.tables.get(t))
                     )
                 });
             return Some(t);
@@ -415,7 +421,15 @@ pub async fn refresh_objects(store: &Store, gen: &str, cat: &mut Catalog) -> Res
 #[derive(Debug, Default)]
 pub struct Keeper {
     cat: Option<Catalog>,
+    /// Schema versions and snapshots the writer knew of at the last listing.
+    known: usize,
+    /// Segments stored since the last listing.
+    unlisted: u32,
 }
+
+/// Segments after which `waly run` lists the schema versions and snapshots
+/// again even if it wrote none (others, like `waly compact`, may have).
+const RELIST_EVERY: u32 = 64;
 
 impl Keeper {
     /// The catalog of `gen` as the writer starts (or resumes) it.
@@ -425,18 +439,21 @@ impl Keeper {
                 if fresh.segments_read > 0 || fresh.rebuilt {
                     save(store, &cat).await;
                 }
-                Keeper { cat: Some(cat) }
+                Keeper {
+                    cat: Some(cat),
+                    ..Default::default()
+                }
             }
             Ok(None) => {
                 tracing::warn!(
                     generation = gen,
                     "the catalog is missing or behind by more than {WRITER_CATCH_UP} segments; `waly tables` reads the segments until `waly reindex` builds it"
                 );
-                Keeper { cat: None }
+                Keeper::default()
             }
             Err(e) => {
                 tracing::warn!(generation = gen, error = %e, "could not bring the catalog up to date; `waly tables` reads the segments until `waly reindex`");
-                Keeper { cat: None }
+                Keeper::default()
             }
         }
     }
@@ -444,9 +461,20 @@ impl Keeper {
     /// Folds in segment `key` (just stored), then stores the catalog. The
     /// stored catalog is read first: if a prune rebuilt it at the same point
     /// it is taken as it is; if it is elsewhere it is brought up to date
-    /// from the chain.
-    pub async fn stored(&mut self, store: &Store, gen: &str, key: &str, last_commit: Option<Lsn>, s: &Summary) {
+    /// from the chain. `known` counts the schema versions and snapshots the
+    /// writer knows of: when it changes (or every [`RELIST_EVERY`] segments)
+    /// their listings are read again.
+    pub async fn stored(
+        &mut self,
+        store: &Store,
+        gen: &str,
+        key: &str,
+        last_commit: Option<Lsn>,
+        s: &Summary,
+        known: usize,
+    ) {
         let Some(mine) = self.cat.as_mut() else { return };
+        self.unlisted += 1;
         let stored = load(store, gen).await.unwrap_or_else(|| Catalog::new(gen));
         if stored.last_segment == mine.last_segment {
             *mine = stored;
@@ -461,8 +489,13 @@ impl Keeper {
                 }
             }
         }
-        if let Err(e) = refresh_objects(store, gen, mine).await {
-            tracing::warn!(generation = gen, error = %e, "could not list the schema versions and snapshots for the catalog");
+        if known != self.known || self.unlisted >= RELIST_EVERY {
+            match refresh_objects(store, gen, mine).await {
+                Ok(()) => (self.known, self.unlisted) = (known, 0),
+                Err(e) => {
+                    tracing::warn!(generation = gen, error = %e, "could not list the schema versions and snapshots for the catalog")
+                }
+            }
         }
         save(store, mine).await;
     }

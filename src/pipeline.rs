@@ -551,7 +551,14 @@ impl Writer<'_> {
         crate::index::write_segment_index(self.store, &self.gen.id, number, self.fence, &sealed).await;
         let last_commit = sealed.header.last_commit.map(|c| c.commit_lsn);
         self.catalog
-            .stored(self.store, &self.gen.id, &key, last_commit, &sealed.summary)
+            .stored(
+                self.store,
+                &self.gen.id,
+                &key,
+                last_commit,
+                &sealed.summary,
+                self.gen.schemas.count() + self.gen.manifests.len(),
+            )
             .await;
         self.gen.tail.next_number = number + 1;
         self.gen.tail.prev_sha256 = Some(sealed.sha256.clone());

@@ -334,7 +334,7 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
             store.put_once(&key, sealed.bytes.clone()).await?;
             crate::index::write_segment_index(store, &gen, number, 0, &sealed).await;
             let last_commit = sealed.header.last_commit.map(|c| c.commit_lsn);
-            catalog.stored(store, &gen, &key, last_commit, &sealed.summary).await;
+            catalog.stored(store, &gen, &key, last_commit, &sealed.summary, 0).await;
             stats.segments += 1;
             stats.segment_bytes += sealed.bytes.len() as u64;
             tail.next_number = number + 1;

@@ -253,6 +253,11 @@ impl Schemas {
         self.by_table.get(table).map_or(&[], |v| v.as_slice())
     }
 
+    /// How many versions, over all tables.
+    pub fn count(&self) -> usize {
+        self.by_table.values().map(Vec::len).sum()
+    }
+
     /// The tables that have a version.
     pub fn tables(&self) -> impl Iterator<Item = &str> {
         self.by_table.keys().map(String::as_str)
