@@ -334,10 +334,45 @@ pub async fn load_tail(store: &Store, gen: &str) -> Result<Tail, Error> {
     Ok(tail)
 }
 
-/// Loads what the writer needs to continue generation `gen`.
+/// Where generation `gen`'s history ends, as readers need it: the last
+/// complete transaction and the durable position, from the last segments'
+/// headers (their first bytes, not the whole objects). No chain hash: a
+/// writer continues from [`load_tail`].
+pub async fn load_tail_for_reading(store: &Store, gen: &str) -> Result<Tail, Error> {
+    let mut tail = Tail::default();
+    let segs = segments(store, gen).await?;
+    if let Some((_, n, _)) = segs.last() {
+        tail.next_number = n + 1;
+        for (key, _, _) in segs.iter().rev() {
+            let (header, _) = crate::index::segment_header(store, key).await?;
+            if tail.durable_lsn.is_none() {
+                tail.durable_lsn = header.durable_lsn;
+            }
+            if let Some(c) = header.last_commit {
+                tail.last_commit = Some(c);
+                break;
+            }
+        }
+    }
+    Ok(tail)
+}
+
+/// Loads generation `gen` for reading: its tail (as
+/// [`load_tail_for_reading`]), schema versions and snapshot manifests. A
+/// writer reads the full tail with [`load_tail`] before it writes.
 pub async fn load_generation(store: &Store, gen: &str) -> Result<GenState, Error> {
-    let tail = load_tail(store, gen).await?;
+    let tail = load_tail_for_reading(store, gen).await?;
     load_generation_with(store, gen, tail).await
+}
+
+/// Reads and parses the JSON objects `keys`, a few at a time, in order.
+async fn read_all<T: serde::de::DeserializeOwned>(store: &Store, keys: Vec<String>) -> Result<Vec<T>, Error> {
+    use futures_util::{StreamExt, TryStreamExt};
+    futures_util::stream::iter(keys)
+        .map(|key| async move { parse_json::<T>(&key, &store.get(&key).await?) })
+        .buffered(16)
+        .try_collect()
+        .await
 }
 
 /// [`load_generation`] with its tail already known (or, for `waly verify`,
@@ -348,18 +383,23 @@ pub async fn load_generation_with(store: &Store, gen: &str, tail: Tail) -> Resul
         tail,
         ..Default::default()
     };
-    for (key, _) in store.list(&layout::schemas_dir(gen)).await? {
-        let rec: SchemaRecord = parse_json(&key, &store.get(&key).await?)?;
+    let schema_keys = store
+        .list(&layout::schemas_dir(gen))
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    for rec in read_all::<SchemaRecord>(store, schema_keys).await? {
         st.schemas.insert(rec);
     }
-    for (key, _) in store
+    let manifest_keys = store
         .list(&format!("{}/snapshots", layout::generation_dir(gen)))
         .await?
-    {
-        if !key.ends_with("/manifest.json") {
-            continue;
-        }
-        let m: Manifest = parse_json(&key, &store.get(&key).await?)?;
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.ends_with("/manifest.json"))
+        .collect();
+    for m in read_all::<Manifest>(store, manifest_keys).await? {
         for t in &m.tables {
             let e = st.snapshots.entry(t.table.clone()).or_insert(m.lsn);
             *e = (*e).min(m.lsn);
