@@ -18,12 +18,12 @@
 //! consecutive `seq`s, which is all that counting needs.
 
 use crate::archive::state::{self, parse_json, to_json, Manifest};
-use crate::archive::{layout, Store};
+use crate::archive::Store;
 use crate::segment::{Record, SchemaRecord, SegmentReader};
 use crate::{Error, Lsn};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The catalog format this waly writes and reads.
 const FORMAT: u32 = 1;
@@ -42,6 +42,8 @@ pub fn key(gen: &str) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct Summary {
     tables: Vec<std::sync::Arc<str>>,
+    /// Each table's place in `tables`.
+    places: HashMap<std::sync::Arc<str>, u32>,
     runs: Vec<Run>,
 }
 
@@ -66,19 +68,17 @@ impl Summary {
                 return;
             }
         }
-        let t = match self.tables.iter().position(|t| **t == **table) {
-            Some(i) => i,
-            None => {
-                self.tables.push(table.clone());
-                self.tables.len() - 1
-            }
-        };
+        let next = self.tables.len() as u32;
+        let t = *self.places.entry(table.clone()).or_insert(next);
+        if t == next {
+            self.tables.push(table.clone());
+        }
         self.runs.push(Run {
             commit_lsn,
             first_seq: seq,
             last_seq: seq,
             time,
-            table: t as u32,
+            table: t,
         });
     }
 }
@@ -307,9 +307,14 @@ pub async fn load(store: &Store, gen: &str) -> Option<Catalog> {
     }
 }
 
+/// Stores `cat`.
+pub async fn write(store: &Store, cat: &Catalog) -> Result<(), Error> {
+    store.put(&key(&cat.generation), to_json(cat)).await
+}
+
 /// Stores `cat` (derived data: a failure is a warning).
 pub async fn save(store: &Store, cat: &Catalog) {
-    if let Err(e) = store.put(&key(&cat.generation), to_json(cat)).await {
+    if let Err(e) = write(store, cat).await {
         tracing::warn!(generation = cat.generation, error = %e, "could not write the catalog; `waly tables` reads the segments instead");
     }
 }
@@ -381,12 +386,7 @@ pub async fn current(store: &Store, gen: &str, limit: Option<usize>) -> Result<O
 /// Brings the catalog's schema versions and snapshots in line with their
 /// listings: drops what is gone, reads what is new.
 pub async fn refresh_objects(store: &Store, gen: &str, cat: &mut Catalog) -> Result<(), Error> {
-    let listed: std::collections::BTreeSet<String> = store
-        .list(&layout::schemas_dir(gen))
-        .await?
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let listed: BTreeSet<String> = state::schema_keys(store, gen).await?.into_iter().collect();
     cat.schemas.retain(|k, _| listed.contains(k));
     for k in listed {
         if let std::collections::btree_map::Entry::Vacant(e) = cat.schemas.entry(k) {
@@ -394,13 +394,7 @@ pub async fn refresh_objects(store: &Store, gen: &str, cat: &mut Catalog) -> Res
             e.insert((rec.table, rec.version));
         }
     }
-    let listed: std::collections::BTreeSet<String> = store
-        .list(&format!("{}/snapshots", layout::generation_dir(gen)))
-        .await?
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.ends_with("/manifest.json"))
-        .collect();
+    let listed: BTreeSet<String> = state::manifest_keys(store, gen).await?.into_iter().collect();
     cat.snapshots.retain(|k, _| listed.contains(k));
     for k in listed {
         if let std::collections::btree_map::Entry::Vacant(e) = cat.snapshots.entry(k) {

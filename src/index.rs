@@ -509,13 +509,16 @@ pub async fn segment_header(
         let got = head.len() as u64;
         match zstd::zstd_safe::find_frame_compressed_size(&head) {
             Ok(n) if n as u64 <= got => {
-                let json = zstd::decode_all(&head[..n]).map_err(|e| damaged(key, e))?;
-                let header: crate::segment::SegmentHeader =
-                    serde_json::from_slice(&json).map_err(|e| damaged(key, e))?;
+                let header = crate::segment::SegmentReader::open(key, &head[..n])?.header;
                 let frames = header.frames.iter().map(|(o, l)| (o + n as u64, *l)).collect();
                 return Ok((header, frames));
             }
-            _ if got < want => return Err(damaged(key, "the segment header does not decode")),
+            _ if got < want => {
+                return Err(Error::Corrupt {
+                    key: key.to_string(),
+                    why: "the header frame does not decode".into(),
+                })
+            }
             _ => want *= 4,
         }
     }
@@ -798,9 +801,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
             stats.objects += 1;
         }
         crate::catalog::refresh_objects(store, &gen, &mut catalog).await?;
-        store
-            .put(&crate::catalog::key(&gen), crate::archive::state::to_json(&catalog))
-            .await?;
+        crate::catalog::write(store, &catalog).await?;
         stats.objects += 1;
     }
     Ok(stats)

@@ -5,7 +5,7 @@
 
 use super::layout;
 use super::Store;
-use crate::segment::{CommitPoint, SchemaRecord, Schemas, SegmentReader};
+use crate::segment::{CommitPoint, SchemaRecord, Schemas};
 use crate::{Error, Lsn};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -307,29 +307,10 @@ pub async fn segments(store: &Store, gen: &str) -> Result<Vec<(String, u64, u64)
 /// Where generation `gen`'s chain ends: the next number, the hash to chain
 /// to, the last complete transaction and the durable position.
 pub async fn load_tail(store: &Store, gen: &str) -> Result<Tail, Error> {
-    let mut tail = Tail::default();
     let segs = segments(store, gen).await?;
-    if let Some((key, n, _)) = segs.last() {
-        let bytes = store.get(key).await?;
-        tail.next_number = n + 1;
-        tail.prev_sha256 = Some(crate::segment::sha256_hex(&bytes));
-        // The last commit may be further back when a large transaction spans
-        // the last segments: walk back through the headers.
-        for (key, _, _) in segs.iter().rev() {
-            let b = if key == &segs[segs.len() - 1].0 {
-                bytes.clone()
-            } else {
-                store.get(key).await?
-            };
-            let r = SegmentReader::open(key, &b)?;
-            if tail.durable_lsn.is_none() {
-                tail.durable_lsn = r.header.durable_lsn;
-            }
-            if let Some(c) = r.header.last_commit {
-                tail.last_commit = Some(c);
-                break;
-            }
-        }
+    let mut tail = tail_from_headers(store, &segs).await?;
+    if let Some((key, _, _)) = segs.last() {
+        tail.prev_sha256 = Some(crate::segment::sha256_hex(&store.get(key).await?));
     }
     Ok(tail)
 }
@@ -339,8 +320,14 @@ pub async fn load_tail(store: &Store, gen: &str) -> Result<Tail, Error> {
 /// headers (their first bytes, not the whole objects). No chain hash: a
 /// writer continues from [`load_tail`].
 pub async fn load_tail_for_reading(store: &Store, gen: &str) -> Result<Tail, Error> {
+    tail_from_headers(store, &segments(store, gen).await?).await
+}
+
+/// The tail of the chain `segs` without its hash. The last commit may be
+/// further back when a large transaction spans the last segments: the
+/// headers are read backwards until one names it.
+async fn tail_from_headers(store: &Store, segs: &[(String, u64, u64)]) -> Result<Tail, Error> {
     let mut tail = Tail::default();
-    let segs = segments(store, gen).await?;
     if let Some((_, n, _)) = segs.last() {
         tail.next_number = n + 1;
         for (key, _, _) in segs.iter().rev() {
@@ -365,6 +352,27 @@ pub async fn load_generation(store: &Store, gen: &str) -> Result<GenState, Error
     load_generation_with(store, gen, tail).await
 }
 
+/// The keys of `gen`'s schema version objects.
+pub async fn schema_keys(store: &Store, gen: &str) -> Result<Vec<String>, Error> {
+    Ok(store
+        .list(&layout::schemas_dir(gen))
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect())
+}
+
+/// The keys of `gen`'s snapshot manifests.
+pub async fn manifest_keys(store: &Store, gen: &str) -> Result<Vec<String>, Error> {
+    Ok(store
+        .list(&format!("{}/snapshots", layout::generation_dir(gen)))
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.ends_with("/manifest.json"))
+        .collect())
+}
+
 /// Reads and parses the JSON objects `keys`, a few at a time, in order.
 async fn read_all<T: serde::de::DeserializeOwned>(store: &Store, keys: Vec<String>) -> Result<Vec<T>, Error> {
     use futures_util::{StreamExt, TryStreamExt};
@@ -383,23 +391,10 @@ pub async fn load_generation_with(store: &Store, gen: &str, tail: Tail) -> Resul
         tail,
         ..Default::default()
     };
-    let schema_keys = store
-        .list(&layout::schemas_dir(gen))
-        .await?
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
-    for rec in read_all::<SchemaRecord>(store, schema_keys).await? {
+    for rec in read_all::<SchemaRecord>(store, schema_keys(store, gen).await?).await? {
         st.schemas.insert(rec);
     }
-    let manifest_keys = store
-        .list(&format!("{}/snapshots", layout::generation_dir(gen)))
-        .await?
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.ends_with("/manifest.json"))
-        .collect();
-    for m in read_all::<Manifest>(store, manifest_keys).await? {
+    for m in read_all::<Manifest>(store, manifest_keys(store, gen).await?).await? {
         for t in &m.tables {
             let e = st.snapshots.entry(t.table.clone()).or_insert(m.lsn);
             *e = (*e).min(m.lsn);
