@@ -1200,6 +1200,8 @@ fn drop_removes_slot_publication_and_guard_only_when_told_and_not_in_use() {
     let run = spawn_run(&db, &archive);
     wait_streaming(&db, &run);
     db.psql("INSERT INTO d VALUES (1, 'kept in the archive')");
+    // Archived before waly run stops (the status below names it).
+    wait_confirmed(&db, 60);
     let busy = drop(&["--yes"]);
     assert!(!busy.status.success());
     assert!(String::from_utf8_lossy(&busy.stderr).contains("in use"));
