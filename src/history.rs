@@ -504,6 +504,72 @@ async fn track(
 }
 
 /// One generation, read through its index where it has one.
+/// A covered segment's frame offsets and the frames read of it, by number.
+type Fetched = (Vec<(u64, u64)>, std::collections::BTreeMap<u32, bytes::Bytes>);
+
+/// Reads of the covered segments ahead that hold the row's frames: at most
+/// [`ReadAhead::DEPTH`] segments in flight or waiting, each its header and
+/// then its listed frames, on tasks of their own.
+#[derive(Default)]
+struct ReadAhead {
+    pending: std::collections::VecDeque<(u64, tokio::task::JoinHandle<Result<Fetched, Error>>)>,
+    /// The last segment number asked for.
+    upto: Option<u64>,
+}
+
+impl ReadAhead {
+    const DEPTH: usize = 8;
+
+    /// Starts reads of the next segments of `rest` (this one first) that
+    /// `hits` lists frames of, up to the depth.
+    fn refill(
+        &mut self,
+        store: &Store,
+        rest: &[(String, u64, u64)],
+        covered: &std::collections::BTreeMap<u64, usize>,
+        hits: &std::collections::BTreeMap<u64, std::collections::BTreeSet<u32>>,
+    ) {
+        for (key, number, _) in rest {
+            if self.pending.len() >= Self::DEPTH {
+                break;
+            }
+            if self.upto.is_some_and(|u| *number <= u) {
+                continue;
+            }
+            self.upto = Some(*number);
+            let Some(frames) = hits
+                .get(number)
+                .filter(|f| !f.is_empty() && covered.contains_key(number))
+            else {
+                continue;
+            };
+            let (store, key, frames) = (store.clone(), key.clone(), frames.iter().copied().collect::<Vec<u32>>());
+            self.pending.push_back((
+                *number,
+                tokio::spawn(async move {
+                    let offsets = crate::index::segment_frames(&store, &key).await?;
+                    let read = crate::index::read_frames(&store, &key, &offsets, &frames).await?;
+                    Ok((offsets, frames.into_iter().zip(read).collect()))
+                }),
+            ));
+        }
+    }
+
+    /// What was read ahead of segment `number`, if anything.
+    async fn take(&mut self, number: u64) -> Result<Option<Fetched>, Error> {
+        if self.pending.front().is_none_or(|(n, _)| *n != number) {
+            return Ok(None);
+        }
+        let Some((_, task)) = self.pending.pop_front() else {
+            return Ok(None);
+        };
+        let fetched = task
+            .await
+            .map_err(|e| Error::Protocol(format!("a read of the archive failed: {e}")))??;
+        Ok(Some(fetched))
+    }
+}
+
 /// Adds to `hits` the `(segment, frame)` of every entry for `hash` (once
 /// per hash), asking every index object at once (an object store answers
 /// many small reads in parallel).
@@ -679,12 +745,19 @@ async fn indexed_generation(
     {
         return Ok(Err(why));
     }
-    for (key, number, _) in &segments {
+    // The row's frames in the covered segments ahead are read a few
+    // segments at a time while earlier ones are fed (bounded memory).
+    if let Err(why) = follow(store, &indexes, t.current_hash(), &mut looked, &mut hits).await {
+        return Ok(Err(why));
+    }
+    let mut ahead = ReadAhead::default();
+    for (i, (key, number, _)) in segments.iter().enumerate() {
         // Look up every key followed so far (a key change adds one).
         let h = t.current_hash();
         if let Err(why) = follow(store, &indexes, h, &mut looked, &mut hits).await {
             return Ok(Err(why));
         }
+        ahead.refill(store, &segments[i..], &covered, &hits);
         let whole = !covered.contains_key(number);
         let mut feed = |bytes: &[u8], frame: bool, t: &mut Tracker| -> Result<(), Error> {
             let mut r = if frame {
@@ -720,7 +793,10 @@ async fn indexed_generation(
         }
         // Frame by frame; a key change inside this segment adds frames.
         let mut done: BTreeSet<u32> = BTreeSet::new();
-        let mut frames: Option<Vec<(u64, u64)>> = None;
+        let (mut frames, mut read) = match ahead.take(*number).await? {
+            Some((offsets, read)) => (Some(offsets), read),
+            None => (None, BTreeMap::new()),
+        };
         loop {
             let next = hits
                 .get(number)
@@ -733,7 +809,10 @@ async fn indexed_generation(
             let Some((off, len)) = frames.as_ref().and_then(|fr| fr.get(f as usize)).copied() else {
                 continue;
             };
-            let z = store.get_range(key, off..off + len).await?;
+            let z = match read.remove(&f) {
+                Some(z) => z,
+                None => store.get_range(key, off..off + len).await?,
+            };
             stats.frames_read += 1;
             feed(&z, true, t)?;
             let h = t.current_hash();
