@@ -373,7 +373,7 @@ pub async fn current(store: &Store, gen: &str, limit: Option<usize>) -> Result<O
     if !rest.is_empty() {
         let st = state::load_generation_with(store, gen, state::Tail::default()).await?;
         for (k, _, _) in rest {
-            let bytes = store.get(k).await?;
+            let bytes = store.get_segment(k).await?;
             let (last_commit, s) = summarize(k, &bytes, &st.schemas)?;
             cat.absorb(k, last_commit, &s);
             fresh.segments_read += 1;
@@ -428,6 +428,10 @@ const RELIST_EVERY: u32 = 64;
 impl Keeper {
     /// The catalog of `gen` as the writer starts (or resumes) it.
     pub async fn start(store: &Store, gen: &str) -> Keeper {
+        if matches!(store.sealer(), Ok(Some(_))) {
+            tracing::info!("the archive is encrypted: no catalog is kept yet (`waly tables` reads the segments)");
+            return Keeper::default();
+        }
         match current(store, gen, Some(WRITER_CATCH_UP)).await {
             Ok(Some((cat, fresh))) => {
                 if fresh.segments_read > 0 || fresh.rebuilt {

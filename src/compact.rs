@@ -44,7 +44,7 @@ async fn last_commit_upto(
         if first > upto {
             continue;
         }
-        let bytes = store.get(key).await?;
+        let bytes = store.get_segment(key).await?;
         let mut r = crate::segment::SegmentReader::open(key, &bytes)?;
         if let Some(c) = r.header.last_commit.filter(|c| c.commit_lsn <= upto) {
             return Ok(Some(c));
@@ -73,6 +73,7 @@ async fn last_commit_upto(
 /// nothing to do: no commit after the newest snapshots. Tables are done one
 /// at a time, each with restore's bounded memory.
 pub async fn compact(store: &Store, upto: Option<Lsn>) -> Result<Option<Compacted>, Error> {
+    store.prepare_writing().await?;
     let gens = state::generations(store).await?;
     let Some(gen) = gens.last() else {
         return Err(Error::NotInArchive(format!(

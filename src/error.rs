@@ -148,6 +148,11 @@ pub enum Error {
     /// What was asked for is not in the archive (a table, a point in time).
     #[error("{0}")]
     NotInArchive(String),
+    /// The archive is encrypted and this reader has no key, or not the
+    /// right one, or encryption is configured wrongly: what to pass or fix.
+    /// Never holds a secret.
+    #[error("{0}")]
+    Encryption(String),
 }
 
 impl Error {

@@ -661,7 +661,7 @@ async fn indexed_generation(
                     if part.is_none() {
                         continue; // another table's part
                     }
-                    let z = store.get_range(&obj.key, *off..off + len).await?;
+                    let z = store.get_range_frames(&obj.key, *off..off + len).await?;
                     stats.frames_read += 1;
                     let text = zstd::decode_all(&z[..]).map_err(|e| Error::Corrupt {
                         key: obj.key.clone(),
@@ -679,7 +679,7 @@ async fn indexed_generation(
             }
             None => {
                 for part in &entry.parts {
-                    let bytes = store.get(&part.key).await?;
+                    let bytes = store.get_frames(&part.key).await?;
                     let text = zstd::decode_all(&bytes[..]).map_err(|e| Error::Corrupt {
                         key: part.key.clone(),
                         why: e.to_string(),
@@ -786,7 +786,7 @@ async fn indexed_generation(
             Ok(())
         };
         if whole {
-            let bytes = store.get(key).await?;
+            let bytes = store.get_segment(key).await?;
             stats.segments_scanned += 1;
             feed(&bytes, false, t)?;
             continue;
@@ -811,7 +811,7 @@ async fn indexed_generation(
             };
             let z = match read.remove(&f) {
                 Some(z) => z,
-                None => store.get_range(key, off..off + len).await?,
+                None => store.get_range_frames(key, off..off + len).await?,
             };
             stats.frames_read += 1;
             feed(&z, true, t)?;
@@ -862,7 +862,7 @@ async fn indexed_generation(
                 let Some((off, len)) = frame_tables.get(&obj.number).and_then(|fr| fr.get(f as usize)).copied() else {
                     continue;
                 };
-                let z = store.get_range(seg_key, off..off + len).await?;
+                let z = store.get_range_frames(seg_key, off..off + len).await?;
                 stats.frames_read += 1;
                 let mut r = SegmentReader::frame(seg_key, &z)?;
                 while let Some(rec) = r.next_record(&st.schemas)? {

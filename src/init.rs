@@ -39,6 +39,8 @@ pub struct InitOptions {
     pub no_guard: bool,
     /// Do not install the DDL capture triggers.
     pub no_ddl_capture: bool,
+    /// Encrypt the archive (a new one): `--encrypt`.
+    pub encrypt: Option<crate::crypt::EncryptSpec>,
 }
 
 struct Table {
@@ -136,6 +138,12 @@ pub async fn init(
     let identity = Identity::new(&system.system_id, &database, &opts.slot, &opts.publication);
     if let Some(theirs) = state::read_identity(store).await? {
         state::check_identity(store, &theirs, &identity)?;
+        if opts.encrypt.is_some() && theirs.encryption.is_none() {
+            return Err(problem(format!(
+                "the archive at {} already holds plaintext history: encryption starts with a new archive.\n  to fix: pass another --archive",
+                store.url()
+            )));
+        }
     }
 
     // The tables.
@@ -316,7 +324,12 @@ pub async fn init(
     if ddl_capture {
         sql.batch_execute(&crate::schema::ddl::install_sql()).await.map_err(q)?;
     }
-    state::claim(store, &identity).await?;
+    match &opts.encrypt {
+        Some(spec) => crate::crypt::create(store, &identity, spec).await?,
+        None => {
+            state::claim(store, &identity).await?;
+        }
+    }
     writeln!(
         out,
         "-- done: publication {:?}, slot {:?}, archive {} ({}). Next: waly run",

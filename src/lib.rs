@@ -33,6 +33,7 @@ pub mod archive;
 pub mod catalog;
 pub mod cli;
 pub mod compact;
+pub mod crypt;
 pub mod error;
 pub mod event;
 pub mod export;

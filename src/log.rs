@@ -284,6 +284,7 @@ async fn snapshot_rows(
                     why: "its SHA-256 differs from the manifest's".into(),
                 });
             }
+            let bytes = store.open_frames(&part.key, bytes).await?;
             let corrupt = |why: String| Error::Corrupt {
                 key: part.key.clone(),
                 why,

@@ -213,7 +213,11 @@ async fn record_error(store: &Store, message: &str) {
         "error": message,
         "host": crate::archive::lease::holder(),
     });
-    if let Err(e) = store.put_once(&key, to_json(&body)).await {
+    let put = match store.seal_blob(to_json(&body)) {
+        Ok(bytes) => store.put_once(&key, bytes).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = put {
         tracing::debug!(error = %e, "could not record the error in the archive");
     }
 }
@@ -523,7 +527,7 @@ impl Writer<'_> {
         if self.builder.is_empty() {
             return Ok(None);
         }
-        let builder = std::mem::replace(&mut self.builder, SegmentBuilder::new()?);
+        let builder = std::mem::replace(&mut self.builder, SegmentBuilder::sealed_by(self.store.sealer()?)?);
         let number = self.gen.tail.next_number;
         let sealed = builder.seal(&self.gen.id, number, self.gen.tail.prev_sha256.clone(), self.fence)?;
         let key = layout::segment_key(
@@ -689,6 +693,14 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         &Identity::new(&system.system_id, &database, &opts.slot, &opts.publication),
     )
     .await?;
+    // An encrypted archive: a data key for this session, wrapped for the
+    // recipients (refuses to go on without valid ones).
+    if let Some(s) = store.prepare_writing().await? {
+        tracing::info!(
+            key_id = s.key_id(),
+            "the archive is encrypted: this session seals under a new data key"
+        );
+    }
 
     // The slot, and whether history continues from the archive.
     let mut reason = None;
@@ -824,7 +836,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         pending_events: 0,
         pending_txns: 0,
         gen,
-        builder: SegmentBuilder::new()?,
+        builder: SegmentBuilder::sealed_by(store.sealer()?)?,
         stop: stop.clone(),
         last_flush: Instant::now(),
         active: HashMap::new(),

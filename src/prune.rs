@@ -175,10 +175,7 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
                 plan.objects.push((key, size));
             }
         }
-        let bytes = store.get(&first_key).await?;
-        let prev_sha256 = crate::segment::SegmentReader::open(&first_key, &bytes)?
-            .header
-            .prev_sha256;
+        let prev_sha256 = crate::index::segment_header(store, &first_key).await?.0.prev_sha256;
         plan.marks.push(PruneMark {
             generation: gen.clone(),
             first_kept,
@@ -261,8 +258,10 @@ pub async fn execute(store: &Store, plan: &Plan) -> Result<(), Error> {
         store.delete(key).await?;
     }
     // The catalog of a generation that lost its first segments no longer
-    // fits its chain: build it again from what is left.
-    for m in &plan.marks {
+    // fits its chain: build it again from what is left (encrypted archives
+    // keep none yet).
+    let encrypted = store.is_encrypted().await?;
+    for m in plan.marks.iter().filter(|_| !encrypted) {
         if let Some((cat, _)) = crate::catalog::current(store, &m.generation, None).await? {
             crate::catalog::save(store, &cat).await;
         }

@@ -121,10 +121,12 @@ struct PartWriter {
     keys: Vec<(u64, u32)>,
     rows: u64,
     uncompressed: usize,
+    /// Encrypted archives: seals each frame.
+    sealer: Option<crate::crypt::Sealer>,
 }
 
 impl PartWriter {
-    fn new(header: &PartHeader) -> Result<Self, Error> {
+    fn new(header: &PartHeader, sealer: Option<crate::crypt::Sealer>) -> Result<Self, Error> {
         let mut compressor = zstd::bulk::Compressor::new(3)?;
         compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
         let mut frame = serde_json::to_vec(header).map_err(|e| Error::Protocol(e.to_string()))?;
@@ -138,12 +140,16 @@ impl PartWriter {
             keys: Vec::new(),
             rows: 0,
             uncompressed,
+            sealer,
         })
     }
 
     fn end_frame(&mut self) -> Result<(), Error> {
         if !self.frame.is_empty() {
-            let z = self.compressor.compress(&self.frame)?;
+            let mut z = self.compressor.compress(&self.frame)?;
+            if let Some(s) = &self.sealer {
+                z = s.seal(&z)?;
+            }
             self.frames.push((self.body.len() as u64, z.len() as u64));
             self.body.extend_from_slice(&z);
             self.frame.clear();
@@ -312,7 +318,11 @@ pub(crate) async fn write_manifest(
     store
         .put_once(&layout::snapshot_manifest(gen, lsn), to_json(manifest))
         .await?;
-    // The index is derived data: a failure to write it costs speed, not history.
+    // The index is derived data: a failure to write it costs speed, not
+    // history. Encrypted archives keep none yet.
+    if store.sealer()?.is_some() {
+        return Ok(());
+    }
     match index.encode(gen) {
         Ok(bytes) => {
             if let Err(e) = store.put_once(&crate::index::snapshot_index_key(gen, lsn), bytes).await {
@@ -362,7 +372,7 @@ impl<'a> TableWriter<'a> {
             lsn,
             seg: seg.to_string(),
             pk,
-            writer: PartWriter::new(&header)?,
+            writer: PartWriter::new(&header, store.sealer()?)?,
             header,
             entry: ManifestTable {
                 table: qualified.to_string(),
@@ -388,7 +398,7 @@ impl<'a> TableWriter<'a> {
         self.writer.push(&self.line, hash)?;
         if self.writer.uncompressed >= PART_BYTES {
             self.header.part += 1;
-            let full = std::mem::replace(&mut self.writer, PartWriter::new(&self.header)?);
+            let full = std::mem::replace(&mut self.writer, PartWriter::new(&self.header, self.store.sealer()?)?);
             self.upload(full, index, metrics).await?;
         }
         Ok(())
@@ -400,7 +410,7 @@ impl<'a> TableWriter<'a> {
         index: &mut crate::index::Builder,
         metrics: &crate::metrics::Metrics,
     ) -> Result<ManifestTable, Error> {
-        let last = std::mem::replace(&mut self.writer, PartWriter::new(&self.header)?);
+        let last = std::mem::replace(&mut self.writer, PartWriter::new(&self.header, self.store.sealer()?)?);
         self.upload(last, index, metrics).await?;
         Ok(self.entry)
     }

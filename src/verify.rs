@@ -40,6 +40,9 @@ pub enum Kind {
     Fenced,
     /// A restored table differs from the live one (`--against-source`).
     Differs,
+    /// Plaintext where an encrypted archive holds only ciphertext (never
+    /// read as history).
+    Plaintext,
     /// A restored table differs from the live one because the archive has
     /// not caught up with the source (`--against-source`; `waly run` is
     /// stopped or behind): not a fault of the archive, but nothing proven.
@@ -72,6 +75,11 @@ pub struct Report {
     pub problems: Vec<Problem>,
     /// Tables `--against-source` found equal to the live ones.
     pub compared: Vec<Compared>,
+    /// Whether the archive is encrypted.
+    pub encrypted: bool,
+    /// Whether every record was decrypted and read (false: an encrypted
+    /// archive checked without its key: structure, sealing and hashes only).
+    pub records_checked: bool,
 }
 
 /// A table the restore drill compared and found equal.
@@ -116,7 +124,12 @@ pub async fn verify(store: &Store) -> Result<Report, Error> {
             store.url()
         )));
     }
+    report.encrypted = store.is_encrypted().await?;
+    report.records_checked = !report.encrypted || store.crypt().has_source();
     let leases = crate::archive::lease::list(store).await?;
+    if report.encrypted {
+        sealed_blobs(store, &mut report).await?;
+    }
     for gen in state::generations(store).await? {
         report.generations += 1;
         // A damaged last segment is one of the problems verify reports
@@ -185,10 +198,10 @@ async fn segments(
         // Written under a lease that a later one replaced at or before its
         // position: a deposed writer's late upload, if the token is real.
         let real = s.fence < s.in_force && leases.iter().any(|l| l.token == s.fence);
-        let header_fence = match store.get(&s.key).await {
-            Ok(b) => SegmentReader::open(&s.key, &b).ok().map(|r| r.header.fence),
-            Err(_) => None,
-        };
+        let header_fence = crate::index::segment_header(store, &s.key)
+            .await
+            .ok()
+            .map(|(h, _)| h.fence);
         if real && header_fence == Some(s.fence) {
             report.add(
                 &s.key,
@@ -229,14 +242,19 @@ async fn segments(
                 }
             };
             let sha = sha256_hex(&bytes);
-            let header = match check_records(key, &bytes, st, report, &mut txns) {
-                Some(h) => h,
-                None => {
-                    read.push((*n, key.clone(), None, sha));
-                    continue;
-                }
+            let header = match unseal(store, key, bytes, report).await? {
+                Unsealed::Plain(bytes) => check_records(key, &bytes, st, report, &mut txns).map(|h| (h, bytes)),
+                Unsealed::HeaderOnly(h) => Some((*h, bytes::Bytes::new())),
+                Unsealed::Reported => None,
             };
-            if let Some((cat, _)) = refold.as_mut().filter(|(c, upto)| c.segments() < *upto) {
+            let Some((header, bytes)) = header else {
+                read.push((*n, key.clone(), None, sha));
+                continue;
+            };
+            if let Some((cat, _)) = refold
+                .as_mut()
+                .filter(|(c, upto)| c.segments() < *upto && !bytes.is_empty())
+            {
                 match crate::catalog::summarize(key, &bytes, &st.schemas) {
                     Ok((last_commit, s)) => cat.absorb(key, last_commit, &s),
                     Err(_) => *refold = None,
@@ -362,6 +380,151 @@ struct Txns {
     committed: BTreeSet<Lsn>,
 }
 
+/// A segment as verify reads it.
+enum Unsealed {
+    /// Its frames in plaintext (a plaintext archive's, or decrypted).
+    Plain(bytes::Bytes),
+    /// An encrypted segment checked without the key: its header.
+    HeaderOnly(Box<crate::segment::SegmentHeader>),
+    /// A problem, reported.
+    Reported,
+}
+
+/// Checks an encrypted segment's sealing without the key (every record
+/// frame sealed under the header's data key, the body's SHA-256, the data
+/// key in the archive), then decrypts it when a key was given (every
+/// authentication tag). A plaintext archive's segment passes as it is.
+async fn unseal(store: &Store, key: &str, bytes: bytes::Bytes, report: &mut Report) -> Result<Unsealed, Error> {
+    if !report.encrypted {
+        return Ok(match store.open_segment(key, bytes).await {
+            Ok(b) => Unsealed::Plain(b),
+            Err(e) => {
+                report.add(key, Kind::Altered, e.to_string());
+                Unsealed::Reported
+            }
+        });
+    }
+    let head = zstd::zstd_safe::find_frame_compressed_size(&bytes).unwrap_or(bytes.len());
+    let header = match SegmentReader::open(key, &bytes[..head.min(bytes.len())]) {
+        Ok(r) => r.header,
+        Err(e) => {
+            report.add(key, Kind::Altered, e.to_string());
+            return Ok(Unsealed::Reported);
+        }
+    };
+    let body = &bytes[head..];
+    let Some(id) = header.key_id.clone() else {
+        if body.is_empty() {
+            return Ok(Unsealed::Plain(bytes));
+        }
+        report.add(
+            key,
+            Kind::Plaintext,
+            "a plaintext segment in an encrypted archive: readers refuse it",
+        );
+        return Ok(Unsealed::Reported);
+    };
+    if header.body_sha256.as_deref() != Some(&sha256_hex(body)) {
+        report.add(
+            key,
+            Kind::Altered,
+            "its ciphertext changed: the SHA-256 of its frames differs from its header's",
+        );
+        return Ok(Unsealed::Reported);
+    }
+    match crate::crypt::frame::walk(key, body) {
+        Ok(frames) if frames.len() == header.frames.len() && frames.iter().all(|f| f.2.as_ref() == Some(&id)) => {}
+        Ok(_) => {
+            report.add(
+                key,
+                Kind::Altered,
+                format!("its frames are not all sealed under data key {id}"),
+            );
+            return Ok(Unsealed::Reported);
+        }
+        Err(e) => {
+            report.add(key, Kind::Altered, e.to_string());
+            return Ok(Unsealed::Reported);
+        }
+    }
+    if !header.frames.is_empty() && crate::crypt::keys::wrappings(store, &id).await?.is_empty() {
+        report.add(
+            key,
+            Kind::Missing,
+            format!("its data key {id} is not in the archive (keys/data/{id}/)"),
+        );
+        return Ok(Unsealed::Reported);
+    }
+    if !report.records_checked {
+        return Ok(Unsealed::HeaderOnly(Box::new(header)));
+    }
+    match store.open_segment(key, bytes).await {
+        Ok(b) => Ok(Unsealed::Plain(b)),
+        Err(e @ Error::Encryption(_)) => Err(e),
+        Err(e) => {
+            report.add(key, Kind::Altered, e.to_string());
+            Ok(Unsealed::Reported)
+        }
+    }
+}
+
+/// An encrypted archive's snapshot part: every frame sealed; with the key,
+/// every frame decrypts and decompresses.
+async fn check_sealed_part(store: &Store, key: &str, bytes: bytes::Bytes, report: &mut Report) -> Result<(), Error> {
+    match crate::crypt::frame::walk(key, &bytes) {
+        Ok(frames) if frames.iter().all(|f| f.2.is_some()) => {}
+        Ok(_) => {
+            report.add(
+                key,
+                Kind::Plaintext,
+                "a snapshot part with plaintext frames in an encrypted archive",
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            report.add(key, Kind::Altered, e.to_string());
+            return Ok(());
+        }
+    }
+    if !report.records_checked {
+        return Ok(());
+    }
+    let opened = match store.open_frames(key, bytes).await {
+        Ok(b) => b,
+        Err(e @ Error::Encryption(_)) => return Err(e),
+        Err(e) => {
+            report.add(key, Kind::Altered, e.to_string());
+            return Ok(());
+        }
+    };
+    if let Err(e) = zstd::decode_all(&opened[..]) {
+        report.add(key, Kind::Altered, format!("a frame does not decompress: {e}"));
+    }
+    Ok(())
+}
+
+/// An encrypted archive's error records: each one sealed frame.
+async fn sealed_blobs(store: &Store, report: &mut Report) -> Result<(), Error> {
+    for (key, _) in store.list(layout::ERRORS_DIR).await? {
+        let bytes = store.get(&key).await?;
+        let sealed = matches!(crate::crypt::frame::next(&key, &bytes), Ok((n, Some(_))) if n == bytes.len());
+        if !sealed {
+            report.add(
+                &key,
+                Kind::Plaintext,
+                "a plaintext error record in an encrypted archive",
+            );
+        } else if report.records_checked {
+            match store.open_blob(&key, bytes).await {
+                Ok(_) => {}
+                Err(e @ Error::Encryption(_)) => return Err(e),
+                Err(e) => report.add(&key, Kind::Altered, e.to_string()),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Decompresses every record (checking zstd's checksums and the count);
 /// returns the header, or reports the object. The transactions of a segment
 /// that reads whole are added to `txns`.
@@ -436,6 +599,7 @@ async fn snapshots(store: &Store, gen: &str, st: &state::GenState, report: &mut 
                         Some(b) if sha256_hex(&b) != p.sha256 => {
                             report.add(&p.key, Kind::Altered, "its SHA-256 differs from the manifest's")
                         }
+                        Some(b) if report.encrypted => check_sealed_part(store, &p.key, b, report).await?,
                         Some(_) => {}
                     }
                 }

@@ -98,7 +98,7 @@ impl Ahead {
 /// (adjacent ones in one range request).
 async fn fetch(store: &Store, s: Wanted) -> Result<Fetched, Error> {
     let Some(frames) = s.frames else {
-        return Ok(Fetched::Whole(s.key.clone(), store.get(&s.key).await?));
+        return Ok(Fetched::Whole(s.key.clone(), store.get_segment(&s.key).await?));
     };
     if frames.is_empty() {
         return Ok(Fetched::Frames(s.key, Vec::new()));

@@ -169,6 +169,36 @@ pub fn error_key(time: chrono::DateTime<chrono::Utc>) -> String {
     format!("{ERRORS_DIR}/{}.json", time.format("%Y%m%dT%H%M%S%.3fZ"))
 }
 
+/// How an object holds data, for encryption: which of its frames an
+/// encrypted archive seals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataKind {
+    /// A segment: its header frame plain, every record frame sealed.
+    Segment,
+    /// Frames, every one sealed (snapshot parts).
+    Frames,
+    /// One object read whole, sealed as one frame (error records).
+    Blob,
+    /// An index object (not written in encrypted archives yet).
+    Index,
+}
+
+/// Whether object `key` holds data that an encrypted archive seals, and
+/// how. Metadata (waly.json, generations, leases, manifests, prune marks,
+/// the catalog, the key objects) is `None`: it stays readable. So are
+/// schema versions, for now: `waly run` resumes a generation from them and
+/// must never need an identity (docs/FORMAT.md, "Encryption").
+pub fn data_kind(key: &str) -> Option<DataKind> {
+    let parts: Vec<&str> = key.split('/').collect();
+    match parts.as_slice() {
+        ["generations", _, "segments", _] => Some(DataKind::Segment),
+        ["generations", _, "snapshots", _, _, part] if part.ends_with(".jsonl.zst") => Some(DataKind::Frames),
+        [ERRORS_DIR, _] => Some(DataKind::Blob),
+        ["index", _, "segments" | "snapshots", _] => Some(DataKind::Index),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

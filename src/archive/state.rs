@@ -26,6 +26,10 @@ pub struct Identity {
     pub publication: String,
     /// When the archive was created.
     pub created_at: DateTime<Utc>,
+    /// `"age"` when the archive is encrypted (then `waly_archive` is 2);
+    /// absent for a plaintext archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
 }
 
 impl Identity {
@@ -38,6 +42,7 @@ impl Identity {
             slot: slot.to_string(),
             publication: publication.to_string(),
             created_at: Utc::now(),
+            encryption: None,
         }
     }
 }
@@ -164,10 +169,19 @@ pub fn to_json<T: Serialize>(v: &T) -> bytes::Bytes {
 
 /// Reads `waly.json`, if the archive has one.
 pub async fn read_identity(store: &Store) -> Result<Option<Identity>, Error> {
-    match store.get_opt(layout::IDENTITY).await? {
-        Some(b) => Ok(Some(parse_json(layout::IDENTITY, &b)?)),
-        None => Ok(None),
+    let Some(b) = store.get_opt(layout::IDENTITY).await? else {
+        return Ok(None);
+    };
+    let id: Identity = parse_json(layout::IDENTITY, &b)?;
+    // 1: plaintext; 2: encrypted (`encryption`). A later format is refused.
+    if id.waly_archive > 2 {
+        return Err(Error::ArchiveMismatch(format!(
+            "the archive at {} has format version {}, newer than this waly reads (2): upgrade waly",
+            store.url(),
+            id.waly_archive
+        )));
     }
+    Ok(Some(id))
 }
 
 /// Makes sure the archive belongs to `mine`: writes the identity if there is

@@ -20,6 +20,7 @@ pub struct Store {
     prefix: Path,
     url: String,
     read: Arc<Reads>,
+    pub(crate) crypt: Arc<crate::crypt::Crypt>,
 }
 
 /// What reading through a store has cost so far: the measure of a read's
@@ -173,6 +174,7 @@ impl Store {
             prefix: Path::from(prefix.trim_matches('/')),
             url: url.to_string(),
             read: Arc::default(),
+            crypt: Arc::default(),
         })
     }
 
@@ -183,6 +185,7 @@ impl Store {
             prefix: Path::from(prefix.trim_matches('/')),
             url: format!("(object store)/{prefix}"),
             read: Arc::default(),
+            crypt: Arc::default(),
         }
     }
 
@@ -202,6 +205,7 @@ impl Store {
     /// Writes `bytes` at `key` once. If an object is already there, succeeds
     /// only if it holds exactly these bytes.
     pub async fn put_once(&self, key: &str, bytes: Bytes) -> Result<(), ArchiveError> {
+        self.check_sealed(key, &bytes).await?;
         let path = self.path(key);
         let opts = PutOptions {
             mode: PutMode::Create,

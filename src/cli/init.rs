@@ -30,6 +30,10 @@ pub struct InitArgs {
     /// Do not install the event triggers that record each DDL in the archive as it happens (they need a superuser).
     #[arg(long)]
     pub no_ddl_capture: bool,
+    /// Encrypt a new archive: age:RECIPIENT[,RECIPIENT...] (from `waly keygen`), or passphrase
+    /// (from WALY_PASSPHRASE, else asked for).
+    #[arg(long, value_name = "SPEC")]
+    pub encrypt: Option<String>,
 }
 
 pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
@@ -44,8 +48,55 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
         skip_unkeyed: args.skip_unkeyed,
         no_guard: args.no_guard,
         no_ddl_capture: args.no_ddl_capture,
+        encrypt: match &args.encrypt {
+            Some(spec) => Some(crate::crypt::EncryptSpec::parse(spec, ask_passphrase)?),
+            None => None,
+        },
     };
     let mut out = std::io::stdout();
     crate::init::init(&info, &store, &opts, &mut out).await?;
     Ok(())
+}
+
+/// The passphrase for `--encrypt passphrase`: WALY_PASSPHRASE, else asked
+/// for twice on the terminal (not echoed).
+fn ask_passphrase() -> Result<age::secrecy::SecretString, crate::Error> {
+    use age::secrecy::ExposeSecret;
+    if let Some(p) = super::passphrase_from_env() {
+        return Ok(p);
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(crate::Error::Encryption(
+            "--encrypt passphrase: set WALY_PASSPHRASE (no terminal to ask on)".into(),
+        ));
+    }
+    let first = prompt("Passphrase for the archive: ")?;
+    let again = prompt("The same passphrase again: ")?;
+    if first.expose_secret() != again.expose_secret() {
+        return Err(crate::Error::Encryption("the two passphrases differ".into()));
+    }
+    if first.expose_secret().is_empty() {
+        return Err(crate::Error::Encryption("the passphrase is empty".into()));
+    }
+    Ok(first)
+}
+
+/// Reads a line from the terminal with echo off (`stty -echo`).
+fn prompt(text: &str) -> Result<age::secrecy::SecretString, crate::Error> {
+    let stty = |arg: &str| {
+        std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(std::process::Stdio::inherit())
+            .status()
+    };
+    eprint!("{text}");
+    stty("-echo")?;
+    let mut line = String::new();
+    let read = std::io::stdin().read_line(&mut line);
+    stty("echo")?;
+    eprintln!();
+    read?;
+    Ok(age::secrecy::SecretString::from(
+        line.trim_end_matches(['\n', '\r']).to_string(),
+    ))
 }

@@ -5,6 +5,7 @@ mod drop;
 mod export;
 mod history;
 mod init;
+mod keygen;
 mod log;
 mod prune;
 mod reindex;
@@ -51,6 +52,8 @@ pub enum Command {
     Tail(tail::TailArgs),
     /// Check the database, create the publication and the slot.
     Init(init::InitArgs),
+    /// Print a new age identity (X25519) for encrypted archives, its recipient on a comment line.
+    Keygen(keygen::KeygenArgs),
     /// Capture every committed change into the archive (the sidecar).
     Run(run::RunArgs),
     /// Print the archived changes in commit order, each once.
@@ -124,13 +127,31 @@ pub struct ArchiveArgs {
     /// (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT, GOOGLE_SERVICE_ACCOUNT, AZURE_STORAGE_*).
     #[arg(long, env = "WALY_ARCHIVE", hide_env_values = true, default_value = "./waly-archive")]
     pub archive: String,
+    /// An encrypted archive: the age identity file to read it with (else WALY_PASSPHRASE for a
+    /// passphrase archive). `waly run` never needs one.
+    #[arg(long, env = "WALY_IDENTITY", hide_env_values = true, value_name = "FILE")]
+    pub identity: Option<std::path::PathBuf>,
 }
 
 impl ArchiveArgs {
-    /// Opens the archive's store.
+    /// Opens the archive's store, with the reader's key source (if any).
     pub fn open(&self) -> anyhow::Result<crate::archive::Store> {
-        Ok(crate::archive::Store::open(&self.archive)?)
+        let store = crate::archive::Store::open(&self.archive)?;
+        let source = match &self.identity {
+            Some(f) => Some(crate::crypt::KeySource::File(f.clone())),
+            None => passphrase_from_env().map(crate::crypt::KeySource::Passphrase),
+        };
+        store.crypt().set_source(source);
+        Ok(store)
     }
+}
+
+/// `WALY_PASSPHRASE`, if set and not empty.
+pub(crate) fn passphrase_from_env() -> Option<age::secrecy::SecretString> {
+    std::env::var("WALY_PASSPHRASE")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(age::secrecy::SecretString::from)
 }
 
 impl SourceArgs {
@@ -195,6 +216,7 @@ pub fn main() -> ExitCode {
             match &command {
                 Command::Tail(args) => done(tail::run(args).await),
                 Command::Init(args) => done(init::run(args).await),
+                Command::Keygen(args) => done(keygen::run(args)),
                 Command::Run(args) => done(run::run(args).await),
                 Command::Log(args) => done(log::run(args).await),
                 Command::Restore(args) => done(restore::run(args).await),

@@ -103,7 +103,10 @@ async fn archive(args: &StatusArgs) -> anyhow::Result<serde_json::Value> {
             let mut keys: Vec<String> = store.list(dir).await?.into_iter().map(|(k, _)| k).collect();
             keys.sort();
             anyhow::Ok(match keys.last() {
-                Some(k) => serde_json::from_slice(&store.get(k).await?).unwrap_or(serde_json::Value::Null),
+                Some(k) => match store.open_blob(k, store.get(k).await?).await {
+                    Ok(b) => serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
+                    Err(e) => serde_json::json!({ "unreadable": e.to_string() }),
+                },
                 None => serde_json::Value::Null,
             })
         }

@@ -64,6 +64,13 @@ pub async fn run(args: &VerifyArgs) -> anyhow::Result<bool> {
             report.problems.iter().filter(|p| !p.harmless).count(),
             report.problems.iter().filter(|p| p.harmless).count()
         )?;
+        if report.encrypted && !report.records_checked {
+            writeln!(
+                out,
+                "encrypted: the hash chain, each object's ciphertext hash and the sealing were checked without a \
+                 key; pass --identity (or WALY_PASSPHRASE) to decrypt every frame and check its records too"
+            )?;
+        }
     }
     Ok(report.clean())
 }

@@ -579,7 +579,7 @@ async fn intent_of(store: &Store, generation: &str, lsn: Lsn) -> Result<Vec<Stri
         if layout::parse_segment_key(&key).is_some_and(|(_, first, last)| lsn < first || lsn > last) {
             continue;
         }
-        let bytes = store.get(&key).await?;
+        let bytes = store.get_segment(&key).await?;
         let text = zstd::stream::decode_all(&bytes[..]).map_err(|e| Error::Corrupt {
             key: key.clone(),
             why: e.to_string(),

@@ -604,6 +604,7 @@ async fn collect_inner(
             }
             read += bytes.len() as u64;
             progress(read);
+            let bytes = store.open_frames(&part.key, bytes).await?;
             let corrupt = |why: String| Error::Corrupt {
                 key: part.key.clone(),
                 why,
@@ -794,7 +795,7 @@ async fn collect_inner(
                 continue;
             }
         }
-        let bytes = store.get(key).await?;
+        let bytes = store.get_segment(key).await?;
         read += bytes.len() as u64;
         progress(read);
         let mut r = SegmentReader::open(key, &bytes)?;

@@ -23,8 +23,12 @@ mod writer;
 pub use reader::SegmentReader;
 pub use writer::{SealedSegment, SegmentBuilder, FRAME_BYTES};
 
-/// The format version written in every header.
+/// The format version written in every header of a plaintext segment.
 pub const FORMAT_VERSION: u32 = 2;
+
+/// The format version of an encrypted segment (record frames sealed; a
+/// reader that knows only version 2 refuses it).
+pub const SEALED_FORMAT_VERSION: u32 = 3;
 
 /// zstd level: level 3 compresses JSON well at hundreds of MB/s.
 const LEVEL: i32 = 3;
@@ -90,6 +94,13 @@ pub struct SegmentHeader {
     /// The fencing token of the writer's lease (absent: 0, no lease).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub fence: u64,
+    /// Encrypted segments: the id of the data key its frames are sealed under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Encrypted segments: SHA-256 (hex) of every byte after the header
+    /// frame, so a changed ciphertext byte is found without the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {

@@ -2,7 +2,8 @@
 //! the zstd checksums checked on the way.
 
 use super::line::{BeginFields, ChangeFields, CommitFields, Line, MessageFields, Run};
-use super::{key_of, ChangeRecord, CommitRecord, MessageRecord, Record, Schemas, SegmentHeader, FORMAT_VERSION};
+use super::{key_of, ChangeRecord, CommitRecord, MessageRecord, Record, Schemas, SegmentHeader};
+use super::{FORMAT_VERSION, SEALED_FORMAT_VERSION};
 use crate::event::{Change, Op};
 use crate::Error;
 use std::collections::HashMap;
@@ -47,14 +48,18 @@ impl<'a> SegmentReader<'a> {
             .map_err(|e| corrupt(format!("cannot decompress the header: {e}")))?;
         let value: serde_json::Value =
             serde_json::from_str(buf.trim_end()).map_err(|e| corrupt(format!("bad header line: {e}")))?;
-        if value["waly_segment"] != FORMAT_VERSION {
+        if value["waly_segment"] != FORMAT_VERSION && value["waly_segment"] != SEALED_FORMAT_VERSION {
             return Err(corrupt(format!(
-                "segment format version {} is not one this waly reads ({FORMAT_VERSION})",
+                "segment format version {} is not one this waly reads ({FORMAT_VERSION}, or {SEALED_FORMAT_VERSION} encrypted)",
                 value["waly_segment"]
             )));
         }
         let header: SegmentHeader =
             serde_json::from_value(value).map_err(|e| corrupt(format!("bad header line: {e}")))?;
+        if header.key_id.is_some() {
+            let head = zstd::zstd_safe::find_frame_compressed_size(bytes).unwrap_or(0);
+            refuse_sealed(key, &bytes[head.min(bytes.len())..])?;
+        }
         Ok(SegmentReader {
             key: key.to_string(),
             lines,
@@ -91,6 +96,7 @@ impl<'a> SegmentReader<'a> {
     /// Reads one frame of the segment `key` (its bytes only, as the header's
     /// or an index's `frames` locate them): the records in it.
     pub fn frame(key: &str, bytes: &'a [u8]) -> Result<Self, Error> {
+        refuse_sealed(key, bytes)?;
         let decoder = zstd::stream::read::Decoder::new(bytes).map_err(|e| Error::Corrupt {
             key: key.to_string(),
             why: format!("not zstd: {e}"),
@@ -238,4 +244,16 @@ impl<'a> SegmentReader<'a> {
             }
         })
     }
+}
+
+/// Sealed frames are opened (decrypted) by the store before they are read;
+/// one that reaches the reader would be skipped by zstd as if empty.
+fn refuse_sealed(key: &str, bytes: &[u8]) -> Result<(), Error> {
+    if bytes.len() >= 4 && bytes[..4] == crate::crypt::frame::MAGIC.to_le_bytes() {
+        return Err(Error::Corrupt {
+            key: key.to_string(),
+            why: "its frames are encrypted and were not decrypted before reading".into(),
+        });
+    }
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use super::line::{BeginLine, ChangeLine, CommitLine, MessageLine, Run, SchemaLine};
 use super::{sha256_hex, CommitRecord, MessageRecord, SchemaRecord};
-use super::{CommitPoint, Record, SegmentHeader, FORMAT_VERSION, LEVEL};
+use super::{CommitPoint, Record, SegmentHeader, FORMAT_VERSION, LEVEL, SEALED_FORMAT_VERSION};
 use crate::event::Change;
 use crate::{Error, Lsn};
 use bytes::Bytes;
@@ -45,6 +45,8 @@ pub struct SegmentBuilder {
     durable_lsn: Option<Lsn>,
     /// When the first record arrived (for the age bound).
     pub opened_at: Option<std::time::Instant>,
+    /// Encrypted archives: seals each record frame.
+    sealer: Option<crate::crypt::Sealer>,
 }
 
 impl std::fmt::Debug for SegmentBuilder {
@@ -109,7 +111,16 @@ impl SegmentBuilder {
             last_time: None,
             durable_lsn: None,
             opened_at: None,
+            sealer: None,
         })
+    }
+
+    /// An empty segment whose record frames `sealer` encrypts (`None`: a
+    /// plaintext archive).
+    pub fn sealed_by(sealer: Option<crate::crypt::Sealer>) -> Result<Self, Error> {
+        let mut b = Self::new()?;
+        b.sealer = sealer;
+        Ok(b)
     }
 
     /// The transaction `commit_lsn` is written from here on: a `begin` line
@@ -237,7 +248,10 @@ impl SegmentBuilder {
         if self.frame.is_empty() {
             return Ok(());
         }
-        let compressed = self.compressor.compress(&self.frame)?;
+        let mut compressed = self.compressor.compress(&self.frame)?;
+        if let Some(s) = &self.sealer {
+            compressed = s.seal(&compressed)?;
+        }
         self.frames.push((self.body.len() as u64, compressed.len() as u64));
         self.body.extend_from_slice(&compressed);
         self.frame.clear();
@@ -321,7 +335,11 @@ impl SegmentBuilder {
         self.end_frame()?;
         let first = self.first_lsn.or(self.durable_lsn).unwrap_or_default();
         let header = SegmentHeader {
-            waly_segment: FORMAT_VERSION,
+            waly_segment: if self.sealer.is_some() {
+                SEALED_FORMAT_VERSION
+            } else {
+                FORMAT_VERSION
+            },
             generation: generation.to_string(),
             number,
             first_lsn: first,
@@ -335,6 +353,8 @@ impl SegmentBuilder {
             frames: std::mem::take(&mut self.frames),
             prev_sha256,
             fence,
+            key_id: self.sealer.as_ref().map(|s| s.key_id().to_string()),
+            body_sha256: self.sealer.as_ref().map(|_| sha256_hex(&self.body)),
         };
         let mut json =
             serde_json::to_vec(&header).map_err(|e| Error::Protocol(format!("serializing a header: {e}")))?;

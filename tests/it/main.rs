@@ -5,6 +5,7 @@ mod archive;
 mod auth;
 mod bad_input;
 mod decode;
+mod encrypt;
 pub(crate) mod export;
 mod golden;
 mod harness;

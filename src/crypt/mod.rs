@@ -1,0 +1,512 @@
+//! Client-side encryption with age: every object that holds data is
+//! compressed, then encrypted, frame by frame, under a data key that is
+//! itself wrapped (age) for the archive's recipients. See docs/FORMAT.md,
+//! "Encryption".
+//!
+//! A [`Crypt`] travels with a [`Store`] (shared by its clones): it knows
+//! whether the archive is encrypted (from `waly.json`, read once), the
+//! reader's key source (an identity file or a passphrase), the data keys
+//! unwrapped so far, and the writer's own data key. Writers seal through
+//! [`Sealer`]; readers open through [`Store::open_segment`],
+//! [`Store::open_frames`] and [`Store::open_blob`]; and
+//! [`Store::put_once`] refuses any plaintext object that should hold
+//! ciphertext, so no writer path can leak one by forgetting.
+
+pub mod frame;
+pub mod keys;
+
+use crate::archive::{layout, Store};
+use crate::Error;
+use age::secrecy::{ExposeSecret, SecretString};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Where a reader's key comes from. Its `Debug` never shows a secret.
+#[derive(Clone)]
+pub enum KeySource {
+    /// An age identity file.
+    File(std::path::PathBuf),
+    /// A passphrase (passphrase-mode archives).
+    Passphrase(SecretString),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::File(p) => f.debug_tuple("File").field(p).finish(),
+            KeySource::Passphrase(_) => f.write_str("Passphrase(<redacted>)"),
+        }
+    }
+}
+
+/// The writer's data key: seals frames and objects. Its `Debug` shows the
+/// key id only.
+#[derive(Clone)]
+pub struct Sealer {
+    id: String,
+    recipient: age::x25519::Recipient,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealer").field("key_id", &self.id).finish()
+    }
+}
+
+impl Sealer {
+    /// The data key's id.
+    pub fn key_id(&self) -> &str {
+        &self.id
+    }
+
+    /// `plain` encrypted as one sealed frame.
+    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, Error> {
+        let age =
+            age::encrypt(&self.recipient, plain).map_err(|e| Error::Encryption(format!("cannot encrypt: {e}")))?;
+        Ok(frame::wrap(&self.id, &age))
+    }
+}
+
+/// Whether the archive is encrypted, as `waly.json` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    Encrypted,
+}
+
+/// A store's encryption state (see the module documentation).
+#[derive(Default)]
+pub struct Crypt {
+    source: Mutex<Option<KeySource>>,
+    mode: tokio::sync::OnceCell<Mode>,
+    identities: tokio::sync::OnceCell<Vec<age::x25519::Identity>>,
+    data: Mutex<HashMap<String, Arc<age::x25519::Identity>>>,
+    sealer: Mutex<Option<Sealer>>,
+}
+
+impl std::fmt::Debug for Crypt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Crypt")
+            .field("mode", &self.mode.get())
+            .field("data_keys", &self.data.lock().map(|d| d.len()).unwrap_or(0))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a reader without a key is told.
+fn what_to_pass(store: &Store) -> String {
+    format!(
+        "the archive at {} is encrypted: pass --identity FILE (or set WALY_IDENTITY) with an age identity it was \
+         encrypted to, or set WALY_PASSPHRASE for an archive created with --encrypt passphrase",
+        store.url()
+    )
+}
+
+impl Crypt {
+    /// Whether a reader's key source was given.
+    pub fn has_source(&self) -> bool {
+        self.source.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+
+    /// Sets where this store's reader takes its key from.
+    pub fn set_source(&self, source: Option<KeySource>) {
+        if let Ok(mut s) = self.source.lock() {
+            *s = source;
+        }
+    }
+
+    async fn mode(&self, store: &Store) -> Result<Mode, Error> {
+        self.mode
+            .get_or_try_init(|| async {
+                let id = crate::archive::state::read_identity(store).await?;
+                Ok::<_, Error>(match id.and_then(|i| i.encryption) {
+                    Some(_) => Mode::Encrypted,
+                    None => Mode::Plain,
+                })
+            })
+            .await
+            .copied()
+    }
+
+    /// The reader's identities: loaded on first need.
+    async fn identities(&self, store: &Store) -> Result<&[age::x25519::Identity], Error> {
+        let source = self.source.lock().map(|s| s.clone()).unwrap_or(None);
+        let ids = self
+            .identities
+            .get_or_try_init(|| async {
+                match source {
+                    None => Err(Error::Encryption(what_to_pass(store))),
+                    Some(KeySource::File(path)) => {
+                        let what = format!("identity file {}", path.display());
+                        let text = std::fs::read_to_string(&path)
+                            .map_err(|e| Error::Encryption(format!("cannot read {what}: {e}")))?;
+                        keys::parse_identities(&what, &text)
+                    }
+                    Some(KeySource::Passphrase(p)) => {
+                        let Some(bytes) = store.get_opt(keys::PASSPHRASE_KEY).await? else {
+                            return Err(Error::Encryption(format!(
+                                "WALY_PASSPHRASE is set, but the archive at {} has no {} (it was not created with \
+                                 --encrypt passphrase): pass --identity FILE instead",
+                                store.url(),
+                                keys::PASSPHRASE_KEY
+                            )));
+                        };
+                        let p2 = p.clone();
+                        let id = tokio::task::spawn_blocking(move || keys::open_passphrase_key(&bytes, &p2))
+                            .await
+                            .map_err(|e| Error::Encryption(format!("scrypt task: {e}")))??;
+                        Ok(vec![id])
+                    }
+                }
+            })
+            .await?;
+        Ok(ids)
+    }
+
+    /// Data key `id`, unwrapped with the reader's identities (once).
+    async fn data_key(&self, store: &Store, id: &str) -> Result<Arc<age::x25519::Identity>, Error> {
+        if let Some(k) = self.data.lock().ok().and_then(|d| d.get(id).cloned()) {
+            return Ok(k);
+        }
+        let wrappings = keys::wrappings(store, id).await?;
+        if wrappings.is_empty() {
+            return Err(Error::Encryption(format!(
+                "data key {id} is not in the archive ({}/{id}/ is empty): objects sealed under it cannot be read",
+                keys::DATA_DIR
+            )));
+        }
+        let identities = self.identities(store).await?;
+        for w in &wrappings {
+            let bytes = store.get(w).await?;
+            if let Some(text) = keys::decrypt_with(w, identities, &bytes)? {
+                let text = SecretString::from(String::from_utf8_lossy(&text).into_owned());
+                let mut found = keys::parse_identities(w, text.expose_secret())?;
+                let key = Arc::new(found.remove(0));
+                if let Ok(mut d) = self.data.lock() {
+                    d.insert(id.to_string(), key.clone());
+                }
+                return Ok(key);
+            }
+        }
+        Err(Error::Encryption(format!(
+            "the key does not match: data key {id} of the archive at {} is wrapped for other recipients than the \
+             identity given ({})",
+            store.url(),
+            wrappings.join(", ")
+        )))
+    }
+
+    /// Decrypts one sealed frame (`bytes`, the whole frame) of object `key`.
+    async fn unseal(&self, store: &Store, key: &str, id: &str, bytes: &[u8]) -> Result<Vec<u8>, Error> {
+        let data = self.data_key(store, id).await?;
+        match keys::decrypt_with(key, std::slice::from_ref(&*data), &bytes[frame::HEAD..])? {
+            Some(plain) => Ok(plain),
+            None => Err(Error::Corrupt {
+                key: key.to_string(),
+                why: format!("a frame named data key {id} but is not encrypted to it"),
+            }),
+        }
+    }
+}
+
+/// Which frames of what is read may be plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plain {
+    /// The first (a segment's header).
+    Head,
+    /// None.
+    Never,
+}
+
+impl Store {
+    /// This store's encryption state.
+    pub fn crypt(&self) -> &Crypt {
+        &self.crypt
+    }
+
+    /// Makes this store ready to write: learns whether the archive is
+    /// encrypted and, if it is, makes a data key for this writer, wrapped
+    /// for the newest recipient set (no identity needed). Refuses to go on
+    /// when the archive is encrypted and its recipients are missing or
+    /// malformed.
+    pub async fn prepare_writing(&self) -> Result<Option<Sealer>, Error> {
+        if self.crypt.mode(self).await? == Mode::Plain {
+            return Ok(None);
+        }
+        if let Some(s) = self.crypt.sealer.lock().ok().and_then(|s| s.clone()) {
+            return Ok(Some(s));
+        }
+        let set = keys::newest_recipients(self).await?.ok_or_else(|| {
+            Error::Encryption(format!(
+                "the archive at {} is marked encrypted but has no recipients ({}/): refusing to write; \
+                 add one with `waly keys add-recipient`",
+                self.url(),
+                keys::RECIPIENTS_DIR
+            ))
+        })?;
+        let recipients = keys::recipients_of(&keys::recipients_key(set.number), &set)?;
+        let (id, identity) = keys::new_data_key(self, &recipients).await?;
+        let sealer = Sealer {
+            id: id.clone(),
+            recipient: identity.to_public(),
+        };
+        if let Ok(mut d) = self.crypt.data.lock() {
+            d.insert(id, Arc::new(identity));
+        }
+        if let Ok(mut s) = self.crypt.sealer.lock() {
+            *s = Some(sealer.clone());
+        }
+        Ok(Some(sealer))
+    }
+
+    /// The writer's sealer: `None` for a plaintext archive. Fails when
+    /// [`Store::prepare_writing`] has not run (the archive's mode unknown):
+    /// a writer never guesses.
+    pub fn sealer(&self) -> Result<Option<Sealer>, Error> {
+        match self.crypt.mode.get() {
+            Some(Mode::Plain) => Ok(None),
+            Some(Mode::Encrypted) => self
+                .crypt
+                .sealer
+                .lock()
+                .ok()
+                .and_then(|s| s.clone())
+                .map(Some)
+                .ok_or_else(|| Error::Encryption("the writer has no data key (prepare_writing did not run)".into())),
+            None => Err(Error::Encryption(
+                "the archive's encryption was not checked before writing (prepare_writing did not run)".into(),
+            )),
+        }
+    }
+
+    /// Whether the archive is encrypted (`waly.json`, read once).
+    pub async fn is_encrypted(&self) -> Result<bool, Error> {
+        Ok(self.crypt.mode(self).await? == Mode::Encrypted)
+    }
+
+    /// `bytes` sealed as one frame if the archive is encrypted (for an
+    /// object read whole: a schema version, an error record).
+    pub fn seal_blob(&self, bytes: Bytes) -> Result<Bytes, Error> {
+        match self.sealer()? {
+            Some(s) => Ok(s.seal(&bytes)?.into()),
+            None => Ok(bytes),
+        }
+    }
+
+    /// Reads segment `key` whole, its record frames decrypted.
+    pub async fn get_segment(&self, key: &str) -> Result<Bytes, Error> {
+        let bytes = self.get(key).await?;
+        self.open_segment(key, bytes).await
+    }
+
+    /// Reads an object that is all frames (a snapshot part) whole, decrypted.
+    pub async fn get_frames(&self, key: &str) -> Result<Bytes, Error> {
+        let bytes = self.get(key).await?;
+        self.open_frames(key, bytes).await
+    }
+
+    /// Reads `range` of `key`, whole frames, decrypted.
+    pub async fn get_range_frames(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, Error> {
+        let bytes = self.get_range(key, range).await?;
+        self.open_frames(key, bytes).await
+    }
+
+    /// Reads an object read whole (an error record), decrypted.
+    pub async fn get_blob(&self, key: &str) -> Result<Bytes, Error> {
+        let bytes = self.get(key).await?;
+        self.open_blob(key, bytes).await
+    }
+
+    /// A whole segment as plaintext frames: its header frame, then each
+    /// record frame decrypted.
+    pub async fn open_segment(&self, key: &str, bytes: Bytes) -> Result<Bytes, Error> {
+        self.open_with(key, bytes, Plain::Head).await
+    }
+
+    /// Record frames (of a segment, a snapshot part or an index object),
+    /// each decrypted: all sealed in an encrypted archive.
+    pub async fn open_frames(&self, key: &str, bytes: Bytes) -> Result<Bytes, Error> {
+        self.open_with(key, bytes, Plain::Never).await
+    }
+
+    /// An object read whole: an error record's bytes, decrypted if sealed;
+    /// metadata (a lease, a manifest) as it is.
+    pub async fn open_blob(&self, key: &str, bytes: Bytes) -> Result<Bytes, Error> {
+        if layout::data_kind(key) != Some(layout::DataKind::Blob) {
+            return Ok(bytes); // metadata: never sealed
+        }
+        let sealed = bytes.len() >= 4 && bytes[..4] == frame::MAGIC.to_le_bytes();
+        let mode = self.crypt.mode(self).await?;
+        match (sealed, mode) {
+            (false, Mode::Plain) => Ok(bytes),
+            (false, Mode::Encrypted) => Err(plaintext_in_encrypted(key)),
+            (true, Mode::Plain) => Err(sealed_in_plain(key)),
+            (true, Mode::Encrypted) => {
+                let (len, id) = frame::next(key, &bytes)?;
+                let id = id.unwrap_or_default();
+                if len != bytes.len() {
+                    return Err(Error::Corrupt {
+                        key: key.to_string(),
+                        why: format!("{} bytes follow its sealed frame", bytes.len() - len),
+                    });
+                }
+                Ok(self.crypt.unseal(self, key, &id, &bytes).await?.into())
+            }
+        }
+    }
+
+    async fn open_with(&self, key: &str, bytes: Bytes, plain: Plain) -> Result<Bytes, Error> {
+        let mode = self.crypt.mode(self).await?;
+        let frames = frame::walk(key, &bytes)?;
+        let sealed = frames.iter().filter(|f| f.2.is_some()).count();
+        if mode == Mode::Plain {
+            if sealed > 0 {
+                return Err(sealed_in_plain(key));
+            }
+            return Ok(bytes);
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        for (i, (a, b, id)) in frames.iter().enumerate() {
+            match id {
+                Some(id) => out.extend_from_slice(&self.crypt.unseal(self, key, id, &bytes[*a..*b]).await?),
+                None if i == 0 && plain == Plain::Head => out.extend_from_slice(&bytes[*a..*b]),
+                None => return Err(plaintext_in_encrypted(key)),
+            }
+        }
+        Ok(out.into())
+    }
+
+    /// Refuses plaintext where an encrypted archive must hold ciphertext
+    /// (every write-once put passes here).
+    pub(crate) async fn check_sealed(&self, key: &str, bytes: &[u8]) -> Result<(), Error> {
+        let Some(kind) = layout::data_kind(key) else {
+            return Ok(());
+        };
+        if self.crypt.mode(self).await? == Mode::Plain {
+            return Ok(());
+        }
+        let ok = match kind {
+            layout::DataKind::Segment => frame::walk(key, bytes)?
+                .iter()
+                .enumerate()
+                .all(|(i, f)| (i == 0) == f.2.is_none()),
+            layout::DataKind::Frames => frame::walk(key, bytes)?.iter().all(|f| f.2.is_some()),
+            layout::DataKind::Blob => matches!(frame::next(key, bytes), Ok((n, Some(_))) if n == bytes.len()),
+            layout::DataKind::Index => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Encryption(format!(
+                "refusing to write {key}: the archive is encrypted and this object is not sealed"
+            )))
+        }
+    }
+}
+
+fn plaintext_in_encrypted(key: &str) -> Error {
+    Error::Corrupt {
+        key: key.to_string(),
+        why: "it holds plaintext, but the archive is encrypted: it is not read as history".into(),
+    }
+}
+
+fn sealed_in_plain(key: &str) -> Error {
+    Error::Corrupt {
+        key: key.to_string(),
+        why: "it holds encrypted frames, but waly.json does not mark the archive encrypted".into(),
+    }
+}
+
+/// What `waly init --encrypt` was given.
+#[derive(Clone)]
+pub enum EncryptSpec {
+    /// `age:RECIPIENT[,RECIPIENT...]`.
+    Recipients(Vec<age::x25519::Recipient>),
+    /// `passphrase`: an archive identity kept under this passphrase.
+    Passphrase(SecretString),
+}
+
+impl std::fmt::Debug for EncryptSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EncryptSpec::Recipients(r) => f.debug_tuple("Recipients").field(&r.len()).finish(),
+            EncryptSpec::Passphrase(_) => f.write_str("Passphrase(<redacted>)"),
+        }
+    }
+}
+
+impl EncryptSpec {
+    /// Parses `age:RECIPIENT[,RECIPIENT...]` or `passphrase` (then asks
+    /// `passphrase` for it).
+    pub fn parse(spec: &str, passphrase: impl FnOnce() -> Result<SecretString, Error>) -> Result<Self, Error> {
+        if spec == "passphrase" {
+            return Ok(EncryptSpec::Passphrase(passphrase()?));
+        }
+        let Some(list) = spec.strip_prefix("age:") else {
+            return Err(Error::Encryption(format!(
+                "--encrypt {spec:?}: give age:RECIPIENT[,RECIPIENT...] (recipients from `waly keygen`) or passphrase"
+            )));
+        };
+        let recipients = list
+            .split(',')
+            .filter(|r| !r.trim().is_empty())
+            .map(keys::parse_recipient)
+            .collect::<Result<Vec<_>, _>>()?;
+        if recipients.is_empty() {
+            return Err(Error::Encryption("--encrypt age: names no recipient".into()));
+        }
+        Ok(EncryptSpec::Recipients(recipients))
+    }
+}
+
+/// Marks a new archive encrypted (`waly.json` first, so a crash before the
+/// recipients leaves an archive that refuses plaintext) and stores its
+/// first recipient set. An archive that already holds plaintext history is
+/// refused; one already encrypted keeps its recipients (`waly keys`
+/// changes them).
+pub async fn create(
+    store: &Store,
+    identity: &crate::archive::state::Identity,
+    spec: &EncryptSpec,
+) -> Result<(), Error> {
+    let mut mine = identity.clone();
+    mine.waly_archive = 2;
+    mine.encryption = Some("age".into());
+    let theirs = crate::archive::state::claim(store, &mine).await?;
+    if theirs.encryption.is_none() {
+        return Err(Error::Encryption(format!(
+            "the archive at {} already holds plaintext history: encryption starts with a new archive (another \
+             --archive); this one stays as it is",
+            store.url()
+        )));
+    }
+    if keys::newest_recipients(store).await?.is_some() {
+        return Ok(());
+    }
+    let (recipients, passphrase) = match spec {
+        EncryptSpec::Recipients(r) => (r.iter().map(|r| r.to_string()).collect(), false),
+        EncryptSpec::Passphrase(p) => {
+            let archive = age::x25519::Identity::generate();
+            let recipient = archive.to_public().to_string();
+            let p = p.clone();
+            let sealed = tokio::task::spawn_blocking(move || keys::seal_passphrase_key(&archive, &p))
+                .await
+                .map_err(|e| Error::Encryption(format!("scrypt task: {e}")))??;
+            store.put_once(keys::PASSPHRASE_KEY, sealed.into()).await?;
+            (vec![recipient], true)
+        }
+    };
+    let set = keys::RecipientSet {
+        waly_keys: 1,
+        number: 0,
+        recipients,
+        passphrase,
+        reason: "init".into(),
+        created_at: chrono::Utc::now(),
+    };
+    store
+        .put_once(&keys::recipients_key(0), crate::archive::state::to_json(&set))
+        .await
+}

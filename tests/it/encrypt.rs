@@ -1,0 +1,451 @@
+//! Encrypted archives (issue 12): the same answers as a plaintext archive of
+//! the same stream, no plaintext in any object, and clear refusals.
+
+use crate::archive::{archive_dir, slot, wait_streaming};
+use crate::harness::{run_within, waly, Running, TestDb};
+
+const SCHEMA: &str = "
+    CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL, email text);
+    CREATE TABLE notes (id bigint PRIMARY KEY, body text);
+    CREATE PUBLICATION waly FOR TABLE people, notes;";
+
+/// A value no object of an encrypted archive may hold in plaintext.
+fn canary(i: i64) -> String {
+    format!("zebra-canary-{i:05}")
+}
+
+fn workload(from: i64, to: i64) -> String {
+    let mut s = String::new();
+    for i in from..to {
+        s.push_str(&format!(
+            "INSERT INTO people VALUES ({i}, '{}', 'mail-{i}@example.org');\n",
+            canary(i)
+        ));
+        if i % 3 == 0 {
+            s.push_str(&format!(
+                "UPDATE people SET name = '{}' WHERE id = {};\n",
+                canary(i + 50_000),
+                i
+            ));
+        }
+        if i % 7 == 0 {
+            s.push_str(&format!("DELETE FROM people WHERE id = {};\n", i - 1));
+        }
+        s.push_str(&format!(
+            "INSERT INTO notes VALUES ({i}, repeat('{}', 40)) ON CONFLICT (id) DO UPDATE SET body = 'x';\n",
+            canary(i + 90_000)
+        ));
+    }
+    s
+}
+
+/// `waly run` of `db` into `archive` with its own slot `slot_name`.
+fn spawn(db: &TestDb, archive: &str, slot_name: &str) -> Running {
+    Running::spawn(waly().args([
+        "run",
+        "--source",
+        &db.url(),
+        "--archive",
+        archive,
+        "--slot",
+        slot_name,
+        "--flush-interval",
+        "200ms",
+        "--idle-interval",
+        "10s",
+        "--log",
+        "warn",
+        "--create-slot",
+    ]))
+}
+
+fn wait_slot_confirmed(db: &TestDb, slot_name: &str) {
+    let end = db.current_lsn();
+    db.wait_for(
+        &format!("SELECT confirmed_flush_lsn >= '{end}' FROM pg_replication_slots WHERE slot_name = '{slot_name}'"),
+        "t",
+        180,
+    );
+}
+
+/// Runs waly with `args` on `archive` (plus `key`: `--identity FILE`).
+fn read(archive: &str, key: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut c = waly();
+    c.args(args).args(["--archive", archive]);
+    if let Some(k) = key {
+        c.args(["--identity", k]);
+    }
+    run_within(&mut c, 180)
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn err(out: &std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected a failure: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every object under a local archive, with its bytes.
+fn raw_objects(dir: &str) -> Vec<(String, Vec<u8>)> {
+    crate::archive::files_under(dir, "")
+        .into_iter()
+        .map(|k| {
+            let bytes = std::fs::read(std::path::Path::new(dir).join(&k)).expect("read");
+            (k, bytes)
+        })
+        .collect()
+}
+
+fn holds(bytes: &[u8], needle: &str) -> bool {
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// The values a test wrote that must never appear in plaintext: canaries,
+/// emails, and the identity's secret.
+fn plaintext_found(objects: &[(String, Vec<u8>)], secret: &str, upto: i64) -> Vec<String> {
+    let mut found = Vec::new();
+    for (k, b) in objects {
+        // Decompressed too: a plaintext zstd frame would hide nothing.
+        let text = zstd::decode_all(&b[..]).unwrap_or_default();
+        for i in (1..upto).step_by(7) {
+            for needle in [canary(i), format!("mail-{i}@example.org")] {
+                if holds(b, &needle) || holds(&text, &needle) {
+                    found.push(format!("{k}: {needle}"));
+                }
+            }
+        }
+        if holds(b, secret) {
+            found.push(format!("{k}: the identity's secret"));
+        }
+    }
+    found
+}
+
+fn keygen(dir: &std::path::Path, name: &str) -> (String, String, String) {
+    let file = dir.join(name);
+    let out = run_within(waly().args(["keygen", "-o"]).arg(&file), 30);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "keygen writes its file readable by its owner only");
+    }
+    let text = std::fs::read_to_string(&file).expect("identity");
+    let recipient = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("recipient comment")
+        .to_string();
+    assert!(recipient.starts_with("age1") && stderr.contains(&recipient), "{stderr}");
+    let secret = text
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
+        .expect("secret")
+        .to_string();
+    assert!(!stderr.contains(&secret), "the secret is not printed to stderr");
+    // Never overwritten.
+    assert!(!run_within(waly().args(["keygen", "-o"]).arg(&file), 30)
+        .status
+        .success());
+    (file.display().to_string(), recipient, secret)
+}
+
+/// The same stream into an encrypted and a plaintext archive (each with its
+/// own slot), with `waly run` killed along the way on the encrypted one:
+/// every reader gives the same answer from both; no test value and no key
+/// appears in any encrypted object's bytes; readers without the key, or
+/// with the wrong one, are told so; `verify` needs no key and names a
+/// changed byte, a cut object and a plaintext segment slipped in.
+#[test]
+fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    let keys = tempdir(&db, "keys");
+    let (identity, recipient, secret) = keygen(&keys, "reader.key");
+    let (other, _, _) = keygen(&keys, "other.key");
+    let enc = archive_dir(&db);
+    let plain = format!("{enc}-plain");
+
+    // A malformed recipient: refused, nothing written.
+    let bad = run_within(
+        waly()
+            .args(["init", "--source", &db.url(), "--archive", &enc, "--slot", &slot(&db)])
+            .args(["--encrypt", "age:age1notarecipient"]),
+        60,
+    );
+    let e = err(&bad);
+    assert!(e.contains("is not an age X25519 recipient"), "{e}");
+    assert!(!std::path::Path::new(&enc).join("waly.json").exists());
+
+    let init = run_within(
+        waly()
+            .args(["init", "--source", &db.url(), "--archive", &enc, "--slot", &slot(&db)])
+            .args(["--encrypt", &format!("age:{recipient}")]),
+        60,
+    );
+    ok(&init);
+    let plain_slot = format!("{}_p", slot(&db));
+    let mut run = spawn(&db, &enc, &slot(&db));
+    let plain_run = spawn(&db, &plain, &plain_slot);
+    wait_streaming(&db, &run);
+    db.wait_for(
+        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{plain_slot}' AND active"),
+        "1",
+        120,
+    );
+    // Kill -9 the encrypted writer now and then while the workload runs.
+    // Killed once archived, and once in the middle of it.
+    for (a, b) in [(1, 300), (300, 600), (600, 900)] {
+        db.psql(&workload(a, b));
+        if a != 300 {
+            wait_slot_confirmed(&db, &slot(&db));
+        }
+        let _ = run.child.kill();
+        let _ = run.child.wait();
+        run = spawn(&db, &enc, &slot(&db));
+    }
+    db.psql("ALTER TABLE people ADD COLUMN tier int DEFAULT 1;");
+    db.psql(&workload(900, 1000));
+    wait_slot_confirmed(&db, &slot(&db));
+    wait_slot_confirmed(&db, &plain_slot);
+    let (s, e) = run.terminate(60);
+    assert!(s.success(), "{e}");
+    let (s, e) = plain_run.terminate(60);
+    assert!(s.success(), "{e}");
+
+    // Same answers.
+    let k = Some(identity.as_str());
+    let at = db.now_utc();
+    for args in [
+        vec!["log", "--json"],
+        vec!["log", "--json", "--table", "people"],
+        vec!["history", "people", "3", "--json"],
+        vec!["history", "people", "699"],
+        vec!["show", "people", "--at", &at],
+        vec!["restore", "people", "--at", &at, "--output", "-", "--format", "csv"],
+    ] {
+        let a = ok(&read(&enc, k, &args));
+        let b = ok(&read(&plain, None, &args));
+        assert!(!a.is_empty(), "{args:?} printed nothing");
+        assert_eq!(a, b, "{args:?} differs between the encrypted and the plain archive");
+    }
+    // Each archive's first schema version is its own snapshot's (own slot,
+    // own LSN); what follows is the same.
+    let versions = |out: String| -> Vec<String> {
+        out.lines()
+            .map(|l| l.split_once("first version").map_or(l, |(_, rest)| rest).to_string())
+            .collect()
+    };
+    assert_eq!(
+        versions(ok(&read(&enc, k, &["schema", "people"]))),
+        versions(ok(&read(&plain, None, &["schema", "people"])))
+    );
+    let tables = ok(&read(&enc, k, &["tables", "--json"]));
+    assert!(
+        tables.contains("public.people") && tables.contains("public.notes"),
+        "{tables}"
+    );
+
+    // No plaintext: the grep finds the values in the plain archive (so it
+    // can), and nothing in the encrypted one.
+    let found_plain = plaintext_found(&raw_objects(&plain), &secret, 1000);
+    assert!(
+        !found_plain.is_empty(),
+        "the search finds plaintext where there is some"
+    );
+    let objects = raw_objects(&enc);
+    assert!(objects.iter().any(|(k, _)| k.contains("/segments/")));
+    let found = plaintext_found(&objects, &secret, 1000);
+    assert!(found.is_empty(), "plaintext in the encrypted archive: {found:?}");
+
+    // Readers without the key, or with the wrong one.
+    let e = err(&read(&enc, None, &["log"]));
+    assert!(e.contains("is encrypted") && e.contains("--identity"), "{e}");
+    let e = err(&read(&enc, Some(&other), &["history", "people", "3"]));
+    assert!(e.contains("the key does not match"), "{e}");
+    assert!(!e.contains("AGE-SECRET-KEY"), "{e}");
+
+    // verify: clean without a key and with it.
+    let v = read(&enc, None, &["verify", "--json"]);
+    assert!(v.status.success(), "{}", ok(&v));
+    let report: serde_json::Value = serde_json::from_slice(&v.stdout).expect("json");
+    assert_eq!(
+        (
+            report["report"]["encrypted"].as_bool(),
+            report["report"]["records_checked"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
+    let v = read(&enc, k, &["verify", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&v.stdout).expect("json");
+    assert!(v.status.success(), "{report}");
+    assert_eq!(report["report"]["records_checked"].as_bool(), Some(true));
+
+    // A flipped ciphertext byte in a segment: named with and without the key.
+    let segs = crate::archive::files_under(&enc, "generations/00000001/segments");
+    assert!(segs.len() >= 3, "{segs:?}");
+    let victim = std::path::Path::new(&enc)
+        .join("generations/00000001/segments")
+        .join(&segs[segs.len() - 1]);
+    let good = std::fs::read(&victim).expect("read");
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 20] ^= 0x40;
+    std::fs::write(&victim, &bad).expect("write");
+    for key in [None, k] {
+        let v = read(&enc, key, &["verify"]);
+        let text = String::from_utf8_lossy(&v.stdout).into_owned();
+        assert_eq!(v.status.code(), Some(1), "{text}");
+        assert!(text.contains(&segs[segs.len() - 1]), "{text}");
+    }
+    let e = err(&read(&enc, k, &["log"]));
+    assert!(e.contains(&segs[segs.len() - 1]), "{e}");
+    // Cut short.
+    std::fs::write(&victim, &good[..good.len() - 100]).expect("write");
+    let v = read(&enc, None, &["verify"]);
+    assert_eq!(v.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&v.stdout).contains(&segs[segs.len() - 1]));
+    std::fs::write(&victim, &good).expect("write");
+    assert!(read(&enc, None, &["verify"]).status.success());
+
+    // A plaintext segment slipped in: a verify problem, never history.
+    let plain_segs = crate::archive::files_under(&plain, "generations/00000001/segments");
+    let slipped = plain_segs
+        .iter()
+        .map(|s| {
+            std::path::Path::new(&plain)
+                .join("generations/00000001/segments")
+                .join(s)
+        })
+        .find(|p| std::fs::metadata(p).map(|m| m.len() > 2000).unwrap_or(false))
+        .expect("a plain segment with records");
+    let last_number: u64 = segs[segs.len() - 1][..10].parse().expect("number");
+    let name = format!("{:010}-{}", last_number + 1, &segs[segs.len() - 1][11..]);
+    let target = std::path::Path::new(&enc)
+        .join("generations/00000001/segments")
+        .join(name);
+    std::fs::copy(&slipped, &target).expect("copy");
+    let v = read(&enc, None, &["verify"]);
+    let text = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert_eq!(v.status.code(), Some(1), "{text}");
+    assert!(text.contains("plaintext"), "{text}");
+    let e = err(&read(&enc, k, &["log"]));
+    assert!(e.contains("plaintext"), "{e}");
+    std::fs::remove_file(&target).expect("rm");
+
+    // A writer whose archive lost its recipients refuses to write.
+    for (k, _) in &objects {
+        if k.starts_with("keys/recipients/") {
+            std::fs::remove_file(std::path::Path::new(&enc).join(k)).expect("rm");
+        }
+    }
+    let refused = run_within(
+        waly().args([
+            "run",
+            "--source",
+            &db.url(),
+            "--archive",
+            &enc,
+            "--slot",
+            &slot(&db),
+            "--log",
+            "warn",
+        ]),
+        120,
+    );
+    let e = err(&refused);
+    assert!(e.contains("no recipients") && e.contains("refusing to write"), "{e}");
+
+    for d in [&enc, &plain] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let _ = std::fs::remove_dir_all(&keys);
+    db.psql(&format!("SELECT pg_drop_replication_slot('{plain_slot}')"));
+}
+
+fn tempdir(db: &TestDb, what: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("waly-{what}-{}", db.name));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
+
+/// Passphrase mode on S3 (moto): `waly run` writes with no passphrase at
+/// all; readers take WALY_PASSPHRASE; a wrong one is told so; no test value
+/// is in any object of the bucket.
+#[test]
+fn passphrase_archive_on_s3_is_written_without_the_passphrase_and_read_with_it() {
+    let Some(bucket) = crate::harness::s3_bucket("waly-enc") else {
+        return;
+    };
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    let archive = format!("s3://{bucket}/enc");
+    let init = run_within(
+        waly()
+            .env("WALY_PASSPHRASE", "correct horse battery staple")
+            .args([
+                "init",
+                "--source",
+                &db.url(),
+                "--archive",
+                &archive,
+                "--slot",
+                &slot(&db),
+            ])
+            .args(["--encrypt", "passphrase"]),
+        120,
+    );
+    ok(&init);
+    let run = spawn(&db, &archive, &slot(&db));
+    wait_streaming(&db, &run);
+    db.psql(&workload(1, 200));
+    wait_slot_confirmed(&db, &slot(&db));
+    let (s, e) = run.terminate(60);
+    assert!(s.success(), "{e}");
+
+    let with = |pass: Option<&str>, args: &[&str]| {
+        let mut c = waly();
+        c.env_remove("WALY_PASSPHRASE");
+        if let Some(p) = pass {
+            c.env("WALY_PASSPHRASE", p);
+        }
+        run_within(c.args(args).args(["--archive", &archive]), 180)
+    };
+    let hist = ok(&with(
+        Some("correct horse battery staple"),
+        &["history", "people", "3", "--json"],
+    ));
+    let versions: Vec<serde_json::Value> = hist.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    assert_eq!(versions.len(), 2, "insert and update: {hist}");
+    assert!(hist.contains(&canary(50_003)), "{hist}");
+    let e = err(&with(Some("wrong"), &["log"]));
+    assert!(e.contains("passphrase does not match"), "{e}");
+    let e = err(&with(None, &["log"]));
+    assert!(e.contains("is encrypted"), "{e}");
+    assert!(with(None, &["verify"]).status.success());
+
+    // The raw bucket.
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let objects = rt.block_on(async {
+        let store = waly::archive::Store::open(&archive).expect("open");
+        let mut out = Vec::new();
+        for (k, _) in store.list("").await.expect("list") {
+            let b = store.get(&k).await.expect("get");
+            out.push((k, b.to_vec()));
+        }
+        out
+    });
+    assert!(objects.iter().any(|(k, _)| k == "keys/passphrase.age"));
+    let found = plaintext_found(&objects, "correct horse battery staple", 200);
+    assert!(found.is_empty(), "{found:?}");
+}
