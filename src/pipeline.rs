@@ -213,7 +213,7 @@ async fn record_error(store: &Store, message: &str) {
         "error": message,
         "host": crate::archive::lease::holder(),
     });
-    let put = match store.seal_blob(to_json(&body)) {
+    let put = match store.seal_blob(to_json(&body)).await {
         Ok(bytes) => store.put_once(&key, bytes).await,
         Err(e) => Err(e),
     };
@@ -327,6 +327,8 @@ struct Writer<'a> {
     builder: SegmentBuilder,
     stop: watch::Receiver<bool>,
     last_flush: Instant,
+    /// When an encrypted archive's recipient sets were last looked at.
+    keys_checked: Instant,
     /// The schema version each table's changes follow in this session (set
     /// by the stream's table descriptions).
     active: HashMap<String, u32>,
@@ -386,7 +388,37 @@ async fn check_retained_wal(sql: &tokio_postgres::Client, opts: &RunOptions) {
     }
 }
 
+/// How often `waly run` looks for a new recipient set (`waly keys`) in an
+/// encrypted archive: one listing.
+const KEYS_CHECK: Duration = Duration::from_secs(10);
+
 impl Writer<'_> {
+    /// An encrypted archive whose recipients changed (`waly keys`): seal
+    /// from the next segment on under a new data key wrapped for them,
+    /// without a restart.
+    async fn follow_rotation(&mut self) -> Result<(), Error> {
+        let Some(before) = self.store.sealer()? else {
+            return Ok(());
+        };
+        if self.keys_checked.elapsed() < KEYS_CHECK {
+            return Ok(());
+        }
+        self.keys_checked = Instant::now();
+        let Some(now) = self.store.prepare_writing().await? else {
+            return Ok(());
+        };
+        if now.key_id() != before.key_id() {
+            tracing::info!(
+                key_id = now.key_id(),
+                "the recipients changed: sealing under a new data key from the next segment on"
+            );
+            if self.builder.is_empty() {
+                self.builder = SegmentBuilder::sealed_by(Some(now))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Records a new schema version: its object now, its line in the
     /// transaction (unless the transaction was archived before), and the
     /// version changes of the table follow from here on.
@@ -524,6 +556,7 @@ impl Writer<'_> {
     /// returns the position that may now be confirmed.
     async fn flush(&mut self) -> Result<Option<Lsn>, Error> {
         self.write_waiting().await?;
+        self.follow_rotation().await?;
         if self.builder.is_empty() {
             return Ok(None);
         }
@@ -839,6 +872,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         builder: SegmentBuilder::sealed_by(store.sealer()?)?,
         stop: stop.clone(),
         last_flush: Instant::now(),
+        keys_checked: Instant::now(),
         active: HashMap::new(),
         renamed: HashMap::new(),
         pk: HashMap::new(),

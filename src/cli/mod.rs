@@ -6,6 +6,7 @@ mod export;
 mod history;
 mod init;
 mod keygen;
+mod keys;
 mod log;
 mod prune;
 mod reindex;
@@ -54,6 +55,8 @@ pub enum Command {
     Init(init::InitArgs),
     /// Print a new age identity (X25519) for encrypted archives, its recipient on a comment line.
     Keygen(keygen::KeygenArgs),
+    /// An encrypted archive's recipients and data keys: list, add-recipient, remove-recipient, rotate.
+    Keys(keys::KeysArgs),
     /// Capture every committed change into the archive (the sidecar).
     Run(run::RunArgs),
     /// Print the archived changes in commit order, each once.
@@ -217,6 +220,7 @@ pub fn main() -> ExitCode {
                 Command::Tail(args) => done(tail::run(args).await),
                 Command::Init(args) => done(init::run(args).await),
                 Command::Keygen(args) => done(keygen::run(args)),
+                Command::Keys(args) => done(keys::run(args).await),
                 Command::Run(args) => done(run::run(args).await),
                 Command::Log(args) => done(log::run(args).await),
                 Command::Restore(args) => done(restore::run(args).await),

@@ -14,6 +14,7 @@
 
 pub mod frame;
 pub mod keys;
+pub mod rotate;
 
 use crate::archive::{layout, Store};
 use crate::Error;
@@ -46,6 +47,8 @@ impl std::fmt::Debug for KeySource {
 pub struct Sealer {
     id: String,
     recipient: age::x25519::Recipient,
+    /// The recipient set it was wrapped for.
+    set: u32,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -116,17 +119,21 @@ impl Crypt {
         }
     }
 
+    /// The archive's mode, remembered once `waly.json` exists (an archive
+    /// without one is plaintext so far, and asked again next time).
     async fn mode(&self, store: &Store) -> Result<Mode, Error> {
-        self.mode
-            .get_or_try_init(|| async {
-                let id = crate::archive::state::read_identity(store).await?;
-                Ok::<_, Error>(match id.and_then(|i| i.encryption) {
-                    Some(_) => Mode::Encrypted,
-                    None => Mode::Plain,
-                })
-            })
-            .await
-            .copied()
+        if let Some(m) = self.mode.get() {
+            return Ok(*m);
+        }
+        let Some(id) = crate::archive::state::read_identity(store).await? else {
+            return Ok(Mode::Plain);
+        };
+        let m = match id.encryption {
+            Some(_) => Mode::Encrypted,
+            None => Mode::Plain,
+        };
+        let _ = self.mode.set(m);
+        Ok(m)
     }
 
     /// The reader's identities: loaded on first need.
@@ -197,6 +204,11 @@ impl Crypt {
         )))
     }
 
+    /// Data key `id`'s secret (an identity file line), to wrap it again.
+    pub async fn data_key_secret(&self, store: &Store, id: &str) -> Result<SecretString, Error> {
+        Ok(keys::secret_line(&*self.data_key(store, id).await?))
+    }
+
     /// Decrypts one sealed frame (`bytes`, the whole frame) of object `key`.
     async fn unseal(&self, store: &Store, key: &str, id: &str, bytes: &[u8]) -> Result<Vec<u8>, Error> {
         let data = self.data_key(store, id).await?;
@@ -227,15 +239,13 @@ impl Store {
 
     /// Makes this store ready to write: learns whether the archive is
     /// encrypted and, if it is, makes a data key for this writer, wrapped
-    /// for the newest recipient set (no identity needed). Refuses to go on
-    /// when the archive is encrypted and its recipients are missing or
-    /// malformed.
+    /// for the newest recipient set (no identity needed); a later call
+    /// makes a new one only if a newer set appeared (a rotation: one
+    /// listing). Refuses to go on when the archive is encrypted and its
+    /// recipients are missing or malformed.
     pub async fn prepare_writing(&self) -> Result<Option<Sealer>, Error> {
         if self.crypt.mode(self).await? == Mode::Plain {
             return Ok(None);
-        }
-        if let Some(s) = self.crypt.sealer.lock().ok().and_then(|s| s.clone()) {
-            return Ok(Some(s));
         }
         let set = keys::newest_recipients(self).await?.ok_or_else(|| {
             Error::Encryption(format!(
@@ -245,11 +255,17 @@ impl Store {
                 keys::RECIPIENTS_DIR
             ))
         })?;
+        if let Some(s) = self.crypt.sealer.lock().ok().and_then(|s| s.clone()) {
+            if s.set == set.number {
+                return Ok(Some(s));
+            }
+        }
         let recipients = keys::recipients_of(&keys::recipients_key(set.number), &set)?;
         let (id, identity) = keys::new_data_key(self, &recipients).await?;
         let sealer = Sealer {
             id: id.clone(),
             recipient: identity.to_public(),
+            set: set.number,
         };
         if let Ok(mut d) = self.crypt.data.lock() {
             d.insert(id, Arc::new(identity));
@@ -285,13 +301,22 @@ impl Store {
         Ok(self.crypt.mode(self).await? == Mode::Encrypted)
     }
 
-    /// `bytes` sealed as one frame if the archive is encrypted (for an
-    /// object read whole: a schema version, an error record).
-    pub fn seal_blob(&self, bytes: Bytes) -> Result<Bytes, Error> {
-        match self.sealer()? {
-            Some(s) => Ok(s.seal(&bytes)?.into()),
-            None => Ok(bytes),
+    /// `bytes` sealed as one frame if the archive is encrypted (an object
+    /// read whole: an error record), under this writer's data key (made
+    /// now if there is none yet).
+    pub async fn seal_blob(&self, bytes: Bytes) -> Result<Bytes, Error> {
+        if self.crypt.mode(self).await? == Mode::Plain {
+            return Ok(bytes);
         }
+        let mine = self.crypt.sealer.lock().ok().and_then(|s| s.clone());
+        let sealer = match mine {
+            Some(s) => s,
+            None => self
+                .prepare_writing()
+                .await?
+                .ok_or_else(|| Error::Encryption("no data key".into()))?,
+        };
+        Ok(sealer.seal(&bytes)?.into())
     }
 
     /// Reads segment `key` whole, its record frames decrypted.
@@ -509,4 +534,44 @@ pub async fn create(
     store
         .put_once(&keys::recipients_key(0), crate::archive::state::to_json(&set))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let pass = "a-passphrase-that-must-not-leak";
+        let id = age::x25519::Identity::generate();
+        let secret = keys::secret_line(&id);
+        let shown = [
+            format!("{:?}", KeySource::Passphrase(pass.to_string().into())),
+            format!("{:?}", EncryptSpec::Passphrase(pass.to_string().into())),
+            format!(
+                "{:?}",
+                Sealer {
+                    id: "0123456789abcdef".into(),
+                    recipient: id.to_public(),
+                    set: 0
+                }
+            ),
+            format!("{:?}", Crypt::default()),
+            format!("{secret:?}"),
+        ];
+        for s in &shown {
+            assert!(!s.contains(pass) && !s.contains(secret.expose_secret().trim()), "{s}");
+        }
+        // Sealed, then opened by the data key alone.
+        let sealer = Sealer {
+            id: keys::key_id(&id.to_public()),
+            recipient: id.to_public(),
+            set: 0,
+        };
+        let sealed = sealer.seal(b"row data").expect("seal");
+        let (len, key) = frame::next("k", &sealed).expect("frame");
+        assert_eq!((len, key.as_deref()), (sealed.len(), Some(sealer.key_id())));
+        let plain = keys::decrypt_with("k", &[id], &sealed[frame::HEAD..]).expect("ok");
+        assert_eq!(plain.as_deref(), Some(&b"row data"[..]));
+    }
 }

@@ -795,6 +795,15 @@ async fn collect_inner(
                 continue;
             }
         }
+        // A time point: a segment whose first transaction committed after
+        // it is where the walk would stop; its header says so without
+        // reading (or decrypting) the rest.
+        if let Bound::Time(t) = plan.point {
+            let (header, _) = crate::index::segment_header(store, key).await?;
+            if header.first_lsn >= start && header.first_commit_time.is_some_and(|f| f > t) {
+                break 'segments;
+            }
+        }
         let bytes = store.get_segment(key).await?;
         read += bytes.len() as u64;
         progress(read);

@@ -1435,11 +1435,77 @@ fn no_password_or_secret_appears_in_any_output() {
         outputs.iter().any(|o| o.contains("127.0.0.1")),
         "the errors were printed: {outputs:#?}"
     );
+    // Encryption: a passphrase archive read with the right passphrase, a
+    // wrong one, and a wrong identity file; help with both set.
+    let passphrase = "waly-pass-phrase-leak-9Zr";
+    let enc = format!("{archive}-enc");
+    tokio::runtime::Runtime::new().expect("rt").block_on(async {
+        let store = waly::archive::Store::open(&enc).expect("open");
+        let id = waly::archive::state::Identity::new("1", "db", "s", "p");
+        let spec = waly::crypt::EncryptSpec::Passphrase(passphrase.to_string().into());
+        assert!(!format!("{spec:?}").contains(passphrase));
+        waly::crypt::create(&store, &id, &spec).await.expect("create");
+        // A data key, as a writer session makes one.
+        assert!(store.prepare_writing().await.expect("writer key").is_some());
+    });
+    let keyfile = std::env::temp_dir().join(format!("waly-leak-{}.key", db.name));
+    let _ = std::fs::remove_file(&keyfile);
+    let out = run_within(waly().args(["keygen", "-o"]).arg(&keyfile), 30);
+    assert!(out.status.success());
+    let key_text = std::fs::read_to_string(&keyfile).expect("key");
+    let identity_secret = key_text
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
+        .expect("secret");
+    let recipient = key_text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("recipient");
+    for (pass, args) in [
+        (Some(passphrase), vec!["--log", "debug", "log", "--archive", &enc]),
+        (
+            Some("not-it"),
+            vec!["--log", "debug", "keys", "add-recipient", recipient, "--archive", &enc],
+        ),
+        (
+            None,
+            vec!["--log", "debug", "keys", "add-recipient", recipient, "--archive", &enc],
+        ),
+        (None, vec!["--log", "debug", "verify", "--archive", &enc]),
+        (
+            Some(passphrase),
+            vec!["--log", "debug", "keys", "list", "--archive", &enc],
+        ),
+        (Some(passphrase), vec!["history", "--help"]),
+    ] {
+        let mut c = waly();
+        c.env("WALY_IDENTITY", &keyfile).args(&args);
+        if let Some(p) = pass {
+            c.env("WALY_PASSPHRASE", p).env_remove("WALY_IDENTITY");
+        }
+        outputs.push(record(c));
+    }
+    let mut c = waly();
+    c.args(["--log", "debug", "log", "--archive", &enc, "--identity"])
+        .arg(&keyfile);
+    outputs.push(record(c));
+    assert!(
+        outputs.iter().any(|o| o.contains("passphrase does not match")),
+        "the wrong passphrase was refused: {outputs:#?}"
+    );
+    assert!(
+        outputs.iter().any(|o| o.contains("the key does not match")),
+        "{outputs:#?}"
+    );
     for o in &outputs {
         assert!(!o.contains(password), "a password leaked: {o}");
         assert!(!o.contains(secret), "a secret leaked: {o}");
+        assert!(!o.contains(passphrase), "a passphrase leaked: {o}");
+        assert!(!o.contains(identity_secret), "an identity leaked: {o}");
     }
     let _ = std::fs::remove_dir_all(&archive);
+    let _ = std::fs::remove_dir_all(&enc);
+    let _ = std::fs::remove_file(&keyfile);
 }
 
 #[test]

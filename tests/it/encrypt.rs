@@ -449,3 +449,86 @@ fn passphrase_archive_on_s3_is_written_without_the_passphrase_and_read_with_it()
     let found = plaintext_found(&objects, "correct horse battery staple", 200);
     assert!(found.is_empty(), "{found:?}");
 }
+
+/// Rotation: after `keys add-recipient` the new identity reads everything;
+/// after `keys remove-recipient` and `keys rotate`, the running `waly run`
+/// (not restarted) seals what follows under a new data key that the
+/// removed identity cannot open, while what it could read before stays
+/// readable to it.
+#[test]
+fn rotation_reaches_a_running_writer_and_shuts_out_a_removed_recipient() {
+    let db = TestDb::new();
+    db.psql(SCHEMA);
+    let keys = tempdir(&db, "rot");
+    let (a, ra, _) = keygen(&keys, "a.key");
+    let (b, rb, _) = keygen(&keys, "b.key");
+    let archive = archive_dir(&db);
+    ok(&run_within(
+        waly()
+            .args([
+                "init",
+                "--source",
+                &db.url(),
+                "--archive",
+                &archive,
+                "--slot",
+                &slot(&db),
+            ])
+            .args(["--encrypt", &format!("age:{ra}")]),
+        60,
+    ));
+    let run = spawn(&db, &archive, &slot(&db));
+    wait_streaming(&db, &run);
+    db.psql(&workload(1, 100));
+    wait_slot_confirmed(&db, &slot(&db));
+    let before = db.now_utc();
+
+    let e = err(&read(&archive, Some(&b), &["history", "people", "3"]));
+    assert!(e.contains("the key does not match"), "{e}");
+    ok(&read(&archive, Some(&a), &["keys", "add-recipient", &rb]));
+    for args in [vec!["history", "people", "3", "--json"], vec!["log", "--json"]] {
+        assert_eq!(
+            ok(&read(&archive, Some(&b), &args)),
+            ok(&read(&archive, Some(&a), &args))
+        );
+    }
+    let data_keys = || -> usize {
+        let l: serde_json::Value =
+            serde_json::from_str(&ok(&read(&archive, None, &["keys", "list", "--json"]))).expect("json");
+        l["data_keys"].as_array().map_or(0, |v| v.len())
+    };
+    assert_eq!(data_keys(), 1, "one writer session, one data key");
+
+    ok(&read(&archive, None, &["keys", "remove-recipient", &ra]));
+    ok(&read(&archive, None, &["keys", "rotate"]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while data_keys() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer took no new data key: {}",
+            run.stderr_so_far()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    db.psql(&workload(100, 200));
+    wait_slot_confirmed(&db, &slot(&db));
+    let (s, e) = run.terminate(60);
+    assert!(s.success(), "{e}");
+
+    let e = err(&read(&archive, Some(&a), &["history", "people", "150"]));
+    assert!(e.contains("the key does not match"), "{e}");
+    let h = ok(&read(&archive, Some(&b), &["history", "people", "150", "--json"]));
+    assert!(h.contains(&canary(150)), "{h}");
+    // What it could read before stays readable to it (reads that stop
+    // before the new key's segments); a read that reaches them fails.
+    let old = ok(&read(&archive, Some(&a), &["show", "people", "--at", &before]));
+    assert!(
+        old.contains(&canary(4)),
+        "what the removed identity could read stays readable: {old}"
+    );
+    assert_eq!(old, ok(&read(&archive, Some(&b), &["show", "people", "--at", &before])));
+    assert!(read(&archive, Some(&b), &["verify"]).status.success());
+    assert!(read(&archive, None, &["verify"]).status.success());
+    let _ = std::fs::remove_dir_all(&archive);
+    let _ = std::fs::remove_dir_all(&keys);
+}
