@@ -7,8 +7,8 @@
 //! partition created, a primary key changed), and operations on waly itself
 //! (kill -9 and restart, a PostgreSQL restart, compact, prune, reindex, a
 //! standby taking over, a restore into the source database, an object-store
-//! outage). Checkpoints fall at random moments. The same seed gives the same
-//! run.
+//! outage; in an encrypted archive, a key rotation). Checkpoints fall at
+//! random moments. The same seed gives the same run.
 
 /// One step of a run.
 #[derive(Debug, Clone)]
@@ -42,6 +42,10 @@ pub enum Step {
     /// switch, a checkpoint), long enough for the sidecar's idle heartbeat
     /// (a record-less segment); then `waly reindex` over it.
     Quiet,
+    /// An encrypted archive: a second recipient added (`waly keys
+    /// add-recipient`) and the keys rotated while the sidecar runs; the
+    /// rest of the run is read with the second identity.
+    RotateKeys,
 }
 
 impl Step {
@@ -55,6 +59,7 @@ impl Step {
             Step::Compact => "compact",
             Step::Reindex => "reindex",
             Step::Quiet => "a quiet period, then reindex",
+            Step::RotateKeys => "keys add-recipient and rotate",
             Step::Prune => "prune --keep",
             Step::Takeover => "standby takeover",
             Step::RestoreIntoSource { .. } => "restore into the source",
@@ -127,8 +132,8 @@ struct Model {
     migrations: Vec<&'static str>,
 }
 
-/// The run for `seed`.
-pub fn generate(seed: u64, size: Size) -> Vec<Step> {
+/// The run for `seed`; an encrypted archive's run also rotates its keys.
+pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
     let mut r = Rng::new(seed);
     let mut m = Model {
         item_note: "note",
@@ -160,6 +165,9 @@ pub fn generate(seed: u64, size: Size) -> Vec<Step> {
             sql: format!("UPDATE item SET qty = qty + 1 WHERE id % 9 = {}", r.below(9)),
         },
     ];
+    if encrypted {
+        ops.push(Step::RotateKeys);
+    }
     let mut steps = vec![Step::Checkpoint];
     let large_at = r.below(size.steps as u64) as usize;
     for i in 0..size.steps {
