@@ -113,10 +113,17 @@ async fn archive(args: &StatusArgs) -> anyhow::Result<serde_json::Value> {
     };
     let writer = newest(crate::archive::layout::LEASES_DIR).await?;
     let last_error = newest(crate::archive::layout::ERRORS_DIR).await?;
+    let encryption = if store.is_encrypted().await? {
+        let keys = crate::crypt::rotate::list(&store).await?;
+        serde_json::json!({"recipient_set": keys.recipients.as_ref().map(|s| s.number),
+            "recipients": keys.recipients.map_or(0, |s| s.recipients.len()), "data_keys": keys.data_keys.len()})
+    } else {
+        serde_json::Value::Null
+    };
     Ok(
         serde_json::json!({"url": store.url(), "identity": identity, "bytes": total_bytes,
         "segments": total_segments, "latest_commit": latest, "generations": gens,
-        "writer": writer, "last_error": last_error}),
+        "writer": writer, "last_error": last_error, "encryption": encryption}),
     )
 }
 
@@ -193,8 +200,21 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<()> {
             s(&w["generation"])
         )?;
     }
+    let e = &archive["encryption"];
+    if !e.is_null() {
+        writeln!(
+            out,
+            "encrypted (age): recipient set {} with {} recipient(s), {} data key(s); readers need --identity or WALY_PASSPHRASE",
+            s(&e["recipient_set"]),
+            s(&e["recipients"]),
+            s(&e["data_keys"])
+        )?;
+    }
     match &archive["last_error"] {
         serde_json::Value::Null => writeln!(out, "last error of the sidecar: none recorded")?,
+        e if !e["unreadable"].is_null() => {
+            writeln!(out, "last error of the sidecar: recorded, but {}", s(&e["unreadable"]))?
+        }
         e => writeln!(
             out,
             "last error of the sidecar: {} on {}: {}",

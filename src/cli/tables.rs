@@ -45,7 +45,13 @@ async fn from_catalogs(store: &crate::archive::Store) -> anyhow::Result<BTreeMap
         let Some((cat, fresh)) = crate::catalog::current(store, &g, None).await? else {
             continue; // only with a limit
         };
-        if fresh.rebuilt && fresh.segments_read > 0 {
+        if fresh.rebuilt && fresh.segments_read > 0 && store.is_encrypted().await? {
+            tracing::info!(
+                generation = g,
+                segments = fresh.segments_read,
+                "an encrypted archive keeps no catalog yet: read its segments"
+            );
+        } else if fresh.rebuilt && fresh.segments_read > 0 {
             tracing::warn!(
                 generation = g,
                 segments = fresh.segments_read,

@@ -556,6 +556,15 @@ fn rotation_reaches_a_running_writer_and_shuts_out_a_removed_recipient() {
     assert_eq!(old, ok(&read(&archive, Some(&b), &["show", "people", "--at", &before])));
     assert!(read(&archive, Some(&b), &["verify"]).status.success());
     assert!(read(&archive, None, &["verify"]).status.success());
+    // status says so, without a key: sets 0 (init) to 3 (rotate), B only.
+    let st = crate::archive::status_json(&db, &archive);
+    let e = &st["archive"]["encryption"];
+    assert_eq!(
+        (e["recipient_set"].as_u64(), e["recipients"].as_u64()),
+        (Some(3), Some(1)),
+        "{st}"
+    );
+    assert!(e["data_keys"].as_u64() >= Some(2), "{st}");
     let _ = std::fs::remove_dir_all(&archive);
     let _ = std::fs::remove_dir_all(&keys);
 }
