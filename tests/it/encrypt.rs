@@ -39,6 +39,16 @@ fn workload(from: i64, to: i64) -> String {
     s
 }
 
+/// `waly init --encrypt SPEC` of `db` into `archive`.
+fn init_encrypted(db: &TestDb, archive: &str, spec: &str) -> std::process::Output {
+    run_within(
+        waly()
+            .args(["init", "--source", &db.url(), "--archive", archive, "--slot", &slot(db)])
+            .args(["--encrypt", spec]),
+        60,
+    )
+}
+
 /// `waly run` of `db` into `archive` with its own slot `slot_name`.
 fn spawn(db: &TestDb, archive: &str, slot_name: &str) -> Running {
     Running::spawn(waly().args([
@@ -176,23 +186,11 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
     let plain = format!("{enc}-plain");
 
     // A malformed recipient: refused, nothing written.
-    let bad = run_within(
-        waly()
-            .args(["init", "--source", &db.url(), "--archive", &enc, "--slot", &slot(&db)])
-            .args(["--encrypt", "age:age1notarecipient"]),
-        60,
-    );
-    let e = err(&bad);
+    let e = err(&init_encrypted(&db, &enc, "age:age1notarecipient"));
     assert!(e.contains("is not an age X25519 recipient"), "{e}");
     assert!(!std::path::Path::new(&enc).join("waly.json").exists());
 
-    let init = run_within(
-        waly()
-            .args(["init", "--source", &db.url(), "--archive", &enc, "--slot", &slot(&db)])
-            .args(["--encrypt", &format!("age:{recipient}")]),
-        60,
-    );
-    ok(&init);
+    ok(&init_encrypted(&db, &enc, &format!("age:{recipient}")));
     let plain_slot = format!("{}_p", slot(&db));
     let mut run = spawn(&db, &enc, &slot(&db));
     let plain_run = spawn(&db, &plain, &plain_slot);
@@ -490,20 +488,7 @@ fn rotation_reaches_a_running_writer_and_shuts_out_a_removed_recipient() {
     let (a, ra, _) = keygen(&keys, "a.key");
     let (b, rb, _) = keygen(&keys, "b.key");
     let archive = archive_dir(&db);
-    ok(&run_within(
-        waly()
-            .args([
-                "init",
-                "--source",
-                &db.url(),
-                "--archive",
-                &archive,
-                "--slot",
-                &slot(&db),
-            ])
-            .args(["--encrypt", &format!("age:{ra}")]),
-        60,
-    ));
+    ok(&init_encrypted(&db, &archive, &format!("age:{ra}")));
     let run = spawn(&db, &archive, &slot(&db));
     wait_streaming(&db, &run);
     db.psql(&workload(1, 100));
