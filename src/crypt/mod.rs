@@ -337,12 +337,6 @@ impl Store {
         self.open_frames(key, bytes).await
     }
 
-    /// Reads an object read whole (an error record), decrypted.
-    pub async fn get_blob(&self, key: &str) -> Result<Bytes, Error> {
-        let bytes = self.get(key).await?;
-        self.open_blob(key, bytes).await
-    }
-
     /// A whole segment as plaintext frames: its header frame, then each
     /// record frame decrypted.
     pub async fn open_segment(&self, key: &str, bytes: Bytes) -> Result<Bytes, Error> {
