@@ -14,10 +14,14 @@
 //! uncovered, missing or damaged reads the segments themselves.
 
 use crate::archive::Store;
-use crate::schema::keys::KeyColumns;
 use crate::Error;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+
+mod hash;
+mod rebuild;
+pub use hash::{key_hash, row_key_hash, table_hash, truncate_hash};
+pub use rebuild::{pk_of, reindex, ReindexStats};
 
 /// Entries per block.
 pub const BLOCK_ENTRIES: usize = 256;
@@ -29,25 +33,6 @@ const MAGIC: &[u8; 8] = b"WALYIDX3";
 const MAGIC_V2: &[u8; 8] = b"WALYIDX2";
 /// The index format this waly reads and writes.
 const FORMAT: u32 = 3;
-
-/// The top 32 bits of FNV-1a (64 bit) of the table name, a NUL, and the key
-/// as [`KeyColumns::encode`] writes it (values in canonical form, so a key
-/// is found whatever text form of its type it is given in). Stable across versions and
-/// machines; a collision only costs an extra frame read.
-pub fn key_hash(table: &str, key: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in table.as_bytes().iter().chain(&[0u8]).chain(key) {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h >> 32
-}
-
-/// [`key_hash`] of a row: its table and the values of its primary-key
-/// columns `pk` (a column the row lacks counts as NULL).
-pub fn row_key_hash(table: &str, pk: &KeyColumns, row: &crate::event::Row) -> u64 {
-    key_hash(table, &pk.encode(row))
-}
 
 /// The most segments one index object covers: the writer merges the index
 /// objects of each 16 segments into one, and those of each 128.
@@ -97,18 +82,6 @@ pub async fn write_segment_index(
             }
         }
     }
-}
-
-/// [`key_hash`] under which a table's truncates are indexed: the key text
-/// `truncate` is no JSON array, so no row's key collides with it.
-pub fn truncate_hash(table: &str) -> u64 {
-    key_hash(table, b"truncate")
-}
-
-/// [`key_hash`] under which the frames holding a table's changes are
-/// indexed (in their own section; the key text `table` is no JSON array).
-pub fn table_hash(table: &str) -> u64 {
-    key_hash(table, b"table")
 }
 
 /// An object an index covers.
@@ -665,163 +638,6 @@ pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bo
     Ok(true)
 }
 
-/// What `waly reindex` did.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ReindexStats {
-    /// Segments indexed.
-    pub segments: u64,
-    /// Snapshots indexed.
-    pub snapshots: u64,
-    /// Index objects written.
-    pub objects: u64,
-}
-
-/// The primary-key columns of `table` under schema `version` (none if unknown).
-pub fn pk_of(schemas: &crate::segment::Schemas, table: &str, version: u32) -> KeyColumns {
-    schemas
-        .version(table, version)
-        .map(KeyColumns::primary_key)
-        .unwrap_or_default()
-}
-
-/// Rebuilds every index object from the segments and snapshots: the old
-/// ones are deleted first, then each run of [`MERGE_SEGMENTS`]
-/// segments and each snapshot gets one.
-pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
-    use crate::segment::{Record, SegmentReader};
-    if store.is_encrypted().await? {
-        return Err(Error::Encryption(
-            "encrypted archives keep no index or catalog yet: readers read the segments, and there is nothing \
-             to rebuild"
-                .into(),
-        ));
-    }
-    let mut stats = ReindexStats::default();
-    for gen in crate::archive::state::generations(store).await? {
-        let st = crate::archive::state::load_generation(store, &gen).await?;
-        for (key, _) in store.list(&format!("index/{gen}")).await? {
-            store.delete(&key).await?;
-        }
-        // Snapshots.
-        for m in &st.manifests {
-            let mut b = Builder::default();
-            for t in &m.tables {
-                let pk = pk_of(&st.schemas, &t.table, t.schema_version);
-                for (n, part) in t.parts.iter().enumerate() {
-                    let bytes = store.get(&part.key).await?;
-                    let frames = if part.frames.is_empty() {
-                        vec![(0, bytes.len() as u64)]
-                    } else {
-                        part.frames.clone()
-                    };
-                    let mut keys = Vec::new();
-                    for (f, (off, len)) in frames.iter().enumerate() {
-                        let z = bytes
-                            .get(*off as usize..(off + len) as usize)
-                            .ok_or_else(|| damaged(&part.key, "a frame lies outside the part"))?;
-                        let text = zstd::decode_all(z).map_err(|e| damaged(&part.key, e))?;
-                        for line in String::from_utf8_lossy(&text).lines() {
-                            if pk.is_empty() || line.starts_with("{\"waly_snapshot_part\"") {
-                                continue;
-                            }
-                            let row: crate::event::Row =
-                                serde_json::from_str(line).map_err(|e| damaged(&part.key, e))?;
-                            keys.push((row_key_hash(&t.table, &pk, &row), f as u32));
-                        }
-                    }
-                    b.add(
-                        Covered {
-                            number: n as u64,
-                            key: part.key.clone(),
-                            frames,
-                            fence: 0,
-                        },
-                        &keys,
-                        &[],
-                        &[],
-                    );
-                }
-            }
-            if !b.is_empty() {
-                store
-                    .put_once(&snapshot_index_key(&gen, m.lsn), b.encode(&gen)?)
-                    .await?;
-                stats.objects += 1;
-            }
-            stats.snapshots += 1;
-        }
-        // Segments, a run at a time; the catalog as they go.
-        let segments = crate::archive::state::segments(store, &gen).await?;
-        let mut catalog = crate::catalog::Catalog::new(&gen);
-        for run in segments.chunks(MERGE_SEGMENTS as usize) {
-            let mut b = Builder::default();
-            for (key, number, _) in run {
-                let bytes = store.get(key).await?;
-                let (header, frames) = SegmentReader::locate_frames(key, &bytes)?;
-                let mut summary = crate::catalog::Summary::default();
-                let mut keys = Vec::new();
-                let mut messages = Vec::new();
-                let mut tables = Vec::new();
-                for (f, (off, len)) in frames.iter().enumerate() {
-                    let z = bytes
-                        .get(*off as usize..(off + len) as usize)
-                        .ok_or_else(|| damaged(key, "a frame lies outside the segment"))?;
-                    let mut r = SegmentReader::frame(key, z)?;
-                    while let Some(rec) = r.next_record(&st.schemas)? {
-                        if let Record::Change(c) = &rec {
-                            let ch = &c.change;
-                            summary.note(&ch.table, ch.commit_lsn, ch.seq, ch.commit_time);
-                            let t = (table_hash(&c.change.table), f as u32);
-                            if !tables.contains(&t) {
-                                tables.push(t);
-                            }
-                        }
-                        match rec {
-                            Record::Change(c) if c.change.op == crate::event::Op::Truncate => {
-                                keys.push((truncate_hash(&c.change.table), f as u32));
-                            }
-                            Record::Change(c) => {
-                                let pk = pk_of(&st.schemas, &c.change.table, c.schema_version);
-                                if pk.is_empty() {
-                                    continue;
-                                }
-                                let t = &*c.change.table;
-                                let new = c.change.new.as_ref().map(|r| row_key_hash(t, &pk, r));
-                                let old = c.change.old.as_ref().map(|r| row_key_hash(t, &pk, r));
-                                keys.extend(new.iter().chain(old.iter()).map(|h| (*h, f as u32)));
-                            }
-                            Record::Message(m) => messages.push((m.commit_lsn.as_u64(), f as u32)),
-                            _ => {}
-                        }
-                    }
-                }
-                b.add(
-                    Covered {
-                        number: *number,
-                        key: String::new(),
-                        frames: Vec::new(),
-                        fence: crate::archive::layout::segment_fence(key),
-                    },
-                    &keys,
-                    &messages,
-                    &tables,
-                );
-                catalog.absorb(key, header.last_commit.map(|c| c.commit_lsn), &summary);
-                stats.segments += 1;
-            }
-            let (first, last) = (run[0].1, run[run.len() - 1].1);
-            store
-                .put_once(&segments_index_key(&gen, first, last), b.encode(&gen)?)
-                .await?;
-            stats.objects += 1;
-        }
-        crate::catalog::refresh_objects(store, &gen, &mut catalog).await?;
-        crate::catalog::write(store, &catalog).await?;
-        stats.objects += 1;
-    }
-    Ok(stats)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -901,12 +717,5 @@ mod tests {
             .await
             .expect("footer intact");
         assert!(bad.lookup_key(&store, 0).await.is_err());
-    }
-
-    #[test]
-    fn the_hash_is_stable() {
-        assert_eq!(key_hash("public.t", br#"["1"]"#), key_hash("public.t", br#"["1"]"#));
-        assert_ne!(key_hash("public.t", br#"["1"]"#), key_hash("public.u", br#"["1"]"#));
-        assert_eq!(key_hash("", b""), 0xaf63bd4c);
     }
 }
