@@ -121,9 +121,10 @@ impl Tracker {
         self.ident.encode(&r)
     }
 
-    /// The index hash of the key followed now.
-    fn current_hash(&self) -> u64 {
-        crate::index::key_hash(&self.table, &self.current)
+    /// The key followed now, as the index hashes it (each index object
+    /// with its own [`crate::index::Hasher`]).
+    fn current_key(&self) -> Vec<u8> {
+        self.current.clone()
     }
 
     fn flush(&mut self) {
@@ -570,20 +571,22 @@ impl ReadAhead {
     }
 }
 
-/// Adds to `hits` the `(segment, frame)` of every entry for `hash` (once
-/// per hash), asking every index object at once (an object store answers
-/// many small reads in parallel).
+/// Adds to `hits` the `(segment, frame)` of every entry for `key` of
+/// `table` (once per key), asking every index object at once (an object
+/// store answers many small reads in parallel).
 async fn follow(
     store: &Store,
     indexes: &[crate::index::Index],
-    hash: u64,
-    looked: &mut std::collections::HashSet<u64>,
+    table: &str,
+    key: Vec<u8>,
+    looked: &mut std::collections::HashSet<Vec<u8>>,
     hits: &mut std::collections::BTreeMap<u64, std::collections::BTreeSet<u32>>,
 ) -> Result<(), String> {
-    if !looked.insert(hash) {
+    if looked.contains(&key) {
         return Ok(());
     }
-    let found = futures_util::future::join_all(indexes.iter().map(|i| i.lookup_key(store, hash))).await;
+    let found = futures_util::future::join_all(indexes.iter().map(|i| i.lookup_key(store, table, &key))).await;
+    looked.insert(key);
     for (idx, r) in indexes.iter().zip(found) {
         match r {
             Ok(entries) => {
@@ -630,10 +633,9 @@ async fn indexed_generation(
     {
         t.start_lsn = Some(m.lsn);
         let ikey = index::snapshot_index_key(gen, m.lsn);
-        let hash = t.current_hash();
         let found = match snapshot_indexes.get(&ikey) {
             Some(size) => match Index::open(store, &ikey, *size).await {
-                Ok(idx) => match idx.lookup_key(store, hash).await {
+                Ok(idx) => match idx.lookup_key(store, &t.table, &t.current).await {
                     Ok(hits) => Some((idx, hits)),
                     Err(e) => {
                         tracing::warn!(index = ikey, error = %e, "the index is damaged; reading the snapshot instead");
@@ -730,31 +732,24 @@ async fn indexed_generation(
         }
     }
     let mut hits: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
-    let mut looked: HashSet<u64> = HashSet::new();
+    let mut looked: HashSet<Vec<u8>> = HashSet::new();
     let mut dedup = log::Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
     let mut txns: BTreeSet<Lsn> = BTreeSet::new();
     // The table's truncates end any row's life: their frames too.
-    if let Err(why) = follow(
-        store,
-        &indexes,
-        crate::index::truncate_hash(&t.table),
-        &mut looked,
-        &mut hits,
-    )
-    .await
-    {
+    let truncates = crate::index::TRUNCATE_KEY.to_vec();
+    if let Err(why) = follow(store, &indexes, &t.table, truncates, &mut looked, &mut hits).await {
         return Ok(Err(why));
     }
     // The row's frames in the covered segments ahead are read a few
     // segments at a time while earlier ones are fed (bounded memory).
-    if let Err(why) = follow(store, &indexes, t.current_hash(), &mut looked, &mut hits).await {
+    if let Err(why) = follow(store, &indexes, &t.table, t.current_key(), &mut looked, &mut hits).await {
         return Ok(Err(why));
     }
     let mut ahead = ReadAhead::default();
     for (i, (key, number, _)) in segments.iter().enumerate() {
         // Look up every key followed so far (a key change adds one).
-        let h = t.current_hash();
-        if let Err(why) = follow(store, &indexes, h, &mut looked, &mut hits).await {
+        let k = t.current_key();
+        if let Err(why) = follow(store, &indexes, &t.table, k, &mut looked, &mut hits).await {
             return Ok(Err(why));
         }
         ahead.refill(store, &segments[i..], &covered, &hits);
@@ -815,8 +810,8 @@ async fn indexed_generation(
             };
             stats.frames_read += 1;
             feed(&z, true, t)?;
-            let h = t.current_hash();
-            if let Err(why) = follow(store, &indexes, h, &mut looked, &mut hits).await {
+            let k = t.current_key();
+            if let Err(why) = follow(store, &indexes, &t.table, k, &mut looked, &mut hits).await {
                 return Ok(Err(why));
             }
         }

@@ -520,7 +520,8 @@ impl Writer<'_> {
     fn index_change(&mut self, c: &crate::event::Change, schema_version: u32) {
         let table: &str = &c.table;
         if c.op == crate::event::Op::Truncate {
-            self.builder.note_key(crate::index::truncate_hash(table));
+            let h = self.builder.hasher().truncate(table);
+            self.builder.note_key(h);
             return;
         }
         let fresh = self.pk.get(table).is_none_or(|(v, _)| *v != schema_version);
@@ -532,8 +533,8 @@ impl Writer<'_> {
         if pk.is_empty() {
             return;
         }
-        let new = c.new.as_ref().map(|r| crate::index::row_key_hash(table, pk, r));
-        let old = c.old.as_ref().map(|r| crate::index::row_key_hash(table, pk, r));
+        let new = c.new.as_ref().map(|r| self.builder.hasher().row(table, pk, r));
+        let old = c.old.as_ref().map(|r| self.builder.hasher().row(table, pk, r));
         if let Some(h) = new {
             self.builder.note_key(h);
         }

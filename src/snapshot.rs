@@ -215,7 +215,7 @@ pub async fn take(
         tables: Vec::new(),
     };
     let mut schemas = Vec::new();
-    let mut index = crate::index::Builder::default();
+    let mut index = crate::index::Builder::for_writer(store.sealer()?.as_ref());
     for t in tables {
         let qualified = t.qualified();
         let def = crate::schema::ddl::catalog_definition(&sql, &t.schema, &t.name)
@@ -319,11 +319,8 @@ pub(crate) async fn write_manifest(
         .put_once(&layout::snapshot_manifest(gen, lsn), to_json(manifest))
         .await?;
     // The index is derived data: a failure to write it costs speed, not
-    // history. Encrypted archives keep none yet.
-    if store.sealer()?.is_some() {
-        return Ok(());
-    }
-    match index.encode(gen) {
+    // history.
+    match index.encode(gen, store.sealer()?.as_ref()) {
         Ok(bytes) => {
             if let Err(e) = store.put_once(&crate::index::snapshot_index_key(gen, lsn), bytes).await {
                 tracing::warn!(error = %e, "could not write the snapshot's index; reads fall back to scanning");
@@ -391,7 +388,7 @@ impl<'a> TableWriter<'a> {
         index: &mut crate::index::Builder,
         metrics: &crate::metrics::Metrics,
     ) -> Result<(), Error> {
-        let hash = (!self.pk.is_empty()).then(|| crate::index::row_key_hash(&self.header.table, &self.pk, row));
+        let hash = (!self.pk.is_empty()).then(|| index.hasher().row(&self.header.table, &self.pk, row));
         self.line.clear();
         serde_json::to_writer(&mut self.line, row).map_err(|e| Error::Protocol(e.to_string()))?;
         self.line.push(b'\n');

@@ -203,7 +203,7 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
         tables: Vec::new(),
     };
     let metrics = crate::metrics::Metrics::default();
-    let mut index = crate::index::Builder::default();
+    let mut index = crate::index::Builder::for_writer(store.sealer()?.as_ref());
     let mut tables = Vec::new();
     for i in 0..opts.weights.len() {
         let name = format!("public.t{i}");
@@ -253,7 +253,7 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
     // The changes, in transactions, in segments.
     let total: u64 = opts.weights.iter().sum();
     let mut draw = Draw(opts.seed);
-    let mut builder = SegmentBuilder::new()?;
+    let mut builder = SegmentBuilder::sealed_by(store.sealer()?)?;
     let mut tail = state::Tail::default();
     let mut catalog = crate::catalog::Keeper::start(store, &gen).await;
     let mut xid = 1000u32;
@@ -311,7 +311,8 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
             builder.push_change(&change, table.schema.version)?;
             let row = change.new.as_ref().or(change.old.as_ref());
             if let Some(r) = row {
-                builder.note_key(crate::index::row_key_hash(&table.name, &table.pk, r));
+                let h = builder.hasher().row(&table.name, &table.pk, r);
+                builder.note_key(h);
             }
         }
         let end_lsn = Lsn(commit_lsn.0 + 48);
@@ -328,7 +329,7 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
         xid = xid.wrapping_add(1).max(3);
         time += opts.txn_interval;
         if builder.uncompressed_bytes() >= opts.segment_bytes || stats.changes >= opts.events {
-            let full = std::mem::replace(&mut builder, SegmentBuilder::new()?);
+            let full = std::mem::replace(&mut builder, SegmentBuilder::sealed_by(store.sealer()?)?);
             let number = tail.next_number;
             let sealed = full.seal(&gen, number, tail.prev_sha256.take(), 0)?;
             let key = layout::segment_key(&gen, number, sealed.header.first_lsn, sealed.header.last_lsn, 0);

@@ -644,8 +644,27 @@ async fn indexes(store: &Store, gen: &str, objects: &[state::SegmentObject], rep
         .filter(|s| s.is_current())
         .map(|s| (s.number, s.fence))
         .collect();
+    let mut reported = BTreeSet::new();
+    if report.encrypted {
+        for (key, _) in store.list(&format!("index/{gen}")).await? {
+            if layout::data_kind(&key) != Some(layout::DataKind::Index) {
+                continue;
+            }
+            if let Some((kind, why)) = sealed_index_fault(store, &key).await? {
+                report.add(&key, kind, why);
+                reported.insert(key);
+            }
+        }
+        if !report.records_checked {
+            return Ok(()); // no key: what is sealed stays unread
+        }
+    }
     for (key, size) in store.list(&format!("index/{gen}/segments")).await? {
+        if reported.contains(&key) {
+            continue;
+        }
         match crate::index::Index::open(store, &key, size).await {
+            Err(e @ Error::Encryption(_)) => return Err(e),
             Err(e) => report.add(
                 &key,
                 Kind::StaleIndex,
@@ -673,6 +692,47 @@ async fn indexes(store: &Store, gen: &str, objects: &[state::SegmentObject], rep
         }
     }
     Ok(())
+}
+
+/// What is wrong with an encrypted archive's index object, checked without
+/// a key: it must be sealed frames (under data keys the archive holds)
+/// whose SHA-256 is the one its trailer gives. The index is derived data: a
+/// damaged one is harmless (`waly reindex`); plaintext is not.
+async fn sealed_index_fault(store: &Store, key: &str) -> Result<Option<(Kind, String)>, Error> {
+    let bytes = store.get(key).await?;
+    let Some((body, intact)) = crate::index::sealed_body(&bytes) else {
+        return Ok(Some((
+            Kind::Plaintext,
+            "a plaintext index object in an encrypted archive: readers refuse it".into(),
+        )));
+    };
+    let rebuild = "`waly reindex` rebuilds it";
+    if !intact {
+        return Ok(Some((
+            Kind::StaleIndex,
+            format!("its ciphertext changed: the SHA-256 of its frames differs from its trailer's; {rebuild}"),
+        )));
+    }
+    let frames = match crate::crypt::frame::walk(key, body) {
+        Ok(f) => f,
+        Err(e) => return Ok(Some((Kind::StaleIndex, format!("{e}; {rebuild}")))),
+    };
+    if frames.is_empty() || frames.iter().any(|f| f.2.is_none()) {
+        return Ok(Some((
+            Kind::Plaintext,
+            "not every frame of this index object is sealed: readers refuse it".into(),
+        )));
+    }
+    let ids: BTreeSet<&String> = frames.iter().filter_map(|f| f.2.as_ref()).collect();
+    for id in ids {
+        if crate::crypt::keys::wrappings(store, id).await?.is_empty() {
+            return Ok(Some((
+                Kind::StaleIndex,
+                format!("its data key {id} is not in the archive (keys/data/{id}/); {rebuild}"),
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// What is wrong with an index object's blocks, if anything: each section

@@ -49,6 +49,8 @@ pub struct Sealer {
     recipient: age::x25519::Recipient,
     /// The recipient set it was wrapped for.
     set: u32,
+    /// Hashes the index entries of what it seals.
+    hasher: crate::index::Hasher,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -63,12 +65,22 @@ impl Sealer {
         &self.id
     }
 
+    /// The keyed hash of index entries under this data key.
+    pub fn hasher(&self) -> &crate::index::Hasher {
+        &self.hasher
+    }
+
     /// `plain` encrypted as one sealed frame.
     pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, Error> {
         let age =
             age::encrypt(&self.recipient, plain).map_err(|e| Error::Encryption(format!("cannot encrypt: {e}")))?;
         Ok(frame::wrap(&self.id, &age))
     }
+}
+
+/// The index hasher of a data key (see [`crate::index::Hasher::keyed`]).
+fn hasher_of(data_key: &age::x25519::Identity) -> crate::index::Hasher {
+    crate::index::Hasher::keyed(data_key.to_string().expose_secret().as_bytes())
 }
 
 /// Whether the archive is encrypted, as `waly.json` says.
@@ -266,6 +278,7 @@ impl Store {
             id: id.clone(),
             recipient: identity.to_public(),
             set: set.number,
+            hasher: hasher_of(&identity),
         };
         if let Ok(mut d) = self.crypt.data.lock() {
             d.insert(id, Arc::new(identity));
@@ -294,6 +307,12 @@ impl Store {
                 "the archive's encryption was not checked before writing (prepare_writing did not run)".into(),
             )),
         }
+    }
+
+    /// The hasher of index objects whose entries were hashed under data key
+    /// `id` (unwrapped with the reader's identity, or this writer's own).
+    pub async fn index_hasher(&self, id: &str) -> Result<crate::index::Hasher, Error> {
+        Ok(hasher_of(&*self.crypt.data_key(self, id).await?))
     }
 
     /// Whether the archive is encrypted (`waly.json`, read once).
@@ -412,7 +431,11 @@ impl Store {
                 .all(|(i, f)| (i == 0) == f.2.is_none()),
             layout::DataKind::Frames => frame::walk(key, bytes)?.iter().all(|f| f.2.is_some()),
             layout::DataKind::Blob => matches!(frame::next(key, bytes), Ok((n, Some(_))) if n == bytes.len()),
-            layout::DataKind::Index => false,
+            // Blocks and footer sealed, each a frame; the trailer plain.
+            layout::DataKind::Index => match crate::index::sealed_body(bytes) {
+                Some((body, true)) => !body.is_empty() && frame::walk(key, body)?.iter().all(|f| f.2.is_some()),
+                _ => false,
+            },
         };
         if ok {
             Ok(())
@@ -547,7 +570,8 @@ mod tests {
                 Sealer {
                     id: "0123456789abcdef".into(),
                     recipient: id.to_public(),
-                    set: 0
+                    set: 0,
+                    hasher: hasher_of(&id),
                 }
             ),
             format!("{:?}", Crypt::default()),
@@ -561,6 +585,7 @@ mod tests {
             id: keys::key_id(&id.to_public()),
             recipient: id.to_public(),
             set: 0,
+            hasher: hasher_of(&id),
         };
         let sealed = sealer.seal(b"row data").expect("seal");
         let (len, key) = frame::next("k", &sealed).expect("frame");

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 mod hash;
 mod rebuild;
-pub use hash::{key_hash, row_key_hash, table_hash, truncate_hash};
+pub use hash::{key_hash, Hasher, TRUNCATE_KEY};
 pub use rebuild::{pk_of, reindex, ReindexStats};
 
 /// Entries per block.
@@ -31,6 +31,13 @@ const MAGIC: &[u8; 8] = b"WALYIDX3";
 /// The trailer of index objects written before keys were compared by value
 /// (format 2: key text hashed as it was stored).
 const MAGIC_V2: &[u8; 8] = b"WALYIDX2";
+/// The trailer of a sealed index object (an encrypted archive's): the
+/// SHA-256 of the bytes before it comes first, so `verify` without a key
+/// names a changed byte.
+const MAGIC_SEALED: &[u8; 8] = b"WALYIDXE";
+/// The length of a sealed index object's trailer: SHA-256, footer offset
+/// and length, magic.
+const SEALED_TRAILER: usize = 56;
 /// The index format this waly reads and writes.
 const FORMAT: u32 = 3;
 
@@ -49,11 +56,8 @@ pub async fn write_segment_index(
     fence: u64,
     sealed: &crate::segment::SealedSegment,
 ) {
-    if sealed.header.key_id.is_some() {
-        // Encrypted archives keep no index yet: readers read the segments.
-        return;
-    }
-    let mut b = Builder::default();
+    let sealer = sealed.sealer.as_ref();
+    let mut b = Builder::for_writer(sealer);
     b.add(
         Covered {
             number,
@@ -65,7 +69,7 @@ pub async fn write_segment_index(
         &sealed.message_entries,
         &sealed.table_entries,
     );
-    let written = match b.encode(gen) {
+    let written = match b.encode(gen, sealer) {
         Ok(bytes) => store.put_once(&segments_index_key(gen, number, number), bytes).await,
         Err(e) => Err(e),
     };
@@ -136,6 +140,10 @@ pub struct Footer {
     /// waly kept it (a reader then reads those segments whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_fences: Option<Vec<Block>>,
+    /// Encrypted archives: the data key whose [`Hasher::keyed`] hashed the
+    /// entries (blocks and footer are sealed, each a frame of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 /// An entry: a value (hash or LSN), the object's position in `objects`, the frame.
@@ -151,6 +159,10 @@ pub struct Builder {
     /// Some object came from an index without a table section: the merged
     /// one cannot have a whole one either.
     tables_unknown: bool,
+    /// The data key the entries are hashed under (`None`: plaintext).
+    key_id: Option<String>,
+    /// Its hasher (a writer's: see [`Builder::for_writer`]).
+    hasher: Hasher,
 }
 
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
@@ -175,6 +187,35 @@ fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
 }
 
 impl Builder {
+    /// An empty builder for entries a writer hashes with [`Builder::hasher`]:
+    /// under `sealer`'s data key (`None`: a plaintext archive).
+    pub fn for_writer(sealer: Option<&crate::crypt::Sealer>) -> Self {
+        Builder {
+            key_id: sealer.map(|s| s.key_id().to_string()),
+            hasher: sealer.map(|s| s.hasher().clone()).unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    /// An empty builder for entries already hashed under data key `key_id`
+    /// (`None`: [`Hasher::Plain`]), to merge them.
+    fn hashed_under(key_id: Option<String>) -> Self {
+        Builder {
+            key_id,
+            ..Default::default()
+        }
+    }
+
+    /// How a writer hashes the entries it adds (see [`Builder::for_writer`]).
+    pub fn hasher(&self) -> &Hasher {
+        &self.hasher
+    }
+
+    /// The data key its entries are hashed under.
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
+    }
+
     /// Adds an object and its entries (`(value, frame)`): row keys,
     /// messages, and the tables its frames have changes of.
     pub fn add(&mut self, object: Covered, keys: &[(u64, u32)], messages: &[(u64, u32)], tables: &[(u64, u32)]) {
@@ -187,7 +228,19 @@ impl Builder {
 
     /// Adds the entries of an existing index (its objects renumbered);
     /// `tables` is `None` when it has no table section.
-    pub fn extend(&mut self, footer: &Footer, keys: &[Entry], messages: &[Entry], tables: Option<&[Entry]>) {
+    pub fn extend(
+        &mut self,
+        footer: &Footer,
+        keys: &[Entry],
+        messages: &[Entry],
+        tables: Option<&[Entry]>,
+    ) -> Result<(), Error> {
+        if footer.key_id != self.key_id {
+            return Err(Error::Protocol(format!(
+                "index entries hashed under data key {:?} cannot join those hashed under {:?}",
+                footer.key_id, self.key_id
+            )));
+        }
         let base = self.objects.len() as u32;
         self.objects.extend(footer.objects.iter().cloned());
         self.keys.extend(keys.iter().map(|(h, o, f)| (*h, o + base, *f)));
@@ -197,6 +250,7 @@ impl Builder {
             Some(t) => self.tables.extend(t.iter().map(|(h, o, f)| (*h, o + base, *f))),
             None => self.tables_unknown = true,
         }
+        Ok(())
     }
 
     /// Whether nothing was added.
@@ -204,10 +258,18 @@ impl Builder {
         self.objects.is_empty()
     }
 
-    /// The index object's bytes: data blocks, fence blocks, footer, trailer.
-    pub fn encode(mut self, generation: &str) -> Result<Bytes, Error> {
-        let mut c = zstd::bulk::Compressor::new(1)?;
-        c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+    /// The index object's bytes: data blocks, fence blocks, footer, trailer;
+    /// `sealer` (an encrypted archive's writer) seals each block and the
+    /// footer as a frame of its own, so a lookup still reads a few ranges.
+    pub fn encode(mut self, generation: &str, sealer: Option<&crate::crypt::Sealer>) -> Result<Bytes, Error> {
+        if self.key_id.is_some() != sealer.is_some() {
+            return Err(Error::Encryption(
+                "index entries must be hashed under a data key exactly when the archive is encrypted".into(),
+            ));
+        }
+        let mut zc = zstd::bulk::Compressor::new(1)?;
+        zc.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+        let mut c = BlockWriter { zc, sealer };
         let mut out = Vec::new();
         let mut section = |entries: &mut Vec<Entry>, out: &mut Vec<u8>| -> Result<Vec<Block>, Error> {
             entries.sort_unstable();
@@ -264,16 +326,49 @@ impl Builder {
             key_fences,
             message_fences,
             table_fences,
+            key_id: self.key_id,
         };
         let json = serde_json::to_vec(&footer).map_err(|e| Error::Protocol(e.to_string()))?;
         let z = c.compress(&json)?;
         let at = out.len() as u64;
         out.extend_from_slice(&z);
+        if sealer.is_some() {
+            let sha = <sha2::Sha256 as sha2::Digest>::digest(&out);
+            out.extend_from_slice(&sha);
+        }
         out.extend_from_slice(&at.to_le_bytes());
         out.extend_from_slice(&(z.len() as u64).to_le_bytes());
-        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(if sealer.is_some() { MAGIC_SEALED } else { MAGIC });
         Ok(Bytes::from(out))
     }
+}
+
+/// Compresses an index object's blocks, and seals them in an encrypted archive.
+struct BlockWriter<'a> {
+    zc: zstd::bulk::Compressor<'static>,
+    sealer: Option<&'a crate::crypt::Sealer>,
+}
+
+impl BlockWriter<'_> {
+    fn compress(&mut self, raw: &[u8]) -> Result<Vec<u8>, Error> {
+        let z = self.zc.compress(raw)?;
+        match self.sealer {
+            Some(s) => s.seal(&z),
+            None => Ok(z),
+        }
+    }
+}
+
+/// A sealed index object's frames (every byte before its trailer), and
+/// whether they hash to the SHA-256 its trailer gives; `None` when `bytes`
+/// is no sealed index object.
+pub fn sealed_body(bytes: &[u8]) -> Option<(&[u8], bool)> {
+    let n = bytes.len().checked_sub(SEALED_TRAILER)?;
+    if &bytes[bytes.len() - 8..] != MAGIC_SEALED {
+        return None;
+    }
+    let (body, sha) = (&bytes[..n], &bytes[n..n + 32]);
+    Some((body, <sha2::Sha256 as sha2::Digest>::digest(body)[..] == *sha))
 }
 
 /// An index object, opened (its footer read).
@@ -283,6 +378,8 @@ pub struct Index {
     pub key: String,
     /// Its footer.
     pub footer: Footer,
+    /// How its entries were hashed.
+    pub hasher: Hasher,
 }
 
 fn damaged(key: &str, why: impl std::fmt::Display) -> Error {
@@ -338,43 +435,64 @@ impl Index {
             return Err(damaged(key, "too short"));
         }
         let t = store.get_range(key, size - 24..size).await?;
+        // What the footer may lie in: the bytes before the trailer.
+        let body = if &t[16..24] == MAGIC_SEALED {
+            (size as usize)
+                .checked_sub(SEALED_TRAILER)
+                .ok_or_else(|| damaged(key, "too short"))? as u64
+        } else {
+            size - 24
+        };
         if &t[16..24] == MAGIC_V2 {
             return Err(damaged(
                 key,
                 "written by an older waly (index format 2, keys hashed as stored text); `waly reindex` upgrades it",
             ));
         }
-        if &t[16..24] != MAGIC {
+        if &t[16..24] != MAGIC && &t[16..24] != MAGIC_SEALED {
             return Err(damaged(key, "no trailer (or another format)"));
         }
         let at = u64::from_le_bytes(t[0..8].try_into().unwrap_or_default());
         let len = u64::from_le_bytes(t[8..16].try_into().unwrap_or_default());
-        if at.checked_add(len).is_none_or(|end| end > size - 24) {
+        if at.checked_add(len).is_none_or(|end| end > body) {
             return Err(damaged(key, "the trailer points outside the object"));
         }
-        let z = store.get_range(key, at..at + len).await?;
+        // Sealed in an encrypted archive (a plaintext footer there is an
+        // error, never read).
+        let z = store.get_range_frames(key, at..at + len).await?;
         let json = zstd::bulk::decompress(&z, 256 << 20).map_err(|e| damaged(key, e))?;
         let footer: Footer = serde_json::from_slice(&json).map_err(|e| damaged(key, e))?;
         if footer.waly_index != FORMAT {
             return Err(damaged(key, format!("version {}", footer.waly_index)));
         }
+        let hasher = match &footer.key_id {
+            Some(id) => store.index_hasher(id).await?,
+            None if store.is_encrypted().await? => {
+                return Err(damaged(
+                    key,
+                    "its entries are not hashed under a data key in an encrypted archive",
+                ))
+            }
+            None => Hasher::Plain,
+        };
         Ok(Index {
             key: key.to_string(),
             footer,
+            hasher,
         })
     }
 
     async fn find(&self, store: &Store, fences: &[Block], value: u64) -> Result<Vec<(u32, u32)>, Error> {
         let mut blocks = Vec::new();
         for f in candidates(fences, value) {
-            let z = store.get_range(&self.key, f.offset..f.offset + f.len).await?;
+            let z = store.get_range_frames(&self.key, f.offset..f.offset + f.len).await?;
             let inner = decode_fences(&self.key, &z)?;
             blocks.extend_from_slice(candidates(&inner, value));
         }
         blocks.dedup();
         let mut out = Vec::new();
         for b in blocks {
-            let z = store.get_range(&self.key, b.offset..b.offset + b.len).await?;
+            let z = store.get_range_frames(&self.key, b.offset..b.offset + b.len).await?;
             for (v, o, f) in decode_block(&self.key, &z)? {
                 if v == value {
                     out.push((o, f));
@@ -384,9 +502,16 @@ impl Index {
         Ok(out)
     }
 
-    /// `(object, frame)` of every entry for the row whose key hashes to `hash`.
-    pub async fn lookup_key(&self, store: &Store, hash: u64) -> Result<Vec<(u32, u32)>, Error> {
+    /// `(object, frame)` of every entry whose value is `hash`.
+    pub async fn lookup_hash(&self, store: &Store, hash: u64) -> Result<Vec<(u32, u32)>, Error> {
         self.find(store, &self.footer.key_fences, hash).await
+    }
+
+    /// `(object, frame)` of every entry for the row of `table` whose key
+    /// [`crate::schema::keys::KeyColumns::encode`] wrote as `key` (or
+    /// [`TRUNCATE_KEY`]: the table's truncates).
+    pub async fn lookup_key(&self, store: &Store, table: &str, key: &[u8]) -> Result<Vec<(u32, u32)>, Error> {
+        self.lookup_hash(store, self.hasher.key(table, key)).await
     }
 
     /// `(object, frame)` of the `waly` messages of the transaction `commit_lsn`.
@@ -397,9 +522,9 @@ impl Index {
     async fn section(&self, store: &Store, fences: &[Block]) -> Result<Vec<Entry>, Error> {
         let mut out = Vec::new();
         for f in fences {
-            let z = store.get_range(&self.key, f.offset..f.offset + f.len).await?;
+            let z = store.get_range_frames(&self.key, f.offset..f.offset + f.len).await?;
             for b in decode_fences(&self.key, &z)? {
-                let z = store.get_range(&self.key, b.offset..b.offset + b.len).await?;
+                let z = store.get_range_frames(&self.key, b.offset..b.offset + b.len).await?;
                 out.extend(decode_block(&self.key, &z)?);
             }
         }
@@ -411,7 +536,7 @@ impl Index {
     pub async fn lookup_table(&self, store: &Store, table: &str) -> Result<Option<Vec<(u32, u32)>>, Error> {
         match &self.footer.table_fences {
             None => Ok(None),
-            Some(fences) => self.find(store, fences, table_hash(table)).await.map(Some),
+            Some(fences) => self.find(store, fences, self.hasher.table(table)).await.map(Some),
         }
     }
 
@@ -623,19 +748,48 @@ pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bo
     if next != last + 1 || chain.len() < 2 {
         return Ok(false);
     }
-    let mut b = Builder::default();
+    // Entries hashed under different data keys cannot share an object, and
+    // a writer cannot open an index sealed under a key it does not hold (an
+    // earlier session's): each run of objects it can open under one key is
+    // merged on its own. A plaintext archive has one run.
+    let sealer = store.sealer()?;
+    let mut runs: Vec<Vec<Index>> = Vec::new();
+    let mut open_run = false;
     for (key, size, _, _) in &chain {
-        let idx = Index::open(store, key, *size).await?;
-        let (keys, messages, tables) = idx.entries(store).await?;
-        b.extend(&idx.footer, &keys, &messages, tables.as_deref());
+        match Index::open(store, key, *size).await {
+            Ok(idx) => match runs.last_mut() {
+                Some(run) if open_run && run[0].footer.key_id == idx.footer.key_id => run.push(idx),
+                _ => {
+                    runs.push(vec![idx]);
+                    open_run = true;
+                }
+            },
+            Err(Error::Encryption(_)) => open_run = false,
+            Err(e) => return Err(e),
+        }
     }
-    store
-        .put_once(&segments_index_key(gen, first, last), b.encode(gen)?)
-        .await?;
-    for (key, _, _, _) in &chain {
-        store.delete(key).await?;
+    let mut merged = false;
+    for run in runs.into_iter().filter(|r| r.len() >= 2) {
+        let (Some((a, _)), Some((_, z))) = (
+            parse_segments_index_key(&run[0].key),
+            run.last().and_then(|i| parse_segments_index_key(&i.key)),
+        ) else {
+            continue;
+        };
+        let mut b = Builder::hashed_under(run[0].footer.key_id.clone());
+        for idx in &run {
+            let (keys, messages, tables) = idx.entries(store).await?;
+            b.extend(&idx.footer, &keys, &messages, tables.as_deref())?;
+        }
+        store
+            .put_once(&segments_index_key(gen, a, z), b.encode(gen, sealer.as_ref())?)
+            .await?;
+        for idx in &run {
+            store.delete(&idx.key).await?;
+        }
+        merged = true;
     }
-    Ok(true)
+    Ok(merged)
 }
 
 #[cfg(test)]
@@ -652,9 +806,10 @@ mod tests {
                 .collect();
             let msgs: Vec<(u64, u32)> = (0..100u64).map(|i| (obj * 1000 + i, 1)).collect();
             // Table a in every object's frame 0, b only in object 1's frames 1 and 3.
-            let mut tables = vec![(table_hash("public.a"), 0)];
+            let h = Hasher::Plain;
+            let mut tables = vec![(h.table("public.a"), 0)];
             if obj == 1 {
-                tables.extend([(table_hash("public.b"), 1), (table_hash("public.b"), 3)]);
+                tables.extend([(h.table("public.b"), 1), (h.table("public.b"), 3)]);
             }
             b.add(
                 Covered {
@@ -668,12 +823,12 @@ mod tests {
                 &tables,
             );
         }
-        let bytes = b.encode("00000001").expect("encode");
+        let bytes = b.encode("00000001", None).expect("encode");
         store.put_once("i", bytes.clone()).await.expect("put");
         let idx = Index::open(&store, "i", bytes.len() as u64).await.expect("open");
         assert!(!idx.footer.key_fences.is_empty());
         for h in [0u64, 1, 2, 1500, 3000] {
-            let mut got = idx.lookup_key(&store, h).await.expect("lookup");
+            let mut got = idx.lookup_hash(&store, h).await.expect("lookup");
             got.sort();
             let mut want: Vec<(u32, u32)> = (0..3u32)
                 .flat_map(|o| {
@@ -686,7 +841,7 @@ mod tests {
             want.dedup();
             assert_eq!(got, want, "hash {h}");
         }
-        assert_eq!(idx.lookup_key(&store, 5000).await.expect("lookup"), vec![]);
+        assert_eq!(idx.lookup_hash(&store, 5000).await.expect("lookup"), vec![]);
         assert_eq!(idx.lookup_message(&store, 1005).await.expect("lookup"), vec![(1, 1)]);
         let table = |t: &'static str| {
             let (idx, store) = (&idx, &store);
@@ -699,11 +854,13 @@ mod tests {
         // does not claim to know where tables are.
         let (keys, messages, tables) = idx.entries(&store).await.expect("entries");
         let mut merged = Builder::default();
-        merged.extend(&idx.footer, &keys, &messages, tables.as_deref());
+        merged
+            .extend(&idx.footer, &keys, &messages, tables.as_deref())
+            .expect("same key");
         let mut old = idx.footer.clone();
         old.table_fences = None;
-        merged.extend(&old, &keys, &messages, None);
-        let merged = merged.encode("00000001").expect("encode");
+        merged.extend(&old, &keys, &messages, None).expect("same key");
+        let merged = merged.encode("00000001", None).expect("encode");
         store.put_once("m", merged.clone()).await.expect("put");
         let m = Index::open(&store, "m", merged.len() as u64).await.expect("open");
         assert_eq!(m.lookup_table(&store, "public.b").await.expect("lookup"), None);
@@ -716,6 +873,6 @@ mod tests {
         let bad = Index::open(&store, "bad", bytes.len() as u64)
             .await
             .expect("footer intact");
-        assert!(bad.lookup_key(&store, 0).await.is_err());
+        assert!(bad.lookup_hash(&store, 0).await.is_err());
     }
 }

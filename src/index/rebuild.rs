@@ -1,9 +1,6 @@
 //! `waly reindex`: every index object rebuilt from the segments and snapshots.
 
-use super::{
-    damaged, row_key_hash, segments_index_key, snapshot_index_key, table_hash, truncate_hash, Builder, Covered,
-    MERGE_SEGMENTS,
-};
+use super::{damaged, segments_index_key, snapshot_index_key, Builder, Covered, MERGE_SEGMENTS};
 use crate::archive::Store;
 use crate::schema::keys::KeyColumns;
 use crate::Error;
@@ -29,16 +26,22 @@ pub fn pk_of(schemas: &crate::segment::Schemas, table: &str, version: u32) -> Ke
 
 /// Rebuilds every index object from the segments and snapshots: the old
 /// ones are deleted first, then each run of [`MERGE_SEGMENTS`]
-/// segments and each snapshot gets one.
+/// segments and each snapshot gets one. In an encrypted archive (read with
+/// the reader's key) every entry is hashed, and every object sealed, under
+/// one new data key, so the rebuilt objects merge whatever sessions wrote
+/// the segments.
 pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
     use crate::segment::{Record, SegmentReader};
-    if store.is_encrypted().await? {
-        return Err(Error::Encryption(
-            "encrypted archives keep no index or catalog yet: readers read the segments, and there is nothing \
-             to rebuild"
-                .into(),
-        ));
+    let sealer = store.prepare_writing().await?;
+    let encrypted = sealer.is_some();
+    if encrypted {
+        // The old index is deleted before the new one is written: first make
+        // sure the reader's key opens every data key it will need.
+        for id in crate::crypt::keys::data_key_ids(store).await? {
+            store.crypt().data_key_secret(store, &id).await?;
+        }
     }
+    let fresh = || Builder::for_writer(sealer.as_ref());
     let mut stats = ReindexStats::default();
     for gen in crate::archive::state::generations(store).await? {
         let st = crate::archive::state::load_generation(store, &gen).await?;
@@ -47,7 +50,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
         }
         // Snapshots.
         for m in &st.manifests {
-            let mut b = Builder::default();
+            let mut b = fresh();
             for t in &m.tables {
                 let pk = pk_of(&st.schemas, &t.table, t.schema_version);
                 for (n, part) in t.parts.iter().enumerate() {
@@ -62,14 +65,15 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                         let z = bytes
                             .get(*off as usize..(off + len) as usize)
                             .ok_or_else(|| damaged(&part.key, "a frame lies outside the part"))?;
-                        let text = zstd::decode_all(z).map_err(|e| damaged(&part.key, e))?;
+                        let z = store.open_frames(&part.key, bytes.slice_ref(z)).await?;
+                        let text = zstd::decode_all(&z[..]).map_err(|e| damaged(&part.key, e))?;
                         for line in String::from_utf8_lossy(&text).lines() {
                             if pk.is_empty() || line.starts_with("{\"waly_snapshot_part\"") {
                                 continue;
                             }
                             let row: crate::event::Row =
                                 serde_json::from_str(line).map_err(|e| damaged(&part.key, e))?;
-                            keys.push((row_key_hash(&t.table, &pk, &row), f as u32));
+                            keys.push((b.hasher().row(&t.table, &pk, &row), f as u32));
                         }
                     }
                     b.add(
@@ -87,7 +91,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
             }
             if !b.is_empty() {
                 store
-                    .put_once(&snapshot_index_key(&gen, m.lsn), b.encode(&gen)?)
+                    .put_once(&snapshot_index_key(&gen, m.lsn), b.encode(&gen, sealer.as_ref())?)
                     .await?;
                 stats.objects += 1;
             }
@@ -97,7 +101,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
         let segments = crate::archive::state::segments(store, &gen).await?;
         let mut catalog = crate::catalog::Catalog::new(&gen);
         for run in segments.chunks(MERGE_SEGMENTS as usize) {
-            let mut b = Builder::default();
+            let mut b = fresh();
             for (key, number, _) in run {
                 let bytes = store.get(key).await?;
                 let (header, frames) = SegmentReader::locate_frames(key, &bytes)?;
@@ -109,19 +113,20 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                     let z = bytes
                         .get(*off as usize..(off + len) as usize)
                         .ok_or_else(|| damaged(key, "a frame lies outside the segment"))?;
-                    let mut r = SegmentReader::frame(key, z)?;
+                    let z = store.open_frames(key, bytes.slice_ref(z)).await?;
+                    let mut r = SegmentReader::frame(key, &z)?;
                     while let Some(rec) = r.next_record(&st.schemas)? {
                         if let Record::Change(c) = &rec {
                             let ch = &c.change;
                             summary.note(&ch.table, ch.commit_lsn, ch.seq, ch.commit_time);
-                            let t = (table_hash(&c.change.table), f as u32);
+                            let t = (b.hasher().table(&c.change.table), f as u32);
                             if !tables.contains(&t) {
                                 tables.push(t);
                             }
                         }
                         match rec {
                             Record::Change(c) if c.change.op == crate::event::Op::Truncate => {
-                                keys.push((truncate_hash(&c.change.table), f as u32));
+                                keys.push((b.hasher().truncate(&c.change.table), f as u32));
                             }
                             Record::Change(c) => {
                                 let pk = pk_of(&st.schemas, &c.change.table, c.schema_version);
@@ -129,8 +134,8 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                                     continue;
                                 }
                                 let t = &*c.change.table;
-                                let new = c.change.new.as_ref().map(|r| row_key_hash(t, &pk, r));
-                                let old = c.change.old.as_ref().map(|r| row_key_hash(t, &pk, r));
+                                let new = c.change.new.as_ref().map(|r| b.hasher().row(t, &pk, r));
+                                let old = c.change.old.as_ref().map(|r| b.hasher().row(t, &pk, r));
                                 keys.extend(new.iter().chain(old.iter()).map(|h| (*h, f as u32)));
                             }
                             Record::Message(m) => messages.push((m.commit_lsn.as_u64(), f as u32)),
@@ -154,13 +159,16 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
             }
             let (first, last) = (run[0].1, run[run.len() - 1].1);
             store
-                .put_once(&segments_index_key(&gen, first, last), b.encode(&gen)?)
+                .put_once(&segments_index_key(&gen, first, last), b.encode(&gen, sealer.as_ref())?)
                 .await?;
             stats.objects += 1;
         }
-        crate::catalog::refresh_objects(store, &gen, &mut catalog).await?;
-        crate::catalog::write(store, &catalog).await?;
-        stats.objects += 1;
+        if !encrypted {
+            // Encrypted archives keep no catalog yet (its counts would be plaintext).
+            crate::catalog::refresh_objects(store, &gen, &mut catalog).await?;
+            crate::catalog::write(store, &catalog).await?;
+            stats.objects += 1;
+        }
     }
     Ok(stats)
 }

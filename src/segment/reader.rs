@@ -77,11 +77,12 @@ impl<'a> SegmentReader<'a> {
     /// reader locates a segment's frames. A record-less segment (one that
     /// only marks the archive complete up to a position) has none.
     pub fn locate_frames(key: &str, bytes: &[u8]) -> Result<(SegmentHeader, Vec<(u64, u64)>), Error> {
-        let header = SegmentReader::open(key, bytes)?.header;
         let body = zstd::zstd_safe::find_frame_compressed_size(bytes).map_err(|e| Error::Corrupt {
             key: key.to_string(),
             why: format!("the header frame does not decode: {e}"),
         })? as u64;
+        // The header frame alone (the record frames may be sealed).
+        let header = SegmentReader::open(key, &bytes[..(body as usize).min(bytes.len())])?.header;
         let rest = bytes.len() as u64 - body.min(bytes.len() as u64);
         let frames = if !header.frames.is_empty() {
             header.frames.iter().map(|(o, l)| (o + body, *l)).collect()

@@ -78,8 +78,11 @@ pub struct SealedSegment {
     /// Index entries: each `waly` message's `(commit LSN, frame)`.
     pub message_entries: Vec<(u64, u32)>,
     /// Index entries: `(table hash, frame)` of each table a frame has changes
-    /// of (see [`crate::index::table_hash`]).
+    /// of (see [`crate::index::Hasher::table`]).
     pub table_entries: Vec<(u64, u32)>,
+    /// Encrypted archives: the data key that sealed its frames and hashed
+    /// its index entries (its index object is sealed and hashed the same).
+    pub sealer: Option<crate::crypt::Sealer>,
     /// Its changes, as the catalog counts them.
     pub summary: crate::catalog::Summary,
     /// Where the records start: the length of the header frame.
@@ -123,6 +126,13 @@ impl SegmentBuilder {
         Ok(b)
     }
 
+    /// How this segment's index entries are hashed: under its sealer's data
+    /// key in an encrypted archive.
+    pub fn hasher(&self) -> &crate::index::Hasher {
+        static PLAIN: crate::index::Hasher = crate::index::Hasher::Plain;
+        self.sealer.as_ref().map_or(&PLAIN, |s| s.hasher())
+    }
+
     /// The transaction `commit_lsn` is written from here on: a `begin` line
     /// unless it already is.
     fn enter(&mut self, commit_lsn: Lsn, xid: u32, commit_time: &DateTime<Utc>) -> Result<Run, Error> {
@@ -162,7 +172,7 @@ impl SegmentBuilder {
         self.note(change.commit_lsn, Some(change.commit_time));
         self.summary
             .note(&change.table, change.commit_lsn, change.seq, change.commit_time);
-        let h = crate::index::table_hash(&change.table);
+        let h = self.hasher().table(&change.table);
         if !self.frame_tables.contains(&h) {
             self.frame_tables.push(h);
             self.table_entries.push((h, self.frame_index()));
@@ -373,6 +383,7 @@ impl SegmentBuilder {
             table_entries: self.table_entries,
             summary: self.summary,
             body_offset,
+            sealer: self.sealer,
         })
     }
 }

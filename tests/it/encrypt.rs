@@ -247,6 +247,22 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
         versions(ok(&read(&enc, k, &["schema", "people"]))),
         versions(ok(&read(&plain, None, &["schema", "people"])))
     );
+    // The index is kept, sealed, its keys hashed under each session's data
+    // key. Rebuilt with the key (under one new data key), every segment is
+    // covered: a lookup reads none whole and answers the same.
+    assert!(
+        crate::archive::files_under(&enc, "index")
+            .iter()
+            .any(|f| f.ends_with(".idx")),
+        "no index objects in the encrypted archive"
+    );
+    let e = err(&read(&enc, None, &["reindex"]));
+    assert!(e.contains("is encrypted"), "{e}");
+    ok(&read(&enc, k, &["reindex"]));
+    let h = read(&enc, k, &["history", "people", "3", "--json", "--stats"]);
+    assert_eq!(ok(&h), ok(&read(&plain, None, &["history", "people", "3", "--json"])));
+    let stats = String::from_utf8_lossy(&h.stderr).into_owned();
+    assert!(stats.contains(" 0 segments whole"), "{stats}");
     let tables = ok(&read(&enc, k, &["tables", "--json"]));
     assert!(
         tables.contains("public.people") && tables.contains("public.notes"),
@@ -341,6 +357,28 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
     assert!(String::from_utf8_lossy(&v.stdout).contains(&segs[segs.len() - 1]));
     std::fs::write(&victim, &good).expect("write");
     assert!(read(&enc, None, &["verify"]).status.success());
+
+    // A flipped byte in a sealed index object: named without the key (its
+    // trailer's SHA-256) and with it (an age tag); derived data, so the
+    // answers stay right (the segments are read instead).
+    let idx_name = crate::archive::files_under(&enc, "index")
+        .into_iter()
+        .find(|f| f.ends_with(".idx"))
+        .expect("an index object");
+    let idx_path = std::path::Path::new(&enc).join("index").join(&idx_name);
+    let good_idx = std::fs::read(&idx_path).expect("read");
+    let mut bad = good_idx.clone();
+    bad[30] ^= 0x01;
+    std::fs::write(&idx_path, &bad).expect("write");
+    for key in [None, k] {
+        let text = String::from_utf8_lossy(&read(&enc, key, &["verify"]).stdout).into_owned();
+        assert!(text.contains(&idx_name), "{text}");
+    }
+    assert_eq!(
+        ok(&read(&enc, k, &["history", "people", "3", "--json"])),
+        ok(&read(&plain, None, &["history", "people", "3", "--json"]))
+    );
+    std::fs::write(&idx_path, &good_idx).expect("write");
 
     // A plaintext segment slipped in: a verify problem, never history.
     let plain_segs = crate::archive::files_under(&plain, "generations/00000001/segments");
