@@ -796,6 +796,107 @@ pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bo
 mod tests {
     use super::*;
 
+    /// Encrypted: sealed objects found by their keyed hashes, merged only
+    /// with objects hashed under the same data key, plaintext refused.
+    #[tokio::test]
+    async fn sealed_index_objects_merge_per_data_key_and_find_their_rows() {
+        use crate::crypt::keys;
+        let store = Store::open("memory://").expect("store");
+        let reader = age::x25519::Identity::generate();
+        let id = crate::archive::state::Identity::new("1", "db", "slot", "pub");
+        let spec = crate::crypt::EncryptSpec::Recipients(vec![reader.to_public()]);
+        crate::crypt::create(&store, &id, &spec).await.expect("create");
+        let gen = "00000001";
+        let put = |n: u64, sealer: crate::crypt::Sealer| {
+            let store = store.clone();
+            async move {
+                let mut b = Builder::for_writer(Some(&sealer));
+                let h = b.hasher().key("public.t", format!("[\"{n}\"]").as_bytes());
+                b.add(
+                    Covered {
+                        number: n,
+                        key: String::new(),
+                        frames: Vec::new(),
+                        fence: 0,
+                    },
+                    &[(h, 0)],
+                    &[],
+                    &[(b.hasher().table("public.t"), 0)],
+                );
+                let bytes = b.encode(gen, Some(&sealer)).expect("encode");
+                assert_ne!(h, key_hash("public.t", format!("[\"{n}\"]").as_bytes()));
+                store
+                    .put_once(&segments_index_key(gen, n, n), bytes)
+                    .await
+                    .expect("put");
+            }
+        };
+        let a = store.prepare_writing().await.expect("prepare").expect("encrypted");
+        for n in 0..3 {
+            put(n, a.clone()).await;
+        }
+        // A rotation: the next objects are hashed under another data key.
+        let set = keys::RecipientSet {
+            waly_keys: 1,
+            number: 1,
+            recipients: vec![reader.to_public().to_string()],
+            passphrase: false,
+            reason: "rotate".into(),
+            created_at: chrono::Utc::now(),
+        };
+        store
+            .put_once(&keys::recipients_key(1), crate::archive::state::to_json(&set))
+            .await
+            .expect("set");
+        let b = store.prepare_writing().await.expect("prepare").expect("encrypted");
+        assert_ne!(a.key_id(), b.key_id());
+        put(3, b.clone()).await;
+        assert!(merge(&store, gen, 0, 3).await.expect("merge"));
+        let kept: Vec<(u64, u64)> = segment_indexes(&store, gen)
+            .await
+            .expect("list")
+            .iter()
+            .map(|(_, _, a, b)| (*a, *b))
+            .collect();
+        assert_eq!(kept, vec![(0, 2), (3, 3)]);
+        for (key, size, first, last) in segment_indexes(&store, gen).await.expect("list") {
+            let idx = Index::open(&store, &key, size).await.expect("open");
+            for n in first..=last {
+                let got = idx
+                    .lookup_key(&store, "public.t", format!("[\"{n}\"]").as_bytes())
+                    .await;
+                let obj = got
+                    .expect("lookup")
+                    .into_iter()
+                    .map(|(o, _)| idx.footer.objects[o as usize].number);
+                assert_eq!(obj.collect::<Vec<_>>(), vec![n]);
+            }
+            assert_eq!(
+                idx.lookup_table(&store, "public.t")
+                    .await
+                    .expect("table")
+                    .map(|t| t.len()),
+                Some((last - first + 1) as usize)
+            );
+        }
+        // A plaintext index object is refused before it is written.
+        let mut plain = Builder::default();
+        plain.add(
+            Covered {
+                number: 9,
+                key: String::new(),
+                frames: Vec::new(),
+                fence: 0,
+            },
+            &[(1, 0)],
+            &[],
+            &[],
+        );
+        let bytes = plain.encode(gen, None).expect("encode");
+        let e = store.put_once(&segments_index_key(gen, 9, 9), bytes).await;
+        assert!(matches!(e, Err(Error::Encryption(_))), "{e:?}");
+    }
+
     #[tokio::test]
     async fn lookups_find_every_entry_and_only_those() {
         let store = Store::open("memory://").expect("store");
