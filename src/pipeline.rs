@@ -426,7 +426,10 @@ impl Writer<'_> {
         let (schema, name) = rec.table.split_once('.').unwrap_or(("", rec.table.as_str()));
         let seg = layout::table_segment(schema, name);
         self.store
-            .put_once(&layout::schema_key(&self.gen.id, &seg, rec.version), to_json(&rec))
+            .put_once(
+                &layout::schema_key(&self.gen.id, &seg, rec.version),
+                to_json(&self.store.schema_to_store(&rec)?),
+            )
             .await?;
         tracing::info!(
             table = rec.table,
@@ -453,7 +456,9 @@ impl Writer<'_> {
         let (schema, name) = rec.table.split_once('.').unwrap_or(("", rec.table.as_str()));
         let key = layout::schema_key(&self.gen.id, &layout::table_segment(schema, name), rec.version);
         self.store.delete(&key).await?;
-        self.store.put_once(&key, to_json(&rec)).await?;
+        self.store
+            .put_once(&key, to_json(&self.store.schema_to_store(&rec)?))
+            .await?;
         tracing::info!(table = rec.table, version = rec.version, commit_lsn = %rec.commit_lsn, "schema version moved to the first transaction with its shape");
         self.gen.schemas.insert(rec);
         Ok(())

@@ -169,6 +169,17 @@ pub async fn verify(store: &Store) -> Result<Report, Error> {
         }
         snapshots(store, &gen, &st, &mut report).await?;
         indexes(store, &gen, &objects, &mut report).await?;
+        if report.encrypted {
+            for key in state::schema_keys(store, &gen).await? {
+                if !crate::crypt::schema::holds_no_statement(&store.get(&key).await?) {
+                    report.add(
+                        &key,
+                        Kind::Plaintext,
+                        "a schema version whose DDL statement text is not sealed, in an encrypted archive",
+                    );
+                }
+            }
+        }
     }
     Ok(report)
 }

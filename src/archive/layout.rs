@@ -179,15 +179,18 @@ pub enum DataKind {
     Frames,
     /// One object read whole, sealed as one frame (error records).
     Blob,
-    /// An index object (not written in encrypted archives yet).
+    /// An index object: every block and its footer sealed, the trailer plain.
     Index,
+    /// A schema version: JSON whose shape stays readable (`waly run`
+    /// resumes a generation from it and must never need an identity), its
+    /// DDL statement text sealed (`ddl.sealed`).
+    Schema,
 }
 
 /// Whether object `key` holds data that an encrypted archive seals, and
 /// how. Metadata (waly.json, generations, leases, manifests, prune marks,
-/// the catalog, the key objects) is `None`: it stays readable. So are
-/// schema versions, for now: `waly run` resumes a generation from them and
-/// must never need an identity (docs/FORMAT.md, "Encryption").
+/// the catalog, the key objects) is `None`: it stays readable
+/// (docs/FORMAT.md, "Encryption").
 pub fn data_kind(key: &str) -> Option<DataKind> {
     let parts: Vec<&str> = key.split('/').collect();
     match parts.as_slice() {
@@ -195,6 +198,7 @@ pub fn data_kind(key: &str) -> Option<DataKind> {
         ["generations", _, "snapshots", _, _, part] if part.ends_with(".jsonl.zst") => Some(DataKind::Frames),
         [ERRORS_DIR, _] => Some(DataKind::Blob),
         ["index", _, "segments" | "snapshots", _] => Some(DataKind::Index),
+        ["generations", _, "schemas", _, v] if v.ends_with(".json") => Some(DataKind::Schema),
         _ => None,
     }
 }

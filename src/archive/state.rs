@@ -405,7 +405,8 @@ pub async fn load_generation_with(store: &Store, gen: &str, tail: Tail) -> Resul
         tail,
         ..Default::default()
     };
-    for rec in read_all::<SchemaRecord>(store, schema_keys(store, gen).await?).await? {
+    for mut rec in read_all::<SchemaRecord>(store, schema_keys(store, gen).await?).await? {
+        store.open_schema(&mut rec).await?;
         st.schemas.insert(rec);
     }
     for m in read_all::<Manifest>(store, manifest_keys(store, gen).await?).await? {

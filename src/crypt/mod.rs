@@ -15,6 +15,7 @@
 pub mod frame;
 pub mod keys;
 pub mod rotate;
+pub mod schema;
 
 use crate::archive::{layout, Store};
 use crate::Error;
@@ -436,6 +437,7 @@ impl Store {
                 Some((body, true)) => !body.is_empty() && frame::walk(key, body)?.iter().all(|f| f.2.is_some()),
                 _ => false,
             },
+            layout::DataKind::Schema => schema::holds_no_statement(bytes),
         };
         if ok {
             Ok(())

@@ -100,6 +100,7 @@ impl DdlMessage {
             tag: self.tag.clone(),
             command: self.command.clone(),
             rewritten: self.rewritten,
+            sealed: None,
         }
     }
 }

@@ -139,6 +139,11 @@ pub struct Ddl {
     /// Whether PostgreSQL rewrote the table's rows for it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rewritten: bool,
+    /// In an encrypted archive's schema objects: `command` as one sealed
+    /// frame, in lower-case hex (`command` is then empty). A reader with
+    /// the key puts it back in `command` when it loads the version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
 }
 
 impl Ddl {

@@ -384,6 +384,7 @@ mod tests {
                 tag: "ALTER TABLE".into(),
                 command: command.into(),
                 rewritten,
+                sealed: None,
             }),
             dropped: false,
         }

@@ -9,6 +9,9 @@ const SCHEMA: &str = "
     CREATE TABLE notes (id bigint PRIMARY KEY, body text);
     CREATE PUBLICATION waly FOR TABLE people, notes;";
 
+/// DDL statement text no object of an encrypted archive may hold in plaintext.
+const DDL_CANARY: &str = "ddl-canary-7q";
+
 /// A value no object of an encrypted archive may hold in plaintext.
 fn canary(i: i64) -> String {
     format!("zebra-canary-{i:05}")
@@ -131,6 +134,9 @@ fn plaintext_found(objects: &[(String, Vec<u8>)], secret: &str, upto: i64) -> Ve
                 }
             }
         }
+        if holds(b, DDL_CANARY) || holds(&text, DDL_CANARY) {
+            found.push(format!("{k}: the DDL statement text"));
+        }
         if holds(b, secret) {
             found.push(format!("{k}: the identity's secret"));
         }
@@ -211,7 +217,10 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
         let _ = run.child.wait();
         run = spawn(&db, &enc, &slot(&db));
     }
-    db.psql("ALTER TABLE people ADD COLUMN tier int DEFAULT 1;");
+    // The statement text a schema version keeps: sealed.
+    db.psql(&format!(
+        "ALTER TABLE people ADD COLUMN tier int DEFAULT 1 /* {DDL_CANARY} */;"
+    ));
     db.psql(&workload(900, 1000));
     wait_slot_confirmed(&db, &slot(&db));
     wait_slot_confirmed(&db, &plain_slot);
@@ -243,8 +252,10 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
             .map(|l| l.split_once("first version").map_or(l, |(_, rest)| rest).to_string())
             .collect()
     };
+    let enc_versions = ok(&read(&enc, k, &["schema", "people"]));
+    assert!(enc_versions.contains(DDL_CANARY), "{enc_versions}");
     assert_eq!(
-        versions(ok(&read(&enc, k, &["schema", "people"]))),
+        versions(enc_versions),
         versions(ok(&read(&plain, None, &["schema", "people"])))
     );
     // The index is kept, sealed, its keys hashed under each session's data
@@ -299,6 +310,10 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
     // No plaintext: the grep finds the values in the plain archive (so it
     // can), and nothing in the encrypted one.
     let found_plain = plaintext_found(&raw_objects(&plain), &secret, 1000);
+    assert!(
+        found_plain.iter().any(|f| f.ends_with("the DDL statement text")),
+        "the search finds DDL text where there is some: {found_plain:?}"
+    );
     assert!(
         !found_plain.is_empty(),
         "the search finds plaintext where there is some"
