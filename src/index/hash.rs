@@ -36,8 +36,9 @@ pub enum Hasher {
     /// [`key_hash`]: plaintext archives.
     #[default]
     Plain,
-    /// HMAC-SHA256 under this key; the value is the top 32 bits of the tag.
-    Keyed(Box<[u8; 32]>),
+    /// HMAC-SHA256 under a key (here keyed once; each value starts from a
+    /// copy); the value is the top 32 bits of the tag.
+    Keyed(Box<hmac::Hmac<sha2::Sha256>>),
 }
 
 impl std::fmt::Debug for Hasher {
@@ -58,15 +59,17 @@ impl Hasher {
         hkdf::Hkdf::<sha2::Sha256>::new(Some(b"waly-index"), data_key_secret)
             .expand(b"row key hash v1", &mut k)
             .expect("32 bytes is a valid HKDF-SHA256 length");
-        Hasher::Keyed(Box::new(k))
+        Hasher::Keyed(Box::new(
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(&k).expect("HMAC takes any key length"),
+        ))
     }
 
     /// The value of `key` (as [`KeyColumns::encode`] writes it) in `table`.
     pub fn key(&self, table: &str, key: &[u8]) -> u64 {
         match self {
             Hasher::Plain => key_hash(table, key),
-            Hasher::Keyed(k) => {
-                let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&k[..]).expect("HMAC takes any key length");
+            Hasher::Keyed(keyed) => {
+                let mut m = (**keyed).clone();
                 m.update(table.as_bytes());
                 m.update(&[0]);
                 m.update(key);

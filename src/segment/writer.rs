@@ -31,6 +31,9 @@ pub struct SegmentBuilder {
     table_entries: Vec<(u64, u32)>,
     /// The tables the current frame has changes of.
     frame_tables: Vec<u64>,
+    /// Each table's hash, computed once (a keyed hash costs a few SHA-256
+    /// blocks: not one per change).
+    table_hashes: std::collections::HashMap<String, u64>,
     summary: crate::catalog::Summary,
     line: Vec<u8>,
     uncompressed: usize,
@@ -102,6 +105,7 @@ impl SegmentBuilder {
             table_entries: Vec::new(),
             summary: Default::default(),
             frame_tables: Vec::new(),
+            table_hashes: Default::default(),
             line: Vec::with_capacity(1024),
             uncompressed: 0,
             lines: 0,
@@ -172,7 +176,14 @@ impl SegmentBuilder {
         self.note(change.commit_lsn, Some(change.commit_time));
         self.summary
             .note(&change.table, change.commit_lsn, change.seq, change.commit_time);
-        let h = self.hasher().table(&change.table);
+        let h = match self.table_hashes.get(&*change.table) {
+            Some(h) => *h,
+            None => {
+                let h = self.hasher().table(&change.table);
+                self.table_hashes.insert(change.table.to_string(), h);
+                h
+            }
+        };
         if !self.frame_tables.contains(&h) {
             self.frame_tables.push(h);
             self.table_entries.push((h, self.frame_index()));
