@@ -284,7 +284,11 @@ impl Catalog {
 /// warning) when it does not parse.
 pub async fn load(store: &Store, gen: &str) -> Option<Catalog> {
     let k = key(gen);
-    match store.get_opt(&k).await {
+    let opened = match store.get_opt(&k).await {
+        Ok(Some(b)) => store.open_blob(&k, b).await.map(Some),
+        other => other,
+    };
+    match opened {
         Ok(None) => None,
         Ok(Some(b)) => match serde_json::from_slice::<Catalog>(&b) {
             Ok(c) if c.waly_catalog == FORMAT && c.generation == gen => Some(c),
@@ -307,9 +311,11 @@ pub async fn load(store: &Store, gen: &str) -> Option<Catalog> {
     }
 }
 
-/// Stores `cat`.
+/// Stores `cat` (sealed in an encrypted archive: its table names, counts
+/// and times are the archive's business).
 pub async fn write(store: &Store, cat: &Catalog) -> Result<(), Error> {
-    store.put(&key(&cat.generation), to_json(cat)).await
+    let bytes = store.seal_blob(to_json(cat)).await?;
+    store.put(&key(&cat.generation), bytes).await
 }
 
 /// Stores `cat` (derived data: a failure is a warning).
@@ -429,7 +435,9 @@ impl Keeper {
     /// The catalog of `gen` as the writer starts (or resumes) it.
     pub async fn start(store: &Store, gen: &str) -> Keeper {
         if matches!(store.sealer(), Ok(Some(_))) {
-            tracing::info!("the archive is encrypted: no catalog is kept yet (`waly tables` reads the segments)");
+            tracing::info!(
+                "the archive is encrypted: the writer, holding no key, cannot read the catalog to keep it; `waly tables` reads the segments after the one `waly reindex` last wrote"
+            );
             return Keeper::default();
         }
         match current(store, gen, Some(WRITER_CATCH_UP)).await {

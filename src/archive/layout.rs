@@ -177,7 +177,7 @@ pub enum DataKind {
     Segment,
     /// Frames, every one sealed (snapshot parts).
     Frames,
-    /// One object read whole, sealed as one frame (error records).
+    /// One object read whole, sealed as one frame (error records, catalogs).
     Blob,
     /// An index object: every block and its footer sealed, the trailer plain.
     Index,
@@ -196,7 +196,7 @@ pub fn data_kind(key: &str) -> Option<DataKind> {
     match parts.as_slice() {
         ["generations", _, "segments", _] => Some(DataKind::Segment),
         ["generations", _, "snapshots", _, _, part] if part.ends_with(".jsonl.zst") => Some(DataKind::Frames),
-        [ERRORS_DIR, _] => Some(DataKind::Blob),
+        [ERRORS_DIR, _] | ["index", _, "catalog.json"] => Some(DataKind::Blob),
         ["index", _, "segments" | "snapshots", _] => Some(DataKind::Index),
         ["generations", _, "schemas", _, v] if v.ends_with(".json") => Some(DataKind::Schema),
         _ => None,

@@ -228,6 +228,7 @@ impl Store {
     /// Writes `bytes` at `key`, replacing what is there (for objects that
     /// are not history: an export's cursor).
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), ArchiveError> {
+        self.check_sealed(key, &bytes).await?;
         self.inner
             .put(&self.path(key), PutPayload::from(bytes))
             .await

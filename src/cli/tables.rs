@@ -49,7 +49,7 @@ async fn from_catalogs(store: &crate::archive::Store) -> anyhow::Result<BTreeMap
             tracing::info!(
                 generation = g,
                 segments = fresh.segments_read,
-                "an encrypted archive keeps no catalog yet: read its segments"
+                "no catalog fits this generation: read its segments (in an encrypted archive `waly reindex` with the key writes one; `waly run` cannot)"
             );
         } else if fresh.rebuilt && fresh.segments_read > 0 {
             tracing::warn!(

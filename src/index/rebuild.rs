@@ -163,12 +163,9 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                 .await?;
             stats.objects += 1;
         }
-        if !encrypted {
-            // Encrypted archives keep no catalog yet (its counts would be plaintext).
-            crate::catalog::refresh_objects(store, &gen, &mut catalog).await?;
-            crate::catalog::write(store, &catalog).await?;
-            stats.objects += 1;
-        }
+        crate::catalog::refresh_objects(store, &gen, &mut catalog).await?;
+        crate::catalog::write(store, &catalog).await?;
+        stats.objects += 1;
     }
     Ok(stats)
 }

@@ -274,6 +274,32 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
     assert_eq!(ok(&h), ok(&read(&plain, None, &["history", "people", "3", "--json"])));
     let stats = String::from_utf8_lossy(&h.stderr).into_owned();
     assert!(stats.contains(" 0 segments whole"), "{stats}");
+    // reindex also wrote the catalog, sealed (no table name in its bytes);
+    // `tables` answers from it, as the plain archive's does.
+    let cat = std::fs::read(std::path::Path::new(&enc).join("index/00000001/catalog.json")).expect("a catalog");
+    assert!(
+        !holds(&cat, "public.people") && !holds(&cat, "public.notes"),
+        "the catalog is not sealed"
+    );
+    let summary = |out: &std::process::Output| -> Vec<serde_json::Value> {
+        ok(out)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                serde_json::json!([
+                    v["table"],
+                    v["schema_versions"],
+                    v["changes"],
+                    v["first_change"],
+                    v["last_change"]
+                ])
+            })
+            .collect()
+    };
+    let t = read(&enc, k, &["tables", "--json", "--log", "info"]);
+    let said = String::from_utf8_lossy(&t.stderr).into_owned();
+    assert!(!said.contains("no catalog fits"), "{said}");
+    assert_eq!(summary(&t), summary(&read(&plain, None, &["tables", "--json"])));
     let tables = ok(&read(&enc, k, &["tables", "--json"]));
     assert!(
         tables.contains("public.people") && tables.contains("public.notes"),
