@@ -121,12 +121,6 @@ impl Tracker {
         self.ident.encode(&r)
     }
 
-    /// The key followed now, as the index hashes it (each index object
-    /// with its own [`crate::index::Hasher`]).
-    fn current_key(&self) -> Vec<u8> {
-        self.current.clone()
-    }
-
     fn flush(&mut self) {
         for mut v in self.pending.drain(..) {
             v.intent = self.intent.clone();
@@ -578,15 +572,15 @@ async fn follow(
     store: &Store,
     indexes: &[crate::index::Index],
     table: &str,
-    key: Vec<u8>,
+    key: &[u8],
     looked: &mut std::collections::HashSet<Vec<u8>>,
     hits: &mut std::collections::BTreeMap<u64, std::collections::BTreeSet<u32>>,
 ) -> Result<(), String> {
-    if looked.contains(&key) {
+    if looked.contains(key) {
         return Ok(());
     }
-    let found = futures_util::future::join_all(indexes.iter().map(|i| i.lookup_key(store, table, &key))).await;
-    looked.insert(key);
+    let found = futures_util::future::join_all(indexes.iter().map(|i| i.lookup_key(store, table, key))).await;
+    looked.insert(key.to_vec());
     for (idx, r) in indexes.iter().zip(found) {
         match r {
             Ok(entries) => {
@@ -736,20 +730,19 @@ async fn indexed_generation(
     let mut dedup = log::Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
     let mut txns: BTreeSet<Lsn> = BTreeSet::new();
     // The table's truncates end any row's life: their frames too.
-    let truncates = crate::index::TRUNCATE_KEY.to_vec();
+    let truncates = crate::index::TRUNCATE_KEY;
     if let Err(why) = follow(store, &indexes, &t.table, truncates, &mut looked, &mut hits).await {
         return Ok(Err(why));
     }
     // The row's frames in the covered segments ahead are read a few
     // segments at a time while earlier ones are fed (bounded memory).
-    if let Err(why) = follow(store, &indexes, &t.table, t.current_key(), &mut looked, &mut hits).await {
+    if let Err(why) = follow(store, &indexes, &t.table, &t.current, &mut looked, &mut hits).await {
         return Ok(Err(why));
     }
     let mut ahead = ReadAhead::default();
     for (i, (key, number, _)) in segments.iter().enumerate() {
         // Look up every key followed so far (a key change adds one).
-        let k = t.current_key();
-        if let Err(why) = follow(store, &indexes, &t.table, k, &mut looked, &mut hits).await {
+        if let Err(why) = follow(store, &indexes, &t.table, &t.current, &mut looked, &mut hits).await {
             return Ok(Err(why));
         }
         ahead.refill(store, &segments[i..], &covered, &hits);
@@ -810,8 +803,7 @@ async fn indexed_generation(
             };
             stats.frames_read += 1;
             feed(&z, true, t)?;
-            let k = t.current_key();
-            if let Err(why) = follow(store, &indexes, &t.table, k, &mut looked, &mut hits).await {
+            if let Err(why) = follow(store, &indexes, &t.table, &t.current, &mut looked, &mut hits).await {
                 return Ok(Err(why));
             }
         }

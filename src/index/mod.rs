@@ -3,12 +3,13 @@
 //!
 //! An index object covers some objects of a generation (a run of segments,
 //! or one snapshot's parts). It holds sorted entries `(hash, object, frame)`
-//! where `hash` is [`key_hash`] of a row's table and primary key, and a
+//! where `hash` is a [`Hasher`] value of a row's table and primary key, and a
 //! second list `(commit LSN, object, frame)` locating `waly` messages. The
 //! entries are cut into blocks (zstd frames) of [`BLOCK_ENTRIES`]; a footer
 //! lists the covered objects with their frames' byte ranges and each block's
-//! first value, offset and length; the last 24 bytes give the footer's
-//! offset and length and a magic. A lookup reads the trailer, the footer
+//! first value, offset and length; the trailer (the last 24 bytes; 56 with
+//! a SHA-256 in an encrypted archive, whose blocks and footer are sealed)
+//! gives the footer's offset and length and a magic. A lookup reads the trailer, the footer
 //! and one block per index object. The index is derived data: `waly
 //! reindex` rebuilds it from the segments, and a reader that finds an object
 //! uncovered, missing or damaged reads the segments themselves.
