@@ -332,9 +332,16 @@ struct Writer<'a> {
     /// The schema version each table's changes follow in this session (set
     /// by the stream's table descriptions).
     active: HashMap<String, u32>,
-    /// Tables whose description named columns as a later version does:
-    /// `(described, archived)` names, put back in their changes.
+    /// Tables described with a later catalog: how their changes are put
+    /// back into the version of their time.
     renamed: HashMap<String, Renames>,
+    /// The server's WAL position when this session started: a transaction
+    /// committed before it is decoded again, and may be described with the
+    /// catalog of now.
+    session_start: Lsn,
+    /// Whether the DDL trigger records DDL (so a DDL in a transaction comes
+    /// before its changes, as a message).
+    captured: bool,
     /// Each table's primary-key columns, for the index, under a schema version.
     pk: HashMap<String, (u32, crate::schema::keys::KeyColumns)>,
     /// When the WAL the slot retains was last looked at.
@@ -881,6 +888,8 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         keys_checked: Instant::now(),
         active: HashMap::new(),
         renamed: HashMap::new(),
+        session_start: system.xlogpos,
+        captured: crate::schema::ddl::capture_mode(&sql).await? == crate::schema::ddl::CaptureMode::EventTrigger,
         pk: HashMap::new(),
         last_wal_check: Instant::now(),
         sql: &sql,
@@ -1042,23 +1051,58 @@ async fn snapshot_tables(
 }
 
 /// Column names to put back in a table's changes: `(described, archived)`.
-type Renames = Vec<(Arc<str>, Arc<str>)>;
+/// How a table's changes are put back into the version of their time when
+/// pgoutput described the table with a later catalog.
+#[derive(Debug, Default)]
+struct Renames {
+    /// `(described, archived)` names.
+    names: Vec<(Arc<str>, Arc<str>)>,
+    /// Columns added after the changes: left out of their rows.
+    added: Vec<Arc<str>>,
+}
 
-/// `c` with its columns named back: `(described, archived)` pairs.
-fn rename_columns(c: &crate::event::Change, names: &[(Arc<str>, Arc<str>)]) -> crate::event::Change {
-    let back = |n: &Arc<str>| {
-        names
-            .iter()
-            .find(|(from, _)| from == n)
-            .map_or_else(|| n.clone(), |(_, to)| to.clone())
-    };
-    let row = |r: &crate::event::Row| crate::event::Row(r.0.iter().map(|(n, v)| (back(n), v.clone())).collect());
-    crate::event::Change {
-        key: c.key.as_ref().map(row),
-        old: c.old.as_ref().map(row),
-        new: c.new.as_ref().map(row),
-        unchanged_toast: c.unchanged_toast.iter().map(back).collect(),
-        ..c.clone()
+impl From<crate::schema::LaterDescription> for Renames {
+    fn from(d: crate::schema::LaterDescription) -> Self {
+        Renames {
+            names: d
+                .renames
+                .into_iter()
+                .map(|(a, b)| (Arc::from(a.as_str()), Arc::from(b.as_str())))
+                .collect(),
+            added: d.added.into_iter().map(|a| Arc::from(a.as_str())).collect(),
+        }
+    }
+}
+
+impl Renames {
+    fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.added.is_empty()
+    }
+
+    /// `c` with its columns named back and the later ones left out.
+    fn apply(&self, c: &crate::event::Change) -> crate::event::Change {
+        let back = |n: &Arc<str>| {
+            self.names
+                .iter()
+                .find(|(from, _)| from == n)
+                .map_or_else(|| n.clone(), |(_, to)| to.clone())
+        };
+        let kept = |n: &Arc<str>| !self.added.contains(n);
+        let row = |r: &crate::event::Row| {
+            crate::event::Row(
+                r.0.iter()
+                    .filter(|(n, _)| kept(n))
+                    .map(|(n, v)| (back(n), v.clone()))
+                    .collect(),
+            )
+        };
+        crate::event::Change {
+            key: c.key.as_ref().map(row),
+            old: c.old.as_ref().map(row),
+            new: c.new.as_ref().map(row),
+            unchanged_toast: c.unchanged_toast.iter().filter(|n| kept(n)).map(back).collect(),
+            ..c.clone()
+        }
     }
 }
 
@@ -1271,20 +1315,18 @@ async fn handle_events(
                     w.reuse_version(txn.as_mut(), &table, v)?;
                     continue;
                 }
-                if let Some((version, names)) = w.gen.schemas.described_later(&table, commit_lsn, &streamed) {
+                let replay = crate::schema::Replay {
+                    replayed: commit_lsn < w.session_start,
+                    captured: w.captured,
+                };
+                if let Some(later) = w.gen.schemas.described_later(&table, commit_lsn, &streamed, replay) {
                     tracing::debug!(
                         table,
-                        version,
-                        "a description with later column names; archiving under the names of the time"
+                        version = later.version,
+                        "a description from a later catalog; archiving under the columns of the time"
                     );
-                    w.active.insert(table.clone(), version);
-                    w.renamed.insert(
-                        table,
-                        names
-                            .into_iter()
-                            .map(|(a, b)| (Arc::from(a.as_str()), Arc::from(b.as_str())))
-                            .collect(),
-                    );
+                    w.active.insert(table.clone(), later.version);
+                    w.renamed.insert(table, Renames::from(later));
                     continue;
                 }
                 if let Some(t) = txn.as_mut().filter(|t| !t.skip) {
@@ -1351,8 +1393,8 @@ async fn handle_events(
                 };
                 let renamed;
                 let c = match w.renamed.get(&*c.table) {
-                    Some(names) if !names.is_empty() => {
-                        renamed = rename_columns(c, names);
+                    Some(r) if !r.is_empty() => {
+                        renamed = r.apply(c);
                         &renamed
                     }
                     _ => c,

@@ -638,8 +638,11 @@ fn check_history(seed: u64, db: &TestDb, archive: &str, r: &mut Rng, out: &mut O
                 .collect();
             out.check(got == want, || {
                 let first = got.iter().zip(&want).position(|(g, w)| g != w).unwrap_or(got.len().min(want.len()));
+                // The table's schema versions, to tell a writer's wrong
+                // version from a reader's wrong projection.
+                let versions = stdout(&waly_out(&["schema", table, "--archive", archive]));
                 format!(
-                    "seed {seed}: history {table} {key}: {} versions expected, {} got; first difference at version {}:\n  expected {:?}\n  got      {:?}",
+                    "seed {seed}: history {table} {key}: {} versions expected, {} got; first difference at version {}:\n  expected {:?}\n  got      {:?}\n  schema versions:\n{versions}",
                     want.len(),
                     got.len(),
                     first + 1,

@@ -1082,3 +1082,55 @@ fn one_schema_version_per_shape_when_a_replay_meets_the_shape_before_a_crashed_s
     ok(&run_within(waly().args(["verify", "--archive", &archive]), 120));
     let _ = std::fs::remove_dir_all(&archive);
 }
+
+#[test]
+fn changes_decoded_again_after_a_restart_keep_the_columns_of_their_time() {
+    // PostgreSQL 16 and later describe a table, the first time a walsender
+    // meets it, with the catalog of the moment the walsender started, also
+    // for transactions committed before (decoded again after a restart, or
+    // after the sidecar was down). Found by the oracle test on PostgreSQL
+    // 17: an insert made before a rename was archived under the new name,
+    // as a version of its own. The changes stay in the columns of their
+    // time; the rename and the added column are versions at their DDL.
+    let db = TestDb::new();
+    db.psql("CREATE TABLE item (id int PRIMARY KEY, note text); INSERT INTO item VALUES (1, 'a');");
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE item SET note = 'b' WHERE id = 1");
+    settle(&db, run);
+    // The sidecar is down: all of this is decoded in its next session.
+    db.psql("INSERT INTO item VALUES (2, 'before')");
+    db.psql("ALTER TABLE item RENAME COLUMN note TO remark");
+    db.psql("INSERT INTO item VALUES (3, 'between')");
+    db.psql("ALTER TABLE item ADD COLUMN tier text DEFAULT 'basic'");
+    db.psql("INSERT INTO item VALUES (4, 'after')");
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    settle(&db, run);
+    let schema = ok(&run_within(waly().args(["schema", "item", "--archive", &archive]), 60));
+    assert_eq!(
+        schema.lines().count(),
+        3,
+        "first version, the rename, the added column:\n{schema}"
+    );
+    assert!(
+        schema.lines().skip(1).all(|l| l.contains("by ALTER TABLE")),
+        "each later version is its DDL's:\n{schema}"
+    );
+    for (key, want) in [
+        ("2", serde_json::json!({"id": "2", "note": "before"})),
+        ("3", serde_json::json!({"id": "3", "remark": "between"})),
+        ("4", serde_json::json!({"id": "4", "remark": "after", "tier": "basic"})),
+    ] {
+        let out = ok(&run_within(
+            waly().args(["history", "item", key, "--archive", &archive, "--json"]),
+            60,
+        ));
+        let v: serde_json::Value = serde_json::from_str(out.lines().next().expect("a version")).expect("json");
+        assert_eq!(v["new"], want, "item {key}:\n{out}\n{schema}");
+    }
+    ok(&run_within(waly().args(["verify", "--archive", &archive]), 120));
+    let _ = std::fs::remove_dir_all(&archive);
+}
