@@ -442,7 +442,12 @@ impl Leaf {
     }
 
     fn optional(values: impl Iterator<Item = Option<Value>>) -> Leaf {
-        let mut leaf = Leaf::default();
+        let n = values.size_hint().0;
+        let mut leaf = Leaf {
+            values: Vec::with_capacity(n),
+            defs: Vec::with_capacity(n),
+            ..Leaf::default()
+        };
         for v in values {
             leaf.defs.push(v.is_some() as i16);
             leaf.values.extend(v);
@@ -480,73 +485,56 @@ impl Leaf {
         let defs = (!self.required).then_some(self.defs.as_slice());
         let reps = (!self.reps.is_empty()).then_some(self.reps.as_slice());
         let bad = || parquet::errors::ParquetError::General("a value of another type".into());
+        // The values in the column's physical type, in a vector of their
+        // exact size (collecting into an `Option<Vec<_>>` grows it step by
+        // step).
+        fn typed<T>(values: Vec<Value>, f: impl Fn(Value) -> Option<T>) -> Option<Vec<T>> {
+            let mut out = Vec::with_capacity(values.len());
+            for v in values {
+                out.push(f(v)?);
+            }
+            Some(out)
+        }
+        let values = self.values;
         match col.untyped() {
             W::BoolColumnWriter(w) => {
-                let v: Option<Vec<bool>> = self
-                    .values
-                    .iter()
-                    .map(|v| if let Value::Bool(b) = v { Some(*b) } else { None })
-                    .collect();
+                let v = typed(values, |v| if let Value::Bool(b) = v { Some(b) } else { None });
                 w.write_batch(&v.ok_or_else(bad)?, defs, reps)?;
             }
             W::Int32ColumnWriter(w) => {
-                let v: Option<Vec<i32>> = self
-                    .values
-                    .iter()
-                    .map(|v| if let Value::I32(n) = v { Some(*n) } else { None })
-                    .collect();
+                let v = typed(values, |v| if let Value::I32(n) = v { Some(n) } else { None });
                 w.write_batch(&v.ok_or_else(bad)?, defs, reps)?;
             }
             W::Int64ColumnWriter(w) => {
-                let v: Option<Vec<i64>> = self
-                    .values
-                    .iter()
-                    .map(|v| if let Value::I64(n) = v { Some(*n) } else { None })
-                    .collect();
+                let v = typed(values, |v| if let Value::I64(n) = v { Some(n) } else { None });
                 w.write_batch(&v.ok_or_else(bad)?, defs, reps)?;
             }
             W::FloatColumnWriter(w) => {
-                let v: Option<Vec<f32>> = self
-                    .values
-                    .iter()
-                    .map(|v| if let Value::F32(n) = v { Some(*n) } else { None })
-                    .collect();
+                let v = typed(values, |v| if let Value::F32(n) = v { Some(n) } else { None });
                 w.write_batch(&v.ok_or_else(bad)?, defs, reps)?;
             }
             W::DoubleColumnWriter(w) => {
-                let v: Option<Vec<f64>> = self
-                    .values
-                    .iter()
-                    .map(|v| if let Value::F64(n) = v { Some(*n) } else { None })
-                    .collect();
+                let v = typed(values, |v| if let Value::F64(n) = v { Some(n) } else { None });
                 w.write_batch(&v.ok_or_else(bad)?, defs, reps)?;
             }
             W::ByteArrayColumnWriter(w) => {
-                let v: Option<Vec<ByteArray>> = self
-                    .values
-                    .into_iter()
-                    .map(|v| {
-                        if let Value::Bytes(b) = v {
-                            Some(ByteArray::from(b))
-                        } else {
-                            None
-                        }
-                    })
-                    .collect();
+                let v = typed(values, |v| {
+                    if let Value::Bytes(b) = v {
+                        Some(ByteArray::from(b))
+                    } else {
+                        None
+                    }
+                });
                 w.write_batch(&v.ok_or_else(bad)?, defs, reps)?;
             }
             W::FixedLenByteArrayColumnWriter(w) => {
-                let v: Option<Vec<FixedLenByteArray>> = self
-                    .values
-                    .into_iter()
-                    .map(|v| {
-                        if let Value::Fixed(b) = v {
-                            Some(FixedLenByteArray::from(b))
-                        } else {
-                            None
-                        }
-                    })
-                    .collect();
+                let v = typed(values, |v| {
+                    if let Value::Fixed(b) = v {
+                        Some(FixedLenByteArray::from(b))
+                    } else {
+                        None
+                    }
+                });
                 w.write_batch(&v.ok_or_else(bad)?, defs, reps)?;
             }
             W::Int96ColumnWriter(_) => return Err(bad()),

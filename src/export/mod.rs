@@ -480,7 +480,9 @@ impl Exporter<'_> {
         });
         o.batch.push(out);
         if o.batch.len() >= sink::BATCH {
-            let rows = std::mem::take(&mut o.batch);
+            // A batch at its full size from the start: grown row by row, it
+            // costs reallocations and fresh pages each time.
+            let rows = std::mem::replace(&mut o.batch, Vec::with_capacity(sink::BATCH));
             self.sink.send(sink::Cmd::Rows {
                 table: table.to_string(),
                 rows,
