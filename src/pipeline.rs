@@ -1059,27 +1059,40 @@ struct Renames {
     names: Vec<(Arc<str>, Arc<str>)>,
     /// Columns added after the changes: left out of their rows.
     added: Vec<Arc<str>>,
+    /// Columns retyped later: `(described, archived, unknown marker)`; a
+    /// value sent for them is not the row's.
+    retyped: Vec<(Arc<str>, Arc<str>, String)>,
+    /// Columns dropped later, not sent: `(name, position, unknown marker)`.
+    dropped: Vec<(Arc<str>, usize, String)>,
 }
 
-impl From<crate::schema::LaterDescription> for Renames {
-    fn from(d: crate::schema::LaterDescription) -> Self {
-        Renames {
-            names: d
-                .renames
-                .into_iter()
-                .map(|(a, b)| (Arc::from(a.as_str()), Arc::from(b.as_str())))
-                .collect(),
-            added: d.added.into_iter().map(|a| Arc::from(a.as_str())).collect(),
+impl From<crate::schema::later::LaterDescription> for Renames {
+    fn from(d: crate::schema::later::LaterDescription) -> Self {
+        let arc = |s: &str| Arc::<str>::from(s);
+        let mut r = Renames {
+            names: d.renames.iter().map(|(a, b)| (arc(a), arc(b))).collect(),
+            added: d.added.iter().map(|a| arc(a)).collect(),
+            ..Renames::default()
+        };
+        for u in d.unknown {
+            let marker = crate::schema::shape::unknown_value(&u.why);
+            match u.described {
+                Some(sent) => r.retyped.push((arc(&sent), arc(&u.name), marker)),
+                None => r.dropped.push((arc(&u.name), u.position, marker)),
+            }
         }
+        r
     }
 }
 
 impl Renames {
     fn is_empty(&self) -> bool {
-        self.names.is_empty() && self.added.is_empty()
+        self.names.is_empty() && self.added.is_empty() && self.retyped.is_empty() && self.dropped.is_empty()
     }
 
-    /// `c` with its columns named back and the later ones left out.
+    /// `c` in the columns of its time: named back, the later columns left
+    /// out, and what PostgreSQL could not send marked unknown (in the new
+    /// row, which holds every column).
     fn apply(&self, c: &crate::event::Change) -> crate::event::Change {
         let back = |n: &Arc<str>| {
             self.names
@@ -1088,18 +1101,23 @@ impl Renames {
                 .map_or_else(|| n.clone(), |(_, to)| to.clone())
         };
         let kept = |n: &Arc<str>| !self.added.contains(n);
-        let row = |r: &crate::event::Row| {
-            crate::event::Row(
-                r.0.iter()
-                    .filter(|(n, _)| kept(n))
-                    .map(|(n, v)| (back(n), v.clone()))
-                    .collect(),
-            )
+        let column = |(n, v): &(Arc<str>, Option<String>)| match self.retyped.iter().find(|(sent, _, _)| sent == n) {
+            // NULL is NULL in any type.
+            Some((_, name, marker)) => (name.clone(), v.as_ref().map(|_| marker.clone())),
+            None => (back(n), v.clone()),
         };
+        let row = |r: &crate::event::Row| crate::event::Row(r.0.iter().filter(|(n, _)| kept(n)).map(column).collect());
+        let new = c.new.as_ref().map(|r| {
+            let mut r = row(r);
+            for (name, position, marker) in &self.dropped {
+                r.0.insert((*position).min(r.0.len()), (name.clone(), Some(marker.clone())));
+            }
+            r
+        });
         crate::event::Change {
             key: c.key.as_ref().map(row),
             old: c.old.as_ref().map(row),
-            new: c.new.as_ref().map(row),
+            new,
             unchanged_toast: c.unchanged_toast.iter().filter(|n| kept(n)).map(back).collect(),
             ..c.clone()
         }
@@ -1315,11 +1333,26 @@ async fn handle_events(
                     w.reuse_version(txn.as_mut(), &table, v)?;
                     continue;
                 }
-                let replay = crate::schema::Replay {
-                    replayed: commit_lsn < w.session_start,
-                    captured: w.captured,
-                };
-                if let Some(later) = w.gen.schemas.described_later(&table, commit_lsn, &streamed, replay) {
+                // A transaction committed before this session started may be
+                // described with the catalog of now (PostgreSQL 16 and later):
+                // with the DDL trigger on, matched to the version in force by
+                // attnum; else when only names differ.
+                let replayed = commit_lsn < w.session_start;
+                let mut later = None;
+                if replayed && w.captured && !txn.as_ref().is_some_and(|t| t.skip) {
+                    if let Some(now) = w.gen.schemas.in_force(&table, commit_lsn).cloned() {
+                        let catalog = crate::schema::ddl::catalog_definition(sql, &rel.schema, &rel.name).await;
+                        later = catalog
+                            .ok()
+                            .flatten()
+                            .and_then(|c| crate::schema::later::from_catalog(&now, &streamed, &c.columns));
+                    }
+                }
+                let later = later.or_else(|| w.gen.schemas.described_later(&table, commit_lsn, &streamed, replayed));
+                if let Some(later) = later {
+                    for u in &later.unknown {
+                        tracing::warn!(table, column = u.name, commit_lsn = %commit_lsn, "{}; archived as unknown", u.why);
+                    }
                     tracing::debug!(
                         table,
                         version = later.version,

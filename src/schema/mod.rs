@@ -12,6 +12,7 @@
 pub mod ddl;
 pub mod generated;
 pub mod keys;
+pub mod later;
 pub mod shape;
 
 use crate::event::Row;
@@ -237,26 +238,6 @@ fn streamed(version: &SchemaRecord, described: &[ColumnDef]) -> Vec<ColumnDef> {
         .collect()
 }
 
-/// How a table description reached `waly run`: in a transaction committed
-/// before the session started (decoded again), and whether the DDL trigger
-/// records DDL (`Schemas::described_later`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Replay {
-    pub replayed: bool,
-    pub captured: bool,
-}
-
-/// A description of a later catalog, put back into the version in force.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LaterDescription {
-    /// The version in force.
-    pub version: u32,
-    /// `(described, archived)` column names.
-    pub renames: Vec<(String, String)>,
-    /// Columns added after the transaction: not part of its rows.
-    pub added: Vec<String>,
-}
-
 /// Every schema version of a generation's tables.
 #[derive(Debug, Clone, Default)]
 pub struct Schemas {
@@ -333,64 +314,59 @@ impl Schemas {
             })
     }
 
-    /// When a table description seen in transaction `commit_lsn` is one of
-    /// the catalog of a *later* moment, while the rows are still in the
-    /// shape of their time: the version in force, and how to put the
-    /// changes back into it. PostgreSQL may describe a table so when it
-    /// decodes a transaction again: from 16 on, a walsender's first
-    /// description of a table after it starts comes from the catalog as it
-    /// is then, for transactions committed before (until a DDL it decodes
-    /// invalidates it).
-    ///
-    /// Such a description is recognised when a later version the DDL
-    /// trigger recorded has its columns, or, for a transaction committed
-    /// before this session started (`replay.replayed`), whenever its
-    /// columns are those in force column for column by type: names differ
-    /// only by later renames. With the DDL trigger on (`replay.captured`),
-    /// trailing columns the version in force lacks were added later too
-    /// (an ADD COLUMN in the transaction itself would have come first, as
-    /// its DDL message), and their values (the default, or NULL) are not
-    /// the row's.
+    /// The version in force for transaction `commit_lsn`: the one it made,
+    /// else the newest before it (none when the table was dropped).
+    pub fn in_force(&self, table: &str, commit_lsn: Lsn) -> Option<&SchemaRecord> {
+        let versions = self.versions(table);
+        versions
+            .iter()
+            .rev()
+            .find(|s| s.commit_lsn == commit_lsn)
+            .or_else(|| versions.iter().rev().find(|s| s.commit_lsn < commit_lsn))
+            .filter(|s| !s.dropped)
+    }
+
+    /// When a table description seen in transaction `commit_lsn` names its
+    /// columns as a *later* moment does while its columns are those in
+    /// force, column for column by type: the version in force, and the
+    /// names to put back. PostgreSQL 16 and later describe a table, the
+    /// first time a walsender meets it, with the catalog of the moment it
+    /// started, also for transactions committed before (decoded again).
+    /// Recognised when a later version the DDL trigger recorded has these
+    /// columns, or for a transaction committed before this session started
+    /// (`replayed`; with the DDL trigger on, [`later::from_catalog`] says
+    /// more).
     pub fn described_later(
         &self,
         table: &str,
         commit_lsn: Lsn,
         columns: &[ColumnDef],
-        replay: Replay,
-    ) -> Option<LaterDescription> {
+        replayed: bool,
+    ) -> Option<later::LaterDescription> {
         let versions = self.versions(table);
         let later_names = versions
             .iter()
             .any(|s| s.commit_lsn > commit_lsn && s.ddl.is_some() && same_columns(&streamed(s, columns), columns));
-        if !later_names && !replay.replayed {
+        if !later_names && !replayed {
             return None;
         }
-        let now = versions
-            .iter()
-            .rev()
-            .find(|s| s.commit_lsn == commit_lsn)
-            .or_else(|| versions.iter().rev().find(|s| s.commit_lsn < commit_lsn))
-            .filter(|s| !s.dropped)?;
+        let now = self.in_force(table, commit_lsn)?;
         let in_force = streamed(now, columns);
-        let added = columns.len().checked_sub(in_force.len())?;
-        if added > 0 && !(replay.replayed && replay.captured) {
-            return None;
-        }
-        let fits = in_force
-            .iter()
-            .zip(columns)
-            .all(|(a, b)| a.type_oid == b.type_oid && a.type_modifier == b.type_modifier && a.key == b.key);
+        let fits = in_force.len() == columns.len()
+            && in_force
+                .iter()
+                .zip(columns)
+                .all(|(a, b)| a.type_oid == b.type_oid && a.type_modifier == b.type_modifier && a.key == b.key);
         let renames: Vec<(String, String)> = in_force
             .iter()
             .zip(columns)
             .filter(|(a, b)| a.name != b.name)
             .map(|(a, b)| (b.name.clone(), a.name.clone()))
             .collect();
-        let added: Vec<String> = columns[in_force.len()..].iter().map(|c| c.name.clone()).collect();
-        (fits && (!renames.is_empty() || !added.is_empty())).then_some(LaterDescription {
+        (fits && !renames.is_empty()).then(|| later::LaterDescription {
             version: now.version,
             renames,
-            added,
+            ..Default::default()
         })
     }
 
@@ -484,50 +460,32 @@ mod tests {
         s.insert(v(2, 300, ["id", "remark"], true));
         let described = vec![col(1, "id"), col(2, "remark")];
         // A transaction before the rename, described with the rename's names.
-        let live = Replay::default();
-        let put_back = |added: &[&str]| LaterDescription {
+        let put_back = later::LaterDescription {
             version: 1,
             renames: vec![("remark".to_string(), "note".to_string())],
-            added: added.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
         };
         assert_eq!(
-            s.described_later("public.t", Lsn(200), &described, live),
-            Some(put_back(&[]))
+            s.described_later("public.t", Lsn(200), &described, false),
+            Some(put_back.clone())
         );
         // After it, the names are the version's own: nothing to put back.
-        assert_eq!(s.described_later("public.t", Lsn(400), &described, live), None);
+        assert_eq!(s.described_later("public.t", Lsn(400), &described, false), None);
         // Without the DDL trigger's record, new names are a new version...
         let mut fallback = Schemas::default();
         fallback.insert(v(1, 100, ["id", "note"], false));
         fallback.insert(v(2, 300, ["id", "remark"], false));
-        assert_eq!(fallback.described_later("public.t", Lsn(200), &described, live), None);
+        assert_eq!(fallback.described_later("public.t", Lsn(200), &described, false), None);
         // ...unless the transaction is decoded again in a later session
-        // (PostgreSQL 16 and later describe it with the catalog of now),
-        // before the rename is streamed.
-        let replayed = Replay {
-            replayed: true,
-            captured: false,
-        };
+        // (PostgreSQL 16 and later describe it with the catalog of now).
         assert_eq!(
-            fallback.described_later("public.t", Lsn(200), &described, replayed),
-            Some(put_back(&[]))
-        );
-        // A column added later is not the row's, when the DDL trigger says
-        // that no ADD COLUMN came before in the transaction itself.
-        let wider = vec![col(1, "id"), col(2, "remark"), col(3, "tier")];
-        assert_eq!(fallback.described_later("public.t", Lsn(200), &wider, replayed), None);
-        let captured = Replay {
-            replayed: true,
-            captured: true,
-        };
-        assert_eq!(
-            fallback.described_later("public.t", Lsn(200), &wider, captured),
-            Some(put_back(&["tier"]))
+            fallback.described_later("public.t", Lsn(200), &described, true),
+            Some(put_back)
         );
         // Another type is another shape, never names to put back.
         let mut retyped = described.clone();
         retyped[1].type_oid = 23;
-        assert_eq!(fallback.described_later("public.t", Lsn(200), &retyped, captured), None);
+        assert_eq!(fallback.described_later("public.t", Lsn(200), &retyped, true), None);
     }
 
     #[test]
