@@ -1050,7 +1050,6 @@ async fn snapshot_tables(
     Ok(())
 }
 
-/// Column names to put back in a table's changes: `(described, archived)`.
 /// How a table's changes are put back into the version of their time when
 /// pgoutput described the table with a later catalog.
 #[derive(Debug, Default)]
@@ -1341,11 +1340,18 @@ async fn handle_events(
                 let mut later = None;
                 if replayed && w.captured && !txn.as_ref().is_some_and(|t| t.skip) {
                     if let Some(now) = w.gen.schemas.in_force(&table, commit_lsn).cloned() {
-                        let catalog = crate::schema::ddl::catalog_definition(sql, &rel.schema, &rel.name).await;
-                        later = catalog
-                            .ok()
-                            .flatten()
-                            .and_then(|c| crate::schema::later::from_catalog(&now, &streamed, &c.columns));
+                        // A lost connection ends the session (nothing is
+                        // confirmed past it); a query the server refuses
+                        // leaves the names-only rule below.
+                        let catalog = match crate::schema::ddl::catalog_definition(sql, &rel.schema, &rel.name).await {
+                            Ok(c) => c,
+                            Err(e) if e.is_transient() => return Err(e),
+                            Err(e) => {
+                                tracing::warn!(table, error = %e, "cannot read the table's catalog to match a later description by attnum");
+                                None
+                            }
+                        };
+                        later = catalog.and_then(|c| crate::schema::later::from_catalog(&now, &streamed, &c.columns));
                     }
                 }
                 let later = later.or_else(|| w.gen.schemas.described_later(&table, commit_lsn, &streamed, replayed));

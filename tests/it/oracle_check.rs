@@ -261,6 +261,16 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
                 run = spawn(&db, &archive);
             }
             Step::PgRestart => cluster.restart("fast"),
+            Step::Down { steps, .. } => {
+                let _ = run.child.kill();
+                let _ = run.child.wait();
+                for s in steps {
+                    if let Step::Sql { sql, .. } = s {
+                        db.psql(&sql);
+                    }
+                }
+                run = spawn(&db, &archive);
+            }
             Step::Compact => {
                 let o = waly_out(&["compact", "--archive", &archive]);
                 assert!(o.status.success(), "compact: {}", stderr(&o));
@@ -896,6 +906,7 @@ fn oracle_every_reader_agrees_with_the_database() {
     let mut first_failure: Option<(u64, String)> = None;
     for seed in &seeds {
         let o = run_seed(*seed, size);
+        eprintln!("oracle seed {seed}: the run: {}", o.steps.join(", "));
         eprintln!(
             "oracle seed {seed}: operations={} checks={} disagreements={}",
             o.operations,

@@ -7,7 +7,8 @@
 //! partition created, a primary key changed), and operations on waly itself
 //! (kill -9 and restart, a PostgreSQL restart, compact, prune, reindex, a
 //! standby taking over, a restore into the source database, an object-store
-//! outage; in an encrypted archive, a key rotation). Checkpoints fall at
+//! outage, the sidecar down across a migration; in an encrypted archive, a
+//! key rotation). Checkpoints fall at
 //! random moments. The same seed gives the same run.
 
 /// One step of a run.
@@ -46,6 +47,11 @@ pub enum Step {
     /// add-recipient`) and the keys rotated while the sidecar runs; the
     /// rest of the run is read with the second identity.
     RotateKeys,
+    /// The sidecar is killed, these SQL steps run (a migration that keeps
+    /// values among them when one is pending), and it starts again: they
+    /// are decoded in its next session (PostgreSQL 16 and later describe
+    /// them with the catalog of then).
+    Down { what: &'static str, steps: Vec<Step> },
 }
 
 impl Step {
@@ -60,6 +66,7 @@ impl Step {
             Step::Reindex => "reindex",
             Step::Quiet => "a quiet period, then reindex",
             Step::RotateKeys => "keys add-recipient and rotate",
+            Step::Down { what, .. } => what,
             Step::Prune => "prune --keep",
             Step::Takeover => "standby takeover",
             Step::RestoreIntoSource { .. } => "restore into the source",
@@ -168,6 +175,10 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
     if encrypted {
         ops.push(Step::RotateKeys);
     }
+    ops.push(Step::Down {
+        what: "",
+        steps: Vec::new(),
+    });
     let mut steps = vec![Step::Checkpoint];
     let large_at = r.below(size.steps as u64) as usize;
     for i in 0..size.steps {
@@ -182,7 +193,8 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
         }
         if r.chance(12) && !ops.is_empty() {
             let k = r.below(ops.len() as u64) as usize;
-            steps.push(ops.remove(k));
+            let op = ops.remove(k);
+            steps.push(fill(op, &mut r, &mut m));
         }
         if r.chance(25) {
             steps.push(Step::Checkpoint);
@@ -193,10 +205,38 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
         steps.push(migration(which, &mut m));
         steps.push(workload(&mut r, &mut m));
     }
-    steps.extend(ops);
+    for op in ops {
+        steps.push(fill(op, &mut r, &mut m));
+    }
     steps.push(workload(&mut r, &mut m));
     steps.push(Step::Checkpoint);
     steps
+}
+
+/// An operation as it happens now: the steps of a sidecar's downtime are
+/// drawn when it comes (a rename or an added column, if still pending, is
+/// among them: on PostgreSQL 16 and later a column dropped or retyped while
+/// the sidecar is down loses the values of the changes before it, which
+/// waly archives as unknown; schemas.rs tests that).
+fn fill(op: Step, r: &mut Rng, m: &mut Model) -> Step {
+    let Step::Down { .. } = op else { return op };
+    let mut steps = vec![workload(r, m)];
+    let mut what = "sidecar down (no migration left to cross)";
+    let crossed = m
+        .migrations
+        .iter()
+        .position(|w| *w == "rename column" || *w == "add column");
+    if let Some(k) = crossed {
+        let which = m.migrations.remove(k);
+        what = if which == "rename column" {
+            "sidecar down across a rename"
+        } else {
+            "sidecar down across an added column"
+        };
+        steps.push(migration(which, m));
+    }
+    steps.push(workload(r, m));
+    Step::Down { what, steps }
 }
 
 fn large_txn(m: &mut Model, rows: u32) -> Step {
