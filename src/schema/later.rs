@@ -58,6 +58,10 @@ pub fn from_catalog(
     described: &[ColumnDef],
     catalog: &[ColumnDef],
 ) -> Option<LaterDescription> {
+    // A version recorded before waly knew attnums cannot be matched.
+    if in_force.columns.iter().any(|c| c.attnum.is_none()) {
+        return None;
+    }
     let mut out = LaterDescription {
         version: in_force.version,
         ..LaterDescription::default()
@@ -165,5 +169,9 @@ mod tests {
         assert_eq!(from_catalog(&version, &own, &own), None);
         // A described column the catalog no longer has: no answer.
         assert_eq!(from_catalog(&version, &described, &catalog[..2]), None);
+        // Nor for a version from before attnums were recorded.
+        let mut old = version.clone();
+        old.columns.iter_mut().for_each(|c| c.attnum = None);
+        assert_eq!(from_catalog(&old, &described, &catalog), None);
     }
 }
