@@ -334,7 +334,7 @@ struct Writer<'a> {
     active: HashMap<String, u32>,
     /// Tables described with a later catalog: how their changes are put
     /// back into the version of their time.
-    renamed: HashMap<String, Renames>,
+    put_back: HashMap<String, PutBack>,
     /// The server's WAL position when this session started: a transaction
     /// committed before it is decoded again, and may be described with the
     /// catalog of now.
@@ -887,7 +887,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         last_flush: Instant::now(),
         keys_checked: Instant::now(),
         active: HashMap::new(),
-        renamed: HashMap::new(),
+        put_back: HashMap::new(),
         session_start: system.xlogpos,
         captured: crate::schema::ddl::capture_mode(&sql).await? == crate::schema::ddl::CaptureMode::EventTrigger,
         pk: HashMap::new(),
@@ -1053,7 +1053,7 @@ async fn snapshot_tables(
 /// How a table's changes are put back into the version of their time when
 /// pgoutput described the table with a later catalog.
 #[derive(Debug, Default)]
-struct Renames {
+struct PutBack {
     /// `(described, archived)` names.
     names: Vec<(Arc<str>, Arc<str>)>,
     /// Columns added after the changes: left out of their rows.
@@ -1065,13 +1065,13 @@ struct Renames {
     dropped: Vec<(Arc<str>, usize, String)>,
 }
 
-impl From<crate::schema::later::LaterDescription> for Renames {
+impl From<crate::schema::later::LaterDescription> for PutBack {
     fn from(d: crate::schema::later::LaterDescription) -> Self {
         let arc = |s: &str| Arc::<str>::from(s);
-        let mut r = Renames {
+        let mut r = PutBack {
             names: d.renames.iter().map(|(a, b)| (arc(a), arc(b))).collect(),
             added: d.added.iter().map(|a| arc(a)).collect(),
-            ..Renames::default()
+            ..PutBack::default()
         };
         for u in d.unknown {
             let marker = crate::schema::shape::unknown_value(&u.why);
@@ -1084,7 +1084,7 @@ impl From<crate::schema::later::LaterDescription> for Renames {
     }
 }
 
-impl Renames {
+impl PutBack {
     fn is_empty(&self) -> bool {
         self.names.is_empty() && self.added.is_empty() && self.retyped.is_empty() && self.dropped.is_empty()
     }
@@ -1327,7 +1327,7 @@ async fn handle_events(
                     continue;
                 }
                 let streamed: Vec<ColumnDef> = rel.columns.iter().map(streamed_column).collect();
-                w.renamed.remove(&table);
+                w.put_back.remove(&table);
                 if let Some(v) = w.gen.schemas.reusable(&table, commit_lsn, &streamed).map(|s| s.version) {
                     w.reuse_version(txn.as_mut(), &table, v)?;
                     continue;
@@ -1365,7 +1365,7 @@ async fn handle_events(
                         "a description from a later catalog; archiving under the columns of the time"
                     );
                     w.active.insert(table.clone(), later.version);
-                    w.renamed.insert(table, Renames::from(later));
+                    w.put_back.insert(table, PutBack::from(later));
                     continue;
                 }
                 if let Some(t) = txn.as_mut().filter(|t| !t.skip) {
@@ -1430,11 +1430,11 @@ async fn handle_events(
                     Some(v) => *v,
                     None => w.gen.schemas.at(&c.table, c.commit_lsn).map_or(0, |s| s.version),
                 };
-                let renamed;
-                let c = match w.renamed.get(&*c.table) {
+                let put_back;
+                let c = match w.put_back.get(&*c.table) {
                     Some(r) if !r.is_empty() => {
-                        renamed = r.apply(c);
-                        &renamed
+                        put_back = r.apply(c);
+                        &put_back
                     }
                     _ => c,
                 };
