@@ -1131,6 +1131,7 @@ async fn on_ddl(
     w: &mut Writer<'_>,
     t: &mut Txn,
     msg: &crate::schema::ddl::DdlMessage,
+    message_lsn: Lsn,
 ) -> Result<(), Error> {
     let Some(table) = msg.qualified() else { return Ok(()) };
     // An archived table known by this OID under another name: renamed.
@@ -1154,13 +1155,14 @@ async fn on_ddl(
                     oid: Some(msg.oid),
                     ..TableMeta::default()
                 },
-                ddl: Some(msg.ddl()),
+                ddl: Some(msg.ddl(message_lsn)),
                 dropped: true,
+                sealed: None,
             };
             match w
                 .gen
                 .schemas
-                .reusable_definition(old, t.commit_lsn, &[], &rec.meta, true)
+                .reusable_definition(old, t.commit_lsn, Some(message_lsn), &[], &rec.meta, true)
                 .map(|s| s.version)
             {
                 Some(v) => w.reuse_version(Some(t), old, v)?,
@@ -1196,33 +1198,35 @@ async fn on_ddl(
             true,
         ),
     };
-    let version = match w
-        .gen
-        .schemas
-        .reusable_definition(&table, t.commit_lsn, &columns, &meta, dropped)
-    {
-        Some(s) => {
-            let v = s.version;
-            w.reuse_version(Some(t), &table, v)?;
-            v
-        }
-        None => {
-            let rec = SchemaRecord {
-                commit_lsn: t.commit_lsn,
-                commit_time: Some(t.commit_time),
-                table: table.clone(),
-                version: w.gen.schemas.next_version(&table),
-                columns,
-                source: Some("ddl".into()),
-                meta,
-                ddl: Some(msg.ddl()),
-                dropped,
-            };
-            let v = rec.version;
-            w.new_version(Some(t), rec).await?;
-            v
-        }
-    };
+    let version =
+        match w
+            .gen
+            .schemas
+            .reusable_definition(&table, t.commit_lsn, Some(message_lsn), &columns, &meta, dropped)
+        {
+            Some(s) => {
+                let v = s.version;
+                w.reuse_version(Some(t), &table, v)?;
+                v
+            }
+            None => {
+                let rec = SchemaRecord {
+                    commit_lsn: t.commit_lsn,
+                    commit_time: Some(t.commit_time),
+                    table: table.clone(),
+                    version: w.gen.schemas.next_version(&table),
+                    columns,
+                    source: Some("ddl".into()),
+                    meta,
+                    ddl: Some(msg.ddl(message_lsn)),
+                    dropped,
+                    sealed: None,
+                };
+                let v = rec.version;
+                w.new_version(Some(t), rec).await?;
+                v
+            }
+        };
     // A DDL whose effect on existing rows the archive cannot reproduce (a
     // conversion, a default computed per row, a partition attached or
     // detached): a snapshot now makes the table restorable again from here.
@@ -1407,6 +1411,7 @@ async fn handle_events(
                     meta,
                     ddl: None,
                     dropped: false,
+                    sealed: None,
                 };
                 w.new_version(txn.as_mut(), rec).await?;
             }
@@ -1418,7 +1423,7 @@ async fn handle_events(
                     tracing::warn!(lsn = %m.lsn, "a DDL message of a version this waly does not know; relying on the next change's description");
                     continue;
                 };
-                on_ddl(info, w, t, &msg).await?;
+                on_ddl(info, w, t, &msg, m.lsn).await?;
             }
             Event::Change(c) => {
                 let Some(t) = txn.as_mut() else { continue };

@@ -233,10 +233,14 @@ pub async fn take(
             meta: def.meta,
             ddl: None,
             dropped: false,
+            sealed: None,
         };
         let seg = layout::table_segment(&t.schema, &t.name);
         store
-            .put_once(&layout::schema_key(gen, &seg, version), to_json(&schema))
+            .put_once(
+                &layout::schema_key(gen, &seg, version),
+                to_json(&store.schema_to_store(&schema)?),
+            )
             .await?;
         let pk = crate::schema::keys::KeyColumns::primary_key(&schema);
         schemas.push(schema);

@@ -221,6 +221,7 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
             meta: Default::default(),
             ddl: None,
             dropped: false,
+            sealed: None,
         };
         let seg = layout::table_segment("public", &format!("t{i}"));
         store

@@ -174,12 +174,13 @@ pub async fn verify(store: &Store) -> Result<Report, Error> {
         snapshots(store, &gen, &st, &mut report).await?;
         indexes(store, &gen, &objects, &mut report).await?;
         if report.encrypted {
+            let literals = store.seals_literals().await?;
             for key in state::schema_keys(store, &gen).await? {
-                if !crate::crypt::schema::holds_no_statement(&store.get(&key).await?) {
+                if let Some(what) = crate::crypt::schema::plaintext_in_schema(&store.get(&key).await?, literals) {
                     report.add(
                         &key,
                         Kind::Plaintext,
-                        "a schema version whose DDL statement text is not sealed, in an encrypted archive",
+                        format!("a schema version with {what} in plaintext, in an encrypted archive"),
                     );
                 }
             }

@@ -26,8 +26,8 @@ pub struct Identity {
     pub publication: String,
     /// When the archive was created.
     pub created_at: DateTime<Utc>,
-    /// `"age"` when the archive is encrypted (then `waly_archive` is 2);
-    /// absent for a plaintext archive.
+    /// `"age"` when the archive is encrypted (then `waly_archive` is 2, or
+    /// [`SEALED_LITERALS_FORMAT`]); absent for a plaintext archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<String>,
 }
@@ -167,16 +167,24 @@ pub fn to_json<T: Serialize>(v: &T) -> bytes::Bytes {
     bytes::Bytes::from(out)
 }
 
+/// The `waly_archive` of an encrypted archive whose schema versions seal
+/// their literals (defaults, values of added columns, partition bounds) as
+/// well as their DDL text. An encrypted archive of format 2 (made before)
+/// keeps those readable: a reader of format 2 would take a sealed default
+/// for none.
+pub const SEALED_LITERALS_FORMAT: u32 = 3;
+
 /// Reads `waly.json`, if the archive has one.
 pub async fn read_identity(store: &Store) -> Result<Option<Identity>, Error> {
     let Some(b) = store.get_opt(layout::IDENTITY).await? else {
         return Ok(None);
     };
     let id: Identity = parse_json(layout::IDENTITY, &b)?;
-    // 1: plaintext; 2: encrypted (`encryption`). A later format is refused.
-    if id.waly_archive > 2 {
+    // 1: plaintext; 2 and 3: encrypted (`encryption`). A later format is refused.
+    if id.waly_archive > SEALED_LITERALS_FORMAT {
         return Err(Error::ArchiveMismatch(format!(
-            "the archive at {} has format version {}, newer than this waly reads (2): upgrade waly",
+            "the archive at {} has format version {}, newer than this waly reads ({SEALED_LITERALS_FORMAT}): \
+             upgrade waly",
             store.url(),
             id.waly_archive
         )));

@@ -96,6 +96,8 @@ enum Mode {
 pub struct Crypt {
     source: Mutex<Option<KeySource>>,
     mode: tokio::sync::OnceCell<Mode>,
+    /// Whether schema versions seal their literals (`waly_archive` 3).
+    literals_sealed: std::sync::OnceLock<bool>,
     identities: tokio::sync::OnceCell<Vec<age::x25519::Identity>>,
     data: Mutex<HashMap<String, Arc<age::x25519::Identity>>>,
     sealer: Mutex<Option<Sealer>>,
@@ -145,6 +147,7 @@ impl Crypt {
             Some(_) => Mode::Encrypted,
             None => Mode::Plain,
         };
+        let _ = self.literals_sealed.set(m == Mode::Encrypted && id.waly_archive >= 3);
         let _ = self.mode.set(m);
         Ok(m)
     }
@@ -437,7 +440,9 @@ impl Store {
                 Some((body, true)) => !body.is_empty() && frame::walk(key, body)?.iter().all(|f| f.2.is_some()),
                 _ => false,
             },
-            layout::DataKind::Schema => schema::holds_no_statement(bytes),
+            layout::DataKind::Schema => {
+                schema::plaintext_in_schema(bytes, self.crypt.literals_sealed.get() == Some(&true)).is_none()
+            }
         };
         if ok {
             Ok(())
@@ -516,7 +521,7 @@ pub async fn create(
     spec: &EncryptSpec,
 ) -> Result<(), Error> {
     let mut mine = identity.clone();
-    mine.waly_archive = 2;
+    mine.waly_archive = crate::archive::state::SEALED_LITERALS_FORMAT;
     mine.encryption = Some("age".into());
     let theirs = crate::archive::state::claim(store, &mine).await?;
     if theirs.encryption.is_none() {

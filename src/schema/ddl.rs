@@ -95,11 +95,14 @@ impl DdlMessage {
     }
 
     /// The DDL as a version records it.
-    pub fn ddl(&self) -> Ddl {
+    /// The DDL as a version records it; `message_lsn` is the message's
+    /// own WAL position.
+    pub fn ddl(&self, message_lsn: crate::Lsn) -> Ddl {
         Ddl {
             tag: self.tag.clone(),
             command: self.command.clone(),
             rewritten: self.rewritten,
+            message_lsn: Some(message_lsn),
             sealed: None,
         }
     }

@@ -140,6 +140,11 @@ pub struct Ddl {
     /// Whether PostgreSQL rewrote the table's rows for it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rewritten: bool,
+    /// The WAL position of the DDL message itself: the same each time its
+    /// transaction is decoded, so a version recorded by an earlier session
+    /// is recognised without comparing its (possibly sealed) definition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_lsn: Option<Lsn>,
     /// In an encrypted archive's schema objects: `command` as one sealed
     /// frame, in lower-case hex (`command` is then empty). A reader with
     /// the key puts it back in `command` when it loads the version.
@@ -197,6 +202,12 @@ pub struct SchemaRecord {
     /// after this version under this name.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dropped: bool,
+    /// In an encrypted archive (format 3): the version's literals - each
+    /// column's `missing` and `default`, partition bounds - as one sealed
+    /// frame in lower-case hex, those fields then absent or empty. A
+    /// reader with the key puts them back when it loads the version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
 }
 
 impl SchemaRecord {
@@ -390,28 +401,40 @@ impl Schemas {
     }
 
     /// The existing version a DDL message seen in transaction `commit_lsn`
-    /// describes: one made in that very transaction with this definition
-    /// (the transaction streamed again after a restart), else the one in
-    /// force before it when the DDL changed nothing waly records.
+    /// describes: one made in that very transaction by this message (the
+    /// transaction streamed again after a restart; recognised by the
+    /// message's position `message_lsn`, or by its definition in versions
+    /// that do not record it), else the one in force before it when the
+    /// DDL changed nothing waly records. A version whose literals are
+    /// sealed and not opened (a writer holds no key) is never the same
+    /// definition: the DDL then makes a new version, the same columns.
     pub fn reusable_definition(
         &self,
         table: &str,
         commit_lsn: Lsn,
+        message_lsn: Option<Lsn>,
         columns: &[ColumnDef],
         meta: &TableMeta,
         dropped: bool,
     ) -> Option<&SchemaRecord> {
+        let same = |s: &SchemaRecord| s.sealed.is_none() && s.same_definition(columns, meta, dropped);
         let versions = self.versions(table);
         versions
             .iter()
             .rev()
-            .find(|s| s.commit_lsn == commit_lsn && s.same_definition(columns, meta, dropped))
+            .find(|s| {
+                s.commit_lsn == commit_lsn
+                    && match (s.ddl.as_ref().and_then(|d| d.message_lsn), message_lsn) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => same(s),
+                    }
+            })
             .or_else(|| {
                 versions
                     .iter()
                     .rev()
                     .find(|s| s.commit_lsn <= commit_lsn)
-                    .filter(|s| s.same_definition(columns, meta, dropped))
+                    .filter(|s| same(s))
             })
     }
 
@@ -486,6 +509,54 @@ mod tests {
         let mut retyped = described.clone();
         retyped[1].type_oid = 23;
         assert_eq!(fallback.described_later("public.t", Lsn(200), &retyped, true), None);
+    }
+
+    #[test]
+    fn a_ddl_decoded_again_finds_its_version_by_the_message_position_also_when_sealed() {
+        let mut s = Schemas::default();
+        s.insert(SchemaRecord {
+            commit_lsn: Lsn(100),
+            table: "public.t".into(),
+            version: 1,
+            columns: vec![col(1, "id")],
+            ..SchemaRecord::default()
+        });
+        let mut plan = col(2, "plan");
+        plan.default = Some("'free'::text".into());
+        let described = vec![col(1, "id"), plan];
+        // As a writer reads it back from an encrypted archive: its literals
+        // sealed, not opened.
+        let sealed = SchemaRecord {
+            commit_lsn: Lsn(300),
+            table: "public.t".into(),
+            version: 2,
+            columns: vec![col(1, "id"), col(2, "plan")],
+            ddl: Some(Ddl {
+                message_lsn: Some(Lsn(290)),
+                ..Ddl::default()
+            }),
+            sealed: Some("00".into()),
+            ..SchemaRecord::default()
+        };
+        s.insert(sealed.clone());
+        let meta = TableMeta::default();
+        let found = |s: &Schemas, commit: u64, message: Option<u64>| {
+            s.reusable_definition("public.t", Lsn(commit), message.map(Lsn), &described, &meta, false)
+                .map(|r| r.version)
+        };
+        assert_eq!(found(&s, 300, Some(290)), Some(2));
+        // Another DDL message of the same transaction: not this version.
+        assert_eq!(found(&s, 300, Some(295)), None);
+        // A later DDL that changed nothing: a sealed version cannot be
+        // compared, so a new one is made; an open one is taken again.
+        assert_eq!(found(&s, 400, Some(390)), None);
+        let mut open = s.clone();
+        open.insert(SchemaRecord {
+            columns: described.clone(),
+            sealed: None,
+            ..sealed
+        });
+        assert_eq!(found(&open, 400, Some(390)), Some(2));
     }
 
     #[test]

@@ -384,9 +384,10 @@ mod tests {
                 tag: "ALTER TABLE".into(),
                 command: command.into(),
                 rewritten,
-                sealed: None,
+                ..Ddl::default()
             }),
             dropped: false,
+            sealed: None,
         }
     }
 

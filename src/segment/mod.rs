@@ -161,8 +161,8 @@ pub enum Record {
     Change(ChangeRecord),
     /// A logical message.
     Message(MessageRecord),
-    /// A schema version.
-    Schema(SchemaRecord),
+    /// A schema version (boxed: much larger than the other records).
+    Schema(Box<SchemaRecord>),
     /// A transaction's commit marker.
     Commit(CommitRecord),
 }
@@ -319,14 +319,14 @@ mod tests {
             change(100, 6, 90, Op::Delete),
             change(100, 7, 95, Op::Truncate),
             commit(100, 5),
-            Record::Schema(SchemaRecord {
+            Record::Schema(Box::new(SchemaRecord {
                 commit_lsn: Lsn(200),
                 commit_time: None,
                 table: "public.t".into(),
                 version: 1,
                 columns: vec![col("id", true)],
                 ..SchemaRecord::default()
-            }),
+            })),
             change(200, 0, 150, Op::Insert),
         ];
         let mut b = SegmentBuilder::new().expect("builder");

@@ -156,7 +156,7 @@ impl<'a> SegmentReader<'a> {
                     xid,
                     commit_time,
                 }) => self.run = Some(Run::new(commit_lsn, xid, commit_time)),
-                Line::Schema(s) => return Ok(Some(Record::Schema(*s))),
+                Line::Schema(s) => return Ok(Some(Record::Schema(s))),
                 other => {
                     let Some(mut run) = self.run else {
                         return Err(self.corrupt(format!("line {} is outside a transaction", self.read)));

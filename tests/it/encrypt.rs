@@ -7,10 +7,18 @@ use crate::harness::{run_within, waly, Running, TestDb};
 const SCHEMA: &str = "
     CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL, email text);
     CREATE TABLE notes (id bigint PRIMARY KEY, body text);
-    CREATE PUBLICATION waly FOR TABLE people, notes;";
+    CREATE TABLE regions (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+    CREATE TABLE regions_a PARTITION OF regions FOR VALUES IN ('bound-canary-4w');
+    CREATE TABLE regions_b PARTITION OF regions DEFAULT;
+    CREATE PUBLICATION waly FOR TABLE people, notes, regions WITH (publish_via_partition_root = true);";
 
 /// DDL statement text no object of an encrypted archive may hold in plaintext.
 const DDL_CANARY: &str = "ddl-canary-7q";
+
+/// Literals of schema versions no object of an encrypted archive may hold
+/// in plaintext: a column's default (and value for older rows), a partition
+/// bound.
+const LITERAL_CANARIES: [&str; 2] = ["default-canary-2v", "bound-canary-4w"];
 
 /// A value no object of an encrypted archive may hold in plaintext.
 fn canary(i: i64) -> String {
@@ -137,6 +145,11 @@ fn plaintext_found(objects: &[(String, Vec<u8>)], secret: &str, upto: i64) -> Ve
         if holds(b, DDL_CANARY) || holds(&text, DDL_CANARY) {
             found.push(format!("{k}: the DDL statement text"));
         }
+        for lit in LITERAL_CANARIES {
+            if holds(b, lit) || holds(&text, lit) {
+                found.push(format!("{k}: the literal {lit}"));
+            }
+        }
         if holds(b, secret) {
             found.push(format!("{k}: the identity's secret"));
         }
@@ -217,10 +230,30 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
         let _ = run.child.wait();
         run = spawn(&db, &enc, &slot(&db));
     }
-    // The statement text a schema version keeps: sealed.
+    // The statement text a schema version keeps, the default and the
+    // value older rows take: sealed. Killed once the version is stored
+    // (most likely before its transaction is archived), the writer's next
+    // session decodes the DDL again, meets the version sealed by the
+    // earlier one (which it cannot open) and takes it again.
     db.psql(&format!(
-        "ALTER TABLE people ADD COLUMN tier int DEFAULT 1 /* {DDL_CANARY} */;"
+        "ALTER TABLE people ADD COLUMN tier text DEFAULT '{}' /* {DDL_CANARY} */;
+         INSERT INTO regions VALUES (1, 'bound-canary-4w'), (2, 'elsewhere');",
+        LITERAL_CANARIES[0]
     ));
+    let stored = std::time::Instant::now();
+    while !crate::archive::files_under(&enc, "generations")
+        .iter()
+        .any(|f| f.ends_with("public.people/000002.json"))
+    {
+        assert!(
+            stored.elapsed().as_secs() < 60,
+            "the ADD COLUMN's version was never stored"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = run.child.kill();
+    let _ = run.child.wait();
+    run = spawn(&db, &enc, &slot(&db));
     db.psql(&workload(900, 1000));
     wait_slot_confirmed(&db, &slot(&db));
     wait_slot_confirmed(&db, &plain_slot);
@@ -239,6 +272,10 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
         vec!["history", "people", "699"],
         vec!["show", "people", "--at", &at],
         vec!["restore", "people", "--at", &at, "--output", "-", "--format", "csv"],
+        // Defaults, and partitions with their bounds: the sealed literals,
+        // put back.
+        vec!["restore", "people", "--at", &at, "--output", "-", "--format", "sql"],
+        vec!["restore", "regions", "--at", &at, "--output", "-", "--format", "sql"],
     ] {
         let a = ok(&read(&enc, k, &args));
         let b = ok(&read(&plain, None, &args));
@@ -252,6 +289,20 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
             .map(|l| l.split_once("first version").map_or(l, |(_, rest)| rest).to_string())
             .collect()
     };
+    let columns = |out: String| -> Vec<serde_json::Value> {
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["columns"].clone())
+            .collect()
+    };
+    let enc_columns = columns(ok(&read(&enc, k, &["schema", "people", "--json"])));
+    assert!(
+        enc_columns.iter().any(|c| c.to_string().contains(LITERAL_CANARIES[0])),
+        "{enc_columns:?}"
+    );
+    assert_eq!(
+        enc_columns,
+        columns(ok(&read(&plain, None, &["schema", "people", "--json"])))
+    );
     let enc_versions = ok(&read(&enc, k, &["schema", "people"]));
     assert!(enc_versions.contains(DDL_CANARY), "{enc_versions}");
     assert_eq!(
@@ -340,6 +391,12 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
         found_plain.iter().any(|f| f.ends_with("the DDL statement text")),
         "the search finds DDL text where there is some: {found_plain:?}"
     );
+    for lit in LITERAL_CANARIES {
+        assert!(
+            found_plain.iter().any(|f| f.contains("/schemas/") && f.ends_with(lit)),
+            "the search finds {lit} in a plain schema version: {found_plain:?}"
+        );
+    }
     assert!(
         !found_plain.is_empty(),
         "the search finds plaintext where there is some"
@@ -451,10 +508,10 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
     // waly's; a waly from before encryption refuses the segments' version 3).
     let id_path = std::path::Path::new(&enc).join("waly.json");
     let id_text = std::fs::read_to_string(&id_path).expect("waly.json");
-    assert!(id_text.contains("\"waly_archive\": 2"), "{id_text}");
-    std::fs::write(&id_path, id_text.replace("\"waly_archive\": 2", "\"waly_archive\": 3")).expect("write");
+    assert!(id_text.contains("\"waly_archive\": 3"), "{id_text}");
+    std::fs::write(&id_path, id_text.replace("\"waly_archive\": 3", "\"waly_archive\": 4")).expect("write");
     let e = err(&read(&enc, k, &["log"]));
-    assert!(e.contains("format version 3") && e.contains("upgrade waly"), "{e}");
+    assert!(e.contains("format version 4") && e.contains("upgrade waly"), "{e}");
     std::fs::write(&id_path, &id_text).expect("write");
 
     // A writer whose archive lost its recipients refuses to write.
