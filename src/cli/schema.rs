@@ -71,6 +71,9 @@ pub async fn run(args: &SchemaArgs) -> anyhow::Result<()> {
     let (s, n) = crate::source::quote::split_qualified(&args.table)?;
     let table = format!("{s}.{n}");
     let store = args.archive.open()?;
+    // Its DDL text, defaults and partition bounds are sealed: never shown
+    // as if there were none.
+    store.require_key().await?;
     let mut out = std::io::BufWriter::new(std::io::stdout());
     let mut found = false;
     for g in state::generations(&store).await? {

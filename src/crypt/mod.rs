@@ -319,6 +319,16 @@ impl Store {
         Ok(hasher_of(&*self.crypt.data_key(self, id).await?))
     }
 
+    /// Refuses a reader without a key (`--identity`, `WALY_PASSPHRASE`)
+    /// when the archive is encrypted, saying what to pass: for readers that
+    /// would otherwise show what they can read and leave out what is sealed.
+    pub async fn require_key(&self) -> Result<(), Error> {
+        if self.is_encrypted().await? && !self.crypt.has_source() {
+            return Err(Error::Encryption(what_to_pass(self)));
+        }
+        Ok(())
+    }
+
     /// Whether the archive is encrypted (`waly.json`, read once).
     pub async fn is_encrypted(&self) -> Result<bool, Error> {
         Ok(self.crypt.mode(self).await? == Mode::Encrypted)

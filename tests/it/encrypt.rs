@@ -303,6 +303,10 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
         enc_columns,
         columns(ok(&read(&plain, None, &["schema", "people", "--json"])))
     );
+    // Without the key, `schema` would show versions without their sealed
+    // defaults: it says what to pass instead.
+    let e = err(&read(&enc, None, &["schema", "people"]));
+    assert!(e.contains("is encrypted") && e.contains("--identity"), "{e}");
     let enc_versions = ok(&read(&enc, k, &["schema", "people"]));
     assert!(enc_versions.contains(DDL_CANARY), "{enc_versions}");
     assert_eq!(
