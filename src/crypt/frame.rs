@@ -10,13 +10,23 @@
 //! ```
 //!
 //! What the age file holds is what the object would hold unencrypted at
-//! that place: a zstd frame (segments, snapshot parts, index blocks) or the
-//! whole object's bytes (schema versions, error records).
+//! that place: a zstd frame (segments, snapshot parts) or the whole
+//! object's bytes (schema versions, error records).
+//!
+//! Index blocks, many of them small and read a few at a time, are sealed
+//! lighter: an AEAD frame (magic `0x184D2A5D`) holds, after the key id, a
+//! 24-byte nonce and the block encrypted with XChaCha20-Poly1305 under a
+//! key derived from the data key (HKDF-SHA256), the key id as associated
+//! data: 64 bytes a block instead of an age header's 224.
 
 use crate::Error;
 
 /// The skippable-frame magic that marks a sealed frame.
 pub const MAGIC: u32 = 0x184D_2A5E;
+/// The skippable-frame magic that marks an AEAD-sealed frame (index blocks).
+pub const AEAD_MAGIC: u32 = 0x184D_2A5D;
+/// An AEAD frame's nonce length (XChaCha20-Poly1305).
+pub const NONCE_LEN: usize = 24;
 /// Bytes before the age file: magic, length, key id.
 pub const HEAD: usize = 24;
 /// Length of a key id.
@@ -30,7 +40,7 @@ pub fn next(key: &str, bytes: &[u8]) -> Result<(usize, Option<String>), Error> {
         key: key.to_string(),
         why,
     };
-    if bytes.len() >= 8 && u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) == MAGIC {
+    if bytes.len() >= 8 && matches!(magic(bytes), Some(MAGIC | AEAD_MAGIC)) {
         let n = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
         if n < KEY_ID_LEN || bytes.len() < 8 + n {
             return Err(corrupt(format!(
@@ -50,14 +60,24 @@ pub fn next(key: &str, bytes: &[u8]) -> Result<(usize, Option<String>), Error> {
     Ok((n, None))
 }
 
+/// The first four bytes of `bytes` as a frame magic.
+pub fn magic(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?))
+}
+
 /// Wraps the age file `age` (encrypted under key `key_id`) as a sealed frame.
 pub fn wrap(key_id: &str, age: &[u8]) -> Vec<u8> {
+    wrap_as(MAGIC, key_id, age)
+}
+
+/// Wraps `sealed` (under key `key_id`) as a frame marked `magic`.
+pub fn wrap_as(magic: u32, key_id: &str, sealed: &[u8]) -> Vec<u8> {
     debug_assert_eq!(key_id.len(), KEY_ID_LEN);
-    let mut out = Vec::with_capacity(HEAD + age.len());
-    out.extend_from_slice(&MAGIC.to_le_bytes());
-    out.extend_from_slice(&((KEY_ID_LEN + age.len()) as u32).to_le_bytes());
+    let mut out = Vec::with_capacity(HEAD + sealed.len());
+    out.extend_from_slice(&magic.to_le_bytes());
+    out.extend_from_slice(&((KEY_ID_LEN + sealed.len()) as u32).to_le_bytes());
     out.extend_from_slice(key_id.as_bytes());
-    out.extend_from_slice(age);
+    out.extend_from_slice(sealed);
     out
 }
 

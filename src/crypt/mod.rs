@@ -52,6 +52,8 @@ pub struct Sealer {
     set: u32,
     /// Hashes the index entries of what it seals.
     hasher: crate::index::Hasher,
+    /// Seals index blocks (AEAD frames).
+    blocks: chacha20poly1305::XChaCha20Poly1305,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -77,11 +79,66 @@ impl Sealer {
             age::encrypt(&self.recipient, plain).map_err(|e| Error::Encryption(format!("cannot encrypt: {e}")))?;
         Ok(frame::wrap(&self.id, &age))
     }
+
+    /// An index block `plain` encrypted as one AEAD frame (see [`frame`]).
+    pub fn seal_block(&self, plain: &[u8]) -> Result<Vec<u8>, Error> {
+        use chacha20poly1305::aead::{Aead, AeadCore, OsRng, Payload};
+        let nonce = chacha20poly1305::XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let sealed = self
+            .blocks
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plain,
+                    aad: self.id.as_bytes(),
+                },
+            )
+            .map_err(|_| Error::Encryption("cannot encrypt an index block".into()))?;
+        let mut body = Vec::with_capacity(frame::NONCE_LEN + sealed.len());
+        body.extend_from_slice(&nonce);
+        body.extend_from_slice(&sealed);
+        Ok(frame::wrap_as(frame::AEAD_MAGIC, &self.id, &body))
+    }
 }
 
 /// The index hasher of a data key (see [`crate::index::Hasher::keyed`]).
 fn hasher_of(data_key: &age::x25519::Identity) -> crate::index::Hasher {
     crate::index::Hasher::keyed(data_key.to_string().expose_secret().as_bytes())
+}
+
+/// The cipher of a data key's AEAD frames: XChaCha20-Poly1305 under
+/// HKDF-SHA256(salt `waly-index`, the key's identity line, info `index
+/// block seal v1`).
+fn blocks_of(data_key: &age::x25519::Identity) -> chacha20poly1305::XChaCha20Poly1305 {
+    use chacha20poly1305::KeyInit;
+    let mut k = [0u8; 32];
+    hkdf::Hkdf::<sha2::Sha256>::new(Some(b"waly-index"), data_key.to_string().expose_secret().as_bytes())
+        .expand(b"index block seal v1", &mut k)
+        .expect("32 bytes is a valid HKDF-SHA256 length");
+    chacha20poly1305::XChaCha20Poly1305::new(&k.into())
+}
+
+/// Opens AEAD frame `bytes` (whole, its head included) under data key `id`.
+fn open_block(key: &str, id: &str, data: &age::x25519::Identity, bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    use chacha20poly1305::aead::{Aead, Payload};
+    let body = &bytes[frame::HEAD..];
+    let corrupt = |why: &str| Error::Corrupt {
+        key: key.to_string(),
+        why: format!("an index block sealed under data key {id} {why}"),
+    };
+    if body.len() < frame::NONCE_LEN + 16 {
+        return Err(corrupt("is cut short"));
+    }
+    let (nonce, sealed) = body.split_at(frame::NONCE_LEN);
+    blocks_of(data)
+        .decrypt(
+            chacha20poly1305::XNonce::from_slice(nonce),
+            Payload {
+                msg: sealed,
+                aad: id.as_bytes(),
+            },
+        )
+        .map_err(|_| corrupt("fails its authentication (changed, or not sealed by that key)"))
 }
 
 /// Whether the archive is encrypted, as `waly.json` says.
@@ -100,6 +157,9 @@ pub struct Crypt {
     literals_sealed: std::sync::OnceLock<bool>,
     identities: tokio::sync::OnceCell<Vec<age::x25519::Identity>>,
     data: Mutex<HashMap<String, Arc<age::x25519::Identity>>>,
+    /// Held while a data key is unwrapped: readers that need the same key
+    /// at once read its wrappings once.
+    unwrapping: tokio::sync::Mutex<()>,
     sealer: Mutex<Option<Sealer>>,
 }
 
@@ -192,6 +252,10 @@ impl Crypt {
         if let Some(k) = self.data.lock().ok().and_then(|d| d.get(id).cloned()) {
             return Ok(k);
         }
+        let _one_at_a_time = self.unwrapping.lock().await;
+        if let Some(k) = self.data.lock().ok().and_then(|d| d.get(id).cloned()) {
+            return Ok(k);
+        }
         let wrappings = keys::wrappings(store, id).await?;
         if wrappings.is_empty() {
             return Err(Error::Encryption(format!(
@@ -228,6 +292,9 @@ impl Crypt {
     /// Decrypts one sealed frame (`bytes`, the whole frame) of object `key`.
     async fn unseal(&self, store: &Store, key: &str, id: &str, bytes: &[u8]) -> Result<Vec<u8>, Error> {
         let data = self.data_key(store, id).await?;
+        if frame::magic(bytes) == Some(frame::AEAD_MAGIC) {
+            return open_block(key, id, &data, bytes);
+        }
         match keys::decrypt_with(key, std::slice::from_ref(&*data), &bytes[frame::HEAD..])? {
             Some(plain) => Ok(plain),
             None => Err(Error::Corrupt {
@@ -283,6 +350,7 @@ impl Store {
             recipient: identity.to_public(),
             set: set.number,
             hasher: hasher_of(&identity),
+            blocks: blocks_of(&identity),
         };
         if let Ok(mut d) = self.crypt.data.lock() {
             d.insert(id, Arc::new(identity));
@@ -589,6 +657,7 @@ mod tests {
                     recipient: id.to_public(),
                     set: 0,
                     hasher: hasher_of(&id),
+                    blocks: blocks_of(&id),
                 }
             ),
             format!("{:?}", Crypt::default()),
@@ -603,11 +672,45 @@ mod tests {
             recipient: id.to_public(),
             set: 0,
             hasher: hasher_of(&id),
+            blocks: blocks_of(&id),
         };
         let sealed = sealer.seal(b"row data").expect("seal");
         let (len, key) = frame::next("k", &sealed).expect("frame");
         assert_eq!((len, key.as_deref()), (sealed.len(), Some(sealer.key_id())));
-        let plain = keys::decrypt_with("k", &[id], &sealed[frame::HEAD..]).expect("ok");
+        let plain = keys::decrypt_with("k", std::slice::from_ref(&id), &sealed[frame::HEAD..]).expect("ok");
         assert_eq!(plain.as_deref(), Some(&b"row data"[..]));
+    }
+
+    #[test]
+    fn an_index_block_is_sealed_in_64_bytes_and_a_changed_byte_is_named() {
+        let id = age::x25519::Identity::generate();
+        let key_id = keys::key_id(&id.to_public());
+        let sealer = Sealer {
+            id: key_id.clone(),
+            recipient: id.to_public(),
+            set: 0,
+            hasher: hasher_of(&id),
+            blocks: blocks_of(&id),
+        };
+        let block = b"an index block's compressed entries";
+        let sealed = sealer.seal_block(block).expect("seal");
+        assert_eq!(sealed.len(), block.len() + 64);
+        assert!(!sealed.windows(block.len()).any(|w| w == block));
+        let (len, named) = frame::next("k", &sealed).expect("frame");
+        assert_eq!((len, named.as_deref()), (sealed.len(), Some(key_id.as_str())));
+        assert_eq!(open_block("k", &key_id, &id, &sealed).expect("open"), block);
+        // Two seals of one block differ (a fresh nonce each).
+        assert_ne!(sealer.seal_block(block).expect("seal"), sealed);
+        // A changed byte, another data key, or the frame named for another
+        // key: refused, never read.
+        let mut flipped = sealed.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        let e = open_block("k", &key_id, &id, &flipped).expect_err("flipped");
+        assert!(e.to_string().contains("fails its authentication"), "{e}");
+        let other = age::x25519::Identity::generate();
+        assert!(open_block("k", &key_id, &other, &sealed).is_err());
+        assert!(open_block("k", "0000000000000000", &id, &sealed).is_err());
+        assert!(open_block("k", &key_id, &id, &sealed[..frame::HEAD + 30]).is_err());
     }
 }

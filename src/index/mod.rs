@@ -354,7 +354,7 @@ impl BlockWriter<'_> {
     fn compress(&mut self, raw: &[u8]) -> Result<Vec<u8>, Error> {
         let z = self.zc.compress(raw)?;
         match self.sealer {
-            Some(s) => s.seal(&z),
+            Some(s) => s.seal_block(&z),
             None => Ok(z),
         }
     }
