@@ -171,15 +171,21 @@ impl Catalog {
             }
             self.high_water = Some((r.commit_lsn, r.last_seq));
             let table = &s.tables[r.table as usize];
-            let i = match self.pending.iter().position(|p| p.commit_lsn == r.commit_lsn) {
-                Some(i) => i,
-                None => {
-                    self.pending.push(Pending {
-                        commit_lsn: r.commit_lsn,
-                        time: r.time,
-                        tables: BTreeMap::new(),
-                    });
-                    self.pending.len() - 1
+            // `pending` is in commit order (runs below the high-water mark
+            // are skipped): a binary search, not a scan per run, which made
+            // a segment of many small transactions quadratic.
+            let i = match self.pending.binary_search_by_key(&r.commit_lsn, |p| p.commit_lsn) {
+                Ok(i) => i,
+                Err(i) => {
+                    self.pending.insert(
+                        i,
+                        Pending {
+                            commit_lsn: r.commit_lsn,
+                            time: r.time,
+                            tables: BTreeMap::new(),
+                        },
+                    );
+                    i
                 }
             };
             *self.pending[i].tables.entry(table.to_string()).or_default() += r.last_seq - from + 1;
@@ -572,6 +578,27 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(want.get("a"), Some(&(2 + 2 + 2)));
         assert_eq!(want.get("b"), Some(&(1 + 2 + 1)));
+    }
+
+    #[test]
+    fn a_segment_of_many_small_transactions_is_counted_as_readers_count_it() {
+        // 3,000 one- and two-table transactions, the last one cut across
+        // the segment boundary and committed in the next.
+        let mut first = Vec::new();
+        for t in 1..=3000u64 {
+            first.push(("a", t * 10, 1));
+            if t % 3 == 0 {
+                first.push(("b", t * 10, 2));
+            }
+        }
+        first.push(("a", 30_010, 1));
+        let (got, want) = both(&[
+            (first, Some(30_000)),
+            (vec![("b", 30_010, 2), ("a", 30_020, 1)], Some(30_020)),
+        ]);
+        assert_eq!(got, want);
+        assert_eq!(want.get("a"), Some(&3002));
+        assert_eq!(want.get("b"), Some(&1001));
     }
 
     #[test]
