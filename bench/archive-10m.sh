@@ -1,13 +1,21 @@
 # Sourced by bench/history.sh and bench/export.sh (after scripts/pg.sh and
 # pg_start): build_10m_archive WALY ARCHIVE makes the 10M-change bench
 # archive: pgbench_accounts at scale 10 (1M rows) in the base snapshot, then
-# 10 updates of every row (10M changes), with 2 MiB segments.
+# 10 updates of every row (10M changes), with 2 MiB segments. Any further
+# arguments go to `waly init` (e.g. --encrypt age:RECIPIENT), run first; a
+# database "bench" and a slot "waly" from an earlier build are dropped.
 build_10m_archive() {
     local waly=$1 archive=$2 pid end
+    shift 2
+    psql -XAtq -d postgres -c "SELECT pg_drop_replication_slot('waly') FROM pg_replication_slots WHERE slot_name = 'waly'" >/dev/null
+    dropdb --if-exists bench
     createdb bench
     rm -rf "$archive"
     pgbench -i -q -s 10 bench >/dev/null 2>&1
     psql -XAtq -d bench -c "CREATE PUBLICATION waly FOR TABLE pgbench_accounts"
+    if [ $# -gt 0 ]; then
+        "$waly" init --source "dbname=bench" --archive "$archive" --no-guard --no-ddl-capture "$@" >/dev/null
+    fi
     "$waly" run --source "dbname=bench" --archive "$archive" --segment-size 2MiB --idle-interval 10s --log warn --create-slot & pid=$!
     until [ "$(psql -XAtq -d bench -c "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid
                   WHERE s.slot_name = 'waly' AND r.state IN ('catchup', 'streaming')")" = 1 ]; do sleep 0.2; done

@@ -12,6 +12,12 @@
 # last change is durably archived). `--flush-interval 200ms` keeps the final
 # segment's age bound (1 s by default, a latency setting) from dominating the
 # shorter workload.
+#
+# With WALY_BENCH_ENCRYPT=1 each round also captures the same workload into
+# an encrypted archive (`waly init --encrypt age:...`), rounds alternating
+# plain and encrypted, and the last line reads `encrypt: capture_ratio=C`:
+# the encrypted capture rate over the plain one (both workloads' median
+# times summed; issue 12's target: C >= 0.95).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/pg.sh
@@ -36,14 +42,28 @@ q "CREATE TABLE items (id bigint PRIMARY KEY, name text, qty int, price numeric(
 q "ALTER TABLE pgbench_history REPLICA IDENTITY FULL"
 q "CREATE PUBLICATION waly FOR ALL TABLES"
 
-# one NAME ROWS WITH_WAL2JSON COMMAND... -> "recv_s waly_s rss_kb archive_bytes w2j_bytes"
+ENCRYPT=${WALY_BENCH_ENCRYPT:-0}
+if [ "$ENCRYPT" = 1 ]; then
+    rm -f "$DIR/reader.key"
+    "$WALY" keygen -o "$DIR/reader.key" 2>/dev/null
+    RECIPIENT=$(sed -n 's/^# public key: //p' "$DIR/reader.key")
+fi
+
+# one NAME ROWS WITH_WAL2JSON MODE COMMAND... -> "recv_s waly_s rss_kb archive_bytes w2j_bytes"
+# (MODE: plain, or encrypted: the archive made by `waly init --encrypt`)
 one() {
-    local name=$1 rows=$2 w2j=$3; shift 3
-    local archive=$DIR/archive-$name
+    local name=$1 rows=$2 w2j=$3 mode=$4; shift 4
+    local archive=$DIR/archive-$name-$mode
     rm -rf "$archive"
     q "TRUNCATE items"
     q "SELECT pg_create_logical_replication_slot('recv', 'pgoutput')" >/dev/null
     [ "$w2j" = 1 ] && q "SELECT pg_create_logical_replication_slot('w2j', 'wal2json')" >/dev/null
+    # Compared with encryption, both archives are made by `waly init` alike.
+    if [ "$ENCRYPT" = 1 ]; then
+        local enc=()
+        [ "$mode" = encrypted ] && enc=(--encrypt "age:$RECIPIENT")
+        "$WALY" init --source "dbname=$DB" --archive "$archive" --no-guard --no-ddl-capture "${enc[@]}" >/dev/null
+    fi
     # waly's first start: slot, generation, base snapshot; then stop.
     "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn --create-slot & local pid=$!
     # Streaming, not just active: the slot is active while being created too,
@@ -82,12 +102,17 @@ one() {
         'BEGIN { printf "%.3f %.3f %s %s %s\n", b-a, c-b, r, ab, wb }'
 }
 
+PLAIN_S=0 ENCRYPTED_S=0
 bench() {
     local name=$1 rows=$2 w2j=$3; shift 3
-    local rt=() wt=() rss=() ab=0 wb=0
+    local rt=() wt=() et=() rss=() ab=0 wb=0
     for r in $(seq 1 "$ROUNDS"); do
-        read -r a b m x y < <(one "$name" "$rows" "$w2j" "$@")
+        read -r a b m x y < <(one "$name" "$rows" "$w2j" plain "$@")
         rt+=("$a"); wt+=("$b"); rss+=("$m"); ab=$x; wb=$y
+        if [ "$ENCRYPT" = 1 ]; then
+            read -r _ b _ _ _ < <(one "$name" "$rows" 0 encrypted "$@")
+            et+=("$b")
+        fi
     done
     local rm wm mx
     rm=$(printf '%s\n' "${rt[@]}" | median); wm=$(printf '%s\n' "${wt[@]}" | median)
@@ -98,6 +123,14 @@ bench() {
         if (wb > 0) printf "  (wal2json|zstd -3: %.1f B/change, %.1f MB per 1M rows)", wb/rows, wb/rows
         printf "\n%-24s runs (s): pg_recvlogical [%s]  waly [%s]\n", "", rr, ww
     }'
+    if [ "$ENCRYPT" = 1 ]; then
+        local em; em=$(printf '%s\n' "${et[@]}" | median)
+        awk -v rows="$rows" -v w="$wm" -v e="$em" -v ee="${et[*]}" 'BEGIN {
+            printf "%-24s encrypted: waly run %8.0f/s, %.3f of plain; runs (s) [%s]\n", "", rows/e, w/e, ee
+        }'
+        PLAIN_S=$(awk -v a="$PLAIN_S" -v b="$wm" 'BEGIN {print a + b}')
+        ENCRYPTED_S=$(awk -v a="$ENCRYPTED_S" -v b="$em" 'BEGIN {print a + b}')
+    fi
 }
 
 echo "rounds: $ROUNDS (medians)"
@@ -105,3 +138,6 @@ bench "1M-row insert (1 txn)" 1000000 1 \
     q "INSERT INTO items SELECT i, 'item ' || i, i % 100, i * 0.01, now() FROM generate_series(1, 1000000) i"
 bench "200k pgbench updates" 200000 0 \
     pgbench -n -c 4 -j 2 -t 50000 -f "$DIR/update.sql" "$DB"
+if [ "$ENCRYPT" = 1 ]; then
+    awk -v p="$PLAIN_S" -v e="$ENCRYPTED_S" 'BEGIN {printf "encrypt: capture_ratio=%.3f\n", p/e}'
+fi
