@@ -1198,35 +1198,34 @@ async fn on_ddl(
             true,
         ),
     };
-    let version =
-        match w
-            .gen
-            .schemas
-            .reusable_definition(&table, t.commit_lsn, Some(message_lsn), &columns, &meta, dropped)
-        {
-            Some(s) => {
-                let v = s.version;
-                w.reuse_version(Some(t), &table, v)?;
-                v
-            }
-            None => {
-                let rec = SchemaRecord {
-                    commit_lsn: t.commit_lsn,
-                    commit_time: Some(t.commit_time),
-                    table: table.clone(),
-                    version: w.gen.schemas.next_version(&table),
-                    columns,
-                    source: Some("ddl".into()),
-                    meta,
-                    ddl: Some(msg.ddl(message_lsn)),
-                    dropped,
-                    sealed: None,
-                };
-                let v = rec.version;
-                w.new_version(Some(t), rec).await?;
-                v
-            }
-        };
+    let reusable = w
+        .gen
+        .schemas
+        .reusable_definition(&table, t.commit_lsn, Some(message_lsn), &columns, &meta, dropped)
+        .map(|s| s.version);
+    let version = match reusable {
+        Some(v) => {
+            w.reuse_version(Some(t), &table, v)?;
+            v
+        }
+        None => {
+            let rec = SchemaRecord {
+                commit_lsn: t.commit_lsn,
+                commit_time: Some(t.commit_time),
+                table: table.clone(),
+                version: w.gen.schemas.next_version(&table),
+                columns,
+                source: Some("ddl".into()),
+                meta,
+                ddl: Some(msg.ddl(message_lsn)),
+                dropped,
+                sealed: None,
+            };
+            let v = rec.version;
+            w.new_version(Some(t), rec).await?;
+            v
+        }
+    };
     // A DDL whose effect on existing rows the archive cannot reproduce (a
     // conversion, a default computed per row, a partition attached or
     // detached): a snapshot now makes the table restorable again from here.

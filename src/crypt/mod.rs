@@ -207,9 +207,16 @@ impl Crypt {
             Some(_) => Mode::Encrypted,
             None => Mode::Plain,
         };
-        let _ = self.literals_sealed.set(m == Mode::Encrypted && id.waly_archive >= 3);
+        let _ = self
+            .literals_sealed
+            .set(m == Mode::Encrypted && id.waly_archive >= crate::archive::state::SEALED_LITERALS_FORMAT);
         let _ = self.mode.set(m);
         Ok(m)
+    }
+
+    /// Whether schema versions seal their literals, once the mode is known.
+    fn seals_literals(&self) -> bool {
+        self.literals_sealed.get() == Some(&true)
     }
 
     /// The reader's identities: loaded on first need.
@@ -518,9 +525,7 @@ impl Store {
                 Some((body, true)) => !body.is_empty() && frame::walk(key, body)?.iter().all(|f| f.2.is_some()),
                 _ => false,
             },
-            layout::DataKind::Schema => {
-                schema::plaintext_in_schema(bytes, self.crypt.literals_sealed.get() == Some(&true)).is_none()
-            }
+            layout::DataKind::Schema => schema::plaintext_in_schema(bytes, self.crypt.seals_literals()).is_none(),
         };
         if ok {
             Ok(())

@@ -151,7 +151,7 @@ impl Store {
     /// Whether this archive's schema versions seal their literals (an
     /// encrypted archive of format 3).
     pub async fn seals_literals(&self) -> Result<bool, Error> {
-        Ok(self.is_encrypted().await? && self.crypt().literals_sealed.get() == Some(&true))
+        Ok(self.is_encrypted().await? && self.crypt().seals_literals())
     }
 
     /// Schema version `rec` as this writer stores it: in an encrypted
@@ -167,7 +167,7 @@ impl Store {
             ddl.sealed = Some(hex(&sealer.seal(ddl.command.as_bytes())?));
             ddl.command.clear();
         }
-        if self.crypt().literals_sealed.get() == Some(&true) {
+        if self.crypt().seals_literals() {
             if let Some(lits) = take_literals(&mut out) {
                 let json = serde_json::to_vec(&lits).map_err(|e| Error::Protocol(e.to_string()))?;
                 out.sealed = Some(hex(&sealer.seal(&json)?));
