@@ -196,7 +196,16 @@ pub(crate) async fn stop_signal() {
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> ExitCode {
+    main_with(|| {})
+}
+
+/// [`main`], calling `sidecar` first when the command is `waly run` (the
+/// binary tunes its allocator there for a long-lived process).
+pub fn main_with(sidecar: fn()) -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Run(_)) {
+        sidecar();
+    }
     init_logging(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
