@@ -324,6 +324,8 @@ struct Writer<'a> {
     gen: GenState,
     /// The generation's catalog, folded forward segment by segment.
     catalog: crate::catalog::Keeper,
+    /// Merges the index's runs in the background.
+    merger: crate::index::Merger,
     builder: SegmentBuilder,
     stop: watch::Receiver<bool>,
     last_flush: Instant,
@@ -598,7 +600,9 @@ impl Writer<'_> {
             bytes = sealed.bytes.len(),
             "segment archived"
         );
-        crate::index::write_segment_index(self.store, &self.gen.id, number, self.fence, &sealed).await;
+        if crate::index::write_segment_index(self.store, &self.gen.id, number, self.fence, &sealed).await {
+            self.merger.indexed(&self.gen.id, number + 1);
+        }
         let last_commit = sealed.header.last_commit.map(|c| c.commit_lsn);
         self.catalog
             .stored(
@@ -876,6 +880,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
     let mut w = Writer {
         store,
         catalog,
+        merger: crate::index::Merger::start(store),
         publication: opts.publication.clone(),
         fence: lease.token,
         metrics,

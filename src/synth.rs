@@ -336,6 +336,7 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
             let key = layout::segment_key(&gen, number, sealed.header.first_lsn, sealed.header.last_lsn, 0);
             store.put_once(&key, sealed.bytes.clone()).await?;
             crate::index::write_segment_index(store, &gen, number, 0, &sealed).await;
+            crate::index::merge_levels(store, &gen, number + 1).await;
             let last_commit = sealed.header.last_commit.map(|c| c.commit_lsn);
             catalog.stored(store, &gen, &key, last_commit, &sealed.summary, 0).await;
             stats.segments += 1;

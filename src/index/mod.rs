@@ -20,8 +20,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 mod hash;
+mod merge;
 mod rebuild;
 pub use hash::{key_hash, Hasher, TRUNCATE_KEY};
+pub use merge::{level_merges, merge, merge_levels, Merger, MAX_RUN_BYTES};
 pub use rebuild::{pk_of, reindex, ReindexStats};
 
 /// Entries per block.
@@ -42,21 +44,17 @@ const SEALED_TRAILER: usize = 56;
 /// The index format this waly reads and writes.
 const FORMAT: u32 = 3;
 
-/// The most segments one index object covers: the writer merges the index
-/// objects of each 16 segments into one, and those of each 128.
-pub const MERGE_SEGMENTS: u64 = 128;
-
 /// Writes the index object of segment `number` of `gen` (just stored,
-/// under fencing token `fence`), and every [`MERGE_SEGMENTS`] segments
-/// merges the last ones' into one. The index is derived data: failures are
-/// logged, and readers scan instead.
+/// under fencing token `fence`): a run of level 0, which
+/// [`merge_levels`] then merges. The index is derived data: a failure is
+/// logged, and readers scan that segment instead. Returns whether it wrote.
 pub async fn write_segment_index(
     store: &Store,
     gen: &str,
     number: u64,
     fence: u64,
     sealed: &crate::segment::SealedSegment,
-) {
+) -> bool {
     let sealer = sealed.sealer.as_ref();
     let mut b = Builder::for_writer(sealer);
     b.add(
@@ -76,17 +74,9 @@ pub async fn write_segment_index(
     };
     if let Err(e) = written {
         tracing::warn!(segment = number, error = %e, "could not write the segment's index; reads fall back to scanning it");
-        return;
+        return false;
     }
-    // Merge 16 into one, then 16 of those into one: few objects to
-    // consult per lookup, each merge bounded.
-    for span in [16, MERGE_SEGMENTS] {
-        if (number + 1) % span == 0 {
-            if let Err(e) = merge(store, gen, number + 1 - span, number).await {
-                tracing::warn!(error = %e, "could not merge the index; lookups read more objects until `waly reindex`");
-            }
-        }
-    }
+    true
 }
 
 /// An object an index covers.
@@ -157,9 +147,6 @@ pub struct Builder {
     keys: Vec<Entry>,
     messages: Vec<Entry>,
     tables: Vec<Entry>,
-    /// Some object came from an index without a table section: the merged
-    /// one cannot have a whole one either.
-    tables_unknown: bool,
     /// The data key the entries are hashed under (`None`: plaintext).
     key_id: Option<String>,
     /// Its hasher (a writer's: see [`Builder::for_writer`]).
@@ -198,15 +185,6 @@ impl Builder {
         }
     }
 
-    /// An empty builder for entries already hashed under data key `key_id`
-    /// (`None`: [`Hasher::Plain`]), to merge them.
-    fn hashed_under(key_id: Option<String>) -> Self {
-        Builder {
-            key_id,
-            ..Default::default()
-        }
-    }
-
     /// How a writer hashes the entries it adds (see [`Builder::for_writer`]).
     pub fn hasher(&self) -> &Hasher {
         &self.hasher
@@ -227,33 +205,6 @@ impl Builder {
         self.tables.extend(tables.iter().map(|(h, f)| (*h, i, *f)));
     }
 
-    /// Adds the entries of an existing index (its objects renumbered);
-    /// `tables` is `None` when it has no table section.
-    pub fn extend(
-        &mut self,
-        footer: &Footer,
-        keys: &[Entry],
-        messages: &[Entry],
-        tables: Option<&[Entry]>,
-    ) -> Result<(), Error> {
-        if footer.key_id != self.key_id {
-            return Err(Error::Protocol(format!(
-                "index entries hashed under data key {:?} cannot join those hashed under {:?}",
-                footer.key_id, self.key_id
-            )));
-        }
-        let base = self.objects.len() as u32;
-        self.objects.extend(footer.objects.iter().cloned());
-        self.keys.extend(keys.iter().map(|(h, o, f)| (*h, o + base, *f)));
-        self.messages
-            .extend(messages.iter().map(|(l, o, f)| (*l, o + base, *f)));
-        match tables {
-            Some(t) => self.tables.extend(t.iter().map(|(h, o, f)| (*h, o + base, *f))),
-            None => self.tables_unknown = true,
-        }
-        Ok(())
-    }
-
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
@@ -268,58 +219,22 @@ impl Builder {
                 "index entries must be hashed under a data key exactly when the archive is encrypted".into(),
             ));
         }
-        let mut zc = zstd::bulk::Compressor::new(1)?;
-        zc.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
-        let mut c = BlockWriter { zc, sealer };
+        let mut c = BlockWriter::new(sealer)?;
         let mut out = Vec::new();
         let mut section = |entries: &mut Vec<Entry>, out: &mut Vec<u8>| -> Result<Vec<Block>, Error> {
             entries.sort_unstable();
-            entries.dedup();
-            let mut blocks = Vec::new();
-            let mut raw = Vec::with_capacity(BLOCK_ENTRIES * 8);
-            for chunk in entries.chunks(BLOCK_ENTRIES) {
-                raw.clear();
-                let mut prev = chunk[0].0;
-                raw.extend_from_slice(&prev.to_le_bytes());
-                for (v, o, f) in chunk {
-                    put_varint(&mut raw, v - prev);
-                    put_varint(&mut raw, *o as u64);
-                    put_varint(&mut raw, *f as u64);
-                    prev = *v;
-                }
-                let z = c.compress(&raw)?;
-                blocks.push(Block {
-                    first: chunk[0].0,
-                    offset: out.len() as u64,
-                    len: z.len() as u64,
-                });
-                out.extend_from_slice(&z);
+            let mut w = SectionWriter::default();
+            for e in entries.iter() {
+                w.push(*e, &mut c, out)?;
             }
-            let mut fences = Vec::new();
-            for chunk in blocks.chunks(FENCE_ENTRIES) {
-                raw.clear();
-                for b in chunk {
-                    raw.extend_from_slice(&b.first.to_le_bytes());
-                    raw.extend_from_slice(&b.offset.to_le_bytes());
-                    raw.extend_from_slice(&b.len.to_le_bytes());
-                }
-                let z = c.compress(&raw)?;
-                fences.push(Block {
-                    first: chunk[0].first,
-                    offset: out.len() as u64,
-                    len: z.len() as u64,
-                });
-                out.extend_from_slice(&z);
-            }
-            Ok(fences)
+            w.finish(&mut c, out)
         };
-        let key_fences = section(&mut self.keys, &mut out)?;
-        let message_fences = section(&mut self.messages, &mut out)?;
-        let table_fences = if self.tables_unknown {
-            None
-        } else {
-            Some(section(&mut self.tables, &mut out)?)
-        };
+        let keys = section(&mut self.keys, &mut out)?;
+        let messages = section(&mut self.messages, &mut out)?;
+        let tables = section(&mut self.tables, &mut out)?;
+        let key_fences = write_fences(&keys, &mut c, &mut out)?;
+        let message_fences = write_fences(&messages, &mut c, &mut out)?;
+        let table_fences = Some(write_fences(&tables, &mut c, &mut out)?);
         let footer = Footer {
             waly_index: FORMAT,
             generation: generation.to_string(),
@@ -329,18 +244,7 @@ impl Builder {
             table_fences,
             key_id: self.key_id,
         };
-        let json = serde_json::to_vec(&footer).map_err(|e| Error::Protocol(e.to_string()))?;
-        let z = c.compress(&json)?;
-        let at = out.len() as u64;
-        out.extend_from_slice(&z);
-        if sealer.is_some() {
-            let sha = <sha2::Sha256 as sha2::Digest>::digest(&out);
-            out.extend_from_slice(&sha);
-        }
-        out.extend_from_slice(&at.to_le_bytes());
-        out.extend_from_slice(&(z.len() as u64).to_le_bytes());
-        out.extend_from_slice(if sealer.is_some() { MAGIC_SEALED } else { MAGIC });
-        Ok(Bytes::from(out))
+        c.finish(out, &footer)
     }
 }
 
@@ -350,7 +254,13 @@ struct BlockWriter<'a> {
     sealer: Option<&'a crate::crypt::Sealer>,
 }
 
-impl BlockWriter<'_> {
+impl<'a> BlockWriter<'a> {
+    fn new(sealer: Option<&'a crate::crypt::Sealer>) -> Result<Self, Error> {
+        let mut zc = zstd::bulk::Compressor::new(1)?;
+        zc.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+        Ok(BlockWriter { zc, sealer })
+    }
+
     fn compress(&mut self, raw: &[u8]) -> Result<Vec<u8>, Error> {
         let z = self.zc.compress(raw)?;
         match self.sealer {
@@ -358,6 +268,105 @@ impl BlockWriter<'_> {
             None => Ok(z),
         }
     }
+
+    /// Ends the object `out` (its blocks written): the footer, then the
+    /// trailer (with the SHA-256 of what precedes it when sealed).
+    fn finish(&mut self, mut out: Vec<u8>, footer: &Footer) -> Result<Bytes, Error> {
+        let json = serde_json::to_vec(footer).map_err(|e| Error::Protocol(e.to_string()))?;
+        let z = self.compress(&json)?;
+        let at = out.len() as u64;
+        out.extend_from_slice(&z);
+        if self.sealer.is_some() {
+            let sha = <sha2::Sha256 as sha2::Digest>::digest(&out);
+            out.extend_from_slice(&sha);
+        }
+        out.extend_from_slice(&at.to_le_bytes());
+        out.extend_from_slice(&(z.len() as u64).to_le_bytes());
+        out.extend_from_slice(if self.sealer.is_some() { MAGIC_SEALED } else { MAGIC });
+        Ok(Bytes::from(out))
+    }
+}
+
+/// Writes one section's entries, given in order, as blocks of
+/// [`BLOCK_ENTRIES`], then fence blocks over those; equal entries once.
+#[derive(Default)]
+struct SectionWriter {
+    pending: Vec<Entry>,
+    last: Option<Entry>,
+    blocks: Vec<Block>,
+    raw: Vec<u8>,
+}
+
+impl SectionWriter {
+    fn push(&mut self, e: Entry, c: &mut BlockWriter, out: &mut Vec<u8>) -> Result<(), Error> {
+        if self.last == Some(e) {
+            return Ok(());
+        }
+        if self.last.is_some_and(|l| l > e) {
+            return Err(Error::Protocol("index entries out of order".into()));
+        }
+        self.last = Some(e);
+        self.pending.push(e);
+        if self.pending.len() == BLOCK_ENTRIES {
+            self.flush(c, out)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, c: &mut BlockWriter, out: &mut Vec<u8>) -> Result<(), Error> {
+        let Some(first) = self.pending.first().map(|e| e.0) else {
+            return Ok(());
+        };
+        self.raw.clear();
+        let mut prev = first;
+        self.raw.extend_from_slice(&prev.to_le_bytes());
+        for (v, o, f) in &self.pending {
+            put_varint(&mut self.raw, v - prev);
+            put_varint(&mut self.raw, *o as u64);
+            put_varint(&mut self.raw, *f as u64);
+            prev = *v;
+        }
+        let z = c.compress(&self.raw)?;
+        self.blocks.push(Block {
+            first,
+            offset: out.len() as u64,
+            len: z.len() as u64,
+        });
+        out.extend_from_slice(&z);
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes what is pending: the section's data blocks.
+    fn finish(mut self, c: &mut BlockWriter, out: &mut Vec<u8>) -> Result<Vec<Block>, Error> {
+        self.flush(c, out)?;
+        Ok(self.blocks)
+    }
+}
+
+/// Writes fence blocks over a section's data blocks `blocks`; returns
+/// their pointers. An object's fence blocks follow all its data blocks,
+/// next to the footer, so the read of an object's last bytes that finds
+/// its footer often holds them too.
+fn write_fences(blocks: &[Block], c: &mut BlockWriter, out: &mut Vec<u8>) -> Result<Vec<Block>, Error> {
+    let mut fences = Vec::new();
+    let mut raw = Vec::with_capacity(FENCE_ENTRIES * 24);
+    for chunk in blocks.chunks(FENCE_ENTRIES) {
+        raw.clear();
+        for b in chunk {
+            raw.extend_from_slice(&b.first.to_le_bytes());
+            raw.extend_from_slice(&b.offset.to_le_bytes());
+            raw.extend_from_slice(&b.len.to_le_bytes());
+        }
+        let z = c.compress(&raw)?;
+        fences.push(Block {
+            first: chunk[0].first,
+            offset: out.len() as u64,
+            len: z.len() as u64,
+        });
+        out.extend_from_slice(&z);
+    }
+    Ok(fences)
 }
 
 /// A sealed index object's frames (every byte before its trailer), and
@@ -381,7 +390,14 @@ pub struct Index {
     pub footer: Footer,
     /// How its entries were hashed.
     pub hasher: Hasher,
+    /// Its last bytes, read with the trailer: `(offset, bytes)`. Blocks
+    /// within them (the footer, often the fence blocks) need no request.
+    tail: (u64, Bytes),
 }
+
+/// The bytes an index object's first read takes from its end: the
+/// trailer, the footer and, in small objects, the fence blocks.
+const TAIL_READ: u64 = 16 << 10;
 
 fn damaged(key: &str, why: impl std::fmt::Display) -> Error {
     Error::Corrupt {
@@ -435,7 +451,12 @@ impl Index {
         if size < 24 {
             return Err(damaged(key, "too short"));
         }
-        let t = store.get_range(key, size - 24..size).await?;
+        let start = size.saturating_sub(TAIL_READ);
+        let tail = store.get_range(key, start..size).await?;
+        if tail.len() as u64 != size - start {
+            return Err(damaged(key, "shorter than listed"));
+        }
+        let t = tail.slice(tail.len() - 24..);
         // What the footer may lie in: the bytes before the trailer.
         let body = if &t[16..24] == MAGIC_SEALED {
             (size as usize)
@@ -460,8 +481,17 @@ impl Index {
         }
         // Sealed in an encrypted archive (a plaintext footer there is an
         // error, never read).
-        let z = store.get_range_frames(key, at..at + len).await?;
-        let json = zstd::bulk::decompress(&z, 256 << 20).map_err(|e| damaged(key, e))?;
+        let z = if at >= start {
+            let z = tail.slice((at - start) as usize..(at - start + len) as usize);
+            store.open_frames(key, z).await?
+        } else {
+            store.get_range_frames(key, at..at + len).await?
+        };
+        // Decoded as it grows: a capacity given up front is allocated whole.
+        let mut json = Vec::new();
+        zstd::stream::read::Decoder::new(&z[..])
+            .and_then(|d| std::io::Read::read_to_end(&mut std::io::Read::take(d, 256 << 20), &mut json))
+            .map_err(|e| damaged(key, e))?;
         let footer: Footer = serde_json::from_slice(&json).map_err(|e| damaged(key, e))?;
         if footer.waly_index != FORMAT {
             return Err(damaged(key, format!("version {}", footer.waly_index)));
@@ -480,20 +510,32 @@ impl Index {
             key: key.to_string(),
             footer,
             hasher,
+            tail: (start, tail),
         })
+    }
+
+    /// A block (`len` bytes at `offset`), opened: from the tail read with
+    /// the footer when it lies there.
+    async fn block(&self, store: &Store, b: &Block) -> Result<Bytes, Error> {
+        let (start, tail) = &self.tail;
+        if b.offset >= *start && b.offset + b.len <= start + tail.len() as u64 {
+            let at = (b.offset - start) as usize;
+            return store.open_frames(&self.key, tail.slice(at..at + b.len as usize)).await;
+        }
+        store.get_range_frames(&self.key, b.offset..b.offset + b.len).await
     }
 
     async fn find(&self, store: &Store, fences: &[Block], value: u64) -> Result<Vec<(u32, u32)>, Error> {
         let mut blocks = Vec::new();
         for f in candidates(fences, value) {
-            let z = store.get_range_frames(&self.key, f.offset..f.offset + f.len).await?;
+            let z = self.block(store, f).await?;
             let inner = decode_fences(&self.key, &z)?;
             blocks.extend_from_slice(candidates(&inner, value));
         }
         blocks.dedup();
         let mut out = Vec::new();
         for b in blocks {
-            let z = store.get_range_frames(&self.key, b.offset..b.offset + b.len).await?;
+            let z = self.block(store, &b).await?;
             for (v, o, f) in decode_block(&self.key, &z)? {
                 if v == value {
                     out.push((o, f));
@@ -523,9 +565,9 @@ impl Index {
     async fn section(&self, store: &Store, fences: &[Block]) -> Result<Vec<Entry>, Error> {
         let mut out = Vec::new();
         for f in fences {
-            let z = store.get_range_frames(&self.key, f.offset..f.offset + f.len).await?;
+            let z = self.block(store, f).await?;
             for b in decode_fences(&self.key, &z)? {
-                let z = store.get_range_frames(&self.key, b.offset..b.offset + b.len).await?;
+                let z = self.block(store, &b).await?;
                 out.extend(decode_block(&self.key, &z)?);
             }
         }
@@ -725,74 +767,6 @@ pub async fn table_frames(
     out
 }
 
-/// Merges the segment index objects of `gen` that lie within
-/// `first..=last` into one, if together they cover every segment there; the
-/// merged ones are then deleted. Returns whether it merged.
-pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bool, Error> {
-    let mut parts: Vec<(String, u64, u64, u64)> = store
-        .list(&format!("index/{gen}/segments"))
-        .await?
-        .into_iter()
-        .filter_map(|(k, size)| parse_segments_index_key(&k).map(|(a, b)| (k, size, a, b)))
-        .filter(|(_, _, a, b)| *a >= first && *b <= last)
-        .collect();
-    parts.sort_by_key(|p| (p.2, std::cmp::Reverse(p.3)));
-    // A chain of objects from `first` to `last`, without gaps or overlaps.
-    let mut chain = Vec::new();
-    let mut next = first;
-    for p in parts {
-        if p.2 == next {
-            next = p.3 + 1;
-            chain.push(p);
-        }
-    }
-    if next != last + 1 || chain.len() < 2 {
-        return Ok(false);
-    }
-    // Entries hashed under different data keys cannot share an object, and
-    // a writer cannot open an index sealed under a key it does not hold (an
-    // earlier session's): each run of objects it can open under one key is
-    // merged on its own. A plaintext archive has one run.
-    let sealer = store.sealer()?;
-    let mut runs: Vec<Vec<Index>> = Vec::new();
-    let mut open_run = false;
-    for (key, size, _, _) in &chain {
-        match Index::open(store, key, *size).await {
-            Ok(idx) => match runs.last_mut() {
-                Some(run) if open_run && run[0].footer.key_id == idx.footer.key_id => run.push(idx),
-                _ => {
-                    runs.push(vec![idx]);
-                    open_run = true;
-                }
-            },
-            Err(Error::Encryption(_)) => open_run = false,
-            Err(e) => return Err(e),
-        }
-    }
-    let mut merged = false;
-    for run in runs.into_iter().filter(|r| r.len() >= 2) {
-        let (Some((a, _)), Some((_, z))) = (
-            parse_segments_index_key(&run[0].key),
-            run.last().and_then(|i| parse_segments_index_key(&i.key)),
-        ) else {
-            continue;
-        };
-        let mut b = Builder::hashed_under(run[0].footer.key_id.clone());
-        for idx in &run {
-            let (keys, messages, tables) = idx.entries(store).await?;
-            b.extend(&idx.footer, &keys, &messages, tables.as_deref())?;
-        }
-        store
-            .put_once(&segments_index_key(gen, a, z), b.encode(gen, sealer.as_ref())?)
-            .await?;
-        for idx in &run {
-            store.delete(&idx.key).await?;
-        }
-        merged = true;
-    }
-    Ok(merged)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -954,18 +928,21 @@ mod tests {
         assert_eq!(table("public.c").await, Some(vec![]));
         // Merged with an index that has no table section, the merged one
         // does not claim to know where tables are.
-        let (keys, messages, tables) = idx.entries(&store).await.expect("entries");
-        let mut merged = Builder::default();
-        merged
-            .extend(&idx.footer, &keys, &messages, tables.as_deref())
-            .expect("same key");
-        let mut old = idx.footer.clone();
-        old.table_fences = None;
-        merged.extend(&old, &keys, &messages, None).expect("same key");
-        let merged = merged.encode("00000001", None).expect("encode");
+        let mut old = idx.clone();
+        old.footer.table_fences = None;
+        let both = [(idx.clone(), bytes.len() as u64), (old, bytes.len() as u64)];
+        let merged = merge::merge_objects(&store, "00000001", &both, None)
+            .await
+            .expect("merge");
         store.put_once("m", merged.clone()).await.expect("put");
         let m = Index::open(&store, "m", merged.len() as u64).await.expect("open");
         assert_eq!(m.lookup_table(&store, "public.b").await.expect("lookup"), None);
+        // Every entry of both, the second's objects numbered after the first's.
+        let mut want = idx.lookup_hash(&store, 1500).await.expect("lookup");
+        let second: Vec<(u32, u32)> = want.iter().map(|(o, f)| (o + 3, *f)).collect();
+        want.extend(second);
+        assert_eq!(m.lookup_hash(&store, 1500).await.expect("lookup"), want);
+        assert_eq!(m.footer.objects.len(), 6);
         // Damage is an error, not a wrong answer.
         let mut bad = bytes.to_vec();
         for b in bad.iter_mut().take(40) {

@@ -1,6 +1,6 @@
 //! `waly reindex`: every index object rebuilt from the segments and snapshots.
 
-use super::{damaged, segments_index_key, snapshot_index_key, Builder, Covered, MERGE_SEGMENTS};
+use super::{damaged, merge_levels, segments_index_key, snapshot_index_key, Builder, Covered};
 use crate::archive::Store;
 use crate::schema::keys::KeyColumns;
 use crate::Error;
@@ -25,8 +25,9 @@ pub fn pk_of(schemas: &crate::segment::Schemas, table: &str, version: u32) -> Ke
 }
 
 /// Rebuilds every index object from the segments and snapshots: the old
-/// ones are deleted first, then each run of [`MERGE_SEGMENTS`]
-/// segments and each snapshot gets one. In an encrypted archive (read with
+/// ones are deleted first, then each snapshot gets one, and each block of
+/// ten segments (numbers `10k..10k+9`) one, merged in levels as `waly run`
+/// merges them (see [`merge_levels`]): the same runs. In an encrypted archive (read with
 /// the reader's key) every entry is hashed, and every object sealed, under
 /// one new data key, so the rebuilt objects merge whatever sessions wrote
 /// the segments.
@@ -100,7 +101,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
         // Segments, a run at a time; the catalog as they go.
         let segments = crate::archive::state::segments(store, &gen).await?;
         let mut catalog = crate::catalog::Catalog::new(&gen);
-        for run in segments.chunks(MERGE_SEGMENTS as usize) {
+        for run in segments.chunk_by(|a, b| a.1 / 10 == b.1 / 10) {
             let mut b = fresh();
             for (key, number, _) in run {
                 let bytes = store.get(key).await?;
@@ -162,6 +163,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                 .put_once(&segments_index_key(&gen, first, last), b.encode(&gen, sealer.as_ref())?)
                 .await?;
             stats.objects += 1;
+            merge_levels(store, &gen, last + 1).await;
         }
         crate::catalog::refresh_objects(store, &gen, &mut catalog).await?;
         crate::catalog::write(store, &catalog).await?;
