@@ -572,16 +572,23 @@ async fn follow(
     store: &Store,
     indexes: &[crate::index::Index],
     table: &str,
-    key: &[u8],
+    keys: &[&[u8]],
     looked: &mut std::collections::HashSet<Vec<u8>>,
     hits: &mut std::collections::BTreeMap<u64, std::collections::BTreeSet<u32>>,
 ) -> Result<(), String> {
-    if looked.contains(key) {
+    let fresh: Vec<&[u8]> = keys.iter().copied().filter(|k| !looked.contains(*k)).collect();
+    if fresh.is_empty() {
         return Ok(());
     }
-    let found = futures_util::future::join_all(indexes.iter().map(|i| i.lookup_key(store, table, key))).await;
-    looked.insert(key.to_vec());
-    for (idx, r) in indexes.iter().zip(found) {
+    // Every key in every index object at once.
+    let lookups = fresh.iter().flat_map(|k| {
+        indexes
+            .iter()
+            .map(move |i| async move { (i, i.lookup_key(store, table, k).await) })
+    });
+    let found = futures_util::future::join_all(lookups).await;
+    looked.extend(fresh.iter().map(|k| k.to_vec()));
+    for (idx, r) in found {
         match r {
             Ok(entries) => {
                 for (o, f) in entries {
@@ -596,23 +603,18 @@ async fn follow(
     Ok(())
 }
 
-/// `Ok(Err(why))` when an index object turned out damaged part-way.
-async fn indexed_generation(
+/// The rows of `t`'s key in the generation's first snapshot of its table
+/// (which starts its history there): the frame that holds the key, by the
+/// snapshot's index, or every row.
+async fn snapshot_rows(
     store: &Store,
     st: &state::GenState,
     t: &mut Tracker,
     stats: &mut LookupStats,
-) -> Result<Result<(), String>, Error> {
-    let damaged = |key: &str, e: &Error| format!("the index is damaged ({key}: {e})");
+) -> Result<(), Error> {
     use crate::index::{self, Index};
-    use crate::segment::{Record, SegmentReader};
-    use std::collections::{BTreeMap, BTreeSet, HashSet};
+    use std::collections::BTreeMap;
     let gen = st.id.as_str();
-    t.on(Item::Generation {
-        id: gen,
-        schemas: &st.schemas,
-    });
-    // Snapshot rows: the frame that holds the key, or every row.
     let snapshot_indexes: BTreeMap<String, u64> = store
         .list(&format!("index/{gen}/snapshots"))
         .await?
@@ -698,18 +700,58 @@ async fn indexed_generation(
             });
         }
     }
-    // The segments: through the index where covered, whole where not.
-    let segments = state::segments(store, gen).await?;
-    let mut indexes: Vec<Index> = Vec::new();
-    let listed = index::segment_indexes(store, gen).await?;
-    let opened =
-        futures_util::future::join_all(listed.iter().map(|(key, size, _, _)| Index::open(store, key, *size))).await;
-    for ((key, _, _, _), r) in listed.iter().zip(opened) {
-        match r {
-            Ok(i) => indexes.push(i),
-            // Its segments are then read whole.
-            Err(e) => tracing::warn!(index = key, error = %e, "the index is damaged; reading its segments instead"),
+    Ok(())
+}
+
+/// `Ok(Err(why))` when an index object turned out damaged part-way.
+async fn indexed_generation(
+    store: &Store,
+    st: &state::GenState,
+    t: &mut Tracker,
+    stats: &mut LookupStats,
+) -> Result<Result<(), String>, Error> {
+    let damaged = |key: &str, e: &Error| format!("the index is damaged ({key}: {e})");
+    use crate::index::{self, Index};
+    use crate::segment::{Record, SegmentReader};
+    use std::collections::{BTreeMap, BTreeSet, HashSet};
+    let gen = st.id.as_str();
+    t.on(Item::Generation {
+        id: gen,
+        schemas: &st.schemas,
+    });
+    // The snapshot's rows and the segments' first index lookups at once
+    // (they need only the key).
+    let (table, row_key) = (t.table.clone(), t.current.clone());
+    let lookups = async {
+        // The segments: through the index where covered, whole where not.
+        let (segments, listed) =
+            futures_util::future::try_join(state::segments(store, gen), index::segment_indexes(store, gen)).await?;
+        let opened =
+            futures_util::future::join_all(listed.iter().map(|(key, size, _, _)| Index::open(store, key, *size))).await;
+        let mut indexes: Vec<Index> = Vec::new();
+        for ((key, _, _, _), r) in listed.iter().zip(opened) {
+            match r {
+                Ok(i) => indexes.push(i),
+                // Its segments are then read whole.
+                Err(e) => {
+                    tracing::warn!(index = key, error = %e, "the index is damaged; reading its segments instead")
+                }
+            }
         }
+        // The row's frames, and its table's truncates (they end any row's
+        // life): in the covered segments ahead they are read a few segments
+        // at a time while earlier ones are fed (bounded memory).
+        let mut hits: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+        let mut looked: HashSet<Vec<u8>> = HashSet::new();
+        let first = [crate::index::TRUNCATE_KEY, &row_key];
+        let followed = follow(store, &indexes, &table, &first, &mut looked, &mut hits).await;
+        Ok::<_, Error>((segments, indexes, hits, looked, followed))
+    };
+    let (rows, lookups) = tokio::join!(snapshot_rows(store, st, t, stats), lookups);
+    rows?;
+    let (segments, indexes, mut hits, mut looked, followed) = lookups?;
+    if let Err(why) = followed {
+        return Ok(Err(why));
     }
     // Which index covers which segment (by the footers): an entry counts
     // only for the segment of its number written under its fencing token.
@@ -725,24 +767,12 @@ async fn indexed_generation(
             }
         }
     }
-    let mut hits: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
-    let mut looked: HashSet<Vec<u8>> = HashSet::new();
     let mut dedup = log::Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
     let mut txns: BTreeSet<Lsn> = BTreeSet::new();
-    // The table's truncates end any row's life: their frames too.
-    let truncates = crate::index::TRUNCATE_KEY;
-    if let Err(why) = follow(store, &indexes, &t.table, truncates, &mut looked, &mut hits).await {
-        return Ok(Err(why));
-    }
-    // The row's frames in the covered segments ahead are read a few
-    // segments at a time while earlier ones are fed (bounded memory).
-    if let Err(why) = follow(store, &indexes, &t.table, &t.current, &mut looked, &mut hits).await {
-        return Ok(Err(why));
-    }
     let mut ahead = ReadAhead::default();
     for (i, (key, number, _)) in segments.iter().enumerate() {
         // Look up every key followed so far (a key change adds one).
-        if let Err(why) = follow(store, &indexes, &t.table, &t.current, &mut looked, &mut hits).await {
+        if let Err(why) = follow(store, &indexes, &t.table, &[&t.current], &mut looked, &mut hits).await {
             return Ok(Err(why));
         }
         ahead.refill(store, &segments[i..], &covered, &hits);
@@ -803,7 +833,7 @@ async fn indexed_generation(
             };
             stats.frames_read += 1;
             feed(&z, true, t)?;
-            if let Err(why) = follow(store, &indexes, &t.table, &t.current, &mut looked, &mut hits).await {
+            if let Err(why) = follow(store, &indexes, &t.table, &[&t.current], &mut looked, &mut hits).await {
                 return Ok(Err(why));
             }
         }

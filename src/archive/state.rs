@@ -370,8 +370,16 @@ async fn tail_from_headers(store: &Store, segs: &[(String, u64, u64)]) -> Result
 /// [`load_tail_for_reading`]), schema versions and snapshot manifests. A
 /// writer reads the full tail with [`load_tail`] before it writes.
 pub async fn load_generation(store: &Store, gen: &str) -> Result<GenState, Error> {
-    let tail = load_tail_for_reading(store, gen).await?;
-    load_generation_with(store, gen, tail).await
+    // At once: the tail, the schema versions and manifests, and whether the
+    // archive is encrypted (which every read of data then asks).
+    let (tail, mut st, _) = futures_util::future::try_join3(
+        load_tail_for_reading(store, gen),
+        load_generation_with(store, gen, Tail::default()),
+        store.is_encrypted(),
+    )
+    .await?;
+    st.tail = tail;
+    Ok(st)
 }
 
 /// The keys of `gen`'s schema version objects.
@@ -413,11 +421,16 @@ pub async fn load_generation_with(store: &Store, gen: &str, tail: Tail) -> Resul
         tail,
         ..Default::default()
     };
-    for mut rec in read_all::<SchemaRecord>(store, schema_keys(store, gen).await?).await? {
+    let (schemas, manifests) = futures_util::future::try_join(
+        async { read_all::<SchemaRecord>(store, schema_keys(store, gen).await?).await },
+        async { read_all::<Manifest>(store, manifest_keys(store, gen).await?).await },
+    )
+    .await?;
+    for mut rec in schemas {
         store.open_schema(&mut rec).await?;
         st.schemas.insert(rec);
     }
-    for m in read_all::<Manifest>(store, manifest_keys(store, gen).await?).await? {
+    for m in manifests {
         for t in &m.tables {
             let e = st.snapshots.entry(t.table.clone()).or_insert(m.lsn);
             *e = (*e).min(m.lsn);

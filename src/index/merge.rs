@@ -170,7 +170,14 @@ pub(super) async fn merge_objects(
     sealer: Option<&crate::crypt::Sealer>,
 ) -> Result<Bytes, Error> {
     let mut c = BlockWriter::new(sealer)?;
-    if inputs[0].0.footer.key_id.is_some() != sealer.is_some() {
+    let key_id = &inputs[0].0.footer.key_id;
+    if let Some((other, _)) = inputs.iter().find(|(i, _)| &i.footer.key_id != key_id) {
+        return Err(Error::Protocol(format!(
+            "index entries hashed under data key {:?} cannot join those hashed under {key_id:?}",
+            other.footer.key_id
+        )));
+    }
+    if key_id.is_some() != sealer.is_some() {
         return Err(Error::Encryption(
             "index entries must be hashed under a data key exactly when the archive is encrypted".into(),
         ));
@@ -204,7 +211,7 @@ pub(super) async fn merge_objects(
         key_fences,
         message_fences,
         table_fences,
-        key_id: inputs[0].0.footer.key_id.clone(),
+        key_id: key_id.clone(),
     };
     c.finish(out, &footer)
 }
