@@ -613,13 +613,7 @@ async fn snapshot_rows(
     stats: &mut LookupStats,
 ) -> Result<(), Error> {
     use crate::index::{self, Index};
-    use std::collections::BTreeMap;
     let gen = st.id.as_str();
-    let snapshot_indexes: BTreeMap<String, u64> = store
-        .list(&format!("index/{gen}/snapshots"))
-        .await?
-        .into_iter()
-        .collect();
     // The first snapshot of the table in the generation starts its history
     // (a later one, from compact or after a DDL, repeats the changes).
     if let Some((m, entry)) = st
@@ -628,23 +622,22 @@ async fn snapshot_rows(
         .find_map(|m| m.tables.iter().find(|e| e.table == t.table).map(|e| (m, e)))
     {
         t.start_lsn = Some(m.lsn);
+        // Its index object is named by the snapshot: no listing.
         let ikey = index::snapshot_index_key(gen, m.lsn);
-        let found = match snapshot_indexes.get(&ikey) {
-            Some(size) => match Index::open(store, &ikey, *size).await {
-                Ok(idx) => match idx.lookup_key(store, &t.table, &t.current).await {
-                    Ok(hits) => Some((idx, hits)),
-                    Err(e) => {
-                        tracing::warn!(index = ikey, error = %e, "the index is damaged; reading the snapshot instead");
-                        None
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(index = ikey, error = %e, "the index is damaged; reading the snapshot instead");
-                    None
+        let found = async {
+            match Index::open_unlisted(store, &ikey).await? {
+                Some(idx) => {
+                    let hits = idx.lookup_key(store, &t.table, &t.current).await?;
+                    Ok::<_, Error>(Some((idx, hits)))
                 }
-            },
-            None => None,
-        };
+                None => Ok(None),
+            }
+        }
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!(index = ikey, error = %e, "the index is damaged; reading the snapshot instead");
+            None
+        });
         let mut rows = Vec::new();
         match found {
             Some((idx, hits)) => {

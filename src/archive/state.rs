@@ -288,7 +288,10 @@ impl SegmentObject {
 
 /// Every object named like a segment of `gen`, fenced or not, by number.
 pub async fn segment_objects(store: &Store, gen: &str) -> Result<Vec<SegmentObject>, Error> {
-    segment_objects_under(store, gen, &super::lease::list(store).await?).await
+    // Both listings at once.
+    let (leases, listed) =
+        futures_util::future::try_join(super::lease::list(store), store.list(&layout::segments_dir(gen))).await?;
+    Ok(segments_under(gen, &leases, listed))
 }
 
 /// [`segment_objects`], with the archive's leases already listed.
@@ -297,8 +300,17 @@ pub async fn segment_objects_under(
     gen: &str,
     leases: &[super::lease::Lease],
 ) -> Result<Vec<SegmentObject>, Error> {
+    Ok(segments_under(
+        gen,
+        leases,
+        store.list(&layout::segments_dir(gen)).await?,
+    ))
+}
+
+/// The objects `listed` under `gen`'s segments, with the lease in force at each.
+fn segments_under(gen: &str, leases: &[super::lease::Lease], listed: Vec<(String, u64)>) -> Vec<SegmentObject> {
     let mut out = Vec::new();
-    for (key, size) in store.list(&layout::segments_dir(gen)).await? {
+    for (key, size) in listed {
         match layout::parse_segment_key(&key) {
             Some((number, _, _)) => out.push(SegmentObject {
                 fence: layout::segment_fence(&key),
@@ -311,7 +323,7 @@ pub async fn segment_objects_under(
         }
     }
     out.sort_by_key(|s| (s.number, s.fence));
-    Ok(out)
+    out
 }
 
 /// The segments of `gen` as `(key, number, size)`, in chain order: those

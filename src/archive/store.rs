@@ -288,6 +288,25 @@ impl Store {
         Ok(b)
     }
 
+    /// Reads the last `n` bytes of the object at `key` (all of it if it is
+    /// shorter), without knowing its size: the bytes and the object's size.
+    pub async fn get_suffix(&self, key: &str, n: u64) -> Result<(Bytes, u64), ArchiveError> {
+        let opts = object_store::GetOptions {
+            range: Some(object_store::GetRange::Suffix(n)),
+            ..Default::default()
+        };
+        let r = self
+            .inner
+            .get_opts(&self.path(key), opts)
+            .await
+            .map_err(|e| ArchiveError::store(key, e))?;
+        let size = r.meta.size;
+        let b = r.bytes().await.map_err(|e| ArchiveError::store(key, e))?;
+        self.read.got(key, b.len());
+        ALL_READS.got(key, b.len());
+        Ok((b, size))
+    }
+
     /// Bytes read through this store so far (object bodies and ranges).
     pub fn bytes_read(&self) -> u64 {
         self.read.bytes.load(Ordering::Relaxed)

@@ -453,8 +453,26 @@ impl Index {
         }
         let start = size.saturating_sub(TAIL_READ);
         let tail = store.get_range(key, start..size).await?;
-        if tail.len() as u64 != size - start {
-            return Err(damaged(key, "shorter than listed"));
+        Index::from_tail(store, key, size, tail).await
+    }
+
+    /// [`Index::open`] for an object not listed (its size unknown): one
+    /// request for its last bytes all the same. `None` when there is none.
+    pub async fn open_unlisted(store: &Store, key: &str) -> Result<Option<Index>, Error> {
+        match store.get_suffix(key, TAIL_READ).await {
+            Ok((tail, size)) => Index::from_tail(store, key, size, tail).await.map(Some),
+            Err(Error::Store { source, .. }) if matches!(*source, object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the index object `key` of `size` bytes from `tail`, its last bytes.
+    async fn from_tail(store: &Store, key: &str, size: u64, tail: Bytes) -> Result<Index, Error> {
+        let Some(start) = size.checked_sub(tail.len() as u64) else {
+            return Err(damaged(key, "longer than its size"));
+        };
+        if tail.len() < 24 || tail.len() as u64 != size.min(TAIL_READ) {
+            return Err(damaged(key, "too short, or shorter than listed"));
         }
         let t = tail.slice(tail.len() - 24..);
         // What the footer may lie in: the bytes before the trailer.
