@@ -40,6 +40,17 @@ async fn contract(store: Store) {
         ["a/1", "a/10", "a/2", "a/3"],
         "sorted, and only under the directory"
     );
+    // A suffix read gives the last bytes and the object's size, all of a
+    // shorter object, and a missing object is not found.
+    store
+        .put_once("a/long", Bytes::from_static(b"0123456789"))
+        .await
+        .expect("put");
+    let (tail, size) = store.get_suffix("a/long", 4).await.expect("suffix");
+    assert_eq!((tail, size), (Bytes::from_static(b"6789"), 10));
+    let (all, size) = store.get_suffix("a/long", 64).await.expect("suffix of more");
+    assert_eq!((all, size), (Bytes::from_static(b"0123456789"), 10));
+    assert!(store.get_suffix("a/none", 4).await.is_err(), "a missing object");
     // A segment survives the trip byte for byte.
     let mut b = waly::segment::SegmentBuilder::new().expect("builder");
     b.mark_idle(waly::Lsn(42));
