@@ -16,8 +16,8 @@
 //! stays as it is (a lookup then reads one more object at that level).
 
 use super::{
-    decode_block, decode_fences, parse_segments_index_key, segments_index_key, write_fences, Block, BlockWriter, Entry,
-    Footer, Index, SectionWriter, FORMAT,
+    decode_block, decode_fences, listed_segment_indexes, parse_segments_index_key, segments_index_key, write_fences,
+    Block, BlockWriter, Entry, Footer, Index, SectionWriter, FORMAT,
 };
 use crate::archive::Store;
 use crate::Error;
@@ -90,13 +90,8 @@ impl Merger {
 /// one; the merged ones, and objects within the merged range left by an
 /// interrupted merge, are then deleted. Returns whether it merged.
 pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bool, Error> {
-    let listed: Vec<(String, u64, u64, u64)> = store
-        .list(&format!("index/{gen}/segments"))
-        .await?
-        .into_iter()
-        .filter_map(|(k, size)| parse_segments_index_key(&k).map(|(a, b)| (k, size, a, b)))
-        .filter(|(_, _, a, b)| *a >= first && *b <= last && a <= b)
-        .collect();
+    let mut listed = listed_segment_indexes(store, gen).await?;
+    listed.retain(|(_, _, a, b)| *a >= first && *b <= last);
     let mut parts = listed.clone();
     parts.sort_by_key(|p| (p.2, std::cmp::Reverse(p.3)));
     // A chain of objects from the first one there (after a prune, runs
@@ -251,8 +246,9 @@ async fn merge_section(
 struct Cursor<'a> {
     store: &'a Store,
     key: &'a str,
-    /// The section's data blocks.
+    /// The section's data blocks, and where the last one ends.
     blocks: Vec<Block>,
+    end: u64,
     next_block: usize,
     /// `(offset, bytes)`: the part of the object read last.
     window: (u64, Bytes),
@@ -271,6 +267,7 @@ impl<'a> Cursor<'a> {
         Ok(Cursor {
             store,
             key: &idx.key,
+            end: blocks.iter().map(|b| b.offset + b.len).max().unwrap_or(0),
             blocks,
             next_block: 0,
             window: (0, Bytes::new()),
@@ -294,8 +291,7 @@ impl<'a> Cursor<'a> {
             self.next_block += 1;
             let (start, ref buf) = self.window;
             if b.offset < start || b.offset + b.len > start + buf.len() as u64 {
-                let end = self.blocks.iter().map(|b| b.offset + b.len).max().unwrap_or(0);
-                let want = (b.offset + WINDOW).min(end).max(b.offset + b.len);
+                let want = (b.offset + WINDOW).min(self.end).max(b.offset + b.len);
                 self.window = (b.offset, self.store.get_range(self.key, b.offset..want).await?);
             }
             let at = (b.offset - self.window.0) as usize;

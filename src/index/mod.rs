@@ -632,16 +632,21 @@ pub fn parse_segments_index_key(key: &str) -> Option<(u64, u64)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-/// The segment index objects of `gen` that together cover the most
-/// segments without overlapping: `(key, size, first, last)`, in order.
-pub async fn segment_indexes(store: &Store, gen: &str) -> Result<Vec<(String, u64, u64, u64)>, Error> {
-    let mut all: Vec<(String, u64, u64, u64)> = store
+/// Every segment index object of `gen`: `(key, size, first, last)`.
+async fn listed_segment_indexes(store: &Store, gen: &str) -> Result<Vec<(String, u64, u64, u64)>, Error> {
+    Ok(store
         .list(&format!("index/{gen}/segments"))
         .await?
         .into_iter()
         .filter_map(|(k, size)| parse_segments_index_key(&k).map(|(a, b)| (k, size, a, b)))
         .filter(|(_, _, a, b)| a <= b)
-        .collect();
+        .collect())
+}
+
+/// The segment index objects of `gen` that together cover the most
+/// segments without overlapping: `(key, size, first, last)`, in order.
+pub async fn segment_indexes(store: &Store, gen: &str) -> Result<Vec<(String, u64, u64, u64)>, Error> {
+    let mut all = listed_segment_indexes(store, gen).await?;
     // Widest first; keep those that do not overlap a kept one.
     all.sort_by_key(|(_, _, a, b)| (std::cmp::Reverse(b - a), *a));
     let mut kept: Vec<(String, u64, u64, u64)> = Vec::new();
