@@ -32,3 +32,7 @@ SELECT format('GRANT USAGE ON SCHEMA %I TO %I', schemaname, :'role')
   FROM (SELECT DISTINCT schemaname FROM pg_publication_tables WHERE pubname = :'publication') s \gexec
 SELECT format('GRANT SELECT ON %I.%I TO %I', schemaname, tablename, :'role')
   FROM pg_publication_tables WHERE pubname = :'publication' \gexec
+-- Encrypted archives: the table of the writer's schema keys
+-- (sql/schema_keys.sql), which it reads and adds to.
+\ir schema_keys.sql
+SELECT format('GRANT SELECT, INSERT ON public.waly_schema_keys TO %I', :'role') \gexec

@@ -19,7 +19,7 @@
 
 use crate::archive::state::{self, parse_json, to_json, Manifest};
 use crate::archive::Store;
-use crate::segment::{Record, SchemaRecord, SegmentReader};
+use crate::segment::{Record, SegmentReader};
 use crate::{Error, Lsn};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -383,7 +383,7 @@ pub async fn current(store: &Store, gen: &str, limit: Option<usize>) -> Result<O
         return Ok(None);
     }
     if !rest.is_empty() {
-        let st = state::load_generation_with(store, gen, state::Tail::default()).await?;
+        let st = state::load_generation_with(store, gen, state::Tail::default(), state::Shapes::All).await?;
         for (k, _, _) in rest {
             let bytes = store.get_segment(k).await?;
             let (last_commit, s) = summarize(k, &bytes, &st.schemas)?;
@@ -402,8 +402,10 @@ pub async fn refresh_objects(store: &Store, gen: &str, cat: &mut Catalog) -> Res
     cat.schemas.retain(|k, _| listed.contains(k));
     for k in listed {
         if let std::collections::btree_map::Entry::Vacant(e) = cat.schemas.entry(k) {
-            let rec: SchemaRecord = parse_json(e.key(), &store.get(e.key()).await?)?;
-            e.insert((rec.table, rec.version));
+            let bytes = store.get(e.key()).await?;
+            if let Some(rec) = store.read_schema(e.key(), bytes, false).await? {
+                e.insert((rec.table, rec.version));
+            }
         }
     }
     let listed: BTreeSet<String> = state::manifest_keys(store, gen).await?.into_iter().collect();

@@ -268,9 +268,11 @@ async fn published_tables(conn: &mut PgConn, publication: &str) -> Result<(Vec<T
                JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
               WHERE t.pubname = {}
                 AND coalesce(pg_catalog.obj_description(c.oid, 'pg_class'), '') NOT LIKE {}
+                AND coalesce(pg_catalog.obj_description(c.oid, 'pg_class'), '') <> {}
               ORDER BY 1, 2",
             quote::literal(publication)?,
-            quote::literal(&format!("{}%", crate::restore::RESTORED_COMMENT))?
+            quote::literal(&format!("{}%", crate::restore::RESTORED_COMMENT))?,
+            quote::literal(crate::crypt::shapes::TABLE_COMMENT)?
         ))
         .await?;
     let mut tables = Vec::new();
@@ -287,7 +289,7 @@ async fn published_tables(conn: &mut PgConn, publication: &str) -> Result<(Vec<T
 }
 
 /// Whether `publication` publishes `schema.name` under its own name (and
-/// it is not a table a restore made).
+/// it is not a table a restore made, nor the writer's schema keys).
 async fn publishes(sql: &tokio_postgres::Client, publication: &str, schema: &str, name: &str) -> Result<bool, Error> {
     let row = sql
         .query_one(
@@ -295,12 +297,16 @@ async fn publishes(sql: &tokio_postgres::Client, publication: &str, schema: &str
                              WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3
                                AND coalesce(pg_catalog.obj_description(
                                        pg_catalog.format('%I.%I', t.schemaname, t.tablename)::regclass, 'pg_class'), '')
-                                   NOT LIKE $4)",
+                                   NOT LIKE $4
+                               AND coalesce(pg_catalog.obj_description(
+                                       pg_catalog.format('%I.%I', t.schemaname, t.tablename)::regclass, 'pg_class'), '')
+                                   <> $5)",
             &[
                 &publication,
                 &schema,
                 &name,
                 &format!("{}%", crate::restore::RESTORED_COMMENT),
+                &crate::crypt::shapes::TABLE_COMMENT,
             ],
         )
         .await
@@ -421,6 +427,7 @@ impl Writer<'_> {
                 key_id = now.key_id(),
                 "the recipients changed: sealing under a new data key from the next segment on"
             );
+            crate::crypt::shapes::keep_schema_keys(self.sql, self.store).await?;
             if self.builder.is_empty() {
                 self.builder = SegmentBuilder::sealed_by(Some(now))?;
             }
@@ -437,7 +444,7 @@ impl Writer<'_> {
         self.store
             .put_once(
                 &layout::schema_key(&self.gen.id, &seg, rec.version),
-                to_json(&self.store.schema_to_store(&rec)?),
+                self.store.schema_bytes(&rec)?,
             )
             .await?;
         tracing::info!(
@@ -465,9 +472,7 @@ impl Writer<'_> {
         let (schema, name) = rec.table.split_once('.').unwrap_or(("", rec.table.as_str()));
         let key = layout::schema_key(&self.gen.id, &layout::table_segment(schema, name), rec.version);
         self.store.delete(&key).await?;
-        self.store
-            .put_once(&key, to_json(&self.store.schema_to_store(&rec)?))
-            .await?;
+        self.store.put_once(&key, self.store.schema_bytes(&rec)?).await?;
         tracing::info!(table = rec.table, version = rec.version, commit_lsn = %rec.commit_lsn, "schema version moved to the first transaction with its shape");
         self.gen.schemas.insert(rec);
         Ok(())
@@ -751,6 +756,10 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
             "the archive is encrypted: this session seals under a new data key"
         );
     }
+    let sql = source::tls::connect_sql(info).await?;
+    // Format 4: the schema keys this writer keeps in the source database,
+    // to read the shapes it resumes from and to seal new ones.
+    crate::crypt::shapes::keep_schema_keys(&sql, store).await?;
 
     // The slot, and whether history continues from the archive.
     let mut reason = None;
@@ -838,7 +847,6 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         snapshot_tables(info, store, &mut gen, &missing, metrics).await?;
     }
 
-    let sql = source::tls::connect_sql(info).await?;
     let start_opts = StartOptions {
         publications: vec![opts.publication.clone()],
         ..StartOptions::default()

@@ -237,10 +237,7 @@ pub async fn take(
         };
         let seg = layout::table_segment(&t.schema, &t.name);
         store
-            .put_once(
-                &layout::schema_key(gen, &seg, version),
-                to_json(&store.schema_to_store(&schema)?),
-            )
+            .put_once(&layout::schema_key(gen, &seg, version), store.schema_bytes(&schema)?)
             .await?;
         let pk = crate::schema::keys::KeyColumns::primary_key(&schema);
         schemas.push(schema);

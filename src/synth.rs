@@ -225,7 +225,7 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
         };
         let seg = layout::table_segment("public", &format!("t{i}"));
         store
-            .put_once(&layout::schema_key(&gen, &seg, 1), state::to_json(&schema))
+            .put_once(&layout::schema_key(&gen, &seg, 1), store.schema_bytes(&schema)?)
             .await?;
         let pk = KeyColumns::primary_key(&schema);
         let mut w = crate::snapshot::TableWriter::new(store, &gen, lsn, &name, &seg, 1, pk.clone())?;

@@ -26,8 +26,9 @@ pub struct Identity {
     pub publication: String,
     /// When the archive was created.
     pub created_at: DateTime<Utc>,
-    /// `"age"` when the archive is encrypted (then `waly_archive` is 2, or
-    /// [`SEALED_LITERALS_FORMAT`]); absent for a plaintext archive.
+    /// `"age"` when the archive is encrypted (then `waly_archive` is 2,
+    /// [`SEALED_LITERALS_FORMAT`] or [`SEALED_SHAPES_FORMAT`]); absent for
+    /// a plaintext archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<String>,
 }
@@ -174,16 +175,22 @@ pub fn to_json<T: Serialize>(v: &T) -> bytes::Bytes {
 /// for none.
 pub const SEALED_LITERALS_FORMAT: u32 = 3;
 
+/// The `waly_archive` of an encrypted archive whose schema versions are
+/// sealed whole (their shape too: table and column names, types), under
+/// schema keys the writer keeps in the source database (docs/FORMAT.md,
+/// "Schema keys"). A reader of format 3 would read them as plaintext JSON.
+pub const SEALED_SHAPES_FORMAT: u32 = 4;
+
 /// Reads `waly.json`, if the archive has one.
 pub async fn read_identity(store: &Store) -> Result<Option<Identity>, Error> {
     let Some(b) = store.get_opt(layout::IDENTITY).await? else {
         return Ok(None);
     };
     let id: Identity = parse_json(layout::IDENTITY, &b)?;
-    // 1: plaintext; 2 and 3: encrypted (`encryption`). A later format is refused.
-    if id.waly_archive > SEALED_LITERALS_FORMAT {
+    // 1: plaintext; 2 to 4: encrypted (`encryption`). A later format is refused.
+    if id.waly_archive > SEALED_SHAPES_FORMAT {
         return Err(Error::ArchiveMismatch(format!(
-            "the archive at {} has format version {}, newer than this waly reads ({SEALED_LITERALS_FORMAT}): \
+            "the archive at {} has format version {}, newer than this waly reads ({SEALED_SHAPES_FORMAT}): \
              upgrade waly",
             store.url(),
             id.waly_archive
@@ -382,11 +389,16 @@ async fn tail_from_headers(store: &Store, segs: &[(String, u64, u64)]) -> Result
 /// [`load_tail_for_reading`]), schema versions and snapshot manifests. A
 /// writer reads the full tail with [`load_tail`] before it writes.
 pub async fn load_generation(store: &Store, gen: &str) -> Result<GenState, Error> {
+    load_generation_of(store, gen, Shapes::All).await
+}
+
+/// [`load_generation`], with the schema versions `shapes` says.
+pub async fn load_generation_of(store: &Store, gen: &str, shapes: Shapes) -> Result<GenState, Error> {
     // At once: the tail, the schema versions and manifests, and whether the
     // archive is encrypted (which every read of data then asks).
     let (tail, mut st, _) = futures_util::future::try_join3(
         load_tail_for_reading(store, gen),
-        load_generation_with(store, gen, Tail::default()),
+        load_generation_with(store, gen, Tail::default(), shapes),
         store.is_encrypted(),
     )
     .await?;
@@ -425,21 +437,46 @@ async fn read_all<T: serde::de::DeserializeOwned>(store: &Store, keys: Vec<Strin
         .await
 }
 
+/// Which schema versions a load needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shapes {
+    /// Every one, opened (an unreadable one is an error).
+    All,
+    /// Those that open: `waly verify` and `waly status`, which need no key
+    /// (verify reports the others).
+    WhatOpens,
+}
+
+/// The schema versions of `gen`, read and opened, a few at a time.
+async fn read_schemas(store: &Store, gen: &str, shapes: Shapes) -> Result<Vec<SchemaRecord>, Error> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let may_skip = shapes == Shapes::WhatOpens;
+    let read: Vec<Option<SchemaRecord>> = futures_util::stream::iter(schema_keys(store, gen).await?)
+        .map(|key| async move {
+            match store.read_schema(&key, store.get(&key).await?, may_skip).await {
+                Err(Error::Corrupt { .. }) if may_skip => Ok(None),
+                other => other,
+            }
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    Ok(read.into_iter().flatten().collect())
+}
+
 /// [`load_generation`] with its tail already known (or, for `waly verify`,
 /// left empty when the last segments cannot be read: verify reports them).
-pub async fn load_generation_with(store: &Store, gen: &str, tail: Tail) -> Result<GenState, Error> {
+pub async fn load_generation_with(store: &Store, gen: &str, tail: Tail, shapes: Shapes) -> Result<GenState, Error> {
     let mut st = GenState {
         id: gen.to_string(),
         tail,
         ..Default::default()
     };
-    let (schemas, manifests) = futures_util::future::try_join(
-        async { read_all::<SchemaRecord>(store, schema_keys(store, gen).await?).await },
-        async { read_all::<Manifest>(store, manifest_keys(store, gen).await?).await },
-    )
+    let (schemas, manifests) = futures_util::future::try_join(read_schemas(store, gen, shapes), async {
+        read_all::<Manifest>(store, manifest_keys(store, gen).await?).await
+    })
     .await?;
-    for mut rec in schemas {
-        store.open_schema(&mut rec).await?;
+    for rec in schemas {
         st.schemas.insert(rec);
     }
     for m in manifests {

@@ -75,7 +75,8 @@ pub async fn run(args: &KeysArgs) -> anyhow::Result<()> {
                 )?;
             }
             for k in &l.data_keys {
-                writeln!(out, "data key {}  {} wrapping(s)", k.id, k.wrappings)?;
+                let what = if k.schema { "schema key" } else { "data key" };
+                writeln!(out, "{what} {}  {} wrapping(s)", k.id, k.wrappings)?;
             }
             return Ok(());
         }

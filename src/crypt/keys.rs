@@ -4,6 +4,7 @@
 //! ```text
 //! keys/recipients/<n>.json      the recipient set in force from n on (newest wins)
 //! keys/data/<id>/<n>.age        data key <id>, wrapped (age) for a recipient set
+//! keys/data/<id>/schema-key.json  marks <id> a schema key (format 4)
 //! keys/passphrase.age           passphrase mode: the archive identity, age scrypt
 //! ```
 //!
@@ -51,6 +52,12 @@ pub fn recipients_key(n: u32) -> String {
 /// The key of wrapping `n` of data key `id`.
 pub fn data_key_object(id: &str, n: u32) -> String {
     format!("{DATA_DIR}/{id}/{n:06}.age")
+}
+
+/// The object that marks data key `id` a schema key (`keys list` tells
+/// them apart without a key): `{"purpose": "schema versions", "recipients": n}`.
+pub fn schema_key_marker(id: &str) -> String {
+    format!("{DATA_DIR}/{id}/schema-key.json")
 }
 
 /// The id of the data key whose recipient is `r`.

@@ -16,6 +16,7 @@ pub mod frame;
 pub mod keys;
 pub mod rotate;
 pub mod schema;
+pub mod shapes;
 
 use crate::archive::{layout, Store};
 use crate::Error;
@@ -101,6 +102,17 @@ impl Sealer {
     }
 }
 
+/// The sealer of data key `identity` (id `id`), wrapped for recipient set `set`.
+fn sealer_of(id: String, set: u32, identity: &age::x25519::Identity) -> Sealer {
+    Sealer {
+        id,
+        recipient: identity.to_public(),
+        set,
+        hasher: hasher_of(identity),
+        blocks: blocks_of(identity),
+    }
+}
+
 /// The index hasher of a data key (see [`crate::index::Hasher::keyed`]).
 fn hasher_of(data_key: &age::x25519::Identity) -> crate::index::Hasher {
     crate::index::Hasher::keyed(data_key.to_string().expose_secret().as_bytes())
@@ -155,12 +167,19 @@ pub struct Crypt {
     mode: tokio::sync::OnceCell<Mode>,
     /// Whether schema versions seal their literals (`waly_archive` 3).
     literals_sealed: std::sync::OnceLock<bool>,
+    /// Whether schema versions are sealed whole (`waly_archive` 4).
+    shapes_sealed: std::sync::OnceLock<bool>,
     identities: tokio::sync::OnceCell<Vec<age::x25519::Identity>>,
     data: Mutex<HashMap<String, Arc<age::x25519::Identity>>>,
     /// Held while a data key is unwrapped: readers that need the same key
     /// at once read its wrappings once.
     unwrapping: tokio::sync::Mutex<()>,
     sealer: Mutex<Option<Sealer>>,
+    /// The writer's schema key (format 4): seals schema versions whole.
+    schema_sealer: Mutex<Option<Sealer>>,
+    /// Set once the writer's schema keys were taken from the source
+    /// database ([`shapes::keep_schema_keys`]).
+    writer_keys: std::sync::OnceLock<()>,
 }
 
 impl std::fmt::Debug for Crypt {
@@ -210,6 +229,9 @@ impl Crypt {
         let _ = self
             .literals_sealed
             .set(m == Mode::Encrypted && id.waly_archive >= crate::archive::state::SEALED_LITERALS_FORMAT);
+        let _ = self
+            .shapes_sealed
+            .set(m == Mode::Encrypted && id.waly_archive >= crate::archive::state::SEALED_SHAPES_FORMAT);
         let _ = self.mode.set(m);
         Ok(m)
     }
@@ -350,22 +372,24 @@ impl Store {
                 return Ok(Some(s));
             }
         }
-        let recipients = keys::recipients_of(&keys::recipients_key(set.number), &set)?;
-        let (id, identity) = keys::new_data_key(self, &recipients).await?;
-        let sealer = Sealer {
-            id: id.clone(),
-            recipient: identity.to_public(),
-            set: set.number,
-            hasher: hasher_of(&identity),
-            blocks: blocks_of(&identity),
-        };
-        if let Ok(mut d) = self.crypt.data.lock() {
-            d.insert(id, Arc::new(identity));
-        }
+        let (sealer, _) = self.new_sealer(&set).await?;
         if let Ok(mut s) = self.crypt.sealer.lock() {
             *s = Some(sealer.clone());
         }
         Ok(Some(sealer))
+    }
+
+    /// A new data key wrapped for recipient set `set` (stored in the
+    /// archive), known to this store from now on: its sealer and secret.
+    async fn new_sealer(&self, set: &keys::RecipientSet) -> Result<(Sealer, SecretString), Error> {
+        let recipients = keys::recipients_of(&keys::recipients_key(set.number), set)?;
+        let (id, identity) = keys::new_data_key(self, &recipients).await?;
+        let secret = keys::secret_line(&identity);
+        let sealer = sealer_of(id.clone(), set.number, &identity);
+        if let Ok(mut d) = self.crypt.data.lock() {
+            d.insert(id, Arc::new(identity));
+        }
+        Ok((sealer, secret))
     }
 
     /// The writer's sealer: `None` for a plaintext archive. Fails when
@@ -525,6 +549,9 @@ impl Store {
                 Some((body, true)) => !body.is_empty() && frame::walk(key, body)?.iter().all(|f| f.2.is_some()),
                 _ => false,
             },
+            layout::DataKind::Schema if self.crypt.shapes_sealed.get() == Some(&true) => {
+                shapes::sealed_schema(key, bytes).is_ok()
+            }
             layout::DataKind::Schema => schema::plaintext_in_schema(bytes, self.crypt.seals_literals()).is_none(),
         };
         if ok {
@@ -604,7 +631,7 @@ pub async fn create(
     spec: &EncryptSpec,
 ) -> Result<(), Error> {
     let mut mine = identity.clone();
-    mine.waly_archive = crate::archive::state::SEALED_LITERALS_FORMAT;
+    mine.waly_archive = crate::archive::state::SEALED_SHAPES_FORMAT;
     mine.encryption = Some("age".into());
     let theirs = crate::archive::state::claim(store, &mine).await?;
     if theirs.encryption.is_none() {

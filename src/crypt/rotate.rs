@@ -32,6 +32,9 @@ pub struct DataKeyInfo {
     pub id: String,
     /// Its wrappings (`keys/data/<id>/<n>.age`).
     pub wrappings: usize,
+    /// Whether it is a schema key (it seals schema versions only; the
+    /// writer keeps a copy in the source database).
+    pub schema: bool,
 }
 
 async fn sets(store: &Store) -> Result<Vec<RecipientSet>, Error> {
@@ -63,7 +66,8 @@ pub async fn list(store: &Store) -> Result<Listing, Error> {
     let mut data_keys = Vec::new();
     for id in keys::data_key_ids(store).await? {
         let wrappings = keys::wrappings(store, &id).await?.len();
-        data_keys.push(DataKeyInfo { id, wrappings });
+        let schema = store.get_opt(&keys::schema_key_marker(&id)).await?.is_some();
+        data_keys.push(DataKeyInfo { id, wrappings, schema });
     }
     Ok(Listing {
         recipients: sets.last().cloned(),

@@ -1,8 +1,10 @@
-//! Schema versions in an encrypted archive: the shape stays readable (a
-//! writer resumes a generation from it without an identity); what may hold
-//! a literal the client wrote is sealed: the DDL statement text (any
-//! literal, DML included) and, in format 3, the version's literals - each
-//! column's `missing` value and `default` expression, partition bounds.
+//! Schema versions in an encrypted archive: what may hold a literal the
+//! client wrote is sealed under the session's data key: the DDL statement
+//! text (any literal, DML included) and, from format 3, the version's
+//! literals - each column's `missing` value and `default` expression,
+//! partition bounds. In format 3 the rest (the shape) stays readable; in
+//! format 4 the whole version is then sealed again under a schema key the
+//! writer keeps (shapes.rs).
 
 use crate::archive::Store;
 use crate::schema::SchemaRecord;

@@ -1266,17 +1266,9 @@ fn drop_removes_slot_publication_and_guard_only_when_told_and_not_in_use() {
     let _ = std::fs::remove_dir_all(&archive);
 }
 
-#[test]
-fn every_reading_and_capturing_command_works_as_the_least_privileged_role() {
-    let db = TestDb::new();
-    db.psql(
-        "CREATE TABLE pub (id int PRIMARY KEY, v text);
-         CREATE TABLE private (id int PRIMARY KEY, secret text);
-         INSERT INTO pub VALUES (1, 'before');",
-    );
-    let archive = archive_dir(&db);
-    let out = init(&db, &archive, &["--tables", "pub"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+/// Runs sql/setup.sql on `db` for publication `waly`: the least-privileged
+/// role it makes, `lp_<db>`.
+pub(crate) fn least_privileged_role(db: &TestDb) -> String {
     let role = format!("lp_{}", db.name);
     let setup = std::process::Command::new("psql")
         .arg(db.url())
@@ -1293,6 +1285,21 @@ fn every_reading_and_capturing_command_works_as_the_least_privileged_role() {
         .output()
         .expect("psql");
     assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+    role
+}
+
+#[test]
+fn every_reading_and_capturing_command_works_as_the_least_privileged_role() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE pub (id int PRIMARY KEY, v text);
+         CREATE TABLE private (id int PRIMARY KEY, secret text);
+         INSERT INTO pub VALUES (1, 'before');",
+    );
+    let archive = archive_dir(&db);
+    let out = init(&db, &archive, &["--tables", "pub"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let role = least_privileged_role(&db);
     assert_eq!(
         db.psql(&format!(
             "SELECT has_table_privilege('{role}', 'pub', 'SELECT'), has_table_privilege('{role}', 'private', 'SELECT'),

@@ -5,7 +5,8 @@ use crate::archive::{archive_dir, slot, wait_streaming};
 use crate::harness::{run_within, waly, Running, TestDb};
 
 const SCHEMA: &str = "
-    CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL, email text);
+    CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL, email text,
+                         shape_canary_5m text GENERATED ALWAYS AS (name || 'gen-canary-8p') STORED);
     CREATE TABLE notes (id bigint PRIMARY KEY, body text);
     CREATE TABLE regions (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
     CREATE TABLE regions_a PARTITION OF regions FOR VALUES IN ('bound-canary-4w');
@@ -19,6 +20,10 @@ const DDL_CANARY: &str = "ddl-canary-7q";
 /// in plaintext: a column's default (and value for older rows), a partition
 /// bound.
 const LITERAL_CANARIES: [&str; 2] = ["default-canary-2v", "bound-canary-4w"];
+
+/// A schema version's shape no object of an encrypted archive may hold in
+/// plaintext: a column's name, a generation expression.
+const SHAPE_CANARIES: [&str; 2] = ["shape_canary_5m", "gen-canary-8p"];
 
 /// A value no object of an encrypted archive may hold in plaintext.
 fn canary(i: i64) -> String {
@@ -89,6 +94,24 @@ fn wait_slot_confirmed(db: &TestDb, slot_name: &str) {
     );
 }
 
+/// `waly run` of `db` into `archive` in the foreground (a run expected to
+/// refuse to start).
+fn run_once(db: &TestDb, archive: &str) -> std::process::Output {
+    let source = db.url();
+    let args = [
+        "run",
+        "--source",
+        &source,
+        "--archive",
+        archive,
+        "--slot",
+        &slot(db),
+        "--log",
+        "warn",
+    ];
+    run_within(waly().args(args), 120)
+}
+
 /// Runs waly with `args` on `archive` (plus `key`: `--identity FILE`).
 fn read(archive: &str, key: Option<&str>, args: &[&str]) -> std::process::Output {
     let mut c = waly();
@@ -148,6 +171,11 @@ fn plaintext_found(objects: &[(String, Vec<u8>)], secret: &str, upto: i64) -> Ve
         for lit in LITERAL_CANARIES {
             if holds(b, lit) || holds(&text, lit) {
                 found.push(format!("{k}: the literal {lit}"));
+            }
+        }
+        for shape in SHAPE_CANARIES {
+            if holds(b, shape) || holds(&text, shape) {
+                found.push(format!("{k}: the shape {shape}"));
             }
         }
         if holds(b, secret) {
@@ -395,7 +423,7 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
         found_plain.iter().any(|f| f.ends_with("the DDL statement text")),
         "the search finds DDL text where there is some: {found_plain:?}"
     );
-    for lit in LITERAL_CANARIES {
+    for lit in LITERAL_CANARIES.iter().chain(&SHAPE_CANARIES) {
         assert!(
             found_plain.iter().any(|f| f.contains("/schemas/") && f.ends_with(lit)),
             "the search finds {lit} in a plain schema version: {found_plain:?}"
@@ -482,6 +510,33 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
     );
     std::fs::write(&idx_path, &good_idx).expect("write");
 
+    // A schema version: sealed whole, its digest checked without the key
+    // and its tag with it. A changed byte is named either way; a plaintext
+    // version slipped in is a verify problem, and never read.
+    let schema_rel = "generations/00000001/schemas/public.people/000002.json";
+    let schema_path = std::path::Path::new(&enc).join(schema_rel);
+    let good_schema = std::fs::read(&schema_path).expect("read");
+    let mut bad = good_schema.clone();
+    bad[40] ^= 0x02;
+    std::fs::write(&schema_path, &bad).expect("write");
+    for key in [None, k] {
+        let v = read(&enc, key, &["verify"]);
+        let text = String::from_utf8_lossy(&v.stdout).into_owned();
+        assert_eq!(v.status.code(), Some(1), "{text}");
+        assert!(text.contains(schema_rel), "{text}");
+    }
+    let e = err(&read(&enc, k, &["schema", "people"]));
+    assert!(e.contains(schema_rel), "{e}");
+    std::fs::copy(std::path::Path::new(&plain).join(schema_rel), &schema_path).expect("copy");
+    let v = read(&enc, None, &["verify"]);
+    let text = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert_eq!(v.status.code(), Some(1), "{text}");
+    assert!(text.contains(schema_rel) && text.contains("plaintext"), "{text}");
+    let e = err(&read(&enc, k, &["log"]));
+    assert!(e.contains("plaintext"), "{e}");
+    std::fs::write(&schema_path, &good_schema).expect("write");
+    assert!(read(&enc, None, &["verify"]).status.success());
+
     // A plaintext segment slipped in: a verify problem, never history.
     let plain_segs = crate::archive::files_under(&plain, "generations/00000001/segments");
     let slipped = plain_segs
@@ -512,11 +567,26 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
     // waly's; a waly from before encryption refuses the segments' version 3).
     let id_path = std::path::Path::new(&enc).join("waly.json");
     let id_text = std::fs::read_to_string(&id_path).expect("waly.json");
-    assert!(id_text.contains("\"waly_archive\": 3"), "{id_text}");
-    std::fs::write(&id_path, id_text.replace("\"waly_archive\": 3", "\"waly_archive\": 4")).expect("write");
+    assert!(id_text.contains("\"waly_archive\": 4"), "{id_text}");
+    std::fs::write(&id_path, id_text.replace("\"waly_archive\": 4", "\"waly_archive\": 5")).expect("write");
     let e = err(&read(&enc, k, &["log"]));
-    assert!(e.contains("format version 4") && e.contains("upgrade waly"), "{e}");
+    assert!(e.contains("format version 5") && e.contains("upgrade waly"), "{e}");
     std::fs::write(&id_path, &id_text).expect("write");
+
+    // A writer without its copy of the schema keys (the source database's
+    // table lost its rows) cannot read the shapes it resumes from: it says
+    // so and stops.
+    db.psql(
+        "CREATE TABLE kept_keys AS SELECT * FROM public.waly_schema_keys;
+         DELETE FROM public.waly_schema_keys;",
+    );
+    let e = err(&run_once(&db, &enc));
+    assert!(e.contains("public.waly_schema_keys") && e.contains("schema key"), "{e}");
+    assert!(!e.contains("AGE-SECRET-KEY"), "{e}");
+    db.psql(
+        "INSERT INTO public.waly_schema_keys SELECT * FROM kept_keys;
+         DROP TABLE kept_keys;",
+    );
 
     // A writer whose archive lost its recipients refuses to write.
     for (k, _) in &objects {
@@ -524,21 +594,7 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
             std::fs::remove_file(std::path::Path::new(&enc).join(k)).expect("rm");
         }
     }
-    let refused = run_within(
-        waly().args([
-            "run",
-            "--source",
-            &db.url(),
-            "--archive",
-            &enc,
-            "--slot",
-            &slot(&db),
-            "--log",
-            "warn",
-        ]),
-        120,
-    );
-    let e = err(&refused);
+    let e = err(&run_once(&db, &enc));
     assert!(e.contains("no recipients") && e.contains("refusing to write"), "{e}");
 
     for d in [&enc, &plain] {
@@ -655,12 +711,20 @@ fn rotation_reaches_a_running_writer_and_shuts_out_a_removed_recipient() {
             ok(&read(&archive, Some(&a), &args))
         );
     }
-    let data_keys = || -> usize {
+    // (data keys, schema keys)
+    let keys_listed = || -> (usize, usize) {
         let l: serde_json::Value =
             serde_json::from_str(&ok(&read(&archive, None, &["keys", "list", "--json"]))).expect("json");
-        l["data_keys"].as_array().map_or(0, |v| v.len())
+        let all = l["data_keys"].as_array().cloned().unwrap_or_default();
+        let schema = all.iter().filter(|k| k["schema"] == true).count();
+        (all.len() - schema, schema)
     };
-    assert_eq!(data_keys(), 1, "one writer session, one data key");
+    let data_keys = || keys_listed().0;
+    assert_eq!(
+        keys_listed(),
+        (1, 1),
+        "one writer session: one data key, one schema key"
+    );
 
     ok(&read(&archive, None, &["keys", "remove-recipient", &ra]));
     ok(&read(&archive, None, &["keys", "rotate"]));
@@ -701,6 +765,113 @@ fn rotation_reaches_a_running_writer_and_shuts_out_a_removed_recipient() {
         "{st}"
     );
     assert!(e["data_keys"].as_u64() >= Some(2), "{st}");
+    // The writer took a new schema key for the new set too: a schema
+    // version written from then on is sealed under it, which the removed
+    // identity cannot open (it is told so: its reads of this generation
+    // stop there), and the remaining one reads.
+    assert_eq!(keys_listed().1, 2, "a schema key per recipient set");
+    let run = spawn(&db, &archive, &slot(&db));
+    wait_streaming(&db, &run);
+    db.psql("ALTER TABLE notes ADD COLUMN added_after_rotation text; INSERT INTO notes VALUES (5000, 'x', 'y');");
+    wait_slot_confirmed(&db, &slot(&db));
+    let (s, e) = run.terminate(60);
+    assert!(s.success(), "{e}");
+    assert_eq!(
+        keys_listed().1,
+        2,
+        "a session under the same set takes the kept schema key"
+    );
+    let e = err(&read(&archive, Some(&a), &["schema", "notes"]));
+    assert!(e.contains("the key does not match"), "{e}");
+    let v = ok(&read(&archive, Some(&b), &["schema", "notes"]));
+    assert!(v.contains("added_after_rotation"), "{v}");
+    let _ = std::fs::remove_dir_all(&archive);
+    let _ = std::fs::remove_dir_all(&keys);
+}
+
+/// The writer of an encrypted archive as the least-privileged role of
+/// sql/setup.sql: it keeps its schema key in the table setup.sql made
+/// (which it may read and add to, and nobody else may read; published, but
+/// never captured), seals a
+/// version that a DDL made, and after a restart reads the shapes it
+/// resumes from with that key; a reader with the identity gets every
+/// change.
+#[test]
+fn an_encrypted_archive_is_written_by_the_least_privileged_role_with_its_schema_key_in_the_source() {
+    let db = TestDb::new();
+    // FOR ALL TABLES: the key table is published too, and never captured.
+    db.psql("CREATE TABLE pub (id int PRIMARY KEY, v text); CREATE PUBLICATION waly FOR ALL TABLES;");
+    let keys = tempdir(&db, "lp");
+    let (identity, recipient, secret) = keygen(&keys, "reader.key");
+    let archive = archive_dir(&db);
+    ok(&init_encrypted(&db, &archive, &format!("age:{recipient}")));
+    let role = crate::archive::least_privileged_role(&db);
+    assert_eq!(
+        db.psql(&format!(
+            "SELECT has_table_privilege('{role}', 'public.waly_schema_keys', 'SELECT'),
+                    has_table_privilege('{role}', 'public.waly_schema_keys', 'INSERT'),
+                    has_table_privilege('{role}', 'public.waly_schema_keys', 'DELETE'),
+                    has_table_privilege('pg_monitor', 'public.waly_schema_keys', 'SELECT')"
+        )),
+        "t|t|f|f"
+    );
+    let url = format!("{} user={role}", db.url().replace("user=postgres", ""));
+    let as_role = |extra: &[&str]| crate::archive::spawn_run_as(&db, &url, &archive, extra);
+    let run = as_role(&[]);
+    wait_streaming(&db, &run);
+    db.psql("INSERT INTO pub SELECT g, 'v' || g FROM generate_series(1, 50) g;");
+    db.psql("ALTER TABLE pub ADD COLUMN later_lp_column text; INSERT INTO pub VALUES (51, 'x', 'y');");
+    wait_slot_confirmed(&db, &slot(&db));
+    let (s, e) = run.terminate(60);
+    assert!(s.success(), "{e}");
+    assert_eq!(
+        db.psql("SELECT count(*), count(DISTINCT recipients) FROM public.waly_schema_keys"),
+        "1|1"
+    );
+    // Restarted with debug logs: the kept key's secret is never in them.
+    let key_secret = db.psql("SELECT secret FROM public.waly_schema_keys");
+    assert!(key_secret.starts_with("AGE-SECRET-KEY-1"), "{key_secret}");
+    let run = Running::spawn(waly().args([
+        "--log",
+        "debug",
+        "run",
+        "--source",
+        &url,
+        "--archive",
+        &archive,
+        "--slot",
+        &slot(&db),
+        "--flush-interval",
+        "200ms",
+        "--idle-interval",
+        "10s",
+    ]));
+    wait_streaming(&db, &run);
+    db.psql("UPDATE pub SET later_lp_column = 'z' WHERE id <= 10;");
+    wait_slot_confirmed(&db, &slot(&db));
+    let (s, e) = run.terminate(60);
+    assert!(s.success(), "{e}");
+    assert!(e.contains("DEBUG"), "debug logs: {e}");
+    assert!(!e.contains(key_secret.trim()), "the schema key's secret leaked: {e}");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM public.waly_schema_keys"),
+        "1",
+        "the restarted writer took its kept key"
+    );
+    let log = ok(&read(&archive, Some(&identity), &["log", "--json"]));
+    assert_eq!(log.lines().count(), 61, "only pub's changes: {log}");
+    let tables = ok(&read(&archive, Some(&identity), &["tables"]));
+    assert!(!tables.contains("waly_schema_keys"), "{tables}");
+    assert!(log.contains("later_lp_column"), "{log}");
+    let v = ok(&read(&archive, Some(&identity), &["schema", "pub"]));
+    assert!(v.contains("later_lp_column"), "{v}");
+    let found: Vec<String> = raw_objects(&archive)
+        .into_iter()
+        .filter(|(_, b)| holds(b, "later_lp_column") || holds(b, &secret))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(found.is_empty(), "{found:?}");
+    assert!(read(&archive, None, &["verify"]).status.success());
     let _ = std::fs::remove_dir_all(&archive);
     let _ = std::fs::remove_dir_all(&keys);
 }
