@@ -79,7 +79,10 @@ one() {
     t0=$(now)
     pg_recvlogical -d "$DB" --slot recv --start --endpos "$end" --no-loop -o proto_version=1 -o publication_names=waly -f /dev/null
     t1=$(now)
-    "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn --flush-interval 200ms --create-slot & pid=$!
+    # --idle-interval 1s: WAL written after the last commit (a running-xacts
+    # record) is confirmed by the idle heartbeat; at the default 5m one round
+    # in a few waited five minutes for it.
+    "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn --flush-interval 200ms --idle-interval 1s --create-slot & pid=$!
     # One server-side loop, not a psql per poll: psql is a Perl wrapper here,
     # and starting one every few milliseconds takes CPU from what is measured.
     q "DO \$\$ BEGIN

@@ -59,7 +59,10 @@ one() {
     local end; end=$(q "SELECT pg_current_wal_insert_lsn()")
     local t0 t1 t2 t3
     t0=$(now)
-    "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn --flush-interval 200ms & pid=$!
+    # --idle-interval 1s: WAL written after the last commit (a running-xacts
+    # record) is confirmed by the idle heartbeat; at the default 5m one round
+    # in a few waited five minutes for it.
+    "$WALY" run --source "dbname=$DB" --archive "$archive" --log warn --flush-interval 200ms --idle-interval 1s & pid=$!
     q "DO \$\$ BEGIN
          WHILE NOT coalesce((SELECT confirmed_flush_lsn >= '$end' FROM pg_replication_slots WHERE slot_name = 'waly'), false)
          LOOP PERFORM pg_sleep(0.005); END LOOP; END \$\$"

@@ -306,12 +306,12 @@ pub async fn load(store: &Store, gen: &str) -> Option<Catalog> {
                 None
             }
             Err(e) => {
-                tracing::warn!(key = k, error = %e, "the catalog is damaged; reading the segments instead");
+                tracing::warn!(key = k, error = %crate::error::chain(&e), "the catalog is damaged; reading the segments instead");
                 None
             }
         },
         Err(e) => {
-            tracing::warn!(key = k, error = %e, "the catalog cannot be read; reading the segments instead");
+            tracing::warn!(key = k, error = %crate::error::chain(&e), "the catalog cannot be read; reading the segments instead");
             None
         }
     }
@@ -327,7 +327,7 @@ pub async fn write(store: &Store, cat: &Catalog) -> Result<(), Error> {
 /// Stores `cat` (derived data: a failure is a warning).
 pub async fn save(store: &Store, cat: &Catalog) {
     if let Err(e) = write(store, cat).await {
-        tracing::warn!(generation = cat.generation, error = %e, "could not write the catalog; `waly tables` reads the segments instead");
+        tracing::warn!(generation = cat.generation, error = %crate::error::chain(&e), "could not write the catalog; `waly tables` reads the segments instead");
     }
 }
 
@@ -466,7 +466,7 @@ impl Keeper {
                 Keeper::default()
             }
             Err(e) => {
-                tracing::warn!(generation = gen, error = %e, "could not bring the catalog up to date; `waly tables` reads the segments until `waly reindex`");
+                tracing::warn!(generation = gen, error = %crate::error::chain(&e), "could not bring the catalog up to date; `waly tables` reads the segments until `waly reindex`");
                 Keeper::default()
             }
         }
@@ -507,7 +507,7 @@ impl Keeper {
             match refresh_objects(store, gen, mine).await {
                 Ok(()) => (self.known, self.unlisted) = (known, 0),
                 Err(e) => {
-                    tracing::warn!(generation = gen, error = %e, "could not list the schema versions and snapshots for the catalog")
+                    tracing::warn!(generation = gen, error = %crate::error::chain(&e), "could not list the schema versions and snapshots for the catalog")
                 }
             }
         }

@@ -155,6 +155,22 @@ pub enum Error {
     Encryption(String),
 }
 
+/// `e` and its sources, each after a colon: what a log line shows (a
+/// store error's own message names only the object).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
 impl Error {
     /// When the archive refuses waly's requests themselves (permissions,
     /// credentials, a read-only directory): what to check. Retrying soon
@@ -355,6 +371,23 @@ mod tests {
         let shown = e.to_string();
         assert!(shown.contains("ALTER SYSTEM SET wal_level = logical"), "{shown}");
         assert!(!Error::Server(Box::new(e)).is_transient());
+    }
+
+    #[test]
+    fn a_logged_error_names_its_cause() {
+        let e = Error::Store {
+            key: "index/00000001/segments/0000000020-0000000021.idx".into(),
+            source: Box::new(object_store::Error::NotFound {
+                path: "p".into(),
+                source: "gone".into(),
+            }),
+        };
+        let shown = chain(&e);
+        assert!(
+            shown.starts_with("archive object index/00000001/segments/0000000020-0000000021.idx: "),
+            "{shown}"
+        );
+        assert!(shown.contains("not found") && shown.ends_with("gone"), "{shown}");
     }
 
     #[test]

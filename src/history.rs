@@ -635,7 +635,7 @@ async fn snapshot_rows(
         }
         .await
         .unwrap_or_else(|e| {
-            tracing::warn!(index = ikey, error = %e, "the index is damaged; reading the snapshot instead");
+            tracing::warn!(index = ikey, error = %crate::error::chain(&e), "the index is damaged; reading the snapshot instead");
             None
         });
         let mut rows = Vec::new();
@@ -727,7 +727,7 @@ async fn indexed_generation(
                 Ok(i) => indexes.push(i),
                 // Its segments are then read whole.
                 Err(e) => {
-                    tracing::warn!(index = key, error = %e, "the index is damaged; reading its segments instead")
+                    tracing::warn!(index = key, error = %crate::error::chain(&e), "the index is damaged; reading its segments instead")
                 }
             }
         }

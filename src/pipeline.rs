@@ -218,7 +218,7 @@ async fn record_error(store: &Store, message: &str) {
         Err(e) => Err(e),
     };
     if let Err(e) = put {
-        tracing::debug!(error = %e, "could not record the error in the archive");
+        tracing::debug!(error = %crate::error::chain(&e), "could not record the error in the archive");
     }
 }
 
@@ -379,7 +379,7 @@ async fn check_retained_wal(sql: &tokio_postgres::Client, opts: &RunOptions) {
         Ok(Some(r)) => (r.get::<_, Option<i64>>(0).unwrap_or(0).max(0), r.get::<_, i64>(1)),
         Ok(None) => return,
         Err(e) => {
-            tracing::debug!(error = %e, "could not read the WAL the slot retains");
+            tracing::debug!(error = %crate::error::chain(&e), "could not read the WAL the slot retains");
             return;
         }
     };
@@ -964,6 +964,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
     // Whatever happened, make what we have durable before leaving: a partial
     // transaction is harmless (it counts only with its commit marker).
     let flushed = w.flush().await;
+    w.merger.finish().await;
     match (&result, flushed) {
         (Ok(()), Ok(d)) => {
             if let Some(lsn) = d {
@@ -1363,7 +1364,7 @@ async fn handle_events(
                             Ok(c) => c,
                             Err(e) if e.is_transient() => return Err(e),
                             Err(e) => {
-                                tracing::warn!(table, error = %e, "cannot read the table's catalog to match a later description by attnum");
+                                tracing::warn!(table, error = %crate::error::chain(&e), "cannot read the table's catalog to match a later description by attnum");
                                 None
                             }
                         };

@@ -324,10 +324,10 @@ pub(crate) async fn write_manifest(
     match index.encode(gen, store.sealer()?.as_ref()) {
         Ok(bytes) => {
             if let Err(e) = store.put_once(&crate::index::snapshot_index_key(gen, lsn), bytes).await {
-                tracing::warn!(error = %e, "could not write the snapshot's index; reads fall back to scanning");
+                tracing::warn!(error = %crate::error::chain(&e), "could not write the snapshot's index; reads fall back to scanning");
             }
         }
-        Err(e) => tracing::warn!(error = %e, "could not build the snapshot's index"),
+        Err(e) => tracing::warn!(error = %crate::error::chain(&e), "could not build the snapshot's index"),
     }
     Ok(())
 }

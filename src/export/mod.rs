@@ -842,7 +842,7 @@ pub fn keep_current(store: Store, dest: Store, interval: std::time::Duration) ->
                         "export brought up to date"
                     ),
                     Err(e) => {
-                        tracing::warn!(to = dest.url(), error = %e, "export failed; trying again at the next interval")
+                        tracing::warn!(to = dest.url(), error = %crate::error::chain(&e), "export failed; trying again at the next interval")
                     }
                 }
             }

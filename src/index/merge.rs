@@ -51,7 +51,7 @@ pub fn level_merges(count: u64) -> Vec<(u64, u64)> {
 pub async fn merge_levels(store: &Store, gen: &str, count: u64) {
     for (first, last) in level_merges(count) {
         if let Err(e) = merge(store, gen, first, last).await {
-            tracing::warn!(error = %e, first, last, "could not merge the index; lookups read more objects until the next merge or `waly reindex`");
+            tracing::warn!(error = %crate::error::chain(&e), first, last, "could not merge the index; lookups read more objects until the next merge or `waly reindex`");
         }
     }
 }
@@ -60,26 +60,41 @@ pub async fn merge_levels(store: &Store, gen: &str, count: u64) {
 /// so the writer never waits for one.
 #[derive(Debug)]
 pub struct Merger {
-    tx: tokio::sync::mpsc::UnboundedSender<(String, u64)>,
+    tx: Option<tokio::sync::mpsc::UnboundedSender<(String, u64)>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Merger {
-    /// Starts the task (it ends when the merger is dropped and its queue done).
+    /// Starts the task (it ends when the merger is dropped or finished and
+    /// its queue done).
     pub fn start(store: &Store) -> Merger {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, u64)>();
         let store = store.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             while let Some((gen, count)) = rx.recv().await {
                 merge_levels(&store, &gen, count).await;
             }
         });
-        Merger { tx }
+        Merger {
+            tx: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// The `count`-th segment of `gen` is indexed: queues its merges.
     pub fn indexed(&self, gen: &str, count: u64) {
-        if !level_merges(count).is_empty() {
-            let _ = self.tx.send((gen.to_string(), count));
+        if let (Some(tx), false) = (&self.tx, level_merges(count).is_empty()) {
+            let _ = tx.send((gen.to_string(), count));
+        }
+    }
+
+    /// Waits for the queued merges: a session ends with its merges done,
+    /// so none is cut off by the process's exit (its store requests would
+    /// fail half way) and the next session's merges never run beside it.
+    pub async fn finish(&mut self) {
+        self.tx = None;
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
         }
     }
 }

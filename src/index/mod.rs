@@ -73,7 +73,7 @@ pub async fn write_segment_index(
         Err(e) => Err(e),
     };
     if let Err(e) = written {
-        tracing::warn!(segment = number, error = %e, "could not write the segment's index; reads fall back to scanning it");
+        tracing::warn!(segment = number, error = %crate::error::chain(&e), "could not write the segment's index; reads fall back to scanning it");
         return false;
     }
     true
@@ -750,7 +750,7 @@ pub async fn table_frames(
     let objects = match segment_indexes(store, gen).await {
         Ok(o) => o,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot list the index; reading every segment whole");
+            tracing::warn!(error = %crate::error::chain(&e), "cannot list the index; reading every segment whole");
             return out;
         }
     };
@@ -778,7 +778,7 @@ pub async fn table_frames(
             Ok(None) => {}
             Err(e) => tracing::warn!(
                 index = key,
-                error = %e,
+                error = %crate::error::chain(&e),
                 "an index object is damaged; reading its segments whole (`waly reindex` rebuilds it)"
             ),
         }

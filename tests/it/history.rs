@@ -342,3 +342,60 @@ fn history_through_the_index_shows_the_truncate_that_ended_a_row_and_starts_at_t
     }
     let _ = std::fs::remove_dir_all(&archive);
 }
+
+/// The index runs a writer leaves when the count of segments is `n`: one
+/// per non-zero decimal digit of `n`, largest first (docs/FORMAT.md,
+/// "Index runs and levels").
+fn runs_of(n: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let (mut start, mut p) = (0, 1u64);
+    while p * 10 <= n {
+        p *= 10;
+    }
+    while p >= 1 {
+        let d = (n / p) % 10;
+        if d > 0 {
+            out.push((start, start + d * p - 1));
+            start += d * p;
+        }
+        p /= 10;
+    }
+    out
+}
+
+/// A writer stopped right after a burst of segments (its last one written
+/// as it stops) leaves its index merged as the levels say: the merges its
+/// last segments queued are done before it exits, not cut off half way.
+#[test]
+fn a_stopped_writer_leaves_its_index_runs_merged_one_per_digit_of_its_segment_count() {
+    assert_eq!(runs_of(27), [(0, 19), (20, 26)]);
+    assert_eq!(runs_of(1), [(0, 0)]);
+    assert_eq!(runs_of(110), [(0, 99), (100, 109)]);
+    let db = TestDb::new();
+    db.psql("CREATE TABLE burst (id int PRIMARY KEY, v text); CREATE PUBLICATION waly FOR TABLE burst;");
+    let archive = archive_dir(&db);
+    let run = crate::archive::spawn_run_as(&db, &db.url(), &archive, &["--segment-size", "4KiB"]);
+    wait_streaming(&db, &run);
+    // One segment per transaction (each holds more than 4 KiB); no wait
+    // before the stop, so the last ones are written as the writer stops.
+    let sql: String = (1..=37)
+        .map(|i| format!("INSERT INTO burst VALUES ({i}, repeat(md5('{i}'), 150));\n"))
+        .collect();
+    db.psql(&sql);
+    let (s, e) = run.terminate(60);
+    assert!(s.success(), "{e}");
+    assert!(!e.contains("could not merge"), "{e}");
+    let segments = crate::archive::files_under(&archive, "generations/00000001/segments");
+    let n = segments.len() as u64;
+    assert!(n >= 10, "a burst of segments: {segments:?}");
+    let mut runs: Vec<(u64, u64)> = crate::archive::files_under(&archive, "index/00000001/segments")
+        .iter()
+        .filter_map(|f| {
+            let (a, b) = f.strip_suffix(".idx")?.split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect();
+    runs.sort();
+    assert_eq!(runs, runs_of(n), "{n} segments");
+    let _ = std::fs::remove_dir_all(&archive);
+}
