@@ -612,10 +612,12 @@ fn tempdir(db: &TestDb, what: &str) -> std::path::PathBuf {
 }
 
 /// Passphrase mode on S3 (moto): `waly run` writes with no passphrase at
-/// all; readers take WALY_PASSPHRASE; a wrong one is told so; no test value
-/// is in any object of the bucket.
+/// all, killed (-9) along the way; readers take WALY_PASSPHRASE and give
+/// the answers of a plaintext archive of the same stream on S3; a wrong
+/// one is told so; verify is clean with and without it; no test value is
+/// in any object of the bucket.
 #[test]
-fn passphrase_archive_on_s3_is_written_without_the_passphrase_and_read_with_it() {
+fn passphrase_archive_on_s3_is_written_without_the_passphrase_and_answers_as_the_plain_one() {
     let Some(bucket) = crate::harness::s3_bucket("waly-enc") else {
         return;
     };
@@ -638,11 +640,33 @@ fn passphrase_archive_on_s3_is_written_without_the_passphrase_and_read_with_it()
         120,
     );
     ok(&init);
-    let run = spawn(&db, &archive, &slot(&db));
+    // The same stream into a plaintext archive on S3 too (its own slot),
+    // and the encrypted writer killed (-9) along the way.
+    let plain = format!("s3://{bucket}/plain");
+    let plain_slot = format!("{}_p", slot(&db));
+    let mut run = spawn(&db, &archive, &slot(&db));
+    let plain_run = spawn(&db, &plain, &plain_slot);
     wait_streaming(&db, &run);
-    db.psql(&workload(1, 200));
+    db.wait_for(
+        &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{plain_slot}' AND active"),
+        "1",
+        120,
+    );
+    for (a, b) in [(1, 100), (100, 200)] {
+        db.psql(&workload(a, b));
+        if a == 1 {
+            wait_slot_confirmed(&db, &slot(&db));
+        }
+        let _ = run.child.kill();
+        let _ = run.child.wait();
+        run = spawn(&db, &archive, &slot(&db));
+    }
+    db.psql(&workload(200, 220));
     wait_slot_confirmed(&db, &slot(&db));
+    wait_slot_confirmed(&db, &plain_slot);
     let (s, e) = run.terminate(60);
+    assert!(s.success(), "{e}");
+    let (s, e) = plain_run.terminate(60);
     assert!(s.success(), "{e}");
 
     let with = |pass: Option<&str>, args: &[&str]| {
@@ -665,6 +689,31 @@ fn passphrase_archive_on_s3_is_written_without_the_passphrase_and_read_with_it()
     let e = err(&with(None, &["log"]));
     assert!(e.contains("is encrypted"), "{e}");
     assert!(with(None, &["verify"]).status.success());
+    let at = db.now_utc();
+    for args in [
+        vec!["log", "--json"],
+        vec!["history", "people", "3", "--json"],
+        vec!["show", "people", "--at", &at],
+        vec!["restore", "people", "--at", &at, "--output", "-", "--format", "csv"],
+        vec!["schema", "people"],
+    ] {
+        let a = ok(&with(Some("correct horse battery staple"), &args));
+        let b = ok(&run_within(waly().args(&args).args(["--archive", &plain]), 180));
+        assert!(!a.is_empty(), "{args:?} printed nothing");
+        // `schema` names each archive's own first version (its snapshot's LSN).
+        let tail = |t: &str| -> Vec<String> {
+            t.lines()
+                .map(|l| l.split_once("first version").map_or(l, |(_, r)| r).to_string())
+                .collect()
+        };
+        assert_eq!(
+            tail(&a),
+            tail(&b),
+            "{args:?} differs between the encrypted and the plain archive on S3"
+        );
+    }
+    let v = with(Some("correct horse battery staple"), &["verify"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 
     // The raw bucket.
     let rt = tokio::runtime::Runtime::new().expect("rt");
@@ -678,8 +727,9 @@ fn passphrase_archive_on_s3_is_written_without_the_passphrase_and_read_with_it()
         out
     });
     assert!(objects.iter().any(|(k, _)| k == "keys/passphrase.age"));
-    let found = plaintext_found(&objects, "correct horse battery staple", 200);
+    let found = plaintext_found(&objects, "correct horse battery staple", 220);
     assert!(found.is_empty(), "{found:?}");
+    db.psql(&format!("SELECT pg_drop_replication_slot('{plain_slot}')"));
 }
 
 /// Rotation: after `keys add-recipient` the new identity reads everything;
