@@ -834,7 +834,7 @@ async fn indexed_generation(
     t.flush();
     // Intents: the `waly` messages of the transactions that made versions,
     // where they sit in frames that were not read.
-    let mut frame_tables: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut reads = index::MessageReads::default();
     for lsn in txns {
         let missing: Vec<usize> = t
             .out
@@ -846,48 +846,16 @@ async fn indexed_generation(
         if missing.is_empty() {
             continue;
         }
-        let mut contents: Vec<(u64, String)> = Vec::new();
-        let mut seen: BTreeSet<(u64, u32)> = BTreeSet::new();
-        for idx in &indexes {
-            let found = match idx.lookup_message(store, lsn.as_u64()).await {
-                Ok(f) => f,
-                Err(e) => return Ok(Err(damaged(&idx.key, &e))),
-            };
-            for (o, f) in found {
-                let Some(obj) = idx.footer.objects.get(o as usize) else {
-                    continue;
-                };
-                if !seen.insert((obj.number, f)) {
-                    continue;
-                }
-                let Some((seg_key, _, _)) = segments
-                    .iter()
-                    .find(|(k, n, _)| *n == obj.number && crate::archive::layout::segment_fence(k) == obj.fence)
-                else {
-                    continue;
-                };
-                if let std::collections::btree_map::Entry::Vacant(e) = frame_tables.entry(obj.number) {
-                    e.insert(index::segment_frames(store, seg_key).await?);
-                }
-                let Some((off, len)) = frame_tables.get(&obj.number).and_then(|fr| fr.get(f as usize)).copied() else {
-                    continue;
-                };
-                let z = store.get_range_frames(seg_key, off..off + len).await?;
-                stats.frames_read += 1;
-                let mut r = SegmentReader::frame(seg_key, &z)?;
-                while let Some(rec) = r.next_record(&st.schemas)? {
-                    if let Record::Message(m) = rec {
-                        if m.commit_lsn == lsn && !contents.iter().any(|(s, _)| *s == m.seq) {
-                            contents.push((m.seq, m.content));
-                        }
-                    }
-                }
-            }
-        }
+        let before = reads.frames_read;
+        let found = index::transaction_messages(store, &indexes, &segments, &st.schemas, lsn, &mut reads).await?;
+        stats.frames_read += reads.frames_read - before;
+        let contents = match found {
+            Ok(c) => c,
+            Err((key, e)) => return Ok(Err(damaged(&key, &e))),
+        };
         if contents.is_empty() {
             continue;
         }
-        contents.sort();
         let intent = contents.into_iter().map(|(_, c)| c).collect::<Vec<_>>().join("; ");
         for i in missing {
             t.out[i].intent = Some(intent.clone());

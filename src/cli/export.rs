@@ -56,5 +56,11 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
+    if stats.intents_indexed + stats.intents_scanned > 0 {
+        eprintln!(
+            "looked up the intent of {} large transactions through the index and of {} by reading their segments",
+            stats.intents_indexed, stats.intents_scanned
+        );
+    }
     Ok(())
 }

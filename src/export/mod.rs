@@ -50,6 +50,10 @@ pub struct ExportStats {
     pub bytes: u64,
     /// Files of an export that stopped before its cursor, deleted.
     pub removed: u64,
+    /// Transactions too large to hold whose intent the index found.
+    pub intents_indexed: u64,
+    /// Those whose intent was found by reading their segments whole.
+    pub intents_scanned: u64,
 }
 
 /// The cursor at the destination: where each table's export ends.
@@ -314,7 +318,13 @@ impl Exporter<'_> {
                 p.changes.push(held);
                 if p.changes.len() >= PENDING_MAX {
                     let lsn = p.commit_lsn;
-                    let found = self.runtime.block_on(intent_of(self.store, &self.generation, lsn))?;
+                    let (found, indexed) =
+                        self.runtime
+                            .block_on(intent_of(self.store, &self.generation, &self.schemas, lsn))?;
+                    match indexed {
+                        true => self.stats.intents_indexed += 1,
+                        false => self.stats.intents_scanned += 1,
+                    }
                     let intent: Option<Arc<str>> = (!found.is_empty()).then(|| Arc::from(found.join("; ")));
                     let held = std::mem::take(&mut p.changes);
                     p.known = Some(intent.clone());
@@ -566,7 +576,61 @@ impl Exporter<'_> {
 /// The `waly` messages of transaction `lsn`, in order, read from the
 /// segments of `generation` whose commit-LSN range (in their names) holds
 /// it: only the message lines are parsed.
-async fn intent_of(store: &Store, generation: &str, lsn: Lsn) -> Result<Vec<String>, Error> {
+/// The `waly` messages of transaction `lsn`, and whether the index found them.
+async fn intent_of(store: &Store, generation: &str, schemas: &Schemas, lsn: Lsn) -> Result<(Vec<String>, bool), Error> {
+    let segments: Vec<(String, u64, u64)> = state::segments(store, generation)
+        .await?
+        .into_iter()
+        .filter(|(key, _, _)| {
+            layout::parse_segment_key(key).is_some_and(|(_, first, last)| first <= lsn && lsn <= last)
+        })
+        .collect();
+    if let Some(found) = indexed_intent(store, generation, schemas, lsn, &segments).await? {
+        return Ok((found, true));
+    }
+    Ok((scanned_intent(store, lsn, &segments).await?, false))
+}
+
+/// [`intent_of`] through the index, reading only the frames it names;
+/// `None` when the index does not cover every segment the transaction may
+/// be in (or cannot be read): they are scanned instead.
+async fn indexed_intent(
+    store: &Store,
+    generation: &str,
+    schemas: &Schemas,
+    lsn: Lsn,
+    segments: &[(String, u64, u64)],
+) -> Result<Option<Vec<String>>, Error> {
+    let listed = crate::index::segment_indexes(store, generation).await?;
+    let mut indexes = Vec::new();
+    for (key, size, first, last) in listed {
+        if segments.iter().any(|(_, n, _)| (first..=last).contains(n)) {
+            match crate::index::Index::open(store, &key, size).await {
+                Ok(idx) => indexes.push(idx),
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+    let covered = |(key, n, _): &(String, u64, u64)| {
+        let fence = layout::segment_fence(key);
+        indexes
+            .iter()
+            .any(|i| i.footer.objects.iter().any(|o| o.number == *n && o.fence == fence))
+    };
+    if !segments.iter().all(covered) {
+        return Ok(None);
+    }
+    let mut reads = crate::index::MessageReads::default();
+    Ok(
+        crate::index::transaction_messages(store, &indexes, segments, schemas, lsn, &mut reads)
+            .await?
+            .ok()
+            .map(|found| found.into_iter().map(|(_, content)| content).collect()),
+    )
+}
+
+/// [`intent_of`] by reading `segments` whole.
+async fn scanned_intent(store: &Store, lsn: Lsn, segments: &[(String, u64, u64)]) -> Result<Vec<String>, Error> {
     #[derive(Deserialize)]
     struct Begin {
         commit_lsn: Lsn,
@@ -577,11 +641,8 @@ async fn intent_of(store: &Store, generation: &str, lsn: Lsn) -> Result<Vec<Stri
         content: String,
     }
     let mut found: BTreeMap<u64, String> = BTreeMap::new();
-    for (key, _, _) in state::segments(store, generation).await? {
-        if layout::parse_segment_key(&key).is_some_and(|(_, first, last)| lsn < first || lsn > last) {
-            continue;
-        }
-        let bytes = store.get_segment(&key).await?;
+    for (key, _, _) in segments {
+        let bytes = store.get_segment(key).await?;
         let text = zstd::stream::decode_all(&bytes[..]).map_err(|e| Error::Corrupt {
             key: key.clone(),
             why: e.to_string(),

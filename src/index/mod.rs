@@ -21,9 +21,11 @@ use serde::{Deserialize, Serialize};
 
 mod hash;
 mod merge;
+mod messages;
 mod rebuild;
 pub use hash::{key_hash, Hasher, TRUNCATE_KEY};
 pub use merge::{level_merges, merge, merge_levels, Merger, MAX_RUN_BYTES};
+pub use messages::{transaction_messages, MessageReads};
 pub use rebuild::{pk_of, reindex, ReindexStats};
 
 /// Entries per block.

@@ -420,7 +420,40 @@ fn an_export_killed_midway_and_run_again_has_every_change_once() {
         vec![vec![Some("400000".to_string()), Some("8".to_string())]],
         "each inserted row has its load's intent"
     );
-    for d in [&dest, &archive] {
+    // The intents were found through the index (the frames it names);
+    // without one, by reading the transactions' segments: the same.
+    let looked_up = |out: &Output| -> String {
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .find(|l| l.starts_with("looked up the intent"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let fresh = format!("{archive}-export-indexed");
+    let _ = std::fs::remove_dir_all(&fresh);
+    let said = looked_up(&export(&archive, &fresh, &[]));
+    assert!(
+        said.contains(" of 8 large transactions through the index and of 0 "),
+        "{said}"
+    );
+    std::fs::remove_dir_all(std::path::Path::new(&archive).join("index")).expect("rm index");
+    let again = format!("{archive}-export-scanned");
+    let _ = std::fs::remove_dir_all(&again);
+    let said = looked_up(&export(&archive, &again, &[]));
+    assert!(
+        said.contains(" of 0 large transactions through the index and of 8 "),
+        "{said}"
+    );
+    let intents = |d: &str| {
+        duckdb(&format!(
+            "SELECT _commit_lsn, _seq, _intent FROM {} WHERE _intent IS NOT NULL ORDER BY 1, 2",
+            files(d)
+        ))
+    };
+    let scanned = intents(&again);
+    assert_eq!(scanned.len(), 400_000, "each load's rows carry its intent");
+    assert_eq!(scanned, intents(&dest));
+    for d in [&dest, &archive, &again, &fresh] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
