@@ -178,6 +178,37 @@ fn verify_names_each_kind_of_damage_and_says_clean_otherwise() {
         "altered",
         &|d| name_of(last(d))(d),
     );
+    // verify_names_a_damaged_schema_version: named, not an error that stops
+    // verify (loading the generation skips it).
+    let schema_of = |d: &Path| -> PathBuf {
+        let dir = d.join("generations/00000001/schemas");
+        let table = std::fs::read_dir(&dir)
+            .expect("schemas")
+            .next()
+            .expect("a table")
+            .expect("entry");
+        std::fs::read_dir(table.path())
+            .expect("versions")
+            .next()
+            .expect("a version")
+            .expect("entry")
+            .path()
+    };
+    scenario(
+        "schema version",
+        &|d| {
+            let p = schema_of(d);
+            let b = std::fs::read(&p).expect("read");
+            std::fs::write(&p, &b[..b.len() / 2]).expect("write");
+        },
+        "altered",
+        &|d| {
+            schema_of(d)
+                .strip_prefix(d)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        },
+    );
     scenario(
         "rewritten",
         &|d| {
