@@ -842,10 +842,9 @@ fn rotation_reaches_a_running_writer_and_shuts_out_a_removed_recipient() {
 /// The writer of an encrypted archive as the least-privileged role of
 /// sql/setup.sql: it keeps its schema key in the table setup.sql made
 /// (which it may read and add to, and nobody else may read; published, but
-/// never captured), seals a
-/// version that a DDL made, and after a restart reads the shapes it
-/// resumes from with that key; a reader with the identity gets every
-/// change.
+/// never captured), seals a version that a DDL made, and after a restart
+/// reads the shapes it resumes from with that key, its secret in no log
+/// line; a reader with the identity gets every change.
 #[test]
 fn an_encrypted_archive_is_written_by_the_least_privileged_role_with_its_schema_key_in_the_source() {
     let db = TestDb::new();
