@@ -756,10 +756,6 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
             "the archive is encrypted: this session seals under a new data key"
         );
     }
-    let sql = source::tls::connect_sql(info).await?;
-    // Format 4: the schema keys this writer keeps in the source database,
-    // to read the shapes it resumes from and to seal new ones.
-    crate::crypt::shapes::keep_schema_keys(&sql, store).await?;
 
     // The slot, and whether history continues from the archive.
     let mut reason = None;
@@ -772,6 +768,11 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
             });
         }
     }
+    // Not a standby's poll: the SQL connection, and (format 4) the schema
+    // keys this writer keeps in the source database, to read the shapes it
+    // resumes from and to seal new ones.
+    let sql = source::tls::connect_sql(info).await?;
+    crate::crypt::shapes::keep_schema_keys(&sql, store).await?;
     let lost = slot.as_ref().and_then(|s| s.wal_status.as_deref()) == Some("lost");
     if lost {
         tracing::error!(slot = opts.slot, "the slot was invalidated: PostgreSQL removed WAL it still needed (max_slot_wal_keep_size); changes in that WAL are lost to the archive");
