@@ -846,12 +846,13 @@ async fn indexed_generation(
         if missing.is_empty() {
             continue;
         }
-        let before = reads.frames_read;
         let found = index::transaction_messages(store, &indexes, &segments, &st.schemas, lsn, &mut reads).await?;
-        stats.frames_read += reads.frames_read - before;
         let contents = match found {
             Ok(c) => c,
-            Err((key, e)) => return Ok(Err(damaged(&key, &e))),
+            Err((key, e)) => {
+                stats.frames_read += reads.frames_read;
+                return Ok(Err(damaged(&key, &e)));
+            }
         };
         if contents.is_empty() {
             continue;
@@ -861,6 +862,7 @@ async fn indexed_generation(
             t.out[i].intent = Some(intent.clone());
         }
     }
+    stats.frames_read += reads.frames_read;
     Ok(Ok(()))
 }
 

@@ -159,7 +159,7 @@ impl Store {
     /// A new schema key for the newest recipient set, wrapped in the
     /// archive and sealing this store's schema versions from now on; its
     /// secret (for [`keep_schema_keys`] to keep).
-    pub async fn new_schema_key(&self) -> Result<(String, u32, SecretString), Error> {
+    async fn new_schema_key(&self) -> Result<(String, u32, SecretString), Error> {
         let set = newest_set(self).await?;
         let (sealer, secret) = self.new_sealer(&set).await?;
         let id = sealer.key_id().to_string();
