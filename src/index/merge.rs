@@ -16,8 +16,9 @@
 //! stays as it is (a lookup then reads one more object at that level).
 
 use super::{
-    decode_block, decode_fences, listed_segment_indexes, parse_segments_index_key, segments_index_key, write_fences,
-    Block, BlockWriter, Entry, Footer, Index, SectionWriter, FORMAT,
+    decode_block, decode_fences, listed_segment_indexes, parse_segments_index_key, segments_index_key,
+    write::{write_fences, BlockWriter, SectionWriter},
+    Block, Entry, Footer, Index, FORMAT,
 };
 use crate::archive::Store;
 use crate::Error;
