@@ -239,28 +239,92 @@ impl Store {
     /// Uploads the local file `file` to `key` in parts (memory holds one
     /// part), replacing what is there; the object appears whole or not at all.
     pub async fn put_file(&self, key: &str, file: &std::path::Path) -> Result<(), ArchiveError> {
-        use tokio::io::AsyncReadExt;
         const PART: usize = 8 << 20;
-        let mut f = tokio::fs::File::open(file).await.map_err(ArchiveError::Io)?;
-        let len = f.metadata().await.map_err(ArchiveError::Io)?.len() as usize;
-        if len <= PART {
-            let mut buf = Vec::with_capacity(len);
-            f.read_to_end(&mut buf).await.map_err(ArchiveError::Io)?;
-            return self.put(key, Bytes::from(buf)).await;
+        let len = tokio::fs::metadata(file).await.map_err(ArchiveError::Io)?.len();
+        if len <= PART as u64 {
+            let bytes = tokio::fs::read(file).await.map_err(ArchiveError::Io)?;
+            return self.put(key, Bytes::from(bytes)).await;
         }
+        self.upload_parts(key, file, PART, 2).await
+    }
+
+    /// Uploads the local file `file` to `key` once, as [`Store::put_once`]
+    /// does bytes (an object already there must hold exactly the file's
+    /// bytes): whole when small, else in parts of 5 MiB, one in flight, so
+    /// memory holds about two parts. A file uploaded in parts is not
+    /// checked for sealing here: its writer checks it as it writes it (an
+    /// index merge checks each block).
+    pub async fn put_file_once(&self, key: &str, file: &std::path::Path) -> Result<(), ArchiveError> {
+        const PART: usize = 5 << 20;
+        let len = tokio::fs::metadata(file).await.map_err(ArchiveError::Io)?.len();
+        if len <= PART as u64 {
+            let bytes = tokio::fs::read(file).await.map_err(ArchiveError::Io)?;
+            return self.put_once(key, Bytes::from(bytes)).await;
+        }
+        match self.inner.head(&self.path(key)).await {
+            Ok(meta) => {
+                return if meta.size == len && self.holds_file(key, file, PART).await? {
+                    Ok(())
+                } else {
+                    Err(ArchiveError::Conflict { key: key.to_string() })
+                };
+            }
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(ArchiveError::store(key, e)),
+        }
+        self.upload_parts(key, file, PART, 1).await
+    }
+
+    /// Whether the object at `key` holds the bytes of `file` (compared a
+    /// `part` at a time).
+    async fn holds_file(&self, key: &str, file: &std::path::Path, part: usize) -> Result<bool, ArchiveError> {
+        let mut f = tokio::fs::File::open(file).await.map_err(ArchiveError::Io)?;
+        let mut buf = vec![0u8; part];
+        let mut at = 0u64;
+        loop {
+            let n = read_full(&mut f, &mut buf).await?;
+            if n == 0 {
+                return Ok(true);
+            }
+            if self.get_range(key, at..at + n as u64).await?[..] != buf[..n] {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+    }
+
+    /// A multipart upload of `file` to `key` in parts of `part` bytes, at
+    /// most `in_flight` at once; aborted on an error, so no part is left.
+    async fn upload_parts(
+        &self,
+        key: &str,
+        file: &std::path::Path,
+        part: usize,
+        in_flight: usize,
+    ) -> Result<(), ArchiveError> {
+        let mut f = tokio::fs::File::open(file).await.map_err(ArchiveError::Io)?;
         let upload = self
             .inner
             .put_multipart(&self.path(key))
             .await
             .map_err(|e| ArchiveError::store(key, e))?;
-        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
-        let mut buf = vec![0u8; PART];
+        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, part);
+        let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = f.read(&mut buf).await.map_err(ArchiveError::Io)?;
+            let n = match read_full(&mut f, &mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = w.abort().await;
+                    return Err(e);
+                }
+            };
             if n == 0 {
                 break;
             }
-            w.wait_for_capacity(2).await.map_err(|e| ArchiveError::store(key, e))?;
+            if let Err(e) = w.wait_for_capacity(in_flight).await {
+                let _ = w.abort().await;
+                return Err(ArchiveError::store(key, e));
+            }
             w.write(&buf[..n]);
         }
         w.finish().await.map(|_| ()).map_err(|e| ArchiveError::store(key, e))
@@ -379,4 +443,17 @@ fn client_options() -> object_store::ClientOptions {
 fn bucket_and_prefix(rest: &str) -> Option<(&str, &str)> {
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     (!bucket.is_empty()).then_some((bucket, prefix))
+}
+
+/// Reads from `f` until `buf` is full or the file ends: how many bytes.
+async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> Result<usize, ArchiveError> {
+    use tokio::io::AsyncReadExt;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]).await.map_err(ArchiveError::Io)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }

@@ -9,23 +9,20 @@
 //! level, and a lookup reads one object per digit (4 at 1,177 segments).
 //! A run of level `i` is rewritten once every `10^(i-1)` segments.
 //!
-//! A merge reads its inputs a window at a time, block by block, and writes
-//! the merged blocks as it goes: its memory is the output object and a
-//! window per input, never every entry. A merge whose output would pass
-//! [`MAX_RUN_BYTES`] merges only the newest inputs that fit: the older run
-//! stays as it is (a lookup then reads one more object at that level).
+//! A merge reads its inputs a window at a time, block by block (and their
+//! fence blocks one at a time), and writes the merged blocks as it goes:
+//! past a few MiB to a local file, uploaded in parts once done. Its memory
+//! is a window per input and a part of the output, whatever the runs' size.
 
 use super::{
     decode_block, decode_fences, listed_segment_indexes, parse_segments_index_key, segments_index_key,
-    write::{write_fences, BlockWriter, SectionWriter},
+    write::{write_fences, BlockWriter, SectionWriter, Written, SPILL_BYTES},
     Block, Entry, Footer, Index, FORMAT,
 };
 use crate::archive::Store;
 use crate::Error;
 use bytes::Bytes;
 
-/// The most bytes a merged run may have: a merge holds its output in memory.
-pub const MAX_RUN_BYTES: u64 = 24 << 20;
 /// Bytes of an input object read per request while merging.
 const WINDOW: u64 = 1 << 20;
 
@@ -101,9 +98,8 @@ impl Merger {
 }
 
 /// Merges the segment index objects of `gen` that lie within
-/// `first..=last` and chain from the first of them without gaps or overlaps (the
-/// newest of them whose total size is at most [`MAX_RUN_BYTES`]) into
-/// one; the merged ones, and objects within the merged range left by an
+/// `first..=last` and chain from the first of them without gaps or overlaps
+/// into one; the merged ones, and objects within the merged range left by an
 /// interrupted merge, are then deleted. Returns whether it merged.
 pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bool, Error> {
     let mut listed = listed_segment_indexes(store, gen).await?;
@@ -120,14 +116,6 @@ pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bo
             chain.push(p);
         }
     }
-    // The newest that fit in one run.
-    let mut total = 0;
-    let mut from = chain.len();
-    while from > 0 && total + chain[from - 1].1 <= MAX_RUN_BYTES {
-        from -= 1;
-        total += chain[from].1;
-    }
-    let chain = &chain[from..];
     if chain.len() < 2 {
         return Ok(false);
     }
@@ -138,7 +126,7 @@ pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bo
     let sealer = store.sealer()?;
     let mut runs: Vec<Vec<(Index, u64)>> = Vec::new();
     let mut open_run = false;
-    for (key, size, _, _) in chain {
+    for (key, size, _, _) in &chain {
         match Index::open(store, key, *size).await {
             Ok(idx) => match runs.last_mut() {
                 Some(run) if open_run && run[0].0.footer.key_id == idx.footer.key_id => run.push((idx, *size)),
@@ -159,8 +147,16 @@ pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bo
         ) else {
             continue;
         };
-        let bytes = merge_objects(store, gen, &run, sealer.as_ref()).await?;
-        store.put_once(&segments_index_key(gen, a, z), bytes).await?;
+        let key = segments_index_key(gen, a, z);
+        let spill = std::env::temp_dir().join(format!(
+            "waly-index-{}-{gen}-{a}-{z}-{}.idx",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        ));
+        match merge_objects(store, gen, &run, sealer.as_ref(), Some((spill, SPILL_BYTES))).await? {
+            Written::Memory(bytes) => store.put_once(&key, bytes).await?,
+            Written::File(file) => store.put_file_once(&key, &file.path).await?,
+        }
         // The inputs, and what an interrupted merge left inside the range.
         for (key, _, x, y) in &listed {
             if *x >= a && *y <= z && (*x, *y) != (a, z) {
@@ -173,14 +169,20 @@ pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bo
 }
 
 /// One merged object of index objects `inputs` (each with its size),
-/// entries hashed under the same data key; read and written block by block.
+/// entries hashed under the same data key; read and written block by
+/// block, in memory or, when `spill` gives a local file and a size, to that
+/// file once past that size.
 pub(super) async fn merge_objects(
     store: &Store,
     gen: &str,
     inputs: &[(Index, u64)],
     sealer: Option<&crate::crypt::Sealer>,
-) -> Result<Bytes, Error> {
-    let mut c = BlockWriter::new(sealer)?;
+    spill: Option<(std::path::PathBuf, usize)>,
+) -> Result<Written, Error> {
+    let mut c = match spill {
+        Some((path, after)) => BlockWriter::spilling(sealer, path, after)?,
+        None => BlockWriter::new(sealer)?,
+    };
     let key_id = &inputs[0].0.footer.key_id;
     if let Some((other, _)) = inputs.iter().find(|(i, _)| &i.footer.key_id != key_id) {
         return Err(Error::Protocol(format!(
@@ -193,26 +195,23 @@ pub(super) async fn merge_objects(
             "index entries must be hashed under a data key exactly when the archive is encrypted".into(),
         ));
     }
-    // One allocation: the merged object is about the sum of its inputs
-    // (a buffer grown by doubling leaves the allocator its halves).
-    let mut out = Vec::with_capacity(inputs.iter().map(|(_, size)| *size as usize).sum::<usize>() + (64 << 10));
     let mut objects = Vec::new();
     let mut bases = Vec::new();
     for (idx, _) in inputs {
         bases.push(objects.len() as u32);
         objects.extend(idx.footer.objects.iter().cloned());
     }
-    let keys = merge_section(store, inputs, &bases, |f| Some(&f.key_fences), &mut c, &mut out).await?;
-    let messages = merge_section(store, inputs, &bases, |f| Some(&f.message_fences), &mut c, &mut out).await?;
+    let keys = merge_section(store, inputs, &bases, |f| Some(&f.key_fences), &mut c).await?;
+    let messages = merge_section(store, inputs, &bases, |f| Some(&f.message_fences), &mut c).await?;
     let tables = if inputs.iter().all(|(i, _)| i.footer.table_fences.is_some()) {
-        Some(merge_section(store, inputs, &bases, |f| f.table_fences.as_ref(), &mut c, &mut out).await?)
+        Some(merge_section(store, inputs, &bases, |f| f.table_fences.as_ref(), &mut c).await?)
     } else {
         None
     };
-    let key_fences = write_fences(&keys, &mut c, &mut out)?;
-    let message_fences = write_fences(&messages, &mut c, &mut out)?;
+    let key_fences = write_fences(&keys, &mut c)?;
+    let message_fences = write_fences(&messages, &mut c)?;
     let table_fences = match tables {
-        Some(t) => Some(write_fences(&t, &mut c, &mut out)?),
+        Some(t) => Some(write_fences(&t, &mut c)?),
         None => None,
     };
     let footer = Footer {
@@ -224,7 +223,7 @@ pub(super) async fn merge_objects(
         table_fences,
         key_id: key_id.clone(),
     };
-    c.finish(out, &footer)
+    c.finish(&footer)
 }
 
 /// Merges one section of every input (chosen by `fences`), each input's
@@ -235,12 +234,11 @@ async fn merge_section(
     bases: &[u32],
     fences: impl Fn(&Footer) -> Option<&Vec<Block>>,
     c: &mut BlockWriter<'_>,
-    out: &mut Vec<u8>,
 ) -> Result<Vec<Block>, Error> {
     let mut cursors = Vec::new();
     for ((idx, _), base) in inputs.iter().zip(bases) {
         let f = fences(&idx.footer).map(Vec::as_slice).unwrap_or_default();
-        let mut cur = Cursor::open(store, idx, f, *base).await?;
+        let mut cur = Cursor::open(store, idx, f, *base);
         cur.advance().await?;
         cursors.push(cur);
     }
@@ -251,18 +249,22 @@ async fn merge_section(
         .min_by_key(|i| cursors[*i].head)
     {
         let Some(e) = cursors[i].head else { break };
-        w.push(e, c, out)?;
+        w.push(e, c)?;
         cursors[i].advance().await?;
     }
-    w.finish(c, out)
+    w.finish(c)
 }
 
 /// One section of one index object's entries, in order, read a window of
-/// the object at a time.
+/// the object at a time; its fence blocks read one at a time.
 struct Cursor<'a> {
     store: &'a Store,
-    key: &'a str,
-    /// The section's data blocks, and where the last one ends.
+    idx: &'a Index,
+    /// The section's fence blocks, and the next to read.
+    fences: &'a [Block],
+    next_fence: usize,
+    /// The data blocks of the fence block read last, where the last of
+    /// them ends, and the next to read.
     blocks: Vec<Block>,
     end: u64,
     next_block: usize,
@@ -274,46 +276,52 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    async fn open(store: &'a Store, idx: &'a Index, fences: &[Block], base: u32) -> Result<Cursor<'a>, Error> {
-        let mut blocks = Vec::new();
-        for f in fences {
-            let z = idx.block(store, f).await?;
-            blocks.extend(decode_fences(&idx.key, &z)?);
-        }
-        Ok(Cursor {
+    fn open(store: &'a Store, idx: &'a Index, fences: &'a [Block], base: u32) -> Cursor<'a> {
+        Cursor {
             store,
-            key: &idx.key,
-            end: blocks.iter().map(|b| b.offset + b.len).max().unwrap_or(0),
-            blocks,
+            idx,
+            fences,
+            next_fence: 0,
+            blocks: Vec::new(),
+            end: 0,
             next_block: 0,
             window: (0, Bytes::new()),
             entries: Vec::new().into_iter(),
             base,
             head: None,
-        })
+        }
     }
 
     /// Moves `head` to the next entry (`None`: the section is done).
     async fn advance(&mut self) -> Result<(), Error> {
+        let key = &self.idx.key;
         loop {
             if let Some((v, o, f)) = self.entries.next() {
                 self.head = Some((v, o + self.base, f));
                 return Ok(());
             }
             let Some(b) = self.blocks.get(self.next_block).copied() else {
-                self.head = None;
-                return Ok(());
+                let Some(fence) = self.fences.get(self.next_fence) else {
+                    self.head = None;
+                    return Ok(());
+                };
+                self.next_fence += 1;
+                let z = self.idx.block(self.store, fence).await?;
+                self.blocks = decode_fences(key, &z)?;
+                self.end = self.blocks.iter().map(|b| b.offset + b.len).max().unwrap_or(0);
+                self.next_block = 0;
+                continue;
             };
             self.next_block += 1;
             let (start, ref buf) = self.window;
             if b.offset < start || b.offset + b.len > start + buf.len() as u64 {
                 let want = (b.offset + WINDOW).min(self.end).max(b.offset + b.len);
-                self.window = (b.offset, self.store.get_range(self.key, b.offset..want).await?);
+                self.window = (b.offset, self.store.get_range(key, b.offset..want).await?);
             }
             let at = (b.offset - self.window.0) as usize;
             let z = self.window.1.slice(at..at + b.len as usize);
-            let z = self.store.open_frames(self.key, z).await?;
-            self.entries = decode_block(self.key, &z)?.into_iter();
+            let z = self.store.open_frames(key, z).await?;
+            self.entries = decode_block(key, &z)?.into_iter();
         }
     }
 }

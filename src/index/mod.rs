@@ -25,7 +25,7 @@ mod messages;
 mod rebuild;
 mod write;
 pub use hash::{key_hash, Hasher, TRUNCATE_KEY};
-pub use merge::{level_merges, merge, merge_levels, Merger, MAX_RUN_BYTES};
+pub use merge::{level_merges, merge, merge_levels, Merger};
 pub use messages::{transaction_messages, MessageReads};
 pub use rebuild::{pk_of, reindex, ReindexStats};
 use write::{write_fences, BlockWriter, SectionWriter};
@@ -216,21 +216,20 @@ impl Builder {
             ));
         }
         let mut c = BlockWriter::new(sealer)?;
-        let mut out = Vec::new();
-        let mut section = |entries: &mut Vec<Entry>, out: &mut Vec<u8>| -> Result<Vec<Block>, Error> {
+        let section = |entries: &mut Vec<Entry>, c: &mut BlockWriter| -> Result<Vec<Block>, Error> {
             entries.sort_unstable();
             let mut w = SectionWriter::default();
             for e in entries.iter() {
-                w.push(*e, &mut c, out)?;
+                w.push(*e, c)?;
             }
-            w.finish(&mut c, out)
+            w.finish(c)
         };
-        let keys = section(&mut self.keys, &mut out)?;
-        let messages = section(&mut self.messages, &mut out)?;
-        let tables = section(&mut self.tables, &mut out)?;
-        let key_fences = write_fences(&keys, &mut c, &mut out)?;
-        let message_fences = write_fences(&messages, &mut c, &mut out)?;
-        let table_fences = Some(write_fences(&tables, &mut c, &mut out)?);
+        let keys = section(&mut self.keys, &mut c)?;
+        let messages = section(&mut self.messages, &mut c)?;
+        let tables = section(&mut self.tables, &mut c)?;
+        let key_fences = write_fences(&keys, &mut c)?;
+        let message_fences = write_fences(&messages, &mut c)?;
+        let table_fences = Some(write_fences(&tables, &mut c)?);
         let footer = Footer {
             waly_index: FORMAT,
             generation: generation.to_string(),
@@ -240,7 +239,7 @@ impl Builder {
             table_fences,
             key_id: self.key_id,
         };
-        c.finish(out, &footer)
+        c.finish_in_memory(&footer)
     }
 }
 
@@ -724,6 +723,36 @@ mod tests {
         let b = store.prepare_writing().await.expect("prepare").expect("encrypted");
         assert_ne!(a.key_id(), b.key_id());
         put(3, b.clone()).await;
+        // A sealed merge spilled to a file as it is written: its trailer's
+        // SHA-256, taken as the blocks went by, passes the upload check
+        // (which hashes the whole object), and its entries are found.
+        let mut runs = Vec::new();
+        for (key, size, _, last) in segment_indexes(&store, gen).await.expect("list") {
+            if last < 3 {
+                runs.push((Index::open(&store, &key, size).await.expect("open"), size));
+            }
+        }
+        let path = std::env::temp_dir().join(format!("waly-sealed-merge-test-{}", std::process::id()));
+        let Ok(write::Written::File(file)) =
+            merge::merge_objects(&store, gen, &runs, Some(&a), Some((path, 100))).await
+        else {
+            panic!("a sealed merge past its size goes to its file");
+        };
+        let key = "index/00000001/snapshots/spilled.idx";
+        store.put_file_once(key, &file.path).await.expect("upload check");
+        let size = std::fs::metadata(&file.path).expect("size").len();
+        let spilled = Index::open(&store, key, size).await.expect("open");
+        let found = spilled
+            .lookup_key(&store, "public.t", b"[\"1\"]")
+            .await
+            .expect("lookup");
+        assert_eq!(
+            found
+                .iter()
+                .map(|(o, _)| spilled.footer.objects[*o as usize].number)
+                .collect::<Vec<_>>(),
+            [1]
+        );
         assert!(merge(&store, gen, 0, 3).await.expect("merge"));
         let kept: Vec<(u64, u64)> = segment_indexes(&store, gen)
             .await
@@ -829,9 +858,21 @@ mod tests {
         let mut old = idx.clone();
         old.footer.table_fences = None;
         let both = [(idx.clone(), bytes.len() as u64), (old, bytes.len() as u64)];
-        let merged = merge::merge_objects(&store, "00000001", &both, None)
-            .await
-            .expect("merge");
+        let in_memory = match merge::merge_objects(&store, "00000001", &both, None, None).await {
+            Ok(write::Written::Memory(b)) => b,
+            other => panic!("a merge without a file is held in memory: {}", other.is_ok()),
+        };
+        // Spilled past 100 bytes to a file: the same bytes, and the file
+        // goes with its handle.
+        let path = std::env::temp_dir().join(format!("waly-merge-test-{}", std::process::id()));
+        let spilled = match merge::merge_objects(&store, "00000001", &both, None, Some((path.clone(), 100))).await {
+            Ok(write::Written::File(f)) => f,
+            other => panic!("a merge past its size goes to its file: {}", other.is_ok()),
+        };
+        assert_eq!(std::fs::read(&spilled.path).expect("read")[..], in_memory[..]);
+        drop(spilled);
+        assert!(!path.exists(), "a spilled merge's file is removed with it");
+        let merged = in_memory;
         store.put_once("m", merged.clone()).await.expect("put");
         let m = Index::open(&store, "m", merged.len() as u64).await.expect("open");
         assert_eq!(m.lookup_table(&store, "public.b").await.expect("lookup"), None);

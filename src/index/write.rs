@@ -13,42 +13,174 @@ pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// Compresses an index object's blocks, and seals them in an encrypted archive.
+/// An index object written whole, by [`BlockWriter::finish`].
+pub(super) enum Written {
+    /// Held in memory (a segment's object, or a small merge).
+    Memory(Bytes),
+    /// Spilled to a local file (a merge past [`SPILL_BYTES`]), which is
+    /// removed when this is dropped.
+    File(SpilledFile),
+}
+
+/// A merge's output in a local file, removed on drop.
+pub(super) struct SpilledFile {
+    pub(super) path: std::path::PathBuf,
+}
+
+impl Drop for SpilledFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// How many bytes of an object a merge holds before it writes them to its
+/// file (then its file buffer holds 1 MiB).
+pub(super) const SPILL_BYTES: usize = 4 << 20;
+
+/// Where an index object's bytes go: memory, or once past [`SPILL_BYTES`]
+/// a local file when one was given; with the SHA-256 of everything written
+/// when the object is sealed.
+struct Out {
+    buf: Vec<u8>,
+    /// Bytes already in the file.
+    flushed: u64,
+    /// The file to move to, once `buf` holds this many bytes.
+    spill_to: Option<(std::path::PathBuf, usize)>,
+    file: Option<(SpilledFile, std::io::BufWriter<std::fs::File>)>,
+    sha: Option<sha2::Sha256>,
+}
+
+impl Out {
+    fn pos(&self) -> u64 {
+        self.flushed + self.buf.len() as u64
+    }
+
+    fn write(&mut self, b: &[u8]) -> Result<(), Error> {
+        use std::io::Write;
+        if let Some(sha) = &mut self.sha {
+            sha2::Digest::update(sha, b);
+        }
+        if let Some((_, f)) = &mut self.file {
+            f.write_all(b)?;
+            self.flushed += b.len() as u64;
+            return Ok(());
+        }
+        self.buf.extend_from_slice(b);
+        if self
+            .spill_to
+            .as_ref()
+            .is_some_and(|(_, after)| self.buf.len() >= *after)
+        {
+            let Some((path, _)) = self.spill_to.take() else {
+                return Ok(());
+            };
+            let spilled = SpilledFile { path };
+            let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&spilled.path)?);
+            f.write_all(&self.buf)?;
+            self.flushed = self.buf.len() as u64;
+            self.buf = Vec::new();
+            self.file = Some((spilled, f));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Written, Error> {
+        use std::io::Write;
+        match self.file.take() {
+            Some((spilled, mut f)) => {
+                f.flush()?;
+                f.get_ref().sync_data()?;
+                Ok(Written::File(spilled))
+            }
+            None => Ok(Written::Memory(Bytes::from(std::mem::take(&mut self.buf)))),
+        }
+    }
+}
+
+/// Writes an index object: compresses its blocks, and seals each in an
+/// encrypted archive (checking, as it goes, that each is one sealed frame).
 pub(super) struct BlockWriter<'a> {
     zc: zstd::bulk::Compressor<'static>,
     sealer: Option<&'a crate::crypt::Sealer>,
+    out: Out,
 }
 
 impl<'a> BlockWriter<'a> {
+    /// A writer holding the object in memory.
     pub(super) fn new(sealer: Option<&'a crate::crypt::Sealer>) -> Result<Self, Error> {
         let mut zc = zstd::bulk::Compressor::new(1)?;
         zc.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
-        Ok(BlockWriter { zc, sealer })
+        Ok(BlockWriter {
+            zc,
+            sealer,
+            out: Out {
+                buf: Vec::new(),
+                flushed: 0,
+                spill_to: None,
+                file: None,
+                sha: sealer.map(|_| <sha2::Sha256 as sha2::Digest>::new()),
+            },
+        })
     }
 
-    pub(super) fn compress(&mut self, raw: &[u8]) -> Result<Vec<u8>, Error> {
+    /// A writer that moves the object to the local file `path` once it
+    /// passes `after` bytes (a merge's output, of any size).
+    pub(super) fn spilling(
+        sealer: Option<&'a crate::crypt::Sealer>,
+        path: std::path::PathBuf,
+        after: usize,
+    ) -> Result<Self, Error> {
+        let mut w = BlockWriter::new(sealer)?;
+        w.out.spill_to = Some((path, after));
+        Ok(w)
+    }
+
+    /// Writes `raw` as the object's next block (compressed, and sealed in
+    /// an encrypted archive): its pointer, with `first` as its first value.
+    pub(super) fn block(&mut self, first: u64, raw: &[u8]) -> Result<Block, Error> {
         let z = self.zc.compress(raw)?;
-        match self.sealer {
-            Some(s) => s.seal_block(&z),
-            None => Ok(z),
-        }
+        let z = match self.sealer {
+            Some(s) => {
+                let z = s.seal_block(&z)?;
+                // The upload check, block by block (a merge's output may
+                // never be in memory whole).
+                if !matches!(crate::crypt::frame::next("index block", &z), Ok((n, Some(_))) if n == z.len()) {
+                    return Err(Error::Encryption("an index block was not sealed whole".into()));
+                }
+                z
+            }
+            None => z,
+        };
+        let offset = self.out.pos();
+        self.out.write(&z)?;
+        Ok(Block {
+            first,
+            offset,
+            len: z.len() as u64,
+        })
     }
 
-    /// Ends the object `out` (its blocks written): the footer, then the
-    /// trailer (with the SHA-256 of what precedes it when sealed).
-    pub(super) fn finish(&mut self, mut out: Vec<u8>, footer: &Footer) -> Result<Bytes, Error> {
+    /// Ends the object (its blocks written): the footer, then the trailer
+    /// (with the SHA-256 of what precedes it when sealed).
+    pub(super) fn finish(mut self, footer: &Footer) -> Result<Written, Error> {
         let json = serde_json::to_vec(footer).map_err(|e| Error::Protocol(e.to_string()))?;
-        let z = self.compress(&json)?;
-        let at = out.len() as u64;
-        out.extend_from_slice(&z);
-        if self.sealer.is_some() {
-            let sha = <sha2::Sha256 as sha2::Digest>::digest(&out);
-            out.extend_from_slice(&sha);
+        let z = self.block(0, &json)?;
+        if let Some(sha) = self.out.sha.take() {
+            self.out.write(&sha2::Digest::finalize(sha))?;
         }
-        out.extend_from_slice(&at.to_le_bytes());
-        out.extend_from_slice(&(z.len() as u64).to_le_bytes());
-        out.extend_from_slice(if self.sealer.is_some() { MAGIC_SEALED } else { MAGIC });
-        Ok(Bytes::from(out))
+        self.out.write(&z.offset.to_le_bytes())?;
+        self.out.write(&z.len.to_le_bytes())?;
+        self.out
+            .write(if self.sealer.is_some() { MAGIC_SEALED } else { MAGIC })?;
+        self.out.finish()
+    }
+
+    /// [`BlockWriter::finish`] of a writer that holds its object in memory.
+    pub(super) fn finish_in_memory(self, footer: &Footer) -> Result<Bytes, Error> {
+        match self.finish(footer)? {
+            Written::Memory(b) => Ok(b),
+            Written::File(f) => Ok(Bytes::from(std::fs::read(&f.path)?)),
+        }
     }
 }
 
@@ -63,7 +195,7 @@ pub(super) struct SectionWriter {
 }
 
 impl SectionWriter {
-    pub(super) fn push(&mut self, e: Entry, c: &mut BlockWriter, out: &mut Vec<u8>) -> Result<(), Error> {
+    pub(super) fn push(&mut self, e: Entry, c: &mut BlockWriter) -> Result<(), Error> {
         if self.last == Some(e) {
             return Ok(());
         }
@@ -73,12 +205,12 @@ impl SectionWriter {
         self.last = Some(e);
         self.pending.push(e);
         if self.pending.len() == BLOCK_ENTRIES {
-            self.flush(c, out)?;
+            self.flush(c)?;
         }
         Ok(())
     }
 
-    fn flush(&mut self, c: &mut BlockWriter, out: &mut Vec<u8>) -> Result<(), Error> {
+    fn flush(&mut self, c: &mut BlockWriter) -> Result<(), Error> {
         let Some(first) = self.pending.first().map(|e| e.0) else {
             return Ok(());
         };
@@ -91,20 +223,14 @@ impl SectionWriter {
             put_varint(&mut self.raw, *f as u64);
             prev = *v;
         }
-        let z = c.compress(&self.raw)?;
-        self.blocks.push(Block {
-            first,
-            offset: out.len() as u64,
-            len: z.len() as u64,
-        });
-        out.extend_from_slice(&z);
+        self.blocks.push(c.block(first, &self.raw)?);
         self.pending.clear();
         Ok(())
     }
 
     /// Writes what is pending: the section's data blocks.
-    pub(super) fn finish(mut self, c: &mut BlockWriter, out: &mut Vec<u8>) -> Result<Vec<Block>, Error> {
-        self.flush(c, out)?;
+    pub(super) fn finish(mut self, c: &mut BlockWriter) -> Result<Vec<Block>, Error> {
+        self.flush(c)?;
         Ok(self.blocks)
     }
 }
@@ -113,7 +239,7 @@ impl SectionWriter {
 /// their pointers. An object's fence blocks follow all its data blocks,
 /// next to the footer, so the read of an object's last bytes that finds
 /// its footer often holds them too.
-pub(super) fn write_fences(blocks: &[Block], c: &mut BlockWriter, out: &mut Vec<u8>) -> Result<Vec<Block>, Error> {
+pub(super) fn write_fences(blocks: &[Block], c: &mut BlockWriter) -> Result<Vec<Block>, Error> {
     let mut fences = Vec::new();
     let mut raw = Vec::with_capacity(FENCE_ENTRIES * 24);
     for chunk in blocks.chunks(FENCE_ENTRIES) {
@@ -123,13 +249,7 @@ pub(super) fn write_fences(blocks: &[Block], c: &mut BlockWriter, out: &mut Vec<
             raw.extend_from_slice(&b.offset.to_le_bytes());
             raw.extend_from_slice(&b.len.to_le_bytes());
         }
-        let z = c.compress(&raw)?;
-        fences.push(Block {
-            first: chunk[0].first,
-            offset: out.len() as u64,
-            len: z.len() as u64,
-        });
-        out.extend_from_slice(&z);
+        fences.push(c.block(chunk[0].first, &raw)?);
     }
     Ok(fences)
 }

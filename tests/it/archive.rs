@@ -51,6 +51,32 @@ async fn contract(store: Store) {
     let (all, size) = store.get_suffix("a/long", 64).await.expect("suffix of more");
     assert_eq!((all, size), (Bytes::from_static(b"0123456789"), 10));
     assert!(store.get_suffix("a/none", 4).await.is_err(), "a missing object");
+    // A local file uploaded once: a large one in parts, whole; again with
+    // the same bytes is success; other bytes are a conflict, and leave it.
+    let file = std::env::temp_dir().join(format!(
+        "waly-contract-file-{}-{}",
+        std::process::id(),
+        store.url().len()
+    ));
+    let big: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for (key, bytes) in [("f/small", &big[..1000]), ("f/big", &big[..])] {
+        std::fs::write(&file, bytes).expect("write file");
+        store.put_file_once(key, &file).await.expect("file put");
+        store
+            .put_file_once(key, &file)
+            .await
+            .expect("the same file again is success");
+        assert_eq!(store.get(key).await.expect("get")[..], bytes[..], "{key}");
+        let mut other = bytes.to_vec();
+        other[bytes.len() - 1] ^= 1;
+        std::fs::write(&file, &other).expect("write file");
+        let err = store.put_file_once(key, &file).await.err();
+        assert!(matches!(err, Some(waly::Error::Conflict { .. })), "{key}: {err:?}");
+        assert_eq!(store.get(key).await.expect("get")[..], bytes[..], "{key} kept");
+    }
+    let _ = std::fs::remove_file(&file);
     // A segment survives the trip byte for byte.
     let mut b = waly::segment::SegmentBuilder::new().expect("builder");
     b.mark_idle(waly::Lsn(42));
