@@ -110,9 +110,9 @@ pub struct PartHeader {
     pub schema_version: u32,
 }
 
-/// A snapshot part being written: zstd frames of about
-/// [`crate::segment::FRAME_BYTES`] each, so one row's frame can be read
-/// alone (the index records which frame holds which key).
+/// A snapshot part being written: zstd frames sized as a segment's
+/// ([`crate::segment::FrameSizer`]), so one row's frame can be read alone
+/// (the index records which frame holds which key).
 struct PartWriter {
     compressor: zstd::bulk::Compressor<'static>,
     frame: Vec<u8>,
@@ -121,6 +121,7 @@ struct PartWriter {
     keys: Vec<(u64, u32)>,
     rows: u64,
     uncompressed: usize,
+    sizer: crate::segment::FrameSizer,
     /// Encrypted archives: seals each frame.
     sealer: Option<crate::crypt::Sealer>,
 }
@@ -140,6 +141,7 @@ impl PartWriter {
             keys: Vec::new(),
             rows: 0,
             uncompressed,
+            sizer: Default::default(),
             sealer,
         })
     }
@@ -147,6 +149,7 @@ impl PartWriter {
     fn end_frame(&mut self) -> Result<(), Error> {
         if !self.frame.is_empty() {
             let mut z = self.compressor.compress(&self.frame)?;
+            self.sizer.ended(self.frame.len(), z.len());
             if let Some(s) = &self.sealer {
                 z = s.seal(&z)?;
             }
@@ -159,7 +162,7 @@ impl PartWriter {
 
     /// Appends a row line (with its newline); `hash` is its key's.
     fn push(&mut self, line: &[u8], hash: Option<u64>) -> Result<(), Error> {
-        if self.frame.len() >= crate::segment::FRAME_BYTES {
+        if self.sizer.full(&self.frame, &mut self.compressor)? {
             self.end_frame()?;
         }
         self.frame.extend_from_slice(line);

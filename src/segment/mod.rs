@@ -21,7 +21,7 @@ mod reader;
 mod writer;
 
 pub use reader::SegmentReader;
-pub use writer::{SealedSegment, SegmentBuilder, FRAME_BYTES};
+pub use writer::{FrameSizer, SealedSegment, SegmentBuilder, FRAME_BYTES, FRAME_TARGET_COMPRESSED, MIN_FRAME_BYTES};
 
 /// The format version written in every header of a plaintext segment.
 pub const FORMAT_VERSION: u32 = 2;
@@ -449,7 +449,55 @@ mod tests {
         let last_frame = frames.len() as u32 - 1;
         assert!(sealed.key_entries.iter().any(|(_, f)| *f == last_frame));
         assert!(sealed.key_entries.iter().all(|(h, _)| *h < 7));
-        assert_eq!(FRAME_BYTES, 1 << 20, "the test's sizes assume 1 MiB frames");
+    }
+
+    /// Frames of data that compresses well end at 1 MiB; frames of data that
+    /// compresses less end at about 16 KiB compressed (so a lookup reads
+    /// about that much per frame), never below 64 KiB uncompressed.
+    #[test]
+    fn frames_hold_about_16_kib_compressed_unless_that_passes_1_mib() {
+        let frames_of = |payload: &dyn Fn(u64) -> String| {
+            let mut b = SegmentBuilder::new().expect("builder");
+            for i in 0..60000u64 {
+                let Record::Change(mut c) = change(100, i, 100 + i * 10, Op::Insert) else {
+                    unreachable!()
+                };
+                c.change.new = Some(Row(vec![
+                    (Arc::from("id"), Some(i.to_string())),
+                    (Arc::from("v"), None),
+                    (Arc::from("e"), Some(payload(i))),
+                ]));
+                b.push(&Record::Change(c)).expect("push");
+            }
+            b.push(&commit(100, 60000)).expect("push");
+            let sealed = b.seal("00000001", 0, None, 0).expect("seal");
+            let at = sealed.body_offset;
+            let sizes: Vec<(usize, usize)> = sealed
+                .header
+                .frames
+                .iter()
+                .map(|(off, len)| {
+                    let z = &sealed.bytes[(at + off) as usize..(at + off + len) as usize];
+                    (zstd::decode_all(z).expect("frame").len(), z.len())
+                })
+                .collect();
+            sizes
+        };
+        let plain = frames_of(&|_| String::new());
+        assert!(plain.len() >= 2, "{plain:?}");
+        for (raw, _) in &plain[..plain.len() - 1] {
+            assert!(*raw >= FRAME_BYTES, "{plain:?}");
+        }
+        // A pseudo-random hex value a row: compresses about 10 to 1.
+        let mixed = frames_of(&|i| format!("{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17)));
+        assert!(mixed.len() >= 4, "{mixed:?}");
+        for (raw, z) in &mixed[..mixed.len() - 1] {
+            assert!(*raw >= MIN_FRAME_BYTES && *raw < FRAME_BYTES, "{mixed:?}");
+            assert!(
+                *raw == MIN_FRAME_BYTES || (FRAME_TARGET_COMPRESSED / 2..FRAME_TARGET_COMPRESSED * 2).contains(z),
+                "{mixed:?}"
+            );
+        }
     }
 
     #[test]

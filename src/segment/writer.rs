@@ -10,10 +10,47 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-/// Uncompressed bytes after which a segment's body starts a new zstd frame
-/// (at a record boundary): a reader can then fetch and decompress one frame
-/// of a segment alone.
+/// The most uncompressed bytes after which a segment's body starts a new
+/// zstd frame (at a record boundary): a reader can then fetch and
+/// decompress one frame of a segment alone.
 pub const FRAME_BYTES: usize = 1024 * 1024;
+/// The fewest uncompressed bytes a frame holds before it may end.
+pub const MIN_FRAME_BYTES: usize = 64 * 1024;
+/// About what a frame holds compressed: a frame ends once it holds this
+/// many bytes' worth at the compression ratio of the segment's frame
+/// before it (of its first 64 KiB, for the first), within
+/// [`MIN_FRAME_BYTES`]..=[`FRAME_BYTES`]. So a lookup reads about this much
+/// per frame however well the data compresses, and data that compresses
+/// very well still makes frames of 1 MiB.
+pub const FRAME_TARGET_COMPRESSED: usize = 16 * 1024;
+
+/// Where an object's frames end (segments' and snapshot parts'): at the
+/// uncompressed size that holds about [`FRAME_TARGET_COMPRESSED`] bytes
+/// compressed, as the object's frame before compressed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FrameSizer {
+    /// `None` until the object's first 64 KiB are measured.
+    target: Option<usize>,
+}
+
+impl FrameSizer {
+    /// Whether the frame `frame` is full (asked at a record boundary). The
+    /// first time it holds [`MIN_FRAME_BYTES`], it is compressed once to
+    /// measure how well the object's data compresses.
+    pub fn full(&mut self, frame: &[u8], c: &mut zstd::bulk::Compressor<'static>) -> Result<bool, Error> {
+        if self.target.is_none() && frame.len() >= MIN_FRAME_BYTES {
+            let trial = c.compress(frame)?;
+            self.ended(frame.len(), trial.len());
+        }
+        Ok(frame.len() >= self.target.unwrap_or(FRAME_BYTES))
+    }
+
+    /// A frame of `raw` bytes was compressed to `compressed` (before any sealing).
+    pub fn ended(&mut self, raw: usize, compressed: usize) {
+        let t = FRAME_TARGET_COMPRESSED as u64 * raw as u64 / compressed.max(1) as u64;
+        self.target = Some(t.clamp(MIN_FRAME_BYTES as u64, FRAME_BYTES as u64) as usize);
+    }
+}
 
 /// Collects records into the next segment, compressing a frame at a time.
 pub struct SegmentBuilder {
@@ -37,6 +74,8 @@ pub struct SegmentBuilder {
     summary: crate::catalog::Summary,
     line: Vec<u8>,
     uncompressed: usize,
+    /// Where its frames end.
+    sizer: FrameSizer,
     lines: u64,
     records: u64,
     run: Option<Run>,
@@ -108,6 +147,7 @@ impl SegmentBuilder {
             table_hashes: Default::default(),
             line: Vec::with_capacity(1024),
             uncompressed: 0,
+            sizer: FrameSizer::default(),
             lines: 0,
             records: 0,
             run: None,
@@ -270,6 +310,7 @@ impl SegmentBuilder {
             return Ok(());
         }
         let mut compressed = self.compressor.compress(&self.frame)?;
+        self.sizer.ended(self.frame.len(), compressed.len());
         if let Some(s) = &self.sealer {
             compressed = s.seal(&compressed)?;
         }
@@ -284,7 +325,7 @@ impl SegmentBuilder {
     /// full. A frame starts with its transaction's `begin` line, so it reads
     /// on its own.
     fn boundary(&mut self) -> Result<(), Error> {
-        if self.frame.len() >= FRAME_BYTES {
+        if self.sizer.full(&self.frame, &mut self.compressor)? {
             self.end_frame()?;
             self.run = None;
         }
