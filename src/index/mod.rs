@@ -545,7 +545,9 @@ pub async fn segment_header(
     store: &Store,
     key: &str,
 ) -> Result<(crate::segment::SegmentHeader, Vec<(u64, u64)>), Error> {
-    let mut want = 4096u64;
+    // A header frame is a few hundred bytes plus about 8 a record frame:
+    // 2 KiB holds it whole unless the segment has hundreds of frames.
+    let mut want = 2048u64;
     loop {
         let head = store.get_range(key, 0..want).await?;
         let got = head.len() as u64;
