@@ -1,13 +1,16 @@
 //! A generation's segments read ahead of their reader: fetched on the
-//! runtime and decoded (decompressed, parsed) on a thread of their own, the
-//! records handed over in order, in batches, with a bounded number in
+//! runtime and decoded (decompressed, parsed) by a few threads of their own,
+//! a frame each at a time (every record frame reads alone), the records
+//! handed over in order, in batches, with a bounded number of frames in
 //! flight. A reader that does its own work on each record (printing,
-//! typing, writing) then uses a second core for the decoding.
+//! typing, writing) then shares the decoding with the other cores.
 
 use crate::archive::Store;
 use crate::segment::{Record, Schemas, SegmentReader};
 use crate::Error;
 use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc::{channel, Receiver, Sender};
 
 /// Records per batch.
@@ -16,6 +19,18 @@ const BATCH: usize = 1024;
 const IN_FLIGHT: usize = 4;
 /// Segments fetched and waiting for the decoder.
 const FETCHED: usize = 2;
+/// Frames being decoded, or decoded and waiting their turn, per decoding thread.
+const FRAMES_PER_DECODER: usize = 2;
+
+/// Threads decoding frames: `WALY_DECODE_THREADS` if set (1 to 64), else
+/// one per core, at most 4.
+fn decoders() -> usize {
+    std::env::var("WALY_DECODE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map(|n| n.clamp(1, 64))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4))
+}
 
 /// A segment to read: whole, or (where the index says which frames hold
 /// what the reader wants) only those frames.
@@ -60,18 +75,33 @@ impl Ahead {
                 }
             }
         });
+        let pool = Pool::start(decoders(), schemas.clone())?;
         std::thread::Builder::new().name("waly-decode".into()).spawn(move || {
+            let mut order = InOrder {
+                pool,
+                pending: VecDeque::new(),
+                tx,
+                lines: 0,
+            };
             while let Some(got) = fetched_rx.blocking_recv() {
-                match got.and_then(|f| decode(f, &schemas, &tx)) {
+                match got.and_then(|f| order.push(f, &schemas)) {
                     Ok(true) => {}
                     Ok(false) => return, // the reader is gone
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
+                        let _ = order.tx.blocking_send(Err(e));
                         return;
                     }
                 }
             }
-            let _ = tx.blocking_send(Ok(None));
+            match order.drain(0) {
+                Ok(true) => {
+                    let _ = order.tx.blocking_send(Ok(None));
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let _ = order.tx.blocking_send(Err(e));
+                }
+            }
         })?;
         Ok(Ahead { rx, ended: false })
     }
@@ -108,35 +138,169 @@ async fn fetch(store: &Store, s: Wanted) -> Result<Fetched, Error> {
     Ok(Fetched::Frames(s.key, out))
 }
 
-/// Decodes one segment into batches sent on `tx`; false when the reader is gone.
-fn decode(f: Fetched, schemas: &Schemas, tx: &Sender<Batch>) -> Result<bool, Error> {
+/// Decodes a whole segment on this thread into batches sent on `tx`
+/// (a segment whose frames cannot be decoded apart); false when the reader
+/// is gone.
+fn decode(key: &str, bytes: &[u8], schemas: &Schemas, tx: &Sender<Batch>) -> Result<bool, Error> {
     let mut batch = Vec::with_capacity(BATCH);
-    let pass = |r: &mut SegmentReader<'_>, batch: &mut Vec<Record>| -> Result<bool, Error> {
-        while let Some(rec) = r.next_record(schemas)? {
-            batch.push(rec);
-            if batch.len() == BATCH
-                && tx
-                    .blocking_send(Ok(Some(std::mem::replace(batch, Vec::with_capacity(BATCH)))))
-                    .is_err()
-            {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    };
-    match f {
-        Fetched::Whole(key, bytes) => {
-            if !pass(&mut SegmentReader::open(&key, &bytes)?, &mut batch)? {
-                return Ok(false);
-            }
-        }
-        Fetched::Frames(key, frames) => {
-            for z in &frames {
-                if !pass(&mut SegmentReader::frame(&key, z)?, &mut batch)? {
-                    return Ok(false);
-                }
-            }
+    let mut r = SegmentReader::open(key, bytes)?;
+    while let Some(rec) = r.next_record(schemas)? {
+        batch.push(rec);
+        if batch.len() == BATCH
+            && tx
+                .blocking_send(Ok(Some(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))))
+                .is_err()
+        {
+            return Ok(false);
         }
     }
     Ok(batch.is_empty() || tx.blocking_send(Ok(Some(batch))).is_ok())
+}
+
+/// The records of one frame, and its line count.
+type Decoded = Result<(Vec<Record>, u64), Error>;
+
+/// The record frames of a whole segment, each alone, and its header's line
+/// count; `None` when they cannot be read apart (a segment without a frame
+/// list, or whose frames do not match it: it is read whole, which names
+/// any damage).
+fn split(key: &str, bytes: &Bytes) -> Option<(Vec<Bytes>, u64)> {
+    let head = zstd::zstd_safe::find_frame_compressed_size(bytes).ok()?;
+    let header = SegmentReader::open(key, bytes.get(..head)?).ok()?.header;
+    if header.frames.is_empty() {
+        return None;
+    }
+    let mut frames = Vec::with_capacity(header.frames.len());
+    let mut at = head;
+    while at < bytes.len() {
+        let n = zstd::zstd_safe::find_frame_compressed_size(&bytes[at..]).ok()?;
+        frames.push(bytes.slice(at..at + n));
+        at += n;
+    }
+    (frames.len() == header.frames.len()).then_some((frames, header.lines))
+}
+
+/// Threads decoding frames, each frame's records sent back on its own channel.
+struct Pool {
+    jobs: std::sync::mpsc::SyncSender<(String, Bytes, std::sync::mpsc::SyncSender<Decoded>)>,
+    size: usize,
+}
+
+impl Pool {
+    fn start(size: usize, schemas: Schemas) -> Result<Pool, Error> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<(String, Bytes, std::sync::mpsc::SyncSender<Decoded>)>(size);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..size {
+            let (rx, schemas) = (rx.clone(), schemas.clone());
+            std::thread::Builder::new()
+                .name(format!("waly-decode-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((key, z, done)) = job else { return };
+                    let _ = done.send(decode_frame(&key, &z, &schemas));
+                })?;
+        }
+        Ok(Pool { jobs, size })
+    }
+}
+
+fn decode_frame(key: &str, z: &[u8], schemas: &Schemas) -> Decoded {
+    let mut r = SegmentReader::frame(key, z)?;
+    let mut out = Vec::new();
+    while let Some(rec) = r.next_record(schemas)? {
+        out.push(rec);
+    }
+    Ok((out, r.lines_read()))
+}
+
+/// What the ordering thread waits for, in order.
+enum Pending {
+    /// A frame being decoded, and whether it is a whole segment's (whose
+    /// lines are counted).
+    Frame(std::sync::mpsc::Receiver<Decoded>, bool),
+    /// A whole segment's frames all came before: their lines must add up
+    /// to its header's count.
+    End { key: String, lines: u64 },
+}
+
+/// Hands frames to the pool and their records to the reader in order.
+struct InOrder {
+    pool: Pool,
+    pending: VecDeque<Pending>,
+    tx: Sender<Batch>,
+    /// Lines of the whole segment's frames handed over so far.
+    lines: u64,
+}
+
+impl InOrder {
+    /// Takes a fetched segment; false when the reader is gone.
+    fn push(&mut self, f: Fetched, schemas: &Schemas) -> Result<bool, Error> {
+        let (key, frames, lines) = match f {
+            Fetched::Whole(key, bytes) => match split(&key, &bytes) {
+                Some((frames, lines)) => (key, frames, Some(lines)),
+                None => {
+                    // Read whole, after what came before it.
+                    return Ok(self.drain(0)? && decode(&key, &bytes, schemas, &self.tx)?);
+                }
+            },
+            Fetched::Frames(key, frames) => (key, frames, None),
+        };
+        for z in frames {
+            let (done, rx) = std::sync::mpsc::sync_channel(1);
+            if self.pool.jobs.send((key.clone(), z, done)).is_err() {
+                return Err(Error::Io(std::io::Error::other(
+                    "the threads decoding segments stopped",
+                )));
+            }
+            self.pending.push_back(Pending::Frame(rx, lines.is_some()));
+            if !self.drain(self.pool.size * FRAMES_PER_DECODER)? {
+                return Ok(false);
+            }
+        }
+        if let Some(lines) = lines {
+            self.pending.push_back(Pending::End { key, lines });
+        }
+        Ok(true)
+    }
+
+    /// Hands over what is pending, in order, until at most `keep` frames
+    /// are; false when the reader is gone.
+    fn drain(&mut self, keep: usize) -> Result<bool, Error> {
+        while self.pending.len() > keep {
+            match self.pending.pop_front() {
+                Some(Pending::Frame(rx, counted)) => {
+                    let (records, lines) = rx
+                        .recv()
+                        .map_err(|_| Error::Io(std::io::Error::other("a thread decoding segments stopped")))??;
+                    if counted {
+                        self.lines += lines;
+                    }
+                    let mut records = records.into_iter();
+                    loop {
+                        let batch: Vec<Record> = records.by_ref().take(BATCH).collect();
+                        if batch.is_empty() {
+                            break;
+                        }
+                        if self.tx.blocking_send(Ok(Some(batch))).is_err() {
+                            return Ok(false);
+                        }
+                    }
+                }
+                Some(Pending::End { key, lines }) => {
+                    let found = std::mem::take(&mut self.lines);
+                    if found != lines {
+                        return Err(Error::Corrupt {
+                            key,
+                            why: format!("truncated: the header promises {lines} lines, found {found}"),
+                        });
+                    }
+                }
+                None => break,
+            }
+        }
+        Ok(true)
+    }
 }

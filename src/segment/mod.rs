@@ -500,6 +500,94 @@ mod tests {
         }
     }
 
+    /// Segments read ahead: their frames decoded by several threads, the
+    /// records handed over in order; frames the index picked likewise; and a
+    /// segment whose frames hold fewer lines than its header promises is
+    /// named, as when it is read whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_read_ahead_by_several_threads_come_in_order_and_a_short_count_is_named() {
+        use crate::archive::ahead::{Ahead, Wanted};
+        let store = crate::archive::Store::open("memory://").expect("store");
+        let mut all = Vec::new();
+        let mut keys = Vec::new();
+        for n in 0..3u64 {
+            let mut b = SegmentBuilder::new().expect("builder");
+            let first = all.len();
+            for i in 0..20000u64 {
+                let Record::Change(mut c) = change(100 + n, i, 100 + i * 10, Op::Insert) else {
+                    unreachable!()
+                };
+                let v = format!("{:016x}", (n * 20000 + i).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                c.change.new = Some(Row(vec![
+                    (Arc::from("id"), Some(i.to_string())),
+                    (Arc::from("v"), None),
+                    (Arc::from("e"), Some(v)),
+                ]));
+                b.push(&Record::Change(c.clone())).expect("push");
+                c.change.key = Some(Row(vec![(Arc::from("id"), Some(i.to_string()))]));
+                all.push(Record::Change(c));
+            }
+            let end = commit(100 + n, 20000);
+            b.push(&end).expect("push");
+            all.push(end);
+            let sealed = b.seal("00000001", n, None, 0).expect("seal");
+            assert!(sealed.header.frames.len() >= 4, "{} frames", sealed.header.frames.len());
+            assert_eq!(read_all(&sealed.bytes).expect("whole")[..], all[first..]);
+            let key = format!("generations/00000001/segments/{n:010}");
+            store.put_once(&key, sealed.bytes.clone()).await.expect("put");
+            keys.push(key);
+        }
+        let read = |wanted: Vec<Wanted>| {
+            let store = store.clone();
+            async move {
+                let mut ahead = Ahead::start(&store, wanted, schemas())?;
+                let mut got = Vec::new();
+                while let Some(batch) = ahead.next().await? {
+                    got.extend(batch);
+                }
+                Ok::<_, Error>(got)
+            }
+        };
+        let whole = |k: &String| Wanted {
+            key: k.clone(),
+            frames: None,
+        };
+        assert_eq!(read(keys.iter().map(whole).collect()).await.expect("read"), all);
+        // Frames 1 and 3 of the second segment: their records alone.
+        let bytes = store.get(&keys[1]).await.expect("get");
+        let (_, located) = SegmentReader::locate_frames(&keys[1], &bytes).expect("frames");
+        let mut want = Vec::new();
+        for f in [1, 3] {
+            let (o, l) = located[f];
+            let mut r = SegmentReader::frame("k", &bytes[o as usize..(o + l) as usize]).expect("frame");
+            while let Some(rec) = r.next_record(&schemas()).expect("record") {
+                want.push(rec);
+            }
+        }
+        let picked = vec![Wanted {
+            key: keys[1].clone(),
+            frames: Some(vec![1, 3]),
+        }];
+        assert_eq!(read(picked).await.expect("read"), want);
+        // The third segment's header promising one line more: named.
+        let bytes = store.get(&keys[2]).await.expect("get");
+        let (mut header, _) = SegmentReader::locate_frames(&keys[2], &bytes).expect("frames");
+        let head = zstd::zstd_safe::find_frame_compressed_size(&bytes).expect("header");
+        header.lines += 1;
+        let mut line = serde_json::to_vec(&header).expect("json");
+        line.push(b'\n');
+        let mut short = zstd::bulk::compress(&line, 3).expect("compress");
+        short.extend_from_slice(&bytes[head..]);
+        store
+            .put_once("generations/00000001/segments/short", short.into())
+            .await
+            .expect("put");
+        let mut wanted: Vec<Wanted> = keys[..2].iter().map(whole).collect();
+        wanted.push(whole(&"generations/00000001/segments/short".to_string()));
+        let e = read(wanted).await.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("short") && e.contains("promises"), "{e}");
+    }
+
     #[test]
     fn a_change_whose_schema_version_is_missing_is_an_error_naming_the_object() {
         let mut b = SegmentBuilder::new().expect("builder");

@@ -114,6 +114,11 @@ impl<'a> SegmentReader<'a> {
         })
     }
 
+    /// Lines read so far (the header's not counted).
+    pub fn lines_read(&self) -> u64 {
+        self.read
+    }
+
     fn corrupt(&self, why: String) -> Error {
         Error::Corrupt {
             key: self.key.clone(),
