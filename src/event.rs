@@ -114,10 +114,22 @@ impl<'de> Deserialize<'de> for Row {
                 f.write_str("an object of column values")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Row, A::Error> {
-                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(8));
-                while let Some((k, v)) = m.next_entry::<ColumnName, Option<String>>()? {
-                    out.push((k.0, v));
+                // Rows of a table name the same columns in the same order:
+                // each name is first compared with the one at its place in
+                // this thread's row before (the table of names is for the
+                // others).
+                thread_local! {
+                    static LAST: std::cell::Cell<Vec<Arc<str>>> = const { std::cell::Cell::new(Vec::new()) };
                 }
+                let last = LAST.with(|l| l.take());
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(last.len().max(8)));
+                while let Some(k) = m.next_key_seed(NameSeed(last.get(out.len())))? {
+                    out.push((k, m.next_value::<Option<String>>()?));
+                }
+                let mut names = last;
+                names.clear();
+                names.extend(out.iter().map(|(k, _)| k.clone()));
+                LAST.with(|l| l.set(names));
                 Ok(Row(out))
             }
         }
@@ -125,23 +137,27 @@ impl<'de> Deserialize<'de> for Row {
     }
 }
 
-/// A column name read from JSON, shared with every other row that names
-/// the same column: readers see the same few names millions of times.
-struct ColumnName(Arc<str>);
+/// Reads a column name as an `Arc<str>`: `.0` when it is that name, else
+/// [`shared_name`]'s.
+struct NameSeed<'a>(Option<&'a Arc<str>>);
 
-impl<'de> Deserialize<'de> for ColumnName {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = ColumnName;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a column name")
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ColumnName, E> {
-                Ok(ColumnName(shared_name(s)))
-            }
+impl<'de> serde::de::DeserializeSeed<'de> for NameSeed<'_> {
+    type Value = Arc<str>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Arc<str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for NameSeed<'_> {
+    type Value = Arc<str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a column name")
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Arc<str>, E> {
+        match self.0 {
+            Some(n) if **n == *s => Ok(n.clone()),
+            _ => Ok(shared_name(s)),
         }
-        d.deserialize_str(V)
     }
 }
 
@@ -595,5 +611,32 @@ mod tests {
         assert!(!Arc::ptr_eq(&a.0[0].0, &a.0[1].0));
         // Names that differ only past a shared prefix stay apart.
         assert_ne!(&*shared_name("name_1"), &*shared_name("name_2"));
+        // Rows of other columns, fewer or more, in turn, and escaped names:
+        // each name read as written, whatever the row before named there.
+        let texts = [
+            r#"{"id": "1", "name": "a", "extra": null}"#,
+            r#"{"id": "2"}"#,
+            r#"{"i\u0064": "3", "na\"me": "c", "extra": "x", "more": "y"}"#,
+            r#"{"name": "d", "id": "4"}"#,
+            r#"{"id": "5", "name": "e", "extra": null}"#,
+        ];
+        let want: [&[(&str, Option<&str>)]; 5] = [
+            &[("id", Some("1")), ("name", Some("a")), ("extra", None)],
+            &[("id", Some("2"))],
+            &[
+                ("id", Some("3")),
+                ("na\"me", Some("c")),
+                ("extra", Some("x")),
+                ("more", Some("y")),
+            ],
+            &[("name", Some("d")), ("id", Some("4"))],
+            &[("id", Some("5")), ("name", Some("e")), ("extra", None)],
+        ];
+        for (text, want) in texts.iter().zip(want) {
+            let row: Row = serde_json::from_str(text).expect("row");
+            let got: Vec<(&str, Option<&str>)> = row.0.iter().map(|(k, v)| (&**k, v.as_deref())).collect();
+            assert_eq!(got, want, "{text}");
+            assert!(Arc::ptr_eq(&row.0[0].0, &a.0[0].0) == (&*row.0[0].0 == "id"), "{text}");
+        }
     }
 }
