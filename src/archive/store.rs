@@ -240,12 +240,10 @@ impl Store {
     /// part), replacing what is there; the object appears whole or not at all.
     pub async fn put_file(&self, key: &str, file: &std::path::Path) -> Result<(), ArchiveError> {
         const PART: usize = 8 << 20;
-        let len = tokio::fs::metadata(file).await.map_err(ArchiveError::Io)?.len();
-        if len <= PART as u64 {
-            let bytes = tokio::fs::read(file).await.map_err(ArchiveError::Io)?;
-            return self.put(key, Bytes::from(bytes)).await;
+        match small_file(file, PART).await? {
+            (_, Some(bytes)) => self.put(key, bytes).await,
+            (_, None) => self.upload_parts(key, file, PART, 2).await,
         }
-        self.upload_parts(key, file, PART, 2).await
     }
 
     /// Uploads the local file `file` to `key` once, as [`Store::put_once`]
@@ -256,11 +254,10 @@ impl Store {
     /// index merge checks each block).
     pub async fn put_file_once(&self, key: &str, file: &std::path::Path) -> Result<(), ArchiveError> {
         const PART: usize = 5 << 20;
-        let len = tokio::fs::metadata(file).await.map_err(ArchiveError::Io)?.len();
-        if len <= PART as u64 {
-            let bytes = tokio::fs::read(file).await.map_err(ArchiveError::Io)?;
-            return self.put_once(key, Bytes::from(bytes)).await;
-        }
+        let len = match small_file(file, PART).await? {
+            (_, Some(bytes)) => return self.put_once(key, bytes).await,
+            (len, None) => len,
+        };
         match self.inner.head(&self.path(key)).await {
             Ok(meta) => {
                 return if meta.size == len && self.holds_file(key, file, PART).await? {
@@ -443,6 +440,17 @@ fn client_options() -> object_store::ClientOptions {
 fn bucket_and_prefix(rest: &str) -> Option<(&str, &str)> {
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     (!bucket.is_empty()).then_some((bucket, prefix))
+}
+
+/// The size of the local file `file`, and its bytes when it is at most
+/// `part` bytes (it is then put whole).
+async fn small_file(file: &std::path::Path, part: usize) -> Result<(u64, Option<Bytes>), ArchiveError> {
+    let len = tokio::fs::metadata(file).await.map_err(ArchiveError::Io)?.len();
+    if len > part as u64 {
+        return Ok((len, None));
+    }
+    let bytes = tokio::fs::read(file).await.map_err(ArchiveError::Io)?;
+    Ok((len, Some(Bytes::from(bytes))))
 }
 
 /// Reads from `f` until `buf` is full or the file ends: how many bytes.
