@@ -2,7 +2,7 @@
 round trips against a local S3 (moto): `python latency_proxy.py PORT
 UPSTREAM_PORT DELAY_MS LOG`. Each request is forwarded as it came (method,
 path, headers, body) after DELAY_MS, and one line per request is appended to
-LOG (method and path), so a benchmark can count them."""
+LOG (method, path and the time it came), so a benchmark can count them."""
 import http.client
 import http.server
 import sys
@@ -23,7 +23,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else None
         with lock, open(LOG, "a") as f:
-            f.write(f"{self.command} {self.path}\n")
+            f.write(f"{self.command} {self.path} {time.time():.3f}\n")
         time.sleep(DELAY_MS / 1000)
         conn = http.client.HTTPConnection("127.0.0.1", UPSTREAM, timeout=120)
         conn.request(self.command, self.path, body=body, headers=dict(self.headers))

@@ -333,14 +333,17 @@ pub async fn history(
     let gens = state::generations(store).await?;
     let mut states = Vec::new();
     for g in &gens {
-        let st = state::load_generation(store, g).await?;
+        // The generation's index is listed and opened while its state loads.
+        let (st, indexed) = tokio::join!(state::load_generation(store, g), open_index(store, g, use_index));
+        let st = st?;
         for t in st.schemas.tables() {
             known.insert(t.to_string());
         }
         if let Some(s) = st.schemas.latest(table) {
             latest = Some(s.clone());
         }
-        states.push(st);
+        let (segments, indexes) = indexed?;
+        states.push(Gen { st, segments, indexes });
     }
     let Some(schema) = latest else {
         return Err(crate::restore::not_in_archive(table, &known));
@@ -392,7 +395,7 @@ type Followed = (Vec<Version>, LookupStats);
 /// unchanged large values are the real ones.
 fn follow_row<'a>(
     store: &'a Store,
-    states: &'a [state::GenState],
+    states: &'a [Gen],
     table: &'a str,
     ident: &'a KeyColumns,
     key: &'a [u8],
@@ -439,7 +442,7 @@ fn follow_row<'a>(
 /// before key changes in `arrived`.
 async fn track(
     store: &Store,
-    states: &[state::GenState],
+    states: &[Gen],
     table: &str,
     ident: &KeyColumns,
     key: &[u8],
@@ -468,8 +471,8 @@ async fn track(
     let mut stats = LookupStats::default();
     let mut scan = !use_index;
     if use_index {
-        for st in states {
-            if let Err(trouble) = indexed_generation(store, st, &mut t, &mut stats).await? {
+        for g in states {
+            if let Err(trouble) = indexed_generation(store, g, &mut t, &mut stats).await? {
                 // A damaged index never gives a wrong answer: start over
                 // without it.
                 tracing::warn!("{trouble}; reading the whole archive instead");
@@ -696,15 +699,52 @@ async fn snapshot_rows(
     Ok(())
 }
 
+/// A generation as history reads it: its state, its segments and its
+/// index objects, opened (once for every pass over it).
+struct Gen {
+    st: state::GenState,
+    segments: Vec<(String, u64, u64)>,
+    indexes: Vec<crate::index::Index>,
+}
+
+/// Generation `gen`'s segments and index objects, opened (an object that
+/// does not open is left out, so its segments are read whole); none when
+/// the index is not used.
+async fn open_index(
+    store: &Store,
+    gen: &str,
+    use_index: bool,
+) -> Result<(Vec<(String, u64, u64)>, Vec<crate::index::Index>), Error> {
+    use crate::index::{self, Index};
+    if !use_index {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let (segments, listed) =
+        futures_util::future::try_join(state::segments(store, gen), index::segment_indexes(store, gen)).await?;
+    let opened =
+        futures_util::future::join_all(listed.iter().map(|(key, size, _, _)| Index::open(store, key, *size))).await;
+    let mut indexes = Vec::new();
+    for ((key, _, _, _), r) in listed.iter().zip(opened) {
+        match r {
+            Ok(i) => indexes.push(i),
+            Err(e) => {
+                tracing::warn!(index = key, error = %crate::error::chain(&e), "the index is damaged; reading its segments instead")
+            }
+        }
+    }
+    Ok((segments, indexes))
+}
+
 /// `Ok(Err(why))` when an index object turned out damaged part-way.
 async fn indexed_generation(
     store: &Store,
-    st: &state::GenState,
+    g: &Gen,
     t: &mut Tracker,
     stats: &mut LookupStats,
 ) -> Result<Result<(), String>, Error> {
+    let (st, segments, indexes) = (&g.st, &g.segments, &g.indexes);
     let damaged = |key: &str, e: &Error| format!("the index is damaged ({key}: {e})");
-    use crate::index::{self, Index};
+    use crate::index;
     use crate::segment::{Record, SegmentReader};
     use std::collections::{BTreeMap, BTreeSet, HashSet};
     let gen = st.id.as_str();
@@ -714,38 +754,6 @@ async fn indexed_generation(
     });
     // The snapshot's rows and the segments' first index lookups at once
     // (they need only the key).
-    let (table, row_key) = (t.table.clone(), t.current.clone());
-    let lookups = async {
-        // The segments: through the index where covered, whole where not.
-        let (segments, listed) =
-            futures_util::future::try_join(state::segments(store, gen), index::segment_indexes(store, gen)).await?;
-        let opened =
-            futures_util::future::join_all(listed.iter().map(|(key, size, _, _)| Index::open(store, key, *size))).await;
-        let mut indexes: Vec<Index> = Vec::new();
-        for ((key, _, _, _), r) in listed.iter().zip(opened) {
-            match r {
-                Ok(i) => indexes.push(i),
-                // Its segments are then read whole.
-                Err(e) => {
-                    tracing::warn!(index = key, error = %crate::error::chain(&e), "the index is damaged; reading its segments instead")
-                }
-            }
-        }
-        // The row's frames, and its table's truncates (they end any row's
-        // life): in the covered segments ahead they are read a few segments
-        // at a time while earlier ones are fed (bounded memory).
-        let mut hits: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
-        let mut looked: HashSet<Vec<u8>> = HashSet::new();
-        let first = [crate::index::TRUNCATE_KEY, &row_key];
-        let followed = follow(store, &indexes, &table, &first, &mut looked, &mut hits).await;
-        Ok::<_, Error>((segments, indexes, hits, looked, followed))
-    };
-    let (rows, lookups) = tokio::join!(snapshot_rows(store, st, t, stats), lookups);
-    rows?;
-    let (segments, indexes, mut hits, mut looked, followed) = lookups?;
-    if let Err(why) = followed {
-        return Ok(Err(why));
-    }
     // Which index covers which segment (by the footers): an entry counts
     // only for the segment of its number written under its fencing token.
     let fences: BTreeMap<u64, u64> = segments
@@ -760,12 +768,32 @@ async fn indexed_generation(
             }
         }
     }
+    let (table, row_key) = (t.table.clone(), t.current.clone());
+    let lookups = async {
+        // The segments: through the index where covered, whole where not.
+        // The row's frames, and its table's truncates (they end any row's
+        // life): in the covered segments ahead they are read a few segments
+        // at a time while earlier ones are fed (bounded memory).
+        let mut hits: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
+        let mut looked: HashSet<Vec<u8>> = HashSet::new();
+        let first = [crate::index::TRUNCATE_KEY, &row_key];
+        let followed = follow(store, indexes, &table, &first, &mut looked, &mut hits).await;
+        // The first segments' reads start now, not after the snapshot's rows.
+        let mut ahead = ReadAhead::default();
+        ahead.refill(store, segments, &covered, &hits);
+        Ok::<_, Error>((hits, looked, followed, ahead))
+    };
+    let (rows, lookups) = tokio::join!(snapshot_rows(store, st, t, stats), lookups);
+    rows?;
+    let (mut hits, mut looked, followed, mut ahead) = lookups?;
+    if let Err(why) = followed {
+        return Ok(Err(why));
+    }
     let mut dedup = log::Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
     let mut txns: BTreeSet<Lsn> = BTreeSet::new();
-    let mut ahead = ReadAhead::default();
     for (i, (key, number, _)) in segments.iter().enumerate() {
         // Look up every key followed so far (a key change adds one).
-        if let Err(why) = follow(store, &indexes, &t.table, &[&t.current], &mut looked, &mut hits).await {
+        if let Err(why) = follow(store, indexes, &t.table, &[&t.current], &mut looked, &mut hits).await {
             return Ok(Err(why));
         }
         ahead.refill(store, &segments[i..], &covered, &hits);
@@ -826,7 +854,7 @@ async fn indexed_generation(
             };
             stats.frames_read += 1;
             feed(&z, true, t)?;
-            if let Err(why) = follow(store, &indexes, &t.table, &[&t.current], &mut looked, &mut hits).await {
+            if let Err(why) = follow(store, indexes, &t.table, &[&t.current], &mut looked, &mut hits).await {
                 return Ok(Err(why));
             }
         }
@@ -846,7 +874,7 @@ async fn indexed_generation(
         if missing.is_empty() {
             continue;
         }
-        let found = index::transaction_messages(store, &indexes, &segments, &st.schemas, lsn, &mut reads).await?;
+        let found = index::transaction_messages(store, indexes, segments, &st.schemas, lsn, &mut reads).await?;
         let contents = match found {
             Ok(c) => c,
             Err((key, e)) => {
