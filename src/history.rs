@@ -342,8 +342,13 @@ pub async fn history(
         if let Some(s) = st.schemas.latest(table) {
             latest = Some(s.clone());
         }
-        let (segments, indexes) = indexed?;
-        states.push(Gen { st, segments, indexes });
+        let (segments, indexes, first_snapshot) = indexed?;
+        states.push(Gen {
+            st,
+            segments,
+            indexes,
+            first_snapshot,
+        });
     }
     let Some(schema) = latest else {
         return Err(crate::restore::not_in_archive(table, &known));
@@ -612,6 +617,7 @@ async fn follow(
 async fn snapshot_rows(
     store: &Store,
     st: &state::GenState,
+    opened: Option<&(Lsn, Option<crate::index::Index>)>,
     t: &mut Tracker,
     stats: &mut LookupStats,
 ) -> Result<(), Error> {
@@ -628,7 +634,11 @@ async fn snapshot_rows(
         // Its index object is named by the snapshot: no listing.
         let ikey = index::snapshot_index_key(gen, m.lsn);
         let found = async {
-            match Index::open_unlisted(store, &ikey).await? {
+            let idx = match opened {
+                Some((lsn, idx)) if *lsn == m.lsn => idx.clone(),
+                _ => Index::open_unlisted(store, &ikey).await?,
+            };
+            match idx {
                 Some(idx) => {
                     let hits = idx.lookup_key(store, &t.table, &t.current).await?;
                     Ok::<_, Error>(Some((idx, hits)))
@@ -705,34 +715,60 @@ struct Gen {
     st: state::GenState,
     segments: Vec<(String, u64, u64)>,
     indexes: Vec<crate::index::Index>,
+    /// The generation's first snapshot (its LSN) and its index object,
+    /// opened (`None`: none found, or damaged).
+    first_snapshot: Option<(Lsn, Option<crate::index::Index>)>,
 }
 
+type Opened = (
+    Vec<(String, u64, u64)>,
+    Vec<crate::index::Index>,
+    Option<(Lsn, Option<crate::index::Index>)>,
+);
+
 /// Generation `gen`'s segments and index objects, opened (an object that
-/// does not open is left out, so its segments are read whole); none when
-/// the index is not used.
-async fn open_index(
-    store: &Store,
-    gen: &str,
-    use_index: bool,
-) -> Result<(Vec<(String, u64, u64)>, Vec<crate::index::Index>), Error> {
+/// does not open is left out, so its segments are read whole), and its
+/// first snapshot's index object; none when the index is not used.
+async fn open_index(store: &Store, gen: &str, use_index: bool) -> Result<Opened, Error> {
     use crate::index::{self, Index};
     if !use_index {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok((Vec::new(), Vec::new(), None));
     }
-    let (segments, listed) =
-        futures_util::future::try_join(state::segments(store, gen), index::segment_indexes(store, gen)).await?;
-    let opened =
-        futures_util::future::join_all(listed.iter().map(|(key, size, _, _)| Index::open(store, key, *size))).await;
-    let mut indexes = Vec::new();
-    for ((key, _, _, _), r) in listed.iter().zip(opened) {
-        match r {
-            Ok(i) => indexes.push(i),
-            Err(e) => {
-                tracing::warn!(index = key, error = %crate::error::chain(&e), "the index is damaged; reading its segments instead")
+    // The first snapshot's index object is named by its LSN, which the
+    // manifests' listing gives (the manifest itself is read with the state).
+    let first_snapshot = async {
+        let first = state::manifest_keys(store, gen)
+            .await?
+            .first()
+            .and_then(|k| k.split('/').nth(3).and_then(|l| u64::from_str_radix(l, 16).ok()));
+        let Some(lsn) = first.map(Lsn) else {
+            return Ok::<_, Error>(None);
+        };
+        let ikey = index::snapshot_index_key(gen, lsn);
+        let idx = Index::open_unlisted(store, &ikey).await.unwrap_or_else(|e| {
+            tracing::warn!(index = ikey, error = %crate::error::chain(&e), "the index is damaged; reading the snapshot instead");
+            None
+        });
+        Ok(Some((lsn, idx)))
+    };
+    let segment_runs = async {
+        let (segments, listed) =
+            futures_util::future::try_join(state::segments(store, gen), index::segment_indexes(store, gen)).await?;
+        let opened =
+            futures_util::future::join_all(listed.iter().map(|(key, size, _, _)| Index::open(store, key, *size))).await;
+        let mut indexes = Vec::new();
+        for ((key, _, _, _), r) in listed.iter().zip(opened) {
+            match r {
+                Ok(i) => indexes.push(i),
+                Err(e) => {
+                    tracing::warn!(index = key, error = %crate::error::chain(&e), "the index is damaged; reading its segments instead")
+                }
             }
         }
-    }
-    Ok((segments, indexes))
+        Ok::<_, Error>((segments, indexes))
+    };
+    let ((segments, indexes), first_snapshot) = futures_util::future::try_join(segment_runs, first_snapshot).await?;
+    Ok((segments, indexes, first_snapshot))
 }
 
 /// `Ok(Err(why))` when an index object turned out damaged part-way.
@@ -783,7 +819,7 @@ async fn indexed_generation(
         ahead.refill(store, segments, &covered, &hits);
         Ok::<_, Error>((hits, looked, followed, ahead))
     };
-    let (rows, lookups) = tokio::join!(snapshot_rows(store, st, t, stats), lookups);
+    let (rows, lookups) = tokio::join!(snapshot_rows(store, st, g.first_snapshot.as_ref(), t, stats), lookups);
     rows?;
     let (mut hits, mut looked, followed, mut ahead) = lookups?;
     if let Err(why) = followed {
