@@ -165,19 +165,13 @@ type Decoded = Result<(Vec<Record>, u64), Error>;
 /// list, or whose frames do not match it: it is read whole, which names
 /// any damage).
 fn split(key: &str, bytes: &Bytes) -> Option<(Vec<Bytes>, u64)> {
-    let head = zstd::zstd_safe::find_frame_compressed_size(bytes).ok()?;
+    let walked = crate::crypt::frame::walk(key, bytes).ok()?;
+    let (&(_, head, _), rest) = walked.split_first()?;
     let header = SegmentReader::open(key, bytes.get(..head)?).ok()?.header;
-    if header.frames.is_empty() {
+    if header.frames.is_empty() || rest.len() != header.frames.len() || rest.iter().any(|f| f.2.is_some()) {
         return None;
     }
-    let mut frames = Vec::with_capacity(header.frames.len());
-    let mut at = head;
-    while at < bytes.len() {
-        let n = zstd::zstd_safe::find_frame_compressed_size(&bytes[at..]).ok()?;
-        frames.push(bytes.slice(at..at + n));
-        at += n;
-    }
-    (frames.len() == header.frames.len()).then_some((frames, header.lines))
+    Some((rest.iter().map(|&(a, z, _)| bytes.slice(a..z)).collect(), header.lines))
 }
 
 /// Threads decoding frames, each frame's records sent back on its own channel.
