@@ -3,11 +3,14 @@
 
 use super::value::{array_elements, Kind, Value};
 use parquet::basic::{Compression, Encoding, LogicalType, Repetition, TimeUnit, Type as Physical, ZstdLevel};
+use parquet::column::page::{CompressedPage, PageWriteSpec, PageWriter};
+use parquet::column::writer::{get_column_writer, ColumnWriter};
 use parquet::data_type::{ByteArray, FixedLenByteArray};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::file::writer::{SerializedColumnWriter, SerializedFileWriter};
+use parquet::file::writer::{SerializedFileWriter, SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::{ColumnPath, Type, TypePtr};
+use std::io::Write as _;
 use std::sync::Arc;
 
 /// A data column of a file.
@@ -61,18 +64,68 @@ const GROUP_ROWS: usize = 100_000;
 const GROUP_BYTES: usize = 48 << 20;
 
 /// An open file.
+///
+/// Each leaf column has its own encoder for the row group being built, fed
+/// batch by batch, its pages kept compressed in memory; a finished group's
+/// chunks are appended to the file. So the writer's work keeps pace with
+/// the rows as they come, instead of stopping everything for a whole row
+/// group at once, and a group's rows are never all in memory.
 pub struct ParquetFile {
     writer: SerializedFileWriter<std::fs::File>,
     columns: Vec<OutColumn>,
     /// The key columns (indices into `columns`) that `_old_key` holds.
     key: Vec<usize>,
-    rows: Vec<OutRow>,
-    buffered: usize,
+    /// The open row group's encoders, one per leaf column.
+    chunks: Vec<Chunk>,
+    /// Rows in the open row group, and their bytes as `OutRow::size` counts them.
+    group_rows: usize,
+    group_bytes: usize,
+    /// Rows that close a row group (`GROUP_ROWS`; tests take fewer).
+    group_max: usize,
     /// Rows written so far.
     pub rows_written: u64,
     /// The first and last commit LSN in the file.
     pub lsns: Option<(u64, u64)>,
     table: String,
+}
+
+/// A leaf column's encoder for one row group, and the pages it wrote.
+struct Chunk {
+    writer: ColumnWriter<'static>,
+    pages: Pages,
+}
+
+/// Encoded pages in memory (shared between the encoder and its file).
+#[derive(Clone, Default)]
+struct Pages(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Pages {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("a poisoned page buffer"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A page writer into [`Pages`], laid out as in a file (offsets from 0),
+/// which `SerializedRowGroupWriter::append_column` moves into place.
+struct PageSink(TrackedWrite<Pages>);
+
+impl PageWriter for PageSink {
+    fn write_page(&mut self, page: CompressedPage) -> parquet::errors::Result<PageWriteSpec> {
+        SerializedPageWriter::new(&mut self.0).write_page(page)
+    }
+
+    fn close(&mut self) -> parquet::errors::Result<()> {
+        self.0.flush()?;
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for ParquetFile {
@@ -271,16 +324,38 @@ impl ParquetFile {
             .build();
         let writer = SerializedFileWriter::new(file, schema(&columns, &key), Arc::new(props))
             .map_err(|e| format!("cannot start a Parquet file: {e}"))?;
-        Ok(ParquetFile {
+        let mut file = ParquetFile {
             writer,
             columns,
             key,
-            rows: Vec::new(),
-            buffered: 0,
+            chunks: Vec::new(),
+            group_rows: 0,
+            group_bytes: 0,
+            group_max: GROUP_ROWS,
             rows_written: 0,
             lsns: None,
             table: table.to_string(),
-        })
+        };
+        file.chunks = file.new_chunks();
+        Ok(file)
+    }
+
+    /// Fresh encoders for a row group.
+    fn new_chunks(&self) -> Vec<Chunk> {
+        let props = self.writer.properties();
+        self.writer
+            .schema_descr()
+            .columns()
+            .iter()
+            .map(|descr| {
+                let pages = Pages::default();
+                let sink = Box::new(PageSink(TrackedWrite::new(pages.clone())));
+                Chunk {
+                    writer: get_column_writer(descr.clone(), props.clone(), sink),
+                    pages,
+                }
+            })
+            .collect()
     }
 
     /// The data columns.
@@ -293,39 +368,62 @@ impl ParquetFile {
         self.writer.bytes_written()
     }
 
-    /// Adds a row (rows come in commit order).
-    pub fn push(&mut self, row: OutRow) -> Result<(), String> {
-        self.lsns = Some(match self.lsns {
-            None => (row.commit_lsn, row.commit_lsn),
-            Some((first, _)) => (first, row.commit_lsn),
-        });
-        self.buffered += row.size();
-        self.rows.push(row);
-        self.rows_written += 1;
-        if self.rows.len() >= GROUP_ROWS || self.buffered >= GROUP_BYTES {
-            self.write_group()?;
+    /// Adds rows (they come in commit order), closing a row group at
+    /// `GROUP_ROWS` rows or `GROUP_BYTES` bytes.
+    pub fn push_rows(&mut self, mut rows: Vec<OutRow>) -> Result<(), String> {
+        let mut start = 0;
+        while start < rows.len() {
+            let end = rows.len().min(start + self.group_max - self.group_rows);
+            let part = &mut rows[start..end];
+            if let (Some(first), Some(last)) = (part.first(), part.last()) {
+                self.lsns = Some((self.lsns.map_or(first.commit_lsn, |(f, _)| f), last.commit_lsn));
+            }
+            self.group_bytes += part.iter().map(OutRow::size).sum::<usize>();
+            self.encode(part)?;
+            self.group_rows += part.len();
+            self.rows_written += part.len() as u64;
+            if self.group_rows >= self.group_max || self.group_bytes >= GROUP_BYTES {
+                self.write_group()?;
+            }
+            start = end;
         }
         Ok(())
     }
 
-    /// Writes the buffered rows as a row group.
+    /// Writes the open row group's chunks into the file.
     fn write_group(&mut self) -> Result<(), String> {
-        if self.rows.is_empty() {
+        if self.group_rows == 0 {
             return Ok(());
         }
-        let mut rows = std::mem::take(&mut self.rows);
-        self.buffered = 0;
         let table = self.table.clone();
         let fail = |what: &str, e: parquet::errors::ParquetError| format!("writing {table}'s Parquet {what}: {e}");
+        let fresh = self.new_chunks();
+        let chunks = std::mem::replace(&mut self.chunks, fresh);
         let mut group = self.writer.next_row_group().map_err(|e| fail("row group", e))?;
-        // Each leaf column is made, written and dropped before the next, so
-        // a group's typed values are never all in memory at once.
+        for c in chunks {
+            let closed = c.writer.close().map_err(|e| fail("column", e))?;
+            let pages = match c.pages.0.lock() {
+                Ok(mut p) => bytes::Bytes::from(std::mem::take(&mut *p)),
+                Err(_) => return Err(format!("writing {table}'s Parquet: a poisoned page buffer")),
+            };
+            group.append_column(&pages, closed).map_err(|e| fail("column", e))?;
+        }
+        group.close().map_err(|e| fail("row group", e))?;
+        self.group_rows = 0;
+        self.group_bytes = 0;
+        Ok(())
+    }
+
+    /// Feeds rows to the open row group's encoders, leaf column by leaf column.
+    fn encode(&mut self, rows: &mut [OutRow]) -> Result<(), String> {
+        let table = self.table.clone();
+        let fail = |e: parquet::errors::ParquetError| format!("writing {table}'s Parquet column: {e}");
+        let mut leaves = self.chunks.iter_mut();
         let mut put = |leaf: Leaf| -> Result<(), String> {
-            let Some(mut col) = group.next_column().map_err(|e| fail("column", e))? else {
+            let Some(chunk) = leaves.next() else {
                 return Err(format!("writing {table}'s Parquet: more values than columns"));
             };
-            leaf.write(&mut col).map_err(|e| fail("column", e))?;
-            col.close().map_err(|e| fail("column", e))
+            leaf.write(&mut chunk.writer).map_err(fail)
         };
         let shared = |s: &str| Value::Bytes(bytes::Bytes::copy_from_slice(s.as_bytes()));
         put(Leaf::required(
@@ -347,7 +445,7 @@ impl ParquetFile {
                         ref k => k.clone(),
                     };
                     let mut lists = Vec::with_capacity(rows.len());
-                    for r in &rows {
+                    for r in rows.iter() {
                         lists.push(match &r.values[i] {
                             None => None,
                             Some(text) => Some(
@@ -365,7 +463,7 @@ impl ParquetFile {
                 }
                 kind => {
                     let mut vals = Vec::with_capacity(rows.len());
-                    for r in &mut rows {
+                    for r in rows.iter_mut() {
                         vals.push(match r.values[i].take() {
                             None => None,
                             // A text is moved into the column, not copied.
@@ -381,7 +479,7 @@ impl ParquetFile {
         for (j, &i) in self.key.iter().enumerate() {
             let kind = key_kind(&self.columns[i].kind);
             let mut leaf = Leaf::default();
-            for r in &rows {
+            for r in rows.iter() {
                 match &r.old_key {
                     None => leaf.defs.push(0),
                     Some(k) => match &k[j] {
@@ -404,11 +502,6 @@ impl ParquetFile {
         put(Leaf::list(rows.iter().map(|r| {
             (!r.unchanged.is_empty()).then(|| r.unchanged.iter().map(|n| Some(shared(n))).collect())
         })))?;
-        // The emptied buffer is kept for the next group (it is tens of
-        // megabytes: grown anew, it costs reallocations and fresh pages).
-        rows.clear();
-        self.rows = rows;
-        group.close().map_err(|e| fail("row group", e))?;
         Ok(())
     }
 
@@ -480,7 +573,7 @@ impl Leaf {
         leaf
     }
 
-    fn write(self, col: &mut SerializedColumnWriter<'_>) -> Result<(), parquet::errors::ParquetError> {
+    fn write(self, col: &mut ColumnWriter<'static>) -> Result<(), parquet::errors::ParquetError> {
         use parquet::column::writer::ColumnWriter as W;
         let defs = (!self.required).then_some(self.defs.as_slice());
         let reps = (!self.reps.is_empty()).then_some(self.reps.as_slice());
@@ -496,7 +589,7 @@ impl Leaf {
             Some(out)
         }
         let values = self.values;
-        match col.untyped() {
+        match col {
             W::BoolColumnWriter(w) => {
                 let v = typed(values, |v| if let Value::Bool(b) = v { Some(b) } else { None });
                 w.write_batch(&v.ok_or_else(bad)?, defs, reps)?;
@@ -540,5 +633,121 @@ impl Leaf {
             W::Int96ColumnWriter(_) => return Err(bad()),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    fn row(i: u64) -> OutRow {
+        OutRow {
+            op: if i % 3 == 0 { "insert" } else { "update" },
+            commit_lsn: 100 + i / 4,
+            seq: (i % 4) as i64,
+            xid: 7,
+            commit_time: 1_700_000_000_000_000 + i as i64,
+            schema_version: 1,
+            intent: (i % 5 == 0).then(|| Arc::from("why")),
+            values: vec![
+                Some(i.to_string()),
+                (i % 7 != 0).then(|| format!("name {i}")),
+                Some(format!("{{{i},NULL}}")),
+            ],
+            old_key: (i % 11 == 0).then(|| vec![Some((i + 1_000_000).to_string())]),
+            unchanged: if i % 13 == 0 { vec!["name".into()] } else { vec![] },
+        }
+    }
+
+    /// The row as the file should give it back, one string per column.
+    fn expected(i: u64) -> Vec<String> {
+        let r = row(i);
+        let or_null = |v: Option<String>| v.unwrap_or_else(|| "null".into());
+        vec![
+            format!("\"{}\"", r.op),
+            r.commit_lsn.to_string(),
+            r.seq.to_string(),
+            r.xid.to_string(),
+            r.schema_version.to_string(),
+            or_null(r.intent.map(|s| format!("\"{s}\""))),
+            i.to_string(),
+            or_null(r.values[1].clone().map(|s| format!("\"{s}\""))),
+            format!("[{i}, null]"),
+            or_null(
+                r.old_key
+                    .map(|k| format!("{{aid: {}}}", k[0].clone().unwrap_or_default())),
+            ),
+            if r.unchanged.is_empty() {
+                "null".into()
+            } else {
+                "[\"name\"]".into()
+            },
+        ]
+    }
+
+    #[test]
+    fn a_file_holds_every_row_in_order_across_row_groups_cut_inside_a_batch() {
+        let path = std::env::temp_dir().join(format!("waly-parquet-file-test-{}", std::process::id()));
+        let columns = vec![
+            OutColumn {
+                name: "aid".into(),
+                kind: Kind::Int64,
+                earlier_names: vec![],
+            },
+            OutColumn {
+                name: "name".into(),
+                kind: Kind::Text,
+                earlier_names: vec!["label".into()],
+            },
+            OutColumn {
+                name: "tags".into(),
+                kind: Kind::List(Box::new(Kind::Int32)),
+                earlier_names: vec![],
+            },
+        ];
+        let mut file = ParquetFile::create(&path, "public.t", columns, vec![0], vec![("waly.x".into(), "1".into())])
+            .expect("created");
+        file.group_max = 1000;
+        // Batches of 700 rows: groups close inside a batch and across two.
+        let total = 3_500u64;
+        let mut next = 0;
+        while next < total {
+            let end = (next + 700).min(total);
+            file.push_rows((next..end).map(row).collect()).expect("pushed");
+            next = end;
+        }
+        assert_eq!(file.rows_written, total);
+        assert_eq!(file.lsns, Some((100, 100 + (total - 1) / 4)));
+        file.finish().expect("finished");
+
+        let reader = SerializedFileReader::new(std::fs::File::open(&path).expect("open")).expect("a Parquet file");
+        let meta = reader.metadata();
+        let groups: Vec<i64> = meta.row_groups().iter().map(|g| g.num_rows()).collect();
+        assert_eq!(groups, vec![1000, 1000, 1000, 500]);
+        let kv = meta.file_metadata().key_value_metadata().expect("key-value metadata");
+        assert!(kv
+            .iter()
+            .any(|k| k.key == "waly.column.name.earlier_names" && k.value.as_deref() == Some("[\"label\"]")));
+        // Each group's LSN statistics bound its rows.
+        let lsn = meta.row_group(1).column(1).statistics().expect("statistics");
+        assert_eq!(lsn.min_bytes_opt(), Some(&(100i64 + 1000 / 4).to_le_bytes()[..]));
+        assert_eq!(lsn.max_bytes_opt(), Some(&(100i64 + 1999 / 4).to_le_bytes()[..]));
+        let rows: Vec<Vec<String>> = reader
+            .get_row_iter(None)
+            .expect("rows")
+            .map(|r| {
+                r.expect("a row")
+                    .get_column_iter()
+                    .filter(|(name, _)| name.as_str() != "_commit_time")
+                    .map(|(_, f)| f.to_string())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(rows.len(), total as usize);
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(r, &expected(i as u64), "row {i}");
+        }
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -111,12 +111,10 @@ fn write(rx: Receiver<Cmd>, dest: &Store, runtime: &tokio::runtime::Handle) -> R
                     let (file, _, written) = open
                         .get_mut(&table)
                         .ok_or_else(|| failed(format!("no open file for {table}")))?;
-                    for row in rows {
-                        file.push(row).map_err(|why| Error::Corrupt {
-                            key: format!("{table} (export)"),
-                            why,
-                        })?;
-                    }
+                    file.push_rows(rows).map_err(|why| Error::Corrupt {
+                        key: format!("{table} (export)"),
+                        why,
+                    })?;
                     written.store(file.bytes_written(), Ordering::Relaxed);
                 }
                 Cmd::Close { table, key } => {
