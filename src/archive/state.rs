@@ -245,24 +245,12 @@ pub fn check_identity(store: &Store, theirs: &Identity, mine: &Identity) -> Resu
     Ok(())
 }
 
-/// The generation ids, oldest first.
+/// The generation ids, oldest first: the directories under `generations/`
+/// (a generation's `generation.json` is its first object written and the
+/// last one a prune deletes, so a directory there is a generation). One
+/// delimited listing, however many segments the generations hold.
 pub async fn generations(store: &Store) -> Result<Vec<String>, Error> {
-    let mut gens: Vec<String> = store
-        .list("generations")
-        .await?
-        .into_iter()
-        .filter_map(|(k, _)| {
-            let mut parts = k.split('/');
-            let (Some("generations"), Some(g), Some("generation.json")) = (parts.next(), parts.next(), parts.next())
-            else {
-                return None;
-            };
-            Some(g.to_string())
-        })
-        .collect();
-    gens.sort();
-    gens.dedup();
-    Ok(gens)
+    store.list_dirs("generations").await
 }
 
 /// Reads a generation's description.

@@ -19,6 +19,9 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     prefix: Path,
     url: String,
+    /// A local directory, whose directories can outlive their objects (a
+    /// killed write leaves a staging file, which is no object).
+    local: bool,
     read: Arc<Reads>,
     pub(crate) crypt: Arc<crate::crypt::Crypt>,
 }
@@ -173,6 +176,7 @@ impl Store {
             inner,
             prefix: Path::from(prefix.trim_matches('/')),
             url: url.to_string(),
+            local: scheme == "file",
             read: Arc::default(),
             crypt: Arc::default(),
         })
@@ -184,6 +188,7 @@ impl Store {
             inner,
             prefix: Path::from(prefix.trim_matches('/')),
             url: format!("(object store)/{prefix}"),
+            local: false,
             read: Arc::default(),
             crypt: Arc::default(),
         }
@@ -411,6 +416,36 @@ impl Store {
             .try_collect()
             .await
             .map_err(|e| ArchiveError::store(dir, e))?;
+        out.sort();
+        Ok(out)
+    }
+
+    /// The names of the "directories" right under `dir` (the next part of
+    /// every key below it, so only those with an object), sorted: one
+    /// delimited listing, so its cost does
+    /// not grow with the objects below them (a flat listing of a large
+    /// archive's `generations/` is one request per thousand segments).
+    pub async fn list_dirs(&self, dir: &str) -> Result<Vec<String>, ArchiveError> {
+        let base = self.path(dir);
+        self.read.listed();
+        ALL_READS.listed();
+        let listed = self
+            .inner
+            .list_with_delimiter(Some(&base))
+            .await
+            .map_err(|e| ArchiveError::store(dir, e))?;
+        let mut out = Vec::new();
+        for p in &listed.common_prefixes {
+            // As in an object store, a directory is there when an object is
+            // below it (on a local disk, a look at the first one).
+            if self.local {
+                let first = self.inner.list(Some(p)).try_next().await;
+                if first.map_err(|e| ArchiveError::store(dir, e))?.is_none() {
+                    continue;
+                }
+            }
+            out.extend(p.filename().map(str::to_string));
+        }
         out.sort();
         Ok(out)
     }

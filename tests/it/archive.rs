@@ -40,6 +40,22 @@ async fn contract(store: Store) {
         ["a/1", "a/10", "a/2", "a/3"],
         "sorted, and only under the directory"
     );
+    // The directories right under one: only those with an object below,
+    // sorted, in one delimited listing however many objects they hold.
+    store.put_once("d/x/y/1", Bytes::from_static(b"1")).await.expect("put");
+    store.put_once("d/w/1", Bytes::from_static(b"1")).await.expect("put");
+    store.put_once("d/top", Bytes::from_static(b"1")).await.expect("put");
+    let before = store.read_cost().lists;
+    assert_eq!(store.list_dirs("d").await.expect("list dirs"), ["w", "x"]);
+    assert_eq!(store.read_cost().lists, before + 1);
+    assert_eq!(store.list_dirs("d/x").await.expect("list dirs"), ["y"]);
+    assert!(store.list_dirs("d/none").await.expect("list dirs").is_empty());
+    store.delete("d/w/1").await.expect("delete");
+    assert_eq!(
+        store.list_dirs("d").await.expect("list dirs"),
+        ["x"],
+        "a directory emptied is gone"
+    );
     // A suffix read gives the last bytes and the object's size, all of a
     // shorter object, and a missing object is not found.
     store
@@ -124,6 +140,14 @@ async fn a_local_archive_counts_the_objects_readers_list_not_a_killed_writers_st
     assert_eq!(listed, ["000001.json", "000002.json"]);
     let dir_s = dir.display().to_string();
     assert_eq!(files_under(&dir_s, "generations/00000001/schemas/public.item"), listed);
+    // A generation whose first object's write was killed holds only a
+    // staging file: it is no generation yet.
+    std::fs::create_dir_all(dir.join("generations/00000002")).expect("mkdir");
+    std::fs::write(dir.join("generations/00000002/generation.json#1"), b"").expect("staging file");
+    assert_eq!(
+        waly::archive::state::generations(&store).await.expect("generations"),
+        ["00000001"]
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
