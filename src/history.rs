@@ -332,9 +332,18 @@ pub async fn history(
     let mut known = std::collections::BTreeSet::new();
     let gens = state::generations(store).await?;
     let mut states = Vec::new();
-    for g in &gens {
-        // The generation's index is listed and opened while its state loads.
-        let (st, indexed) = tokio::join!(state::load_generation(store, g), open_index(store, g, use_index));
+    // Generations a few at once (in order), and each one's index listed and
+    // opened while its state loads.
+    use futures_util::StreamExt;
+    let loaded: Vec<_> =
+        futures_util::stream::iter(gens.clone())
+            .map(|g: String| async move {
+                tokio::join!(state::load_generation(store, &g), open_index(store, &g, use_index))
+            })
+            .buffered(GENERATIONS_AT_ONCE)
+            .collect()
+            .await;
+    for (st, indexed) in loaded {
         let st = st?;
         for t in st.schemas.tables() {
             known.insert(t.to_string());
@@ -386,6 +395,9 @@ pub async fn history(
     stats.bytes_read = store.bytes_read() - started_at;
     Ok((ident.names, out, stats))
 }
+
+/// Generations whose state `history` loads at once.
+const GENERATIONS_AT_ONCE: usize = 4;
 
 /// How many key changes back `history` follows a row to find what it was
 /// before it came to the followed key.
