@@ -332,32 +332,22 @@ pub async fn history(
     let mut known = std::collections::BTreeSet::new();
     let gens = state::generations(store).await?;
     let mut states = Vec::new();
-    // Generations a few at once (in order), and each one's index listed and
-    // opened while its state loads.
+    // Generations a few at once, in order.
     use futures_util::StreamExt;
-    let loaded: Vec<_> =
-        futures_util::stream::iter(gens.clone())
-            .map(|g: String| async move {
-                tokio::join!(state::load_generation(store, &g), open_index(store, &g, use_index))
-            })
-            .buffered(GENERATIONS_AT_ONCE)
-            .collect()
-            .await;
-    for (st, indexed) in loaded {
-        let st = st?;
-        for t in st.schemas.tables() {
+    let loaded: Vec<Result<Gen, Error>> = futures_util::stream::iter(gens.clone())
+        .map(|g: String| async move { load_gen(store, &g, use_index).await })
+        .buffered(GENERATIONS_AT_ONCE)
+        .collect()
+        .await;
+    for g in loaded {
+        let g = g?;
+        for t in g.st.schemas.tables() {
             known.insert(t.to_string());
         }
-        if let Some(s) = st.schemas.latest(table) {
+        if let Some(s) = g.st.schemas.latest(table) {
             latest = Some(s.clone());
         }
-        let (segments, indexes, first_snapshot) = indexed?;
-        states.push(Gen {
-            st,
-            segments,
-            indexes,
-            first_snapshot,
-        });
+        states.push(g);
     }
     let Some(schema) = latest else {
         return Err(crate::restore::not_in_archive(table, &known));
@@ -732,23 +722,20 @@ struct Gen {
     first_snapshot: Option<(Lsn, Option<crate::index::Index>)>,
 }
 
-type Opened = (
-    Vec<(String, u64, u64)>,
-    Vec<crate::index::Index>,
-    Option<(Lsn, Option<crate::index::Index>)>,
-);
-
-/// Generation `gen`'s segments and index objects, opened (an object that
-/// does not open is left out, so its segments are read whole), and its
-/// first snapshot's index object; none when the index is not used.
-async fn open_index(store: &Store, gen: &str, use_index: bool) -> Result<Opened, Error> {
+/// Generation `gen` as history reads it. Its segments are listed once, for
+/// its tail (the last segments' headers) and for what the index covers
+/// alike. While its state (schema versions, manifests) loads, its index
+/// objects are listed and opened (one that does not open is left out, so
+/// its segments are read whole), and its first snapshot's index object
+/// too; none when the index is not used.
+async fn load_gen(store: &Store, gen: &str, use_index: bool) -> Result<Gen, Error> {
     use crate::index::{self, Index};
-    if !use_index {
-        return Ok((Vec::new(), Vec::new(), None));
-    }
     // The first snapshot's index object is named by its LSN, which the
     // manifests' listing gives (the manifest itself is read with the state).
     let first_snapshot = async {
+        if !use_index {
+            return Ok(None);
+        }
         let first = state::manifest_keys(store, gen)
             .await?
             .first()
@@ -763,9 +750,11 @@ async fn open_index(store: &Store, gen: &str, use_index: bool) -> Result<Opened,
         });
         Ok(Some((lsn, idx)))
     };
-    let segment_runs = async {
-        let (segments, listed) =
-            futures_util::future::try_join(state::segments(store, gen), index::segment_indexes(store, gen)).await?;
+    let indexes = async {
+        if !use_index {
+            return Ok(Vec::new());
+        }
+        let listed = index::segment_indexes(store, gen).await?;
         let opened =
             futures_util::future::join_all(listed.iter().map(|(key, size, _, _)| Index::open(store, key, *size))).await;
         let mut indexes = Vec::new();
@@ -777,10 +766,28 @@ async fn open_index(store: &Store, gen: &str, use_index: bool) -> Result<Opened,
                 }
             }
         }
-        Ok::<_, Error>((segments, indexes))
+        Ok::<_, Error>(indexes)
     };
-    let ((segments, indexes), first_snapshot) = futures_util::future::try_join(segment_runs, first_snapshot).await?;
-    Ok((segments, indexes, first_snapshot))
+    let segments = async {
+        let segments = state::segments(store, gen).await?;
+        let tail = state::tail_from_headers(store, &segments).await?;
+        Ok::<_, Error>((segments, tail))
+    };
+    let (mut st, (segments, tail), indexes, first_snapshot, _) = futures_util::future::try_join5(
+        state::load_generation_with(store, gen, state::Tail::default(), state::Shapes::All),
+        segments,
+        indexes,
+        first_snapshot,
+        store.is_encrypted(),
+    )
+    .await?;
+    st.tail = tail;
+    Ok(Gen {
+        st,
+        segments,
+        indexes,
+        first_snapshot,
+    })
 }
 
 /// `Ok(Err(why))` when an index object turned out damaged part-way.

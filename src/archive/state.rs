@@ -355,7 +355,7 @@ pub async fn load_tail_for_reading(store: &Store, gen: &str) -> Result<Tail, Err
 /// The tail of the chain `segs` without its hash. The last commit may be
 /// further back when a large transaction spans the last segments: the
 /// headers are read backwards until one names it.
-async fn tail_from_headers(store: &Store, segs: &[(String, u64, u64)]) -> Result<Tail, Error> {
+pub async fn tail_from_headers(store: &Store, segs: &[(String, u64, u64)]) -> Result<Tail, Error> {
     let mut tail = Tail::default();
     if let Some((_, n, _)) = segs.last() {
         tail.next_number = n + 1;
