@@ -421,10 +421,10 @@ impl Store {
     }
 
     /// The names of the "directories" right under `dir` (the next part of
-    /// every key below it, so only those with an object), sorted: one
-    /// delimited listing, so its cost does
-    /// not grow with the objects below them (a flat listing of a large
-    /// archive's `generations/` is one request per thousand segments).
+    /// every key below it, so only those with an object), sorted. One
+    /// delimited listing, whose cost does not grow with the objects below
+    /// them (a flat listing of a large archive's `generations/` is one
+    /// request per thousand segments).
     pub async fn list_dirs(&self, dir: &str) -> Result<Vec<String>, ArchiveError> {
         let base = self.path(dir);
         self.read.listed();
