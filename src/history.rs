@@ -731,13 +731,20 @@ struct Gen {
 async fn load_gen(store: &Store, gen: &str, use_index: bool) -> Result<Gen, Error> {
     use crate::index::{self, Index};
     // The first snapshot's index object is named by its LSN, which the
-    // manifests' listing gives (the manifest itself is read with the state).
+    // manifests' listing gives: the state's load lists them and hands the
+    // keys over (when that listing fails, so does the load).
+    let (tx, rx) = tokio::sync::oneshot::channel::<Vec<String>>();
+    let state = state::load_generation_telling(store, gen, state::Tail::default(), state::Shapes::All, move |keys| {
+        let _ = tx.send(keys.to_vec());
+    });
     let first_snapshot = async {
         if !use_index {
             return Ok(None);
         }
-        let first = state::manifest_keys(store, gen)
-            .await?
+        let Ok(keys) = rx.await else {
+            return Ok(None);
+        };
+        let first = keys
             .first()
             .and_then(|k| k.split('/').nth(3).and_then(|l| u64::from_str_radix(l, 16).ok()));
         let Some(lsn) = first.map(Lsn) else {
@@ -773,14 +780,8 @@ async fn load_gen(store: &Store, gen: &str, use_index: bool) -> Result<Gen, Erro
         let tail = state::tail_from_headers(store, &segments).await?;
         Ok::<_, Error>((segments, tail))
     };
-    let (mut st, (segments, tail), indexes, first_snapshot, _) = futures_util::future::try_join5(
-        state::load_generation_with(store, gen, state::Tail::default(), state::Shapes::All),
-        segments,
-        indexes,
-        first_snapshot,
-        store.is_encrypted(),
-    )
-    .await?;
+    let (mut st, (segments, tail), indexes, first_snapshot, _) =
+        futures_util::future::try_join5(state, segments, indexes, first_snapshot, store.is_encrypted()).await?;
     st.tail = tail;
     Ok(Gen {
         st,

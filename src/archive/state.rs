@@ -455,13 +455,28 @@ async fn read_schemas(store: &Store, gen: &str, shapes: Shapes) -> Result<Vec<Sc
 /// [`load_generation`] with its tail already known (or, for `waly verify`,
 /// left empty when the last segments cannot be read: verify reports them).
 pub async fn load_generation_with(store: &Store, gen: &str, tail: Tail, shapes: Shapes) -> Result<GenState, Error> {
+    load_generation_telling(store, gen, tail, shapes, |_| {}).await
+}
+
+/// [`load_generation_with`], handing the snapshot manifests' keys to
+/// `listed` as soon as they are listed (a reader that needs the listing too
+/// then lists once).
+pub async fn load_generation_telling(
+    store: &Store,
+    gen: &str,
+    tail: Tail,
+    shapes: Shapes,
+    listed: impl FnOnce(&[String]) + Send,
+) -> Result<GenState, Error> {
     let mut st = GenState {
         id: gen.to_string(),
         tail,
         ..Default::default()
     };
     let (schemas, manifests) = futures_util::future::try_join(read_schemas(store, gen, shapes), async {
-        read_all::<Manifest>(store, manifest_keys(store, gen).await?).await
+        let keys = manifest_keys(store, gen).await?;
+        listed(&keys);
+        read_all::<Manifest>(store, keys).await
     })
     .await?;
     for rec in schemas {
