@@ -734,7 +734,7 @@ async fn load_gen(store: &Store, gen: &str, use_index: bool) -> Result<Gen, Erro
     // manifests' listing gives: the state's load lists them and hands the
     // keys over (when that listing fails, so does the load).
     let (tx, rx) = tokio::sync::oneshot::channel::<Vec<String>>();
-    let state = state::load_generation_telling(store, gen, state::Tail::default(), state::Shapes::All, move |keys| {
+    let state = state::load_generation_listing(store, gen, state::Shapes::All, move |keys| {
         let _ = tx.send(keys.to_vec());
     });
     let first_snapshot = async {
@@ -775,14 +775,8 @@ async fn load_gen(store: &Store, gen: &str, use_index: bool) -> Result<Gen, Erro
         }
         Ok::<_, Error>(indexes)
     };
-    let segments = async {
-        let segments = state::segments(store, gen).await?;
-        let tail = state::tail_from_headers(store, &segments).await?;
-        Ok::<_, Error>((segments, tail))
-    };
-    let (mut st, (segments, tail), indexes, first_snapshot, _) =
-        futures_util::future::try_join5(state, segments, indexes, first_snapshot, store.is_encrypted()).await?;
-    st.tail = tail;
+    let ((st, segments), indexes, first_snapshot) =
+        futures_util::future::try_join3(state, indexes, first_snapshot).await?;
     Ok(Gen {
         st,
         segments,

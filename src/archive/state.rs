@@ -344,18 +344,10 @@ pub async fn load_tail(store: &Store, gen: &str) -> Result<Tail, Error> {
     Ok(tail)
 }
 
-/// Where generation `gen`'s history ends, as readers need it: the last
-/// complete transaction and the durable position, from the last segments'
-/// headers (their first bytes, not the whole objects). No chain hash: a
-/// writer continues from [`load_tail`].
-pub async fn load_tail_for_reading(store: &Store, gen: &str) -> Result<Tail, Error> {
-    tail_from_headers(store, &segments(store, gen).await?).await
-}
-
 /// The tail of the chain `segs` without its hash. The last commit may be
 /// further back when a large transaction spans the last segments: the
 /// headers are read backwards until one names it.
-pub async fn tail_from_headers(store: &Store, segs: &[(String, u64, u64)]) -> Result<Tail, Error> {
+async fn tail_from_headers(store: &Store, segs: &[(String, u64, u64)]) -> Result<Tail, Error> {
     let mut tail = Tail::default();
     if let Some((_, n, _)) = segs.last() {
         tail.next_number = n + 1;
@@ -373,25 +365,44 @@ pub async fn tail_from_headers(store: &Store, segs: &[(String, u64, u64)]) -> Re
     Ok(tail)
 }
 
-/// Loads generation `gen` for reading: its tail (as
-/// [`load_tail_for_reading`]), schema versions and snapshot manifests. A
-/// writer reads the full tail with [`load_tail`] before it writes.
+/// Loads generation `gen` for reading: its tail (where its history ends, as
+/// readers need it: the last complete transaction and the durable position,
+/// from the last segments' headers, their first bytes only; no chain hash),
+/// schema versions and snapshot manifests. A writer reads the full tail
+/// with [`load_tail`] before it writes.
 pub async fn load_generation(store: &Store, gen: &str) -> Result<GenState, Error> {
     load_generation_of(store, gen, Shapes::All).await
 }
 
 /// [`load_generation`], with the schema versions `shapes` says.
 pub async fn load_generation_of(store: &Store, gen: &str, shapes: Shapes) -> Result<GenState, Error> {
+    Ok(load_generation_listing(store, gen, shapes, |_| {}).await?.0)
+}
+
+/// [`load_generation_of`], also giving the segments it listed (for the
+/// tail), and handing the snapshot manifests' keys to `listed` as soon as
+/// they are listed: a reader that needs either listing too lists once.
+pub async fn load_generation_listing(
+    store: &Store,
+    gen: &str,
+    shapes: Shapes,
+    listed: impl FnOnce(&[String]) + Send,
+) -> Result<(GenState, Vec<(String, u64, u64)>), Error> {
     // At once: the tail, the schema versions and manifests, and whether the
     // archive is encrypted (which every read of data then asks).
-    let (tail, mut st, _) = futures_util::future::try_join3(
-        load_tail_for_reading(store, gen),
-        load_generation_with(store, gen, Tail::default(), shapes),
+    let chain = async {
+        let segs = segments(store, gen).await?;
+        let tail = tail_from_headers(store, &segs).await?;
+        Ok::<_, Error>((segs, tail))
+    };
+    let ((segs, tail), mut st, _) = futures_util::future::try_join3(
+        chain,
+        load_generation_telling(store, gen, Tail::default(), shapes, listed),
         store.is_encrypted(),
     )
     .await?;
     st.tail = tail;
-    Ok(st)
+    Ok((st, segs))
 }
 
 /// The keys of `gen`'s schema version objects.
