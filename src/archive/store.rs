@@ -33,7 +33,8 @@ pub struct Reads {
     bytes: AtomicU64,
     requests: AtomicU64,
     lists: AtomicU64,
-    objects: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Per object: bytes and GET requests.
+    objects: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
 }
 
 /// A snapshot of [`Reads`].
@@ -54,7 +55,7 @@ static ALL_READS: Reads = Reads {
     bytes: AtomicU64::new(0),
     requests: AtomicU64::new(0),
     lists: AtomicU64::new(0),
-    objects: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+    objects: std::sync::Mutex::new(std::collections::BTreeMap::new()),
 };
 
 impl Reads {
@@ -75,9 +76,12 @@ impl Reads {
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut o) = self.objects.lock() {
-            if !o.contains(key) {
-                o.insert(key.to_string());
-            }
+            let entry = match o.get_mut(key) {
+                Some(e) => e,
+                None => o.entry(key.to_string()).or_default(),
+            };
+            entry.0 += bytes as u64;
+            entry.1 += 1;
         }
     }
 }
@@ -386,6 +390,16 @@ impl Store {
     /// What reading through every store of this process has cost so far.
     pub fn all_read_cost() -> ReadCost {
         ALL_READS.cost()
+    }
+
+    /// Every object this process read from, with its bytes and GET
+    /// requests, by key (`WALY_READ_STATS=2` prints them at exit).
+    pub fn all_reads_by_object() -> Vec<(String, u64, u64)> {
+        ALL_READS
+            .objects
+            .lock()
+            .map(|o| o.iter().map(|(k, &(b, r))| (k.clone(), b, r)).collect())
+            .unwrap_or_default()
     }
 
     /// Reads the object at `key`, or `None` when there is none.

@@ -255,7 +255,13 @@ pub fn main_with(sidecar: fn()) -> ExitCode {
         task.await
             .unwrap_or_else(|e| Err((anyhow::anyhow!("the command's task failed: {e}"), 1)))
     });
-    if std::env::var_os("WALY_READ_STATS").is_some_and(|v| v == "1") {
+    let read_stats = std::env::var("WALY_READ_STATS").unwrap_or_default();
+    if read_stats == "2" {
+        for (key, bytes, requests) in crate::archive::Store::all_reads_by_object() {
+            eprintln!("read {bytes} bytes in {requests} GET requests from {key}");
+        }
+    }
+    if read_stats == "1" || read_stats == "2" {
         let c = crate::archive::Store::all_read_cost();
         eprintln!(
             "reads: {} bytes in {} GET requests to {} objects, {} listings",
