@@ -540,7 +540,7 @@ impl Writer<'_> {
         let table: &str = &c.table;
         if c.op == crate::event::Op::Truncate {
             let h = self.builder.hasher().truncate(table);
-            self.builder.note_key(h);
+            self.builder.note_key(crate::index::RowKey::Hash(h));
             return;
         }
         let fresh = self.pk.get(table).is_none_or(|(v, _)| *v != schema_version);

@@ -118,7 +118,7 @@ struct PartWriter {
     frame: Vec<u8>,
     body: Vec<u8>,
     frames: Vec<(u64, u64)>,
-    keys: Vec<(u64, u32)>,
+    keys: crate::index::KeyEntries,
     rows: u64,
     uncompressed: usize,
     sizer: crate::segment::FrameSizer,
@@ -138,7 +138,7 @@ impl PartWriter {
             frame,
             body: Vec::new(),
             frames: Vec::new(),
-            keys: Vec::new(),
+            keys: Default::default(),
             rows: 0,
             uncompressed,
             sizer: Default::default(),
@@ -161,13 +161,13 @@ impl PartWriter {
     }
 
     /// Appends a row line (with its newline); `hash` is its key's.
-    fn push(&mut self, line: &[u8], hash: Option<u64>) -> Result<(), Error> {
+    fn push(&mut self, line: &[u8], hash: Option<crate::index::RowKey>) -> Result<(), Error> {
         if self.sizer.full(&self.frame, &mut self.compressor)? {
             self.end_frame()?;
         }
         self.frame.extend_from_slice(line);
         if let Some(h) = hash {
-            self.keys.push((h, self.frames.len() as u32));
+            self.keys.note(h, self.frames.len() as u32);
         }
         self.rows += 1;
         self.uncompressed += line.len();

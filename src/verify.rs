@@ -776,16 +776,21 @@ async fn sealed_index_fault(store: &Store, key: &str) -> Result<Option<(Kind, St
 }
 
 /// What is wrong with an index object's blocks, if anything: each section
-/// (row keys, messages, tables) must decode, and every entry must name an
-/// object the footer lists.
+/// (row keys, messages, tables, buckets) must decode, every entry must
+/// name an object the footer lists, and every bucket entry a key.
 async fn index_blocks_fault(store: &Store, idx: &crate::index::Index) -> Option<String> {
-    let (keys, messages, tables) = match idx.entries(store).await {
+    let s = match idx.entries(store).await {
         Ok(e) => e,
         Err(e) => return Some(format!("its blocks do not decode ({e})")),
     };
+    if s.buckets.iter().flatten().any(|(v, _, _)| v & 0xffff_ffff == 0) {
+        return Some("a bucket entry names no key".into());
+    }
     let objects = idx.footer.objects.len() as u32;
-    let all = keys.iter().chain(&messages).chain(tables.iter().flatten());
-    all.map(|(_, o, _)| *o)
+    let all = s.keys.iter().chain(&s.messages);
+    all.chain(s.tables.iter().flatten())
+        .chain(s.buckets.iter().flatten())
+        .map(|(_, o, _)| *o)
         .find(|o| *o >= objects)
         .map(|o| format!("an entry names object {o}, but the footer lists {objects}"))
 }

@@ -16,6 +16,31 @@ use hmac::Mac;
 pub const TRUNCATE_KEY: &[u8] = b"truncate";
 /// The key text of the table section (which frames hold a table's changes).
 const TABLE_KEY: &[u8] = b"table";
+/// Rows whose key is one integer are indexed in buckets of `2^BUCKET_BITS`
+/// consecutive keys: one entry per bucket and frame, whose low 32 bits
+/// say which of the bucket's keys the frame holds.
+pub const BUCKET_BITS: u32 = 5;
+
+/// The integer a key is, when it is one column whose canonical text (as
+/// [`KeyColumns::encode`] writes it: `["42"]`) is an integer's (optional
+/// `-`, no leading zeros) within 64 bits; such keys are indexed by bucket.
+pub fn int_key(key: &[u8]) -> Option<i64> {
+    let digits = key.strip_prefix(b"[\"")?.strip_suffix(b"\"]")?;
+    let text = std::str::from_utf8(digits).ok()?;
+    let k: i64 = text.parse().ok()?;
+    (k.to_string() == text).then_some(k)
+}
+
+/// What an index holds for a row's key: a hash (in the key section), or
+/// for an integer key its bucket's value with the key's bit (in the
+/// bucket section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowKey {
+    /// A key hash ([`Hasher::key`]).
+    Hash(u64),
+    /// `bucket hash << 32 | 1 << (key mod 32)` ([`Hasher::bucket`]).
+    Bucket(u64),
+}
 
 /// The top 32 bits of FNV-1a (64 bit) of the table name, a NUL, and the key
 /// as [`KeyColumns::encode`] writes it (values in canonical form, so a key
@@ -79,10 +104,27 @@ impl Hasher {
         }
     }
 
-    /// The value of a row: its table and the values of its primary-key
-    /// columns `pk` (a column the row lacks counts as NULL).
-    pub fn row(&self, table: &str, pk: &KeyColumns, row: &crate::event::Row) -> u64 {
-        self.key(table, &pk.encode(row))
+    /// What the index holds for a row: its table and the values of its
+    /// primary-key columns `pk` (a column the row lacks counts as NULL).
+    pub fn row(&self, table: &str, pk: &KeyColumns, row: &crate::event::Row) -> RowKey {
+        self.row_key(table, &pk.encode(row))
+    }
+
+    /// What the index holds for the key `key` (as [`KeyColumns::encode`]
+    /// writes it) of `table`: its bucket entry when it is an integer (see
+    /// [`int_key`]), its hash otherwise.
+    pub fn row_key(&self, table: &str, key: &[u8]) -> RowKey {
+        match int_key(key) {
+            Some(k) => RowKey::Bucket(self.bucket(table, k) << 32 | 1 << (k & ((1 << BUCKET_BITS) - 1))),
+            None => RowKey::Hash(self.key(table, key)),
+        }
+    }
+
+    /// The hash of the bucket of integer key `k` in `table`: the key value
+    /// of the text `bucket N`, with `N = floor(k / 2^BUCKET_BITS)` (no row's
+    /// key text, a JSON array, collides with it).
+    pub fn bucket(&self, table: &str, k: i64) -> u64 {
+        self.key(table, format!("bucket {}", k >> BUCKET_BITS).as_bytes())
     }
 
     /// The value a table's truncates are indexed under.
@@ -106,6 +148,48 @@ mod tests {
         assert_eq!(key_hash("public.t", br#"["1"]"#), key_hash("public.t", br#"["1"]"#));
         assert_ne!(key_hash("public.t", br#"["1"]"#), key_hash("public.u", br#"["1"]"#));
         assert_eq!(key_hash("", b""), 0xaf63bd4c);
+    }
+
+    #[test]
+    fn one_integer_key_in_canonical_text_goes_to_a_bucket_and_any_other_key_is_hashed() {
+        assert_eq!(int_key(br#"["42"]"#), Some(42));
+        assert_eq!(int_key(br#"["-7"]"#), Some(-7));
+        assert_eq!(int_key(br#"["0"]"#), Some(0));
+        assert_eq!(int_key(br#"["9223372036854775807"]"#), Some(i64::MAX));
+        assert_eq!(int_key(br#"["-9223372036854775808"]"#), Some(i64::MIN));
+        for other in [
+            &br#"["9223372036854775808"]"#[..],
+            br#"["042"]"#,
+            br#"["+4"]"#,
+            br#"["-0"]"#,
+            br#"["4.0"]"#,
+            br#"["a"]"#,
+            br#"["1","2"]"#,
+            br#"[null]"#,
+            br#"[""]"#,
+            b"truncate",
+        ] {
+            assert_eq!(int_key(other), None, "{}", String::from_utf8_lossy(other));
+        }
+        let h = Hasher::Plain;
+        // Keys 32 apart are in neighbouring buckets; -1 is in the bucket
+        // below 0's, as its last key.
+        assert_eq!(
+            h.row_key("public.t", br#"["33"]"#),
+            RowKey::Bucket(h.bucket("public.t", 32) << 32 | 2)
+        );
+        assert_eq!(h.bucket("public.t", 0), h.bucket("public.t", 31));
+        assert_ne!(h.bucket("public.t", 31), h.bucket("public.t", 32));
+        assert_eq!(
+            h.row_key("public.t", br#"["-1"]"#),
+            RowKey::Bucket(h.bucket("public.t", -32) << 32 | 1 << 31)
+        );
+        assert_ne!(h.bucket("public.t", -1), h.bucket("public.t", 0));
+        assert_eq!(
+            h.row_key("public.t", br#"["a"]"#),
+            RowKey::Hash(h.key("public.t", br#"["a"]"#))
+        );
+        assert_ne!(h.bucket("public.t", 0), h.bucket("public.u", 0));
     }
 
     #[test]

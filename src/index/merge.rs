@@ -17,7 +17,7 @@
 use super::{
     decode_block, decode_fences, listed_segment_indexes, parse_segments_index_key, segments_index_key,
     write::{write_fences, BlockWriter, SectionWriter, Written, SPILL_BYTES},
-    Block, Entry, Footer, Index, FORMAT,
+    Block, Codec, Entry, Footer, Index, FORMAT,
 };
 use crate::archive::Store;
 use crate::Error;
@@ -201,19 +201,35 @@ pub(super) async fn merge_objects(
         bases.push(objects.len() as u32);
         objects.extend(idx.footer.objects.iter().cloned());
     }
-    let keys = merge_section(store, inputs, &bases, |f| Some(&f.key_fences), &mut c).await?;
-    let messages = merge_section(store, inputs, &bases, |f| Some(&f.message_fences), &mut c).await?;
+    let delta = Codec::Delta;
+    let keys = merge_section(store, inputs, &bases, |f| Some(&f.key_fences), delta, &mut c).await?;
+    let messages = merge_section(store, inputs, &bases, |f| Some(&f.message_fences), delta, &mut c).await?;
     let tables = if inputs.iter().all(|(i, _)| i.footer.table_fences.is_some()) {
-        Some(merge_section(store, inputs, &bases, |f| f.table_fences.as_ref(), &mut c).await?)
+        Some(merge_section(store, inputs, &bases, |f| f.table_fences.as_ref(), delta, &mut c).await?)
     } else {
         None
     };
+    // Inputs of format 3 hashed their integer keys: the merged object says
+    // its key section holds some, so lookups read it too.
+    let buckets = merge_section(
+        store,
+        inputs,
+        &bases,
+        |f| f.bucket_fences.as_ref(),
+        Codec::Buckets,
+        &mut c,
+    )
+    .await?;
+    let hashed_int_keys = inputs
+        .iter()
+        .any(|(i, _)| i.footer.bucket_fences.is_none() || i.footer.hashed_int_keys);
     let key_fences = write_fences(&keys, &mut c)?;
     let message_fences = write_fences(&messages, &mut c)?;
     let table_fences = match tables {
         Some(t) => Some(write_fences(&t, &mut c)?),
         None => None,
     };
+    let bucket_fences = Some(write_fences(&buckets, &mut c)?);
     let footer = Footer {
         waly_index: FORMAT,
         generation: gen.to_string(),
@@ -221,6 +237,8 @@ pub(super) async fn merge_objects(
         key_fences,
         message_fences,
         table_fences,
+        bucket_fences,
+        hashed_int_keys,
         key_id: key_id.clone(),
     };
     c.finish(&footer)
@@ -233,16 +251,17 @@ async fn merge_section(
     inputs: &[(Index, u64)],
     bases: &[u32],
     fences: impl Fn(&Footer) -> Option<&Vec<Block>>,
+    codec: Codec,
     c: &mut BlockWriter<'_>,
 ) -> Result<Vec<Block>, Error> {
     let mut cursors = Vec::new();
     for ((idx, _), base) in inputs.iter().zip(bases) {
         let f = fences(&idx.footer).map(Vec::as_slice).unwrap_or_default();
-        let mut cur = Cursor::open(store, idx, f, *base);
+        let mut cur = Cursor::open(store, idx, f, *base, codec);
         cur.advance().await?;
         cursors.push(cur);
     }
-    let mut w = SectionWriter::default();
+    let mut w = SectionWriter::new(codec);
     // A few inputs: the smallest head by a scan.
     while let Some(i) = (0..cursors.len())
         .filter(|i| cursors[*i].head.is_some())
@@ -272,11 +291,12 @@ struct Cursor<'a> {
     window: (u64, Bytes),
     entries: std::vec::IntoIter<Entry>,
     base: u32,
+    codec: Codec,
     head: Option<Entry>,
 }
 
 impl<'a> Cursor<'a> {
-    fn open(store: &'a Store, idx: &'a Index, fences: &'a [Block], base: u32) -> Cursor<'a> {
+    fn open(store: &'a Store, idx: &'a Index, fences: &'a [Block], base: u32, codec: Codec) -> Cursor<'a> {
         Cursor {
             store,
             idx,
@@ -288,6 +308,7 @@ impl<'a> Cursor<'a> {
             window: (0, Bytes::new()),
             entries: Vec::new().into_iter(),
             base,
+            codec,
             head: None,
         }
     }
@@ -321,7 +342,7 @@ impl<'a> Cursor<'a> {
             let at = (b.offset - self.window.0) as usize;
             let z = self.window.1.slice(at..at + b.len as usize);
             let z = self.store.open_frames(key, z).await?;
-            self.entries = decode_block(key, &z)?.into_iter();
+            self.entries = decode_block(key, &z, self.codec)?.into_iter();
         }
     }
 }

@@ -24,7 +24,7 @@ mod merge;
 mod messages;
 mod rebuild;
 mod write;
-pub use hash::{key_hash, Hasher, TRUNCATE_KEY};
+pub use hash::{int_key, key_hash, Hasher, RowKey, BUCKET_BITS, TRUNCATE_KEY};
 pub use merge::{level_merges, merge, merge_levels, Merger};
 pub use messages::{transaction_messages, MessageReads};
 pub use rebuild::{pk_of, reindex, ReindexStats};
@@ -34,7 +34,10 @@ use write::{write_fences, BlockWriter, SectionWriter};
 pub const BLOCK_ENTRIES: usize = 256;
 /// Block pointers per fence block.
 const FENCE_ENTRIES: usize = 256;
-const MAGIC: &[u8; 8] = b"WALYIDX3";
+const MAGIC: &[u8; 8] = b"WALYIDX4";
+/// The trailer of index objects written before integer keys were indexed
+/// by bucket (format 3: every key hashed; still read).
+const MAGIC_V3: &[u8; 8] = b"WALYIDX3";
 /// The trailer of index objects written before keys were compared by value
 /// (format 2: key text hashed as it was stored).
 const MAGIC_V2: &[u8; 8] = b"WALYIDX2";
@@ -45,8 +48,10 @@ const MAGIC_SEALED: &[u8; 8] = b"WALYIDXE";
 /// The length of a sealed index object's trailer: SHA-256, footer offset
 /// and length, magic.
 const SEALED_TRAILER: usize = 56;
-/// The index format this waly reads and writes.
-const FORMAT: u32 = 3;
+/// The index format this waly writes (it reads this and [`FORMAT_V3`]).
+const FORMAT: u32 = 4;
+/// The index format before the bucket section: every key hashed.
+const FORMAT_V3: u32 = 3;
 
 /// Writes the index object of segment `number` of `gen` (just stored,
 /// under fencing token `fence`): a run of level 0, which
@@ -68,7 +73,7 @@ pub async fn write_segment_index(
             frames: Vec::new(),
             fence,
         },
-        &sealed.key_entries,
+        &sealed.keys,
         &sealed.message_entries,
         &sealed.table_entries,
     );
@@ -135,6 +140,15 @@ pub struct Footer {
     /// waly kept it (a reader then reads those segments whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_fences: Option<Vec<Block>>,
+    /// Fence blocks over the blocks of `(bucket value, object, frame)`: the
+    /// frames holding rows whose key is one integer (see [`RowKey::Bucket`]).
+    /// Absent in format 3 objects, which hashed those keys like any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_fences: Option<Vec<Block>>,
+    /// Whether the key section also holds integer keys, hashed (a merge of
+    /// a format 3 object): a lookup of one then reads both sections.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hashed_int_keys: bool,
     /// Encrypted archives: the data key whose [`Hasher::keyed`] hashed the
     /// entries (blocks and footer are sealed, each a frame of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,6 +158,46 @@ pub struct Footer {
 /// An entry: a value (hash or LSN), the object's position in `objects`, the frame.
 pub type Entry = (u64, u32, u32);
 
+/// A writer's row-key entries for one object, noted as its frames fill:
+/// hashes, and for integer keys one bucket entry per bucket and frame (the
+/// bits of the keys the frame holds OR-ed into it).
+#[derive(Debug, Default, Clone)]
+pub struct KeyEntries {
+    /// `(key hash, frame)`.
+    pub hashes: Vec<(u64, u32)>,
+    /// `(bucket value, frame)`.
+    pub buckets: Vec<(u64, u32)>,
+    /// The frame noted last, and its buckets: bucket hash -> position in `buckets`.
+    open: Option<(u32, std::collections::HashMap<u64, usize>)>,
+}
+
+impl KeyEntries {
+    /// Notes that frame `frame` (frames noted in order) holds a change of
+    /// the row `key`.
+    pub fn note(&mut self, key: RowKey, frame: u32) {
+        match key {
+            RowKey::Hash(h) => {
+                if self.hashes.last() != Some(&(h, frame)) {
+                    self.hashes.push((h, frame));
+                }
+            }
+            RowKey::Bucket(v) => {
+                if self.open.as_ref().is_none_or(|(f, _)| *f != frame) {
+                    self.open = Some((frame, Default::default()));
+                }
+                let Some((_, open)) = &mut self.open else { return };
+                match open.get(&(v >> 32)) {
+                    Some(&at) => self.buckets[at].0 |= v,
+                    None => {
+                        open.insert(v >> 32, self.buckets.len());
+                        self.buckets.push((v, frame));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Collects entries for one index object.
 #[derive(Debug, Default)]
 pub struct Builder {
@@ -151,6 +205,7 @@ pub struct Builder {
     keys: Vec<Entry>,
     messages: Vec<Entry>,
     tables: Vec<Entry>,
+    buckets: Vec<Entry>,
     /// The data key the entries are hashed under (`None`: plaintext).
     key_id: Option<String>,
     /// Its hasher (a writer's: see [`Builder::for_writer`]).
@@ -193,10 +248,11 @@ impl Builder {
 
     /// Adds an object and its entries (`(value, frame)`): row keys,
     /// messages, and the tables its frames have changes of.
-    pub fn add(&mut self, object: Covered, keys: &[(u64, u32)], messages: &[(u64, u32)], tables: &[(u64, u32)]) {
+    pub fn add(&mut self, object: Covered, keys: &KeyEntries, messages: &[(u64, u32)], tables: &[(u64, u32)]) {
         let i = self.objects.len() as u32;
         self.objects.push(object);
-        self.keys.extend(keys.iter().map(|(h, f)| (*h, i, *f)));
+        self.keys.extend(keys.hashes.iter().map(|(h, f)| (*h, i, *f)));
+        self.buckets.extend(keys.buckets.iter().map(|(v, f)| (*v, i, *f)));
         self.messages.extend(messages.iter().map(|(l, f)| (*l, i, *f)));
         self.tables.extend(tables.iter().map(|(h, f)| (*h, i, *f)));
     }
@@ -216,20 +272,31 @@ impl Builder {
             ));
         }
         let mut c = BlockWriter::new(sealer)?;
-        let section = |entries: &mut Vec<Entry>, c: &mut BlockWriter| -> Result<Vec<Block>, Error> {
+        let section = |entries: &mut Vec<Entry>, codec: Codec, c: &mut BlockWriter| -> Result<Vec<Block>, Error> {
             entries.sort_unstable();
-            let mut w = SectionWriter::default();
+            let mut w = SectionWriter::new(codec);
             for e in entries.iter() {
                 w.push(*e, c)?;
             }
             w.finish(c)
         };
-        let keys = section(&mut self.keys, &mut c)?;
-        let messages = section(&mut self.messages, &mut c)?;
-        let tables = section(&mut self.tables, &mut c)?;
+        // One entry per bucket, object and frame, their bits together.
+        self.buckets.sort_unstable_by_key(|(v, o, f)| (v >> 32, *o, *f));
+        self.buckets.dedup_by(|later, kept| {
+            let same = (later.0 >> 32, later.1, later.2) == (kept.0 >> 32, kept.1, kept.2);
+            if same {
+                kept.0 |= later.0;
+            }
+            same
+        });
+        let keys = section(&mut self.keys, Codec::Delta, &mut c)?;
+        let messages = section(&mut self.messages, Codec::Delta, &mut c)?;
+        let tables = section(&mut self.tables, Codec::Delta, &mut c)?;
+        let buckets = section(&mut self.buckets, Codec::Buckets, &mut c)?;
         let key_fences = write_fences(&keys, &mut c)?;
         let message_fences = write_fences(&messages, &mut c)?;
         let table_fences = Some(write_fences(&tables, &mut c)?);
+        let bucket_fences = Some(write_fences(&buckets, &mut c)?);
         let footer = Footer {
             waly_index: FORMAT,
             generation: generation.to_string(),
@@ -237,6 +304,8 @@ impl Builder {
             key_fences,
             message_fences,
             table_fences,
+            bucket_fences,
+            hashed_int_keys: false,
             key_id: self.key_id,
         };
         c.finish_in_memory(&footer)
@@ -271,7 +340,7 @@ pub struct Index {
 
 /// The bytes an index object's first read takes from its end: the
 /// trailer, the footer and, in small objects, the fence blocks.
-const TAIL_READ: u64 = 16 << 10;
+const TAIL_READ: u64 = 8 << 10;
 
 fn damaged(key: &str, why: impl std::fmt::Display) -> Error {
     Error::Corrupt {
@@ -280,14 +349,34 @@ fn damaged(key: &str, why: impl std::fmt::Display) -> Error {
     }
 }
 
-fn decode_block(key: &str, z: &[u8]) -> Result<Vec<Entry>, Error> {
-    let raw = zstd::bulk::decompress(z, BLOCK_ENTRIES * 32 + 8).map_err(|e| damaged(key, e))?;
+/// How a section's blocks code their values (after the block's first
+/// value, as u64 little-endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codec {
+    /// Each value minus the one before (a varint).
+    Delta,
+    /// Bucket values: the bucket hash (the high 32 bits) minus the one
+    /// before, then the bits (the low 32), each a varint.
+    Buckets,
+}
+
+fn decode_block(key: &str, z: &[u8], codec: Codec) -> Result<Vec<Entry>, Error> {
+    let raw = zstd::bulk::decompress(z, BLOCK_ENTRIES * 40 + 8).map_err(|e| damaged(key, e))?;
     let bad = || damaged(key, "a block does not decode");
     let mut prev = u64::from_le_bytes(raw.get(0..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
     let mut at = 8;
     let mut out = Vec::new();
     while at < raw.len() {
-        let v = prev + get_varint(&raw, &mut at).ok_or_else(bad)?;
+        let v = match codec {
+            Codec::Delta => prev.checked_add(get_varint(&raw, &mut at).ok_or_else(bad)?),
+            Codec::Buckets => {
+                let high = (prev >> 32).checked_add(get_varint(&raw, &mut at).ok_or_else(bad)?);
+                let bits = get_varint(&raw, &mut at).ok_or_else(bad)?;
+                high.filter(|h| *h >> 32 == 0 && bits >> 32 == 0)
+                    .map(|h| h << 32 | bits)
+            }
+        }
+        .ok_or_else(bad)?;
         let o = get_varint(&raw, &mut at).ok_or_else(bad)? as u32;
         let f = get_varint(&raw, &mut at).ok_or_else(bad)? as u32;
         out.push((v, o, f));
@@ -311,12 +400,13 @@ fn decode_fences(key: &str, z: &[u8]) -> Result<Vec<Block>, Error> {
         .collect())
 }
 
-/// The pointers whose range can hold `value`: from the last one starting
-/// below it to the last one starting at it (equal values may straddle).
-fn candidates(blocks: &[Block], value: u64) -> &[Block] {
-    let lo = blocks.partition_point(|b| b.first < value).saturating_sub(1);
-    let hi = blocks.partition_point(|b| b.first <= value);
-    blocks.get(lo..hi).unwrap_or_default()
+/// The pointers whose range can hold a value in `lo..=hi`: from the last
+/// one starting below `lo` to the last one starting at or below `hi`
+/// (equal values may straddle).
+fn candidates(blocks: &[Block], lo: u64, hi: u64) -> &[Block] {
+    let from = blocks.partition_point(|b| b.first < lo).saturating_sub(1);
+    let to = blocks.partition_point(|b| b.first <= hi);
+    blocks.get(from..to).unwrap_or_default()
 }
 
 impl Index {
@@ -363,7 +453,7 @@ impl Index {
                 "written by an older waly (index format 2, keys hashed as stored text); `waly reindex` upgrades it",
             ));
         }
-        if &t[16..24] != MAGIC && &t[16..24] != MAGIC_SEALED {
+        if &t[16..24] != MAGIC && &t[16..24] != MAGIC_V3 && &t[16..24] != MAGIC_SEALED {
             return Err(damaged(key, "no trailer (or another format)"));
         }
         let at = u64::from_le_bytes(t[0..8].try_into().unwrap_or_default());
@@ -385,8 +475,22 @@ impl Index {
             .and_then(|d| std::io::Read::read_to_end(&mut std::io::Read::take(d, 256 << 20), &mut json))
             .map_err(|e| damaged(key, e))?;
         let footer: Footer = serde_json::from_slice(&json).map_err(|e| damaged(key, e))?;
-        if footer.waly_index != FORMAT {
-            return Err(damaged(key, format!("version {}", footer.waly_index)));
+        let version = match &t[16..24] {
+            m if m == MAGIC => Some(FORMAT),
+            m if m == MAGIC_V3 => Some(FORMAT_V3),
+            _ => None,
+        };
+        if version.is_some_and(|v| v != footer.waly_index)
+            || ![FORMAT, FORMAT_V3].contains(&footer.waly_index)
+            || (footer.waly_index == FORMAT_V3) != footer.bucket_fences.is_none()
+        {
+            return Err(damaged(
+                key,
+                format!(
+                    "version {} (its trailer and footer disagree, or another format)",
+                    footer.waly_index
+                ),
+            ));
         }
         let hasher = match &footer.key_id {
             Some(id) => store.index_hasher(id).await?,
@@ -417,24 +521,38 @@ impl Index {
         store.get_range_frames(&self.key, b.offset..b.offset + b.len).await
     }
 
-    async fn find(&self, store: &Store, fences: &[Block], value: u64) -> Result<Vec<(u32, u32)>, Error> {
+    /// The entries of a section (its fence blocks `fences`, coded by
+    /// `codec`) whose values lie in `lo..=hi`.
+    async fn find_range(
+        &self,
+        store: &Store,
+        fences: &[Block],
+        codec: Codec,
+        lo: u64,
+        hi: u64,
+    ) -> Result<Vec<Entry>, Error> {
         let mut blocks = Vec::new();
-        for f in candidates(fences, value) {
+        for f in candidates(fences, lo, hi) {
             let z = self.block(store, f).await?;
             let inner = decode_fences(&self.key, &z)?;
-            blocks.extend_from_slice(candidates(&inner, value));
+            blocks.extend_from_slice(candidates(&inner, lo, hi));
         }
         blocks.dedup();
         let mut out = Vec::new();
         for b in blocks {
             let z = self.block(store, &b).await?;
-            for (v, o, f) in decode_block(&self.key, &z)? {
-                if v == value {
-                    out.push((o, f));
-                }
-            }
+            out.extend(
+                decode_block(&self.key, &z, codec)?
+                    .into_iter()
+                    .filter(|(v, _, _)| (lo..=hi).contains(v)),
+            );
         }
         Ok(out)
+    }
+
+    async fn find(&self, store: &Store, fences: &[Block], value: u64) -> Result<Vec<(u32, u32)>, Error> {
+        let found = self.find_range(store, fences, Codec::Delta, value, value).await?;
+        Ok(found.into_iter().map(|(_, o, f)| (o, f)).collect())
     }
 
     /// `(object, frame)` of every entry whose value is `hash`.
@@ -444,9 +562,27 @@ impl Index {
 
     /// `(object, frame)` of every entry for the row of `table` whose key
     /// [`crate::schema::keys::KeyColumns::encode`] wrote as `key` (or
-    /// [`TRUNCATE_KEY`]: the table's truncates).
+    /// [`TRUNCATE_KEY`]: the table's truncates): an integer key from the
+    /// bucket section (and the key section too, in a merge of a format 3
+    /// object), any other from the key section.
     pub async fn lookup_key(&self, store: &Store, table: &str, key: &[u8]) -> Result<Vec<(u32, u32)>, Error> {
-        self.lookup_hash(store, self.hasher.key(table, key)).await
+        let (Some(fences), RowKey::Bucket(v)) = (&self.footer.bucket_fences, self.hasher.row_key(table, key)) else {
+            return self.lookup_hash(store, self.hasher.key(table, key)).await;
+        };
+        let (lo, bit) = (v >> 32 << 32, v & 0xffff_ffff);
+        let mut out: Vec<(u32, u32)> = self
+            .find_range(store, fences, Codec::Buckets, lo, lo | 0xffff_ffff)
+            .await?
+            .into_iter()
+            .filter(|(v, _, _)| v & bit != 0)
+            .map(|(_, o, f)| (o, f))
+            .collect();
+        if self.footer.hashed_int_keys {
+            out.extend(self.lookup_hash(store, self.hasher.key(table, key)).await?);
+            out.sort_unstable();
+            out.dedup();
+        }
+        Ok(out)
     }
 
     /// `(object, frame)` of the `waly` messages of the transaction `commit_lsn`.
@@ -454,13 +590,13 @@ impl Index {
         self.find(store, &self.footer.message_fences, commit_lsn).await
     }
 
-    async fn section(&self, store: &Store, fences: &[Block]) -> Result<Vec<Entry>, Error> {
+    async fn section(&self, store: &Store, fences: &[Block], codec: Codec) -> Result<Vec<Entry>, Error> {
         let mut out = Vec::new();
         for f in fences {
             let z = self.block(store, f).await?;
             for b in decode_fences(&self.key, &z)? {
                 let z = self.block(store, &b).await?;
-                out.extend(decode_block(&self.key, &z)?);
+                out.extend(decode_block(&self.key, &z, codec)?);
             }
         }
         Ok(out)
@@ -475,18 +611,38 @@ impl Index {
         }
     }
 
-    /// Every entry (for merging): row keys, messages, tables (if it has them).
-    pub async fn entries(&self, store: &Store) -> Result<(Vec<Entry>, Vec<Entry>, Option<Vec<Entry>>), Error> {
-        let tables = match &self.footer.table_fences {
-            None => None,
-            Some(fences) => Some(self.section(store, fences).await?),
+    /// Every entry (for checking): row keys, messages, tables and buckets
+    /// (those it has).
+    pub async fn entries(&self, store: &Store) -> Result<Sections, Error> {
+        let optional = |fences: &Option<Vec<Block>>, codec| {
+            let fences = fences.clone();
+            async move {
+                match fences {
+                    None => Ok(None),
+                    Some(f) => self.section(store, &f, codec).await.map(Some),
+                }
+            }
         };
-        Ok((
-            self.section(store, &self.footer.key_fences).await?,
-            self.section(store, &self.footer.message_fences).await?,
-            tables,
-        ))
+        Ok(Sections {
+            keys: self.section(store, &self.footer.key_fences, Codec::Delta).await?,
+            messages: self.section(store, &self.footer.message_fences, Codec::Delta).await?,
+            tables: optional(&self.footer.table_fences, Codec::Delta).await?,
+            buckets: optional(&self.footer.bucket_fences, Codec::Buckets).await?,
+        })
     }
+}
+
+/// An index object's entries, by section ([`Index::entries`]).
+#[derive(Debug, Default)]
+pub struct Sections {
+    /// `(key hash, object, frame)`.
+    pub keys: Vec<Entry>,
+    /// `(commit LSN, object, frame)`.
+    pub messages: Vec<Entry>,
+    /// `(table hash, object, frame)`, when it has the section.
+    pub tables: Option<Vec<Entry>>,
+    /// `(bucket value, object, frame)`, when it has the section.
+    pub buckets: Option<Vec<Entry>>,
 }
 
 /// The key of the index object covering segments `first..=last` of `gen`.
@@ -685,7 +841,13 @@ mod tests {
             let store = store.clone();
             async move {
                 let mut b = Builder::for_writer(Some(&sealer));
-                let h = b.hasher().key("public.t", format!("[\"{n}\"]").as_bytes());
+                let key = format!("[\"{n}\"]");
+                let RowKey::Bucket(v) = b.hasher().row_key("public.t", key.as_bytes()) else {
+                    panic!("an integer key goes to its bucket")
+                };
+                let h = v >> 32;
+                let mut keys = KeyEntries::default();
+                keys.note(RowKey::Bucket(v), 0);
                 b.add(
                     Covered {
                         number: n,
@@ -693,12 +855,12 @@ mod tests {
                         frames: Vec::new(),
                         fence: 0,
                     },
-                    &[(h, 0)],
+                    &keys,
                     &[],
                     &[(b.hasher().table("public.t"), 0)],
                 );
                 let bytes = b.encode(gen, Some(&sealer)).expect("encode");
-                assert_ne!(h, key_hash("public.t", format!("[\"{n}\"]").as_bytes()));
+                assert_ne!(h, Hasher::Plain.bucket("public.t", n as i64));
                 store
                     .put_once(&segments_index_key(gen, n, n), bytes)
                     .await
@@ -792,7 +954,10 @@ mod tests {
                 frames: Vec::new(),
                 fence: 0,
             },
-            &[(1, 0)],
+            &KeyEntries {
+                hashes: vec![(1, 0)],
+                ..Default::default()
+            },
             &[],
             &[],
         );
@@ -806,9 +971,12 @@ mod tests {
         let store = Store::open("memory://").expect("store");
         let mut b = Builder::default();
         for obj in 0..3u64 {
-            let keys: Vec<(u64, u32)> = (0..5000u64)
-                .map(|i| ((i * 7919 + obj) % 3001, (i % 9) as u32))
-                .collect();
+            let keys = KeyEntries {
+                hashes: (0..5000u64)
+                    .map(|i| ((i * 7919 + obj) % 3001, (i % 9) as u32))
+                    .collect(),
+                ..Default::default()
+            };
             let msgs: Vec<(u64, u32)> = (0..100u64).map(|i| (obj * 1000 + i, 1)).collect();
             // Table a in every object's frame 0, b only in object 1's frames 1 and 3.
             let h = Hasher::Plain;
@@ -894,5 +1062,170 @@ mod tests {
             .await
             .expect("footer intact");
         assert!(bad.lookup_hash(&store, 0).await.is_err());
+    }
+
+    /// Integer keys are found through their buckets: every frame that
+    /// holds a key and no other, whatever the key's neighbours (dense runs,
+    /// scattered keys, negative keys, the ends of 64 bits), in one object,
+    /// after a merge, and after a merge with an object of format 3 (whose
+    /// integer keys were hashed).
+    #[tokio::test]
+    async fn integer_keys_are_found_through_their_buckets_and_only_where_they_are() {
+        use std::collections::{BTreeMap, BTreeSet};
+        let store = Store::open("memory://").expect("store");
+        let h = Hasher::Plain;
+        let mut truth: BTreeMap<i64, BTreeSet<(u32, u32)>> = BTreeMap::new();
+        let mut b = Builder::default();
+        let mut x = 7u64;
+        for obj in 0..3u32 {
+            let mut keys = KeyEntries::default();
+            for frame in 0..4u32 {
+                let mut these: Vec<i64> = match (obj + frame) % 3 {
+                    // A dense run, as a bulk update or insert writes.
+                    0 => (1000 * frame as i64..1000 * frame as i64 + 700).collect(),
+                    // Scattered keys, some negative.
+                    1 => (0..300)
+                        .map(|_| {
+                            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                            (x >> 40) as i64 % 5000 - 2500
+                        })
+                        .collect(),
+                    _ => vec![i64::MIN, i64::MIN + 31, -33, -32, -1, 0, 31, 32, i64::MAX],
+                };
+                these.push(obj as i64 * 100_000);
+                for k in these {
+                    keys.note(h.row_key("public.t", format!("[\"{k}\"]").as_bytes()), frame);
+                    truth.entry(k).or_default().insert((obj, frame));
+                }
+                // A text key in the same table is hashed, apart.
+                keys.note(h.row_key("public.t", br#"["x"]"#), frame);
+            }
+            assert!(
+                keys.buckets.len() < 400,
+                "a dense run takes a few entries: {}",
+                keys.buckets.len()
+            );
+            b.add(
+                Covered {
+                    number: obj as u64,
+                    key: String::new(),
+                    frames: Vec::new(),
+                    fence: 0,
+                },
+                &keys,
+                &[],
+                &[],
+            );
+        }
+        let bytes = b.encode("00000001", None).expect("encode");
+        store.put_once("a", bytes.clone()).await.expect("put");
+        let idx = Index::open(&store, "a", bytes.len() as u64).await.expect("open");
+        assert!(idx.footer.bucket_fences.as_ref().is_some_and(|f| !f.is_empty()));
+        let probes: BTreeSet<i64> = truth
+            .keys()
+            .flat_map(|k| [k.saturating_sub(1), *k, k.saturating_add(1), k.saturating_add(32)])
+            .chain([i64::MIN, i64::MAX, 123_456_789])
+            .collect();
+        let check = |idx: Index, want: BTreeMap<i64, BTreeSet<(u32, u32)>>| {
+            let store = &store;
+            let probes = &probes;
+            async move {
+                for k in probes {
+                    let got: BTreeSet<(u32, u32)> = idx
+                        .lookup_key(store, "public.t", format!("[\"{k}\"]").as_bytes())
+                        .await
+                        .expect("lookup")
+                        .into_iter()
+                        .collect();
+                    assert_eq!(got, want.get(k).cloned().unwrap_or_default(), "key {k}");
+                }
+                let other = idx.lookup_key(store, "public.u", br#"["0"]"#).await.expect("lookup");
+                assert_eq!(other, vec![], "another table's key 0");
+                let text = idx.lookup_key(store, "public.t", br#"["x"]"#).await.expect("lookup");
+                assert_eq!(
+                    text.len(),
+                    want.values()
+                        .flatten()
+                        .map(|(o, f)| (o, f))
+                        .collect::<BTreeSet<_>>()
+                        .len()
+                );
+            }
+        };
+        check(idx.clone(), truth.clone()).await;
+        // Merged with itself: the second copy's objects come after the first's.
+        let size = bytes.len() as u64;
+        let twice = [(idx.clone(), size), (idx.clone(), size)];
+        let Ok(write::Written::Memory(merged)) = merge::merge_objects(&store, "00000001", &twice, None, None).await
+        else {
+            panic!("merged in memory")
+        };
+        store.put_once("m", merged.clone()).await.expect("put");
+        let m = Index::open(&store, "m", merged.len() as u64).await.expect("open");
+        assert!(!m.footer.hashed_int_keys);
+        let doubled = |t: &BTreeMap<i64, BTreeSet<(u32, u32)>>| {
+            t.iter()
+                .map(|(k, v)| (*k, v.iter().flat_map(|(o, f)| [(*o, *f), (o + 3, *f)]).collect()))
+                .collect::<BTreeMap<_, BTreeSet<_>>>()
+        };
+        check(m, doubled(&truth)).await;
+        // An object of format 3 hashed every key: the same rows, hashed.
+        let mut v3 = Builder::default();
+        for obj in 0..3u32 {
+            let mut keys = KeyEntries::default();
+            for (k, at) in &truth {
+                for (_, f) in at.iter().filter(|(o, _)| *o == obj) {
+                    keys.note(RowKey::Hash(h.key("public.t", format!("[\"{k}\"]").as_bytes())), *f);
+                }
+            }
+            for f in 0..4 {
+                keys.note(RowKey::Hash(h.key("public.t", br#"["x"]"#)), f);
+            }
+            keys.hashes.sort_unstable_by_key(|(_, f)| *f);
+            v3.add(
+                Covered {
+                    number: 10 + obj as u64,
+                    key: String::new(),
+                    frames: Vec::new(),
+                    fence: 0,
+                },
+                &keys,
+                &[],
+                &[],
+            );
+        }
+        // Its bytes as format 3 wrote them: no bucket section, its footer
+        // and trailer of that version.
+        let v4 = v3.encode("00000001", None).expect("encode");
+        let at = u64::from_le_bytes(v4[v4.len() - 24..v4.len() - 16].try_into().expect("8 bytes")) as usize;
+        let len = u64::from_le_bytes(v4[v4.len() - 16..v4.len() - 8].try_into().expect("8 bytes")) as usize;
+        let mut footer: serde_json::Value =
+            serde_json::from_slice(&zstd::decode_all(&v4[at..at + len]).expect("footer")).expect("json");
+        assert_eq!(footer["bucket_fences"], serde_json::json!([]));
+        footer["waly_index"] = 3.into();
+        footer.as_object_mut().expect("object").remove("bucket_fences");
+        let z = zstd::encode_all(&serde_json::to_vec(&footer).expect("json")[..], 1).expect("zstd");
+        let mut v3_bytes = v4[..at].to_vec();
+        v3_bytes.extend_from_slice(&z);
+        v3_bytes.extend_from_slice(&(at as u64).to_le_bytes());
+        v3_bytes.extend_from_slice(&(z.len() as u64).to_le_bytes());
+        v3_bytes.extend_from_slice(MAGIC_V3);
+        store.put_once("v3", Bytes::from(v3_bytes.clone())).await.expect("put");
+        let old = Index::open(&store, "v3", v3_bytes.len() as u64).await.expect("open");
+        assert_eq!((old.footer.waly_index, old.footer.bucket_fences.is_none()), (3, true));
+        // Read alone, its integer keys are found by hash.
+        check(old.clone(), truth.clone()).await;
+        let mixed = [(idx.clone(), size), (old, v3_bytes.len() as u64)];
+        let Ok(write::Written::Memory(merged)) = merge::merge_objects(&store, "00000001", &mixed, None, None).await
+        else {
+            panic!("merged in memory")
+        };
+        store.put_once("mixed", merged.clone()).await.expect("put");
+        let m = Index::open(&store, "mixed", merged.len() as u64).await.expect("open");
+        assert!(
+            m.footer.hashed_int_keys,
+            "the merge says its key section holds integer keys"
+        );
+        check(m, doubled(&truth)).await;
     }
 }

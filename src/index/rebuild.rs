@@ -1,6 +1,6 @@
 //! `waly reindex`: every index object rebuilt from the segments and snapshots.
 
-use super::{damaged, merge_levels, segments_index_key, snapshot_index_key, Builder, Covered};
+use super::{damaged, merge_levels, segments_index_key, snapshot_index_key, Builder, Covered, KeyEntries, RowKey};
 use crate::archive::Store;
 use crate::schema::keys::KeyColumns;
 use crate::Error;
@@ -61,7 +61,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                     } else {
                         part.frames.clone()
                     };
-                    let mut keys = Vec::new();
+                    let mut keys = KeyEntries::default();
                     for (f, (off, len)) in frames.iter().enumerate() {
                         let z = bytes
                             .get(*off as usize..(off + len) as usize)
@@ -74,7 +74,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                             }
                             let row: crate::event::Row =
                                 serde_json::from_str(line).map_err(|e| damaged(&part.key, e))?;
-                            keys.push((b.hasher().row(&t.table, &pk, &row), f as u32));
+                            keys.note(b.hasher().row(&t.table, &pk, &row), f as u32);
                         }
                     }
                     b.add(
@@ -107,7 +107,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                 let bytes = store.get(key).await?;
                 let (header, frames) = SegmentReader::locate_frames(key, &bytes)?;
                 let mut summary = crate::catalog::Summary::default();
-                let mut keys = Vec::new();
+                let mut keys = KeyEntries::default();
                 let mut messages = Vec::new();
                 let mut tables = Vec::new();
                 for (f, (off, len)) in frames.iter().enumerate() {
@@ -127,7 +127,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                         }
                         match rec {
                             Record::Change(c) if c.change.op == crate::event::Op::Truncate => {
-                                keys.push((b.hasher().truncate(&c.change.table), f as u32));
+                                keys.note(RowKey::Hash(b.hasher().truncate(&c.change.table)), f as u32);
                             }
                             Record::Change(c) => {
                                 let pk = pk_of(&st.schemas, &c.change.table, c.schema_version);
@@ -137,7 +137,9 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                                 let t = &*c.change.table;
                                 let new = c.change.new.as_ref().map(|r| b.hasher().row(t, &pk, r));
                                 let old = c.change.old.as_ref().map(|r| b.hasher().row(t, &pk, r));
-                                keys.extend(new.iter().chain(old.iter()).map(|h| (*h, f as u32)));
+                                for k in new.iter().chain(old.iter()) {
+                                    keys.note(*k, f as u32);
+                                }
                             }
                             Record::Message(m) => messages.push((m.commit_lsn.as_u64(), f as u32)),
                             _ => {}

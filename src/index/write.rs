@@ -1,7 +1,7 @@
 //! Writing an index object: blocks compressed (and sealed in an encrypted
 //! archive) as they are cut, fence blocks over them, the footer and trailer.
 
-use super::{Block, Entry, Footer, BLOCK_ENTRIES, FENCE_ENTRIES, MAGIC, MAGIC_SEALED};
+use super::{Block, Codec, Entry, Footer, BLOCK_ENTRIES, FENCE_ENTRIES, MAGIC, MAGIC_SEALED};
 use crate::Error;
 use bytes::Bytes;
 
@@ -186,8 +186,8 @@ impl<'a> BlockWriter<'a> {
 
 /// Writes one section's entries, given in order, as blocks of
 /// [`BLOCK_ENTRIES`], then fence blocks over those; equal entries once.
-#[derive(Default)]
 pub(super) struct SectionWriter {
+    codec: Codec,
     pending: Vec<Entry>,
     last: Option<Entry>,
     blocks: Vec<Block>,
@@ -195,6 +195,17 @@ pub(super) struct SectionWriter {
 }
 
 impl SectionWriter {
+    /// A writer of a section whose values `codec` codes.
+    pub(super) fn new(codec: Codec) -> Self {
+        SectionWriter {
+            codec,
+            pending: Vec::new(),
+            last: None,
+            blocks: Vec::new(),
+            raw: Vec::new(),
+        }
+    }
+
     pub(super) fn push(&mut self, e: Entry, c: &mut BlockWriter) -> Result<(), Error> {
         if self.last == Some(e) {
             return Ok(());
@@ -218,7 +229,13 @@ impl SectionWriter {
         let mut prev = first;
         self.raw.extend_from_slice(&prev.to_le_bytes());
         for (v, o, f) in &self.pending {
-            put_varint(&mut self.raw, v - prev);
+            match self.codec {
+                Codec::Delta => put_varint(&mut self.raw, v - prev),
+                Codec::Buckets => {
+                    put_varint(&mut self.raw, (v >> 32) - (prev >> 32));
+                    put_varint(&mut self.raw, v & 0xffff_ffff);
+                }
+            }
             put_varint(&mut self.raw, *o as u64);
             put_varint(&mut self.raw, *f as u64);
             prev = *v;

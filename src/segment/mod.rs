@@ -428,7 +428,7 @@ mod tests {
         for i in 0..24000u64 {
             let r = change(100, i, 100 + i * 10, Op::Insert);
             b.push(&r).expect("push");
-            b.note_key(i % 7);
+            b.note_key(crate::index::RowKey::Hash(i % 7));
             all.push(r);
         }
         all.push(commit(100, 24000));
@@ -447,8 +447,8 @@ mod tests {
         }
         assert_eq!(pieced, all, "frame by frame, the same records");
         let last_frame = frames.len() as u32 - 1;
-        assert!(sealed.key_entries.iter().any(|(_, f)| *f == last_frame));
-        assert!(sealed.key_entries.iter().all(|(h, _)| *h < 7));
+        assert!(sealed.keys.hashes.iter().any(|(_, f)| *f == last_frame));
+        assert!(sealed.keys.hashes.iter().all(|(h, _)| *h < 7));
     }
 
     /// Frames of data that compresses well end at 1 MiB; frames of data that

@@ -61,8 +61,8 @@ pub struct SegmentBuilder {
     body: Vec<u8>,
     /// `(offset in body, length)` of each finished frame.
     frames: Vec<(u64, u64)>,
-    /// Index entries: a change's `(key hash, frame)`, a message's `(commit LSN, frame)`.
-    key_entries: Vec<(u64, u32)>,
+    /// Index entries: the changes' row keys, a message's `(commit LSN, frame)`.
+    keys: crate::index::KeyEntries,
     message_entries: Vec<(u64, u32)>,
     /// Index entries: `(table hash, frame)` of each table a frame has changes of.
     table_entries: Vec<(u64, u32)>,
@@ -115,8 +115,8 @@ pub struct SealedSegment {
     pub bytes: Bytes,
     /// SHA-256 (hex) of `bytes`, for the next segment's header.
     pub sha256: String,
-    /// Index entries: each change's `(key hash, frame)`.
-    pub key_entries: Vec<(u64, u32)>,
+    /// Index entries: the changes' row keys.
+    pub keys: crate::index::KeyEntries,
     /// Index entries: each `waly` message's `(commit LSN, frame)`.
     pub message_entries: Vec<(u64, u32)>,
     /// Index entries: `(table hash, frame)` of each table a frame has changes
@@ -139,7 +139,7 @@ impl SegmentBuilder {
             frame: Vec::with_capacity(FRAME_BYTES + 64 * 1024),
             body: Vec::new(),
             frames: Vec::new(),
-            key_entries: Vec::new(),
+            keys: Default::default(),
             message_entries: Vec::new(),
             table_entries: Vec::new(),
             summary: Default::default(),
@@ -337,13 +337,11 @@ impl SegmentBuilder {
         self.frames.len() as u32
     }
 
-    /// Records that the change just pushed concerns the row whose key hashes
-    /// to `hash` (see [`crate::index`]).
-    pub fn note_key(&mut self, hash: u64) {
+    /// Records that the change just pushed concerns the row `key` (see
+    /// [`crate::index`]).
+    pub fn note_key(&mut self, key: crate::index::RowKey) {
         let f = self.frame_index();
-        if self.key_entries.last() != Some(&(hash, f)) {
-            self.key_entries.push((hash, f));
-        }
+        self.keys.note(key, f);
     }
 
     fn note(&mut self, lsn: Lsn, time: Option<DateTime<Utc>>) {
@@ -430,7 +428,7 @@ impl SegmentBuilder {
             header,
             bytes: Bytes::from(bytes),
             sha256,
-            key_entries: self.key_entries,
+            keys: self.keys,
             message_entries: self.message_entries,
             table_entries: self.table_entries,
             summary: self.summary,
