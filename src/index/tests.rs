@@ -1,0 +1,404 @@
+//! The index's tests: lookups, merges (plain, sealed, with format 3
+//! objects) and the bucket section.
+
+use super::*;
+
+/// Encrypted: sealed objects found by their keyed hashes, merged only
+/// with objects hashed under the same data key, plaintext refused.
+#[tokio::test]
+async fn sealed_index_objects_merge_per_data_key_and_find_their_rows() {
+    use crate::crypt::keys;
+    let store = Store::open("memory://").expect("store");
+    let reader = age::x25519::Identity::generate();
+    let id = crate::archive::state::Identity::new("1", "db", "slot", "pub");
+    let spec = crate::crypt::EncryptSpec::Recipients(vec![reader.to_public()]);
+    crate::crypt::create(&store, &id, &spec).await.expect("create");
+    let gen = "00000001";
+    let put = |n: u64, sealer: crate::crypt::Sealer| {
+        let store = store.clone();
+        async move {
+            let mut b = Builder::for_writer(Some(&sealer));
+            let key = format!("[\"{n}\"]");
+            let RowKey::Bucket(v) = b.hasher().row_key("public.t", key.as_bytes()) else {
+                panic!("an integer key goes to its bucket")
+            };
+            let h = v >> 32;
+            let mut keys = KeyEntries::default();
+            keys.note(RowKey::Bucket(v), 0);
+            b.add(
+                Covered {
+                    number: n,
+                    key: String::new(),
+                    frames: Vec::new(),
+                    fence: 0,
+                },
+                &keys,
+                &[],
+                &[(b.hasher().table("public.t"), 0)],
+            );
+            let bytes = b.encode(gen, Some(&sealer)).expect("encode");
+            assert_ne!(h, Hasher::Plain.bucket("public.t", n as i64));
+            store
+                .put_once(&segments_index_key(gen, n, n), bytes)
+                .await
+                .expect("put");
+        }
+    };
+    let a = store.prepare_writing().await.expect("prepare").expect("encrypted");
+    for n in 0..3 {
+        put(n, a.clone()).await;
+    }
+    // A rotation: the next objects are hashed under another data key.
+    let set = keys::RecipientSet {
+        waly_keys: 1,
+        number: 1,
+        recipients: vec![reader.to_public().to_string()],
+        passphrase: false,
+        reason: "rotate".into(),
+        created_at: chrono::Utc::now(),
+    };
+    store
+        .put_once(&keys::recipients_key(1), crate::archive::state::to_json(&set))
+        .await
+        .expect("set");
+    let b = store.prepare_writing().await.expect("prepare").expect("encrypted");
+    assert_ne!(a.key_id(), b.key_id());
+    put(3, b.clone()).await;
+    // A sealed merge spilled to a file as it is written: its trailer's
+    // SHA-256, taken as the blocks went by, passes the upload check
+    // (which hashes the whole object), and its entries are found.
+    let mut runs = Vec::new();
+    for (key, size, _, last) in segment_indexes(&store, gen).await.expect("list") {
+        if last < 3 {
+            runs.push((Index::open(&store, &key, size).await.expect("open"), size));
+        }
+    }
+    let path = std::env::temp_dir().join(format!("waly-sealed-merge-test-{}", std::process::id()));
+    let Ok(write::Written::File(file)) = merge::merge_objects(&store, gen, &runs, Some(&a), Some((path, 100))).await
+    else {
+        panic!("a sealed merge past its size goes to its file");
+    };
+    let key = "index/00000001/snapshots/spilled.idx";
+    store.put_file_once(key, &file.path).await.expect("upload check");
+    let size = std::fs::metadata(&file.path).expect("size").len();
+    let spilled = Index::open(&store, key, size).await.expect("open");
+    let found = spilled
+        .lookup_key(&store, "public.t", b"[\"1\"]")
+        .await
+        .expect("lookup");
+    assert_eq!(
+        found
+            .iter()
+            .map(|(o, _)| spilled.footer.objects[*o as usize].number)
+            .collect::<Vec<_>>(),
+        [1]
+    );
+    assert!(merge(&store, gen, 0, 3).await.expect("merge"));
+    let kept: Vec<(u64, u64)> = segment_indexes(&store, gen)
+        .await
+        .expect("list")
+        .iter()
+        .map(|(_, _, a, b)| (*a, *b))
+        .collect();
+    assert_eq!(kept, vec![(0, 2), (3, 3)]);
+    for (key, size, first, last) in segment_indexes(&store, gen).await.expect("list") {
+        let idx = Index::open(&store, &key, size).await.expect("open");
+        for n in first..=last {
+            let got = idx
+                .lookup_key(&store, "public.t", format!("[\"{n}\"]").as_bytes())
+                .await;
+            let obj = got
+                .expect("lookup")
+                .into_iter()
+                .map(|(o, _)| idx.footer.objects[o as usize].number);
+            assert_eq!(obj.collect::<Vec<_>>(), vec![n]);
+        }
+        assert_eq!(
+            idx.lookup_table(&store, "public.t")
+                .await
+                .expect("table")
+                .map(|t| t.len()),
+            Some((last - first + 1) as usize)
+        );
+    }
+    // A plaintext index object is refused before it is written.
+    let mut plain = Builder::default();
+    plain.add(
+        Covered {
+            number: 9,
+            key: String::new(),
+            frames: Vec::new(),
+            fence: 0,
+        },
+        &KeyEntries {
+            hashes: vec![(1, 0)],
+            ..Default::default()
+        },
+        &[],
+        &[],
+    );
+    let bytes = plain.encode(gen, None).expect("encode");
+    let e = store.put_once(&segments_index_key(gen, 9, 9), bytes).await;
+    assert!(matches!(e, Err(Error::Encryption(_))), "{e:?}");
+}
+
+#[tokio::test]
+async fn lookups_find_every_entry_and_only_those() {
+    let store = Store::open("memory://").expect("store");
+    let mut b = Builder::default();
+    for obj in 0..3u64 {
+        let keys = KeyEntries {
+            hashes: (0..5000u64)
+                .map(|i| ((i * 7919 + obj) % 3001, (i % 9) as u32))
+                .collect(),
+            ..Default::default()
+        };
+        let msgs: Vec<(u64, u32)> = (0..100u64).map(|i| (obj * 1000 + i, 1)).collect();
+        // Table a in every object's frame 0, b only in object 1's frames 1 and 3.
+        let h = Hasher::Plain;
+        let mut tables = vec![(h.table("public.a"), 0)];
+        if obj == 1 {
+            tables.extend([(h.table("public.b"), 1), (h.table("public.b"), 3)]);
+        }
+        b.add(
+            Covered {
+                number: obj,
+                key: format!("seg{obj}"),
+                frames: vec![(0, 1)],
+                fence: 0,
+            },
+            &keys,
+            &msgs,
+            &tables,
+        );
+    }
+    let bytes = b.encode("00000001", None).expect("encode");
+    store.put_once("i", bytes.clone()).await.expect("put");
+    let idx = Index::open(&store, "i", bytes.len() as u64).await.expect("open");
+    assert!(!idx.footer.key_fences.is_empty());
+    for h in [0u64, 1, 2, 1500, 3000] {
+        let mut got = idx.lookup_hash(&store, h).await.expect("lookup");
+        got.sort();
+        let mut want: Vec<(u32, u32)> = (0..3u32)
+            .flat_map(|o| {
+                (0..5000u64)
+                    .filter(move |i| (i * 7919 + o as u64) % 3001 == h)
+                    .map(move |i| (o, (i % 9) as u32))
+            })
+            .collect();
+        want.sort();
+        want.dedup();
+        assert_eq!(got, want, "hash {h}");
+    }
+    assert_eq!(idx.lookup_hash(&store, 5000).await.expect("lookup"), vec![]);
+    assert_eq!(idx.lookup_message(&store, 1005).await.expect("lookup"), vec![(1, 1)]);
+    let table = |t: &'static str| {
+        let (idx, store) = (&idx, &store);
+        async move { idx.lookup_table(store, t).await.expect("lookup") }
+    };
+    assert_eq!(table("public.a").await, Some(vec![(0, 0), (1, 0), (2, 0)]));
+    assert_eq!(table("public.b").await, Some(vec![(1, 1), (1, 3)]));
+    assert_eq!(table("public.c").await, Some(vec![]));
+    // Merged with an index that has no table section, the merged one
+    // does not claim to know where tables are.
+    let mut old = idx.clone();
+    old.footer.table_fences = None;
+    let both = [(idx.clone(), bytes.len() as u64), (old, bytes.len() as u64)];
+    let in_memory = match merge::merge_objects(&store, "00000001", &both, None, None).await {
+        Ok(write::Written::Memory(b)) => b,
+        other => panic!("a merge without a file is held in memory: {}", other.is_ok()),
+    };
+    // Spilled past 100 bytes to a file: the same bytes, and the file
+    // goes with its handle.
+    let path = std::env::temp_dir().join(format!("waly-merge-test-{}", std::process::id()));
+    let spilled = match merge::merge_objects(&store, "00000001", &both, None, Some((path.clone(), 100))).await {
+        Ok(write::Written::File(f)) => f,
+        other => panic!("a merge past its size goes to its file: {}", other.is_ok()),
+    };
+    assert_eq!(std::fs::read(&spilled.path).expect("read")[..], in_memory[..]);
+    drop(spilled);
+    assert!(!path.exists(), "a spilled merge's file is removed with it");
+    let merged = in_memory;
+    store.put_once("m", merged.clone()).await.expect("put");
+    let m = Index::open(&store, "m", merged.len() as u64).await.expect("open");
+    assert_eq!(m.lookup_table(&store, "public.b").await.expect("lookup"), None);
+    // Every entry of both, the second's objects numbered after the first's.
+    let mut want = idx.lookup_hash(&store, 1500).await.expect("lookup");
+    let second: Vec<(u32, u32)> = want.iter().map(|(o, f)| (o + 3, *f)).collect();
+    want.extend(second);
+    assert_eq!(m.lookup_hash(&store, 1500).await.expect("lookup"), want);
+    assert_eq!(m.footer.objects.len(), 6);
+    // Damage is an error, not a wrong answer.
+    let mut bad = bytes.to_vec();
+    for b in bad.iter_mut().take(40) {
+        *b ^= 0xff; // the first data blocks
+    }
+    store.put_once("bad", Bytes::from(bad)).await.expect("put");
+    let bad = Index::open(&store, "bad", bytes.len() as u64)
+        .await
+        .expect("footer intact");
+    assert!(bad.lookup_hash(&store, 0).await.is_err());
+}
+
+/// Integer keys are found through their buckets: every frame that
+/// holds a key and no other, whatever the key's neighbours (dense runs,
+/// scattered keys, negative keys, the ends of 64 bits), in one object,
+/// after a merge, and after a merge with an object of format 3 (whose
+/// integer keys were hashed).
+#[tokio::test]
+async fn integer_keys_are_found_through_their_buckets_and_only_where_they_are() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let store = Store::open("memory://").expect("store");
+    let h = Hasher::Plain;
+    let mut truth: BTreeMap<i64, BTreeSet<(u32, u32)>> = BTreeMap::new();
+    let mut b = Builder::default();
+    let mut x = 7u64;
+    for obj in 0..3u32 {
+        let mut keys = KeyEntries::default();
+        for frame in 0..4u32 {
+            let mut these: Vec<i64> = match (obj + frame) % 3 {
+                // A dense run, as a bulk update or insert writes.
+                0 => (1000 * frame as i64..1000 * frame as i64 + 700).collect(),
+                // Scattered keys, some negative.
+                1 => (0..300)
+                    .map(|_| {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        (x >> 40) as i64 % 5000 - 2500
+                    })
+                    .collect(),
+                _ => vec![i64::MIN, i64::MIN + 31, -33, -32, -1, 0, 31, 32, i64::MAX],
+            };
+            these.push(obj as i64 * 100_000);
+            for k in these {
+                keys.note(h.row_key("public.t", format!("[\"{k}\"]").as_bytes()), frame);
+                truth.entry(k).or_default().insert((obj, frame));
+            }
+            // A text key in the same table is hashed, apart.
+            keys.note(h.row_key("public.t", br#"["x"]"#), frame);
+        }
+        assert!(
+            keys.buckets.len() < 400,
+            "a dense run takes a few entries: {}",
+            keys.buckets.len()
+        );
+        b.add(
+            Covered {
+                number: obj as u64,
+                key: String::new(),
+                frames: Vec::new(),
+                fence: 0,
+            },
+            &keys,
+            &[],
+            &[],
+        );
+    }
+    let bytes = b.encode("00000001", None).expect("encode");
+    store.put_once("a", bytes.clone()).await.expect("put");
+    let idx = Index::open(&store, "a", bytes.len() as u64).await.expect("open");
+    assert!(idx.footer.bucket_fences.as_ref().is_some_and(|f| !f.is_empty()));
+    let probes: BTreeSet<i64> = truth
+        .keys()
+        .flat_map(|k| [k.saturating_sub(1), *k, k.saturating_add(1), k.saturating_add(32)])
+        .chain([i64::MIN, i64::MAX, 123_456_789])
+        .collect();
+    let check = |idx: Index, want: BTreeMap<i64, BTreeSet<(u32, u32)>>| {
+        let store = &store;
+        let probes = &probes;
+        async move {
+            for k in probes {
+                let got: BTreeSet<(u32, u32)> = idx
+                    .lookup_key(store, "public.t", format!("[\"{k}\"]").as_bytes())
+                    .await
+                    .expect("lookup")
+                    .into_iter()
+                    .collect();
+                assert_eq!(got, want.get(k).cloned().unwrap_or_default(), "key {k}");
+            }
+            let other = idx.lookup_key(store, "public.u", br#"["0"]"#).await.expect("lookup");
+            assert_eq!(other, vec![], "another table's key 0");
+            let text = idx.lookup_key(store, "public.t", br#"["x"]"#).await.expect("lookup");
+            assert_eq!(
+                text.len(),
+                want.values()
+                    .flatten()
+                    .map(|(o, f)| (o, f))
+                    .collect::<BTreeSet<_>>()
+                    .len()
+            );
+        }
+    };
+    check(idx.clone(), truth.clone()).await;
+    // Merged with itself: the second copy's objects come after the first's.
+    let size = bytes.len() as u64;
+    let twice = [(idx.clone(), size), (idx.clone(), size)];
+    let Ok(write::Written::Memory(merged)) = merge::merge_objects(&store, "00000001", &twice, None, None).await else {
+        panic!("merged in memory")
+    };
+    store.put_once("m", merged.clone()).await.expect("put");
+    let m = Index::open(&store, "m", merged.len() as u64).await.expect("open");
+    assert!(!m.footer.hashed_int_keys);
+    let doubled = |t: &BTreeMap<i64, BTreeSet<(u32, u32)>>| {
+        t.iter()
+            .map(|(k, v)| (*k, v.iter().flat_map(|(o, f)| [(*o, *f), (o + 3, *f)]).collect()))
+            .collect::<BTreeMap<_, BTreeSet<_>>>()
+    };
+    check(m, doubled(&truth)).await;
+    // An object of format 3 hashed every key: the same rows, hashed.
+    let mut v3 = Builder::default();
+    for obj in 0..3u32 {
+        let mut keys = KeyEntries::default();
+        for (k, at) in &truth {
+            for (_, f) in at.iter().filter(|(o, _)| *o == obj) {
+                keys.note(RowKey::Hash(h.key("public.t", format!("[\"{k}\"]").as_bytes())), *f);
+            }
+        }
+        for f in 0..4 {
+            keys.note(RowKey::Hash(h.key("public.t", br#"["x"]"#)), f);
+        }
+        keys.hashes.sort_unstable_by_key(|(_, f)| *f);
+        v3.add(
+            Covered {
+                number: 10 + obj as u64,
+                key: String::new(),
+                frames: Vec::new(),
+                fence: 0,
+            },
+            &keys,
+            &[],
+            &[],
+        );
+    }
+    // Its bytes as format 3 wrote them: no bucket section, its footer
+    // and trailer of that version.
+    let v4 = v3.encode("00000001", None).expect("encode");
+    let at = u64::from_le_bytes(v4[v4.len() - 24..v4.len() - 16].try_into().expect("8 bytes")) as usize;
+    let len = u64::from_le_bytes(v4[v4.len() - 16..v4.len() - 8].try_into().expect("8 bytes")) as usize;
+    let mut footer: serde_json::Value =
+        serde_json::from_slice(&zstd::decode_all(&v4[at..at + len]).expect("footer")).expect("json");
+    assert_eq!(footer["bucket_fences"], serde_json::json!([]));
+    footer["waly_index"] = 3.into();
+    footer.as_object_mut().expect("object").remove("bucket_fences");
+    let z = zstd::encode_all(&serde_json::to_vec(&footer).expect("json")[..], 1).expect("zstd");
+    let mut v3_bytes = v4[..at].to_vec();
+    v3_bytes.extend_from_slice(&z);
+    v3_bytes.extend_from_slice(&(at as u64).to_le_bytes());
+    v3_bytes.extend_from_slice(&(z.len() as u64).to_le_bytes());
+    v3_bytes.extend_from_slice(MAGIC_V3);
+    store.put_once("v3", Bytes::from(v3_bytes.clone())).await.expect("put");
+    let old = Index::open(&store, "v3", v3_bytes.len() as u64).await.expect("open");
+    assert_eq!((old.footer.waly_index, old.footer.bucket_fences.is_none()), (3, true));
+    // Read alone, its integer keys are found by hash.
+    check(old.clone(), truth.clone()).await;
+    let mixed = [(idx.clone(), size), (old, v3_bytes.len() as u64)];
+    let Ok(write::Written::Memory(merged)) = merge::merge_objects(&store, "00000001", &mixed, None, None).await else {
+        panic!("merged in memory")
+    };
+    store.put_once("mixed", merged.clone()).await.expect("put");
+    let m = Index::open(&store, "mixed", merged.len() as u64).await.expect("open");
+    assert!(
+        m.footer.hashed_int_keys,
+        "the merge says its key section holds integer keys"
+    );
+    check(m, doubled(&truth)).await;
+}
