@@ -216,24 +216,33 @@ impl Crypt {
     /// The archive's mode, remembered once `waly.json` exists (an archive
     /// without one is plaintext so far, and asked again next time).
     async fn mode(&self, store: &Store) -> Result<Mode, Error> {
-        if let Some(m) = self.mode.get() {
-            return Ok(*m);
+        // Readers that ask at once (index objects opened together) wait for
+        // one read of `waly.json`. An archive without one yet is plaintext
+        // for now, and asked again next time (`None` below).
+        let m = self
+            .mode
+            .get_or_try_init(|| async {
+                let Some(id) = crate::archive::state::read_identity(store).await.map_err(Some)? else {
+                    return Err(None);
+                };
+                let m = match id.encryption {
+                    Some(_) => Mode::Encrypted,
+                    None => Mode::Plain,
+                };
+                let _ = self
+                    .literals_sealed
+                    .set(m == Mode::Encrypted && id.waly_archive >= crate::archive::state::SEALED_LITERALS_FORMAT);
+                let _ = self
+                    .shapes_sealed
+                    .set(m == Mode::Encrypted && id.waly_archive >= crate::archive::state::SEALED_SHAPES_FORMAT);
+                Ok(m)
+            })
+            .await;
+        match m {
+            Ok(m) => Ok(*m),
+            Err(None) => Ok(Mode::Plain),
+            Err(Some(e)) => Err(e),
         }
-        let Some(id) = crate::archive::state::read_identity(store).await? else {
-            return Ok(Mode::Plain);
-        };
-        let m = match id.encryption {
-            Some(_) => Mode::Encrypted,
-            None => Mode::Plain,
-        };
-        let _ = self
-            .literals_sealed
-            .set(m == Mode::Encrypted && id.waly_archive >= crate::archive::state::SEALED_LITERALS_FORMAT);
-        let _ = self
-            .shapes_sealed
-            .set(m == Mode::Encrypted && id.waly_archive >= crate::archive::state::SEALED_SHAPES_FORMAT);
-        let _ = self.mode.set(m);
-        Ok(m)
     }
 
     /// Whether schema versions seal their literals, once the mode is known.

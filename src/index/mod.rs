@@ -531,16 +531,18 @@ impl Index {
         lo: u64,
         hi: u64,
     ) -> Result<Vec<Entry>, Error> {
+        // The fence blocks at once, then the data blocks at once: two round
+        // trips at most, however many blocks the range spans.
+        let fenced = candidates(fences, lo, hi).iter().map(|f| self.block(store, f));
         let mut blocks = Vec::new();
-        for f in candidates(fences, lo, hi) {
-            let z = self.block(store, f).await?;
+        for z in futures_util::future::try_join_all(fenced).await? {
             let inner = decode_fences(&self.key, &z)?;
             blocks.extend_from_slice(candidates(&inner, lo, hi));
         }
         blocks.dedup();
+        let data = blocks.iter().map(|b| self.block(store, b));
         let mut out = Vec::new();
-        for b in blocks {
-            let z = self.block(store, &b).await?;
+        for z in futures_util::future::try_join_all(data).await? {
             out.extend(
                 decode_block(&self.key, &z, codec)?
                     .into_iter()
@@ -570,18 +572,25 @@ impl Index {
             return self.lookup_hash(store, self.hasher.key(table, key)).await;
         };
         let (lo, bit) = (v >> 32 << 32, v & 0xffff_ffff);
-        let mut out: Vec<(u32, u32)> = self
-            .find_range(store, fences, Codec::Buckets, lo, lo | 0xffff_ffff)
-            .await?
+        let hashed = async {
+            match self.footer.hashed_int_keys {
+                true => self.lookup_hash(store, self.hasher.key(table, key)).await,
+                false => Ok(Vec::new()),
+            }
+        };
+        let (found, hashed) = futures_util::future::try_join(
+            self.find_range(store, fences, Codec::Buckets, lo, lo | 0xffff_ffff),
+            hashed,
+        )
+        .await?;
+        let mut out: Vec<(u32, u32)> = found
             .into_iter()
             .filter(|(v, _, _)| v & bit != 0)
             .map(|(_, o, f)| (o, f))
+            .chain(hashed)
             .collect();
-        if self.footer.hashed_int_keys {
-            out.extend(self.lookup_hash(store, self.hasher.key(table, key)).await?);
-            out.sort_unstable();
-            out.dedup();
-        }
+        out.sort_unstable();
+        out.dedup();
         Ok(out)
     }
 
