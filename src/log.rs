@@ -195,7 +195,8 @@ pub async fn walk(
         )));
     }
     for gen in gens {
-        let st = state::load_generation(store, &gen).await?;
+        // Its segments, listed once: for its tail, and to read.
+        let (st, segments) = state::load_generation_listing(store, &gen, state::Shapes::All, |_| {}).await?;
         f(Item::Generation {
             id: &gen,
             schemas: &st.schemas,
@@ -207,7 +208,6 @@ pub async fn walk(
             }
         }
         let mut dedup = Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
-        let segments = state::segments(store, &gen).await?;
         // One table's log reads, of each segment the index covers, only the
         // frames with that table's changes.
         let frames = match (&opts.table, segments.first(), segments.last()) {

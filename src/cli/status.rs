@@ -84,8 +84,7 @@ async fn archive(args: &StatusArgs) -> anyhow::Result<serde_json::Value> {
     for g in state::generations(&store).await? {
         let info = state::generation_info(&store, &g).await?;
         // No key needed: what status shows is never sealed.
-        let st = state::load_generation_of(&store, &g, state::Shapes::WhatOpens).await?;
-        let segs = state::segments(&store, &g).await?;
+        let (st, segs) = state::load_generation_listing(&store, &g, state::Shapes::WhatOpens, |_| {}).await?;
         total_segments += segs.len() as u64;
         if let Some(c) = st.tail.last_commit {
             latest = serde_json::json!({"generation": g, "commit_lsn": c.commit_lsn,
