@@ -240,6 +240,16 @@ async fn lookups_find_every_entry_and_only_those() {
     assert!(bad.lookup_hash(&store, 0).await.is_err());
 }
 
+/// Segment `number`, as an index object covers it.
+fn segment(number: u64) -> Covered {
+    Covered {
+        number,
+        key: String::new(),
+        frames: Vec::new(),
+        fence: 0,
+    }
+}
+
 /// Integer keys are found through their buckets: every frame that
 /// holds a key and no other, whatever the key's neighbours (dense runs,
 /// scattered keys, negative keys, the ends of 64 bits), in one object,
@@ -281,17 +291,7 @@ async fn integer_keys_are_found_through_their_buckets_and_only_where_they_are() 
             "a dense run takes a few entries: {}",
             keys.buckets.len()
         );
-        b.add(
-            Covered {
-                number: obj as u64,
-                key: String::new(),
-                frames: Vec::new(),
-                fence: 0,
-            },
-            &keys,
-            &[],
-            &[],
-        );
+        b.add(segment(obj as u64), &keys, &[], &[]);
     }
     let bytes = b.encode("00000001", None).expect("encode");
     store.put_once("a", bytes.clone()).await.expect("put");
@@ -357,17 +357,7 @@ async fn integer_keys_are_found_through_their_buckets_and_only_where_they_are() 
             keys.note(RowKey::Hash(h.key("public.t", br#"["x"]"#)), f);
         }
         keys.hashes.sort_unstable_by_key(|(_, f)| *f);
-        v3.add(
-            Covered {
-                number: 10 + obj as u64,
-                key: String::new(),
-                frames: Vec::new(),
-                fence: 0,
-            },
-            &keys,
-            &[],
-            &[],
-        );
+        v3.add(segment(10 + obj as u64), &keys, &[], &[]);
     }
     // Its bytes as format 3 wrote them: no bucket section, its footer
     // and trailer of that version.
