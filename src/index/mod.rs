@@ -3,7 +3,9 @@
 //!
 //! An index object covers some objects of a generation (a run of segments,
 //! or one snapshot's parts). It holds sorted entries `(hash, object, frame)`
-//! where `hash` is a [`Hasher`] value of a row's table and primary key, and a
+//! where `hash` is a [`Hasher`] value of a row's table and primary key (a
+//! key that is one integer has instead its bucket's entry, one per bucket of
+//! 32 keys and frame, with a bit per key: [`RowKey::Bucket`]), and a
 //! second list `(commit LSN, object, frame)` locating `waly` messages. The
 //! entries are cut into blocks (zstd frames) of [`BLOCK_ENTRIES`]; a footer
 //! lists the covered objects with their frames' byte ranges and each block's
