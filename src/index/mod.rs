@@ -362,6 +362,25 @@ pub(crate) enum Codec {
     Buckets,
 }
 
+/// How a bucket entry's bits are coded: one key (a single bit, as
+/// scattered updates write) as `bit << 1 | 1`, one byte; several as
+/// `bits << 1`.
+fn bits_code(bits: u64) -> u64 {
+    match bits.is_power_of_two() {
+        true => (bits.trailing_zeros() as u64) << 1 | 1,
+        false => bits << 1,
+    }
+}
+
+/// The bits [`bits_code`] coded as `code`; `None` past 32 bits.
+fn bits_of_code(code: u64) -> Option<u64> {
+    let bits = match code & 1 {
+        1 => 1u64.checked_shl((code >> 1).try_into().ok()?)?,
+        _ => code >> 1,
+    };
+    (bits >> 32 == 0).then_some(bits)
+}
+
 fn decode_block(key: &str, z: &[u8], codec: Codec) -> Result<Vec<Entry>, Error> {
     let raw = zstd::bulk::decompress(z, BLOCK_ENTRIES * 40 + 8).map_err(|e| damaged(key, e))?;
     let bad = || damaged(key, "a block does not decode");
@@ -373,9 +392,8 @@ fn decode_block(key: &str, z: &[u8], codec: Codec) -> Result<Vec<Entry>, Error> 
             Codec::Delta => prev.checked_add(get_varint(&raw, &mut at).ok_or_else(bad)?),
             Codec::Buckets => {
                 let high = (prev >> 32).checked_add(get_varint(&raw, &mut at).ok_or_else(bad)?);
-                let bits = get_varint(&raw, &mut at).ok_or_else(bad)?;
-                high.filter(|h| *h >> 32 == 0 && bits >> 32 == 0)
-                    .map(|h| h << 32 | bits)
+                let bits = bits_of_code(get_varint(&raw, &mut at).ok_or_else(bad)?);
+                high.zip(bits).filter(|(h, _)| *h >> 32 == 0).map(|(h, b)| h << 32 | b)
             }
         }
         .ok_or_else(bad)?;

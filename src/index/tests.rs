@@ -240,6 +240,18 @@ async fn lookups_find_every_entry_and_only_those() {
     assert!(bad.lookup_hash(&store, 0).await.is_err());
 }
 
+#[test]
+fn a_bucket_entrys_bits_code_back_to_themselves_and_one_key_takes_a_byte() {
+    for bits in [1u64, 2, 3, 1 << 31, 0xffff_ffff, 0x8000_0001, 0b1010] {
+        assert_eq!(bits_of_code(bits_code(bits)), Some(bits), "{bits:#x}");
+    }
+    for b in 0..32 {
+        assert!(bits_code(1 << b) < 0x80, "one key, one byte: bit {b}");
+    }
+    assert_eq!(bits_of_code(32 << 1 | 1), None, "no bit 32");
+    assert_eq!(bits_of_code(1 << 33), None, "no bits past 32");
+}
+
 /// Segment `number`, as an index object covers it.
 fn segment(number: u64) -> Covered {
     Covered {

@@ -233,7 +233,7 @@ impl SectionWriter {
                 Codec::Delta => put_varint(&mut self.raw, v - prev),
                 Codec::Buckets => {
                     put_varint(&mut self.raw, (v >> 32) - (prev >> 32));
-                    put_varint(&mut self.raw, v & 0xffff_ffff);
+                    put_varint(&mut self.raw, super::bits_code(v & 0xffff_ffff));
                 }
             }
             put_varint(&mut self.raw, *o as u64);
