@@ -88,9 +88,12 @@ pub async fn plan(store: &Store, table: &str, point: Bound) -> Result<Plan, Erro
     }
     // Each generation's restorable range for the table.
     let mut loaded = Vec::new();
+    // Each generation's segments, listed with its state (for its tail).
+    let mut listed = Vec::new();
     let mut known_tables = std::collections::BTreeSet::new();
     for g in &gens {
-        let st = state::load_generation(store, g).await?;
+        let (st, segments) = state::load_generation_listing(store, g, state::Shapes::All, |_| {}).await?;
+        listed.push(segments);
         for m in &st.manifests {
             for t in &m.tables {
                 known_tables.insert(t.table.clone());
@@ -135,6 +138,7 @@ pub async fn plan(store: &Store, table: &str, point: Bound) -> Result<Plan, Erro
         )));
     };
     let st = loaded.swap_remove(i);
+    let listed = listed.swap_remove(i);
     let is_last = i + 1 == gens.len();
     if !is_last {
         let end = st.tail.last_commit;
@@ -192,7 +196,7 @@ pub async fn plan(store: &Store, table: &str, point: Bound) -> Result<Plan, Erro
     let entry = snapshot.tables.iter().find(|t| t.table == table);
     let (snapshot_rows, snapshot_bytes) = entry.map_or((0, 0), |t| (t.rows, t.parts.iter().map(|p| p.bytes).sum()));
     let mut segments = Vec::new();
-    for (key, _, size) in state::segments(store, &st.id).await? {
+    for (key, _, size) in listed {
         let Some((_, first, last)) = crate::archive::layout::parse_segment_key(&key) else {
             continue;
         };
