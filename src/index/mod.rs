@@ -26,7 +26,7 @@ mod merge;
 mod messages;
 mod rebuild;
 mod write;
-pub use hash::{int_key, key_hash, Hasher, RowKey, BUCKET_BITS, TRUNCATE_KEY};
+pub use hash::{key_hash, Hasher, RowKey, TRUNCATE_KEY};
 pub use merge::{level_merges, merge, merge_levels, Merger};
 pub use messages::{transaction_messages, MessageReads};
 pub use rebuild::{pk_of, reindex, ReindexStats};
@@ -282,15 +282,6 @@ impl Builder {
             }
             w.finish(c)
         };
-        // One entry per bucket, object and frame, their bits together.
-        self.buckets.sort_unstable_by_key(|(v, o, f)| (v >> 32, *o, *f));
-        self.buckets.dedup_by(|later, kept| {
-            let same = (later.0 >> 32, later.1, later.2) == (kept.0 >> 32, kept.1, kept.2);
-            if same {
-                kept.0 |= later.0;
-            }
-            same
-        });
         let keys = section(&mut self.keys, Codec::Delta, &mut c)?;
         let messages = section(&mut self.messages, Codec::Delta, &mut c)?;
         let tables = section(&mut self.tables, Codec::Delta, &mut c)?;
@@ -643,21 +634,29 @@ impl Index {
     /// Every entry (for checking): row keys, messages, tables and buckets
     /// (those it has).
     pub async fn entries(&self, store: &Store) -> Result<Sections, Error> {
-        let optional = |fences: &Option<Vec<Block>>, codec| {
-            let fences = fences.clone();
-            async move {
-                match fences {
-                    None => Ok(None),
-                    Some(f) => self.section(store, &f, codec).await.map(Some),
-                }
-            }
-        };
         Ok(Sections {
             keys: self.section(store, &self.footer.key_fences, Codec::Delta).await?,
             messages: self.section(store, &self.footer.message_fences, Codec::Delta).await?,
-            tables: optional(&self.footer.table_fences, Codec::Delta).await?,
-            buckets: optional(&self.footer.bucket_fences, Codec::Buckets).await?,
+            tables: self
+                .optional_section(store, self.footer.table_fences.as_deref(), Codec::Delta)
+                .await?,
+            buckets: self
+                .optional_section(store, self.footer.bucket_fences.as_deref(), Codec::Buckets)
+                .await?,
         })
+    }
+
+    /// [`Index::section`] of a section the object may lack.
+    async fn optional_section(
+        &self,
+        store: &Store,
+        fences: Option<&[Block]>,
+        codec: Codec,
+    ) -> Result<Option<Vec<Entry>>, Error> {
+        match fences {
+            None => Ok(None),
+            Some(f) => self.section(store, f, codec).await.map(Some),
+        }
     }
 }
 
