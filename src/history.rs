@@ -523,7 +523,10 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    const DEPTH: usize = 8;
+    /// A segment's read holds the frames of it the row is in (about 16 KiB
+    /// compressed each, 1 MiB in older segments), so this many stay within
+    /// a few MiB; on an object store each round trip then brings several.
+    const DEPTH: usize = 32;
 
     /// Starts reads of the next segments of `rest` (this one first) that
     /// `hits` lists frames of, up to the depth.

@@ -767,32 +767,51 @@ fn frame_runs(frames: &[u32]) -> Vec<(u32, u32)> {
 
 /// Reads frames `frames` (sorted numbers) of segment `key`, whose frames lie
 /// at `offsets` (from [`segment_header`]): adjacent ones in one range
-/// request. Each frame's bytes, in order.
+/// request, up to [`FRAME_READS_AT_ONCE`] requests at once. Each frame's
+/// bytes, in order (they are all kept, so reading them at once holds no
+/// more than reading them one by one).
 pub async fn read_frames(
     store: &Store,
     key: &str,
     offsets: &[(u64, u64)],
     frames: &[u32],
 ) -> Result<Vec<Bytes>, Error> {
-    let mut out = Vec::with_capacity(frames.len());
-    for (a, b) in frame_runs(frames) {
+    use futures_util::{StreamExt, TryStreamExt};
+    let runs = frame_runs(frames);
+    let mut ranges = Vec::with_capacity(runs.len());
+    for (a, b) in runs {
         let (Some(&(off, _)), Some(&(last_off, last_len))) = (offsets.get(a as usize), offsets.get(b as usize)) else {
             return Err(Error::Corrupt {
                 key: key.to_string(),
                 why: format!("the index names frame {b}, which its header does not have"),
             });
         };
-        let z = store.get_range(key, off..last_off + last_len).await?;
-        for &(o, l) in &offsets[a as usize..=b as usize] {
-            out.push(
-                store
-                    .open_frames(key, z.slice((o - off) as usize..(o - off + l) as usize))
-                    .await?,
-            );
-        }
+        ranges.push((off, last_off + last_len, &offsets[a as usize..=b as usize]));
     }
-    Ok(out)
+    let reads: Vec<_> = ranges
+        .into_iter()
+        .map(|(off, end, within)| async move {
+            let z = store.get_range(key, off..end).await?;
+            let mut out = Vec::with_capacity(within.len());
+            for &(o, l) in within {
+                out.push(
+                    store
+                        .open_frames(key, z.slice((o - off) as usize..(o - off + l) as usize))
+                        .await?,
+                );
+            }
+            Ok::<_, Error>(out)
+        })
+        .collect();
+    let read: Vec<Vec<Bytes>> = futures_util::stream::iter(reads)
+        .buffered(FRAME_READS_AT_ONCE)
+        .try_collect()
+        .await?;
+    Ok(read.into_iter().flatten().collect())
 }
+
+/// Range requests [`read_frames`] has in flight for one segment.
+const FRAME_READS_AT_ONCE: usize = 8;
 
 /// Where a table's changes are, by the index: for each segment of `gen`
 /// in `numbers` (first..=last) that a table-aware index object covers,
