@@ -329,27 +329,34 @@ pub async fn history(
     let table = query.table.as_str();
     // The key columns, from the table's newest schema.
     let mut latest = None;
-    let mut known = std::collections::BTreeSet::new();
     let gens = state::generations(store).await?;
     let mut states = Vec::new();
     // Generations a few at once, in order.
     use futures_util::StreamExt;
     let loaded: Vec<Result<Gen, Error>> = futures_util::stream::iter(gens.clone())
-        .map(|g: String| async move { load_gen(store, &g, use_index).await })
+        .map(|g: String| async move { load_gen(store, &g, table, use_index).await })
         .buffered(GENERATIONS_AT_ONCE)
         .collect()
         .await;
     for g in loaded {
         let g = g?;
-        for t in g.st.schemas.tables() {
-            known.insert(t.to_string());
-        }
         if let Some(s) = g.st.schemas.latest(table) {
             latest = Some(s.clone());
         }
         states.push(g);
     }
     let Some(schema) = latest else {
+        // Only the table's own schema versions were read: the others are
+        // named by their listing.
+        let mut known = std::collections::BTreeSet::new();
+        for g in &gens {
+            known.extend(
+                state::schema_keys(store, g)
+                    .await?
+                    .iter()
+                    .filter_map(|k| state::schema_key_table(k)),
+            );
+        }
         return Err(crate::restore::not_in_archive(table, &known));
     };
     if !schema.columns.iter().any(|c| c.primary_key) {
@@ -731,13 +738,14 @@ struct Gen {
 /// objects are listed and opened (one that does not open is left out, so
 /// its segments are read whole), and its first snapshot's index object
 /// too; none when the index is not used.
-async fn load_gen(store: &Store, gen: &str, use_index: bool) -> Result<Gen, Error> {
+async fn load_gen(store: &Store, gen: &str, table: &str, use_index: bool) -> Result<Gen, Error> {
     use crate::index::{self, Index};
     // The first snapshot's index object is named by its LSN, which the
     // manifests' listing gives: the state's load lists them and hands the
     // keys over (when that listing fails, so does the load).
     let (tx, rx) = tokio::sync::oneshot::channel::<Vec<String>>();
-    let state = state::load_generation_listing(store, gen, state::Shapes::All, move |keys| {
+    let shapes = state::Shapes::Table(table.to_string());
+    let state = state::load_generation_listing(store, gen, shapes, move |keys| {
         let _ = tx.send(keys.to_vec());
     });
     let first_snapshot = async {

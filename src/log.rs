@@ -196,7 +196,9 @@ pub async fn walk(
     }
     for gen in gens {
         // Its segments, listed once: for its tail, and to read.
-        let (st, segments) = state::load_generation_listing(store, &gen, state::Shapes::All, |_| {}).await?;
+        // One table's log needs only that table's schema versions.
+        let shapes = opts.table.clone().map_or(state::Shapes::All, state::Shapes::Table);
+        let (st, segments) = state::load_generation_listing(store, &gen, shapes, |_| {}).await?;
         f(Item::Generation {
             id: &gen,
             schemas: &st.schemas,

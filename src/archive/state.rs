@@ -415,6 +415,15 @@ pub async fn schema_keys(store: &Store, gen: &str) -> Result<Vec<String>, Error>
         .collect())
 }
 
+/// The table (`schema.name`) whose version schema object `key` holds, by
+/// its name.
+pub fn schema_key_table(key: &str) -> Option<String> {
+    let mut parts = key.rsplit('/');
+    parts.next()?;
+    let (schema, name) = layout::parse_table_segment(parts.next()?)?;
+    Some(format!("{schema}.{name}"))
+}
+
 /// The keys of `gen`'s snapshot manifests.
 pub async fn manifest_keys(store: &Store, gen: &str) -> Result<Vec<String>, Error> {
     Ok(store
@@ -437,20 +446,27 @@ async fn read_all<T: serde::de::DeserializeOwned>(store: &Store, keys: Vec<Strin
 }
 
 /// Which schema versions a load needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shapes {
     /// Every one, opened (an unreadable one is an error).
     All,
     /// Those that open: `waly verify` and `waly status`, which need no key
     /// (verify reports the others).
     WhatOpens,
+    /// Those of one table (`schema.name`), opened: `waly history`, which
+    /// follows one table (records of others are read without their key).
+    Table(String),
 }
 
 /// The schema versions of `gen`, read and opened, a few at a time.
-async fn read_schemas(store: &Store, gen: &str, shapes: Shapes) -> Result<Vec<SchemaRecord>, Error> {
+async fn read_schemas(store: &Store, gen: &str, shapes: &Shapes) -> Result<Vec<SchemaRecord>, Error> {
     use futures_util::{StreamExt, TryStreamExt};
-    let may_skip = shapes == Shapes::WhatOpens;
-    let read: Vec<Option<SchemaRecord>> = futures_util::stream::iter(schema_keys(store, gen).await?)
+    let may_skip = *shapes == Shapes::WhatOpens;
+    let mut keys = schema_keys(store, gen).await?;
+    if let Shapes::Table(table) = shapes {
+        keys.retain(|k| schema_key_table(k).as_deref() == Some(table.as_str()));
+    }
+    let read: Vec<Option<SchemaRecord>> = futures_util::stream::iter(keys)
         .map(|key| async move {
             match store.read_schema(&key, store.get(&key).await?, may_skip).await {
                 Err(Error::Corrupt { .. }) if may_skip => Ok(None),
@@ -484,7 +500,10 @@ pub async fn load_generation_telling(
         tail,
         ..Default::default()
     };
-    let (schemas, manifests) = futures_util::future::try_join(read_schemas(store, gen, shapes), async {
+    if let Shapes::Table(table) = &shapes {
+        st.schemas = crate::schema::Schemas::of_table(table);
+    }
+    let (schemas, manifests) = futures_util::future::try_join(read_schemas(store, gen, &shapes), async {
         let keys = manifest_keys(store, gen).await?;
         listed(&keys);
         read_all::<Manifest>(store, keys).await

@@ -48,7 +48,7 @@ pub struct Plan {
     /// Segments that may hold the table's changes between the snapshot and
     /// the point: `(key, bytes)`.
     pub segments: Vec<(String, u64)>,
-    /// The generation's schema versions.
+    /// The generation's state, with the schema versions of the table alone.
     pub gen: GenState,
     /// The latest complete transaction of the generation.
     pub last_complete: Option<crate::segment::CommitPoint>,
@@ -92,7 +92,9 @@ pub async fn plan(store: &Store, table: &str, point: Bound) -> Result<Plan, Erro
     let mut listed = Vec::new();
     let mut known_tables = std::collections::BTreeSet::new();
     for g in &gens {
-        let (st, segments) = state::load_generation_listing(store, g, state::Shapes::All, |_| {}).await?;
+        // Only the table's own schema versions: the others are not needed.
+        let shapes = state::Shapes::Table(table.to_string());
+        let (st, segments) = state::load_generation_listing(store, g, shapes, |_| {}).await?;
         listed.push(segments);
         for m in &st.manifests {
             for t in &m.tables {

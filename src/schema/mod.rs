@@ -249,13 +249,31 @@ fn streamed(version: &SchemaRecord, described: &[ColumnDef]) -> Vec<ColumnDef> {
         .collect()
 }
 
-/// Every schema version of a generation's tables.
+/// Every schema version of a generation's tables (or of one table, for a
+/// reader that follows only it).
 #[derive(Debug, Clone, Default)]
 pub struct Schemas {
     by_table: BTreeMap<String, Vec<SchemaRecord>>,
+    /// Set when only this table's versions were loaded: records of other
+    /// tables are then read without their key.
+    only: Option<String>,
 }
 
 impl Schemas {
+    /// An empty set that will hold the versions of `table` alone.
+    pub fn of_table(table: &str) -> Self {
+        Schemas {
+            by_table: BTreeMap::new(),
+            only: Some(table.to_string()),
+        }
+    }
+
+    /// Whether `table`'s versions were loaded (all were, unless the set is
+    /// [`Schemas::of_table`] another table).
+    pub fn holds(&self, table: &str) -> bool {
+        self.only.as_deref().is_none_or(|t| t == table)
+    }
+
     /// Adds (or replaces) a version.
     pub fn insert(&mut self, rec: SchemaRecord) {
         let versions = self.by_table.entry(rec.table.clone()).or_default();

@@ -193,6 +193,9 @@ impl<'a> SegmentReader<'a> {
                     Op::Truncate => None,
                 };
                 let key = match row {
+                    // A table whose versions were not loaded: its key is not
+                    // wanted.
+                    Some(_) if !schemas.holds(&table) => None,
                     None => None,
                     Some(row) => {
                         let schema = schemas.version(&table, schema_version).ok_or_else(|| {

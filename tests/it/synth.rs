@@ -394,3 +394,56 @@ fn tables_answers_from_the_catalog_as_a_scan_does_and_a_wrong_catalog_is_named()
     assert!(rebuilt == runs, "reindex wrote other bytes in the same runs");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn history_reads_only_its_own_tables_schema_versions_and_answers_as_a_scan_does() {
+    let dir = std::env::temp_dir()
+        .join("waly-synth-own-schemas")
+        .display()
+        .to_string();
+    synth(&dir, "11");
+    let history = |table: &str, key: &str, extra: &[&str]| {
+        let mut args = vec!["history", "--archive", &dir, table, key, "--json"];
+        args.extend_from_slice(extra);
+        let out = run_within(waly().env("WALY_READ_STATS", "2").args(&args), 120);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).expect("utf-8"),
+            String::from_utf8(out.stderr).expect("utf-8"),
+        )
+    };
+    for table in ["public.t0", "public.t1", "public.t2"] {
+        // A row the log shows changed (so it has versions after the snapshot).
+        let log = json_lines(&stdout(&["log", "--archive", &dir, "--table", table, "--json"]));
+        let changed = log.iter().find_map(|c| c["key"]["id"].as_str()).expect("a change");
+        let key = changed.to_string();
+        let key = key.as_str();
+        let (indexed, err) = history(table, key, &[]);
+        let schemas_read: Vec<&str> = err
+            .lines()
+            .filter_map(|l| l.split(" from ").nth(1))
+            .filter(|k| k.contains("/schemas/"))
+            .collect();
+        assert!(
+            !schemas_read.is_empty() && schemas_read.iter().all(|k| k.contains(&format!("/schemas/{table}/"))),
+            "{table}: history read these schema versions: {schemas_read:?}"
+        );
+        // Its frames hold other tables' changes, read without their key.
+        let (scanned, _) = history(table, key, &["--scan"]);
+        assert!(json_lines(&indexed).len() > 1, "{table} {key}: {indexed}");
+        assert_eq!(indexed, scanned, "{table} {key}: the index changed the history");
+    }
+    // A table not in the archive: the error still names every table.
+    let out = run_within(waly().args(["history", "--archive", &dir, "public.nope", "1"]), 120);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "history of a missing table succeeded");
+    assert!(
+        err.contains("archived tables: public.t0, public.t1, public.t2"),
+        "the error should name the archived tables: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
