@@ -544,7 +544,7 @@ impl ReadAhead {
         covered: &std::collections::BTreeMap<u64, usize>,
         hits: &std::collections::BTreeMap<u64, std::collections::BTreeSet<u32>>,
     ) {
-        for (key, number, _) in rest {
+        for (key, number, size) in rest {
             if self.pending.len() >= Self::DEPTH {
                 break;
             }
@@ -558,11 +558,12 @@ impl ReadAhead {
             else {
                 continue;
             };
-            let (store, key, frames) = (store.clone(), key.clone(), frames.iter().copied().collect::<Vec<u32>>());
+            let (store, key, size) = (store.clone(), key.clone(), *size);
+            let frames = frames.iter().copied().collect::<Vec<u32>>();
             self.pending.push_back((
                 *number,
                 tokio::spawn(async move {
-                    let offsets = crate::index::segment_frames(&store, &key).await?;
+                    let offsets = crate::index::segment_frames(&store, &key, size).await?;
                     let read = crate::index::read_frames(&store, &key, &offsets, &frames).await?;
                     Ok((offsets, frames.into_iter().zip(read).collect()))
                 }),
@@ -852,7 +853,7 @@ async fn indexed_generation(
     }
     let mut dedup = log::Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
     let mut txns: BTreeSet<Lsn> = BTreeSet::new();
-    for (i, (key, number, _)) in segments.iter().enumerate() {
+    for (i, (key, number, size)) in segments.iter().enumerate() {
         // Look up every key followed so far (a key change adds one).
         if let Err(why) = follow(store, indexes, &t.table, &[&t.current], &mut looked, &mut hits).await {
             return Ok(Err(why));
@@ -904,7 +905,7 @@ async fn indexed_generation(
             let Some(f) = next else { break };
             done.insert(f);
             if frames.is_none() {
-                frames = Some(index::segment_frames(store, key).await?);
+                frames = Some(index::segment_frames(store, key, *size).await?);
             }
             let Some((off, len)) = frames.as_ref().and_then(|fr| fr.get(f as usize)).copied() else {
                 continue;

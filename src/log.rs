@@ -218,9 +218,10 @@ pub async fn walk(
         };
         let wanted = segments
             .into_iter()
-            .map(|(key, number, _)| Wanted {
+            .map(|(key, number, size)| Wanted {
                 frames: frames.get(&(number, layout::segment_fence(&key))).cloned(),
                 key,
+                size,
             })
             .collect();
         let mut ahead = Ahead::start(store, wanted, st.schemas.clone())?;

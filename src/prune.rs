@@ -152,12 +152,12 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
         for (j, (key, number, size)) in segments.iter().enumerate() {
             let last = crate::archive::layout::parse_segment_key(key).map_or(Lsn(u64::MAX), |(_, _, l)| l);
             if last >= boundary || j + 1 == segments.len() {
-                first_kept = Some((*number, key.clone()));
+                first_kept = Some((*number, key.clone(), *size));
                 break;
             }
             plan.objects.push((key.clone(), *size));
         }
-        let Some((first_kept, first_key)) = first_kept else {
+        let Some((first_kept, first_key, first_size)) = first_kept else {
             continue;
         };
         if first_kept == segments.first().map_or(0, |s| s.1) {
@@ -175,7 +175,10 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
                 plan.objects.push((key, size));
             }
         }
-        let prev_sha256 = crate::index::segment_header(store, &first_key).await?.0.prev_sha256;
+        let prev_sha256 = crate::index::segment_header(store, &first_key, first_size)
+            .await?
+            .0
+            .prev_sha256;
         plan.marks.push(PruneMark {
             generation: gen.clone(),
             first_kept,

@@ -203,7 +203,7 @@ async fn segments(
         // Written under a lease that a later one replaced at or before its
         // position: a deposed writer's late upload, if the token is real.
         let real = s.fence < s.in_force && leases.iter().any(|l| l.token == s.fence);
-        let header_fence = crate::index::segment_header(store, &s.key)
+        let header_fence = crate::index::segment_header(store, &s.key, s.size)
             .await
             .ok()
             .map(|(h, _)| h.fence);

@@ -40,6 +40,8 @@ pub struct Wanted {
     pub key: String,
     /// The frames to read (numbers in the segment's header), or `None`: all.
     pub frames: Option<Vec<u32>>,
+    /// Its size as listed (0: not known), to size the read of its header.
+    pub size: u64,
 }
 
 /// A segment's bytes: the whole object, or the frames wanted.
@@ -133,7 +135,7 @@ async fn fetch(store: &Store, s: Wanted) -> Result<Fetched, Error> {
     if frames.is_empty() {
         return Ok(Fetched::Frames(s.key, Vec::new()));
     }
-    let (_, offsets) = crate::index::segment_header(store, &s.key).await?;
+    let (_, offsets) = crate::index::segment_header(store, &s.key, s.size).await?;
     let out = crate::index::read_frames(store, &s.key, &offsets, &frames).await?;
     Ok(Fetched::Frames(s.key, out))
 }

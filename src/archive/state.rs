@@ -351,8 +351,8 @@ async fn tail_from_headers(store: &Store, segs: &[(String, u64, u64)]) -> Result
     let mut tail = Tail::default();
     if let Some((_, n, _)) = segs.last() {
         tail.next_number = n + 1;
-        for (key, _, _) in segs.iter().rev() {
-            let (header, _) = crate::index::segment_header(store, key).await?;
+        for (key, _, size) in segs.iter().rev() {
+            let (header, _) = crate::index::segment_header(store, key, *size).await?;
             if tail.durable_lsn.is_none() {
                 tail.durable_lsn = header.durable_lsn;
             }

@@ -45,14 +45,14 @@ pub async fn transaction_messages(
             if !seen.insert((obj.number, f)) {
                 continue;
             }
-            let Some((seg_key, _, _)) = segments
+            let Some((seg_key, _, seg_size)) = segments
                 .iter()
                 .find(|(k, n, _)| *n == obj.number && crate::archive::layout::segment_fence(k) == obj.fence)
             else {
                 continue;
             };
             if let std::collections::btree_map::Entry::Vacant(e) = reads.frames.entry(obj.number) {
-                e.insert(segment_frames(store, seg_key).await?);
+                e.insert(segment_frames(store, seg_key, *seg_size).await?);
             }
             let Some((off, len)) = reads.frames.get(&obj.number).and_then(|fr| fr.get(f as usize)).copied() else {
                 continue;

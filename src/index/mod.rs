@@ -719,19 +719,19 @@ pub async fn segment_indexes(store: &Store, gen: &str) -> Result<Vec<(String, u6
 
 /// `[offset, length]` of the record frames of segment `key`, from the start
 /// of the object, read from its header (the first bytes only).
-pub async fn segment_frames(store: &Store, key: &str) -> Result<Vec<(u64, u64)>, Error> {
-    segment_header(store, key).await.map(|(_, frames)| frames)
+pub async fn segment_frames(store: &Store, key: &str, size: u64) -> Result<Vec<(u64, u64)>, Error> {
+    segment_header(store, key, size).await.map(|(_, frames)| frames)
 }
 
-/// The header of segment `key`, and `[offset, length]` of its record frames
-/// from the start of the object: read from its first bytes only.
+/// The header of segment `key` (of `size` bytes as listed, 0 when not
+/// known), and `[offset, length]` of its record frames from the start of
+/// the object: read from its first bytes only.
 pub async fn segment_header(
     store: &Store,
     key: &str,
+    size: u64,
 ) -> Result<(crate::segment::SegmentHeader, Vec<(u64, u64)>), Error> {
-    // A header frame is a few hundred bytes plus about 8 a record frame:
-    // 2 KiB holds it whole unless the segment has hundreds of frames.
-    let mut want = 2048u64;
+    let mut want = header_guess(size);
     loop {
         let head = store.get_range(key, 0..want).await?;
         let got = head.len() as u64;
@@ -763,6 +763,21 @@ fn frame_runs(frames: &[u32]) -> Vec<(u32, u32)> {
         }
     }
     out
+}
+
+/// How many first bytes of a segment of `size` bytes to read for its
+/// header frame: a few hundred bytes plus about 8 a record frame, and
+/// record frames hold about 16 KiB compressed or fewer (denser data makes
+/// fewer, larger ones). So 512 plus 12 per 16 KiB holds it whole but for
+/// data that compresses better than about 100 to 1 (frames end at 1 MiB
+/// raw), which then takes one more read; a bigger guess costs every
+/// lookup bytes it does not use (a header on the history bench is about
+/// 260 bytes).
+fn header_guess(size: u64) -> u64 {
+    if size == 0 {
+        return 2048;
+    }
+    (512 + 12 * size.div_ceil(16 << 10)).min(size)
 }
 
 /// Reads frames `frames` (sorted numbers) of segment `key`, whose frames lie

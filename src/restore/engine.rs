@@ -755,14 +755,14 @@ async fn collect_inner(
         }
         Ok(false)
     };
-    'segments: for (key, _) in &plan.segments {
+    'segments: for (key, size) in &plan.segments {
         let covered =
             layout::parse_segment_key(key).and_then(|(n, _, _)| by_table.get(&(n, layout::segment_fence(key))));
         if let Some(frames) = covered {
             // A segment wholly at or before the point: only its frames with
             // the table's changes are read, then its last commit marker (as
             // its header records it) is the cut so far.
-            let (header, offsets) = crate::index::segment_header(store, key).await?;
+            let (header, offsets) = crate::index::segment_header(store, key, *size).await?;
             // Its last record is its last commit, at or before the point
             // (by LSN, and by the last commit time it records).
             let before = header.last_commit.is_some_and(|c| {
@@ -799,7 +799,7 @@ async fn collect_inner(
         // it is where the walk would stop; its header says so without
         // reading (or decrypting) the rest.
         if let Bound::Time(t) = plan.point {
-            let (header, _) = crate::index::segment_header(store, key).await?;
+            let (header, _) = crate::index::segment_header(store, key, *size).await?;
             if header.first_lsn >= start && header.first_commit_time.is_some_and(|f| f > t) {
                 break 'segments;
             }

@@ -500,6 +500,42 @@ mod tests {
         }
     }
 
+    /// A segment's header, read from its first bytes, is whole and the same
+    /// whatever size the listing gave: its own, none (0), or one far too
+    /// small (the first read is then too short and is made again, larger).
+    #[tokio::test]
+    async fn a_segments_header_reads_whole_whatever_size_it_was_listed_with() {
+        let store = crate::archive::Store::open("memory://").expect("store");
+        let mut b = SegmentBuilder::new().expect("builder");
+        for i in 0..20000u64 {
+            let Record::Change(mut c) = change(100, i, 100 + i * 10, Op::Insert) else {
+                unreachable!()
+            };
+            let v = format!("{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            c.change.new = Some(Row(vec![
+                (Arc::from("id"), Some(i.to_string())),
+                (Arc::from("v"), None),
+                (Arc::from("e"), Some(v)),
+            ]));
+            b.push(&Record::Change(c)).expect("push");
+        }
+        b.push(&commit(100, 20000)).expect("push");
+        let sealed = b.seal("00000001", 0, None, 0).expect("seal");
+        let key = "generations/00000001/segments/0000000000";
+        store.put_once(key, sealed.bytes.clone()).await.expect("put");
+        let (want, want_frames) = SegmentReader::locate_frames(key, &sealed.bytes).expect("frames");
+        assert!(want_frames.len() >= 4, "{} frames", want_frames.len());
+        for size in [sealed.bytes.len() as u64, 0, 1, 300] {
+            let (header, frames) = crate::index::segment_header(&store, key, size).await.expect("header");
+            assert_eq!(frames, want_frames, "listed as {size} bytes");
+            assert_eq!(
+                (header.number, header.records, header.lines),
+                (want.number, want.records, want.lines),
+                "listed as {size} bytes"
+            );
+        }
+    }
+
     /// Segments read ahead: their frames decoded by several threads, the
     /// records handed over in order; frames the index picked likewise; and a
     /// segment whose frames hold fewer lines than its header promises is
@@ -551,6 +587,7 @@ mod tests {
         let whole = |k: &String| Wanted {
             key: k.clone(),
             frames: None,
+            size: 0,
         };
         assert_eq!(read(keys.iter().map(whole).collect()).await.expect("read"), all);
         // Frames 1 and 3 of the second segment: their records alone.
@@ -567,6 +604,7 @@ mod tests {
         let picked = vec![Wanted {
             key: keys[1].clone(),
             frames: Some(vec![1, 3]),
+            size: bytes.len() as u64,
         }];
         assert_eq!(read(picked).await.expect("read"), want);
         // The third segment's header promising one line more: named.
