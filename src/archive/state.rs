@@ -453,8 +453,9 @@ pub enum Shapes {
     /// Those that open: `waly verify` and `waly status`, which need no key
     /// (verify reports the others).
     WhatOpens,
-    /// Those of one table (`schema.name`), opened: `waly history`, which
-    /// follows one table (records of others are read without their key).
+    /// Those of one table (`schema.name`), opened: for `history`,
+    /// `restore`, `show` and `log --table`, which read one table (records
+    /// of others are read without their key).
     Table(String),
 }
 
@@ -464,7 +465,8 @@ async fn read_schemas(store: &Store, gen: &str, shapes: &Shapes) -> Result<Vec<S
     let may_skip = *shapes == Shapes::WhatOpens;
     let mut keys = schema_keys(store, gen).await?;
     if let Shapes::Table(table) = shapes {
-        keys.retain(|k| schema_key_table(k).as_deref() == Some(table.as_str()));
+        // A key whose name does not parse is read all the same.
+        keys.retain(|k| schema_key_table(k).is_none_or(|t| t == *table));
     }
     let read: Vec<Option<SchemaRecord>> = futures_util::stream::iter(keys)
         .map(|key| async move {
