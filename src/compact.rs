@@ -25,18 +25,18 @@ pub struct Compacted {
     pub changes: u64,
 }
 
-/// The last complete transaction of `gen` whose commit LSN is at or
-/// before `upto`: from the segment headers where they tell, else by reading
-/// the one segment that holds it.
+/// The last complete transaction of `gen` (its `segments` as listed with
+/// its state) whose commit LSN is at or before `upto`: from the segment
+/// headers where they tell, else by reading the one segment that holds it.
 async fn last_commit_upto(
     store: &Store,
     st: &state::GenState,
+    segments: &[(String, u64, u64)],
     upto: Lsn,
 ) -> Result<Option<crate::segment::CommitPoint>, Error> {
     if let Some(c) = st.tail.last_commit.filter(|c| c.commit_lsn <= upto) {
         return Ok(Some(c));
     }
-    let segments = state::segments(store, &st.id).await?;
     for (key, _, _) in segments.iter().rev() {
         let Some((_, first, _)) = layout::parse_segment_key(key) else {
             continue;
@@ -81,10 +81,10 @@ pub async fn compact(store: &Store, upto: Option<Lsn>) -> Result<Option<Compacte
             store.url()
         )));
     };
-    let st = state::load_generation(store, gen).await?;
+    let (st, segments) = state::load_generation_listing(store, gen, state::Shapes::All, |_| {}).await?;
     let cut = match upto {
         None => st.tail.last_commit,
-        Some(u) => last_commit_upto(store, &st, u).await?,
+        Some(u) => last_commit_upto(store, &st, &segments, u).await?,
     };
     let Some(cut) = cut else { return Ok(None) };
     // The snapshot holds every commit before its LSN: the end of the cut.
