@@ -792,21 +792,17 @@ pub async fn read_frames(
     frames: &[u32],
 ) -> Result<Vec<Bytes>, Error> {
     use futures_util::{StreamExt, TryStreamExt};
-    let runs = frame_runs(frames);
-    let mut ranges = Vec::with_capacity(runs.len());
-    for (a, b) in runs {
+    let mut reads = Vec::new();
+    for (a, b) in frame_runs(frames) {
         let (Some(&(off, _)), Some(&(last_off, last_len))) = (offsets.get(a as usize), offsets.get(b as usize)) else {
             return Err(Error::Corrupt {
                 key: key.to_string(),
                 why: format!("the index names frame {b}, which its header does not have"),
             });
         };
-        ranges.push((off, last_off + last_len, &offsets[a as usize..=b as usize]));
-    }
-    let reads: Vec<_> = ranges
-        .into_iter()
-        .map(|(off, end, within)| async move {
-            let z = store.get_range(key, off..end).await?;
+        let within = &offsets[a as usize..=b as usize];
+        reads.push(async move {
+            let z = store.get_range(key, off..last_off + last_len).await?;
             let mut out = Vec::with_capacity(within.len());
             for &(o, l) in within {
                 out.push(
@@ -816,8 +812,8 @@ pub async fn read_frames(
                 );
             }
             Ok::<_, Error>(out)
-        })
-        .collect();
+        });
+    }
     let read: Vec<Vec<Bytes>> = futures_util::stream::iter(reads)
         .buffered(FRAME_READS_AT_ONCE)
         .try_collect()

@@ -500,6 +500,21 @@ mod tests {
         }
     }
 
+    /// Insert `i` of transaction `100 + n`, its row's `e` a value that
+    /// compresses poorly (so a segment of thousands makes several frames).
+    fn scattered_insert(n: u64, i: u64) -> ChangeRecord {
+        let Record::Change(mut c) = change(100 + n, i, 100 + i * 10, Op::Insert) else {
+            unreachable!()
+        };
+        let v = format!("{:016x}", (n * 20000 + i).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        c.change.new = Some(Row(vec![
+            (Arc::from("id"), Some(i.to_string())),
+            (Arc::from("v"), None),
+            (Arc::from("e"), Some(v)),
+        ]));
+        c
+    }
+
     /// A segment's header, read from its first bytes, is whole and the same
     /// whatever size the listing gave: its own, none (0), or one far too
     /// small (the first read is then too short and is made again, larger).
@@ -508,16 +523,7 @@ mod tests {
         let store = crate::archive::Store::open("memory://").expect("store");
         let mut b = SegmentBuilder::new().expect("builder");
         for i in 0..20000u64 {
-            let Record::Change(mut c) = change(100, i, 100 + i * 10, Op::Insert) else {
-                unreachable!()
-            };
-            let v = format!("{:016x}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            c.change.new = Some(Row(vec![
-                (Arc::from("id"), Some(i.to_string())),
-                (Arc::from("v"), None),
-                (Arc::from("e"), Some(v)),
-            ]));
-            b.push(&Record::Change(c)).expect("push");
+            b.push(&Record::Change(scattered_insert(0, i))).expect("push");
         }
         b.push(&commit(100, 20000)).expect("push");
         let sealed = b.seal("00000001", 0, None, 0).expect("seal");
@@ -550,15 +556,7 @@ mod tests {
             let mut b = SegmentBuilder::new().expect("builder");
             let first = all.len();
             for i in 0..20000u64 {
-                let Record::Change(mut c) = change(100 + n, i, 100 + i * 10, Op::Insert) else {
-                    unreachable!()
-                };
-                let v = format!("{:016x}", (n * 20000 + i).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                c.change.new = Some(Row(vec![
-                    (Arc::from("id"), Some(i.to_string())),
-                    (Arc::from("v"), None),
-                    (Arc::from("e"), Some(v)),
-                ]));
+                let mut c = scattered_insert(n, i);
                 b.push(&Record::Change(c.clone())).expect("push");
                 c.change.key = Some(Row(vec![(Arc::from("id"), Some(i.to_string()))]));
                 all.push(Record::Change(c));
