@@ -329,12 +329,23 @@ pub async fn history(
     let table = query.table.as_str();
     // The key columns, from the table's newest schema.
     let mut latest = None;
-    let gens = state::generations(store).await?;
+    // The index objects are listed beside the generations: their first
+    // reads need no generation's listing.
+    let indexes = async {
+        match use_index {
+            true => crate::index::all_index_objects(store).await,
+            false => Ok(Default::default()),
+        }
+    };
+    let (gens, mut indexes) = futures_util::future::try_join(state::generations(store), indexes).await?;
     let mut states = Vec::new();
     // Generations a few at once, in order.
     use futures_util::StreamExt;
     let loaded: Vec<Result<Gen, Error>> = futures_util::stream::iter(gens.clone())
-        .map(|g: String| async move { load_gen(store, &g, table, use_index).await })
+        .map(|g: String| {
+            let listed = indexes.remove(&g).unwrap_or_default();
+            async move { load_gen(store, &g, table, use_index.then_some(listed)).await }
+        })
         .buffered(GENERATIONS_AT_ONCE)
         .collect()
         .await;
@@ -392,6 +403,12 @@ pub async fn history(
     stats.bytes_read = store.bytes_read() - started_at;
     Ok((ident.names, out, stats))
 }
+
+/// The largest frame table (compressed) `history` reads whole, beside the
+/// index object's first blocks: about 2 bytes per frame, so the tables of
+/// runs of up to a few hundred segments. A larger one costs more bytes
+/// than the headers it saves; those segments' headers are read instead.
+const FRAME_TABLE_READ: u64 = 64 << 10;
 
 /// Generations whose state `history` loads at once.
 const GENERATIONS_AT_ONCE: usize = 4;
@@ -536,12 +553,14 @@ impl ReadAhead {
     const DEPTH: usize = 32;
 
     /// Starts reads of the next segments of `rest` (this one first) that
-    /// `hits` lists frames of, up to the depth.
+    /// `hits` lists frames of, up to the depth: each segment's header
+    /// first, unless `located` gives where its frames lie.
     fn refill(
         &mut self,
         store: &Store,
         rest: &[(String, u64, u64)],
         covered: &std::collections::BTreeMap<u64, usize>,
+        located: &Located<'_>,
         hits: &std::collections::BTreeMap<u64, std::collections::BTreeSet<u32>>,
     ) {
         for (key, number, size) in rest {
@@ -560,10 +579,14 @@ impl ReadAhead {
             };
             let (store, key, size) = (store.clone(), key.clone(), *size);
             let frames = frames.iter().copied().collect::<Vec<u32>>();
+            let known = located.get(number).map(|f| f.to_vec());
             self.pending.push_back((
                 *number,
                 tokio::spawn(async move {
-                    let offsets = crate::index::segment_frames(&store, &key, size).await?;
+                    let offsets = match known {
+                        Some(offsets) => offsets,
+                        None => crate::index::segment_frames(&store, &key, size).await?,
+                    };
                     let read = crate::index::read_frames(&store, &key, &offsets, &frames).await?;
                     Ok((offsets, frames.into_iter().zip(read).collect()))
                 }),
@@ -585,6 +608,10 @@ impl ReadAhead {
         Ok(Some(fetched))
     }
 }
+
+/// Where the record frames of covered segments lie, by segment number, as
+/// their index objects' frame tables give them.
+type Located<'a> = std::collections::BTreeMap<u64, &'a [(u64, u64)]>;
 
 /// Adds to `hits` the `(segment, frame)` of every entry for `key` of
 /// `table` (once per key), asking every index object at once (an object
@@ -728,6 +755,8 @@ struct Gen {
     st: state::GenState,
     segments: Vec<(String, u64, u64)>,
     indexes: Vec<crate::index::Index>,
+    /// Their frame tables (`None`: none, or too large to read whole).
+    tables: Vec<Option<crate::index::FrameTable>>,
     /// The generation's first snapshot (its LSN) and its index object,
     /// opened (`None`: none found, or damaged).
     first_snapshot: Option<(Lsn, Option<crate::index::Index>)>,
@@ -736,11 +765,13 @@ struct Gen {
 /// Generation `gen` as history reads it. Its segments are listed once, for
 /// its tail (the last segments' headers) and for what the index covers
 /// alike. While its state (schema versions, manifests) loads, its index
-/// objects are listed and opened (one that does not open is left out, so
-/// its segments are read whole), and its first snapshot's index object
-/// too; none when the index is not used.
-async fn load_gen(store: &Store, gen: &str, table: &str, use_index: bool) -> Result<Gen, Error> {
+/// objects (`listed`: their listing, `None` when the index is not used) are
+/// opened (one that does not open is left out, so its segments are read
+/// whole), and its first snapshot's index object too.
+async fn load_gen(store: &Store, gen: &str, table: &str, listed: Option<Vec<(String, u64)>>) -> Result<Gen, Error> {
     use crate::index::{self, Index};
+    let use_index = listed.is_some();
+    let listed = listed.unwrap_or_default();
     // The first snapshot's index object is named by its LSN, which the
     // manifests' listing gives: the state's load lists them and hands the
     // keys over (when that listing fails, so does the load).
@@ -749,11 +780,32 @@ async fn load_gen(store: &Store, gen: &str, table: &str, use_index: bool) -> Res
     let state = state::load_generation_listing(store, gen, shapes, move |keys| {
         let _ = tx.send(keys.to_vec());
     });
+    let open_snapshot = |ikey: String| async move {
+        Index::open_unlisted(store, &ikey).await.unwrap_or_else(|e| {
+            tracing::warn!(index = ikey, error = %crate::error::chain(&e), "the index is damaged; reading the snapshot instead");
+            None
+        })
+    };
+    // The oldest snapshot index object listed is opened before the
+    // manifests are listed, as the first snapshot's likely one.
+    let oldest = listed
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.contains("/snapshots/"))
+        .min()
+        .cloned();
     let first_snapshot = async {
         if !use_index {
             return Ok(None);
         }
-        let Ok(keys) = rx.await else {
+        let guess = async {
+            match &oldest {
+                Some(k) => Some((k.clone(), open_snapshot(k.clone()).await)),
+                None => None,
+            }
+        };
+        let (keys, guess) = tokio::join!(rx, guess);
+        let Ok(keys) = keys else {
             return Ok(None);
         };
         let first = keys
@@ -763,19 +815,30 @@ async fn load_gen(store: &Store, gen: &str, table: &str, use_index: bool) -> Res
             return Ok::<_, Error>(None);
         };
         let ikey = index::snapshot_index_key(gen, lsn);
-        let idx = Index::open_unlisted(store, &ikey).await.unwrap_or_else(|e| {
-            tracing::warn!(index = ikey, error = %crate::error::chain(&e), "the index is damaged; reading the snapshot instead");
-            None
-        });
+        let idx = match guess {
+            Some((k, idx)) if k == ikey => idx,
+            _ => open_snapshot(ikey).await,
+        };
         Ok(Some((lsn, idx)))
     };
     let indexes = async {
         if !use_index {
             return Ok(Vec::new());
         }
-        let listed = index::segment_indexes(store, gen).await?;
-        let opened =
-            futures_util::future::join_all(listed.iter().map(|(key, size, _, _)| Index::open(store, key, *size))).await;
+        let listed = index::segment_indexes_of(&listed);
+        // Each object opened, then its frame table read when small.
+        let opened = futures_util::future::join_all(listed.iter().map(|(key, size, _, _)| async move {
+            let idx = Index::open(store, key, *size).await?;
+            let table = match idx.frame_table_len() <= FRAME_TABLE_READ {
+                true => idx.frame_table(store).await.unwrap_or_else(|e| {
+                    tracing::warn!(index = key, error = %crate::error::chain(&e), "the index's frame table is damaged; reading segment headers instead");
+                    None
+                }),
+                false => None,
+            };
+            Ok::<_, Error>((idx, table))
+        }))
+        .await;
         let mut indexes = Vec::new();
         for ((key, _, _, _), r) in listed.iter().zip(opened) {
             match r {
@@ -789,10 +852,12 @@ async fn load_gen(store: &Store, gen: &str, table: &str, use_index: bool) -> Res
     };
     let ((st, segments), indexes, first_snapshot) =
         futures_util::future::try_join3(state, indexes, first_snapshot).await?;
+    let (indexes, tables) = indexes.into_iter().unzip();
     Ok(Gen {
         st,
         segments,
         indexes,
+        tables,
         first_snapshot,
     })
 }
@@ -804,7 +869,7 @@ async fn indexed_generation(
     t: &mut Tracker,
     stats: &mut LookupStats,
 ) -> Result<Result<(), String>, Error> {
-    let (st, segments, indexes) = (&g.st, &g.segments, &g.indexes);
+    let (st, segments, indexes, tables) = (&g.st, &g.segments, &g.indexes, &g.tables);
     let damaged = |key: &str, e: &Error| format!("the index is damaged ({key}: {e})");
     use crate::index;
     use crate::segment::{Record, SegmentReader};
@@ -818,15 +883,32 @@ async fn indexed_generation(
     // (they need only the key).
     // Which index covers which segment (by the footers): an entry counts
     // only for the segment of its number written under its fencing token.
-    let fences: BTreeMap<u64, u64> = segments
+    let fences: BTreeMap<u64, (u64, u64)> = segments
         .iter()
-        .map(|(k, n, _)| (*n, crate::archive::layout::segment_fence(k)))
+        .map(|(k, n, size)| (*n, (crate::archive::layout::segment_fence(k), *size)))
         .collect();
     let mut covered: BTreeMap<u64, usize> = BTreeMap::new();
+    // Where a covered segment's frames lie, when its index object's frame
+    // table says (each range inside the segment as listed).
+    let mut located: Located<'_> = BTreeMap::new();
     for (i, idx) in indexes.iter().enumerate() {
-        for o in &idx.footer.objects {
-            if fences.get(&o.number) == Some(&o.fence) {
-                covered.insert(o.number, i);
+        for (p, o) in idx.footer.objects.iter().enumerate() {
+            let Some((_, size)) = fences.get(&o.number).filter(|(fence, _)| *fence == o.fence) else {
+                continue;
+            };
+            covered.insert(o.number, i);
+            located.remove(&o.number);
+            if let Some(frames) = tables[i].as_ref().and_then(|t| t.get(&(p as u32))) {
+                if frames
+                    .iter()
+                    .any(|(off, len)| off.checked_add(*len).is_none_or(|end| end > *size))
+                {
+                    return Ok(Err(format!(
+                        "the index is damaged ({}: its frame table places a frame outside the segment)",
+                        idx.key
+                    )));
+                }
+                located.insert(o.number, frames);
             }
         }
     }
@@ -842,7 +924,7 @@ async fn indexed_generation(
         let followed = follow(store, indexes, &table, &first, &mut looked, &mut hits).await;
         // The first segments' reads start now, not after the snapshot's rows.
         let mut ahead = ReadAhead::default();
-        ahead.refill(store, segments, &covered, &hits);
+        ahead.refill(store, segments, &covered, &located, &hits);
         Ok::<_, Error>((hits, looked, followed, ahead))
     };
     let (rows, lookups) = tokio::join!(snapshot_rows(store, st, g.first_snapshot.as_ref(), t, stats), lookups);
@@ -858,7 +940,7 @@ async fn indexed_generation(
         if let Err(why) = follow(store, indexes, &t.table, &[&t.current], &mut looked, &mut hits).await {
             return Ok(Err(why));
         }
-        ahead.refill(store, &segments[i..], &covered, &hits);
+        ahead.refill(store, &segments[i..], &covered, &located, &hits);
         let whole = !covered.contains_key(number);
         let mut feed = |bytes: &[u8], frame: bool, t: &mut Tracker| -> Result<(), Error> {
             let mut r = if frame {
@@ -892,11 +974,19 @@ async fn indexed_generation(
             feed(&bytes, false, t)?;
             continue;
         }
-        // Frame by frame; a key change inside this segment adds frames.
+        // Frame by frame; a key change inside this segment adds frames. A
+        // frame the frame table placed that does not read is the index's
+        // damage (the segment's own header is then read, by the scan).
+        let table = located.get(number).copied();
+        let by_table = |e: Error| match table {
+            Some(_) => Ok(format!("the index's frame table is damaged ({key}: {e})")),
+            None => Err(e),
+        };
         let mut done: BTreeSet<u32> = BTreeSet::new();
-        let (mut frames, mut read) = match ahead.take(*number).await? {
-            Some((offsets, read)) => (Some(offsets), read),
-            None => (None, BTreeMap::new()),
+        let (mut frames, mut read) = match ahead.take(*number).await {
+            Ok(Some((offsets, read))) => (Some(offsets), read),
+            Ok(None) => (None, BTreeMap::new()),
+            Err(e) => return by_table(e).map(Err),
         };
         loop {
             let next = hits
@@ -905,17 +995,25 @@ async fn indexed_generation(
             let Some(f) = next else { break };
             done.insert(f);
             if frames.is_none() {
-                frames = Some(index::segment_frames(store, key, *size).await?);
+                frames = Some(match table {
+                    Some(t) => t.to_vec(),
+                    None => index::segment_frames(store, key, *size).await?,
+                });
             }
             let Some((off, len)) = frames.as_ref().and_then(|fr| fr.get(f as usize)).copied() else {
                 continue;
             };
             let z = match read.remove(&f) {
                 Some(z) => z,
-                None => store.get_range_frames(key, off..off + len).await?,
+                None => match store.get_range_frames(key, off..off + len).await {
+                    Ok(z) => z,
+                    Err(e) => return by_table(e).map(Err),
+                },
             };
             stats.frames_read += 1;
-            feed(&z, true, t)?;
+            if let Err(e) = feed(&z, true, t) {
+                return by_table(e).map(Err);
+            }
             if let Err(why) = follow(store, indexes, &t.table, &[&t.current], &mut looked, &mut hits).await {
                 return Ok(Err(why));
             }

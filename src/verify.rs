@@ -727,6 +727,8 @@ async fn indexes(store: &Store, gen: &str, objects: &[state::SegmentObject], rep
                     );
                 } else if let Some(why) = index_blocks_fault(store, &idx).await {
                     report.add(&key, Kind::StaleIndex, format!("{why}; `waly reindex` rebuilds it"));
+                } else if let Some(why) = frame_table_fault(store, &idx, objects).await {
+                    report.add(&key, Kind::StaleIndex, format!("{why}; `waly reindex` rebuilds it"));
                 }
             }
         }
@@ -773,6 +775,60 @@ async fn sealed_index_fault(store: &Store, key: &str) -> Result<Option<(Kind, St
         }
     }
     Ok(None)
+}
+
+/// What is wrong with an index object's frame table, if anything: it must
+/// decode, and give each segment it describes the frames that segment's
+/// own header gives (read as a reader without the table reads it).
+async fn frame_table_fault(
+    store: &Store,
+    idx: &crate::index::Index,
+    objects: &[state::SegmentObject],
+) -> Option<String> {
+    let table = match idx.frame_table(store).await {
+        Ok(t) => t?,
+        Err(e) => return Some(format!("its frame table does not decode ({e})")),
+    };
+    let table: Vec<_> = table.into_iter().collect();
+    for chunk in table.chunks(8) {
+        let checks = chunk
+            .iter()
+            .map(|(p, frames)| segment_frames_fault(store, idx, objects, *p, frames));
+        if let Some(f) = futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .next()
+        {
+            return Some(f);
+        }
+    }
+    None
+}
+
+/// Whether the frame table's `frames` for object `p` of `idx` are not
+/// where that segment's header places them.
+async fn segment_frames_fault(
+    store: &Store,
+    idx: &crate::index::Index,
+    objects: &[state::SegmentObject],
+    p: u32,
+    frames: &[(u64, u64)],
+) -> Option<String> {
+    let o = &idx.footer.objects[p as usize];
+    let s = objects
+        .iter()
+        .find(|s| s.is_current() && s.number == o.number && s.fence == o.fence)?;
+    match crate::index::segment_frames(store, &s.key, s.size).await {
+        Ok(theirs) if theirs == frames => None,
+        // A header that does not read is the segment's fault, reported
+        // with the segments.
+        Err(_) => None,
+        Ok(_) => Some(format!(
+            "its frame table places segment {}'s frames where its header does not",
+            o.number
+        )),
+    }
 }
 
 /// What is wrong with an index object's blocks, if anything: each section

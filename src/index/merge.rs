@@ -15,9 +15,10 @@
 //! is a window per input and a part of the output, whatever the runs' size.
 
 use super::{
-    decode_block, decode_fences, listed_segment_indexes, parse_segments_index_key, segments_index_key,
+    decode_block, decode_fences, decode_frame_block, listed_segment_indexes, parse_segments_index_key,
+    segments_index_key,
     write::{write_fences, BlockWriter, SectionWriter, Written, SPILL_BYTES},
-    Block, Codec, Entry, Footer, Index, FORMAT,
+    Block, Codec, Entry, Footer, FrameTableWriter, Index, FORMAT,
 };
 use crate::archive::Store;
 use crate::Error;
@@ -230,6 +231,22 @@ pub(super) async fn merge_objects(
         None => None,
     };
     let bucket_fences = Some(write_fences(&buckets, &mut c)?);
+    // The frame tables, a block at a time, each input's objects moved up
+    // by its base (an input without one leaves its segments out).
+    let mut table = FrameTableWriter::default();
+    for ((idx, _), base) in inputs.iter().zip(&bases) {
+        for b in idx.footer.frame_table.iter().flatten() {
+            let z = idx.block(store, b).await?;
+            for (object, frames) in decode_frame_block(&idx.key, b.first, &z)? {
+                if object as usize >= idx.footer.objects.len() {
+                    return Err(super::damaged(&idx.key, "its frame table names an object it lacks"));
+                }
+                table.push(object + base, &frames, &mut c)?;
+            }
+        }
+    }
+    let frame_table =
+        Some(table.finish(&mut c)?).filter(|_| inputs.iter().any(|(i, _)| i.footer.frame_table.is_some()));
     let footer = Footer {
         waly_index: FORMAT,
         generation: gen.to_string(),
@@ -238,6 +255,7 @@ pub(super) async fn merge_objects(
         message_fences,
         table_fences,
         bucket_fences,
+        frame_table,
         hashed_int_keys,
         key_id: key_id.clone(),
     };

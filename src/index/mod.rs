@@ -21,11 +21,14 @@ use crate::Error;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+mod frames;
 mod hash;
 mod merge;
 mod messages;
 mod rebuild;
 mod write;
+pub use frames::FrameTable;
+use frames::{decode_frame_block, FrameTableWriter};
 pub use hash::{key_hash, Hasher, RowKey, TRUNCATE_KEY};
 pub use merge::{level_merges, merge, merge_levels, Merger};
 pub use messages::{transaction_messages, MessageReads};
@@ -79,6 +82,8 @@ pub async fn write_segment_index(
         &sealed.message_entries,
         &sealed.table_entries,
     );
+    let body = sealed.body_offset;
+    b.segment_frames(sealed.header.frames.iter().map(|(o, l)| (o + body, *l)).collect());
     let written = match b.encode(gen, sealer) {
         Ok(bytes) => store.put_once(&segments_index_key(gen, number, number), bytes).await,
         Err(e) => Err(e),
@@ -147,6 +152,11 @@ pub struct Footer {
     /// Absent in format 3 objects, which hashed those keys like any other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket_fences: Option<Vec<Block>>,
+    /// The blocks of the frame table: where the covered segments' record
+    /// frames lie (see [`FrameTable`]). Absent in objects written before
+    /// waly kept it (a lookup then reads each hit segment's header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_table: Option<Vec<Block>>,
     /// Whether the key section also holds integer keys, hashed (a merge of
     /// a format 3 object): a lookup of one then reads both sections.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -208,6 +218,8 @@ pub struct Builder {
     messages: Vec<Entry>,
     tables: Vec<Entry>,
     buckets: Vec<Entry>,
+    /// The covered segments' frames, by position in `objects`.
+    frames: Vec<frames::Placed>,
     /// The data key the entries are hashed under (`None`: plaintext).
     key_id: Option<String>,
     /// Its hasher (a writer's: see [`Builder::for_writer`]).
@@ -259,6 +271,14 @@ impl Builder {
         self.tables.extend(tables.iter().map(|(h, f)| (*h, i, *f)));
     }
 
+    /// Notes where the record frames of the segment added last lie
+    /// (`(offset, length)` from the start of the segment), for the frame table.
+    pub fn segment_frames(&mut self, frames: Vec<(u64, u64)>) {
+        if let Some(i) = self.objects.len().checked_sub(1) {
+            self.frames.push((i as u32, frames));
+        }
+    }
+
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
         self.objects.is_empty()
@@ -290,6 +310,11 @@ impl Builder {
         let message_fences = write_fences(&messages, &mut c)?;
         let table_fences = Some(write_fences(&tables, &mut c)?);
         let bucket_fences = Some(write_fences(&buckets, &mut c)?);
+        let mut table = FrameTableWriter::default();
+        for (i, frames) in &self.frames {
+            table.push(*i, frames, &mut c)?;
+        }
+        let frame_table = Some(table.finish(&mut c)?).filter(|_| !self.frames.is_empty());
         let footer = Footer {
             waly_index: FORMAT,
             generation: generation.to_string(),
@@ -298,6 +323,7 @@ impl Builder {
             message_fences,
             table_fences,
             bucket_fences,
+            frame_table,
             hashed_int_keys: false,
             key_id: self.key_id,
         };
@@ -605,6 +631,49 @@ impl Index {
         Ok(out)
     }
 
+    /// The frame table (see [`FrameTable`]): `None` when the object has
+    /// none. Its blocks lie together, so this is one read at most (none
+    /// when they lie in the tail).
+    pub async fn frame_table(&self, store: &Store) -> Result<Option<FrameTable>, Error> {
+        let Some(blocks) = &self.footer.frame_table else {
+            return Ok(None);
+        };
+        let (Some(from), Some(to)) = (
+            blocks.iter().map(|b| b.offset).min(),
+            blocks.iter().map(|b| b.offset + b.len).max(),
+        ) else {
+            return Ok(Some(FrameTable::new()));
+        };
+        let (start, tail) = &self.tail;
+        let (at, bytes) = match from >= *start {
+            true => (*start, tail.clone()),
+            false => (from, store.get_range(&self.key, from..to).await?),
+        };
+        let mut table = FrameTable::new();
+        for b in blocks {
+            let z = b
+                .offset
+                .checked_sub(at)
+                .and_then(|o| bytes.get(o as usize..(o + b.len) as usize))
+                .ok_or_else(|| damaged(&self.key, "a frame table block lies outside the object"))?;
+            let z = store.open_frames(&self.key, bytes.slice_ref(z)).await?;
+            for (object, frames) in decode_frame_block(&self.key, b.first, &z)? {
+                if table.insert(object, frames).is_some() || self.footer.objects.len() <= object as usize {
+                    return Err(damaged(
+                        &self.key,
+                        "its frame table names an object twice, or one it lacks",
+                    ));
+                }
+            }
+        }
+        Ok(Some(table))
+    }
+
+    /// The length of the frame table's blocks (0: none).
+    pub fn frame_table_len(&self) -> u64 {
+        self.footer.frame_table.iter().flatten().map(|b| b.len).sum()
+    }
+
     /// `(object, frame)` of the `waly` messages of the transaction `commit_lsn`.
     pub async fn lookup_message(&self, store: &Store, commit_lsn: u64) -> Result<Vec<(u32, u32)>, Error> {
         self.find(store, &self.footer.message_fences, commit_lsn).await
@@ -692,19 +761,51 @@ pub fn parse_segments_index_key(key: &str) -> Option<(u64, u64)> {
 
 /// Every segment index object of `gen`: `(key, size, first, last)`.
 async fn listed_segment_indexes(store: &Store, gen: &str) -> Result<Vec<(String, u64, u64, u64)>, Error> {
-    Ok(store
-        .list(&format!("index/{gen}/segments"))
-        .await?
+    Ok(segment_index_objects(
+        store.list(&format!("index/{gen}/segments")).await?,
+    ))
+}
+
+/// The segment index objects among listed `(key, size)`: `(key, size,
+/// first, last)`.
+fn segment_index_objects(listed: Vec<(String, u64)>) -> Vec<(String, u64, u64, u64)> {
+    listed
         .into_iter()
+        .filter(|(k, _)| k.split('/').nth(2) == Some("segments"))
         .filter_map(|(k, size)| parse_segments_index_key(&k).map(|(a, b)| (k, size, a, b)))
         .filter(|(_, _, a, b)| a <= b)
-        .collect())
+        .collect()
+}
+
+/// Every generation's index objects, `(key, size)` by generation: one
+/// listing of `index/`, which a reader can send beside the generations'
+/// own (it needs no generation id), so the index objects' first reads
+/// start a round trip sooner. Their number grows with the levels, not the
+/// segments.
+pub async fn all_index_objects(store: &Store) -> Result<std::collections::BTreeMap<String, Vec<(String, u64)>>, Error> {
+    let mut out: std::collections::BTreeMap<String, Vec<(String, u64)>> = Default::default();
+    for (key, size) in store.list("index").await? {
+        if let Some(gen) = key.split('/').nth(1) {
+            out.entry(gen.to_string()).or_default().push((key, size));
+        }
+    }
+    Ok(out)
 }
 
 /// The segment index objects of `gen` that together cover the most
 /// segments without overlapping: `(key, size, first, last)`, in order.
 pub async fn segment_indexes(store: &Store, gen: &str) -> Result<Vec<(String, u64, u64, u64)>, Error> {
-    let mut all = listed_segment_indexes(store, gen).await?;
+    Ok(widest_segment_indexes(listed_segment_indexes(store, gen).await?))
+}
+
+/// Of a generation's listed index objects (`(key, size)`), the segment
+/// index objects that together cover the most segments without
+/// overlapping, as [`segment_indexes`] gives them.
+pub fn segment_indexes_of(listed: &[(String, u64)]) -> Vec<(String, u64, u64, u64)> {
+    widest_segment_indexes(segment_index_objects(listed.to_vec()))
+}
+
+fn widest_segment_indexes(mut all: Vec<(String, u64, u64, u64)>) -> Vec<(String, u64, u64, u64)> {
     // Widest first; keep those that do not overlap a kept one.
     all.sort_by_key(|(_, _, a, b)| (std::cmp::Reverse(b - a), *a));
     let mut kept: Vec<(String, u64, u64, u64)> = Vec::new();
@@ -714,7 +815,7 @@ pub async fn segment_indexes(store: &Store, gen: &str) -> Result<Vec<(String, u6
         }
     }
     kept.sort_by_key(|k| k.2);
-    Ok(kept)
+    kept
 }
 
 /// `[offset, length]` of the record frames of segment `key`, from the start

@@ -157,6 +157,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                     &messages,
                     &tables,
                 );
+                b.segment_frames(frames);
                 catalog.absorb(key, header.last_commit.map(|c| c.commit_lsn), &summary);
                 stats.segments += 1;
             }

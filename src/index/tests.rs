@@ -404,3 +404,71 @@ async fn integer_keys_are_found_through_their_buckets_and_only_where_they_are() 
     );
     check(m, doubled(&truth)).await;
 }
+
+/// The frame table gives each segment's frames as written, across block
+/// cuts and through a merge; a segment whose frames do not lie end to end,
+/// or whose object had no table, is left out (read by its header).
+#[tokio::test]
+async fn a_frame_table_places_each_segments_frames_through_a_merge() {
+    let store = Store::open("memory://").expect("store");
+    let gen = "00000001";
+    // Segment 2 has more frames than a table block holds.
+    let frames_of = |n: u64| -> Vec<(u64, u64)> {
+        let count = if n == 2 { 5000 } else { n + 1 };
+        let mut at = 100 + n;
+        (0..count)
+            .map(|i| {
+                let len = 1000 + (i * 7 + n) % 300;
+                at += len;
+                (at - len, len)
+            })
+            .collect()
+    };
+    let mut want = FrameTable::new();
+    for n in 0..6u64 {
+        let mut b = Builder::default();
+        let mut keys = KeyEntries::default();
+        keys.note(RowKey::Hash(n), 0);
+        b.add(segment(n), &keys, &[], &[]);
+        match n {
+            3 => {}                                        // written before the table
+            4 => b.segment_frames(vec![(10, 5), (20, 5)]), // not end to end
+            _ => {
+                b.segment_frames(frames_of(n));
+                want.insert(n as u32, frames_of(n));
+            }
+        }
+        let key = segments_index_key(gen, n, n);
+        let bytes = b.encode(gen, None).expect("encode");
+        let size = bytes.len() as u64;
+        store.put_once(&key, bytes).await.expect("put");
+        let table = Index::open(&store, &key, size)
+            .await
+            .expect("open")
+            .frame_table(&store)
+            .await
+            .expect("table");
+        let alone: Option<FrameTable> = match n {
+            3 => None,
+            4 => Some(FrameTable::new()),
+            _ => Some([(0, frames_of(n))].into_iter().collect()),
+        };
+        assert_eq!(table, alone, "segment {n}'s own object");
+    }
+    let mut runs = Vec::new();
+    for (key, size, _, _) in segment_indexes(&store, gen).await.expect("list") {
+        runs.push((Index::open(&store, &key, size).await.expect("open"), size));
+    }
+    let Ok(write::Written::Memory(bytes)) = merge::merge_objects(&store, gen, &runs, None, None).await else {
+        panic!("a small merge stays in memory");
+    };
+    let (key, size) = (segments_index_key(gen, 0, 5), bytes.len() as u64);
+    store.put_once(&key, bytes).await.expect("put");
+    let merged = Index::open(&store, &key, size).await.expect("open");
+    assert!(
+        merged.footer.frame_table.as_ref().is_some_and(|b| b.len() >= 2),
+        "segment 2's frames need a second block: {:?}",
+        merged.footer.frame_table
+    );
+    assert_eq!(merged.frame_table(&store).await.expect("table"), Some(want));
+}

@@ -447,3 +447,129 @@ fn history_reads_only_its_own_tables_schema_versions_and_answers_as_a_scan_does(
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Rewrites the footer of the plaintext index object at `path` with
+/// `frame_table` (its blocks' pointers, `None` to drop it), after first
+/// appending `block` (a frame table block) to its blocks.
+fn rewrite_frame_table(path: &std::path::Path, block: Option<&[u8]>) {
+    let bytes = std::fs::read(path).expect("index object");
+    let n = bytes.len();
+    let at = u64::from_le_bytes(bytes[n - 24..n - 16].try_into().expect("8 bytes")) as usize;
+    let len = u64::from_le_bytes(bytes[n - 16..n - 8].try_into().expect("8 bytes")) as usize;
+    let json = zstd::decode_all(&bytes[at..at + len]).expect("footer");
+    let mut footer: serde_json::Value = serde_json::from_slice(&json).expect("footer JSON");
+    let mut out = bytes[..at].to_vec();
+    match block {
+        Some(b) => {
+            let z = zstd::encode_all(b, 1).expect("compress");
+            footer["frame_table"] = serde_json::json!([{"first": 0, "offset": out.len(), "len": z.len()}]);
+            out.extend_from_slice(&z);
+        }
+        None => {
+            footer.as_object_mut().expect("an object").remove("frame_table");
+        }
+    }
+    let z = zstd::encode_all(&serde_json::to_vec(&footer).expect("JSON")[..], 1).expect("compress");
+    let footer_at = out.len() as u64;
+    out.extend_from_slice(&z);
+    out.extend_from_slice(&footer_at.to_le_bytes());
+    out.extend_from_slice(&(z.len() as u64).to_le_bytes());
+    out.extend_from_slice(&bytes[n - 8..]);
+    std::fs::write(path, out).expect("write");
+}
+
+/// GET requests to segments, by `WALY_READ_STATS=2`'s lines.
+fn segment_requests(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .filter(|l| l.ends_with(".jsonl.zst") && l.contains("/segments/"))
+        .filter_map(|l| l.split(" GET requests").next()?.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn history_finds_frames_by_the_index_frame_table_and_a_wrong_table_costs_only_time() {
+    let dir = std::env::temp_dir()
+        .join("waly-synth-frame-table")
+        .display()
+        .to_string();
+    synth(&dir, "12");
+    let log = json_lines(&stdout(&["log", "--archive", &dir, "--table", "public.t0", "--json"]));
+    let key = log
+        .iter()
+        .find_map(|c| c["key"]["id"].as_str())
+        .expect("a change")
+        .to_string();
+    let history = |extra: &[&str]| {
+        let mut args = vec!["history", "--archive", &dir, "public.t0", &key, "--json"];
+        args.extend_from_slice(extra);
+        let out = run_within(waly().env("WALY_READ_STATS", "2").args(&args), 120);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).expect("utf-8"),
+            String::from_utf8(out.stderr).expect("utf-8"),
+        )
+    };
+    let (scanned, _) = history(&["--scan"]);
+    assert!(json_lines(&scanned).len() > 1, "{key}: {scanned}");
+    let (with_table, err) = history(&[]);
+    assert_eq!(with_table, scanned, "the frame table changed the history");
+    let with_requests = segment_requests(&err);
+    let runs: Vec<std::path::PathBuf> = index_runs(&dir)
+        .keys()
+        .map(|k| std::path::Path::new(&dir).join("index/00000001/segments").join(k))
+        .collect();
+    assert!(!runs.is_empty(), "no index runs");
+    // Without frame tables (as older index objects are), each segment's
+    // header is read before its frames: the same answer, more requests.
+    for run in &runs {
+        rewrite_frame_table(run, None);
+    }
+    let (without, err) = history(&[]);
+    assert_eq!(without, scanned, "the index without frame tables changed the history");
+    let without_requests = segment_requests(&err);
+    assert!(
+        with_requests > 0 && with_requests < without_requests,
+        "segment GETs: {with_requests} with the frame tables, {without_requests} without"
+    );
+    // A table that places every segment's one frame at its first byte:
+    // verify names it, and history, finding such a frame unreadable, reads
+    // the archive without the index and answers the same.
+    let verify = run_within(waly().args(["verify", "--archive", &dir]), 120);
+    assert!(
+        verify.status.success(),
+        "verify: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    for run in &runs {
+        let objects = {
+            let b = std::fs::read(run).expect("read");
+            let n = b.len();
+            let at = u64::from_le_bytes(b[n - 24..n - 16].try_into().expect("8")) as usize;
+            let len = u64::from_le_bytes(b[n - 16..n - 8].try_into().expect("8")) as usize;
+            let footer: serde_json::Value =
+                serde_json::from_slice(&zstd::decode_all(&b[at..at + len]).expect("footer")).expect("JSON");
+            footer["objects"].as_array().expect("objects").len()
+        };
+        // Per object: its position's step, one frame, at 0, 1 byte long.
+        let mut raw = vec![0u8, 1, 0, 1];
+        for _ in 1..objects {
+            raw.extend_from_slice(&[1, 1, 0, 1]);
+        }
+        rewrite_frame_table(run, Some(&raw));
+    }
+    let verify = run_within(waly().args(["verify", "--archive", &dir]), 120);
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        report.contains("its frame table places segment") && report.contains("`waly reindex` rebuilds it"),
+        "verify should name the wrong frame table: {report}"
+    );
+    let (wrong, err) = history(&[]);
+    assert_eq!(wrong, scanned, "a wrong frame table changed the history");
+    assert!(err.contains("frame table is damaged"), "no warning: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
