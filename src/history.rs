@@ -344,7 +344,8 @@ pub async fn history(
     let loaded: Vec<Result<Gen, Error>> = futures_util::stream::iter(gens.clone())
         .map(|g: String| {
             let listed = indexes.remove(&g).unwrap_or_default();
-            async move { load_gen(store, &g, table, use_index.then_some(listed)).await }
+            let guess = guess_key(&query.key);
+            async move { load_gen(store, &g, table, use_index.then_some(listed), guess).await }
         })
         .buffered(GENERATIONS_AT_ONCE)
         .collect()
@@ -609,6 +610,72 @@ impl ReadAhead {
     }
 }
 
+/// A lookup's result: `(object, frame)` of the entries found.
+type Found = Result<Vec<(u32, u32)>, Error>;
+
+/// Index lookups started before they are asked for, by index object and
+/// key: the table's truncates' and a key guessed from the key as given
+/// (see [`guess_key`]), started as each index object opens, while the
+/// table's schema (which says how its key's values are written) is still
+/// being read. A lookup asked for later takes the one started for the same
+/// object and key bytes, so a wrong guess costs only its reads. Those never
+/// asked for are stopped when this is dropped.
+#[derive(Default)]
+struct Early(std::sync::Mutex<std::collections::HashMap<(String, Vec<u8>), Started>>);
+
+/// A lookup started: on a task of its own.
+type Started = tokio::task::JoinHandle<Found>;
+
+impl Early {
+    /// Starts the lookups of `keys` of `table` in `idx`.
+    fn start(&self, store: &Store, idx: &crate::index::Index, table: &str, keys: &[&[u8]]) {
+        let Ok(mut started) = self.0.lock() else { return };
+        for k in keys {
+            let (store, idx, table, key) = (store.clone(), idx.clone(), table.to_string(), k.to_vec());
+            let at = (idx.key.clone(), key.clone());
+            let task = tokio::spawn(async move { idx.lookup_key(&store, &table, &key).await });
+            if let Some(earlier) = started.insert(at, task) {
+                earlier.abort();
+            }
+        }
+    }
+
+    /// The lookup of `key` of `table` in `idx`: the one started, or now.
+    async fn lookup(&self, store: &Store, idx: &crate::index::Index, table: &str, key: &[u8]) -> Found {
+        let started = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(&(idx.key.clone(), key.to_vec())));
+        match started {
+            Some(task) => task
+                .await
+                .map_err(|e| Error::Protocol(format!("a read of the archive failed: {e}")))?,
+            None => idx.lookup_key(store, table, key).await,
+        }
+    }
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        if let Ok(started) = self.0.get_mut() {
+            started.values().for_each(|t| t.abort());
+        }
+    }
+}
+
+/// The key as given, read as if each of its values were already in its
+/// type's canonical text (`7`, not `+007`): the bytes
+/// [`KeyColumns::parse`] gives then. `None` for `col=val` pairs, whose
+/// order only the schema gives.
+fn guess_key(input: &str) -> Option<Vec<u8>> {
+    if input.contains('=') {
+        return None;
+    }
+    let values: Vec<Option<&str>> = input.split(',').map(Some).collect();
+    serde_json::to_vec(&values).ok()
+}
+
 /// Where the record frames of covered segments lie, by segment number, as
 /// their index objects' frame tables give them.
 type Located<'a> = std::collections::BTreeMap<u64, &'a [(u64, u64)]>;
@@ -619,6 +686,7 @@ type Located<'a> = std::collections::BTreeMap<u64, &'a [(u64, u64)]>;
 async fn follow(
     store: &Store,
     indexes: &[crate::index::Index],
+    early: &Early,
     table: &str,
     keys: &[&[u8]],
     looked: &mut std::collections::HashSet<Vec<u8>>,
@@ -632,7 +700,7 @@ async fn follow(
     let lookups = fresh.iter().flat_map(|k| {
         indexes
             .iter()
-            .map(move |i| async move { (i, i.lookup_key(store, table, k).await) })
+            .map(move |i| async move { (i, early.lookup(store, i, table, k).await) })
     });
     let found = futures_util::future::join_all(lookups).await;
     looked.extend(fresh.iter().map(|k| k.to_vec()));
@@ -658,6 +726,7 @@ async fn snapshot_rows(
     store: &Store,
     st: &state::GenState,
     opened: Option<&(Lsn, Option<crate::index::Index>)>,
+    early: &Early,
     t: &mut Tracker,
     stats: &mut LookupStats,
 ) -> Result<(), Error> {
@@ -680,7 +749,7 @@ async fn snapshot_rows(
             };
             match idx {
                 Some(idx) => {
-                    let hits = idx.lookup_key(store, &t.table, &t.current).await?;
+                    let hits = early.lookup(store, &idx, &t.table, &t.current).await?;
                     Ok::<_, Error>(Some((idx, hits)))
                 }
                 None => Ok(None),
@@ -760,6 +829,8 @@ struct Gen {
     /// The generation's first snapshot (its LSN) and its index object,
     /// opened (`None`: none found, or damaged).
     first_snapshot: Option<(Lsn, Option<crate::index::Index>)>,
+    /// Lookups in its index objects started before they were asked for.
+    early: Early,
 }
 
 /// Generation `gen` as history reads it. Its segments are listed once, for
@@ -768,9 +839,21 @@ struct Gen {
 /// objects (`listed`: their listing, `None` when the index is not used) are
 /// opened (one that does not open is left out, so its segments are read
 /// whole), and its first snapshot's index object too.
-async fn load_gen(store: &Store, gen: &str, table: &str, listed: Option<Vec<(String, u64)>>) -> Result<Gen, Error> {
+async fn load_gen(
+    store: &Store,
+    gen: &str,
+    table: &str,
+    listed: Option<Vec<(String, u64)>>,
+    guess: Option<Vec<u8>>,
+) -> Result<Gen, Error> {
     use crate::index::{self, Index};
     let use_index = listed.is_some();
+    // The truncates' and the guessed key's lookups start as each index
+    // object opens, while the generation's state loads.
+    let owned = Early::default();
+    let mut first_keys: Vec<&[u8]> = vec![crate::index::TRUNCATE_KEY];
+    first_keys.extend(guess.as_deref());
+    let (early, first_keys) = (&owned, &first_keys);
     let listed = listed.unwrap_or_default();
     // The first snapshot's index object is named by its LSN, which the
     // manifests' listing gives: the state's load lists them and hands the
@@ -799,10 +882,12 @@ async fn load_gen(store: &Store, gen: &str, table: &str, listed: Option<Vec<(Str
             return Ok(None);
         }
         let guess = async {
-            match &oldest {
-                Some(k) => Some((k.clone(), open_snapshot(k.clone()).await)),
-                None => None,
+            let k = oldest.as_ref()?;
+            let idx = open_snapshot(k.clone()).await;
+            if let Some(idx) = &idx {
+                early.start(store, idx, table, &first_keys[1..]);
             }
+            Some((k.clone(), idx))
         };
         let (keys, guess) = tokio::join!(rx, guess);
         let Ok(keys) = keys else {
@@ -829,6 +914,7 @@ async fn load_gen(store: &Store, gen: &str, table: &str, listed: Option<Vec<(Str
         // Each object opened, then its frame table read when small.
         let opened = futures_util::future::join_all(listed.iter().map(|(key, size, _, _)| async move {
             let idx = Index::open(store, key, *size).await?;
+            early.start(store, &idx, table, first_keys);
             let table = match idx.frame_table_len() <= FRAME_TABLE_READ {
                 true => idx.frame_table(store).await.unwrap_or_else(|e| {
                     tracing::warn!(index = key, error = %crate::error::chain(&e), "the index's frame table is damaged; reading segment headers instead");
@@ -859,6 +945,7 @@ async fn load_gen(store: &Store, gen: &str, table: &str, listed: Option<Vec<(Str
         indexes,
         tables,
         first_snapshot,
+        early: owned,
     })
 }
 
@@ -921,13 +1008,16 @@ async fn indexed_generation(
         let mut hits: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
         let mut looked: HashSet<Vec<u8>> = HashSet::new();
         let first = [crate::index::TRUNCATE_KEY, &row_key];
-        let followed = follow(store, indexes, &table, &first, &mut looked, &mut hits).await;
+        let followed = follow(store, indexes, &g.early, &table, &first, &mut looked, &mut hits).await;
         // The first segments' reads start now, not after the snapshot's rows.
         let mut ahead = ReadAhead::default();
         ahead.refill(store, segments, &covered, &located, &hits);
         Ok::<_, Error>((hits, looked, followed, ahead))
     };
-    let (rows, lookups) = tokio::join!(snapshot_rows(store, st, g.first_snapshot.as_ref(), t, stats), lookups);
+    let (rows, lookups) = tokio::join!(
+        snapshot_rows(store, st, g.first_snapshot.as_ref(), &g.early, t, stats),
+        lookups
+    );
     rows?;
     let (mut hits, mut looked, followed, mut ahead) = lookups?;
     if let Err(why) = followed {
@@ -937,7 +1027,17 @@ async fn indexed_generation(
     let mut txns: BTreeSet<Lsn> = BTreeSet::new();
     for (i, (key, number, size)) in segments.iter().enumerate() {
         // Look up every key followed so far (a key change adds one).
-        if let Err(why) = follow(store, indexes, &t.table, &[&t.current], &mut looked, &mut hits).await {
+        if let Err(why) = follow(
+            store,
+            indexes,
+            &g.early,
+            &t.table,
+            &[&t.current],
+            &mut looked,
+            &mut hits,
+        )
+        .await
+        {
             return Ok(Err(why));
         }
         ahead.refill(store, &segments[i..], &covered, &located, &hits);
@@ -1014,7 +1114,17 @@ async fn indexed_generation(
             if let Err(e) = feed(&z, true, t) {
                 return by_table(e).map(Err);
             }
-            if let Err(why) = follow(store, indexes, &t.table, &[&t.current], &mut looked, &mut hits).await {
+            if let Err(why) = follow(
+                store,
+                indexes,
+                &g.early,
+                &t.table,
+                &[&t.current],
+                &mut looked,
+                &mut hits,
+            )
+            .await
+            {
                 return Ok(Err(why));
             }
         }
@@ -1087,5 +1197,39 @@ impl Version {
             );
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guess is the parsed key exactly when each value is given in its
+    /// canonical text, and otherwise differs (so its early lookup is
+    /// never taken for the key's).
+    #[test]
+    fn a_guessed_key_is_the_parsed_key_when_given_canonically_and_only_then() {
+        let cols = KeyColumns {
+            names: vec!["region".into(), "id".into()],
+            types: vec![25, 20],
+            type_names: vec!["text".into(), "bigint".into()],
+        };
+        let parsed = |k: &str| cols.parse(k, "public.t").expect("parses");
+        assert_eq!(guess_key("eu,7"), Some(parsed("eu,7")));
+        assert_eq!(guess_key("eu,-12"), Some(parsed("eu,-12")));
+        for other in ["eu,+7", "eu,007", "eu, 7"] {
+            assert_ne!(guess_key(other), Some(parsed(other)), "{other}");
+        }
+        assert_eq!(
+            guess_key("id=7,region=eu"),
+            None,
+            "named values need the schema's order"
+        );
+        let one = KeyColumns {
+            names: vec!["id".into()],
+            types: vec![20],
+            type_names: vec!["bigint".into()],
+        };
+        assert_eq!(guess_key("42"), Some(one.parse("42", "public.t").expect("parses")));
     }
 }

@@ -519,6 +519,15 @@ fn history_finds_frames_by_the_index_frame_table_and_a_wrong_table_costs_only_ti
     let (with_table, err) = history(&[]);
     assert_eq!(with_table, scanned, "the frame table changed the history");
     let with_requests = segment_requests(&err);
+    // The key in another text form: its lookups started early, under the
+    // text as given, are not taken for the key's.
+    let plus = format!("+{key}");
+    let out = run_within(
+        waly().args(["history", "--archive", &dir, "public.t0", &plus, "--json"]),
+        120,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), scanned, "key {plus}");
     let runs: Vec<std::path::PathBuf> = index_runs(&dir)
         .keys()
         .map(|k| std::path::Path::new(&dir).join("index/00000001/segments").join(k))
