@@ -956,7 +956,7 @@ async fn indexed_generation(
     t: &mut Tracker,
     stats: &mut LookupStats,
 ) -> Result<Result<(), String>, Error> {
-    let (st, segments, indexes, tables) = (&g.st, &g.segments, &g.indexes, &g.tables);
+    let (st, segments, indexes, tables, early) = (&g.st, &g.segments, &g.indexes, &g.tables, &g.early);
     let damaged = |key: &str, e: &Error| format!("the index is damaged ({key}: {e})");
     use crate::index;
     use crate::segment::{Record, SegmentReader};
@@ -1008,14 +1008,14 @@ async fn indexed_generation(
         let mut hits: BTreeMap<u64, BTreeSet<u32>> = BTreeMap::new();
         let mut looked: HashSet<Vec<u8>> = HashSet::new();
         let first = [crate::index::TRUNCATE_KEY, &row_key];
-        let followed = follow(store, indexes, &g.early, &table, &first, &mut looked, &mut hits).await;
+        let followed = follow(store, indexes, early, &table, &first, &mut looked, &mut hits).await;
         // The first segments' reads start now, not after the snapshot's rows.
         let mut ahead = ReadAhead::default();
         ahead.refill(store, segments, &covered, &located, &hits);
         Ok::<_, Error>((hits, looked, followed, ahead))
     };
     let (rows, lookups) = tokio::join!(
-        snapshot_rows(store, st, g.first_snapshot.as_ref(), &g.early, t, stats),
+        snapshot_rows(store, st, g.first_snapshot.as_ref(), early, t, stats),
         lookups
     );
     rows?;
@@ -1027,17 +1027,7 @@ async fn indexed_generation(
     let mut txns: BTreeSet<Lsn> = BTreeSet::new();
     for (i, (key, number, size)) in segments.iter().enumerate() {
         // Look up every key followed so far (a key change adds one).
-        if let Err(why) = follow(
-            store,
-            indexes,
-            &g.early,
-            &t.table,
-            &[&t.current],
-            &mut looked,
-            &mut hits,
-        )
-        .await
-        {
+        if let Err(why) = follow(store, indexes, early, &t.table, &[&t.current], &mut looked, &mut hits).await {
             return Ok(Err(why));
         }
         ahead.refill(store, &segments[i..], &covered, &located, &hits);
@@ -1114,17 +1104,7 @@ async fn indexed_generation(
             if let Err(e) = feed(&z, true, t) {
                 return by_table(e).map(Err);
             }
-            if let Err(why) = follow(
-                store,
-                indexes,
-                &g.early,
-                &t.table,
-                &[&t.current],
-                &mut looked,
-                &mut hits,
-            )
-            .await
-            {
+            if let Err(why) = follow(store, indexes, early, &t.table, &[&t.current], &mut looked, &mut hits).await {
                 return Ok(Err(why));
             }
         }

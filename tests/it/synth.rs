@@ -395,6 +395,23 @@ fn tables_answers_from_the_catalog_as_a_scan_does_and_a_wrong_catalog_is_named()
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `waly history --json` of `key` of `table` with `extra` arguments and
+/// `WALY_READ_STATS=2`: its output and its stderr (the reads).
+fn history_with_reads(dir: &str, table: &str, key: &str, extra: &[&str]) -> (String, String) {
+    let mut args = vec!["history", "--archive", dir, table, key, "--json"];
+    args.extend_from_slice(extra);
+    let out = run_within(waly().env("WALY_READ_STATS", "2").args(&args), 120);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8(out.stdout).expect("utf-8"),
+        String::from_utf8(out.stderr).expect("utf-8"),
+    )
+}
+
 #[test]
 fn history_reads_only_its_own_tables_schema_versions_and_answers_as_a_scan_does() {
     let dir = std::env::temp_dir()
@@ -402,20 +419,7 @@ fn history_reads_only_its_own_tables_schema_versions_and_answers_as_a_scan_does(
         .display()
         .to_string();
     synth(&dir, "11");
-    let history = |table: &str, key: &str, extra: &[&str]| {
-        let mut args = vec!["history", "--archive", &dir, table, key, "--json"];
-        args.extend_from_slice(extra);
-        let out = run_within(waly().env("WALY_READ_STATS", "2").args(&args), 120);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (
-            String::from_utf8(out.stdout).expect("utf-8"),
-            String::from_utf8(out.stderr).expect("utf-8"),
-        )
-    };
+    let history = |table: &str, key: &str, extra: &[&str]| history_with_reads(&dir, table, key, extra);
     for table in ["public.t0", "public.t1", "public.t2"] {
         // A row the log shows changed (so it has versions after the snapshot).
         let log = json_lines(&stdout(&["log", "--archive", &dir, "--table", table, "--json"]));
@@ -448,16 +452,23 @@ fn history_reads_only_its_own_tables_schema_versions_and_answers_as_a_scan_does(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A plaintext index object's footer: its offset and length (from the
+/// trailer) and its JSON.
+fn index_footer(bytes: &[u8]) -> (usize, usize, serde_json::Value) {
+    let n = bytes.len();
+    let at = u64::from_le_bytes(bytes[n - 24..n - 16].try_into().expect("8 bytes")) as usize;
+    let len = u64::from_le_bytes(bytes[n - 16..n - 8].try_into().expect("8 bytes")) as usize;
+    let json = zstd::decode_all(&bytes[at..at + len]).expect("footer");
+    (at, len, serde_json::from_slice(&json).expect("footer JSON"))
+}
+
 /// Rewrites the footer of the plaintext index object at `path` with
 /// `frame_table` (its blocks' pointers, `None` to drop it), after first
 /// appending `block` (a frame table block) to its blocks.
 fn rewrite_frame_table(path: &std::path::Path, block: Option<&[u8]>) {
     let bytes = std::fs::read(path).expect("index object");
+    let (at, _, mut footer) = index_footer(&bytes);
     let n = bytes.len();
-    let at = u64::from_le_bytes(bytes[n - 24..n - 16].try_into().expect("8 bytes")) as usize;
-    let len = u64::from_le_bytes(bytes[n - 16..n - 8].try_into().expect("8 bytes")) as usize;
-    let json = zstd::decode_all(&bytes[at..at + len]).expect("footer");
-    let mut footer: serde_json::Value = serde_json::from_slice(&json).expect("footer JSON");
     let mut out = bytes[..at].to_vec();
     match block {
         Some(b) => {
@@ -500,20 +511,7 @@ fn history_finds_frames_by_the_index_frame_table_and_a_wrong_table_costs_only_ti
         .find_map(|c| c["key"]["id"].as_str())
         .expect("a change")
         .to_string();
-    let history = |extra: &[&str]| {
-        let mut args = vec!["history", "--archive", &dir, "public.t0", &key, "--json"];
-        args.extend_from_slice(extra);
-        let out = run_within(waly().env("WALY_READ_STATS", "2").args(&args), 120);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (
-            String::from_utf8(out.stdout).expect("utf-8"),
-            String::from_utf8(out.stderr).expect("utf-8"),
-        )
-    };
+    let history = |extra: &[&str]| history_with_reads(&dir, "public.t0", &key, extra);
     let (scanned, _) = history(&["--scan"]);
     assert!(json_lines(&scanned).len() > 1, "{key}: {scanned}");
     let (with_table, err) = history(&[]);
@@ -555,15 +553,8 @@ fn history_finds_frames_by_the_index_frame_table_and_a_wrong_table_costs_only_ti
         String::from_utf8_lossy(&verify.stdout)
     );
     for run in &runs {
-        let objects = {
-            let b = std::fs::read(run).expect("read");
-            let n = b.len();
-            let at = u64::from_le_bytes(b[n - 24..n - 16].try_into().expect("8")) as usize;
-            let len = u64::from_le_bytes(b[n - 16..n - 8].try_into().expect("8")) as usize;
-            let footer: serde_json::Value =
-                serde_json::from_slice(&zstd::decode_all(&b[at..at + len]).expect("footer")).expect("JSON");
-            footer["objects"].as_array().expect("objects").len()
-        };
+        let (_, _, footer) = index_footer(&std::fs::read(run).expect("read"));
+        let objects = footer["objects"].as_array().expect("objects").len();
         // Per object: its position's step, one frame, at 0, 1 byte long.
         let mut raw = vec![0u8, 1, 0, 1];
         for _ in 1..objects {
