@@ -341,10 +341,11 @@ pub async fn history(
     let mut states = Vec::new();
     // Generations a few at once, in order.
     use futures_util::StreamExt;
+    let guess = guess_key(&query.key);
     let loaded: Vec<Result<Gen, Error>> = futures_util::stream::iter(gens.clone())
         .map(|g: String| {
             let listed = indexes.remove(&g).unwrap_or_default();
-            let guess = guess_key(&query.key);
+            let guess = guess.clone();
             async move { load_gen(store, &g, table, use_index.then_some(listed), guess).await }
         })
         .buffered(GENERATIONS_AT_ONCE)

@@ -3,6 +3,11 @@
 
 use super::*;
 
+/// Segment `n`'s frames in the sealed objects' test.
+fn sealed_frames(n: u64) -> Vec<(u64, u64)> {
+    vec![(100 + n, 50), (150 + n, 60 + n)]
+}
+
 /// Encrypted: sealed objects found by their keyed hashes, merged only
 /// with objects hashed under the same data key, plaintext refused.
 #[tokio::test]
@@ -36,6 +41,7 @@ async fn sealed_index_objects_merge_per_data_key_and_find_their_rows() {
                 &[],
                 &[(b.hasher().table("public.t"), 0)],
             );
+            b.segment_frames(sealed_frames(n));
             let bytes = b.encode(gen, Some(&sealer)).expect("encode");
             assert_ne!(h, Hasher::Plain.bucket("public.t", n as i64));
             store
@@ -113,6 +119,9 @@ async fn sealed_index_objects_merge_per_data_key_and_find_their_rows() {
                 .map(|(o, _)| idx.footer.objects[o as usize].number);
             assert_eq!(obj.collect::<Vec<_>>(), vec![n]);
         }
+        // The frame table, sealed like every block, merged with them.
+        let table: FrameTable = (first..=last).map(|n| ((n - first) as u32, sealed_frames(n))).collect();
+        assert_eq!(idx.frame_table(&store).await.expect("table"), Some(table));
         assert_eq!(
             idx.lookup_table(&store, "public.t")
                 .await
