@@ -643,20 +643,24 @@ mod tests {
 
     fn row(i: u64) -> OutRow {
         OutRow {
-            op: if i % 3 == 0 { "insert" } else { "update" },
+            op: if i.is_multiple_of(3) { "insert" } else { "update" },
             commit_lsn: 100 + i / 4,
             seq: (i % 4) as i64,
             xid: 7,
             commit_time: 1_700_000_000_000_000 + i as i64,
             schema_version: 1,
-            intent: (i % 5 == 0).then(|| Arc::from("why")),
+            intent: i.is_multiple_of(5).then(|| Arc::from("why")),
             values: vec![
                 Some(i.to_string()),
-                (i % 7 != 0).then(|| format!("name {i}")),
+                (!i.is_multiple_of(7)).then(|| format!("name {i}")),
                 Some(format!("{{{i},NULL}}")),
             ],
-            old_key: (i % 11 == 0).then(|| vec![Some((i + 1_000_000).to_string())]),
-            unchanged: if i % 13 == 0 { vec!["name".into()] } else { vec![] },
+            old_key: i.is_multiple_of(11).then(|| vec![Some((i + 1_000_000).to_string())]),
+            unchanged: if i.is_multiple_of(13) {
+                vec!["name".into()]
+            } else {
+                vec![]
+            },
         }
     }
 

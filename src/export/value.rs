@@ -311,7 +311,7 @@ fn timestamp(t: &str, utc: bool) -> Result<i64, String> {
 }
 
 fn hex_bytes(hex: &str) -> Result<Vec<u8>, String> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err("an odd number of hex digits".into());
     }
     (0..hex.len())

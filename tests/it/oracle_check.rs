@@ -174,7 +174,7 @@ fn waly_out(args: &[&str]) -> std::process::Output {
 
 /// Even seeds archive encrypted (age); odd ones in plaintext.
 fn encrypted(seed: u64) -> bool {
-    seed % 2 == 0
+    seed.is_multiple_of(2)
 }
 
 /// A new identity file in `dir`: (path, recipient).
