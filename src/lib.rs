@@ -49,6 +49,7 @@ pub mod pipeline;
 pub mod prune;
 pub mod restore;
 pub mod schema;
+pub mod scratch;
 pub mod segment;
 pub mod snapshot;
 pub mod source;

@@ -121,6 +121,8 @@ pub async fn run(
     opts: &RunOptions,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    // What a killed writer's merges left in scratch directories.
+    crate::scratch::sweep(&std::env::temp_dir());
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         stop.await;
@@ -953,7 +955,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
             }
             n += 1;
             let due = || w.builder.opened_at.is_some_and(|t| t.elapsed() >= opts.flush_interval);
-            if n % 256 == 0 && (*stop.borrow() || due()) {
+            if n.is_multiple_of(256) && (*stop.borrow() || due()) {
                 break;
             }
             next = match stream.try_recv() {

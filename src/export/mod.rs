@@ -795,17 +795,15 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
     )
     .await
     .map_err(|e| destination(dest, e))?;
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let tmp = std::env::temp_dir().join(format!("waly-export-{}-{started}", std::process::id()));
-    std::fs::create_dir_all(&tmp)?;
+    // The Parquet files before upload: removed when done, and swept after
+    // a killed export.
+    let scratch = crate::scratch::Scratch::new("export")?;
     let runtime = tokio::runtime::Handle::current();
     let mut ex = Exporter {
         store,
         runtime: runtime.clone(),
         sink: sink::Sink::start(dest.clone(), runtime.clone())?,
-        tmp: tmp.clone(),
+        tmp: scratch.path().to_path_buf(),
         opts,
         cursor,
         wanted,
@@ -842,7 +840,7 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
         })
     });
     let written = ex.sink.finish();
-    let _ = std::fs::remove_dir_all(&tmp);
+    drop(scratch);
     result?;
     (ex.stats.files, ex.stats.bytes) = written?;
     // Every table exported is complete through the last commit read.

@@ -32,7 +32,7 @@ const WINDOW: u64 = 1 << 20;
 pub fn level_merges(count: u64) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut below = 1u64; // 10^(i-1)
-    while count > 0 && count % below == 0 {
+    while count > 0 && count.is_multiple_of(below) {
         let Some(block) = below.checked_mul(10) else { break };
         let first = (count - 1) / block * block;
         // A range the level below already merged whole needs nothing more.
@@ -149,12 +149,7 @@ pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bo
             continue;
         };
         let key = segments_index_key(gen, a, z);
-        let spill = std::env::temp_dir().join(format!(
-            "waly-index-{}-{gen}-{a}-{z}-{}.idx",
-            std::process::id(),
-            chrono::Utc::now().timestamp_micros()
-        ));
-        match merge_objects(store, gen, &run, sealer.as_ref(), Some((spill, SPILL_BYTES))).await? {
+        match merge_objects(store, gen, &run, sealer.as_ref(), Some(SPILL_BYTES)).await? {
             Written::Memory(bytes) => store.put_once(&key, bytes).await?,
             Written::File(file) => store.put_file_once(&key, &file.path).await?,
         }
@@ -171,17 +166,17 @@ pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bo
 
 /// One merged object of index objects `inputs` (each with its size),
 /// entries hashed under the same data key; read and written block by
-/// block, in memory or, when `spill` gives a local file and a size, to that
-/// file once past that size.
+/// block, in memory or, once past `spill` bytes when given, to a local
+/// file in a scratch directory ([`crate::scratch`]).
 pub(super) async fn merge_objects(
     store: &Store,
     gen: &str,
     inputs: &[(Index, u64)],
     sealer: Option<&crate::crypt::Sealer>,
-    spill: Option<(std::path::PathBuf, usize)>,
+    spill: Option<usize>,
 ) -> Result<Written, Error> {
     let mut c = match spill {
-        Some((path, after)) => BlockWriter::spilling(sealer, path, after)?,
+        Some(after) => BlockWriter::spilling(sealer, after)?,
         None => BlockWriter::new(sealer)?,
     };
     let key_id = &inputs[0].0.footer.key_id;

@@ -79,9 +79,7 @@ async fn sealed_index_objects_merge_per_data_key_and_find_their_rows() {
             runs.push((Index::open(&store, &key, size).await.expect("open"), size));
         }
     }
-    let path = std::env::temp_dir().join(format!("waly-sealed-merge-test-{}", std::process::id()));
-    let Ok(write::Written::File(file)) = merge::merge_objects(&store, gen, &runs, Some(&a), Some((path, 100))).await
-    else {
+    let Ok(write::Written::File(file)) = merge::merge_objects(&store, gen, &runs, Some(&a), Some(100)).await else {
         panic!("a sealed merge past its size goes to its file");
     };
     let key = "index/00000001/snapshots/spilled.idx";
@@ -217,16 +215,21 @@ async fn lookups_find_every_entry_and_only_those() {
         Ok(write::Written::Memory(b)) => b,
         other => panic!("a merge without a file is held in memory: {}", other.is_ok()),
     };
-    // Spilled past 100 bytes to a file: the same bytes, and the file
-    // goes with its handle.
-    let path = std::env::temp_dir().join(format!("waly-merge-test-{}", std::process::id()));
-    let spilled = match merge::merge_objects(&store, "00000001", &both, None, Some((path.clone(), 100))).await {
+    // Spilled past 100 bytes to a file in a scratch directory: the same
+    // bytes, and the file and its directory go with its handle.
+    let spilled = match merge::merge_objects(&store, "00000001", &both, None, Some(100)).await {
         Ok(write::Written::File(f)) => f,
         other => panic!("a merge past its size goes to its file: {}", other.is_ok()),
     };
     assert_eq!(std::fs::read(&spilled.path).expect("read")[..], in_memory[..]);
+    let (path, dir) = (spilled.path.clone(), spilled.path.parent().map(|d| d.to_path_buf()));
+    assert!(
+        dir.as_ref().is_some_and(|d| d.join(".lock").exists()),
+        "in a scratch directory"
+    );
     drop(spilled);
     assert!(!path.exists(), "a spilled merge's file is removed with it");
+    assert!(dir.is_some_and(|d| !d.exists()), "and its scratch directory");
     let merged = in_memory;
     store.put_once("m", merged.clone()).await.expect("put");
     let m = Index::open(&store, "m", merged.len() as u64).await.expect("open");

@@ -22,15 +22,11 @@ pub(super) enum Written {
     File(SpilledFile),
 }
 
-/// A merge's output in a local file, removed on drop.
+/// A merge's output in a local file, in a scratch directory of its own:
+/// removed on drop, and swept after a killed process.
 pub(super) struct SpilledFile {
     pub(super) path: std::path::PathBuf,
-}
-
-impl Drop for SpilledFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
+    _dir: crate::scratch::Scratch,
 }
 
 /// How many bytes of an object a merge holds before it writes them to its
@@ -44,8 +40,8 @@ struct Out {
     buf: Vec<u8>,
     /// Bytes already in the file.
     flushed: u64,
-    /// The file to move to, once `buf` holds this many bytes.
-    spill_to: Option<(std::path::PathBuf, usize)>,
+    /// Moved to a file once `buf` holds this many bytes.
+    spill_after: Option<usize>,
     file: Option<(SpilledFile, std::io::BufWriter<std::fs::File>)>,
     sha: Option<sha2::Sha256>,
 }
@@ -66,15 +62,13 @@ impl Out {
             return Ok(());
         }
         self.buf.extend_from_slice(b);
-        if self
-            .spill_to
-            .as_ref()
-            .is_some_and(|(_, after)| self.buf.len() >= *after)
-        {
-            let Some((path, _)) = self.spill_to.take() else {
-                return Ok(());
+        if self.spill_after.is_some_and(|after| self.buf.len() >= after) {
+            self.spill_after = None;
+            let dir = crate::scratch::Scratch::new("index-merge")?;
+            let spilled = SpilledFile {
+                path: dir.path().join("merged.idx"),
+                _dir: dir,
             };
-            let spilled = SpilledFile { path };
             let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&spilled.path)?);
             f.write_all(&self.buf)?;
             self.flushed = self.buf.len() as u64;
@@ -116,22 +110,19 @@ impl<'a> BlockWriter<'a> {
             out: Out {
                 buf: Vec::new(),
                 flushed: 0,
-                spill_to: None,
+                spill_after: None,
                 file: None,
                 sha: sealer.map(|_| <sha2::Sha256 as sha2::Digest>::new()),
             },
         })
     }
 
-    /// A writer that moves the object to the local file `path` once it
-    /// passes `after` bytes (a merge's output, of any size).
-    pub(super) fn spilling(
-        sealer: Option<&'a crate::crypt::Sealer>,
-        path: std::path::PathBuf,
-        after: usize,
-    ) -> Result<Self, Error> {
+    /// A writer that moves the object to a local file (in a scratch
+    /// directory) once it passes `after` bytes (a merge's output, of any
+    /// size).
+    pub(super) fn spilling(sealer: Option<&'a crate::crypt::Sealer>, after: usize) -> Result<Self, Error> {
         let mut w = BlockWriter::new(sealer)?;
-        w.out.spill_to = Some((path, after));
+        w.out.spill_after = Some(after);
         Ok(w)
     }
 

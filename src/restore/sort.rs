@@ -1,6 +1,7 @@
 //! The restore's external sort: records keyed by `(key, lsn, seq)`, sorted
 //! in runs of bounded size, spilled to temporary zstd files and merged.
 
+use crate::scratch::Scratch;
 use crate::Error;
 use std::collections::BinaryHeap;
 use std::io::{Read, Write};
@@ -102,17 +103,8 @@ pub(super) struct Sorter {
     arena: Vec<u8>,
     offsets: Vec<u32>,
     budget: usize,
-    dir: Option<TempDir>,
+    dir: Option<Scratch>,
     pub(super) runs: Vec<std::path::PathBuf>,
-}
-
-/// A directory removed when dropped.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 impl Sorter {
@@ -152,15 +144,9 @@ impl Sorter {
     fn spill(&mut self) -> Result<(), Error> {
         self.sorted_offsets();
         if self.dir.is_none() {
-            let dir = std::env::temp_dir().join(format!(
-                "waly-restore-{}-{}",
-                std::process::id(),
-                chrono::Utc::now().timestamp_micros()
-            ));
-            std::fs::create_dir_all(&dir)?;
-            self.dir = Some(TempDir(dir));
+            self.dir = Some(Scratch::new("restore")?);
         }
-        let dir = self.dir.as_ref().map(|d| d.0.clone()).unwrap_or_default();
+        let dir = self.dir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default();
         let path = dir.join(format!("run-{:06}", self.runs.len()));
         let file = std::fs::File::create(&path)?;
         let mut enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(file), 1)?;
@@ -217,7 +203,7 @@ impl Sorter {
 /// Sorted runs on disk, removed when dropped.
 pub(super) struct Spilled {
     runs: Vec<std::path::PathBuf>,
-    dir: TempDir,
+    dir: Scratch,
 }
 
 impl Spilled {
@@ -229,7 +215,7 @@ impl Spilled {
     /// The directory the runs are in (for other temporary files of the
     /// same restore).
     pub(super) fn dir(&self) -> &std::path::Path {
-        &self.dir.0
+        self.dir.path()
     }
 }
 
@@ -315,7 +301,7 @@ enum Source {
 /// The sorted records.
 pub(super) struct Merged {
     source: Source,
-    _dir: Option<TempDir>,
+    _dir: Option<Scratch>,
 }
 
 impl Merged {
@@ -378,7 +364,11 @@ mod tests {
         want.sort();
         let want: Vec<(Vec<u8>, u64)> = want.into_iter().map(|(k, l, _)| (k, l)).collect();
         assert!(small.runs.len() > 10, "{} runs", small.runs.len());
-        let dir = small.dir.as_ref().map(|d| d.0.clone()).expect("a spill directory");
+        let dir = small
+            .dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .expect("a spill directory");
         assert_eq!(drain(small.finish().expect("merge")), want);
         assert_eq!(drain(big.finish().expect("merge")), want);
         assert!(!dir.exists(), "runs are removed once merged");

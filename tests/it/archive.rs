@@ -184,6 +184,11 @@ pub(crate) fn spawn_run(db: &TestDb, archive: &str) -> Running {
 /// Tests wait for the slot to pass unpublished WAL, so the idle heartbeat
 /// is 10 s unless `extra` sets it.
 pub(crate) fn spawn_run_as(db: &TestDb, source: &str, archive: &str, extra: &[&str]) -> Running {
+    Running::spawn(&mut run_command(db, source, archive, extra))
+}
+
+/// The command [`spawn_run_as`] spawns.
+pub(crate) fn run_command(db: &TestDb, source: &str, archive: &str, extra: &[&str]) -> Command {
     let mut c = waly();
     c.args([
         "run",
@@ -202,7 +207,8 @@ pub(crate) fn spawn_run_as(db: &TestDb, source: &str, archive: &str, extra: &[&s
     if !extra.contains(&"--idle-interval") {
         c.args(["--idle-interval", "10s"]);
     }
-    Running::spawn(c.args(extra))
+    c.args(extra);
+    c
 }
 
 /// Waits until `waly run` streams from its slot; on failure shows what it
@@ -1217,6 +1223,44 @@ fn an_idle_source_does_not_pin_wal() {
     let (status, _) = run.terminate(60);
     assert!(status.success());
     assert!(log_json(&archive, &[]).is_empty(), "no changes were invented");
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
+/// What a killed process left in its scratch directory (a merge's index
+/// object past 4 MiB, a restore's sorted runs) is removed when `waly run`
+/// starts; a live process's scratch directory (its lock held, here by this
+/// test) is left alone, and so is what is not a scratch directory.
+#[test]
+fn a_killed_processs_scratch_files_are_removed_when_waly_run_starts_and_a_live_ones_kept() {
+    let db = TestDb::new();
+    db.psql("CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION waly FOR TABLE t;");
+    let archive = archive_dir(&db);
+    let tmp = std::env::temp_dir().join(format!("waly-tmpdir-{}", db.name));
+    let scratch = |name: &str| {
+        let dir = tmp.join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("merged.idx"), vec![7u8; 1 << 20]).expect("write");
+        std::fs::File::create(dir.join(".lock")).expect("lock file")
+    };
+    // Its process gone: nobody holds its lock.
+    drop(scratch("waly-scratch-index-merge-4242-1"));
+    // Held by this process, alive.
+    let held = scratch("waly-scratch-restore-4343-2");
+    held.lock().expect("lock");
+    std::fs::create_dir_all(tmp.join("waly-restore-4444-3")).expect("mkdir");
+    let run = Running::spawn(run_command(&db, &db.url(), &archive, &[]).env("TMPDIR", &tmp));
+    wait_streaming(&db, &run);
+    let mut left: Vec<String> = std::fs::read_dir(&tmp)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["waly-restore-4444-3", "waly-scratch-restore-4343-2"]);
+    assert!(tmp.join("waly-scratch-restore-4343-2/merged.idx").exists());
+    let (status, _) = run.terminate(60);
+    assert!(status.success());
+    drop(held);
+    let _ = std::fs::remove_dir_all(&tmp);
     let _ = std::fs::remove_dir_all(&archive);
 }
 
