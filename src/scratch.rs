@@ -55,7 +55,7 @@ impl Scratch {
             match lock.try_lock() {
                 Ok(()) | Err(std::fs::TryLockError::Error(_)) => {}
                 Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(Error::Protocol(format!(
+                    return Err(Error::Contended(format!(
                         "the new scratch directory {} is locked by another process",
                         hidden.display()
                     )))

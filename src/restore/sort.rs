@@ -143,11 +143,11 @@ impl Sorter {
 
     fn spill(&mut self) -> Result<(), Error> {
         self.sorted_offsets();
-        if self.dir.is_none() {
-            self.dir = Some(Scratch::new("restore")?);
-        }
-        let dir = self.dir.as_ref().map(|d| d.path().to_path_buf()).unwrap_or_default();
-        let path = dir.join(format!("run-{:06}", self.runs.len()));
+        let dir = match self.dir.take() {
+            Some(dir) => dir,
+            None => Scratch::new("restore")?,
+        };
+        let path = self.dir.insert(dir).path().join(format!("run-{:06}", self.runs.len()));
         let file = std::fs::File::create(&path)?;
         let mut enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(file), 1)?;
         for o in &self.offsets {
