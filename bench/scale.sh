@@ -14,7 +14,8 @@
 #
 # Disk: about 10 bytes of segments per event plus the index (about 1 GB and
 # 0.3 GB at 10^8); writing 10^8 events takes about 9 minutes here. Archives
-# are kept in .tmp/bench-scale and reused while the mix is the same.
+# are kept in .tmp/bench-scale and reused while the mix and the index
+# format are the same.
 # WALY_READ_STATS=1 makes waly print what a command read (requests, objects, bytes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,9 @@ read_field() { sed -n "s/^reads: \([0-9]*\) bytes in \([0-9]*\) GET requests to 
 LINES=()
 for N in $SIZES; do
     MIX="--weights 1000000,100000,10000,1 --rows 1000000,100000,10000,1000 --skew 1 --row-bytes 64 --txn-changes 10"
-    ARCHIVE=$DIR/archive-$N-$(echo "$MIX" | cksum | cut -d" " -f1)
+    # The mix and the index format the archive was written with (a new
+    # format: a new archive).
+    ARCHIVE=$DIR/archive-$N-$(echo "$MIX index-format-5" | cksum | cut -d" " -f1)
     if [ ! -f "$ARCHIVE/.complete" ]; then
         rm -rf "$ARCHIVE"
         # shellcheck disable=SC2086

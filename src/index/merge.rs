@@ -15,8 +15,7 @@
 //! is a window per input and a part of the output, whatever the runs' size.
 
 use super::{
-    decode_block, decode_fences, decode_frame_block, listed_segment_indexes, parse_segments_index_key,
-    segments_index_key,
+    decode_fences, decode_frame_block, listed_segment_indexes, parse_segments_index_key, segments_index_key,
     write::{write_fences, BlockWriter, SectionWriter, Written, SPILL_BYTES},
     Block, Codec, Entry, Footer, FrameTableWriter, Index, FORMAT,
 };
@@ -355,7 +354,7 @@ impl<'a> Cursor<'a> {
             let at = (b.offset - self.window.0) as usize;
             let z = self.window.1.slice(at..at + b.len as usize);
             let z = self.store.open_frames(key, z).await?;
-            self.entries = decode_block(key, &z, self.codec)?.into_iter();
+            self.entries = self.idx.decode(&z, self.codec)?.into_iter();
         }
     }
 }

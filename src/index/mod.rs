@@ -39,7 +39,10 @@ use write::{write_fences, BlockWriter, SectionWriter};
 pub const BLOCK_ENTRIES: usize = 256;
 /// Block pointers per fence block.
 const FENCE_ENTRIES: usize = 256;
-const MAGIC: &[u8; 8] = b"WALYIDX4";
+const MAGIC: &[u8; 8] = b"WALYIDX5";
+/// The trailer of index objects whose blocks coded entry after entry
+/// (format 4; still read).
+const MAGIC_V4: &[u8; 8] = b"WALYIDX4";
 /// The trailer of index objects written before integer keys were indexed
 /// by bucket (format 3: every key hashed; still read).
 const MAGIC_V3: &[u8; 8] = b"WALYIDX3";
@@ -53,8 +56,12 @@ const MAGIC_SEALED: &[u8; 8] = b"WALYIDXE";
 /// The length of a sealed index object's trailer: SHA-256, footer offset
 /// and length, magic.
 const SEALED_TRAILER: usize = 56;
-/// The index format this waly writes (it reads this and [`FORMAT_V3`]).
-const FORMAT: u32 = 4;
+/// The index format this waly writes (it reads this, [`FORMAT_V4`] and
+/// [`FORMAT_V3`]).
+const FORMAT: u32 = 5;
+/// The index format whose blocks coded entry after entry (each entry's
+/// value, object and frame together), not column by column.
+const FORMAT_V4: u32 = 4;
 /// The index format before the bucket section: every key hashed.
 const FORMAT_V3: u32 = 3;
 
@@ -224,6 +231,10 @@ pub struct Builder {
     key_id: Option<String>,
     /// Its hasher (a writer's: see [`Builder::for_writer`]).
     hasher: Hasher,
+    /// Tests: the layout of an older format's blocks (see
+    /// [`SectionWriter::with_format`]).
+    #[cfg(test)]
+    block_format: Option<u32>,
 }
 
 fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
@@ -296,6 +307,9 @@ impl Builder {
         let mut c = BlockWriter::new(sealer)?;
         let section = |entries: &mut Vec<Entry>, codec: Codec, c: &mut BlockWriter| -> Result<Vec<Block>, Error> {
             entries.sort_unstable();
+            #[cfg(test)]
+            let mut w = SectionWriter::with_format(codec, self.block_format.unwrap_or(FORMAT));
+            #[cfg(not(test))]
             let mut w = SectionWriter::new(codec);
             for e in entries.iter() {
                 w.push(*e, c)?;
@@ -398,28 +412,84 @@ fn bits_of_code(code: u64) -> Option<u64> {
     (bits >> 32 == 0).then_some(bits)
 }
 
-fn decode_block(key: &str, z: &[u8], codec: Codec) -> Result<Vec<Entry>, Error> {
-    let raw = zstd::bulk::decompress(z, BLOCK_ENTRIES * 40 + 8).map_err(|e| damaged(key, e))?;
-    let bad = || damaged(key, "a block does not decode");
-    let mut prev = u64::from_le_bytes(raw.get(0..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+/// The entries of a data block (`z`, its compressed bytes) of an object of
+/// index format `format`: columns (format 5: [`decode_columns`]) or entry
+/// after entry (formats 3 and 4: [`decode_rows`]).
+fn decode_block(key: &str, z: &[u8], codec: Codec, format: u32) -> Result<Vec<Entry>, Error> {
+    // A block holds at most BLOCK_ENTRIES entries of under 40 bytes each,
+    // its first value and its count.
+    let raw = zstd::bulk::decompress(z, BLOCK_ENTRIES * 40 + 24).map_err(|e| damaged(key, e))?;
+    let decoded = match format >= FORMAT {
+        true => decode_columns(&raw, codec),
+        false => decode_rows(&raw, codec),
+    };
+    decoded.ok_or_else(|| damaged(key, "a block does not decode"))
+}
+
+/// The value after `prev` that `codec` coded as `delta` (and `bits`, a
+/// [`bits_code`], for bucket values).
+fn next_value(codec: Codec, prev: u64, delta: u64, bits: u64) -> Option<u64> {
+    match codec {
+        Codec::Delta => prev.checked_add(delta),
+        Codec::Buckets => {
+            let high = (prev >> 32).checked_add(delta).filter(|h| *h >> 32 == 0)?;
+            Some(high << 32 | bits_of_code(bits)?)
+        }
+    }
+}
+
+/// A format 5 block: the first value (u64 LE), the count of entries (a
+/// varint), then each column whole, a varint per entry: the values' deltas
+/// (and for bucket values their bits' codes), the objects, the frames.
+fn decode_columns(raw: &[u8], codec: Codec) -> Option<Vec<Entry>> {
+    let mut prev = u64::from_le_bytes(raw.get(0..8)?.try_into().ok()?);
+    let mut at = 8;
+    let n = usize::try_from(get_varint(raw, &mut at)?).ok()?;
+    // Each entry takes at least three bytes: a count past that is damage,
+    // never an allocation.
+    if n > raw.len() / 3 {
+        return None;
+    }
+    let mut column = || (0..n).map(|_| get_varint(raw, &mut at)).collect::<Option<Vec<u64>>>();
+    let deltas = column()?;
+    let bits = match codec {
+        Codec::Delta => vec![0; n],
+        Codec::Buckets => column()?,
+    };
+    let objects = column()?;
+    let frames = column()?;
+    if at != raw.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let v = next_value(codec, prev, deltas[i], bits[i])?;
+        out.push((v, u32::try_from(objects[i]).ok()?, u32::try_from(frames[i]).ok()?));
+        prev = v;
+    }
+    Some(out)
+}
+
+/// A format 3 or 4 block: the first value (u64 LE), then entry after
+/// entry: the value's delta (and for bucket values its bits' code), the
+/// object, the frame, each a varint.
+fn decode_rows(raw: &[u8], codec: Codec) -> Option<Vec<Entry>> {
+    let mut prev = u64::from_le_bytes(raw.get(0..8)?.try_into().ok()?);
     let mut at = 8;
     let mut out = Vec::new();
     while at < raw.len() {
-        let v = match codec {
-            Codec::Delta => prev.checked_add(get_varint(&raw, &mut at).ok_or_else(bad)?),
-            Codec::Buckets => {
-                let high = (prev >> 32).checked_add(get_varint(&raw, &mut at).ok_or_else(bad)?);
-                let bits = bits_of_code(get_varint(&raw, &mut at).ok_or_else(bad)?);
-                high.zip(bits).filter(|(h, _)| *h >> 32 == 0).map(|(h, b)| h << 32 | b)
-            }
-        }
-        .ok_or_else(bad)?;
-        let o = get_varint(&raw, &mut at).ok_or_else(bad)? as u32;
-        let f = get_varint(&raw, &mut at).ok_or_else(bad)? as u32;
+        let delta = get_varint(raw, &mut at)?;
+        let bits = match codec {
+            Codec::Delta => 0,
+            Codec::Buckets => get_varint(raw, &mut at)?,
+        };
+        let v = next_value(codec, prev, delta, bits)?;
+        let o = get_varint(raw, &mut at)? as u32;
+        let f = get_varint(raw, &mut at)? as u32;
         out.push((v, o, f));
         prev = v;
     }
-    Ok(out)
+    Some(out)
 }
 
 fn decode_fences(key: &str, z: &[u8]) -> Result<Vec<Block>, Error> {
@@ -490,7 +560,10 @@ impl Index {
                 "written by an older waly (index format 2, keys hashed as stored text); `waly reindex` upgrades it",
             ));
         }
-        if &t[16..24] != MAGIC && &t[16..24] != MAGIC_V3 && &t[16..24] != MAGIC_SEALED {
+        if ![MAGIC, MAGIC_V4, MAGIC_V3, MAGIC_SEALED]
+            .iter()
+            .any(|m| t[16..24] == m[..])
+        {
             return Err(damaged(key, "no trailer (or another format)"));
         }
         let at = u64::from_le_bytes(t[0..8].try_into().unwrap_or_default());
@@ -514,11 +587,12 @@ impl Index {
         let footer: Footer = serde_json::from_slice(&json).map_err(|e| damaged(key, e))?;
         let version = match &t[16..24] {
             m if m == MAGIC => Some(FORMAT),
+            m if m == MAGIC_V4 => Some(FORMAT_V4),
             m if m == MAGIC_V3 => Some(FORMAT_V3),
             _ => None,
         };
         if version.is_some_and(|v| v != footer.waly_index)
-            || ![FORMAT, FORMAT_V3].contains(&footer.waly_index)
+            || ![FORMAT, FORMAT_V4, FORMAT_V3].contains(&footer.waly_index)
             || (footer.waly_index == FORMAT_V3) != footer.bucket_fences.is_none()
         {
             return Err(damaged(
@@ -558,6 +632,11 @@ impl Index {
         store.get_range_frames(&self.key, b.offset..b.offset + b.len).await
     }
 
+    /// The entries of one of its data blocks (`z`, as read and opened).
+    fn decode(&self, z: &[u8], codec: Codec) -> Result<Vec<Entry>, Error> {
+        decode_block(&self.key, z, codec, self.footer.waly_index)
+    }
+
     /// The entries of a section (its fence blocks `fences`, coded by
     /// `codec`) whose values lie in `lo..=hi`.
     async fn find_range(
@@ -581,7 +660,7 @@ impl Index {
         let mut out = Vec::new();
         for z in futures_util::future::try_join_all(data).await? {
             out.extend(
-                decode_block(&self.key, &z, codec)?
+                self.decode(&z, codec)?
                     .into_iter()
                     .filter(|(v, _, _)| (lo..=hi).contains(v)),
             );
@@ -685,7 +764,7 @@ impl Index {
             let z = self.block(store, f).await?;
             for b in decode_fences(&self.key, &z)? {
                 let z = self.block(store, &b).await?;
-                out.extend(decode_block(&self.key, &z, codec)?);
+                out.extend(self.decode(&z, codec)?);
             }
         }
         Ok(out)

@@ -264,6 +264,30 @@ fn a_bucket_entrys_bits_code_back_to_themselves_and_one_key_takes_a_byte() {
     assert_eq!(bits_of_code(1 << 33), None, "no bits past 32");
 }
 
+/// An index object's bytes (its blocks already laid out as `format`
+/// lays them out) given the footer and trailer of index format `format`
+/// (3: without the bucket section, which must be empty; 4).
+fn as_older_format(bytes: &[u8], format: u32) -> Vec<u8> {
+    let n = bytes.len();
+    let at = u64::from_le_bytes(bytes[n - 24..n - 16].try_into().expect("8 bytes")) as usize;
+    let len = u64::from_le_bytes(bytes[n - 16..n - 8].try_into().expect("8 bytes")) as usize;
+    assert_eq!(&bytes[n - 8..], MAGIC);
+    let mut footer: serde_json::Value =
+        serde_json::from_slice(&zstd::decode_all(&bytes[at..at + len]).expect("footer")).expect("json");
+    footer["waly_index"] = format.into();
+    if format == FORMAT_V3 {
+        assert_eq!(footer["bucket_fences"], serde_json::json!([]));
+        footer.as_object_mut().expect("object").remove("bucket_fences");
+    }
+    let z = zstd::encode_all(&serde_json::to_vec(&footer).expect("json")[..], 1).expect("zstd");
+    let mut out = bytes[..at].to_vec();
+    out.extend_from_slice(&z);
+    out.extend_from_slice(&(at as u64).to_le_bytes());
+    out.extend_from_slice(&(z.len() as u64).to_le_bytes());
+    out.extend_from_slice(if format == FORMAT_V3 { MAGIC_V3 } else { MAGIC_V4 });
+    out
+}
+
 /// Segment `number`, as an index object covers it.
 fn segment(number: u64) -> Covered {
     Covered {
@@ -383,22 +407,10 @@ async fn integer_keys_are_found_through_their_buckets_and_only_where_they_are() 
         keys.hashes.sort_unstable_by_key(|(_, f)| *f);
         v3.add(segment(10 + obj as u64), &keys, &[], &[]);
     }
-    // Its bytes as format 3 wrote them: no bucket section, its footer
-    // and trailer of that version.
-    let v4 = v3.encode("00000001", None).expect("encode");
-    let at = u64::from_le_bytes(v4[v4.len() - 24..v4.len() - 16].try_into().expect("8 bytes")) as usize;
-    let len = u64::from_le_bytes(v4[v4.len() - 16..v4.len() - 8].try_into().expect("8 bytes")) as usize;
-    let mut footer: serde_json::Value =
-        serde_json::from_slice(&zstd::decode_all(&v4[at..at + len]).expect("footer")).expect("json");
-    assert_eq!(footer["bucket_fences"], serde_json::json!([]));
-    footer["waly_index"] = 3.into();
-    footer.as_object_mut().expect("object").remove("bucket_fences");
-    let z = zstd::encode_all(&serde_json::to_vec(&footer).expect("json")[..], 1).expect("zstd");
-    let mut v3_bytes = v4[..at].to_vec();
-    v3_bytes.extend_from_slice(&z);
-    v3_bytes.extend_from_slice(&(at as u64).to_le_bytes());
-    v3_bytes.extend_from_slice(&(z.len() as u64).to_le_bytes());
-    v3_bytes.extend_from_slice(MAGIC_V3);
+    // Its bytes as format 3 wrote them: blocks entry after entry, no
+    // bucket section, its footer and trailer of that version.
+    v3.block_format = Some(FORMAT_V4);
+    let v3_bytes = as_older_format(&v3.encode("00000001", None).expect("encode"), FORMAT_V3);
     store.put_once("v3", Bytes::from(v3_bytes.clone())).await.expect("put");
     let old = Index::open(&store, "v3", v3_bytes.len() as u64).await.expect("open");
     assert_eq!((old.footer.waly_index, old.footer.bucket_fences.is_none()), (3, true));
@@ -483,4 +495,104 @@ async fn a_frame_table_places_each_segments_frames_through_a_merge() {
         merged.footer.frame_table
     );
     assert_eq!(merged.frame_table(&store).await.expect("table"), Some(want));
+}
+
+/// Index objects of format 4 (blocks coded entry after entry), as the
+/// release before format 5 wrote them, are read, and merge with format 5
+/// objects into one of format 5; read as the other layout, either's blocks
+/// are damage, never entries.
+#[tokio::test]
+async fn format_4_objects_are_read_and_merge_into_format_5_column_blocks() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let store = Store::open("memory://").expect("store");
+    let h = Hasher::Plain;
+    let mut x = 11u64;
+    let mut truth: BTreeMap<String, BTreeSet<(u32, u32)>> = BTreeMap::new();
+    let mut objects = Vec::new();
+    for obj in 0..4u32 {
+        let (mut keys, mut messages, mut tables) = (KeyEntries::default(), Vec::new(), Vec::new());
+        for frame in 0..5u32 {
+            for _ in 0..400 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                // Integer keys (buckets) and text keys (hashed), repeated
+                // across frames and objects.
+                let key = match x >> 62 {
+                    0 => format!("[\"k{}\"]", (x >> 20) % 700),
+                    _ => format!("[\"{}\"]", (x >> 20) % 3000),
+                };
+                keys.note(h.row_key("public.t", key.as_bytes()), frame);
+                truth.entry(key).or_default().insert((obj, frame));
+            }
+            messages.push((1000 + obj as u64 * 10 + frame as u64, frame));
+            tables.push((h.table("public.t"), frame));
+        }
+        keys.hashes.sort_unstable_by_key(|(_, f)| *f);
+        objects.push((keys, messages, tables));
+    }
+    let build = |format: u32| {
+        let mut b = Builder {
+            block_format: Some(format),
+            ..Default::default()
+        };
+        for (i, (keys, messages, tables)) in objects.iter().enumerate() {
+            b.add(segment(i as u64), keys, messages, tables);
+        }
+        b.encode("00000001", None).expect("encode")
+    };
+    let new = build(FORMAT);
+    let old = as_older_format(&build(FORMAT_V4), FORMAT_V4);
+    assert_eq!(&old[old.len() - 8..], MAGIC_V4);
+    store.put_once("new", new.clone()).await.expect("put");
+    store.put_once("old", Bytes::from(old.clone())).await.expect("put");
+    let new_idx = Index::open(&store, "new", new.len() as u64).await.expect("open");
+    let old_idx = Index::open(&store, "old", old.len() as u64).await.expect("open");
+    assert_eq!((new_idx.footer.waly_index, old_idx.footer.waly_index), (5, 4));
+    // The same entries, each object read by its own layout.
+    let (a, b) = (
+        new_idx.entries(&store).await.expect("entries"),
+        old_idx.entries(&store).await.expect("entries"),
+    );
+    assert!(a.keys.len() > BLOCK_ENTRIES && a.buckets.as_ref().is_some_and(|b| b.len() > BLOCK_ENTRIES));
+    assert_eq!(
+        (&a.keys, &a.messages, &a.tables, &a.buckets),
+        (&b.keys, &b.messages, &b.tables, &b.buckets)
+    );
+    // Either layout read as the other is damage.
+    let mut swapped = new_idx.clone();
+    swapped.footer.waly_index = FORMAT_V4;
+    assert!(matches!(swapped.entries(&store).await, Err(Error::Corrupt { .. })));
+    let mut swapped = old_idx.clone();
+    swapped.footer.waly_index = FORMAT;
+    assert!(matches!(swapped.entries(&store).await, Err(Error::Corrupt { .. })));
+    let check = |idx: Index, copies: u32| {
+        let (store, truth) = (&store, &truth);
+        async move {
+            for (key, at) in truth {
+                let got: BTreeSet<(u32, u32)> = idx
+                    .lookup_key(store, "public.t", key.as_bytes())
+                    .await
+                    .expect("lookup")
+                    .into_iter()
+                    .collect();
+                let want: BTreeSet<(u32, u32)> = (0..copies)
+                    .flat_map(|c| at.iter().map(move |(o, f)| (o + 4 * c, *f)))
+                    .collect();
+                assert_eq!(got, want, "key {key}");
+            }
+            let msgs = idx.lookup_message(store, 1023).await.expect("message");
+            let want: Vec<(u32, u32)> = (0..copies).map(|c| (2 + 4 * c, 3)).collect();
+            assert_eq!(msgs, want);
+        }
+    };
+    check(old_idx.clone(), 1).await;
+    check(new_idx.clone(), 1).await;
+    let both = [(old_idx, old.len() as u64), (new_idx, new.len() as u64)];
+    let Ok(write::Written::Memory(merged)) = merge::merge_objects(&store, "00000001", &both, None, None).await else {
+        panic!("merged in memory")
+    };
+    assert_eq!(&merged[merged.len() - 8..], MAGIC, "a merge writes format 5");
+    store.put_once("merged", merged.clone()).await.expect("put");
+    let m = Index::open(&store, "merged", merged.len() as u64).await.expect("open");
+    assert_eq!(m.footer.waly_index, FORMAT);
+    check(m, 2).await;
 }

@@ -1,7 +1,7 @@
 //! Writing an index object: blocks compressed (and sealed in an encrypted
 //! archive) as they are cut, fence blocks over them, the footer and trailer.
 
-use super::{Block, Codec, Entry, Footer, BLOCK_ENTRIES, FENCE_ENTRIES, MAGIC, MAGIC_SEALED};
+use super::{Block, Codec, Entry, Footer, BLOCK_ENTRIES, FENCE_ENTRIES, FORMAT, MAGIC, MAGIC_SEALED};
 use crate::Error;
 use bytes::Bytes;
 
@@ -179,6 +179,9 @@ impl<'a> BlockWriter<'a> {
 /// [`BLOCK_ENTRIES`], then fence blocks over those; equal entries once.
 pub(super) struct SectionWriter {
     codec: Codec,
+    /// The index format whose block layout it writes: [`FORMAT`] (tests
+    /// also write format 4's, to read it as an older waly wrote it).
+    format: u32,
     pending: Vec<Entry>,
     last: Option<Entry>,
     blocks: Vec<Block>,
@@ -190,6 +193,7 @@ impl SectionWriter {
     pub(super) fn new(codec: Codec) -> Self {
         SectionWriter {
             codec,
+            format: FORMAT,
             pending: Vec::new(),
             last: None,
             blocks: Vec::new(),
@@ -212,24 +216,62 @@ impl SectionWriter {
         Ok(())
     }
 
+    /// A writer of a section whose blocks are laid out as index format
+    /// `format` laid them out (4: entry after entry; 5: column by column).
+    #[cfg(test)]
+    pub(super) fn with_format(codec: Codec, format: u32) -> Self {
+        SectionWriter {
+            format,
+            ..SectionWriter::new(codec)
+        }
+    }
+
+    /// Writes the pending entries as a block: the first value (u64 LE),
+    /// then in format 5 the count and each column whole (docs/FORMAT.md,
+    /// index objects), in format 4 entry after entry.
     fn flush(&mut self, c: &mut BlockWriter) -> Result<(), Error> {
         let Some(first) = self.pending.first().map(|e| e.0) else {
             return Ok(());
         };
         self.raw.clear();
-        let mut prev = first;
-        self.raw.extend_from_slice(&prev.to_le_bytes());
-        for (v, o, f) in &self.pending {
-            match self.codec {
-                Codec::Delta => put_varint(&mut self.raw, v - prev),
-                Codec::Buckets => {
-                    put_varint(&mut self.raw, (v >> 32) - (prev >> 32));
-                    put_varint(&mut self.raw, super::bits_code(v & 0xffff_ffff));
+        self.raw.extend_from_slice(&first.to_le_bytes());
+        let codec = self.codec;
+        // The value's delta from the one before (the first's from itself:
+        // 0); for bucket values the bucket hash's delta.
+        let deltas = self.pending.iter().scan(first, |prev, (v, _, _)| {
+            let d = match codec {
+                Codec::Delta => v - *prev,
+                Codec::Buckets => (v >> 32) - (*prev >> 32),
+            };
+            *prev = *v;
+            Some(d)
+        });
+        let bits = |v: u64| super::bits_code(v & 0xffff_ffff);
+        if self.format < FORMAT {
+            for (d, (v, o, f)) in deltas.zip(&self.pending) {
+                put_varint(&mut self.raw, d);
+                if codec == Codec::Buckets {
+                    put_varint(&mut self.raw, bits(*v));
+                }
+                put_varint(&mut self.raw, *o as u64);
+                put_varint(&mut self.raw, *f as u64);
+            }
+        } else {
+            put_varint(&mut self.raw, self.pending.len() as u64);
+            for d in deltas {
+                put_varint(&mut self.raw, d);
+            }
+            if codec == Codec::Buckets {
+                for (v, _, _) in &self.pending {
+                    put_varint(&mut self.raw, bits(*v));
                 }
             }
-            put_varint(&mut self.raw, *o as u64);
-            put_varint(&mut self.raw, *f as u64);
-            prev = *v;
+            for (_, o, _) in &self.pending {
+                put_varint(&mut self.raw, *o as u64);
+            }
+            for (_, _, f) in &self.pending {
+                put_varint(&mut self.raw, *f as u64);
+            }
         }
         self.blocks.push(c.block(first, &self.raw)?);
         self.pending.clear();

@@ -573,3 +573,95 @@ fn history_finds_frames_by_the_index_frame_table_and_a_wrong_table_costs_only_ti
     assert!(err.contains("frame table is damaged"), "no warning: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Copies the directory `from` into `to`, whole.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let dest = to.join(e.file_name());
+        match e.file_type().expect("type").is_dir() {
+            true => copy_tree(&e.path(), &dest),
+            false => {
+                std::fs::copy(e.path(), &dest).expect("copy");
+            }
+        }
+    }
+}
+
+/// The trailers' magics of every index object of `dir`.
+fn index_magics(dir: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for kind in ["segments", "snapshots"] {
+        let path = std::path::Path::new(dir).join("index/00000001").join(kind);
+        for e in std::fs::read_dir(&path).expect("index objects") {
+            let bytes = std::fs::read(e.expect("entry").path()).expect("read");
+            out.insert(String::from_utf8_lossy(&bytes[bytes.len() - 8..]).to_string());
+        }
+    }
+    out
+}
+
+/// An archive whose index the release before index format 5 wrote
+/// (testdata/index-format4, by `waly synth`: blocks of format 4, coded
+/// entry after entry) keeps working: `verify` calls it clean, and history
+/// answers by its index as the scan does, reading fewer segments, without
+/// a warning. `waly reindex` rewrites it as format 5, and the answers stay
+/// the same.
+#[test]
+fn an_archive_indexed_in_format_4_is_read_by_its_index_and_reindexed_as_format_5() {
+    let dir = std::env::temp_dir().join("waly-index-format4");
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_tree(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/index-format4/archive"),
+        &dir,
+    );
+    let dir = dir.display().to_string();
+    assert_eq!(index_magics(&dir), ["WALYIDX4".to_string()].into());
+    let clean = |when: &str| {
+        let out = stdout(&["verify", "--archive", &dir]);
+        assert!(out.contains(" 0 problem(s)"), "{when}: {out}");
+    };
+    clean("format 4");
+    let mut keys = Vec::new();
+    for table in ["public.t0", "public.t1", "public.t2"] {
+        let log = json_lines(&stdout(&["log", "--archive", &dir, "--table", table, "--json"]));
+        let changed: std::collections::BTreeSet<String> = log
+            .iter()
+            .filter_map(|c| Some(c["key"]["id"].as_str()?.to_string()))
+            .collect();
+        assert!(!changed.is_empty(), "{table} has changes");
+        keys.extend(changed.into_iter().take(4).map(|k| (table, k)));
+    }
+    let answers = |when: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        for (table, key) in &keys {
+            let (indexed, err) = history_with_reads(&dir, table, key, &[]);
+            let (scanned, scan_err) = history_with_reads(&dir, table, key, &["--scan"]);
+            assert_eq!(indexed, scanned, "{when}: {table} {key}");
+            assert!(json_lines(&indexed).len() > 1, "{when}: {table} {key}: {indexed}");
+            assert!(!err.contains("WARN"), "{when}: {table} {key}: {err}");
+            assert!(
+                segment_requests(&err) < segment_requests(&scan_err),
+                "{when}: {table} {key} read as many segments by the index as by the scan: {err}"
+            );
+            out.push(indexed);
+        }
+        out
+    };
+    let before = answers("format 4");
+    let out = run_within(waly().args(["reindex", "--archive", &dir]), 120);
+    assert!(
+        out.status.success(),
+        "reindex: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(index_magics(&dir), ["WALYIDX5".to_string()].into());
+    clean("reindexed");
+    assert_eq!(
+        answers("format 5"),
+        before,
+        "the answers changed with the index's format"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
