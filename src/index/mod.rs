@@ -440,7 +440,9 @@ fn next_value(codec: Codec, prev: u64, delta: u64, bits: u64) -> Option<u64> {
 
 /// A format 5 block: the first value (u64 LE), the count of entries (a
 /// varint), then each column whole, a varint per entry: the values' deltas
-/// (and for bucket values their bits' codes), the objects, the frames.
+/// (and for bucket values their bits' codes), the objects (an entry whose
+/// value is the one before's: the step from that entry's object), the
+/// frames.
 fn decode_columns(raw: &[u8], codec: Codec) -> Option<Vec<Entry>> {
     let mut prev = u64::from_le_bytes(raw.get(0..8)?.try_into().ok()?);
     let mut at = 8;
@@ -461,10 +463,16 @@ fn decode_columns(raw: &[u8], codec: Codec) -> Option<Vec<Entry>> {
     if at != raw.len() {
         return None;
     }
-    let mut out = Vec::with_capacity(n);
+    let mut out: Vec<Entry> = Vec::with_capacity(n);
     for i in 0..n {
         let v = next_value(codec, prev, deltas[i], bits[i])?;
-        out.push((v, u32::try_from(objects[i]).ok()?, u32::try_from(frames[i]).ok()?));
+        // An entry with the value of the one before: its object is a step
+        // from that entry's.
+        let o = match out.last() {
+            Some(&(bv, bo, _)) if bv == v => (bo as u64).checked_add(objects[i])?,
+            _ => objects[i],
+        };
+        out.push((v, u32::try_from(o).ok()?, u32::try_from(frames[i]).ok()?));
         prev = v;
     }
     Some(out)

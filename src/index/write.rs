@@ -228,7 +228,7 @@ impl SectionWriter {
 
     /// Writes the pending entries as a block: the first value (u64 LE),
     /// then in format 5 the count and each column whole (docs/FORMAT.md,
-    /// index objects), in format 4 entry after entry.
+    /// "The index"), in format 4 entry after entry.
     fn flush(&mut self, c: &mut BlockWriter) -> Result<(), Error> {
         let Some(first) = self.pending.first().map(|e| e.0) else {
             return Ok(());
@@ -266,8 +266,17 @@ impl SectionWriter {
                     put_varint(&mut self.raw, bits(*v));
                 }
             }
-            for (_, o, _) in &self.pending {
-                put_varint(&mut self.raw, *o as u64);
+            // An entry whose value is the one before's (a row in frame
+            // after frame) codes its object as the step from that entry's:
+            // entries are in order, so it is never negative.
+            let mut before: Option<(u64, u32)> = None;
+            for (v, o, _) in &self.pending {
+                let step = match before {
+                    Some((bv, bo)) if bv == *v => o - bo,
+                    _ => *o,
+                };
+                put_varint(&mut self.raw, step as u64);
+                before = Some((*v, *o));
             }
             for (_, _, f) in &self.pending {
                 put_varint(&mut self.raw, *f as u64);
