@@ -13,7 +13,7 @@
 #   bench/scale.sh [SIZES] [LOOKUPS]   (default "10000000 100000000", 25)
 #
 # Disk: about 10 bytes of segments per event plus the index (about 1 GB and
-# 0.3 GB at 10^8); writing 10^8 events takes about 9 minutes here. Archives
+# 0.2 GB at 10^8); writing 10^8 events takes about 10 minutes here. Archives
 # are kept in .tmp/bench-scale and reused while the mix and the index
 # format are the same.
 # WALY_READ_STATS=1 makes waly print what a command read (requests, objects, bytes).
