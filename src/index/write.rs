@@ -266,9 +266,9 @@ impl SectionWriter {
                     put_varint(&mut self.raw, bits(*v));
                 }
             }
-            // An entry whose value is the one before's (a row in frame
-            // after frame) codes its object as the step from that entry's:
-            // entries are in order, so it is never negative.
+            // An entry whose value is the one before's (a row changed in
+            // segment after segment) codes its object as the step from
+            // that entry's: entries are in order, so it is never negative.
             let mut before: Option<(u64, u32)> = None;
             for (v, o, _) in &self.pending {
                 let step = match before {
