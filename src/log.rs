@@ -212,16 +212,24 @@ pub async fn walk(
         let mut dedup = Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
         // One table's log reads, of each segment the index covers, only the
         // frames with that table's changes.
-        let frames = match (&opts.table, segments.first(), segments.last()) {
-            (Some(t), Some(first), Some(last)) => crate::index::table_frames(store, &gen, t, first.1..=last.1).await,
+        // Where the index's frame tables place those frames, they are read
+        // without the segment's header.
+        let (frames, mut places) = match (&opts.table, segments.first(), segments.last()) {
+            (Some(t), Some(first), Some(last)) => {
+                crate::index::table_frames_placed(store, &gen, t, first.1..=last.1, true).await
+            }
             _ => Default::default(),
         };
         let wanted = segments
             .into_iter()
-            .map(|(key, number, size)| Wanted {
-                frames: frames.get(&(number, layout::segment_fence(&key))).cloned(),
-                key,
-                size,
+            .map(|(key, number, size)| {
+                let at = (number, layout::segment_fence(&key));
+                Wanted {
+                    frames: frames.get(&at).cloned(),
+                    places: places.remove(&at),
+                    key,
+                    size,
+                }
             })
             .collect();
         let mut ahead = Ahead::start(store, wanted, st.schemas.clone())?;

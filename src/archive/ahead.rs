@@ -42,6 +42,11 @@ pub struct Wanted {
     pub frames: Option<Vec<u32>>,
     /// Its size as listed (0: not known), to size the read of its header.
     pub size: u64,
+    /// Where its record frames lie (`(offset, length)` from the start of
+    /// the segment), when the index's frame table says: then the frames are
+    /// read without first reading the header. A place that does not hold a
+    /// whole frame is the index's damage: the header is read instead.
+    pub places: Option<Vec<(u64, u64)>>,
 }
 
 /// A segment's bytes: the whole object, or the frames wanted.
@@ -135,9 +140,49 @@ async fn fetch(store: &Store, s: Wanted) -> Result<Fetched, Error> {
     if frames.is_empty() {
         return Ok(Fetched::Frames(s.key, Vec::new()));
     }
+    if let Some(places) = &s.places {
+        match read_placed(store, &s.key, s.size, places, &frames).await {
+            Ok(out) => return Ok(Fetched::Frames(s.key, out)),
+            Err(e) => tracing::warn!(
+                segment = s.key,
+                error = %crate::error::chain(&e),
+                "the index's frame table is damaged; reading the segment's header instead (`waly reindex` rebuilds it)"
+            ),
+        }
+    }
     let (_, offsets) = crate::index::segment_header(store, &s.key, s.size).await?;
     let out = crate::index::read_frames(store, &s.key, &offsets, &frames).await?;
     Ok(Fetched::Frames(s.key, out))
+}
+
+/// Frames `frames` of segment `key` (of `size` bytes as listed), read
+/// where the index's frame table places them (`places`): each place must
+/// lie inside the segment and hold exactly one whole frame.
+async fn read_placed(
+    store: &Store,
+    key: &str,
+    size: u64,
+    places: &[(u64, u64)],
+    frames: &[u32],
+) -> Result<Vec<Bytes>, Error> {
+    let damaged = |why: &str| Error::Corrupt {
+        key: key.to_string(),
+        why: format!("the index's frame table {why}"),
+    };
+    if places
+        .iter()
+        .any(|(o, l)| o.checked_add(*l).is_none_or(|end| size == 0 || end > size))
+    {
+        return Err(damaged("places a frame outside the segment"));
+    }
+    let out = crate::index::read_frames(store, key, places, frames).await?;
+    if out
+        .iter()
+        .any(|z| zstd::zstd_safe::find_frame_compressed_size(z) != Ok(z.len()))
+    {
+        return Err(damaged("places a frame where no whole frame lies"));
+    }
+    Ok(out)
 }
 
 /// Decodes a whole segment on this thread into batches sent on `tx`

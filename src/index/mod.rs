@@ -1024,12 +1024,33 @@ pub async fn table_frames(
     table: &str,
     numbers: std::ops::RangeInclusive<u64>,
 ) -> std::collections::BTreeMap<(u64, u64), Vec<u32>> {
+    table_frames_placed(store, gen, table, numbers, false).await.0
+}
+
+/// Where a segment's record frames lie, by `(number, fencing token)`:
+/// `(offset, length)` from the start of the segment, as index frame tables
+/// give them.
+pub type Places = std::collections::BTreeMap<(u64, u64), Vec<(u64, u64)>>;
+
+/// [`table_frames`], and with `placed` where the covered segments' frames
+/// lie, from the index objects' frame tables (every table read: a reader
+/// of a whole table's changes reads far more headers than tables). A
+/// segment whose place is not given has its header read; a damaged table
+/// is warned about and gives none.
+pub async fn table_frames_placed(
+    store: &Store,
+    gen: &str,
+    table: &str,
+    numbers: std::ops::RangeInclusive<u64>,
+    placed: bool,
+) -> (std::collections::BTreeMap<(u64, u64), Vec<u32>>, Places) {
     let mut out = std::collections::BTreeMap::new();
+    let mut places = Places::new();
     let objects = match segment_indexes(store, gen).await {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(error = %crate::error::chain(&e), "cannot list the index; reading every segment whole");
-            return out;
+            return (out, places);
         }
     };
     for (key, size, first, last) in objects {
@@ -1052,6 +1073,23 @@ pub async fn table_frames(
                         out.entry((obj.number, obj.fence)).or_insert_with(Vec::new).push(f);
                     }
                 }
+                if !placed {
+                    continue;
+                }
+                match idx.frame_table(store).await {
+                    Ok(table) => {
+                        for (p, frames) in table.into_iter().flatten() {
+                            if let Some(obj) = idx.footer.objects.get(p as usize) {
+                                places.insert((obj.number, obj.fence), frames);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(
+                        index = key,
+                        error = %crate::error::chain(&e),
+                        "the index's frame table is damaged; reading segment headers instead (`waly reindex` rebuilds it)"
+                    ),
+                }
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(
@@ -1065,7 +1103,7 @@ pub async fn table_frames(
         frames.sort_unstable();
         frames.dedup();
     }
-    out
+    (out, places)
 }
 
 #[cfg(test)]

@@ -586,6 +586,7 @@ mod tests {
             key: k.clone(),
             frames: None,
             size: 0,
+            places: None,
         };
         assert_eq!(read(keys.iter().map(whole).collect()).await.expect("read"), all);
         // Frames 1 and 3 of the second segment: their records alone.
@@ -599,12 +600,39 @@ mod tests {
                 want.push(rec);
             }
         }
-        let picked = vec![Wanted {
-            key: keys[1].clone(),
-            frames: Some(vec![1, 3]),
-            size: bytes.len() as u64,
-        }];
-        assert_eq!(read(picked).await.expect("read"), want);
+        let picked = |places: Option<Vec<(u64, u64)>>| {
+            vec![Wanted {
+                key: keys[1].clone(),
+                frames: Some(vec![1, 3]),
+                size: bytes.len() as u64,
+                places,
+            }]
+        };
+        // The GET requests a read of `wanted` makes, and its records.
+        let counted = |wanted: Vec<Wanted>| {
+            let (read, store) = (&read, &store);
+            async move {
+                let before = store.read_cost().requests;
+                let got = read(wanted).await.expect("read");
+                (store.read_cost().requests - before, got)
+            }
+        };
+        let (by_header, got) = counted(picked(None)).await;
+        assert_eq!(got, want);
+        // Placed by a frame table: the same records, without the header's
+        // request; placed wrongly (no whole frame there, or past the end),
+        // the header is read after all and the records are the same.
+        let (by_places, got) = counted(picked(Some(located.clone()))).await;
+        assert_eq!(got, want);
+        assert_eq!(by_places + 1, by_header, "the header is not read");
+        let shifted: Vec<(u64, u64)> = located.iter().map(|(o, l)| (o + 1, l - 1)).collect();
+        let (requests, got) = counted(picked(Some(shifted))).await;
+        assert_eq!(got, want);
+        assert!(requests > by_header, "the shifted places are read, then the header");
+        let past = vec![(bytes.len() as u64, 10); located.len()];
+        let (requests, got) = counted(picked(Some(past))).await;
+        assert_eq!(got, want);
+        assert_eq!(requests, by_header, "places past the end are not read");
         // The third segment's header promising one line more: named.
         let bytes = store.get(&keys[2]).await.expect("get");
         let (mut header, _) = SegmentReader::locate_frames(&keys[2], &bytes).expect("frames");

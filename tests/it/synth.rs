@@ -499,7 +499,7 @@ fn segment_requests(stderr: &str) -> u64 {
 }
 
 #[test]
-fn history_finds_frames_by_the_index_frame_table_and_a_wrong_table_costs_only_time() {
+fn history_and_table_logs_find_frames_by_the_index_frame_table_and_a_wrong_table_costs_only_time() {
     let dir = std::env::temp_dir()
         .join("waly-synth-frame-table")
         .display()
@@ -517,6 +517,22 @@ fn history_finds_frames_by_the_index_frame_table_and_a_wrong_table_costs_only_ti
     let (with_table, err) = history(&[]);
     assert_eq!(with_table, scanned, "the frame table changed the history");
     let with_requests = segment_requests(&err);
+    // `log --table` places its frames by the tables too.
+    let table_log = || {
+        let out = run_within(
+            waly()
+                .env("WALY_READ_STATS", "2")
+                .args(["log", "--archive", &dir, "--table", "public.t1", "--json"]),
+            120,
+        );
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "log: {err}");
+        (String::from_utf8(out.stdout).expect("utf-8"), err)
+    };
+    let (log_with, err) = table_log();
+    assert!(json_lines(&log_with).len() > 10, "{log_with}");
+    assert!(!err.contains("WARN"), "{err}");
+    let log_with_requests = segment_requests(&err);
     // The key in another text form: its lookups started early, under the
     // text as given, are not taken for the key's.
     let plus = format!("+{key}");
@@ -542,6 +558,13 @@ fn history_finds_frames_by_the_index_frame_table_and_a_wrong_table_costs_only_ti
     assert!(
         with_requests > 0 && with_requests < without_requests,
         "segment GETs: {with_requests} with the frame tables, {without_requests} without"
+    );
+    let (log_without, err) = table_log();
+    assert_eq!(log_without, log_with, "the frame tables changed log --table");
+    let log_without_requests = segment_requests(&err);
+    assert!(
+        log_with_requests > 0 && log_with_requests < log_without_requests,
+        "log --table's segment GETs: {log_with_requests} with the frame tables, {log_without_requests} without"
     );
     // A table that places every segment's one frame at its first byte:
     // verify names it, and history, finding such a frame unreadable, reads
@@ -570,6 +593,9 @@ fn history_finds_frames_by_the_index_frame_table_and_a_wrong_table_costs_only_ti
     );
     let (wrong, err) = history(&[]);
     assert_eq!(wrong, scanned, "a wrong frame table changed the history");
+    assert!(err.contains("frame table is damaged"), "no warning: {err}");
+    let (log_wrong, err) = table_log();
+    assert_eq!(log_wrong, log_with, "a wrong frame table changed log --table");
     assert!(err.contains("frame table is damaged"), "no warning: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
