@@ -337,7 +337,8 @@ pub async fn history(
             false => Ok(Default::default()),
         }
     };
-    let (gens, mut indexes) = futures_util::future::try_join(state::generations(store), indexes).await?;
+    let (gens, (mut indexes, known)) = futures_util::future::try_join(state::generations(store), indexes).await?;
+    let known = &known;
     let mut states = Vec::new();
     // Generations a few at once, in order.
     use futures_util::StreamExt;
@@ -346,7 +347,7 @@ pub async fn history(
         .map(|g: String| {
             let listed = indexes.remove(&g).unwrap_or_default();
             let guess = guess.clone();
-            async move { load_gen(store, &g, table, use_index.then_some(listed), guess).await }
+            async move { load_gen(store, &g, table, use_index.then_some(listed), known, guess).await }
         })
         .buffered(GENERATIONS_AT_ONCE)
         .collect()
@@ -845,6 +846,7 @@ async fn load_gen(
     gen: &str,
     table: &str,
     listed: Option<Vec<(String, u64)>>,
+    known: &crate::index::Known,
     guess: Option<Vec<u8>>,
 ) -> Result<Gen, Error> {
     use crate::index::{self, Index};
@@ -864,8 +866,14 @@ async fn load_gen(
     let state = state::load_generation_listing(store, gen, shapes, move |keys| {
         let _ = tx.send(keys.to_vec());
     });
+    let sizes: std::collections::HashMap<&str, u64> = listed.iter().map(|(k, s)| (k.as_str(), *s)).collect();
+    let sizes = &sizes;
     let open_snapshot = |ikey: String| async move {
-        Index::open_unlisted(store, &ikey).await.unwrap_or_else(|e| {
+        let opened = match sizes.get(ikey.as_str()) {
+            Some(size) => Index::open_known(store, &ikey, *size, known).await.map(Some),
+            None => Index::open_unlisted(store, &ikey).await,
+        };
+        opened.unwrap_or_else(|e| {
             tracing::warn!(index = ikey, error = %crate::error::chain(&e), "the index is damaged; reading the snapshot instead");
             None
         })
@@ -914,7 +922,7 @@ async fn load_gen(
         let listed = index::segment_indexes_of(&listed);
         // Each object opened, then its frame table read when small.
         let opened = futures_util::future::join_all(listed.iter().map(|(key, size, _, _)| async move {
-            let idx = Index::open(store, key, *size).await?;
+            let idx = Index::open_known(store, key, *size, known).await?;
             early.start(store, &idx, table, first_keys);
             let table = match idx.frame_table_len() <= FRAME_TABLE_READ {
                 true => idx.frame_table(store).await.unwrap_or_else(|e| {

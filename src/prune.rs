@@ -269,6 +269,8 @@ pub async fn execute(store: &Store, plan: &Plan) -> Result<(), Error> {
             crate::catalog::save(store, &cat).await;
         }
     }
+    // The tails directory drops the index objects pruned.
+    crate::index::update_tails(store).await;
     Ok(())
 }
 

@@ -175,6 +175,13 @@ pub async fn verify(store: &Store) -> Result<Report, Error> {
         indexes(store, &gen, &objects, &mut report).await?;
         schema_objects(store, &gen, &mut report).await?;
     }
+    for why in crate::index::tails_faults(store).await? {
+        report.add(
+            crate::index::TAILS_KEY,
+            Kind::StaleIndex,
+            format!("{why}; readers open those index objects themselves instead; `waly reindex` rewrites it"),
+        );
+    }
     Ok(report)
 }
 

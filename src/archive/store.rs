@@ -416,16 +416,23 @@ impl Store {
     /// Every key under `dir` (relative to the archive), with its size, sorted.
     /// Listing order is never trusted: the result is sorted here.
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, u64)>, ArchiveError> {
+        let listed = self.list_tagged(dir).await?;
+        Ok(listed.into_iter().map(|(k, size, _)| (k, size)).collect())
+    }
+
+    /// [`Store::list`], with each object's entity tag when the store gives
+    /// one (it changes whenever the object is written again).
+    pub async fn list_tagged(&self, dir: &str) -> Result<Vec<(String, u64, Option<String>)>, ArchiveError> {
         let base = self.path(dir);
         let skip = self.prefix.parts().count();
         self.read.listed();
         ALL_READS.listed();
-        let mut out: Vec<(String, u64)> = self
+        let mut out: Vec<(String, u64, Option<String>)> = self
             .inner
             .list(Some(&base))
             .map_ok(|m| {
                 let rel: Vec<String> = m.location.parts().skip(skip).map(|p| p.as_ref().to_string()).collect();
-                (rel.join("/"), m.size)
+                (rel.join("/"), m.size, m.e_tag)
             })
             .try_collect()
             .await

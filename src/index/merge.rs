@@ -47,10 +47,18 @@ pub fn level_merges(count: u64) -> Vec<(u64, u64)> {
 /// the module's doc). The index is derived data: a failure is logged, and
 /// the next merge at that level takes the runs it left.
 pub async fn merge_levels(store: &Store, gen: &str, count: u64) {
+    let mut merged = false;
     for (first, last) in level_merges(count) {
-        if let Err(e) = merge(store, gen, first, last).await {
-            tracing::warn!(error = %crate::error::chain(&e), first, last, "could not merge the index; lookups read more objects until the next merge or `waly reindex`");
+        match merge(store, gen, first, last).await {
+            Ok(m) => merged |= m,
+            Err(e) => {
+                tracing::warn!(error = %crate::error::chain(&e), first, last, "could not merge the index; lookups read more objects until the next merge or `waly reindex`")
+            }
         }
+    }
+    // Readers open the new runs from the tails directory.
+    if merged {
+        super::tails::update(store).await;
     }
 }
 

@@ -26,6 +26,7 @@ mod hash;
 mod merge;
 mod messages;
 mod rebuild;
+mod tails;
 mod write;
 pub use frames::FrameTable;
 use frames::{decode_frame_block, FrameTableWriter};
@@ -33,6 +34,7 @@ pub use hash::{key_hash, Hasher, RowKey, TRUNCATE_KEY};
 pub use merge::{level_merges, merge, merge_levels, Merger};
 pub use messages::{transaction_messages, MessageReads};
 pub use rebuild::{pk_of, reindex, ReindexStats};
+pub use tails::{faults as tails_faults, update as update_tails, Known, Tails, KEY as TAILS_KEY};
 use write::{write_fences, BlockWriter, SectionWriter};
 
 /// Entries per block.
@@ -550,7 +552,8 @@ impl Index {
         let Some(start) = size.checked_sub(tail.len() as u64) else {
             return Err(damaged(key, "longer than its size"));
         };
-        if tail.len() < 24 || tail.len() as u64 != size.min(TAIL_READ) {
+        // (A tail from the tails directory may run back further.)
+        if tail.len() < 24 || (tail.len() as u64) < size.min(TAIL_READ) {
             return Err(damaged(key, "too short, or shorter than listed"));
         }
         let t = tail.slice(tail.len() - 24..);
@@ -869,14 +872,23 @@ fn segment_index_objects(listed: Vec<(String, u64)>) -> Vec<(String, u64, u64, u
 /// own (it needs no generation id), so the index objects' first reads
 /// start a round trip sooner. Their number grows with the levels, not the
 /// segments.
-pub async fn all_index_objects(store: &Store) -> Result<std::collections::BTreeMap<String, Vec<(String, u64)>>, Error> {
+///
+/// The tails directory is read beside the listing: what it holds for the
+/// listed objects is in the [`Known`] returned.
+#[allow(clippy::type_complexity)]
+pub async fn all_index_objects(
+    store: &Store,
+) -> Result<(std::collections::BTreeMap<String, Vec<(String, u64)>>, Known), Error> {
+    let (listed, tails) = tokio::join!(store.list_tagged("index"), tails::load(store));
+    let listed = listed?;
     let mut out: std::collections::BTreeMap<String, Vec<(String, u64)>> = Default::default();
-    for (key, size) in store.list("index").await? {
-        if let Some(gen) = key.split('/').nth(1) {
-            out.entry(gen.to_string()).or_default().push((key, size));
+    for (key, size, _) in &listed {
+        // `index/<gen>/...`: a generation's objects (not the tails directory).
+        if let (Some(gen), Some(_)) = (key.split('/').nth(1), key.split('/').nth(2)) {
+            out.entry(gen.to_string()).or_default().push((key.clone(), *size));
         }
     }
-    Ok(out)
+    Ok((out, Known::new(tails, &listed)))
 }
 
 /// The segment index objects of `gen` that together cover the most

@@ -172,5 +172,6 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
         crate::catalog::write(store, &catalog).await?;
         stats.objects += 1;
     }
+    super::tails::refresh(store).await?;
     Ok(stats)
 }

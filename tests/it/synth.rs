@@ -691,3 +691,155 @@ fn an_archive_indexed_in_format_4_is_read_by_its_index_and_reindexed_as_format_5
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// GET requests to the index's objects (not the tails directory), by
+/// `WALY_READ_STATS=2`'s lines: `(object, requests)`.
+fn index_requests(stderr: &str) -> BTreeMap<String, u64> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let (count, key) = l.split_once(" GET requests from ")?;
+            let n = count.rsplit(' ').next()?.parse().ok()?;
+            key.ends_with(".idx").then(|| (key.to_string(), n))
+        })
+        .collect()
+}
+
+/// The tails directory `bytes` with each tail passed through `edit`
+/// (`(key, tail)`), coded again as waly codes it (a zstd frame with its
+/// checksum): a directory as a writer with another notion of the tails
+/// would leave it.
+fn edit_tails(bytes: &[u8], edit: impl Fn(&str, &mut Vec<u8>)) -> Vec<u8> {
+    let raw = zstd::decode_all(bytes).expect("the directory decompresses");
+    let nl = raw.iter().position(|b| *b == b'\n').expect("a header line");
+    let mut header: serde_json::Value = serde_json::from_slice(&raw[..nl]).expect("header JSON");
+    let mut body = Vec::new();
+    let mut at = nl + 1;
+    for o in header["objects"].as_array_mut().expect("objects") {
+        let len = o["len"].as_u64().expect("len") as usize;
+        let mut tail = raw[at..at + len].to_vec();
+        at += len;
+        edit(o["key"].as_str().expect("key"), &mut tail);
+        o["len"] = (tail.len() as u64).into();
+        body.extend_from_slice(&tail);
+    }
+    assert_eq!(at, raw.len(), "the tails fill the directory");
+    let mut out = serde_json::to_vec(&header).expect("JSON");
+    out.push(b'\n');
+    out.extend_from_slice(&body);
+    let mut z = zstd::bulk::Compressor::new(3).expect("zstd");
+    z.include_checksum(true).expect("checksum");
+    z.compress(&out).expect("compress")
+}
+
+/// History opens the merged index runs from the tails directory, read
+/// beside the index's listing: one GET fewer per run than without it, and
+/// the same answer. A directory that does not decode, a tail in it that
+/// does not open, or one left by objects since written again cost only
+/// time: the same answer (with a warning for the damage); verify names
+/// the damage, and reindex writes it anew.
+#[test]
+fn index_runs_open_from_the_tails_directory_and_a_wrong_one_costs_only_time() {
+    let dir = std::env::temp_dir().join("waly-synth-tails").display().to_string();
+    synth(&dir, "13");
+    let tails = std::path::Path::new(&dir).join("index/tails");
+    let good = std::fs::read(&tails).expect("synth leaves a tails directory");
+    let merged: Vec<String> = index_runs(&dir)
+        .keys()
+        .filter(|k| k.split_once('-').is_some_and(|(a, b)| a != b.trim_end_matches(".idx")))
+        .map(|k| format!("index/00000001/segments/{k}"))
+        .collect();
+    assert!(
+        !merged.is_empty(),
+        "synth merged no runs: {:?}",
+        index_runs(&dir).keys()
+    );
+    let log = json_lines(&stdout(&["log", "--archive", &dir, "--table", "public.t1", "--json"]));
+    let key = log
+        .iter()
+        .find_map(|c| c["key"]["id"].as_str())
+        .expect("a change")
+        .to_string();
+    let history = |extra: &[&str]| history_with_reads(&dir, "public.t1", &key, extra);
+    let (scanned, _) = history(&["--scan"]);
+    assert!(json_lines(&scanned).len() > 1, "{key}: {scanned}");
+    let (with, err) = history(&[]);
+    assert_eq!(with, scanned, "the tails directory changed the history");
+    assert!(!err.contains("WARN"), "{err}");
+    assert!(
+        err.contains("from index/tails"),
+        "history did not read the directory: {err}"
+    );
+    let with_requests = index_requests(&err);
+    // Without it, each run's tail is read from the run.
+    std::fs::remove_file(&tails).expect("remove the directory");
+    let (without, err) = history(&[]);
+    assert_eq!(without, scanned);
+    assert!(!err.contains("WARN"), "a missing directory is no damage: {err}");
+    let without_requests = index_requests(&err);
+    for run in &merged {
+        let (w, wo) = (with_requests.get(run), without_requests.get(run).copied());
+        assert_eq!(
+            w.copied().unwrap_or(0) + 1,
+            wo.unwrap_or(0),
+            "{run}: GETs with the directory {w:?}, without {wo:?}"
+        );
+    }
+    let verify = || {
+        let out = run_within(waly().args(["verify", "--archive", &dir]), 120);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // A directory that does not decode.
+    let mut cut = good.clone();
+    let mid = cut.len() / 2;
+    cut[mid] ^= 0x10;
+    std::fs::write(&tails, &cut).expect("write");
+    let (damaged, err) = history(&[]);
+    assert_eq!(damaged, scanned, "a damaged directory changed the history");
+    assert!(err.contains("tails directory is damaged"), "no warning: {err}");
+    assert_eq!(index_requests(&err), without_requests, "{err}");
+    let report = verify();
+    assert!(
+        report.contains("index/tails"),
+        "verify should name the directory: {report}"
+    );
+    // A tail that is not its object's (its trailer's magic changed), in a
+    // directory that decodes: warned about, the object's own tail read.
+    let first = merged[0].clone();
+    let wrong = edit_tails(&good, |k, tail| {
+        if k == first {
+            let n = tail.len();
+            tail[n - 8..].copy_from_slice(b"NOTWALY!");
+        }
+    });
+    std::fs::write(&tails, wrong).expect("write");
+    let (wrong, err) = history(&[]);
+    assert_eq!(wrong, scanned, "a wrong tail changed the history");
+    assert!(err.contains("holds a damaged tail"), "no warning: {err}");
+    let report = verify();
+    assert!(
+        report.contains(&format!("its tail of {first} is not that object's last bytes")),
+        "verify should name the wrong tail: {report}"
+    );
+    // The tails of objects since written again (a reindex, with the old
+    // directory put back): not those objects', so not used, and no damage.
+    let out = run_within(waly().args(["reindex", "--archive", &dir]), 120);
+    assert!(
+        out.status.success(),
+        "reindex: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rewritten = std::fs::read(&tails).expect("reindex writes the directory");
+    assert!(verify().contains(" 0 problem(s)"), "{}", verify());
+    std::fs::write(&tails, &good).expect("write");
+    let (stale, err) = history(&[]);
+    assert_eq!(stale, scanned, "a stale directory changed the history");
+    assert!(!err.contains("WARN"), "a stale directory is no damage: {err}");
+    assert_eq!(index_requests(&err), without_requests, "{err}");
+    assert!(verify().contains(" 0 problem(s)"), "{}", verify());
+    std::fs::write(&tails, &rewritten).expect("write");
+    let (again, err) = history(&[]);
+    assert_eq!(again, scanned);
+    assert_eq!(index_requests(&err), with_requests, "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

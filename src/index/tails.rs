@@ -1,0 +1,328 @@
+//! The tails directory (`index/tails`): the last bytes of the archive's
+//! merged index objects, so that a reader opens them with no request of
+//! their own.
+//!
+//! Opening an index object reads its tail (the trailer, the footer and,
+//! in small objects, the fence blocks) before any lookup can start. A
+//! lookup that lists the index and then reads those tails spends a whole
+//! round trip on them. The directory holds them in one small object, read
+//! beside the listing; so the listing's round trip also brings the footers.
+//!
+//! It is derived data, like the rest of the index. Each tail is kept with
+//! the size and entity tag its object was listed with when the tail was
+//! read, and a reader uses it only for an object listed with that same
+//! size and tag: an object written again (a merge, `waly reindex`) has
+//! another tag, so its old tail is never used for it. An object the
+//! directory lacks is opened as before; a directory that is missing or
+//! does not decode is warned about, and every object is opened as before.
+//! A tail that does not open is warned about, and its object's own tail
+//! read instead.
+//!
+//! `waly run` rewrites the directory after each merge of index runs, and
+//! `waly reindex` once done. It keeps every index object but a single
+//! segment's (a run of level 0, merged away within ten segments). The
+//! tails are the bytes as stored: in an encrypted archive the footers in
+//! them are sealed, as in their objects. The rest (keys, sizes, tags) is
+//! what a listing shows, so the directory itself is not sealed.
+
+use super::{damaged, parse_segments_index_key, Index, TAIL_READ};
+use crate::archive::Store;
+use crate::Error;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// Where the directory is kept.
+pub const KEY: &str = "index/tails";
+
+/// The directory format this waly writes and reads.
+const FORMAT: u32 = 1;
+
+/// The most bytes a directory may decompress to (it holds a few kilobytes
+/// per index run).
+const MAX_BYTES: usize = 64 << 20;
+
+/// The directory's header: a JSON line before the tails' bytes, which
+/// follow one after another in its order.
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    waly_index_tails: u32,
+    objects: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    key: String,
+    size: u64,
+    e_tag: String,
+    len: u64,
+}
+
+/// The tails of a directory, by object key: `(size, entity tag, bytes)`.
+#[derive(Debug, Clone, Default)]
+pub struct Tails(HashMap<String, (u64, String, Bytes)>);
+
+/// What a reader knows of the index objects before reading any of them:
+/// the tails directory, and each listed object's entity tag.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    tails: Tails,
+    tags: HashMap<String, String>,
+}
+
+impl Known {
+    /// From the directory and the listing `(key, size, entity tag)`.
+    pub fn new(tails: Tails, listed: &[(String, u64, Option<String>)]) -> Known {
+        let tags = listed
+            .iter()
+            .filter_map(|(k, _, t)| Some((k.clone(), t.clone()?)))
+            .collect();
+        Known { tails, tags }
+    }
+
+    /// The tail of the object `key` listed with `size` bytes, when the
+    /// directory holds it for that very object.
+    pub fn tail(&self, key: &str, size: u64) -> Option<Bytes> {
+        let (s, tag, bytes) = self.tails.0.get(key)?;
+        (*s == size && self.tags.get(key) == Some(tag)).then(|| bytes.clone())
+    }
+}
+
+fn encode(entries: &[(Entry, Bytes)]) -> Result<Bytes, Error> {
+    let header = Header {
+        waly_index_tails: FORMAT,
+        objects: entries.iter().map(|(e, _)| e.clone()).collect(),
+    };
+    let mut raw = serde_json::to_vec(&header).map_err(|e| Error::Protocol(e.to_string()))?;
+    raw.push(b'\n');
+    for (_, b) in entries {
+        raw.extend_from_slice(b);
+    }
+    let mut z = zstd::bulk::Compressor::new(3).map_err(|e| damaged(KEY, e))?;
+    // The frame's checksum: a damaged directory is never read as tails.
+    z.include_checksum(true).map_err(|e| damaged(KEY, e))?;
+    Ok(z.compress(&raw).map_err(|e| damaged(KEY, e))?.into())
+}
+
+fn decode(bytes: &[u8]) -> Result<Tails, Error> {
+    let mut raw = Vec::new();
+    zstd::stream::read::Decoder::new(bytes)
+        .and_then(|d| std::io::Read::read_to_end(&mut std::io::Read::take(d, MAX_BYTES as u64), &mut raw))
+        .map_err(|e| damaged(KEY, e))?;
+    let nl = raw
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| damaged(KEY, "no header"))?;
+    let header: Header = serde_json::from_slice(&raw[..nl]).map_err(|e| damaged(KEY, e))?;
+    if header.waly_index_tails != FORMAT {
+        return Err(damaged(
+            KEY,
+            format!("tails directory format {} (another waly's)", header.waly_index_tails),
+        ));
+    }
+    let body = Bytes::from(raw).slice(nl + 1..);
+    let mut at = 0usize;
+    let mut out = HashMap::new();
+    for e in header.objects {
+        let end = usize::try_from(e.len)
+            .ok()
+            .and_then(|l| at.checked_add(l))
+            .filter(|end| *end <= body.len() && e.len <= e.size)
+            .ok_or_else(|| {
+                damaged(
+                    KEY,
+                    "a tail lies past the directory's end, or is longer than its object",
+                )
+            })?;
+        out.insert(e.key, (e.size, e.e_tag, body.slice(at..end)));
+        at = end;
+    }
+    if at != body.len() {
+        return Err(damaged(KEY, "bytes after the last tail"));
+    }
+    Ok(Tails(out))
+}
+
+/// The stored directory: empty when there is none, or (with a warning)
+/// when it does not decode.
+pub async fn load(store: &Store) -> Tails {
+    let read = match store.get_opt(KEY).await {
+        Ok(None) => return Tails::default(),
+        Ok(Some(b)) => decode(&b),
+        Err(e) => Err(e),
+    };
+    read.unwrap_or_else(|e| {
+        tracing::warn!(key = KEY, error = %crate::error::chain(&e), "the index's tails directory is damaged; opening each index object with a read of its own");
+        Tails::default()
+    })
+}
+
+/// Whether the directory keeps the index object `key`: any but a single
+/// segment's.
+fn kept(key: &str) -> bool {
+    let mut parts = key.split('/').skip(2);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("segments"), Some(_), None) => parse_segments_index_key(key).is_some_and(|(a, b)| a < b),
+        (Some("snapshots"), Some(name), None) => name.ends_with(".idx"),
+        _ => false,
+    }
+}
+
+/// The tail of the index object `key` of `size` bytes: its last
+/// [`TAIL_READ`] bytes, or from its footer's start when that lies before
+/// them (a large run's footer), so that opening it needs no other read.
+async fn read_tail(store: &Store, key: &str, size: u64) -> Result<Bytes, Error> {
+    let start = size.saturating_sub(TAIL_READ);
+    let tail = store.get_range(key, start..size).await?;
+    let t = tail
+        .len()
+        .checked_sub(24)
+        .and_then(|n| tail.get(n..))
+        .ok_or_else(|| damaged(key, "too short"))?;
+    let at = u64::from_le_bytes(t[0..8].try_into().unwrap_or_default());
+    match at < start {
+        true => store.get_range(key, at..size).await,
+        false => Ok(tail),
+    }
+}
+
+/// Rewrites the directory from a listing of the index: tails of objects
+/// still there with the same size and tag are kept, new ones read, those
+/// of objects gone dropped. Returns how many it holds.
+pub async fn refresh(store: &Store) -> Result<usize, Error> {
+    let (listed, old) = tokio::join!(store.list_tagged("index"), load(store));
+    let mut entries = Vec::new();
+    for (key, size, tag) in listed? {
+        let Some(e_tag) = tag.filter(|_| kept(&key)) else {
+            continue;
+        };
+        let bytes = match old.0.get(&key) {
+            Some((s, t, b)) if *s == size && *t == e_tag => b.clone(),
+            _ => read_tail(store, &key, size).await?,
+        };
+        let len = bytes.len() as u64;
+        entries.push((Entry { key, size, e_tag, len }, bytes));
+    }
+    store.put(KEY, encode(&entries)?).await?;
+    Ok(entries.len())
+}
+
+/// [`refresh`], a failure warned about (readers then open the objects it
+/// lacks with a read each).
+pub async fn update(store: &Store) {
+    if let Err(e) = refresh(store).await {
+        tracing::warn!(key = KEY, error = %crate::error::chain(&e), "could not write the index's tails directory; readers open the index objects it lacks with a read each");
+    }
+}
+
+/// What is wrong with the stored directory, for `waly verify`: one that
+/// does not decode, or a tail it holds for an object listed with the same
+/// size and tag that is not that object's last bytes. (A tail of an object
+/// gone or written again is stale, which readers expect: not a fault.)
+pub async fn faults(store: &Store) -> Result<Vec<String>, Error> {
+    let Some(bytes) = store.get_opt(KEY).await? else {
+        return Ok(Vec::new());
+    };
+    let tails = match decode(&bytes) {
+        Ok(t) => t,
+        Err(e) => return Ok(vec![format!("{}", crate::error::chain(&e))]),
+    };
+    let listed = store.list_tagged("index").await?;
+    let known = Known::new(tails, &listed);
+    let mut out = Vec::new();
+    for (key, size, _) in &listed {
+        let Some(tail) = known.tail(key, *size) else {
+            continue;
+        };
+        let stored = store.get_range(key, size - tail.len() as u64..*size).await?;
+        if stored != tail {
+            out.push(format!("its tail of {key} is not that object's last bytes"));
+        }
+    }
+    Ok(out)
+}
+
+impl Index {
+    /// [`Index::open`], from the tail `known` holds for this object when it
+    /// does (no request); a tail there that does not open is warned about,
+    /// and the object's own read.
+    pub async fn open_known(store: &Store, key: &str, size: u64, known: &Known) -> Result<Index, Error> {
+        if let Some(tail) = known.tail(key, size) {
+            match Index::from_tail(store, key, size, tail).await {
+                Ok(idx) => return Ok(idx),
+                Err(e) => {
+                    tracing::warn!(index = key, error = %crate::error::chain(&e), "the index's tails directory holds a damaged tail for this object; reading it from the object")
+                }
+            }
+        }
+        Index::open(store, key, size).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_decodes_to_its_tails_and_damage_is_never_tails() {
+        let entries = vec![
+            (
+                Entry {
+                    key: "index/00000001/segments/0000000000-0000000009.idx".into(),
+                    size: 100,
+                    e_tag: "a".into(),
+                    len: 3,
+                },
+                Bytes::from_static(b"xyz"),
+            ),
+            (
+                Entry {
+                    key: "index/00000001/snapshots/0000000001000000.idx".into(),
+                    size: 5,
+                    e_tag: "b".into(),
+                    len: 5,
+                },
+                Bytes::from_static(b"12345"),
+            ),
+        ];
+        let z = encode(&entries).expect("encode");
+        let tails = decode(&z).expect("decode");
+        assert_eq!(tails.0.len(), 2);
+        let listed = vec![
+            (entries[0].0.key.clone(), 100, Some("a".to_string())),
+            (entries[1].0.key.clone(), 5, Some("other".to_string())),
+        ];
+        let known = Known::new(tails, &listed);
+        assert_eq!(known.tail(&entries[0].0.key, 100).as_deref(), Some(&b"xyz"[..]));
+        // Another size, or another tag (written again): not this object's.
+        assert_eq!(known.tail(&entries[0].0.key, 101), None);
+        assert_eq!(known.tail(&entries[1].0.key, 5), None);
+        // Any flipped byte fails the frame's checksum or its decoding.
+        // (A flip that leaves the content whole, as in the frame's window
+        // size, may decode: to the same tails.)
+        let whole = decode(&z).expect("decode").0;
+        for i in 0..z.len() {
+            let mut bad = z.to_vec();
+            bad[i] ^= 0x40;
+            if let Ok(t) = decode(&bad) {
+                assert_eq!(t.0, whole, "byte {i} flipped decodes to other tails");
+            }
+        }
+        // A tail longer than its object, or cut short.
+        let mut long = entries.clone();
+        long[1].0.size = 4;
+        assert!(decode(&encode(&long).expect("encode")).is_err());
+        let mut short = entries;
+        short[0].0.len = 4;
+        assert!(decode(&encode(&short).expect("encode")).is_err());
+    }
+
+    #[test]
+    fn the_directory_keeps_merged_runs_and_snapshots_not_single_segments() {
+        assert!(kept("index/00000001/segments/0000000000-0000000009.idx"));
+        assert!(!kept("index/00000001/segments/0000000010-0000000010.idx"));
+        assert!(kept("index/00000001/snapshots/0000000001000000.idx"));
+        assert!(!kept("index/00000001/catalog.json"));
+        assert!(!kept(KEY));
+    }
+}
