@@ -337,7 +337,10 @@ pub async fn history(
             false => Ok(Default::default()),
         }
     };
-    let (gens, (mut indexes, known)) = futures_util::future::try_join(state::generations(store), indexes).await?;
+    // Whether the archive is encrypted (`waly.json`) too: opening an index
+    // object from the tails directory needs nothing else.
+    let (gens, (mut indexes, known), _) =
+        futures_util::future::try_join3(state::generations(store), indexes, store.is_encrypted()).await?;
     let known = &known;
     let mut states = Vec::new();
     // Generations a few at once, in order.
