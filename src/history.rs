@@ -869,14 +869,8 @@ async fn load_gen(
     let state = state::load_generation_listing(store, gen, shapes, move |keys| {
         let _ = tx.send(keys.to_vec());
     });
-    let sizes: std::collections::HashMap<&str, u64> = listed.iter().map(|(k, s)| (k.as_str(), *s)).collect();
-    let sizes = &sizes;
     let open_snapshot = |ikey: String| async move {
-        let opened = match sizes.get(ikey.as_str()) {
-            Some(size) => Index::open_known(store, &ikey, *size, known).await.map(Some),
-            None => Index::open_unlisted(store, &ikey).await,
-        };
-        opened.unwrap_or_else(|e| {
+        Index::open_unlisted(store, &ikey).await.unwrap_or_else(|e| {
             tracing::warn!(index = ikey, error = %crate::error::chain(&e), "the index is damaged; reading the snapshot instead");
             None
         })

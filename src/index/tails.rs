@@ -19,8 +19,9 @@
 //! read instead.
 //!
 //! `waly run` rewrites the directory after each merge of index runs, and
-//! `waly reindex` once done. It keeps every index object but a single
-//! segment's (a run of level 0, merged away within ten segments). The
+//! `waly reindex` once done. It keeps the merged runs of segments: not a
+//! single segment's object (a run of level 0, merged away within ten
+//! segments), nor the snapshots' (see [`kept`]). The
 //! tails are the bytes as stored: in an encrypted archive the footers in
 //! them are sealed, as in their objects. The rest (keys, sizes, tags) is
 //! what a listing shows, so the directory itself is not sealed.
@@ -157,13 +158,15 @@ pub async fn load(store: &Store) -> Tails {
     })
 }
 
-/// Whether the directory keeps the index object `key`: any but a single
-/// segment's.
+/// Whether the directory keeps the index object `key`: a merged run of
+/// segments. Not a single segment's (a run of level 0, merged away within
+/// ten segments), nor a snapshot's (history opens only a generation's
+/// first, by its name, beside the manifests' listing; an archive may hold
+/// many).
 fn kept(key: &str) -> bool {
     let mut parts = key.split('/').skip(2);
     match (parts.next(), parts.next(), parts.next()) {
         (Some("segments"), Some(_), None) => parse_segments_index_key(key).is_some_and(|(a, b)| a < b),
-        (Some("snapshots"), Some(name), None) => name.ends_with(".idx"),
         _ => false,
     }
 }
@@ -318,10 +321,10 @@ mod tests {
     }
 
     #[test]
-    fn the_directory_keeps_merged_runs_and_snapshots_not_single_segments() {
+    fn the_directory_keeps_merged_runs_not_single_segments_or_snapshots() {
         assert!(kept("index/00000001/segments/0000000000-0000000009.idx"));
         assert!(!kept("index/00000001/segments/0000000010-0000000010.idx"));
-        assert!(kept("index/00000001/snapshots/0000000001000000.idx"));
+        assert!(!kept("index/00000001/snapshots/0000000001000000.idx"));
         assert!(!kept("index/00000001/catalog.json"));
         assert!(!kept(KEY));
     }
