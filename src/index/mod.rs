@@ -1058,23 +1058,43 @@ pub async fn table_frames_placed(
 ) -> (std::collections::BTreeMap<(u64, u64), Vec<u32>>, Places) {
     let mut out = std::collections::BTreeMap::new();
     let mut places = Places::new();
-    let objects = match segment_indexes(store, gen).await {
-        Ok(o) => o,
+    // The listing and the tails directory at once; then every object, its
+    // table's entries and its frame table at once.
+    let dir = format!("index/{gen}/segments");
+    let (listed, tails) = tokio::join!(store.list_tagged(&dir), tails::load(store));
+    let listed = match listed {
+        Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %crate::error::chain(&e), "cannot list the index; reading every segment whole");
             return (out, places);
         }
     };
-    for (key, size, first, last) in objects {
-        if last < *numbers.start() || first > *numbers.end() {
-            continue;
+    let known = Known::new(tails, &listed);
+    let objects = widest_segment_indexes(segment_index_objects(
+        listed.into_iter().map(|(k, size, _)| (k, size)).collect(),
+    ));
+    let objects = objects
+        .into_iter()
+        .filter(|(_, _, first, last)| *last >= *numbers.start() && *first <= *numbers.end());
+    let found = futures_util::future::join_all(objects.map(|(key, size, _, _)| {
+        let known = &known;
+        async move {
+            let idx = match Index::open_known(store, &key, size, known).await {
+                Ok(idx) => idx,
+                Err(e) => return (key, Err(e), None),
+            };
+            let frame_table = async {
+                match placed {
+                    true => Some(idx.frame_table(store).await),
+                    false => None,
+                }
+            };
+            let (frames, frame_table) = tokio::join!(idx.lookup_table(store, table), frame_table);
+            (key, frames.map(|f| f.map(|f| (idx, f))), frame_table)
         }
-        let found = async {
-            let idx = Index::open(store, &key, size).await?;
-            let frames = idx.lookup_table(store, table).await?;
-            Ok::<_, Error>(frames.map(|f| (idx, f)))
-        }
-        .await;
+    }))
+    .await;
+    for (key, found, frame_table) in found {
         match found {
             Ok(Some((idx, frames))) => {
                 for o in &idx.footer.objects {
@@ -1085,18 +1105,16 @@ pub async fn table_frames_placed(
                         out.entry((obj.number, obj.fence)).or_insert_with(Vec::new).push(f);
                     }
                 }
-                if !placed {
-                    continue;
-                }
-                match idx.frame_table(store).await {
-                    Ok(table) => {
+                match frame_table {
+                    None => {}
+                    Some(Ok(table)) => {
                         for (p, frames) in table.into_iter().flatten() {
                             if let Some(obj) = idx.footer.objects.get(p as usize) {
                                 places.insert((obj.number, obj.fence), frames);
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(
+                    Some(Err(e)) => tracing::warn!(
                         index = key,
                         error = %crate::error::chain(&e),
                         "the index's frame table is damaged; reading segment headers instead (`waly reindex` rebuilds it)"

@@ -771,19 +771,43 @@ fn index_runs_open_from_the_tails_directory_and_a_wrong_one_costs_only_time() {
         "history did not read the directory: {err}"
     );
     let with_requests = index_requests(&err);
+    // `log --table` (as restore and show) opens them from it too.
+    let table_log = || {
+        let out = run_within(
+            waly()
+                .env("WALY_READ_STATS", "2")
+                .args(["log", "--archive", &dir, "--table", "public.t2", "--json"]),
+            120,
+        );
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "log: {err}");
+        (String::from_utf8(out.stdout).expect("utf-8"), err)
+    };
+    let (log_with, err) = table_log();
+    assert!(json_lines(&log_with).len() > 1, "{log_with}");
+    assert!(!err.contains("WARN"), "{err}");
+    let log_with_requests = index_requests(&err);
     // Without it, each run's tail is read from the run.
     std::fs::remove_file(&tails).expect("remove the directory");
     let (without, err) = history(&[]);
     assert_eq!(without, scanned);
     assert!(!err.contains("WARN"), "a missing directory is no damage: {err}");
     let without_requests = index_requests(&err);
+    let (log_without, err) = table_log();
+    assert_eq!(log_without, log_with, "the tails directory changed log --table");
+    let log_without_requests = index_requests(&err);
     for run in &merged {
-        let (w, wo) = (with_requests.get(run), without_requests.get(run).copied());
-        assert_eq!(
-            w.copied().unwrap_or(0) + 1,
-            wo.unwrap_or(0),
-            "{run}: GETs with the directory {w:?}, without {wo:?}"
-        );
+        for (what, with, without) in [
+            ("history", &with_requests, &without_requests),
+            ("log --table", &log_with_requests, &log_without_requests),
+        ] {
+            let (w, wo) = (with.get(run).copied(), without.get(run).copied());
+            assert_eq!(
+                w.unwrap_or(0) + 1,
+                wo.unwrap_or(0),
+                "{what}: {run}: GETs with the directory {w:?}, without {wo:?}"
+            );
+        }
     }
     let verify = || {
         let out = run_within(waly().args(["verify", "--archive", &dir]), 120);
@@ -798,6 +822,9 @@ fn index_runs_open_from_the_tails_directory_and_a_wrong_one_costs_only_time() {
     assert_eq!(damaged, scanned, "a damaged directory changed the history");
     assert!(err.contains("tails directory is damaged"), "no warning: {err}");
     assert_eq!(index_requests(&err), without_requests, "{err}");
+    let (log_damaged, err) = table_log();
+    assert_eq!(log_damaged, log_with, "a damaged directory changed log --table");
+    assert!(err.contains("tails directory is damaged"), "no warning: {err}");
     let report = verify();
     assert!(
         report.contains("index/tails"),
