@@ -211,15 +211,22 @@ fn restore_csv(dir: &str, table: &str) -> (String, String) {
 
 /// `waly log --table` of `dir` as JSON lines, and the bytes it read.
 fn table_log(dir: &str, table: &str) -> (String, u64) {
+    let (out, err) = table_log_with_reads(dir, table);
+    (out, bytes_read(&err))
+}
+
+/// `waly log --table` of `dir` as JSON lines with `WALY_READ_STATS=2`: its
+/// output and its stderr (the reads, object by object).
+fn table_log_with_reads(dir: &str, table: &str) -> (String, String) {
     let out = run_within(
         waly()
-            .env("WALY_READ_STATS", "1")
+            .env("WALY_READ_STATS", "2")
             .args(["log", "--archive", dir, "--table", table, "--json"]),
         120,
     );
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(out.status.success(), "log: {err}");
-    (String::from_utf8(out.stdout).expect("utf-8"), bytes_read(&err))
+    (String::from_utf8(out.stdout).expect("utf-8"), err)
 }
 
 fn bytes_read(stderr: &str) -> u64 {
@@ -498,6 +505,15 @@ fn segment_requests(stderr: &str) -> u64 {
         .sum()
 }
 
+/// The key of a row of `table` that `waly log` shows changed.
+fn a_changed_key(dir: &str, table: &str) -> String {
+    let log = json_lines(&stdout(&["log", "--archive", dir, "--table", table, "--json"]));
+    log.iter()
+        .find_map(|c| c["key"]["id"].as_str())
+        .expect("a change")
+        .to_string()
+}
+
 #[test]
 fn history_and_table_logs_find_frames_by_the_index_frame_table_and_a_wrong_table_costs_only_time() {
     let dir = std::env::temp_dir()
@@ -505,12 +521,7 @@ fn history_and_table_logs_find_frames_by_the_index_frame_table_and_a_wrong_table
         .display()
         .to_string();
     synth(&dir, "12");
-    let log = json_lines(&stdout(&["log", "--archive", &dir, "--table", "public.t0", "--json"]));
-    let key = log
-        .iter()
-        .find_map(|c| c["key"]["id"].as_str())
-        .expect("a change")
-        .to_string();
+    let key = a_changed_key(&dir, "public.t0");
     let history = |extra: &[&str]| history_with_reads(&dir, "public.t0", &key, extra);
     let (scanned, _) = history(&["--scan"]);
     assert!(json_lines(&scanned).len() > 1, "{key}: {scanned}");
@@ -518,17 +529,7 @@ fn history_and_table_logs_find_frames_by_the_index_frame_table_and_a_wrong_table
     assert_eq!(with_table, scanned, "the frame table changed the history");
     let with_requests = segment_requests(&err);
     // `log --table` places its frames by the tables too.
-    let table_log = || {
-        let out = run_within(
-            waly()
-                .env("WALY_READ_STATS", "2")
-                .args(["log", "--archive", &dir, "--table", "public.t1", "--json"]),
-            120,
-        );
-        let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(out.status.success(), "log: {err}");
-        (String::from_utf8(out.stdout).expect("utf-8"), err)
-    };
+    let table_log = || table_log_with_reads(&dir, "public.t1");
     let (log_with, err) = table_log();
     assert!(json_lines(&log_with).len() > 10, "{log_with}");
     assert!(!err.contains("WARN"), "{err}");
@@ -754,12 +755,7 @@ fn index_runs_open_from_the_tails_directory_and_a_wrong_one_costs_only_time() {
         "synth merged no runs: {:?}",
         index_runs(&dir).keys()
     );
-    let log = json_lines(&stdout(&["log", "--archive", &dir, "--table", "public.t1", "--json"]));
-    let key = log
-        .iter()
-        .find_map(|c| c["key"]["id"].as_str())
-        .expect("a change")
-        .to_string();
+    let key = a_changed_key(&dir, "public.t1");
     let history = |extra: &[&str]| history_with_reads(&dir, "public.t1", &key, extra);
     let (scanned, _) = history(&["--scan"]);
     assert!(json_lines(&scanned).len() > 1, "{key}: {scanned}");
@@ -772,17 +768,7 @@ fn index_runs_open_from_the_tails_directory_and_a_wrong_one_costs_only_time() {
     );
     let with_requests = index_requests(&err);
     // `log --table` (as restore and show) opens them from it too.
-    let table_log = || {
-        let out = run_within(
-            waly()
-                .env("WALY_READ_STATS", "2")
-                .args(["log", "--archive", &dir, "--table", "public.t2", "--json"]),
-            120,
-        );
-        let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(out.status.success(), "log: {err}");
-        (String::from_utf8(out.stdout).expect("utf-8"), err)
-    };
+    let table_log = || table_log_with_reads(&dir, "public.t2");
     let (log_with, err) = table_log();
     assert!(json_lines(&log_with).len() > 1, "{log_with}");
     assert!(!err.contains("WARN"), "{err}");
