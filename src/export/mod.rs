@@ -601,11 +601,11 @@ async fn indexed_intent(
     lsn: Lsn,
     segments: &[(String, u64, u64)],
 ) -> Result<Option<Vec<String>>, Error> {
-    let listed = crate::index::segment_indexes(store, generation).await?;
+    let (listed, known) = crate::index::segment_indexes_known(store, generation).await?;
     let mut indexes = Vec::new();
     for (key, size, first, last) in listed {
         if segments.iter().any(|(_, n, _)| (first..=last).contains(n)) {
-            match crate::index::Index::open(store, &key, size).await {
+            match crate::index::Index::open_known(store, &key, size, &known).await {
                 Ok(idx) => indexes.push(idx),
                 Err(_) => return Ok(None),
             }

@@ -897,6 +897,20 @@ pub async fn segment_indexes(store: &Store, gen: &str) -> Result<Vec<(String, u6
     Ok(widest_segment_indexes(listed_segment_indexes(store, gen).await?))
 }
 
+/// [`segment_indexes`], and what the tails directory (read beside the
+/// listing) holds for them: open them with [`Index::open_known`].
+#[allow(clippy::type_complexity)]
+pub async fn segment_indexes_known(store: &Store, gen: &str) -> Result<(Vec<(String, u64, u64, u64)>, Known), Error> {
+    let dir = format!("index/{gen}/segments");
+    let (listed, tails) = tokio::join!(store.list_tagged(&dir), tails::load(store));
+    let listed = listed?;
+    let known = Known::new(tails, &listed);
+    let objects = widest_segment_indexes(segment_index_objects(
+        listed.into_iter().map(|(k, size, _)| (k, size)).collect(),
+    ));
+    Ok((objects, known))
+}
+
 /// Of a generation's listed index objects (`(key, size)`), the segment
 /// index objects that together cover the most segments without
 /// overlapping, as [`segment_indexes`] gives them.
@@ -1058,21 +1072,14 @@ pub async fn table_frames_placed(
 ) -> (std::collections::BTreeMap<(u64, u64), Vec<u32>>, Places) {
     let mut out = std::collections::BTreeMap::new();
     let mut places = Places::new();
-    // The listing and the tails directory at once; then every object, its
-    // table's entries and its frame table at once.
-    let dir = format!("index/{gen}/segments");
-    let (listed, tails) = tokio::join!(store.list_tagged(&dir), tails::load(store));
-    let listed = match listed {
-        Ok(l) => l,
+    // Every object, its table's entries and its frame table at once.
+    let (objects, known) = match segment_indexes_known(store, gen).await {
+        Ok(o) => o,
         Err(e) => {
             tracing::warn!(error = %crate::error::chain(&e), "cannot list the index; reading every segment whole");
             return (out, places);
         }
     };
-    let known = Known::new(tails, &listed);
-    let objects = widest_segment_indexes(segment_index_objects(
-        listed.into_iter().map(|(k, size, _)| (k, size)).collect(),
-    ));
     let objects = objects
         .into_iter()
         .filter(|(_, _, first, last)| *last >= *numbers.start() && *first <= *numbers.end());
