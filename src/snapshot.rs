@@ -329,12 +329,11 @@ pub(crate) async fn write_manifest(
     // The index is derived data: a failure to write it costs speed, not
     // history.
     match index.encode(gen, store.sealer()?.as_ref()) {
-        Ok(bytes) => match store.put_once(&crate::index::snapshot_index_key(gen, lsn), bytes).await {
-            Ok(()) => crate::index::update_tails(store).await,
-            Err(e) => {
-                tracing::warn!(error = %crate::error::chain(&e), "could not write the snapshot's index; reads fall back to scanning")
+        Ok(bytes) => {
+            if let Err(e) = store.put_once(&crate::index::snapshot_index_key(gen, lsn), bytes).await {
+                tracing::warn!(error = %crate::error::chain(&e), "could not write the snapshot's index; reads fall back to scanning");
             }
-        },
+        }
         Err(e) => tracing::warn!(error = %crate::error::chain(&e), "could not build the snapshot's index"),
     }
     Ok(())

@@ -18,8 +18,8 @@
 //! A tail that does not open is warned about, and its object's own tail
 //! read instead.
 //!
-//! `waly run` rewrites the directory after each merge of index runs, and
-//! `waly reindex` once done. It keeps the merged runs of segments: not a
+//! `waly run` rewrites the directory after each merge of index runs,
+//! `waly prune` after it deletes, and `waly reindex` once done. It keeps the merged runs of segments: not a
 //! single segment's object (a run of level 0, merged away within ten
 //! segments), nor the snapshots' (see [`kept`]). The
 //! tails are the bytes as stored: in an encrypted archive the footers in
