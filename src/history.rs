@@ -992,10 +992,7 @@ async fn indexed_generation(
             covered.insert(o.number, i);
             located.remove(&o.number);
             if let Some(frames) = tables[i].as_ref().and_then(|t| t.get(&(p as u32))) {
-                if frames
-                    .iter()
-                    .any(|(off, len)| off.checked_add(*len).is_none_or(|end| end > *size))
-                {
+                if !index::placed_inside(frames, *size) {
                     return Ok(Err(format!(
                         "the index is damaged ({}: its frame table places a frame outside the segment)",
                         idx.key

@@ -169,10 +169,8 @@ async fn read_placed(
         key: key.to_string(),
         why: format!("the index's frame table {why}"),
     };
-    if places
-        .iter()
-        .any(|(o, l)| o.checked_add(*l).is_none_or(|end| size == 0 || end > size))
-    {
+    // (A size not known places nothing.)
+    if (size == 0 && !places.is_empty()) || !crate::index::placed_inside(places, size) {
         return Err(damaged("places a frame outside the segment"));
     }
     let out = crate::index::read_frames(store, key, places, frames).await?;

@@ -123,3 +123,11 @@ pub(super) fn decode_frame_block(key: &str, first: u64, z: &[u8]) -> Result<Vec<
     }
     Ok(out)
 }
+
+/// Whether every place `(offset, length)` a frame table gives lies inside
+/// a segment of `size` bytes (as listed).
+pub fn placed_inside(places: &[(u64, u64)], size: u64) -> bool {
+    places
+        .iter()
+        .all(|(off, len)| off.checked_add(*len).is_some_and(|end| end <= size))
+}

@@ -28,8 +28,8 @@ mod messages;
 mod rebuild;
 mod tails;
 mod write;
-pub use frames::FrameTable;
 use frames::{decode_frame_block, FrameTableWriter};
+pub use frames::{placed_inside, FrameTable};
 pub use hash::{key_hash, Hasher, RowKey, TRUNCATE_KEY};
 pub use merge::{level_merges, merge, merge_levels, Merger};
 pub use messages::{transaction_messages, MessageReads};
@@ -879,16 +879,15 @@ fn segment_index_objects(listed: Vec<(String, u64)>) -> Vec<(String, u64, u64, u
 pub async fn all_index_objects(
     store: &Store,
 ) -> Result<(std::collections::BTreeMap<String, Vec<(String, u64)>>, Known), Error> {
-    let (listed, tails) = tokio::join!(store.list_tagged("index"), tails::load(store));
-    let listed = listed?;
+    let (listed, known) = tails::list_known(store, "index").await?;
     let mut out: std::collections::BTreeMap<String, Vec<(String, u64)>> = Default::default();
-    for (key, size, _) in &listed {
+    for (key, size) in listed {
         // `index/<gen>/...`: a generation's objects (not the tails directory).
         if let (Some(gen), Some(_)) = (key.split('/').nth(1), key.split('/').nth(2)) {
-            out.entry(gen.to_string()).or_default().push((key.clone(), *size));
+            out.entry(gen.to_string()).or_default().push((key, size));
         }
     }
-    Ok((out, Known::new(tails, &listed)))
+    Ok((out, known))
 }
 
 /// The segment index objects of `gen` that together cover the most
@@ -901,14 +900,8 @@ pub async fn segment_indexes(store: &Store, gen: &str) -> Result<Vec<(String, u6
 /// listing) holds for them: open them with [`Index::open_known`].
 #[allow(clippy::type_complexity)]
 pub async fn segment_indexes_known(store: &Store, gen: &str) -> Result<(Vec<(String, u64, u64, u64)>, Known), Error> {
-    let dir = format!("index/{gen}/segments");
-    let (listed, tails) = tokio::join!(store.list_tagged(&dir), tails::load(store));
-    let listed = listed?;
-    let known = Known::new(tails, &listed);
-    let objects = widest_segment_indexes(segment_index_objects(
-        listed.into_iter().map(|(k, size, _)| (k, size)).collect(),
-    ));
-    Ok((objects, known))
+    let (listed, known) = tails::list_known(store, &format!("index/{gen}/segments")).await?;
+    Ok((widest_segment_indexes(segment_index_objects(listed)), known))
 }
 
 /// Of a generation's listed index objects (`(key, size)`), the segment

@@ -158,6 +158,15 @@ pub async fn load(store: &Store) -> Tails {
     })
 }
 
+/// Lists `dir` (under `index/`) and reads the directory beside it: the
+/// objects listed, `(key, size)`, and what the directory holds for them.
+pub async fn list_known(store: &Store, dir: &str) -> Result<(Vec<(String, u64)>, Known), Error> {
+    let (listed, tails) = tokio::join!(store.list_tagged(dir), load(store));
+    let listed = listed?;
+    let known = Known::new(tails, &listed);
+    Ok((listed.into_iter().map(|(k, size, _)| (k, size)).collect(), known))
+}
+
 /// Whether the directory keeps the index object `key`: a merged run of
 /// segments. Not a single segment's (a run of level 0, merged away within
 /// ten segments), nor a snapshot's (history opens only a generation's
