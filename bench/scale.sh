@@ -34,7 +34,7 @@ for N in $SIZES; do
     MIX="--weights 1000000,100000,10000,1 --rows 1000000,100000,10000,1000 --skew 1 --row-bytes 64 --txn-changes 10"
     # The mix and the index format the archive was written with, and its
     # tails directory (a new format: a new archive).
-    ARCHIVE=$DIR/archive-$N-$(echo "$MIX index-format-5 tails-1" | cksum | cut -d" " -f1)
+    ARCHIVE=$DIR/archive-$N-$(echo "$MIX index-format-5 tails-2" | cksum | cut -d" " -f1)
     if [ ! -f "$ARCHIVE/.complete" ]; then
         rm -rf "$ARCHIVE"
         # shellcheck disable=SC2086

@@ -869,27 +869,28 @@ async fn load_gen(
     let state = state::load_generation_listing(store, gen, shapes, move |keys| {
         let _ = tx.send(keys.to_vec());
     });
-    let open_snapshot = |ikey: String| async move {
-        Index::open_unlisted(store, &ikey).await.unwrap_or_else(|e| {
+    // Listed (the oldest), it opens from the tails directory when that
+    // holds it; named by the manifests alone, with a read of its last bytes.
+    let open_snapshot = |ikey: String, size: Option<u64>| async move {
+        let opened = match size {
+            Some(size) => Index::open_known(store, &ikey, size, known).await.map(Some),
+            None => Index::open_unlisted(store, &ikey).await,
+        };
+        opened.unwrap_or_else(|e| {
             tracing::warn!(index = ikey, error = %crate::error::chain(&e), "the index is damaged; reading the snapshot instead");
             None
         })
     };
     // The oldest snapshot index object listed is opened before the
     // manifests are listed, as the first snapshot's likely one.
-    let oldest = listed
-        .iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.contains("/snapshots/"))
-        .min()
-        .cloned();
+    let oldest = listed.iter().filter(|(k, _)| k.contains("/snapshots/")).min().cloned();
     let first_snapshot = async {
         if !use_index {
             return Ok(None);
         }
         let guess = async {
-            let k = oldest.as_ref()?;
-            let idx = open_snapshot(k.clone()).await;
+            let (k, size) = oldest.as_ref()?;
+            let idx = open_snapshot(k.clone(), Some(*size)).await;
             if let Some(idx) = &idx {
                 early.start(store, idx, table, &first_keys[1..]);
             }
@@ -908,7 +909,7 @@ async fn load_gen(
         let ikey = index::snapshot_index_key(gen, lsn);
         let idx = match guess {
             Some((k, idx)) if k == ikey => idx,
-            _ => open_snapshot(ikey).await,
+            _ => open_snapshot(ikey, None).await,
         };
         Ok(Some((lsn, idx)))
     };

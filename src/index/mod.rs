@@ -534,6 +534,9 @@ impl Index {
         }
         let start = size.saturating_sub(TAIL_READ);
         let tail = store.get_range(key, start..size).await?;
+        if (tail.len() as u64) < size - start {
+            return Err(damaged(key, "shorter than listed"));
+        }
         Index::from_tail(store, key, size, tail).await
     }
 
@@ -541,6 +544,7 @@ impl Index {
     /// request for its last bytes all the same. `None` when there is none.
     pub async fn open_unlisted(store: &Store, key: &str) -> Result<Option<Index>, Error> {
         match store.get_suffix(key, TAIL_READ).await {
+            Ok((tail, size)) if (tail.len() as u64) < size.min(TAIL_READ) => Err(damaged(key, "shorter than its size")),
             Ok((tail, size)) => Index::from_tail(store, key, size, tail).await.map(Some),
             Err(Error::Store { source, .. }) if matches!(*source, object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -552,9 +556,10 @@ impl Index {
         let Some(start) = size.checked_sub(tail.len() as u64) else {
             return Err(damaged(key, "longer than its size"));
         };
-        // (A tail from the tails directory may run back further.)
-        if tail.len() < 24 || (tail.len() as u64) < size.min(TAIL_READ) {
-            return Err(damaged(key, "too short, or shorter than listed"));
+        // (A tail from the tails directory starts where its writer chose:
+        // at its footer or before. One that starts past it costs a read.)
+        if tail.len() < 24 {
+            return Err(damaged(key, "too short"));
         }
         let t = tail.slice(tail.len() - 24..);
         // What the footer may lie in: the bytes before the trailer.
@@ -757,6 +762,22 @@ impl Index {
             }
         }
         Ok(Some(table))
+    }
+
+    /// Where its first fence block or frame table block starts: from there
+    /// on lies all a lookup reads before the data blocks (objects written
+    /// from format 5 on put them together, before the footer). `None` when
+    /// it has none.
+    pub(crate) fn pointed_from(&self) -> Option<u64> {
+        let f = &self.footer;
+        f.key_fences
+            .iter()
+            .chain(&f.message_fences)
+            .chain(f.table_fences.iter().flatten())
+            .chain(f.bucket_fences.iter().flatten())
+            .chain(f.frame_table.iter().flatten())
+            .map(|b| b.offset)
+            .min()
     }
 
     /// The length of the frame table's blocks (0: none).

@@ -19,9 +19,10 @@
 //! read instead.
 //!
 //! `waly run` rewrites the directory after each merge of index runs,
-//! `waly prune` after it deletes, and `waly reindex` once done. It keeps the merged runs of segments: not a
-//! single segment's object (a run of level 0, merged away within ten
-//! segments), nor the snapshots' (see [`kept`]). The
+//! `waly prune` after it deletes, and `waly reindex` once done. It keeps the merged runs of segments and each
+//! generation's oldest snapshot index object: not a single segment's
+//! object (a run of level 0, merged away within ten segments), nor later
+//! snapshots' (see [`kept`]). The
 //! tails are the bytes as stored: in an encrypted archive the footers in
 //! them are sealed, as in their objects. The rest (keys, sizes, tags) is
 //! what a listing shows, so the directory itself is not sealed.
@@ -167,22 +168,45 @@ pub async fn list_known(store: &Store, dir: &str) -> Result<(Vec<(String, u64)>,
     Ok((listed.into_iter().map(|(k, size, _)| (k, size)).collect(), known))
 }
 
-/// Whether the directory keeps the index object `key`: a merged run of
-/// segments. Not a single segment's (a run of level 0, merged away within
-/// ten segments), nor a snapshot's (history opens only a generation's
-/// first, by its name, beside the manifests' listing; an archive may hold
-/// many).
-fn kept(key: &str) -> bool {
-    let mut parts = key.split('/').skip(2);
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("segments"), Some(_), None) => parse_segments_index_key(key).is_some_and(|(a, b)| a < b),
-        _ => false,
+/// The index objects of `listed` (keys) whose tails the directory keeps:
+/// every merged run of segments, and each generation's oldest snapshot
+/// index object (the one history opens first, beside the manifests'
+/// listing). Not a single segment's (a run of level 0, merged away within
+/// ten segments), nor later snapshots' (an archive may hold many, which
+/// history opens only when the manifests name them).
+fn kept<'a>(listed: impl Iterator<Item = &'a str>) -> std::collections::HashSet<&'a str> {
+    let mut oldest: HashMap<&str, &str> = HashMap::new();
+    let mut out = std::collections::HashSet::new();
+    for key in listed {
+        let mut parts = key.split('/').skip(1);
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(_), Some("segments"), Some(_), None) if parse_segments_index_key(key).is_some_and(|(a, b)| a < b) => {
+                out.insert(key);
+            }
+            (Some(gen), Some("snapshots"), Some(name), None) if name.ends_with(".idx") => {
+                let o = oldest.entry(gen).or_insert(key);
+                *o = (*o).min(key);
+            }
+            _ => {}
+        }
     }
+    out.extend(oldest.into_values());
+    out
 }
 
-/// The tail of the index object `key` of `size` bytes: its last
-/// [`TAIL_READ`] bytes, or from its footer's start when that lies before
-/// them (a large run's footer), so that opening it needs no other read.
+/// The most bytes a tail takes to hold its object's fence blocks and frame
+/// table besides its footer (see [`read_tail`]): runs of up to a thousand
+/// segments or so. A larger run's tail is its footer's alone.
+const FENCED_MAX: u64 = 16 << 10;
+
+/// The tail of the index object `key` of `size` bytes: the whole object
+/// when it takes at most [`TAIL_READ`] (what opening it would read anyway);
+/// otherwise everything from its first fence block or frame table block on (the footer's pointers' first
+/// place), when that takes at most [`FENCED_MAX`], so that a lookup goes
+/// straight to the data blocks it needs; otherwise everything from its
+/// footer's start (a large run's), so that opening it needs no read. An
+/// object whose footer does not open here (an encrypted archive's, without
+/// its key) has the latter.
 async fn read_tail(store: &Store, key: &str, size: u64) -> Result<Bytes, Error> {
     let start = size.saturating_sub(TAIL_READ);
     let tail = store.get_range(key, start..size).await?;
@@ -191,10 +215,18 @@ async fn read_tail(store: &Store, key: &str, size: u64) -> Result<Bytes, Error> 
         .checked_sub(24)
         .and_then(|n| tail.get(n..))
         .ok_or_else(|| damaged(key, "too short"))?;
-    let at = u64::from_le_bytes(t[0..8].try_into().unwrap_or_default());
-    match at < start {
-        true => store.get_range(key, at..size).await,
-        false => Ok(tail),
+    let footer = u64::from_le_bytes(t[0..8].try_into().unwrap_or_default());
+    let fenced = match Index::from_tail(store, key, size, tail.clone()).await {
+        Ok(idx) => idx.pointed_from().filter(|at| size - at <= FENCED_MAX),
+        Err(_) => None,
+    };
+    let from = match size <= TAIL_READ {
+        true => 0,
+        false => fenced.unwrap_or(footer).min(footer),
+    };
+    match from.checked_sub(start) {
+        Some(at) => Ok(tail.slice(usize::try_from(at).unwrap_or(usize::MAX).min(tail.len() - 24)..)),
+        None => store.get_range(key, from..size).await,
     }
 }
 
@@ -203,11 +235,14 @@ async fn read_tail(store: &Store, key: &str, size: u64) -> Result<Bytes, Error> 
 /// of objects gone dropped. Returns how many it holds.
 pub async fn refresh(store: &Store) -> Result<usize, Error> {
     let (listed, old) = tokio::join!(store.list_tagged("index"), load(store));
+    let listed = listed?;
+    let keep = kept(listed.iter().map(|(k, _, _)| k.as_str()));
     let mut entries = Vec::new();
-    for (key, size, tag) in listed? {
-        let Some(e_tag) = tag.filter(|_| kept(&key)) else {
+    for (key, size, tag) in &listed {
+        let (Some(e_tag), true) = (tag.clone(), keep.contains(key.as_str())) else {
             continue;
         };
+        let (key, size) = (key.clone(), *size);
         let bytes = match old.0.get(&key) {
             Some((s, t, b)) if *s == size && *t == e_tag => b.clone(),
             _ => read_tail(store, &key, size).await?,
@@ -330,11 +365,26 @@ mod tests {
     }
 
     #[test]
-    fn the_directory_keeps_merged_runs_not_single_segments_or_snapshots() {
-        assert!(kept("index/00000001/segments/0000000000-0000000009.idx"));
-        assert!(!kept("index/00000001/segments/0000000010-0000000010.idx"));
-        assert!(!kept("index/00000001/snapshots/0000000001000000.idx"));
-        assert!(!kept("index/00000001/catalog.json"));
-        assert!(!kept(KEY));
+    fn the_directory_keeps_merged_runs_and_each_generations_oldest_snapshot() {
+        let listed = [
+            "index/00000001/segments/0000000000-0000000009.idx",
+            "index/00000001/segments/0000000010-0000000010.idx",
+            "index/00000001/snapshots/0000000002000000.idx",
+            "index/00000001/snapshots/0000000001000000.idx",
+            "index/00000001/snapshots/0000000003000000.idx",
+            "index/00000002/snapshots/0000000005000000.idx",
+            "index/00000001/catalog.json",
+            KEY,
+        ];
+        let mut keep: Vec<&str> = kept(listed.into_iter()).into_iter().collect();
+        keep.sort_unstable();
+        assert_eq!(
+            keep,
+            [
+                "index/00000001/segments/0000000000-0000000009.idx",
+                "index/00000001/snapshots/0000000001000000.idx",
+                "index/00000002/snapshots/0000000005000000.idx",
+            ]
+        );
     }
 }

@@ -693,15 +693,17 @@ fn an_archive_indexed_in_format_4_is_read_by_its_index_and_reindexed_as_format_5
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// GET requests to the index's objects (not the tails directory), by
-/// `WALY_READ_STATS=2`'s lines: `(object, requests)`.
-fn index_requests(stderr: &str) -> BTreeMap<String, u64> {
+/// Reads of the index's objects (not the tails directory), by
+/// `WALY_READ_STATS=2`'s lines (`read B bytes in N GET requests from
+/// KEY`): `(object, (bytes, requests))`.
+fn index_requests(stderr: &str) -> BTreeMap<String, (u64, u64)> {
     stderr
         .lines()
         .filter_map(|l| {
             let (count, key) = l.split_once(" GET requests from ")?;
             let n = count.rsplit(' ').next()?.parse().ok()?;
-            key.ends_with(".idx").then(|| (key.to_string(), n))
+            let bytes = count.strip_prefix("read ")?.split(' ').next()?.parse().ok()?;
+            key.ends_with(".idx").then(|| (key.to_string(), (bytes, n)))
         })
         .collect()
 }
@@ -733,9 +735,49 @@ fn edit_tails(bytes: &[u8], edit: impl Fn(&str, &mut Vec<u8>)) -> Vec<u8> {
     z.compress(&out).expect("compress")
 }
 
-/// History opens the merged index runs from the tails directory, read
-/// beside the index's listing: one GET fewer per run than without it, and
-/// the same answer. A directory that does not decode, a tail in it that
+/// The tails the directory `bytes` holds, by object key.
+fn directory_tails(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    let raw = zstd::decode_all(bytes).expect("the directory decompresses");
+    let nl = raw.iter().position(|b| *b == b'\n').expect("a header line");
+    let header: serde_json::Value = serde_json::from_slice(&raw[..nl]).expect("header JSON");
+    let mut at = nl + 1;
+    let mut out = BTreeMap::new();
+    for o in header["objects"].as_array().expect("objects") {
+        let len = o["len"].as_u64().expect("len") as usize;
+        out.insert(o["key"].as_str().expect("key").to_string(), raw[at..at + len].to_vec());
+        at += len;
+    }
+    out
+}
+
+/// Where the plain index object `object`'s first fence block or frame
+/// table block starts, by its footer.
+fn fenced_from(object: &[u8]) -> Option<usize> {
+    let t = &object[object.len() - 24..];
+    let at = u64::from_le_bytes(t[0..8].try_into().expect("8 bytes")) as usize;
+    let len = u64::from_le_bytes(t[8..16].try_into().expect("8 bytes")) as usize;
+    let footer: serde_json::Value =
+        serde_json::from_slice(&zstd::decode_all(&object[at..at + len]).expect("footer")).expect("footer JSON");
+    [
+        "key_fences",
+        "message_fences",
+        "table_fences",
+        "bucket_fences",
+        "frame_table",
+    ]
+    .iter()
+    .filter_map(|f| footer[f].as_array())
+    .flatten()
+    .filter_map(|b| b["offset"].as_u64())
+    .map(|o| o as usize)
+    .min()
+}
+
+/// History opens the merged index runs and the first snapshot's index
+/// object from the tails directory, read beside the index's listing: at
+/// least one GET fewer per object than without it (none for one held
+/// whole; a tail holds the fence blocks and frame table when they are
+/// small), and the same answer. A directory that does not decode, a tail in it that
 /// does not open, or one left by objects since written again cost only
 /// time: the same answer (with a warning for the damage); verify names
 /// the damage, and reindex writes it anew.
@@ -782,16 +824,55 @@ fn index_runs_open_from_the_tails_directory_and_a_wrong_one_costs_only_time() {
     let (log_without, err) = table_log();
     assert_eq!(log_without, log_with, "the tails directory changed log --table");
     let log_without_requests = index_requests(&err);
-    for run in &merged {
-        for (what, with, without) in [
-            ("history", &with_requests, &without_requests),
-            ("log --table", &log_with_requests, &log_without_requests),
-        ] {
-            let (w, wo) = (with.get(run).copied(), without.get(run).copied());
-            assert_eq!(
-                w.unwrap_or(0) + 1,
-                wo.unwrap_or(0),
-                "{what}: {run}: GETs with the directory {w:?}, without {wo:?}"
+    // An object it holds whole costs no read at all; any other, fewer
+    // bytes: none of those a reader opens it with (its trailer, footer and
+    // fence blocks), only the data blocks it looks in. (`log --table`
+    // opens no snapshot's.)
+    let held = directory_tails(&good);
+    assert_eq!(
+        held.keys()
+            .filter(|k| k.contains("/segments/"))
+            .cloned()
+            .collect::<Vec<_>>(),
+        merged,
+        "the directory should hold every merged run"
+    );
+    assert!(
+        held.keys().any(|k| k.contains("/snapshots/")),
+        "the directory should hold the first snapshot's index object: {:?}",
+        held.keys()
+    );
+    for (key, tail) in &held {
+        let object = std::fs::read(std::path::Path::new(&dir).join(key)).expect("index object");
+        assert!(object.ends_with(tail), "{key}: its tail is not its last bytes");
+        let whole = object.len() <= 8192;
+        match whole {
+            true => assert_eq!(tail.len(), object.len(), "{key}: a small object is held whole"),
+            false => assert!(
+                tail.len()
+                    >= object.len()
+                        - fenced_from(&object)
+                            .filter(|f| object.len() - f <= 16384)
+                            .unwrap_or(object.len()),
+                "{key}: the tail of {} bytes should hold the fence blocks and frame table",
+                tail.len()
+            ),
+        }
+        let readers = match key.contains("/snapshots/") {
+            true => vec![("history", &with_requests, &without_requests)],
+            false => vec![
+                ("history", &with_requests, &without_requests),
+                ("log --table", &log_with_requests, &log_without_requests),
+            ],
+        };
+        for (what, with, without) in readers {
+            let (w, wo) = (
+                with.get(key).copied().unwrap_or_default(),
+                without.get(key).copied().unwrap_or_default(),
+            );
+            assert!(
+                w.0 < wo.0 && (!whole || w.1 == 0),
+                "{what}: {key}: (bytes, GETs) with the directory {w:?}, without {wo:?}"
             );
         }
     }
