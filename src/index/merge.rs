@@ -226,13 +226,13 @@ pub(super) async fn merge_objects(
     let hashed_int_keys = inputs
         .iter()
         .any(|(i, _)| i.footer.bucket_fences.is_none() || i.footer.hashed_int_keys);
-    let key_fences = write_fences(&keys, &mut c)?;
-    let message_fences = write_fences(&messages, &mut c)?;
+    let key_fences = write_fences(keys, &mut c)?;
+    let message_fences = write_fences(messages, &mut c)?;
     let table_fences = match tables {
-        Some(t) => Some(write_fences(&t, &mut c)?),
+        Some(t) => Some(write_fences(t, &mut c)?),
         None => None,
     };
-    let bucket_fences = Some(write_fences(&buckets, &mut c)?);
+    let bucket_fences = Some(write_fences(buckets, &mut c)?);
     // The frame tables, a block at a time, each input's objects moved up
     // by its base (an input without one leaves its segments out).
     let mut table = FrameTableWriter::default();
@@ -273,7 +273,7 @@ async fn merge_section(
     fences: impl Fn(&Footer) -> Option<&Vec<Block>>,
     codec: Codec,
     c: &mut BlockWriter<'_>,
-) -> Result<Vec<Block>, Error> {
+) -> Result<super::write::Section, Error> {
     let mut cursors = Vec::new();
     for ((idx, _), base) in inputs.iter().zip(bases) {
         let f = fences(&idx.footer).map(Vec::as_slice).unwrap_or_default();

@@ -307,7 +307,7 @@ impl Builder {
             ));
         }
         let mut c = BlockWriter::new(sealer)?;
-        let section = |entries: &mut Vec<Entry>, codec: Codec, c: &mut BlockWriter| -> Result<Vec<Block>, Error> {
+        let section = |entries: &mut Vec<Entry>, codec: Codec, c: &mut BlockWriter| -> Result<write::Section, Error> {
             entries.sort_unstable();
             #[cfg(test)]
             let mut w = SectionWriter::with_format(codec, self.block_format.unwrap_or(FORMAT));
@@ -322,10 +322,10 @@ impl Builder {
         let messages = section(&mut self.messages, Codec::Delta, &mut c)?;
         let tables = section(&mut self.tables, Codec::Delta, &mut c)?;
         let buckets = section(&mut self.buckets, Codec::Buckets, &mut c)?;
-        let key_fences = write_fences(&keys, &mut c)?;
-        let message_fences = write_fences(&messages, &mut c)?;
-        let table_fences = Some(write_fences(&tables, &mut c)?);
-        let bucket_fences = Some(write_fences(&buckets, &mut c)?);
+        let key_fences = write_fences(keys, &mut c)?;
+        let message_fences = write_fences(messages, &mut c)?;
+        let table_fences = Some(write_fences(tables, &mut c)?);
+        let bucket_fences = Some(write_fences(buckets, &mut c)?);
         let mut table = FrameTableWriter::default();
         for (i, frames) in &self.frames {
             table.push(*i, frames, &mut c)?;

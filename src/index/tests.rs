@@ -596,3 +596,71 @@ async fn format_4_objects_are_read_and_merge_into_format_5_column_blocks() {
     assert_eq!(m.footer.waly_index, FORMAT);
     check(m, 2).await;
 }
+
+/// A merge whose output section takes more than [`write::FENCES_HELD`]
+/// data blocks writes fence blocks over them as it goes, among the data
+/// blocks (so its memory holds a pointer per fence block, not one per data
+/// block), and every entry is still found through them.
+#[tokio::test]
+async fn a_large_merge_writes_fence_blocks_as_it_goes_and_every_entry_is_found() {
+    let store = Store::open("memory://").expect("store");
+    let gen = "00000001";
+    // Each input alone stays below the bound; merged, they pass it.
+    let per = (write::FENCES_HELD * BLOCK_ENTRIES / 2 + 10 * BLOCK_ENTRIES) as u64;
+    let value = |i: u64, n: u64| (i * 2 + n) * 1_000_003;
+    let mut runs = Vec::new();
+    for n in 0..2u64 {
+        let mut b = Builder::default();
+        let mut keys = KeyEntries::default();
+        for i in 0..per {
+            keys.note(RowKey::Hash(value(i, n)), (i % 7) as u32);
+        }
+        b.add(segment(n), &keys, &[], &[]);
+        let bytes = b.encode(gen, None).expect("encode");
+        let (key, size) = (segments_index_key(gen, n, n), bytes.len() as u64);
+        store.put_once(&key, bytes).await.expect("put");
+        let idx = Index::open(&store, &key, size).await.expect("open");
+        assert!(
+            idx.footer.key_fences.len() < write::FENCES_HELD / FENCE_ENTRIES,
+            "an input's section should stay below the bound"
+        );
+        runs.push((idx, size));
+    }
+    let Ok(write::Written::Memory(bytes)) = merge::merge_objects(&store, gen, &runs, None, None).await else {
+        panic!("a merge without a spill bound stays in memory");
+    };
+    let (key, size) = (segments_index_key(gen, 0, 1), bytes.len() as u64);
+    store.put_once(&key, bytes).await.expect("put");
+    let merged = Index::open(&store, &key, size).await.expect("open");
+    let fences = &merged.footer.key_fences;
+    let mut data = Vec::new();
+    for f in fences {
+        let z = merged.block(&store, f).await.expect("fence block");
+        data.extend(decode_fences(&key, &z).expect("fence pointers"));
+    }
+    let entries = 2 * per as usize;
+    assert_eq!(data.len(), entries.div_ceil(BLOCK_ENTRIES), "a pointer per data block");
+    assert_eq!(fences.len(), data.len().div_ceil(FENCE_ENTRIES));
+    assert!(
+        data.windows(2)
+            .all(|w| w[0].first < w[1].first && w[0].offset < w[1].offset),
+        "the data blocks' pointers are in order"
+    );
+    let last_data = data.iter().map(|b| b.offset).max().unwrap_or_default();
+    let among = fences.iter().filter(|f| f.offset < last_data).count();
+    assert_eq!(
+        among,
+        write::FENCES_HELD / FENCE_ENTRIES,
+        "the first fence blocks lie among the data blocks"
+    );
+    for i in [0, 1, per / 3, per / 2, per - 1] {
+        for n in 0..2u64 {
+            assert_eq!(
+                merged.lookup_hash(&store, value(i, n)).await.expect("lookup"),
+                vec![(n as u32, (i % 7) as u32)],
+                "entry {i} of input {n}"
+            );
+        }
+    }
+    assert_eq!(merged.lookup_hash(&store, value(per, 0)).await.expect("lookup"), vec![]);
+}

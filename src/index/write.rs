@@ -184,8 +184,28 @@ pub(super) struct SectionWriter {
     format: u32,
     pending: Vec<Entry>,
     last: Option<Entry>,
+    /// Its data blocks' pointers not yet under a fence block.
     blocks: Vec<Block>,
+    /// Its fence blocks written already (see [`FENCES_HELD`]).
+    fences: Vec<Block>,
     raw: Vec<u8>,
+}
+
+/// The most data block pointers a section writer holds: past that, it
+/// writes fence blocks over all whole [`FENCE_ENTRIES`] of them at once,
+/// among the data blocks, and keeps only those fence blocks' pointers. So a
+/// merge's memory grows with a run by a pointer per fence block (24 bytes
+/// per 65,536 entries), not one per data block. The sections of smaller
+/// objects (below about a million entries) keep their fence blocks
+/// together, after the data blocks, next to the footer.
+pub(super) const FENCES_HELD: usize = 16 * FENCE_ENTRIES;
+
+/// A section written: the fence blocks written among its data blocks, and
+/// the data blocks not under one yet (see [`write_fences`]).
+#[derive(Debug, Default)]
+pub(super) struct Section {
+    fences: Vec<Block>,
+    blocks: Vec<Block>,
 }
 
 impl SectionWriter {
@@ -197,6 +217,7 @@ impl SectionWriter {
             pending: Vec::new(),
             last: None,
             blocks: Vec::new(),
+            fences: Vec::new(),
             raw: Vec::new(),
         }
     }
@@ -284,21 +305,38 @@ impl SectionWriter {
         }
         self.blocks.push(c.block(first, &self.raw)?);
         self.pending.clear();
+        if self.blocks.len() >= FENCES_HELD {
+            let whole = self.blocks.len() / FENCE_ENTRIES * FENCE_ENTRIES;
+            self.fences.extend(fence_blocks(&self.blocks[..whole], c)?);
+            self.blocks.drain(..whole);
+        }
         Ok(())
     }
 
     /// Writes what is pending: the section's data blocks.
-    pub(super) fn finish(mut self, c: &mut BlockWriter) -> Result<Vec<Block>, Error> {
+    pub(super) fn finish(mut self, c: &mut BlockWriter) -> Result<Section, Error> {
         self.flush(c)?;
-        Ok(self.blocks)
+        Ok(Section {
+            fences: self.fences,
+            blocks: self.blocks,
+        })
     }
 }
 
-/// Writes fence blocks over a section's data blocks `blocks`; returns
-/// their pointers. An object's fence blocks follow all its data blocks,
-/// next to the footer, so the read of an object's last bytes that finds
-/// its footer often holds them too.
-pub(super) fn write_fences(blocks: &[Block], c: &mut BlockWriter) -> Result<Vec<Block>, Error> {
+/// Writes the fence blocks over a section's data blocks not yet under one;
+/// returns the pointers of all its fence blocks, in order. Those fence
+/// blocks follow all the object's data blocks, next to the footer, so the
+/// read of an object's last bytes that finds its footer often holds them
+/// too (a large section's earlier ones lie among its data blocks: see
+/// [`FENCES_HELD`]).
+pub(super) fn write_fences(section: Section, c: &mut BlockWriter) -> Result<Vec<Block>, Error> {
+    let mut fences = section.fences;
+    fences.extend(fence_blocks(&section.blocks, c)?);
+    Ok(fences)
+}
+
+/// Writes fence blocks over the data blocks `blocks`: their pointers.
+fn fence_blocks(blocks: &[Block], c: &mut BlockWriter) -> Result<Vec<Block>, Error> {
     let mut fences = Vec::new();
     let mut raw = Vec::with_capacity(FENCE_ENTRIES * 24);
     for chunk in blocks.chunks(FENCE_ENTRIES) {
