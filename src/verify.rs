@@ -842,20 +842,25 @@ async fn segment_frames_fault(
 /// (row keys, messages, tables, buckets) must decode, every entry must
 /// name an object the footer lists, and every bucket entry a key.
 async fn index_blocks_fault(store: &Store, idx: &crate::index::Index) -> Option<String> {
-    let s = match idx.entries(store).await {
-        Ok(e) => e,
-        Err(e) => return Some(format!("its blocks do not decode ({e})")),
-    };
-    if s.buckets.iter().flatten().any(|(v, _, _)| v & 0xffff_ffff == 0) {
-        return Some("a bucket entry names no key".into());
-    }
     let objects = idx.footer.objects.len() as u32;
-    let all = s.keys.iter().chain(&s.messages);
-    all.chain(s.tables.iter().flatten())
-        .chain(s.buckets.iter().flatten())
-        .map(|(_, o, _)| *o)
-        .find(|o| *o >= objects)
-        .map(|o| format!("an entry names object {o}, but the footer lists {objects}"))
+    // Block by block (the bucket section is the fourth): bounded memory
+    // whatever the object's size.
+    let fault = idx
+        .visit_blocks(store, |section, entries| {
+            if section == 3 && entries.iter().any(|(v, _, _)| v & 0xffff_ffff == 0) {
+                return Some("a bucket entry names no key".to_string());
+            }
+            entries
+                .iter()
+                .map(|(_, o, _)| *o)
+                .find(|o| *o >= objects)
+                .map(|o| format!("an entry names object {o}, but the footer lists {objects}"))
+        })
+        .await;
+    match fault {
+        Ok(f) => f,
+        Err(e) => Some(format!("its blocks do not decode ({e})")),
+    }
 }
 
 /// Whether the source has WAL past what the archive holds, and so changes

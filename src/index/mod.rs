@@ -377,6 +377,10 @@ pub struct Index {
 /// trailer, the footer and, in small objects, the fence blocks.
 const TAIL_READ: u64 = 8 << 10;
 
+/// The most bytes [`Index::visit_blocks`] reads at once: the data blocks
+/// under one fence block (256 of at most a few KiB each).
+const SPAN_READ: u64 = 4 << 20;
+
 fn damaged(key: &str, why: impl std::fmt::Display) -> Error {
     Error::Corrupt {
         key: key.to_string(),
@@ -790,16 +794,51 @@ impl Index {
         self.find(store, &self.footer.message_fences, commit_lsn).await
     }
 
-    async fn section(&self, store: &Store, fences: &[Block], codec: Codec) -> Result<Vec<Entry>, Error> {
-        let mut out = Vec::new();
-        for f in fences {
-            let z = self.block(store, f).await?;
-            for b in decode_fences(&self.key, &z)? {
-                let z = self.block(store, &b).await?;
-                out.extend(self.decode(&z, codec)?);
+    /// Every data block's entries, section by section (row keys, messages,
+    /// tables, buckets: those it has), passed to `visit` (the section's
+    /// position in that order, the block's entries) as each is read: a
+    /// fence block's data blocks in one request (one at a time when they
+    /// span more than [`SPAN_READ`]), so that only those are held at once
+    /// however large the object. Stops at the first `Some` `visit` returns.
+    pub async fn visit_blocks<T>(
+        &self,
+        store: &Store,
+        mut visit: impl FnMut(usize, Vec<Entry>) -> Option<T>,
+    ) -> Result<Option<T>, Error> {
+        let f = &self.footer;
+        let sections = [
+            (Some(&f.key_fences[..]), Codec::Delta),
+            (Some(&f.message_fences[..]), Codec::Delta),
+            (f.table_fences.as_deref(), Codec::Delta),
+            (f.bucket_fences.as_deref(), Codec::Buckets),
+        ];
+        for (section, (fences, codec)) in sections.into_iter().enumerate() {
+            for fence in fences.into_iter().flatten() {
+                let z = self.block(store, fence).await?;
+                let blocks = decode_fences(&self.key, &z)?;
+                let from = blocks.iter().map(|b| b.offset).min().unwrap_or(0);
+                let to = blocks.iter().map(|b| b.offset.saturating_add(b.len)).max().unwrap_or(0);
+                let span = match to - from <= SPAN_READ {
+                    true if from < to => Some(store.get_range(&self.key, from..to).await?),
+                    _ => None,
+                };
+                for b in &blocks {
+                    let z = match &span {
+                        Some(bytes) => {
+                            let at = (b.offset - from) as usize;
+                            store
+                                .open_frames(&self.key, bytes.slice(at..at + b.len as usize))
+                                .await?
+                        }
+                        None => self.block(store, b).await?,
+                    };
+                    if let Some(found) = visit(section, self.decode(&z, codec)?) {
+                        return Ok(Some(found));
+                    }
+                }
             }
         }
-        Ok(out)
+        Ok(None)
     }
 
     /// `(object, frame)` of every frame with changes of `table`; `None` when
@@ -811,32 +850,28 @@ impl Index {
         }
     }
 
-    /// Every entry (for checking): row keys, messages, tables and buckets
+    /// Every entry (for tests: [`Index::visit_blocks`] holds only a fence
+    /// block's worth at once): row keys, messages, tables and buckets
     /// (those it has).
+    #[cfg(test)]
     pub async fn entries(&self, store: &Store) -> Result<Sections, Error> {
-        Ok(Sections {
-            keys: self.section(store, &self.footer.key_fences, Codec::Delta).await?,
-            messages: self.section(store, &self.footer.message_fences, Codec::Delta).await?,
-            tables: self
-                .optional_section(store, self.footer.table_fences.as_deref(), Codec::Delta)
-                .await?,
-            buckets: self
-                .optional_section(store, self.footer.bucket_fences.as_deref(), Codec::Buckets)
-                .await?,
+        let mut s = Sections {
+            tables: self.footer.table_fences.as_ref().map(|_| Vec::new()),
+            buckets: self.footer.bucket_fences.as_ref().map(|_| Vec::new()),
+            ..Sections::default()
+        };
+        self.visit_blocks(store, |section, entries| {
+            let into = match section {
+                0 => Some(&mut s.keys),
+                1 => Some(&mut s.messages),
+                2 => s.tables.as_mut(),
+                _ => s.buckets.as_mut(),
+            };
+            into.into_iter().for_each(|v| v.extend(entries.iter().copied()));
+            None::<()>
         })
-    }
-
-    /// [`Index::section`] of a section the object may lack.
-    async fn optional_section(
-        &self,
-        store: &Store,
-        fences: Option<&[Block]>,
-        codec: Codec,
-    ) -> Result<Option<Vec<Entry>>, Error> {
-        match fences {
-            None => Ok(None),
-            Some(f) => self.section(store, f, codec).await.map(Some),
-        }
+        .await?;
+        Ok(s)
     }
 }
 

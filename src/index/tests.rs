@@ -600,7 +600,9 @@ async fn format_4_objects_are_read_and_merge_into_format_5_column_blocks() {
 /// A merge whose output section takes more than [`write::FENCES_HELD`]
 /// data blocks writes fence blocks over them as it goes, among the data
 /// blocks (so its memory holds a pointer per fence block, not one per data
-/// block), and every entry is still found through them.
+/// block), and every entry is still found through them, by a lookup and
+/// by a visit of every block (as `waly verify` makes, a fence block's data
+/// blocks at a time).
 #[tokio::test]
 async fn a_large_merge_writes_fence_blocks_as_it_goes_and_every_entry_is_found() {
     let store = Store::open("memory://").expect("store");
@@ -663,4 +665,32 @@ async fn a_large_merge_writes_fence_blocks_as_it_goes_and_every_entry_is_found()
         }
     }
     assert_eq!(merged.lookup_hash(&store, value(per, 0)).await.expect("lookup"), vec![]);
+    // `waly verify` visits it a block at a time, in order, every entry.
+    let (mut seen, mut most, mut last) = (0usize, 0usize, None);
+    let stopped = merged
+        .visit_blocks(&store, |section, entries| {
+            assert_eq!(section, 0, "only the key section has entries");
+            (seen, most) = (seen + entries.len(), most.max(entries.len()));
+            for e in entries {
+                if last.is_some_and(|l| l >= e) {
+                    return Some("out of order");
+                }
+                last = Some(e);
+            }
+            None
+        })
+        .await
+        .expect("visit");
+    assert_eq!(stopped, None);
+    assert_eq!((seen, most), (entries, BLOCK_ENTRIES));
+    // It stops at the first fault a visit finds.
+    let mut calls = 0;
+    let found = merged
+        .visit_blocks(&store, |_, _| {
+            calls += 1;
+            (calls == 3).then_some(calls)
+        })
+        .await
+        .expect("visit");
+    assert_eq!((found, calls), (Some(3), 3));
 }
