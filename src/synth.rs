@@ -50,6 +50,14 @@ pub struct SynthOptions {
     pub txn_interval: chrono::Duration,
     /// The seed of the draw.
     pub seed: u64,
+    /// A writer's crashes, as `waly verify` must tell them (`None`: none):
+    /// the segment ends half way through this transaction (counted from
+    /// 1), and so does the next (its replay, cut short by a second crash);
+    /// then the stream goes on with it whole: it is committed after all.
+    pub crash_at: Option<u64>,
+    /// The last segment ends half way through one more transaction, which
+    /// never commits: an orphan partial transaction.
+    pub orphan_at_end: bool,
 }
 
 /// What was written.
@@ -293,6 +301,7 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
             .collect();
         let first_lsn = lsn;
         let commit_lsn = Lsn(first_lsn.0 + 100 * in_txn + 64);
+        let mut txn = Vec::new();
         for (seq, (t, op, id)) in changes.into_iter().enumerate() {
             let table = &tables[t];
             let n = stats.changes + seq as u64 + 1;
@@ -309,41 +318,95 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
                 new: (op != Op::Delete).then(|| names.row(id, n, &pad)),
                 unchanged_toast: Vec::new(),
             };
-            builder.push_change(&change, table.schema.version)?;
-            let row = change.new.as_ref().or(change.old.as_ref());
-            if let Some(r) = row {
-                let h = builder.hasher().row(&table.name, &table.pk, r);
-                builder.note_key(h);
-            }
+            txn.push((t, change));
         }
         let end_lsn = Lsn(commit_lsn.0 + 48);
-        builder.push_commit(&CommitRecord {
+        let commit = CommitRecord {
             commit_lsn,
             end_lsn,
             xid,
             commit_time: time,
             records: in_txn,
-        })?;
+        };
+        let half = txn.len().div_ceil(2);
+        let cut = |b: &mut SegmentBuilder, txn: &[(usize, Change)]| push_changes(b, &tables, txn);
+        if opts.crash_at == Some(stats.transactions + 1) {
+            // Cut, then its replay cut again: two segments that end with
+            // its first half (a writer replays only what it had not stored
+            // whole), then the stream goes on with it whole.
+            for _ in 0..2 {
+                cut(&mut builder, &txn[..half])?;
+                store_segment(store, &gen, &mut builder, &mut tail, &mut catalog, &mut stats).await?;
+            }
+        }
+        if opts.orphan_at_end && stats.changes + in_txn >= opts.events {
+            // One more transaction's first half, after the last commit.
+            let orphan: Vec<(usize, Change)> = txn
+                .iter()
+                .map(|(t, c)| {
+                    let mut c = c.clone();
+                    let next = |l: Lsn| Lsn(end_lsn.0 + 8 + l.0 - first_lsn.0);
+                    (c.commit_lsn, c.lsn) = (next(c.commit_lsn), next(c.lsn));
+                    c.xid = xid.wrapping_add(1).max(3);
+                    (*t, c)
+                })
+                .collect();
+            push_changes(&mut builder, &tables, &txn)?;
+            builder.push_commit(&commit)?;
+            push_changes(&mut builder, &tables, &orphan[..half])?;
+        } else {
+            push_changes(&mut builder, &tables, &txn)?;
+            builder.push_commit(&commit)?;
+        }
         stats.changes += in_txn;
         stats.transactions += 1;
         lsn = Lsn(end_lsn.0 + 8);
         xid = xid.wrapping_add(1).max(3);
         time += opts.txn_interval;
         if builder.uncompressed_bytes() >= opts.segment_bytes || stats.changes >= opts.events {
-            let full = std::mem::replace(&mut builder, SegmentBuilder::sealed_by(store.sealer()?)?);
-            let number = tail.next_number;
-            let sealed = full.seal(&gen, number, tail.prev_sha256.take(), 0)?;
-            let key = layout::segment_key(&gen, number, sealed.header.first_lsn, sealed.header.last_lsn, 0);
-            store.put_once(&key, sealed.bytes.clone()).await?;
-            crate::index::write_segment_index(store, &gen, number, 0, &sealed).await;
-            crate::index::merge_levels(store, &gen, number + 1).await;
-            let last_commit = sealed.header.last_commit.map(|c| c.commit_lsn);
-            catalog.stored(store, &gen, &key, last_commit, &sealed.summary, 0).await;
-            stats.segments += 1;
-            stats.segment_bytes += sealed.bytes.len() as u64;
-            tail.next_number = number + 1;
-            tail.prev_sha256 = Some(sealed.sha256);
+            store_segment(store, &gen, &mut builder, &mut tail, &mut catalog, &mut stats).await?;
         }
     }
     Ok(stats)
+}
+
+/// Pushes the changes `txn` (each with its table's position in `tables`)
+/// into `builder`, noting their keys for the index.
+fn push_changes(builder: &mut SegmentBuilder, tables: &[Table], txn: &[(usize, Change)]) -> Result<(), Error> {
+    for (t, change) in txn {
+        let table = &tables[*t];
+        builder.push_change(change, table.schema.version)?;
+        let row = change.new.as_ref().or(change.old.as_ref());
+        if let Some(r) = row {
+            let h = builder.hasher().row(&table.name, &table.pk, r);
+            builder.note_key(h);
+        }
+    }
+    Ok(())
+}
+
+/// Seals what `builder` holds as the generation's next segment and stores
+/// it, with its index object (merged in levels) and the catalog's entry.
+async fn store_segment(
+    store: &Store,
+    gen: &str,
+    builder: &mut SegmentBuilder,
+    tail: &mut state::Tail,
+    catalog: &mut crate::catalog::Keeper,
+    stats: &mut SynthStats,
+) -> Result<(), Error> {
+    let full = std::mem::replace(builder, SegmentBuilder::sealed_by(store.sealer()?)?);
+    let number = tail.next_number;
+    let sealed = full.seal(gen, number, tail.prev_sha256.take(), 0)?;
+    let key = layout::segment_key(gen, number, sealed.header.first_lsn, sealed.header.last_lsn, 0);
+    store.put_once(&key, sealed.bytes.clone()).await?;
+    crate::index::write_segment_index(store, gen, number, 0, &sealed).await;
+    crate::index::merge_levels(store, gen, number + 1).await;
+    let last_commit = sealed.header.last_commit.map(|c| c.commit_lsn);
+    catalog.stored(store, gen, &key, last_commit, &sealed.summary, 0).await;
+    stats.segments += 1;
+    stats.segment_bytes += sealed.bytes.len() as u64;
+    tail.next_number = number + 1;
+    tail.prev_sha256 = Some(sealed.sha256);
+    Ok(())
 }

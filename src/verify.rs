@@ -371,9 +371,11 @@ async fn segments(
         }
         prev = Some(item);
     }
-    // Transactions without their commit marker.
+    // Transactions without their commit marker. One seen again after its
+    // commit (a replay after a crash, cut short by another) is looked for
+    // in the segments whose commit-LSN range holds it.
     for (lsn, key) in txns.open {
-        if !txns.committed.contains(&lsn) {
+        if !committed_in(store, st, &read, lsn).await {
             report.add(
                 key,
                 Kind::OrphanPartial,
@@ -384,12 +386,42 @@ async fn segments(
     Ok(())
 }
 
-/// The transactions seen in a generation's segments: where each first
-/// appeared, and which have their commit marker.
+/// The transactions seen in a generation's segments without their commit
+/// marker so far, and where each first appeared. A transaction leaves it at
+/// its commit, so it holds a few at a time (one that spans segments, one a
+/// crash cut short) however many the generation has: verify's memory does
+/// not grow with the archive.
 #[derive(Debug, Default)]
 struct Txns {
     open: BTreeMap<Lsn, String>,
-    committed: BTreeSet<Lsn>,
+}
+
+/// Whether one of the segments `read` (those whose commit-LSN range holds
+/// `lsn`) has the commit marker of transaction `lsn`. A segment that does
+/// not read is reported already: it says no.
+async fn committed_in(
+    store: &Store,
+    st: &state::GenState,
+    read: &[(u64, String, Option<crate::segment::SegmentHeader>, String)],
+    lsn: Lsn,
+) -> bool {
+    for (_, key, header, _) in read {
+        if !header.as_ref().is_some_and(|h| h.first_lsn <= lsn && lsn <= h.last_lsn) {
+            continue;
+        }
+        let Ok(bytes) = store.get_segment(key).await else {
+            continue;
+        };
+        let Ok(mut r) = SegmentReader::open(key, &bytes) else {
+            continue;
+        };
+        while let Ok(Some(rec)) = r.next_record(&st.schemas) {
+            if matches!(rec, Record::Commit(c) if c.commit_lsn == lsn) {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// A segment as verify reads it.
@@ -582,7 +614,10 @@ fn check_records(
     report: &mut Report,
     txns: &mut Txns,
 ) -> Option<crate::segment::SegmentHeader> {
-    let mut seen = Txns::default();
+    // Applied once the segment reads whole: the transactions it opens, then
+    // those it commits (a transaction's records come before its commit).
+    let mut opened: BTreeMap<Lsn, String> = BTreeMap::new();
+    let mut committed: Vec<Lsn> = Vec::new();
     let mut r = match SegmentReader::open(key, bytes) {
         Ok(r) => r,
         Err(e) => {
@@ -592,19 +627,19 @@ fn check_records(
     };
     loop {
         match r.next_record(&st.schemas) {
-            Ok(Some(Record::Commit(c))) => {
-                seen.committed.insert(c.commit_lsn);
-            }
+            Ok(Some(Record::Commit(c))) => committed.push(c.commit_lsn),
             Ok(Some(rec)) => {
                 if let Some(((lsn, _), _)) = rec.identity() {
-                    seen.open.entry(lsn).or_insert_with(|| key.to_string());
+                    opened.entry(lsn).or_insert_with(|| key.to_string());
                 }
             }
             Ok(None) => {
-                for (lsn, k) in seen.open {
+                for (lsn, k) in opened {
                     txns.open.entry(lsn).or_insert(k);
                 }
-                txns.committed.extend(seen.committed);
+                for lsn in committed {
+                    txns.open.remove(&lsn);
+                }
                 return Some(r.header.clone());
             }
             Err(e) => {

@@ -39,6 +39,15 @@ pub struct SynthArgs {
     /// The seed of the draw: the same options and seed give the same archive.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Tests of `waly verify`: a writer's crash half way through this
+    /// transaction (counted from 1), and a second one half way through its
+    /// replay; then the stream goes on with it whole.
+    #[arg(long)]
+    pub crash_at: Option<u64>,
+    /// Tests of `waly verify`: the last segment ends half way through a
+    /// transaction that never commits.
+    #[arg(long)]
+    pub orphan_at_end: bool,
 }
 
 pub async fn run(args: &SynthArgs) -> anyhow::Result<()> {
@@ -58,6 +67,8 @@ pub async fn run(args: &SynthArgs) -> anyhow::Result<()> {
             start,
             txn_interval: chrono::Duration::milliseconds(args.txn_interval_ms),
             seed: args.seed,
+            crash_at: args.crash_at,
+            orphan_at_end: args.orphan_at_end,
         },
     )
     .await?;

@@ -937,3 +937,72 @@ fn index_runs_open_from_the_tails_directory_and_a_wrong_one_costs_only_time() {
     assert_eq!(index_requests(&err), with_requests, "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `waly verify` tells a transaction a crash cut short and its replay then
+/// stored whole (committed after all: no note) from one that never
+/// committed (one harmless note, naming it), however the cut halves fall
+/// across segments; readers show the same changes as an archive without
+/// the crashes. Verify holds only the transactions still open, not every
+/// transaction of the generation.
+#[test]
+fn verify_notes_only_the_transactions_a_crash_left_without_a_commit() {
+    let base = std::env::temp_dir().join("waly-synth-crash").display().to_string();
+    let make = |name: &str, extra: &[&str]| {
+        let dir = format!("{base}-{name}");
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut args = vec![
+            "synth",
+            "--archive",
+            &dir,
+            "--events",
+            "2000",
+            "--weights",
+            "10,1",
+            "--rows",
+            "50",
+            "--segment-size",
+            "16KiB",
+        ];
+        args.extend_from_slice(extra);
+        stdout(&args);
+        dir
+    };
+    let whole = make("whole", &[]);
+    let replayed = make("replayed", &["--crash-at", "7"]);
+    let orphaned = make("orphaned", &["--crash-at", "7", "--orphan-at-end"]);
+    let verify = |dir: &str| -> serde_json::Value {
+        let out = run_within(waly().args(["verify", "--archive", dir, "--json"]), 120);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("verify's JSON")
+    };
+    let problems = |v: &serde_json::Value| v["report"]["problems"].as_array().cloned().unwrap_or_default();
+    for dir in [&whole, &replayed] {
+        let v = verify(dir);
+        assert_eq!(v["clean"], true, "{v}");
+        assert_eq!(problems(&v), Vec::<serde_json::Value>::new(), "{dir}: {v}");
+    }
+    let v = verify(&orphaned);
+    assert_eq!(v["clean"], true, "an orphan partial transaction is harmless: {v}");
+    let found = problems(&v);
+    assert_eq!(found.len(), 1, "{v}");
+    assert_eq!(found[0]["kind"], "orphan_partial");
+    assert_eq!(found[0]["harmless"], true);
+    let last = std::fs::read_dir(std::path::Path::new(&orphaned).join("generations/00000001/segments"))
+        .expect("segments")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+        .max()
+        .expect("a segment");
+    assert!(
+        found[0]["object"].as_str().is_some_and(|o| o.ends_with(&last)),
+        "the note names the last segment {last}: {v}"
+    );
+    // Readers hold back what never committed and count a replay once.
+    let log = |dir: &str| stdout(&["log", "--archive", dir, "--json"]);
+    let want = log(&whole);
+    assert_eq!(json_lines(&want).len(), 2000);
+    assert_eq!(log(&replayed), want, "a replay after a crash changed the log");
+    assert_eq!(log(&orphaned), want, "a transaction without its commit reached the log");
+    for dir in [whole, replayed, orphaned] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
