@@ -329,34 +329,30 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
             records: in_txn,
         };
         let half = txn.len().div_ceil(2);
-        let cut = |b: &mut SegmentBuilder, txn: &[(usize, Change)]| push_changes(b, &tables, txn);
         if opts.crash_at == Some(stats.transactions + 1) {
             // Cut, then its replay cut again: two segments that end with
             // its first half (a writer replays only what it had not stored
             // whole), then the stream goes on with it whole.
             for _ in 0..2 {
-                cut(&mut builder, &txn[..half])?;
+                push_changes(&mut builder, &tables, &txn[..half])?;
                 store_segment(store, &gen, &mut builder, &mut tail, &mut catalog, &mut stats).await?;
             }
         }
+        push_changes(&mut builder, &tables, &txn)?;
+        builder.push_commit(&commit)?;
         if opts.orphan_at_end && stats.changes + in_txn >= opts.events {
             // One more transaction's first half, after the last commit.
-            let orphan: Vec<(usize, Change)> = txn
+            let next = |l: Lsn| Lsn(end_lsn.0 + 8 + l.0 - first_lsn.0);
+            let orphan: Vec<(usize, Change)> = txn[..half]
                 .iter()
                 .map(|(t, c)| {
                     let mut c = c.clone();
-                    let next = |l: Lsn| Lsn(end_lsn.0 + 8 + l.0 - first_lsn.0);
                     (c.commit_lsn, c.lsn) = (next(c.commit_lsn), next(c.lsn));
                     c.xid = xid.wrapping_add(1).max(3);
                     (*t, c)
                 })
                 .collect();
-            push_changes(&mut builder, &tables, &txn)?;
-            builder.push_commit(&commit)?;
-            push_changes(&mut builder, &tables, &orphan[..half])?;
-        } else {
-            push_changes(&mut builder, &tables, &txn)?;
-            builder.push_commit(&commit)?;
+            push_changes(&mut builder, &tables, &orphan)?;
         }
         stats.changes += in_txn;
         stats.transactions += 1;

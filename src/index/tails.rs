@@ -174,14 +174,14 @@ pub async fn list_known(store: &Store, dir: &str) -> Result<(Vec<(String, u64)>,
 /// listing). Not a single segment's (a run of level 0, merged away within
 /// ten segments), nor later snapshots' (an archive may hold many, which
 /// history opens only when the manifests name them).
-fn kept<'a>(listed: impl Iterator<Item = &'a str>) -> std::collections::HashSet<&'a str> {
+fn kept<'a>(listed: impl Iterator<Item = &'a str>) -> std::collections::HashSet<String> {
     let mut oldest: HashMap<&str, &str> = HashMap::new();
     let mut out = std::collections::HashSet::new();
     for key in listed {
         let mut parts = key.split('/').skip(1);
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some(_), Some("segments"), Some(_), None) if parse_segments_index_key(key).is_some_and(|(a, b)| a < b) => {
-                out.insert(key);
+                out.insert(key.to_string());
             }
             (Some(gen), Some("snapshots"), Some(name), None) if name.ends_with(".idx") => {
                 let o = oldest.entry(gen).or_insert(key);
@@ -190,7 +190,7 @@ fn kept<'a>(listed: impl Iterator<Item = &'a str>) -> std::collections::HashSet<
             _ => {}
         }
     }
-    out.extend(oldest.into_values());
+    out.extend(oldest.into_values().map(str::to_string));
     out
 }
 
@@ -215,15 +215,15 @@ async fn read_tail(store: &Store, key: &str, size: u64) -> Result<Bytes, Error> 
         .checked_sub(24)
         .and_then(|n| tail.get(n..))
         .ok_or_else(|| damaged(key, "too short"))?;
+    if start == 0 {
+        return Ok(tail); // the whole object
+    }
     let footer = u64::from_le_bytes(t[0..8].try_into().unwrap_or_default());
     let fenced = match Index::from_tail(store, key, size, tail.clone()).await {
         Ok(idx) => idx.pointed_from().filter(|at| size - at <= FENCED_MAX),
         Err(_) => None,
     };
-    let from = match size <= TAIL_READ {
-        true => 0,
-        false => fenced.unwrap_or(footer).min(footer),
-    };
+    let from = fenced.unwrap_or(footer).min(footer);
     match from.checked_sub(start) {
         Some(at) => Ok(tail.slice(usize::try_from(at).unwrap_or(usize::MAX).min(tail.len() - 24)..)),
         None => store.get_range(key, from..size).await,
@@ -238,11 +238,10 @@ pub async fn refresh(store: &Store) -> Result<usize, Error> {
     let listed = listed?;
     let keep = kept(listed.iter().map(|(k, _, _)| k.as_str()));
     let mut entries = Vec::new();
-    for (key, size, tag) in &listed {
-        let (Some(e_tag), true) = (tag.clone(), keep.contains(key.as_str())) else {
+    for (key, size, tag) in listed {
+        let Some(e_tag) = tag.filter(|_| keep.contains(&key)) else {
             continue;
         };
-        let (key, size) = (key.clone(), *size);
         let bytes = match old.0.get(&key) {
             Some((s, t, b)) if *s == size && *t == e_tag => b.clone(),
             _ => read_tail(store, &key, size).await?,
@@ -376,7 +375,7 @@ mod tests {
             "index/00000001/catalog.json",
             KEY,
         ];
-        let mut keep: Vec<&str> = kept(listed.into_iter()).into_iter().collect();
+        let mut keep: Vec<String> = kept(listed.into_iter()).into_iter().collect();
         keep.sort_unstable();
         assert_eq!(
             keep,
