@@ -527,6 +527,7 @@ async fn track(
             until: None,
             snapshot: true,
             first_snapshot_only: true,
+            after: None,
         };
         log::walk(store, &opts, &mut |item| {
             t.on(item);

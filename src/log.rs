@@ -121,6 +121,31 @@ pub struct LogOptions {
     /// its history starts; later ones, from compact or after a DDL, repeat
     /// what the changes already say).
     pub first_snapshot_only: bool,
+    /// Only commits after this LSN (an export's cursor).
+    pub after: Option<Lsn>,
+}
+
+impl LogOptions {
+    /// Whether a record committed at `lsn` (at time `t`) is shown.
+    fn shows(&self, lsn: Lsn, t: DateTime<Utc>) -> bool {
+        after(self.since, lsn, t) && before(self.until, lsn, t) && self.after.is_none_or(|a| lsn > a)
+    }
+
+    /// Whether segment `key` may hold a record these options show. Its name
+    /// gives the commit LSNs of its first and last records, and a segment's
+    /// records lie between them in commit order (`waly verify` checks
+    /// both); so one that ends before `since` (or at or before `after`), or
+    /// starts after `until`, given as LSNs, is not read. Times say nothing
+    /// here: a commit time is the source's clock, which may step back.
+    fn may_show(&self, key: &str) -> bool {
+        let Some((_, first, last)) = layout::parse_segment_key(key) else {
+            return true;
+        };
+        let ends_before =
+            matches!(self.since, Some(Bound::Lsn(l)) if last < l) || self.after.is_some_and(|a| last <= a);
+        let starts_after = matches!(self.until, Some(Bound::Lsn(l)) if first > l);
+        !(ends_before || starts_after)
+    }
 }
 
 /// One thing `waly log` shows.
@@ -222,6 +247,7 @@ pub async fn walk(
         };
         let wanted = segments
             .into_iter()
+            .filter(|(key, _, _)| opts.may_show(key))
             .map(|(key, number, size)| {
                 let at = (number, layout::segment_fence(&key));
                 Wanted {
@@ -247,7 +273,7 @@ pub async fn walk(
                     }
                     Admit::Keep => {}
                 }
-                if !after(opts.since, id.0, t) || !before(opts.until, id.0, t) {
+                if !opts.shows(id.0, t) {
                     continue;
                 }
                 match &mut rec {

@@ -625,8 +625,34 @@ fn check_records(
             return None;
         }
     };
+    // Readers that want commits after (or before) an LSN leave unread the
+    // segments whose name's range lies outside it: the records must lie in
+    // that range (the name's is the header's, checked by the caller), in
+    // commit order.
+    let (first, last) = (r.header.first_lsn, r.header.last_lsn);
+    let mut prev: Option<Lsn> = None;
     loop {
-        match r.next_record(&st.schemas) {
+        let rec = r.next_record(&st.schemas);
+        if let Ok(Some(lsn)) = rec.as_ref().map(|r| r.as_ref().map(Record::commit_lsn)) {
+            if lsn < first || lsn > last {
+                report.add(
+                    key,
+                    Kind::Altered,
+                    format!("a record of commit LSN {lsn} lies outside the segment's range {first}..{last}"),
+                );
+                return None;
+            }
+            if prev.is_some_and(|p| lsn < p) {
+                report.add(
+                    key,
+                    Kind::Reordered,
+                    format!("a record of commit LSN {lsn} follows one of a later commit"),
+                );
+                return None;
+            }
+            prev = Some(lsn);
+        }
+        match rec {
             Ok(Some(Record::Commit(c))) => committed.push(c.commit_lsn),
             Ok(Some(rec)) => {
                 if let Some(((lsn, _), _)) = rec.identity() {

@@ -39,6 +39,7 @@ pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
         until: args.span.until,
         snapshot: args.snapshot,
         first_snapshot_only: false,
+        after: None,
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(256 * 1024, stdout);

@@ -819,12 +819,17 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
         seq: 0,
     };
     ex.stats.removed = remove_unfinished(dest, &ex.cursor).await?;
+    // Where every table this run exports has a cursor, what all of them
+    // hold is not read again: neither the snapshots nor the segments that
+    // end at or before the earliest cursor.
+    let after = exported_through_all(store, &ex.cursor, ex.wanted.as_ref()).await?;
     let log_opts = LogOptions {
         table: None,
         since: opts.since,
         until: opts.until,
-        snapshot: true,
+        snapshot: opts.since.is_none() && after.is_none(),
         first_snapshot_only: true,
+        after,
     };
     // The walk on this thread, the export's logic on another, the writing
     // on a third. After a failed walk nothing more is closed or uploaded.
@@ -908,6 +913,42 @@ pub fn keep_current(store: Store, dest: Store, interval: std::time::Duration) ->
         })
     })?;
     Ok(())
+}
+
+/// The earliest cursor of the tables an export of `wanted` (`None`: every
+/// table the archive has a schema version of) writes, if every one has a
+/// cursor: the changes at or before it are exported already, and so are the
+/// tables' snapshots. `None` when one has none (it starts at its snapshot).
+async fn exported_through_all(
+    store: &Store,
+    cursor: &Cursor,
+    wanted: Option<&BTreeSet<String>>,
+) -> Result<Option<Lsn>, Error> {
+    let tables = match wanted {
+        Some(w) => w.clone(),
+        None => {
+            let mut all = BTreeSet::new();
+            for gen in state::generations(store).await? {
+                for key in state::schema_keys(store, &gen).await? {
+                    // A schema version whose name does not parse names no
+                    // table it can be checked against: read everything.
+                    let Some(table) = state::schema_key_table(&key) else {
+                        return Ok(None);
+                    };
+                    all.insert(table);
+                }
+            }
+            all
+        }
+    };
+    let mut through: Option<Lsn> = None;
+    for t in &tables {
+        let Some(c) = cursor.tables.get(t) else {
+            return Ok(None);
+        };
+        through = Some(through.map_or(c.through, |a| a.min(c.through)));
+    }
+    Ok(through)
 }
 
 /// Deletes the files an export that stopped before writing its cursor

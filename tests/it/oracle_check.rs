@@ -744,6 +744,36 @@ fn check_log(seed: u64, db: &TestDb, archive: &str, out: &mut Outcome) {
 
 /// The Parquet export, read by DuckDB: per table and operation the log's
 /// changes, each once; run again, nothing new.
+/// Changes per (table, op) in the export at `dest`, each (table, op)
+/// checked to hold every change once.
+fn exported_counts(seed: u64, dest: &str, out: &mut Outcome) -> BTreeMap<(String, String), u64> {
+    let parts = crate::archive::files_under(dest, "");
+    if !parts.iter().any(|f| f.ends_with(".parquet")) {
+        return BTreeMap::new();
+    }
+    crate::export::duckdb(&format!(
+        "SELECT regexp_extract(filename, '([^/]+)/date=', 1), _op, count(*), count(DISTINCT (_commit_lsn, _seq))
+           FROM read_parquet('{dest}/*/*/*.parquet', filename = true, union_by_name = true, hive_partitioning = true)
+          WHERE _op <> 'snapshot' GROUP BY ALL"
+    ))
+    .into_iter()
+    .map(|r| {
+        let n = |i: usize| r[i].as_deref().unwrap_or("0").parse::<u64>().unwrap_or(0);
+        let (all, distinct) = (n(2), n(3));
+        out.check(all == distinct, || {
+            format!(
+                "seed {seed}: export to {dest}: {:?} {:?}: {} rows, {distinct} distinct changes",
+                r[0], r[1], all
+            )
+        });
+        (
+            (r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()),
+            all,
+        )
+    })
+    .collect()
+}
+
 fn check_export(seed: u64, archive: &str, out: &mut Outcome) {
     let dest = format!("{archive}-export");
     let _ = std::fs::remove_dir_all(&dest);
@@ -755,6 +785,7 @@ fn check_export(seed: u64, archive: &str, out: &mut Outcome) {
         return;
     }
     let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut commits = Vec::new();
     for v in stdout(&waly_out(&["log", "--archive", archive, "--json"]))
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -762,27 +793,9 @@ fn check_export(seed: u64, archive: &str, out: &mut Outcome) {
         if let (Some(t), Some(op)) = (v["table"].as_str(), v["op"].as_str()) {
             *want.entry((t.to_string(), op.to_string())).or_default() += 1;
         }
+        commits.extend(v["commit_lsn"].as_str().map(str::to_string));
     }
-    let parts = crate::archive::files_under(&dest, "");
-    let got: BTreeMap<(String, String), u64> = if parts.iter().any(|f| f.ends_with(".parquet")) {
-        crate::export::duckdb(&format!(
-            "SELECT regexp_extract(filename, '([^/]+)/date=', 1), _op, count(*), count(DISTINCT (_commit_lsn, _seq))
-               FROM read_parquet('{dest}/*/*/*.parquet', filename = true, union_by_name = true, hive_partitioning = true)
-              WHERE _op <> 'snapshot' GROUP BY ALL"
-        ))
-        .into_iter()
-        .map(|r| {
-            let n = |i: usize| r[i].as_deref().unwrap_or("0").parse::<u64>().unwrap_or(0);
-            let (all, distinct) = (n(2), n(3));
-            out.check(all == distinct, || {
-                format!("seed {seed}: export: {:?} {:?}: {} rows, {distinct} distinct changes", r[0], r[1], all)
-            });
-            ((r[0].clone().unwrap_or_default(), r[1].clone().unwrap_or_default()), all)
-        })
-        .collect()
-    } else {
-        BTreeMap::new()
-    };
+    let got = exported_counts(seed, &dest, out);
     out.check(got == want, || {
         format!("seed {seed}: export: per table and operation {got:?}, the log {want:?}")
     });
@@ -792,6 +805,25 @@ fn check_export(seed: u64, archive: &str, out: &mut Outcome) {
         || format!("seed {seed}: export again: {}", stderr(&again)),
     );
     let _ = std::fs::remove_dir_all(&dest);
+    // In two runs, the first up to the middle commit and the second
+    // continued from its cursor (reading only the segments after it): the
+    // same changes, each once.
+    let Some(middle) = commits.get(commits.len() / 2) else {
+        return;
+    };
+    let twice = format!("{archive}-export-twice");
+    let _ = std::fs::remove_dir_all(&twice);
+    for extra in [&["--until", middle.as_str()][..], &[]] {
+        let o = waly_out(&[&["export", "--archive", archive, "--to", &twice][..], extra].concat());
+        out.check(o.status.success(), || {
+            format!("seed {seed}: export {extra:?}: {}", stderr(&o))
+        });
+    }
+    let got = exported_counts(seed, &twice, out);
+    out.check(got == want, || {
+        format!("seed {seed}: export in two runs (the first up to {middle}): per table and operation {got:?}, the log {want:?}")
+    });
+    let _ = std::fs::remove_dir_all(&twice);
 }
 
 fn check_catalog(seed: u64, archive: &str, out: &mut Outcome) {

@@ -1006,3 +1006,188 @@ fn verify_notes_only_the_transactions_a_crash_left_without_a_commit() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// An LSN as `waly` prints it (`0/16B6C50`), as a number.
+fn lsn_value(text: &str) -> u64 {
+    let (hi, lo) = text.split_once('/').expect("an LSN");
+    (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
+}
+
+/// The segments and snapshot parts a command read, by `WALY_READ_STATS=2`'s
+/// lines: each segment's `(number, first, last)` (its commit LSNs, by its
+/// name), and how many snapshot parts.
+fn data_read(stderr: &str) -> (Vec<(u64, u64, u64)>, usize) {
+    let keys: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("read ")?.split(" from ").nth(1))
+        .filter(|k| k.starts_with("generations/"))
+        .collect();
+    let segments = keys
+        .iter()
+        .filter(|k| k.contains("/segments/"))
+        .map(|k| {
+            let name = k.rsplit('/').next().unwrap_or_default();
+            let parts: Vec<&str> = name.trim_end_matches(".jsonl.zst").split('-').collect();
+            let hex = |s: &str| u64::from_str_radix(s, 16).expect("an LSN in the name");
+            (parts[0].parse().expect("a number"), hex(parts[1]), hex(parts[2]))
+        })
+        .collect();
+    let parts = keys
+        .iter()
+        .filter(|k| k.contains("/snapshots/") && k.ends_with(".jsonl.zst"))
+        .count();
+    (segments, parts)
+}
+
+/// Readers that want only commits from (or up to) an LSN leave unread the
+/// segments whose commit-LSN range, by their name, lies outside it: `waly
+/// log --since/--until` given as LSNs, and an export that continues from
+/// its cursor (which reads no snapshot either, every table having one). They
+/// show what a whole read shows, and `waly verify` checks what that relies
+/// on: a segment's records lie in its range, in commit order.
+#[test]
+fn reads_after_an_lsn_leave_earlier_segments_unread_and_show_what_a_whole_read_shows() {
+    let dir = std::env::temp_dir().join("waly-synth-since").display().to_string();
+    synth(&dir, "11");
+    let total = segments(&dir).len();
+    let whole = stdout(&["log", "--archive", &dir, "--json"]);
+    let lines: Vec<&str> = whole.lines().collect();
+    let lsn_of = |l: &str| {
+        let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+        v["commit_lsn"].as_str().expect("commit_lsn").to_string()
+    };
+    let (since, until) = (lsn_of(lines[lines.len() / 2]), lsn_of(lines[lines.len() * 3 / 4]));
+    let (a, b) = (lsn_value(&since), lsn_value(&until));
+
+    let out = run_within(
+        waly().env("WALY_READ_STATS", "2").args([
+            "log",
+            "--archive",
+            &dir,
+            "--json",
+            "--since",
+            &since,
+            "--until",
+            &until,
+        ]),
+        120,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "log: {err}");
+    let want: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| (a..=b).contains(&lsn_value(&lsn_of(l))))
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().collect::<Vec<_>>(), want);
+    // The last segment's header is read all the same: it says where the
+    // generation's complete transactions end.
+    let tail = total as u64 - 1;
+    let (read, _) = data_read(&err);
+    assert!(!read.is_empty());
+    for (n, first, last) in &read {
+        assert!(
+            *n == tail || (*last >= a && *first <= b),
+            "a segment outside {since}..{until} was read: {err}"
+        );
+    }
+    assert!(
+        read.len() * 3 < total,
+        "{} of {total} segments read for a quarter of the log",
+        read.len()
+    );
+
+    // An export up to `until`, then continued: the second run reads only
+    // the segments after its cursor, and no snapshot; both together are
+    // the export of one run.
+    let export = |to: &str, extra: &[&str]| -> String {
+        let out = run_within(
+            waly()
+                .env("WALY_READ_STATS", "2")
+                .args(["export", "--archive", &dir, "--to", to])
+                .args(extra),
+            300,
+        );
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "export: {err}");
+        err
+    };
+    let (twice, once) = (format!("{dir}-export-twice"), format!("{dir}-export-once"));
+    for d in [&twice, &once] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let first_run = export(&twice, &["--until", &until]);
+    assert!(
+        data_read(&first_run).1 > 0,
+        "the first run exports the snapshot: {first_run}"
+    );
+    let (read, parts) = data_read(&export(&twice, &[]));
+    assert_eq!(parts, 0, "a continued export read a snapshot");
+    assert!(!read.is_empty());
+    for (_, _, last) in &read {
+        assert!(*last > b, "a segment at or before the cursor {until} was read again");
+    }
+    export(&once, &[]);
+    let files = |d: &str| {
+        format!(
+            "SELECT regexp_extract(filename, '([^/]+)/date=', 1), _op, _commit_lsn, _seq FROM read_parquet('{d}/*/*/*.parquet', hive_partitioning = true, union_by_name = true, filename = true)"
+        )
+    };
+    let differ = |x: &str, y: &str| {
+        crate::export::duckdb(&format!("SELECT count(*) FROM ({} EXCEPT ALL {})", files(x), files(y)))[0][0].clone()
+    };
+    assert_eq!(
+        differ(&twice, &once),
+        Some("0".into()),
+        "rows exported twice or not in one run"
+    );
+    assert_eq!(
+        differ(&once, &twice),
+        Some("0".into()),
+        "rows missing from the continued export"
+    );
+    let rows = crate::export::duckdb(&format!("SELECT count(*) FROM ({})", files(&once)));
+    assert_eq!(
+        rows[0][0],
+        Some((lines.len() + 900).to_string()),
+        "every change and snapshot row"
+    );
+
+    // A segment whose header and name (renamed with it) give a range that
+    // leaves out its later records: verify names it.
+    let seg_dir = std::path::Path::new(&dir).join("generations/00000001/segments");
+    let name = segments(&dir).into_keys().nth(3).expect("a fourth segment");
+    let bytes = std::fs::read(seg_dir.join(&name)).expect("read");
+    let n = zstd::zstd_safe::find_frame_compressed_size(&bytes).expect("the header frame");
+    let text = String::from_utf8(zstd::decode_all(&bytes[..n]).expect("the header")).expect("utf-8");
+    let mut header: serde_json::Value = serde_json::from_str(text.trim_end()).expect("the header's JSON");
+    header["last_lsn"] = header["first_lsn"].clone();
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).expect("zstd");
+    enc.include_checksum(true).expect("zstd");
+    std::io::Write::write_all(
+        &mut enc,
+        format!("{header}{}", &text[text.trim_end().len()..]).as_bytes(),
+    )
+    .expect("zstd");
+    let mut narrowed = enc.finish().expect("zstd");
+    narrowed.extend_from_slice(&bytes[n..]);
+    let mut parts: Vec<&str> = name.trim_end_matches(".jsonl.zst").split('-').collect();
+    parts[2] = parts[1];
+    let renamed = format!("{}.jsonl.zst", parts.join("-"));
+    std::fs::remove_file(seg_dir.join(&name)).expect("remove");
+    std::fs::write(seg_dir.join(&renamed), &narrowed).expect("write");
+    let out = run_within(waly().args(["verify", "--archive", &dir, "--json"]), 120);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify's JSON");
+    assert_eq!(v["clean"], false, "{v}");
+    let named = v["report"]["problems"].as_array().into_iter().flatten().any(|p| {
+        p["object"].as_str().is_some_and(|o| o.ends_with(&renamed))
+            && p["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("lies outside the segment's range"))
+    });
+    assert!(named, "verify does not name the record outside {renamed}'s range: {v}");
+    for d in [&dir, &twice, &once] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
