@@ -9,6 +9,7 @@
 #
 #   bench/s3-latency.sh [EVENTS] [LOOKUPS] [DELAY_MS]   (default 10000000, 15, 30)
 #
+# Then a restore of the small table t3 the same way (a line of its own).
 # The last line: `s3: events=N delay_ms=D lookup_requests_median=R
 # lookup_s_median=S round_trips_median=T`.
 set -euo pipefail
@@ -48,6 +49,29 @@ for k in $(shuf -i 1-1000000 -n "$LOOKUPS" --random-source=<(yes)); do
     cmp -s "$DIR/direct.out" "$DIR/proxied.out" && cmp -s "$DIR/direct.out" "$DIR/proxied2.out" || { echo "key $k: the answers differ"; exit 1; }
     echo "$(wc -l <"$DIR/requests") $(echo "$t1 - $t0" | bc) $(echo "($t2 - $t1 - ($t1 - $t0)) * 1000 / $DELAY" | bc -l)" >>"$DIR/lookups"
 done
+# A restore of the small table t3 (`waly show`; its few changes lie in few
+# segments, whose headers and frames are read several segments at once):
+# requests, wall time and sequential round trips, measured as above; with
+# WALY_BENCH_BASELINE=/path/to/an/older/waly, that binary's the same way.
+restore_t3() { # WALY NAME
+    : >"$DIR/requests"
+    local t0 t1 t2
+    t0=$(now)
+    AWS_ENDPOINT_URL=http://127.0.0.1:$P "$1" show --archive "$ARCHIVE" public.t3 --at now --format json >"$DIR/show.out" 2>/dev/null
+    t1=$(now)
+    AWS_ENDPOINT_URL=http://127.0.0.1:$P2 "$1" show --archive "$ARCHIVE" public.t3 --at now --format json >"$DIR/show2.out" 2>/dev/null
+    t2=$(now)
+    cmp -s "$DIR/show.out" "$DIR/show2.out" || { echo "the restores of t3 differ"; exit 1; }
+    echo "s3 restore of t3 ($2): rows=$(wc -l <"$DIR/show.out") requests=$(wc -l <"$DIR/requests") s=$(echo "$t1 - $t0" | bc) round_trips=$(printf '%.1f' "$(echo "($t2 - $t1 - ($t1 - $t0)) * 1000 / $DELAY" | bc -l)")"
+}
+if [ -n "${WALY_BENCH_BASELINE:-}" ]; then
+    restore_t3 "$WALY_BENCH_BASELINE" baseline
+    cp "$DIR/show.out" "$DIR/show-baseline.out"
+fi
+restore_t3 "$WALY" this
+if [ -n "${WALY_BENCH_BASELINE:-}" ]; then
+    cmp -s "$DIR/show.out" "$DIR/show-baseline.out" || { echo "the baseline restores t3 otherwise"; exit 1; }
+fi
 R=$(cut -d' ' -f1 "$DIR/lookups" | median)
 S=$(cut -d' ' -f2 "$DIR/lookups" | median)
 T=$(cut -d' ' -f3 "$DIR/lookups" | median)

@@ -5,6 +5,7 @@
 //! flight. A reader that does its own work on each record (printing,
 //! typing, writing) then shares the decoding with the other cores.
 
+use crate::archive::fetching::FetchAhead;
 use crate::archive::Store;
 use crate::segment::{Record, Schemas, SegmentReader};
 use crate::Error;
@@ -74,8 +75,17 @@ impl Ahead {
         let (tx, rx) = channel::<Batch>(IN_FLIGHT);
         let store = store.clone();
         tokio::spawn(async move {
-            for s in segments {
-                let got = fetch(&store, s).await;
+            // Several segments fetched at once (see `FetchAhead`), handed
+            // over in order.
+            let mut ahead = FetchAhead::default();
+            let mut upcoming = segments
+                .into_iter()
+                .map(|s| {
+                    let store = store.clone();
+                    (expected_bytes(&s), async move { fetch(&store, s).await })
+                })
+                .peekable();
+            while let Some(got) = ahead.next_of(&mut upcoming).await {
                 let failed = got.is_err();
                 if fetched_tx.send(got).await.is_err() || failed {
                     return;
@@ -128,6 +138,20 @@ impl Ahead {
                 "the thread decoding segments stopped before the last segment",
             ))),
         }
+    }
+}
+
+/// The bytes a fetch of `s` is expected to hold: the wanted frames where
+/// the index places them, else the segment as listed (all of it at most).
+fn expected_bytes(s: &Wanted) -> u64 {
+    match (&s.frames, &s.places) {
+        (Some(frames), Some(places)) => frames
+            .iter()
+            .filter_map(|f| places.get(*f as usize))
+            .map(|(_, len)| len)
+            .sum(),
+        (Some(frames), None) if frames.is_empty() => 0,
+        _ => s.size,
     }
 }
 

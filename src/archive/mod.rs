@@ -17,6 +17,7 @@
 //! themselves and never trust listing order. See docs/FORMAT.md.
 
 pub mod ahead;
+pub mod fetching;
 pub mod layout;
 pub mod lease;
 pub mod state;

@@ -3,6 +3,7 @@
 
 use super::sort::{decode, Kind, Merged, Rec, Sorter, Spilled};
 use super::{pick, Plan};
+use crate::archive::fetching::FetchAhead;
 use crate::archive::{layout, Store};
 use crate::event::{Op, Row};
 use crate::log::Bound;
@@ -545,6 +546,65 @@ fn collect<'a>(
     Box::pin(collect_inner(store, plan, filter, progress))
 }
 
+/// Whether a commit at `lsn` and `time` is after `point`.
+fn past(point: Bound, lsn: Lsn, time: DateTime<Utc>) -> bool {
+    match point {
+        Bound::Lsn(p) => lsn > p,
+        Bound::Time(t) => time > t,
+    }
+}
+
+/// What a restore reads of a segment ahead of folding it.
+enum Ahead {
+    /// A segment the index covers, wholly at or before the point: its last
+    /// commit (as its header records it) and the frames that hold the
+    /// table's changes.
+    Part(Option<crate::segment::CommitPoint>, Vec<bytes::Bytes>),
+    /// A time point's end: the segment's first transaction committed after
+    /// the point (its header says so without reading, or decrypting, the
+    /// rest), so the walk stops there.
+    Stop,
+    /// To be read whole: not covered, or holding the point.
+    Whole,
+}
+
+/// Reads what a restore needs of segment `key` (of `size` bytes as listed)
+/// ahead of folding it: with `frames` (where the index covers it, the
+/// frames holding the table), its header, and those frames when it lies
+/// wholly at or before `point` (its last record is its last commit, at or
+/// before the point by LSN and by the last commit time it records). Records
+/// before `start` are not folded, so a segment that starts before it never
+/// stops the walk.
+async fn read_ahead(
+    store: Store,
+    key: String,
+    size: u64,
+    frames: Option<Vec<u32>>,
+    point: Bound,
+    start: Lsn,
+) -> Result<Ahead, Error> {
+    let header = match (&frames, point) {
+        (Some(_), _) | (None, Bound::Time(_)) => Some(crate::index::segment_header(&store, &key, size).await?),
+        (None, Bound::Lsn(_)) => None,
+    };
+    if let (Some(frames), Some((header, offsets))) = (&frames, &header) {
+        let before = header.last_commit.is_some_and(|c| {
+            let time = header.last_commit_time.map_or(c.commit_time, |t| t.max(c.commit_time));
+            header.last_lsn <= c.commit_lsn && !past(point, c.commit_lsn, time)
+        });
+        if before {
+            let z = crate::index::read_frames(&store, &key, offsets, frames).await?;
+            return Ok(Ahead::Part(header.last_commit, z));
+        }
+    }
+    if let (Bound::Time(t), Some((header, _))) = (point, &header) {
+        if header.first_lsn >= start && header.first_commit_time.is_some_and(|f| f > t) {
+            return Ok(Ahead::Stop);
+        }
+    }
+    Ok(Ahead::Whole)
+}
+
 async fn collect_inner(
     store: &Store,
     plan: &Plan,
@@ -658,10 +718,7 @@ async fn collect_inner(
         (Some(first), Some(last)) => crate::index::table_frames(store, &plan.generation, table, first..=last).await,
         _ => Default::default(),
     };
-    let past_point = |lsn: Lsn, time: DateTime<Utc>| match plan.point {
-        Bound::Lsn(p) => lsn > p,
-        Bound::Time(t) => time > t,
-    };
+    let past_point = |lsn: Lsn, time: DateTime<Utc>| past(plan.point, lsn, time);
     // Folds one record in; true when the walk is done.
     let mut fold = |rec: Record| -> Result<bool, Error> {
         let (lsn, time) = match &rec {
@@ -755,22 +812,28 @@ async fn collect_inner(
         }
         Ok(false)
     };
-    'segments: for (key, size) in &plan.segments {
-        let covered =
-            layout::parse_segment_key(key).and_then(|(n, _, _)| by_table.get(&(n, layout::segment_fence(key))));
-        if let Some(frames) = covered {
-            // A segment wholly at or before the point: only its frames with
-            // the table's changes are read, then its last commit marker (as
-            // its header records it) is the cut so far.
-            let (header, offsets) = crate::index::segment_header(store, key, *size).await?;
-            // Its last record is its last commit, at or before the point
-            // (by LSN, and by the last commit time it records).
-            let before = header.last_commit.is_some_and(|c| {
-                let time = header.last_commit_time.map_or(c.commit_time, |t| t.max(c.commit_time));
-                header.last_lsn <= c.commit_lsn && !past_point(c.commit_lsn, time)
-            });
-            if before {
-                for z in crate::index::read_frames(store, key, &offsets, frames).await? {
+    // Each segment's header and frames read ahead of the folding, several
+    // segments at once (see [`Ahead`]); one read whole is read here.
+    let mut ahead = FetchAhead::default();
+    let upcoming = plan.segments.clone().into_iter().map(|(key, size)| {
+        let frames = layout::parse_segment_key(&key)
+            .and_then(|(n, _, _)| by_table.get(&(n, layout::segment_fence(&key))))
+            .cloned();
+        // A segment's header is a few KiB; its table's frames at most all of it.
+        let bytes = match &frames {
+            Some(f) if f.is_empty() => 16 << 10,
+            _ => size,
+        };
+        (bytes, read_ahead(store.clone(), key, size, frames, plan.point, start))
+    });
+    let mut upcoming = upcoming.peekable();
+    'segments: for (key, _) in &plan.segments {
+        let Some(got) = ahead.next_of(&mut upcoming).await else {
+            break;
+        };
+        match got? {
+            Ahead::Part(last_commit, frames) => {
+                for z in frames {
                     read += z.len() as u64;
                     progress(read);
                     let mut r = SegmentReader::frame(key, &z)?;
@@ -780,7 +843,7 @@ async fn collect_inner(
                         }
                     }
                 }
-                if let Some(c) = header.last_commit {
+                if let Some(c) = last_commit {
                     let marker = crate::segment::CommitRecord {
                         commit_lsn: c.commit_lsn,
                         end_lsn: c.end_lsn,
@@ -792,25 +855,18 @@ async fn collect_inner(
                         break 'segments;
                     }
                 }
-                continue;
             }
-        }
-        // A time point: a segment whose first transaction committed after
-        // it is where the walk would stop; its header says so without
-        // reading (or decrypting) the rest.
-        if let Bound::Time(t) = plan.point {
-            let (header, _) = crate::index::segment_header(store, key, *size).await?;
-            if header.first_lsn >= start && header.first_commit_time.is_some_and(|f| f > t) {
-                break 'segments;
-            }
-        }
-        let bytes = store.get_segment(key).await?;
-        read += bytes.len() as u64;
-        progress(read);
-        let mut r = SegmentReader::open(key, &bytes)?;
-        while let Some(rec) = r.next_record(schemas)? {
-            if fold(rec)? {
-                break 'segments;
+            Ahead::Stop => break 'segments,
+            Ahead::Whole => {
+                let bytes = store.get_segment(key).await?;
+                read += bytes.len() as u64;
+                progress(read);
+                let mut r = SegmentReader::open(key, &bytes)?;
+                while let Some(rec) = r.next_record(schemas)? {
+                    if fold(rec)? {
+                        break 'segments;
+                    }
+                }
             }
         }
     }
