@@ -121,7 +121,7 @@ pub struct LogOptions {
     /// its history starts; later ones, from compact or after a DDL, repeat
     /// what the changes already say).
     pub first_snapshot_only: bool,
-    /// Only commits after this LSN (an export's cursor).
+    /// Only commits, and snapshots, after this LSN (an export's cursor).
     pub after: Option<Lsn>,
 }
 
@@ -311,6 +311,11 @@ async fn snapshot_rows(
             continue;
         }
         if !seen.insert(t.table.clone()) && opts.first_snapshot_only {
+            continue;
+        }
+        // Taken at or before `after`: its rows are not wanted (it still
+        // counts as the table's first).
+        if opts.after.is_some_and(|a| m.lsn <= a) {
             continue;
         }
         for part in &t.parts {

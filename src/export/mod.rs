@@ -155,8 +155,10 @@ fn columns_from(versions: &[SchemaRecord], from: u32) -> (Vec<Ident>, Vec<OutCol
 struct Open {
     /// The file's data columns.
     columns: Vec<OutColumn>,
-    /// The first and last commit LSN of its rows.
+    /// The least and greatest commit LSN of its rows (its name), and the
+    /// last row's (a file ends only between transactions).
     lsns: Option<(u64, u64)>,
+    last: Option<u64>,
     /// Bytes written so far (the writer keeps it current).
     written: Arc<std::sync::atomic::AtomicUsize>,
     /// Rows not yet handed to the writer.
@@ -243,6 +245,8 @@ struct Exporter<'a> {
     /// transaction's list is megabytes: growing it anew each time costs
     /// reallocations and fresh pages).
     spare: Vec<Held>,
+    /// The last commit or snapshot read (a snapshot's rows are exported at
+    /// its LSN): what the cursor says the export is complete through.
     through: Option<Lsn>,
     stats: ExportStats,
     names: BTreeMap<String, BTreeSet<String>>,
@@ -280,9 +284,23 @@ impl Exporter<'_> {
                 row,
                 schema_version,
             } => {
+                // A snapshot taken after `--until` (a pruned archive keeps
+                // a segment of commits before its first snapshot) is past
+                // the point like a later commit: a later run exports it.
+                let past_until = match self.opts.until {
+                    Some(Bound::Lsn(p)) => lsn > p,
+                    Some(Bound::Time(t)) => taken_at > t,
+                    None => false,
+                };
+                if past_until {
+                    return Ok(());
+                }
                 self.see(lsn);
                 let table = &*table;
-                if !self.wants(table) || self.exported_through(table).is_some() || self.opts.since.is_some() {
+                // A table's snapshot is exported once: by the run whose
+                // cursor it passes.
+                let exported = self.exported_through(table).is_some_and(|t| t >= lsn);
+                if !self.wants(table) || exported || self.opts.since.is_some() {
                     return Ok(());
                 }
                 let schemas = self.schemas.clone();
@@ -432,7 +450,7 @@ impl Exporter<'_> {
             o.date != date
                 || !o.map(version).covers
                 || (o.written.load(std::sync::atomic::Ordering::Relaxed) >= self.opts.file_bytes
-                    && o.lsns.is_some_and(|(_, last)| last != out.commit_lsn))
+                    && o.last.is_some_and(|last| last != out.commit_lsn))
         });
         if roll {
             self.close(table)?;
@@ -486,8 +504,9 @@ impl Exporter<'_> {
             .collect();
         o.lsns = Some(match o.lsns {
             None => (out.commit_lsn, out.commit_lsn),
-            Some((first, _)) => (first, out.commit_lsn),
+            Some((least, most)) => (least.min(out.commit_lsn), most.max(out.commit_lsn)),
         });
+        o.last = Some(out.commit_lsn);
         o.batch.push(out);
         if o.batch.len() >= sink::BATCH {
             // A batch at its full size from the start: grown row by row, it
@@ -532,6 +551,7 @@ impl Exporter<'_> {
             Open {
                 columns,
                 lsns: None,
+                last: None,
                 written,
                 batch: Vec::new(),
                 date,
@@ -820,14 +840,14 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
     };
     ex.stats.removed = remove_unfinished(dest, &ex.cursor).await?;
     // Where every table this run exports has a cursor, what all of them
-    // hold is not read again: neither the snapshots nor the segments that
-    // end at or before the earliest cursor.
+    // hold is not read again: neither the snapshots nor the segments at or
+    // before the earliest cursor.
     let after = exported_through_all(store, &ex.cursor, ex.wanted.as_ref()).await?;
     let log_opts = LogOptions {
         table: None,
         since: opts.since,
         until: opts.until,
-        snapshot: opts.since.is_none() && after.is_none(),
+        snapshot: opts.since.is_none(),
         first_snapshot_only: true,
         after,
     };

@@ -1039,6 +1039,86 @@ fn data_read(stderr: &str) -> (Vec<(u64, u64, u64)>, usize) {
     (segments, parts)
 }
 
+/// Every exported row's table, operation and identity, as a DuckDB query
+/// over the export at `dest`.
+fn exported_rows(dest: &str) -> String {
+    format!(
+        "SELECT regexp_extract(filename, '([^/]+)/date=', 1), _op, _commit_lsn, _seq FROM read_parquet('{dest}/*/*/*.parquet', hive_partitioning = true, union_by_name = true, filename = true)"
+    )
+}
+
+/// The exports at `twice` (continued from a cursor) and `once` (one run)
+/// hold the same rows, each as often.
+fn assert_same_export(twice: &str, once: &str) {
+    let differ = |x: &str, y: &str| {
+        let q = format!(
+            "SELECT count(*) FROM ({} EXCEPT ALL {})",
+            exported_rows(x),
+            exported_rows(y)
+        );
+        crate::export::duckdb(&q)[0][0].clone()
+    };
+    assert_eq!(
+        differ(twice, once),
+        Some("0".into()),
+        "rows exported twice or not in one run"
+    );
+    assert_eq!(
+        differ(once, twice),
+        Some("0".into()),
+        "rows missing from the continued export"
+    );
+}
+
+/// A pruned archive keeps the segment before its first snapshot (the
+/// chain's anchor), whose commits the log and an export show. An export up
+/// to one of those commits exports the snapshot, taken after it; continued,
+/// it still exports the commits between the point and the snapshot: the
+/// cursor never passes commits it did not read. The two runs together are
+/// the export of one run.
+#[test]
+fn an_export_up_to_a_point_before_its_snapshot_continues_with_every_change_once() {
+    let dir = std::env::temp_dir().join("waly-synth-pruned").display().to_string();
+    synth(&dir, "5");
+    stdout(&["compact", "--archive", &dir]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    stdout(&["prune", "--archive", &dir, "--keep", "1s"]);
+    let log = json_lines(&stdout(&["log", "--archive", &dir, "--json"]));
+    assert!(log.len() >= 2, "the kept segment's commits: {}", log.len());
+    let point = log[log.len() / 2]["commit_lsn"]
+        .as_str()
+        .expect("commit_lsn")
+        .to_string();
+    let snapshots: Vec<u64> = std::fs::read_dir(std::path::Path::new(&dir).join("generations/00000001/snapshots"))
+        .expect("snapshots")
+        .map(|e| u64::from_str_radix(&e.expect("entry").file_name().to_string_lossy(), 16).expect("an LSN"))
+        .collect();
+    assert!(
+        snapshots.iter().all(|s| *s > lsn_value(&point)),
+        "the snapshot is after {point}: {snapshots:x?}"
+    );
+    let (twice, once) = (format!("{dir}-export-twice"), format!("{dir}-export-once"));
+    for d in [&twice, &once] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    stdout(&["export", "--archive", &dir, "--to", &twice, "--until", &point]);
+    stdout(&["export", "--archive", &dir, "--to", &twice]);
+    stdout(&["export", "--archive", &dir, "--to", &once]);
+    assert_same_export(&twice, &once);
+    let q = format!(
+        "SELECT count(*) FROM ({}) WHERE _op <> 'snapshot'",
+        exported_rows(&once)
+    );
+    assert_eq!(
+        crate::export::duckdb(&q)[0][0],
+        Some(log.len().to_string()),
+        "every change of the log"
+    );
+    for d in [&dir, &twice, &once] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 /// Readers that want only commits from (or up to) an LSN leave unread the
 /// segments whose commit-LSN range, by their name, lies outside it: `waly
 /// log --since/--until` given as LSNs, and an export that continues from
@@ -1129,25 +1209,8 @@ fn reads_after_an_lsn_leave_earlier_segments_unread_and_show_what_a_whole_read_s
         assert!(*last > b, "a segment at or before the cursor {until} was read again");
     }
     export(&once, &[]);
-    let files = |d: &str| {
-        format!(
-            "SELECT regexp_extract(filename, '([^/]+)/date=', 1), _op, _commit_lsn, _seq FROM read_parquet('{d}/*/*/*.parquet', hive_partitioning = true, union_by_name = true, filename = true)"
-        )
-    };
-    let differ = |x: &str, y: &str| {
-        crate::export::duckdb(&format!("SELECT count(*) FROM ({} EXCEPT ALL {})", files(x), files(y)))[0][0].clone()
-    };
-    assert_eq!(
-        differ(&twice, &once),
-        Some("0".into()),
-        "rows exported twice or not in one run"
-    );
-    assert_eq!(
-        differ(&once, &twice),
-        Some("0".into()),
-        "rows missing from the continued export"
-    );
-    let rows = crate::export::duckdb(&format!("SELECT count(*) FROM ({})", files(&once)));
+    assert_same_export(&twice, &once);
+    let rows = crate::export::duckdb(&format!("SELECT count(*) FROM ({})", exported_rows(&once)));
     assert_eq!(
         rows[0][0],
         Some((lines.len() + 900).to_string()),
