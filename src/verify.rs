@@ -9,6 +9,7 @@
 //! manifest and every part the manifest lists, with its SHA-256; index
 //! objects (derived data) cover only segments that exist.
 
+use crate::archive::fetching::FetchAhead;
 use crate::archive::{layout, state, Store};
 use crate::segment::{sha256_hex, Record, SegmentReader};
 use crate::{Error, Lsn};
@@ -243,15 +244,31 @@ async fn segments(
     let mut txns = Txns::default();
     // Objects in chain order, read; their SHA-256.
     let mut read: Vec<(u64, String, Option<crate::segment::SegmentHeader>, String)> = Vec::new();
+    // Fetched several at once ahead of the checking (see `FetchAhead`),
+    // checked one at a time in order.
+    let sizes: BTreeMap<&str, u64> = list.iter().map(|(k, _, size)| (k.as_str(), *size)).collect();
+    let mut ahead = FetchAhead::default();
+    let mut upcoming = by_number
+        .values()
+        .flatten()
+        .map(|key| (sizes.get(key.as_str()).copied().unwrap_or(0), key.clone()))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|(size, key)| {
+            let store = store.clone();
+            (size, async move { store.get(&key).await })
+        })
+        .peekable();
     for (n, keys) in &by_number {
         for key in keys {
             report.segments += 1;
-            let bytes = match store.get(key).await {
-                Ok(b) => b,
-                Err(e) => {
+            let bytes = match ahead.next_of(&mut upcoming).await {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
                     report.add(key, Kind::Missing, format!("cannot be read: {e}"));
                     continue;
                 }
+                None => break,
             };
             let sha = sha256_hex(&bytes);
             let header = match unseal(store, key, bytes, report).await? {
