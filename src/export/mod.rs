@@ -944,10 +944,11 @@ async fn exported_through_all(
     cursor: &Cursor,
     wanted: Option<&BTreeSet<String>>,
 ) -> Result<Option<Lsn>, Error> {
+    let all;
     let tables = match wanted {
-        Some(w) => w.clone(),
+        Some(w) => w,
         None => {
-            let mut all = BTreeSet::new();
+            let mut found = BTreeSet::new();
             for gen in state::generations(store).await? {
                 for key in state::schema_keys(store, &gen).await? {
                     // A schema version whose name does not parse names no
@@ -955,20 +956,15 @@ async fn exported_through_all(
                     let Some(table) = state::schema_key_table(&key) else {
                         return Ok(None);
                     };
-                    all.insert(table);
+                    found.insert(table);
                 }
             }
-            all
+            all = found;
+            &all
         }
     };
-    let mut through: Option<Lsn> = None;
-    for t in &tables {
-        let Some(c) = cursor.tables.get(t) else {
-            return Ok(None);
-        };
-        through = Some(through.map_or(c.through, |a| a.min(c.through)));
-    }
-    Ok(through)
+    let cursors: Option<Vec<Lsn>> = tables.iter().map(|t| cursor.tables.get(t).map(|c| c.through)).collect();
+    Ok(cursors.and_then(|c| c.into_iter().min()))
 }
 
 /// Deletes the files an export that stopped before writing its cursor
