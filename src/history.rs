@@ -522,7 +522,8 @@ async fn track(
     }
     if scan {
         let opts = LogOptions {
-            table: None,
+            tables: None,
+            messages: false,
             since: None,
             until: None,
             snapshot: true,

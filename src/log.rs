@@ -109,8 +109,13 @@ impl Dedup {
 /// What to print.
 #[derive(Debug, Clone, Default)]
 pub struct LogOptions {
-    /// Only this table (`schema.table`).
-    pub table: Option<String>,
+    /// Only the changes and snapshots of these tables (`schema.table`);
+    /// every table's when `None`.
+    pub tables: Option<std::collections::BTreeSet<String>>,
+    /// With `tables`, the `waly` messages too (an export's intents): of
+    /// each covered segment the frames holding them are read as well. Every
+    /// message is shown when `tables` is `None`.
+    pub messages: bool,
     /// Only commits at or after this point.
     pub since: Option<Bound>,
     /// Only commits at or before this point.
@@ -126,6 +131,11 @@ pub struct LogOptions {
 }
 
 impl LogOptions {
+    /// Whether `table`'s changes and snapshots are shown.
+    fn wants(&self, table: &str) -> bool {
+        self.tables.as_ref().is_none_or(|t| t.contains(table))
+    }
+
     /// Whether a record committed at `lsn` (at time `t`) is shown.
     fn shows(&self, lsn: Lsn, t: DateTime<Utc>) -> bool {
         after(self.since, lsn, t) && before(self.until, lsn, t) && self.after.is_none_or(|a| lsn > a)
@@ -187,6 +197,12 @@ pub struct LogStats {
     pub duplicates: u64,
     /// Records held back because their transaction has no commit marker.
     pub incomplete: u64,
+    /// The walk is complete through this commit LSN: every commit at or
+    /// before it that the options show was shown, though the walk may have
+    /// read only some tables' frames. Each generation's last complete
+    /// commit, or `until` given as an LSN where that comes first (with
+    /// `until` given as a time: the last commit shown).
+    pub through: Option<Lsn>,
 }
 
 fn after(b: Option<Bound>, lsn: Lsn, t: DateTime<Utc>) -> bool {
@@ -222,7 +238,10 @@ pub async fn walk(
     for gen in gens {
         // Its segments, listed once: for its tail, and to read.
         // One table's log needs only that table's schema versions.
-        let shapes = opts.table.clone().map_or(state::Shapes::All, state::Shapes::Table);
+        let shapes = match opts.tables.as_ref().map(|t| t.iter().collect::<Vec<_>>()).as_deref() {
+            Some([one]) => state::Shapes::Table(one.to_string()),
+            _ => state::Shapes::All,
+        };
         let (st, segments) = state::load_generation_listing(store, &gen, shapes, |_| {}).await?;
         f(Item::Generation {
             id: &gen,
@@ -235,13 +254,25 @@ pub async fn walk(
             }
         }
         let mut dedup = Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
-        // One table's log reads, of each segment the index covers, only the
-        // frames with that table's changes.
+        let complete = st.tail.last_commit.and_then(|c| match opts.until {
+            None => Some(c.commit_lsn),
+            Some(Bound::Lsn(u)) => Some(c.commit_lsn.min(u)),
+            Some(Bound::Time(_)) => None,
+        });
+        stats.through = stats.through.max(complete);
+        // Some tables' log reads, of each segment the index covers, only
+        // the frames with those tables' changes (and, with `messages`, the
+        // frames holding messages).
         // Where the index's frame tables place those frames, they are read
         // without the segment's header.
-        let (frames, mut places) = match (&opts.table, segments.first(), segments.last()) {
+        let (frames, mut places) = match (&opts.tables, segments.first(), segments.last()) {
             (Some(t), Some(first), Some(last)) => {
-                crate::index::table_frames_placed(store, &gen, t, first.1..=last.1, true).await
+                let want = crate::index::Want {
+                    tables: t.iter().map(String::as_str).collect(),
+                    messages: opts.messages,
+                    after: opts.after.map(Lsn::as_u64),
+                };
+                crate::index::frames_placed(store, &gen, &want, first.1..=last.1, true).await
             }
             _ => Default::default(),
         };
@@ -276,15 +307,16 @@ pub async fn walk(
                 if !opts.shows(id.0, t) {
                     continue;
                 }
+                stats.through = stats.through.max(Some(id.0));
                 match &mut rec {
                     Record::Change(c) => {
-                        if opts.table.as_deref().is_some_and(|want| want != &*c.change.table) {
+                        if !opts.wants(&c.change.table) {
                             continue;
                         }
                         f(Item::Change(c))?;
                     }
                     Record::Message(m) => {
-                        if opts.table.is_some() {
+                        if opts.tables.is_some() && !opts.messages {
                             continue;
                         }
                         f(Item::Message(m))?;
@@ -307,7 +339,7 @@ async fn snapshot_rows(
     stats: &mut LogStats,
 ) -> Result<(), Error> {
     for t in &m.tables {
-        if opts.table.as_deref().is_some_and(|want| want != t.table) {
+        if !opts.wants(&t.table) {
             continue;
         }
         if !seen.insert(t.table.clone()) && opts.first_snapshot_only {

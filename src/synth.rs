@@ -58,6 +58,9 @@ pub struct SynthOptions {
     /// The last segment ends half way through one more transaction, which
     /// never commits: an orphan partial transaction.
     pub orphan_at_end: bool,
+    /// Every this many transactions (the Nth, 2Nth, ...) one carries an
+    /// intent: a `waly` message `intent of transaction N` after its changes.
+    pub intent_every: Option<u64>,
 }
 
 /// What was written.
@@ -321,15 +324,28 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
             txn.push((t, change));
         }
         let end_lsn = Lsn(commit_lsn.0 + 48);
+        let number = stats.transactions + 1;
+        let intent = opts
+            .intent_every
+            .filter(|every| *every > 0 && number % every == 0)
+            .map(|_| crate::segment::MessageRecord {
+                commit_lsn,
+                seq: in_txn,
+                lsn: Lsn(first_lsn.0 + 100 * in_txn),
+                xid,
+                commit_time: time,
+                prefix: "waly".into(),
+                content: format!("intent of transaction {number}"),
+            });
         let commit = CommitRecord {
             commit_lsn,
             end_lsn,
             xid,
             commit_time: time,
-            records: in_txn,
+            records: in_txn + u64::from(intent.is_some()),
         };
         let half = txn.len().div_ceil(2);
-        if opts.crash_at == Some(stats.transactions + 1) {
+        if opts.crash_at == Some(number) {
             // Cut, then its replay cut again: two segments that end with
             // its first half (a writer replays only what it had not stored
             // whole), then the stream goes on with it whole.
@@ -339,6 +355,9 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
             }
         }
         push_changes(&mut builder, &tables, &txn)?;
+        if let Some(m) = &intent {
+            builder.push_message(m)?;
+        }
         builder.push_commit(&commit)?;
         if opts.orphan_at_end && stats.changes + in_txn >= opts.events {
             // One more transaction's first half, after the last commit.

@@ -34,7 +34,8 @@ pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
         None => None,
     };
     let opts = LogOptions {
-        table,
+        tables: table.map(|t| [t].into()),
+        messages: false,
         since: args.span.since,
         until: args.span.until,
         snapshot: args.snapshot,

@@ -48,6 +48,10 @@ pub struct SynthArgs {
     /// transaction that never commits.
     #[arg(long)]
     pub orphan_at_end: bool,
+    /// Every Nth transaction carries an intent (a `waly` message after its
+    /// changes), as an application that says why it changed a row does.
+    #[arg(long)]
+    pub intent_every: Option<u64>,
 }
 
 pub async fn run(args: &SynthArgs) -> anyhow::Result<()> {
@@ -69,6 +73,7 @@ pub async fn run(args: &SynthArgs) -> anyhow::Result<()> {
             seed: args.seed,
             crash_at: args.crash_at,
             orphan_at_end: args.orphan_at_end,
+            intent_every: args.intent_every,
         },
     )
     .await?;

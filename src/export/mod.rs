@@ -843,8 +843,11 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
     // hold is not read again: neither the snapshots nor the segments at or
     // before the earliest cursor.
     let after = exported_through_all(store, &ex.cursor, ex.wanted.as_ref()).await?;
+    // Some tables: of each segment the index covers, only the frames with
+    // their changes, and those holding intents, are read.
     let log_opts = LogOptions {
-        table: None,
+        tables: ex.wanted.clone(),
+        messages: true,
         since: opts.since,
         until: opts.until,
         snapshot: opts.since.is_none(),
@@ -866,7 +869,10 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
     });
     let written = ex.sink.finish();
     drop(scratch);
-    result?;
+    let ((), walked) = result?;
+    // Complete through what the walk covered, though it read only the
+    // frames of the tables exported.
+    ex.through = ex.through.max(walked.through);
     (ex.stats.files, ex.stats.bytes) = written?;
     // Every table exported is complete through the last commit read.
     let tables: Vec<String> = match &ex.wanted {

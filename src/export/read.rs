@@ -73,14 +73,15 @@ const IN_FLIGHT: usize = 8;
 
 /// Walks `store` with `opts` on this thread (through `runtime`) and hands
 /// the items to `consume`, which runs on a thread of its own and returns
-/// what it makes. The walk stops when `consume` returns (its error first:
-/// it is the cause); `consume` sees [`Owned::End`] only after a whole walk.
+/// what it makes, with what the walk saw. The walk stops when `consume`
+/// returns (its error first: it is the cause); `consume` sees
+/// [`Owned::End`] only after a whole walk.
 pub(super) fn walk_beside<T: Send>(
     runtime: &tokio::runtime::Handle,
     store: &crate::archive::Store,
     opts: &LogOptions,
     consume: impl FnOnce(Receiver<Vec<Owned>>) -> Result<T, Error> + Send,
-) -> Result<T, Error> {
+) -> Result<(T, crate::log::LogStats), Error> {
     std::thread::scope(|s| {
         let (tx, rx) = sync_channel::<Vec<Owned>>(IN_FLIGHT);
         let consumer = std::thread::Builder::new()
@@ -121,9 +122,10 @@ pub(super) fn walk_beside<T: Send>(
             }
             Ok(())
         }));
-        let handed = walked.and_then(|_| {
+        let handed = walked.and_then(|walked| {
             batch.push(Owned::End);
-            tx.send(batch).map_err(|_| gone())
+            tx.send(batch).map_err(|_| gone())?;
+            Ok(walked)
         });
         drop(tx);
         let consumed = consumer
@@ -132,7 +134,7 @@ pub(super) fn walk_beside<T: Send>(
         match (consumed, handed) {
             (Err(e), _) => Err(e),
             (Ok(_), Err(e)) => Err(e),
-            (Ok(t), Ok(())) => Ok(t),
+            (Ok(t), Ok(walked)) => Ok((t, walked)),
         }
     })
 }

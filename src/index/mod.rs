@@ -796,10 +796,8 @@ impl Index {
 
     /// Every data block's entries, section by section (row keys, messages,
     /// tables, buckets: those it has), passed to `visit` (the section's
-    /// position in that order, the block's entries) as each is read: a
-    /// fence block's data blocks in one request (one at a time when they
-    /// span more than [`SPAN_READ`]), so that only those are held at once
-    /// however large the object. Stops at the first `Some` `visit` returns.
+    /// position in that order, the block's entries) as each is read: see
+    /// [`Index::visit_section`]. Stops at the first `Some` `visit` returns.
     pub async fn visit_blocks<T>(
         &self,
         store: &Store,
@@ -813,32 +811,89 @@ impl Index {
             (f.bucket_fences.as_deref(), Codec::Buckets),
         ];
         for (section, (fences, codec)) in sections.into_iter().enumerate() {
-            for fence in fences.into_iter().flatten() {
-                let z = self.block(store, fence).await?;
-                let blocks = decode_fences(&self.key, &z)?;
-                let from = blocks.iter().map(|b| b.offset).min().unwrap_or(0);
-                let to = blocks.iter().map(|b| b.offset.saturating_add(b.len)).max().unwrap_or(0);
-                let span = match to - from <= SPAN_READ {
-                    true if from < to => Some(store.get_range(&self.key, from..to).await?),
-                    _ => None,
-                };
-                for b in &blocks {
-                    let z = match &span {
-                        Some(bytes) => {
-                            let at = (b.offset - from) as usize;
-                            store
-                                .open_frames(&self.key, bytes.slice(at..at + b.len as usize))
-                                .await?
-                        }
-                        None => self.block(store, b).await?,
-                    };
-                    if let Some(found) = visit(section, self.decode(&z, codec)?) {
-                        return Ok(Some(found));
+            let Some(fences) = fences else { continue };
+            let found = self
+                .visit_section(store, fences, codec, 0..=u64::MAX, |entries| visit(section, entries))
+                .await?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The data blocks of a section (its fence blocks `fences`, coded by
+    /// `codec`) that may hold values in `values`, each block's entries
+    /// passed to `visit` as it is read: a fence block's data blocks in one
+    /// request (one at a time when they span more than [`SPAN_READ`]), so
+    /// that only those are held at once however large the object. Stops at
+    /// the first `Some` `visit` returns.
+    async fn visit_section<T>(
+        &self,
+        store: &Store,
+        fences: &[Block],
+        codec: Codec,
+        values: std::ops::RangeInclusive<u64>,
+        mut visit: impl FnMut(Vec<Entry>) -> Option<T>,
+    ) -> Result<Option<T>, Error> {
+        let (lo, hi) = (*values.start(), *values.end());
+        for fence in candidates(fences, lo, hi) {
+            let z = self.block(store, fence).await?;
+            let inner = decode_fences(&self.key, &z)?;
+            let blocks = candidates(&inner, lo, hi);
+            let from = blocks.iter().map(|b| b.offset).min().unwrap_or(0);
+            let to = blocks.iter().map(|b| b.offset.saturating_add(b.len)).max().unwrap_or(0);
+            let span = match to - from <= SPAN_READ {
+                true if from < to => Some(store.get_range(&self.key, from..to).await?),
+                _ => None,
+            };
+            for b in blocks {
+                let z = match &span {
+                    Some(bytes) => {
+                        let at = (b.offset - from) as usize;
+                        store
+                            .open_frames(&self.key, bytes.slice(at..at + b.len as usize))
+                            .await?
                     }
+                    None => self.block(store, b).await?,
+                };
+                if let Some(found) = visit(self.decode(&z, codec)?) {
+                    return Ok(Some(found));
                 }
             }
         }
         Ok(None)
+    }
+
+    /// `(object, frame)` of every frame holding a `waly` message of a
+    /// transaction committed after `after` (any, when `None`), each once:
+    /// the message section read a fence block's worth at a time, so memory
+    /// holds the frames found, not the entries.
+    pub async fn message_frames(
+        &self,
+        store: &Store,
+        after: Option<u64>,
+    ) -> Result<std::collections::BTreeSet<(u32, u32)>, Error> {
+        let lo = match after {
+            Some(a) => match a.checked_add(1) {
+                Some(lo) => lo,
+                None => return Ok(Default::default()),
+            },
+            None => 0,
+        };
+        let mut found = std::collections::BTreeSet::new();
+        self.visit_section(
+            store,
+            &self.footer.message_fences,
+            Codec::Delta,
+            lo..=u64::MAX,
+            |entries| {
+                found.extend(entries.into_iter().filter(|(v, _, _)| *v >= lo).map(|(_, o, f)| (o, f)));
+                None::<()>
+            },
+        )
+        .await?;
+        Ok(found)
     }
 
     /// `(object, frame)` of every frame with changes of `table`; `None` when
@@ -848,6 +903,24 @@ impl Index {
             None => Ok(None),
             Some(fences) => self.find(store, fences, self.hasher.table(table)).await.map(Some),
         }
+    }
+
+    /// `(object, frame)` of every frame `want` names (see [`Want`]), in
+    /// no order; `None` when this index object does not say where tables
+    /// are (written before it kept them).
+    pub async fn wanted_frames(&self, store: &Store, want: &Want<'_>) -> Result<Option<Vec<(u32, u32)>>, Error> {
+        let tables = futures_util::future::try_join_all(want.tables.iter().map(|t| self.lookup_table(store, t)));
+        let messages = async {
+            match want.messages {
+                true => self.message_frames(store, want.after).await,
+                false => Ok(Default::default()),
+            }
+        };
+        let (tables, messages) = futures_util::future::try_join(tables, messages).await?;
+        let Some(tables) = tables.into_iter().collect::<Option<Vec<_>>>() else {
+            return Ok(None);
+        };
+        Ok(Some(tables.into_iter().flatten().chain(messages).collect()))
     }
 
     /// Every entry (for tests: [`Index::visit_blocks`] holds only a fence
@@ -1087,6 +1160,19 @@ pub async fn read_frames(
 /// Range requests [`read_frames`] has in flight for one segment.
 const FRAME_READS_AT_ONCE: usize = 8;
 
+/// Which frames of the covered segments a reader wants: those with changes
+/// of any of `tables`, and with `messages` those holding a `waly` message
+/// of a transaction committed after `after` (any, when `None`).
+#[derive(Debug, Clone, Default)]
+pub struct Want<'a> {
+    /// `schema.table` of each table whose changes are wanted.
+    pub tables: Vec<&'a str>,
+    /// Whether the frames holding `waly` messages are wanted too.
+    pub messages: bool,
+    /// With `messages`: only those of transactions committed after this.
+    pub after: Option<u64>,
+}
+
 /// Where a table's changes are, by the index: for each segment of `gen`
 /// in `numbers` (first..=last) that a table-aware index object covers,
 /// keyed by `(number, fencing token)`, the frames with changes of `table`
@@ -1099,7 +1185,11 @@ pub async fn table_frames(
     table: &str,
     numbers: std::ops::RangeInclusive<u64>,
 ) -> std::collections::BTreeMap<(u64, u64), Vec<u32>> {
-    table_frames_placed(store, gen, table, numbers, false).await.0
+    let want = Want {
+        tables: vec![table],
+        ..Want::default()
+    };
+    frames_placed(store, gen, &want, numbers, false).await.0
 }
 
 /// Where a segment's record frames lie, by `(number, fencing token)`:
@@ -1107,21 +1197,21 @@ pub async fn table_frames(
 /// give them.
 pub type Places = std::collections::BTreeMap<(u64, u64), Vec<(u64, u64)>>;
 
-/// [`table_frames`], and with `placed` where the covered segments' frames
-/// lie, from the index objects' frame tables (every table read: a reader
-/// of a whole table's changes reads far more headers than tables). A
-/// segment whose place is not given has its header read; a damaged table
-/// is warned about and gives none.
-pub async fn table_frames_placed(
+/// [`table_frames`] for what `want` names, and with `placed` where the
+/// covered segments' frames lie, from the index objects' frame tables
+/// (every table read: a reader of a whole table's changes reads far more
+/// headers than tables). A segment whose place is not given has its header
+/// read; a damaged table is warned about and gives none.
+pub async fn frames_placed(
     store: &Store,
     gen: &str,
-    table: &str,
+    want: &Want<'_>,
     numbers: std::ops::RangeInclusive<u64>,
     placed: bool,
 ) -> (std::collections::BTreeMap<(u64, u64), Vec<u32>>, Places) {
     let mut out = std::collections::BTreeMap::new();
     let mut places = Places::new();
-    // Every object, its table's entries and its frame table at once.
+    // Every object, its tables' entries and its frame table at once.
     let (objects, known) = match segment_indexes_known(store, gen).await {
         Ok(o) => o,
         Err(e) => {
@@ -1145,7 +1235,7 @@ pub async fn table_frames_placed(
                     false => None,
                 }
             };
-            let (frames, frame_table) = tokio::join!(idx.lookup_table(store, table), frame_table);
+            let (frames, frame_table) = tokio::join!(idx.wanted_frames(store, want), frame_table);
             (key, frames.map(|f| f.map(|f| (idx, f))), frame_table)
         }
     }))

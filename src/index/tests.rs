@@ -694,3 +694,78 @@ async fn a_large_merge_writes_fence_blocks_as_it_goes_and_every_entry_is_found()
         .expect("visit");
     assert_eq!((found, calls), (Some(3), 3));
 }
+
+/// An export of some tables reads, besides their frames, the frames that
+/// hold intents: every frame with a message of a transaction after the
+/// point, each once, however many fence blocks the message section spans.
+#[tokio::test]
+async fn message_frames_are_every_frame_with_a_message_after_the_point_across_fence_blocks() {
+    use std::collections::BTreeSet;
+    let store = Store::open("memory://").expect("store");
+    let h = Hasher::Plain;
+    let mut x = 7u64;
+    let (mut all, mut of_table) = (Vec::new(), BTreeSet::new());
+    let mut b = Builder::default();
+    for obj in 0..40u32 {
+        let (mut messages, mut tables) = (Vec::new(), Vec::new());
+        for frame in 0..20u32 {
+            if frame % 3 == 0 {
+                tables.push((h.table("public.t"), frame));
+                of_table.insert((obj, frame));
+            }
+            // Some frames hold no message.
+            if (obj + frame) % 7 == 0 {
+                continue;
+            }
+            for _ in 0..110 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                // Later frames hold later transactions, with some overlap.
+                let lsn = u64::from(obj * 20 + frame) * 1000 + (x >> 40) % 3000;
+                messages.push((lsn, frame));
+                all.push((lsn, obj, frame));
+            }
+        }
+        b.add(segment(obj as u64), &KeyEntries::default(), &messages, &tables);
+    }
+    let bytes = b.encode("00000001", None).expect("encode");
+    store.put_once("idx", bytes.clone()).await.expect("put");
+    let idx = Index::open(&store, "idx", bytes.len() as u64).await.expect("open");
+    assert!(idx.footer.message_fences.len() > 1, "the section spans fence blocks");
+    let mut lsns: Vec<u64> = all.iter().map(|(l, _, _)| *l).collect();
+    lsns.sort_unstable();
+    let mid = lsns[lsns.len() / 2];
+    let after_point = |after: Option<u64>| -> BTreeSet<(u32, u32)> {
+        all.iter()
+            .filter(|(l, _, _)| after.is_none_or(|a| *l > a))
+            .map(|(_, o, f)| (*o, *f))
+            .collect()
+    };
+    for after in [None, Some(0), Some(mid), Some(lsns[lsns.len() - 1]), Some(u64::MAX)] {
+        let got = idx.message_frames(&store, after).await.expect("message frames");
+        assert_eq!(got, after_point(after), "after {after:?}");
+    }
+    assert!(!after_point(Some(mid)).is_empty() && after_point(Some(mid)).len() < after_point(None).len());
+    // A table's frames and the frames with messages after the point.
+    let want = Want {
+        tables: vec!["public.t"],
+        messages: true,
+        after: Some(mid),
+    };
+    let got: BTreeSet<(u32, u32)> = idx
+        .wanted_frames(&store, &want)
+        .await
+        .expect("wanted")
+        .expect("the object keeps tables")
+        .into_iter()
+        .collect();
+    assert_eq!(got, &of_table | &after_point(Some(mid)));
+    // A table it never saw, without messages: no frame.
+    let none = Want {
+        tables: vec!["public.other"],
+        ..Want::default()
+    };
+    assert_eq!(
+        idx.wanted_frames(&store, &none).await.expect("wanted"),
+        Some(Vec::new())
+    );
+}

@@ -1254,3 +1254,131 @@ fn reads_after_an_lsn_leave_earlier_segments_unread_and_show_what_a_whole_read_s
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// Every exported row of the tables in the export at `one` (its table,
+/// operation, identity, intent and values), and the same of the export at
+/// `whole` restricted to those tables: DuckDB statements that make tables
+/// `one` and `whole` of them.
+fn exported_tables(one: &str, whole: &str) -> String {
+    let rows = |d: &str| {
+        format!(
+            "SELECT regexp_extract(filename, '([^/]+)/date=', 1) AS dir, _op, _commit_lsn, _seq, _intent, id, n, pad
+               FROM read_parquet('{d}/*/*/*.parquet', filename = true, union_by_name = true, hive_partitioning = true)"
+        )
+    };
+    format!(
+        "CREATE TABLE one AS {};\nCREATE TABLE whole AS SELECT * FROM ({}) WHERE dir IN (SELECT dir FROM one);\n",
+        rows(one),
+        rows(whole)
+    )
+}
+
+/// `waly export` with the stats of a read: stderr.
+fn export_with_reads(dir: &str, dest: &str, extra: &[&str]) -> String {
+    let out = run_within(
+        waly()
+            .env("WALY_READ_STATS", "1")
+            .args([&["export", "--archive", dir, "--to", dest][..], extra].concat()),
+        120,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "export {extra:?}: {err}");
+    err
+}
+
+/// An export of some tables reads, of each segment the index covers, only
+/// the frames with their changes and the frames holding intents (a
+/// transaction's intent may lie in a later frame than its changes), and
+/// holds exactly what a whole export holds of those tables, intents
+/// included; without the index, the same. Two archives: a rare table's
+/// changes among a busy one's, and the same with large transactions
+/// (spanning frames) every second of which carries an intent after its
+/// changes.
+#[test]
+fn an_export_of_some_tables_reads_their_frames_and_those_with_intents_and_holds_what_a_whole_export_holds() {
+    let rare: &[&str] = &[];
+    let intents: &[&str] = &["--txn-changes", "3000", "--intent-every", "2"];
+    for (name, extra) in [("rare", rare), ("intents", intents)] {
+        let dir = std::env::temp_dir()
+            .join(format!("waly-synth-export-{name}"))
+            .display()
+            .to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        let synth = [
+            &[
+                "synth",
+                "--archive",
+                &dir,
+                "--events",
+                "700000",
+                "--weights",
+                "100000,1",
+                "--rows",
+                "300",
+                "--segment-size",
+                "4MiB",
+                "--seed",
+                "3",
+            ][..],
+            extra,
+        ]
+        .concat();
+        let out = run_within(waly().args(&synth), 120);
+        assert!(out.status.success(), "synth: {}", String::from_utf8_lossy(&out.stderr));
+        let (whole, one, scan) = (format!("{dir}-whole"), format!("{dir}-t1"), format!("{dir}-t1-scan"));
+        for d in [&whole, &one, &scan] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        let all = bytes_read(&export_with_reads(&dir, &whole, &[]));
+        let err = export_with_reads(&dir, &one, &["--tables", "public.t1"]);
+        let indexed = bytes_read(&err);
+        // Without the index every segment is read whole.
+        let index = std::path::Path::new(&dir).join("index");
+        let aside = std::path::Path::new(&dir).join("index-aside");
+        std::fs::rename(&index, &aside).expect("move the index aside");
+        let scanned = bytes_read(&export_with_reads(&dir, &scan, &["--tables", "public.t1"]));
+        std::fs::rename(&aside, &index).expect("put the index back");
+        let r = crate::export::duckdb(&format!(
+            "{}CREATE TABLE scan AS SELECT * FROM read_parquet('{scan}/*/*/*.parquet', union_by_name = true);
+             SELECT (SELECT count(*) FROM (SELECT * FROM one EXCEPT ALL SELECT * FROM whole)),
+                    (SELECT count(*) FROM (SELECT * FROM whole EXCEPT ALL SELECT * FROM one)),
+                    (SELECT count(*) FROM (SELECT _op, _commit_lsn, _seq, _intent, id, n, pad FROM one
+                      EXCEPT ALL SELECT _op, _commit_lsn, _seq, _intent, id, n, pad FROM scan)),
+                    (SELECT count(*) FROM scan),
+                    (SELECT count(*) FROM one WHERE _op <> 'snapshot'), (SELECT count(_intent) FROM one),
+                    (SELECT count(DISTINCT dir) FROM one)",
+            exported_tables(&one, &whole)
+        ));
+        let n = |i: usize| r[0][i].as_deref().unwrap_or("-").parse::<u64>().expect("a count");
+        assert_eq!((n(0), n(1), n(2)), (0, 0, 0), "{name}: the export of t1 differs: {r:?}");
+        assert_eq!(
+            (n(3), n(6)),
+            (n(4) + 300, 1),
+            "{name}: t1's rows and snapshot only: {r:?}"
+        );
+        assert!(n(4) > 2, "{name}: the rare table has changes: {r:?}");
+        match name {
+            "rare" => assert!(
+                indexed * 10 < scanned && indexed * 10 < all,
+                "{name}: {indexed} bytes read with the index, {scanned} without, {all} for every table"
+            ),
+            _ => {
+                assert!(n(5) > 0, "{name}: some of t1's changes carry intents: {r:?}");
+                assert!(
+                    indexed * 2 < scanned,
+                    "{name}: {indexed} bytes read with the index, {scanned} without"
+                );
+            }
+        }
+        // Continued: nothing new, and little read.
+        let again = export_with_reads(&dir, &one, &["--tables", "public.t1"]);
+        assert!(
+            again.contains("exported 0 changes and 0 snapshot rows"),
+            "{name}: {again}"
+        );
+        assert!(bytes_read(&again) * 4 < indexed, "{name}: continued: {again}");
+        for d in [&dir, &whole, &one, &scan] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
