@@ -236,15 +236,16 @@ fn bytes_read(stderr: &str) -> u64 {
         .unwrap_or_else(|| panic!("no read statistics in {stderr}"))
 }
 
-#[test]
-fn a_rarely_changed_tables_restore_and_log_read_only_the_frames_that_hold_it() {
-    let dir = std::env::temp_dir().join("waly-synth-rare").display().to_string();
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = run_within(
-        waly().args([
+/// A synthetic archive at `dir` of 700,000 changes where `public.t1`
+/// changes about once per 100,000 changes of `public.t0` (and `extra`
+/// options of `waly synth`).
+fn synth_rare(dir: &str, extra: &[&str]) {
+    let _ = std::fs::remove_dir_all(dir);
+    let args = [
+        &[
             "synth",
             "--archive",
-            &dir,
+            dir,
             "--events",
             "700000",
             "--weights",
@@ -255,10 +256,18 @@ fn a_rarely_changed_tables_restore_and_log_read_only_the_frames_that_hold_it() {
             "4MiB",
             "--seed",
             "3",
-        ]),
-        120,
-    );
+        ][..],
+        extra,
+    ]
+    .concat();
+    let out = run_within(waly().args(&args), 120);
     assert!(out.status.success(), "synth: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_rarely_changed_tables_restore_and_log_read_only_the_frames_that_hold_it() {
+    let dir = std::env::temp_dir().join("waly-synth-rare").display().to_string();
+    synth_rare(&dir, &[]);
     let (indexed, err) = restore_csv(&dir, "public.t1");
     let with_index = bytes_read(&err);
     let (log_indexed, log_with_index) = table_log(&dir, "public.t1");
@@ -1303,28 +1312,7 @@ fn an_export_of_some_tables_reads_their_frames_and_those_with_intents_and_holds_
             .join(format!("waly-synth-export-{name}"))
             .display()
             .to_string();
-        let _ = std::fs::remove_dir_all(&dir);
-        let synth = [
-            &[
-                "synth",
-                "--archive",
-                &dir,
-                "--events",
-                "700000",
-                "--weights",
-                "100000,1",
-                "--rows",
-                "300",
-                "--segment-size",
-                "4MiB",
-                "--seed",
-                "3",
-            ][..],
-            extra,
-        ]
-        .concat();
-        let out = run_within(waly().args(&synth), 120);
-        assert!(out.status.success(), "synth: {}", String::from_utf8_lossy(&out.stderr));
+        synth_rare(&dir, extra);
         let (whole, one, scan) = (format!("{dir}-whole"), format!("{dir}-t1"), format!("{dir}-t1-scan"));
         for d in [&whole, &one, &scan] {
             let _ = std::fs::remove_dir_all(d);
