@@ -240,8 +240,10 @@ async fn evaluate(
         values.push_str(&k.to_string());
         for (n, _) in &plan.inputs {
             values.push_str(", ");
+            // A value the archive cannot know is not sent (its outputs
+            // are unknown too: see `complete`).
             match input(c, n) {
-                Some(Some(v)) => values.push_str(&quote::literal(v)?),
+                Some(Some(v)) if super::shape::unknown(v).is_none() => values.push_str(&quote::literal(v)?),
                 _ => values.push_str("NULL"),
             }
         }
@@ -301,9 +303,20 @@ fn complete(plan: &Plan, c: &mut Change, computed: Result<Vec<Option<String>>, S
         }
         let available = mentioned.iter().all(|&i| input(c, &plan.inputs[i].0).is_some());
         let changed = mentioned.iter().any(|&i| new.get(&plan.inputs[i].0).is_some());
-        let value = match &computed {
-            Ok(v) if available => v[j].clone(),
-            Err(e) if available => Some(super::shape::unknown_value(&format!(
+        // An input the archive cannot know (PostgreSQL 16 and later did not
+        // send it: see `later`) makes the output unknown, for that reason.
+        let unknown_input = mentioned.iter().find_map(|&i| {
+            let name = &plan.inputs[i].0;
+            let why = super::shape::unknown(input(c, name)?.as_deref()?)?;
+            Some((name, why))
+        });
+        let value = match (&computed, unknown_input) {
+            (_, Some((name, why))) => Some(super::shape::unknown_value(&format!(
+                "the generated column {g} of the change at {lsn} reads the column {name}, whose value is not \
+                 known: {why}"
+            ))),
+            (Ok(v), None) if available => v[j].clone(),
+            (Err(e), None) if available => Some(super::shape::unknown_value(&format!(
                 "the generated column {g} of the change at {lsn} could not be computed on the source: {e}"
             ))),
             _ if !changed => {
