@@ -47,6 +47,8 @@ pub struct OutRow {
     pub old_key: Option<Vec<Option<String>>>,
     /// Columns whose large values were unchanged and not sent.
     pub unchanged: Vec<String>,
+    /// Columns whose values the archive cannot know (null in the row).
+    pub unknown: Vec<String>,
 }
 
 impl OutRow {
@@ -200,7 +202,7 @@ fn column_type(name: &str, kind: &Kind) -> Type {
 }
 
 /// The names of the columns every file has, besides the table's.
-pub const META: [&str; 9] = [
+pub const META: [&str; 10] = [
     "_op",
     "_commit_lsn",
     "_seq",
@@ -210,6 +212,7 @@ pub const META: [&str; 9] = [
     "_intent",
     "_old_key",
     "_unchanged_toast",
+    "_unknown",
 ];
 
 fn schema(columns: &[OutColumn], key: &[usize]) -> TypePtr {
@@ -246,10 +249,9 @@ fn schema(columns: &[OutColumn], key: &[usize]) -> TypePtr {
             .expect("a valid group");
         fields.push(Arc::new(old_key));
     }
-    fields.push(Arc::new(column_type(
-        "_unchanged_toast",
-        &Kind::List(Box::new(Kind::Text)),
-    )));
+    for name in ["_unchanged_toast", "_unknown"] {
+        fields.push(Arc::new(column_type(name, &Kind::List(Box::new(Kind::Text)))));
+    }
     Arc::new(
         Type::group_type_builder("waly_change")
             .with_fields(fields)
@@ -502,6 +504,9 @@ impl ParquetFile {
         put(Leaf::list(rows.iter().map(|r| {
             (!r.unchanged.is_empty()).then(|| r.unchanged.iter().map(|n| Some(shared(n))).collect())
         })))?;
+        put(Leaf::list(rows.iter().map(|r| {
+            (!r.unknown.is_empty()).then(|| r.unknown.iter().map(|n| Some(shared(n))).collect())
+        })))?;
         Ok(())
     }
 
@@ -661,6 +666,11 @@ mod tests {
             } else {
                 vec![]
             },
+            unknown: if i.is_multiple_of(17) {
+                vec!["tags".into()]
+            } else {
+                vec![]
+            },
         }
     }
 
@@ -686,6 +696,11 @@ mod tests {
                 "null".into()
             } else {
                 "[\"name\"]".into()
+            },
+            if r.unknown.is_empty() {
+                "null".into()
+            } else {
+                "[\"tags\"]".into()
             },
         ]
     }

@@ -318,6 +318,7 @@ impl Exporter<'_> {
                     values: Vec::new(),
                     old_key: None,
                     unchanged: Vec::new(),
+                    unknown: Vec::new(),
                 };
                 self.write(table, version, out, Some(row), None, &[])?;
                 self.stats.snapshot_rows += 1;
@@ -417,6 +418,7 @@ impl Exporter<'_> {
             values: Vec::new(),
             old_key: None,
             unchanged: Vec::new(),
+            unknown: Vec::new(),
         };
         // A delete's row is its old row when the replica identity sent it,
         // else its key.
@@ -462,7 +464,9 @@ impl Exporter<'_> {
         let map = o.map(version);
         let value = |r: &Row, name: &Option<Arc<str>>| -> Option<String> {
             let name = name.as_deref()?;
-            r.0.iter().find(|(n, _)| **n == *name).and_then(|(_, v)| v.clone())
+            let v = r.0.iter().find(|(n, _)| **n == *name).and_then(|(_, v)| v.clone());
+            // An old key's value the archive cannot know: null.
+            v.filter(|v| crate::schema::shape::unknown(v).is_none())
         };
         out.values = match row {
             // Values moved from the row, found by name (a row lists its
@@ -483,6 +487,14 @@ impl Exporter<'_> {
             }
             None => vec![None; map.names.len()],
         };
+        // A value the archive cannot know is null, and named in `_unknown`
+        // (never exported as a value).
+        for (i, v) in out.values.iter_mut().enumerate() {
+            if v.as_deref().and_then(crate::schema::shape::unknown).is_some() {
+                *v = None;
+                out.unknown.push(o.columns[i].name.clone());
+            }
+        }
         // The old key, when an update changed the key (and PostgreSQL sent it).
         if let (Some(old), false) = (old, map.key.is_empty()) {
             let sent = map.key.iter().all(|&i| {

@@ -1089,7 +1089,9 @@ fn one_schema_version_per_shape_when_a_replay_meets_the_shape_before_a_crashed_s
 /// unknown (PostgreSQL did not send it); waly run computes generated values
 /// on the source and put the unknown marker in the query, which refused it,
 /// and waly run stopped. The generated value is unknown too, saying why,
-/// and the capture goes on.
+/// and the capture goes on. The export gives both values as null, named in
+/// `_unknown` (it used to stop at the integer column, and to export the
+/// marker as a text column's value).
 #[test]
 fn a_generated_column_reading_a_value_that_could_not_be_sent_is_unknown_and_capture_goes_on() {
     let db = TestDb::new();
@@ -1133,6 +1135,26 @@ fn a_generated_column_reading_a_value_that_could_not_be_sent_is_unknown_and_capt
     ));
     let v: serde_json::Value = serde_json::from_str(out.lines().next().expect("a version")).expect("json");
     assert_eq!(v["new"], serde_json::json!({"id": "3"}), "{out}");
+    // The export: an unknown value is null and named in `_unknown`, never
+    // exported as a value (and the integer column does not stop it).
+    let dest = format!("{archive}-export");
+    let _ = std::fs::remove_dir_all(&dest);
+    ok(&run_within(
+        waly().args(["export", "--archive", &archive, "--to", &dest]),
+        120,
+    ));
+    let rows = crate::export::duckdb(&format!(
+        "SELECT n::text, g::text, _unknown::text FROM read_parquet('{dest}/*/*/*.parquet', union_by_name = true)
+          WHERE id = 2 AND _op = 'insert'"
+    ));
+    let want_known = vec![vec![Some("7".to_string()), Some("14".to_string()), None]];
+    let want_unknown = vec![vec![None, None, Some("[n, g]".to_string())]];
+    assert_eq!(
+        rows,
+        if known { want_known } else { want_unknown },
+        "the export of item 2"
+    );
+    let _ = std::fs::remove_dir_all(&dest);
     ok(&run_within(waly().args(["verify", "--archive", &archive]), 120));
     let _ = std::fs::remove_dir_all(&archive);
 }
