@@ -238,6 +238,11 @@ fn text_row(r: &Row, out: &mut Vec<u8>) {
             None => {
                 let _ = write!(out, "{name}=NULL");
             }
+            // A value the archive cannot know says why (never the marker).
+            Some(s) if crate::schema::shape::unknown(s).is_some() => {
+                let why = crate::schema::shape::unknown(s).unwrap_or_default();
+                let _ = write!(out, "{name}=<unknown: {why}>");
+            }
             Some(s) => {
                 let shown: String = s.chars().take(60).collect();
                 let more = if shown.len() < s.len() { "…" } else { "" };
@@ -274,5 +279,43 @@ pub fn format_message(m: &LogicalMessage, json: bool, out: &mut Vec<u8>) {
                 m.lsn, m.prefix, m.content
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// `waly log` and `waly tail` in text: a value the archive cannot know
+    /// says why, and no NUL byte (the marker) reaches the terminal.
+    #[test]
+    fn an_unknown_value_prints_why_and_never_its_marker() {
+        let why = "the column n was dropped later";
+        let row = Row(vec![
+            (Arc::from("id"), Some("2".to_string())),
+            (Arc::from("n"), Some(crate::schema::shape::unknown_value(why))),
+        ]);
+        let c = Change {
+            commit_lsn: crate::Lsn(0x100),
+            seq: 0,
+            lsn: crate::Lsn(0xf0),
+            xid: 7,
+            commit_time: chrono::DateTime::from_timestamp(0, 0).unwrap_or_default(),
+            table: Arc::from("public.item"),
+            op: Op::Insert,
+            key: None,
+            old: None,
+            new: Some(row),
+            unchanged_toast: Vec::new(),
+        };
+        let mut out = Vec::new();
+        format_change(&c, false, &mut out);
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(
+            text.ends_with("id='2' n=<unknown: the column n was dropped later>"),
+            "{text}"
+        );
+        assert!(!text.contains('\0'), "{text:?}");
     }
 }
