@@ -8,7 +8,8 @@
 #   - one row's history (random ids of t0, skewed to low ids as the changes
 #     are): objects and bytes read per lookup (medians), and the p99 time;
 #   - `waly tables`: objects read and wall time;
-#   - a restore of t3 to a file: the share of the archive's bytes it read.
+#   - a restore of t3 to a file: the share of the archive's bytes it read;
+#   - (on the line before) what an export of t3 alone reads.
 #
 #   bench/scale.sh [SIZES] [LOOKUPS]   (default "10000000 100000000", 25)
 #
@@ -67,7 +68,13 @@ for N in $SIZES; do
     WALY_READ_STATS=1 "$WALY" restore --archive "$ARCHIVE" public.t3 --at now --output "$DIR/t3.csv" >/dev/null 2>"$DIR/err"
     R_BYTES=$(read_field 1 "$DIR/err")
     R_PCT=$(awk -v r="$R_BYTES" -v a="$ARCHIVE_BYTES" 'BEGIN {printf "%.2f", 100 * r / a}')
-    echo "history: p99 ${H_P99}s; restore of t3: $R_BYTES bytes read"
+    # An export of t3 alone (its frames, and those holding intents: synth
+    # writes none here).
+    rm -rf "$DIR/t3-export"
+    WALY_READ_STATS=1 "$WALY" export --archive "$ARCHIVE" --to "$DIR/t3-export" --tables public.t3 --log warn >/dev/null 2>"$DIR/err"
+    E_BYTES=$(read_field 1 "$DIR/err")
+    rm -rf "$DIR/t3-export"
+    echo "history: p99 ${H_P99}s; restore of t3: $R_BYTES bytes read; export of t3: $E_BYTES bytes read ($(awk -v r="$E_BYTES" -v a="$ARCHIVE_BYTES" 'BEGIN {printf "%.2f", 100 * r / a}')% of the archive)"
     LINES+=("scale: events=$N history_objects_median=$H_OBJ history_bytes_median=$H_BYTES tables_objects=$T_OBJ tables_s=$T_S restore_small_fraction_pct=$R_PCT")
 done
 printf '%s\n' "${LINES[@]}"
