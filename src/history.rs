@@ -524,6 +524,7 @@ async fn track(
         let opts = LogOptions {
             tables: None,
             messages: false,
+            every_schema: false,
             since: None,
             until: None,
             snapshot: true,

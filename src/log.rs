@@ -116,6 +116,10 @@ pub struct LogOptions {
     /// each covered segment the frames holding them are read as well. Every
     /// message is shown when `tables` is `None`.
     pub messages: bool,
+    /// Every table's schema versions (in [`Item::Generation`]), even with
+    /// `tables`: an export writes the as-of views of every table its
+    /// destination holds. Otherwise one table's walk reads only its own.
+    pub every_schema: bool,
     /// Only commits at or after this point.
     pub since: Option<Bound>,
     /// Only commits at or before this point.
@@ -239,7 +243,7 @@ pub async fn walk(
         // Its segments, listed once: for its tail, and to read.
         // One table's log needs only that table's schema versions.
         let shapes = match opts.tables.as_ref().map(|t| t.iter().collect::<Vec<_>>()).as_deref() {
-            Some([one]) => state::Shapes::Table(one.to_string()),
+            Some([one]) if !opts.every_schema => state::Shapes::Table(one.to_string()),
             _ => state::Shapes::All,
         };
         let (st, segments) = state::load_generation_listing(store, &gen, shapes, |_| {}).await?;

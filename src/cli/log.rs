@@ -36,6 +36,7 @@ pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
     let opts = LogOptions {
         tables: table.map(|t| [t].into()),
         messages: false,
+        every_schema: false,
         since: args.span.since,
         until: args.span.until,
         snapshot: args.snapshot,

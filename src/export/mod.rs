@@ -860,6 +860,7 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
     let log_opts = LogOptions {
         tables: ex.wanted.clone(),
         messages: true,
+        every_schema: true,
         since: opts.since,
         until: opts.until,
         snapshot: opts.since.is_none(),

@@ -1358,6 +1358,13 @@ fn an_export_of_some_tables_reads_their_frames_and_those_with_intents_and_holds_
                 );
             }
         }
+        // A run of one table into the destination of every table keeps
+        // every table's as-of view.
+        let views = |d: &str| std::fs::read_to_string(format!("{d}/_waly/as_of_duckdb.sql")).expect("the views");
+        let before = views(&whole);
+        assert!(before.contains("public.t0") && before.contains("public.t1"), "{before}");
+        export_with_reads(&dir, &whole, &["--tables", "public.t1"]);
+        assert_eq!(views(&whole), before, "{name}: a run of t1 alone changed the views");
         // Continued: nothing new, and little read.
         let again = export_with_reads(&dir, &one, &["--tables", "public.t1"]);
         assert!(
