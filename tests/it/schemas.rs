@@ -1083,6 +1083,18 @@ fn one_schema_version_per_shape_when_a_replay_meets_the_shape_before_a_crashed_s
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// A new archive of `db`, `waly run` streaming while `sql` runs, then
+/// stopped once it is archived: what follows is decoded in its next session.
+fn captured_then_down(db: &TestDb, sql: &str) -> String {
+    let archive = archive_dir(db);
+    init(db, &archive);
+    let run = spawn_run(db, &archive);
+    wait_streaming(db, &run);
+    db.psql(sql);
+    settle(db, run);
+    archive
+}
+
 /// Found by the oracle test on PostgreSQL 17 (seed 12006): a change
 /// decoded again after a restart, whose table later lost a column that a
 /// generated column read (dropped with it, `CASCADE`), has that input
@@ -1099,12 +1111,7 @@ fn a_generated_column_reading_a_value_that_could_not_be_sent_is_unknown_and_capt
         "CREATE TABLE gen_item (id int PRIMARY KEY, n int, g int GENERATED ALWAYS AS (n * 2) STORED);
          INSERT INTO gen_item (id, n) VALUES (1, 1);",
     );
-    let archive = archive_dir(&db);
-    init(&db, &archive);
-    let run = spawn_run(&db, &archive);
-    wait_streaming(&db, &run);
-    db.psql("UPDATE gen_item SET n = 2 WHERE id = 1");
-    settle(&db, run);
+    let archive = captured_then_down(&db, "UPDATE gen_item SET n = 2 WHERE id = 1");
     // The sidecar is down: all of this is decoded in its next session.
     db.psql("INSERT INTO gen_item (id, n) VALUES (2, 7)");
     db.psql("ALTER TABLE gen_item DROP COLUMN n CASCADE");
@@ -1175,12 +1182,7 @@ fn changes_decoded_again_after_a_restart_keep_the_columns_of_their_time() {
     db.psql(
         "CREATE TABLE item (id int PRIMARY KEY, note text, n int, qty int); INSERT INTO item VALUES (1, 'a', 1, 1);",
     );
-    let archive = archive_dir(&db);
-    init(&db, &archive);
-    let run = spawn_run(&db, &archive);
-    wait_streaming(&db, &run);
-    db.psql("UPDATE item SET note = 'b' WHERE id = 1");
-    settle(&db, run);
+    let archive = captured_then_down(&db, "UPDATE item SET note = 'b' WHERE id = 1");
     // The sidecar is down: all of this is decoded in its next session.
     db.psql("INSERT INTO item VALUES (2, 'before', 7, 5)");
     db.psql("ALTER TABLE item RENAME COLUMN note TO remark");
