@@ -9,9 +9,10 @@ use std::io::Write;
 pub struct LogArgs {
     #[command(flatten)]
     pub archive: ArchiveArgs,
-    /// Only this table (schema.table; unqualified means public).
-    #[arg(long)]
-    pub table: Option<String>,
+    /// Only these tables (comma-separated or repeated, schema.table;
+    /// unqualified means public).
+    #[arg(long, value_delimiter = ',')]
+    pub table: Vec<String>,
     #[command(flatten)]
     pub span: super::SpanArgs,
     /// One JSON object per change (the fields of `waly tail --json`).
@@ -24,17 +25,15 @@ pub struct LogArgs {
 
 pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
     let store = args.archive.open()?;
-    let table = match &args.table {
-        Some(t) => {
-            let (s, n) = crate::source::quote::split_qualified(t)?;
-            let table = format!("{s}.{n}");
-            crate::restore::check_archived(&store, &table).await?;
-            Some(table)
-        }
-        None => None,
-    };
+    let mut tables = std::collections::BTreeSet::new();
+    for t in &args.table {
+        let (s, n) = crate::source::quote::split_qualified(t)?;
+        let table = format!("{s}.{n}");
+        crate::restore::check_archived(&store, &table).await?;
+        tables.insert(table);
+    }
     let opts = LogOptions {
-        tables: table.map(|t| [t].into()),
+        tables: (!tables.is_empty()).then_some(tables),
         messages: false,
         every_schema: false,
         since: args.span.since,

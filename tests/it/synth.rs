@@ -92,6 +92,15 @@ fn a_synthetic_archive_is_clean_and_every_reader_agrees_on_it() {
         let name = t["table"].as_str().expect("table");
         assert_eq!(t["changes"].as_u64(), Some(per_table[name]), "{name}");
     }
+    // Two tables' log: exactly the whole log's lines of those two, in order.
+    let two = stdout(&["log", "--archive", &dir, "--json", "--table", "t1,public.t2"]);
+    let want: Vec<String> = log
+        .iter()
+        .filter(|c| c["table"] == "public.t1" || c["table"] == "public.t2")
+        .map(|c| c.to_string())
+        .collect();
+    let got: Vec<String> = json_lines(&two).iter().map(|c| c.to_string()).collect();
+    assert!(!want.is_empty() && got == want, "log --table t1,public.t2");
 
     // The state at the end, replayed from the log over the snapshot (ids
     // 1..=300, n = 0), is what `show` prints.
