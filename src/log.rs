@@ -242,9 +242,10 @@ pub async fn walk(
     for gen in gens {
         // Its segments, listed once: for its tail, and to read.
         // One table's log needs only that table's schema versions.
-        let shapes = match opts.tables.as_ref().map(|t| t.iter().collect::<Vec<_>>()).as_deref() {
-            Some([one]) if !opts.every_schema => state::Shapes::Table(one.to_string()),
-            _ => state::Shapes::All,
+        let one = opts.tables.as_ref().filter(|t| t.len() == 1 && !opts.every_schema);
+        let shapes = match one.and_then(|t| t.first()) {
+            Some(table) => state::Shapes::Table(table.clone()),
+            None => state::Shapes::All,
         };
         let (st, segments) = state::load_generation_listing(store, &gen, shapes, |_| {}).await?;
         f(Item::Generation {

@@ -501,12 +501,15 @@ impl ParquetFile {
             }
             put(leaf)?;
         }
-        put(Leaf::list(rows.iter().map(|r| {
-            (!r.unchanged.is_empty()).then(|| r.unchanged.iter().map(|n| Some(shared(n))).collect())
-        })))?;
-        put(Leaf::list(rows.iter().map(|r| {
-            (!r.unknown.is_empty()).then(|| r.unknown.iter().map(|n| Some(shared(n))).collect())
-        })))?;
+        // `_unchanged_toast`, then `_unknown`: lists of column names.
+        let unchanged: fn(&OutRow) -> &Vec<String> = |r| &r.unchanged;
+        let unknown: fn(&OutRow) -> &Vec<String> = |r| &r.unknown;
+        for names in [unchanged, unknown] {
+            put(Leaf::list(rows.iter().map(|r| {
+                let names = names(r);
+                (!names.is_empty()).then(|| names.iter().map(|n| Some(shared(n))).collect())
+            })))?;
+        }
         Ok(())
     }
 
