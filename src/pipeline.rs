@@ -584,7 +584,14 @@ impl Writer<'_> {
         }
         let builder = std::mem::replace(&mut self.builder, SegmentBuilder::sealed_by(self.store.sealer()?)?);
         let number = self.gen.tail.next_number;
-        let sealed = builder.seal(&self.gen.id, number, self.gen.tail.prev_sha256.clone(), self.fence)?;
+        let tail = &self.gen.tail;
+        let sealed = builder.seal(
+            &self.gen.id,
+            number,
+            tail.prev_sha256.clone(),
+            tail.time_high,
+            self.fence,
+        )?;
         let key = layout::segment_key(
             &self.gen.id,
             number,
@@ -623,6 +630,7 @@ impl Writer<'_> {
             .await;
         self.gen.tail.next_number = number + 1;
         self.gen.tail.prev_sha256 = Some(sealed.sha256.clone());
+        self.gen.tail.time_high = crate::segment::TimeHigh::of(&sealed.header);
         if let Some(c) = sealed.header.last_commit {
             self.gen.tail.last_commit = Some(c);
         }

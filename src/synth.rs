@@ -61,6 +61,11 @@ pub struct SynthOptions {
     /// Every this many transactions (the Nth, 2Nth, ...) one carries an
     /// intent: a `waly` message `intent of transaction N` after its changes.
     pub intent_every: Option<u64>,
+    /// The source's clock steps back: before every Nth transaction (the
+    /// Nth, 2Nth, ...) commit times fall back by this much, and go on from
+    /// there (as after a clock correction), so a later segment holds
+    /// commits older than an earlier one's.
+    pub clock_back: Option<(u64, chrono::Duration)>,
 }
 
 /// What was written.
@@ -302,6 +307,11 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
                 (t, op, id)
             })
             .collect();
+        if let Some((every, by)) = opts.clock_back {
+            if every > 0 && (stats.transactions + 1) % every == 0 {
+                time -= by;
+            }
+        }
         let first_lsn = lsn;
         let commit_lsn = Lsn(first_lsn.0 + 100 * in_txn + 64);
         let mut txn = Vec::new();
@@ -412,7 +422,7 @@ async fn store_segment(
 ) -> Result<(), Error> {
     let full = std::mem::replace(builder, SegmentBuilder::sealed_by(store.sealer()?)?);
     let number = tail.next_number;
-    let sealed = full.seal(gen, number, tail.prev_sha256.take(), 0)?;
+    let sealed = full.seal(gen, number, tail.prev_sha256.take(), tail.time_high, 0)?;
     let key = layout::segment_key(gen, number, sealed.header.first_lsn, sealed.header.last_lsn, 0);
     store.put_once(&key, sealed.bytes.clone()).await?;
     crate::index::write_segment_index(store, gen, number, 0, &sealed).await;
@@ -423,5 +433,6 @@ async fn store_segment(
     stats.segment_bytes += sealed.bytes.len() as u64;
     tail.next_number = number + 1;
     tail.prev_sha256 = Some(sealed.sha256);
+    tail.time_high = crate::segment::TimeHigh::of(&sealed.header);
     Ok(())
 }

@@ -11,8 +11,9 @@
 
 use crate::archive::fetching::FetchAhead;
 use crate::archive::{layout, state, Store};
-use crate::segment::{sha256_hex, Record, SegmentReader};
+use crate::segment::{sha256_hex, Record, SegmentHeader, SegmentReader, TimeHigh};
 use crate::{Error, Lsn};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -248,6 +249,9 @@ async fn segments(
     // checked one at a time in order.
     let sizes: BTreeMap<&str, u64> = list.iter().map(|(k, _, size)| (k.as_str(), *size)).collect();
     let mut ahead = FetchAhead::default();
+    // The greatest commit time of each segment read whole (its header's
+    // commit-time mark must bound it).
+    let mut latest: BTreeMap<String, Option<DateTime<Utc>>> = BTreeMap::new();
     let mut upcoming = by_number
         .values()
         .flatten()
@@ -272,7 +276,10 @@ async fn segments(
             };
             let sha = sha256_hex(&bytes);
             let header = match unseal(store, key, bytes, report).await? {
-                Unsealed::Plain(bytes) => check_records(key, &bytes, st, report, &mut txns).map(|h| (h, bytes)),
+                Unsealed::Plain(bytes) => check_records(key, &bytes, st, report, &mut txns).map(|(h, t)| {
+                    latest.insert(key.clone(), t);
+                    (h, bytes)
+                }),
                 Unsealed::HeaderOnly(h) => Some((*h, bytes::Bytes::new())),
                 Unsealed::Reported => None,
             };
@@ -371,6 +378,16 @@ async fn segments(
             (Some(_), None) if *n == 0 => report.add(key, Kind::Altered, "segment 0 names a previous segment"),
             _ => {}
         }
+        // The chain's mark before it: known at the chain's start, and after
+        // the segment before it that read.
+        let before = match prev {
+            _ if *n == 0 => Some(TimeHigh::Empty),
+            Some((pn, _, Some(ph), _)) if pn + 1 == *n => Some(TimeHigh::of(ph)),
+            _ => None,
+        };
+        if let Some(fault) = time_high_fault(before, h, latest.get(key).copied()) {
+            report.add(key, Kind::Altered, fault);
+        }
         if let Some(pl) = prev_last {
             if h.records > 0 && h.first_lsn < pl {
                 report.add(
@@ -401,6 +418,65 @@ async fn segments(
         }
     }
     Ok(())
+}
+
+/// What is wrong with the commit-time mark of the segment with `header`
+/// ([`SegmentHeader::commit_time_high`]), given the chain's mark before it
+/// (`None`: not known here: the first segment a prune kept, or one after a
+/// segment that did not read) and its records' greatest commit time
+/// (`None`: not read, an encrypted segment checked without its key; then its
+/// header's first and last commit times stand for its records). A missing
+/// mark is never wrong (a writer of an earlier release); one that is there
+/// must bound the segment's records, and be what its writer computed: the
+/// mark before it carried on over them.
+fn time_high_fault(
+    before: Option<TimeHigh>,
+    header: &SegmentHeader,
+    latest: Option<Option<DateTime<Utc>>>,
+) -> Option<String> {
+    let mark = TimeHigh::of(header);
+    if mark == TimeHigh::Unknown {
+        return None;
+    }
+    let own = latest.unwrap_or(header.first_commit_time.max(header.last_commit_time));
+    let beyond = |t: &DateTime<Utc>| match mark {
+        TimeHigh::At(h) => *t > h,
+        TimeHigh::Empty => true,
+        TimeHigh::Unknown => false,
+    };
+    if let Some(t) = own.filter(beyond) {
+        return Some(format!(
+            "a record committed at {t}, after its header's commit-time mark ({})",
+            describe(mark)
+        ));
+    }
+    let before = before?;
+    let want = match latest {
+        Some(latest) => before.then(latest),
+        // Not read: the mark must not fall below the chain's, nor appear
+        // where the chain's was not known.
+        None => match (before, mark) {
+            (TimeHigh::Unknown, _) => TimeHigh::Unknown,
+            (TimeHigh::At(b), TimeHigh::At(h)) if h < b => before,
+            _ => mark,
+        },
+    };
+    (want != mark).then(|| {
+        format!(
+            "its header's commit-time mark is {}, but the chain's through it is {}",
+            describe(mark),
+            describe(want)
+        )
+    })
+}
+
+/// A commit-time mark, in words.
+fn describe(mark: TimeHigh) -> String {
+    match mark {
+        TimeHigh::At(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        TimeHigh::Empty => "null (no record so far)".into(),
+        TimeHigh::Unknown => "absent".into(),
+    }
 }
 
 /// The transactions seen in a generation's segments without their commit
@@ -630,7 +706,9 @@ fn check_records(
     st: &state::GenState,
     report: &mut Report,
     txns: &mut Txns,
-) -> Option<crate::segment::SegmentHeader> {
+) -> Option<(SegmentHeader, Option<DateTime<Utc>>)> {
+    // The greatest commit time of its records.
+    let mut latest: Option<DateTime<Utc>> = None;
     // Applied once the segment reads whole: the transactions it opens, then
     // those it commits (a transaction's records come before its commit).
     let mut opened: BTreeMap<Lsn, String> = BTreeMap::new();
@@ -670,9 +748,13 @@ fn check_records(
             prev = Some(lsn);
         }
         match rec {
-            Ok(Some(Record::Commit(c))) => committed.push(c.commit_lsn),
+            Ok(Some(Record::Commit(c))) => {
+                latest = latest.max(Some(c.commit_time));
+                committed.push(c.commit_lsn);
+            }
             Ok(Some(rec)) => {
-                if let Some(((lsn, _), _)) = rec.identity() {
+                if let Some(((lsn, _), t)) = rec.identity() {
+                    latest = latest.max(Some(t));
                     opened.entry(lsn).or_insert_with(|| key.to_string());
                 }
             }
@@ -683,7 +765,7 @@ fn check_records(
                 for lsn in committed {
                     txns.open.remove(&lsn);
                 }
-                return Some(r.header.clone());
+                return Some((r.header.clone(), latest));
             }
             Err(e) => {
                 let text = e.to_string();
@@ -1147,4 +1229,56 @@ pub async fn against_source(
             .map_err(sql_err)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap_or_default()
+    }
+
+    fn header(mark: TimeHigh, first: Option<i64>, last: Option<i64>) -> SegmentHeader {
+        SegmentHeader {
+            commit_time_high: mark.field(),
+            first_commit_time: first.map(at),
+            last_commit_time: last.map(at),
+            ..SegmentHeader::default()
+        }
+    }
+
+    #[test]
+    fn a_commit_time_mark_must_bound_its_records_and_carry_the_chains_on() {
+        let h = |mark| header(mark, Some(5), Some(3));
+        // Read whole, after a known chain: exactly the chain's mark carried on.
+        assert_eq!(
+            time_high_fault(Some(TimeHigh::At(at(9))), &h(TimeHigh::At(at(9))), Some(Some(at(5)))),
+            None
+        );
+        assert_eq!(
+            time_high_fault(Some(TimeHigh::Empty), &h(TimeHigh::At(at(5))), Some(Some(at(5)))),
+            None
+        );
+        let high = time_high_fault(Some(TimeHigh::At(at(4))), &h(TimeHigh::At(at(9))), Some(Some(at(5))));
+        assert!(high.is_some_and(|f| f.contains("the chain's through it")));
+        // Below its own records, wherever it is.
+        let low = time_high_fault(None, &h(TimeHigh::At(at(4))), Some(Some(at(5))));
+        assert!(low.is_some_and(|f| f.contains("after its header's commit-time mark")));
+        assert!(time_high_fault(None, &h(TimeHigh::Empty), Some(Some(at(5)))).is_some());
+        // Sealed (not read): its header's times stand for its records, and
+        // the mark may not fall, nor appear after an unknown one.
+        assert!(time_high_fault(None, &h(TimeHigh::At(at(4))), None).is_some());
+        assert_eq!(
+            time_high_fault(Some(TimeHigh::At(at(7))), &h(TimeHigh::At(at(8))), None),
+            None
+        );
+        assert!(time_high_fault(Some(TimeHigh::At(at(9))), &h(TimeHigh::At(at(8))), None).is_some());
+        assert!(time_high_fault(Some(TimeHigh::Unknown), &h(TimeHigh::At(at(8))), None).is_some());
+        // Absent is never wrong: an earlier release wrote it.
+        assert_eq!(
+            time_high_fault(Some(TimeHigh::At(at(9))), &h(TimeHigh::Unknown), Some(Some(at(5)))),
+            None
+        );
+    }
 }

@@ -125,6 +125,9 @@ pub struct Tail {
     /// Everything before this WAL position is archived (or deliberately not:
     /// idle WAL, or WAL covered by a snapshot).
     pub durable_lsn: Option<Lsn>,
+    /// What the chain says of its records' commit times (the last
+    /// segment's header's mark), which the next segment carries on.
+    pub time_high: crate::segment::TimeHigh,
 }
 
 /// The state of one generation.
@@ -351,8 +354,11 @@ async fn tail_from_headers(store: &Store, segs: &[(String, u64, u64)]) -> Result
     let mut tail = Tail::default();
     if let Some((_, n, _)) = segs.last() {
         tail.next_number = n + 1;
-        for (key, _, size) in segs.iter().rev() {
+        for (i, (key, _, size)) in segs.iter().rev().enumerate() {
             let (header, _) = crate::index::segment_header(store, key, *size).await?;
+            if i == 0 {
+                tail.time_high = crate::segment::TimeHigh::of(&header);
+            }
             if tail.durable_lsn.is_none() {
                 tail.durable_lsn = header.durable_lsn;
             }

@@ -52,6 +52,14 @@ pub struct SynthArgs {
     /// changes), as an application that says why it changed a row does.
     #[arg(long)]
     pub intent_every: Option<u64>,
+    /// The source's clock steps back before every Nth transaction (by
+    /// --clock-back-ms), as after a clock correction: commit times are then
+    /// not in commit order.
+    #[arg(long, value_name = "N")]
+    pub clock_back_every: Option<u64>,
+    /// How far the clock steps back each time (milliseconds).
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    pub clock_back_ms: i64,
 }
 
 pub async fn run(args: &SynthArgs) -> anyhow::Result<()> {
@@ -74,6 +82,9 @@ pub async fn run(args: &SynthArgs) -> anyhow::Result<()> {
             crash_at: args.crash_at,
             orphan_at_end: args.orphan_at_end,
             intent_every: args.intent_every,
+            clock_back: args
+                .clock_back_every
+                .map(|n| (n, chrono::Duration::milliseconds(args.clock_back_ms))),
         },
     )
     .await?;

@@ -80,6 +80,17 @@ pub struct SegmentHeader {
     /// Commit time of the last record.
     #[serde(serialize_with = "rfc3339_opt")]
     pub last_commit_time: Option<DateTime<Utc>>,
+    /// The chain's commit-time high-water mark: every record of this
+    /// segment and of every earlier segment of the generation committed at
+    /// or before it (`Some(None)`, written `null`: none of them has a
+    /// record). Absent (`None`) where its writer could not know: a segment
+    /// before it was written without one. Commit times may step back, so
+    /// the records' own times do not bound the earlier segments'; this does,
+    /// and it never decreases along the chain, so a reader of what
+    /// committed since a time finds its first segment by a binary search
+    /// over headers (see [`TimeHigh`]).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "time_high_field")]
+    pub commit_time_high: Option<Option<DateTime<Utc>>>,
     /// How many records follow (changes, messages, schemas and commits).
     pub records: u64,
     /// How many lines follow (the records and the `begin` lines).
@@ -101,6 +112,78 @@ pub struct SegmentHeader {
     /// frame, so a changed ciphertext byte is found without the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_sha256: Option<String>,
+}
+
+/// `commit_time_high`: absent, `null` or a time.
+mod time_high_field {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Option<DateTime<Utc>>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(Some(t)) => s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+            _ => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<DateTime<Utc>>>, D::Error> {
+        // Present: `null` or a time (absent is the field's default).
+        Ok(Some(Option::<DateTime<Utc>>::deserialize(d)?))
+    }
+}
+
+/// What a generation's chain, up to some segment, says of its records'
+/// commit times: the value a segment's header carries on in
+/// [`SegmentHeader::commit_time_high`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TimeHigh {
+    /// No record yet: a new chain, or heartbeats only.
+    #[default]
+    Empty,
+    /// Every record so far committed at or before this time.
+    At(DateTime<Utc>),
+    /// Not known: a segment before was written without the mark.
+    Unknown,
+}
+
+impl TimeHigh {
+    /// What the chain through the segment with `header` says.
+    pub fn of(header: &SegmentHeader) -> TimeHigh {
+        match header.commit_time_high {
+            None => TimeHigh::Unknown,
+            Some(None) => TimeHigh::Empty,
+            Some(Some(t)) => TimeHigh::At(t),
+        }
+    }
+
+    /// The chain's mark once a segment whose records' greatest commit time
+    /// is `latest` (`None`: no record with a time) follows.
+    pub fn then(self, latest: Option<DateTime<Utc>>) -> TimeHigh {
+        match (self, latest) {
+            (TimeHigh::Unknown, _) => TimeHigh::Unknown,
+            (TimeHigh::Empty, None) => TimeHigh::Empty,
+            (TimeHigh::Empty, Some(t)) => TimeHigh::At(t),
+            (TimeHigh::At(a), b) => TimeHigh::At(b.map_or(a, |b| a.max(b))),
+        }
+    }
+
+    /// The header field that says this.
+    pub fn field(self) -> Option<Option<DateTime<Utc>>> {
+        match self {
+            TimeHigh::Unknown => None,
+            TimeHigh::Empty => Some(None),
+            TimeHigh::At(t) => Some(Some(t)),
+        }
+    }
+
+    /// Whether every record so far is known to have committed before `t`.
+    pub fn before(self, t: DateTime<Utc>) -> bool {
+        match self {
+            TimeHigh::Unknown => false,
+            TimeHigh::Empty => true,
+            TimeHigh::At(h) => h < t,
+        }
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -333,7 +416,9 @@ mod tests {
         for r in &records {
             b.push(r).expect("push");
         }
-        let sealed = b.seal("00000001", 3, Some("ab".repeat(32)), 0).expect("seal");
+        let sealed = b
+            .seal("00000001", 3, Some("ab".repeat(32)), TimeHigh::Empty, 0)
+            .expect("seal");
         assert_eq!(sealed.header.first_lsn, Lsn(100));
         assert_eq!(sealed.header.last_lsn, Lsn(200));
         assert_eq!(sealed.header.records, 8);
@@ -362,7 +447,7 @@ mod tests {
         for i in 0..3 {
             b.push(&change(100, i, 10 + i * 40, Op::Insert)).expect("push");
         }
-        let sealed = b.seal("00000001", 0, None, 0).expect("seal");
+        let sealed = b.seal("00000001", 0, None, TimeHigh::Empty, 0).expect("seal");
         let text = zstd::decode_all(&sealed.bytes[..]).expect("zstd");
         let text = String::from_utf8(text).expect("utf-8");
         let lines: Vec<&str> = text.lines().skip(1).collect();
@@ -388,7 +473,9 @@ mod tests {
         let mut b = SegmentBuilder::new().expect("builder");
         b.push(&change(100, 3, 200, Op::Insert)).expect("push");
         b.push(&commit(100, 4)).expect("push");
-        let next = b.seal("00000001", 1, Some(sealed.sha256), 0).expect("seal");
+        let next = b
+            .seal("00000001", 1, Some(sealed.sha256), TimeHigh::Empty, 0)
+            .expect("seal");
         let back = read_all(&next.bytes).expect("read");
         assert_eq!(back, vec![change(100, 3, 200, Op::Insert), commit(100, 4)]);
     }
@@ -397,7 +484,7 @@ mod tests {
     fn a_record_less_segment_has_no_frames_for_any_reader() {
         let mut b = SegmentBuilder::new().expect("builder");
         b.mark_idle(Lsn(500));
-        let sealed = b.seal("00000001", 3, None, 0).expect("seal");
+        let sealed = b.seal("00000001", 3, None, TimeHigh::Empty, 0).expect("seal");
         assert_eq!(sealed.header.records, 0);
         let (header, frames) = SegmentReader::locate_frames("k", &sealed.bytes).expect("located");
         assert_eq!(header.durable_lsn, Some(Lsn(500)));
@@ -409,7 +496,7 @@ mod tests {
         for r in &all {
             b.push(r).expect("push");
         }
-        let sealed = b.seal("00000001", 4, None, 0).expect("seal");
+        let sealed = b.seal("00000001", 4, None, TimeHigh::Empty, 0).expect("seal");
         let (_, frames) = SegmentReader::locate_frames("k", &sealed.bytes).expect("located");
         let mut got = Vec::new();
         for (off, len) in frames {
@@ -433,7 +520,7 @@ mod tests {
         }
         all.push(commit(100, 24000));
         b.push(all.last().expect("commit")).expect("push");
-        let sealed = b.seal("00000001", 0, None, 0).expect("seal");
+        let sealed = b.seal("00000001", 0, None, TimeHigh::Empty, 0).expect("seal");
         let frames = sealed.header.frames.clone();
         assert!(frames.len() >= 3, "{} frames", frames.len());
         assert_eq!(read_all(&sealed.bytes).expect("whole"), all);
@@ -470,7 +557,7 @@ mod tests {
                 b.push(&Record::Change(c)).expect("push");
             }
             b.push(&commit(100, 60000)).expect("push");
-            let sealed = b.seal("00000001", 0, None, 0).expect("seal");
+            let sealed = b.seal("00000001", 0, None, TimeHigh::Empty, 0).expect("seal");
             let at = sealed.body_offset;
             let sizes: Vec<(usize, usize)> = sealed
                 .header
@@ -526,7 +613,7 @@ mod tests {
             b.push(&Record::Change(scattered_insert(0, i))).expect("push");
         }
         b.push(&commit(100, 20000)).expect("push");
-        let sealed = b.seal("00000001", 0, None, 0).expect("seal");
+        let sealed = b.seal("00000001", 0, None, TimeHigh::Empty, 0).expect("seal");
         let key = "generations/00000001/segments/0000000000";
         store.put_once(key, sealed.bytes.clone()).await.expect("put");
         let (want, want_frames) = SegmentReader::locate_frames(key, &sealed.bytes).expect("frames");
@@ -564,7 +651,7 @@ mod tests {
             let end = commit(100 + n, 20000);
             b.push(&end).expect("push");
             all.push(end);
-            let sealed = b.seal("00000001", n, None, 0).expect("seal");
+            let sealed = b.seal("00000001", n, None, TimeHigh::Empty, 0).expect("seal");
             assert!(sealed.header.frames.len() >= 4, "{} frames", sealed.header.frames.len());
             assert_eq!(read_all(&sealed.bytes).expect("whole")[..], all[first..]);
             let key = format!("generations/00000001/segments/{n:010}");
@@ -660,7 +747,7 @@ mod tests {
         };
         c.schema_version = 9;
         b.push(&Record::Change(c)).expect("push");
-        let sealed = b.seal("00000001", 0, None, 0).expect("seal");
+        let sealed = b.seal("00000001", 0, None, TimeHigh::Empty, 0).expect("seal");
         let err = read_all(&sealed.bytes).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("no schema version 9") && err.contains('k'), "{err}");
     }
@@ -701,7 +788,7 @@ mod tests {
         for i in 0..200 {
             b.push(&change(100, i, 100 + i, Op::Insert)).expect("push");
         }
-        let sealed = b.seal("00000001", 0, None, 0).expect("seal");
+        let sealed = b.seal("00000001", 0, None, TimeHigh::Empty, 0).expect("seal");
         let mut bytes = sealed.bytes.to_vec();
         let at = bytes.len() - 20;
         bytes[at] ^= 0x40;
@@ -720,5 +807,60 @@ mod tests {
         // Cutting the object short is caught too.
         let cut = &sealed.bytes[..sealed.bytes.len() / 2];
         assert!(read_all(cut).is_err());
+    }
+
+    /// A change of commit `commit` at `time`.
+    fn change_at(commit: u64, time: DateTime<Utc>) -> Record {
+        let mut r = change(commit, 0, commit, Op::Insert);
+        if let Record::Change(c) = &mut r {
+            c.change.commit_time = time;
+        }
+        r
+    }
+
+    #[test]
+    fn the_commit_time_mark_bounds_every_record_so_far_and_never_falls_as_the_clock_steps_back() {
+        let later = time() + chrono::TimeDelta::seconds(10);
+        // A chain that starts with a heartbeat: no record yet, written null.
+        let mut b = SegmentBuilder::new().expect("builder");
+        b.mark_idle(Lsn(50));
+        let idle = b.seal("00000001", 0, None, TimeHigh::Empty, 0).expect("seal");
+        assert_eq!(TimeHigh::of(&idle.header), TimeHigh::Empty);
+        let text = String::from_utf8(zstd::decode_all(&idle.bytes[..]).expect("zstd")).expect("utf-8");
+        assert!(text.contains(r#""commit_time_high":null"#), "{text}");
+        // Records, then a segment whose records are older (the clock stepped
+        // back): the mark stays at the latest.
+        let mut b = SegmentBuilder::new().expect("builder");
+        b.push(&change_at(100, later)).expect("push");
+        b.push(&change_at(200, time())).expect("push");
+        let first = b
+            .seal("00000001", 1, None, TimeHigh::of(&idle.header), 0)
+            .expect("seal");
+        assert_eq!(TimeHigh::of(&first.header), TimeHigh::At(later));
+        assert_eq!(first.header.last_commit_time, Some(time()));
+        let mut b = SegmentBuilder::new().expect("builder");
+        b.push(&change_at(300, time())).expect("push");
+        let second = b
+            .seal("00000001", 2, None, TimeHigh::of(&first.header), 0)
+            .expect("seal");
+        assert_eq!(TimeHigh::of(&second.header), TimeHigh::At(later));
+        assert!(TimeHigh::of(&second.header).before(later + chrono::TimeDelta::microseconds(1)));
+        assert!(!TimeHigh::of(&second.header).before(later));
+        // It reads back as written.
+        let text = String::from_utf8(zstd::decode_all(&second.bytes[..]).expect("zstd")).expect("utf-8");
+        let header: SegmentHeader = serde_json::from_str(text.lines().next().expect("header")).expect("header");
+        assert_eq!(header.commit_time_high, Some(Some(later)));
+        // After a segment without one (an earlier release's), it is not known.
+        let mut old = header.clone();
+        old.commit_time_high = None;
+        let json = serde_json::to_string(&old).expect("json");
+        assert!(!json.contains("commit_time_high"), "{json}");
+        let old: SegmentHeader = serde_json::from_str(&json).expect("header");
+        assert_eq!(TimeHigh::of(&old), TimeHigh::Unknown);
+        let mut b = SegmentBuilder::new().expect("builder");
+        b.push(&change_at(400, later)).expect("push");
+        let after = b.seal("00000001", 3, None, TimeHigh::of(&old), 0).expect("seal");
+        assert_eq!(after.header.commit_time_high, None);
+        assert!(!TimeHigh::Unknown.before(later));
     }
 }

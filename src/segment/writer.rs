@@ -84,6 +84,8 @@ pub struct SegmentBuilder {
     last_commit: Option<CommitPoint>,
     first_time: Option<DateTime<Utc>>,
     last_time: Option<DateTime<Utc>>,
+    /// The greatest commit time of the records (times may step back).
+    latest_time: Option<DateTime<Utc>>,
     durable_lsn: Option<Lsn>,
     /// When the first record arrived (for the age bound).
     pub opened_at: Option<std::time::Instant>,
@@ -156,6 +158,7 @@ impl SegmentBuilder {
             last_commit: None,
             first_time: None,
             last_time: None,
+            latest_time: None,
             durable_lsn: None,
             opened_at: None,
             sealer: None,
@@ -350,6 +353,7 @@ impl SegmentBuilder {
         if let Some(t) = time {
             self.first_time.get_or_insert(t);
             self.last_time = Some(t);
+            self.latest_time = self.latest_time.max(Some(t));
         }
         self.opened_at.get_or_insert_with(std::time::Instant::now);
     }
@@ -384,12 +388,15 @@ impl SegmentBuilder {
     }
 
     /// Seals the segment as number `number` of `generation`, after the
-    /// segment whose SHA-256 is `prev_sha256`.
+    /// segment whose SHA-256 is `prev_sha256`; `before` is what the chain
+    /// before it says of commit times (the previous header's
+    /// [`TimeHigh::of`]; [`TimeHigh::Empty`] for the first segment).
     pub fn seal(
         mut self,
         generation: &str,
         number: u64,
         prev_sha256: Option<String>,
+        before: super::TimeHigh,
         fence: u64,
     ) -> Result<SealedSegment, Error> {
         self.end_frame()?;
@@ -408,6 +415,7 @@ impl SegmentBuilder {
             durable_lsn: self.durable_lsn,
             first_commit_time: self.first_time,
             last_commit_time: self.last_time,
+            commit_time_high: before.then(self.latest_time).field(),
             records: self.records,
             lines: self.lines,
             frames: std::mem::take(&mut self.frames),

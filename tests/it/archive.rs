@@ -96,7 +96,9 @@ async fn contract(store: Store) {
     // A segment survives the trip byte for byte.
     let mut b = waly::segment::SegmentBuilder::new().expect("builder");
     b.mark_idle(waly::Lsn(42));
-    let sealed = b.seal("00000001", 0, None, 0).expect("seal");
+    let sealed = b
+        .seal("00000001", 0, None, waly::segment::TimeHigh::Empty, 0)
+        .expect("seal");
     store.put_once("seg", sealed.bytes.clone()).await.expect("put segment");
     let back = store.get("seg").await.expect("get segment");
     assert_eq!(waly::segment::sha256_hex(&back), sealed.sha256);

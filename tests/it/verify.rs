@@ -241,7 +241,9 @@ fn verify_names_each_kind_of_damage_and_says_clean_otherwise() {
             let n = s.len() as u64;
             let mut b = waly::segment::SegmentBuilder::new().expect("builder");
             b.mark_idle(waly::Lsn(u64::MAX >> 8));
-            let sealed = b.seal("00000001", n, Some("ab".repeat(32)), 0).expect("seal");
+            let sealed = b
+                .seal("00000001", n, Some("ab".repeat(32)), waly::segment::TimeHigh::Empty, 0)
+                .expect("seal");
             let key =
                 waly::archive::layout::segment_key("00000001", n, sealed.header.first_lsn, sealed.header.last_lsn, 0);
             std::fs::write(d.join(key), &sealed.bytes).expect("write");
