@@ -9,7 +9,9 @@
 #     are): objects and bytes read per lookup (medians), and the p99 time;
 #   - `waly tables`: objects read and wall time;
 #   - a restore of t3 to a file: the share of the archive's bytes it read;
-#   - (on the line before) what an export of t3 alone reads.
+#   - (on the line before) what an export of t3 alone reads, and what a
+#     log of the last 1% of the time reads (its first segment found by the
+#     headers' commit-time marks).
 #
 #   bench/scale.sh [SIZES] [LOOKUPS]   (default "10000000 100000000", 25)
 #
@@ -32,10 +34,11 @@ now() { date +%s.%N; }
 read_field() { sed -n "s/^reads: \([0-9]*\) bytes in \([0-9]*\) GET requests to \([0-9]*\) objects, \([0-9]*\) listings.*/\\$1/p" "$2"; }
 LINES=()
 for N in $SIZES; do
-    MIX="--weights 1000000,100000,10000,1 --rows 1000000,100000,10000,1000 --skew 1 --row-bytes 64 --txn-changes 10"
-    # The mix and the index format the archive was written with, and its
-    # tails directory (a new format: a new archive).
-    ARCHIVE=$DIR/archive-$N-$(echo "$MIX index-format-5 tails-2" | cksum | cut -d" " -f1)
+    MIX="--weights 1000000,100000,10000,1 --rows 1000000,100000,10000,1000 --skew 1 --row-bytes 64 --txn-changes 10 --txn-interval-ms 100"
+    # The mix and the index format the archive was written with, its
+    # tails directory and its segments' commit-time marks (a new format: a
+    # new archive).
+    ARCHIVE=$DIR/archive-$N-$(echo "$MIX index-format-5 tails-2 time-marks-1" | cksum | cut -d" " -f1)
     if [ ! -f "$ARCHIVE/.complete" ]; then
         rm -rf "$ARCHIVE"
         # shellcheck disable=SC2086
@@ -74,7 +77,14 @@ for N in $SIZES; do
     WALY_READ_STATS=1 "$WALY" export --archive "$ARCHIVE" --to "$DIR/t3-export" --tables public.t3 --log warn >/dev/null 2>"$DIR/err"
     E_BYTES=$(read_field 1 "$DIR/err")
     rm -rf "$DIR/t3-export"
-    echo "history: p99 ${H_P99}s; restore of t3: $R_BYTES bytes read; export of t3: $E_BYTES bytes read ($(awk -v r="$E_BYTES" -v a="$ARCHIVE_BYTES" 'BEGIN {printf "%.2f", 100 * r / a}')% of the archive)"
+    # The log of the last 1% of the time: synth's N/10 transactions are
+    # 100 ms apart from 2026-01-01T00:00:00Z (1767225600).
+    SINCE=$(date -u -d "@$((1767225600 + N * 99 / 10000))" +%FT%TZ)
+    WALY_READ_STATS=1 "$WALY" log --archive "$ARCHIVE" --since "$SINCE" --json 2>"$DIR/err" | wc -l >"$DIR/since-lines"
+    S_BYTES=$(read_field 1 "$DIR/err")
+    S_REQ=$(read_field 2 "$DIR/err")
+    pct() { awk -v r="$1" -v a="$ARCHIVE_BYTES" 'BEGIN {printf "%.2f", 100 * r / a}'; }
+    echo "history: p99 ${H_P99}s; restore of t3: $R_BYTES bytes read; export of t3: $E_BYTES bytes read ($(pct "$E_BYTES")% of the archive); log --since $SINCE: $(cat "$DIR/since-lines") changes, $S_BYTES bytes read ($(pct "$S_BYTES")%) in $S_REQ requests"
     LINES+=("scale: events=$N history_objects_median=$H_OBJ history_bytes_median=$H_BYTES tables_objects=$T_OBJ tables_s=$T_S restore_small_fraction_pct=$R_PCT")
 done
 printf '%s\n' "${LINES[@]}"

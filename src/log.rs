@@ -281,8 +281,15 @@ pub async fn walk(
             }
             _ => Default::default(),
         };
+        // What committed since a time starts at the first segment whose
+        // chain may hold such a commit.
+        let skip = match opts.since {
+            Some(Bound::Time(t)) => committed_before(store, &segments, t).await?,
+            _ => 0,
+        };
         let wanted = segments
             .into_iter()
+            .skip(skip)
             .filter(|(key, _, _)| opts.may_show(key))
             .map(|(key, number, size)| {
                 let at = (number, layout::segment_fence(&key));
@@ -333,6 +340,35 @@ pub async fn walk(
         }
     }
     Ok(stats)
+}
+
+/// How many of `segments` (a generation's chain as `(key, number, size)`,
+/// in order) hold only records committed before `t`, as their headers'
+/// commit-time marks ([`crate::segment::TimeHigh`]) tell: a segment's mark
+/// bounds its records and every earlier segment's, and never decreases
+/// along the chain, so a binary search over headers finds the last segment
+/// whose mark is before `t`. It reads about log2 of the chain's length
+/// headers (their first bytes). A segment whose mark is missing (written
+/// by an earlier release) says nothing: the search counts only through a
+/// segment whose own header it read and whose mark is before `t`, so it
+/// never skips a segment that could hold such a commit.
+pub async fn committed_before(
+    store: &Store,
+    segments: &[(String, u64, u64)],
+    t: DateTime<Utc>,
+) -> Result<usize, Error> {
+    let (mut lo, mut hi) = (0, segments.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let (key, _, size) = &segments[mid];
+        let (header, _) = crate::index::segment_header(store, key, *size).await?;
+        if crate::segment::TimeHigh::of(&header).before(t) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
 }
 
 async fn snapshot_rows(

@@ -56,7 +56,8 @@ pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
                     let _ = serde_json::to_writer(
                         &mut line,
                         &serde_json::json!({"message": {"prefix": m.prefix, "content": m.content, "transactional": true,
-                            "commit_lsn": m.commit_lsn, "seq": m.seq, "xid": m.xid}}),
+                            "commit_lsn": m.commit_lsn, "seq": m.seq, "xid": m.xid,
+                            "commit_time": m.commit_time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)}}),
                     );
                 } else {
                     let _ = write!(

@@ -690,6 +690,36 @@ fn check_log(seed: u64, db: &TestDb, archive: &str, out: &mut Outcome) {
             )
         });
     }
+    // What committed since a time (found by the headers' commit-time
+    // marks, carried across restarts and takeovers) is the whole log's
+    // lines committed at or after it.
+    // (A message's line holds its time inside.)
+    let time_of = |v: &Value| {
+        v["commit_time"]
+            .as_str()
+            .or(v["message"]["commit_time"].as_str())
+            .map(String::from)
+    };
+    let times: Vec<String> = lines.iter().filter_map(time_of).collect();
+    out.check(times.len() == lines.len(), || {
+        format!("seed {seed}: log --json: a line without its commit time")
+    });
+    if let Some(since) = times.get(times.len() * 2 / 3) {
+        let want: Vec<&str> = whole
+            .lines()
+            .filter(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| time_of(&v).is_some_and(|t| t >= *since)))
+            .collect();
+        let part = waly_out(&["log", "--archive", archive, "--since", since.as_str(), "--json"]);
+        let got = stdout(&part);
+        out.check(got.lines().eq(want.iter().copied()), || {
+            format!(
+                "seed {seed}: log --since {since} ({} lines) is not the whole log's {} lines since: {}",
+                got.lines().count(),
+                want.len(),
+                stderr(&part)
+            )
+        });
+    }
     let mut seen = std::collections::HashSet::new();
     let mut last = String::new();
     let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();

@@ -668,6 +668,24 @@ fn an_archive_indexed_in_format_4_is_read_by_its_index_and_reindexed_as_format_5
         assert!(out.contains(" 0 problem(s)"), "{when}: {out}");
     };
     clean("format 4");
+    // Its segments carry no commit-time mark (written before it): a log
+    // since a time reads them all, and shows what committed since.
+    let all = stdout(&["log", "--archive", &dir, "--json"]);
+    let time_of = |l: &str| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["commit_time"].to_string();
+    let since = all
+        .lines()
+        .nth(all.lines().count() * 2 / 3)
+        .map(time_of)
+        .expect("a line");
+    let since = since.trim_matches('"');
+    let want: Vec<&str> = all.lines().filter(|l| time_of(l).trim_matches('"') >= since).collect();
+    let part = stdout(&["log", "--archive", &dir, "--json", "--since", since]);
+    assert!(!want.is_empty() && want.len() < all.lines().count());
+    assert_eq!(
+        part.lines().collect::<Vec<_>>(),
+        want,
+        "log --since on unmarked segments"
+    );
     let mut keys = Vec::new();
     for table in ["public.t0", "public.t1", "public.t2"] {
         let log = json_lines(&stdout(&["log", "--archive", &dir, "--table", table, "--json"]));
@@ -1059,6 +1077,126 @@ fn data_read(stderr: &str) -> (Vec<(u64, u64, u64)>, usize) {
 
 /// Every exported row's table, operation and identity, as a DuckDB query
 /// over the export at `dest`.
+/// A segment's bytes with its header (its first frame) edited by `edit`;
+/// the records' frames are kept as they are.
+fn with_header(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let n = zstd::zstd_safe::find_frame_compressed_size(bytes).expect("the header frame");
+    let text = String::from_utf8(zstd::decode_all(&bytes[..n]).expect("the header")).expect("utf-8");
+    let mut header: serde_json::Value = serde_json::from_str(text.trim_end()).expect("the header's JSON");
+    edit(&mut header);
+    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).expect("zstd");
+    enc.include_checksum(true).expect("zstd");
+    std::io::Write::write_all(
+        &mut enc,
+        format!("{header}{}", &text[text.trim_end().len()..]).as_bytes(),
+    )
+    .expect("zstd");
+    let mut out = enc.finish().expect("zstd");
+    out.extend_from_slice(&bytes[n..]);
+    out
+}
+
+/// `waly log --since <time>` (and `export --since`, on the same walk)
+/// starts at the first segment whose chain may hold a commit at or after
+/// the time: each header's commit-time mark bounds its records and every
+/// earlier segment's, and a binary search over headers finds where. The
+/// source's clock steps back here, so later segments hold older commits
+/// than earlier ones: what it shows is still exactly the whole log's
+/// records committed at or after the time, in order; and a header whose
+/// mark is wrong is named by `waly verify`.
+#[test]
+fn a_log_since_a_time_shows_every_commit_at_or_after_it_though_the_clock_steps_back() {
+    let dir = std::env::temp_dir().join("waly-synth-clock-back").display().to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    // 20,000 transactions, 100 ms apart; before every 5,000th the clock
+    // steps back 5 minutes.
+    stdout(&[
+        "synth",
+        "--archive",
+        &dir,
+        "--events",
+        "200000",
+        "--weights",
+        "100,10,1",
+        "--rows",
+        "300",
+        "--segment-size",
+        "64KiB",
+        "--clock-back-every",
+        "5000",
+        "--clock-back-ms",
+        "300000",
+    ]);
+    let all = stdout(&["log", "--archive", &dir, "--json"]);
+    let time_of = |l: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+        v["commit_time"].as_str().expect("a commit time").to_string()
+    };
+    // 00:13:20 is passed three times: before the third step back, and
+    // twice after it (the second time past the clock's earlier peak).
+    let since = "2026-01-01T00:13:20Z";
+    let at = "2026-01-01T00:13:20.000000Z";
+    let want: Vec<&str> = all.lines().filter(|l| time_of(l).as_str() >= at).collect();
+    let first = all
+        .lines()
+        .position(|l| time_of(l).as_str() >= at)
+        .expect("commits since");
+    assert!(
+        all.lines().skip(first).any(|l| time_of(l).as_str() < at),
+        "the clock never stepped back past the time"
+    );
+    let out = run_within(
+        waly()
+            .env("WALY_READ_STATS", "1")
+            .args(["log", "--archive", &dir, "--json", "--since", since]),
+        120,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "log --since: {err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().collect::<Vec<_>>(),
+        want,
+        "log --since differs from the whole log's commits since"
+    );
+    let whole = run_within(
+        waly()
+            .env("WALY_READ_STATS", "1")
+            .args(["log", "--archive", &dir, "--json"]),
+        120,
+    );
+    let (part, every) = (bytes_read(&err), bytes_read(&String::from_utf8_lossy(&whole.stderr)));
+    assert!(
+        part * 2 < every,
+        "log --since read {part} bytes, the whole log {every}: it should start near 70% of the archive"
+    );
+    // The export walks the same way: as many rows as the log's lines.
+    let dest = format!("{dir}-export");
+    let _ = std::fs::remove_dir_all(&dest);
+    stdout(&["export", "--archive", &dir, "--to", &dest, "--since", since]);
+    let rows = crate::export::duckdb(&format!("SELECT count(*) FROM ({})", exported_rows(&dest)));
+    assert_eq!(rows[0][0], Some(want.len().to_string()), "export --since");
+    let clean = stdout(&["verify", "--archive", &dir, "--json"]);
+    assert!(clean.contains("\"clean\":true"), "{clean}");
+
+    // The last segment's mark set back before its own records: verify
+    // names it (no later segment chains to it, so its hash says nothing).
+    let seg_dir = std::path::Path::new(&dir).join("generations/00000001/segments");
+    let last = segments(&dir).into_keys().next_back().expect("segments");
+    let wrong = with_header(&std::fs::read(seg_dir.join(&last)).expect("read"), |h| {
+        h["commit_time_high"] = serde_json::json!("2026-01-01T00:00:00.000000Z");
+    });
+    std::fs::write(seg_dir.join(&last), wrong).expect("write");
+    let out = run_within(waly().args(["verify", "--archive", &dir, "--json"]), 120);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify's JSON");
+    let named = v["report"]["problems"].as_array().into_iter().flatten().any(|p| {
+        p["object"].as_str().is_some_and(|o| o.ends_with(&last))
+            && p["detail"].as_str().is_some_and(|d| d.contains("commit-time mark"))
+    });
+    assert!(named, "verify does not name the wrong mark of {last}: {v}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&dest);
+}
+
 fn exported_rows(dest: &str) -> String {
     format!(
         "SELECT regexp_extract(filename, '([^/]+)/date=', 1), _op, _commit_lsn, _seq FROM read_parquet('{dest}/*/*/*.parquet', hive_partitioning = true, union_by_name = true, filename = true)"
@@ -1239,20 +1377,9 @@ fn reads_after_an_lsn_leave_earlier_segments_unread_and_show_what_a_whole_read_s
     // leaves out its later records: verify names it.
     let seg_dir = std::path::Path::new(&dir).join("generations/00000001/segments");
     let name = segments(&dir).into_keys().nth(3).expect("a fourth segment");
-    let bytes = std::fs::read(seg_dir.join(&name)).expect("read");
-    let n = zstd::zstd_safe::find_frame_compressed_size(&bytes).expect("the header frame");
-    let text = String::from_utf8(zstd::decode_all(&bytes[..n]).expect("the header")).expect("utf-8");
-    let mut header: serde_json::Value = serde_json::from_str(text.trim_end()).expect("the header's JSON");
-    header["last_lsn"] = header["first_lsn"].clone();
-    let mut enc = zstd::stream::Encoder::new(Vec::new(), 3).expect("zstd");
-    enc.include_checksum(true).expect("zstd");
-    std::io::Write::write_all(
-        &mut enc,
-        format!("{header}{}", &text[text.trim_end().len()..]).as_bytes(),
-    )
-    .expect("zstd");
-    let mut narrowed = enc.finish().expect("zstd");
-    narrowed.extend_from_slice(&bytes[n..]);
+    let narrowed = with_header(&std::fs::read(seg_dir.join(&name)).expect("read"), |header| {
+        header["last_lsn"] = header["first_lsn"].clone();
+    });
     let mut parts: Vec<&str> = name.trim_end_matches(".jsonl.zst").split('-').collect();
     parts[2] = parts[1];
     let renamed = format!("{}.jsonl.zst", parts.join("-"));
