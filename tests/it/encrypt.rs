@@ -258,6 +258,9 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
         let _ = run.child.wait();
         run = spawn(&db, &enc, &slot(&db));
     }
+    // What committed since here: found by the segments' commit-time marks
+    // (in the headers, which are not sealed) across the restarts.
+    let mid = db.now_utc();
     // The statement text a schema version keeps, the default and the
     // value older rows take: sealed. Killed once the version is stored
     // (most likely before its transaction is archived), the writer's next
@@ -296,6 +299,7 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
     for args in [
         vec!["log", "--json"],
         vec!["log", "--json", "--table", "people"],
+        vec!["log", "--json", "--since", &mid],
         vec!["history", "people", "3", "--json"],
         vec!["history", "people", "699"],
         vec!["show", "people", "--at", &at],
