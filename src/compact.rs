@@ -103,7 +103,7 @@ pub async fn compact(store: &Store, upto: Option<Lsn>) -> Result<Option<Compacte
         return Ok(None);
     }
     let metrics = Metrics::default();
-    let mut index = crate::index::Builder::for_writer(store.sealer()?.as_ref());
+    let mut index = crate::index::Builder::for_writer(store.sealer()?.as_ref()).spilling();
     let mut manifest = Manifest {
         waly_snapshot: 1,
         generation: gen.clone(),

@@ -218,7 +218,7 @@ pub async fn take(
         tables: Vec::new(),
     };
     let mut schemas = Vec::new();
-    let mut index = crate::index::Builder::for_writer(store.sealer()?.as_ref());
+    let mut index = crate::index::Builder::for_writer(store.sealer()?.as_ref()).spilling();
     for t in tables {
         let qualified = t.qualified();
         let def = crate::schema::ddl::catalog_definition(&sql, &t.schema, &t.name)
@@ -328,13 +328,9 @@ pub(crate) async fn write_manifest(
         .await?;
     // The index is derived data: a failure to write it costs speed, not
     // history.
-    match index.encode(gen, store.sealer()?.as_ref()) {
-        Ok(bytes) => {
-            if let Err(e) = store.put_once(&crate::index::snapshot_index_key(gen, lsn), bytes).await {
-                tracing::warn!(error = %crate::error::chain(&e), "could not write the snapshot's index; reads fall back to scanning");
-            }
-        }
-        Err(e) => tracing::warn!(error = %crate::error::chain(&e), "could not build the snapshot's index"),
+    let key = crate::index::snapshot_index_key(gen, lsn);
+    if let Err(e) = index.store(store, &key, gen, store.sealer()?.as_ref()).await {
+        tracing::warn!(error = %crate::error::chain(&e), "could not write the snapshot's index; reads fall back to scanning");
     }
     Ok(())
 }

@@ -219,7 +219,7 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
         tables: Vec::new(),
     };
     let metrics = crate::metrics::Metrics::default();
-    let mut index = crate::index::Builder::for_writer(store.sealer()?.as_ref());
+    let mut index = crate::index::Builder::for_writer(store.sealer()?.as_ref()).spilling();
     let mut tables = Vec::new();
     for i in 0..opts.weights.len() {
         let name = format!("public.t{i}");

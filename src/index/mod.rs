@@ -26,6 +26,7 @@ mod hash;
 mod merge;
 mod messages;
 mod rebuild;
+mod runs;
 mod tails;
 mod write;
 use frames::{decode_frame_block, FrameTableWriter};
@@ -237,6 +238,22 @@ pub struct Builder {
     /// [`SectionWriter::with_format`]).
     #[cfg(test)]
     block_format: Option<u32>,
+    /// A snapshot's builder: the key and bucket entries past a bound wait
+    /// in sorted runs in local files (see [`Builder::spilling`]).
+    spill: Option<Spill>,
+}
+
+/// Where a spilling builder's entries wait (see [`runs`]).
+#[derive(Debug)]
+struct Spill {
+    /// Key and bucket entries held in memory at most.
+    at: usize,
+    /// The scratch directory, made at the first spill.
+    dir: Option<crate::scratch::Scratch>,
+    keys: runs::Runs,
+    buckets: runs::Runs,
+    /// A spill that failed: the object is not written (it is derived data).
+    failed: Option<Error>,
 }
 
 fn get_varint(b: &[u8], at: &mut usize) -> Option<u64> {
@@ -263,6 +280,45 @@ impl Builder {
         }
     }
 
+    /// This builder holds at most about a million key and bucket entries
+    /// in memory (16 MiB): past that it sorts them into runs in local files,
+    /// merged back in order as the object is written ([`Builder::store`]).
+    /// For a snapshot's index, which has an entry per row.
+    pub fn spilling(self) -> Self {
+        self.spilling_at(runs::SPILL_ENTRIES)
+    }
+
+    fn spilling_at(mut self, at: usize) -> Self {
+        self.spill = Some(Spill {
+            at,
+            dir: None,
+            keys: Default::default(),
+            buckets: Default::default(),
+            failed: None,
+        });
+        self
+    }
+
+    /// Writes the key and bucket entries held to runs, when a spilling
+    /// builder holds its bound of them.
+    fn spill_if_full(&mut self) {
+        let Some(spill) = &mut self.spill else { return };
+        if spill.failed.is_some() || self.keys.len() + self.buckets.len() < spill.at {
+            return;
+        }
+        let wrote = (|| {
+            let dir = match &mut spill.dir {
+                Some(d) => d,
+                None => spill.dir.insert(crate::scratch::Scratch::new("index-entries")?),
+            };
+            spill.keys.write(dir, "keys", &mut self.keys)?;
+            spill.buckets.write(dir, "buckets", &mut self.buckets)
+        })();
+        if let Err(e) = wrote {
+            spill.failed = Some(e);
+        }
+    }
+
     /// How a writer hashes the entries it adds (see [`Builder::for_writer`]).
     pub fn hasher(&self) -> &Hasher {
         &self.hasher
@@ -282,6 +338,7 @@ impl Builder {
         self.buckets.extend(keys.buckets.iter().map(|(v, f)| (*v, i, *f)));
         self.messages.extend(messages.iter().map(|(l, f)| (*l, i, *f)));
         self.tables.extend(tables.iter().map(|(h, f)| (*h, i, *f)));
+        self.spill_if_full();
     }
 
     /// Notes where the record frames of the segment added last lie
@@ -300,38 +357,89 @@ impl Builder {
     /// The index object's bytes: data blocks, fence blocks, footer, trailer;
     /// `sealer` (an encrypted archive's writer) seals each block and the
     /// footer as a frame of its own, so a lookup still reads a few ranges.
-    pub fn encode(mut self, generation: &str, sealer: Option<&crate::crypt::Sealer>) -> Result<Bytes, Error> {
+    pub fn encode(self, generation: &str, sealer: Option<&crate::crypt::Sealer>) -> Result<Bytes, Error> {
+        let mut c = BlockWriter::new(sealer)?;
+        let footer = self.write_into(generation, sealer, &mut c)?;
+        c.finish_in_memory(&footer)
+    }
+
+    /// Writes the index object at `key` of `store`, as [`Builder::encode`]
+    /// would, holding at most a few MiB of it in memory (past that, it is
+    /// written to a local file and uploaded from there).
+    pub async fn store(
+        self,
+        store: &Store,
+        key: &str,
+        generation: &str,
+        sealer: Option<&crate::crypt::Sealer>,
+    ) -> Result<(), Error> {
+        let mut c = BlockWriter::spilling(sealer, write::SPILL_BYTES)?;
+        let footer = self.write_into(generation, sealer, &mut c)?;
+        match c.finish(&footer)? {
+            write::Written::Memory(bytes) => store.put_once(key, bytes).await,
+            write::Written::File(file) => store.put_file_once(key, &file.path).await,
+        }
+    }
+
+    /// Writes the sections, fences and frame table into `c`: the footer.
+    fn write_into(
+        mut self,
+        generation: &str,
+        sealer: Option<&crate::crypt::Sealer>,
+        c: &mut BlockWriter,
+    ) -> Result<Footer, Error> {
         if self.key_id.is_some() != sealer.is_some() {
             return Err(Error::Encryption(
                 "index entries must be hashed under a data key exactly when the archive is encrypted".into(),
             ));
         }
-        let mut c = BlockWriter::new(sealer)?;
-        let section = |entries: &mut Vec<Entry>, codec: Codec, c: &mut BlockWriter| -> Result<write::Section, Error> {
-            entries.sort_unstable();
+        let spill = self.spill.take();
+        if let Some(e) = spill.as_ref().and_then(|s| s.failed.as_ref()) {
+            return Err(Error::Protocol(format!(
+                "could not set index entries aside in a local file: {e}"
+            )));
+        }
+        #[cfg(test)]
+        let format = self.block_format.unwrap_or(FORMAT);
+        let section = |entries: Vec<Entry>,
+                       runs: Option<&runs::Runs>,
+                       codec: Codec,
+                       c: &mut BlockWriter|
+         -> Result<write::Section, Error> {
             #[cfg(test)]
-            let mut w = SectionWriter::with_format(codec, self.block_format.unwrap_or(FORMAT));
+            let mut w = SectionWriter::with_format(codec, format);
             #[cfg(not(test))]
             let mut w = SectionWriter::new(codec);
-            for e in entries.iter() {
-                w.push(*e, c)?;
+            let mut merged = runs.unwrap_or(&runs::Runs::default()).merged(entries)?;
+            while let Some(e) = merged.next_entry()? {
+                w.push(e, c)?;
             }
             w.finish(c)
         };
-        let keys = section(&mut self.keys, Codec::Delta, &mut c)?;
-        let messages = section(&mut self.messages, Codec::Delta, &mut c)?;
-        let tables = section(&mut self.tables, Codec::Delta, &mut c)?;
-        let buckets = section(&mut self.buckets, Codec::Buckets, &mut c)?;
-        let key_fences = write_fences(keys, &mut c)?;
-        let message_fences = write_fences(messages, &mut c)?;
-        let table_fences = Some(write_fences(tables, &mut c)?);
-        let bucket_fences = Some(write_fences(buckets, &mut c)?);
+        let keys = section(
+            std::mem::take(&mut self.keys),
+            spill.as_ref().map(|s| &s.keys),
+            Codec::Delta,
+            c,
+        )?;
+        let messages = section(std::mem::take(&mut self.messages), None, Codec::Delta, c)?;
+        let tables = section(std::mem::take(&mut self.tables), None, Codec::Delta, c)?;
+        let buckets = section(
+            std::mem::take(&mut self.buckets),
+            spill.as_ref().map(|s| &s.buckets),
+            Codec::Buckets,
+            c,
+        )?;
+        let key_fences = write_fences(keys, c)?;
+        let message_fences = write_fences(messages, c)?;
+        let table_fences = Some(write_fences(tables, c)?);
+        let bucket_fences = Some(write_fences(buckets, c)?);
         let mut table = FrameTableWriter::default();
         for (i, frames) in &self.frames {
-            table.push(*i, frames, &mut c)?;
+            table.push(*i, frames, c)?;
         }
-        let frame_table = Some(table.finish(&mut c)?).filter(|_| !self.frames.is_empty());
-        let footer = Footer {
+        let frame_table = Some(table.finish(c)?).filter(|_| !self.frames.is_empty());
+        Ok(Footer {
             waly_index: FORMAT,
             generation: generation.to_string(),
             objects: self.objects,
@@ -342,8 +450,7 @@ impl Builder {
             frame_table,
             hashed_int_keys: false,
             key_id: self.key_id,
-        };
-        c.finish_in_memory(&footer)
+        })
     }
 }
 

@@ -51,7 +51,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
         }
         // Snapshots.
         for m in &st.manifests {
-            let mut b = fresh();
+            let mut b = fresh().spilling();
             for t in &m.tables {
                 let pk = pk_of(&st.schemas, &t.table, t.schema_version);
                 for (n, part) in t.parts.iter().enumerate() {
@@ -91,8 +91,7 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                 }
             }
             if !b.is_empty() {
-                store
-                    .put_once(&snapshot_index_key(&gen, m.lsn), b.encode(&gen, sealer.as_ref())?)
+                b.store(store, &snapshot_index_key(&gen, m.lsn), &gen, sealer.as_ref())
                     .await?;
                 stats.objects += 1;
             }

@@ -769,3 +769,69 @@ async fn message_frames_are_every_frame_with_a_message_after_the_point_across_fe
         Some(Vec::new())
     );
 }
+
+/// A snapshot's builder that sets its entries aside in local runs writes
+/// the very bytes one holding them all in memory writes, whether it is
+/// encoded or stored (spilled to a file as it is written); and its lookups
+/// find every row.
+#[tokio::test]
+async fn a_snapshot_index_whose_entries_waited_in_local_runs_is_the_object_built_in_memory() {
+    let store = Store::open("memory://").expect("store");
+    let mut memory = Builder::default();
+    let mut spilled = Builder::default().spilling_at(1_000);
+    let h = Hasher::default();
+    for part in 0..20u64 {
+        let mut keys = KeyEntries::default();
+        for row in 0..900u64 {
+            // Text keys (a hash each) and integer keys (buckets), scattered.
+            let id = (part * 7_919 + row * 104_729) % 50_000;
+            let text = format!("[\"k{id}\"]");
+            let int = format!("[\"{id}\"]");
+            let frame = (row / 300) as u32;
+            keys.note(h.row_key("public.t", text.as_bytes()), frame);
+            keys.note(h.row_key("public.u", int.as_bytes()), frame);
+        }
+        let covered = Covered {
+            number: part,
+            key: format!("generations/00000001/snapshots/0000000000000001/public.t/{part:06}.jsonl.zst"),
+            frames: vec![(0, 100), (100, 100), (200, 100)],
+            fence: 0,
+        };
+        memory.add(covered.clone(), &keys, &[], &[]);
+        spilled.add(covered, &keys, &[], &[]);
+    }
+    // Runs of every part's keys, 16 of them merged into one of level 1.
+    let runs = spilled.spill.as_ref().map(|s| s.keys.written());
+    assert!(
+        runs.is_some_and(|(n, level)| n > 16 && level == 1),
+        "the entries went to runs, merged in levels: {runs:?}"
+    );
+    let whole = memory.encode("00000001", None).expect("encode");
+    let key = "index/00000001/snapshots/0000000000000001.idx";
+    spilled.store(&store, key, "00000001", None).await.expect("store");
+    let stored = store.get(key).await.expect("get");
+    assert_eq!(stored, whole, "the spilled builder wrote other bytes");
+    let idx = Index::open(&store, key, stored.len() as u64).await.expect("open");
+    for (part, row) in [(0u64, 0u64), (3, 17), (19, 899)] {
+        let id = (part * 7_919 + row * 104_729) % 50_000;
+        for (table, text) in [
+            ("public.t", format!("[\"k{id}\"]")),
+            ("public.u", format!("[\"{id}\"]")),
+        ] {
+            let want: std::collections::BTreeSet<u64> = (0..20u64)
+                .filter(|part| (0..900u64).any(|row| (part * 7_919 + row * 104_729) % 50_000 == id))
+                .collect();
+            let got: std::collections::BTreeSet<u64> = idx
+                .lookup_key(&store, table, text.as_bytes())
+                .await
+                .expect("lookup")
+                .into_iter()
+                .map(|(o, _)| idx.footer.objects[o as usize].number)
+                .collect();
+            assert!(
+                want.contains(&part) && want.is_subset(&got),
+                "{table} {text}: {got:?} lacks some of {want:?}"
+            );
+        }
+    }
+}
