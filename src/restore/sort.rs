@@ -97,14 +97,25 @@ fn order<'a>(r: &Rec<'a>) -> (&'a [u8], u64, u64) {
     (r.key, r.lsn, r.seq)
 }
 
+/// Runs of one level merged into one of the next once there are this many
+/// (so a merge reads at most this many runs per level at once, each
+/// through a decoder of its own, whatever the table's size).
+const RUNS_PER_LEVEL: usize = 16;
+
 /// Sorts records by `(key, lsn, seq)` in bounded memory: runs of at most
-/// `budget` bytes are sorted in memory and spilled to temporary files.
+/// `budget` bytes are sorted in memory and spilled to temporary files;
+/// [`RUNS_PER_LEVEL`] runs of a level are merged into one of the next.
 pub(super) struct Sorter {
     arena: Vec<u8>,
     offsets: Vec<u32>,
     budget: usize,
     dir: Option<Scratch>,
     pub(super) runs: Vec<std::path::PathBuf>,
+    /// Each run's level (a run of level `l + 1` merges runs of level `l`);
+    /// never increasing along `runs`.
+    levels: Vec<u32>,
+    /// Run files written so far (for their names).
+    written: usize,
 }
 
 impl Sorter {
@@ -115,6 +126,8 @@ impl Sorter {
             budget,
             dir: None,
             runs: Vec::new(),
+            levels: Vec::new(),
+            written: 0,
         }
     }
 
@@ -141,13 +154,20 @@ impl Sorter {
         self.offsets.sort_by(|a, b| view(a).cmp(&view(b)));
     }
 
-    fn spill(&mut self) -> Result<(), Error> {
-        self.sorted_offsets();
+    /// A new run file's path, in the scratch directory (made at the first).
+    fn run_path(&mut self) -> Result<std::path::PathBuf, Error> {
         let dir = match self.dir.take() {
             Some(dir) => dir,
             None => Scratch::new("restore")?,
         };
-        let path = self.dir.insert(dir).path().join(format!("run-{:06}", self.runs.len()));
+        let path = self.dir.insert(dir).path().join(format!("run-{:06}", self.written));
+        self.written += 1;
+        Ok(path)
+    }
+
+    fn spill(&mut self) -> Result<(), Error> {
+        self.sorted_offsets();
+        let path = self.run_path()?;
         let file = std::fs::File::create(&path)?;
         let mut enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(file), 1)?;
         for o in &self.offsets {
@@ -157,8 +177,39 @@ impl Sorter {
         }
         enc.finish()?.flush()?;
         self.runs.push(path);
+        self.levels.push(0);
         self.arena.clear();
         self.offsets.clear();
+        self.fold()
+    }
+
+    /// Merges the runs of a full level into one run of the next, as long
+    /// as one is full.
+    fn fold(&mut self) -> Result<(), Error> {
+        while let Some(&level) = self.levels.last() {
+            let same = self.levels.iter().rev().take_while(|l| **l == level).count();
+            if same < RUNS_PER_LEVEL {
+                break;
+            }
+            let at = self.runs.len() - same;
+            let inputs = self.runs.split_off(at);
+            self.levels.truncate(at);
+            let path = self.run_path()?;
+            let file = std::fs::File::create(&path)?;
+            let mut enc = zstd::stream::write::Encoder::new(std::io::BufWriter::new(file), 1)?;
+            let mut merged = merge(&inputs)?;
+            while let Some(rec) = merged.next_record()? {
+                enc.write_all(&(rec.len() as u32).to_le_bytes())?;
+                enc.write_all(rec)?;
+            }
+            enc.finish()?.flush()?;
+            drop(merged);
+            for p in inputs {
+                std::fs::remove_file(p)?;
+            }
+            self.runs.push(path);
+            self.levels.push(level + 1);
+        }
         Ok(())
     }
 
@@ -363,12 +414,23 @@ mod tests {
         }
         want.sort();
         let want: Vec<(Vec<u8>, u64)> = want.into_iter().map(|(k, l, _)| (k, l)).collect();
-        assert!(small.runs.len() > 10, "{} runs", small.runs.len());
+        // Many runs, merged 16 to a level: a few are left, their inputs gone.
+        assert!(small.written > 32, "{} runs", small.written);
+        assert!(
+            small.levels.contains(&1) && small.runs.len() < RUNS_PER_LEVEL * 2,
+            "{:?}",
+            small.levels
+        );
         let dir = small
             .dir
             .as_ref()
             .map(|d| d.path().to_path_buf())
             .expect("a spill directory");
+        let files = std::fs::read_dir(&dir).expect("dir").filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("run-"))
+        });
+        assert_eq!(files.count(), small.runs.len(), "merged runs are removed");
         assert_eq!(drain(small.finish().expect("merge")), want);
         assert_eq!(drain(big.finish().expect("merge")), want);
         assert!(!dir.exists(), "runs are removed once merged");
