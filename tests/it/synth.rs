@@ -6,25 +6,31 @@ use crate::harness::{run_within, waly};
 use std::collections::BTreeMap;
 
 fn synth(dir: &str, seed: &str) {
+    synth_of(dir, "40000", &["--seed", seed]);
+}
+
+/// A synthetic archive at `dir` of `events` changes of three tables in
+/// 64 KiB segments, with `extra` options of `waly synth`.
+fn synth_of(dir: &str, events: &str, extra: &[&str]) {
     let _ = std::fs::remove_dir_all(dir);
-    let out = run_within(
-        waly().args([
+    let args = [
+        &[
             "synth",
             "--archive",
             dir,
             "--events",
-            "40000",
+            events,
             "--weights",
             "100,10,1",
             "--rows",
             "300",
             "--segment-size",
             "64KiB",
-            "--seed",
-            seed,
-        ]),
-        120,
-    );
+        ][..],
+        extra,
+    ]
+    .concat();
+    let out = run_within(waly().args(&args), 120);
     assert!(out.status.success(), "synth: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -1107,26 +1113,13 @@ fn with_header(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u
 #[test]
 fn a_log_since_a_time_shows_every_commit_at_or_after_it_though_the_clock_steps_back() {
     let dir = std::env::temp_dir().join("waly-synth-clock-back").display().to_string();
-    let _ = std::fs::remove_dir_all(&dir);
     // 20,000 transactions, 100 ms apart; before every 5,000th the clock
     // steps back 5 minutes.
-    stdout(&[
-        "synth",
-        "--archive",
+    synth_of(
         &dir,
-        "--events",
         "200000",
-        "--weights",
-        "100,10,1",
-        "--rows",
-        "300",
-        "--segment-size",
-        "64KiB",
-        "--clock-back-every",
-        "5000",
-        "--clock-back-ms",
-        "300000",
-    ]);
+        &["--clock-back-every", "5000", "--clock-back-ms", "300000"],
+    );
     let all = stdout(&["log", "--archive", &dir, "--json"]);
     let time_of = |l: &str| -> String {
         let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
