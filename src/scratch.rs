@@ -85,6 +85,29 @@ impl Drop for Scratch {
     }
 }
 
+/// Fills `buf` from `r`, a run file of a scratch directory: `Ok(false)`
+/// when `r` ends before its first byte, an error when it ends inside (a
+/// run cut short is never taken for a shorter one).
+pub fn read_exact_or_end(r: &mut impl std::io::Read, buf: &mut [u8]) -> Result<bool, Error> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match got {
+        0 => Ok(false),
+        n if n == buf.len() => Ok(true),
+        _ => Err(Error::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "a temporary run file ends inside a record",
+        ))),
+    }
+}
+
 /// Removes the scratch directories under `parent` whose lock no process
 /// holds (their process is gone); how many it removed. Best effort: what
 /// cannot be read or removed is left.
@@ -111,6 +134,17 @@ pub fn sweep(parent: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_cut_inside_a_record_is_an_error_not_its_end() {
+        let mut buf = [0u8; 4];
+        let mut whole: &[u8] = &[1, 2, 3, 4];
+        assert!(read_exact_or_end(&mut whole, &mut buf).expect("whole"));
+        assert_eq!(buf, [1, 2, 3, 4]);
+        assert!(!read_exact_or_end(&mut whole, &mut buf).expect("at the end"));
+        let mut cut: &[u8] = &[1, 2];
+        assert!(read_exact_or_end(&mut cut, &mut buf).is_err());
+    }
 
     fn parent(name: &str) -> PathBuf {
         let nanos = std::time::SystemTime::now()

@@ -165,24 +165,8 @@ impl Merged {
 /// The next entry of a run; `None` at its end.
 fn read_entry(r: &mut impl Read) -> Result<Option<Entry>, Error> {
     let mut b = [0u8; ENTRY_BYTES];
-    let mut got = 0;
-    while got < ENTRY_BYTES {
-        match r.read(&mut b[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    match got {
-        0 => return Ok(None),
-        ENTRY_BYTES => {}
-        _ => {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "a run of index entries ends inside an entry",
-            )))
-        }
+    if !crate::scratch::read_exact_or_end(r, &mut b)? {
+        return Ok(None);
     }
     let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
     let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap_or_default());

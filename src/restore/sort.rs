@@ -305,10 +305,8 @@ impl RunReader {
     /// Loads the next record (without its length prefix); false at the end.
     fn advance(&mut self) -> Result<bool, Error> {
         let mut len = [0u8; 4];
-        match self.input.read_exact(&mut len) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(e) => return Err(e.into()),
+        if !crate::scratch::read_exact_or_end(&mut self.input, &mut len)? {
+            return Ok(false);
         }
         self.current.resize(u32::from_le_bytes(len) as usize, 0);
         self.input.read_exact(&mut self.current)?;
