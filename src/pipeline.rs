@@ -628,9 +628,7 @@ impl Writer<'_> {
                 self.gen.schemas.count() + self.gen.manifests.len(),
             )
             .await;
-        self.gen.tail.next_number = number + 1;
-        self.gen.tail.prev_sha256 = Some(sealed.sha256.clone());
-        self.gen.tail.time_high = crate::segment::TimeHigh::of(&sealed.header);
+        self.gen.tail.stored(number, &sealed);
         if let Some(c) = sealed.header.last_commit {
             self.gen.tail.last_commit = Some(c);
         }

@@ -85,6 +85,21 @@ impl Drop for Scratch {
     }
 }
 
+/// Sorted runs of one level merged into one of the next once there are
+/// this many (the restore's and the snapshot index's runs): a merge then
+/// reads at most this many runs per level at once, whatever the input's size.
+pub const RUNS_PER_LEVEL: usize = 16;
+
+/// Of runs whose levels are `levels` (in the order written, never
+/// increasing), the trailing ones to merge into one run of the next level:
+/// `(position of the first, their level)` when the last level holds
+/// [`RUNS_PER_LEVEL`].
+pub fn full_level(levels: &[u32]) -> Option<(usize, u32)> {
+    let level = *levels.last()?;
+    let same = levels.iter().rev().take_while(|l| **l == level).count();
+    (same >= RUNS_PER_LEVEL).then(|| (levels.len() - same, level))
+}
+
 /// Fills `buf` from `r`, a run file of a scratch directory: `Ok(false)`
 /// when `r` ends before its first byte, an error when it ends inside (a
 /// run cut short is never taken for a shorter one).

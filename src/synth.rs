@@ -422,7 +422,7 @@ async fn store_segment(
 ) -> Result<(), Error> {
     let full = std::mem::replace(builder, SegmentBuilder::sealed_by(store.sealer()?)?);
     let number = tail.next_number;
-    let sealed = full.seal(gen, number, tail.prev_sha256.take(), tail.time_high, 0)?;
+    let sealed = full.seal(gen, number, tail.prev_sha256.clone(), tail.time_high, 0)?;
     let key = layout::segment_key(gen, number, sealed.header.first_lsn, sealed.header.last_lsn, 0);
     store.put_once(&key, sealed.bytes.clone()).await?;
     crate::index::write_segment_index(store, gen, number, 0, &sealed).await;
@@ -431,8 +431,6 @@ async fn store_segment(
     catalog.stored(store, gen, &key, last_commit, &sealed.summary, 0).await;
     stats.segments += 1;
     stats.segment_bytes += sealed.bytes.len() as u64;
-    tail.next_number = number + 1;
-    tail.prev_sha256 = Some(sealed.sha256);
-    tail.time_high = crate::segment::TimeHigh::of(&sealed.header);
+    tail.stored(number, &sealed);
     Ok(())
 }

@@ -130,6 +130,16 @@ pub struct Tail {
     pub time_high: crate::segment::TimeHigh,
 }
 
+impl Tail {
+    /// The chain once segment `number`, sealed as `sealed`, is stored: the
+    /// next number, the hash to chain to and the commit-time mark.
+    pub fn stored(&mut self, number: u64, sealed: &crate::segment::SealedSegment) {
+        self.next_number = number + 1;
+        self.prev_sha256 = Some(sealed.sha256.clone());
+        self.time_high = crate::segment::TimeHigh::of(&sealed.header);
+    }
+}
+
 /// The state of one generation.
 #[derive(Debug, Clone, Default)]
 pub struct GenState {

@@ -20,23 +20,20 @@ use std::path::PathBuf;
 /// before it writes them out as a run.
 pub(super) const SPILL_ENTRIES: usize = 1 << 19;
 
-/// Runs of one level merged into one of the next once there are this many,
-/// so a merge reads at most this many files per level at once (with a
-/// buffer of [`READ_BUFFER`] each), whatever the snapshot's size.
-const RUNS_PER_LEVEL: usize = 16;
-
 /// The read buffer of each run being merged.
 const READ_BUFFER: usize = 16 << 10;
 
 /// The bytes of one entry in a run: value, object and frame, little-endian.
 const ENTRY_BYTES: usize = 16;
 
-/// One section's runs, in the builder's scratch directory: `(level,
-/// file)` in the order written; levels never increase along it (a run of
-/// level `l + 1` is the merge of [`RUNS_PER_LEVEL`] runs of level `l`).
+/// One section's runs, in the builder's scratch directory, in the order
+/// written, with their levels (a run of level `l + 1` is the merge of
+/// [`crate::scratch::RUNS_PER_LEVEL`] runs of level `l`).
 #[derive(Debug, Default)]
 pub(super) struct Runs {
-    files: Vec<(u32, PathBuf)>,
+    files: Vec<PathBuf>,
+    /// Each run's level; never increasing along `files`.
+    levels: Vec<u32>,
     /// Files written so far (for their names).
     written: usize,
 }
@@ -46,7 +43,7 @@ impl Runs {
     /// level of those left.
     #[cfg(test)]
     pub(super) fn written(&self) -> (usize, u32) {
-        (self.written, self.files.iter().map(|(l, _)| *l).max().unwrap_or(0))
+        (self.written, self.levels.iter().copied().max().unwrap_or(0))
     }
 
     /// Sorts `entries` and writes them as a new run in `dir`, leaving
@@ -64,13 +61,9 @@ impl Runs {
         let mut sorted = entries.drain(..).map(Ok);
         self.write_run(dir, name, 0, &mut sorted)?;
         // A level full: its runs merged into one of the next.
-        while let Some(&(level, _)) = self.files.last() {
-            let same = self.files.iter().rev().take_while(|(l, _)| *l == level).count();
-            if same < RUNS_PER_LEVEL {
-                break;
-            }
-            let folded = self.files.split_off(self.files.len() - same);
-            let paths: Vec<PathBuf> = folded.into_iter().map(|(_, p)| p).collect();
+        while let Some((at, level)) = crate::scratch::full_level(&self.levels) {
+            let paths = self.files.split_off(at);
+            self.levels.truncate(at);
             let mut m = Merged::of(&paths, Vec::new())?;
             let mut entries = std::iter::from_fn(|| m.next_entry().transpose());
             self.write_run(dir, name, level + 1, &mut entries)?;
@@ -99,14 +92,14 @@ impl Runs {
             w.write_all(&frame.to_le_bytes())?;
         }
         w.flush()?;
-        self.files.push((level, path));
+        self.files.push(path);
+        self.levels.push(level);
         Ok(())
     }
 
     /// Every entry of the runs and of `rest` (in memory), in order.
     pub(super) fn merged(&self, rest: Vec<Entry>) -> Result<Merged, Error> {
-        let paths: Vec<PathBuf> = self.files.iter().map(|(_, p)| p.clone()).collect();
-        Merged::of(&paths, rest)
+        Merged::of(&self.files, rest)
     }
 }
 

@@ -97,14 +97,10 @@ fn order<'a>(r: &Rec<'a>) -> (&'a [u8], u64, u64) {
     (r.key, r.lsn, r.seq)
 }
 
-/// Runs of one level merged into one of the next once there are this many
-/// (so a merge reads at most this many runs per level at once, each
-/// through a decoder of its own, whatever the table's size).
-const RUNS_PER_LEVEL: usize = 16;
-
 /// Sorts records by `(key, lsn, seq)` in bounded memory: runs of at most
 /// `budget` bytes are sorted in memory and spilled to temporary files;
-/// [`RUNS_PER_LEVEL`] runs of a level are merged into one of the next.
+/// [`crate::scratch::RUNS_PER_LEVEL`] runs of a level are merged into one
+/// of the next (each run is read through a decoder of its own).
 pub(super) struct Sorter {
     arena: Vec<u8>,
     offsets: Vec<u32>,
@@ -186,12 +182,7 @@ impl Sorter {
     /// Merges the runs of a full level into one run of the next, as long
     /// as one is full.
     fn fold(&mut self) -> Result<(), Error> {
-        while let Some(&level) = self.levels.last() {
-            let same = self.levels.iter().rev().take_while(|l| **l == level).count();
-            if same < RUNS_PER_LEVEL {
-                break;
-            }
-            let at = self.runs.len() - same;
+        while let Some((at, level)) = crate::scratch::full_level(&self.levels) {
             let inputs = self.runs.split_off(at);
             self.levels.truncate(at);
             let path = self.run_path()?;
@@ -415,7 +406,7 @@ mod tests {
         // Many runs, merged 16 to a level: a few are left, their inputs gone.
         assert!(small.written > 32, "{} runs", small.written);
         assert!(
-            small.levels.contains(&1) && small.runs.len() < RUNS_PER_LEVEL * 2,
+            small.levels.contains(&1) && small.runs.len() < crate::scratch::RUNS_PER_LEVEL * 2,
             "{:?}",
             small.levels
         );
