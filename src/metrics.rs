@@ -83,6 +83,8 @@ pub struct Metrics {
     pub last_upload_ms: AtomicI64,
     /// The LSN confirmed to the server.
     pub confirmed_lsn: AtomicU64,
+    /// The end of the last transaction received, durable or not yet.
+    pub received_lsn: AtomicU64,
     /// The server's WAL end as last reported by the walsender.
     pub server_wal_end: AtomicU64,
     /// Commit time (Unix ms) of the oldest transaction received but not yet
@@ -125,6 +127,7 @@ impl Metrics {
             upload_retries: AtomicU64::new(0),
             last_upload_ms: AtomicI64::new(0),
             confirmed_lsn: AtomicU64::new(0),
+            received_lsn: AtomicU64::new(0),
             server_wal_end: AtomicU64::new(0),
             pending_commit_ms: AtomicI64::new(0),
             retained_wal: AtomicU64::new(0),
@@ -328,6 +331,12 @@ impl Metrics {
             get(&self.confirmed_lsn),
         );
         put(
+            "waly_received_lsn",
+            "gauge",
+            "The end of the last transaction received, archived or still held in memory, as a number.",
+            get(&self.received_lsn),
+        );
+        put(
             "waly_replication_lag_bytes",
             "gauge",
             "The server's WAL end past the confirmed position.",
@@ -400,6 +409,12 @@ impl Metrics {
     /// Sets the confirmed position.
     pub fn set_confirmed(&self, lsn: Lsn) {
         self.confirmed_lsn.fetch_max(lsn.as_u64(), Ordering::Relaxed);
+    }
+
+    /// A transaction ending at `lsn` was received (a replay after a
+    /// reconnect never moves the gauge back).
+    pub fn set_received(&self, lsn: Lsn) {
+        self.received_lsn.fetch_max(lsn.as_u64(), Ordering::Relaxed);
     }
 }
 
@@ -502,10 +517,16 @@ mod tests {
         let m = Metrics::default();
         m.segment_uploaded(100, 7, 2);
         m.set_confirmed(Lsn(0x10));
+        m.set_received(Lsn(0x30));
+        m.set_received(Lsn(0x20));
         let text = m.render();
         assert!(text.contains("\nwaly_events_archived_total 7\n"), "{text}");
         assert!(text.contains("\nwaly_transactions_archived_total 2\n"), "{text}");
         assert!(text.contains("\nwaly_confirmed_lsn 16\n"), "{text}");
+        assert!(
+            text.contains("\nwaly_received_lsn 48\n"),
+            "a replay never moves it back: {text}"
+        );
         assert!(text.contains("# TYPE waly_bytes_archived_total counter\nwaly_bytes_archived_total 100\n"));
     }
 }

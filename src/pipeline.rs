@@ -1491,6 +1491,7 @@ async fn handle_events(
             Event::Commit {
                 commit_lsn, end_lsn, ..
             } => {
+                w.metrics.set_received(*end_lsn);
                 let Some(t) = txn.take() else { continue };
                 if !t.skip && (t.records > 0 || !t.versions.is_empty()) {
                     w.builder.push_commit(&CommitRecord {
