@@ -43,6 +43,24 @@ pub struct PruneMark {
     pub window_start: DateTime<Utc>,
     /// When the prune ran.
     pub pruned_at: DateTime<Utc>,
+    /// The snapshots (by LSN) of the generation this prune deletes: if it
+    /// is cut short after their manifests went, the next prune finds the
+    /// rest of them here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<Lsn>,
+}
+
+/// Every prune mark of `gen`.
+async fn marks(store: &Store, gen: &str) -> Result<Vec<PruneMark>, Error> {
+    let mut out = Vec::new();
+    for (key, _) in store.list(&format!("{}/pruned", layout::generation_dir(gen))).await? {
+        let bytes = store.get(&key).await?;
+        out.push(serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+            key: key.clone(),
+            why: e.to_string(),
+        })?);
+    }
+    Ok(out)
 }
 
 /// The object of a prune mark.
@@ -126,7 +144,32 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
         let Some(boundary) = keep.values().min().copied() else {
             continue;
         };
-        // Snapshots no table starts from any more.
+        // Snapshots no table starts from any more, and their index objects
+        // (listed by their directory: a listing's prefix is a whole path,
+        // so an object's own key lists nothing).
+        let snapshot_index_dir = crate::index::snapshot_index_key(gen, Lsn(0))
+            .rsplit_once('/')
+            .map(|(dir, _)| dir.to_string())
+            .unwrap_or_default();
+        let snapshot_indexes: BTreeMap<String, u64> = store.list(&snapshot_index_dir).await?.into_iter().collect();
+        let mut deleted_snapshots = Vec::new();
+        let mut delete_snapshot = |plan: &mut Plan, mut listed: Vec<(String, u64)>, lsn: Lsn| {
+            let idx = crate::index::snapshot_index_key(gen, lsn);
+            listed.extend(snapshot_indexes.get(&idx).map(|size| (idx, *size)));
+            if !listed.is_empty() {
+                plan.objects.extend(listed);
+                deleted_snapshots.push(lsn);
+            }
+        };
+        // What a prune cut short left of the snapshots it was deleting, once
+        // their manifests were gone (no reader starts from them).
+        let gen_marks = marks(store, gen).await?;
+        for lsn in gen_marks.iter().flat_map(|m| m.snapshots.iter().copied()) {
+            if !st.manifests.iter().any(|m| m.lsn == lsn) {
+                let listed = store.list(&layout::snapshot_dir(gen, lsn)).await?;
+                delete_snapshot(&mut plan, listed, lsn);
+            }
+        }
         for m in &st.manifests {
             let needed = m
                 .tables
@@ -135,13 +178,11 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
             if needed {
                 continue;
             }
-            plan.objects
-                .extend(store.list(&layout::snapshot_dir(gen, m.lsn)).await?);
-            let idx = crate::index::snapshot_index_key(gen, m.lsn);
-            if let Some((_, size)) = store.list(&idx).await?.into_iter().find(|(k, _)| *k == idx) {
-                plan.objects.push((idx, size));
-            }
+            let listed = store.list(&layout::snapshot_dir(gen, m.lsn)).await?;
+            delete_snapshot(&mut plan, listed, m.lsn);
         }
+        deleted_snapshots.sort();
+        deleted_snapshots.dedup();
         // The leading segments wholly before the boundary, never the last.
         let segments: Vec<(String, u64, u64)> = listed
             .iter()
@@ -160,25 +201,43 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
         let Some((first_kept, first_key, first_size)) = first_kept else {
             continue;
         };
-        if first_kept == segments.first().map_or(0, |s| s.1) {
+        let first = segments.first().map_or(0, |s| s.1);
+        if first_kept == first && deleted_snapshots.is_empty() {
             continue;
         }
-        // Uploads fenced out before the new start, and index objects of
-        // deleted segments only.
-        for s in listed.iter() {
-            if !s.is_current() && s.number < first_kept {
-                plan.objects.push((s.key.clone(), s.size));
+        if first_kept != first {
+            // Uploads fenced out before the new start, and index objects of
+            // deleted segments only.
+            for s in listed.iter() {
+                if !s.is_current() && s.number < first_kept {
+                    plan.objects.push((s.key.clone(), s.size));
+                }
             }
-        }
-        for (key, size, _, last) in crate::index::segment_indexes(store, gen).await? {
-            if last < first_kept {
-                plan.objects.push((key, size));
+            for (key, size, _, last) in crate::index::segment_indexes(store, gen).await? {
+                if last < first_kept {
+                    plan.objects.push((key, size));
+                }
             }
         }
         let prev_sha256 = crate::index::segment_header(store, &first_key, first_size)
             .await?
             .0
             .prev_sha256;
+        // A mark is written once: where one for this start is there (a
+        // prune cut short), this prune deletes only the snapshots some mark
+        // names, so that every snapshot deleted is named before it goes;
+        // the others wait for a later prune.
+        if gen_marks.iter().any(|m| m.first_kept == first_kept) {
+            let named = |l: &Lsn| gen_marks.iter().any(|m| m.snapshots.contains(l));
+            let waiting: Vec<Lsn> = deleted_snapshots.iter().copied().filter(|l| !named(l)).collect();
+            plan.objects.retain(|(key, _)| {
+                !waiting.iter().any(|l| {
+                    key.starts_with(&format!("{}/", layout::snapshot_dir(gen, *l)))
+                        || *key == crate::index::snapshot_index_key(gen, *l)
+                })
+            });
+            deleted_snapshots.retain(named);
+        }
         plan.marks.push(PruneMark {
             generation: gen.clone(),
             first_kept,
@@ -186,6 +245,7 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
             before_lsn: boundary,
             window_start,
             pruned_at: Utc::now(),
+            snapshots: deleted_snapshots,
         });
     }
     // Leases nothing left answers to: older than the lease in force where
@@ -253,9 +313,27 @@ fn deletion_rank(key: &str) -> u8 {
 /// it again finishes it).
 pub async fn execute(store: &Store, plan: &Plan) -> Result<(), Error> {
     for m in &plan.marks {
-        store
-            .put_once(&mark_key(&m.generation, m.first_kept), to_json(m))
-            .await?;
+        let key = mark_key(&m.generation, m.first_kept);
+        // A prune cut short after writing its mark left it: the chain
+        // starting at the same segment from the same hash is the same fact,
+        // and the mark first written stays (it is written once).
+        if let Some(bytes) = store.get_opt(&key).await? {
+            let left: PruneMark = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                key: key.clone(),
+                why: e.to_string(),
+            })?;
+            if (&left.generation, left.first_kept, &left.prev_sha256) != (&m.generation, m.first_kept, &m.prev_sha256) {
+                return Err(Error::Corrupt {
+                    key,
+                    why: format!(
+                        "a prune mark says the chain starts at segment {} after hash {:?}; this prune finds {:?}",
+                        left.first_kept, left.prev_sha256, m.prev_sha256
+                    ),
+                });
+            }
+            continue;
+        }
+        store.put_once(&key, to_json(m)).await?;
     }
     for (key, _) in &plan.objects {
         store.delete(key).await?;

@@ -19,7 +19,7 @@ fn above(page: &str, name: &str, floor: f64) {
     assert!(v.is_some_and(|v| v > floor), "{name} = {v:?}, want > {floor}:\n{page}");
 }
 
-fn verify_json(archive: &str) -> (i32, serde_json::Value) {
+pub(crate) fn verify_json(archive: &str) -> (i32, serde_json::Value) {
     let out = run_within(waly().args(["verify", "--json", "--archive", archive]), 120);
     let v =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));

@@ -1506,3 +1506,223 @@ fn an_export_of_some_tables_reads_their_frames_and_those_with_intents_and_holds_
         }
     }
 }
+
+/// What the readers of `dir` answer about the points a prune test asks
+/// about, each as `Ok(output)` or `Err(stderr)`.
+fn prune_answers(dir: &str, points: &[(&str, String)], window: &str) -> BTreeMap<String, Result<String, String>> {
+    let mut asks: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, at) in points {
+        for t in ["public.t0", "public.t1", "public.t2"] {
+            asks.push((
+                format!("show {t} at {name}"),
+                ["show", t, "--at", at, "--format", "csv"].map(String::from).to_vec(),
+            ));
+        }
+    }
+    for (t, key) in [("public.t0", "1"), ("public.t0", "250"), ("public.t2", "7")] {
+        asks.push((
+            format!("history {t} {key} since the window"),
+            ["history", t, key, "--since", window, "--json"]
+                .map(String::from)
+                .to_vec(),
+        ));
+    }
+    asks.push((
+        "log since the window".into(),
+        ["log", "--since", window, "--json"].map(String::from).to_vec(),
+    ));
+    asks.into_iter()
+        .map(|(name, args)| {
+            let out = run_within(waly().args(&args).args(["--archive", dir]), 120);
+            let answer = match out.status.success() {
+                // A version's number counts the versions the archive holds
+                // before it: a prune renumbers them.
+                true if args[0] == "history" => Ok(json_lines(&String::from_utf8_lossy(&out.stdout))
+                    .into_iter()
+                    .map(|mut v| {
+                        v.as_object_mut().map(|o| o.remove("version"));
+                        v.to_string() + "\n"
+                    })
+                    .collect()),
+                true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+                false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+            };
+            (name, answer)
+        })
+        .collect()
+}
+
+/// Asserts `waly tables` of `dir` (from its catalog where it fits) says
+/// what a scan of its segments says.
+fn tables_as_scanned(dir: &str, what: &str) {
+    let (catalog, _) = tables_with_stats(dir, false);
+    let (scan, _) = tables_with_stats(dir, true);
+    assert_eq!(catalog, scan, "{what}: tables");
+}
+
+/// Asserts `got` holds `want`'s answers, naming the first line that differs.
+fn same_answers(
+    got: &BTreeMap<String, Result<String, String>>,
+    want: &BTreeMap<String, Result<String, String>>,
+    what: &str,
+) {
+    for (name, w) in want {
+        let g = got.get(name);
+        if g == Some(w) {
+            continue;
+        }
+        let (Some(Ok(g)), Ok(w)) = (g, w) else {
+            panic!("{what}: {name}: {g:?}, not {w:?}");
+        };
+        let first = g.lines().zip(w.lines()).position(|(a, b)| a != b);
+        panic!(
+            "{what}: {name}: {} lines, not {}; the first that differs ({first:?}): {:?} for {:?}",
+            g.lines().count(),
+            w.lines().count(),
+            first.and_then(|i| g.lines().nth(i)),
+            first.and_then(|i| w.lines().nth(i))
+        );
+    }
+}
+
+/// The guarantee: a prune cut short after any number of its deletions (a
+/// crash, a kill, an outage) leaves an archive that `waly verify` calls
+/// clean, whose readers answer every point inside the window as before and
+/// a point before it as before or with a refusal, never wrongly; and
+/// running prune again finishes it, to the archive an uninterrupted prune
+/// leaves.
+#[test]
+fn a_prune_cut_short_after_any_deletion_answers_as_before_or_refuses_and_a_second_run_finishes_it() {
+    let base = std::env::temp_dir().join("waly-prune-cut");
+    let _ = std::fs::remove_dir_all(&base);
+    let pristine = base.join("pristine").display().to_string();
+    // 4,000 transactions, 100 ms apart, in 64 KiB segments.
+    synth_of(&pristine, "40000", &["--seed", "11"]);
+    let log = json_lines(&stdout(&["log", "--archive", &pristine, "--json"]));
+    let txn = |n: usize| -> (String, String) {
+        let v = &log[n * 10];
+        let s = |f: &str| v[f].as_str().expect(f).to_string();
+        (s("commit_lsn"), s("commit_time"))
+    };
+    // Snapshots made from the archive at 40% and 70%; the window starts at
+    // 50%: the 40% snapshot is where every table starts from then on.
+    for n in [1600, 2800] {
+        let out = run_within(
+            waly().args(["compact", "--archive", &pristine, "--lsn", &txn(n).0]),
+            120,
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let window = txn(2000).1;
+    let points = [
+        ("the window's start", window.clone()),
+        ("inside the window, after the 70% snapshot", txn(3400).1),
+        ("the end", "now".to_string()),
+    ];
+    let before_window = [("before the window", txn(800).1)];
+    let want = prune_answers(&pristine, &points, &window);
+    let want_before = prune_answers(&pristine, &before_window, &window);
+    for (name, a) in want.iter().chain(&want_before) {
+        assert!(a.as_ref().is_ok_and(|o| !o.is_empty()), "{name}: {a:?}");
+    }
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let open = |dir: &str| waly::archive::Store::open(dir).expect("store");
+    let window_start = chrono::DateTime::parse_from_rfc3339(&window)
+        .expect("time")
+        .with_timezone(&chrono::Utc);
+    let plan = rt
+        .block_on(waly::prune::plan(&open(&pristine), window_start))
+        .expect("plan");
+    let objects: Vec<String> = plan.objects.iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(plan.marks.len(), 1, "{:?}", plan.marks);
+    for kind in ["/manifest.json", "/snapshots/", "/segments/", "index/"] {
+        assert!(
+            objects.iter().any(|k| k.contains(kind)),
+            "a prune that deletes no {kind}: {objects:?}"
+        );
+    }
+
+    // The archive an uninterrupted prune leaves.
+    let whole = base.join("whole").display().to_string();
+    copy_tree(std::path::Path::new(&pristine), std::path::Path::new(&whole));
+    rt.block_on(waly::prune::execute(&open(&whole), &plan)).expect("prune");
+    let after_whole = crate::archive::files_under(&whole, "");
+    same_answers(&prune_answers(&whole, &points, &window), &want, "after a whole prune");
+    tables_as_scanned(&whole, "after a whole prune");
+
+    // Cut short after k deletions: the mark written, the first k objects
+    // deleted, nothing after (not the catalog, not the tails directory).
+    let n = objects.len();
+    let mut cuts: Vec<usize> = (0..=n).step_by((n / 8).max(1)).collect();
+    // Where one kind of deletion gives way to the next, and the last.
+    for (i, w) in objects.windows(2).enumerate() {
+        let kind = |k: &str| {
+            (
+                k.ends_with("/manifest.json"),
+                k.contains("/snapshots/"),
+                k.contains("/segments/"),
+            )
+        };
+        if kind(&w[0]) != kind(&w[1]) {
+            cuts.extend([i + 1, i + 2]);
+        }
+    }
+    cuts.extend([1, n - 1]);
+    cuts.sort();
+    cuts.dedup();
+    for k in cuts {
+        let dir = base.join(format!("cut-{k}")).display().to_string();
+        copy_tree(std::path::Path::new(&pristine), std::path::Path::new(&dir));
+        let store = open(&dir);
+        rt.block_on(async {
+            for m in &plan.marks {
+                let mark = serde_json::to_vec(m).expect("json");
+                store
+                    .put_once(&waly::prune::mark_key(&m.generation, m.first_kept), mark.into())
+                    .await?;
+            }
+            for key in &objects[..k] {
+                store.delete(key).await?;
+            }
+            Ok::<_, waly::Error>(())
+        })
+        .expect("the first deletions");
+        let cut = format!(
+            "cut short after {k} of {n} deletions (the last: {:?})",
+            objects[..k].last()
+        );
+        let (code, report) = crate::operate::verify_json(&dir);
+        let problems = report["report"]["problems"].as_array().cloned().unwrap_or_default();
+        assert!(
+            code == 0 && problems.iter().all(|p| p["harmless"] == true),
+            "{cut}: verify: {report}"
+        );
+        same_answers(&prune_answers(&dir, &points, &window), &want, &cut);
+        tables_as_scanned(&dir, &cut);
+        for (name, answer) in prune_answers(&dir, &before_window, &window) {
+            match answer {
+                Err(e) => assert!(e.contains("before the archive's history"), "{cut}: {name}: {e}"),
+                ok => assert_eq!(Some(&ok), want_before.get(&name), "{cut}: {name}"),
+            }
+        }
+        // Running prune again finishes it.
+        rt.block_on(async {
+            let again = waly::prune::plan(&store, window_start).await?;
+            waly::prune::execute(&store, &again).await
+        })
+        .unwrap_or_else(|e| panic!("{cut}: prune again: {e}"));
+        assert_eq!(
+            crate::archive::files_under(&dir, ""),
+            after_whole,
+            "{cut}: the second run's archive"
+        );
+        assert_eq!(
+            prune_answers(&dir, &points, &window),
+            want,
+            "{cut}: after the second run"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
