@@ -251,8 +251,17 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
         out.operations += 1;
         out.steps.push(step.name());
         match step {
-            Step::Sql { sql, .. } => {
+            Step::Sql { what, sql } => {
                 db.psql(&sql);
+                // PostgreSQL 16 and later do not send, when they decode a
+                // transaction again after a restart, the values of a column
+                // dropped or retyped since, which waly then archives as
+                // unknown (schemas.rs tests that); no reader can agree with
+                // the database on them. So the changes before such a
+                // migration are confirmed before anything restarts.
+                if matches!(what, "drop column" | "retype") {
+                    caught_up(&db, &run, "after a column was dropped or retyped");
+                }
             }
             Step::Checkpoint => checkpoints.push(checkpoint(&db, &mut r)),
             Step::KillRestart => {

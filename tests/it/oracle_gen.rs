@@ -217,7 +217,9 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
 /// drawn when it comes (a rename or an added column, if still pending, is
 /// among them: on PostgreSQL 16 and later a column dropped or retyped while
 /// the sidecar is down loses the values of the changes before it, which
-/// waly archives as unknown; schemas.rs tests that).
+/// waly archives as unknown; schemas.rs tests that. For the same reason
+/// the runner waits, after a column is dropped or retyped, until the
+/// sidecar has confirmed it, before a later step restarts anything).
 fn fill(op: Step, r: &mut Rng, m: &mut Model) -> Step {
     let Step::Down { .. } = op else { return op };
     let mut steps = vec![workload(r, m)];
