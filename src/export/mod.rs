@@ -1093,7 +1093,7 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
             format!(
                 "WITH log AS (SELECT _op, _commit_lsn, _seq, _commit_time, _old_key, {select} FROM {from}),\n\
                  upto AS (SELECT * FROM log WHERE _commit_time <= {as_of}),\n\
-                 cut AS (SELECT _commit_lsn AS l, _seq AS s FROM upto WHERE _op = 'truncate' ORDER BY _commit_lsn DESC, _seq DESC LIMIT 1),\n\
+                 cut AS (SELECT _commit_lsn AS l, _seq AS s FROM upto WHERE _op IN ('truncate', 'snapshot') ORDER BY _commit_lsn DESC, _seq DESC LIMIT 1),\n\
                  live AS (SELECT * FROM upto u WHERE _op <> 'truncate' AND NOT EXISTS (SELECT 1 FROM cut WHERE u._commit_lsn < cut.l OR (u._commit_lsn = cut.l AND u._seq < cut.s))),\n\
                  ranked AS (SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _commit_lsn DESC, _seq DESC) AS _rank FROM live)\n\
                  SELECT {cols} FROM ranked r WHERE _rank = 1 AND _op <> 'delete'\n  AND NOT EXISTS (SELECT 1 FROM live m WHERE m._old_key IS NOT NULL AND {moved} AND {later})",

@@ -573,3 +573,65 @@ fn a_value_parquet_cannot_hold_stops_the_export_and_names_it() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// The table as the export's as-of query gives it now, ordered by id.
+fn as_of_now(dest: &str, table: &str) -> Vec<Vec<Option<String>>> {
+    duckdb(&format!(
+        "{};\nSELECT id::VARCHAR, v FROM \"{table}_as_of\"(now()::TIMESTAMPTZ) ORDER BY id",
+        std::fs::read_to_string(format!("{dest}/_waly/as_of_duckdb.sql")).expect("the views")
+    ))
+}
+
+/// The guarantee: an export's as-of query holds what the archive holds
+/// even where the archive skips changes: an export continued after a prune
+/// deleted changes it had not read yet (its destination was unreachable
+/// for longer than the retention) answers from the snapshot that starts
+/// the archive since, so rows deleted meanwhile are gone from it.
+#[test]
+fn an_export_continued_past_a_prune_of_changes_it_had_not_read_answers_from_the_snapshot_after() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE g (id int PRIMARY KEY, v text); INSERT INTO g SELECT i, 'v' || i FROM generate_series(1, 20) i;
+         CREATE PUBLICATION waly FOR TABLE g;",
+    );
+    let archive = archive_dir(&db);
+    let dest = format!("{archive}-export");
+    let _ = std::fs::remove_dir_all(&dest);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE g SET v = 'first' WHERE id <= 10");
+    crate::archive::wait_confirmed(&db, 120);
+    ok(&export(&archive, &dest, &[]));
+    let state = |db: &TestDb| -> Vec<Vec<Option<String>>> {
+        db.psql("SELECT id || '|' || v FROM g ORDER BY id")
+            .lines()
+            .map(|l| l.split('|').map(|s| Some(s.to_string())).collect())
+            .collect()
+    };
+    assert_eq!(as_of_now(&dest, "public.g"), state(&db));
+    // What the export does not read before the prune: deletes among it.
+    db.psql("DELETE FROM g WHERE id <= 5");
+    db.psql("UPDATE g SET v = 'second' WHERE id = 6; INSERT INTO g VALUES (21, 'new')");
+    crate::archive::wait_confirmed(&db, 120);
+    ok(&run_within(waly().args(["compact", "--archive", &archive]), 120));
+    // The window (the last second) starts after the compacted snapshot.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    db.psql("UPDATE g SET v = 'third' WHERE id = 7");
+    crate::archive::wait_confirmed(&db, 120);
+    let pruned = ok(&run_within(
+        waly().args(["prune", "--archive", &archive, "--keep", "1s"]),
+        120,
+    ));
+    assert!(pruned.contains("/segments/"), "the prune deletes segments: {pruned}");
+    settle(&db, run);
+    ok(&export(&archive, &dest, &[]));
+    assert_eq!(as_of_now(&dest, "public.g"), state(&db), "continued past the prune");
+    // A new export of the pruned archive says the same.
+    let fresh = format!("{archive}-export-fresh");
+    let _ = std::fs::remove_dir_all(&fresh);
+    ok(&export(&archive, &fresh, &[]));
+    assert_eq!(as_of_now(&fresh, "public.g"), state(&db), "a new export");
+    for d in [&dest, &fresh, &archive] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
