@@ -472,12 +472,15 @@ impl Store {
     }
 
     /// Deletes the object at `key` (tests and pruning only; archive data is
-    /// otherwise never rewritten).
+    /// otherwise never rewritten). An object already gone is deleted: S3
+    /// says so, a local disk, GCS and Azure say "not found", and another
+    /// process (a writer's index merge, a second prune) may have deleted it
+    /// between a listing and this.
     pub async fn delete(&self, key: &str) -> Result<(), ArchiveError> {
-        self.inner
-            .delete(&self.path(key))
-            .await
-            .map_err(|e| ArchiveError::store(key, e))
+        match self.inner.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(ArchiveError::store(key, e)),
+        }
     }
 }
 
@@ -520,4 +523,34 @@ async fn read_full(f: &mut tokio::fs::File, buf: &mut [u8]) -> Result<usize, Arc
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn deleting_an_object_another_process_deleted_first_succeeds_on_every_store() {
+        let dir = std::env::temp_dir().join(format!("waly-store-delete-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        for url in ["memory://".to_string(), dir.display().to_string()] {
+            let store = Store::open(&url).expect("store");
+            store
+                .put_once("index/a.idx", Bytes::from_static(b"x"))
+                .await
+                .expect("put");
+            store.delete("index/a.idx").await.expect("delete");
+            assert_eq!(store.get_opt("index/a.idx").await.expect("get"), None, "{url}");
+            store
+                .delete("index/a.idx")
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            store
+                .delete("never/written")
+                .await
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
