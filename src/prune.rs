@@ -54,11 +54,7 @@ pub struct PruneMark {
 async fn marks(store: &Store, gen: &str) -> Result<Vec<PruneMark>, Error> {
     let mut out = Vec::new();
     for (key, _) in store.list(&format!("{}/pruned", layout::generation_dir(gen))).await? {
-        let bytes = store.get(&key).await?;
-        out.push(serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-            key: key.clone(),
-            why: e.to_string(),
-        })?);
+        out.push(state::parse_json(&key, &store.get(&key).await?)?);
     }
     Ok(out)
 }
@@ -78,11 +74,7 @@ pub async fn mark(store: &Store, gen: &str) -> Result<Option<PruneMark>, Error> 
         .collect();
     keys.sort();
     let Some(k) = keys.last() else { return Ok(None) };
-    let bytes = store.get(k).await?;
-    serde_json::from_slice(&bytes).map(Some).map_err(|e| Error::Corrupt {
-        key: k.clone(),
-        why: e.to_string(),
-    })
+    state::parse_json(k, &store.get(k).await?).map(Some)
 }
 
 /// What a prune deletes, and why.
@@ -318,10 +310,7 @@ pub async fn execute(store: &Store, plan: &Plan) -> Result<(), Error> {
         // starting at the same segment from the same hash is the same fact,
         // and the mark first written stays (it is written once).
         if let Some(bytes) = store.get_opt(&key).await? {
-            let left: PruneMark = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
-                key: key.clone(),
-                why: e.to_string(),
-            })?;
+            let left: PruneMark = state::parse_json(&key, &bytes)?;
             if (&left.generation, left.first_kept, &left.prev_sha256) != (&m.generation, m.first_kept, &m.prev_sha256) {
                 return Err(Error::Corrupt {
                     key,
