@@ -55,7 +55,7 @@ t0 = time.time()
 rows = con.execute(f"""
   SELECT regexp_extract(filename, '([^/]+)/date=', 1) AS t, date_trunc('minute', _commit_time) AS m, count(*)
     FROM read_parquet('{sys.argv[1]}/*/*/*.parquet', filename = true, hive_partitioning = true)
-   WHERE _op <> 'snapshot' GROUP BY ALL ORDER BY ALL""").fetchall()
+   WHERE _op NOT IN ('snapshot', 'empty_snapshot') GROUP BY ALL ORDER BY ALL""").fetchall()
 t = time.time() - t0
 print(f"{t:.3f}")
 print(f"duckdb: {len(rows)} (table, minute) groups, {sum(r[2] for r in rows)} changes", file=sys.stderr)

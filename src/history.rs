@@ -148,6 +148,8 @@ impl Tracker {
                 self.txn = None;
                 self.intent = None;
             }
+            // Its rows, if any, follow.
+            Item::Snapshot { .. } => {}
             Item::SnapshotRow {
                 table: t,
                 lsn,

@@ -172,6 +172,20 @@ pub enum Item<'a> {
         /// Its schema versions, which the rows that follow are written in.
         schemas: &'a crate::segment::Schemas,
     },
+    /// A table's snapshot starts: its rows, if any, follow. A table empty
+    /// at the snapshot has this item and no rows.
+    Snapshot {
+        /// `schema.table`.
+        table: &'a str,
+        /// The snapshot's LSN.
+        lsn: Lsn,
+        /// When the snapshot was taken.
+        taken_at: DateTime<Utc>,
+        /// Rows the table had (what its rows that follow number).
+        rows: u64,
+        /// The schema version its rows are written in.
+        schema_version: u32,
+    },
     /// A row of a snapshot.
     SnapshotRow {
         /// `schema.table`.
@@ -391,6 +405,13 @@ async fn snapshot_rows(
         if opts.after.is_some_and(|a| m.lsn <= a) {
             continue;
         }
+        f(Item::Snapshot {
+            table: &t.table,
+            lsn: m.lsn,
+            taken_at: m.taken_at,
+            rows: t.rows,
+            schema_version: t.schema_version,
+        })?;
         for part in &t.parts {
             let bytes = store.get(&part.key).await?;
             if crate::segment::sha256_hex(&bytes) != part.sha256 {

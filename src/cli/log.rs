@@ -49,7 +49,8 @@ pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
     let result = crate::log::walk(&store, &opts, &mut |item| {
         line.clear();
         match item {
-            Item::Generation { .. } => return Ok(()),
+            // A table's snapshot shows as its rows.
+            Item::Generation { .. } | Item::Snapshot { .. } => return Ok(()),
             Item::Change(c) => crate::tail::format_change(&c.change, json, &mut line),
             Item::Message(m) => {
                 if json {

@@ -27,7 +27,8 @@ pub struct OutColumn {
 /// A row of the change log.
 #[derive(Debug, Clone)]
 pub struct OutRow {
-    /// `insert`, `update`, `delete`, `truncate` or `snapshot`.
+    /// `insert`, `update`, `delete`, `truncate`, `snapshot` or
+    /// `empty_snapshot`.
     pub op: &'static str,
     /// The commit LSN.
     pub commit_lsn: u64,
@@ -52,6 +53,29 @@ pub struct OutRow {
 }
 
 impl OutRow {
+    /// A row of a snapshot at `lsn` (`op` is `snapshot`, or
+    /// `empty_snapshot` for a table without rows there), its values to come.
+    pub fn snapshot(
+        op: &'static str,
+        lsn: crate::Lsn,
+        taken_at: chrono::DateTime<chrono::Utc>,
+        schema_version: u32,
+    ) -> OutRow {
+        OutRow {
+            op,
+            commit_lsn: lsn.0,
+            seq: -1,
+            xid: 0,
+            commit_time: taken_at.timestamp_micros(),
+            schema_version,
+            intent: None,
+            values: Vec::new(),
+            old_key: None,
+            unchanged: Vec::new(),
+            unknown: Vec::new(),
+        }
+    }
+
     fn size(&self) -> usize {
         96 + self
             .values

@@ -16,7 +16,7 @@ use crate::log::{Bound, LogOptions};
 use crate::schema::{SchemaRecord, Schemas};
 use crate::{Error, Lsn};
 use bytes::Bytes;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use file::{OutColumn, OutRow};
 use read::{Held, Owned};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,8 @@ pub struct ExportStats {
     pub changes: u64,
     /// Snapshot rows written.
     pub snapshot_rows: u64,
+    /// Rows saying a table was empty at a snapshot, written.
+    pub empty_snapshots: u64,
     /// Files written.
     pub files: u64,
     /// Their bytes.
@@ -264,6 +266,26 @@ impl Exporter<'_> {
         self.cursor.tables.get(table).map(|t| t.through)
     }
 
+    /// Whether this run exports `table`'s snapshot at `lsn`: a table's
+    /// snapshot is exported once, by the run whose cursor it passes, and
+    /// not when `--since` is given. A snapshot taken after `--until` (a
+    /// pruned archive keeps a segment of commits before its first
+    /// snapshot) is past the point like a later commit: a later run
+    /// exports it.
+    fn takes_snapshot(&mut self, table: &str, lsn: Lsn, taken_at: DateTime<Utc>) -> bool {
+        let past_until = match self.opts.until {
+            Some(Bound::Lsn(p)) => lsn > p,
+            Some(Bound::Time(t)) => taken_at > t,
+            None => false,
+        };
+        if past_until {
+            return false;
+        }
+        self.see(lsn);
+        let exported = self.exported_through(table).is_some_and(|t| t >= lsn);
+        self.wants(table) && !exported && self.opts.since.is_none()
+    }
+
     fn item(&mut self, item: Owned) -> Result<(), Error> {
         match item {
             Owned::Generation { id, schemas } => {
@@ -277,6 +299,27 @@ impl Exporter<'_> {
                 self.finish_pending()?;
                 self.close_all()?;
             }
+            Owned::Snapshot {
+                table,
+                lsn,
+                taken_at,
+                rows,
+                schema_version,
+            } => {
+                // A table empty at the snapshot has no rows to stand for it:
+                // one row says the snapshot was taken, so that what came
+                // before it stops counting after it.
+                if rows > 0 || !self.takes_snapshot(&table, lsn, taken_at) {
+                    return Ok(());
+                }
+                let out = OutRow::snapshot("empty_snapshot", lsn, taken_at, schema_version);
+                let schemas = self.schemas.clone();
+                let version = schemas
+                    .version(&table, schema_version)
+                    .ok_or_else(|| missing_version(&table, schema_version))?;
+                self.write(&table, version, out, None, None, &[])?;
+                self.stats.empty_snapshots += 1;
+            }
             Owned::SnapshotRow {
                 table,
                 lsn,
@@ -284,43 +327,15 @@ impl Exporter<'_> {
                 row,
                 schema_version,
             } => {
-                // A snapshot taken after `--until` (a pruned archive keeps
-                // a segment of commits before its first snapshot) is past
-                // the point like a later commit: a later run exports it.
-                let past_until = match self.opts.until {
-                    Some(Bound::Lsn(p)) => lsn > p,
-                    Some(Bound::Time(t)) => taken_at > t,
-                    None => false,
-                };
-                if past_until {
+                if !self.takes_snapshot(&table, lsn, taken_at) {
                     return Ok(());
                 }
-                self.see(lsn);
-                let table = &*table;
-                // A table's snapshot is exported once: by the run whose
-                // cursor it passes.
-                let exported = self.exported_through(table).is_some_and(|t| t >= lsn);
-                if !self.wants(table) || exported || self.opts.since.is_some() {
-                    return Ok(());
-                }
+                let out = OutRow::snapshot("snapshot", lsn, taken_at, schema_version);
                 let schemas = self.schemas.clone();
-                let Some(version) = schemas.version(table, schema_version) else {
-                    return Err(missing_version(table, schema_version));
-                };
-                let out = OutRow {
-                    op: "snapshot",
-                    commit_lsn: lsn.0,
-                    seq: -1,
-                    xid: 0,
-                    commit_time: taken_at.timestamp_micros(),
-                    schema_version,
-                    intent: None,
-                    values: Vec::new(),
-                    old_key: None,
-                    unchanged: Vec::new(),
-                    unknown: Vec::new(),
-                };
-                self.write(table, version, out, Some(row), None, &[])?;
+                let version = schemas
+                    .version(&table, schema_version)
+                    .ok_or_else(|| missing_version(&table, schema_version))?;
+                self.write(&table, version, out, Some(row), None, &[])?;
                 self.stats.snapshot_rows += 1;
             }
             Owned::Change(held) => {
@@ -1093,8 +1108,8 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
             format!(
                 "WITH log AS (SELECT _op, _commit_lsn, _seq, _commit_time, _old_key, {select} FROM {from}),\n\
                  upto AS (SELECT * FROM log WHERE _commit_time <= {as_of}),\n\
-                 cut AS (SELECT _commit_lsn AS l, _seq AS s FROM upto WHERE _op IN ('truncate', 'snapshot') ORDER BY _commit_lsn DESC, _seq DESC LIMIT 1),\n\
-                 live AS (SELECT * FROM upto u WHERE _op <> 'truncate' AND NOT EXISTS (SELECT 1 FROM cut WHERE u._commit_lsn < cut.l OR (u._commit_lsn = cut.l AND u._seq < cut.s))),\n\
+                 cut AS (SELECT _commit_lsn AS l, _seq AS s FROM upto WHERE _op IN ('truncate', 'snapshot', 'empty_snapshot') ORDER BY _commit_lsn DESC, _seq DESC LIMIT 1),\n\
+                 live AS (SELECT * FROM upto u WHERE _op NOT IN ('truncate', 'empty_snapshot') AND NOT EXISTS (SELECT 1 FROM cut WHERE u._commit_lsn < cut.l OR (u._commit_lsn = cut.l AND u._seq < cut.s))),\n\
                  ranked AS (SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _commit_lsn DESC, _seq DESC) AS _rank FROM live)\n\
                  SELECT {cols} FROM ranked r WHERE _rank = 1 AND _op <> 'delete'\n  AND NOT EXISTS (SELECT 1 FROM live m WHERE m._old_key IS NOT NULL AND {moved} AND {later})",
                 keys = key_cols.join(", "),

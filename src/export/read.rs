@@ -16,7 +16,15 @@ use std::sync::Arc;
 pub(super) enum Owned {
     /// A generation starts.
     Generation { id: String, schemas: Arc<Schemas> },
-    /// A row of a table's base snapshot.
+    /// A table's snapshot starts (its rows follow).
+    Snapshot {
+        table: Arc<str>,
+        lsn: Lsn,
+        taken_at: DateTime<Utc>,
+        rows: u64,
+        schema_version: u32,
+    },
+    /// A row of a table's snapshot.
     SnapshotRow {
         table: Arc<str>,
         lsn: Lsn,
@@ -95,6 +103,19 @@ pub(super) fn walk_beside<T: Send>(
                 Item::Generation { id, schemas } => Owned::Generation {
                     id: id.to_string(),
                     schemas: Arc::new(schemas.clone()),
+                },
+                Item::Snapshot {
+                    table: t,
+                    lsn,
+                    taken_at,
+                    rows,
+                    schema_version,
+                } => Owned::Snapshot {
+                    table: table.insert(Arc::from(t)).clone(),
+                    lsn,
+                    taken_at,
+                    rows,
+                    schema_version,
                 },
                 Item::SnapshotRow {
                     table: t,
