@@ -163,6 +163,26 @@ pub async fn new_data_key(
     Ok((id, identity))
 }
 
+/// Wraps data key `id` (its secret line `secret`) for `set` once more, as
+/// its next wrapping (`keys/data/<id>/<n>.age`, `n` one past the newest).
+/// Another process wrapping the same key at once takes a number first: the
+/// wrapping then goes to the next.
+pub async fn wrap_again(store: &Store, id: &str, secret: &str, set: &[age::x25519::Recipient]) -> Result<(), Error> {
+    let wrapped = bytes::Bytes::from(encrypt_to(set, secret.as_bytes())?);
+    let mut tries = 0;
+    loop {
+        let n = wrappings(store, id)
+            .await?
+            .first()
+            .and_then(|k| parse_numbered(k, &format!("{DATA_DIR}/{id}"), ".age"))
+            .map_or(0, |n| n + 1);
+        match store.put_once(&data_key_object(id, n), wrapped.clone()).await {
+            Err(Error::Conflict { .. }) if tries < 8 => tries += 1,
+            done => return done,
+        }
+    }
+}
+
 /// An identity's secret as the one line of an identity file.
 pub fn secret_line(identity: &age::x25519::Identity) -> SecretString {
     SecretString::from(format!("{}\n", identity.to_string().expose_secret()))

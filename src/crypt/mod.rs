@@ -394,6 +394,15 @@ impl Store {
         let recipients = keys::recipients_of(&keys::recipients_key(set.number), set)?;
         let (id, identity) = keys::new_data_key(self, &recipients).await?;
         let secret = keys::secret_line(&identity);
+        // A recipient added since `set` was read (`waly keys add-recipient`
+        // wraps the keys it lists, then writes its set, then wraps the keys
+        // listed since): this key, put after that, is wrapped for it here.
+        if let Some(newest) = keys::newest_recipients(self).await? {
+            if newest.number > set.number && newest.recipients.iter().any(|r| !set.recipients.contains(r)) {
+                let to = keys::recipients_of(&keys::recipients_key(newest.number), &newest)?;
+                keys::wrap_again(self, &id, secret.expose_secret(), &to).await?;
+            }
+        }
         let sealer = sealer_of(id.clone(), set.number, &identity);
         if let Ok(mut d) = self.crypt.data.lock() {
             d.insert(id, Arc::new(identity));

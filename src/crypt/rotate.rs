@@ -122,17 +122,28 @@ pub async fn add_recipient(store: &Store, recipient: &str) -> Result<RecipientSe
         .iter()
         .map(|s| keys::parse_recipient(s))
         .collect::<Result<Vec<_>, _>>()?;
-    for id in keys::data_key_ids(store).await? {
-        let secret = store.crypt().data_key_secret(store, &id).await?;
-        let wrapped = keys::encrypt_to(&parsed, age::secrecy::ExposeSecret::expose_secret(&secret).as_bytes())?;
-        let n = keys::wrappings(store, &id)
-            .await?
-            .first()
-            .and_then(|k| k.rsplit('/').next()?.strip_suffix(".age")?.parse::<u32>().ok())
-            .map_or(0, |n| n + 1);
-        store.put_once(&keys::data_key_object(&id, n), wrapped.into()).await?;
+    let wrap = |id: String| {
+        let parsed = &parsed;
+        async move {
+            let secret = store.crypt().data_key_secret(store, &id).await?;
+            keys::wrap_again(store, &id, age::secrecy::ExposeSecret::expose_secret(&secret), parsed).await
+        }
+    };
+    let before = keys::data_key_ids(store).await?;
+    for id in &before {
+        wrap(id.clone()).await?;
     }
-    next_set(store, recipients, "add-recipient").await
+    let set = next_set(store, recipients, "add-recipient").await?;
+    // A writer that read the set in force before this one may have made a
+    // data key for it since the listing: wrapped here too. (One that puts
+    // its key after this listing reads the new set after its put, and
+    // wraps the key for it itself: `Store::new_sealer`.)
+    for id in keys::data_key_ids(store).await? {
+        if before.binary_search(&id).is_err() {
+            wrap(id).await?;
+        }
+    }
+    Ok(set)
 }
 
 /// Removes `recipient` from the set in force (never the last one).
@@ -158,4 +169,88 @@ pub async fn remove_recipient(store: &Store, recipient: &str) -> Result<Recipien
 pub async fn rotate(store: &Store) -> Result<RecipientSet, Error> {
     let cur = current(store).await?;
     next_set(store, cur.recipients, "rotate").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypt::KeySource;
+    use age::secrecy::ExposeSecret;
+    use std::sync::Arc;
+
+    /// Whether every data key of the archive has a wrapping `who` opens.
+    async fn every_key_opens_for(store: &Store, who: &age::x25519::Identity) -> Vec<String> {
+        let mut closed = Vec::new();
+        for id in keys::data_key_ids(store).await.expect("ids") {
+            let mut opens = false;
+            for w in keys::wrappings(store, &id).await.expect("wrappings") {
+                let bytes = store.get(&w).await.expect("wrapping");
+                opens |= keys::decrypt_with(&w, std::slice::from_ref(who), &bytes)
+                    .expect("decrypt")
+                    .is_some();
+            }
+            if !opens {
+                closed.push(id);
+            }
+        }
+        closed
+    }
+
+    /// The guarantee: a recipient added beside a running writer reads
+    /// everything written from then on. A writer that read the recipient
+    /// set in force just before the new one was written makes its next
+    /// data key for the old set: that key is wrapped for the new recipient
+    /// too, whether its key is put before `add-recipient` lists the keys
+    /// again (it wraps it) or after (the writer, reading the set again,
+    /// does).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_data_key_made_while_a_recipient_is_added_opens_for_that_recipient() {
+        let inner: Arc<dyn object_store::ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let (a, b) = (age::x25519::Identity::generate(), age::x25519::Identity::generate());
+        let first = Store::from_object_store(inner.clone(), "archive");
+        let id = crate::archive::state::Identity::new("1", "db", "slot", "pub");
+        let spec = crate::crypt::EncryptSpec::Recipients(vec![a.to_public()]);
+        crate::crypt::create(&first, &id, &spec).await.expect("create");
+        let dir = std::env::temp_dir().join(format!("waly-rotate-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("a.key");
+        std::fs::write(&file, keys::secret_line(&a).expose_secret()).expect("identity file");
+
+        // A writer read set 0, then `add-recipient` ran to its end, then
+        // the writer put its key.
+        let writer = Store::from_object_store(inner.clone(), "archive");
+        writer.prepare_writing().await.expect("prepare").expect("encrypted");
+        let set0 = keys::newest_recipients(&writer).await.expect("set").expect("set 0");
+        let adder = Store::from_object_store(inner.clone(), "archive");
+        adder.crypt().set_source(Some(KeySource::File(file.clone())));
+        add_recipient(&adder, &b.to_public().to_string()).await.expect("add b");
+        writer.new_sealer(&set0).await.expect("a key for set 0");
+        assert_eq!(every_key_opens_for(&adder, &b).await, Vec::<String>::new());
+
+        // Writers making keys all along while another recipient is added:
+        // whatever the interleaving, every key opens for it.
+        let c = age::x25519::Identity::generate();
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let w = Store::from_object_store(inner.clone(), "archive");
+                tokio::spawn(async move {
+                    w.prepare_writing().await.expect("prepare");
+                    for _ in 0..40 {
+                        let set = keys::newest_recipients(&w).await.expect("set").expect("a set");
+                        tokio::task::yield_now().await;
+                        w.new_sealer(&set).await.expect("a key");
+                    }
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        add_recipient(&adder, &c.to_public().to_string()).await.expect("add c");
+        for w in writers {
+            w.await.expect("writer");
+        }
+        assert_eq!(every_key_opens_for(&adder, &c).await, Vec::<String>::new());
+        // And the first recipient still opens every key.
+        assert_eq!(every_key_opens_for(&adder, &a).await, Vec::<String>::new());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
