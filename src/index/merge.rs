@@ -156,10 +156,12 @@ pub async fn merge(store: &Store, gen: &str, first: u64, last: u64) -> Result<bo
             continue;
         };
         let key = segments_index_key(gen, a, z);
-        match merge_objects(store, gen, &run, sealer.as_ref(), Some(SPILL_BYTES)).await? {
-            Written::Memory(bytes) => store.put_once(&key, bytes).await?,
-            Written::File(file) => store.put_file_once(&key, &file.path).await?,
-        }
+        super::put_index(
+            store,
+            &key,
+            merge_objects(store, gen, &run, sealer.as_ref(), Some(SPILL_BYTES)).await?,
+        )
+        .await?;
         // The inputs, and what an interrupted merge left inside the range.
         for (key, _, x, y) in &listed {
             if *x >= a && *y <= z && (*x, *y) != (a, z) {

@@ -95,7 +95,14 @@ pub async fn write_segment_index(
     let body = sealed.body_offset;
     b.segment_frames(sealed.header.frames.iter().map(|(o, l)| (o + body, *l)).collect());
     let written = match b.encode(gen, sealer) {
-        Ok(bytes) => store.put_once(&segments_index_key(gen, number, number), bytes).await,
+        Ok(bytes) => {
+            put_index(
+                store,
+                &segments_index_key(gen, number, number),
+                write::Written::Memory(bytes),
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     if let Err(e) = written {
@@ -103,6 +110,25 @@ pub async fn write_segment_index(
         return false;
     }
     true
+}
+
+/// Uploads index object `key` once. Another process may have written it
+/// first with other bytes (`waly reindex` beside a running writer: both
+/// merge the same range, and in an encrypted archive their blocks are
+/// sealed under other keys and nonces): that object indexes the same
+/// objects, and is kept; this one is dropped.
+async fn put_index(store: &Store, key: &str, written: write::Written) -> Result<(), Error> {
+    let put = match written {
+        write::Written::Memory(bytes) => store.put_once(key, bytes).await,
+        write::Written::File(file) => store.put_file_once(key, &file.path).await,
+    };
+    match put {
+        Err(Error::Conflict { .. }) => {
+            tracing::debug!(key, "another process wrote this index object first; it is kept");
+            Ok(())
+        }
+        put => put,
+    }
 }
 
 /// An object an index covers.
@@ -375,10 +401,7 @@ impl Builder {
     ) -> Result<(), Error> {
         let mut c = BlockWriter::spilling(sealer, write::SPILL_BYTES)?;
         let footer = self.write_into(generation, sealer, &mut c)?;
-        match c.finish(&footer)? {
-            write::Written::Memory(bytes) => store.put_once(key, bytes).await,
-            write::Written::File(file) => store.put_file_once(key, &file.path).await,
-        }
+        put_index(store, key, c.finish(&footer)?).await
     }
 
     /// Writes the sections, fences and frame table into `c`: the footer.

@@ -161,9 +161,13 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
                 stats.segments += 1;
             }
             let (first, last) = (run[0].1, run[run.len() - 1].1);
-            store
-                .put_once(&segments_index_key(&gen, first, last), b.encode(&gen, sealer.as_ref())?)
-                .await?;
+            let bytes = b.encode(&gen, sealer.as_ref())?;
+            super::put_index(
+                store,
+                &segments_index_key(&gen, first, last),
+                super::write::Written::Memory(bytes),
+            )
+            .await?;
             stats.objects += 1;
             merge_levels(store, &gen, last + 1).await;
         }

@@ -8,6 +8,37 @@ fn sealed_frames(n: u64) -> Vec<(u64, u64)> {
     vec![(100 + n, 50), (150 + n, 60 + n)]
 }
 
+/// Segment `n`'s level-0 index object, sealed with `sealer`: it holds
+/// key `["n"]` of `public.t` in its frame 0.
+async fn put_sealed(store: &Store, gen: &str, n: u64, sealer: &crate::crypt::Sealer) {
+    let mut b = Builder::for_writer(Some(sealer));
+    let key = format!("[\"{n}\"]");
+    let RowKey::Bucket(v) = b.hasher().row_key("public.t", key.as_bytes()) else {
+        panic!("an integer key goes to its bucket")
+    };
+    let h = v >> 32;
+    let mut keys = KeyEntries::default();
+    keys.note(RowKey::Bucket(v), 0);
+    b.add(
+        Covered {
+            number: n,
+            key: String::new(),
+            frames: Vec::new(),
+            fence: 0,
+        },
+        &keys,
+        &[],
+        &[(b.hasher().table("public.t"), 0)],
+    );
+    b.segment_frames(sealed_frames(n));
+    let bytes = b.encode(gen, Some(sealer)).expect("encode");
+    assert_ne!(h, Hasher::Plain.bucket("public.t", n as i64));
+    store
+        .put_once(&segments_index_key(gen, n, n), bytes)
+        .await
+        .expect("put");
+}
+
 /// Encrypted: sealed objects found by their keyed hashes, merged only
 /// with objects hashed under the same data key, plaintext refused.
 #[tokio::test]
@@ -19,40 +50,9 @@ async fn sealed_index_objects_merge_per_data_key_and_find_their_rows() {
     let spec = crate::crypt::EncryptSpec::Recipients(vec![reader.to_public()]);
     crate::crypt::create(&store, &id, &spec).await.expect("create");
     let gen = "00000001";
-    let put = |n: u64, sealer: crate::crypt::Sealer| {
-        let store = store.clone();
-        async move {
-            let mut b = Builder::for_writer(Some(&sealer));
-            let key = format!("[\"{n}\"]");
-            let RowKey::Bucket(v) = b.hasher().row_key("public.t", key.as_bytes()) else {
-                panic!("an integer key goes to its bucket")
-            };
-            let h = v >> 32;
-            let mut keys = KeyEntries::default();
-            keys.note(RowKey::Bucket(v), 0);
-            b.add(
-                Covered {
-                    number: n,
-                    key: String::new(),
-                    frames: Vec::new(),
-                    fence: 0,
-                },
-                &keys,
-                &[],
-                &[(b.hasher().table("public.t"), 0)],
-            );
-            b.segment_frames(sealed_frames(n));
-            let bytes = b.encode(gen, Some(&sealer)).expect("encode");
-            assert_ne!(h, Hasher::Plain.bucket("public.t", n as i64));
-            store
-                .put_once(&segments_index_key(gen, n, n), bytes)
-                .await
-                .expect("put");
-        }
-    };
     let a = store.prepare_writing().await.expect("prepare").expect("encrypted");
     for n in 0..3 {
-        put(n, a.clone()).await;
+        put_sealed(&store, gen, n, &a).await;
     }
     // A rotation: the next objects are hashed under another data key.
     let set = keys::RecipientSet {
@@ -69,7 +69,7 @@ async fn sealed_index_objects_merge_per_data_key_and_find_their_rows() {
         .expect("set");
     let b = store.prepare_writing().await.expect("prepare").expect("encrypted");
     assert_ne!(a.key_id(), b.key_id());
-    put(3, b.clone()).await;
+    put_sealed(&store, gen, 3, &b).await;
     // A sealed merge spilled to a file as it is written: its trailer's
     // SHA-256, taken as the blocks went by, passes the upload check
     // (which hashes the whole object), and its entries are found.
@@ -833,5 +833,56 @@ async fn a_snapshot_index_whose_entries_waited_in_local_runs_is_the_object_built
                 "{table} {text}: {got:?} lacks some of {want:?}"
             );
         }
+    }
+}
+
+/// The guarantee: `waly reindex` beside a running writer never stops
+/// either. Both may merge the same range at once; in an encrypted archive
+/// the two objects differ (sealed with fresh nonces, or under other data
+/// keys), so the second write-once upload meets the first: it keeps that
+/// object (it indexes the same segments) and goes on.
+#[tokio::test]
+async fn a_merge_whose_object_another_process_wrote_first_keeps_it_and_goes_on() {
+    let store = Store::open("memory://").expect("store");
+    let reader = age::x25519::Identity::generate();
+    let id = crate::archive::state::Identity::new("1", "db", "slot", "pub");
+    let spec = crate::crypt::EncryptSpec::Recipients(vec![reader.to_public()]);
+    crate::crypt::create(&store, &id, &spec).await.expect("create");
+    let gen = "00000001";
+    let a = store.prepare_writing().await.expect("prepare").expect("encrypted");
+    for n in 0..3 {
+        put_sealed(&store, gen, n, &a).await;
+    }
+    let mut runs = Vec::new();
+    for (key, size, _, _) in segment_indexes(&store, gen).await.expect("list") {
+        runs.push((Index::open(&store, &key, size).await.expect("open"), size));
+    }
+    let merged = || async {
+        match merge::merge_objects(&store, gen, &runs, Some(&a), None).await {
+            Ok(write::Written::Memory(bytes)) => bytes,
+            _ => panic!("a merge in memory"),
+        }
+    };
+    // The other process's merge of the range, uploaded first; then this
+    // one's, which differs.
+    let (theirs, ours) = (merged().await, merged().await);
+    assert_ne!(theirs, ours);
+    let key = segments_index_key(gen, 0, 2);
+    store.put_once(&key, theirs.clone()).await.expect("put theirs");
+    put_index(&store, &key, write::Written::Memory(ours))
+        .await
+        .expect("the merge goes on");
+    assert_eq!(store.get(&key).await.expect("get"), theirs, "the first object is kept");
+    let idx = Index::open(&store, &key, theirs.len() as u64).await.expect("open");
+    for n in 0..3u64 {
+        let found = idx
+            .lookup_key(&store, "public.t", format!("[\"{n}\"]").as_bytes())
+            .await
+            .expect("lookup");
+        let segments: Vec<u64> = found
+            .iter()
+            .map(|(o, _)| idx.footer.objects[*o as usize].number)
+            .collect();
+        assert_eq!(segments, vec![n]);
     }
 }
