@@ -39,21 +39,29 @@ async fn put_sealed(store: &Store, gen: &str, n: u64, sealer: &crate::crypt::Sea
         .expect("put");
 }
 
-/// Encrypted: sealed objects found by their keyed hashes, merged only
-/// with objects hashed under the same data key, plaintext refused.
-#[tokio::test]
-async fn sealed_index_objects_merge_per_data_key_and_find_their_rows() {
-    use crate::crypt::keys;
+/// An encrypted archive in memory for `reader`, with generation 00000001's
+/// segments 0 to 2 indexed (level 0) under the writer's data key, whose
+/// sealer is returned too.
+async fn sealed_archive() -> (Store, age::x25519::Identity, crate::crypt::Sealer) {
     let store = Store::open("memory://").expect("store");
     let reader = age::x25519::Identity::generate();
     let id = crate::archive::state::Identity::new("1", "db", "slot", "pub");
     let spec = crate::crypt::EncryptSpec::Recipients(vec![reader.to_public()]);
     crate::crypt::create(&store, &id, &spec).await.expect("create");
-    let gen = "00000001";
     let a = store.prepare_writing().await.expect("prepare").expect("encrypted");
     for n in 0..3 {
-        put_sealed(&store, gen, n, &a).await;
+        put_sealed(&store, "00000001", n, &a).await;
     }
+    (store, reader, a)
+}
+
+/// Encrypted: sealed objects found by their keyed hashes, merged only
+/// with objects hashed under the same data key, plaintext refused.
+#[tokio::test]
+async fn sealed_index_objects_merge_per_data_key_and_find_their_rows() {
+    use crate::crypt::keys;
+    let (store, reader, a) = sealed_archive().await;
+    let gen = "00000001";
     // A rotation: the next objects are hashed under another data key.
     let set = keys::RecipientSet {
         waly_keys: 1,
@@ -843,16 +851,8 @@ async fn a_snapshot_index_whose_entries_waited_in_local_runs_is_the_object_built
 /// object (it indexes the same segments) and goes on.
 #[tokio::test]
 async fn a_merge_whose_object_another_process_wrote_first_keeps_it_and_goes_on() {
-    let store = Store::open("memory://").expect("store");
-    let reader = age::x25519::Identity::generate();
-    let id = crate::archive::state::Identity::new("1", "db", "slot", "pub");
-    let spec = crate::crypt::EncryptSpec::Recipients(vec![reader.to_public()]);
-    crate::crypt::create(&store, &id, &spec).await.expect("create");
+    let (store, _, a) = sealed_archive().await;
     let gen = "00000001";
-    let a = store.prepare_writing().await.expect("prepare").expect("encrypted");
-    for n in 0..3 {
-        put_sealed(&store, gen, n, &a).await;
-    }
     let mut runs = Vec::new();
     for (key, size, _, _) in segment_indexes(&store, gen).await.expect("list") {
         runs.push((Index::open(&store, &key, size).await.expect("open"), size));
