@@ -12,14 +12,16 @@ cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-# moto (the S3 protocol) and DuckDB (which reads the Parquet export), in a venv of our own.
+# moto (the S3 protocol), DuckDB and Apache Spark (which read the Parquet
+# export; Spark needs Java 17 or later), in a venv of our own.
 VENV=${WALY_VENV:-.venv}
-if [ ! -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c 'import duckdb' 2>/dev/null; then
-    echo "== installing moto and duckdb into $VENV"
+if [ ! -x "$VENV/bin/moto_server" ] || ! "$VENV/bin/python" -c 'import duckdb, pyspark' 2>/dev/null; then
+    echo "== installing moto, duckdb and pyspark into $VENV"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet 'moto[s3]==5.2.5' flask flask-cors 'duckdb==2.0.1'
+    "$VENV/bin/pip" install --quiet 'moto[s3]==5.2.5' flask flask-cors 'duckdb==2.0.1' 'pyspark==4.3.0'
 fi
 export WALY_TEST_PYTHON="$(cd "$VENV" && pwd)/bin/python"
+export WALY_TEST_SPARK_PYTHON="$WALY_TEST_PYTHON"
 MOTO_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
 mkdir -p .tmp
 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >.tmp/moto.log 2>&1 &

@@ -1039,6 +1039,12 @@ fn sql_type(k: &Kind) -> Option<String> {
     })
 }
 
+/// Whether PostgreSQL may store a value of this kind out of line (TOAST),
+/// and so leave it out of an update that did not change it.
+fn toastable(k: &Kind) -> bool {
+    matches!(k, Kind::Text | Kind::Bytes | Kind::List(_))
+}
+
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -1104,14 +1110,53 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
             .collect::<Vec<_>>()
             .join(" AND ");
         let later = "(m._commit_lsn > r._commit_lsn OR (m._commit_lsn = r._commit_lsn AND m._seq > r._seq))";
-        let body = |from: &str, as_of: &str| {
+        // A large value an update left unchanged (named in
+        // `_unchanged_toast`, under whichever name the file used) is the
+        // key's latest earlier value that was sent: a value PostgreSQL
+        // stores out of line is never null, so the latest non-null one.
+        let filled = |spark: bool| -> String {
+            columns
+                .iter()
+                .map(|c| {
+                    let name = quote(&c.name);
+                    let written: Vec<String> = std::iter::once(&c.name)
+                        .chain(c.earlier_names.iter())
+                        .filter(|n| tc.names.contains(*n))
+                        .map(|n| match spark {
+                            true => format!("'{}'", n.replace('\\', "\\\\").replace('\'', "\\'")),
+                            false => format!("'{}'", n.replace('\'', "''")),
+                        })
+                        .collect();
+                    if !toastable(&c.kind) || written.is_empty() {
+                        return name;
+                    }
+                    let unsent = match spark {
+                        true => format!("coalesce(arrays_overlap(_unchanged_toast, array({})), false)", written.join(", ")),
+                        false => format!("coalesce(list_has_any(_unchanged_toast, [{}]), false)", written.join(", ")),
+                    };
+                    let sent = format!("CASE WHEN {unsent} THEN NULL ELSE {name} END");
+                    let window = format!(
+                        "OVER (PARTITION BY {} ORDER BY _commit_lsn, _seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)",
+                        key_cols.join(", ")
+                    );
+                    let latest = match spark {
+                        true => format!("last({sent}, true) {window}"),
+                        false => format!("last_value({sent} IGNORE NULLS) {window}"),
+                    };
+                    format!("CASE WHEN {unsent} THEN {latest} ELSE {name} END AS {name}")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let body = |from: &str, as_of: &str, spark: bool| {
             format!(
-                "WITH log AS (SELECT _op, _commit_lsn, _seq, _commit_time, _old_key, {select} FROM {from}),\n\
+                "WITH log AS (SELECT _op, _commit_lsn, _seq, _commit_time, _old_key, _unchanged_toast, {select} FROM {from}),\n\
                  upto AS (SELECT * FROM log WHERE _commit_time <= {as_of}),\n\
                  cut AS (SELECT _commit_lsn AS l, _seq AS s FROM upto WHERE _op IN ('truncate', 'snapshot', 'empty_snapshot') ORDER BY _commit_lsn DESC, _seq DESC LIMIT 1),\n\
                  live AS (SELECT * FROM upto u WHERE _op NOT IN ('truncate', 'empty_snapshot') AND NOT EXISTS (SELECT 1 FROM cut WHERE u._commit_lsn < cut.l OR (u._commit_lsn = cut.l AND u._seq < cut.s))),\n\
-                 ranked AS (SELECT *, row_number() OVER (PARTITION BY {keys} ORDER BY _commit_lsn DESC, _seq DESC) AS _rank FROM live)\n\
+                 ranked AS (SELECT _op, _commit_lsn, _seq, {filled}, row_number() OVER (PARTITION BY {keys} ORDER BY _commit_lsn DESC, _seq DESC) AS _rank FROM live)\n\
                  SELECT {cols} FROM ranked r WHERE _rank = 1 AND _op <> 'delete'\n  AND NOT EXISTS (SELECT 1 FROM live m WHERE m._old_key IS NOT NULL AND {moved} AND {later})",
+                filled = filled(spark),
                 keys = key_cols.join(", "),
                 cols = columns.iter().map(|c| format!("r.{}", quote(&c.name))).collect::<Vec<_>>().join(", "),
             )
@@ -1122,13 +1167,14 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
             quote(&format!("{table}_as_of")),
             body(
                 &format!("read_parquet('{dir}/*/*.parquet', hive_partitioning = true, union_by_name = true)"),
-                "as_of"
+                "as_of",
+                false
             )
         ));
         let view = quote(&format!("{table}_log")).replace('"', "`");
         spark.push_str(&format!(
             "\n-- {table}\nCREATE OR REPLACE TEMPORARY VIEW {view} USING parquet OPTIONS (path '{dir}', mergeSchema 'true');\n{};\n",
-            body(&view, "CAST(:as_of AS TIMESTAMP)").replace('"', "`")
+            body(&view, "CAST(:as_of AS TIMESTAMP)", true).replace('"', "`")
         ));
     }
     (duck, spark)

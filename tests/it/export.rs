@@ -652,3 +652,116 @@ fn an_export_continued_past_a_prune_of_changes_it_had_not_read_answers_from_the_
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// Runs the export's `_waly/as_of_spark.sql` for `table` in Apache Spark
+/// (local mode) as of now and returns `select` of its rows, sorted, each
+/// value as its string: `None` when `WALY_TEST_SPARK_PYTHON` (a Python with
+/// pyspark; scripts/test.sh installs it) is not set.
+pub(crate) fn spark_as_of_now(dest: &str, table: &str, select: &str) -> Option<Vec<Vec<Option<String>>>> {
+    let python = std::env::var("WALY_TEST_SPARK_PYTHON").ok()?;
+    let script = r#"
+import json, sys
+from pyspark.sql import SparkSession
+dest, table, select = sys.argv[1], sys.argv[2], sys.argv[3]
+spark = (SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false")
+         .config("spark.sql.session.timeZone", "UTC").getOrCreate())
+spark.sparkContext.setLogLevel("ERROR")
+text = open(dest + "/_waly/as_of_spark.sql").read()
+stmts = [s for s in text.split(";\n") if s.strip()]
+# Each table's view statement is followed by its query.
+i = next(i for i, s in enumerate(stmts) if ("-- " + table + "\n") in s)
+spark.sql(stmts[i])
+q = spark.sql(stmts[i + 1], args={"as_of": "2999-01-01 00:00:00"})
+q.createOrReplaceTempView("as_of")
+rows = spark.sql("SELECT " + select + " FROM as_of").collect()
+out = sorted([[None if v is None else str(v) for v in r] for r in rows], key=lambda r: [x or "" for x in r])
+print(json.dumps(out))
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", script, dest, table, select])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "spark failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    Some(serde_json::from_str(&last).expect("rows as JSON"))
+}
+
+/// The guarantee: the as-of query gives a table as `waly restore` does,
+/// large values included. PostgreSQL leaves a large (TOASTed) value that
+/// an update did not change out of the update; the query takes the key's
+/// latest value that was sent, under whichever name its file used, and
+/// never fills a value that was set to null. DuckDB and Spark agree.
+#[test]
+fn the_as_of_query_gives_a_large_value_an_update_left_unchanged() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE big (id int PRIMARY KEY, n int, v text, b bytea);
+         ALTER TABLE big ALTER COLUMN v SET STORAGE EXTERNAL, ALTER COLUMN b SET STORAGE EXTERNAL;
+         INSERT INTO big SELECT i, 0, repeat('v' || i, 3000), decode(repeat(to_hex(i * 17), 4000), 'hex')
+           FROM generate_series(1, 4) i;
+         CREATE PUBLICATION waly FOR TABLE big;",
+    );
+    let archive = archive_dir(&db);
+    let dest = format!("{archive}-export");
+    let _ = std::fs::remove_dir_all(&dest);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql(
+        "UPDATE big SET n = 1;
+         UPDATE big SET v = repeat('new', 3000) WHERE id = 2;
+         UPDATE big SET n = 2 WHERE id = 2;
+         UPDATE big SET v = NULL WHERE id = 3;
+         UPDATE big SET n = 3 WHERE id = 3;
+         INSERT INTO big VALUES (5, 0, repeat('five', 3000), decode(repeat('ff', 4000), 'hex'));
+         UPDATE big SET n = 5 WHERE id = 5;",
+    );
+    crate::archive::wait_confirmed(&db, 120);
+    // A rename between files: later updates name the column by its new name.
+    ok(&export(&archive, &dest, &[]));
+    db.psql("ALTER TABLE big RENAME COLUMN v TO w");
+    db.psql("UPDATE big SET n = n + 10 WHERE id IN (1, 5)");
+    crate::archive::wait_confirmed(&db, 120);
+    settle(&db, run);
+    ok(&export(&archive, &dest, &[]));
+    let unchanged = duckdb(&format!(
+        "SELECT count(*) FROM {} WHERE len(_unchanged_toast) > 0",
+        files(&dest)
+    ));
+    assert_ne!(
+        unchanged,
+        vec![vec![Some("0".to_string())]],
+        "the updates left large values out"
+    );
+    let want: Vec<Vec<Option<String>>> = db
+        .psql("SELECT id, n, coalesce(md5(w), 'null'), coalesce(length(b)::text, 'null') FROM big ORDER BY id")
+        .lines()
+        .map(|l| l.split('|').map(|s| Some(s.to_string())).collect())
+        .collect();
+    assert_eq!(want.len(), 5);
+    let got = duckdb(&format!(
+        "{};\nSELECT id::VARCHAR, n::VARCHAR, coalesce(md5(w), 'null'), coalesce(octet_length(b)::VARCHAR, 'null')
+           FROM \"public.big_as_of\"(now()::TIMESTAMPTZ) ORDER BY id",
+        std::fs::read_to_string(format!("{dest}/_waly/as_of_duckdb.sql")).expect("the views")
+    ));
+    assert_eq!(got, want, "DuckDB");
+    let spark = spark_as_of_now(
+        &dest,
+        "public.big",
+        "CAST(id AS STRING), CAST(n AS STRING), coalesce(md5(w), 'null'), coalesce(CAST(length(b) AS STRING), 'null')",
+    );
+    match spark {
+        Some(rows) => assert_eq!(rows, want, "Spark"),
+        None => eprintln!("WALY_TEST_SPARK_PYTHON is not set: Spark's as-of query is not run"),
+    }
+    for d in [&dest, &archive] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
