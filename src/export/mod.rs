@@ -1114,6 +1114,9 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
         // `_unchanged_toast`, under whichever name the file used) is the
         // key's latest earlier value that was sent: a value PostgreSQL
         // stores out of line is never null, so the latest non-null one.
+        // Only within the row's run under this key (`_run`: from its
+        // insert, snapshot row, or the update that moved it to the key),
+        // never from a row the key held before.
         let filled = |spark: bool| -> String {
             columns
                 .iter()
@@ -1136,7 +1139,7 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
                     };
                     let sent = format!("CASE WHEN {unsent} THEN NULL ELSE {name} END");
                     let window = format!(
-                        "OVER (PARTITION BY {} ORDER BY _commit_lsn, _seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)",
+                        "OVER (PARTITION BY {}, _run ORDER BY _commit_lsn, _seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)",
                         key_cols.join(", ")
                     );
                     let latest = match spark {
@@ -1154,7 +1157,8 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
                  upto AS (SELECT * FROM log WHERE _commit_time <= {as_of}),\n\
                  cut AS (SELECT _commit_lsn AS l, _seq AS s FROM upto WHERE _op IN ('truncate', 'snapshot', 'empty_snapshot') ORDER BY _commit_lsn DESC, _seq DESC LIMIT 1),\n\
                  live AS (SELECT * FROM upto u WHERE _op NOT IN ('truncate', 'empty_snapshot') AND NOT EXISTS (SELECT 1 FROM cut WHERE u._commit_lsn < cut.l OR (u._commit_lsn = cut.l AND u._seq < cut.s))),\n\
-                 ranked AS (SELECT _op, _commit_lsn, _seq, {filled}, row_number() OVER (PARTITION BY {keys} ORDER BY _commit_lsn DESC, _seq DESC) AS _rank FROM live)\n\
+                 runs AS (SELECT *, sum(CASE WHEN _old_key IS NOT NULL OR _op IN ('insert', 'snapshot') THEN 1 ELSE 0 END) OVER (PARTITION BY {keys} ORDER BY _commit_lsn, _seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS _run FROM live),\n\
+                 ranked AS (SELECT _op, _commit_lsn, _seq, {filled}, row_number() OVER (PARTITION BY {keys} ORDER BY _commit_lsn DESC, _seq DESC) AS _rank FROM runs)\n\
                  SELECT {cols} FROM ranked r WHERE _rank = 1 AND _op <> 'delete'\n  AND NOT EXISTS (SELECT 1 FROM live m WHERE m._old_key IS NOT NULL AND {moved} AND {later})",
                 filled = filled(spark),
                 keys = key_cols.join(", "),

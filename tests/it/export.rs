@@ -706,7 +706,7 @@ fn the_as_of_query_gives_a_large_value_an_update_left_unchanged() {
         "CREATE TABLE big (id int PRIMARY KEY, n int, v text, b bytea);
          ALTER TABLE big ALTER COLUMN v SET STORAGE EXTERNAL, ALTER COLUMN b SET STORAGE EXTERNAL;
          INSERT INTO big SELECT i, 0, repeat('v' || i, 3000), decode(repeat(to_hex(i * 17), 4000), 'hex')
-           FROM generate_series(1, 4) i;
+           FROM generate_series(1, 7) i;
          CREATE PUBLICATION waly FOR TABLE big;",
     );
     let archive = archive_dir(&db);
@@ -720,14 +720,16 @@ fn the_as_of_query_gives_a_large_value_an_update_left_unchanged() {
          UPDATE big SET n = 2 WHERE id = 2;
          UPDATE big SET v = NULL WHERE id = 3;
          UPDATE big SET n = 3 WHERE id = 3;
-         INSERT INTO big VALUES (5, 0, repeat('five', 3000), decode(repeat('ff', 4000), 'hex'));
-         UPDATE big SET n = 5 WHERE id = 5;",
+         INSERT INTO big VALUES (8, 0, repeat('eight', 3000), decode(repeat('ff', 4000), 'hex'));
+         UPDATE big SET n = 8 WHERE id = 8;
+         DELETE FROM big WHERE id = 6;
+         UPDATE big SET id = 6 WHERE id = 7;",
     );
     crate::archive::wait_confirmed(&db, 120);
     // A rename between files: later updates name the column by its new name.
     ok(&export(&archive, &dest, &[]));
     db.psql("ALTER TABLE big RENAME COLUMN v TO w");
-    db.psql("UPDATE big SET n = n + 10 WHERE id IN (1, 5)");
+    db.psql("UPDATE big SET n = n + 10 WHERE id IN (1, 8)");
     crate::archive::wait_confirmed(&db, 120);
     settle(&db, run);
     ok(&export(&archive, &dest, &[]));
@@ -740,12 +742,18 @@ fn the_as_of_query_gives_a_large_value_an_update_left_unchanged() {
         vec![vec![Some("0".to_string())]],
         "the updates left large values out"
     );
+    // Row 7 moved to key 6 leaving its large values alone: they were sent
+    // under key 7, and the query gives null there (the known limit in
+    // docs/EXPORT.md), never the values key 6 held before its delete.
     let want: Vec<Vec<Option<String>>> = db
-        .psql("SELECT id, n, coalesce(md5(w), 'null'), coalesce(length(b)::text, 'null') FROM big ORDER BY id")
+        .psql(
+            "SELECT id, n, CASE WHEN id = 6 THEN 'null' ELSE coalesce(md5(w), 'null') END,
+                    CASE WHEN id = 6 THEN 'null' ELSE coalesce(length(b)::text, 'null') END FROM big ORDER BY id",
+        )
         .lines()
         .map(|l| l.split('|').map(|s| Some(s.to_string())).collect())
         .collect();
-    assert_eq!(want.len(), 5);
+    assert_eq!(want.len(), 7);
     let got = duckdb(&format!(
         "{};\nSELECT id::VARCHAR, n::VARCHAR, coalesce(md5(w), 'null'), coalesce(octet_length(b)::VARCHAR, 'null')
            FROM \"public.big_as_of\"(now()::TIMESTAMPTZ) ORDER BY id",
