@@ -653,32 +653,35 @@ fn an_export_continued_past_a_prune_of_changes_it_had_not_read_answers_from_the_
     }
 }
 
-/// Runs the export's `_waly/as_of_spark.sql` for `table` in Apache Spark
-/// (local mode) as of now and returns `select` of its rows, sorted, each
-/// value as its string: `None` when `WALY_TEST_SPARK_PYTHON` (a Python with
-/// pyspark; scripts/test.sh installs it) is not set.
-pub(crate) fn spark_as_of_now(dest: &str, table: &str, select: &str) -> Option<Vec<Vec<Option<String>>>> {
+/// Runs the export's `_waly/as_of_spark.sql` in Apache Spark (local mode,
+/// one session) as of now: for each `(table, select)`, `select` of that
+/// table's rows, each value as its string, sorted. `None` when
+/// `WALY_TEST_SPARK_PYTHON` (a Python with pyspark; scripts/test.sh
+/// installs it) is not set.
+pub(crate) fn spark_as_of_now(dest: &str, queries: &[(&str, &str)]) -> Option<Vec<Vec<Vec<Option<String>>>>> {
     let python = std::env::var("WALY_TEST_SPARK_PYTHON").ok()?;
     let script = r#"
 import json, sys
 from pyspark.sql import SparkSession
-dest, table, select = sys.argv[1], sys.argv[2], sys.argv[3]
+dest, queries = sys.argv[1], json.loads(sys.argv[2])
 spark = (SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false")
          .config("spark.sql.session.timeZone", "UTC").getOrCreate())
 spark.sparkContext.setLogLevel("ERROR")
 text = open(dest + "/_waly/as_of_spark.sql").read()
 stmts = [s for s in text.split(";\n") if s.strip()]
-# Each table's view statement is followed by its query.
-i = next(i for i, s in enumerate(stmts) if ("-- " + table + "\n") in s)
-spark.sql(stmts[i])
-q = spark.sql(stmts[i + 1], args={"as_of": "2999-01-01 00:00:00"})
-q.createOrReplaceTempView("as_of")
-rows = spark.sql("SELECT " + select + " FROM as_of").collect()
-out = sorted([[None if v is None else str(v) for v in r] for r in rows], key=lambda r: [x or "" for x in r])
+out = []
+for table, select in queries:
+    # Each table's view statement is followed by its query.
+    i = next(i for i, s in enumerate(stmts) if ("-- " + table + "\n") in s)
+    spark.sql(stmts[i])
+    spark.sql(stmts[i + 1], args={"as_of": "2999-01-01 00:00:00"}).createOrReplaceTempView("as_of")
+    rows = spark.sql("SELECT " + select + " FROM as_of").collect()
+    out.append(sorted([[None if v is None else str(v) for v in r] for r in rows], key=lambda r: [x or "" for x in r]))
 print(json.dumps(out))
 "#;
+    let queries = serde_json::to_string(queries).expect("queries as JSON");
     let out = std::process::Command::new(&python)
-        .args(["-c", script, dest, table, select])
+        .args(["-c", script, dest, &queries])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
     assert!(
@@ -762,10 +765,12 @@ fn the_as_of_query_gives_a_large_value_an_update_left_unchanged() {
     assert_eq!(got, want, "DuckDB");
     let spark = spark_as_of_now(
         &dest,
-        "public.big",
-        "CAST(id AS STRING), CAST(n AS STRING), coalesce(md5(w), 'null'), coalesce(CAST(length(b) AS STRING), 'null')",
+        &[(
+            "public.big",
+            "CAST(id AS STRING), CAST(n AS STRING), coalesce(md5(w), 'null'), coalesce(CAST(length(b) AS STRING), 'null')",
+        )],
     );
-    match spark {
+    match spark.and_then(|mut r| r.pop()) {
         Some(rows) => assert_eq!(rows, want, "Spark"),
         None => eprintln!("WALY_TEST_SPARK_PYTHON is not set: Spark's as-of query is not run"),
     }
