@@ -665,6 +665,7 @@ import json, sys
 from pyspark.sql import SparkSession
 dest, queries = sys.argv[1], json.loads(sys.argv[2])
 spark = (SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false")
+         .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
          .config("spark.sql.session.timeZone", "UTC").getOrCreate())
 spark.sparkContext.setLogLevel("ERROR")
 text = open(dest + "/_waly/as_of_spark.sql").read()
