@@ -286,6 +286,25 @@ impl Exporter<'_> {
         self.wants(table) && !exported && self.opts.since.is_none()
     }
 
+    /// Writes a snapshot row of `table` (`op`: `snapshot`, with its `row`,
+    /// or `empty_snapshot`, without).
+    fn write_snapshot(
+        &mut self,
+        table: &str,
+        op: &'static str,
+        lsn: Lsn,
+        taken_at: DateTime<Utc>,
+        schema_version: u32,
+        row: Option<Row>,
+    ) -> Result<(), Error> {
+        let schemas = self.schemas.clone();
+        let version = schemas
+            .version(table, schema_version)
+            .ok_or_else(|| missing_version(table, schema_version))?;
+        let out = OutRow::snapshot(op, lsn, taken_at, schema_version);
+        self.write(table, version, out, row, None, &[])
+    }
+
     fn item(&mut self, item: Owned) -> Result<(), Error> {
         match item {
             Owned::Generation { id, schemas } => {
@@ -312,12 +331,7 @@ impl Exporter<'_> {
                 if rows > 0 || !self.takes_snapshot(&table, lsn, taken_at) {
                     return Ok(());
                 }
-                let out = OutRow::snapshot("empty_snapshot", lsn, taken_at, schema_version);
-                let schemas = self.schemas.clone();
-                let version = schemas
-                    .version(&table, schema_version)
-                    .ok_or_else(|| missing_version(&table, schema_version))?;
-                self.write(&table, version, out, None, None, &[])?;
+                self.write_snapshot(&table, "empty_snapshot", lsn, taken_at, schema_version, None)?;
                 self.stats.empty_snapshots += 1;
             }
             Owned::SnapshotRow {
@@ -330,12 +344,7 @@ impl Exporter<'_> {
                 if !self.takes_snapshot(&table, lsn, taken_at) {
                     return Ok(());
                 }
-                let out = OutRow::snapshot("snapshot", lsn, taken_at, schema_version);
-                let schemas = self.schemas.clone();
-                let version = schemas
-                    .version(&table, schema_version)
-                    .ok_or_else(|| missing_version(&table, schema_version))?;
-                self.write(&table, version, out, Some(row), None, &[])?;
+                self.write_snapshot(&table, "snapshot", lsn, taken_at, schema_version, Some(row))?;
                 self.stats.snapshot_rows += 1;
             }
             Owned::Change(held) => {
@@ -1072,16 +1081,22 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
         if key.is_empty() {
             continue;
         }
+        // The names each column's files used, newest first.
+        let written: Vec<Vec<&String>> = columns
+            .iter()
+            .map(|c| {
+                std::iter::once(&c.name)
+                    .chain(c.earlier_names.iter().rev())
+                    .filter(|n| tc.names.contains(*n))
+                    .collect()
+            })
+            .collect();
         // Each column under its newest name, from whichever name each file used.
         let select: Vec<String> = columns
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let written: Vec<String> = std::iter::once(&c.name)
-                    .chain(c.earlier_names.iter().rev())
-                    .filter(|n| tc.names.contains(*n))
-                    .map(|n| quote(n))
-                    .collect();
+                let written: Vec<String> = written[i].iter().map(|n| quote(n)).collect();
                 let value = match written.len() {
                     0 => "NULL".to_string(),
                     1 => written[0].clone(),
@@ -1120,11 +1135,11 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
         let filled = |spark: bool| -> String {
             columns
                 .iter()
-                .map(|c| {
+                .zip(&written)
+                .map(|(c, written)| {
                     let name = quote(&c.name);
-                    let written: Vec<String> = std::iter::once(&c.name)
-                        .chain(c.earlier_names.iter())
-                        .filter(|n| tc.names.contains(*n))
+                    let written: Vec<String> = written
+                        .iter()
                         .map(|n| match spark {
                             true => format!("'{}'", n.replace('\\', "\\\\").replace('\'', "\\'")),
                             false => format!("'{}'", n.replace('\'', "''")),
