@@ -1125,59 +1125,129 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
             .collect::<Vec<_>>()
             .join(" AND ");
         let later = "(m._commit_lsn > r._commit_lsn OR (m._commit_lsn = r._commit_lsn AND m._seq > r._seq))";
+        let keys = key_cols.join(", ");
         // A large value an update left unchanged (named in
         // `_unchanged_toast`, under whichever name the file used) is the
-        // key's latest earlier value that was sent: a value PostgreSQL
+        // row's latest earlier value that was sent: a value PostgreSQL
         // stores out of line is never null, so the latest non-null one.
-        // Only within the row's run under this key (`_run`: from its
+        // First within the row's run under this key (`_run`: from its
         // insert, snapshot row, or the update that moved it to the key),
-        // never from a row the key held before.
-        let filled = |spark: bool| -> String {
-            columns
+        // never from a row the key held before; then, for a run an update
+        // started by moving the row from another key, the value the row
+        // had under that key just before, followed back through every
+        // move (`carry`, recursive).
+        let large: Vec<(usize, Vec<String>)> = columns
+            .iter()
+            .zip(&written)
+            .enumerate()
+            .filter(|(_, (c, written))| toastable(&c.kind) && !written.is_empty())
+            .map(|(i, (_, written))| (i, written.iter().map(|n| n.to_string()).collect()))
+            .collect();
+        let body = |from: &str, as_of: &str, spark: bool| {
+            let head = format!(
+                "log AS (SELECT _op, _commit_lsn, _seq, _commit_time, _old_key, _unchanged_toast, {select} FROM {from}),\n\
+                 upto AS (SELECT * FROM log WHERE _commit_time <= {as_of}),\n\
+                 cut AS (SELECT _commit_lsn AS l, _seq AS s FROM upto WHERE _op IN ('truncate', 'snapshot', 'empty_snapshot') ORDER BY _commit_lsn DESC, _seq DESC LIMIT 1),\n\
+                 live AS (SELECT * FROM upto u WHERE _op NOT IN ('truncate', 'empty_snapshot') AND NOT EXISTS (SELECT 1 FROM cut WHERE u._commit_lsn < cut.l OR (u._commit_lsn = cut.l AND u._seq < cut.s))),\n\
+                 runs AS (SELECT *, sum(CASE WHEN _old_key IS NOT NULL OR _op IN ('insert', 'snapshot') THEN 1 ELSE 0 END) OVER (PARTITION BY {keys} ORDER BY _commit_lsn, _seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS _run FROM live),\n"
+            );
+            let rank = |p: &str| {
+                let keys: Vec<String> = key_cols.iter().map(|k| format!("{p}{k}")).collect();
+                format!(
+                    "row_number() OVER (PARTITION BY {} ORDER BY {p}_commit_lsn DESC, {p}_seq DESC) AS _rank",
+                    keys.join(", ")
+                )
+            };
+            let tail = format!(
+                "SELECT {cols} FROM ranked r WHERE _rank = 1 AND _op <> 'delete'\n  AND NOT EXISTS (SELECT 1 FROM live m WHERE m._old_key IS NOT NULL AND {moved} AND {later})",
+                cols = columns.iter().map(|c| format!("r.{}", quote(&c.name))).collect::<Vec<_>>().join(", "),
+            );
+            if large.is_empty() {
+                let names: Vec<String> = columns.iter().map(|c| quote(&c.name)).collect();
+                return format!(
+                    "WITH {head}ranked AS (SELECT _op, _commit_lsn, _seq, {}, {} FROM runs)\n{tail}",
+                    names.join(", "),
+                    rank("")
+                );
+            }
+            let lit = |n: &str| match spark {
+                true => format!("'{}'", n.replace('\\', "\\\\").replace('\'', "\\'")),
+                false => format!("'{}'", n.replace('\'', "''")),
+            };
+            // Per large column: whether the row left it out, and its
+            // value within the run (`_u<i>`, `_f<i>`).
+            let local: Vec<String> = large
                 .iter()
-                .zip(&written)
-                .map(|(c, written)| {
-                    let name = quote(&c.name);
-                    let written: Vec<String> = written
-                        .iter()
-                        .map(|n| match spark {
-                            true => format!("'{}'", n.replace('\\', "\\\\").replace('\'', "\\'")),
-                            false => format!("'{}'", n.replace('\'', "''")),
-                        })
-                        .collect();
-                    if !toastable(&c.kind) || written.is_empty() {
-                        return name;
-                    }
+                .map(|(i, written)| {
+                    let name = quote(&columns[*i].name);
+                    let names: Vec<String> = written.iter().map(|n| lit(n)).collect();
                     let unsent = match spark {
-                        true => format!("coalesce(arrays_overlap(_unchanged_toast, array({})), false)", written.join(", ")),
-                        false => format!("coalesce(list_has_any(_unchanged_toast, [{}]), false)", written.join(", ")),
+                        true => format!("coalesce(arrays_overlap(_unchanged_toast, array({})), false)", names.join(", ")),
+                        false => format!("coalesce(list_has_any(_unchanged_toast, [{}]), false)", names.join(", ")),
                     };
                     let sent = format!("CASE WHEN {unsent} THEN NULL ELSE {name} END");
                     let window = format!(
-                        "OVER (PARTITION BY {}, _run ORDER BY _commit_lsn, _seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)",
-                        key_cols.join(", ")
+                        "OVER (PARTITION BY {keys}, _run ORDER BY _commit_lsn, _seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
                     );
                     let latest = match spark {
                         true => format!("last({sent}, true) {window}"),
                         false => format!("last_value({sent} IGNORE NULLS) {window}"),
                     };
-                    format!("CASE WHEN {unsent} THEN {latest} ELSE {name} END AS {name}")
+                    format!("{unsent} AS _u{i}, CASE WHEN {unsent} THEN {latest} ELSE {name} END AS _f{i}")
                 })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let body = |from: &str, as_of: &str, spark: bool| {
+                .collect();
+            let on = |a: &str, b: &str| -> String {
+                key.iter()
+                    .map(|&k| format!("{a}{0} = {b}{0}", quote(&columns[k].name)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            };
+            let src_keys: Vec<String> = key
+                .iter()
+                .enumerate()
+                .map(|(j, &k)| format!("s.{} AS _k{j}", quote(&columns[k].name)))
+                .collect();
+            let src_on: Vec<String> = key
+                .iter()
+                .enumerate()
+                .map(|(j, &k)| format!("s._k{j} = c.{}", quote(&columns[k].name)))
+                .collect();
+            let m_keys: Vec<String> = key_cols.iter().map(|k| format!("m.{k}")).collect();
+            let s_keys: Vec<String> = key_cols.iter().map(|k| format!("s.{k}")).collect();
+            let vs = |f: &dyn Fn(usize) -> String| large.iter().map(|(i, _)| f(*i)).collect::<Vec<_>>().join(", ");
+            let values: Vec<String> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let name = quote(&c.name);
+                    match large.iter().any(|(j, _)| *j == i) {
+                        true => format!("CASE WHEN l._u{i} THEN coalesce(l._f{i}, c._v{i}) ELSE l._f{i} END AS {name}"),
+                        false => format!("l.{name}"),
+                    }
+                })
+                .collect();
             format!(
-                "WITH log AS (SELECT _op, _commit_lsn, _seq, _commit_time, _old_key, _unchanged_toast, {select} FROM {from}),\n\
-                 upto AS (SELECT * FROM log WHERE _commit_time <= {as_of}),\n\
-                 cut AS (SELECT _commit_lsn AS l, _seq AS s FROM upto WHERE _op IN ('truncate', 'snapshot', 'empty_snapshot') ORDER BY _commit_lsn DESC, _seq DESC LIMIT 1),\n\
-                 live AS (SELECT * FROM upto u WHERE _op NOT IN ('truncate', 'empty_snapshot') AND NOT EXISTS (SELECT 1 FROM cut WHERE u._commit_lsn < cut.l OR (u._commit_lsn = cut.l AND u._seq < cut.s))),\n\
-                 runs AS (SELECT *, sum(CASE WHEN _old_key IS NOT NULL OR _op IN ('insert', 'snapshot') THEN 1 ELSE 0 END) OVER (PARTITION BY {keys} ORDER BY _commit_lsn, _seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS _run FROM live),\n\
-                 ranked AS (SELECT _op, _commit_lsn, _seq, {filled}, row_number() OVER (PARTITION BY {keys} ORDER BY _commit_lsn DESC, _seq DESC) AS _rank FROM runs)\n\
-                 SELECT {cols} FROM ranked r WHERE _rank = 1 AND _op <> 'delete'\n  AND NOT EXISTS (SELECT 1 FROM live m WHERE m._old_key IS NOT NULL AND {moved} AND {later})",
-                filled = filled(spark),
-                keys = key_cols.join(", "),
-                cols = columns.iter().map(|c| format!("r.{}", quote(&c.name))).collect::<Vec<_>>().join(", "),
+                "WITH RECURSIVE {head}\
+                 local AS (SELECT *, {local}, max(CASE WHEN _old_key IS NOT NULL THEN 1 ELSE 0 END) OVER (PARTITION BY {keys}, _run) AS _moved_in FROM runs),\n\
+                 src AS (SELECT {m_keys}, m._run, s._run AS _src_run, {src_keys}, s._moved_in AS _src_moved, {src_vs},\n\
+                           row_number() OVER (PARTITION BY {m_keys}, m._run ORDER BY s._commit_lsn DESC, s._seq DESC) AS _n\n\
+                         FROM local m JOIN local s ON {old_on} AND (s._commit_lsn < m._commit_lsn OR (s._commit_lsn = m._commit_lsn AND s._seq < m._seq))\n\
+                         WHERE m._old_key IS NOT NULL),\n\
+                 carry AS (SELECT {keys}, _run, {vs} FROM src WHERE _n = 1 AND _src_moved = 0\n\
+                           UNION ALL SELECT {s_keys}, s._run, {carried} FROM src s JOIN carry c ON {src_on} AND s._src_run = c._run WHERE s._n = 1 AND s._src_moved = 1),\n\
+                 ranked AS (SELECT l._op, l._commit_lsn, l._seq, {values}, {rank} FROM local l LEFT JOIN carry c ON {carry_on} AND l._run = c._run)\n{tail}",
+                local = local.join(", "),
+                m_keys = m_keys.join(", "),
+                src_keys = src_keys.join(", "),
+                src_vs = vs(&|i| format!("s._f{i} AS _v{i}")),
+                old_on = on("s.", "m._old_key."),
+                vs = vs(&|i| format!("_v{i}")),
+                s_keys = s_keys.join(", "),
+                carried = vs(&|i| format!("coalesce(s._v{i}, c._v{i}) AS _v{i}")),
+                src_on = src_on.join(" AND "),
+                values = values.join(", "),
+                rank = rank("l."),
+                carry_on = on("l.", "c."),
             )
         };
         let dir = format!("{root}/{}", table_dir(table));
