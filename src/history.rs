@@ -530,7 +530,7 @@ async fn track(
             since: None,
             until: None,
             snapshot: true,
-            first_snapshot_only: true,
+            skip_repeating_snapshots: true,
             after: None,
         };
         log::walk(store, &opts, &mut |item| {

@@ -126,10 +126,13 @@ pub struct LogOptions {
     pub until: Option<Bound>,
     /// Also the snapshot rows, before each generation's changes.
     pub snapshot: bool,
-    /// Of the snapshots, only each table's first in its generation (where
-    /// its history starts; later ones, from compact or after a DDL, repeat
-    /// what the changes already say).
-    pub first_snapshot_only: bool,
+    /// Of the snapshots, only those the changes do not repeat: each
+    /// table's first in its generation (where its history starts), and a
+    /// later one `waly run` took from the source (after a DDL whose effect
+    /// on existing rows the stream does not carry: a retype with `USING`,
+    /// a partition attached or detached); not those `waly compact` made
+    /// from the changes.
+    pub skip_repeating_snapshots: bool,
     /// Only commits, and snapshots, after this LSN (an export's cursor).
     pub after: Option<Lsn>,
 }
@@ -397,7 +400,7 @@ async fn snapshot_rows(
         if !opts.wants(&t.table) {
             continue;
         }
-        if !seen.insert(t.table.clone()) && opts.first_snapshot_only {
+        if !seen.insert(t.table.clone()) && opts.skip_repeating_snapshots && m.compacted_at.is_some() {
             continue;
         }
         // Taken at or before `after`: its rows are not wanted (it still

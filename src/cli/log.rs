@@ -39,7 +39,7 @@ pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
         since: args.span.since,
         until: args.span.until,
         snapshot: args.snapshot,
-        first_snapshot_only: false,
+        skip_repeating_snapshots: false,
         after: None,
     };
     let stdout = std::io::stdout();

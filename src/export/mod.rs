@@ -888,7 +888,7 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
         since: opts.since,
         until: opts.until,
         snapshot: opts.since.is_none(),
-        first_snapshot_only: true,
+        skip_repeating_snapshots: true,
         after,
     };
     // The walk on this thread, the export's logic on another, the writing

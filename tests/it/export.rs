@@ -653,6 +653,88 @@ fn an_export_continued_past_a_prune_of_changes_it_had_not_read_answers_from_the_
     }
 }
 
+/// The guarantee: the as-of query gives a table as `waly restore` does
+/// after a DDL whose effect on existing rows the change stream does not
+/// carry (a retype with `USING`, a partition detached or attached):
+/// `waly run` snapshots the table again, and the export writes that
+/// snapshot's rows, from which the query answers.
+#[test]
+fn the_as_of_query_answers_from_the_snapshot_a_ddl_made_waly_take() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE c (id int PRIMARY KEY, v text, score int);
+         INSERT INTO c SELECT i, 'v' || i, i FROM generate_series(1, 20) i;
+         CREATE TABLE p (id int, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE p_1 PARTITION OF p FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
+         CREATE TABLE p_2 PARTITION OF p FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
+         INSERT INTO p SELECT i, date '2026-01-01' + i * 2, 'p' || i FROM generate_series(1, 20) i;
+         CREATE TABLE p_3 (id int, at date, v text, PRIMARY KEY (id, at));
+         INSERT INTO p_3 VALUES (100, '2026-03-02', 'march'), (101, '2026-03-09', 'march');",
+    );
+    let archive = archive_dir(&db);
+    let dest = format!("{archive}-export");
+    let _ = std::fs::remove_dir_all(&dest);
+    crate::schemas::init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE c SET v = 'before' WHERE id <= 5; UPDATE p SET v = 'before' WHERE id <= 5");
+    crate::archive::wait_confirmed(&db, 120);
+    // The first run reads up to here; the second reads the new snapshots.
+    ok(&export(&archive, &dest, &[]));
+    db.psql("ALTER TABLE c ALTER COLUMN score TYPE bigint USING score * 1000 + 7");
+    db.psql("ALTER TABLE p DETACH PARTITION p_1");
+    db.psql("ALTER TABLE p ATTACH PARTITION p_3 FOR VALUES FROM ('2026-03-01') TO ('2026-04-01')");
+    crate::archive::wait_confirmed(&db, 120);
+    db.psql("UPDATE c SET v = 'after' WHERE id IN (5, 6); UPDATE p SET v = 'after' WHERE id IN (20, 100)");
+    crate::archive::wait_confirmed(&db, 120);
+    settle(&db, run);
+    let want = |sql: &str| -> Vec<Vec<Option<String>>> {
+        db.psql(sql)
+            .lines()
+            .map(|l| l.split('|').map(|s| Some(s.to_string())).collect())
+            .collect()
+    };
+    let want_c = want("SELECT id, v, score FROM c ORDER BY id::text COLLATE \"C\"");
+    let want_p = want("SELECT id, at, v FROM p ORDER BY id::text COLLATE \"C\"");
+    assert_eq!(want_c.len(), 20);
+    assert_eq!(want_p.len(), 7, "p_1's 15 rows left, p_3's 2 came");
+    let as_of = |dest: &str, table: &str, cols: &str| {
+        duckdb(&format!(
+            "{};\nSELECT {cols} FROM \"{table}_as_of\"(now()::TIMESTAMPTZ) ORDER BY 1",
+            std::fs::read_to_string(format!("{dest}/_waly/as_of_duckdb.sql")).expect("the views")
+        ))
+    };
+    let c_cols = "id::VARCHAR, v, score::VARCHAR";
+    let p_cols = "id::VARCHAR, strftime(\"at\", '%Y-%m-%d'), v";
+    // Continued across the DDLs, and a fresh export of the whole archive.
+    ok(&export(&archive, &dest, &[]));
+    let fresh = format!("{archive}-export-fresh");
+    let _ = std::fs::remove_dir_all(&fresh);
+    ok(&export(&archive, &fresh, &[]));
+    for d in [&dest, &fresh] {
+        assert_eq!(as_of(d, "public.c", c_cols), want_c, "{d}: c after a retype with USING");
+        assert_eq!(
+            as_of(d, "public.p", p_cols),
+            want_p,
+            "{d}: p after a detach and an attach"
+        );
+    }
+    let spark = spark_as_of_now(
+        &fresh,
+        &[
+            ("public.c", "CAST(id AS STRING), v, CAST(score AS STRING)"),
+            ("public.p", "CAST(id AS STRING), CAST(`at` AS STRING), v"),
+        ],
+    );
+    match spark {
+        Some(got) => assert_eq!(got, vec![want_c, want_p], "Spark"),
+        None => eprintln!("WALY_TEST_SPARK_PYTHON is not set: Spark's as-of query is not run"),
+    }
+    for d in [&dest, &fresh, &archive] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 /// Runs the export's `_waly/as_of_spark.sql` in Apache Spark (local mode,
 /// one session) as of now: for each `(table, select)`, `select` of that
 /// table's rows, each value as its string, sorted. `None` when
