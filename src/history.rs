@@ -43,6 +43,10 @@ pub struct Version {
     pub key_change: Option<(String, String)>,
     /// The transaction's `waly` messages, joined by `; `.
     pub intent: Option<String>,
+    /// A snapshot version from a later snapshot `waly run` took after a
+    /// DDL whose effect on existing rows the stream does not carry: the
+    /// row as the DDL left it (`row: None`: no longer in the table).
+    pub after_ddl: bool,
 }
 
 /// Where to look.
@@ -92,6 +96,21 @@ struct Tracker {
     /// Updates that gave a row the followed key with no row known before
     /// (the old key, encoded), to look up in `arrived`.
     moved_in: Vec<(Lsn, u64, Vec<u8>)>,
+    /// A later snapshot of the table being read (`waly run` took it again
+    /// after a DDL whose effect on existing rows the stream does not
+    /// carry): its LSN, when it was taken, and whether it held the row.
+    resnapshot: Option<(Lsn, DateTime<Utc>, bool)>,
+    /// Such snapshots the index path has yet to read (their LSNs, in
+    /// order), and the items from the first commit at or after the next
+    /// one, held until its rows are read.
+    awaiting: std::collections::VecDeque<Lsn>,
+    held: Vec<Held>,
+}
+
+/// An item held back until a later snapshot before it is read.
+enum Held {
+    Change(crate::segment::ChangeRecord),
+    Message(crate::segment::MessageRecord),
 }
 
 impl Tracker {
@@ -122,6 +141,7 @@ impl Tracker {
     }
 
     fn flush(&mut self) {
+        self.end_resnapshot();
         for mut v in self.pending.drain(..) {
             v.intent = self.intent.clone();
             self.out.push(v);
@@ -136,7 +156,32 @@ impl Tracker {
         }
     }
 
+    /// Whether the index path must read the next later snapshot before
+    /// it goes on: an item from after it is held.
+    fn due(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     fn on(&mut self, item: Item<'_>) {
+        if !matches!(item, Item::SnapshotRow { .. }) {
+            self.end_resnapshot();
+        }
+        // The index path holds what comes after a snapshot it has yet to read.
+        let at = match &item {
+            Item::Change(c) => Some(c.change.commit_lsn),
+            Item::Message(m) => Some(m.commit_lsn),
+            _ => None,
+        };
+        if let (Some(at), Some(&next)) = (at, self.awaiting.front()) {
+            if at >= next {
+                match item {
+                    Item::Change(c) => self.held.push(Held::Change(c.clone())),
+                    Item::Message(m) => self.held.push(Held::Message(m.clone())),
+                    _ => {}
+                }
+                return;
+            }
+        }
         match item {
             Item::Generation { id, schemas } => {
                 self.flush();
@@ -148,8 +193,23 @@ impl Tracker {
                 self.txn = None;
                 self.intent = None;
             }
-            // Its rows, if any, follow.
-            Item::Snapshot { .. } => {}
+            // Its rows, if any, follow. A later one than the history's
+            // start (`waly run` took it again after a DDL) says what the
+            // DDL did to the row.
+            Item::Snapshot {
+                table, lsn, taken_at, ..
+            } => {
+                if table == self.table {
+                    match self.start_lsn {
+                        None => self.start_lsn = Some(lsn),
+                        Some(s) if s != lsn => {
+                            self.flush();
+                            self.resnapshot = Some((lsn, taken_at, false));
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
             Item::SnapshotRow {
                 table: t,
                 lsn,
@@ -160,9 +220,16 @@ impl Tracker {
                 if t != self.table {
                     return;
                 }
+                if self.resnapshot.is_some_and(|(l, _, _)| l == lsn) {
+                    if self.row_key(schema_version, r) == self.current {
+                        self.resnapshot = Some((lsn, taken_at, true));
+                        self.snapshot_version(lsn, taken_at, Some(r), schema_version);
+                    }
+                    return;
+                }
                 // Only the first snapshot of the generation starts the
-                // history; a later one (compact, or after a DDL) repeats
-                // what the changes say.
+                // history; a later one `waly compact` made repeats what
+                // the changes say.
                 if self.start_lsn.is_some_and(|s| s != lsn) {
                     return;
                 }
@@ -182,6 +249,7 @@ impl Tracker {
                         unchanged_toast: Vec::new(),
                         key_change: None,
                         intent: None,
+                        after_ddl: false,
                     });
                     self.row = Some(r.clone());
                     self.row_version = schema_version;
@@ -200,6 +268,66 @@ impl Tracker {
                     return;
                 }
                 self.change(&c.change, c.schema_version);
+            }
+        }
+    }
+
+    /// The later snapshot read ends: a row it did not hold is gone (a
+    /// partition detached).
+    fn end_resnapshot(&mut self) {
+        if let Some((lsn, taken_at, found)) = self.resnapshot.take() {
+            if !found && self.row.is_some() {
+                self.snapshot_version(lsn, taken_at, None, self.row_version);
+            }
+        }
+    }
+
+    /// A version where a later snapshot holds the row (`r`, in schema
+    /// version `v`), or not (`None`), otherwise than the changes left it.
+    fn snapshot_version(&mut self, lsn: Lsn, taken_at: DateTime<Utc>, r: Option<&Row>, v: u32) {
+        let before = self.row.as_ref().map(|b| self.carry(self.row_version, v, b));
+        if before.as_ref() == r {
+            return;
+        }
+        let changed: Vec<String> = match (r, &before) {
+            (Some(r), Some(b)) => {
+                r.0.iter()
+                    .filter(|(c, val)| value(b, c) != Some(val))
+                    .map(|(c, _)| c.to_string())
+                    .collect()
+            }
+            (Some(r), None) => r.0.iter().map(|(c, _)| c.to_string()).collect(),
+            (None, Some(b)) => b.0.iter().map(|(c, _)| c.to_string()).collect(),
+            (None, None) => Vec::new(),
+        };
+        self.n += 1;
+        self.out.push(Version {
+            version: self.n,
+            generation: self.generation.clone(),
+            op: "snapshot",
+            commit_lsn: lsn,
+            commit_time: taken_at,
+            change: None,
+            before: self.row.take(),
+            row: r.cloned(),
+            changed,
+            unchanged_toast: Vec::new(),
+            key_change: None,
+            intent: None,
+            after_ddl: true,
+        });
+        self.row = r.cloned();
+        self.row_version = v;
+    }
+
+    /// After the index path read the next later snapshot: the items held
+    /// for it, again (those past a further one are held again).
+    fn replay(&mut self) {
+        self.awaiting.pop_front();
+        for h in std::mem::take(&mut self.held) {
+            match h {
+                Held::Change(mut c) => self.on(Item::Change(&mut c)),
+                Held::Message(m) => self.on(Item::Message(&m)),
             }
         }
     }
@@ -302,6 +430,7 @@ impl Tracker {
             unchanged_toast: c.unchanged_toast.iter().map(|t| t.to_string()).collect(),
             key_change,
             intent: None,
+            after_ddl: false,
         });
         self.row = after;
         self.row_version = v;
@@ -505,6 +634,9 @@ async fn track(
         n: 0,
         arrived: arrived.clone(),
         moved_in: Vec::new(),
+        resnapshot: None,
+        awaiting: Default::default(),
+        held: Vec::new(),
     };
     let mut t = fresh();
     let mut stats = LookupStats::default();
@@ -730,8 +862,7 @@ async fn follow(
 }
 
 /// The rows of `t`'s key in the generation's first snapshot of its table
-/// (which starts its history there): the frame that holds the key, by the
-/// snapshot's index, or every row.
+/// (which starts its history there).
 async fn snapshot_rows(
     store: &Store,
     st: &state::GenState,
@@ -740,22 +871,85 @@ async fn snapshot_rows(
     t: &mut Tracker,
     stats: &mut LookupStats,
 ) -> Result<(), Error> {
-    use crate::index::{self, Index};
-    let gen = st.id.as_str();
-    // The first snapshot of the table in the generation starts its history
-    // (a later one, from compact or after a DDL, repeats the changes).
     if let Some((m, entry)) = st
         .manifests
         .iter()
         .find_map(|m| m.tables.iter().find(|e| e.table == t.table).map(|e| (m, e)))
     {
         t.start_lsn = Some(m.lsn);
+        let opened = opened.filter(|(lsn, _)| *lsn == m.lsn).map(|(_, idx)| idx.clone());
+        snapshot_key_rows(store, &st.id, m, entry, opened, early, t, stats).await?;
+    }
+    Ok(())
+}
+
+/// The later snapshots of `t`'s table in the generation that history
+/// reads (those `waly run` took again after a DDL; not `waly compact`'s,
+/// which repeat the changes), in order.
+fn later_snapshots<'a>(
+    st: &'a state::GenState,
+    table: &str,
+) -> std::collections::VecDeque<(&'a state::Manifest, &'a state::ManifestTable)> {
+    let mut found: Vec<_> = st
+        .manifests
+        .iter()
+        .filter_map(|m| m.tables.iter().find(|e| e.table == table).map(|e| (m, e)))
+        .skip(1)
+        .filter(|(m, _)| m.compacted_at.is_none())
+        .collect();
+    found.sort_by_key(|(m, _)| m.lsn);
+    found.into()
+}
+
+/// Reads the later snapshots the tracker holds items for (`all`: every
+/// one left, at the generation's end), each for the key followed then,
+/// and gives it the held items again.
+async fn read_later(
+    store: &Store,
+    gen: &str,
+    later: &mut std::collections::VecDeque<(&state::Manifest, &state::ManifestTable)>,
+    all: bool,
+    early: &Early,
+    t: &mut Tracker,
+    stats: &mut LookupStats,
+) -> Result<(), Error> {
+    while t.due() || (all && !later.is_empty()) {
+        let Some((m, entry)) = later.pop_front() else { break };
+        t.on(Item::Snapshot {
+            table: &entry.table,
+            lsn: m.lsn,
+            taken_at: m.taken_at,
+            rows: entry.rows,
+            schema_version: entry.schema_version,
+        });
+        snapshot_key_rows(store, gen, m, entry, None, early, t, stats).await?;
+        t.replay();
+    }
+    Ok(())
+}
+
+/// The rows of `t`'s key (the one followed now) in `entry` of snapshot
+/// `m`: the frame that holds the key, by the snapshot's index (`opened`,
+/// or opened here), or every row.
+#[allow(clippy::too_many_arguments)]
+async fn snapshot_key_rows(
+    store: &Store,
+    gen: &str,
+    m: &state::Manifest,
+    entry: &state::ManifestTable,
+    opened: Option<Option<crate::index::Index>>,
+    early: &Early,
+    t: &mut Tracker,
+    stats: &mut LookupStats,
+) -> Result<(), Error> {
+    use crate::index::{self, Index};
+    {
         // Its index object is named by the snapshot: no listing.
         let ikey = index::snapshot_index_key(gen, m.lsn);
         let found = async {
             let idx = match opened {
-                Some((lsn, idx)) if *lsn == m.lsn => idx.clone(),
-                _ => Index::open_unlisted(store, &ikey).await?,
+                Some(idx) => idx,
+                None => Index::open_unlisted(store, &ikey).await?,
             };
             match idx {
                 Some(idx) => {
@@ -1032,9 +1226,13 @@ async fn indexed_generation(
     if let Err(why) = followed {
         return Ok(Err(why));
     }
+    // The table's later snapshots are read where the commits after each
+    // start, for the key followed then.
+    let mut later = later_snapshots(st, &t.table);
+    t.awaiting = later.iter().map(|(m, _)| m.lsn).collect();
     let mut dedup = log::Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
-    let mut txns: BTreeSet<Lsn> = BTreeSet::new();
     for (i, (key, number, size)) in segments.iter().enumerate() {
+        read_later(store, gen, &mut later, false, early, t, stats).await?;
         // Look up every key followed so far (a key change adds one).
         if let Err(why) = follow(store, indexes, early, &t.table, &[&t.current], &mut looked, &mut hits).await {
             return Ok(Err(why));
@@ -1053,14 +1251,7 @@ async fn indexed_generation(
                     continue;
                 }
                 match &mut rec {
-                    Record::Change(c) => {
-                        let before = t.n;
-                        let commit_lsn = c.change.commit_lsn;
-                        t.on(Item::Change(c));
-                        if t.n != before {
-                            txns.insert(commit_lsn);
-                        }
-                    }
+                    Record::Change(c) => t.on(Item::Change(c)),
                     Record::Message(m) => t.on(Item::Message(m)),
                     _ => {}
                 }
@@ -1113,14 +1304,22 @@ async fn indexed_generation(
             if let Err(e) = feed(&z, true, t) {
                 return by_table(e).map(Err);
             }
+            read_later(store, gen, &mut later, false, early, t, stats).await?;
             if let Err(why) = follow(store, indexes, early, &t.table, &[&t.current], &mut looked, &mut hits).await {
                 return Ok(Err(why));
             }
         }
     }
+    read_later(store, gen, &mut later, true, early, t, stats).await?;
     t.flush();
     // Intents: the `waly` messages of the transactions that made versions,
     // where they sit in frames that were not read.
+    let txns: BTreeSet<Lsn> = t
+        .out
+        .iter()
+        .filter(|v| v.generation == gen && v.change.is_some())
+        .map(|v| v.commit_lsn)
+        .collect();
     let mut reads = index::MessageReads::default();
     for lsn in txns {
         let missing: Vec<usize> = t
@@ -1177,6 +1376,7 @@ impl Version {
             o.insert("generation".into(), self.generation.clone().into());
             o.insert("changed".into(), self.changed.clone().into());
             o.insert("intent".into(), self.intent.clone().into());
+            o.insert("after_ddl".into(), self.after_ddl.into());
             o.insert(
                 "key_change".into(),
                 self.key_change.as_ref().map_or(

@@ -269,11 +269,33 @@ pub async fn walk(
             id: &gen,
             schemas: &st.schemas,
         })?;
+        // Each table's first snapshot comes first; a later one where the
+        // commits after it start.
+        let mut later: std::collections::VecDeque<(&Manifest, &crate::archive::state::ManifestTable)> =
+            Default::default();
         if opts.snapshot {
             let mut seen = std::collections::BTreeSet::new();
             for m in &st.manifests {
-                snapshot_rows(store, m, opts, &mut seen, f, &mut stats).await?;
+                for t in &m.tables {
+                    if !opts.wants(&t.table) {
+                        continue;
+                    }
+                    let first = seen.insert(t.table.clone());
+                    if !first && opts.skip_repeating_snapshots && m.compacted_at.is_some() {
+                        continue;
+                    }
+                    // Taken at or before `after`: its rows are not wanted (it
+                    // still counts as the table's first).
+                    if opts.after.is_some_and(|a| m.lsn <= a) {
+                        continue;
+                    }
+                    match first {
+                        true => snapshot_rows(store, m, t, f, &mut stats).await?,
+                        false => later.push_back((m, t)),
+                    }
+                }
             }
+            later.make_contiguous().sort_by_key(|(m, _)| m.lsn);
         }
         let mut dedup = Dedup::new(st.tail.last_commit.map(|c| c.commit_lsn));
         let complete = st.tail.last_commit.and_then(|c| match opts.until {
@@ -333,6 +355,11 @@ pub async fn walk(
                     }
                     Admit::Keep => {}
                 }
+                // A later snapshot holds every commit before its LSN.
+                while let Some((m, table)) = later.front().copied().filter(|(m, _)| m.lsn <= id.0) {
+                    later.pop_front();
+                    snapshot_rows(store, m, table, f, &mut stats).await?;
+                }
                 if !opts.shows(id.0, t) {
                     continue;
                 }
@@ -353,6 +380,12 @@ pub async fn walk(
                     _ => {}
                 }
                 stats.shown += 1;
+            }
+        }
+        // Those after the generation's last commit, up to `until`.
+        for (m, table) in later {
+            if before(opts.until, m.lsn, m.taken_at) {
+                snapshot_rows(store, m, table, f, &mut stats).await?;
             }
         }
     }
@@ -388,61 +421,48 @@ pub async fn committed_before(
     Ok(lo)
 }
 
+/// One table's rows of snapshot `m`, after an [`Item::Snapshot`].
 async fn snapshot_rows(
     store: &Store,
     m: &Manifest,
-    opts: &LogOptions,
-    seen: &mut std::collections::BTreeSet<String>,
+    t: &crate::archive::state::ManifestTable,
     f: &mut (dyn FnMut(Item<'_>) -> Result<(), Error> + Send),
     stats: &mut LogStats,
 ) -> Result<(), Error> {
-    for t in &m.tables {
-        if !opts.wants(&t.table) {
-            continue;
-        }
-        if !seen.insert(t.table.clone()) && opts.skip_repeating_snapshots && m.compacted_at.is_some() {
-            continue;
-        }
-        // Taken at or before `after`: its rows are not wanted (it still
-        // counts as the table's first).
-        if opts.after.is_some_and(|a| m.lsn <= a) {
-            continue;
-        }
-        f(Item::Snapshot {
-            table: &t.table,
-            lsn: m.lsn,
-            taken_at: m.taken_at,
-            rows: t.rows,
-            schema_version: t.schema_version,
-        })?;
-        for part in &t.parts {
-            let bytes = store.get(&part.key).await?;
-            if crate::segment::sha256_hex(&bytes) != part.sha256 {
-                return Err(Error::Corrupt {
-                    key: part.key.clone(),
-                    why: "its SHA-256 differs from the manifest's".into(),
-                });
-            }
-            let bytes = store.open_frames(&part.key, bytes).await?;
-            let corrupt = |why: String| Error::Corrupt {
+    f(Item::Snapshot {
+        table: &t.table,
+        lsn: m.lsn,
+        taken_at: m.taken_at,
+        rows: t.rows,
+        schema_version: t.schema_version,
+    })?;
+    for part in &t.parts {
+        let bytes = store.get(&part.key).await?;
+        if crate::segment::sha256_hex(&bytes) != part.sha256 {
+            return Err(Error::Corrupt {
                 key: part.key.clone(),
-                why,
-            };
-            let dec = zstd::stream::read::Decoder::new(&bytes[..]).map_err(|e| corrupt(e.to_string()))?;
-            let mut lines = std::io::BufReader::new(dec).lines();
-            lines.next(); // the part header
-            for line in lines {
-                let line = line.map_err(|e| corrupt(e.to_string()))?;
-                let mut row: Row = serde_json::from_str(&line).map_err(|e| corrupt(e.to_string()))?;
-                f(Item::SnapshotRow {
-                    table: &t.table,
-                    lsn: m.lsn,
-                    taken_at: m.taken_at,
-                    row: &mut row,
-                    schema_version: t.schema_version,
-                })?;
-                stats.shown += 1;
-            }
+                why: "its SHA-256 differs from the manifest's".into(),
+            });
+        }
+        let bytes = store.open_frames(&part.key, bytes).await?;
+        let corrupt = |why: String| Error::Corrupt {
+            key: part.key.clone(),
+            why,
+        };
+        let dec = zstd::stream::read::Decoder::new(&bytes[..]).map_err(|e| corrupt(e.to_string()))?;
+        let mut lines = std::io::BufReader::new(dec).lines();
+        lines.next(); // the part header
+        for line in lines {
+            let line = line.map_err(|e| corrupt(e.to_string()))?;
+            let mut row: Row = serde_json::from_str(&line).map_err(|e| corrupt(e.to_string()))?;
+            f(Item::SnapshotRow {
+                table: &t.table,
+                lsn: m.lsn,
+                taken_at: m.taken_at,
+                row: &mut row,
+                schema_version: t.schema_version,
+            })?;
+            stats.shown += 1;
         }
     }
     Ok(())

@@ -69,7 +69,8 @@ fn describe(v: &Version, full: bool) -> String {
         } else {
             "truncated".into()
         }),
-        (_, Some(row)) if full || v.op != "update" => {
+        ("snapshot", None) => parts.push("no longer in the table".into()),
+        (_, Some(row)) if full || (v.op != "update" && !v.after_ddl) => {
             parts.extend(row.0.iter().map(|(n, val)| cell(n, val)));
         }
         (_, Some(row)) => {
@@ -147,7 +148,9 @@ pub async fn run(args: &HistoryArgs) -> anyhow::Result<()> {
             xid,
             describe(v, args.full)
         );
-        if v.op == "snapshot" {
+        if v.after_ddl {
+            line.push_str("  [a new snapshot: the DDL before it changed the table's rows]");
+        } else if v.op == "snapshot" {
             line.push_str("  [first known version: the base snapshot]");
         }
         if let Some(i) = &v.intent {

@@ -343,6 +343,112 @@ fn history_through_the_index_shows_the_truncate_that_ended_a_row_and_starts_at_t
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// The guarantee: history ends where restore does after a DDL whose effect
+/// on existing rows the stream does not carry (a retype with `USING`, a
+/// partition detached or attached). `waly run` snapshots the table again;
+/// history shows, at that snapshot, a version with what the DDL did to the
+/// row (`after_ddl`), through the index and by a full scan alike, also for
+/// a row that came to the key by an update before it.
+#[test]
+fn history_shows_what_a_ddl_did_to_the_row_from_the_snapshot_after_it() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE c (id int PRIMARY KEY, v text, score int);
+         INSERT INTO c SELECT i, 'v' || i, i FROM generate_series(1, 20) i;
+         CREATE TABLE p (id int, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE p_1 PARTITION OF p FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
+         CREATE TABLE p_2 PARTITION OF p FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
+         INSERT INTO p SELECT i, date '2026-01-01' + i * 2, 'p' || i FROM generate_series(1, 20) i;
+         CREATE TABLE p_3 (id int, at date, v text, PRIMARY KEY (id, at));
+         INSERT INTO p_3 VALUES (100, '2026-03-02', 'march');",
+    );
+    let archive = archive_dir(&db);
+    crate::schemas::init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE c SET v = 'before' WHERE id <= 5; UPDATE p SET v = 'before' WHERE id <= 5");
+    db.psql("UPDATE c SET id = 105 WHERE id = 4");
+    crate::archive::wait_confirmed(&db, 120);
+    db.psql("ALTER TABLE c ALTER COLUMN score TYPE bigint USING score * 1000 + 7");
+    db.psql("ALTER TABLE p DETACH PARTITION p_1");
+    db.psql("ALTER TABLE p ATTACH PARTITION p_3 FOR VALUES FROM ('2026-03-01') TO ('2026-04-01')");
+    crate::archive::wait_confirmed(&db, 120);
+    db.psql("UPDATE c SET v = 'after' WHERE id IN (5, 105); UPDATE p SET v = 'after' WHERE id = 100");
+    settle(&db, run);
+    let ops = |vs: &[serde_json::Value]| -> Vec<(String, bool)> {
+        vs.iter()
+            .map(|v| (v["op"].as_str().unwrap_or_default().to_string(), v["after_ddl"] == true))
+            .collect()
+    };
+    let o = |op: &str, ddl: bool| (op.to_string(), ddl);
+    for scan in [false, true] {
+        let get = |table: &str, key: &str| {
+            let mut args = vec![table, key, "--json"];
+            if scan {
+                args.push("--scan");
+            }
+            json_lines(&history(&archive, &args))
+        };
+        // Changed before and after the retype.
+        let five = get("c", "5");
+        assert_eq!(
+            ops(&five),
+            [
+                o("snapshot", false),
+                o("update", false),
+                o("snapshot", true),
+                o("update", false)
+            ],
+            "scan {scan}: {five:#?}"
+        );
+        assert_eq!(five[2]["changed"], serde_json::json!(["score"]), "scan {scan}");
+        assert_eq!(five[2]["new"]["score"], "5007");
+        assert_eq!(five[3]["new"]["score"], "5007");
+        assert_eq!(five[3]["new"]["v"], "after");
+        // Moved to its key before the retype (its history starts there).
+        let moved = get("c", "105");
+        assert_eq!(
+            ops(&moved),
+            [o("update", false), o("snapshot", true), o("update", false)],
+            "scan {scan}: {moved:#?}"
+        );
+        assert_eq!(moved[0]["key_change"]["to"], "id=105", "scan {scan}");
+        assert_eq!(moved[1]["new"]["score"], "4007", "scan {scan}");
+        assert_eq!(moved[2]["new"]["score"], "4007", "scan {scan}");
+        // Changed by the retype alone.
+        let twelve = get("c", "12");
+        assert_eq!(ops(&twelve), [o("snapshot", false), o("snapshot", true)], "scan {scan}");
+        assert_eq!(twelve[1]["new"]["score"], "12007");
+        // In the partition detached: gone from the table.
+        let detached = get("p", "id=3,at=2026-01-07");
+        assert_eq!(
+            ops(&detached),
+            [o("snapshot", false), o("update", false), o("snapshot", true)],
+            "scan {scan}: {detached:#?}"
+        );
+        assert_eq!(detached[2]["new"], serde_json::Value::Null);
+        // In the partition attached: in the table from that snapshot on.
+        let attached = get("p", "id=100,at=2026-03-02");
+        assert_eq!(
+            ops(&attached),
+            [o("snapshot", true), o("update", false)],
+            "scan {scan}: {attached:#?}"
+        );
+        assert_eq!(attached[0]["new"]["v"], "march");
+        assert_eq!(attached[1]["new"]["v"], "after");
+        // A row in a partition kept: no version from the snapshot.
+        let kept = get("p", "id=20,at=2026-02-10");
+        assert_eq!(ops(&kept), [o("snapshot", false)], "scan {scan}: {kept:#?}");
+    }
+    // The text form says what the snapshot is.
+    let text = String::from_utf8_lossy(&history(&archive, &["c", "12"]).stdout).to_string();
+    assert!(
+        text.contains("score: '12' → '12007'") && text.contains("a new snapshot"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
 /// The index runs a writer leaves when the count of segments is `n`: one
 /// per non-zero decimal digit of `n`, largest first (docs/FORMAT.md,
 /// "Index runs and levels").
