@@ -152,6 +152,7 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
             "rename column",
             "drop column",
             "retype",
+            "rewrite",
             "partition",
             "primary key",
         ],
@@ -269,6 +270,14 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
             "ALTER TABLE acct DROP COLUMN n".to_string()
         }
         "retype" => "ALTER TABLE item ALTER COLUMN qty TYPE bigint".to_string(),
+        // A retype whose effect on the rows the stream does not carry:
+        // waly snapshots the table again. No row trigger fires, so the
+        // audit is told each row as the DDL left it.
+        "rewrite" => "BEGIN;
+             ALTER TABLE item ALTER COLUMN acct TYPE bigint USING acct + 1000;
+             INSERT INTO oracle_audit (tbl, op, new) SELECT 'item', 'rewrite', oracle_row(to_jsonb(i)) FROM item i ORDER BY id;
+             COMMIT;"
+            .to_string(),
         // Another key: restores across it rebuild the rows under the new
         // one, and updates of `v` then change keys.
         "primary key" => "ALTER TABLE ev DROP CONSTRAINT ev_pkey, ADD PRIMARY KEY (id, at, v)".to_string(),
