@@ -235,24 +235,8 @@ impl Tracker {
                 }
                 self.start_lsn = Some(lsn);
                 if self.row_key(schema_version, r) == self.current {
-                    self.n += 1;
-                    self.out.push(Version {
-                        version: self.n,
-                        generation: self.generation.clone(),
-                        op: "snapshot",
-                        commit_lsn: lsn,
-                        commit_time: taken_at,
-                        change: None,
-                        before: self.row.take(),
-                        row: Some(r.clone()),
-                        changed: r.0.iter().map(|(c, _)| c.to_string()).collect(),
-                        unchanged_toast: Vec::new(),
-                        key_change: None,
-                        intent: None,
-                        after_ddl: false,
-                    });
-                    self.row = Some(r.clone());
-                    self.row_version = schema_version;
+                    let changed = r.0.iter().map(|(c, _)| c.to_string()).collect();
+                    self.push_snapshot(lsn, taken_at, Some(r), schema_version, changed, false);
                 }
             }
             Item::Message(m) => {
@@ -300,6 +284,20 @@ impl Tracker {
             (None, Some(b)) => b.0.iter().map(|(c, _)| c.to_string()).collect(),
             (None, None) => Vec::new(),
         };
+        self.push_snapshot(lsn, taken_at, r, v, changed, true);
+    }
+
+    /// A snapshot version: the row (`r`, in schema version `v`) becomes
+    /// the one followed.
+    fn push_snapshot(
+        &mut self,
+        lsn: Lsn,
+        taken_at: DateTime<Utc>,
+        r: Option<&Row>,
+        v: u32,
+        changed: Vec<String>,
+        after_ddl: bool,
+    ) {
         self.n += 1;
         self.out.push(Version {
             version: self.n,
@@ -314,7 +312,7 @@ impl Tracker {
             unchanged_toast: Vec::new(),
             key_change: None,
             intent: None,
-            after_ddl: true,
+            after_ddl,
         });
         self.row = r.cloned();
         self.row_version = v;

@@ -14,6 +14,29 @@ pub(crate) fn init(db: &TestDb, archive: &str) -> String {
     ))
 }
 
+/// Tables for DDLs whose effect on existing rows the stream does not
+/// carry: `c` (retyped with `USING`) and the partitioned `p` (`p_1`
+/// detached, `p_3` and its two rows attached), by [`ddls_the_stream_misses`].
+pub(crate) const DDL_TABLES: &str = "
+CREATE TABLE c (id int PRIMARY KEY, v text, score int);
+INSERT INTO c SELECT i, 'v' || i, i FROM generate_series(1, 20) i;
+CREATE TABLE p (id int, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE p_1 PARTITION OF p FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
+CREATE TABLE p_2 PARTITION OF p FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
+INSERT INTO p SELECT i, date '2026-01-01' + i * 2, 'p' || i FROM generate_series(1, 20) i;
+CREATE TABLE p_3 (id int, at date, v text, PRIMARY KEY (id, at));
+INSERT INTO p_3 VALUES (100, '2026-03-02', 'march'), (101, '2026-03-09', 'march');
+";
+
+/// The DDLs on [`DDL_TABLES`] after which `waly run` snapshots the table
+/// again, each waited for.
+pub(crate) fn ddls_the_stream_misses(db: &TestDb) {
+    db.psql("ALTER TABLE c ALTER COLUMN score TYPE bigint USING score * 1000 + 7");
+    db.psql("ALTER TABLE p DETACH PARTITION p_1");
+    db.psql("ALTER TABLE p ATTACH PARTITION p_3 FOR VALUES FROM ('2026-03-01') TO ('2026-04-01')");
+    wait_confirmed(db, 120);
+}
+
 fn restore(db: &TestDb, archive: &str, args: &[&str]) -> Output {
     run_within(
         waly()
