@@ -124,7 +124,9 @@ pub struct LogOptions {
     pub since: Option<Bound>,
     /// Only commits at or before this point.
     pub until: Option<Bound>,
-    /// Also the snapshot rows, before each generation's changes.
+    /// Also the snapshot rows: each table's first snapshot in a generation
+    /// before the generation's changes, a later one before the first
+    /// commit at or after its LSN.
     pub snapshot: bool,
     /// Of the snapshots, only those the changes do not repeat: each
     /// table's first in its generation (where its history starts), and a
