@@ -941,81 +941,79 @@ async fn snapshot_key_rows(
     stats: &mut LookupStats,
 ) -> Result<(), Error> {
     use crate::index::{self, Index};
-    {
-        // Its index object is named by the snapshot: no listing.
-        let ikey = index::snapshot_index_key(gen, m.lsn);
-        let found = async {
-            let idx = match opened {
-                Some(idx) => idx,
-                None => Index::open_unlisted(store, &ikey).await?,
-            };
-            match idx {
-                Some(idx) => {
-                    let hits = early.lookup(store, &idx, &t.table, &t.current).await?;
-                    Ok::<_, Error>(Some((idx, hits)))
+    // Its index object is named by the snapshot: no listing.
+    let ikey = index::snapshot_index_key(gen, m.lsn);
+    let found = async {
+        let idx = match opened {
+            Some(idx) => idx,
+            None => Index::open_unlisted(store, &ikey).await?,
+        };
+        match idx {
+            Some(idx) => {
+                let hits = early.lookup(store, &idx, &t.table, &t.current).await?;
+                Ok::<_, Error>(Some((idx, hits)))
+            }
+            None => Ok(None),
+        }
+    }
+    .await
+    .unwrap_or_else(|e| {
+        tracing::warn!(index = ikey, error = %crate::error::chain(&e), "the index is damaged; reading the snapshot instead");
+        None
+    });
+    let mut rows = Vec::new();
+    match found {
+        Some((idx, hits)) => {
+            for (o, f) in hits {
+                let Some(obj) = idx.footer.objects.get(o as usize) else {
+                    continue;
+                };
+                let Some((off, len)) = obj.frames.get(f as usize) else {
+                    continue;
+                };
+                let part = entry.parts.iter().find(|p| p.key == obj.key);
+                if part.is_none() {
+                    continue; // another table's part
                 }
-                None => Ok(None),
+                let z = store.get_range_frames(&obj.key, *off..off + len).await?;
+                stats.frames_read += 1;
+                let text = zstd::decode_all(&z[..]).map_err(|e| Error::Corrupt {
+                    key: obj.key.clone(),
+                    why: e.to_string(),
+                })?;
+                for line in String::from_utf8_lossy(&text).lines() {
+                    if line.starts_with("{\"waly_snapshot_part\"") {
+                        continue;
+                    }
+                    if let Ok(r) = serde_json::from_str::<Row>(line) {
+                        rows.push(r);
+                    }
+                }
             }
         }
-        .await
-        .unwrap_or_else(|e| {
-            tracing::warn!(index = ikey, error = %crate::error::chain(&e), "the index is damaged; reading the snapshot instead");
-            None
+        None => {
+            for part in &entry.parts {
+                let bytes = store.get_frames(&part.key).await?;
+                let text = zstd::decode_all(&bytes[..]).map_err(|e| Error::Corrupt {
+                    key: part.key.clone(),
+                    why: e.to_string(),
+                })?;
+                for line in String::from_utf8_lossy(&text).lines().skip(1) {
+                    if let Ok(r) = serde_json::from_str::<Row>(line) {
+                        rows.push(r);
+                    }
+                }
+            }
+        }
+    }
+    for r in &mut rows {
+        t.on(Item::SnapshotRow {
+            table: &entry.table.clone(),
+            lsn: m.lsn,
+            taken_at: m.taken_at,
+            row: r,
+            schema_version: entry.schema_version,
         });
-        let mut rows = Vec::new();
-        match found {
-            Some((idx, hits)) => {
-                for (o, f) in hits {
-                    let Some(obj) = idx.footer.objects.get(o as usize) else {
-                        continue;
-                    };
-                    let Some((off, len)) = obj.frames.get(f as usize) else {
-                        continue;
-                    };
-                    let part = entry.parts.iter().find(|p| p.key == obj.key);
-                    if part.is_none() {
-                        continue; // another table's part
-                    }
-                    let z = store.get_range_frames(&obj.key, *off..off + len).await?;
-                    stats.frames_read += 1;
-                    let text = zstd::decode_all(&z[..]).map_err(|e| Error::Corrupt {
-                        key: obj.key.clone(),
-                        why: e.to_string(),
-                    })?;
-                    for line in String::from_utf8_lossy(&text).lines() {
-                        if line.starts_with("{\"waly_snapshot_part\"") {
-                            continue;
-                        }
-                        if let Ok(r) = serde_json::from_str::<Row>(line) {
-                            rows.push(r);
-                        }
-                    }
-                }
-            }
-            None => {
-                for part in &entry.parts {
-                    let bytes = store.get_frames(&part.key).await?;
-                    let text = zstd::decode_all(&bytes[..]).map_err(|e| Error::Corrupt {
-                        key: part.key.clone(),
-                        why: e.to_string(),
-                    })?;
-                    for line in String::from_utf8_lossy(&text).lines().skip(1) {
-                        if let Ok(r) = serde_json::from_str::<Row>(line) {
-                            rows.push(r);
-                        }
-                    }
-                }
-            }
-        }
-        for r in &mut rows {
-            t.on(Item::SnapshotRow {
-                table: &entry.table.clone(),
-                lsn: m.lsn,
-                taken_at: m.taken_at,
-                row: r,
-                schema_version: entry.schema_version,
-            });
-        }
     }
     Ok(())
 }
