@@ -14,6 +14,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $waly$
 @DEFINITION@
 $waly$;
 
+-- The tables a publication publishes, and whether whole (sql/published.sql).
+CREATE OR REPLACE FUNCTION public.waly_published_tables(pub text)
+RETURNS TABLE (schemaname text, tablename text, rel oid, whole boolean)
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $waly$
+@PUBLISHED@
+$waly$;
+
 -- PostgreSQL rewrites a table's rows for some DDL (a volatile default, most
 -- type changes). Which tables were rewritten is noted for the transaction,
 -- so the DDL message can say so.
@@ -64,6 +71,20 @@ BEGIN
                     'table', public.waly_table_definition(r.rel))::text);
             END LOOP;
             PERFORM set_config('waly.rewritten', '', true);
+            IF TG_TAG IN ('CREATE PUBLICATION', 'ALTER PUBLICATION', 'DROP PUBLICATION') THEN
+                -- The tables each publication publishes whole as this
+                -- command leaves them: a table that leaves waly's
+                -- publication ends its history in the archive here, and
+                -- one that joins it (again) is snapshotted.
+                PERFORM pg_logical_emit_message(true, 'waly_ddl', jsonb_build_object(
+                    'waly_ddl', 1, 'tag', TG_TAG, 'command', cmd,
+                    'publications', (SELECT coalesce(jsonb_object_agg(p.pubname, (
+                                         SELECT coalesce(jsonb_agg(jsonb_build_array(w.schemaname, w.tablename)
+                                                                   ORDER BY w.schemaname, w.tablename), '[]'::jsonb)
+                                           FROM public.waly_published_tables(p.pubname) w
+                                          WHERE w.whole)), '{}'::jsonb)
+                                       FROM pg_publication p))::text);
+            END IF;
         END IF;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'waly: this DDL was not recorded for the archive (%); waly will learn the new shape from the next change instead', SQLERRM;

@@ -303,7 +303,7 @@ pub async fn init(
             true => writeln!(
                 out,
                 "-- record each DDL in the archive as it happens (sql/ddl.sql; needs a superuser)\n{}",
-                crate::schema::ddl::install_sql()
+                crate::schema::ddl::install_sql()?
             )?,
             false => writeln!(
                 out,
@@ -322,7 +322,9 @@ pub async fn init(
         sql.batch_execute(GUARD_SQL).await.map_err(q)?;
     }
     if ddl_capture {
-        sql.batch_execute(&crate::schema::ddl::install_sql()).await.map_err(q)?;
+        sql.batch_execute(&crate::schema::ddl::install_sql()?)
+            .await
+            .map_err(q)?;
     }
     match &opts.encrypt {
         Some(spec) => crate::crypt::create(store, &identity, spec).await?,

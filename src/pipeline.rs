@@ -258,58 +258,53 @@ async fn slot_state(conn: &mut PgConn, slot: &str) -> Result<Option<SlotState>, 
     }))
 }
 
-/// Published tables, with those that lack a usable replica identity.
-async fn published_tables(conn: &mut PgConn, publication: &str) -> Result<(Vec<TableRef>, Vec<String>), Error> {
+/// The tables `publication` publishes whole (sql/published.sql), with
+/// those of them that lack a usable replica identity, and the tables it
+/// publishes only in part (some operations, rows or columns), which waly
+/// does not archive.
+async fn published_tables(
+    conn: &mut PgConn,
+    publication: &str,
+) -> Result<(Vec<TableRef>, Vec<String>, Vec<String>), Error> {
     let rows = conn
         .simple_query(&format!(
-            "SELECT t.schemaname, t.tablename,
+            "SELECT w.schemaname, w.tablename, w.whole,
                     c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS
                         (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
-               FROM pg_catalog.pg_publication_tables t
-               JOIN pg_catalog.pg_namespace n ON n.nspname = t.schemaname
-               JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
-              WHERE t.pubname = {}
-                AND coalesce(pg_catalog.obj_description(c.oid, 'pg_class'), '') NOT LIKE {}
-                AND coalesce(pg_catalog.obj_description(c.oid, 'pg_class'), '') <> {}
+               FROM ({}) w
+               JOIN pg_catalog.pg_class c ON c.oid = w.rel
               ORDER BY 1, 2",
-            quote::literal(publication)?,
-            quote::literal(&format!("{}%", crate::restore::RESTORED_COMMENT))?,
-            quote::literal(crate::crypt::shapes::TABLE_COMMENT)?
+            crate::schema::ddl::published_sql(&quote::literal(publication)?)?
         ))
         .await?;
     let mut tables = Vec::new();
     let mut unkeyed = Vec::new();
+    let mut partial = Vec::new();
     for r in rows {
         let schema = r.first().cloned().flatten().unwrap_or_default();
         let name = r.get(1).cloned().flatten().unwrap_or_default();
-        if r.get(2).cloned().flatten().as_deref() == Some("t") {
+        if r.get(2).cloned().flatten().as_deref() != Some("t") {
+            partial.push(format!("{schema}.{name}"));
+            continue;
+        }
+        if r.get(3).cloned().flatten().as_deref() == Some("t") {
             unkeyed.push(format!("{schema}.{name}"));
         }
         tables.push(TableRef { schema, name });
     }
-    Ok((tables, unkeyed))
+    Ok((tables, unkeyed, partial))
 }
 
-/// Whether `publication` publishes `schema.name` under its own name (and
-/// it is not a table a restore made, nor the writer's schema keys).
+/// Whether `publication` publishes `schema.name` whole, under its own name
+/// (sql/published.sql).
 async fn publishes(sql: &tokio_postgres::Client, publication: &str, schema: &str, name: &str) -> Result<bool, Error> {
     let row = sql
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables t
-                             WHERE t.pubname = $1 AND t.schemaname = $2 AND t.tablename = $3
-                               AND coalesce(pg_catalog.obj_description(
-                                       pg_catalog.format('%I.%I', t.schemaname, t.tablename)::regclass, 'pg_class'), '')
-                                   NOT LIKE $4
-                               AND coalesce(pg_catalog.obj_description(
-                                       pg_catalog.format('%I.%I', t.schemaname, t.tablename)::regclass, 'pg_class'), '')
-                                   <> $5)",
-            &[
-                &publication,
-                &schema,
-                &name,
-                &format!("{}%", crate::restore::RESTORED_COMMENT),
-                &crate::crypt::shapes::TABLE_COMMENT,
-            ],
+            &format!(
+                "SELECT EXISTS (SELECT 1 FROM ({}) w WHERE w.schemaname = $2 AND w.tablename = $3 AND w.whole)",
+                crate::schema::ddl::published_sql("$1")?
+            ),
+            &[&publication, &schema, &name],
         )
         .await
         .map_err(|e| {
@@ -354,6 +349,10 @@ struct Writer<'a> {
     captured: bool,
     /// Each table's primary-key columns, for the index, under a schema version.
     pk: HashMap<String, (u32, crate::schema::keys::KeyColumns)>,
+    /// Tables whose history ended since their last snapshot
+    /// ([`GenState::history_ended`]): their changes are not archived until
+    /// a snapshot starts it again.
+    ended: std::collections::HashSet<String>,
     /// When the WAL the slot retains was last looked at.
     last_wal_check: Instant,
     /// The source database, for what the stream leaves out.
@@ -463,7 +462,21 @@ impl Writer<'_> {
             }
         }
         self.active.insert(rec.table.clone(), rec.version);
+        if rec.dropped {
+            self.ended.insert(rec.table.clone());
+        }
         self.gen.schemas.insert(rec);
+        Ok(())
+    }
+
+    /// Snapshots `tables` now, once what waits is written. Each table's
+    /// history goes on from it if it had ended ([`GenState::archived_from`]).
+    async fn snapshot_now(&mut self, info: &ConnInfo, tables: &[TableRef]) -> Result<(), Error> {
+        self.flush().await?;
+        snapshot_tables(info, self.store, &mut self.gen, tables, self.metrics).await?;
+        for t in tables {
+            self.ended.remove(&t.qualified());
+        }
         Ok(())
     }
 
@@ -843,13 +856,25 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
     }
 
     // Every published table needs a snapshot in this generation.
-    let (tables, unkeyed) = published_tables(&mut conn, &opts.publication).await?;
+    let (tables, unkeyed, partial) = published_tables(&mut conn, &opts.publication).await?;
     for t in &unkeyed {
         tracing::warn!(table = t, "published table has no usable replica identity: UPDATE and DELETE on it fail on the primary; give it a primary key or REPLICA IDENTITY FULL");
     }
+    for t in &partial {
+        tracing::warn!(
+            table = t,
+            publication = opts.publication,
+            "the publication publishes this table only in part (not every operation, or with a row filter or \
+             a column list), so waly does not archive it: its archive would not be the table; publish it \
+             whole to archive it (ALTER PUBLICATION ... SET (publish = 'insert, update, delete, truncate'), \
+             and the table without a WHERE clause or column list)"
+        );
+    }
+    // (And those whose history ended, published whole again while waly
+    // was away without the stream saying so: no DDL capture.)
     let missing: Vec<TableRef> = tables
         .into_iter()
-        .filter(|t| !gen.snapshots.contains_key(&t.qualified()))
+        .filter(|t| !gen.snapshots.contains_key(&t.qualified()) || gen.history_ended(&t.qualified()))
         .collect();
     if !missing.is_empty() {
         metrics.set_phase(Phase::Snapshotting);
@@ -894,6 +919,21 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
     }
     tracing::info!(generation = gen.id, slot = opts.slot, archive = store.url(), resume = %resume, fence = lease.token, "streaming");
     let catalog = crate::catalog::Keeper::start(store, &gen.id).await;
+    let mode = crate::schema::ddl::capture_mode(&sql).await?;
+    if mode == crate::schema::ddl::CaptureMode::EarlierEventTrigger {
+        tracing::warn!(
+            "the DDL capture trigger was installed by an earlier waly and does not record publication \
+             commands: a table that leaves the publication and joins it again is not seen to; run \
+             `waly init` again to install the current one"
+        );
+    }
+    let captured = mode != crate::schema::ddl::CaptureMode::RelationMessages;
+    let ended = gen
+        .schemas
+        .tables()
+        .filter(|t| gen.history_ended(t))
+        .map(str::to_string)
+        .collect();
     let mut w = Writer {
         store,
         catalog,
@@ -911,8 +951,9 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         active: HashMap::new(),
         put_back: HashMap::new(),
         session_start: system.xlogpos,
-        captured: crate::schema::ddl::capture_mode(&sql).await? == crate::schema::ddl::CaptureMode::EventTrigger,
+        captured,
         pk: HashMap::new(),
+        ended,
         last_wal_check: Instant::now(),
         sql: &sql,
         waiting: Vec::new(),
@@ -1066,10 +1107,13 @@ async fn snapshot_tables(
     for s in schemas {
         gen.schemas.insert(s);
     }
-    for t in &manifest.tables {
-        gen.snapshots.entry(t.table.clone()).or_insert(manifest.lsn);
-    }
     gen.manifests.push(manifest);
+    for t in tables {
+        let q = t.qualified();
+        if let Some(from) = gen.archived_from(&q) {
+            gen.snapshots.insert(q, from);
+        }
+    }
     Ok(())
 }
 
@@ -1197,12 +1241,11 @@ async fn on_ddl(
         if renamed_from.is_some() && !t.skip {
             // Its rows, under the new name, from a snapshot now.
             if let Some(d) = &msg.table {
-                w.flush().await?;
                 let r = TableRef {
                     schema: d.schema.clone(),
                     name: d.name.clone(),
                 };
-                snapshot_tables(info, w.store, &mut w.gen, &[r], w.metrics).await?;
+                w.snapshot_now(info, &[r]).await?;
             }
         }
         return Ok(()); // not archived (not published, or not yet)
@@ -1249,6 +1292,22 @@ async fn on_ddl(
             v
         }
     };
+    if w.ended.contains(&table) {
+        // The table's history had ended (it was dropped, renamed away or
+        // left the publication) and it is defined again: created again
+        // under the name, or renamed onto it. Published whole, its rows
+        // come from a snapshot now; otherwise from one when it joins.
+        if let (Some(d), false) = (&msg.table, t.skip) {
+            if publishes(w.sql, &w.publication, &d.schema, &d.name).await? {
+                let r = TableRef {
+                    schema: d.schema.clone(),
+                    name: d.name.clone(),
+                };
+                w.snapshot_now(info, &[r]).await?;
+            }
+        }
+        return Ok(());
+    }
     // A DDL whose effect on existing rows the archive cannot reproduce (a
     // conversion, a default computed per row, a partition attached or
     // detached): a snapshot now makes the table restorable again from here.
@@ -1268,15 +1327,103 @@ async fn on_ddl(
                 lsn = %t.commit_lsn,
                 "this DDL changed rows in a way the archive cannot reproduce; taking a snapshot of the table"
             );
-            w.flush().await?;
             let r = TableRef {
                 schema: d.schema.clone(),
                 name: d.name.clone(),
             };
             // Changes streamed after this keep the DDL's version (the
             // snapshot's has the same columns) until their next description.
-            snapshot_tables(info, w.store, &mut w.gen, &[r], w.metrics).await?;
+            w.snapshot_now(info, &[r]).await?;
         }
+    }
+    Ok(())
+}
+
+/// A publication command (`CREATE`, `ALTER` or `DROP PUBLICATION`), with
+/// the tables each publication publishes whole as it left them. Each
+/// archived table that waly's publication no longer publishes whole ends
+/// its history here: a version marked dropped, naming the command (readers
+/// refuse points from there until a snapshot starts it again). Each table
+/// it publishes whole that is not archived, or whose history ended, is
+/// snapshotted now (if the catalog of now still publishes it whole: else
+/// a later command or description will).
+async fn on_publication(
+    info: &ConnInfo,
+    w: &mut Writer<'_>,
+    t: &mut Txn,
+    msg: &crate::schema::ddl::DdlMessage,
+    pubs: &BTreeMap<String, Vec<(String, String)>>,
+    message_lsn: Lsn,
+) -> Result<(), Error> {
+    if t.skip {
+        return Ok(()); // archived: the session that archived it did this
+    }
+    let whole: &[(String, String)] = pubs.get(&w.publication).map_or(&[], |v| v.as_slice());
+    let named: std::collections::BTreeSet<String> = whole.iter().map(|(s, n)| format!("{s}.{n}")).collect();
+    let leaving: Vec<String> = w
+        .gen
+        .snapshots
+        .keys()
+        .filter(|table| !named.contains(*table) && !w.ended.contains(*table))
+        // A snapshot newer than the command already says what the table held.
+        .filter(|table| w.gen.last_snapshot(table).is_some_and(|s| t.commit_lsn >= s))
+        .cloned()
+        .collect();
+    for table in leaving {
+        // The table goes on (only its archive stops): its version keeps
+        // its columns, for readers that follow a row across.
+        let (columns, meta) = w
+            .gen
+            .schemas
+            .latest(&table)
+            .map(|v| (v.columns.clone(), v.meta.clone()))
+            .unwrap_or_default();
+        let reusable = w
+            .gen
+            .schemas
+            .reusable_definition(&table, t.commit_lsn, Some(message_lsn), &columns, &meta, true)
+            .map(|s| s.version);
+        match reusable {
+            Some(v) => w.reuse_version(Some(t), &table, v)?,
+            None => {
+                tracing::warn!(
+                    table,
+                    publication = w.publication,
+                    lsn = %t.commit_lsn,
+                    command = msg.command,
+                    "the publication no longer publishes this table whole: its history in the archive ends \
+                     here, and goes on from a snapshot if it is published whole again"
+                );
+                let rec = SchemaRecord {
+                    commit_lsn: t.commit_lsn,
+                    commit_time: Some(t.commit_time),
+                    table: table.clone(),
+                    version: w.gen.schemas.next_version(&table),
+                    columns,
+                    source: Some("ddl".into()),
+                    meta,
+                    ddl: Some(msg.ddl(message_lsn)),
+                    dropped: true,
+                    sealed: None,
+                };
+                w.new_version(Some(t), rec).await?;
+            }
+        }
+    }
+    let mut joining = Vec::new();
+    for (schema, name) in whole {
+        let q = format!("{schema}.{name}");
+        if (!w.gen.snapshots.contains_key(&q) || w.ended.contains(&q))
+            && publishes(w.sql, &w.publication, schema, name).await?
+        {
+            joining.push(TableRef {
+                schema: schema.clone(),
+                name: name.clone(),
+            });
+        }
+    }
+    if !joining.is_empty() {
+        w.snapshot_now(info, &joining).await?;
     }
     Ok(())
 }
@@ -1320,27 +1467,33 @@ async fn handle_events(
             }
             Event::Relation(rel) => {
                 let table = rel.qualified().to_string();
-                let Some(snapshot) = w.gen.snapshots.get(&table).copied() else {
-                    // pgoutput describes a partition after its root when it
-                    // publishes via the root: the partition is not a table
-                    // of the archive. (Asked each time: Relation messages
-                    // are rare, and a table may join the publication.)
-                    if !publishes(sql, &w.publication, &rel.schema, &rel.name).await? {
+                let snapshot = match w.gen.snapshots.get(&table).copied() {
+                    Some(s) if !w.ended.contains(&table) => s,
+                    _ => {
+                        // pgoutput describes a partition after its root when
+                        // it publishes via the root: the partition is not a
+                        // table of the archive; nor is a table published in
+                        // part. (Asked each time: Relation messages are
+                        // rare, and a table may join the publication.)
+                        if !publishes(sql, &w.publication, &rel.schema, &rel.name).await? {
+                            continue;
+                        }
+                        // A table that joined the publication, or whose
+                        // history ended (dropped, renamed away, or published
+                        // only in part) and that is published whole again
+                        // without a DDL message saying so: snapshot it now.
+                        // Its snapshot is newer than this transaction,
+                        // which it therefore already contains.
+                        let t = TableRef {
+                            schema: rel.schema.clone(),
+                            name: rel.name.clone(),
+                        };
+                        w.snapshot_now(info, &[t]).await?;
+                        if let Some(s) = w.gen.schemas.latest(&table) {
+                            w.active.insert(table, s.version);
+                        }
                         continue;
                     }
-                    // A table that joined the publication: snapshot it now.
-                    // Its snapshot is newer than this transaction, which it
-                    // therefore already contains.
-                    w.flush().await?;
-                    let t = TableRef {
-                        schema: rel.schema.clone(),
-                        name: rel.name.clone(),
-                    };
-                    snapshot_tables(info, w.store, &mut w.gen, &[t], w.metrics).await?;
-                    if let Some(s) = w.gen.schemas.latest(&table) {
-                        w.active.insert(table, s.version);
-                    }
-                    continue;
                 };
                 let commit_lsn = txn.as_ref().map(|t| t.commit_lsn).unwrap_or_default();
                 if commit_lsn < snapshot {
@@ -1445,12 +1598,15 @@ async fn handle_events(
                     tracing::warn!(lsn = %m.lsn, "a DDL message of a version this waly does not know; relying on the next change's description");
                     continue;
                 };
-                on_ddl(info, w, t, &msg, m.lsn).await?;
+                match &msg.publications {
+                    Some(pubs) => on_publication(info, w, t, &msg, pubs, m.lsn).await?,
+                    None => on_ddl(info, w, t, &msg, m.lsn).await?,
+                }
             }
             Event::Change(c) => {
                 let Some(t) = txn.as_mut() else { continue };
                 let before_snapshot = w.gen.snapshots.get(&*c.table).is_none_or(|s| c.commit_lsn < *s);
-                if t.skip || before_snapshot {
+                if t.skip || before_snapshot || w.ended.contains(&*c.table) {
                     continue;
                 }
                 let schema_version = match w.active.get(&*c.table) {

@@ -149,16 +149,65 @@ pub struct GenState {
     pub tail: Tail,
     /// Every schema version of every table.
     pub schemas: Schemas,
-    /// The LSN of each table's first snapshot in the generation: the
-    /// stream archives the table's transactions from there on. (A later
-    /// snapshot, taken after a DDL waly cannot reproduce, or by compact,
-    /// does not move it: the changes around it stay history.)
+    /// Where the stream archives each table's transactions from
+    /// ([`GenState::archived_from`]).
     pub snapshots: BTreeMap<String, Lsn>,
     /// The manifests, oldest first.
     pub manifests: Vec<Manifest>,
 }
 
 impl GenState {
+    /// The LSN from which the stream archives `table`'s transactions: its
+    /// first snapshot in the generation, or the latest snapshot that
+    /// started its history again after it ended (see
+    /// [`GenState::history_ended`]). A later snapshot taken after a DDL
+    /// waly cannot reproduce, or by compact, does not move it: the changes
+    /// around it stay history. `None` for a table never snapshotted.
+    pub fn archived_from(&self, table: &str) -> Option<Lsn> {
+        let versions = self.schemas.versions(table);
+        let mut from: Option<Lsn> = None;
+        for m in self
+            .manifests
+            .iter()
+            .filter(|m| m.tables.iter().any(|e| e.table == table))
+        {
+            from = match from {
+                Some(f)
+                    if !versions
+                        .iter()
+                        .any(|v| v.dropped && v.commit_lsn >= f && v.commit_lsn < m.lsn) =>
+                {
+                    Some(f)
+                }
+                _ => Some(m.lsn),
+            };
+        }
+        from
+    }
+
+    /// Whether `table`'s history in the archive has ended since its last
+    /// snapshot: a version marked dropped (the table dropped, renamed away,
+    /// or no longer published whole) at or after it. Such a table's
+    /// changes are not archived until it is snapshotted again; a table
+    /// never snapshotted has no history to end.
+    pub fn history_ended(&self, table: &str) -> bool {
+        self.last_snapshot(table).is_some_and(|s| {
+            self.schemas
+                .versions(table)
+                .iter()
+                .any(|v| v.dropped && v.commit_lsn >= s)
+        })
+    }
+
+    /// The LSN of `table`'s newest snapshot in the generation.
+    pub fn last_snapshot(&self, table: &str) -> Option<Lsn> {
+        self.manifests
+            .iter()
+            .filter(|m| m.tables.iter().any(|e| e.table == table))
+            .map(|m| m.lsn)
+            .max()
+    }
+
     /// The position up to which the slot may be confirmed: the chain's
     /// durable end, or a later snapshot's LSN.
     pub fn durable_position(&self) -> Lsn {
@@ -530,13 +579,79 @@ pub async fn load_generation_telling(
     for rec in schemas {
         st.schemas.insert(rec);
     }
-    for m in manifests {
-        for t in &m.tables {
-            let e = st.snapshots.entry(t.table.clone()).or_insert(m.lsn);
-            *e = (*e).min(m.lsn);
-        }
-        st.manifests.push(m);
-    }
+    st.manifests = manifests;
     st.manifests.sort_by_key(|m| m.lsn);
+    let tables: std::collections::BTreeSet<String> = st
+        .manifests
+        .iter()
+        .flat_map(|m| m.tables.iter().map(|t| t.table.clone()))
+        .collect();
+    for t in tables {
+        if let Some(from) = st.archived_from(&t) {
+            st.snapshots.insert(t, from);
+        }
+    }
     Ok(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(lsn: u64, tables: &[&str]) -> Manifest {
+        Manifest {
+            waly_snapshot: 1,
+            generation: "00000001".into(),
+            lsn: Lsn(lsn),
+            taken_at: DateTime::<Utc>::default(),
+            compacted_at: None,
+            tables: tables
+                .iter()
+                .map(|t| ManifestTable {
+                    table: t.to_string(),
+                    schema_version: 1,
+                    rows: 0,
+                    parts: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn version(table: &str, version: u32, lsn: u64, dropped: bool) -> SchemaRecord {
+        SchemaRecord {
+            table: table.into(),
+            version,
+            commit_lsn: Lsn(lsn),
+            dropped,
+            ..SchemaRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_tables_history_goes_on_from_the_snapshot_after_it_ended_and_only_then() {
+        let mut st = GenState {
+            manifests: vec![manifest(100, &["t", "u"]), manifest(200, &["t"])],
+            ..GenState::default()
+        };
+        st.schemas.insert(version("t", 1, 100, false));
+        st.schemas.insert(version("u", 1, 100, false));
+        // t: a later snapshot (after a DDL) at 200 does not move where its
+        // changes are archived from; its history ends at 300 (it left the
+        // publication) and starts again from the snapshot at 400.
+        assert_eq!(st.archived_from("t"), Some(Lsn(100)));
+        st.schemas.insert(version("t", 2, 300, true));
+        assert!(st.history_ended("t") && !st.history_ended("u"));
+        assert_eq!(st.archived_from("t"), Some(Lsn(100)));
+        st.manifests.push(manifest(400, &["t"]));
+        st.schemas.insert(version("t", 3, 400, false));
+        assert_eq!(st.archived_from("t"), Some(Lsn(400)));
+        assert!(!st.history_ended("t"));
+        // Ended again at the snapshot's own LSN: no snapshot since.
+        st.schemas.insert(version("t", 4, 400, true));
+        assert!(st.history_ended("t"));
+        assert_eq!(st.archived_from("t"), Some(Lsn(400)));
+        assert_eq!(st.archived_from("u"), Some(Lsn(100)));
+        assert_eq!(st.archived_from("never"), None);
+        assert!(!st.history_ended("never"));
+    }
 }

@@ -99,7 +99,7 @@ pub async fn run(args: &DropArgs) -> anyhow::Result<()> {
     if has_ddl_capture {
         plan.push("DROP EVENT TRIGGER IF EXISTS waly_capture_ddl, waly_capture_drop, waly_note_rewrite;".into());
         plan.push(
-            "DROP FUNCTION IF EXISTS public.waly_capture_ddl(), public.waly_note_rewrite(), public.waly_table_definition(oid);"
+            "DROP FUNCTION IF EXISTS public.waly_capture_ddl(), public.waly_note_rewrite(), public.waly_table_definition(oid), public.waly_published_tables(text);"
                 .into(),
         );
     }

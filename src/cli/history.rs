@@ -149,7 +149,7 @@ pub async fn run(args: &HistoryArgs) -> anyhow::Result<()> {
             describe(v, args.full)
         );
         if v.after_ddl {
-            line.push_str("  [a new snapshot: the DDL before it changed the table's rows]");
+            line.push_str("  [a new snapshot: a DDL before it (or time out of the publication) changed rows the stream does not show]");
         } else if v.op == "snapshot" {
             line.push_str("  [first known version: the base snapshot]");
         }

@@ -93,7 +93,8 @@ pub async fn run(args: &SchemaArgs) -> anyhow::Result<()> {
                     &mut out,
                     &serde_json::json!({"generation": g, "version": v.version, "commit_lsn": v.commit_lsn,
                         "commit_time": v.commit_time, "columns": v.columns, "source": v.source,
-                        "ddl": v.ddl, "table_dropped": v.dropped, "owner": v.meta.owner,
+                        "ddl": v.ddl, "table_dropped": v.dropped,
+                        "left_publication": crate::schema::shape::left_publication(v), "owner": v.meta.owner,
                         "replica_identity": v.meta.replica_identity,
                         "added": d.added, "dropped": d.dropped, "renamed": d.renamed,
                         "retyped": d.retyped, "altered": d.altered}),
@@ -117,7 +118,9 @@ pub async fn run(args: &SchemaArgs) -> anyhow::Result<()> {
                 if before.is_none() {
                     what.push(format!("first version ({})", cols.join(", ")));
                 }
-                if v.dropped {
+                if crate::schema::shape::left_publication(v) {
+                    what.push("table left the publication: not archived from here until a snapshot".into());
+                } else if v.dropped {
                     what.push("table dropped or renamed away".into());
                 }
                 for (label, list) in [
@@ -131,7 +134,9 @@ pub async fn run(args: &SchemaArgs) -> anyhow::Result<()> {
                         what.push(format!("{label} {}", list.join(", ")));
                     }
                 }
-                if what.is_empty() {
+                if what.is_empty() && v.source.as_deref() == Some("snapshot") {
+                    what.push("as a new snapshot found it".into());
+                } else if what.is_empty() {
                     what.push("table properties changed (key, replica identity, owner or partitions)".into());
                 }
                 if let Some(ddl) = &v.ddl {

@@ -15,10 +15,26 @@ pub const TRIGGER: &str = "waly_capture_ddl";
 
 const DEFINITION_SQL: &str = include_str!("../../sql/definition.sql");
 const DDL_SQL: &str = include_str!("../../sql/ddl.sql");
+const PUBLISHED_SQL: &str = include_str!("../../sql/published.sql");
 
 /// The SQL that installs (or reinstalls) the DDL capture triggers.
-pub fn install_sql() -> String {
-    DDL_SQL.replace("@DEFINITION@", &DEFINITION_SQL.replace(":rel", "$1"))
+pub fn install_sql() -> Result<String, Error> {
+    Ok(DDL_SQL
+        .replace("@DEFINITION@", &DEFINITION_SQL.replace(":rel", "$1"))
+        .replace("@PUBLISHED@", &published_sql("$1")?))
+}
+
+/// sql/published.sql with `publication` (an SQL expression: a parameter
+/// or a literal) as the publication's name: rows `(schemaname, tablename,
+/// rel, whole)`.
+pub fn published_sql(publication: &str) -> Result<String, Error> {
+    Ok(PUBLISHED_SQL
+        .replace(":pub", publication)
+        .replace(
+            "@RESTORED@",
+            &quote::literal(&format!("{}%", crate::restore::RESTORED_COMMENT))?,
+        )
+        .replace("@SCHEMA_KEYS@", &quote::literal(crate::crypt::shapes::TABLE_COMMENT)?))
 }
 
 /// A table's definition as sql/definition.sql gives it.
@@ -70,6 +86,12 @@ pub struct DdlMessage {
     /// The table's definition after the DDL (absent when dropped).
     #[serde(default)]
     pub table: Option<TableDef>,
+    /// For a publication command (`CREATE`, `ALTER` or `DROP
+    /// PUBLICATION`): every publication of the database, each with the
+    /// tables (`[schema, table]`) it publishes whole as the command left
+    /// them (sql/published.sql).
+    #[serde(default)]
+    pub publications: Option<std::collections::BTreeMap<String, Vec<(String, String)>>>,
 }
 
 impl DdlMessage {
@@ -153,6 +175,9 @@ pub enum CaptureMode {
     /// The event trigger is installed and enabled: DDL is recorded as it
     /// happens.
     EventTrigger,
+    /// The event trigger of an earlier waly, which records DDL but not
+    /// publication commands.
+    EarlierEventTrigger,
     /// No trigger: a new shape is learned from the next change's Relation
     /// message and the catalog at that moment.
     RelationMessages,
@@ -163,21 +188,29 @@ impl CaptureMode {
     pub fn as_str(self) -> &'static str {
         match self {
             CaptureMode::EventTrigger => "event trigger",
+            CaptureMode::EarlierEventTrigger => {
+                "event trigger of an earlier waly (publication commands not recorded: run `waly init` again)"
+            }
             CaptureMode::RelationMessages => "relation messages (no event trigger)",
         }
     }
 }
 
-/// Whether the DDL capture trigger is installed and enabled here.
+/// Whether the DDL capture trigger is installed and enabled here, and
+/// whether it is one that records publication commands.
 pub async fn capture_mode(client: &tokio_postgres::Client) -> Result<CaptureMode, Error> {
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1 AND evtenabled <> 'D')",
+            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1 AND evtenabled <> 'D'),
+                    EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'waly_capture_ddl'
+                             AND prosrc LIKE '%waly_published_tables%')",
             &[&TRIGGER],
         )
         .await
         .map_err(|e| crate::source::tls::sql_failed("looking for the DDL event trigger", e))?;
-    Ok(if row.get::<_, bool>(0) {
+    Ok(if row.get::<_, bool>(0) && !row.get::<_, bool>(1) {
+        CaptureMode::EarlierEventTrigger
+    } else if row.get::<_, bool>(0) {
         CaptureMode::EventTrigger
     } else {
         CaptureMode::RelationMessages
@@ -208,8 +241,11 @@ mod tests {
 
     #[test]
     fn the_install_sql_embeds_the_one_definition_query() {
-        let sql = install_sql();
+        let sql = install_sql().expect("the install SQL");
         assert!(sql.contains("WHERE c.oid = $1"));
-        assert!(!sql.contains("@DEFINITION@"));
+        assert!(sql.contains("WHERE p.pubname = $1"));
+        for placeholder in ["@DEFINITION@", "@PUBLISHED@", "@RESTORED@", "@SCHEMA_KEYS@", ":pub"] {
+            assert!(!sql.contains(placeholder), "{placeholder}");
+        }
     }
 }

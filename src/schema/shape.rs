@@ -209,6 +209,23 @@ pub fn projection(schemas: &Schemas, table: &str, from: u32, to: u32) -> Result<
     {
         changed = true;
         let ddl = v.ddl.as_ref();
+        if v.dropped {
+            // The table's history ended here and began again under the
+            // same name: only a snapshot taken since says what it held.
+            // A table that left the publication is the same table, whose
+            // columns go on (its version keeps them). After a table dropped
+            // or renamed away, the one of that name is another table: its
+            // columns are taken for the old ones of the same name (so a
+            // row's history follows its key), never by attnum.
+            barrier = Some(refusal(table, v, ended_because(v).to_string()));
+            if !left_publication(v) {
+                for (c, _) in &mut state {
+                    c.attnum = None;
+                }
+            }
+            previous = v;
+            continue;
+        }
         let rewritten = ddl.is_some_and(|d| d.rewritten);
         // Attaching a partition adds its rows to the table, detaching one
         // takes them away, and neither is a change in the stream.
@@ -348,10 +365,28 @@ pub fn dropped_error(table: &str, v: &SchemaRecord) -> Error {
         .ddl
         .as_ref()
         .map_or_else(|| "DROP TABLE".to_string(), |d| d.describe());
+    let what = match left_publication(v) {
+        true => "left the publication (the archive holds none of its changes after that)",
+        false => "was dropped",
+    };
     Error::NotInArchive(format!(
-        "{table} was dropped at {} ({how}); choose a point before it",
+        "{table} {what} at {} ({how}); choose a point before it, or one after a snapshot taken since",
         v.commit_lsn
     ))
+}
+
+/// Whether a version marked dropped ended its table's history because a
+/// publication command left the table unpublished (or published in part).
+pub fn left_publication(v: &SchemaRecord) -> bool {
+    v.dropped && v.ddl.as_ref().is_some_and(|d| d.tag.ends_with("PUBLICATION"))
+}
+
+/// Why a version marked dropped ended its table's history.
+fn ended_because(v: &SchemaRecord) -> &'static str {
+    match left_publication(v) {
+        true => "the table left the publication there, and the archive holds none of its changes until a snapshot taken after it was published whole again",
+        false => "the table was dropped or renamed away there, and the archive holds the table of that name again only from a snapshot taken since",
+    }
 }
 
 #[cfg(test)]

@@ -684,8 +684,12 @@ fn the_as_of_query_answers_from_the_snapshot_a_ddl_made_waly_take() {
     };
     let want_c = want("SELECT id, v, score FROM c ORDER BY id::text COLLATE \"C\"");
     let want_p = want("SELECT id, at, v FROM p ORDER BY id::text COLLATE \"C\"");
+    let want_o = want("SELECT id, v FROM o ORDER BY id::text COLLATE \"C\"");
+    let want_k = want("SELECT id, v FROM k ORDER BY id::text COLLATE \"C\"");
     assert_eq!(want_c.len(), 20);
     assert_eq!(want_p.len(), 7, "p_1's 15 rows left, p_3's 2 came");
+    assert_eq!(want_o.len(), 10, "one row deleted and one inserted while out");
+    assert_eq!(want_k.len(), 2, "the rows of the table created again");
     let as_of = |dest: &str, table: &str, cols: &str| {
         duckdb(&format!(
             "{};\nSELECT {cols} FROM \"{table}_as_of\"(now()::TIMESTAMPTZ) ORDER BY 1",
@@ -706,16 +710,21 @@ fn the_as_of_query_answers_from_the_snapshot_a_ddl_made_waly_take() {
             want_p,
             "{d}: p after a detach and an attach"
         );
+        let o_cols = "id::VARCHAR, v";
+        assert_eq!(as_of(d, "public.o", o_cols), want_o, "{d}: o back in the publication");
+        assert_eq!(as_of(d, "public.k", o_cols), want_k, "{d}: k created again");
     }
     let spark = spark_as_of_now(
         &fresh,
         &[
             ("public.c", "CAST(id AS STRING), v, CAST(score AS STRING)"),
             ("public.p", "CAST(id AS STRING), CAST(`at` AS STRING), v"),
+            ("public.o", "CAST(id AS STRING), v"),
+            ("public.k", "CAST(id AS STRING), v"),
         ],
     );
     match spark {
-        Some(got) => assert_eq!(got, vec![want_c, want_p], "Spark"),
+        Some(got) => assert_eq!(got, vec![want_c, want_p, want_o, want_k], "Spark"),
         None => eprintln!("WALY_TEST_SPARK_PYTHON is not set: Spark's as-of query is not run"),
     }
     for d in [&dest, &fresh, &archive] {

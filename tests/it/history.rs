@@ -427,6 +427,44 @@ fn history_shows_what_a_ddl_did_to_the_row_from_the_snapshot_after_it() {
         // A row in a partition kept: no version from the snapshot.
         let kept = get("p", "id=20,at=2026-02-10");
         assert_eq!(ops(&kept), [o("snapshot", false)], "scan {scan}: {kept:#?}");
+        // Out of the publication for a while: what changed meanwhile comes
+        // with the snapshot taken when it was back.
+        let out = get("o", "2");
+        assert_eq!(
+            ops(&out),
+            [o("snapshot", false), o("snapshot", true)],
+            "scan {scan}: {out:#?}"
+        );
+        assert_eq!(out[1]["new"]["v"], "while out", "scan {scan}");
+        assert_eq!(out[1]["changed"], serde_json::json!(["v"]), "scan {scan}");
+        let deleted = get("o", "4");
+        assert_eq!(
+            ops(&deleted),
+            [o("snapshot", false), o("snapshot", true)],
+            "scan {scan}"
+        );
+        assert_eq!(deleted[1]["new"], serde_json::Value::Null, "scan {scan}");
+        let inserted = get("o", "50");
+        assert_eq!(ops(&inserted), [o("snapshot", true)], "scan {scan}: {inserted:#?}");
+        let untouched = get("o", "9");
+        assert_eq!(ops(&untouched), [o("snapshot", false)], "scan {scan}: {untouched:#?}");
+        // Dropped and created again: the new table's row from its snapshot,
+        // its columns taken for the old ones of the same name.
+        let again = get("k", "1");
+        assert_eq!(
+            ops(&again),
+            [o("snapshot", false), o("snapshot", true)],
+            "scan {scan}: {again:#?}"
+        );
+        assert_eq!(again[1]["new"]["v"], "again", "scan {scan}");
+        assert_eq!(again[1]["changed"], serde_json::json!(["v"]), "scan {scan}");
+        let gone = get("k", "3");
+        assert_eq!(
+            ops(&gone),
+            [o("snapshot", false), o("snapshot", true)],
+            "scan {scan}: {gone:#?}"
+        );
+        assert_eq!(gone[1]["new"], serde_json::Value::Null, "scan {scan}");
     }
     // The text form says what the snapshot is.
     let text = String::from_utf8_lossy(&history(&archive, &["c", "12"]).stdout).to_string();

@@ -15,8 +15,11 @@ pub(crate) fn init(db: &TestDb, archive: &str) -> String {
 }
 
 /// Tables for DDLs whose effect on existing rows the stream does not
-/// carry: `c` (retyped with `USING`) and the partitioned `p` (`p_1`
-/// detached, `p_3` and its two rows attached), by [`ddls_the_stream_misses`].
+/// carry, by [`ddls_the_stream_misses`]: `c` (retyped with `USING`), the
+/// partitioned `p` (`p_1` detached, `p_3` and its two rows attached), `o`
+/// (out of the publication for a while, changed meanwhile) and `k`
+/// (dropped and created again, its first rows before it is published).
+/// The publication names them, so that `o` can leave it.
 pub(crate) const DDL_TABLES: &str = "
 CREATE TABLE c (id int PRIMARY KEY, v text, score int);
 INSERT INTO c SELECT i, 'v' || i, i FROM generate_series(1, 20) i;
@@ -26,6 +29,11 @@ CREATE TABLE p_2 PARTITION OF p FOR VALUES FROM ('2026-02-01') TO ('2026-03-01')
 INSERT INTO p SELECT i, date '2026-01-01' + i * 2, 'p' || i FROM generate_series(1, 20) i;
 CREATE TABLE p_3 (id int, at date, v text, PRIMARY KEY (id, at));
 INSERT INTO p_3 VALUES (100, '2026-03-02', 'march'), (101, '2026-03-09', 'march');
+CREATE TABLE o (id int PRIMARY KEY, v text);
+INSERT INTO o SELECT i, 'o' || i FROM generate_series(1, 10) i;
+CREATE TABLE k (id int PRIMARY KEY, v text);
+INSERT INTO k SELECT i, 'k' || i FROM generate_series(1, 5) i;
+CREATE PUBLICATION waly FOR TABLE c, p, o, k WITH (publish_via_partition_root = true);
 ";
 
 /// The DDLs on [`DDL_TABLES`] after which `waly run` snapshots the table
@@ -34,8 +42,28 @@ pub(crate) fn ddls_the_stream_misses(db: &TestDb) {
     db.psql("ALTER TABLE c ALTER COLUMN score TYPE bigint USING score * 1000 + 7");
     db.psql("ALTER TABLE p DETACH PARTITION p_1");
     db.psql("ALTER TABLE p ATTACH PARTITION p_3 FOR VALUES FROM ('2026-03-01') TO ('2026-04-01')");
+    db.psql(OUT_OF_THE_PUBLICATION);
+    wait_confirmed(db, 120);
+    db.psql("ALTER PUBLICATION waly ADD TABLE o");
+    db.psql(DROPPED_AND_CREATED_AGAIN);
     wait_confirmed(db, 120);
 }
+
+/// `o` leaves the publication, and changes while out of it.
+const OUT_OF_THE_PUBLICATION: &str = "
+ALTER PUBLICATION waly DROP TABLE o;
+UPDATE o SET v = 'while out' WHERE id <= 3;
+DELETE FROM o WHERE id = 4;
+INSERT INTO o VALUES (50, 'while out');
+";
+
+/// `k` is dropped, created again with rows, and published again.
+const DROPPED_AND_CREATED_AGAIN: &str = "
+DROP TABLE k;
+CREATE TABLE k (id int PRIMARY KEY, v text);
+INSERT INTO k VALUES (1, 'again'), (7, 'again');
+ALTER PUBLICATION waly ADD TABLE k;
+";
 
 fn restore(db: &TestDb, archive: &str, args: &[&str]) -> Output {
     run_within(
@@ -438,6 +466,106 @@ fn a_partitioned_table_is_archived_restored_and_followed_under_its_own_name() {
     assert_eq!(ops, ["snapshot", "update"], "{out}");
     assert_eq!(versions[1]["new"]["note"], "moved", "{out}");
     assert!(versions[1]["key_change"].is_object(), "{out}");
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
+#[test]
+fn a_table_out_of_the_publication_or_dropped_is_refused_there_and_exact_from_its_next_snapshot() {
+    let db = TestDb::new();
+    db.psql(DDL_TABLES);
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE o SET v = 'before' WHERE id = 9; UPDATE k SET v = 'before' WHERE id = 2");
+    wait_confirmed(&db, 120);
+    let before_o = point(&db, "before o left", "o");
+    let before_k = point(&db, "before k was dropped", "k");
+    db.psql(OUT_OF_THE_PUBLICATION);
+    wait_confirmed(&db, 120);
+    let out = db.now_utc();
+    db.psql("ALTER PUBLICATION waly ADD TABLE o");
+    // k dropped and created again, published only by the last statement.
+    let (create, publish) = DROPPED_AND_CREATED_AGAIN
+        .rsplit_once("ALTER")
+        .expect("the script ends with the ALTER PUBLICATION");
+    db.psql(create);
+    wait_confirmed(&db, 120);
+    let unpublished = db.now_utc();
+    db.psql(&format!("ALTER{publish}"));
+    wait_confirmed(&db, 120);
+    db.psql("UPDATE o SET v = 'after' WHERE id IN (1, 50); UPDATE k SET v = 'after' WHERE id = 7");
+    wait_confirmed(&db, 120);
+    let after_o = point(&db, "after o came back", "o");
+    let after_k = point(&db, "after k was published again", "k");
+    // Published in part (a row filter): out again, though in the publication.
+    db.psql("ALTER PUBLICATION waly SET TABLE c, p, o WHERE (id < 5), k");
+    db.psql("UPDATE o SET v = 'filtered' WHERE id IN (2, 8)");
+    wait_confirmed(&db, 120);
+    let filtered = db.now_utc();
+    db.psql("ALTER PUBLICATION waly SET TABLE c, p, o, k");
+    wait_confirmed(&db, 120);
+    db.psql("UPDATE o SET v = 'whole again' WHERE id = 3");
+    let whole_again = point(&db, "after o was published whole again", "o");
+    settle(&db, run);
+
+    let refused = |table: &str, at: &str, why: &str| {
+        let out = restore(&db, &archive, &[table, "--at", at, "--output", "-"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{table} at {at}: {err}");
+    };
+    let check = |compacted: &str| {
+        for (i, p) in [&before_o, &after_o, &whole_again].into_iter().enumerate() {
+            assert_restores(&db, &archive, "o", p, &format!("o_{compacted}{i}"));
+        }
+        for (i, p) in [&before_k, &after_k].into_iter().enumerate() {
+            assert_restores(&db, &archive, "k", p, &format!("k_{compacted}{i}"));
+        }
+        refused("o", &out, "public.o left the publication");
+        refused("o", &out, "ALTER PUBLICATION waly DROP TABLE o");
+        refused("o", &filtered, "public.o left the publication");
+        refused("k", &unpublished, "DROP TABLE k");
+    };
+    check("");
+    // The other readers.
+    let schema = ok(&run_within(waly().args(["schema", "o", "--archive", &archive]), 30));
+    assert_eq!(schema.matches("table left the publication").count(), 2, "{schema}");
+    let shown = ok(&run_within(
+        waly().args([
+            "show",
+            "o",
+            "--archive",
+            &archive,
+            "--at",
+            &after_o.at,
+            "--key",
+            "50",
+            "--format",
+            "json",
+        ]),
+        60,
+    ));
+    assert!(shown.contains("\"after\""), "{shown}");
+    let tables = ok(&run_within(waly().args(["tables", "--archive", &archive]), 30));
+    assert!(tables.contains("public.o ") && tables.contains("public.k "), "{tables}");
+    for table in ["o", "k"] {
+        ok(&run_within(
+            waly().args([
+                "verify",
+                "--archive",
+                &archive,
+                "--against-source",
+                &db.url(),
+                "--table",
+                table,
+            ]),
+            120,
+        ));
+    }
+    // Compaction passes a table whose rows the archive cannot give at its
+    // point, and the readers give the same answers after it.
+    ok(&run_within(waly().args(["compact", "--archive", &archive]), 120));
+    check("compacted_");
     let _ = std::fs::remove_dir_all(&archive);
 }
 
