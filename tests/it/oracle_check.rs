@@ -259,7 +259,10 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
                 // unknown (schemas.rs tests that); no reader can agree with
                 // the database on them. So the changes before such a
                 // migration are confirmed before anything restarts.
-                if matches!(what, "drop column" | "retype" | "rewrite") {
+                // So are those before a table leaves the publication, and
+                // later changes come after the snapshot taken when it is
+                // back (which holds what the audit says it does).
+                if matches!(what, "drop column" | "retype" | "rewrite" | "out of the publication") {
                     caught_up(&db, &run, "after a column was dropped or retyped");
                 }
             }
@@ -571,6 +574,17 @@ fn changed_columns(old: &Value, new: &Value) -> Vec<String> {
     out
 }
 
+/// The end of the audit's `republished` rows of a table back in the
+/// publication (`back`: whether one was the followed row): a row a change
+/// touched while it was out, and that the snapshot no longer holds, is gone.
+fn republished(touched: &mut bool, back: &mut Option<bool>, exists: &mut bool, out: &mut Vec<Version>) {
+    if back.take() == Some(false) && *touched && *exists {
+        *exists = false;
+        out.push(("snapshot".to_string(), Value::Null, Value::Null, Vec::new()));
+    }
+    *touched = false;
+}
+
 /// The versions history must show for `key` (after the snapshot), from the
 /// audit: followed through key changes as waly follows them.
 /// `existed`: whether the row was in the snapshot history starts from
@@ -580,7 +594,27 @@ fn expected_history(rows: &[(String, Value, Value, Value)], key: &str, existed: 
     let mut exists = existed;
     let mut out = Vec::new();
     let id = |v: &Value| v["id"].as_str().map(str::to_string);
+    // Out of the publication: whether a change meanwhile touched the row,
+    // and whether the snapshot when the table was back holds it.
+    let mut touched = false;
+    let mut back: Option<bool> = None;
     for (op, old, new, intent) in rows {
+        if op.starts_with("out ") {
+            touched |= id(old).as_deref() == Some(&cur) || id(new).as_deref() == Some(&cur);
+            continue;
+        }
+        if op == "republished" {
+            let found = back.get_or_insert(false);
+            if id(new).as_deref() == Some(&cur) {
+                *found = true;
+                if touched {
+                    exists = true;
+                    out.push(("snapshot".to_string(), new.clone(), Value::Null, Vec::new()));
+                }
+            }
+            continue;
+        }
+        republished(&mut touched, &mut back, &mut exists, &mut out);
         let mine = match op.as_str() {
             "insert" => id(new).as_deref() == Some(&cur),
             "update" => id(old).as_deref() == Some(&cur) || id(new).as_deref() == Some(&cur),
@@ -613,6 +647,7 @@ fn expected_history(rows: &[(String, Value, Value, Value)], key: &str, existed: 
             }
         }
     }
+    republished(&mut touched, &mut back, &mut exists, &mut out);
     out
 }
 
@@ -631,11 +666,15 @@ fn check_history(seed: u64, db: &TestDb, archive: &str, r: &mut Rng, out: &mut O
             }
             let key = keys[r.below(keys.len() as u64) as usize].clone();
             let o = waly_out(&["history", table, &key, "--archive", archive, "--json"]);
+            // A first snapshot version is the row in the snapshot history
+            // starts from, unless a later snapshot (after a DDL, or the
+            // table back in the publication) brought the row.
+            let first_known = |v: &Value| v["op"] == "snapshot" && v["after_ddl"] != true;
             let existed = stdout(&o)
                 .lines()
                 .next()
                 .and_then(|l| serde_json::from_str::<Value>(l).ok())
-                .is_some_and(|v| v["op"] == "snapshot");
+                .is_some_and(|v| first_known(&v));
             let want = expected_history(&rows, &key, existed);
             let got: Vec<Version> = stdout(&o)
                 .lines()
@@ -643,7 +682,7 @@ fn check_history(seed: u64, db: &TestDb, archive: &str, r: &mut Rng, out: &mut O
                 // The row as the first snapshot had it (before the audit);
                 // a later snapshot (compact's) is no version of its own.
                 .enumerate()
-                .filter(|(i, v)| !(*i == 0 && v["op"] == "snapshot"))
+                .filter(|(i, v)| !(*i == 0 && first_known(v)))
                 .map(|(_, v)| {
                     let new = if v["op"] == "delete" || v["op"] == "truncate" {
                         Value::Null

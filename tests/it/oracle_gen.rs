@@ -4,7 +4,8 @@
 //! truncates, transactions over several tables, savepoints rolled back, a
 //! large transaction, intents; generated columns, one reading only a
 //! TOASTed value), migrations (add, rename, drop and retype columns, a
-//! partition created, a primary key changed), and operations on waly itself
+//! partition created, a primary key changed, every table out of the
+//! publication for a while), and operations on waly itself
 //! (kill -9 and restart, a PostgreSQL restart, compact, prune, reindex, a
 //! standby taking over, a restore into the source database, an object-store
 //! outage, the sidecar down across a migration; in an encrypted archive, a
@@ -153,6 +154,7 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
             "drop column",
             "retype",
             "rewrite",
+            "out of the publication",
             "partition",
             "primary key",
         ],
@@ -278,6 +280,33 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
              INSERT INTO oracle_audit (tbl, op, new) SELECT 'item', 'rewrite', oracle_row(to_jsonb(i)) FROM item i ORDER BY id;
              COMMIT;"
             .to_string(),
+        // Every table out of the publication for a while (it stops
+        // publishing deletes and truncates, so it publishes no table
+        // whole), changed meanwhile: waly ends each table's history and
+        // snapshots it when it is back. The audit's entries of the changes
+        // made meanwhile are marked `out`, and it is told every row as the
+        // snapshot will hold it (`republished`).
+        "out of the publication" => {
+            let fresh = m.next_key;
+            m.next_key += 10;
+            format!(
+                "CREATE TEMP TABLE oracle_mark AS SELECT coalesce(max(n), 0) AS n FROM oracle_audit;
+                 ALTER PUBLICATION waly SET (publish = 'insert, update');
+                 UPDATE item SET qty = qty + 100 WHERE id % 5 = 0;
+                 DELETE FROM item WHERE id % 23 = 1;
+                 UPDATE acct SET name = 'while out' WHERE id % 11 = 4;
+                 DELETE FROM acct WHERE id % 41 = 2;
+                 UPDATE acct SET id = {fresh} WHERE id = (SELECT min(id) FROM acct WHERE id % 43 = 5);
+                 INSERT INTO item (id, acct, qty, {note}) SELECT g, 1, 1, 'while out' FROM generate_series({first}, {last}) g;
+                 ALTER PUBLICATION waly SET (publish = 'insert, update, delete, truncate');
+                 UPDATE oracle_audit SET op = 'out ' || op WHERE n > (SELECT n FROM oracle_mark);
+                 INSERT INTO oracle_audit (tbl, op, new) SELECT 'acct', 'republished', oracle_row(to_jsonb(a)) FROM acct a ORDER BY id;
+                 INSERT INTO oracle_audit (tbl, op, new) SELECT 'item', 'republished', oracle_row(to_jsonb(i)) FROM item i ORDER BY id;",
+                note = m.item_note,
+                first = fresh + 1,
+                last = fresh + 9,
+            )
+        }
         // Another key: restores across it rebuild the rows under the new
         // one, and updates of `v` then change keys.
         "primary key" => "ALTER TABLE ev DROP CONSTRAINT ev_pkey, ADD PRIMARY KEY (id, at, v)".to_string(),
