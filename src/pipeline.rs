@@ -1311,10 +1311,7 @@ async fn on_ddl(
     // A DDL whose effect on existing rows the archive cannot reproduce (a
     // conversion, a default computed per row, a partition attached or
     // detached): a snapshot now makes the table restorable again from here.
-    let unknowable = version > 1
-        && !dropped
-        && crate::schema::shape::projection(&w.gen.schemas, &table, version - 1, version)
-            .is_ok_and(|p| p.has_unknown() || p.barrier().is_some());
+    let unknowable = !dropped && crate::schema::shape::breaks_rows(&w.gen.schemas, &table, version);
     let snapshotted_since = w
         .gen
         .manifests

@@ -46,6 +46,9 @@ pub struct ExportStats {
     pub snapshot_rows: u64,
     /// Rows saying a table was empty at a snapshot, written.
     pub empty_snapshots: u64,
+    /// Rows saying the archive does not know a table's rows from there
+    /// until its next snapshot, written.
+    pub unknown_rows: u64,
     /// Files written.
     pub files: u64,
     /// Their bytes.
@@ -255,6 +258,11 @@ struct Exporter<'a> {
     /// Every table of every generation read.
     seen_tables: BTreeSet<String>,
     seq: u64,
+    /// The generation's schema versions across which its rows cannot be
+    /// carried ([`crate::schema::shape::breaks_rows`]) that this run
+    /// writes an `unknown` row for, by commit LSN, and how many are written.
+    gaps: Vec<(Lsn, String, u32)>,
+    gaps_written: usize,
 }
 
 impl Exporter<'_> {
@@ -305,16 +313,77 @@ impl Exporter<'_> {
         self.write(table, version, out, row, None, &[])
     }
 
+    /// The schema versions of the generation whose `schemas` these are
+    /// that this run writes an `unknown` row for: of the tables exported,
+    /// past their cursor and within `--since` and `--until`.
+    fn gaps_of(&self, schemas: &Schemas) -> Vec<(Lsn, String, u32)> {
+        let mut gaps: Vec<(Lsn, String, u32)> = schemas
+            .tables()
+            .filter(|t| self.wants(t))
+            .flat_map(|t| schemas.versions(t).iter().map(move |v| (t, v)))
+            .filter(|(t, v)| self.exported_through(t).is_none_or(|c| v.commit_lsn > c))
+            .filter(|(_, v)| {
+                let Some(time) = v.commit_time else { return false };
+                let within = |b: Option<Bound>, later: bool| match b {
+                    None => true,
+                    Some(Bound::Lsn(l)) => (v.commit_lsn >= l) == later,
+                    Some(Bound::Time(x)) => (time >= x) == later,
+                };
+                within(self.opts.since, true) && (self.opts.until.is_none() || within(self.opts.until, false))
+            })
+            .filter(|(t, v)| crate::schema::shape::breaks_rows(schemas, t, v.version))
+            .map(|(t, v)| (v.commit_lsn, t.to_string(), v.version))
+            .collect();
+        gaps.sort();
+        gaps
+    }
+
+    /// Writes an `unknown` row for each gap version committed before
+    /// `upto` not written yet: from there the as-of query answers nothing
+    /// for the table (it fails, saying why) until a later snapshot row.
+    /// Its `_seq` is the largest, so it comes after its transaction's own
+    /// changes.
+    fn write_gaps(&mut self, upto: Lsn) -> Result<(), Error> {
+        while let Some((lsn, table, version)) = self.gaps.get(self.gaps_written).cloned() {
+            if lsn >= upto {
+                break;
+            }
+            self.gaps_written += 1;
+            let schemas = self.schemas.clone();
+            let v = schemas
+                .version(&table, version)
+                .ok_or_else(|| missing_version(&table, version))?;
+            let mut out = OutRow::snapshot("unknown", lsn, v.commit_time.unwrap_or_default(), version);
+            out.seq = i64::MAX;
+            self.write(&table, v, out, None, None, &[])?;
+            self.stats.unknown_rows += 1;
+        }
+        Ok(())
+    }
+
     fn item(&mut self, item: Owned) -> Result<(), Error> {
+        let at = match &item {
+            Owned::Snapshot { lsn, .. } | Owned::SnapshotRow { lsn, .. } => Some(*lsn),
+            Owned::Change(held) => Some(held.commit_lsn),
+            Owned::Message(m) => Some(m.commit_lsn),
+            // The generation before is over: all of its gaps.
+            Owned::Generation { .. } => Some(Lsn(u64::MAX)),
+            Owned::End { through } => through.map(|t| Lsn(t.0.saturating_add(1))),
+        };
+        if let Some(upto) = at {
+            self.write_gaps(upto)?;
+        }
         match item {
             Owned::Generation { id, schemas } => {
                 self.finish_pending()?;
                 self.close_all()?;
                 self.generation = id;
                 self.seen_tables.extend(schemas.tables().map(str::to_string));
+                self.gaps = self.gaps_of(&schemas);
+                self.gaps_written = 0;
                 self.schemas = schemas;
             }
-            Owned::End => {
+            Owned::End { .. } => {
                 self.finish_pending()?;
                 self.close_all()?;
             }
@@ -873,6 +942,8 @@ pub async fn export(store: &Store, dest: &Store, opts: &ExportOptions) -> Result
         names: BTreeMap::new(),
         seen_tables: BTreeSet::new(),
         seq: 0,
+        gaps: Vec::new(),
+        gaps_written: 0,
     };
     ex.stats.removed = remove_unfinished(dest, &ex.cursor).await?;
     // Where every table this run exports has a cursor, what all of them
@@ -1143,12 +1214,28 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
             .filter(|(_, (c, written))| toastable(&c.kind) && !written.is_empty())
             .map(|(i, (_, written))| (i, written.iter().map(|n| n.to_string()).collect()))
             .collect();
+        // From an `unknown` row until the next snapshot row the archive
+        // does not know the table's rows: the query fails, saying so.
+        let unknown = format!(
+            "{table}: the archive does not know the rows of the table at this time (it left the publication, was \
+             dropped, or a DDL changed its rows where the stream does not show it, and no snapshot was taken \
+             since: waly schema {table} names it); choose another time"
+        );
         let body = |from: &str, as_of: &str, spark: bool| {
+            let lit = |n: &str| match spark {
+                true => format!("'{}'", n.replace('\\', "\\\\").replace('\'', "\\'")),
+                false => format!("'{}'", n.replace('\'', "''")),
+            };
+            let fail = match spark {
+                true => format!("raise_error({})", lit(&unknown)),
+                false => format!("error({})", lit(&unknown)),
+            };
             let head = format!(
                 "log AS (SELECT _op, _commit_lsn, _seq, _commit_time, _old_key, _unchanged_toast, {select} FROM {from}),\n\
                  upto AS (SELECT * FROM log WHERE _commit_time <= {as_of}),\n\
-                 cut AS (SELECT _commit_lsn AS l, _seq AS s FROM upto WHERE _op IN ('truncate', 'snapshot', 'empty_snapshot') ORDER BY _commit_lsn DESC, _seq DESC LIMIT 1),\n\
-                 live AS (SELECT * FROM upto u WHERE _op NOT IN ('truncate', 'empty_snapshot') AND NOT EXISTS (SELECT 1 FROM cut WHERE u._commit_lsn < cut.l OR (u._commit_lsn = cut.l AND u._seq < cut.s))),\n\
+                 cut_row AS (SELECT _op AS o, _commit_lsn AS l, _seq AS s FROM upto WHERE _op IN ('truncate', 'snapshot', 'empty_snapshot', 'unknown') ORDER BY _commit_lsn DESC, _seq DESC LIMIT 1),\n\
+                 cut AS (SELECT CASE WHEN o = 'unknown' THEN {fail} ELSE l END AS l, s FROM cut_row),\n\
+                 live AS (SELECT * FROM upto u WHERE _op NOT IN ('truncate', 'empty_snapshot', 'unknown') AND NOT EXISTS (SELECT 1 FROM cut WHERE u._commit_lsn < cut.l OR (u._commit_lsn = cut.l AND u._seq < cut.s))),\n\
                  runs AS (SELECT *, sum(CASE WHEN _old_key IS NOT NULL OR _op IN ('insert', 'snapshot') THEN 1 ELSE 0 END) OVER (PARTITION BY {keys} ORDER BY _commit_lsn, _seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS _run FROM live),\n"
             );
             let rank = |p: &str| {
@@ -1170,10 +1257,6 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
                     rank("")
                 );
             }
-            let lit = |n: &str| match spark {
-                true => format!("'{}'", n.replace('\\', "\\\\").replace('\'', "\\'")),
-                false => format!("'{}'", n.replace('\'', "''")),
-            };
             // Per large column: whether the row left it out, and its
             // value within the run (`_u<i>`, `_f<i>`).
             let local: Vec<String> = large

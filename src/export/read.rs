@@ -36,8 +36,9 @@ pub(super) enum Owned {
     Change(Held),
     /// A `waly` message.
     Message(MessageRecord),
-    /// The walk finished without an error (nothing follows).
-    End,
+    /// The walk finished without an error (nothing follows); it is
+    /// complete through `through` ([`crate::log::LogStats::through`]).
+    End { through: Option<Lsn> },
 }
 
 /// A change as the export keeps it: its rows taken from the walk's record
@@ -144,7 +145,9 @@ pub(super) fn walk_beside<T: Send>(
             Ok(())
         }));
         let handed = walked.and_then(|walked| {
-            batch.push(Owned::End);
+            batch.push(Owned::End {
+                through: walked.through,
+            });
             tx.send(batch).map_err(|_| gone())?;
             Ok(walked)
         });

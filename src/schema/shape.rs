@@ -375,6 +375,21 @@ pub fn dropped_error(table: &str, v: &SchemaRecord) -> Error {
     ))
 }
 
+/// Whether `table`'s rows cannot be carried into schema version `version`
+/// from the one before: a DDL whose effect on existing rows the stream
+/// does not carry (a value converted, a default computed per row, a
+/// partition attached or detached), or the table's history ending there
+/// (dropped, renamed away, out of the publication). Only a snapshot taken
+/// after it says what the table holds.
+pub fn breaks_rows(schemas: &Schemas, table: &str, version: u32) -> bool {
+    let Some(v) = schemas.version(table, version) else {
+        return false;
+    };
+    version > 1
+        && (v.dropped
+            || projection(schemas, table, version - 1, version).is_ok_and(|p| p.has_unknown() || p.barrier().is_some()))
+}
+
 /// Whether a version marked dropped ended its table's history because a
 /// publication command left the table unpublished (or published in part).
 pub fn left_publication(v: &SchemaRecord) -> bool {

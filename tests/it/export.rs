@@ -11,6 +11,11 @@ use std::process::Output;
 /// Runs `sql` (statements separated by `;`, the last one a query) in DuckDB
 /// and returns the last query's rows, each value as DuckDB's VARCHAR cast.
 pub(crate) fn duckdb(sql: &str) -> Vec<Vec<Option<String>>> {
+    duckdb_result(sql).unwrap_or_else(|e| panic!("duckdb failed: {e}\n{sql}"))
+}
+
+/// [`duckdb`], or the error DuckDB gave.
+pub(crate) fn duckdb_result(sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
     let python = std::env::var("WALY_TEST_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
     let script = r#"
 import duckdb, json, sys
@@ -31,12 +36,10 @@ print(json.dumps([[None if v is None else str(v) for v in r] for r in rows]))
         .unwrap_or_else(|e| panic!("cannot run {python} (scripts/test.sh installs DuckDB into .venv): {e}"));
     std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), sql.as_bytes()).expect("write the SQL");
     let out = child.wait_with_output().expect("duckdb");
-    assert!(
-        out.status.success(),
-        "duckdb failed: {}\n{sql}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("rows as JSON")
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).to_string());
+    }
+    Ok(serde_json::from_slice(&out.stdout).expect("rows as JSON"))
 }
 
 fn export(archive: &str, to: &str, extra: &[&str]) -> Output {
@@ -672,7 +675,7 @@ fn the_as_of_query_answers_from_the_snapshot_a_ddl_made_waly_take() {
     crate::archive::wait_confirmed(&db, 120);
     // The first run reads up to here; the second reads the new snapshots.
     ok(&export(&archive, &dest, &[]));
-    crate::schemas::ddls_the_stream_misses(&db);
+    let out = crate::schemas::ddls_the_stream_misses(&db);
     db.psql("UPDATE c SET v = 'after' WHERE id IN (5, 6); UPDATE p SET v = 'after' WHERE id IN (20, 100)");
     crate::archive::wait_confirmed(&db, 120);
     settle(&db, run);
@@ -712,7 +715,34 @@ fn the_as_of_query_answers_from_the_snapshot_a_ddl_made_waly_take() {
         );
         let o_cols = "id::VARCHAR, v";
         assert_eq!(as_of(d, "public.o", o_cols), want_o, "{d}: o back in the publication");
-        assert_eq!(as_of(d, "public.k", o_cols), want_k, "{d}: k created again");
+        let k = duckdb_result(&format!(
+            "{};\nSELECT {o_cols} FROM \"public.k_as_of\"(now()::TIMESTAMPTZ) ORDER BY 1",
+            std::fs::read_to_string(format!("{d}/_waly/as_of_duckdb.sql")).expect("the views")
+        ));
+        if k.as_ref() != Ok(&want_k) {
+            // What the export and the archive hold of k, to tell which is wrong.
+            let rows = duckdb(&format!(
+                "SELECT _op, _commit_lsn, _seq, _commit_time, _schema_version, id::VARCHAR
+                   FROM read_parquet('{d}/public.k/*/*.parquet', union_by_name = true, hive_partitioning = true)
+                  ORDER BY _commit_lsn, _seq"
+            ));
+            let schema = run_within(waly().args(["schema", "k", "--archive", &archive]), 30);
+            panic!(
+                "{d}: k created again: {k:?}, want {want_k:?}\nexported: {rows:?}\nschema:\n{}",
+                String::from_utf8_lossy(&schema.stdout)
+            );
+        }
+        // While o was out, the archive does not know its rows: the query
+        // fails, as a restore there is refused.
+        let gap = duckdb_result(&format!(
+            "{};\nSELECT id FROM \"public.o_as_of\"(TIMESTAMPTZ '{out}')",
+            std::fs::read_to_string(format!("{d}/_waly/as_of_duckdb.sql")).expect("the views")
+        ));
+        assert!(
+            gap.as_ref()
+                .is_err_and(|e| e.contains("public.o: the archive does not know the rows")),
+            "{d}: o while out: {gap:?}"
+        );
     }
     let spark = spark_as_of_now(
         &fresh,
@@ -723,6 +753,16 @@ fn the_as_of_query_answers_from_the_snapshot_a_ddl_made_waly_take() {
             ("public.k", "CAST(id AS STRING), v"),
         ],
     );
+    if let Some(got) = spark_as_of(&fresh, &out, &[("public.o", "CAST(id AS STRING)")]) {
+        assert!(
+            got[0].len() == 1
+                && got[0][0][0].as_deref() == Some("error")
+                && got[0][0][1]
+                    .as_ref()
+                    .is_some_and(|e| e.contains("public.o: the archive does not know the rows")),
+            "Spark, o while out: {got:?}"
+        );
+    }
     match spark {
         Some(got) => assert_eq!(got, vec![want_c, want_p, want_o, want_k], "Spark"),
         None => eprintln!("WALY_TEST_SPARK_PYTHON is not set: Spark's as-of query is not run"),
@@ -738,11 +778,17 @@ fn the_as_of_query_answers_from_the_snapshot_a_ddl_made_waly_take() {
 /// `WALY_TEST_SPARK_PYTHON` (a Python with pyspark; scripts/test.sh
 /// installs it) is not set.
 pub(crate) fn spark_as_of_now(dest: &str, queries: &[(&str, &str)]) -> Option<Vec<Vec<Vec<Option<String>>>>> {
+    spark_as_of(dest, "2999-01-01 00:00:00", queries)
+}
+
+/// [`spark_as_of_now`] as of `at`; a query that fails gives one row,
+/// `["error", its message]`.
+pub(crate) fn spark_as_of(dest: &str, at: &str, queries: &[(&str, &str)]) -> Option<Vec<Vec<Vec<Option<String>>>>> {
     let python = std::env::var("WALY_TEST_SPARK_PYTHON").ok()?;
     let script = r#"
 import json, sys
 from pyspark.sql import SparkSession
-dest, queries = sys.argv[1], json.loads(sys.argv[2])
+dest, queries, at = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 spark = (SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false")
          .config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
          .config("spark.sql.session.timeZone", "UTC").getOrCreate())
@@ -754,14 +800,18 @@ for table, select in queries:
     # Each table's view statement is followed by its query.
     i = next(i for i, s in enumerate(stmts) if ("-- " + table + "\n") in s)
     spark.sql(stmts[i])
-    spark.sql(stmts[i + 1], args={"as_of": "2999-01-01 00:00:00"}).createOrReplaceTempView("as_of")
-    rows = spark.sql("SELECT " + select + " FROM as_of").collect()
+    spark.sql(stmts[i + 1], args={"as_of": at}).createOrReplaceTempView("as_of")
+    try:
+        rows = spark.sql("SELECT " + select + " FROM as_of").collect()
+    except Exception as e:
+        out.append([["error", str(e)]])
+        continue
     out.append(sorted([[None if v is None else str(v) for v in r] for r in rows], key=lambda r: [x or "" for x in r]))
 print(json.dumps(out))
 "#;
     let queries = serde_json::to_string(queries).expect("queries as JSON");
     let out = std::process::Command::new(&python)
-        .args(["-c", script, dest, &queries])
+        .args(["-c", script, dest, &queries, at])
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
     assert!(

@@ -845,7 +845,7 @@ fn exported_counts(seed: u64, dest: &str, out: &mut Outcome) -> BTreeMap<(String
     crate::export::duckdb(&format!(
         "SELECT regexp_extract(filename, '([^/]+)/date=', 1), _op, count(*), count(DISTINCT (_commit_lsn, _seq))
            FROM read_parquet('{dest}/*/*/*.parquet', filename = true, union_by_name = true, hive_partitioning = true)
-          WHERE _op NOT IN ('snapshot', 'empty_snapshot') GROUP BY ALL"
+          WHERE _op NOT IN ('snapshot', 'empty_snapshot', 'unknown') GROUP BY ALL"
     ))
     .into_iter()
     .map(|r| {

@@ -37,16 +37,19 @@ CREATE PUBLICATION waly FOR TABLE c, p, o, k WITH (publish_via_partition_root = 
 ";
 
 /// The DDLs on [`DDL_TABLES`] after which `waly run` snapshots the table
-/// again, each waited for.
-pub(crate) fn ddls_the_stream_misses(db: &TestDb) {
+/// again, each waited for. Returns a time when `o` was out of the
+/// publication.
+pub(crate) fn ddls_the_stream_misses(db: &TestDb) -> String {
     db.psql("ALTER TABLE c ALTER COLUMN score TYPE bigint USING score * 1000 + 7");
     db.psql("ALTER TABLE p DETACH PARTITION p_1");
     db.psql("ALTER TABLE p ATTACH PARTITION p_3 FOR VALUES FROM ('2026-03-01') TO ('2026-04-01')");
     db.psql(OUT_OF_THE_PUBLICATION);
     wait_confirmed(db, 120);
+    let out = db.now_utc();
     db.psql("ALTER PUBLICATION waly ADD TABLE o");
     db.psql(DROPPED_AND_CREATED_AGAIN);
     wait_confirmed(db, 120);
+    out
 }
 
 /// `o` leaves the publication, and changes while out of it.
