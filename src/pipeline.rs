@@ -1264,34 +1264,7 @@ async fn on_ddl(
             true,
         ),
     };
-    let reusable = w
-        .gen
-        .schemas
-        .reusable_definition(&table, t.commit_lsn, Some(message_lsn), &columns, &meta, dropped)
-        .map(|s| s.version);
-    let version = match reusable {
-        Some(v) => {
-            w.reuse_version(Some(t), &table, v)?;
-            v
-        }
-        None => {
-            let rec = SchemaRecord {
-                commit_lsn: t.commit_lsn,
-                commit_time: Some(t.commit_time),
-                table: table.clone(),
-                version: w.gen.schemas.next_version(&table),
-                columns,
-                source: Some("ddl".into()),
-                meta,
-                ddl: Some(msg.ddl(message_lsn)),
-                dropped,
-                sealed: None,
-            };
-            let v = rec.version;
-            w.new_version(Some(t), rec).await?;
-            v
-        }
-    };
+    let (version, _) = ddl_version(w, t, msg, message_lsn, &table, (columns, meta, dropped)).await?;
     if w.ended.contains(&table) {
         // The table's history had ended (it was dropped, renamed away or
         // left the publication) and it is defined again: created again
@@ -1336,6 +1309,45 @@ async fn on_ddl(
     Ok(())
 }
 
+/// The schema version a DDL message makes of `table` in transaction `t`:
+/// `(columns, meta, dropped)` as the message leaves it. The version an
+/// earlier session recorded for the same message is taken again (the
+/// transaction streamed again after a restart); else a new one is
+/// written. Returns it, and whether it is new.
+async fn ddl_version(
+    w: &mut Writer<'_>,
+    t: &mut Txn,
+    msg: &crate::schema::ddl::DdlMessage,
+    message_lsn: Lsn,
+    table: &str,
+    (columns, meta, dropped): (Vec<ColumnDef>, TableMeta, bool),
+) -> Result<(u32, bool), Error> {
+    let reusable = w
+        .gen
+        .schemas
+        .reusable_definition(table, t.commit_lsn, Some(message_lsn), &columns, &meta, dropped)
+        .map(|s| s.version);
+    if let Some(v) = reusable {
+        w.reuse_version(Some(t), table, v)?;
+        return Ok((v, false));
+    }
+    let rec = SchemaRecord {
+        commit_lsn: t.commit_lsn,
+        commit_time: Some(t.commit_time),
+        table: table.to_string(),
+        version: w.gen.schemas.next_version(table),
+        columns,
+        source: Some("ddl".into()),
+        meta,
+        ddl: Some(msg.ddl(message_lsn)),
+        dropped,
+        sealed: None,
+    };
+    let v = rec.version;
+    w.new_version(Some(t), rec).await?;
+    Ok((v, true))
+}
+
 /// A publication command (`CREATE`, `ALTER` or `DROP PUBLICATION`), with
 /// the tables each publication publishes whole as it left them. Each
 /// archived table that waly's publication no longer publishes whole ends
@@ -1375,36 +1387,16 @@ async fn on_publication(
             .latest(&table)
             .map(|v| (v.columns.clone(), v.meta.clone()))
             .unwrap_or_default();
-        let reusable = w
-            .gen
-            .schemas
-            .reusable_definition(&table, t.commit_lsn, Some(message_lsn), &columns, &meta, true)
-            .map(|s| s.version);
-        match reusable {
-            Some(v) => w.reuse_version(Some(t), &table, v)?,
-            None => {
-                tracing::warn!(
-                    table,
-                    publication = w.publication,
-                    lsn = %t.commit_lsn,
-                    command = msg.command,
-                    "the publication no longer publishes this table whole: its history in the archive ends \
-                     here, and goes on from a snapshot if it is published whole again"
-                );
-                let rec = SchemaRecord {
-                    commit_lsn: t.commit_lsn,
-                    commit_time: Some(t.commit_time),
-                    table: table.clone(),
-                    version: w.gen.schemas.next_version(&table),
-                    columns,
-                    source: Some("ddl".into()),
-                    meta,
-                    ddl: Some(msg.ddl(message_lsn)),
-                    dropped: true,
-                    sealed: None,
-                };
-                w.new_version(Some(t), rec).await?;
-            }
+        let (_, new) = ddl_version(w, t, msg, message_lsn, &table, (columns, meta, true)).await?;
+        if new {
+            tracing::warn!(
+                table,
+                publication = w.publication,
+                lsn = %t.commit_lsn,
+                command = msg.command,
+                "the publication no longer publishes this table whole: its history in the archive ends \
+                 here, and goes on from a snapshot if it is published whole again"
+            );
         }
     }
     let mut joining = Vec::new();

@@ -552,18 +552,7 @@ fn a_table_out_of_the_publication_or_dropped_is_refused_there_and_exact_from_its
     let tables = ok(&run_within(waly().args(["tables", "--archive", &archive]), 30));
     assert!(tables.contains("public.o ") && tables.contains("public.k "), "{tables}");
     for table in ["o", "k"] {
-        ok(&run_within(
-            waly().args([
-                "verify",
-                "--archive",
-                &archive,
-                "--against-source",
-                &db.url(),
-                "--table",
-                table,
-            ]),
-            120,
-        ));
+        verify_against_source(&db, &archive, table);
     }
     // Compaction passes a table whose rows the archive cannot give at its
     // point, and the readers give the same answers after it.
@@ -678,6 +667,23 @@ fn keys_are_found_by_value_in_any_text_form_of_their_type() {
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// `waly verify --against-source` of `table`: the archive whole, and its
+/// latest state the live table's.
+fn verify_against_source(db: &TestDb, archive: &str, table: &str) {
+    ok(&run_within(
+        waly().args([
+            "verify",
+            "--archive",
+            archive,
+            "--against-source",
+            &db.url(),
+            "--table",
+            table,
+        ]),
+        120,
+    ));
+}
+
 /// Restores `table` at `p` into a new table and compares it with the
 /// source's state then, column by column and row by row.
 fn assert_restores(db: &TestDb, archive: &str, table: &str, p: &Point, into: &str) {
@@ -737,18 +743,7 @@ fn a_real_world_schema_and_its_migrations_restore_exactly_at_every_step() {
     // the live table.
     let drill = |table: &str| {
         wait_confirmed(&db, 120);
-        ok(&run_within(
-            waly().args([
-                "verify",
-                "--archive",
-                &archive,
-                "--against-source",
-                &db.url(),
-                "--table",
-                table,
-            ]),
-            120,
-        ));
+        verify_against_source(&db, &archive, table);
     };
     let mut points: Vec<(&str, Point)> = Vec::new();
     points.push(("account", point(&db, "start", "account")));
