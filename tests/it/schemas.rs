@@ -313,6 +313,21 @@ fn shape_latest_puts_rows_from_before_a_migration_back_into_the_live_table() {
     let st = crate::archive::status_json(&db, &archive);
     assert_eq!(st["slot"]["ddl_capture"], "event trigger", "{st}");
     assert!(st["slot"].get("invalidation_reason").is_some(), "{st}");
+    // Triggers of an earlier waly (their function does not record
+    // publication commands) are named as such; `waly init` replaces them.
+    db.psql(
+        "CREATE OR REPLACE FUNCTION public.waly_capture_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$",
+    );
+    let st = crate::archive::status_json(&db, &archive);
+    assert!(
+        st["slot"]["ddl_capture"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("event trigger of an earlier waly") && s.contains("waly init")),
+        "{st}"
+    );
+    init(&db, &archive);
+    let st = crate::archive::status_json(&db, &archive);
+    assert_eq!(st["slot"]["ddl_capture"], "event trigger", "{st}");
     db.psql("ALTER EVENT TRIGGER waly_capture_ddl DISABLE");
     let st = crate::archive::status_json(&db, &archive);
     assert_eq!(
