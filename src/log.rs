@@ -228,7 +228,8 @@ pub struct LogStats {
     pub through: Option<Lsn>,
 }
 
-fn after(b: Option<Bound>, lsn: Lsn, t: DateTime<Utc>) -> bool {
+/// Whether a commit at `lsn` and time `t` is at or after `b` (`--since`).
+pub(crate) fn after(b: Option<Bound>, lsn: Lsn, t: DateTime<Utc>) -> bool {
     match b {
         None => true,
         Some(Bound::Lsn(l)) => lsn >= l,
@@ -236,7 +237,8 @@ fn after(b: Option<Bound>, lsn: Lsn, t: DateTime<Utc>) -> bool {
     }
 }
 
-fn before(b: Option<Bound>, lsn: Lsn, t: DateTime<Utc>) -> bool {
+/// Whether a commit at `lsn` and time `t` is at or before `b` (`--until`).
+pub(crate) fn before(b: Option<Bound>, lsn: Lsn, t: DateTime<Utc>) -> bool {
     match b {
         None => true,
         Some(Bound::Lsn(l)) => lsn <= l,

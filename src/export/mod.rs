@@ -323,13 +323,10 @@ impl Exporter<'_> {
             .flat_map(|t| schemas.versions(t).iter().map(move |v| (t, v)))
             .filter(|(t, v)| self.exported_through(t).is_none_or(|c| v.commit_lsn > c))
             .filter(|(_, v)| {
-                let Some(time) = v.commit_time else { return false };
-                let within = |b: Option<Bound>, later: bool| match b {
-                    None => true,
-                    Some(Bound::Lsn(l)) => (v.commit_lsn >= l) == later,
-                    Some(Bound::Time(x)) => (time >= x) == later,
-                };
-                within(self.opts.since, true) && (self.opts.until.is_none() || within(self.opts.until, false))
+                v.commit_time.is_some_and(|t| {
+                    crate::log::after(self.opts.since, v.commit_lsn, t)
+                        && crate::log::before(self.opts.until, v.commit_lsn, t)
+                })
             })
             .filter(|(t, v)| crate::schema::shape::breaks_rows(schemas, t, v.version))
             .map(|(t, v)| (v.commit_lsn, t.to_string(), v.version))
