@@ -313,6 +313,26 @@ async fn publishes(sql: &tokio_postgres::Client, publication: &str, schema: &str
     Ok(row.get(0))
 }
 
+/// [`publishes`], asked about a table a publication command just decoded
+/// published whole. The walsender may decode a commit before the server
+/// shows it to other sessions (its WAL is flushed first), so a `false` is
+/// asked again for up to a second before it is believed (the table left
+/// again since: a later command says so).
+async fn publishes_committed(
+    sql: &tokio_postgres::Client,
+    publication: &str,
+    schema: &str,
+    name: &str,
+) -> Result<bool, Error> {
+    for _ in 0..20 {
+        if publishes(sql, publication, schema, name).await? {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publishes(sql, publication, schema, name).await
+}
+
 /// The writer's state within one session.
 struct Writer<'a> {
     store: &'a Store,
@@ -1403,7 +1423,7 @@ async fn on_publication(
     for (schema, name) in whole {
         let q = format!("{schema}.{name}");
         if (!w.gen.snapshots.contains_key(&q) || w.ended.contains(&q))
-            && publishes(w.sql, &w.publication, schema, name).await?
+            && publishes_committed(w.sql, &w.publication, schema, name).await?
         {
             joining.push(TableRef {
                 schema: schema.clone(),
