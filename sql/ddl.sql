@@ -35,8 +35,10 @@ $waly$;
 
 CREATE OR REPLACE FUNCTION public.waly_capture_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $waly$
+-- (waly ddl capture 3: this line names the version `waly status` checks for.)
 DECLARE
     r record;
+    partitioned boolean := false;
     rewritten text := coalesce(current_setting('waly.rewritten', true), '');
     cmd text := left(current_query(), 4000);
 BEGIN
@@ -62,6 +64,7 @@ BEGIN
                        JOIN pg_class k ON k.oid = x.rel
                       WHERE k.relkind IN ('r', 'p')
             LOOP
+                partitioned := partitioned OR EXISTS (SELECT 1 FROM pg_class pc WHERE pc.oid = r.rel AND pc.relkind = 'p');
                 PERFORM pg_logical_emit_message(true, 'waly_ddl', jsonb_build_object(
                     'waly_ddl', 1, 'tag', TG_TAG, 'command', cmd,
                     'rewritten', position(' ' || r.rel || ' ' IN rewritten) > 0
@@ -71,11 +74,15 @@ BEGIN
                     'table', public.waly_table_definition(r.rel))::text);
             END LOOP;
             PERFORM set_config('waly.rewritten', '', true);
-            IF TG_TAG IN ('CREATE PUBLICATION', 'ALTER PUBLICATION', 'DROP PUBLICATION') THEN
+            IF TG_TAG IN ('CREATE PUBLICATION', 'ALTER PUBLICATION', 'DROP PUBLICATION')
+               OR (TG_TAG = 'ALTER TABLE' AND partitioned) THEN
                 -- The tables each publication publishes whole as this
                 -- command leaves them: a table that leaves waly's
                 -- publication ends its history in the archive here, and
-                -- one that joins it (again) is snapshotted.
+                -- one that joins it (again) is snapshotted. Attaching or
+                -- detaching a partition moves tables in and out too: one
+                -- published through its partition root is not published
+                -- as itself (publish_via_partition_root).
                 PERFORM pg_logical_emit_message(true, 'waly_ddl', jsonb_build_object(
                     'waly_ddl', 1, 'tag', TG_TAG, 'command', cmd,
                     'publications', (SELECT coalesce(jsonb_object_agg(p.pubname, (

@@ -943,8 +943,9 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
     if mode == crate::schema::ddl::CaptureMode::EarlierEventTrigger {
         tracing::warn!(
             "the DDL capture trigger was installed by an earlier waly and does not record publication \
-             commands: a table that leaves the publication and joins it again is not seen to; run \
-             `waly init` again to install the current one"
+             commands or partitions attached and detached: a table that leaves the publication (or is \
+             attached as a partition published through its root) is not seen to; run `waly init` again \
+             to install the current one"
         );
     }
     let captured = mode != crate::schema::ddl::CaptureMode::RelationMessages;
@@ -1368,8 +1369,11 @@ async fn ddl_version(
     Ok((v, true))
 }
 
-/// A publication command (`CREATE`, `ALTER` or `DROP PUBLICATION`), with
-/// the tables each publication publishes whole as it left them. Each
+/// A publication command (`CREATE`, `ALTER` or `DROP PUBLICATION`), or an
+/// `ALTER TABLE` of a partitioned table (a partition attached is published
+/// through its root from then on, not as itself; one detached is a table
+/// of its own), with the tables each publication publishes whole as it
+/// left them. Each
 /// archived table that waly's publication no longer publishes whole ends
 /// its history here: a version marked dropped, naming the command (readers
 /// refuse points from there until a snapshot starts it again). Each table

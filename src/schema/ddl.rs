@@ -16,6 +16,9 @@ pub const TRIGGER: &str = "waly_capture_ddl";
 const DEFINITION_SQL: &str = include_str!("../../sql/definition.sql");
 const DDL_SQL: &str = include_str!("../../sql/ddl.sql");
 const PUBLISHED_SQL: &str = include_str!("../../sql/published.sql");
+/// The line in sql/ddl.sql's capture function that names its version: a
+/// trigger whose function lacks it was installed by an earlier waly.
+const CAPTURE_VERSION: &str = "waly ddl capture 3";
 
 /// The SQL that installs (or reinstalls) the DDL capture triggers.
 pub fn install_sql() -> Result<String, Error> {
@@ -116,7 +119,6 @@ impl DdlMessage {
         }
     }
 
-    /// The DDL as a version records it.
     /// The DDL as a version records it; `message_lsn` is the message's
     /// own WAL position.
     pub fn ddl(&self, message_lsn: crate::Lsn) -> Ddl {
@@ -176,7 +178,8 @@ pub enum CaptureMode {
     /// happens.
     EventTrigger,
     /// The event trigger of an earlier waly, which records DDL but not
-    /// publication commands.
+    /// publication commands, or not the partitions attached and detached
+    /// (which move tables in and out of the publication).
     EarlierEventTrigger,
     /// No trigger: a new shape is learned from the next change's Relation
     /// message and the catalog at that moment.
@@ -189,7 +192,8 @@ impl CaptureMode {
         match self {
             CaptureMode::EventTrigger => "event trigger",
             CaptureMode::EarlierEventTrigger => {
-                "event trigger of an earlier waly (publication commands not recorded: run `waly init` again)"
+                "event trigger of an earlier waly (publication commands or partitions attached and detached not recorded: \
+                 run `waly init` again)"
             }
             CaptureMode::RelationMessages => "relation messages (no event trigger)",
         }
@@ -197,14 +201,15 @@ impl CaptureMode {
 }
 
 /// Whether the DDL capture trigger is installed and enabled here, and
-/// whether it is one that records publication commands.
+/// whether it is this waly's (it records publication commands, and the
+/// publication membership a partition attached or detached leaves).
 pub async fn capture_mode(client: &tokio_postgres::Client) -> Result<CaptureMode, Error> {
     let row = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = $1 AND evtenabled <> 'D'),
                     EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'waly_capture_ddl'
-                             AND prosrc LIKE '%waly_published_tables%')",
-            &[&TRIGGER],
+                             AND strpos(prosrc, $2) > 0)",
+            &[&TRIGGER, &CAPTURE_VERSION],
         )
         .await
         .map_err(|e| crate::source::tls::sql_failed("looking for the DDL event trigger", e))?;
@@ -220,6 +225,16 @@ pub async fn capture_mode(client: &tokio_postgres::Client) -> Result<CaptureMode
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_capture_function_names_the_version_status_checks_for() {
+        let body = DDL_SQL
+            .split("FUNCTION public.waly_capture_ddl()")
+            .nth(1)
+            .and_then(|s| s.split("$waly$").nth(1))
+            .expect("sql/ddl.sql defines waly_capture_ddl");
+        assert!(body.contains(CAPTURE_VERSION), "{body}");
+    }
 
     #[test]
     fn ddl_messages_parse_and_unknown_versions_are_skipped() {

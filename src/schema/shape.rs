@@ -365,9 +365,12 @@ pub fn dropped_error(table: &str, v: &SchemaRecord) -> Error {
         .ddl
         .as_ref()
         .map_or_else(|| "DROP TABLE".to_string(), |d| d.describe());
-    let what = match left_publication(v) {
-        true => "left the publication (the archive holds none of its changes after that)",
-        false => "was dropped",
+    let what = if attached_as_partition(v) {
+        "became a partition published through its root (the archive holds its rows as the root's after that)"
+    } else if left_publication(v) {
+        "left the publication (the archive holds none of its changes after that)"
+    } else {
+        "was dropped"
     };
     Error::NotInArchive(format!(
         "{table} {what} at {} ({how}); choose a point before it, or one after a snapshot taken since",
@@ -390,14 +393,31 @@ pub fn breaks_rows(schemas: &Schemas, table: &str, version: u32) -> bool {
             || projection(schemas, table, version - 1, version).is_ok_and(|p| p.has_unknown() || p.barrier().is_some()))
 }
 
-/// Whether a version marked dropped ended its table's history because a
-/// publication command left the table unpublished (or published in part).
+/// Whether a version marked dropped ended its table's history because the
+/// table, which goes on, is no longer published whole as itself: a
+/// publication command left it unpublished (or published in part), or it
+/// was attached as a partition of a table published through its root.
+/// Such a version keeps the table's columns; a table dropped or renamed
+/// away has none.
 pub fn left_publication(v: &SchemaRecord) -> bool {
-    v.dropped && v.ddl.as_ref().is_some_and(|d| d.tag.ends_with("PUBLICATION"))
+    v.dropped
+        && v.ddl
+            .as_ref()
+            .is_some_and(|d| d.tag.ends_with("PUBLICATION") || !v.columns.is_empty())
+}
+
+/// Whether a version marked dropped is a table attached as a partition of
+/// one published through its root (its rows go on as the root's).
+pub fn attached_as_partition(v: &SchemaRecord) -> bool {
+    left_publication(v) && v.ddl.as_ref().is_some_and(|d| d.tag == "ALTER TABLE")
 }
 
 /// Why a version marked dropped ended its table's history.
 fn ended_because(v: &SchemaRecord) -> &'static str {
+    if attached_as_partition(v) {
+        return "the table became a partition published through its root there, and the archive holds its rows as \
+                the root's until a snapshot taken after it was detached";
+    }
     match left_publication(v) {
         true => "the table left the publication there, and the archive holds none of its changes until a snapshot taken after it was published whole again",
         false => "the table was dropped or renamed away there, and the archive holds the table of that name again only from a snapshot taken since",

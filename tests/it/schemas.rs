@@ -576,6 +576,73 @@ fn a_table_out_of_the_publication_or_dropped_is_refused_there_and_exact_from_its
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// Partitions move tables in and out of a publication that publishes
+/// through the partition root (as `waly init` makes it, for all tables): a
+/// table attached as a partition is published as the root from then on,
+/// so its own history ends there (refused after it, never its rows of
+/// before); a partition detached is a table of its own, snapshotted at
+/// once. Every reader agrees, also after `waly compact`.
+#[test]
+fn a_table_attached_as_a_partition_ends_its_own_history_and_one_detached_starts_from_a_snapshot() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE pt (id int, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE pt_1 PARTITION OF pt FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
+         CREATE TABLE pt_2 PARTITION OF pt FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
+         INSERT INTO pt SELECT i, date '2026-01-01' + i * 2, 'pt' || i FROM generate_series(1, 20) i;
+         CREATE TABLE pt_3 (id int, at date, v text, PRIMARY KEY (id, at));
+         INSERT INTO pt_3 VALUES (100, '2026-03-02', 'march'), (101, '2026-03-09', 'march');",
+    );
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE pt_3 SET v = 'on its own' WHERE id = 100; UPDATE pt SET v = 'before' WHERE id = 1");
+    wait_confirmed(&db, 120);
+    let alone = point(&db, "pt_3 on its own", "pt_3");
+    db.psql("ALTER TABLE pt ATTACH PARTITION pt_3 FOR VALUES FROM ('2026-03-01') TO ('2026-04-01')");
+    // Changed through either name, pt_3's rows are pt's now.
+    db.psql("UPDATE pt_3 SET v = 'attached'; DELETE FROM pt WHERE id = 101");
+    db.psql("ALTER TABLE pt DETACH PARTITION pt_1");
+    wait_confirmed(&db, 120);
+    let attached = point(&db, "pt with pt_3 attached and pt_1 detached", "pt");
+    let detached = point(&db, "pt_1 detached, not changed since", "pt_1");
+    db.psql("UPDATE pt_1 SET v = 'detached' WHERE id < 4; DELETE FROM pt_1 WHERE id = 5");
+    let changed = point(&db, "pt_1 changed on its own", "pt_1");
+    settle(&db, run);
+
+    let check = |compacted: &str| {
+        assert_restores(&db, &archive, "pt_3", &alone, &format!("pt_3_{compacted}"));
+        assert_restores(&db, &archive, "pt", &attached, &format!("pt_{compacted}"));
+        for (i, p) in [&detached, &changed].into_iter().enumerate() {
+            assert_restores(&db, &archive, "pt_1", p, &format!("pt_1_{compacted}{i}"));
+        }
+        // Never pt_3's rows of before it was attached.
+        let out = restore(&db, &archive, &["pt_3", "--at", &changed.at, "--output", "-"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("public.pt_3 became a partition published through its root")
+                && err.contains("ATTACH PARTITION pt_3"),
+            "{err}"
+        );
+    };
+    check("");
+    let schema = ok(&run_within(waly().args(["schema", "pt_3", "--archive", &archive]), 30));
+    assert!(schema.contains("table attached as a partition"), "{schema}");
+    let json = ok(&run_within(
+        waly().args(["schema", "pt_3", "--archive", &archive, "--json"]),
+        30,
+    ));
+    assert!(json.contains("\"left_publication\":true"), "{json}");
+    for table in ["pt", "pt_1"] {
+        verify_against_source(&db, &archive, table);
+    }
+    ok(&run_within(waly().args(["compact", "--archive", &archive]), 120));
+    check("compacted_");
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
 #[test]
 fn keys_are_found_by_value_in_any_text_form_of_their_type() {
     let db = TestDb::new();
