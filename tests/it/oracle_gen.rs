@@ -4,8 +4,8 @@
 //! truncates, transactions over several tables, savepoints rolled back, a
 //! large transaction, intents; generated columns, one reading only a
 //! TOASTed value), migrations (add, rename, drop and retype columns, a
-//! partition created, a primary key changed, every table out of the
-//! publication for a while), and operations on waly itself
+//! partition created, one detached and attached again, a primary key
+//! changed, every table out of the publication for a while), and operations on waly itself
 //! (kill -9 and restart, a PostgreSQL restart, compact, prune, reindex, a
 //! standby taking over, a restore into the source database, an object-store
 //! outage, the sidecar down across a migration; in an encrypted archive, a
@@ -48,6 +48,9 @@ pub enum Step {
     /// add-recipient`) and the keys rotated while the sidecar runs; the
     /// rest of the run is read with the second identity.
     RotateKeys,
+    /// A partition detached (and changed), then, once the sidecar has
+    /// confirmed that, attached again (after more changes).
+    DetachAttach { detach: String, attach: String },
     /// The sidecar is killed, these SQL steps run (a migration that keeps
     /// values among them when one is pending), and it starts again: they
     /// are decoded in its next session (PostgreSQL 16 and later describe
@@ -68,6 +71,7 @@ impl Step {
             Step::Quiet => "a quiet period, then reindex",
             Step::RotateKeys => "keys add-recipient and rotate",
             Step::Down { what, .. } => what,
+            Step::DetachAttach { .. } => "detach and attach",
             Step::Prune => "prune --keep",
             Step::Takeover => "standby takeover",
             Step::RestoreIntoSource { .. } => "restore into the source",
@@ -155,6 +159,7 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
             "retype",
             "rewrite",
             "out of the publication",
+            "detach and attach",
             "partition",
             "primary key",
         ],
@@ -306,6 +311,28 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
                 first = fresh + 1,
                 last = fresh + 9,
             )
+        }
+        // February's partition detached, changed on its own while ev
+        // changes too, and attached again: each moves rows in or out of ev
+        // without a change in the stream (waly snapshots ev after each).
+        // Under the oracle's publication (`FOR ALL TABLES`, through the
+        // partition root) ev_2 is a table of its own in between: waly
+        // snapshots it at the detach, and its history ends when it is
+        // attached again.
+        "detach and attach" => {
+            let fresh = m.next_key;
+            m.next_key += 1;
+            return Step::DetachAttach {
+                detach: "ALTER TABLE ev DETACH PARTITION ev_2;
+                         UPDATE ev_2 SET v = v || ' detached' WHERE id % 3 = 0;"
+                    .to_string(),
+                attach: format!(
+                    "DELETE FROM ev_2 WHERE id % 7 = 1;
+                     INSERT INTO ev VALUES ({fresh}, '2026-01-10', 'while detached');
+                     ALTER TABLE ev ATTACH PARTITION ev_2 FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
+                     UPDATE ev SET v = v || ' back' WHERE id % 4 = 1 AND at >= '2026-02-01' AND at < '2026-03-01';"
+                ),
+            };
         }
         // Another key: restores across it rebuild the rows under the new
         // one, and updates of `v` then change keys.
