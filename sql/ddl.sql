@@ -35,7 +35,7 @@ $waly$;
 
 CREATE OR REPLACE FUNCTION public.waly_capture_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $waly$
--- (waly ddl capture 3: this line names the version `waly status` checks for.)
+-- (waly ddl capture 4: this line names the version `waly status` checks for.)
 DECLARE
     r record;
     partitioned boolean := false;
@@ -75,14 +75,16 @@ BEGIN
             END LOOP;
             PERFORM set_config('waly.rewritten', '', true);
             IF TG_TAG IN ('CREATE PUBLICATION', 'ALTER PUBLICATION', 'DROP PUBLICATION')
-               OR (TG_TAG = 'ALTER TABLE' AND partitioned) THEN
+               OR (TG_TAG = 'ALTER TABLE' AND (partitioned OR rewritten <> '')) THEN
                 -- The tables each publication publishes whole as this
                 -- command leaves them: a table that leaves waly's
                 -- publication ends its history in the archive here, and
                 -- one that joins it (again) is snapshotted. Attaching or
                 -- detaching a partition moves tables in and out too: one
                 -- published through its partition root is not published
-                -- as itself (publish_via_partition_root).
+                -- as itself (publish_via_partition_root). So does SET
+                -- UNLOGGED and SET LOGGED (each rewrites the table): an
+                -- unlogged table's changes are not streamed.
                 PERFORM pg_logical_emit_message(true, 'waly_ddl', jsonb_build_object(
                     'waly_ddl', 1, 'tag', TG_TAG, 'command', cmd,
                     'publications', (SELECT coalesce(jsonb_object_agg(p.pubname, (

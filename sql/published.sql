@@ -1,7 +1,8 @@
 -- waly: the tables a publication (named below) publishes, each with whether it
 -- publishes it whole: every operation (insert, update, delete, truncate),
 -- every row (no row filter) and every column (no column list, on the table
--- or the partitioned table it is published through). waly archives a table
+-- or the partitioned table it is published through), and logged (an
+-- unlogged table's changes are not streamed). waly archives a table
 -- only while it is published whole; anything less would make an archive
 -- that restores rows the database never held. One query for the event
 -- trigger (sql/ddl.sql, which records membership as each publication
@@ -9,6 +10,7 @@
 -- Tables a restore made and the writer's schema keys are never archived.
 SELECT t.schemaname::text AS schemaname, t.tablename::text AS tablename, c.oid AS rel,
        p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate
+       AND c.relpersistence = 'p'
        AND t.rowfilter IS NULL
        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r
                         WHERE r.prpubid = p.oid AND r.prattrs IS NOT NULL

@@ -118,15 +118,8 @@ pub async fn run(args: &SchemaArgs) -> anyhow::Result<()> {
                 if before.is_none() {
                     what.push(format!("first version ({})", cols.join(", ")));
                 }
-                if crate::schema::shape::attached_as_partition(v) {
-                    what.push(
-                        "table attached as a partition published through its root: archived as the root's from here"
-                            .into(),
-                    );
-                } else if crate::schema::shape::left_publication(v) {
-                    what.push("table left the publication: not archived from here until a snapshot".into());
-                } else if v.dropped {
-                    what.push("table dropped or renamed away".into());
+                if v.dropped {
+                    what.push(crate::schema::shape::ended(v).label().into());
                 }
                 for (label, list) in [
                     ("added", &d.added),

@@ -217,7 +217,7 @@ pub fn projection(schemas: &Schemas, table: &str, from: u32, to: u32) -> Result<
             // or renamed away, the one of that name is another table: its
             // columns are taken for the old ones of the same name (so a
             // row's history follows its key), never by attnum.
-            barrier = Some(refusal(table, v, ended_because(v).to_string()));
+            barrier = Some(refusal(table, v, ended(v).because().to_string()));
             if !left_publication(v) {
                 for (c, _) in &mut state {
                     c.attnum = None;
@@ -365,15 +365,9 @@ pub fn dropped_error(table: &str, v: &SchemaRecord) -> Error {
         .ddl
         .as_ref()
         .map_or_else(|| "DROP TABLE".to_string(), |d| d.describe());
-    let what = if attached_as_partition(v) {
-        "became a partition published through its root (the archive holds its rows as the root's after that)"
-    } else if left_publication(v) {
-        "left the publication (the archive holds none of its changes after that)"
-    } else {
-        "was dropped"
-    };
     Error::NotInArchive(format!(
-        "{table} {what} at {} ({how}); choose a point before it, or one after a snapshot taken since",
+        "{table} {} at {} ({how}); choose a point before it, or one after a snapshot taken since",
+        ended(v).what(),
         v.commit_lsn
     ))
 }
@@ -393,35 +387,84 @@ pub fn breaks_rows(schemas: &Schemas, table: &str, version: u32) -> bool {
             || projection(schemas, table, version - 1, version).is_ok_and(|p| p.has_unknown() || p.barrier().is_some()))
 }
 
-/// Whether a version marked dropped ended its table's history because the
-/// table, which goes on, is no longer published whole as itself: a
-/// publication command left it unpublished (or published in part), or it
-/// was attached as a partition of a table published through its root.
-/// Such a version keeps the table's columns; a table dropped or renamed
-/// away has none.
-pub fn left_publication(v: &SchemaRecord) -> bool {
-    v.dropped
-        && v.ddl
-            .as_ref()
-            .is_some_and(|d| d.tag.ends_with("PUBLICATION") || !v.columns.is_empty())
-}
-
-/// Whether a version marked dropped is a table attached as a partition of
-/// one published through its root (its rows go on as the root's).
-pub fn attached_as_partition(v: &SchemaRecord) -> bool {
-    left_publication(v) && v.ddl.as_ref().is_some_and(|d| d.tag == "ALTER TABLE")
-}
-
 /// Why a version marked dropped ended its table's history.
-fn ended_because(v: &SchemaRecord) -> &'static str {
-    if attached_as_partition(v) {
-        return "the table became a partition published through its root there, and the archive holds its rows as \
-                the root's until a snapshot taken after it was detached";
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Dropped, or renamed away: the version has no columns, and a table
+    /// of that name later is another table.
+    Dropped,
+    /// A publication command left it unpublished, or published in part.
+    LeftPublication,
+    /// Attached as a partition of a table published through its root: its
+    /// rows go on as the root's.
+    Attached,
+    /// Made unlogged: PostgreSQL streams no change of an unlogged table.
+    Unlogged,
+}
+
+impl Ended {
+    /// Whether the table goes on (its version keeps its columns): only
+    /// its archive stopped.
+    pub fn table_goes_on(self) -> bool {
+        self != Ended::Dropped
     }
-    match left_publication(v) {
-        true => "the table left the publication there, and the archive holds none of its changes until a snapshot taken after it was published whole again",
-        false => "the table was dropped or renamed away there, and the archive holds the table of that name again only from a snapshot taken since",
+
+    /// What happened to the table, for a refusal: "public.t {what} at ...".
+    pub fn what(self) -> &'static str {
+        match self {
+            Ended::Dropped => "was dropped",
+            Ended::LeftPublication => "left the publication (the archive holds none of its changes after that)",
+            Ended::Attached => {
+                "became a partition published through its root (the archive holds its rows as the root's after that)"
+            }
+            Ended::Unlogged => {
+                "was made unlogged (PostgreSQL streams no change of an unlogged table: the archive holds none after that)"
+            }
+        }
     }
+
+    /// What `waly schema` says of the version.
+    pub fn label(self) -> &'static str {
+        match self {
+            Ended::Dropped => "table dropped or renamed away",
+            Ended::LeftPublication => "table left the publication: not archived from here until a snapshot",
+            Ended::Attached => {
+                "table attached as a partition published through its root: archived as the root's from here"
+            }
+            Ended::Unlogged => "table made unlogged: not archived from here until a snapshot after it is logged again",
+        }
+    }
+
+    /// Why the rows cannot be carried across, for a barrier.
+    fn because(self) -> &'static str {
+        match self {
+            Ended::Dropped => "the table was dropped or renamed away there, and the archive holds the table of that name again only from a snapshot taken since",
+            Ended::LeftPublication => "the table left the publication there, and the archive holds none of its changes until a snapshot taken after it was published whole again",
+            Ended::Attached => "the table became a partition published through its root there, and the archive holds its rows as the root's until a snapshot taken after it was detached",
+            Ended::Unlogged => "the table was made unlogged there, and the archive holds none of its changes until a snapshot taken after it was made logged again",
+        }
+    }
+}
+
+/// Why version `v`, marked dropped, ended its table's history. A version
+/// `waly run` records for a table that is no longer published whole as
+/// itself keeps the table's columns and names the command: a publication
+/// command, or an `ALTER TABLE` (a partition attached, or `SET UNLOGGED`).
+/// A table dropped or renamed away has no columns.
+pub fn ended(v: &SchemaRecord) -> Ended {
+    match v.ddl.as_ref() {
+        Some(d) if d.tag.ends_with("PUBLICATION") => Ended::LeftPublication,
+        Some(d) if !v.columns.is_empty() && mentions(&d.command, "attach") => Ended::Attached,
+        Some(d) if !v.columns.is_empty() && mentions(&d.command, "unlogged") => Ended::Unlogged,
+        Some(_) if !v.columns.is_empty() => Ended::LeftPublication,
+        _ => Ended::Dropped,
+    }
+}
+
+/// Whether a version marked dropped ended its table's history while the
+/// table goes on, no longer published whole as itself (see [`ended`]).
+pub fn left_publication(v: &SchemaRecord) -> bool {
+    v.dropped && ended(v).table_goes_on()
 }
 
 #[cfg(test)]

@@ -581,9 +581,12 @@ fn a_table_out_of_the_publication_or_dropped_is_refused_there_and_exact_from_its
 /// table attached as a partition is published as the root from then on,
 /// so its own history ends there (refused after it, never its rows of
 /// before); a partition detached is a table of its own, snapshotted at
-/// once. Every reader agrees, also after `waly compact`.
+/// once. A table made unlogged for a bulk load (`SET UNLOGGED`, allowed
+/// under `FOR ALL TABLES`) streams no change until `SET LOGGED`: refused
+/// in between, exact from the snapshot taken then. Every reader agrees,
+/// also after `waly compact`.
 #[test]
-fn a_table_attached_as_a_partition_ends_its_own_history_and_one_detached_starts_from_a_snapshot() {
+fn a_table_attached_as_a_partition_or_made_unlogged_ends_its_history_there_and_one_detached_starts_from_a_snapshot() {
     let db = TestDb::new();
     db.psql(
         "CREATE TABLE pt (id int, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
@@ -591,7 +594,9 @@ fn a_table_attached_as_a_partition_ends_its_own_history_and_one_detached_starts_
          CREATE TABLE pt_2 PARTITION OF pt FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
          INSERT INTO pt SELECT i, date '2026-01-01' + i * 2, 'pt' || i FROM generate_series(1, 20) i;
          CREATE TABLE pt_3 (id int, at date, v text, PRIMARY KEY (id, at));
-         INSERT INTO pt_3 VALUES (100, '2026-03-02', 'march'), (101, '2026-03-09', 'march');",
+         INSERT INTO pt_3 VALUES (100, '2026-03-02', 'march'), (101, '2026-03-09', 'march');
+         CREATE TABLE u (id int PRIMARY KEY, v text);
+         INSERT INTO u SELECT i, 'u' || i FROM generate_series(1, 10) i;",
     );
     let archive = archive_dir(&db);
     init(&db, &archive);
@@ -609,6 +614,16 @@ fn a_table_attached_as_a_partition_ends_its_own_history_and_one_detached_starts_
     let detached = point(&db, "pt_1 detached, not changed since", "pt_1");
     db.psql("UPDATE pt_1 SET v = 'detached' WHERE id < 4; DELETE FROM pt_1 WHERE id = 5");
     let changed = point(&db, "pt_1 changed on its own", "pt_1");
+    db.psql("UPDATE u SET v = 'logged' WHERE id = 1");
+    let logged = point(&db, "u before it was made unlogged", "u");
+    db.psql(
+        "ALTER TABLE u SET UNLOGGED;
+         UPDATE u SET v = 'unlogged' WHERE id = 2; DELETE FROM u WHERE id = 3; INSERT INTO u VALUES (11, 'bulk');",
+    );
+    wait_confirmed(&db, 120);
+    let unlogged = db.now_utc();
+    db.psql("ALTER TABLE u SET LOGGED; UPDATE u SET v = 'logged again' WHERE id = 4");
+    let logged_again = point(&db, "u logged again", "u");
     settle(&db, run);
 
     let check = |compacted: &str| {
@@ -626,8 +641,19 @@ fn a_table_attached_as_a_partition_ends_its_own_history_and_one_detached_starts_
                 && err.contains("ATTACH PARTITION pt_3"),
             "{err}"
         );
+        for (i, p) in [&logged, &logged_again].into_iter().enumerate() {
+            assert_restores(&db, &archive, "u", p, &format!("u_{compacted}{i}"));
+        }
+        let out = restore(&db, &archive, &["u", "--at", &unlogged, "--output", "-"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("public.u was made unlogged") && err.contains("SET UNLOGGED"),
+            "{err}"
+        );
     };
     check("");
+    let schema = ok(&run_within(waly().args(["schema", "u", "--archive", &archive]), 30));
+    assert!(schema.contains("table made unlogged"), "{schema}");
     let schema = ok(&run_within(waly().args(["schema", "pt_3", "--archive", &archive]), 30));
     assert!(schema.contains("table attached as a partition"), "{schema}");
     let json = ok(&run_within(
@@ -635,7 +661,7 @@ fn a_table_attached_as_a_partition_ends_its_own_history_and_one_detached_starts_
         30,
     ));
     assert!(json.contains("\"left_publication\":true"), "{json}");
-    for table in ["pt", "pt_1"] {
+    for table in ["pt", "pt_1", "u"] {
         verify_against_source(&db, &archive, table);
     }
     ok(&run_within(waly().args(["compact", "--archive", &archive]), 120));
