@@ -7,7 +7,10 @@
 //! - a generation that ended before `W` (the next one started at or before
 //!   it) is deleted whole;
 //! - in the generation holding `W`, each table's newest snapshot taken at or
-//!   before `W` is kept, older snapshots that no table needs any more go,
+//!   before `W` is kept (unless the table's history ended after it, before
+//!   `W`: dropped, renamed away or out of the publication, the table's
+//!   points from there are refused until a later snapshot, which serves
+//!   them), older snapshots that no table needs any more go,
 //!   and so do the segments before the oldest of those kept snapshots (a
 //!   leading run of them; the generation's last segment always stays, as the
 //!   writer continues its chain from it);
@@ -125,7 +128,18 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
         let listed = objects
             .entry(gen.as_str())
             .or_insert(state::segment_objects_under(store, gen, &leases).await?);
-        // Each table's newest snapshot at or before the window's start.
+        // Whether `table`'s history ended (dropped, renamed away, out of
+        // the publication) after its snapshot at `lsn` and before the
+        // window: no point in the window starts from that snapshot (they
+        // are refused up to a later snapshot, which serves them).
+        let ended_before_window = |table: &str, lsn: Lsn| {
+            st.schemas
+                .versions(table)
+                .iter()
+                .any(|v| v.dropped && v.commit_lsn > lsn && v.commit_time.is_some_and(|t| t <= window_start))
+        };
+        // Each table's newest snapshot at or before the window's start,
+        // unless its history ended after it, before the window.
         let mut keep: BTreeMap<&str, Lsn> = BTreeMap::new();
         for m in st.manifests.iter().filter(|m| m.taken_at <= window_start) {
             for t in &m.tables {
@@ -133,6 +147,7 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
                 *e = (*e).max(m.lsn);
             }
         }
+        keep.retain(|table, lsn| !ended_before_window(table, *lsn));
         let Some(boundary) = keep.values().min().copied() else {
             continue;
         };
@@ -163,10 +178,9 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
             }
         }
         for m in &st.manifests {
-            let needed = m
-                .tables
-                .iter()
-                .any(|t| keep.get(t.table.as_str()).is_none_or(|k| *k <= m.lsn));
+            let needed = m.tables.iter().any(|t| {
+                !ended_before_window(&t.table, m.lsn) && keep.get(t.table.as_str()).is_none_or(|k| *k <= m.lsn)
+            });
             if needed {
                 continue;
             }

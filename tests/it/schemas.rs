@@ -669,6 +669,65 @@ fn a_table_attached_as_a_partition_or_made_unlogged_ends_its_history_there_and_o
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// A table whose history ended before the prune's window (dropped here)
+/// holds nothing back: its last snapshot starts no point in the window,
+/// so `waly prune` deletes it and the segments before the newer snapshots
+/// the other tables start from, and every point in the window restores as
+/// before.
+#[test]
+fn prune_frees_what_a_table_dropped_before_the_window_held() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT i, 'a' || i FROM generate_series(1, 10) i;
+         CREATE TABLE d (id int PRIMARY KEY, v text); INSERT INTO d SELECT i, 'd' || i FROM generate_series(1, 10) i;",
+    );
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE a SET v = 'early' WHERE id < 4; UPDATE d SET v = 'early' WHERE id < 4");
+    db.psql("DROP TABLE d");
+    db.psql("UPDATE a SET v = 'after the drop' WHERE id = 5");
+    wait_confirmed(&db, 120);
+    ok(&run_within(waly().args(["compact", "--archive", &archive]), 120));
+    let snapshots = |dir: &str| -> Vec<String> {
+        let mut s: Vec<String> = crate::archive::files_under(dir, "generations/00000001/snapshots")
+            .into_iter()
+            .filter_map(|f| f.split('/').next().map(str::to_string))
+            .collect();
+        s.dedup();
+        s
+    };
+    let before = snapshots(&archive);
+    assert_eq!(before.len(), 2, "the first snapshot and compact's: {before:?}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let window = std::time::Instant::now();
+    db.psql("UPDATE a SET v = 'in the window' WHERE id = 6");
+    let inside = point(&db, "inside the window", "a");
+    settle(&db, run);
+    let segments = |dir: &str| crate::archive::files_under(dir, "generations/00000001/segments").len();
+    let segments_before = segments(&archive);
+    let keep = format!("{:.3}s", window.elapsed().as_secs_f64() + 0.3);
+    ok(&run_within(
+        waly().args(["prune", "--archive", &archive, "--keep", &keep]),
+        120,
+    ));
+    assert_eq!(
+        snapshots(&archive),
+        before[1..],
+        "the snapshot only d started from is gone"
+    );
+    assert!(
+        segments(&archive) < segments_before,
+        "segments before compact's snapshot are gone: {} of {segments_before} left",
+        segments(&archive)
+    );
+    assert_restores(&db, &archive, "a", &inside, "a_inside");
+    ok(&run_within(waly().args(["verify", "--archive", &archive]), 120));
+    verify_against_source(&db, &archive, "a");
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
 #[test]
 fn keys_are_found_by_value_in_any_text_form_of_their_type() {
     let db = TestDb::new();
