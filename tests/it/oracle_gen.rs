@@ -5,7 +5,8 @@
 //! large transaction, intents; generated columns, one reading only a
 //! TOASTed value), migrations (add, rename, drop and retype columns, a
 //! partition created, one detached and attached again, a primary key
-//! changed, every table out of the publication for a while), and operations on waly itself
+//! changed, every table out of the publication for a while, a table made
+//! unlogged for a bulk load), and operations on waly itself
 //! (kill -9 and restart, a PostgreSQL restart, compact, prune, reindex, a
 //! standby taking over, a restore into the source database, an object-store
 //! outage, the sidecar down across a migration; in an encrypted archive, a
@@ -160,6 +161,7 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
             "rewrite",
             "out of the publication",
             "detach and attach",
+            "unlogged for a bulk load",
             "partition",
             "primary key",
         ],
@@ -310,6 +312,28 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
                 note = m.item_note,
                 first = fresh + 1,
                 last = fresh + 9,
+            )
+        }
+        // item made unlogged for a bulk load (allowed under the oracle's
+        // `FOR ALL TABLES`), then logged again: PostgreSQL streams none of
+        // its changes meanwhile, so waly ends its history at `SET
+        // UNLOGGED` and snapshots it at `SET LOGGED`. As for "out of the
+        // publication", the audit's entries meanwhile are marked `out`
+        // and it is told every row as the snapshot holds it.
+        "unlogged for a bulk load" => {
+            let fresh = m.next_key;
+            m.next_key += 50;
+            format!(
+                "CREATE TEMP TABLE oracle_mark AS SELECT coalesce(max(n), 0) AS n FROM oracle_audit;
+                 ALTER TABLE item SET UNLOGGED;
+                 INSERT INTO item (id, acct, qty, {note}) SELECT g, g % 300 + 1, 3, 'bulk ' || g FROM generate_series({fresh}, {last}) g;
+                 UPDATE item SET qty = qty + 1 WHERE id % 13 = 2;
+                 DELETE FROM item WHERE id % 29 = 3;
+                 ALTER TABLE item SET LOGGED;
+                 UPDATE oracle_audit SET op = 'out ' || op WHERE n > (SELECT n FROM oracle_mark);
+                 INSERT INTO oracle_audit (tbl, op, new) SELECT 'item', 'republished', oracle_row(to_jsonb(i)) FROM item i ORDER BY id;",
+                note = m.item_note,
+                last = fresh + 49,
             )
         }
         // February's partition detached, changed on its own while ev
