@@ -267,7 +267,7 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
                     what,
                     "drop column" | "retype" | "rewrite" | "out of the publication" | "unlogged for a bulk load"
                 ) {
-                    caught_up(&db, &run, "after a column was dropped or retyped");
+                    caught_up(&db, &run, &format!("after the migration \"{what}\""));
                 }
             }
             Step::DetachAttach { detach, attach } => {
@@ -278,27 +278,7 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
                 caught_up(&db, &run, "after a partition was detached");
                 // Detached, ev_2 restores as it is.
                 copies += 1;
-                let into = format!("oracle_copy_{copies}");
-                let o = waly_out(&[
-                    "restore",
-                    "ev_2",
-                    "--archive",
-                    &archive,
-                    "--source",
-                    &db.url(),
-                    "--at",
-                    "now",
-                    "--into",
-                    &into,
-                ]);
-                let (want, got) = (table_state(&db, "ev_2").0, table_state(&db, &into).0);
-                out.check(o.status.success() && want == got, || {
-                    format!(
-                        "seed {seed}: restore ev_2 --at now while detached: expected {want}, got {got}\n{}{}",
-                        stderr(&o),
-                        row_diff(&db, "ev_2", &into)
-                    )
-                });
+                restore_into_source_now(seed, &db, &archive, "ev_2", copies, &mut out);
                 db.psql(&attach);
                 caught_up(&db, &run, "after a partition was attached");
                 // Attached, its rows are ev's: never ev_2's of before.
@@ -419,27 +399,7 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
             Step::RestoreIntoSource { table } => {
                 caught_up(&db, &run, "before a restore into the source");
                 copies += 1;
-                let into = format!("oracle_copy_{copies}");
-                let o = waly_out(&[
-                    "restore",
-                    table,
-                    "--archive",
-                    &archive,
-                    "--source",
-                    &db.url(),
-                    "--at",
-                    "now",
-                    "--into",
-                    &into,
-                ]);
-                assert!(o.status.success(), "restore into the source: {}", stderr(&o));
-                let (want, got) = (table_state(&db, table).0, table_state(&db, &into).0);
-                out.check(want == got, || {
-                    format!(
-                        "seed {seed}: restore {table} --at now into the source: expected {want}, got {got}\n{}",
-                        row_diff(&db, table, &into)
-                    )
-                });
+                restore_into_source_now(seed, &db, &archive, table, copies, &mut out);
             }
         }
     }
@@ -486,6 +446,37 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
 
 /// The LSN of the archive's oldest snapshot: where its history starts
 /// (snapshot directories are named by LSN, docs/FORMAT.md).
+/// `waly restore TABLE --at now` into the source database (as copy number
+/// `copy`) gives the table's rows there now.
+fn restore_into_source_now(seed: u64, db: &TestDb, archive: &str, table: &str, copy: usize, out: &mut Outcome) {
+    let into = format!("oracle_copy_{copy}");
+    let o = waly_out(&[
+        "restore",
+        table,
+        "--archive",
+        archive,
+        "--source",
+        &db.url(),
+        "--at",
+        "now",
+        "--into",
+        &into,
+    ]);
+    out.check(o.status.success(), || {
+        format!("seed {seed}: restore {table} --at now into the source: {}", stderr(&o))
+    });
+    if !o.status.success() {
+        return;
+    }
+    let (want, got) = (table_state(db, table).0, table_state(db, &into).0);
+    out.check(want == got, || {
+        format!(
+            "seed {seed}: restore {table} --at now into the source: expected {want}, got {got}\n{}",
+            row_diff(db, table, &into)
+        )
+    });
+}
+
 fn archive_start(archive: &str) -> Option<u64> {
     let gens = std::fs::read_dir(format!("{archive}/generations")).ok()?;
     gens.flatten()
