@@ -1082,14 +1082,19 @@ impl Consumer {
             check_retained_wal(sql, opts).await;
         }
         let wal_end = match &msg {
-            ReplicationMessage::Keepalive { wal_end } | ReplicationMessage::XLogData { wal_end, .. } => *wal_end,
+            ReplicationMessage::Keepalive { wal_end, .. } | ReplicationMessage::XLogData { wal_end, .. } => *wal_end,
         };
         w.metrics.server_wal_end.fetch_max(wal_end.as_u64(), Ordering::Relaxed);
         match msg {
-            ReplicationMessage::Keepalive { wal_end } => {
+            ReplicationMessage::Keepalive { wal_end, reply } => {
                 let idle = self.txn.is_none() && w.builder.records() == 0;
                 let behind = w.gen.durable_position() < wal_end;
-                if idle && behind && w.last_flush.elapsed() >= opts.idle_interval {
+                // A server that shuts down waits until a reply confirms all
+                // it sent: when it asks, nothing waits for the interval
+                // (at most once a second, should it ask again and again).
+                let due = w.last_flush.elapsed() >= opts.idle_interval
+                    || (reply && w.last_flush.elapsed() >= Duration::from_secs(1));
+                if idle && behind && due {
                     // Nothing published changed, but WAL flowed: record that
                     // the archive is complete up to here so the slot can move.
                     w.builder.mark_idle(wal_end);

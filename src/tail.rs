@@ -107,7 +107,7 @@ pub async fn run(
         let reached_end = match msg {
             None => break Err(Error::ConnectionClosed),
             Some(Err(e)) => break Err(e),
-            Some(Ok(ReplicationMessage::Keepalive { wal_end })) => {
+            Some(Ok(ReplicationMessage::Keepalive { wal_end, .. })) => {
                 // Between transactions, with everything printed flushed, all
                 // WAL before wal_end is accounted for: an idle tail never pins WAL.
                 let between = !asm.in_transaction();

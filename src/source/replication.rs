@@ -176,6 +176,10 @@ pub enum ReplicationMessage {
     Keepalive {
         /// The server's current WAL end.
         wal_end: Lsn,
+        /// Whether the server asked for a reply now: it does when it shuts
+        /// down (and waits until the reply confirms everything it sent) or
+        /// when it heard nothing for half of `wal_sender_timeout`.
+        reply: bool,
     },
 }
 
@@ -484,7 +488,7 @@ fn step(frame: super::conn::Frame, shared: &Shared) -> Step {
                 if reply {
                     shared.wake.notify_one();
                 }
-                Step::Message(ReplicationMessage::Keepalive { wal_end }, 64)
+                Step::Message(ReplicationMessage::Keepalive { wal_end, reply }, 64)
             }
             Err(e) => Step::Fail(e),
         },

@@ -152,7 +152,7 @@ async fn capture_golden_fixtures() {
                     break;
                 }
             }
-            ReplicationMessage::Keepalive { wal_end } if wal_end >= end => break,
+            ReplicationMessage::Keepalive { wal_end, .. } if wal_end >= end => break,
             ReplicationMessage::Keepalive { .. } => {}
         }
     }

@@ -115,7 +115,7 @@ pub async fn capture_with(
                     break;
                 }
             }
-            ReplicationMessage::Keepalive { wal_end } => {
+            ReplicationMessage::Keepalive { wal_end, .. } => {
                 if wal_end >= endpos && !asm.in_transaction() && !stream.has_pending() {
                     break;
                 }

@@ -595,3 +595,40 @@ fn prune_keeps_every_point_inside_the_window_restorable_and_verify_clean() {
     assert_eq!(code, 0, "{report}");
     let _ = std::fs::remove_dir_all(&archive);
 }
+
+/// PostgreSQL shuts down at once beside an idle `waly run`, even when WAL it
+/// does not archive (a checkpoint here) came after its last change: a
+/// server that shuts down waits until a reply confirms all it sent, and
+/// waly confirms then, not at its next idle heartbeat (an hour here, so
+/// that waiting for it would time pg_ctl out), and goes on after the
+/// restart.
+#[test]
+fn postgres_shuts_down_at_once_beside_an_idle_waly_behind_unpublished_wal() {
+    if crate::harness::owned_cluster().is_none() {
+        return;
+    }
+    let cluster: &'static crate::harness::Cluster = Box::leak(Box::new(crate::harness::Cluster::start(&[])));
+    let db = TestDb::on(cluster);
+    db.psql("CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s VALUES (1, 'a')");
+    let archive = archive_dir(&db);
+    crate::schemas::init(&db, &archive);
+    let run = spawn_run_as(&db, &db.url(), &archive, &["--idle-interval", "1h"]);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE s SET v = 'b'");
+    wait_confirmed(&db, 120);
+    db.psql("CHECKPOINT");
+    let confirmed = db.psql(&format!(
+        "SELECT confirmed_flush_lsn < pg_current_wal_lsn() FROM pg_replication_slots WHERE slot_name = '{}'",
+        slot(&db)
+    ));
+    assert_eq!(confirmed, "t", "the slot is behind WAL nothing published wrote");
+    // pg_ctl waits 60 s for the shutdown, then fails (and so does this).
+    cluster.restart("fast");
+    db.psql("UPDATE s SET v = 'c'");
+    wait_confirmed(&db, 120);
+    crate::archive::settle(&db, run);
+    let log = log_json(&archive, &[]);
+    assert!(log.iter().any(|e| e["new"]["v"] == "c"), "{log:?}");
+    cluster.stop();
+    let _ = std::fs::remove_dir_all(&archive);
+}
