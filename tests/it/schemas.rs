@@ -673,7 +673,7 @@ fn a_table_attached_as_a_partition_or_made_unlogged_ends_its_history_there_and_o
 /// holds nothing back: its last snapshot starts no point in the window,
 /// so `waly prune` deletes it and the segments before the newer snapshots
 /// the other tables start from, and every point in the window restores as
-/// before.
+/// before; the export's as-of queries still load.
 #[test]
 fn prune_frees_what_a_table_dropped_before_the_window_held() {
     let db = TestDb::new();
@@ -725,6 +725,20 @@ fn prune_frees_what_a_table_dropped_before_the_window_held() {
     assert_restores(&db, &archive, "a", &inside, "a_inside");
     ok(&run_within(waly().args(["verify", "--archive", &archive]), 120));
     verify_against_source(&db, &archive, "a");
+    // The export's as-of queries load (d's files hold only the row saying
+    // the archive does not know its rows: it gets no query) and answer.
+    let dest = format!("{archive}-export");
+    ok(&run_within(
+        waly().args(["export", "--archive", &archive, "--to", &dest]),
+        120,
+    ));
+    let views = std::fs::read_to_string(format!("{dest}/_waly/as_of_duckdb.sql")).expect("the as-of queries");
+    assert!(!views.contains("public.d_as_of"), "{views}");
+    let got = crate::export::duckdb(&format!(
+        "{views};\nSELECT count(*), count(*) FILTER (WHERE v = 'in the window') FROM \"public.a_as_of\"(now()::TIMESTAMPTZ)"
+    ));
+    assert_eq!(got, [[Some("10".to_string()), Some("1".to_string())]]);
+    let _ = std::fs::remove_dir_all(&dest);
     let _ = std::fs::remove_dir_all(&archive);
 }
 
