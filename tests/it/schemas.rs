@@ -452,12 +452,12 @@ fn a_partitioned_table_is_archived_restored_and_followed_under_its_own_name() {
     );
 
     // The parent's name for every reader; the partitions are not tables of
-    // the archive.
-    // (The detached partition is a table of its own now; the archive
-    // starts its history when it first changes.)
+    // the archive. The detached one is a table of its own now (published
+    // `FOR ALL TABLES`), snapshotted at the DETACH.
     let tables = ok(&run_within(waly().args(["tables", "--archive", &archive]), 30));
     assert!(tables.contains("public.payment "), "{tables}");
-    assert!(!tables.contains("payment_2026"), "{tables}");
+    assert!(tables.contains("public.payment_2026_01 "), "{tables}");
+    assert_eq!(tables.matches("payment_2026").count(), 1, "{tables}");
     let shown = ok(&run_within(
         waly().args([
             "show",
