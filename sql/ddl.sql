@@ -58,13 +58,13 @@ BEGIN
             FOR r IN WITH touched AS (
                          SELECT c.objid AS rel FROM pg_event_trigger_ddl_commands() c
                           WHERE c.classid = 'pg_class'::regclass)
-                     SELECT DISTINCT x.rel FROM (
+                     SELECT DISTINCT x.rel, k.relkind FROM (
                          SELECT t.rel FROM touched t
                          UNION SELECT pg_partition_root(t.rel) FROM touched t) x
                        JOIN pg_class k ON k.oid = x.rel
                       WHERE k.relkind IN ('r', 'p')
             LOOP
-                partitioned := partitioned OR EXISTS (SELECT 1 FROM pg_class pc WHERE pc.oid = r.rel AND pc.relkind = 'p');
+                partitioned := partitioned OR r.relkind = 'p';
                 PERFORM pg_logical_emit_message(true, 'waly_ddl', jsonb_build_object(
                     'waly_ddl', 1, 'tag', TG_TAG, 'command', cmd,
                     'rewritten', position(' ' || r.rel || ' ' IN rewritten) > 0
