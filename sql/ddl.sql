@@ -35,7 +35,7 @@ $waly$;
 
 CREATE OR REPLACE FUNCTION public.waly_capture_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $waly$
--- (waly ddl capture 4: this line names the version `waly status` checks for.)
+-- (waly ddl capture 5: this line names the version `waly status` checks for.)
 DECLARE
     r record;
     partitioned boolean := false;
@@ -53,11 +53,17 @@ BEGIN
                     'oid', r.objid::int8, 'schema', r.schema_name, 'name', r.object_name)::text);
             END LOOP;
         ELSE
-            -- The tables the command touched, and the root of each partition
-            -- among them (a partition created or attached changes its root).
+            -- The tables the command touched, every table of a schema
+            -- altered (renaming a schema renames its tables), and the root
+            -- of each partition among them (a partition created or
+            -- attached changes its root).
             FOR r IN WITH touched AS (
                          SELECT c.objid AS rel FROM pg_event_trigger_ddl_commands() c
-                          WHERE c.classid = 'pg_class'::regclass)
+                          WHERE c.classid = 'pg_class'::regclass
+                         UNION
+                         SELECT k.oid FROM pg_event_trigger_ddl_commands() c
+                           JOIN pg_class k ON k.relnamespace = c.objid
+                          WHERE c.classid = 'pg_namespace'::regclass AND c.command_tag = 'ALTER SCHEMA')
                      SELECT DISTINCT x.rel, k.relkind FROM (
                          SELECT t.rel FROM touched t
                          UNION SELECT pg_partition_root(t.rel) FROM touched t) x

@@ -459,6 +459,9 @@ impl Assembler {
                 }
             }
             Message::LogicalMessage(m) => {
+                if m.transactional && m.prefix == crate::schema::ddl::PREFIX {
+                    self.follow_rename(&m.content);
+                }
                 let txn = match (&mut self.txn, m.transactional) {
                     (Some(t), true) => {
                         let seq = t.seq;
@@ -482,6 +485,30 @@ impl Assembler {
             }
         }
         Ok(())
+    }
+
+    /// A DDL message naming a cached relation under another name (a table
+    /// renamed, moved to another schema, or whose schema was renamed):
+    /// later changes are the new name's. PostgreSQL describes a table again
+    /// when its own catalog row changes, but not when its schema is renamed.
+    fn follow_rename(&mut self, content: &[u8]) {
+        let Ok(text) = std::str::from_utf8(content) else { return };
+        let Ok(Some(msg)) = crate::schema::ddl::DdlMessage::parse(text) else {
+            return;
+        };
+        let (Some(def), Some(cached)) = (&msg.table, self.relations.get(&msg.oid)) else {
+            return;
+        };
+        if cached.schema == def.schema && cached.name == def.name {
+            return;
+        }
+        let renamed = Arc::new(RelationInfo {
+            qualified: Arc::from(def.qualified()),
+            schema: def.schema.clone(),
+            name: def.name.clone(),
+            ..(**cached).clone()
+        });
+        self.relations.insert(msg.oid, renamed);
     }
 
     fn rel(&self, oid: u32, lsn: Lsn) -> Result<Arc<RelationInfo>, Error> {

@@ -489,6 +489,56 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// An archived table known by `oid` under another name than `table`
+    /// was renamed (or moved to another schema): its old name's history
+    /// ends in transaction `t` (a version marked dropped, naming `ddl`),
+    /// unless a snapshot of the old name is newer. Returns the old name.
+    async fn end_renamed(
+        &mut self,
+        t: &mut Txn,
+        oid: u32,
+        table: &str,
+        source: &str,
+        ddl: crate::schema::Ddl,
+    ) -> Result<Option<String>, Error> {
+        let old = self.gen.schemas.tables().find_map(|name| {
+            let v = self.gen.schemas.latest(name)?;
+            (name != table && !v.dropped && v.meta.oid == Some(oid)).then(|| name.to_string())
+        });
+        let Some(old) = old else { return Ok(None) };
+        if self.gen.snapshots.get(&old).is_none_or(|s| t.commit_lsn < *s) {
+            return Ok(Some(old));
+        }
+        let meta = TableMeta {
+            oid: Some(oid),
+            ..TableMeta::default()
+        };
+        let reusable = self
+            .gen
+            .schemas
+            .reusable_definition(&old, t.commit_lsn, ddl.message_lsn, &[], &meta, true)
+            .map(|s| s.version);
+        match reusable {
+            Some(v) => self.reuse_version(Some(t), &old, v)?,
+            None => {
+                let rec = SchemaRecord {
+                    commit_lsn: t.commit_lsn,
+                    commit_time: Some(t.commit_time),
+                    table: old.clone(),
+                    version: self.gen.schemas.next_version(&old),
+                    columns: Vec::new(),
+                    source: Some(source.into()),
+                    meta,
+                    ddl: Some(ddl),
+                    dropped: true,
+                    sealed: None,
+                };
+                self.new_version(Some(t), rec).await?;
+            }
+        }
+        Ok(Some(old))
+    }
+
     /// Snapshots `tables` now, once what waits is written. Each table's
     /// history goes on from it if it had ended ([`GenState::archived_from`]).
     async fn snapshot_now(&mut self, info: &ConnInfo, tables: &[TableRef]) -> Result<(), Error> {
@@ -1227,42 +1277,10 @@ async fn on_ddl(
     message_lsn: Lsn,
 ) -> Result<(), Error> {
     let Some(table) = msg.qualified() else { return Ok(()) };
-    // An archived table known by this OID under another name: renamed.
-    let renamed_from = msg.table.as_ref().and_then(|d| {
-        let oid = d.meta.oid?;
-        w.gen.schemas.tables().find_map(|name| {
-            let v = w.gen.schemas.latest(name)?;
-            (name != table && !v.dropped && v.meta.oid == Some(oid)).then(|| name.to_string())
-        })
-    });
-    if let Some(old) = &renamed_from {
-        if w.gen.snapshots.get(old).is_some_and(|s| t.commit_lsn >= *s) {
-            let rec = SchemaRecord {
-                commit_lsn: t.commit_lsn,
-                commit_time: Some(t.commit_time),
-                table: old.clone(),
-                version: w.gen.schemas.next_version(old),
-                columns: Vec::new(),
-                source: Some("ddl".into()),
-                meta: TableMeta {
-                    oid: Some(msg.oid),
-                    ..TableMeta::default()
-                },
-                ddl: Some(msg.ddl(message_lsn)),
-                dropped: true,
-                sealed: None,
-            };
-            match w
-                .gen
-                .schemas
-                .reusable_definition(old, t.commit_lsn, Some(message_lsn), &[], &rec.meta, true)
-                .map(|s| s.version)
-            {
-                Some(v) => w.reuse_version(Some(t), old, v)?,
-                None => w.new_version(Some(t), rec).await?,
-            }
-        }
-    }
+    let renamed_from = match msg.table.as_ref().and_then(|d| d.meta.oid) {
+        Some(oid) => w.end_renamed(t, oid, &table, "ddl", msg.ddl(message_lsn)).await?,
+        None => None,
+    };
     let Some(snapshot) = w.gen.snapshots.get(&table).copied() else {
         if renamed_from.is_some() && !t.skip {
             // Its rows, under the new name, from a snapshot now.
@@ -1495,6 +1513,22 @@ async fn handle_events(
                         // rare, and a table may join the publication.)
                         if !publishes(sql, &w.publication, &rel.schema, &rel.name).await? {
                             continue;
+                        }
+                        // An archived table under another name, renamed
+                        // without a DDL message saying so (no trigger, or
+                        // it failed): the old name's history ends here, the
+                        // first the archive knows of it. (Not for a
+                        // transaction of an earlier session: PostgreSQL 16
+                        // may describe it with the names of now.)
+                        if let Some(t) = txn.as_mut().filter(|t| !t.skip && t.commit_lsn >= w.session_start) {
+                            let ddl = crate::schema::Ddl {
+                                tag: "ALTER".into(),
+                                command: format!("renamed to {table} (not recorded: seen in a change under that name)"),
+                                rewritten: false,
+                                message_lsn: None,
+                                sealed: None,
+                            };
+                            w.end_renamed(t, rel.oid, &table, "relation", ddl).await?;
                         }
                         // A table that joined the publication, or whose
                         // history ended (dropped, renamed away, or published

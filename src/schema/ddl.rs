@@ -18,7 +18,7 @@ const DDL_SQL: &str = include_str!("../../sql/ddl.sql");
 const PUBLISHED_SQL: &str = include_str!("../../sql/published.sql");
 /// The line in sql/ddl.sql's capture function that names its version: a
 /// trigger whose function lacks it was installed by an earlier waly.
-const CAPTURE_VERSION: &str = "waly ddl capture 4";
+const CAPTURE_VERSION: &str = "waly ddl capture 5";
 
 /// The SQL that installs (or reinstalls) the DDL capture triggers.
 pub fn install_sql() -> Result<String, Error> {
@@ -179,7 +179,8 @@ pub enum CaptureMode {
     EventTrigger,
     /// The event trigger of an earlier waly, which records DDL but not
     /// publication commands, or not the partitions attached and detached
-    /// (which move tables in and out of the publication).
+    /// (which move tables in and out of the publication), or not a schema
+    /// renamed (which renames its tables).
     EarlierEventTrigger,
     /// No trigger: a new shape is learned from the next change's Relation
     /// message and the catalog at that moment.
@@ -192,8 +193,8 @@ impl CaptureMode {
         match self {
             CaptureMode::EventTrigger => "event trigger",
             CaptureMode::EarlierEventTrigger => {
-                "event trigger of an earlier waly (publication commands or partitions attached and detached not recorded: \
-                 run `waly init` again)"
+                "event trigger of an earlier waly (publication commands, partitions attached and detached, or schemas \
+                 renamed not recorded: run `waly init` again)"
             }
             CaptureMode::RelationMessages => "relation messages (no event trigger)",
         }

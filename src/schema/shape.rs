@@ -390,9 +390,13 @@ pub fn breaks_rows(schemas: &Schemas, table: &str, version: u32) -> bool {
 /// Why a version marked dropped ended its table's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
-    /// Dropped, or renamed away: the version has no columns, and a table
-    /// of that name later is another table.
+    /// Dropped: the version has no columns, and a table of that name
+    /// later is another table.
     Dropped,
+    /// Renamed away (a table renamed or moved to another schema, or its
+    /// schema renamed): as dropped for this name; the table goes on under
+    /// its new one, archived from a snapshot.
+    Renamed,
     /// A publication command left it unpublished, or published in part.
     LeftPublication,
     /// Attached as a partition of a table published through its root: its
@@ -406,13 +410,16 @@ impl Ended {
     /// Whether the table goes on (its version keeps its columns): only
     /// its archive stopped.
     pub fn table_goes_on(self) -> bool {
-        self != Ended::Dropped
+        matches!(self, Ended::LeftPublication | Ended::Attached | Ended::Unlogged)
     }
 
     /// What happened to the table, for a refusal: "public.t {what} at ...".
     pub fn what(self) -> &'static str {
         match self {
             Ended::Dropped => "was dropped",
+            Ended::Renamed => {
+                "was renamed away (the archive holds it under its new name, from a snapshot, after that)"
+            }
             Ended::LeftPublication => "left the publication (the archive holds none of its changes after that)",
             Ended::Attached => {
                 "became a partition published through its root (the archive holds its rows as the root's after that)"
@@ -426,7 +433,8 @@ impl Ended {
     /// What `waly schema` says of the version.
     pub fn label(self) -> &'static str {
         match self {
-            Ended::Dropped => "table dropped or renamed away",
+            Ended::Dropped => "table dropped",
+            Ended::Renamed => "table renamed away: archived under its new name from here, from a snapshot",
             Ended::LeftPublication => "table left the publication: not archived from here until a snapshot",
             Ended::Attached => {
                 "table attached as a partition published through its root: archived as the root's from here"
@@ -438,7 +446,8 @@ impl Ended {
     /// Why the rows cannot be carried across, for a barrier.
     fn because(self) -> &'static str {
         match self {
-            Ended::Dropped => "the table was dropped or renamed away there, and the archive holds the table of that name again only from a snapshot taken since",
+            Ended::Dropped => "the table was dropped there, and the archive holds a table of that name again only from a snapshot taken since",
+            Ended::Renamed => "the table was renamed away there, and the archive holds a table of that name again only from a snapshot taken since",
             Ended::LeftPublication => "the table left the publication there, and the archive holds none of its changes until a snapshot taken after it was published whole again",
             Ended::Attached => "the table became a partition published through its root there, and the archive holds its rows as the root's until a snapshot taken after it was detached",
             Ended::Unlogged => "the table was made unlogged there, and the archive holds none of its changes until a snapshot taken after it was made logged again",
@@ -450,13 +459,16 @@ impl Ended {
 /// `waly run` records for a table that is no longer published whole as
 /// itself keeps the table's columns and names the command: a publication
 /// command, or an `ALTER TABLE` (a partition attached, or `SET UNLOGGED`).
-/// A table dropped or renamed away has no columns.
+/// A table dropped or renamed away has no columns: renamed when the
+/// command is not a `DROP` (`ALTER TABLE ... RENAME` or `SET SCHEMA`,
+/// `ALTER SCHEMA ... RENAME`).
 pub fn ended(v: &SchemaRecord) -> Ended {
     match v.ddl.as_ref() {
         Some(d) if d.tag.ends_with("PUBLICATION") => Ended::LeftPublication,
         Some(d) if !v.columns.is_empty() && mentions(&d.command, "attach") => Ended::Attached,
         Some(d) if !v.columns.is_empty() && mentions(&d.command, "unlogged") => Ended::Unlogged,
         Some(_) if !v.columns.is_empty() => Ended::LeftPublication,
+        Some(d) if !d.tag.starts_with("DROP") => Ended::Renamed,
         _ => Ended::Dropped,
     }
 }

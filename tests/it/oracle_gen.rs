@@ -162,6 +162,7 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
             "out of the publication",
             "detach and attach",
             "unlogged for a bulk load",
+            "moved to another schema and back",
             "partition",
             "primary key",
         ],
@@ -334,6 +335,28 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
                  INSERT INTO oracle_audit (tbl, op, new) SELECT 'item', 'republished', oracle_row(to_jsonb(i)) FROM item i ORDER BY id;",
                 note = m.item_note,
                 last = fresh + 49,
+            )
+        }
+        // item moved to another schema, changed there, and moved back:
+        // waly ends its history at the first move (its rows are
+        // side.item's meanwhile) and snapshots it when it is back. As for
+        // "out of the publication", the audit's entries meanwhile are
+        // marked `out` and it is told every row as the snapshot holds it.
+        "moved to another schema and back" => {
+            let fresh = m.next_key;
+            m.next_key += 10;
+            format!(
+                "CREATE TEMP TABLE oracle_mark AS SELECT coalesce(max(n), 0) AS n FROM oracle_audit;
+                 CREATE SCHEMA side;
+                 ALTER TABLE item SET SCHEMA side;
+                 UPDATE side.item SET qty = qty + 7 WHERE id % 11 = 6;
+                 DELETE FROM side.item WHERE id % 31 = 4;
+                 INSERT INTO side.item (id, acct, qty, {note}) SELECT g, 2, 2, 'aside' FROM generate_series({fresh}, {last}) g;
+                 ALTER TABLE side.item SET SCHEMA public;
+                 UPDATE oracle_audit SET op = 'out ' || op WHERE n > (SELECT n FROM oracle_mark);
+                 INSERT INTO oracle_audit (tbl, op, new) SELECT 'item', 'republished', oracle_row(to_jsonb(i)) FROM item i ORDER BY id;",
+                note = m.item_note,
+                last = fresh + 9,
             )
         }
         // February's partition detached, changed on its own while ev

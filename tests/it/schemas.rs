@@ -669,6 +669,100 @@ fn a_table_attached_as_a_partition_or_made_unlogged_ends_its_history_there_and_o
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// Renaming a schema renames its tables: the archive ends each old name's
+/// history at the `ALTER SCHEMA` and follows the table under its new name
+/// from a snapshot then, as for `ALTER TABLE ... RENAME` and `SET SCHEMA`
+/// (renamed back, the old name goes on from a snapshot). Restores are
+/// exact under each name while it is the table's, refused (naming the
+/// command) where it is not, also after `waly compact`. Without the DDL
+/// trigger a table moved to another schema ends its old name at its first
+/// change under the new one.
+#[test]
+fn a_table_renamed_with_its_schema_is_followed_under_its_new_name_and_never_answered_stale_under_the_old() {
+    const TABLES: &str = "CREATE SCHEMA s; CREATE SCHEMA o;
+         CREATE TABLE s.a (id int PRIMARY KEY, v text);
+         CREATE TABLE s.b (id int PRIMARY KEY, v text);
+         INSERT INTO s.a SELECT i, 'a' || i FROM generate_series(1, 8) i;
+         INSERT INTO s.b SELECT i, 'b' || i FROM generate_series(1, 8) i;";
+    let refused = |db: &TestDb, archive: &str, table: &str, at: &str, command: &str| {
+        let out = restore(db, archive, &[table, "--at", at, "--output", "-"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(&format!("{table} was renamed away")) && err.contains(command),
+            "{table} at {at}: {err}"
+        );
+    };
+    let db = TestDb::new();
+    db.psql(TABLES);
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE s.a SET v = 'before' WHERE id = 1; DELETE FROM s.b WHERE id = 8");
+    wait_confirmed(&db, 120);
+    let before = point(&db, "s.a before its schema was renamed", "s.a");
+    db.psql("ALTER SCHEMA s RENAME TO s2");
+    wait_confirmed(&db, 120);
+    let renamed = point(&db, "s2.a right after the rename, not changed since", "s2.a");
+    db.psql("UPDATE s2.a SET v = 'renamed' WHERE id = 2; DELETE FROM s2.a WHERE id = 3; UPDATE s2.b SET v = 'renamed'");
+    let changed = point(&db, "s2.a changed under its new name", "s2.a");
+    db.psql("ALTER TABLE s2.b SET SCHEMA o; UPDATE o.b SET v = 'moved' WHERE id = 1");
+    let moved = point(&db, "o.b moved out of s2", "o.b");
+    db.psql("ALTER SCHEMA s2 RENAME TO s");
+    wait_confirmed(&db, 120);
+    let back = point(&db, "s.a renamed back, not changed since", "s.a");
+    settle(&db, run);
+
+    let check = |compacted: &str| {
+        assert_restores(&db, &archive, "s.a", &before, &format!("public.a_{compacted}0"));
+        for (i, p) in [&renamed, &changed].into_iter().enumerate() {
+            assert_restores(&db, &archive, "s2.a", p, &format!("public.a_{compacted}{}", i + 1));
+        }
+        assert_restores(&db, &archive, "o.b", &moved, &format!("public.b_{compacted}"));
+        assert_restores(&db, &archive, "s.a", &back, &format!("public.a_{compacted}3"));
+        // Never the old name's rows once it is another's.
+        refused(&db, &archive, "s.a", &renamed.at, "ALTER SCHEMA s RENAME TO s2");
+        refused(&db, &archive, "s.b", &changed.at, "ALTER SCHEMA s RENAME TO s2");
+        refused(&db, &archive, "s2.a", &back.at, "ALTER SCHEMA s2 RENAME TO s");
+        refused(&db, &archive, "s2.b", &moved.at, "SET SCHEMA o");
+    };
+    check("");
+    let schema = ok(&run_within(waly().args(["schema", "s2.a", "--archive", &archive]), 30));
+    assert!(schema.contains("table renamed away"), "{schema}");
+    for table in ["s.a", "o.b"] {
+        verify_against_source(&db, &archive, table);
+    }
+    ok(&run_within(waly().args(["compact", "--archive", &archive]), 120));
+    check("compacted_");
+    let _ = std::fs::remove_dir_all(&archive);
+
+    // No trigger: the rename is learned from the first change under the new name.
+    let db = TestDb::new();
+    db.psql(TABLES);
+    let archive = archive_dir(&db);
+    ok(&run_within(
+        waly().args([
+            "init",
+            "--source",
+            &db.url(),
+            "--archive",
+            &archive,
+            "--slot",
+            &slot(&db),
+            "--no-ddl-capture",
+        ]),
+        60,
+    ));
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("ALTER TABLE s.b SET SCHEMA o; UPDATE o.b SET v = 'moved' WHERE id = 2");
+    let moved = point(&db, "o.b changed under its new name (no trigger)", "o.b");
+    settle(&db, run);
+    assert_restores(&db, &archive, "o.b", &moved, "public.b_untriggered");
+    refused(&db, &archive, "s.b", &moved.at, "renamed to o.b");
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
 /// A table whose history ended before the prune's window (dropped here)
 /// holds nothing back: its last snapshot starts no point in the window,
 /// so `waly prune` deletes it and the segments before the newer snapshots
