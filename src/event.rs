@@ -666,4 +666,66 @@ mod tests {
             assert!(Arc::ptr_eq(&row.0[0].0, &a.0[0].0) == (&*row.0[0].0 == "id"), "{text}");
         }
     }
+
+    #[test]
+    fn changes_after_a_ddl_message_renaming_a_cached_table_carry_its_new_name() {
+        use crate::pgoutput::{Begin, LogicalMessage, Relation, RelationColumn, TupleData};
+        let mut asm = Assembler::new();
+        let mut out = Vec::new();
+        let insert = |id: &str| Message::Insert {
+            relation: 7,
+            new: vec![TupleData::Text(bytes::Bytes::from(id.to_string()))],
+        };
+        let ddl = |schema: &str, prefix: &str| {
+            Message::LogicalMessage(LogicalMessage {
+                transactional: true,
+                lsn: 2,
+                prefix: prefix.into(),
+                content: bytes::Bytes::from(format!(
+                    r#"{{"waly_ddl":1,"tag":"ALTER SCHEMA","command":"","oid":7,
+                        "table":{{"oid":7,"schema":"{schema}","name":"a","relkind":"r","columns":[]}}}}"#
+                )),
+            })
+        };
+        let msgs = [
+            Message::Begin(Begin {
+                final_lsn: 10,
+                commit_time: 0,
+                xid: 1,
+            }),
+            Message::Relation(Relation {
+                oid: 7,
+                namespace: "s".into(),
+                name: "a".into(),
+                replica_identity: b'd',
+                columns: vec![RelationColumn {
+                    flags: 1,
+                    name: "id".into(),
+                    type_oid: 23,
+                    type_modifier: -1,
+                }],
+            }),
+            insert("1"),
+            // Another prefix, or no table of that OID's name change: nothing.
+            ddl("s9", "waly"),
+            insert("2"),
+            ddl("s2", crate::schema::ddl::PREFIX),
+            insert("3"),
+        ];
+        for m in msgs {
+            asm.handle(Lsn(1), m, &mut out).expect("handled");
+        }
+        let tables: Vec<&str> = out
+            .iter()
+            .filter_map(|e| match e {
+                Event::Change(c) => Some(&*c.table),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tables, ["s.a", "s.a", "s2.a"]);
+        assert_eq!(
+            asm.relation(7).map(|r| (r.schema.as_str(), r.columns.len())),
+            Some(("s2", 1))
+        );
+    }
 }

@@ -628,4 +628,58 @@ mod tests {
         let err = first_unknown(&got).expect("refused");
         assert!(err.contains("added column at"), "{err}");
     }
+
+    #[test]
+    fn a_history_ends_for_the_reason_its_command_and_columns_say() {
+        let ended_by = |tag: &str, command: &str, columns: Vec<ColumnDef>| {
+            let mut v = version(2, columns, command, false);
+            v.dropped = true;
+            if let Some(d) = v.ddl.as_mut() {
+                d.tag = tag.into();
+            }
+            ended(&v)
+        };
+        let cols = || vec![col(1, "id", 23, "integer")];
+        assert_eq!(ended_by("DROP TABLE", "DROP TABLE t", vec![]), Ended::Dropped);
+        assert_eq!(ended_by("DROP SCHEMA", "DROP SCHEMA s CASCADE", vec![]), Ended::Dropped);
+        assert_eq!(
+            ended_by("ALTER TABLE", "ALTER TABLE t RENAME TO u", vec![]),
+            Ended::Renamed
+        );
+        assert_eq!(
+            ended_by("ALTER TABLE", "ALTER TABLE t SET SCHEMA o", vec![]),
+            Ended::Renamed
+        );
+        assert_eq!(
+            ended_by("ALTER SCHEMA", "ALTER SCHEMA s RENAME TO s2", vec![]),
+            Ended::Renamed
+        );
+        assert_eq!(
+            ended_by("ALTER", "renamed to o.t (not recorded)", vec![]),
+            Ended::Renamed
+        );
+        assert_eq!(
+            ended_by("ALTER PUBLICATION", "ALTER PUBLICATION w DROP TABLE t", cols()),
+            Ended::LeftPublication
+        );
+        assert_eq!(
+            ended_by(
+                "ALTER TABLE",
+                "ALTER TABLE p ATTACH PARTITION t FOR VALUES IN (1)",
+                cols()
+            ),
+            Ended::Attached
+        );
+        assert_eq!(
+            ended_by("ALTER TABLE", "ALTER TABLE t SET UNLOGGED", cols()),
+            Ended::Unlogged
+        );
+        let mut v = version(2, vec![], "", false);
+        v.dropped = true;
+        v.ddl = None;
+        assert_eq!(ended(&v), Ended::Dropped);
+        // Only a table no longer published whole goes on.
+        assert!(!Ended::Renamed.table_goes_on() && !Ended::Dropped.table_goes_on());
+        assert!(Ended::Attached.table_goes_on() && Ended::Unlogged.table_goes_on());
+    }
 }
