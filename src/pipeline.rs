@@ -543,9 +543,8 @@ impl Writer<'_> {
     /// history goes on from it if it had ended ([`GenState::archived_from`]).
     async fn snapshot_now(&mut self, info: &ConnInfo, tables: &[TableRef]) -> Result<(), Error> {
         self.flush().await?;
-        snapshot_tables(info, self.store, &mut self.gen, tables, self.metrics).await?;
-        for t in tables {
-            self.ended.remove(&t.qualified());
+        for taken in snapshot_tables(info, self.store, &mut self.gen, tables, self.metrics).await? {
+            self.ended.remove(&taken);
         }
         Ok(())
     }
@@ -1164,13 +1163,15 @@ impl Consumer {
     }
 }
 
+/// Snapshots `tables` into the generation; returns those taken (a table
+/// no longer there under its name is not).
 async fn snapshot_tables(
     info: &ConnInfo,
     store: &Store,
     gen: &mut GenState,
     tables: &[TableRef],
     metrics: &Metrics,
-) -> Result<(), Error> {
+) -> Result<Vec<String>, Error> {
     let next: BTreeMap<String, u32> = tables
         .iter()
         .map(|t| {
@@ -1183,14 +1184,16 @@ async fn snapshot_tables(
     for s in schemas {
         gen.schemas.insert(s);
     }
-    gen.manifests.push(manifest);
-    for t in tables {
-        let q = t.qualified();
-        if let Some(from) = gen.archived_from(&q) {
-            gen.snapshots.insert(q, from);
+    let taken: Vec<String> = manifest.tables.iter().map(|e| e.table.clone()).collect();
+    if !taken.is_empty() {
+        gen.manifests.push(manifest);
+    }
+    for q in &taken {
+        if let Some(from) = gen.archived_from(q) {
+            gen.snapshots.insert(q.clone(), from);
         }
     }
-    Ok(())
+    Ok(taken)
 }
 
 /// How a table's changes are put back into the version of their time when

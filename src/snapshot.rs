@@ -177,7 +177,9 @@ impl PartWriter {
 
 /// Takes a consistent snapshot of `tables` into generation `gen`, recording
 /// each table's columns as schema version `schema_versions[table]` (or 1).
-/// Returns the manifest (already written) and the schema records written.
+/// A table no longer there under its name is left out. Returns the
+/// manifest (already written, unless it holds no table) and the schema
+/// records written.
 pub async fn take(
     info: &ConnInfo,
     store: &Store,
@@ -221,9 +223,15 @@ pub async fn take(
     let mut index = crate::index::Builder::for_writer(store.sealer()?.as_ref()).spilling();
     for t in tables {
         let qualified = t.qualified();
-        let def = crate::schema::ddl::catalog_definition(&sql, &t.schema, &t.name)
-            .await?
-            .ok_or_else(|| Error::NotInArchive(format!("table {qualified} no longer exists")))?;
+        let Some(def) = crate::schema::ddl::catalog_definition(&sql, &t.schema, &t.name).await? else {
+            // Renamed again or dropped since the command that asked for it
+            // (the stream says so after it): nothing of that name to take.
+            tracing::info!(
+                table = qualified,
+                "no table of this name exists any more: not snapshotted"
+            );
+            continue;
+        };
         let columns = def.columns;
         let version = next_versions.get(&qualified).copied().unwrap_or(1);
         let schema = SchemaRecord {
@@ -306,7 +314,9 @@ pub async fn take(
     sql.batch_execute("COMMIT")
         .await
         .map_err(|e| source::tls::sql_error(info, e))?;
-    write_manifest(store, &manifest, index).await?;
+    if !manifest.tables.is_empty() {
+        write_manifest(store, &manifest, index).await?;
+    }
     repl.close().await;
     Ok((manifest, schemas))
 }

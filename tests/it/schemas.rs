@@ -763,6 +763,60 @@ fn a_table_renamed_with_its_schema_is_followed_under_its_new_name_and_never_answ
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// A table swapped for a new one in one transaction (`t` renamed away, the
+/// new table renamed onto it, the old one dropped), and a table renamed
+/// twice: by the time `waly run` reads the first rename, no table has the
+/// name it would snapshot. It goes on (it used to fail on that snapshot
+/// again at every restart, holding the slot), the old names end at the
+/// commit, and `t` restores exactly before and after the swap.
+#[test]
+fn a_table_swapped_or_renamed_twice_in_one_transaction_is_followed_and_waly_run_goes_on() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT i, 't' || i FROM generate_series(1, 6) i;
+         CREATE TABLE u (id int PRIMARY KEY, v text);
+         INSERT INTO u SELECT i, 'u' || i FROM generate_series(1, 4) i;",
+    );
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE t SET v = 'before' WHERE id = 1");
+    let before = point(&db, "t before the swap", "t");
+    db.psql(
+        "CREATE TABLE t_new (LIKE t INCLUDING ALL);
+         INSERT INTO t_new SELECT id * 10, v || ' new' FROM t;
+         BEGIN;
+         ALTER TABLE t RENAME TO t_old;
+         ALTER TABLE t_new RENAME TO t;
+         DROP TABLE t_old;
+         ALTER TABLE u RENAME TO u_tmp;
+         ALTER TABLE u_tmp RENAME TO u2;
+         COMMIT;
+         UPDATE t SET v = 'after' WHERE id = 10;
+         UPDATE u2 SET v = 'after' WHERE id = 1;",
+    );
+    wait_confirmed(&db, 120);
+    let after = point(&db, "t after the swap", "t");
+    let u2 = point(&db, "u renamed twice", "u2");
+    settle(&db, run);
+    assert_restores(&db, &archive, "t", &before, "t_before");
+    assert_restores(&db, &archive, "t", &after, "t_after");
+    assert_restores(&db, &archive, "u2", &u2, "u2_after");
+    // (t_new is archived only if waly snapshotted it before the swap.)
+    let out = restore(&db, &archive, &["u", "--at", &after.at, "--output", "-"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("public.u was renamed away") && err.contains("RENAME TO u_tmp"),
+        "{err}"
+    );
+    for table in ["t", "u2"] {
+        verify_against_source(&db, &archive, table);
+    }
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
 /// A table whose history ended before the prune's window (dropped here)
 /// holds nothing back: its last snapshot starts no point in the window,
 /// so `waly prune` deletes it and the segments before the newer snapshots
