@@ -235,6 +235,12 @@ impl Error {
                     || e.code.starts_with("57P") // admin shutdown, crash shutdown, cannot connect now
                     || e.code == "53300" // too many connections
                     || e.code == "55006" // object in use: a slot still held by a dying walsender
+                    // A catalog query (a publication's tables) racing a
+                    // concurrent DROP: PostgreSQL lists the tables, then
+                    // opens each; asked again, it lists them anew.
+                    || (e.code == "XX000"
+                        && (e.message.starts_with("could not open relation with OID")
+                            || e.message.starts_with("cache lookup failed for relation")))
             }
             _ => false,
         }
@@ -397,6 +403,13 @@ mod tests {
             ..Default::default()
         };
         assert!(Error::Server(Box::new(e)).is_transient());
+        let raced = |message: &str| ServerError {
+            code: "XX000".into(),
+            message: message.into(),
+            ..Default::default()
+        };
+        assert!(Error::Server(Box::new(raced("could not open relation with OID 16384"))).is_transient());
+        assert!(!Error::Server(Box::new(raced("invalid memory alloc request size 1"))).is_transient());
         assert!(Error::ConnectionClosed.is_transient());
         assert!(!Error::Config("x".into()).is_transient());
     }

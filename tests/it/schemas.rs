@@ -707,6 +707,8 @@ fn a_table_renamed_with_its_schema_is_followed_under_its_new_name_and_never_answ
     db.psql("UPDATE s2.a SET v = 'renamed' WHERE id = 2; DELETE FROM s2.a WHERE id = 3; UPDATE s2.b SET v = 'renamed'");
     let changed = point(&db, "s2.a changed under its new name", "s2.a");
     db.psql("ALTER TABLE s2.b SET SCHEMA o; UPDATE o.b SET v = 'moved' WHERE id = 1");
+    // (o.b's history starts at the snapshot waly takes when it reads that.)
+    wait_confirmed(&db, 120);
     let moved = point(&db, "o.b moved out of s2", "o.b");
     db.psql("ALTER SCHEMA s2 RENAME TO s");
     wait_confirmed(&db, 120);
@@ -756,6 +758,7 @@ fn a_table_renamed_with_its_schema_is_followed_under_its_new_name_and_never_answ
     let run = spawn_run(&db, &archive);
     wait_streaming(&db, &run);
     db.psql("ALTER TABLE s.b SET SCHEMA o; UPDATE o.b SET v = 'moved' WHERE id = 2");
+    wait_confirmed(&db, 120);
     let moved = point(&db, "o.b changed under its new name (no trigger)", "o.b");
     settle(&db, run);
     assert_restores(&db, &archive, "o.b", &moved, "public.b_untriggered");
