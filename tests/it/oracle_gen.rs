@@ -163,6 +163,7 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
             "detach and attach",
             "unlogged for a bulk load",
             "moved to another schema and back",
+            "swapped for a copy",
             "partition",
             "primary key",
         ],
@@ -357,6 +358,28 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
                  INSERT INTO oracle_audit (tbl, op, new) SELECT 'item', 'republished', oracle_row(to_jsonb(i)) FROM item i ORDER BY id;",
                 note = m.item_note,
                 last = fresh + 9,
+            )
+        }
+        // item swapped for a copy made beside it (a common way to rebuild
+        // a table): the copy renamed onto item and the old one dropped in
+        // one transaction. item's history ends there and goes on from the
+        // snapshot of the copy; the audit is told the copy's rows as that
+        // snapshot holds them (the copy's own fill is not item's history).
+        "swapped for a copy" => {
+            format!(
+                "CREATE TEMP TABLE oracle_mark AS SELECT coalesce(max(n), 0) AS n FROM oracle_audit;
+                 CREATE TABLE item_copy (LIKE item INCLUDING ALL);
+                 INSERT INTO item_copy (id, acct, qty, {note}) SELECT id, acct, qty, {note} || ' copied' FROM item WHERE id % 19 <> 5;
+                 BEGIN;
+                 ALTER TABLE item RENAME TO item_old;
+                 ALTER TABLE item_copy RENAME TO item;
+                 DROP TABLE item_old;
+                 CREATE TRIGGER oracle_row AFTER INSERT OR UPDATE OR DELETE ON item FOR EACH ROW EXECUTE FUNCTION oracle_audit('item');
+                 CREATE TRIGGER oracle_truncate AFTER TRUNCATE ON item FOR EACH STATEMENT EXECUTE FUNCTION oracle_audit('item');
+                 COMMIT;
+                 UPDATE oracle_audit SET op = 'out ' || op WHERE n > (SELECT n FROM oracle_mark);
+                 INSERT INTO oracle_audit (tbl, op, new) SELECT 'item', 'republished', oracle_row(to_jsonb(i)) FROM item i ORDER BY id;",
+                note = m.item_note,
             )
         }
         // February's partition detached, changed on its own while ev
