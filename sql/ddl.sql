@@ -54,16 +54,23 @@ BEGIN
             END LOOP;
         ELSE
             -- The tables the command touched, every table of a schema
-            -- altered (renaming a schema renames its tables), and the root
-            -- of each partition among them (a partition created or
-            -- attached changes its root).
+            -- altered (renaming a schema renames its tables), every table
+            -- with a column of a type or domain altered (renamed, its
+            -- columns name it anew; or of its array or a domain over it),
+            -- and the root of each partition among them (a partition
+            -- created or attached changes its root).
             FOR r IN WITH touched AS (
                          SELECT c.objid AS rel FROM pg_event_trigger_ddl_commands() c
                           WHERE c.classid = 'pg_class'::regclass
                          UNION
                          SELECT k.oid FROM pg_event_trigger_ddl_commands() c
                            JOIN pg_class k ON k.relnamespace = c.objid
-                          WHERE c.classid = 'pg_namespace'::regclass AND c.command_tag = 'ALTER SCHEMA')
+                          WHERE c.classid = 'pg_namespace'::regclass AND c.command_tag = 'ALTER SCHEMA'
+                         UNION
+                         SELECT a.attrelid FROM pg_event_trigger_ddl_commands() c
+                           JOIN pg_type y ON c.objid IN (y.oid, y.typelem, y.typbasetype)
+                           JOIN pg_attribute a ON a.atttypid = y.oid AND a.attnum > 0 AND NOT a.attisdropped
+                          WHERE c.classid = 'pg_type'::regclass AND c.command_tag IN ('ALTER TYPE', 'ALTER DOMAIN'))
                      SELECT DISTINCT x.rel, k.relkind FROM (
                          SELECT t.rel FROM touched t
                          UNION SELECT pg_partition_root(t.rel) FROM touched t) x

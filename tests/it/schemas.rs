@@ -771,7 +771,9 @@ fn a_table_renamed_with_its_schema_is_followed_under_its_new_name_and_never_answ
 /// twice: by the time `waly run` reads the first rename, no table has the
 /// name it would snapshot. It goes on (it used to fail on that snapshot
 /// again at every restart, holding the slot), the old names end at the
-/// commit, and `t` restores exactly before and after the swap.
+/// commit, and `t` restores exactly before and after the swap. A type
+/// renamed is followed too: a restore creates the column with its name of
+/// then.
 #[test]
 fn a_table_swapped_or_renamed_twice_in_one_transaction_is_followed_and_waly_run_goes_on() {
     let db = TestDb::new();
@@ -779,7 +781,10 @@ fn a_table_swapped_or_renamed_twice_in_one_transaction_is_followed_and_waly_run_
         "CREATE TABLE t (id int PRIMARY KEY, v text);
          INSERT INTO t SELECT i, 't' || i FROM generate_series(1, 6) i;
          CREATE TABLE u (id int PRIMARY KEY, v text);
-         INSERT INTO u SELECT i, 'u' || i FROM generate_series(1, 4) i;",
+         INSERT INTO u SELECT i, 'u' || i FROM generate_series(1, 4) i;
+         CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE TABLE w (id int PRIMARY KEY, m mood, ms mood[]);
+         INSERT INTO w SELECT i, 'sad', '{ok}' FROM generate_series(1, 4) i;",
     );
     let archive = archive_dir(&db);
     init(&db, &archive);
@@ -797,13 +802,17 @@ fn a_table_swapped_or_renamed_twice_in_one_transaction_is_followed_and_waly_run_
          ALTER TABLE u RENAME TO u_tmp;
          ALTER TABLE u_tmp RENAME TO u2;
          COMMIT;
+         ALTER TYPE mood RENAME TO feeling;
+         UPDATE w SET m = 'ok' WHERE id = 1;
          UPDATE t SET v = 'after' WHERE id = 10;
          UPDATE u2 SET v = 'after' WHERE id = 1;",
     );
     wait_confirmed(&db, 120);
     let after = point(&db, "t after the swap", "t");
     let u2 = point(&db, "u renamed twice", "u2");
+    let w = point(&db, "w, its type renamed", "w");
     settle(&db, run);
+    assert_restores(&db, &archive, "w", &w, "w_after");
     assert_restores(&db, &archive, "t", &before, "t_before");
     assert_restores(&db, &archive, "t", &after, "t_after");
     assert_restores(&db, &archive, "u2", &u2, "u2_after");
