@@ -363,11 +363,14 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
         // item swapped for a copy made beside it (a common way to rebuild
         // a table): the copy renamed onto item and the old one dropped in
         // one transaction. item's history ends there and goes on from the
-        // snapshot of the copy; the audit is told the copy's rows as that
-        // snapshot holds them (the copy's own fill is not item's history).
+        // snapshot of the copy: as for "out of the publication", the audit
+        // is told that the swap touched every row of item (an `out` entry
+        // each), then the copy's rows as that snapshot holds them (the
+        // copy's own fill is not item's history).
         "swapped for a copy" => {
             format!(
                 "CREATE TEMP TABLE oracle_mark AS SELECT coalesce(max(n), 0) AS n FROM oracle_audit;
+                 INSERT INTO oracle_audit (tbl, op, old) SELECT 'item', 'swapped', oracle_row(to_jsonb(i)) FROM item i ORDER BY id;
                  CREATE TABLE item_copy (LIKE item INCLUDING ALL);
                  INSERT INTO item_copy (id, acct, qty, {note}) SELECT id, acct, qty, {note} || ' copied' FROM item WHERE id % 19 <> 5;
                  BEGIN;

@@ -8,8 +8,15 @@ use crate::restore::ok;
 use std::process::Output;
 
 pub(crate) fn init(db: &TestDb, archive: &str) -> String {
+    init_with(db, archive, &[])
+}
+
+/// `waly init` with more arguments.
+fn init_with(db: &TestDb, archive: &str, more: &[&str]) -> String {
     ok(&run_within(
-        waly().args(["init", "--source", &db.url(), "--archive", archive, "--slot", &slot(db)]),
+        waly()
+            .args(["init", "--source", &db.url(), "--archive", archive, "--slot", &slot(db)])
+            .args(more),
         60,
     ))
 }
@@ -742,19 +749,7 @@ fn a_table_renamed_with_its_schema_is_followed_under_its_new_name_and_never_answ
     let db = TestDb::new();
     db.psql(TABLES);
     let archive = archive_dir(&db);
-    ok(&run_within(
-        waly().args([
-            "init",
-            "--source",
-            &db.url(),
-            "--archive",
-            &archive,
-            "--slot",
-            &slot(&db),
-            "--no-ddl-capture",
-        ]),
-        60,
-    ));
+    init_with(&db, &archive, &["--no-ddl-capture"]);
     let run = spawn_run(&db, &archive);
     wait_streaming(&db, &run);
     db.psql("ALTER TABLE s.b SET SCHEMA o; UPDATE o.b SET v = 'moved' WHERE id = 2");
