@@ -1317,8 +1317,9 @@ async fn on_ddl(
         // left the publication) and it is defined again: created again
         // under the name, or renamed onto it. Published whole, its rows
         // come from a snapshot now; otherwise from one when it joins.
+        // (Asked until the command is visible: decoded, it may not be yet.)
         if let (Some(d), false) = (&msg.table, t.skip) {
-            if publishes(w.sql, &w.publication, &d.schema, &d.name).await? {
+            if publishes_committed(w.sql, &w.publication, &d.schema, &d.name).await? {
                 let r = TableRef {
                     schema: d.schema.clone(),
                     name: d.name.clone(),
