@@ -94,8 +94,9 @@ struct Tracker {
     /// values come from the row it really changed.
     arrived: std::collections::HashMap<(Lsn, u64), Row>,
     /// Updates that gave a row the followed key with no row known before
-    /// (the old key, encoded), to look up in `arrived`.
-    moved_in: Vec<(Lsn, u64, Vec<u8>)>,
+    /// (the old key, encoded, and the key columns it is of), to look up in
+    /// `arrived`.
+    moved_in: Vec<(Lsn, u64, Vec<u8>, KeyColumns)>,
     /// A later snapshot of the table being read (`waly run` took it again
     /// after a DDL whose effect on existing rows the stream does not
     /// carry): its LSN, when it was taken, and whether it held the row.
@@ -330,9 +331,36 @@ impl Tracker {
         }
     }
 
+    /// The row key of version `v` (see [`crate::schema::SchemaRecord::row_key`])
+    /// where it is not the key followed: PostgreSQL then sends, for an
+    /// update or delete, the old values of that key only (none when they
+    /// did not change), so the followed key's old value is not in them.
+    fn own_key(&self, v: u32) -> Option<KeyColumns> {
+        let own = KeyColumns::row_key(self.schemas.version(&self.table, v)?);
+        (!own.is_empty() && own.names != self.ident.names).then_some(own)
+    }
+
     fn change(&mut self, c: &Change, v: u32) {
-        let old_key = c.old.as_ref().map(|r| self.row_key(v, r));
+        let mut old_key = c.old.as_ref().map(|r| self.row_key(v, r));
         let new_key = c.new.as_ref().map(|r| self.row_key(v, r));
+        // Under another row key, a change is the followed row's when it
+        // names that row's value of that key; an update that leaves that
+        // key alone sends no old values, and its new row has it unchanged.
+        let own = self.own_key(v).filter(|_| matches!(c.op, Op::Update | Op::Delete));
+        let own_old = own
+            .as_ref()
+            .and_then(|k| c.old.as_ref().or(c.new.as_ref()).map(|r| k.encode(r)));
+        let by_own = match (&own, &own_old, &self.row) {
+            (Some(k), Some(theirs), Some(row)) => Some(k.encode(&self.carry(self.row_version, v, row)) == *theirs),
+            _ => None,
+        };
+        if by_own == Some(true) {
+            old_key = Some(self.current.clone());
+        } else if own.is_some() {
+            // Not the followed row: its old value of the followed key is
+            // unknown (an update may give it the followed key).
+            old_key = None;
+        }
         // In a partitioned table, an UPDATE that moves a row to another
         // partition reaches the stream as a delete and, next in the same
         // transaction, an insert: it is one update.
@@ -359,6 +387,7 @@ impl Tracker {
         }
         let current = &self.current;
         let mine = match c.op {
+            _ if by_own == Some(true) => true,
             Op::Insert => new_key.as_ref() == Some(current),
             // Also an update that gave a row this key: the history of the
             // key starts there, saying where the row came from.
@@ -373,10 +402,19 @@ impl Tracker {
         // a row the followed key, the row under its old key.
         let mut before = self.row.as_ref().map(|r| self.carry(self.row_version, v, r));
         if before.is_none() && c.op == Op::Update {
-            if let Some(ok) = old_key.as_ref().filter(|ok| **ok != self.current) {
+            // Where the row came from: its old key, or under another row
+            // key the value of that key it had.
+            let from = match (&own, own_old) {
+                (Some(k), Some(theirs)) => Some((theirs, k.clone())),
+                _ => old_key
+                    .as_ref()
+                    .filter(|ok| **ok != self.current)
+                    .map(|ok| (ok.clone(), self.ident.clone())),
+            };
+            if let Some((ok, by)) = from {
                 before = self.arrived.get(&(c.commit_lsn, c.seq)).cloned();
                 if before.is_none() {
-                    self.moved_in.push((c.commit_lsn, c.seq, ok.clone()));
+                    self.moved_in.push((c.commit_lsn, c.seq, ok, by));
                 }
             }
         }
@@ -505,12 +543,22 @@ pub async fn history(
         }
         return Err(crate::restore::not_in_archive(table, &known));
     };
-    if !schema.columns.iter().any(|c| c.primary_key) {
+    if schema.row_key().is_empty() {
         return Err(Error::Config(format!(
-            "{table} has no primary key, so its rows have no identity to follow"
+            "{table} has no primary key (nor a replica identity index), so its rows have no identity to follow"
         )));
     }
     let ident = KeyColumns::identity(&schema);
+    // The index holds each change under the row key of its own version: a
+    // table whose row key changed (another primary key, or replica identity
+    // index) has entries under the old key that the one followed now does
+    // not find, so its history is read by a scan.
+    let keys: std::collections::BTreeSet<_> = states
+        .iter()
+        .flat_map(|g| g.st.schemas.versions(table))
+        .map(|v| v.row_key_identity())
+        .collect();
+    let use_index = use_index && keys.len() <= 1;
     let key = crate::restore::parse_keys(std::slice::from_ref(&query.key), &ident, table)?
         .pop()
         .unwrap_or_default();
@@ -578,15 +626,15 @@ fn follow_row<'a>(
             let unknown: Vec<_> = t
                 .moved_in
                 .iter()
-                .filter(|(lsn, seq, _)| !arrived.contains_key(&(*lsn, *seq)))
+                .filter(|(lsn, seq, _, _)| !arrived.contains_key(&(*lsn, *seq)))
                 .cloned()
                 .collect();
             if unknown.is_empty() || depth >= MOVED_IN_DEPTH {
                 return Ok((t.out, stats));
             }
             let before_count = arrived.len();
-            for (lsn, seq, old) in unknown {
-                let (theirs, s) = follow_row(store, states, table, ident, &old, use_index, depth + 1).await?;
+            for (lsn, seq, old, by) in unknown {
+                let (theirs, s) = follow_row(store, states, table, &by, &old, use_index, depth + 1).await?;
                 stats.segments_scanned += s.segments_scanned;
                 stats.frames_read += s.frames_read;
                 let found = theirs

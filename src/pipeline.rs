@@ -822,7 +822,18 @@ async fn relation_columns(sql: &tokio_postgres::Client, rel: &RelationInfo) -> (
         }
         columns.sort_by_key(|c| c.attnum);
     }
-    let meta = def.map(|d| d.meta).unwrap_or_default();
+    let mut meta = def.map(|d| d.meta).unwrap_or_default();
+    // The stream's replica identity, not the catalog's of now: it says which
+    // old values the changes described by it carry.
+    meta.replica_identity = Some(
+        match rel.replica_identity {
+            crate::event::ReplicaIdentity::Default => "default",
+            crate::event::ReplicaIdentity::Nothing => "nothing",
+            crate::event::ReplicaIdentity::Full => "full",
+            crate::event::ReplicaIdentity::Index => "index",
+        }
+        .to_string(),
+    );
     (columns, meta)
 }
 
@@ -1333,18 +1344,28 @@ async fn on_ddl(
     // conversion, a default computed per row, a partition attached or
     // detached): a snapshot now makes the table restorable again from here.
     let unknowable = !dropped && crate::schema::shape::breaks_rows(&w.gen.schemas, &table, version);
+    // A DDL that changed the row key (another primary key, or replica
+    // identity index): rows are identified anew from here, and a snapshot
+    // gives readers that key from the start (restore re-keys across it
+    // anyway; the export's as-of query answers only from a snapshot).
+    let rekeyed = !dropped && {
+        let versions = w.gen.schemas.versions(&table);
+        let at = versions.iter().position(|v| v.version == version);
+        at.filter(|&i| i > 0)
+            .is_some_and(|i| versions[i - 1].row_key_identity() != versions[i].row_key_identity())
+    };
     let snapshotted_since = w
         .gen
         .manifests
         .iter()
         .any(|m| m.lsn > t.commit_lsn && m.tables.iter().any(|e| e.table == table));
-    if unknowable && !snapshotted_since {
+    if (unknowable || rekeyed) && !snapshotted_since {
         if let Some(d) = &msg.table {
-            tracing::info!(
-                table,
-                lsn = %t.commit_lsn,
-                "this DDL changed rows in a way the archive cannot reproduce; taking a snapshot of the table"
-            );
+            let why = match unknowable {
+                true => "this DDL changed rows in a way the archive cannot reproduce; taking a snapshot of the table",
+                false => "this DDL changed the key rows are identified by; taking a snapshot of the table",
+            };
+            tracing::info!(table, lsn = %t.commit_lsn, "{why}");
             let r = TableRef {
                 schema: d.schema.clone(),
                 name: d.name.clone(),

@@ -250,7 +250,7 @@ pub async fn take(
         store
             .put_once(&layout::schema_key(gen, &seg, version), store.schema_bytes(&schema)?)
             .await?;
-        let pk = crate::schema::keys::KeyColumns::primary_key(&schema);
+        let pk = crate::schema::keys::KeyColumns::row_key(&schema);
         schemas.push(schema);
         let names: Vec<Arc<str>> = columns.iter().map(|c| Arc::from(c.name.as_str())).collect();
         let select: Vec<String> = columns

@@ -243,7 +243,7 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
         store
             .put_once(&layout::schema_key(&gen, &seg, 1), store.schema_bytes(&schema)?)
             .await?;
-        let pk = KeyColumns::primary_key(&schema);
+        let pk = KeyColumns::row_key(&schema);
         let mut w = crate::snapshot::TableWriter::new(store, &gen, lsn, &name, &seg, 1, pk.clone())?;
         let rows = rows_of(i);
         for id in 1..=rows {

@@ -204,8 +204,8 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
     }
     let shape = restore::target_schema(&plan, args.shape)?;
     let ident = restore::identity(&shape);
-    if !args.keys.is_empty() && !shape.columns.iter().any(|c| c.primary_key) {
-        anyhow::bail!("--key needs a primary key, and {table} has none");
+    if !args.keys.is_empty() && shape.row_key().is_empty() {
+        anyhow::bail!("--key needs a primary key (or a replica identity index), and {table} has neither");
     }
     let filter = Filter {
         keys: restore::parse_keys(&args.keys, &ident, &table)?,

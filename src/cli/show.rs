@@ -51,8 +51,8 @@ pub async fn run(args: &ShowArgs) -> anyhow::Result<()> {
         eprintln!("note: {note}");
     }
     let shape = restore::target_schema(&plan, args.shape)?;
-    if !args.keys.is_empty() && !shape.columns.iter().any(|c| c.primary_key) {
-        anyhow::bail!("--key needs a primary key, and {table} has none");
+    if !args.keys.is_empty() && shape.row_key().is_empty() {
+        anyhow::bail!("--key needs a primary key (or a replica identity index), and {table} has neither");
     }
     let ident = restore::identity(&shape);
     let filter = Filter {

@@ -804,11 +804,12 @@ async fn scanned_intent(store: &Store, lsn: Lsn, segments: &[(String, u64, u64)]
     Ok(found.into_values().collect())
 }
 
-/// The indices (into `idents`) of `version`'s primary key columns, in key order.
+/// The indices (into `idents`) of `version`'s row key columns (see
+/// [`SchemaRecord::row_key`]), in key order.
 fn primary_key(idents: &[Ident], version: &SchemaRecord) -> Vec<usize> {
-    let mut pk: Vec<&crate::schema::ColumnDef> = version.columns.iter().filter(|c| c.primary_key).collect();
-    pk.sort_by_key(|c| c.key_position.unwrap_or(i16::MAX));
-    pk.iter()
+    version
+        .row_key()
+        .iter()
         .filter_map(|c| idents.iter().position(|i| *i == ident(c)))
         .collect()
 }
@@ -1224,20 +1225,41 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
              dropped, or a DDL changed its rows where the stream does not show it, and no snapshot was taken \
              since: waly schema {table} names it); choose another time"
         );
+        // The row key changed (another primary key, or replica identity
+        // index) at this LSN, last: changes before it identify their rows
+        // by another key than the one the query partitions by, so it
+        // answers only from a snapshot taken since (`waly run` takes one).
+        let rekeyed = versions
+            .windows(2)
+            .filter(|w| w[0].row_key_identity() != w[1].row_key_identity())
+            .map(|w| w[1].commit_lsn)
+            .next_back();
+        let rekeyed_why = rekeyed.map(|lsn| {
+            format!(
+                "{table}: its rows were identified by another key before {lsn} (its primary key or replica identity \
+                 index changed there), and the archive has no snapshot of it between that and this time; choose a \
+                 later time, or waly restore {table} --at it"
+            )
+        });
         let body = |from: &str, as_of: &str, spark: bool| {
             let lit = |n: &str| match spark {
                 true => format!("'{}'", n.replace('\\', "\\\\").replace('\'', "\\'")),
                 false => format!("'{}'", n.replace('\'', "''")),
             };
-            let fail = match spark {
-                true => format!("raise_error({})", lit(&unknown)),
-                false => format!("error({})", lit(&unknown)),
+            let raise = |why: &str| match spark {
+                true => format!("raise_error({})", lit(why)),
+                false => format!("error({})", lit(why)),
+            };
+            let fail = raise(&unknown);
+            let rekeyed = match (rekeyed, &rekeyed_why) {
+                (Some(lsn), Some(why)) => format!(" WHEN l < {} THEN {}", lsn.as_u64(), raise(why)),
+                _ => String::new(),
             };
             let head = format!(
                 "log AS (SELECT _op, _commit_lsn, _seq, _commit_time, _old_key, _unchanged_toast, {select} FROM {from}),\n\
                  upto AS (SELECT * FROM log WHERE _commit_time <= {as_of}),\n\
                  cut_row AS (SELECT _op AS o, _commit_lsn AS l, _seq AS s FROM upto WHERE _op IN ('truncate', 'snapshot', 'empty_snapshot', 'unknown') ORDER BY _commit_lsn DESC, _seq DESC LIMIT 1),\n\
-                 cut AS (SELECT CASE WHEN o = 'unknown' THEN {fail} ELSE l END AS l, s FROM cut_row),\n\
+                 cut AS (SELECT CASE WHEN o = 'unknown' THEN {fail}{rekeyed} ELSE l END AS l, s FROM cut_row),\n\
                  live AS (SELECT * FROM upto u WHERE _op NOT IN ('truncate', 'empty_snapshot', 'unknown') AND NOT EXISTS (SELECT 1 FROM cut WHERE u._commit_lsn < cut.l OR (u._commit_lsn = cut.l AND u._seq < cut.s))),\n\
                  runs AS (SELECT *, sum(CASE WHEN _old_key IS NOT NULL OR _op IN ('insert', 'snapshot') THEN 1 ELSE 0 END) OVER (PARTITION BY {keys} ORDER BY _commit_lsn, _seq ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS _run FROM live),\n"
             );

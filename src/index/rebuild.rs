@@ -16,11 +16,12 @@ pub struct ReindexStats {
     pub objects: u64,
 }
 
-/// The primary-key columns of `table` under schema `version` (none if unknown).
+/// The row key columns of `table` under schema `version` (see
+/// [`crate::schema::SchemaRecord::row_key`]; none if unknown).
 pub fn pk_of(schemas: &crate::segment::Schemas, table: &str, version: u32) -> KeyColumns {
     schemas
         .version(table, version)
-        .map(KeyColumns::primary_key)
+        .map(KeyColumns::row_key)
         .unwrap_or_default()
 }
 

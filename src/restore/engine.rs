@@ -495,27 +495,16 @@ pub fn target_schema(plan: &Plan, shape: Shape) -> Result<SchemaRecord, Error> {
     Ok(v)
 }
 
-/// The primary key of a version, by attnum where known.
-fn pk_identity(v: &SchemaRecord) -> Vec<(Option<i16>, Option<String>)> {
-    v.columns
-        .iter()
-        .filter(|c| c.primary_key)
-        .map(|c| match c.attnum {
-            Some(a) => (Some(a), None),
-            None => (None, Some(c.name.clone())),
-        })
-        .collect()
-}
-
 /// The newest version after `after` and up to `target` that changed the
-/// primary key: changes before it were keyed by another key, so the state
-/// just before it is rebuilt first and re-keyed.
+/// row key (the primary key, or the replica identity index; see
+/// [`SchemaRecord::row_key`]): changes before it were keyed by another key,
+/// so the state just before it is rebuilt first and re-keyed.
 fn last_key_change<'a>(plan: &'a Plan, after: Lsn, target: &SchemaRecord) -> Option<&'a SchemaRecord> {
     let versions = plan.gen.schemas.versions(&plan.table);
     versions
         .windows(2)
         .filter(|w| w[1].version <= target.version && w[1].commit_lsn > after)
-        .filter(|w| pk_identity(&w[0]) != pk_identity(&w[1]))
+        .filter(|w| w[0].row_key_identity() != w[1].row_key_identity())
         .map(|w| &w[1])
         .next_back()
 }

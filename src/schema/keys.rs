@@ -34,18 +34,17 @@ impl KeyColumns {
         k
     }
 
-    /// The primary key of `schema`, in the primary key's own order (empty
-    /// when it has none).
-    pub fn primary_key(schema: &SchemaRecord) -> KeyColumns {
-        let mut pk: Vec<&ColumnDef> = schema.columns.iter().filter(|c| c.primary_key).collect();
-        pk.sort_by_key(|c| c.key_position.unwrap_or(i16::MAX));
-        KeyColumns::from_columns(pk.into_iter())
+    /// The key rows of `schema` are followed by ([`SchemaRecord::row_key`]:
+    /// the replica identity index, else the primary key, in its own order;
+    /// empty when it has neither).
+    pub fn row_key(schema: &SchemaRecord) -> KeyColumns {
+        KeyColumns::from_columns(schema.row_key().into_iter())
     }
 
-    /// What identifies a row for a restore: the primary key, or every
-    /// column when there is none.
+    /// What identifies a row for a restore: the row key, or every column
+    /// when there is none.
     pub fn identity(schema: &SchemaRecord) -> KeyColumns {
-        let pk = KeyColumns::primary_key(schema);
+        let pk = KeyColumns::row_key(schema);
         if pk.names.is_empty() {
             KeyColumns::from_columns(schema.columns.iter())
         } else {

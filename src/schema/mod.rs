@@ -211,6 +211,34 @@ pub struct SchemaRecord {
 }
 
 impl SchemaRecord {
+    /// The columns that identify a row in the stream, in key order: the
+    /// replica identity index's (attnum order) when the table publishes
+    /// with `REPLICA IDENTITY USING INDEX`, else the primary key's; none
+    /// when it has neither. Under an identity index PostgreSQL sends, for
+    /// an update or delete, only that index's old values, and none when
+    /// they did not change (even if the primary key did): the primary key
+    /// cannot follow a row then, the index can (it is unique and NOT NULL).
+    pub fn row_key(&self) -> Vec<&ColumnDef> {
+        if self.meta.replica_identity.as_deref() == Some("index") && self.columns.iter().any(|c| c.key) {
+            return self.columns.iter().filter(|c| c.key).collect();
+        }
+        let mut pk: Vec<&ColumnDef> = self.columns.iter().filter(|c| c.primary_key).collect();
+        pk.sort_by_key(|c| c.key_position.unwrap_or(i16::MAX));
+        pk
+    }
+
+    /// [`Self::row_key`]'s columns by attnum where known (else by name):
+    /// equal for two versions when rows are followed by the same key.
+    pub fn row_key_identity(&self) -> Vec<(Option<i16>, Option<String>)> {
+        self.row_key()
+            .iter()
+            .map(|c| match c.attnum {
+                Some(a) => (Some(a), None),
+                None => (None, Some(c.name.clone())),
+            })
+            .collect()
+    }
+
     /// Whether it describes the same table definition: columns with
     /// everything recorded of them, and the table's own properties.
     pub fn same_definition(&self, columns: &[ColumnDef], meta: &TableMeta, dropped: bool) -> bool {
@@ -484,6 +512,49 @@ mod tests {
             type_modifier: -1,
             ..ColumnDef::default()
         }
+    }
+
+    #[test]
+    fn rows_are_keyed_by_the_replica_identity_index_else_the_primary_key() {
+        // id (primary key, second in key order after b), code, b.
+        let mut cols = vec![col(1, "id"), col(2, "code"), col(3, "b")];
+        cols[0].primary_key = true;
+        cols[0].key_position = Some(2);
+        cols[2].primary_key = true;
+        cols[2].key_position = Some(1);
+        let version = |identity: &str, key: &[usize]| {
+            let mut columns = cols.clone();
+            for &i in key {
+                columns[i].key = true;
+            }
+            SchemaRecord {
+                columns,
+                meta: TableMeta {
+                    replica_identity: Some(identity.into()),
+                    ..TableMeta::default()
+                },
+                ..SchemaRecord::default()
+            }
+        };
+        let names = |v: &SchemaRecord| v.row_key().iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&version("default", &[0, 2])), ["b", "id"]);
+        assert_eq!(names(&version("full", &[0, 1, 2])), ["b", "id"]);
+        assert_eq!(names(&version("index", &[1])), ["code"]);
+        // An index with no column recorded as the identity's (a version
+        // from before waly recorded it): the primary key.
+        assert_eq!(names(&version("index", &[])), ["b", "id"]);
+        // The identity compares by attnum: a rename keeps it.
+        let mut renamed = version("index", &[1]);
+        renamed.columns[1].name = "ref".into();
+        assert_eq!(renamed.row_key_identity(), version("index", &[1]).row_key_identity());
+        assert_ne!(
+            version("index", &[1]).row_key_identity(),
+            version("default", &[0, 2]).row_key_identity()
+        );
+        // Without a key of either kind, none.
+        let mut keyless = version("full", &[0, 1, 2]);
+        keyless.columns.iter_mut().for_each(|c| c.primary_key = false);
+        assert!(keyless.row_key().is_empty());
     }
 
     #[test]

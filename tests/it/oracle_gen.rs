@@ -5,8 +5,9 @@
 //! large transaction, intents; generated columns, one reading only a
 //! TOASTed value), migrations (add, rename, drop and retype columns, a
 //! partition created, one detached and attached again, a primary key
-//! changed, every table out of the publication for a while, a table made
-//! unlogged for a bulk load), and operations on waly itself
+//! changed, a replica identity index for a while, every table out of the
+//! publication for a while, a table made unlogged for a bulk load, moved
+//! to another schema and back, swapped for a copy), and operations on waly itself
 //! (kill -9 and restart, a PostgreSQL restart, compact, prune, reindex, a
 //! standby taking over, a restore into the source database, an object-store
 //! outage, the sidecar down across a migration; in an encrypted archive, a
@@ -164,6 +165,7 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
             "unlogged for a bulk load",
             "moved to another schema and back",
             "swapped for a copy",
+            "replica identity index and back",
             "partition",
             "primary key",
         ],
@@ -383,6 +385,25 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
                  UPDATE oracle_audit SET op = 'out ' || op WHERE n > (SELECT n FROM oracle_mark);
                  INSERT INTO oracle_audit (tbl, op, new) SELECT 'item', 'republished', oracle_row(to_jsonb(i)) FROM item i ORDER BY id;",
                 note = m.item_note,
+            )
+        }
+        // item published with a replica identity index for a while, then
+        // by its primary key again: meanwhile PostgreSQL sends only the
+        // index's old values (no old row when they did not change), which
+        // every reader follows rows by; waly snapshots item at each
+        // switch. Changes meanwhile: updates, one of the index's columns
+        // changed, deletes, a primary key changed.
+        "replica identity index and back" => {
+            let fresh = m.next_key;
+            m.next_key += 1;
+            format!(
+                "CREATE UNIQUE INDEX item_ident ON item (id, acct);
+                 ALTER TABLE item ALTER COLUMN acct SET NOT NULL, REPLICA IDENTITY USING INDEX item_ident;
+                 UPDATE item SET qty = qty + 3 WHERE id % 7 = 1;
+                 UPDATE item SET acct = acct + 1 WHERE id % 11 = 3;
+                 DELETE FROM item WHERE id % 17 = 4;
+                 UPDATE item SET id = {fresh} WHERE id = (SELECT min(id) FROM item WHERE id % 19 = 6);
+                 ALTER TABLE item REPLICA IDENTITY DEFAULT;"
             )
         }
         // February's partition detached, changed on its own while ev

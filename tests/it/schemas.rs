@@ -824,6 +824,136 @@ fn a_table_swapped_or_renamed_twice_in_one_transaction_is_followed_and_waly_run_
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// The guarantee: rows of a table that publishes with `REPLICA IDENTITY
+/// USING INDEX` are followed by that index, as the stream identifies them
+/// (PostgreSQL sends only its old values, and none when they did not
+/// change, even when the primary key did). `ua` has no primary key; `ub`
+/// has one and switches to the index and back. Every point restores
+/// exactly, history follows a row through deletes, key changes and
+/// updates of the index's column, and the export's as-of query agrees,
+/// before and after `waly compact`.
+#[test]
+fn rows_are_followed_by_the_replica_identity_index_a_table_publishes_with() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE ua (code text NOT NULL, v text, n int);
+         CREATE UNIQUE INDEX ua_code ON ua (code);
+         ALTER TABLE ua REPLICA IDENTITY USING INDEX ua_code;
+         CREATE TABLE ub (id int PRIMARY KEY, code text NOT NULL UNIQUE, v text);
+         INSERT INTO ua SELECT 'c' || i, 'v' || i, i FROM generate_series(1, 6) i;
+         INSERT INTO ub SELECT i, 'code' || i, 'v' || i FROM generate_series(1, 6) i;",
+    );
+    let archive = archive_dir(&db);
+    let dest = format!("{archive}-export");
+    let _ = std::fs::remove_dir_all(&dest);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql(
+        "UPDATE ua SET v = 'x' WHERE code = 'c1';
+         UPDATE ua SET code = 'c2b' WHERE code = 'c2';
+         DELETE FROM ua WHERE code = 'c3';
+         UPDATE ua SET n = 40 WHERE code = 'c4';
+         UPDATE ub SET v = 'before' WHERE id = 6;",
+    );
+    let (ua1, ub1) = (
+        point(&db, "ua changed", "ua"),
+        point(&db, "ub by its primary key", "ub"),
+    );
+    db.psql("ALTER TABLE ub REPLICA IDENTITY USING INDEX ub_code_key");
+    db.psql(
+        "UPDATE ub SET v = 'x' WHERE id = 1;
+         UPDATE ub SET code = 'recoded' WHERE id = 2;
+         DELETE FROM ub WHERE id = 3;
+         UPDATE ub SET id = 40 WHERE id = 4;
+         UPDATE ub SET id = 50, code = 'both' WHERE id = 5;",
+    );
+    let ub2 = point(&db, "ub by its replica identity index", "ub");
+    db.psql("ALTER TABLE ub REPLICA IDENTITY DEFAULT");
+    db.psql("UPDATE ub SET code = 'again' WHERE id = 40; DELETE FROM ub WHERE id = 1; UPDATE ua SET code = 'c5b' WHERE code = 'c5'");
+    wait_confirmed(&db, 120);
+    let (ua3, ub3) = (
+        point(&db, "ua at the end", "ua"),
+        point(&db, "ub by its primary key again", "ub"),
+    );
+    settle(&db, run);
+    let history = |args: &[&str]| {
+        ok(&run_within(
+            waly().args(["history", "--archive", &archive]).args(args),
+            120,
+        ))
+    };
+    let check = |round: &str| {
+        for (t, p) in [("ua", &ua1), ("ua", &ua3), ("ub", &ub1), ("ub", &ub2), ("ub", &ub3)] {
+            assert_restores(&db, &archive, t, p, &format!("{t}_{round}_{}", p.label.len()));
+        }
+        // Deleted in the index's time: by its primary key, the delete
+        // carried only the old code.
+        let h = history(&["ub", "3"]);
+        assert!(h.contains("delete"), "{round}: history ub 3:\n{h}");
+        // Given its key without an old row sent: it came from row 4.
+        let h = history(&["ub", "40"]);
+        assert!(
+            h.contains("id: '4' → '40'") && h.contains("code: 'code4' → 'again'"),
+            "{round}: history ub 40:\n{h}"
+        );
+        let h = history(&["ub", "2"]);
+        assert!(
+            h.contains("code: 'code2' → 'recoded'") && !h.contains("NULL"),
+            "{round}: history ub 2:\n{h}"
+        );
+        let h = history(&["ub", "5"]);
+        assert!(h.contains("key id=5 → id=50"), "{round}: history ub 5:\n{h}");
+        // Without a primary key, the index is the key.
+        let h = history(&["ua", "c5b"]);
+        assert!(h.contains("key code=c5 → code=c5b"), "{round}: history ua c5b:\n{h}");
+        let shown = ok(&run_within(
+            waly().args(["show", "ua", "--archive", &archive, "--at", &ua3.at, "--key", "c4"]),
+            120,
+        ));
+        assert!(
+            shown.contains("c4") && shown.contains("40") && !shown.contains("c1"),
+            "{round}: {shown}"
+        );
+        for t in ["ua", "ub"] {
+            verify_against_source(&db, &archive, t);
+        }
+    };
+    check("captured");
+    ok(&run_within(
+        waly().args(["export", "--archive", &archive, "--to", &dest]),
+        300,
+    ));
+    let views = std::fs::read_to_string(format!("{dest}/_waly/as_of_duckdb.sql")).expect("the views");
+    for (t, cols) in [("ua", "code, v, n::VARCHAR"), ("ub", "id::VARCHAR, code, v")] {
+        let mut want: Vec<Vec<Option<String>>> = db
+            .psql(&format!("SELECT {} FROM {t}", cols.replace("::VARCHAR", "")))
+            .lines()
+            .map(|l| l.split('|').map(|s| Some(s.to_string())).collect())
+            .collect();
+        want.sort();
+        let got = crate::export::duckdb(&format!(
+            "{views};\nSELECT {cols} FROM \"public.{t}_as_of\"(now()::TIMESTAMPTZ) ORDER BY ALL"
+        ));
+        assert_eq!(got, want, "the export's as-of query of {t}");
+    }
+    // While ub was keyed by its index, its changes do not name the
+    // primary key the query partitions by: it refuses that time.
+    let refused = crate::export::duckdb_result(&format!(
+        "{views};\nSELECT * FROM \"public.ub_as_of\"(TIMESTAMPTZ '{}')",
+        ub2.at
+    ));
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("identified by another key")),
+        "the as-of query of ub in its index's time: {refused:?}"
+    );
+    ok(&run_within(waly().args(["compact", "--archive", &archive]), 120));
+    check("compacted");
+    for d in [&dest, &archive] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 /// A table whose history ended before the prune's window (dropped here)
 /// holds nothing back: its last snapshot starts no point in the window,
 /// so `waly prune` deletes it and the segments before the newer snapshots
