@@ -8,9 +8,13 @@
 -- A failure here never fails the application's DDL: it is reported as a
 -- WARNING and waly falls back to the next change's Relation message.
 -- Installing it needs a superuser. The functions run as their owner
--- (SECURITY DEFINER) with a fixed search_path.
+-- (SECURITY DEFINER) with a fixed search_path, and with the settings that
+-- make values' text exact and one form whatever the session's (dates in
+-- ISO, intervals in PostgreSQL's style, floats in full): defaults,
+-- partition bounds and the values rows without an added column have.
 CREATE OR REPLACE FUNCTION public.waly_table_definition(rel oid) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog AS $waly$
+LANGUAGE sql STABLE SET search_path = pg_catalog
+SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex' AS $waly$
 @DEFINITION@
 $waly$;
 
@@ -34,8 +38,9 @@ END
 $waly$;
 
 CREATE OR REPLACE FUNCTION public.waly_capture_ddl() RETURNS event_trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $waly$
--- (waly ddl capture 5: this line names the version `waly status` checks for.)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog
+SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex' AS $waly$
+-- (waly ddl capture 6: this line names the version `waly status` checks for.)
 DECLARE
     r record;
     partitioned boolean := false;

@@ -552,13 +552,13 @@ pub async fn history(
     // The index holds each change under the row key of its own version: a
     // table whose row key changed (another primary key, or replica identity
     // index) has entries under the old key that the one followed now does
-    // not find, so its history is read by a scan.
-    let keys: std::collections::BTreeSet<_> = states
-        .iter()
-        .flat_map(|g| g.st.schemas.versions(table))
-        .map(|v| v.row_key_identity())
-        .collect();
-    let use_index = use_index && keys.len() <= 1;
+    // not find, so its history is read by a scan. So is that of a table
+    // keyed by a replica identity index: releases before waly keyed rows
+    // by it indexed them by their primary key.
+    let versions = || states.iter().flat_map(|g| g.st.schemas.versions(table));
+    let keys: std::collections::BTreeSet<_> = versions().map(|v| v.row_key_identity()).collect();
+    let by_identity_index = versions().any(|v| v.meta.replica_identity.as_deref() == Some("index"));
+    let use_index = use_index && keys.len() <= 1 && !by_identity_index;
     let key = crate::restore::parse_keys(std::slice::from_ref(&query.key), &ident, table)?
         .pop()
         .unwrap_or_default();

@@ -276,8 +276,8 @@ impl PgConn {
             ("database", &info.dbname),
             ("application_name", &info.application_name),
             ("client_encoding", "UTF8"),
-            ("DateStyle", "ISO"),
         ];
+        params.extend(crate::source::conninfo::EXACT_TEXT);
         if replication {
             params.push(("replication", "database"));
         }

@@ -173,12 +173,28 @@ impl ConnInfo {
         if let Some(p) = &self.password {
             c.password(p.expose());
         }
-        if let Some(o) = &self.options {
-            c.options(o);
-        }
+        // The user's options, then the settings every value's text is
+        // read under (theirs cannot loosen them).
+        let exact = EXACT_TEXT.iter().map(|(k, v)| format!("-c {k}={v}"));
+        let options: Vec<String> = self.options.iter().cloned().chain(exact).collect();
+        c.options(options.join(" "));
         c
     }
 }
+
+/// The session settings of every connection waly opens to the source, the
+/// replication connection included: values come out in one exact text form
+/// whatever the server's defaults - dates and times in ISO (never `SQL,
+/// DMY`'s `01/02/2026`), intervals in PostgreSQL's own style, floats with
+/// every digit (`extra_float_digits` below 1 rounds them), bytea in hex - so
+/// a snapshot's rows and the stream's agree, keys compare, and a restore
+/// into any server reads them back as they were.
+pub const EXACT_TEXT: [(&str, &str); 4] = [
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+];
 
 #[derive(Default)]
 struct RawSettings {
