@@ -98,8 +98,14 @@ pub async fn reindex(store: &Store) -> Result<ReindexStats, Error> {
             }
             stats.snapshots += 1;
         }
-        // Segments, a run at a time; the catalog as they go.
+        // Segments, a run at a time; the catalog as they go. The schema
+        // versions are read again after the segments are listed: a live
+        // writer writes a version before any segment that names it, so
+        // every listed segment's versions are known (those read at the
+        // start may predate segments written while the snapshots were
+        // indexed).
         let segments = crate::archive::state::segments(store, &gen).await?;
+        let st = crate::archive::state::load_generation(store, &gen).await?;
         let mut catalog = crate::catalog::Catalog::new(&gen);
         for run in segments.chunk_by(|a, b| a.1 / 10 == b.1 / 10) {
             let mut b = fresh();
