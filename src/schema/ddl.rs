@@ -180,7 +180,8 @@ pub enum CaptureMode {
     /// The event trigger of an earlier waly, which records DDL but not
     /// publication commands, or not the partitions attached and detached
     /// (which move tables in and out of the publication), or not a schema
-    /// renamed (which renames its tables).
+    /// renamed (which renames its tables), or reads defaults and partition
+    /// bounds in the session's date style.
     EarlierEventTrigger,
     /// No trigger: a new shape is learned from the next change's Relation
     /// message and the catalog at that moment.
@@ -194,7 +195,7 @@ impl CaptureMode {
             CaptureMode::EventTrigger => "event trigger",
             CaptureMode::EarlierEventTrigger => {
                 "event trigger of an earlier waly (publication commands, partitions attached and detached, or schemas \
-                 renamed not recorded: run `waly init` again)"
+                 renamed not recorded, or values read in the session's date style: run `waly init` again)"
             }
             CaptureMode::RelationMessages => "relation messages (no event trigger)",
         }
