@@ -9,8 +9,10 @@ use std::io::Write;
 pub struct HistoryArgs {
     /// The table (schema.table; unqualified means public).
     pub table: String,
-    /// The row's primary key: the value, `col=val,col=val` for a composite key,
-    /// or the values in primary-key order (`42,7`). Each value in any text form of its type.
+    /// The row's key (its primary key, or under `REPLICA IDENTITY USING
+    /// INDEX` that index's columns): the value, `col=val,col=val` for a
+    /// composite key, or the values in key order (`42,7`). Each value in any
+    /// text form of its type.
     pub key: String,
     #[command(flatten)]
     pub archive: ArchiveArgs,

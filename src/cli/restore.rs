@@ -84,8 +84,9 @@ pub struct RestoreArgs {
     /// The format of --output.
     #[arg(long, value_enum, default_value = "csv", requires = "output")]
     pub format: FileFormat,
-    /// Only these rows: the primary-key value, `col=val,col=val` for a composite key,
-    /// or the values in key order (`42,7`). Repeatable.
+    /// Only these rows: the key value (the primary key, or the replica identity
+    /// index under `REPLICA IDENTITY USING INDEX`), `col=val,col=val` for a
+    /// composite key, or the values in key order (`42,7`). Repeatable.
     #[arg(long = "key")]
     pub keys: Vec<String>,
     /// Print SQL that puts the --key rows back into the live table as they were

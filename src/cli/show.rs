@@ -25,7 +25,9 @@ pub struct ShowArgs {
     pub point: PointArgs,
     #[command(flatten)]
     pub archive: ArchiveArgs,
-    /// Only these rows (primary key; `col=val,col=val` or values in key order). Repeatable.
+    /// Only these rows (their key: the primary key, or the replica identity
+    /// index under `REPLICA IDENTITY USING INDEX`; `col=val,col=val` or values
+    /// in key order). Repeatable.
     #[arg(long = "key")]
     pub keys: Vec<String>,
     /// Output format.

@@ -1229,11 +1229,7 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
         // index) at this LSN, last: changes before it identify their rows
         // by another key than the one the query partitions by, so it
         // answers only from a snapshot taken since (`waly run` takes one).
-        let rekeyed = versions
-            .windows(2)
-            .filter(|w| w[0].row_key_identity() != w[1].row_key_identity())
-            .map(|w| w[1].commit_lsn)
-            .next_back();
+        let rekeyed = schemas.row_key_changes(table).last().map(|v| v.commit_lsn);
         let rekeyed_why = rekeyed.map(|lsn| {
             format!(
                 "{table}: its rows were identified by another key before {lsn} (its primary key or replica identity \

@@ -495,18 +495,17 @@ pub fn target_schema(plan: &Plan, shape: Shape) -> Result<SchemaRecord, Error> {
     Ok(v)
 }
 
-/// The newest version after `after` and up to `target` that changed the
+/// The newest version after `after` and up to the point that changed the
 /// row key (the primary key, or the replica identity index; see
 /// [`SchemaRecord::row_key`]): changes before it were keyed by another key,
-/// so the state just before it is rebuilt first and re-keyed.
-fn last_key_change<'a>(plan: &'a Plan, after: Lsn, target: &SchemaRecord) -> Option<&'a SchemaRecord> {
-    let versions = plan.gen.schemas.versions(&plan.table);
-    versions
-        .windows(2)
-        .filter(|w| w[1].version <= target.version && w[1].commit_lsn > after)
-        .filter(|w| w[0].row_key_identity() != w[1].row_key_identity())
-        .map(|w| &w[1])
-        .next_back()
+/// so the state just before it is rebuilt first and re-keyed. Each such
+/// rebuild's point is before the last one's, so they end.
+fn last_key_change(plan: &Plan, after: Lsn) -> Option<&SchemaRecord> {
+    let within = |v: &&SchemaRecord| {
+        let time = v.commit_time.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        v.commit_lsn > after && !past(plan.point, v.commit_lsn, time)
+    };
+    plan.gen.schemas.row_key_changes(&plan.table).into_iter().rfind(within)
 }
 
 /// What a scan gathered: the sorted records, what was restored, and the
@@ -615,7 +614,7 @@ async fn collect_inner(
     let mut start = plan.snapshot.lsn;
     // Across a primary-key change, the rows just before it (rebuilt under
     // the old key) are the base, and only later changes are folded.
-    if let Some(barrier) = last_key_change(plan, plan.snapshot.lsn, &target) {
+    if let Some(barrier) = last_key_change(plan, plan.snapshot.lsn) {
         let before = Plan {
             point: Bound::Lsn(Lsn(barrier.commit_lsn.as_u64().saturating_sub(1))),
             ..plan.clone()

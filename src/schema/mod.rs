@@ -316,6 +316,21 @@ impl Schemas {
         self.by_table.get(table).map_or(&[], |v| v.as_slice())
     }
 
+    /// The versions of `table` at which its row key changed (see
+    /// [`SchemaRecord::row_key`]), in commit order. Versions are taken in
+    /// commit-LSN order here: a snapshot's version is numbered when it is
+    /// taken, which can be before a DDL committed ahead of the snapshot is
+    /// decoded and numbered.
+    pub fn row_key_changes(&self, table: &str) -> Vec<&SchemaRecord> {
+        let mut versions: Vec<&SchemaRecord> = self.versions(table).iter().collect();
+        versions.sort_by_key(|v| (v.commit_lsn, v.version));
+        versions
+            .windows(2)
+            .filter(|w| w[0].row_key_identity() != w[1].row_key_identity())
+            .map(|w| w[1])
+            .collect()
+    }
+
     /// How many versions, over all tables.
     pub fn count(&self) -> usize {
         self.by_table.values().map(Vec::len).sum()

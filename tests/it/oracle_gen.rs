@@ -11,8 +11,9 @@
 //! (kill -9 and restart, a PostgreSQL restart, compact, prune, reindex, a
 //! standby taking over, a restore into the source database, an object-store
 //! outage, the sidecar down across a migration; in an encrypted archive, a
-//! key rotation). Checkpoints fall at
-//! random moments. The same seed gives the same run.
+//! key rotation). Every third seed's server prints values in other styles
+//! than the defaults (see `oracle_check::server_settings`). Checkpoints
+//! fall at random moments. The same seed gives the same run.
 
 /// One step of a run.
 #[derive(Debug, Clone)]

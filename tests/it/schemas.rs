@@ -841,7 +841,9 @@ fn rows_are_followed_by_the_replica_identity_index_a_table_publishes_with() {
          ALTER TABLE ua REPLICA IDENTITY USING INDEX ua_code;
          CREATE TABLE ub (id int PRIMARY KEY, code text NOT NULL UNIQUE, v text);
          INSERT INTO ua SELECT 'c' || i, 'v' || i, i FROM generate_series(1, 6) i;
-         INSERT INTO ub SELECT i, 'code' || i, 'v' || i FROM generate_series(1, 6) i;",
+         INSERT INTO ub SELECT i, 'code' || i, 'v' || i FROM generate_series(1, 6) i;
+         CREATE TABLE uc (id int PRIMARY KEY, code text NOT NULL UNIQUE, v text);
+         INSERT INTO uc SELECT i, 'code' || i, 'v' || i FROM generate_series(1, 6) i;",
     );
     let archive = archive_dir(&db);
     let dest = format!("{archive}-export");
@@ -869,6 +871,23 @@ fn rows_are_followed_by_the_replica_identity_index_a_table_publishes_with() {
          UPDATE ub SET id = 50, code = 'both' WHERE id = 5;",
     );
     let ub2 = point(&db, "ub by its replica identity index", "ub");
+    // uc keyed by the index and back while `waly run` is down: it snapshots
+    // uc at the first switch when it reads it, after the second committed
+    // (the snapshot's version is numbered before the second's); a point
+    // between the second and that snapshot restores across both.
+    let mut run = run;
+    let _ = run.child.kill();
+    let _ = run.child.wait();
+    db.psql(
+        "ALTER TABLE uc REPLICA IDENTITY USING INDEX uc_code_key;
+         UPDATE uc SET code = 'recoded' WHERE id = 2;
+         DELETE FROM uc WHERE id = 3;
+         UPDATE uc SET id = 40 WHERE id = 4;
+         ALTER TABLE uc REPLICA IDENTITY DEFAULT;",
+    );
+    let uc = point(&db, "uc by its index and back", "uc");
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
     db.psql("ALTER TABLE ub REPLICA IDENTITY DEFAULT");
     db.psql("UPDATE ub SET code = 'again' WHERE id = 40; DELETE FROM ub WHERE id = 1; UPDATE ua SET code = 'c5b' WHERE code = 'c5'");
     wait_confirmed(&db, 120);
@@ -884,7 +903,14 @@ fn rows_are_followed_by_the_replica_identity_index_a_table_publishes_with() {
         ))
     };
     let check = |round: &str| {
-        for (t, p) in [("ua", &ua1), ("ua", &ua3), ("ub", &ub1), ("ub", &ub2), ("ub", &ub3)] {
+        for (t, p) in [
+            ("ua", &ua1),
+            ("ua", &ua3),
+            ("ub", &ub1),
+            ("ub", &ub2),
+            ("ub", &ub3),
+            ("uc", &uc),
+        ] {
             assert_restores(&db, &archive, t, p, &format!("{t}_{round}_{}", p.label.len()));
         }
         // Deleted in the index's time: by its primary key, the delete
@@ -915,7 +941,7 @@ fn rows_are_followed_by_the_replica_identity_index_a_table_publishes_with() {
             shown.contains("c4") && shown.contains("40") && !shown.contains("c1"),
             "{round}: {shown}"
         );
-        for t in ["ua", "ub"] {
+        for t in ["ua", "ub", "uc"] {
             verify_against_source(&db, &archive, t);
         }
     };
