@@ -173,17 +173,17 @@ impl ConnInfo {
         if let Some(p) = &self.password {
             c.password(p.expose());
         }
-        // The user's options, then the settings every value's text is
-        // read under (theirs cannot loosen them).
-        let exact = EXACT_TEXT.iter().map(|(k, v)| format!("-c {k}={v}"));
-        let options: Vec<String> = self.options.iter().cloned().chain(exact).collect();
-        c.options(options.join(" "));
+        if let Some(o) = &self.options {
+            c.options(o);
+        }
         c
     }
 }
 
-/// The session settings of every connection waly opens to the source, the
-/// replication connection included: values come out in one exact text form
+/// The session settings of every connection waly opens to the source (the
+/// replication connection's startup parameters; `SET` on an SQL connection,
+/// which a pooler such as PgBouncer passes on where it would refuse an
+/// `options` startup parameter): values come out in one exact text form
 /// whatever the server's defaults - dates and times in ISO (never `SQL,
 /// DMY`'s `01/02/2026`), intervals in PostgreSQL's own style, floats with
 /// every digit (`extra_float_digits` below 1 rounds them), bytea in hex - so

@@ -343,6 +343,16 @@ pub async fn connect_sql(info: &ConnInfo) -> Result<tokio_postgres::Client, Erro
             tracing::debug!(error = %e, "SQL connection ended");
         }
     });
+    // Values in one exact text form, whatever the server's defaults (and
+    // the user's options) say.
+    let exact: Vec<String> = super::conninfo::EXACT_TEXT
+        .iter()
+        .map(|(k, v)| format!("SET {k} = '{v}'"))
+        .collect();
+    client
+        .batch_execute(&exact.join("; "))
+        .await
+        .map_err(|e| sql_failed("setting the session's value formats", e))?;
     Ok(client)
 }
 
