@@ -247,11 +247,7 @@ pub async fn take(
             sealed: None,
         };
         let seg = layout::table_segment(&t.schema, &t.name);
-        store
-            .put_once(&layout::schema_key(gen, &seg, version), store.schema_bytes(&schema)?)
-            .await?;
         let pk = crate::schema::keys::KeyColumns::row_key(&schema);
-        schemas.push(schema);
         let names: Vec<Arc<str>> = columns.iter().map(|c| Arc::from(c.name.as_str())).collect();
         let select: Vec<String> = columns
             .iter()
@@ -267,10 +263,26 @@ pub async fn take(
             quote::ident(&t.schema)?,
             quote::ident(&t.name)?
         );
-        let stream = sql
-            .copy_out(copy.as_str())
+        // Renamed or dropped between the look-up above and the COPY (the
+        // name is resolved in the catalog of now): skipped as above, the
+        // transaction kept by a savepoint.
+        sql.batch_execute("SAVEPOINT waly_table")
             .await
             .map_err(|e| source::tls::sql_error(info, e))?;
+        let stream = match sql.copy_out(copy.as_str()).await {
+            Ok(s) => s,
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+                sql.batch_execute("ROLLBACK TO SAVEPOINT waly_table")
+                    .await
+                    .map_err(|e| source::tls::sql_error(info, e))?;
+                tracing::info!(
+                    table = qualified,
+                    "no table of this name exists any more: not snapshotted"
+                );
+                continue;
+            }
+            Err(e) => return Err(source::tls::sql_error(info, e)),
+        };
         futures_util::pin_mut!(stream);
         let mut table = TableWriter::new(store, gen, lsn, &qualified, &seg, version, pk)?;
         let mut carry: Vec<u8> = Vec::new();
@@ -302,6 +314,11 @@ pub async fn take(
             carry.drain(..start);
         }
         let entry = table.finish(&mut index, metrics).await?;
+        // The version after its rows: a table skipped above leaves none.
+        store
+            .put_once(&layout::schema_key(gen, &seg, version), store.schema_bytes(&schema)?)
+            .await?;
+        schemas.push(schema);
         tracing::info!(
             table = qualified,
             rows = entry.rows,
