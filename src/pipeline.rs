@@ -1348,12 +1348,12 @@ async fn on_ddl(
     // identity index): rows are identified anew from here, and a snapshot
     // gives readers that key from the start (restore re-keys across it
     // anyway; the export's as-of query answers only from a snapshot).
-    let rekeyed = !dropped && {
-        let versions = w.gen.schemas.versions(&table);
-        let at = versions.iter().position(|v| v.version == version);
-        at.filter(|&i| i > 0)
-            .is_some_and(|i| versions[i - 1].row_key_identity() != versions[i].row_key_identity())
-    };
+    let rekeyed = !dropped
+        && w.gen
+            .schemas
+            .row_key_changes(&table)
+            .iter()
+            .any(|v| v.version == version);
     let snapshotted_since = w
         .gen
         .manifests

@@ -204,7 +204,7 @@ impl Open {
                     })
                     .collect();
                 // The key is the version's primary key, when it is the file's.
-                let mut own = primary_key(idents, version);
+                let mut own = row_key(idents, version);
                 own.sort_unstable();
                 let mut file_key = key.clone();
                 file_key.sort_unstable();
@@ -626,7 +626,7 @@ impl Exporter<'_> {
         let versions = self.schemas.versions(table);
         let (idents, columns) = columns_from(versions, from);
         let latest = versions.iter().rev().find(|v| !v.dropped);
-        let key = latest.map(|v| primary_key(&idents, v)).unwrap_or_default();
+        let key = latest.map(|v| row_key(&idents, v)).unwrap_or_default();
         // `_old_key` holds the key of the versions from `from` on.
         let names = self.names.entry(table.to_string()).or_default();
         names.extend(columns.iter().map(|c| c.name.clone()));
@@ -806,7 +806,7 @@ async fn scanned_intent(store: &Store, lsn: Lsn, segments: &[(String, u64, u64)]
 
 /// The indices (into `idents`) of `version`'s row key columns (see
 /// [`SchemaRecord::row_key`]), in key order.
-fn primary_key(idents: &[Ident], version: &SchemaRecord) -> Vec<usize> {
+fn row_key(idents: &[Ident], version: &SchemaRecord) -> Vec<usize> {
     version
         .row_key()
         .iter()
@@ -1146,7 +1146,7 @@ fn views(root: &str, cursor: &Cursor, schemas: &Schemas) -> (String, String) {
             continue;
         };
         let (idents, columns) = columns_from(versions, 1);
-        let key = primary_key(&idents, latest);
+        let key = row_key(&idents, latest);
         if key.is_empty() {
             continue;
         }
