@@ -40,7 +40,7 @@ $waly$;
 CREATE OR REPLACE FUNCTION public.waly_capture_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog
 SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex' AS $waly$
--- (waly ddl capture 6: this line names the version `waly status` checks for.)
+-- (waly ddl capture 7: this line names the version `waly status` checks for.)
 DECLARE
     r record;
     partitioned boolean := false;
@@ -62,9 +62,12 @@ BEGIN
             -- altered (renaming a schema renames its tables), every table
             -- with a column of a type or domain altered (renamed, its
             -- columns name it anew; or of its array or a domain over it),
-            -- and the root of each partition among them (a partition
-            -- created or attached changes its root).
-            FOR r IN WITH touched AS (
+            -- the root of each partition among them (a partition
+            -- created or attached changes its root), and every table that
+            -- inherits from one of them (not as a partition): ALTER TABLE
+            -- on a parent changes its children too (a column added with
+            -- its default, renamed, retyped or dropped).
+            FOR r IN WITH RECURSIVE touched AS (
                          SELECT c.objid AS rel FROM pg_event_trigger_ddl_commands() c
                           WHERE c.classid = 'pg_class'::regclass
                          UNION
@@ -75,9 +78,15 @@ BEGIN
                          SELECT a.attrelid FROM pg_event_trigger_ddl_commands() c
                            JOIN pg_type y ON c.objid IN (y.oid, y.typelem, y.typbasetype)
                            JOIN pg_attribute a ON a.atttypid = y.oid AND a.attnum > 0 AND NOT a.attisdropped
-                          WHERE c.classid = 'pg_type'::regclass AND c.command_tag IN ('ALTER TYPE', 'ALTER DOMAIN'))
-                     SELECT DISTINCT x.rel, k.relkind FROM (
+                          WHERE c.classid = 'pg_type'::regclass AND c.command_tag IN ('ALTER TYPE', 'ALTER DOMAIN')),
+                     heirs AS (
                          SELECT t.rel FROM touched t
+                         UNION
+                         SELECT i.inhrelid FROM heirs h
+                           JOIN pg_inherits i ON i.inhparent = h.rel
+                           JOIN pg_class k ON k.oid = i.inhrelid AND NOT k.relispartition)
+                     SELECT DISTINCT x.rel, k.relkind FROM (
+                         SELECT h.rel FROM heirs h
                          UNION SELECT pg_partition_root(t.rel) FROM touched t) x
                        JOIN pg_class k ON k.oid = x.rel
                       WHERE k.relkind IN ('r', 'p')

@@ -233,6 +233,13 @@ pub async fn take(
             continue;
         };
         let columns = def.columns;
+        // A table's own rows: not those of tables inheriting from it, whose
+        // changes the stream gives as theirs. A partitioned table's rows
+        // are its partitions' (published through their root).
+        let only = match def.meta.relkind.as_deref() {
+            Some("p") => "",
+            _ => "ONLY ",
+        };
         let version = next_versions.get(&qualified).copied().unwrap_or(1);
         let schema = SchemaRecord {
             commit_lsn: lsn,
@@ -254,7 +261,7 @@ pub async fn take(
             .map(|c| quote::ident(&c.name))
             .collect::<Result<_, _>>()?;
         let copy = format!(
-            "COPY (SELECT {} FROM {}.{}) TO STDOUT",
+            "COPY (SELECT {} FROM {only}{}.{}) TO STDOUT",
             if select.is_empty() {
                 "".to_string()
             } else {

@@ -494,6 +494,108 @@ fn a_partitioned_table_is_archived_restored_and_followed_under_its_own_name() {
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// A table's own rows (`ONLY`: not those of tables inheriting from it),
+/// as [`state`] gives them.
+fn own_state(db: &TestDb, table: &str) -> (String, String) {
+    let (_, cols) = state(db, table);
+    let sum = db.psql(&format!(
+        "SELECT count(*) || ':' || coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '-') FROM ONLY {table} t"
+    ));
+    (sum, cols)
+}
+
+#[test]
+fn tables_inheriting_from_another_keep_their_own_rows_and_take_its_ddl_with_their_defaults() {
+    let db = TestDb::new();
+    // Three generations of plain inheritance (not partitions): each is a
+    // table of its own in the stream, and a parent's SELECT sees its
+    // heirs' rows too.
+    db.psql(
+        "CREATE TABLE animal (id int PRIMARY KEY, name text);
+         CREATE TABLE dog (breed text) INHERITS (animal);
+         ALTER TABLE dog ADD PRIMARY KEY (id);
+         CREATE TABLE puppy (weeks int) INHERITS (dog);
+         ALTER TABLE puppy ADD PRIMARY KEY (id);
+         INSERT INTO animal VALUES (1, 'cat'), (2, 'owl');
+         INSERT INTO dog VALUES (10, 'rex', 'collie'), (11, 'fido', 'pug'), (12, 'max', 'boxer');
+         INSERT INTO puppy VALUES (20, 'bit', 'pug', 6), (21, 'bob', 'collie', 9);",
+    );
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    let tables = ["animal", "dog", "puppy"];
+    // (label, time, each table's own state then)
+    type Point = (&'static str, String, Vec<(String, String)>);
+    let mut points: Vec<Point> = Vec::new();
+    let mut mark = |label| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let at = db.now_utc();
+        let states = tables.iter().map(|t| own_state(&db, t)).collect();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        points.push((label, at, states));
+    };
+    mark("start");
+    db.psql("UPDATE dog SET name = 'rex II' WHERE id = 10; DELETE FROM puppy WHERE id = 21; UPDATE animal SET name = 'cat II' WHERE id = 1");
+    mark("after changes in each");
+    // A column added to the root reaches every heir with its default: rows
+    // no change touches afterwards (dog 11 and 12, puppy 20) have it too.
+    db.psql("ALTER TABLE animal ADD COLUMN legs int DEFAULT 4");
+    db.psql("ALTER TABLE animal ADD COLUMN born date DEFAULT '2026-01-02'");
+    db.psql("UPDATE dog SET legs = 3 WHERE id = 10");
+    mark("after columns added with defaults");
+    db.psql("ALTER TABLE animal RENAME COLUMN name TO called");
+    db.psql("INSERT INTO puppy VALUES (22, 'new', 'pug', 1, 4, '2026-05-01')");
+    mark("after a rename");
+    db.psql("ALTER TABLE dog ADD COLUMN good boolean DEFAULT true");
+    db.psql("ALTER TABLE animal DROP COLUMN born");
+    db.psql("UPDATE puppy SET called = 'bit II' WHERE id = 20; INSERT INTO animal VALUES (3, 'ant', 6)");
+    mark("after a column of the middle one and a drop");
+    // A retype rewrites every heir: each is snapshotted again.
+    db.psql("ALTER TABLE animal ALTER COLUMN legs TYPE bigint");
+    wait_confirmed(&db, 120);
+    db.psql("UPDATE dog SET breed = 'mutt' WHERE id = 12");
+    mark("after a retype");
+    settle(&db, run);
+
+    for (i, (label, at, states)) in points.iter().enumerate() {
+        for (t, expected) in tables.iter().zip(states) {
+            let into = format!("{t}_p{i}");
+            ok(&restore(&db, &archive, &[t, "--at", at, "--into", &into]));
+            assert_eq!(&state(&db, &into), expected, "{t} at point {i} ({label})");
+        }
+    }
+    for t in tables {
+        verify_against_source(&db, &archive, t);
+    }
+    // A row no change touched after the columns came: its history and its
+    // value as shown have the default.
+    let shown = ok(&run_within(
+        waly().args([
+            "show",
+            "puppy",
+            "--archive",
+            &archive,
+            "--key",
+            "20",
+            "--at",
+            &points[2].1,
+            "--format",
+            "csv",
+        ]),
+        60,
+    ));
+    assert!(shown.contains(r#""20","bit","pug","6","4","2026-01-02""#), "{shown}");
+    // The same after a compact (a snapshot from the archive alone).
+    ok(&run_within(waly().args(["compact", "--archive", &archive]), 120));
+    for (i, t) in tables.iter().enumerate() {
+        let into = format!("{t}_compacted");
+        ok(&restore(&db, &archive, &[t, "--at", "now", "--into", &into]));
+        assert_eq!(state(&db, &into), points[points.len() - 1].2[i], "{t} after compact");
+    }
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
 #[test]
 fn a_table_out_of_the_publication_or_dropped_is_refused_there_and_exact_from_its_next_snapshot() {
     let db = TestDb::new();
