@@ -461,8 +461,10 @@ async fn upsert(
         } else {
             format!("UPDATE SET {}", updates.join(", "))
         };
+        // The row's own values, identity columns' too (GENERATED ALWAYS
+        // refuses a value without OVERRIDING; any table accepts it).
         sql.push_str(&format!(
-            "INSERT INTO {target} ({cols}) VALUES ({}) ON CONFLICT ({}) DO {action};\n",
+            "INSERT INTO {target} ({cols}) OVERRIDING SYSTEM VALUE VALUES ({}) ON CONFLICT ({}) DO {action};\n",
             vals.join(", "),
             pk.join(", ")
         ));
