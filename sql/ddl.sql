@@ -61,7 +61,9 @@ BEGIN
             -- The tables the command touched, every table of a schema
             -- altered (renaming a schema renames its tables), every table
             -- with a column of a type or domain altered (renamed, its
-            -- columns name it anew; or of its array or a domain over it),
+            -- columns name it anew; an enum's label renamed or a composite's
+            -- attribute added or dropped, its values read anew; or of its
+            -- array or a domain over it),
             -- the root of each partition among them (a partition
             -- created or attached changes its root), and every table that
             -- inherits from one of them (not as a partition): ALTER TABLE
@@ -78,7 +80,14 @@ BEGIN
                          SELECT a.attrelid FROM pg_event_trigger_ddl_commands() c
                            JOIN pg_type y ON c.objid IN (y.oid, y.typelem, y.typbasetype)
                            JOIN pg_attribute a ON a.atttypid = y.oid AND a.attnum > 0 AND NOT a.attisdropped
-                          WHERE c.classid = 'pg_type'::regclass AND c.command_tag IN ('ALTER TYPE', 'ALTER DOMAIN')),
+                          WHERE c.classid = 'pg_type'::regclass AND c.command_tag IN ('ALTER TYPE', 'ALTER DOMAIN')
+                         UNION
+                         -- A composite type altered is reported as its relation.
+                         SELECT a.attrelid FROM pg_event_trigger_ddl_commands() c
+                           JOIN pg_type z ON z.typrelid = c.objid
+                           JOIN pg_type y ON z.oid IN (y.oid, y.typelem, y.typbasetype)
+                           JOIN pg_attribute a ON a.atttypid = y.oid AND a.attnum > 0 AND NOT a.attisdropped
+                          WHERE c.classid = 'pg_class'::regclass AND c.command_tag = 'ALTER TYPE'),
                      heirs AS (
                          SELECT t.rel FROM touched t
                          UNION

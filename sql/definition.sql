@@ -45,7 +45,37 @@ SELECT jsonb_strip_nulls(jsonb_build_object(
             'generated', CASE WHEN a.attgenerated <> '' THEN jsonb_build_object(
                              'kind', CASE a.attgenerated WHEN 's' THEN 'stored' ELSE 'virtual' END,
                              'expression', pg_get_expr(d.adbin, d.adrelid)) END,
-            'identity', CASE a.attidentity WHEN 'a' THEN 'always' WHEN 'd' THEN 'by default' END
+            'identity', CASE a.attidentity WHEN 'a' THEN 'always' WHEN 'd' THEN 'by default' END,
+            -- The enums and composite types its values are written in (its
+            -- type, through arrays, domains and composites' attributes), by
+            -- OID: an enum's labels, a composite's attributes (attnum, type).
+            -- Renaming a label, or adding or dropping an attribute, changes
+            -- the text of values already written without a change in the
+            -- stream.
+            'type_shape', (
+                WITH RECURSIVE reach(t, depth) AS (
+                    SELECT a.atttypid, 0
+                    UNION
+                    SELECT x.t, r.depth + 1
+                      FROM reach r
+                      JOIN pg_type y ON y.oid = r.t
+                     CROSS JOIN LATERAL (
+                           SELECT y.typelem WHERE y.typcategory = 'A' AND y.typelem <> 0
+                           UNION ALL SELECT y.typbasetype WHERE y.typtype = 'd'
+                           UNION ALL SELECT at.atttypid FROM pg_attribute at
+                                      WHERE y.typtype = 'c' AND at.attrelid = y.typrelid
+                                        AND at.attnum > 0 AND NOT at.attisdropped) x(t)
+                     WHERE r.depth < 8)
+                SELECT jsonb_object_agg(y.oid::text, CASE y.typtype
+                           WHEN 'e' THEN jsonb_build_object('labels', (
+                               SELECT jsonb_agg(e.enumlabel::text ORDER BY e.enumsortorder)
+                                 FROM pg_enum e WHERE e.enumtypid = y.oid))
+                           ELSE jsonb_build_object('attributes', (
+                               SELECT jsonb_agg(jsonb_build_array(at.attnum, at.atttypid::int8) ORDER BY at.attnum)
+                                 FROM pg_attribute at
+                                WHERE at.attrelid = y.typrelid AND at.attnum > 0 AND NOT at.attisdropped)) END)
+                  FROM pg_type y
+                 WHERE y.oid IN (SELECT r.t FROM reach r) AND y.typtype IN ('e', 'c'))
         ) ORDER BY a.attnum)
           FROM pg_attribute a
           LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum

@@ -151,6 +151,7 @@ fn column(attnum: i16, name: &str, type_name: &str, type_oid: u32, key: bool) ->
         default: None,
         generated: None,
         identity: None,
+        type_shape: None,
     }
 }
 

@@ -29,7 +29,8 @@ pub struct Diff {
     pub renamed: Vec<String>,
     /// Columns whose type changed: `name: old → new`.
     pub retyped: Vec<String>,
-    /// Columns whose default, nullability, generation or identity changed.
+    /// Columns whose default, nullability, generation or identity changed,
+    /// or whose type's enum labels or composite attributes did.
     pub altered: Vec<String>,
 }
 
@@ -53,6 +54,10 @@ pub fn diff(before: &[ColumnDef], after: &[ColumnDef]) -> Diff {
             (b.generated != c.generated, "generated"),
             (b.identity != c.identity, "identity"),
             (b.primary_key != c.primary_key, "primary key"),
+            (
+                b.type_shape.is_some() && c.type_shape.is_some() && b.type_shape != c.type_shape,
+                "its type's enum labels or composite attributes",
+            ),
         ];
         let changed: Vec<&str> = what.iter().filter(|(x, _)| *x).map(|(_, n)| *n).collect();
         if !changed.is_empty() {

@@ -31,6 +31,10 @@ struct ColumnLiterals {
     missing: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     default: Option<String>,
+    /// The labels of the enums its values are written in, by type OID
+    /// (values themselves).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    labels: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Partition `index` (`schema.name`) of the version.
@@ -45,12 +49,19 @@ struct PartitionBound {
 fn take_literals(rec: &mut SchemaRecord) -> Option<Literals> {
     let mut out = Literals::default();
     for (index, c) in rec.columns.iter_mut().enumerate() {
-        if c.missing.is_some() || c.default.is_some() {
+        let labels: std::collections::BTreeMap<String, Vec<String>> = c
+            .type_shape
+            .iter_mut()
+            .flatten()
+            .filter_map(|(oid, shape)| shape.labels.take().map(|l| (oid.clone(), l)))
+            .collect();
+        if c.missing.is_some() || c.default.is_some() || !labels.is_empty() {
             out.columns.push(ColumnLiterals {
                 index,
                 name: c.name.clone(),
                 missing: c.missing.take(),
                 default: c.default.take(),
+                labels,
             });
         }
     }
@@ -86,6 +97,15 @@ fn put_back(rec: &mut SchemaRecord, lits: Literals, what: &str) -> Result<(), Er
             })?;
         c.missing = l.missing;
         c.default = l.default;
+        for (oid, labels) in l.labels {
+            let shape = c.type_shape.as_mut().and_then(|s| s.get_mut(&oid)).ok_or_else(|| {
+                corrupt(format!(
+                    "its sealed literals name type {oid} of column {:?}, which it does not have",
+                    l.name
+                ))
+            })?;
+            shape.labels = Some(labels);
+        }
     }
     rec.meta.partition_bound = lits.partition_bound;
     for l in lits.partitions {
@@ -142,6 +162,15 @@ pub fn plaintext_in_schema(bytes: &[u8], literals: bool) -> Option<&'static str>
     };
     if each("columns", "missing") || each("columns", "default") {
         return Some("a column's default or its value for older rows");
+    }
+    let labels = v.get("columns").and_then(|l| l.as_array()).is_some_and(|l| {
+        l.iter()
+            .filter_map(|c| c.get("type_shape").and_then(|t| t.as_object()))
+            .flat_map(|t| t.values())
+            .any(|shape| shape.get("labels").is_some())
+    });
+    if labels {
+        return Some("an enum's labels");
     }
     if text("/partition_bound") || each("partitions", "bound") {
         return Some("a partition bound");
@@ -276,6 +305,20 @@ mod tests {
                     default: Some("'free'::text".into()),
                     ..ColumnDef::default()
                 },
+                ColumnDef {
+                    name: "mood".into(),
+                    type_shape: Some(
+                        [(
+                            "16390".to_string(),
+                            crate::schema::TypeShape {
+                                labels: Some(vec!["sad".into(), "ok".into()]),
+                                attributes: None,
+                            },
+                        )]
+                        .into(),
+                    ),
+                    ..ColumnDef::default()
+                },
             ],
             ..SchemaRecord::default()
         };
@@ -290,11 +333,23 @@ mod tests {
         let lits = take_literals(&mut rec).expect("it has literals");
         let stored = serde_json::to_vec(&rec).expect("json");
         assert_eq!(plaintext_in_schema(&stored, true), None);
-        for secret in ["free", "'eu'", "'us'"] {
+        for secret in ["free", "'eu'", "'us'", "sad"] {
             assert!(!String::from_utf8_lossy(&stored).contains(secret), "{secret}");
         }
         put_back(&mut rec, lits, "v").expect("put back");
         assert_eq!(rec, plain);
+        assert_eq!(
+            plaintext_in_schema(&serde_json::to_vec(&plain).expect("json"), true),
+            Some("a column's default or its value for older rows")
+        );
+        let labels_only = SchemaRecord {
+            columns: vec![plain.columns[2].clone()],
+            ..SchemaRecord::default()
+        };
+        assert_eq!(
+            plaintext_in_schema(&serde_json::to_vec(&labels_only).expect("json"), true),
+            Some("an enum's labels")
+        );
         // Literals of another shape are refused, never put in a wrong place.
         let mut other = plain.clone();
         let lits = take_literals(&mut other).expect("literals");

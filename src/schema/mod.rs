@@ -63,6 +63,55 @@ pub struct ColumnDef {
     /// For an identity column: `always` or `by default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The enums and composite types its values are written in (its type,
+    /// through arrays, domains and composites' attributes), by type OID.
+    /// Absent for other types, and in versions recorded before waly knew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub type_shape: Option<BTreeMap<String, TypeShape>>,
+}
+
+/// An enum's labels, or a composite type's attributes, as a column's
+/// values were written in them (see [`ColumnDef::type_shape`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeShape {
+    /// An enum's labels, in their order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// A composite type's attributes: (attnum, type OID), in attnum order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<Vec<(i16, u32)>>,
+}
+
+impl TypeShape {
+    /// Whether a value written under `self` may read differently under
+    /// `later`, the same type's shape afterwards: an enum label renamed
+    /// (gone from the labels: PostgreSQL cannot drop one), or a composite's
+    /// attributes added, dropped or retyped (its text is positional). A
+    /// label added, or an attribute renamed, changes no value's text.
+    pub fn changes_values(&self, later: &TypeShape) -> bool {
+        let labels_gone = match (&self.labels, &later.labels) {
+            (Some(old), Some(new)) => old.iter().any(|l| !new.contains(l)),
+            _ => false,
+        };
+        let attributes_changed = match (&self.attributes, &later.attributes) {
+            (Some(old), Some(new)) => old != new,
+            _ => false,
+        };
+        labels_gone || attributes_changed
+    }
+}
+
+impl ColumnDef {
+    /// A type of this column's that `later` (the same column in a later
+    /// version) has in a shape that reads this version's values otherwise
+    /// (see [`TypeShape::changes_values`]). Unknown (either version recorded
+    /// before waly knew type shapes) is no change.
+    pub fn type_changing_values(&self, later: &ColumnDef) -> Option<&str> {
+        let (old, new) = (self.type_shape.as_ref()?, later.type_shape.as_ref()?);
+        old.iter()
+            .find(|(oid, shape)| new.get(*oid).is_some_and(|n| shape.changes_values(n)))
+            .map(|(oid, _)| oid.as_str())
+    }
 }
 
 impl ColumnDef {
@@ -692,5 +741,47 @@ mod tests {
         // At or after the version's own transaction it is in force, not later.
         assert_eq!(s.described_earlier("public.t", Lsn(500), &described), None);
         assert_eq!(s.described_earlier("public.t", Lsn(600), &described), None);
+    }
+
+    #[test]
+    fn only_a_label_renamed_or_attributes_changed_change_values_already_written() {
+        let e = |l: &[&str]| TypeShape {
+            labels: Some(l.iter().map(|s| s.to_string()).collect()),
+            attributes: None,
+        };
+        let c = |a: &[(i16, u32)]| TypeShape {
+            labels: None,
+            attributes: Some(a.to_vec()),
+        };
+        assert!(
+            !e(&["sad", "ok"]).changes_values(&e(&["sad", "meh", "ok", "happy"])),
+            "labels added"
+        );
+        assert!(e(&["sad", "ok"]).changes_values(&e(&["blue", "ok"])), "a label renamed");
+        assert!(
+            !c(&[(1, 23), (2, 23)]).changes_values(&c(&[(1, 23), (2, 23)])),
+            "an attribute renamed"
+        );
+        assert!(
+            c(&[(1, 23), (2, 23)]).changes_values(&c(&[(1, 23), (2, 23), (3, 25)])),
+            "added"
+        );
+        assert!(
+            c(&[(1, 23), (2, 23)]).changes_values(&c(&[(1, 23), (3, 23)])),
+            "dropped, another added"
+        );
+        let col = |shape: Option<TypeShape>| ColumnDef {
+            type_shape: shape.map(|s| [("16390".to_string(), s)].into()),
+            ..ColumnDef::default()
+        };
+        assert_eq!(
+            col(Some(e(&["sad"]))).type_changing_values(&col(Some(e(&["blue"])))),
+            Some("16390")
+        );
+        assert_eq!(
+            col(None).type_changing_values(&col(Some(e(&["blue"])))),
+            None,
+            "unknown before"
+        );
     }
 }

@@ -264,7 +264,21 @@ pub fn projection(schemas: &Schemas, table: &str, from: u32, to: u32) -> Result<
                     let converted = rewritten
                         && using
                         && ddl.is_some_and(|d| mentions(&d.command, &p.name) || mentions(&d.command, &c.name));
-                    if (retyped && (using || !text_preserving(p, c))) || converted {
+                    if let (false, Some(oid)) = (retyped, p.type_changing_values(c)) {
+                        Source::Unknown(
+                            refusal(
+                                table,
+                                v,
+                                format!(
+                                    "it changed a type {} ({}) is written in (type OID {oid}: an enum label renamed, \
+                                     or a composite type's attributes added or dropped), which changes the text of values \
+                                     the archive holds",
+                                    c.name, c.type_name
+                                ),
+                            ),
+                            Box::new(src.clone()),
+                        )
+                    } else if (retyped && (using || !text_preserving(p, c))) || converted {
                         Source::Unknown(
                             refusal(
                                 table,

@@ -599,6 +599,90 @@ fn tables_inheriting_from_another_keep_their_own_rows_and_take_its_ddl_with_thei
 }
 
 #[test]
+fn values_of_an_enum_or_composite_type_altered_under_them_restore_as_the_type_reads_them_now() {
+    // An enum label renamed, or a composite type's attribute added or
+    // dropped, changes how values already written read, without a change
+    // in the stream: waly snapshots the tables that use the type (directly,
+    // in an array, through a domain). A label added, or an attribute
+    // renamed, changes no value and takes no snapshot.
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+         CREATE TYPE pt AS (x int, y int);
+         CREATE DOMAIN feeling AS mood;
+         CREATE TABLE t (id int PRIMARY KEY, m mood, p pt, ms mood[], ps pt[], f feeling);
+         INSERT INTO t VALUES (1, 'sad', '(1,2)', '{sad,ok}', '{\"(1,2)\"}', 'sad'),
+                              (2, 'ok', '(3,4)', '{happy}', '{\"(5,6)\"}', 'happy'),
+                              (3, 'happy', NULL, NULL, NULL, NULL);",
+    );
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    // Each point: its time, and the rows in the text of then (a restore
+    // into a table takes the types of now: a file for the earlier points).
+    let rows_then = |label: &'static str| {
+        let p = point(&db, label, "t");
+        let rows: serde_json::Value = serde_json::from_str(&db.psql(
+            "SELECT coalesce(json_agg(json_build_object('id', id::text, 'm', m::text, 'p', p::text, 'ms', ms::text,
+                                                        'ps', ps::text, 'f', f::text) ORDER BY id), '[]') FROM t",
+        ))
+        .expect("json");
+        (p, rows)
+    };
+    let mut points = vec![rows_then("start")];
+    db.psql("ALTER TYPE mood RENAME VALUE 'sad' TO 'blue'");
+    wait_confirmed(&db, 120);
+    points.push(rows_then("after a label renamed"));
+    db.psql("ALTER TYPE mood ADD VALUE 'ecstatic'");
+    db.psql("UPDATE t SET m = 'ecstatic', f = 'ecstatic' WHERE id = 3");
+    points.push(rows_then("after a label added"));
+    db.psql("ALTER TYPE pt ADD ATTRIBUTE z int");
+    wait_confirmed(&db, 120);
+    points.push(rows_then("after an attribute added"));
+    db.psql("ALTER TYPE pt RENAME ATTRIBUTE x TO xx");
+    db.psql("INSERT INTO t VALUES (4, 'blue', '(7,8,9)', '{blue}', '{\"(9,10,11)\"}', 'ok')");
+    points.push(rows_then("after an attribute renamed"));
+    db.psql("ALTER TYPE pt DROP ATTRIBUTE y");
+    wait_confirmed(&db, 120);
+    db.psql("UPDATE t SET p = '(70,90)' WHERE id = 4");
+    points.push(rows_then("after an attribute dropped"));
+    settle(&db, run);
+
+    for (p, want) in &points {
+        let out = ok(&restore(
+            &db,
+            &archive,
+            &["t", "--at", &p.at, "--output", "-", "--format", "jsonl"],
+        ));
+        let got: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        assert_eq!(&serde_json::Value::Array(got), want, "{}", p.label);
+    }
+    let (last, _) = &points[points.len() - 1];
+    assert_restores(&db, &archive, "t", last, "t_now");
+    verify_against_source(&db, &archive, "t");
+    let schema = ok(&run_within(
+        waly().args(["schema", "t", "--archive", &archive, "--json"]),
+        30,
+    ));
+    let sources: Vec<String> = schema
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .map(|v| v["source"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        sources.iter().filter(|s| *s == "snapshot").count(),
+        4,
+        "the base snapshot and one after each rename of a label, attribute added and dropped: {schema}"
+    );
+    assert!(
+        schema.contains("its type's enum labels or composite attributes"),
+        "{schema}"
+    );
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
+#[test]
 fn a_table_out_of_the_publication_or_dropped_is_refused_there_and_exact_from_its_next_snapshot() {
     let db = TestDb::new();
     db.psql(DDL_TABLES);
