@@ -210,6 +210,12 @@ impl Error {
         None
     }
 
+    /// Whether an archive object was not there: gone since it was listed
+    /// (an index run merged away by a live writer), or never written.
+    pub fn is_object_gone(&self) -> bool {
+        matches!(self, Error::Store { source, .. } if matches!(**source, object_store::Error::NotFound { .. }))
+    }
+
     /// Whether trying again later may succeed (network trouble, a server
     /// restarting), as opposed to a mistake that retrying cannot fix.
     pub fn is_transient(&self) -> bool {

@@ -406,9 +406,7 @@ impl Store {
     pub async fn get_opt(&self, key: &str) -> Result<Option<Bytes>, ArchiveError> {
         match self.get(key).await {
             Ok(b) => Ok(Some(b)),
-            Err(ArchiveError::Store { source, .. }) if matches!(*source, object_store::Error::NotFound { .. }) => {
-                Ok(None)
-            }
+            Err(e) if e.is_object_gone() => Ok(None),
             Err(e) => Err(e),
         }
     }

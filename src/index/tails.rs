@@ -244,7 +244,13 @@ pub async fn refresh(store: &Store) -> Result<usize, Error> {
         };
         let bytes = match old.0.get(&key) {
             Some((s, t, b)) if *s == size && *t == e_tag => b.clone(),
-            _ => read_tail(store, &key, size).await?,
+            _ => match read_tail(store, &key, size).await {
+                Ok(b) => b,
+                // Merged away by a live writer since the listing: not an
+                // object of the index any more.
+                Err(e) if e.is_object_gone() => continue,
+                Err(e) => return Err(e),
+            },
         };
         let len = bytes.len() as u64;
         entries.push((Entry { key, size, e_tag, len }, bytes));
@@ -280,7 +286,11 @@ pub async fn faults(store: &Store) -> Result<Vec<String>, Error> {
         let Some(tail) = known.tail(key, *size) else {
             continue;
         };
-        let stored = store.get_range(key, size - tail.len() as u64..*size).await?;
+        let stored = match store.get_range(key, size - tail.len() as u64..*size).await {
+            Ok(b) => b,
+            Err(e) if e.is_object_gone() => continue, // merged away since the listing
+            Err(e) => return Err(e),
+        };
         if stored != tail {
             out.push(format!("its tail of {key} is not that object's last bytes"));
         }
