@@ -233,13 +233,10 @@ pub async fn take(
             continue;
         };
         let columns = def.columns;
-        // A table's own rows: not those of tables inheriting from it, whose
-        // changes the stream gives as theirs. A partitioned table's rows
-        // are its partitions' (published through their root).
-        let only = match def.meta.relkind.as_deref() {
-            Some("p") => "",
-            _ => "ONLY ",
-        };
+        let from = quote::own_rows(
+            &format!("{}.{}", quote::ident(&t.schema)?, quote::ident(&t.name)?),
+            def.meta.relkind.as_deref(),
+        );
         let version = next_versions.get(&qualified).copied().unwrap_or(1);
         let schema = SchemaRecord {
             commit_lsn: lsn,
@@ -261,14 +258,12 @@ pub async fn take(
             .map(|c| quote::ident(&c.name))
             .collect::<Result<_, _>>()?;
         let copy = format!(
-            "COPY (SELECT {} FROM {only}{}.{}) TO STDOUT",
+            "COPY (SELECT {} FROM {from}) TO STDOUT",
             if select.is_empty() {
                 "".to_string()
             } else {
                 select.join(", ")
-            },
-            quote::ident(&t.schema)?,
-            quote::ident(&t.name)?
+            }
         );
         // Renamed or dropped between the look-up above and the COPY (the
         // name is resolved in the catalog of now): skipped as above, the

@@ -1169,21 +1169,16 @@ pub async fn against_source(
             sink.finish().await.map_err(sql_err)?;
         }
         let live = format!("{}.{}", quote::ident(&schema)?, quote::ident(&name)?);
-        // The table's own rows, as a snapshot takes them: not those of
-        // tables inheriting from it (a partitioned table's are its
-        // partitions').
-        let partitioned: bool = client
+        // The table's own rows, as a snapshot takes them.
+        let relkind: String = client
             .query_one(
-                "SELECT relkind = 'p' FROM pg_class WHERE oid = $1::text::regclass",
+                "SELECT relkind::text FROM pg_class WHERE oid = $1::text::regclass",
                 &[&live],
             )
             .await
             .map_err(sql_err)?
             .get(0);
-        let live = match partitioned {
-            true => live,
-            false => format!("ONLY {live}"),
-        };
+        let live = quote::own_rows(&live, Some(&relkind));
         let restored_at = rows.outcome.cut.map_or(plan.snapshot.lsn, |c| c.0);
         let columns = rows.outcome.schema.columns.len();
         let diff = |a: &str, b: &str| {

@@ -52,6 +52,18 @@ pub fn replication_literal(value: &str) -> Result<String, Error> {
     Ok(format!("'{}'", value.replace('\'', "''")))
 }
 
+/// A table's own rows in a FROM clause, given its quoted name and
+/// `relkind`: `ONLY t`, not the rows of tables inheriting from it (whose
+/// changes the stream gives as theirs), unless it is partitioned (its rows
+/// are its partitions', published through their root). Snapshots and the
+/// restore drill read the same rows this way.
+pub fn own_rows(quoted: &str, relkind: Option<&str>) -> String {
+    match relkind {
+        Some("p") => quoted.to_string(),
+        _ => format!("ONLY {quoted}"),
+    }
+}
+
 /// A qualified name such as `public.users`, split into schema and table; an
 /// unqualified name means `public`. Quoted parts (`"My Schema"."T.x"`) keep
 /// their case and dots.
