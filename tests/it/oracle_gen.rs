@@ -6,7 +6,7 @@
 //! TOASTed value), migrations (add, rename, drop and retype columns, a
 //! partition created, one detached and attached again, a primary key
 //! changed, a replica identity index for a while, a table inheriting from
-//! another, every table out of the
+//! another, an enum column whose label is renamed later, every table out of the
 //! publication for a while, a table made unlogged for a bulk load, moved
 //! to another schema and back, swapped for a copy), and operations on waly itself
 //! (kill -9 and restart, a PostgreSQL restart, compact, prune, reindex, a
@@ -143,6 +143,10 @@ struct Model {
     acct_n: bool,
     /// Whether `acct.tier` exists.
     acct_tier: bool,
+    /// `item.mood`, of the enum `mood`: 0 before it exists, 1 with labels
+    /// `sad`, `ok`, `happy`, 2 once `sad` is renamed `blue` and `gold`
+    /// added.
+    item_mood: u8,
     /// Fresh keys for key changes and inserts.
     next_key: u32,
     migrations: Vec<&'static str>,
@@ -155,6 +159,7 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
         item_note: "note",
         acct_n: true,
         acct_tier: false,
+        item_mood: 0,
         next_key: 100_000,
         migrations: vec![
             "add column",
@@ -169,6 +174,7 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
             "swapped for a copy",
             "replica identity index and back",
             "an heir",
+            "an enum",
             "partition",
             "primary key",
         ],
@@ -217,8 +223,10 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
             steps.push(Step::Checkpoint);
         }
     }
-    // Whatever did not come up yet happens at the end, then a last checkpoint.
-    for which in std::mem::take(&mut m.migrations) {
+    // Whatever did not come up yet happens at the end (with the
+    // migrations a migration adds), then a last checkpoint.
+    while !m.migrations.is_empty() {
+        let which = m.migrations.remove(0);
         steps.push(migration(which, &mut m));
         steps.push(workload(&mut r, &mut m));
     }
@@ -420,6 +428,32 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
              INSERT INTO acct_vip (id, name, email, big) SELECT g, 'vip ' || g, 'v' || g || '@x',
                     CASE WHEN g % 5 = 0 THEN repeat('vip', 2000) END FROM generate_series(90001, 90030) g;"
             .to_string(),
+        // An enum column on item (existing rows take the default without a
+        // change in the stream); later one of its labels is renamed.
+        "an enum" => {
+            m.item_mood = 1;
+            m.migrations.push("an enum label renamed");
+            "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+             ALTER TABLE item ADD COLUMN mood mood DEFAULT 'sad';
+             UPDATE item SET mood = 'ok' WHERE id % 3 = 0;"
+                .to_string()
+        }
+        // A label added (values read as before: a schema version, no
+        // snapshot), then one renamed: every value written with it, in the
+        // archive, now reads as the new label, with no change in the
+        // stream, so waly snapshots item again. As for "rewrite", the
+        // audit is told each row as the rename left it. A checkpoint
+        // before it cannot be restored into the database (its type refuses
+        // the old label): its check restores it to a file instead.
+        "an enum label renamed" => {
+            m.item_mood = 2;
+            "ALTER TYPE mood ADD VALUE 'gold';
+             BEGIN;
+             ALTER TYPE mood RENAME VALUE 'sad' TO 'blue';
+             INSERT INTO oracle_audit (tbl, op, new) SELECT 'item', 'rewrite', oracle_row(to_jsonb(i)) FROM item i ORDER BY id;
+             COMMIT;"
+                .to_string()
+        }
         // February's partition detached, changed on its own while ev
         // changes too, and attached again: each moves rows in or out of ev
         // without a change in the stream (waly snapshots ev after each).
@@ -558,10 +592,15 @@ fn workload(r: &mut Rng, m: &mut Model) -> Step {
                 (false, true) => "tier = 'pro'",
                 (false, false) => "name = name || '*'",
             };
+            let mood = match m.item_mood {
+                0 => "",
+                1 => ", mood = 'happy'",
+                _ => ", mood = 'gold'",
+            };
             (
                 "update the migrated columns",
                 format!(
-                    "UPDATE acct SET {set} WHERE id % {modulo} = {rest}; UPDATE item SET {note} = {note} || '!', qty = qty + 1 WHERE id = {k}"
+                    "UPDATE acct SET {set} WHERE id % {modulo} = {rest}; UPDATE item SET {note} = {note} || '!', qty = qty + 1{mood} WHERE id = {k}"
                 ),
             )
         }
