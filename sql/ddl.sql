@@ -40,7 +40,7 @@ $waly$;
 CREATE OR REPLACE FUNCTION public.waly_capture_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog
 SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex' AS $waly$
--- (waly ddl capture 7: this line names the version `waly status` checks for.)
+-- (waly ddl capture 8: this line names the version `waly status` checks for.)
 DECLARE
     r record;
     partitioned boolean := false;
@@ -60,16 +60,36 @@ BEGIN
         ELSE
             -- The tables the command touched, every table of a schema
             -- altered (renaming a schema renames its tables), every table
-            -- with a column of a type or domain altered (renamed, its
-            -- columns name it anew; an enum's label renamed or a composite's
-            -- attribute added or dropped, its values read anew; or of its
-            -- array or a domain over it),
-            -- the root of each partition among them (a partition
+            -- with a column whose values are written in a type the command
+            -- altered (`users`: the type itself, a composite type altered,
+            -- reported as its relation, or a table's row type; and, through
+            -- pg_depend, arrays of them, domains over them and composite
+            -- types or tables with an attribute of them or of their type
+            -- (a typed table, `OF` it), at any depth):
+            -- renamed, its columns name it anew; an enum's label renamed or
+            -- a composite's attribute added or dropped, its values read
+            -- anew. Then the root of each partition among them (a partition
             -- created or attached changes its root), and every table that
             -- inherits from one of them (not as a partition): ALTER TABLE
             -- on a parent changes its children too (a column added with
             -- its default, renamed, retyped or dropped).
-            FOR r IN WITH RECURSIVE touched AS (
+            FOR r IN WITH RECURSIVE users(t) AS (
+                         SELECT c.objid FROM pg_event_trigger_ddl_commands() c
+                          WHERE c.classid = 'pg_type'::regclass AND c.command_tag IN ('ALTER TYPE', 'ALTER DOMAIN')
+                         UNION
+                         SELECT k.reltype FROM pg_event_trigger_ddl_commands() c
+                           JOIN pg_class k ON k.oid = c.objid
+                          WHERE c.classid = 'pg_class'::regclass AND k.reltype <> 0
+                         UNION
+                         SELECT x.t FROM users u
+                           JOIN pg_depend d ON d.refclassid = 'pg_type'::regclass AND d.refobjid = u.t
+                          CROSS JOIN LATERAL (
+                                SELECT d.objid WHERE d.classid = 'pg_type'::regclass
+                                UNION ALL
+                                SELECT k.reltype FROM pg_class k
+                                 WHERE d.classid = 'pg_class'::regclass
+                                   AND k.oid = d.objid AND k.reltype <> 0) x(t)),
+                     touched AS (
                          SELECT c.objid AS rel FROM pg_event_trigger_ddl_commands() c
                           WHERE c.classid = 'pg_class'::regclass
                          UNION
@@ -77,17 +97,8 @@ BEGIN
                            JOIN pg_class k ON k.relnamespace = c.objid
                           WHERE c.classid = 'pg_namespace'::regclass AND c.command_tag = 'ALTER SCHEMA'
                          UNION
-                         SELECT a.attrelid FROM pg_event_trigger_ddl_commands() c
-                           JOIN pg_type y ON c.objid IN (y.oid, y.typelem, y.typbasetype)
-                           JOIN pg_attribute a ON a.atttypid = y.oid AND a.attnum > 0 AND NOT a.attisdropped
-                          WHERE c.classid = 'pg_type'::regclass AND c.command_tag IN ('ALTER TYPE', 'ALTER DOMAIN')
-                         UNION
-                         -- A composite type altered is reported as its relation.
-                         SELECT a.attrelid FROM pg_event_trigger_ddl_commands() c
-                           JOIN pg_type z ON z.typrelid = c.objid
-                           JOIN pg_type y ON z.oid IN (y.oid, y.typelem, y.typbasetype)
-                           JOIN pg_attribute a ON a.atttypid = y.oid AND a.attnum > 0 AND NOT a.attisdropped
-                          WHERE c.classid = 'pg_class'::regclass AND c.command_tag = 'ALTER TYPE'),
+                         SELECT y.typrelid FROM users u
+                           JOIN pg_type y ON y.oid = u.t AND y.typrelid <> 0),
                      heirs AS (
                          SELECT t.rel FROM touched t
                          UNION

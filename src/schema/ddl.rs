@@ -18,7 +18,7 @@ const DDL_SQL: &str = include_str!("../../sql/ddl.sql");
 const PUBLISHED_SQL: &str = include_str!("../../sql/published.sql");
 /// The line in sql/ddl.sql's capture function that names its version: a
 /// trigger whose function lacks it was installed by an earlier waly.
-const CAPTURE_VERSION: &str = "waly ddl capture 7";
+const CAPTURE_VERSION: &str = "waly ddl capture 8";
 
 /// The SQL that installs (or reinstalls) the DDL capture triggers.
 pub fn install_sql() -> Result<String, Error> {

@@ -683,6 +683,89 @@ fn values_of_an_enum_or_composite_type_altered_under_them_restore_as_the_type_re
 }
 
 #[test]
+fn values_of_a_type_nested_in_another_or_of_a_tables_row_type_restore_as_the_types_read_them_now() {
+    // The same, where the altered type is reached only through another
+    // type: an enum or a composite inside a composite (in an array too), and
+    // a table's row type as another table's column. waly snapshots every
+    // table whose values the change reaches, at any depth.
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE TYPE inner_t AS (a int, m mood);
+         CREATE TYPE outer_t AS (i inner_t, n text);
+         CREATE DOMAIN outer_d AS outer_t;
+         CREATE TABLE addr (id int PRIMARY KEY, city text);
+         CREATE TABLE t (id int PRIMARY KEY, o outer_t, os outer_t[], od outer_d, home addr);
+         INSERT INTO addr VALUES (1, 'Oslo');
+         INSERT INTO t VALUES (1, '(\"(1,sad)\",x)', ARRAY['(\"(2,ok)\",y)']::outer_t[], '(\"(3,sad)\",z)', '(1,Oslo)'),
+                              (2, '(\"(4,ok)\",w)', NULL, NULL, '(2,Bergen)'),
+                              (3, NULL, NULL, NULL, NULL);",
+    );
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    let rows_then = |label: &'static str| {
+        let p = point(&db, label, "t");
+        let rows: serde_json::Value = serde_json::from_str(&db.psql(
+            "SELECT coalesce(json_agg(json_build_object('id', id::text, 'o', o::text, 'os', os::text, 'od', od::text,
+                                                        'home', home::text) ORDER BY id), '[]') FROM t",
+        ))
+        .expect("json");
+        (p, rows)
+    };
+    let mut points = vec![rows_then("start")];
+    for (label, ddl) in [
+        (
+            "after a label renamed two types down",
+            "ALTER TYPE mood RENAME VALUE 'sad' TO 'blue'",
+        ),
+        (
+            "after an attribute added to an inner type",
+            "ALTER TYPE inner_t ADD ATTRIBUTE b int",
+        ),
+        (
+            "after a column added to a table whose row type is a column",
+            "ALTER TABLE addr ADD COLUMN zip text",
+        ),
+        (
+            "after an attribute of an inner type dropped",
+            "ALTER TYPE inner_t DROP ATTRIBUTE a",
+        ),
+    ] {
+        db.psql(ddl);
+        wait_confirmed(&db, 120);
+        db.psql(&format!("UPDATE t SET o.n = '{label}' WHERE id = 2"));
+        points.push(rows_then(label));
+    }
+    settle(&db, run);
+
+    for (p, want) in &points {
+        let out = ok(&restore(
+            &db,
+            &archive,
+            &["t", "--at", &p.at, "--output", "-", "--format", "jsonl"],
+        ));
+        let got: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        assert_eq!(&serde_json::Value::Array(got), want, "{}", p.label);
+    }
+    let (last, _) = &points[points.len() - 1];
+    assert_restores(&db, &archive, "t", last, "t_now");
+    verify_against_source(&db, &archive, "t");
+    let schema = ok(&run_within(
+        waly().args(["schema", "t", "--archive", &archive, "--json"]),
+        30,
+    ));
+    let snapshots = schema
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .filter(|v| v["source"] == "snapshot")
+        .count();
+    assert_eq!(snapshots, 5, "the base snapshot and one after each change: {schema}");
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
+#[test]
 fn a_table_out_of_the_publication_or_dropped_is_refused_there_and_exact_from_its_next_snapshot() {
     let db = TestDb::new();
     db.psql(DDL_TABLES);
