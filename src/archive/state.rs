@@ -157,6 +157,23 @@ pub struct GenState {
 }
 
 impl GenState {
+    /// Sorts the manifests and finds where each table's history is
+    /// archived from ([`GenState::snapshots`]).
+    fn index_snapshots(&mut self) {
+        self.manifests.sort_by_key(|m| m.lsn);
+        let tables: std::collections::BTreeSet<String> = self
+            .manifests
+            .iter()
+            .flat_map(|m| m.tables.iter().map(|t| t.table.clone()))
+            .collect();
+        self.snapshots.clear();
+        for t in tables {
+            if let Some(from) = self.archived_from(&t) {
+                self.snapshots.insert(t, from);
+            }
+        }
+    }
+
     /// The LSN from which the stream archives `table`'s transactions: its
     /// first snapshot in the generation, or the latest snapshot that
     /// started its history again after it ended (see
@@ -455,18 +472,54 @@ pub async fn load_generation_listing(
 ) -> Result<(GenState, Vec<(String, u64, u64)>), Error> {
     // At once: the tail, the schema versions and manifests, and whether the
     // archive is encrypted (which every read of data then asks).
+    // A writer records a schema version, and a snapshot's manifest, before
+    // any segment after it; but the state's listings begin with the
+    // segments', so beside a live writer they may miss one recorded in
+    // between that a listed segment needs. So, once the segments are
+    // listed, the schema versions and manifests are listed again (while
+    // the tail's headers are read: no wait unless one was missed), and
+    // those missed are read.
     let chain = async {
         let segs = segments(store, gen).await?;
-        let tail = tail_from_headers(store, &segs).await?;
-        Ok::<_, Error>((segs, tail))
+        let (tail, again) = futures_util::future::try_join(
+            tail_from_headers(store, &segs),
+            futures_util::future::try_join(schema_keys(store, gen), manifest_keys(store, gen)),
+        )
+        .await?;
+        Ok::<_, Error>((segs, tail, again))
     };
-    let ((segs, tail), mut st, _) = futures_util::future::try_join3(
+    let ((segs, tail, (schemas_again, manifests_again)), mut st, _) = futures_util::future::try_join3(
         chain,
-        load_generation_telling(store, gen, Tail::default(), shapes, listed),
+        load_generation_telling(store, gen, Tail::default(), shapes.clone(), listed),
         store.is_encrypted(),
     )
     .await?;
     st.tail = tail;
+    let versions: Vec<String> = schemas_again
+        .into_iter()
+        .filter(|k| match (schema_key_table(k), schema_key_version(k)) {
+            (Some(t), Some(v)) => shapes.wants(&t) && st.schemas.version(&t, v).is_none(),
+            // A key whose name does not parse was read all the same.
+            _ => false,
+        })
+        .collect();
+    let manifests: Vec<String> = manifests_again
+        .into_iter()
+        .filter(|k| manifest_key_lsn(k).is_some_and(|lsn| !st.manifests.iter().any(|m| m.lsn == lsn)))
+        .collect();
+    let caught_up = !versions.is_empty() || !manifests.is_empty();
+    if caught_up {
+        let (versions, manifests) = futures_util::future::try_join(
+            read_schema_keys(store, versions, &shapes),
+            read_all::<Manifest>(store, manifests),
+        )
+        .await?;
+        for rec in versions {
+            st.schemas.insert(rec);
+        }
+        st.manifests.extend(manifests);
+        st.index_snapshots();
+    }
     Ok((st, segs))
 }
 
@@ -487,6 +540,17 @@ pub fn schema_key_table(key: &str) -> Option<String> {
     parts.next()?;
     let (schema, name) = layout::parse_table_segment(parts.next()?)?;
     Some(format!("{schema}.{name}"))
+}
+
+/// The version number schema object `key` holds, by its name.
+fn schema_key_version(key: &str) -> Option<u32> {
+    key.rsplit('/').next()?.strip_suffix(".json")?.parse().ok()
+}
+
+/// The LSN of the snapshot whose manifest is `key`, by its name.
+fn manifest_key_lsn(key: &str) -> Option<Lsn> {
+    let dir = key.strip_suffix("/manifest.json")?.rsplit('/').next()?;
+    u64::from_str_radix(dir, 16).ok().map(Lsn)
 }
 
 /// The keys of `gen`'s snapshot manifests.
@@ -524,15 +588,29 @@ pub enum Shapes {
     Table(String),
 }
 
+impl Shapes {
+    /// Whether the versions of `table` are wanted.
+    fn wants(&self, table: &str) -> bool {
+        match self {
+            Shapes::Table(t) => t == table,
+            Shapes::All | Shapes::WhatOpens => true,
+        }
+    }
+}
+
 /// The schema versions of `gen`, read and opened, a few at a time.
 async fn read_schemas(store: &Store, gen: &str, shapes: &Shapes) -> Result<Vec<SchemaRecord>, Error> {
+    let mut keys = schema_keys(store, gen).await?;
+    // A key whose name does not parse is read all the same.
+    keys.retain(|k| schema_key_table(k).is_none_or(|t| shapes.wants(&t)));
+    read_schema_keys(store, keys, shapes).await
+}
+
+/// The schema version objects `keys`, read and opened, a few at a time
+/// (those that do not open left out, when `shapes` says so).
+async fn read_schema_keys(store: &Store, keys: Vec<String>, shapes: &Shapes) -> Result<Vec<SchemaRecord>, Error> {
     use futures_util::{StreamExt, TryStreamExt};
     let may_skip = *shapes == Shapes::WhatOpens;
-    let mut keys = schema_keys(store, gen).await?;
-    if let Shapes::Table(table) = shapes {
-        // A key whose name does not parse is read all the same.
-        keys.retain(|k| schema_key_table(k).is_none_or(|t| t == *table));
-    }
     let read: Vec<Option<SchemaRecord>> = futures_util::stream::iter(keys)
         .map(|key| async move {
             match store.read_schema(&key, store.get(&key).await?, may_skip).await {
@@ -580,23 +658,22 @@ pub async fn load_generation_telling(
         st.schemas.insert(rec);
     }
     st.manifests = manifests;
-    st.manifests.sort_by_key(|m| m.lsn);
-    let tables: std::collections::BTreeSet<String> = st
-        .manifests
-        .iter()
-        .flat_map(|m| m.tables.iter().map(|t| t.table.clone()))
-        .collect();
-    for t in tables {
-        if let Some(from) = st.archived_from(&t) {
-            st.snapshots.insert(t, from);
-        }
-    }
+    st.index_snapshots();
     Ok(st)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use futures_util::stream::BoxStream;
+    use futures_util::{StreamExt, TryStreamExt};
+    use object_store::path::Path;
+    use object_store::{
+        GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
+        PutPayload, PutResult, Result as OsResult,
+    };
+    use std::sync::Arc;
 
     fn manifest(lsn: u64, tables: &[&str]) -> Manifest {
         Manifest {
@@ -653,5 +730,150 @@ mod tests {
         assert_eq!(st.archived_from("u"), Some(Lsn(100)));
         assert_eq!(st.archived_from("never"), None);
         assert!(!st.history_ended("never"));
+    }
+
+    /// An object store whose listing of a generation's segments first
+    /// waits until its schema versions and snapshots were listed, then
+    /// writes `later` (what a writer recorded meanwhile): a reader's
+    /// listings overtaken by a live writer's, every time.
+    #[derive(Debug)]
+    struct Overtaken {
+        inner: Arc<dyn ObjectStore>,
+        later: Arc<std::sync::Mutex<Vec<(Path, Bytes)>>>,
+        listed: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl std::fmt::Display for Overtaken {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "overtaken {}", self.inner)
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Overtaken {
+        async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> OsResult<PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> OsResult<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(&self, location: &Path, options: GetOptions) -> OsResult<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        async fn delete(&self, location: &Path) -> OsResult<()> {
+            self.inner.delete(location).await
+        }
+        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, OsResult<ObjectMeta>> {
+            let (inner, later, listed) = (self.inner.clone(), self.later.clone(), self.listed.clone());
+            let prefix = prefix.cloned();
+            let dir = prefix.as_ref().map(|p| p.to_string()).unwrap_or_default();
+            futures_util::stream::once(async move {
+                if dir.ends_with("/segments") {
+                    // The first listings of schema versions and snapshots.
+                    if let Ok(permits) = listed.acquire_many(2).await {
+                        permits.forget();
+                    }
+                    let staged = std::mem::take(&mut *later.lock().expect("lock"));
+                    for (key, bytes) in staged {
+                        inner.put(&key, bytes.into()).await?;
+                    }
+                }
+                let found: Vec<ObjectMeta> = inner.list(prefix.as_ref()).try_collect().await?;
+                if dir.ends_with("/schemas") || dir.ends_with("/snapshots") {
+                    listed.add_permits(1);
+                }
+                Ok::<_, object_store::Error>(futures_util::stream::iter(found.into_iter().map(Ok)))
+            })
+            .try_flatten()
+            .boxed()
+        }
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> OsResult<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy(&self, from: &Path, to: &Path) -> OsResult<()> {
+            self.inner.copy(from, to).await
+        }
+        async fn copy_if_not_exists(&self, from: &Path, to: &Path) -> OsResult<()> {
+            self.inner.copy_if_not_exists(from, to).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_beside_a_writer_knows_every_schema_version_and_snapshot_its_segments_may_need() {
+        // A generation written, then a writer's next schema version and
+        // snapshot recorded while a reader lists it: after the reader's
+        // listings of versions and snapshots began, before its listing of
+        // the segments (whose next ones may need them).
+        let inner: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let plain = Store::from_object_store(inner.clone(), "archive");
+        crate::synth::generate(
+            &plain,
+            &crate::synth::SynthOptions {
+                events: 300,
+                weights: vec![1],
+                rows: vec![20],
+                skew: 0.0,
+                row_bytes: 16,
+                txn_changes: 5,
+                segment_bytes: 4096,
+                start: Utc::now(),
+                txn_interval: chrono::Duration::milliseconds(1),
+                seed: 7,
+                crash_at: None,
+                orphan_at_end: false,
+                intent_every: None,
+                clock_back: None,
+            },
+        )
+        .await
+        .expect("synth");
+        let gen = generations(&plain).await.expect("generations")[0].clone();
+        let first = load_generation(&plain, &gen).await.expect("load");
+        let key = schema_keys(&plain, &gen).await.expect("schemas")[0].clone();
+        let mut next: SchemaRecord = parse_json(&key, &plain.get(&key).await.expect("version")).expect("json");
+        next.version += 1;
+        next.commit_lsn = Lsn(first.durable_position().as_u64() + 1);
+        let table_seg = key.rsplit('/').nth(1).expect("table").to_string();
+        let mkey = manifest_keys(&plain, &gen).await.expect("manifests")[0].clone();
+        let mut snapshot: Manifest = parse_json(&mkey, &plain.get(&mkey).await.expect("manifest")).expect("json");
+        snapshot.lsn = next.commit_lsn;
+        let later = vec![
+            (
+                Path::from(format!(
+                    "archive/{}",
+                    layout::schema_key(&gen, &table_seg, next.version)
+                )),
+                to_json(&next),
+            ),
+            (
+                Path::from(format!("archive/{}", layout::snapshot_manifest(&gen, snapshot.lsn))),
+                to_json(&snapshot),
+            ),
+        ];
+        let overtaken = Store::from_object_store(
+            Arc::new(Overtaken {
+                inner,
+                later: Arc::new(std::sync::Mutex::new(later)),
+                listed: Arc::new(tokio::sync::Semaphore::new(0)),
+            }),
+            "archive",
+        );
+        let (st, _) = load_generation_listing(&overtaken, &gen, Shapes::All, |_| {})
+            .await
+            .expect("load");
+        assert!(
+            st.schemas.version(&next.table, next.version).is_some(),
+            "{} version {} is not known",
+            next.table,
+            next.version
+        );
+        assert_eq!(
+            st.manifests.iter().map(|m| m.lsn).collect::<Vec<_>>(),
+            vec![first.manifests[0].lsn, snapshot.lsn]
+        );
     }
 }
