@@ -140,8 +140,10 @@ pub async fn verify(store: &Store) -> Result<Report, Error> {
             Err(Error::Corrupt { .. }) => state::Tail::default(),
             other => other?,
         };
-        let st = state::load_generation_with(store, &gen, tail, state::Shapes::WhatOpens).await?;
+        // The segments listed before the schema versions and manifests: a
+        // live writer records those before the segments that need them.
         let objects = state::segment_objects_under(store, &gen, &leases).await?;
+        let st = state::load_generation_with(store, &gen, tail, state::Shapes::WhatOpens).await?;
         // The stored catalog, checked by folding the segments it names as they are read.
         let chain: Vec<(String, u64, u64)> = objects
             .iter()

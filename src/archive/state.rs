@@ -507,8 +507,8 @@ pub async fn load_generation_listing(
         .into_iter()
         .filter(|k| manifest_key_lsn(k).is_some_and(|lsn| !st.manifests.iter().any(|m| m.lsn == lsn)))
         .collect();
-    let caught_up = !versions.is_empty() || !manifests.is_empty();
-    if caught_up {
+    let missed = !versions.is_empty() || !manifests.is_empty();
+    if missed {
         let (versions, manifests) = futures_util::future::try_join(
             read_schema_keys(store, versions, &shapes),
             read_all::<Manifest>(store, manifests),
