@@ -264,7 +264,31 @@ pub fn projection(schemas: &Schemas, table: &str, from: u32, to: u32) -> Result<
                     let converted = rewritten
                         && using
                         && ddl.is_some_and(|d| mentions(&d.command, &p.name) || mentions(&d.command, &c.name));
-                    if let (false, Some(oid)) = (retyped, p.type_changing_values(c)) {
+                    // A generated column's expression changed (`SET
+                    // EXPRESSION`: a stored one's rewrites the table, a
+                    // virtual one is computed as it is read): every row's
+                    // value is computed again, with no change in the stream.
+                    // (A column it reads renamed changes its text only.)
+                    let recomputed = match &c.generated {
+                        Some(g) if g.kind == "virtual" => ddl.is_some_and(|d| mentions(&d.command, "expression")),
+                        _ => rewritten,
+                    };
+                    let regenerated = recomputed
+                        && matches!((&p.generated, &c.generated), (Some(a), Some(b)) if a.expression != b.expression);
+                    if regenerated {
+                        Source::Unknown(
+                            refusal(
+                                table,
+                                v,
+                                format!(
+                                    "it computed generated column {} again by a new expression, {}, which the archive does not hold",
+                                    c.name,
+                                    c.generated.as_ref().map_or("", |g| g.expression.as_str())
+                                ),
+                            ),
+                            Box::new(src.clone()),
+                        )
+                    } else if let (false, Some(oid)) = (retyped, p.type_changing_values(c)) {
                         Source::Unknown(
                             refusal(
                                 table,

@@ -766,6 +766,79 @@ fn values_of_a_type_nested_in_another_or_of_a_tables_row_type_restore_as_the_typ
 }
 
 #[test]
+fn a_generated_columns_new_expression_is_what_every_reader_shows_after_it() {
+    // `ALTER COLUMN ... SET EXPRESSION` (PostgreSQL 17) computes every
+    // row's value again: a stored column's by rewriting the table, a
+    // virtual one's (18) as it is read, with no change in the stream.
+    // waly snapshots the table at it.
+    let db = TestDb::new();
+    if db.psql("SELECT current_setting('server_version_num')::int >= 170000") != "t" {
+        eprintln!("skipped: SET EXPRESSION needs PostgreSQL 17 (make test runs this suite on 17 too)");
+        return;
+    }
+    let pg18 = db.psql("SELECT current_setting('server_version_num')::int >= 180000") == "t";
+    let (virtual_column, virtual_value) = match pg18 {
+        true => (", v int GENERATED ALWAYS AS (x + 1) VIRTUAL", ", 'v', v::text"),
+        false => ("", ""),
+    };
+    db.psql(&format!(
+        "CREATE TABLE g (id int PRIMARY KEY, x int, s int GENERATED ALWAYS AS (x * 2) STORED{virtual_column});
+         INSERT INTO g (id, x) SELECT n, n * 10 FROM generate_series(1, 20) n;"
+    ));
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    let row_then = |label: &'static str| {
+        let p = point(&db, label, "g");
+        let row: serde_json::Value = serde_json::from_str(&db.psql(&format!(
+            "SELECT json_build_object('id', id::text, 'x', x::text, 's', s::text{virtual_value}) FROM g WHERE id = 2"
+        )))
+        .expect("json");
+        (p, row)
+    };
+    db.psql("UPDATE g SET x = x + 1 WHERE id = 1");
+    let mut points = vec![row_then("before")];
+    db.psql("ALTER TABLE g ALTER COLUMN s SET EXPRESSION AS (x * 3)");
+    if pg18 {
+        db.psql("ALTER TABLE g ALTER COLUMN v SET EXPRESSION AS (x + 100)");
+    }
+    db.psql("UPDATE g SET x = x + 1 WHERE id = 3");
+    wait_confirmed(&db, 120);
+    points.push(row_then("after a new expression"));
+    settle(&db, run);
+
+    for (i, (p, want)) in points.iter().enumerate() {
+        let out = ok(&run_within(
+            waly().args([
+                "show",
+                "g",
+                "--archive",
+                &archive,
+                "--at",
+                &p.at,
+                "--key",
+                "id=2",
+                "--format",
+                "json",
+            ]),
+            60,
+        ));
+        let got: serde_json::Value = serde_json::from_str(out.lines().next().unwrap_or("null")).expect("json");
+        assert_eq!(&got, want, "show --key id=2 {}", p.label);
+        assert_restores(&db, &archive, "g", p, &format!("g_back{i}"));
+    }
+    let out = ok(&run_within(
+        waly().args(["history", "g", "2", "--archive", &archive, "--json", "--full"]),
+        60,
+    ));
+    let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("null")).expect("json");
+    assert_eq!(last["new"], points[1].1, "history of id 2: {out}");
+    verify_against_source(&db, &archive, "g");
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
+#[test]
 fn a_table_out_of_the_publication_or_dropped_is_refused_there_and_exact_from_its_next_snapshot() {
     let db = TestDb::new();
     db.psql(DDL_TABLES);
