@@ -6,7 +6,8 @@
 //! TOASTed value), migrations (add, rename, drop and retype columns, a
 //! partition created, one detached and attached again, a primary key
 //! changed, a replica identity index for a while, a table inheriting from
-//! another, an enum column whose label is renamed later, every table out of the
+//! another, an enum column whose label is renamed later, a generated
+//! column's expression changed (PostgreSQL 17), every table out of the
 //! publication for a while, a table made unlogged for a bulk load, moved
 //! to another schema and back, swapped for a copy), and operations on waly itself
 //! (kill -9 and restart, a PostgreSQL restart, compact, prune, reindex, a
@@ -175,6 +176,7 @@ pub fn generate(seed: u64, size: Size, encrypted: bool) -> Vec<Step> {
             "replica identity index and back",
             "an heir",
             "an enum",
+            "a new generation expression",
             "partition",
             "primary key",
         ],
@@ -442,7 +444,8 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
         // snapshot), then one renamed: every value written with it, in the
         // archive, now reads as the new label, with no change in the
         // stream, so waly snapshots item again. As for "rewrite", the
-        // audit is told each row as the rename left it. A checkpoint
+        // audit is told each row the rename changed, as it left it (a row
+        // the snapshot finds unchanged is no new version in history). A checkpoint
         // before it cannot be restored into the database (its type refuses
         // the old label): its check restores it to a file instead.
         "an enum label renamed" => {
@@ -450,10 +453,26 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
             "ALTER TYPE mood ADD VALUE 'gold';
              BEGIN;
              ALTER TYPE mood RENAME VALUE 'sad' TO 'blue';
-             INSERT INTO oracle_audit (tbl, op, new) SELECT 'item', 'rewrite', oracle_row(to_jsonb(i)) FROM item i ORDER BY id;
+             INSERT INTO oracle_audit (tbl, op, new) SELECT 'item', 'rewrite', oracle_row(to_jsonb(i)) FROM item i
+              WHERE mood = 'blue' ORDER BY id;
              COMMIT;"
                 .to_string()
         }
+        // item's generated column computed by a new expression (PostgreSQL
+        // 17 and later; nothing before): every row's value changes with no
+        // change in the stream, so waly snapshots item again. As for "an
+        // enum label renamed", the audit is told each row it changed.
+        "a new generation expression" => format!(
+            "DO $$
+             BEGIN
+                 IF current_setting('server_version_num')::int >= 170000 THEN
+                     EXECUTE 'ALTER TABLE item ALTER COLUMN note_len SET EXPRESSION AS (length({note}) * 2)';
+                     INSERT INTO oracle_audit (tbl, op, new) SELECT 'item', 'rewrite', oracle_row(to_jsonb(i)) FROM item i
+                      WHERE note_len IS DISTINCT FROM length({note}) ORDER BY id;
+                 END IF;
+             END $$;",
+            note = m.item_note
+        ),
         // February's partition detached, changed on its own while ev
         // changes too, and attached again: each moves rows in or out of ev
         // without a change in the stream (waly snapshots ev after each).
