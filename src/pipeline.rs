@@ -1397,6 +1397,20 @@ async fn ddl_version(
         .reusable_definition(table, t.commit_lsn, Some(message_lsn), &columns, &meta, dropped)
         .map(|s| s.version);
     if let Some(v) = reusable {
+        // A version an earlier session wrote, read back without its data
+        // key: its statement text and literals are sealed. The message
+        // (the same DDL, decoded again) says them: what the writer decides
+        // next (a snapshot?) reads them.
+        let sealed = |s: &SchemaRecord| s.sealed.is_some() || s.ddl.as_ref().is_some_and(|d| d.sealed.is_some());
+        if let Some(stored) = w.gen.schemas.version(table, v).filter(|s| sealed(s)).cloned() {
+            w.gen.schemas.insert(SchemaRecord {
+                columns,
+                meta,
+                ddl: Some(msg.ddl(message_lsn)),
+                sealed: None,
+                ..stored
+            });
+        }
         w.reuse_version(Some(t), table, v)?;
         return Ok((v, false));
     }

@@ -250,6 +250,11 @@ impl Crypt {
         self.literals_sealed.get() == Some(&true)
     }
 
+    /// Whether schema versions are sealed whole (format 4).
+    fn seals_shapes_whole(&self) -> bool {
+        self.shapes_sealed.get() == Some(&true)
+    }
+
     /// The reader's identities: loaded on first need.
     async fn identities(&self, store: &Store) -> Result<&[age::x25519::Identity], Error> {
         let source = self.source.lock().map(|s| s.clone()).unwrap_or(None);

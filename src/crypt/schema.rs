@@ -45,14 +45,19 @@ struct PartitionBound {
     bound: String,
 }
 
-/// Takes `rec`'s literals out of it (`None` when it has none).
-fn take_literals(rec: &mut SchemaRecord) -> Option<Literals> {
+/// Takes `rec`'s literals out of it (`None` when it has none), enum
+/// labels among them with `labels` (format 3, whose shapes are plaintext;
+/// in format 4 they stay in the shape, sealed whole under the schema key,
+/// where a writer that restarted reads them to tell a label renamed).
+fn take_literals(rec: &mut SchemaRecord, labels: bool) -> Option<Literals> {
     let mut out = Literals::default();
+    let take_labels = labels;
     for (index, c) in rec.columns.iter_mut().enumerate() {
         let labels: std::collections::BTreeMap<String, Vec<String>> = c
             .type_shape
             .iter_mut()
             .flatten()
+            .filter(|_| take_labels)
             .filter_map(|(oid, shape)| shape.labels.take().map(|l| (oid.clone(), l)))
             .collect();
         if c.missing.is_some() || c.default.is_some() || !labels.is_empty() {
@@ -199,7 +204,7 @@ impl Store {
             ddl.command.clear();
         }
         if self.crypt().seals_literals() {
-            if let Some(lits) = take_literals(&mut out) {
+            if let Some(lits) = take_literals(&mut out, !self.crypt().seals_shapes_whole()) {
                 let json = serde_json::to_vec(&lits).map_err(|e| Error::Protocol(e.to_string()))?;
                 out.sealed = Some(hex(&sealer.seal(&json)?));
             }
@@ -330,7 +335,7 @@ mod tests {
             partition_key: None,
         }];
         let plain = rec.clone();
-        let lits = take_literals(&mut rec).expect("it has literals");
+        let lits = take_literals(&mut rec, true).expect("it has literals");
         let stored = serde_json::to_vec(&rec).expect("json");
         assert_eq!(plaintext_in_schema(&stored, true), None);
         for secret in ["free", "'eu'", "'us'", "sad"] {
@@ -352,10 +357,10 @@ mod tests {
         );
         // Literals of another shape are refused, never put in a wrong place.
         let mut other = plain.clone();
-        let lits = take_literals(&mut other).expect("literals");
+        let lits = take_literals(&mut other, true).expect("literals");
         other.columns.swap(0, 1);
         assert!(matches!(put_back(&mut other, lits, "v"), Err(Error::Corrupt { .. })));
         let mut none = SchemaRecord::default();
-        assert_eq!(take_literals(&mut none), None);
+        assert_eq!(take_literals(&mut none, true), None);
     }
 }

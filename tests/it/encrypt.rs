@@ -608,6 +608,52 @@ fn encrypted_archive_answers_as_the_plain_one_and_holds_no_plaintext() {
     db.psql(&format!("SELECT pg_drop_replication_slot('{plain_slot}')"));
 }
 
+/// A writer that restarted reads back the versions an earlier session
+/// wrote without that session's data key: an enum's labels stay readable
+/// to it (in the shape, sealed whole under the schema key it keeps), so a
+/// label renamed after a restart still makes it snapshot the table, and
+/// every reader restores the rows the database now shows.
+#[test]
+fn a_restarted_writer_of_an_encrypted_archive_snapshots_a_table_whose_enum_label_is_renamed() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');
+         CREATE TABLE feel (id int PRIMARY KEY, m mood);
+         INSERT INTO feel VALUES (1, 'sad'), (2, 'ok');
+         CREATE PUBLICATION waly FOR TABLE feel;",
+    );
+    let dir = tempdir(&db, "labels");
+    let (key, recipient, _) = keygen(&dir, "reader");
+    let archive = archive_dir(&db);
+    ok(&init_encrypted(&db, &archive, &format!("age:{recipient}")));
+    // The first session records a label added, and stops.
+    let run = spawn(&db, &archive, &slot(&db));
+    wait_streaming(&db, &run);
+    db.psql("ALTER TYPE mood ADD VALUE 'glad'");
+    wait_slot_confirmed(&db, &slot(&db));
+    run.terminate(30);
+    // The second renames one.
+    let run = spawn(&db, &archive, &slot(&db));
+    wait_streaming(&db, &run);
+    db.psql("ALTER TYPE mood RENAME VALUE 'sad' TO 'blue'");
+    wait_slot_confirmed(&db, &slot(&db));
+    let (_, log) = run.terminate(30);
+    let schema = ok(&read(&archive, Some(&key), &["schema", "feel", "--json"]));
+    let last: serde_json::Value = serde_json::from_str(schema.lines().last().unwrap_or("null")).expect("json");
+    assert_eq!(
+        last["source"], "snapshot",
+        "a snapshot after the rename: {schema}\n{log}"
+    );
+    let rows = ok(&read(
+        &archive,
+        Some(&key),
+        &["restore", "feel", "--at", "now", "--output", "-", "--format", "csv"],
+    ));
+    assert_eq!(rows, "\"id\",\"m\"\n\"1\",\"blue\"\n\"2\",\"ok\"\n", "{log}");
+    let _ = std::fs::remove_dir_all(&archive);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn tempdir(db: &TestDb, what: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("waly-{what}-{}", db.name));
     let _ = std::fs::remove_dir_all(&d);
