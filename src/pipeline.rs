@@ -1354,11 +1354,13 @@ async fn on_ddl(
             .row_key_changes(&table)
             .iter()
             .any(|v| v.version == version);
+    // (Taken from the source: one `waly compact` made from the archive
+    // knows no more than the archive.)
     let snapshotted_since = w
         .gen
         .manifests
         .iter()
-        .any(|m| m.lsn > t.commit_lsn && m.tables.iter().any(|e| e.table == table));
+        .any(|m| m.lsn > t.commit_lsn && m.compacted_at.is_none() && m.tables.iter().any(|e| e.table == table));
     if (unknowable || rekeyed) && !snapshotted_since {
         if let Some(d) = &msg.table {
             let why = match unknowable {
