@@ -598,6 +598,45 @@ fn tables_inheriting_from_another_keep_their_own_rows_and_take_its_ddl_with_thei
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// A point of `table` (see [`point`]), with its rows then as a JSON array
+/// of objects, every value in its text (as `restore --format jsonl` gives
+/// them), in `id` order.
+fn rows_as_text_then(db: &TestDb, label: &'static str, table: &str) -> (Point, serde_json::Value) {
+    let p = point(db, label, table);
+    let columns = db.psql(&format!(
+        "SELECT string_agg(format('%L, %I::text', attname, attname), ', ' ORDER BY attnum) FROM pg_attribute
+          WHERE attrelid = '{table}'::regclass AND attnum > 0 AND NOT attisdropped"
+    ));
+    let rows = db.psql(&format!(
+        "SELECT coalesce(json_agg(json_build_object({columns}) ORDER BY id), '[]') FROM {table}"
+    ));
+    (p, serde_json::from_str(&rows).expect("json"))
+}
+
+/// Each point's restore to a file (`--format jsonl`) is its rows in the
+/// text of then (`points`: each point with its rows as a JSON array), the
+/// last point's restore into a table is the table then, and
+/// `verify --against-source` finds it equal; returns `waly schema --json`.
+fn restores_as_then(db: &TestDb, archive: &str, table: &str, points: &[(Point, serde_json::Value)]) -> String {
+    for (p, want) in points {
+        let out = ok(&restore(
+            db,
+            archive,
+            &[table, "--at", &p.at, "--output", "-", "--format", "jsonl"],
+        ));
+        let got: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        assert_eq!(&serde_json::Value::Array(got), want, "{}", p.label);
+    }
+    if let Some((last, _)) = points.last() {
+        assert_restores(db, archive, table, last, &format!("{table}_now"));
+    }
+    verify_against_source(db, archive, table);
+    ok(&run_within(
+        waly().args(["schema", table, "--archive", archive, "--json"]),
+        30,
+    ))
+}
+
 #[test]
 fn values_of_an_enum_or_composite_type_altered_under_them_restore_as_the_type_reads_them_now() {
     // An enum label renamed, or a composite type's attribute added or
@@ -621,15 +660,7 @@ fn values_of_an_enum_or_composite_type_altered_under_them_restore_as_the_type_re
     wait_streaming(&db, &run);
     // Each point: its time, and the rows in the text of then (a restore
     // into a table takes the types of now: a file for the earlier points).
-    let rows_then = |label: &'static str| {
-        let p = point(&db, label, "t");
-        let rows: serde_json::Value = serde_json::from_str(&db.psql(
-            "SELECT coalesce(json_agg(json_build_object('id', id::text, 'm', m::text, 'p', p::text, 'ms', ms::text,
-                                                        'ps', ps::text, 'f', f::text) ORDER BY id), '[]') FROM t",
-        ))
-        .expect("json");
-        (p, rows)
-    };
+    let rows_then = |label: &'static str| rows_as_text_then(&db, label, "t");
     let mut points = vec![rows_then("start")];
     db.psql("ALTER TYPE mood RENAME VALUE 'sad' TO 'blue'");
     wait_confirmed(&db, 120);
@@ -649,22 +680,7 @@ fn values_of_an_enum_or_composite_type_altered_under_them_restore_as_the_type_re
     points.push(rows_then("after an attribute dropped"));
     settle(&db, run);
 
-    for (p, want) in &points {
-        let out = ok(&restore(
-            &db,
-            &archive,
-            &["t", "--at", &p.at, "--output", "-", "--format", "jsonl"],
-        ));
-        let got: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
-        assert_eq!(&serde_json::Value::Array(got), want, "{}", p.label);
-    }
-    let (last, _) = &points[points.len() - 1];
-    assert_restores(&db, &archive, "t", last, "t_now");
-    verify_against_source(&db, &archive, "t");
-    let schema = ok(&run_within(
-        waly().args(["schema", "t", "--archive", &archive, "--json"]),
-        30,
-    ));
+    let schema = restores_as_then(&db, &archive, "t", &points);
     let sources: Vec<String> = schema
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
@@ -705,15 +721,9 @@ fn values_of_a_type_nested_in_another_or_of_a_tables_row_type_restore_as_the_typ
     init(&db, &archive);
     let run = spawn_run(&db, &archive);
     wait_streaming(&db, &run);
-    let rows_then = |label: &'static str| {
-        let p = point(&db, label, "t");
-        let rows: serde_json::Value = serde_json::from_str(&db.psql(
-            "SELECT coalesce(json_agg(json_build_object('id', id::text, 'o', o::text, 'os', os::text, 'od', od::text,
-                                                        'home', home::text) ORDER BY id), '[]') FROM t",
-        ))
-        .expect("json");
-        (p, rows)
-    };
+    // Each point: its time, and the rows in the text of then (a restore
+    // into a table takes the types of now: a file for the earlier points).
+    let rows_then = |label: &'static str| rows_as_text_then(&db, label, "t");
     let mut points = vec![rows_then("start")];
     for (label, ddl) in [
         (
@@ -740,22 +750,7 @@ fn values_of_a_type_nested_in_another_or_of_a_tables_row_type_restore_as_the_typ
     }
     settle(&db, run);
 
-    for (p, want) in &points {
-        let out = ok(&restore(
-            &db,
-            &archive,
-            &["t", "--at", &p.at, "--output", "-", "--format", "jsonl"],
-        ));
-        let got: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
-        assert_eq!(&serde_json::Value::Array(got), want, "{}", p.label);
-    }
-    let (last, _) = &points[points.len() - 1];
-    assert_restores(&db, &archive, "t", last, "t_now");
-    verify_against_source(&db, &archive, "t");
-    let schema = ok(&run_within(
-        waly().args(["schema", "t", "--archive", &archive, "--json"]),
-        30,
-    ));
+    let schema = restores_as_then(&db, &archive, "t", &points);
     let snapshots = schema
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
