@@ -46,18 +46,17 @@ struct PartitionBound {
 }
 
 /// Takes `rec`'s literals out of it (`None` when it has none), enum
-/// labels among them with `labels` (format 3, whose shapes are plaintext;
+/// labels among them with `with_labels` (format 3, whose shapes are plaintext;
 /// in format 4 they stay in the shape, sealed whole under the schema key,
 /// where a writer that restarted reads them to tell a label renamed).
-fn take_literals(rec: &mut SchemaRecord, labels: bool) -> Option<Literals> {
+fn take_literals(rec: &mut SchemaRecord, with_labels: bool) -> Option<Literals> {
     let mut out = Literals::default();
-    let take_labels = labels;
     for (index, c) in rec.columns.iter_mut().enumerate() {
         let labels: std::collections::BTreeMap<String, Vec<String>> = c
             .type_shape
             .iter_mut()
             .flatten()
-            .filter(|_| take_labels)
+            .filter(|_| with_labels)
             .filter_map(|(oid, shape)| shape.labels.take().map(|l| (oid.clone(), l)))
             .collect();
         if c.missing.is_some() || c.default.is_some() || !labels.is_empty() {
