@@ -10,11 +10,13 @@
 -- Installing it needs a superuser. The functions run as their owner
 -- (SECURITY DEFINER) with a fixed search_path, and with the settings that
 -- make values' text exact and one form whatever the session's (dates in
--- ISO, intervals in PostgreSQL's style, floats in full): defaults,
+-- ISO, intervals in PostgreSQL's style, floats in full, money as the C
+-- locale prints it): defaults,
 -- partition bounds and the values rows without an added column have.
 CREATE OR REPLACE FUNCTION public.waly_table_definition(rel oid) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog
-SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex' AS $waly$
+SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+SET lc_monetary = 'C' AS $waly$
 @DEFINITION@
 $waly$;
 
@@ -39,8 +41,9 @@ $waly$;
 
 CREATE OR REPLACE FUNCTION public.waly_capture_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog
-SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex' AS $waly$
--- (waly ddl capture 8: this line names the version `waly status` checks for.)
+SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+SET lc_monetary = 'C' AS $waly$
+-- (waly ddl capture 9: this line names the version `waly status` checks for.)
 DECLARE
     r record;
     partitioned boolean := false;

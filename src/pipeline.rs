@@ -844,11 +844,18 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
     crate::tail::preflight(&mut conn, &opts.publication).await?;
     let system = source::identify_system(&mut conn).await?;
     let database = system.dbname.clone().unwrap_or_else(|| info.dbname.clone());
-    state::claim(
+    let id = state::claim(
         store,
         &Identity::new(&system.system_id, &database, &opts.slot, &opts.publication),
     )
     .await?;
+    // Every session from here on prints `money` as the archive's values are.
+    let pinned = info.for_archive(&id);
+    let info = &pinned;
+    if let Some(m) = &info.lc_monetary {
+        conn.simple_query(&format!("SET lc_monetary = {}", quote::literal(m)?))
+            .await?;
+    }
     // An encrypted archive: a data key for this session, wrapped for the
     // recipients (refuses to go on without valid ones).
     if let Some(s) = store.prepare_writing().await? {

@@ -31,7 +31,18 @@ pub struct Identity {
     /// a plaintext archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<String>,
+    /// The `lc_monetary` under which every `money` value in the archive
+    /// was printed (`"C"`: `$1,234.56`), and so the one every session
+    /// that writes or reads them sets. Absent in archives made before it
+    /// was pinned: theirs are in the source's own `lc_monetary`, and
+    /// sessions keep the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lc_monetary: Option<String>,
 }
+
+/// The `lc_monetary` a new archive's `money` values are printed under:
+/// `C`, which every server has, whatever locales its machine holds.
+pub const MONEY_LOCALE: &str = "C";
 
 impl Identity {
     /// The identity of an archive for `database` of cluster `system_identifier`, fed by `slot`.
@@ -44,6 +55,7 @@ impl Identity {
             publication: publication.to_string(),
             created_at: Utc::now(),
             encryption: None,
+            lc_monetary: Some(MONEY_LOCALE.to_string()),
         }
     }
 }

@@ -221,6 +221,11 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
         Some(t) => crate::source::ConnInfo::parse(t)?,
         None => args.source.conninfo()?,
     };
+    // Sessions and files read `money` in the text form the archive holds it in.
+    let info = match crate::archive::state::read_identity(&store).await? {
+        Some(id) => info.for_archive(&id),
+        None => info,
+    };
     if args.upsert {
         return upsert(args, &store, &plan, &filter, &table, &ident, &info, &mut bar).await;
     }
@@ -231,7 +236,7 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
             .generated_by_database();
         bar.done();
         let into = args.into.clone().unwrap_or_else(|| default_name(&name, point));
-        let n = write_file(path, args.format, (&schema, &into), &mut rows)?;
+        let n = write_file(path, args.format, (&schema, &into), &info, &mut rows)?;
         eprintln!("{n} rows of {table} as of {}", describe_cut(&rows.outcome, point));
         return Ok(());
     }
@@ -363,6 +368,7 @@ fn write_file(
     path: &str,
     format: FileFormat,
     (target_schema, target_name): (&str, &str),
+    info: &crate::source::ConnInfo,
     rows: &mut restore::Rows,
 ) -> anyhow::Result<u64> {
     let target = format!("{}.{}", quote::ident(target_schema)?, quote::ident(target_name)?);
@@ -378,6 +384,7 @@ fn write_file(
     match format {
         FileFormat::Csv => restore::csv_line(&mut line, schema.columns.iter().map(|c| Some(c.name.as_str()))),
         FileFormat::Sql => {
+            line.extend_from_slice(money_setting(info, "")?.as_bytes());
             line.extend_from_slice(restore::create_table_sql(target_schema, target_name, &full, false)?.as_bytes());
             line.extend_from_slice(
                 format!(";\nCOPY {target} ({}) FROM stdin;\n", restore::column_list(&schema)?).as_bytes(),
@@ -413,6 +420,16 @@ fn write_file(
     Ok(n)
 }
 
+/// The `SET` a file of SQL starts with so `money` values read back as the
+/// archive holds them, whatever the `lc_monetary` of the session that
+/// runs it: empty for an archive whose values are in the source's own.
+fn money_setting(info: &crate::source::ConnInfo, scope: &str) -> anyhow::Result<String> {
+    Ok(match &info.lc_monetary {
+        Some(m) => format!("SET {scope}lc_monetary = {};\n", quote::literal(m)?),
+        None => String::new(),
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn upsert(
     args: &RestoreArgs,
@@ -444,6 +461,7 @@ async fn upsert(
         })
     };
     let mut sql = String::from("BEGIN;\n");
+    sql.push_str(&money_setting(info, "LOCAL ")?);
     let mut found = Vec::new();
     while let Some(row) = rows.next_row()? {
         found.push(ident.encode(&row));

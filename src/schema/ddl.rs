@@ -18,7 +18,7 @@ const DDL_SQL: &str = include_str!("../../sql/ddl.sql");
 const PUBLISHED_SQL: &str = include_str!("../../sql/published.sql");
 /// The line in sql/ddl.sql's capture function that names its version: a
 /// trigger whose function lacks it was installed by an earlier waly.
-const CAPTURE_VERSION: &str = "waly ddl capture 8";
+const CAPTURE_VERSION: &str = "waly ddl capture 9";
 
 /// The SQL that installs (or reinstalls) the DDL capture triggers.
 pub fn install_sql() -> Result<String, Error> {
@@ -195,7 +195,7 @@ impl CaptureMode {
             CaptureMode::EventTrigger => "event trigger",
             CaptureMode::EarlierEventTrigger => {
                 "event trigger of an earlier waly (publication commands, partitions attached and detached, or schemas \
-                 renamed not recorded, or values read in the session's date style: run `waly init` again)"
+                 renamed not recorded, or values read in the session's date style or money locale: run `waly init` again)"
             }
             CaptureMode::RelationMessages => "relation messages (no event trigger)",
         }

@@ -277,7 +277,8 @@ impl PgConn {
             ("application_name", &info.application_name),
             ("client_encoding", "UTF8"),
         ];
-        params.extend(crate::source::conninfo::EXACT_TEXT);
+        let exact = info.exact_text();
+        params.extend(exact.iter().copied());
         if replication {
             params.push(("replication", "database"));
         }

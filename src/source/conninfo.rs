@@ -103,6 +103,12 @@ pub struct ConnInfo {
     pub application_name: String,
     /// Command-line options sent to the server (`-c name=value`).
     pub options: Option<String>,
+    /// The `lc_monetary` set on every session (startup parameter or `SET`),
+    /// so `money` values print and read back in one text form: the one
+    /// the archive's values are in ([`crate::archive::state::Identity`]).
+    /// `None` leaves the server's, as archives made before it was pinned
+    /// hold that.
+    pub lc_monetary: Option<String>,
 }
 
 /// The connect timeout when none is configured. libpq waits forever; a
@@ -292,7 +298,27 @@ impl RawSettings {
             connect_timeout,
             application_name: pick(self.application_name, "PGAPPNAME").unwrap_or_else(|| "waly".into()),
             options: pick(self.options, "PGOPTIONS"),
+            lc_monetary: None,
         })
+    }
+}
+
+impl ConnInfo {
+    /// These settings with the money text form of the archive `id` pinned.
+    pub fn for_archive(&self, id: &crate::archive::state::Identity) -> ConnInfo {
+        ConnInfo {
+            lc_monetary: id.lc_monetary.clone(),
+            ..self.clone()
+        }
+    }
+
+    /// Every setting pinned on a session: [`EXACT_TEXT`], and the archive's `lc_monetary`.
+    pub fn exact_text(&self) -> Vec<(&str, &str)> {
+        let mut s = EXACT_TEXT.to_vec();
+        if let Some(m) = &self.lc_monetary {
+            s.push(("lc_monetary", m));
+        }
+        s
     }
 }
 

@@ -345,7 +345,8 @@ pub async fn connect_sql(info: &ConnInfo) -> Result<tokio_postgres::Client, Erro
     });
     // Values in one exact text form, whatever the server's defaults (and
     // the user's options) say.
-    let exact: Vec<String> = super::conninfo::EXACT_TEXT
+    let exact: Vec<String> = info
+        .exact_text()
         .iter()
         .map(|(k, v)| format!("SET {k} = '{v}'"))
         .collect();

@@ -49,7 +49,7 @@ fn client_tool(name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn unique(prefix: &str) -> String {
+pub fn unique(prefix: &str) -> String {
     format!(
         "{prefix}_{}_{}",
         std::process::id(),
@@ -117,6 +117,12 @@ pub const PASSWORD: &str = "s3cret-Pa55";
 impl Cluster {
     /// Starts a cluster with extra `postgres -c` settings.
     pub fn start(settings: &[&str]) -> Cluster {
+        Cluster::start_env(settings, &[])
+    }
+
+    /// Starts a cluster with extra `postgres -c` settings and environment
+    /// variables for the server (`LOCPATH`: where its locales are).
+    pub fn start_env(settings: &[&str], env: &[(&str, &str)]) -> Cluster {
         let dir = std::env::temp_dir().join(unique("waly-pg"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let data = dir.join("data");
@@ -192,6 +198,7 @@ impl Cluster {
                 .arg(bindir().join("pg_ctl"))
                 .arg(bindir().join("postgres"))
                 .args(&args)
+                .envs(env.iter().copied())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null()),
         )

@@ -375,6 +375,165 @@ fn values_restore_exactly_whatever_the_servers_settings_for_their_text() {
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// The guarantee: `money` values restore exactly whatever the
+/// `lc_monetary` of the server they came from and of the one they go into.
+/// `money` prints and reads by the session's `lc_monetary` (`1.234,56 €`
+/// under `de_DE`), so a new archive holds them as `C` prints them, and
+/// every session waly opens, and every SQL file it writes, reads them so.
+/// An archive made before that holds the source's own text: its sessions
+/// keep the server's, and it restores into its source as it always did.
+#[test]
+fn money_restores_exactly_whatever_the_servers_lc_monetary() {
+    let locales = german_locale();
+    let cluster: &'static crate::harness::Cluster = Box::leak(Box::new(crate::harness::Cluster::start_env(
+        &["lc_monetary=de_DE.UTF-8"],
+        &[("LOCPATH", &locales)],
+    )));
+    let table = "CREATE TABLE m (id int PRIMARY KEY, price money, prices money[]);
+                 INSERT INTO m VALUES (1, 1234.56, ARRAY[1.5, -2]::numeric[]::money[]), (2, -5, NULL);";
+    let changes = "INSERT INTO m VALUES (3, 98765.43, ARRAY[0.01]::numeric[]::money[]); UPDATE m SET price = price + 1::money WHERE id = 1";
+    let numbers = |db: &TestDb, t: &str| {
+        db.psql(&format!(
+            "SELECT string_agg(id || ':' || price::numeric || ':' || coalesce(prices::numeric[]::text, '-'), ' ' ORDER BY id) FROM {t}"
+        ))
+    };
+    let want = "1:1235.56:{1.50,-2.00} 2:-5.00:- 3:98765.43:{0.01}";
+    let db = TestDb::on(cluster);
+    db.psql(table);
+    assert_eq!(
+        db.psql("SELECT price::text FROM m WHERE id = 1"),
+        "1.234,56 €",
+        "the server prints German money"
+    );
+    // A column added with a default: the rows before it take its value
+    // (the DDL trigger prints it) without a change in the stream.
+    let added = "ALTER TABLE m ADD COLUMN fee money DEFAULT 2.5";
+    let archive = archive_dir(&db);
+    crate::schemas::init(&db, &archive);
+    let id: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{archive}/waly.json")).expect("waly.json"))
+            .expect("json");
+    assert_eq!(id["lc_monetary"], "C", "{id}");
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql(changes);
+    db.psql(added);
+    settle(&db, run);
+    assert_eq!(numbers(&db, "m"), want);
+    let fees = |db: &TestDb, t: &str| {
+        db.psql(&format!(
+            "SELECT string_agg(fee::numeric::text, ' ' ORDER BY id) FROM {t}"
+        ))
+    };
+    assert_eq!(fees(&db, "m"), "2.50 2.50 2.50");
+    let now = db.now_utc();
+    let csv = ok(&restore(
+        &archive,
+        &db,
+        &["m", "--at", &now, "--output", "-", "--format", "csv"],
+    ));
+    assert!(csv.contains(r#""1","$1,235.56","{$1.50,-$2.00}""#), "{csv}");
+    // Into a database whose sessions print money as C does, and back into the German one.
+    let other = TestDb::on(cluster);
+    other.psql(&format!("ALTER DATABASE {} SET lc_monetary = 'C'", other.name));
+    ok(&run_within(
+        waly()
+            .args([
+                "restore",
+                "--archive",
+                &archive,
+                "--source",
+                &db.url(),
+                "--target",
+                &other.url(),
+            ])
+            .args(["m", "--at", &now, "--into", "m_back"]),
+        300,
+    ));
+    assert_eq!(
+        (numbers(&other, "m_back"), fees(&other, "m_back")),
+        (want.to_string(), fees(&db, "m"))
+    );
+    ok(&restore(&archive, &db, &["m", "--at", &now, "--into", "m_back"]));
+    assert_eq!(
+        (numbers(&db, "m_back"), fees(&db, "m_back")),
+        (want.to_string(), fees(&db, "m"))
+    );
+    // A file of SQL, run by psql in a German session.
+    let file = format!("{archive}-m.sql");
+    ok(&restore(
+        &archive,
+        &db,
+        &[
+            "m", "--at", &now, "--output", &file, "--format", "sql", "--into", "m_file",
+        ],
+    ));
+    db.psql(&std::fs::read_to_string(&file).expect("the SQL file"));
+    assert_eq!(
+        (numbers(&db, "m_file"), fees(&db, "m_file")),
+        (want.to_string(), fees(&db, "m"))
+    );
+    crate::schemas::verify_against_source(&db, &archive, "m");
+
+    // An archive made before money was pinned (no `lc_monetary` in waly.json).
+    let old = TestDb::on(cluster);
+    old.psql(table);
+    let old_archive = archive_dir(&old);
+    crate::schemas::init(&old, &old_archive);
+    let path = format!("{old_archive}/waly.json");
+    let mut id: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("waly.json")).expect("json");
+    id.as_object_mut()
+        .expect("an object")
+        .remove("lc_monetary")
+        .expect("lc_monetary");
+    std::fs::write(&path, id.to_string()).expect("waly.json");
+    let run = spawn_run(&old, &old_archive);
+    wait_streaming(&old, &run);
+    old.psql(changes);
+    settle(&old, run);
+    let now = old.now_utc();
+    let csv = ok(&restore(
+        &old_archive,
+        &old,
+        &["m", "--at", &now, "--output", "-", "--format", "csv"],
+    ));
+    assert!(csv.contains(r#""1","1.235,56 €""#), "{csv}");
+    ok(&restore(&old_archive, &old, &["m", "--at", &now, "--into", "m_back"]));
+    assert_eq!(numbers(&old, "m_back"), want);
+    crate::schemas::verify_against_source(&old, &old_archive, "m");
+    for a in [&archive, &old_archive] {
+        let _ = std::fs::remove_dir_all(a);
+    }
+    let _ = std::fs::remove_file(&file);
+    // The server loaded its locale at start; no session of it is left to read it.
+    let _ = std::fs::remove_dir_all(&locales);
+}
+
+/// A directory holding the `de_DE.UTF-8` locale, made by `localedef`
+/// from the system's locale sources, for a server started with
+/// `LOCPATH` pointing at it (this machine need not have it installed).
+fn german_locale() -> String {
+    let dir = std::env::temp_dir().join(crate::harness::unique("waly-locales"));
+    std::fs::create_dir_all(&dir).expect("locale dir");
+    let out = std::process::Command::new("localedef")
+        .args(["-i", "de_DE", "-f", "UTF-8"])
+        .arg(dir.join("de_DE.UTF-8"))
+        .output()
+        .expect("localedef (the libc-bin package)");
+    assert!(
+        dir.join("de_DE.UTF-8").join("LC_MONETARY").exists(),
+        "localedef made no de_DE.UTF-8 (it needs /usr/share/i18n/locales, the locales package): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::process::Command::new("chmod")
+        .arg("-R")
+        .arg("a+rX")
+        .arg(&dir)
+        .status();
+    dir.display().to_string()
+}
+
 /// `every`, a column of each type with edge values, restores exactly
 /// (its snapshot's rows and the stream's).
 fn every_type_restores_exactly(db: &TestDb) {

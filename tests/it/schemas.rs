@@ -1500,7 +1500,7 @@ fn keys_are_found_by_value_in_any_text_form_of_their_type() {
 
 /// `waly verify --against-source` of `table`: the archive whole, and its
 /// latest state the live table's.
-fn verify_against_source(db: &TestDb, archive: &str, table: &str) {
+pub(crate) fn verify_against_source(db: &TestDb, archive: &str, table: &str) {
     ok(&run_within(
         waly().args([
             "verify",
