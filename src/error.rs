@@ -85,6 +85,10 @@ pub enum Error {
     /// The server's setup does not allow what was asked; the message says how to fix it.
     #[error("{0}")]
     Prerequisite(String),
+    /// What was asked is not valid (a table name, a key, a table with no
+    /// row identity for a per-row question); the message says what to give.
+    #[error("{0}")]
+    Invalid(String),
     /// The connection dropped.
     #[error("connection to the server was lost: {0}")]
     Io(#[from] std::io::Error),

@@ -544,7 +544,7 @@ pub async fn history(
         return Err(crate::restore::not_in_archive(table, &known));
     };
     if schema.row_key().is_empty() {
-        return Err(Error::Config(format!(
+        return Err(Error::Invalid(format!(
             "{table} has no primary key (nor a replica identity index), so its rows have no identity to follow"
         )));
     }

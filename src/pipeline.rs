@@ -904,7 +904,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
             }
             None => String::new(),
         };
-        return Err(Error::Config(format!(
+        return Err(Error::Prerequisite(format!(
             "replication slot {:?} does not exist on this server. `waly init` creates it (with the \
              publication and triggers); or pass --create-slot to have waly run create it. A slot holds WAL \
              only from its creation on.{history} (Is --slot spelled right? `SELECT slot_name FROM \

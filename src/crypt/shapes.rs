@@ -227,7 +227,7 @@ pub async fn keep_schema_keys(sql: &tokio_postgres::Client, store: &Store) -> Re
         let create = format!("BEGIN;\n{CREATE}\nCOMMIT;");
         if let Err(e) = sql.batch_execute(&create).await {
             let _ = sql.batch_execute("ROLLBACK").await;
-            return Err(Error::Config(format!(
+            return Err(Error::Prerequisite(format!(
                 "an encrypted archive's writer keeps its schema keys in the source database, in {TABLE}, which \
                  does not exist and which this role cannot create ({}). Create it with sql/setup.sql (or \
                  sql/schema_keys.sql) as a superuser, or run `waly run` once as a role that may create it",

@@ -85,7 +85,7 @@ impl KeyColumns {
             for p in &parts {
                 let (c, v) = p.split_once('=').unwrap_or((p, ""));
                 let Some(i) = self.names.iter().position(|x| x == c.trim()) else {
-                    return Err(Error::Config(format!(
+                    return Err(Error::Invalid(format!(
                         "--key {input:?}: {table} has no key column {:?}; its key is ({cols})",
                         c.trim()
                     )));
@@ -94,7 +94,7 @@ impl KeyColumns {
             }
         } else {
             if parts.len() != self.names.len() {
-                return Err(Error::Config(format!(
+                return Err(Error::Invalid(format!(
                     "--key {input:?}: {table}'s key is ({cols}), so give {} value(s) in that order, or col=val pairs",
                     self.names.len()
                 )));
@@ -106,13 +106,13 @@ impl KeyColumns {
         let mut out = Vec::with_capacity(vals.len());
         for (i, v) in vals.into_iter().enumerate() {
             let Some(v) = v else {
-                return Err(Error::Config(format!(
+                return Err(Error::Invalid(format!(
                     "--key {input:?}: no value for key column {}",
                     self.names[i]
                 )));
             };
             let v = canonical(self.types[i], &v).map_err(|why| {
-                Error::Config(format!(
+                Error::Invalid(format!(
                     "--key {input:?}: {v:?} is not a value of column {} (type {}): {why}",
                     self.names[i], self.type_names[i]
                 ))

@@ -6,7 +6,7 @@ use crate::error::Error;
 /// Quotes an identifier: `a"b` becomes `"a""b"`. NUL cannot be sent at all.
 pub fn ident(name: &str) -> Result<String, Error> {
     if name.contains('\0') {
-        return Err(Error::Config(format!("identifier {name:?} contains a NUL byte")));
+        return Err(Error::Invalid(format!("identifier {name:?} contains a NUL byte")));
     }
     Ok(format!("\"{}\"", name.replace('"', "\"\"")))
 }
@@ -22,7 +22,7 @@ pub fn slot(name: &str) -> Result<String, Error> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if !valid {
-        return Err(Error::Config(format!(
+        return Err(Error::Invalid(format!(
             "invalid replication slot name {name:?}: use 1 to 63 lower-case letters, digits and underscores"
         )));
     }
@@ -33,7 +33,7 @@ pub fn slot(name: &str) -> Result<String, Error> {
 /// result means the same whatever `standard_conforming_strings` is.
 pub fn literal(value: &str) -> Result<String, Error> {
     if value.contains('\0') {
-        return Err(Error::Config(format!("literal {value:?} contains a NUL byte")));
+        return Err(Error::Invalid(format!("literal {value:?} contains a NUL byte")));
     }
     let quoted = value.replace('\'', "''");
     Ok(if value.contains('\\') {
@@ -47,7 +47,7 @@ pub fn literal(value: &str) -> Result<String, Error> {
 /// only `'...'` with doubled quotes (backslashes are plain characters there).
 pub fn replication_literal(value: &str) -> Result<String, Error> {
     if value.contains('\0') {
-        return Err(Error::Config(format!("literal {value:?} contains a NUL byte")));
+        return Err(Error::Invalid(format!("literal {value:?} contains a NUL byte")));
     }
     Ok(format!("'{}'", value.replace('\'', "''")))
 }
@@ -78,7 +78,7 @@ pub fn split_qualified(name: &str) -> Result<(String, String), Error> {
                 quoted_part = true;
                 loop {
                     match chars.next() {
-                        None => return Err(Error::Config(format!("unterminated quote in table name {name:?}"))),
+                        None => return Err(Error::Invalid(format!("unterminated quote in table name {name:?}"))),
                         Some('"') if chars.peek() == Some(&'"') => {
                             chars.next();
                             cur.push('"');
@@ -93,7 +93,7 @@ pub fn split_qualified(name: &str) -> Result<(String, String), Error> {
                 quoted_part = false;
             }
             c if quoted_part => {
-                return Err(Error::Config(format!(
+                return Err(Error::Invalid(format!(
                     "unexpected {c:?} after a quoted name in {name:?}"
                 )))
             }
@@ -102,12 +102,12 @@ pub fn split_qualified(name: &str) -> Result<(String, String), Error> {
     }
     parts.push(cur);
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(Error::Config(format!("invalid table name {name:?}")));
+        return Err(Error::Invalid(format!("invalid table name {name:?}")));
     }
     match <[String; 2]>::try_from(parts) {
         Ok([schema, table]) => Ok((schema, table)),
         Err(parts) if parts.len() == 1 => Ok(("public".into(), parts.into_iter().next().unwrap_or_default())),
-        Err(_) => Err(Error::Config(format!(
+        Err(_) => Err(Error::Invalid(format!(
             "invalid table name {name:?}: expected table or schema.table"
         ))),
     }

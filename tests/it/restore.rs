@@ -210,22 +210,33 @@ fn bad_restore_input_is_refused_clearly_and_changes_nothing() {
     db.psql(
         "CREATE TABLE t (id int PRIMARY KEY, v text);
          INSERT INTO t VALUES (1, 'a');
-         CREATE PUBLICATION waly FOR TABLE t;",
+         CREATE TABLE k (a int);
+         ALTER TABLE k REPLICA IDENTITY FULL;
+         CREATE PUBLICATION waly FOR TABLE t, k;",
     );
     let archive = archive_dir(&db);
     let run = spawn_run(&db, &archive);
     wait_streaming(&db, &run);
-    db.psql("INSERT INTO t VALUES (2, 'b')");
+    db.psql("INSERT INTO t VALUES (2, 'b'); INSERT INTO k VALUES (1)");
     settle(&db, run);
     let now = db.now_utc();
-    let fails = |args: &[&str], says: &[&str]| {
-        let out = restore(&archive, &db, args);
+    let says = |out: &Output, args: &[&str], says: &[&str]| {
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(!out.status.success(), "{args:?} succeeded");
         for s in says {
             assert!(err.contains(s), "{args:?}: {err:?} does not say {s:?}");
         }
+        // Bad input is named as such, never as the connection's settings.
+        assert!(!err.contains("connection settings"), "{args:?}: {err:?}");
     };
+    let fails = |args: &[&str], expect: &[&str]| says(&restore(&archive, &db, args), args, expect);
+    fails(&["\"t", "--at", &now], &["unterminated quote"]);
+    let history = ["history", "k", "1", "--archive", &archive];
+    says(
+        &run_within(waly().args(history), 60),
+        &history,
+        &["public.k has no primary key", "no identity to follow"],
+    );
     fails(&["nosuch", "--at", &now], &["nosuch", "not in the archive", "public.t"]);
     fails(
         &["t", "--at", "2001-01-01T00:00:00Z"],
