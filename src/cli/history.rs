@@ -72,7 +72,9 @@ fn describe(v: &Version, full: bool) -> String {
             "truncated".into()
         }),
         ("snapshot", None) => parts.push("no longer in the table".into()),
-        (_, Some(row)) if full || (v.op != "update" && !v.after_ddl) => {
+        // An insert, a first snapshot, or a row back after time out of the
+        // table (no row before): the whole row, not each column from NULL.
+        (_, Some(row)) if full || (v.op != "update" && !v.after_ddl) || v.before.is_none() => {
             parts.extend(row.0.iter().map(|(n, val)| cell(n, val)));
         }
         (_, Some(row)) => {
@@ -162,4 +164,44 @@ pub async fn run(args: &HistoryArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Row;
+
+    fn version(before: Option<Row>, row: Option<Row>) -> Version {
+        Version {
+            version: 2,
+            generation: "00000001".into(),
+            op: "snapshot",
+            commit_lsn: crate::Lsn(1),
+            commit_time: chrono::Utc::now(),
+            change: None,
+            row,
+            before,
+            changed: vec!["id".into(), "v".into()],
+            unchanged_toast: Vec::new(),
+            key_change: None,
+            intent: None,
+            after_ddl: true,
+        }
+    }
+
+    fn row(v: &str) -> Row {
+        Row(vec![("id".into(), Some("2".into())), ("v".into(), Some(v.into()))])
+    }
+
+    #[test]
+    fn a_row_back_in_the_table_after_a_snapshot_shows_whole_and_one_changed_shows_what_changed() {
+        assert_eq!(describe(&version(None, Some(row("b2"))), false), "id: '2', v: 'b2'");
+        let mut changed = version(Some(row("b1")), Some(row("b2")));
+        changed.changed = vec!["v".into()];
+        assert_eq!(describe(&changed, false), "v: 'b1' → 'b2'");
+        assert_eq!(
+            describe(&version(Some(row("b1")), None), false),
+            "no longer in the table"
+        );
+    }
 }
