@@ -245,12 +245,15 @@ impl Error {
                     || e.code.starts_with("57P") // admin shutdown, crash shutdown, cannot connect now
                     || e.code == "53300" // too many connections
                     || e.code == "55006" // object in use: a slot still held by a dying walsender
-                    // A catalog query (a publication's tables) racing a
-                    // concurrent DROP: PostgreSQL lists the tables, then
-                    // opens each; asked again, it lists them anew.
+                    // A catalog query (a publication's tables, a table's
+                    // columns and their types) racing a concurrent DROP:
+                    // PostgreSQL lists the rows, then looks each object up
+                    // (a relation, a type: a table's row type goes with
+                    // it); asked again, it lists them anew.
                     || (e.code == "XX000"
                         && (e.message.starts_with("could not open relation with OID")
-                            || e.message.starts_with("cache lookup failed for relation")))
+                            || e.message.starts_with("cache lookup failed for relation")
+                            || e.message.starts_with("cache lookup failed for type")))
             }
             _ => false,
         }
@@ -419,6 +422,8 @@ mod tests {
             ..Default::default()
         };
         assert!(Error::Server(Box::new(raced("could not open relation with OID 16384"))).is_transient());
+        // Seen by `waly run` starting beside a migration that dropped a table (and its row type).
+        assert!(Error::Server(Box::new(raced("cache lookup failed for type 16650"))).is_transient());
         assert!(!Error::Server(Box::new(raced("invalid memory alloc request size 1"))).is_transient());
         assert!(Error::ConnectionClosed.is_transient());
         assert!(!Error::Config("x".into()).is_transient());
