@@ -108,7 +108,7 @@ BEGIN
                          SELECT i.inhrelid FROM heirs h
                            JOIN pg_inherits i ON i.inhparent = h.rel
                            JOIN pg_class k ON k.oid = i.inhrelid AND NOT k.relispartition)
-                     SELECT DISTINCT x.rel, k.relkind, k.relpersistence FROM (
+                     SELECT DISTINCT x.rel, k.relkind FROM (
                          SELECT h.rel FROM heirs h
                          UNION SELECT pg_partition_root(t.rel) FROM touched t) x
                        JOIN pg_class k ON k.oid = x.rel
@@ -121,14 +121,6 @@ BEGIN
                                  OR EXISTS (SELECT 1 FROM pg_partition_tree(r.rel) pt
                                              WHERE position(' ' || pt.relid::oid || ' ' IN rewritten) > 0),
                     'oid', r.rel::int8,
-                    -- A permanent table this command created (CREATE TABLE,
-                    -- not a table it touched, nor CREATE TABLE AS, whose
-                    -- rows come before this message): its history can start
-                    -- here, empty.
-                    'created', r.relpersistence = 'p' AND EXISTS (
-                        SELECT 1 FROM pg_event_trigger_ddl_commands() c
-                         WHERE c.classid = 'pg_class'::regclass AND c.objid = r.rel AND c.objsubid = 0
-                           AND c.command_tag = 'CREATE TABLE'),
                     'table', public.waly_table_definition(r.rel))::text);
             END LOOP;
             PERFORM set_config('waly.rewritten', '', true);

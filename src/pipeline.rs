@@ -549,43 +549,6 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// A table transaction `t` creates, published whole: archived from
-    /// `t`'s commit, empty, in `version` (the creation's). Its changes in
-    /// `t` itself, which come after the creation, are history; the
-    /// snapshot that says so is written at the commit.
-    fn created(&mut self, t: &mut Txn, table: TableRef, version: u32) {
-        let q = table.qualified();
-        self.ended.remove(&q);
-        self.gen.snapshots.insert(q, t.commit_lsn);
-        t.created.push((table, version));
-    }
-
-    /// The snapshot of the tables transaction `t` created (each empty).
-    async fn write_created(&mut self, t: &Txn) -> Result<(), Error> {
-        let tables: Vec<(TableRef, SchemaRecord)> = t
-            .created
-            .iter()
-            .filter_map(|(r, v)| Some((r.clone(), self.gen.schemas.version(&r.qualified(), *v)?.clone())))
-            .collect();
-        let manifest = snapshot::write_created(
-            self.store,
-            &self.gen.id,
-            (t.commit_lsn, t.commit_time),
-            &tables,
-            self.metrics,
-        )
-        .await?;
-        tracing::info!(tables = ?manifest.tables.iter().map(|e| e.table.as_str()).collect::<Vec<_>>(), lsn = %t.commit_lsn, "tables created: archived from their creation");
-        self.gen.manifests.push(manifest);
-        for (r, _) in &t.created {
-            let q = r.qualified();
-            if let Some(from) = self.gen.archived_from(&q) {
-                self.gen.snapshots.insert(q, from);
-            }
-        }
-        Ok(())
-    }
-
     /// Rewrites a version that is not history yet (its transaction is not
     /// archived) to take effect at another transaction. Killed between the
     /// delete and the write, the next session records it again.
@@ -771,10 +734,6 @@ struct Txn {
     /// marker even with no change, so its point in time is known), as
     /// `(table, version)`.
     versions: Vec<(String, u32)>,
-    /// Tables it created that the publication publishes whole, with the
-    /// version their creation recorded: archived from here, empty, with
-    /// no snapshot from the source (written at its commit).
-    created: Vec<(TableRef, u32)>,
 }
 
 pub(crate) async fn start_generation(
@@ -1344,21 +1303,6 @@ async fn on_ddl(
         None => None,
     };
     let Some(snapshot) = w.gen.snapshots.get(&table).copied() else {
-        if let (Some(d), true) = (&msg.table, renamed_from.is_none() && creates(w, msg, t, &table)) {
-            if publishes_created(w.sql, &w.publication, msg, d).await? {
-                let (version, _) = ddl_version(
-                    w,
-                    t,
-                    msg,
-                    message_lsn,
-                    &table,
-                    (d.columns.clone(), d.meta.clone(), false),
-                )
-                .await?;
-                w.created(t, d.table_ref(), version);
-            }
-            return Ok(());
-        }
         if renamed_from.is_some() && !t.skip {
             // Its rows, under the new name, from a snapshot now.
             if let Some(d) = &msg.table {
@@ -1393,10 +1337,12 @@ async fn on_ddl(
         // come from a snapshot now; otherwise from one when it joins.
         // (Asked until the command is visible: decoded, it may not be yet.)
         if let (Some(d), false) = (&msg.table, t.skip) {
-            if creates(w, msg, t, &table) && publishes_created(w.sql, &w.publication, msg, d).await? {
-                w.created(t, d.table_ref(), version);
-            } else if publishes_committed(w.sql, &w.publication, &d.schema, &d.name).await? {
-                w.snapshot_now(info, &[d.table_ref()]).await?;
+            if publishes_committed(w.sql, &w.publication, &d.schema, &d.name).await? {
+                let r = TableRef {
+                    schema: d.schema.clone(),
+                    name: d.name.clone(),
+                };
+                w.snapshot_now(info, &[r]).await?;
             }
         }
         return Ok(());
@@ -1439,52 +1385,6 @@ async fn on_ddl(
         }
     }
     Ok(())
-}
-
-/// Whether DDL message `msg` of transaction `t` creates its table with no
-/// rows: `CREATE TABLE` (not `CREATE TABLE AS` or `SELECT INTO`, whose rows
-/// come before the message), in a transaction not archived yet. Not a
-/// table of a name whose history `t` itself ended (dropped and created
-/// again in one transaction: its end and its start would share an LSN),
-/// which starts from a snapshot, as before.
-fn creates(w: &Writer<'_>, msg: &crate::schema::ddl::DdlMessage, t: &Txn, table: &str) -> bool {
-    msg.created
-        && !msg.dropped
-        && !t.skip
-        && !w
-            .gen
-            .schemas
-            .versions(table)
-            .iter()
-            .any(|v| v.dropped && v.commit_lsn == t.commit_lsn)
-}
-
-/// Whether the publication publishes whole the table `msg` created, asked
-/// of the catalog of now once the creating transaction is visible
-/// (decoded, it may not be yet: waited for up to a second). A table gone
-/// or renamed since is not: it starts from a snapshot at its first change
-/// under its name, as before.
-async fn publishes_created(
-    sql: &tokio_postgres::Client,
-    publication: &str,
-    msg: &crate::schema::ddl::DdlMessage,
-    d: &crate::schema::ddl::TableDef,
-) -> Result<bool, Error> {
-    for _ in 0..20 {
-        let visible: bool = sql
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = $1::int8::oid)",
-                &[&i64::from(msg.oid)],
-            )
-            .await
-            .map_err(|e| source::tls::sql_failed("looking for a table created", e))?
-            .get(0);
-        if visible {
-            return publishes(sql, publication, &d.schema, &d.name).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(false)
 }
 
 /// The schema version a DDL message makes of `table` in transaction `t`:
@@ -1647,7 +1547,6 @@ async fn handle_events(
                     skip,
                     records: 0,
                     versions: Vec::new(),
-                    created: Vec::new(),
                 });
             }
             Event::Relation(rel) => {
@@ -1850,9 +1749,6 @@ async fn handle_events(
             } => {
                 w.metrics.set_received(*end_lsn);
                 let Some(t) = txn.take() else { continue };
-                if !t.created.is_empty() {
-                    w.write_created(&t).await?;
-                }
                 if !t.skip && (t.records > 0 || !t.versions.is_empty()) {
                     w.builder.push_commit(&CommitRecord {
                         commit_lsn: *commit_lsn,

@@ -59,14 +59,6 @@ impl TableDef {
     pub fn qualified(&self) -> String {
         format!("{}.{}", self.schema, self.name)
     }
-
-    /// The table, to snapshot or archive.
-    pub fn table_ref(&self) -> crate::snapshot::TableRef {
-        crate::snapshot::TableRef {
-            schema: self.schema.clone(),
-            name: self.name.clone(),
-        }
-    }
 }
 
 /// One message of the DDL trigger.
@@ -88,10 +80,6 @@ pub struct DdlMessage {
     /// The table's OID.
     #[serde(default)]
     pub oid: u32,
-    /// The command created the table (`CREATE TABLE`, permanent), with no
-    /// rows yet (capture 9 on; absent from earlier triggers).
-    #[serde(default)]
-    pub created: bool,
     /// A dropped table's schema.
     #[serde(default)]
     pub schema: Option<String>,
