@@ -1117,10 +1117,7 @@ pub async fn against_source(
     use crate::restore;
     use crate::source::quote;
     // `money` in the text form the archive holds it in.
-    let pinned = match crate::archive::state::read_identity(store).await? {
-        Some(id) => info.for_archive(&id),
-        None => info.clone(),
-    };
+    let pinned = crate::archive::state::with_archive_settings(store, info).await?;
     let info = &pinned;
     let client = crate::source::tls::connect_sql(info).await?;
     let sql_err = |e: tokio_postgres::Error| crate::source::tls::sql_error(info, e);

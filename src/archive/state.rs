@@ -60,6 +60,18 @@ impl Identity {
     }
 }
 
+/// `info` with the session settings the archive at `store` holds its
+/// values in (`info` as is where there is no archive yet).
+pub async fn with_archive_settings(
+    store: &Store,
+    info: &crate::source::ConnInfo,
+) -> Result<crate::source::ConnInfo, Error> {
+    Ok(match read_identity(store).await? {
+        Some(id) => info.for_archive(&id),
+        None => info.clone(),
+    })
+}
+
 /// `generation.json`: why and where a generation began.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GenerationInfo {

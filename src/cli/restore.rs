@@ -222,10 +222,7 @@ pub async fn run(args: &RestoreArgs) -> anyhow::Result<()> {
         None => args.source.conninfo()?,
     };
     // Sessions and files read `money` in the text form the archive holds it in.
-    let info = match crate::archive::state::read_identity(&store).await? {
-        Some(id) => info.for_archive(&id),
-        None => info,
-    };
+    let info = crate::archive::state::with_archive_settings(&store, &info).await?;
     if args.upsert {
         return upsert(args, &store, &plan, &filter, &table, &ident, &info, &mut bar).await;
     }
