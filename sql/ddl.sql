@@ -43,11 +43,12 @@ CREATE OR REPLACE FUNCTION public.waly_capture_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog
 SET DateStyle = 'ISO' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
 SET lc_monetary = 'C' AS $waly$
--- (waly ddl capture 9: this line names the version `waly status` checks for.)
+-- (waly ddl capture 10: this line names the version `waly status` checks for.)
 DECLARE
     r record;
     partitioned boolean := false;
     rewritten text := coalesce(current_setting('waly.rewritten', true), '');
+    created text := coalesce(current_setting('waly.created', true), '');
     cmd text := left(current_query(), 4000);
 BEGIN
     BEGIN
@@ -108,19 +109,39 @@ BEGIN
                          SELECT i.inhrelid FROM heirs h
                            JOIN pg_inherits i ON i.inhparent = h.rel
                            JOIN pg_class k ON k.oid = i.inhrelid AND NOT k.relispartition)
-                     SELECT DISTINCT x.rel, k.relkind FROM (
+                     SELECT DISTINCT x.rel, k.relkind, k.relpersistence FROM (
                          SELECT h.rel FROM heirs h
                          UNION SELECT pg_partition_root(t.rel) FROM touched t) x
                        JOIN pg_class k ON k.oid = x.rel
                       WHERE k.relkind IN ('r', 'p')
             LOOP
                 partitioned := partitioned OR r.relkind = 'p';
+                -- A permanent table this command created (CREATE TABLE, not
+                -- CREATE TABLE AS, whose rows come before this message, nor
+                -- a table it touched) is noted for the transaction: each
+                -- message about it until the commit says which publications
+                -- publish it whole, so that its history can start, empty, at
+                -- its creation.
+                IF r.relpersistence = 'p' AND EXISTS (
+                       SELECT 1 FROM pg_event_trigger_ddl_commands() c
+                        WHERE c.classid = 'pg_class'::regclass AND c.objid = r.rel AND c.objsubid = 0
+                          AND c.command_tag = 'CREATE TABLE') THEN
+                    created := created || ' ' || r.rel || ' ';
+                    PERFORM set_config('waly.created', created, true);
+                END IF;
                 PERFORM pg_logical_emit_message(true, 'waly_ddl', jsonb_build_object(
                     'waly_ddl', 1, 'tag', TG_TAG, 'command', cmd,
                     'rewritten', position(' ' || r.rel || ' ' IN rewritten) > 0
                                  OR EXISTS (SELECT 1 FROM pg_partition_tree(r.rel) pt
                                              WHERE position(' ' || pt.relid::oid || ' ' IN rewritten) > 0),
                     'oid', r.rel::int8,
+                    -- For a table created by this transaction (below):
+                    -- the publications that publish it whole now.
+                    'created_in', CASE WHEN position(' ' || r.rel || ' ' IN created) > 0 THEN (
+                        SELECT coalesce(jsonb_agg(p.pubname ORDER BY p.pubname), '[]'::jsonb)
+                          FROM pg_publication p
+                         WHERE EXISTS (SELECT 1 FROM public.waly_published_tables(p.pubname) w
+                                        WHERE w.rel = r.rel AND w.whole)) END,
                     'table', public.waly_table_definition(r.rel))::text);
             END LOOP;
             PERFORM set_config('waly.rewritten', '', true);

@@ -549,6 +549,44 @@ impl Writer<'_> {
         Ok(())
     }
 
+    /// A table transaction `t` created, published whole at its commit:
+    /// archived from `t`'s commit, empty. Its DDL messages after the
+    /// first record versions at that commit; the snapshot that starts its
+    /// history is written when the commit is (see [`Writer::write_created`]).
+    fn created(&mut self, t: &mut Txn, table: TableRef) {
+        let q = table.qualified();
+        self.ended.remove(&q);
+        self.gen.snapshots.insert(q, t.commit_lsn);
+        t.created.push(table);
+    }
+
+    /// The snapshot of the tables transaction `t` created, each empty in
+    /// the version `t` left it in.
+    async fn write_created(&mut self, t: &Txn) -> Result<(), Error> {
+        let tables: Vec<(TableRef, SchemaRecord)> = t
+            .created
+            .iter()
+            .filter_map(|r| Some((r.clone(), self.gen.schemas.at(&r.qualified(), t.commit_lsn)?.clone())))
+            .collect();
+        let manifest = snapshot::write_created(
+            self.store,
+            &self.gen.id,
+            (t.commit_lsn, t.commit_time),
+            &tables,
+            self.metrics,
+        )
+        .await?;
+        tracing::info!(tables = ?manifest.tables.iter().map(|e| e.table.as_str()).collect::<Vec<_>>(), lsn = %t.commit_lsn, "tables created: archived from their creation");
+        self.gen.manifests.push(manifest);
+        for r in &t.created {
+            let q = r.qualified();
+            if let Some(from) = self.gen.archived_from(&q) {
+                self.gen.snapshots.insert(q, from);
+            }
+        }
+        Ok(())
+    }
+
     /// Rewrites a version that is not history yet (its transaction is not
     /// archived) to take effect at another transaction. Killed between the
     /// delete and the write, the next session records it again.
@@ -734,6 +772,81 @@ struct Txn {
     /// marker even with no change, so its point in time is known), as
     /// `(table, version)`.
     versions: Vec<(String, u32)>,
+    /// Tables it created (`CREATE TABLE`, permanent), by OID, with their
+    /// DDL messages, held until its commit decides whether each starts its
+    /// history there, empty ([`settle_born`]).
+    born: Vec<Born>,
+    /// Tables archived from its commit, empty: no snapshot from the source
+    /// (written at its commit).
+    created: Vec<TableRef>,
+}
+
+/// A table the open transaction created, and what its DDL messages said
+/// of it so far.
+struct Born {
+    oid: u32,
+    /// Its DDL messages in this transaction, in order, with their LSNs.
+    messages: Vec<(crate::schema::ddl::DdlMessage, Lsn)>,
+    /// Whether the publication publishes it whole, as the last message
+    /// that says (its own, or a publication command's) left it.
+    published: bool,
+    /// Rows may have come into it other than as changes (a partition
+    /// attached to it): it cannot start empty.
+    filled: bool,
+}
+
+impl Txn {
+    /// Holds DDL message `msg` to the commit if it is about a table this
+    /// transaction created (`created_in` says so); `false` for any other.
+    fn hold(&mut self, publication: &str, msg: &crate::schema::ddl::DdlMessage, lsn: Lsn) -> bool {
+        if self.skip {
+            return false;
+        }
+        let i = match self.born.iter().position(|b| b.oid == msg.oid) {
+            Some(i) => i,
+            None if msg.created_in.is_some() && msg.table.is_some() => {
+                self.born.push(Born {
+                    oid: msg.oid,
+                    messages: Vec::new(),
+                    published: false,
+                    filled: false,
+                });
+                self.born.len() - 1
+            }
+            None => return false,
+        };
+        let b = &mut self.born[i];
+        b.published = msg
+            .created_in
+            .as_ref()
+            .is_some_and(|p| p.iter().any(|p| p == publication));
+        // ALTER TABLE of a partitioned table may attach a partition that
+        // holds rows; its rows are never streamed as changes.
+        b.filled |= !b.messages.is_empty()
+            && msg.tag == "ALTER TABLE"
+            && msg.table.as_ref().is_some_and(|d| d.meta.partition_key.is_some());
+        b.messages.push((msg.clone(), lsn));
+        true
+    }
+
+    /// A publication command in this transaction: whether each table it
+    /// created is published whole is what the command left (`named`:
+    /// the tables the publication publishes whole).
+    fn note_publications(&mut self, named: &std::collections::BTreeSet<String>) {
+        for b in &mut self.born {
+            if let Some(q) = b.messages.last().and_then(|(m, _)| m.qualified()) {
+                b.published = named.contains(&q);
+            }
+        }
+    }
+
+    /// Whether `table` is the name of a table this transaction created
+    /// and holds.
+    fn holds(&self, table: &str) -> bool {
+        self.born
+            .iter()
+            .any(|b| b.messages.last().and_then(|(m, _)| m.qualified()).as_deref() == Some(table))
+    }
 }
 
 pub(crate) async fn start_generation(
@@ -1330,6 +1443,9 @@ async fn on_ddl(
         ),
     };
     let (version, _) = ddl_version(w, t, msg, message_lsn, &table, (columns, meta, dropped)).await?;
+    if t.created.iter().any(|r| r.qualified() == table) {
+        return Ok(()); // created by this transaction: empty, its key from the start
+    }
     if w.ended.contains(&table) {
         // The table's history had ended (it was dropped, renamed away or
         // left the publication) and it is defined again: created again
@@ -1338,11 +1454,7 @@ async fn on_ddl(
         // (Asked until the command is visible: decoded, it may not be yet.)
         if let (Some(d), false) = (&msg.table, t.skip) {
             if publishes_committed(w.sql, &w.publication, &d.schema, &d.name).await? {
-                let r = TableRef {
-                    schema: d.schema.clone(),
-                    name: d.name.clone(),
-                };
-                w.snapshot_now(info, &[r]).await?;
+                w.snapshot_now(info, &[d.table_ref()]).await?;
             }
         }
         return Ok(());
@@ -1382,6 +1494,62 @@ async fn on_ddl(
             // Changes streamed after this keep the DDL's version (the
             // snapshot's has the same columns) until their next description.
             w.snapshot_now(info, &[r]).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Decides, at the commit of transaction `t`, how table `b` it created is
+/// archived. Published whole as `t` left it, under the one name it had in
+/// `t`, with no rows but its changes (none streamed before its messages,
+/// no partition attached), and not a name whose history `t` itself ended
+/// (dropped and created again in one transaction: its end and its start
+/// would share an LSN), it is archived from `t`'s commit, empty, and its
+/// messages record its versions there. Otherwise its messages are taken as
+/// any other's, in order: it starts from a snapshot, as a table joining
+/// the publication does. Publication membership comes from the messages,
+/// which the trigger wrote inside `t`: never from the catalog of now,
+/// where the table may have joined a publication after its rows.
+async fn settle_born(info: &ConnInfo, w: &mut Writer<'_>, t: &mut Txn, b: Born) -> Result<(), Error> {
+    let first = b.messages.first().and_then(|(m, _)| m.table.clone());
+    let name = b.messages.last().and_then(|(m, _)| m.qualified());
+    let one_name = b.messages.iter().all(|(m, _)| m.qualified() == name);
+    let born = match (&first, &name) {
+        (Some(d), Some(q)) => {
+            b.published
+                && !b.filled
+                && one_name
+                && d.qualified() == *q
+                && !b.messages.iter().any(|(m, _)| m.dropped)
+                && q != crate::crypt::shapes::TABLE
+                && (!w.gen.snapshots.contains_key(q) || w.ended.contains(q))
+                && !w
+                    .gen
+                    .schemas
+                    .versions(q)
+                    .iter()
+                    .any(|v| v.dropped && v.commit_lsn == t.commit_lsn)
+        }
+        _ => false,
+    };
+    let mut rest = b.messages.as_slice();
+    if let (true, Some(d), Some(q)) = (born, &first, &name) {
+        let (m, lsn) = &b.messages[0];
+        ddl_version(w, t, m, *lsn, q, (d.columns.clone(), d.meta.clone(), false)).await?;
+        w.created(t, d.table_ref());
+        rest = &b.messages[1..];
+    }
+    for (m, lsn) in rest {
+        on_ddl(info, w, t, m, *lsn).await?;
+    }
+    // Published but not born empty: from a snapshot now, as a table that
+    // joins the publication.
+    let last = b.messages.last().and_then(|(m, _)| m.table.as_ref());
+    if let (false, true, Some(d)) = (born, b.published, last) {
+        let q = d.qualified();
+        let archived = w.gen.snapshots.contains_key(&q) && !w.ended.contains(&q);
+        if !archived && publishes_committed(w.sql, &w.publication, &d.schema, &d.name).await? {
+            w.snapshot_now(info, &[d.table_ref()]).await?;
         }
     }
     Ok(())
@@ -1464,6 +1632,7 @@ async fn on_publication(
     }
     let whole: &[(String, String)] = pubs.get(&w.publication).map_or(&[], |v| v.as_slice());
     let named: std::collections::BTreeSet<String> = whole.iter().map(|(s, n)| format!("{s}.{n}")).collect();
+    t.note_publications(&named);
     let leaving: Vec<String> = w
         .gen
         .snapshots
@@ -1497,7 +1666,9 @@ async fn on_publication(
     let mut joining = Vec::new();
     for (schema, name) in whole {
         let q = format!("{schema}.{name}");
+        // (A table this transaction created is settled at its commit.)
         if (!w.gen.snapshots.contains_key(&q) || w.ended.contains(&q))
+            && !t.holds(&q)
             && publishes_committed(w.sql, &w.publication, schema, name).await?
         {
             joining.push(TableRef {
@@ -1547,6 +1718,8 @@ async fn handle_events(
                     skip,
                     records: 0,
                     versions: Vec::new(),
+                    born: Vec::new(),
+                    created: Vec::new(),
                 });
             }
             Event::Relation(rel) => {
@@ -1700,6 +1873,7 @@ async fn handle_events(
                 };
                 match &msg.publications {
                     Some(pubs) => on_publication(info, w, t, &msg, pubs, m.lsn).await?,
+                    None if t.hold(&w.publication, &msg, m.lsn) => {}
                     None => on_ddl(info, w, t, &msg, m.lsn).await?,
                 }
             }
@@ -1748,7 +1922,13 @@ async fn handle_events(
                 commit_lsn, end_lsn, ..
             } => {
                 w.metrics.set_received(*end_lsn);
-                let Some(t) = txn.take() else { continue };
+                let Some(mut t) = txn.take() else { continue };
+                for b in std::mem::take(&mut t.born) {
+                    settle_born(info, w, &mut t, b).await?;
+                }
+                if !t.created.is_empty() {
+                    w.write_created(&t).await?;
+                }
                 if !t.skip && (t.records > 0 || !t.versions.is_empty()) {
                     w.builder.push_commit(&CommitRecord {
                         commit_lsn: *commit_lsn,

@@ -340,6 +340,37 @@ pub async fn take(
     Ok((manifest, schemas))
 }
 
+/// The snapshot of tables one transaction created (`lsn`, `taken_at`: its
+/// commit), each empty in the schema version its creation recorded: a
+/// table born in the stream needs no rows from the source, and every
+/// change of it from its creation on, that transaction's own included, is
+/// history. `tables`: each table and its version.
+pub(crate) async fn write_created(
+    store: &Store,
+    gen: &str,
+    (lsn, taken_at): (Lsn, chrono::DateTime<chrono::Utc>),
+    tables: &[(TableRef, SchemaRecord)],
+    metrics: &crate::metrics::Metrics,
+) -> Result<Manifest, Error> {
+    let mut manifest = Manifest {
+        waly_snapshot: 1,
+        generation: gen.to_string(),
+        lsn,
+        taken_at,
+        compacted_at: None,
+        tables: Vec::new(),
+    };
+    let mut index = crate::index::Builder::for_writer(store.sealer()?.as_ref()).spilling();
+    for (t, schema) in tables {
+        let seg = layout::table_segment(&t.schema, &t.name);
+        let pk = crate::schema::keys::KeyColumns::row_key(schema);
+        let table = TableWriter::new(store, gen, lsn, &t.qualified(), &seg, schema.version, pk)?;
+        manifest.tables.push(table.finish(&mut index, metrics).await?);
+    }
+    write_manifest(store, &manifest, index).await?;
+    Ok(manifest)
+}
+
 /// Writes a snapshot's manifest (after all its parts: the snapshot exists
 /// from then on), then the index of its parts.
 pub(crate) async fn write_manifest(

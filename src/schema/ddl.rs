@@ -18,7 +18,7 @@ const DDL_SQL: &str = include_str!("../../sql/ddl.sql");
 const PUBLISHED_SQL: &str = include_str!("../../sql/published.sql");
 /// The line in sql/ddl.sql's capture function that names its version: a
 /// trigger whose function lacks it was installed by an earlier waly.
-const CAPTURE_VERSION: &str = "waly ddl capture 9";
+const CAPTURE_VERSION: &str = "waly ddl capture 10";
 
 /// The SQL that installs (or reinstalls) the DDL capture triggers.
 pub fn install_sql() -> Result<String, Error> {
@@ -59,6 +59,14 @@ impl TableDef {
     pub fn qualified(&self) -> String {
         format!("{}.{}", self.schema, self.name)
     }
+
+    /// The table, to snapshot or archive.
+    pub fn table_ref(&self) -> crate::snapshot::TableRef {
+        crate::snapshot::TableRef {
+            schema: self.schema.clone(),
+            name: self.name.clone(),
+        }
+    }
 }
 
 /// One message of the DDL trigger.
@@ -80,6 +88,11 @@ pub struct DdlMessage {
     /// The table's OID.
     #[serde(default)]
     pub oid: u32,
+    /// For a table its transaction created (`CREATE TABLE`, permanent,
+    /// capture 10 on): the publications that publish it whole as this
+    /// command leaves it. Absent for any other table.
+    #[serde(default)]
+    pub created_in: Option<Vec<String>>,
     /// A dropped table's schema.
     #[serde(default)]
     pub schema: Option<String>,

@@ -424,9 +424,12 @@ fn migration(which: &'static str, m: &mut Model) -> Step {
         // (updates, deletes, truncates) reach too, and acct's column
         // migrations with their defaults, if still pending. acct's own rows
         // are checked without it (`ONLY`); verify --against-source checks
-        // it at the end.
-        "an heir" => "CREATE TABLE acct_vip (perk text DEFAULT 'lounge') INHERITS (acct);
+        // it at the end. Created in a transaction of its own, before its
+        // rows: archived from its creation, not from a snapshot.
+        "an heir" => "BEGIN;
+             CREATE TABLE acct_vip (perk text DEFAULT 'lounge') INHERITS (acct);
              ALTER TABLE acct_vip ADD PRIMARY KEY (id);
+             COMMIT;
              INSERT INTO acct_vip (id, name, email, big) SELECT g, 'vip ' || g, 'v' || g || '@x',
                     CASE WHEN g % 5 = 0 THEN repeat('vip', 2000) END FROM generate_series(90001, 90030) g;"
             .to_string(),

@@ -833,6 +833,109 @@ fn a_generated_columns_new_expression_is_what_every_reader_shows_after_it() {
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// The guarantee: every committed change is history. A table created
+/// while `waly run` runs is archived from its `CREATE TABLE`, empty: its
+/// first rows are `insert`s with their own commit, transaction and intent,
+/// not a snapshot taken when its first change came, and a point between
+/// its creation and its first rows restores it empty. It holds across a
+/// restart of the writer, for a table dropped and created again, and for
+/// the tables one transaction creates together. A table whose creating
+/// transaction also fills it (rows, or a partition attached with rows)
+/// starts from a snapshot, as before, and a restore's output, created in
+/// the database waly captures, is never archived.
+#[test]
+fn a_table_created_while_waly_runs_is_history_from_its_creation() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE keep (id int PRIMARY KEY); INSERT INTO keep VALUES (1);
+         CREATE TABLE parted (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+         CREATE TABLE parted_low PARTITION OF parted FOR VALUES FROM (0) TO (100);
+         INSERT INTO parted VALUES (1, 'p1'), (2, 'p2');
+         CREATE TABLE loose (id int PRIMARY KEY, v text); INSERT INTO loose VALUES (5, 'l5'), (6, 'l6');",
+    );
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("CREATE TABLE born (id int PRIMARY KEY, v text)");
+    let empty = point(&db, "created, no row yet", "born");
+    db.psql("BEGIN; SELECT pg_logical_emit_message(true, 'waly', 'first rows'); INSERT INTO born VALUES (1, 'a'), (2, 'b'); COMMIT;");
+    let first = point(&db, "first rows", "born");
+    settle(&db, run);
+    // The writer starts again; the table goes on.
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE born SET v = 'a2' WHERE id = 1; DELETE FROM born WHERE id = 2;");
+    db.psql("BEGIN; CREATE TABLE pair_a (id int PRIMARY KEY); CREATE TABLE pair_b (id int PRIMARY KEY); COMMIT;");
+    db.psql("INSERT INTO pair_a VALUES (7); INSERT INTO pair_b VALUES (8);");
+    // Dropped and created again in one transaction: from a snapshot.
+    db.psql("BEGIN; DROP TABLE pair_a; CREATE TABLE pair_a (id int PRIMARY KEY, z text); COMMIT;");
+    db.psql("INSERT INTO pair_a VALUES (9, 'z')");
+    db.psql("DROP TABLE born");
+    db.psql("CREATE TABLE born (id int PRIMARY KEY, w int)");
+    db.psql("INSERT INTO born VALUES (1, 10)");
+    db.psql("BEGIN; CREATE TABLE filled (id int PRIMARY KEY); INSERT INTO filled VALUES (3); COMMIT;");
+    // A new partitioned table given, in its creating transaction, a
+    // partition that holds rows: its rows were never streamed.
+    db.psql(
+        "BEGIN; CREATE TABLE grown (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+         ALTER TABLE grown ATTACH PARTITION loose FOR VALUES FROM (0) TO (100); COMMIT;",
+    );
+    db.psql("INSERT INTO grown VALUES (7, 'g7')");
+    // A restore into the database waly captures (a partitioned table: its
+    // root is created permanent).
+    ok(&restore(
+        &db,
+        &archive,
+        &["parted", "--at", &empty.at, "--into", "parted_copy"],
+    ));
+    db.psql("INSERT INTO parted_copy VALUES (3, 'c3')");
+    settle(&db, run);
+    for (p, into) in [(&empty, "born_empty"), (&first, "born_first")] {
+        assert_restores(&db, &archive, "born", p, into);
+    }
+    assert_eq!(db.psql("SELECT count(*) FROM born_empty"), "0");
+    let history = |t: &str, key: &str| -> Vec<serde_json::Value> {
+        let out = ok(&run_within(
+            waly().args(["history", t, key, "--archive", &archive, "--json"]),
+            60,
+        ));
+        out.lines().map(|l| serde_json::from_str(l).expect("json")).collect()
+    };
+    let ops = |vs: &[serde_json::Value]| -> Vec<String> {
+        vs.iter().map(|v| v["op"].as_str().unwrap_or("?").to_string()).collect()
+    };
+    let h = history("born", "1");
+    // Dropped (no delete in the stream), the row is no longer in the
+    // table at the new table's creation, which starts empty.
+    assert_eq!(ops(&h), ["insert", "update", "snapshot", "insert"], "{h:#?}");
+    assert_eq!(h[0]["intent"], "first rows", "{h:#?}");
+    assert!(h[1]["new"].is_object() && h[2]["new"].is_null(), "{h:#?}");
+    assert_eq!(ops(&history("born", "2")), ["insert", "delete"]);
+    assert_eq!(ops(&history("pair_a", "7"))[0], "insert");
+    assert_eq!(ops(&history("pair_b", "8")), ["insert"]);
+    // Filled by the transaction that created it: from a snapshot.
+    assert_eq!(ops(&history("filled", "3")), ["snapshot"]);
+    assert_eq!(ops(&history("grown", "5")), ["snapshot"]);
+    assert_eq!(ops(&history("grown", "7")), ["insert"]);
+    let tables = ok(&run_within(waly().args(["tables", "--archive", &archive]), 60));
+    assert!(
+        !tables.contains("parted_copy"),
+        "a restore's output is archived: {tables}"
+    );
+    let log = ok(&run_within(
+        waly().args(["log", "--table", "born", "--archive", &archive]),
+        60,
+    ));
+    assert_eq!(log.lines().filter(|l| l.contains(" insert ")).count(), 3, "{log}");
+    for t in ["born", "pair_a", "pair_b", "filled", "keep", "grown", "parted"] {
+        verify_against_source(&db, &archive, t);
+    }
+    let v = ok(&run_within(waly().args(["verify", "--archive", &archive]), 120));
+    assert!(v.contains("clean"), "{v}");
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
 #[test]
 fn a_table_out_of_the_publication_or_dropped_is_refused_there_and_exact_from_its_next_snapshot() {
     let db = TestDb::new();
