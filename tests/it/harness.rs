@@ -109,6 +109,11 @@ pub struct Cluster {
     pub owned: bool,
     admin_url: Option<String>,
     watchdog: Mutex<Option<ChildStdin>>,
+    /// `PGOPTIONS` for the test's own psql sessions (not waly's): settings
+    /// its checks are written in, on a server whose defaults differ.
+    pub psql_options: Option<String>,
+    /// The server's environment (`Cluster::start_env`), for its restarts.
+    env: Vec<(String, String)>,
 }
 
 /// Password of the `md5user`, `scramuser`, `clearuser` and `tlsuser` roles.
@@ -216,6 +221,8 @@ impl Cluster {
             owned: true,
             admin_url: None,
             watchdog: Mutex::new(stdin),
+            psql_options: None,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         c.wait_ready();
         c.psql(
@@ -263,15 +270,20 @@ impl Cluster {
                 .args(["-m", mode, "-w", "-t", "60", "-l"])
                 .arg(self.dir.join("server.log"))
                 .arg("restart")
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::null()),
         );
         self.wait_ready();
     }
 
-    /// Stops the server (the watchdog removes its directory).
+    /// Stops the server (the watchdog removes its directory), and removes
+    /// the locales it was given (`LOCPATH`).
     pub fn stop(&self) {
         if let Ok(mut w) = self.watchdog.lock() {
             w.take();
+        }
+        for (_, dir) in self.env.iter().filter(|(k, _)| k == "LOCPATH") {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 
@@ -297,7 +309,11 @@ impl Cluster {
     /// Like [`Cluster::psql`], but returns the error instead of panicking.
     pub fn try_psql(&self, db: &str, sql: &str) -> Result<String, String> {
         use std::io::Write;
-        let mut child = Command::new("psql")
+        let mut psql = Command::new("psql");
+        if let Some(o) = &self.psql_options {
+            psql.env("PGOPTIONS", o);
+        }
+        let mut child = psql
             .arg(self.url(db))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-f", "-"])
             .stdin(Stdio::piped())
@@ -372,6 +388,8 @@ pub fn cluster() -> &'static Cluster {
             owned: false,
             admin_url: Some(url),
             watchdog: Mutex::new(None),
+            psql_options: None,
+            env: Vec::new(),
         },
         _ => Cluster::start(&[]),
     })
@@ -779,4 +797,28 @@ pub fn freeze(dir: &str, on: bool) -> bool {
     let writable = std::fs::write(&probe, b"x").is_ok();
     let _ = std::fs::remove_file(&probe);
     writable != on
+}
+
+/// A directory holding the `de_DE.UTF-8` locale, made by `localedef`
+/// from the system's locale sources, for a server started with
+/// `LOCPATH` pointing at it (this machine need not have it installed).
+pub fn german_locale() -> String {
+    let dir = std::env::temp_dir().join(unique("waly-locales"));
+    std::fs::create_dir_all(&dir).expect("locale dir");
+    let out = std::process::Command::new("localedef")
+        .args(["-i", "de_DE", "-f", "UTF-8"])
+        .arg(dir.join("de_DE.UTF-8"))
+        .output()
+        .expect("localedef (the libc-bin package)");
+    assert!(
+        dir.join("de_DE.UTF-8").join("LC_MONETARY").exists(),
+        "localedef made no de_DE.UTF-8 (it needs /usr/share/i18n/locales, the locales package): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::process::Command::new("chmod")
+        .arg("-R")
+        .arg("a+rX")
+        .arg(&dir)
+        .status();
+    dir.display().to_string()
 }

@@ -29,7 +29,7 @@ CREATE UNLOGGED TABLE oracle_audit (n bigserial, tbl text, op text, old jsonb, n
                                     lsn pg_lsn DEFAULT pg_current_wal_insert_lsn());
 CREATE FUNCTION oracle_row(r jsonb) RETURNS jsonb LANGUAGE sql IMMUTABLE AS
   $$ SELECT jsonb_object_agg(key, value #>> '{}') FROM jsonb_each(r) $$;
-CREATE FUNCTION oracle_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION oracle_audit() RETURNS trigger LANGUAGE plpgsql SET lc_monetary = 'C' AS $$
 BEGIN
     IF TG_LEVEL = 'STATEMENT' THEN
         INSERT INTO oracle_audit (tbl, op, intent)
@@ -190,7 +190,8 @@ fn encrypted(seed: u64) -> bool {
 /// The server's settings for `seed`: every third seed's server prints
 /// values in other styles than the defaults (dates day first, as
 /// `SQL`; intervals as the SQL standard; floats rounded; bytea as
-/// escapes; another time zone), which waly's readings must not depend on.
+/// escapes; `money` as German does, `-1.234,57 €`; another time zone),
+/// which waly's readings must not depend on.
 fn server_settings(seed: u64) -> &'static [&'static str] {
     match seed % 3 {
         1 => &[
@@ -198,10 +199,26 @@ fn server_settings(seed: u64) -> &'static [&'static str] {
             "intervalstyle=sql_standard",
             "extra_float_digits=0",
             "bytea_output=escape",
+            "lc_monetary=de_DE.UTF-8",
             "timezone=Pacific/Chatham",
         ],
         _ => &[],
     }
+}
+
+/// The cluster for `seed`, with [`server_settings`]. Where the server
+/// prints `money` in German (its locale made for it), the oracle's own
+/// sessions print it as `C` does, the form the audit records and waly
+/// archives: only waly's sessions meet the server's default.
+fn start_cluster(seed: u64) -> Cluster {
+    let settings = server_settings(seed);
+    if !settings.iter().any(|s| s.starts_with("lc_monetary=")) {
+        return Cluster::start(settings);
+    }
+    let locales = crate::harness::german_locale();
+    let mut c = Cluster::start_env(settings, &[("LOCPATH", &locales)]);
+    c.psql_options = Some("-c lc_monetary=C".to_string());
+    c
 }
 
 /// A new identity file in `dir`: (path, recipient).
@@ -229,7 +246,7 @@ fn stderr(o: &std::process::Output) -> String {
 
 /// Plays one seed and checks every reader; the cluster is its own.
 pub fn run_seed(seed: u64, size: Size) -> Outcome {
-    let cluster: &'static Cluster = Box::leak(Box::new(Cluster::start(server_settings(seed))));
+    let cluster: &'static Cluster = Box::leak(Box::new(start_cluster(seed)));
     let db = TestDb::on(cluster);
     let mut out = Outcome::default();
     db.psql(SETUP);

@@ -95,14 +95,15 @@ ALTER TABLE acct ALTER COLUMN big SET STORAGE EXTERNAL;
 ALTER TABLE acct ADD COLUMN shout text GENERATED ALWAYS AS (upper(name)) STORED,
                  ADD COLUMN big_len int GENERATED ALWAYS AS (length(big)) STORED;
 CREATE TABLE item (id int PRIMARY KEY, acct int, qty int, note text,
-                   note_len int GENERATED ALWAYS AS (length(note)) STORED);
+                   note_len int GENERATED ALWAYS AS (length(note)) STORED, price money DEFAULT 1.5);
 CREATE TABLE ev (id int, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
 CREATE TABLE ev_1 PARTITION OF ev FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
 CREATE TABLE ev_2 PARTITION OF ev FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
 INSERT INTO acct SELECT g, 'name ' || g, CASE WHEN g % 3 = 0 THEN '' WHEN g % 3 = 1 THEN NULL ELSE 'a' || g || '@x' END,
                         CASE WHEN g % 10 = 0 THEN repeat('big', 1500) || g END, g * 1.25
   FROM generate_series(1, 300) g;
-INSERT INTO item SELECT g, g % 300 + 1, g % 17, 'note ' || g FROM generate_series(1, 400) g;
+INSERT INTO item (id, acct, qty, note, price)
+  SELECT g, g % 300 + 1, g % 17, 'note ' || g, ((g % 17 - 8) * 1234.567)::numeric::money FROM generate_series(1, 400) g;
 INSERT INTO ev SELECT g, date '2026-01-01' + g % 58, 'v' || g FROM generate_series(1, 200) g;
 ";
 
@@ -573,7 +574,7 @@ fn workload(r: &mut Rng, m: &mut Model) -> Step {
             "savepoint rolled back",
             format!(
                 "BEGIN;
-                 UPDATE item SET qty = qty + 1 WHERE id % {modulo} = {rest};
+                 UPDATE item SET qty = qty + 1, price = ((qty - 8) * 1234.567)::numeric::money WHERE id % {modulo} = {rest};
                  SAVEPOINT s;
                  DELETE FROM acct WHERE id % {modulo} = {rest};
                  UPDATE item SET {note} = 'never' WHERE id % {modulo} = {rest};

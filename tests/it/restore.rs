@@ -395,7 +395,7 @@ fn values_restore_exactly_whatever_the_servers_settings_for_their_text() {
 /// keep the server's, and it restores into its source as it always did.
 #[test]
 fn money_restores_exactly_whatever_the_servers_lc_monetary() {
-    let locales = german_locale();
+    let locales = crate::harness::german_locale();
     let cluster: &'static crate::harness::Cluster = Box::leak(Box::new(crate::harness::Cluster::start_env(
         &["lc_monetary=de_DE.UTF-8"],
         &[("LOCPATH", &locales)],
@@ -519,30 +519,6 @@ fn money_restores_exactly_whatever_the_servers_lc_monetary() {
     let _ = std::fs::remove_file(&file);
     // The server loaded its locale at start; no session of it is left to read it.
     let _ = std::fs::remove_dir_all(&locales);
-}
-
-/// A directory holding the `de_DE.UTF-8` locale, made by `localedef`
-/// from the system's locale sources, for a server started with
-/// `LOCPATH` pointing at it (this machine need not have it installed).
-fn german_locale() -> String {
-    let dir = std::env::temp_dir().join(crate::harness::unique("waly-locales"));
-    std::fs::create_dir_all(&dir).expect("locale dir");
-    let out = std::process::Command::new("localedef")
-        .args(["-i", "de_DE", "-f", "UTF-8"])
-        .arg(dir.join("de_DE.UTF-8"))
-        .output()
-        .expect("localedef (the libc-bin package)");
-    assert!(
-        dir.join("de_DE.UTF-8").join("LC_MONETARY").exists(),
-        "localedef made no de_DE.UTF-8 (it needs /usr/share/i18n/locales, the locales package): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _ = std::process::Command::new("chmod")
-        .arg("-R")
-        .arg("a+rX")
-        .arg(&dir)
-        .status();
-    dir.display().to_string()
 }
 
 /// `every`, a column of each type with edge values, restores exactly

@@ -923,6 +923,7 @@ fn a_table_created_while_waly_runs_is_history_from_its_creation() {
         !tables.contains("parted_copy"),
         "a restore's output is archived: {tables}"
     );
+    assert!(tables.contains("public.pair_b"), "{tables}");
     let log = ok(&run_within(
         waly().args(["log", "--table", "born", "--archive", &archive]),
         60,
