@@ -1443,7 +1443,7 @@ async fn on_ddl(
         ),
     };
     let (version, _) = ddl_version(w, t, msg, message_lsn, &table, (columns, meta, dropped)).await?;
-    if t.created.iter().any(|r| r.qualified() == table) {
+    if born_at(w, t, &table) {
         return Ok(()); // created by this transaction: empty, its key from the start
     }
     if w.ended.contains(&table) {
@@ -1497,6 +1497,19 @@ async fn on_ddl(
         }
     }
     Ok(())
+}
+
+/// Whether `table`'s archive starts empty at transaction `t`'s commit: `t`
+/// created it ([`settle_born`]), in this session or, replayed after a
+/// crash, in the one that wrote that empty snapshot. Its DDL in `t` needs
+/// no snapshot of its own: there were no rows for it to change.
+fn born_at(w: &Writer<'_>, t: &Txn, table: &str) -> bool {
+    t.created.iter().any(|r| r.qualified() == table)
+        || w.gen.manifests.iter().any(|m| {
+            m.lsn == t.commit_lsn
+                && m.compacted_at.is_none()
+                && m.tables.iter().any(|e| e.table == table && e.rows == 0)
+        })
 }
 
 /// Decides, at the commit of transaction `t`, how table `b` it created is

@@ -183,8 +183,9 @@ pub(crate) fn spawn_run(db: &TestDb, archive: &str) -> Running {
 }
 
 /// `waly run` for `db`'s slot, connecting with `source`, with more arguments.
-/// Tests wait for the slot to pass unpublished WAL, so the idle heartbeat
-/// is 10 s unless `extra` sets it.
+/// Segments are written every 200 ms and, as tests wait for the slot to
+/// pass unpublished WAL, the idle heartbeat is 10 s, unless `extra` sets
+/// them.
 pub(crate) fn spawn_run_as(db: &TestDb, source: &str, archive: &str, extra: &[&str]) -> Running {
     Running::spawn(&mut run_command(db, source, archive, extra))
 }
@@ -200,12 +201,13 @@ pub(crate) fn run_command(db: &TestDb, source: &str, archive: &str, extra: &[&st
         archive,
         "--slot",
         &slot(db),
-        "--flush-interval",
-        "200ms",
         "--log",
         "warn",
         "--create-slot",
     ]);
+    if !extra.contains(&"--flush-interval") {
+        c.args(["--flush-interval", "200ms"]);
+    }
     if !extra.contains(&"--idle-interval") {
         c.args(["--idle-interval", "10s"]);
     }

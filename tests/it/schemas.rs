@@ -2110,6 +2110,77 @@ fn a_ddl_transaction_replayed_after_a_crash_is_history_at_its_own_commit() {
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// The guarantee: every committed change is history, across a crash. A
+/// table created while `waly run` runs, its key given in the same
+/// transaction, is archived empty at that commit; killed before the
+/// segment with the commit was written, the writer reads the transaction
+/// again and finds that snapshot: the key given there needs no snapshot of
+/// its own, and rows inserted meanwhile are `insert`s, not a snapshot's.
+#[test]
+fn a_created_tables_transaction_replayed_after_a_crash_keeps_its_history_from_creation() {
+    let db = TestDb::new();
+    db.psql("CREATE TABLE keep (id int PRIMARY KEY); INSERT INTO keep VALUES (1);");
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    // Segments are written every 30 s: the writer is killed between its
+    // snapshot of the new table and the segment with the commit.
+    let mut run = crate::archive::spawn_run_as(
+        &db,
+        &db.url(),
+        &archive,
+        &["--flush-interval", "30s", "--idle-interval", "10m"],
+    );
+    wait_streaming(&db, &run);
+    db.psql("BEGIN; CREATE TABLE fresh (id int NOT NULL, v text); ALTER TABLE fresh ADD PRIMARY KEY (id); COMMIT;");
+    let snapshots_of_fresh = || {
+        let dir = format!("{archive}/generations/00000001/snapshots");
+        crate::archive::files_under(&dir, "")
+            .iter()
+            .filter(|f| f.ends_with("manifest.json"))
+            .filter(|f| {
+                std::fs::read_to_string(format!("{dir}/{f}"))
+                    .expect("a manifest")
+                    .contains("\"public.fresh\"")
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(25);
+    while snapshots_of_fresh() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot of fresh: {}",
+            run.stderr_so_far()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = run.child.kill(); // SIGKILL: the segment with the commit is never written
+    let _ = run.child.wait();
+    let segments = crate::archive::files_under(&archive, "generations/00000001/segments");
+    assert!(
+        segments.iter().all(|f| !f.ends_with(".jsonl.zst")),
+        "a segment was written before the kill: {segments:?}"
+    );
+    // Rows while the writer is down: decoded after the replayed creation.
+    db.psql("INSERT INTO fresh VALUES (1, 'a'), (2, 'b')");
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE fresh SET v = 'a2' WHERE id = 1");
+    settle(&db, run);
+    assert_eq!(snapshots_of_fresh(), 1, "fresh snapshotted again after the replay");
+    let out = ok(&run_within(
+        waly().args(["history", "fresh", "1", "--archive", &archive, "--json"]),
+        60,
+    ));
+    let ops: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["op"].to_string())
+        .collect();
+    assert_eq!(ops, ["\"insert\"", "\"update\""], "{out}");
+    verify_against_source(&db, &archive, "fresh");
+    ok(&run_within(waly().args(["verify", "--archive", &archive]), 120));
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
 #[test]
 fn one_schema_version_per_shape_when_a_replay_meets_the_shape_before_a_crashed_session_did() {
     // Without the DDL trigger, a table's new shape is learned from pgoutput's
