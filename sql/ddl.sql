@@ -135,8 +135,8 @@ BEGIN
                                  OR EXISTS (SELECT 1 FROM pg_partition_tree(r.rel) pt
                                              WHERE position(' ' || pt.relid::oid || ' ' IN rewritten) > 0),
                     'oid', r.rel::int8,
-                    -- For a table created by this transaction (below):
-                    -- the publications that publish it whole now.
+                    -- For a table created by this transaction (noted
+                    -- above): the publications that publish it whole now.
                     'created_in', CASE WHEN position(' ' || r.rel || ' ' IN created) > 0 THEN (
                         SELECT coalesce(jsonb_agg(p.pubname ORDER BY p.pubname), '[]'::jsonb)
                           FROM pg_publication p
