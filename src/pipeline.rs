@@ -790,6 +790,10 @@ struct Born {
     /// Whether the publication publishes it whole, as the last message
     /// that says (its own, or a publication command's) left it.
     published: bool,
+    /// Some message said it was not: its changes then were not streamed,
+    /// so a table that joins the publication later in the transaction
+    /// cannot start empty.
+    unpublished: bool,
     /// Rows may have come into it other than as changes (a partition
     /// attached to it): it cannot start empty.
     filled: bool,
@@ -809,6 +813,7 @@ impl Txn {
                     oid: msg.oid,
                     messages: Vec::new(),
                     published: false,
+                    unpublished: false,
                     filled: false,
                 });
                 self.born.len() - 1
@@ -820,6 +825,7 @@ impl Txn {
             .created_in
             .as_ref()
             .is_some_and(|p| p.iter().any(|p| p == publication));
+        b.unpublished |= !b.published;
         // ALTER TABLE of a partitioned table may attach a partition that
         // holds rows; its rows are never streamed as changes.
         b.filled |= !b.messages.is_empty()
@@ -829,13 +835,14 @@ impl Txn {
         true
     }
 
-    /// A publication command in this transaction: whether each table it
-    /// created is published whole is what the command left (`named`:
-    /// the tables the publication publishes whole).
+    /// A publication command in this transaction: each table it created
+    /// that the command left unpublished (`named`: the tables the
+    /// publication publishes whole) was out of it.
     fn note_publications(&mut self, named: &std::collections::BTreeSet<String>) {
         for b in &mut self.born {
             if let Some(q) = b.messages.last().and_then(|(m, _)| m.qualified()) {
                 b.published = named.contains(&q);
+                b.unpublished |= !b.published;
             }
         }
     }
@@ -1513,7 +1520,7 @@ fn born_at(w: &Writer<'_>, t: &Txn, table: &str) -> bool {
 }
 
 /// Decides, at the commit of transaction `t`, how table `b` it created is
-/// archived. Published whole as `t` left it, under the one name it had in
+/// archived. Published whole from its creation on, under the one name it had in
 /// `t`, with no rows but its changes (none streamed before its messages,
 /// no partition attached), and not a name whose history `t` itself ended
 /// (dropped and created again in one transaction: its end and its start
@@ -1530,6 +1537,7 @@ async fn settle_born(info: &ConnInfo, w: &mut Writer<'_>, t: &mut Txn, b: Born) 
     let born = match (&first, &name) {
         (Some(d), Some(q)) => {
             b.published
+                && !b.unpublished
                 && !b.filled
                 && one_name
                 && d.qualified() == *q
