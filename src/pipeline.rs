@@ -799,6 +799,13 @@ struct Born {
     filled: bool,
 }
 
+impl Born {
+    /// `schema.table` as its last message names it.
+    fn name(&self) -> Option<String> {
+        self.messages.last().and_then(|(m, _)| m.qualified())
+    }
+}
+
 impl Txn {
     /// Holds DDL message `msg` to the commit if it is about a table this
     /// transaction created (`created_in` says so); `false` for any other.
@@ -840,7 +847,7 @@ impl Txn {
     /// publication publishes whole) was out of it.
     fn note_publications(&mut self, named: &std::collections::BTreeSet<String>) {
         for b in &mut self.born {
-            if let Some(q) = b.messages.last().and_then(|(m, _)| m.qualified()) {
+            if let Some(q) = b.name() {
                 b.published = named.contains(&q);
                 b.unpublished |= !b.published;
             }
@@ -850,9 +857,7 @@ impl Txn {
     /// Whether `table` is the name of a table this transaction created
     /// and holds.
     fn holds(&self, table: &str) -> bool {
-        self.born
-            .iter()
-            .any(|b| b.messages.last().and_then(|(m, _)| m.qualified()).as_deref() == Some(table))
+        self.born.iter().any(|b| b.name().as_deref() == Some(table))
     }
 }
 
@@ -1426,11 +1431,7 @@ async fn on_ddl(
         if renamed_from.is_some() && !t.skip {
             // Its rows, under the new name, from a snapshot now.
             if let Some(d) = &msg.table {
-                let r = TableRef {
-                    schema: d.schema.clone(),
-                    name: d.name.clone(),
-                };
-                w.snapshot_now(info, &[r]).await?;
+                w.snapshot_now(info, &[d.table_ref()]).await?;
             }
         }
         return Ok(()); // not archived (not published, or not yet)
@@ -1494,13 +1495,9 @@ async fn on_ddl(
                 false => "this DDL changed the key rows are identified by; taking a snapshot of the table",
             };
             tracing::info!(table, lsn = %t.commit_lsn, "{why}");
-            let r = TableRef {
-                schema: d.schema.clone(),
-                name: d.name.clone(),
-            };
             // Changes streamed after this keep the DDL's version (the
             // snapshot's has the same columns) until their next description.
-            w.snapshot_now(info, &[r]).await?;
+            w.snapshot_now(info, &[d.table_ref()]).await?;
         }
     }
     Ok(())
@@ -1532,7 +1529,7 @@ fn born_at(w: &Writer<'_>, t: &Txn, table: &str) -> bool {
 /// where the table may have joined a publication after its rows.
 async fn settle_born(info: &ConnInfo, w: &mut Writer<'_>, t: &mut Txn, b: Born) -> Result<(), Error> {
     let first = b.messages.first().and_then(|(m, _)| m.table.clone());
-    let name = b.messages.last().and_then(|(m, _)| m.qualified());
+    let name = b.name();
     let one_name = b.messages.iter().all(|(m, _)| m.qualified() == name);
     let born = match (&first, &name) {
         (Some(d), Some(q)) => {
