@@ -71,7 +71,7 @@ async fn contract(store: Store) {
     // the same bytes is success; other bytes are a conflict, and leave it.
     let file = std::env::temp_dir().join(format!(
         "waly-contract-file-{}-{}",
-        std::process::id(),
+        crate::harness::run_id(),
         store.url().len()
     ));
     let big: Vec<u8> = (0..12u32 << 20)
@@ -108,7 +108,7 @@ async fn contract(store: Store) {
 
 #[tokio::test]
 async fn archive_contract_on_the_local_filesystem() {
-    let dir = std::env::temp_dir().join(format!("waly-contract-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("waly-contract-{}", crate::harness::run_id()));
     let store = Store::open(&format!("file://{}", dir.display())).expect("open");
     contract(store).await;
     let _ = std::fs::remove_dir_all(dir);
@@ -120,7 +120,7 @@ async fn archive_contract_on_the_local_filesystem() {
 /// duplicate schema version.
 #[tokio::test]
 async fn a_local_archive_counts_the_objects_readers_list_not_a_killed_writers_staging_file() {
-    let dir = std::env::temp_dir().join(format!("waly-staging-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("waly-staging-{}", crate::harness::run_id()));
     let store = Store::open(&format!("file://{}", dir.display())).expect("open");
     for v in 1..=2 {
         let key = format!("generations/00000001/schemas/public.item/{v:06}.json");
@@ -593,7 +593,7 @@ fn postgres_restarts_fast_and_immediate_lose_nothing() {
     };
     db.psql(AUDITED);
     let archive = archive_dir(&TestDb {
-        name: format!("restart_{}", std::process::id()),
+        name: format!("restart_{}", crate::harness::run_id()),
         cluster,
     });
     let run = spawn_run(&db, &archive);
@@ -959,7 +959,7 @@ fn bad_archive_urls_and_missing_credentials_are_clear_errors() {
         err.contains("no credentials") && err.contains("AWS_ACCESS_KEY_ID"),
         "{err}"
     );
-    let empty = std::env::temp_dir().join(format!("waly-empty-{}", std::process::id()));
+    let empty = std::env::temp_dir().join(format!("waly-empty-{}", crate::harness::run_id()));
     let out = run_within(waly().args(["log", "--archive"]).arg(&empty), 30);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

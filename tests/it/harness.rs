@@ -49,12 +49,30 @@ fn client_tool(name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// This test process among every run on the machine: its pid and a token
+/// from the time it started. A pid alone repeats: CI's fresh machine gave
+/// the PostgreSQL 15 and 17 runs the same pid, and the second run met the
+/// first's archive directory under the same name.
+pub fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let mut token = String::new();
+        let mut n = nanos % 36u128.pow(6);
+        for _ in 0..6 {
+            token.push(char::from_digit((n % 36) as u32, 36).unwrap_or('0'));
+            n /= 36;
+        }
+        format!("{}{token}", std::process::id())
+    })
+}
+
+/// A name no other test, in this run or any earlier one, has used.
 pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
+    format!("{prefix}_{}_{}", run_id(), COUNTER.fetch_add(1, Ordering::SeqCst))
 }
 
 /// The uid/gid to run the server as: `postgres` when we are root.
@@ -567,11 +585,7 @@ pub fn s3_bucket(name: &str) -> Option<String> {
         eprintln!("skipped: WALY_TEST_S3_ENDPOINT is not set (make test sets it)");
         return None;
     };
-    let bucket = format!(
-        "{name}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    );
+    let bucket = unique(name).replace('_', "-");
     let put = s3_request(&endpoint, "PUT", &format!("/{bucket}"));
     assert!(put.starts_with("HTTP/1.1 200"), "{put}");
     Some(bucket)

@@ -33,7 +33,11 @@ fn server_without_tls() -> u16 {
 
 #[test]
 fn connection_failures_say_which_it_is_and_what_to_check() {
-    let archive = format!("{}/waly-msg-{}", std::env::temp_dir().display(), std::process::id());
+    let archive = format!(
+        "{}/waly-msg-{}",
+        std::env::temp_dir().display(),
+        crate::harness::run_id()
+    );
     // Both connections waly makes: replication (tail) and SQL (init).
     let both = |source: &str| -> Vec<String> {
         vec![

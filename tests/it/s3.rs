@@ -9,7 +9,7 @@ fn moto_answers_the_s3_protocol() {
         eprintln!("skipped: WALY_TEST_S3_ENDPOINT is not set (make test sets it)");
         return;
     };
-    let bucket = format!("waly-wiring-{}", std::process::id());
+    let bucket = format!("waly-wiring-{}", crate::harness::run_id());
     let put = request(&endpoint, "PUT", &format!("/{bucket}"));
     assert!(put.starts_with("HTTP/1.1 200"), "{put}");
     let list = request(&endpoint, "GET", "/");
