@@ -289,6 +289,11 @@ pub struct ServerError {
     pub detail: Option<String>,
     /// Optional hint from the server.
     pub hint: Option<String>,
+    /// Where in the server it arose (the `W` field: a function, a
+    /// decoding callback), when the server said.
+    pub context: Option<String>,
+    /// What waly was doing when it came: the query, or the stream.
+    pub during: Option<String>,
     /// A hint of waly's own: what to change to fix it.
     pub fix: Option<String>,
 }
@@ -312,11 +317,31 @@ impl ServerError {
                 b'M' => e.message = value,
                 b'D' => e.detail = Some(value),
                 b'H' => e.hint = Some(value),
+                b'W' => e.context = Some(value),
                 _ => {}
             }
         }
         e.fix = fix_for(&e);
         e
+    }
+
+    /// The error in `body`, met while doing `during`.
+    pub fn parse_during(body: &[u8], during: impl Into<String>) -> ServerError {
+        ServerError {
+            during: Some(during.into()),
+            ..ServerError::parse(body)
+        }
+    }
+
+    /// Says what `sql` was, shortened to its first 100 characters on one
+    /// line: enough to tell a catalog query from a snapshot's.
+    pub fn running(sql: &str) -> String {
+        let one_line = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut cut: String = one_line.chars().take(100).collect();
+        if cut.len() < one_line.len() {
+            cut.push_str("...");
+        }
+        format!("running {cut}")
     }
 }
 
@@ -364,6 +389,12 @@ impl fmt::Display for ServerError {
             &self.severity
         };
         write!(f, "server {severity}: {} (SQLSTATE {})", self.message, self.code)?;
+        if let Some(w) = &self.during {
+            write!(f, "\n  while {w}")?;
+        }
+        if let Some(c) = &self.context {
+            write!(f, "\n  context: {c}")?;
+        }
         if let Some(d) = &self.detail {
             write!(f, "\n  detail: {d}")?;
         }
@@ -390,6 +421,23 @@ mod tests {
         let shown = e.to_string();
         assert!(shown.contains("ALTER SYSTEM SET wal_level = logical"), "{shown}");
         assert!(!Error::Server(Box::new(e)).is_transient());
+    }
+
+    #[test]
+    fn a_server_error_says_what_waly_was_running_and_where_the_server_was() {
+        let body = b"SERROR\0CXX000\0Mcache lookup failed for type 16751\0WSQL function \"f\" statement 1\0\0";
+        let sql = "SELECT c.oid,\n       a.attname\n  FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid WHERE "
+            .to_string()
+            + &"x".repeat(200);
+        let shown = ServerError::parse_during(body, ServerError::running(&sql)).to_string();
+        assert!(
+            shown.contains("\n  while running SELECT c.oid, a.attname FROM pg_class c JOIN pg_attribute a"),
+            "{shown}"
+        );
+        assert!(shown.contains("xxx..."), "{shown}");
+        assert!(!shown.contains(&"x".repeat(100)), "shortened: {shown}");
+        assert!(shown.contains("\n  context: SQL function \"f\" statement 1"), "{shown}");
+        assert!(!ServerError::parse(body).to_string().contains("while"));
     }
 
     #[test]

@@ -377,7 +377,12 @@ impl PgConn {
                 }
                 b'K' | b'N' => {}
                 b'Z' => return Ok(()),
-                b'E' => return Err(Error::Server(Box::new(ServerError::parse(&frame.body)))),
+                b'E' => {
+                    return Err(Error::Server(Box::new(ServerError::parse_during(
+                        &frame.body,
+                        "opening the session",
+                    ))))
+                }
                 other => {
                     return Err(Error::Protocol(format!(
                         "unexpected message {:?} during startup",
@@ -414,7 +419,7 @@ impl PgConn {
                 b'T' => rows.clear(),
                 b'D' => rows.push(parse_data_row(&frame.body)?),
                 b'C' | b'I' | b'N' | b'S' => {}
-                b'E' => error = Some(ServerError::parse(&frame.body)),
+                b'E' => error = Some(ServerError::parse_during(&frame.body, ServerError::running(sql))),
                 b'Z' => {
                     return match error {
                         Some(e) => Err(Error::Server(Box::new(e))),

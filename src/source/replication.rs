@@ -251,7 +251,7 @@ pub async fn start_replication(
             b'W' => break,
             b'N' => {}
             b'E' => {
-                let err = ServerError::parse(&frame.body);
+                let err = ServerError::parse_during(&frame.body, ServerError::running(&sql));
                 // The walsender follows an error with ReadyForQuery.
                 let _ = conn.reader.read().await;
                 return Err(Error::Server(Box::new(err)));
@@ -494,7 +494,10 @@ fn step(frame: super::conn::Frame, shared: &Shared) -> Step {
         },
         b'c' | b'C' | b'N' | b'S' => Step::Ignore,
         b'Z' => Step::End,
-        b'E' => Step::Fail(Error::Server(Box::new(ServerError::parse(&frame.body)))),
+        b'E' => Step::Fail(Error::Server(Box::new(ServerError::parse_during(
+            &frame.body,
+            "streaming changes (the server's logical decoding)",
+        )))),
         other => Step::Fail(Error::Protocol(format!(
             "unexpected message {:?} during replication",
             other as char

@@ -381,6 +381,7 @@ pub fn sql_failed(what: &str, e: tokio_postgres::Error) -> Error {
             (b'M', db.message()),
             (b'D', db.detail().unwrap_or_default()),
             (b'H', db.hint().unwrap_or_default()),
+            (b'W', db.where_().unwrap_or_default()),
         ] {
             if !v.is_empty() {
                 body.push(k);
@@ -388,7 +389,14 @@ pub fn sql_failed(what: &str, e: tokio_postgres::Error) -> Error {
                 body.push(0);
             }
         }
-        return Error::Server(Box::new(crate::error::ServerError::parse(&body)));
+        let e = crate::error::ServerError::parse(&body);
+        return Error::Server(Box::new(match what {
+            "" => e,
+            what => crate::error::ServerError {
+                during: Some(what.to_string()),
+                ..e
+            },
+        }));
     }
     if e.is_closed() {
         return Error::ConnectionClosed;

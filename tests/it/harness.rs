@@ -279,6 +279,15 @@ impl Cluster {
         }
     }
 
+    /// Copies the server's log out of the cluster's directory (which goes
+    /// with the cluster) to `kept`, and returns its last `lines` lines.
+    pub fn keep_log(&self, kept: &std::path::Path, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let _ = std::fs::write(kept, &log);
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Restarts the server: `mode` is `fast` or `immediate` (a crash).
     pub fn restart(&self, mode: &str) {
         run_ok(

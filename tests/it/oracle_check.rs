@@ -247,6 +247,24 @@ fn stderr(o: &std::process::Output) -> String {
 /// Plays one seed and checks every reader; the cluster is its own.
 pub fn run_seed(seed: u64, size: Size) -> Outcome {
     let cluster: &'static Cluster = Box::leak(Box::new(start_cluster(seed)));
+    match std::panic::catch_unwind(|| play_seed(seed, size, cluster)) {
+        Ok(out) => out,
+        Err(panic) => {
+            // A seed that stops (a restart that timed out, a writer that
+            // never streamed) takes its cluster and the server's log with
+            // it: keep the log, and show its end beside the panic.
+            let kept = std::env::temp_dir().join(format!("waly-oracle-seed-{seed}-{}.log", crate::harness::run_id()));
+            let tail = cluster.keep_log(&kept, 60);
+            eprintln!(
+                "oracle seed {seed} stopped; the server's log is kept in {}; its end:\n{tail}",
+                kept.display()
+            );
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+fn play_seed(seed: u64, size: Size, cluster: &'static Cluster) -> Outcome {
     let db = TestDb::on(cluster);
     let mut out = Outcome::default();
     db.psql(SETUP);
