@@ -67,7 +67,10 @@ fn segments(dir: &str) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn a_synthetic_archive_is_clean_and_every_reader_agrees_on_it() {
-    let dir = std::env::temp_dir().join("waly-synth-a").display().to_string();
+    let dir = std::env::temp_dir()
+        .join(crate::harness::unique("waly-synth-a"))
+        .display()
+        .to_string();
     synth(&dir, "7");
     let verified = run_within(waly().args(["verify", "--archive", &dir]), 120);
     assert!(
@@ -190,7 +193,10 @@ fn a_synthetic_archive_is_clean_and_every_reader_agrees_on_it() {
     );
 
     // The same seed writes the same segments; another seed other ones.
-    let again = std::env::temp_dir().join("waly-synth-b").display().to_string();
+    let again = std::env::temp_dir()
+        .join(crate::harness::unique("waly-synth-b"))
+        .display()
+        .to_string();
     synth(&again, "7");
     assert!(segments(&again) == segs, "the same seed gave other segments");
     synth(&again, "8");
@@ -281,7 +287,10 @@ fn synth_rare(dir: &str, extra: &[&str]) {
 
 #[test]
 fn a_rarely_changed_tables_restore_and_log_read_only_the_frames_that_hold_it() {
-    let dir = std::env::temp_dir().join("waly-synth-rare").display().to_string();
+    let dir = std::env::temp_dir()
+        .join(crate::harness::unique("waly-synth-rare"))
+        .display()
+        .to_string();
     synth_rare(&dir, &[]);
     let (indexed, err) = restore_csv(&dir, "public.t1");
     let with_index = bytes_read(&err);
@@ -368,7 +377,10 @@ fn objects_read(stderr: &str) -> u64 {
 
 #[test]
 fn tables_answers_from_the_catalog_as_a_scan_does_and_a_wrong_catalog_is_named() {
-    let dir = std::env::temp_dir().join("waly-synth-catalog").display().to_string();
+    let dir = std::env::temp_dir()
+        .join(crate::harness::unique("waly-synth-catalog"))
+        .display()
+        .to_string();
     synth(&dir, "11");
     let (scanned, scan_err) = tables_with_stats(&dir, true);
     let (listed, err) = tables_with_stats(&dir, false);
@@ -446,7 +458,7 @@ fn history_with_reads(dir: &str, table: &str, key: &str, extra: &[&str]) -> (Str
 #[test]
 fn history_reads_only_its_own_tables_schema_versions_and_answers_as_a_scan_does() {
     let dir = std::env::temp_dir()
-        .join("waly-synth-own-schemas")
+        .join(crate::harness::unique("waly-synth-own-schemas"))
         .display()
         .to_string();
     synth(&dir, "11");
@@ -541,7 +553,7 @@ fn a_changed_key(dir: &str, table: &str) -> String {
 #[test]
 fn history_and_table_logs_find_frames_by_the_index_frame_table_and_a_wrong_table_costs_only_time() {
     let dir = std::env::temp_dir()
-        .join("waly-synth-frame-table")
+        .join(crate::harness::unique("waly-synth-frame-table"))
         .display()
         .to_string();
     synth(&dir, "12");
@@ -661,7 +673,7 @@ fn index_magics(dir: &str) -> std::collections::BTreeSet<String> {
 /// the same.
 #[test]
 fn an_archive_indexed_in_format_4_is_read_by_its_index_and_reindexed_as_format_5() {
-    let dir = std::env::temp_dir().join("waly-index-format4");
+    let dir = std::env::temp_dir().join(crate::harness::unique("waly-index-format4"));
     let _ = std::fs::remove_dir_all(&dir);
     copy_tree(
         &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/index-format4/archive"),
@@ -825,7 +837,10 @@ fn fenced_from(object: &[u8]) -> Option<usize> {
 /// the damage, and reindex writes it anew.
 #[test]
 fn index_runs_open_from_the_tails_directory_and_a_wrong_one_costs_only_time() {
-    let dir = std::env::temp_dir().join("waly-synth-tails").display().to_string();
+    let dir = std::env::temp_dir()
+        .join(crate::harness::unique("waly-synth-tails"))
+        .display()
+        .to_string();
     synth(&dir, "13");
     let tails = std::path::Path::new(&dir).join("index/tails");
     let good = std::fs::read(&tails).expect("synth leaves a tails directory");
@@ -988,7 +1003,10 @@ fn index_runs_open_from_the_tails_directory_and_a_wrong_one_costs_only_time() {
 /// transaction of the generation.
 #[test]
 fn verify_notes_only_the_transactions_a_crash_left_without_a_commit() {
-    let base = std::env::temp_dir().join("waly-synth-crash").display().to_string();
+    let base = std::env::temp_dir()
+        .join(crate::harness::unique("waly-synth-crash"))
+        .display()
+        .to_string();
     let make = |name: &str, extra: &[&str]| {
         let dir = format!("{base}-{name}");
         let _ = std::fs::remove_dir_all(&dir);
@@ -1112,7 +1130,10 @@ fn with_header(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u
 /// mark is wrong is named by `waly verify`.
 #[test]
 fn a_log_since_a_time_shows_every_commit_at_or_after_it_though_the_clock_steps_back() {
-    let dir = std::env::temp_dir().join("waly-synth-clock-back").display().to_string();
+    let dir = std::env::temp_dir()
+        .join(crate::harness::unique("waly-synth-clock-back"))
+        .display()
+        .to_string();
     // 20,000 transactions, 100 ms apart; before every 5,000th the clock
     // steps back 5 minutes.
     synth_of(
@@ -1227,7 +1248,10 @@ fn assert_same_export(twice: &str, once: &str) {
 /// the export of one run.
 #[test]
 fn an_export_up_to_a_point_before_its_snapshot_continues_with_every_change_once() {
-    let dir = std::env::temp_dir().join("waly-synth-pruned").display().to_string();
+    let dir = std::env::temp_dir()
+        .join(crate::harness::unique("waly-synth-pruned"))
+        .display()
+        .to_string();
     synth(&dir, "5");
     stdout(&["compact", "--archive", &dir]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
@@ -1276,7 +1300,10 @@ fn an_export_up_to_a_point_before_its_snapshot_continues_with_every_change_once(
 /// on: a segment's records lie in its range, in commit order.
 #[test]
 fn reads_after_an_lsn_leave_earlier_segments_unread_and_show_what_a_whole_read_shows() {
-    let dir = std::env::temp_dir().join("waly-synth-since").display().to_string();
+    let dir = std::env::temp_dir()
+        .join(crate::harness::unique("waly-synth-since"))
+        .display()
+        .to_string();
     synth(&dir, "11");
     let total = segments(&dir).len();
     let whole = stdout(&["log", "--archive", &dir, "--json"]);
@@ -1593,7 +1620,7 @@ fn same_answers(
 /// leaves.
 #[test]
 fn a_prune_cut_short_after_any_deletion_answers_as_before_or_refuses_and_a_second_run_finishes_it() {
-    let base = std::env::temp_dir().join("waly-prune-cut");
+    let base = std::env::temp_dir().join(crate::harness::unique("waly-prune-cut"));
     let _ = std::fs::remove_dir_all(&base);
     let pristine = base.join("pristine").display().to_string();
     // 4,000 transactions, 100 ms apart, in 64 KiB segments.
