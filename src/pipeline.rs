@@ -261,13 +261,19 @@ async fn slot_state(conn: &mut PgConn, slot: &str) -> Result<Option<SlotState>, 
 /// The tables `publication` publishes whole (sql/published.sql), with
 /// those of them that lack a usable replica identity, and the tables it
 /// publishes only in part (some operations, rows or columns), which waly
-/// does not archive.
+/// does not archive. Asked on the SQL connection, never on the replication
+/// one: `pg_publication_tables` opens each table (PostgreSQL 16 lists its
+/// columns), and a walsender that did so holds the table's description of
+/// now, which its decoding then takes for the description of the past (a
+/// column whose type is younger than the change: "cache lookup failed for
+/// type", at every restart, forever).
 async fn published_tables(
-    conn: &mut PgConn,
+    sql: &tokio_postgres::Client,
     publication: &str,
 ) -> Result<(Vec<TableRef>, Vec<String>, Vec<String>), Error> {
-    let rows = conn
-        .simple_query(&format!(
+    let rows = source::tls::simple_rows(
+        sql,
+        &format!(
             "SELECT w.schemaname, w.tablename, w.whole,
                     c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS
                         (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
@@ -275,8 +281,10 @@ async fn published_tables(
                JOIN pg_catalog.pg_class c ON c.oid = w.rel
               ORDER BY 1, 2",
             crate::schema::ddl::published_sql(&quote::literal(publication)?)?
-        ))
-        .await?;
+        ),
+        "listing the published tables",
+    )
+    .await?;
     let mut tables = Vec::new();
     let mut unkeyed = Vec::new();
     let mut partial = Vec::new();
@@ -1068,7 +1076,7 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
     }
 
     // Every published table needs a snapshot in this generation.
-    let (tables, unkeyed, partial) = published_tables(&mut conn, &opts.publication).await?;
+    let (tables, unkeyed, partial) = published_tables(&sql, &opts.publication).await?;
     for t in &unkeyed {
         tracing::warn!(table = t, "published table has no usable replica identity: UPDATE and DELETE on it fail on the primary; give it a primary key or REPLICA IDENTITY FULL");
     }

@@ -357,6 +357,26 @@ pub async fn connect_sql(info: &ConnInfo) -> Result<tokio_postgres::Client, Erro
     Ok(client)
 }
 
+/// Runs `sql` (one statement) with the simple-query protocol on an SQL
+/// connection: its rows, each value in its text form (`what` names it in
+/// an error).
+pub async fn simple_rows(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    what: &str,
+) -> Result<Vec<super::conn::Row>, Error> {
+    let messages = client.simple_query(sql).await.map_err(|e| sql_failed(what, e))?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect())
+}
+
 /// Converts a `tokio_postgres` error into waly's, keeping the server's fields.
 pub fn sql_error(info: &ConnInfo, e: tokio_postgres::Error) -> Error {
     if e.as_db_error().is_some() {

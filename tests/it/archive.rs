@@ -610,6 +610,42 @@ fn postgres_restarts_fast_and_immediate_lose_nothing() {
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// A transaction makes a type and a column of it and fills the column;
+/// PostgreSQL restarts before waly confirms it, so the walsender decodes
+/// it again from the slot. That decoding must describe the table as it was
+/// at each change. On PostgreSQL 16 it once could not, at every attempt
+/// ("cache lookup failed for type"): waly listed the published tables on
+/// its replication connection before streaming, which made the walsender
+/// open them and keep their description of now.
+#[test]
+fn a_restart_right_after_a_type_is_made_and_used_stalls_nothing_and_loses_nothing() {
+    let Some(_) = crate::harness::owned_cluster() else {
+        return;
+    };
+    let cluster: &'static Cluster = Box::leak(Box::new(Cluster::start(&[])));
+    let db = TestDb::on(cluster);
+    db.psql(AUDITED);
+    let archive = archive_dir(&db);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql(&workload(21, 40, 1, false));
+    for round in 1..=2 {
+        db.psql(&format!(
+            "UPDATE acct SET v = v + 1 WHERE id % 5 = {round};
+             CREATE TYPE mood{round} AS ENUM ('sad', 'ok');
+             ALTER TABLE acct ADD COLUMN mood{round} mood{round} DEFAULT 'sad';
+             UPDATE acct SET mood{round} = 'ok', v = v + 1 WHERE id % 2 = 0;"
+        ));
+        cluster.restart("fast");
+        db.psql(&workload(21 + round, 10, 1_000 * round as i64, false));
+    }
+    wait_archived_equals_audit(&db, &archive, 120);
+    let (status, stderr) = run.terminate(60);
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("cache lookup failed"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
 /// Reads the slot's confirmed position.
 fn confirmed(db: &TestDb) -> String {
     db.psql(&format!(

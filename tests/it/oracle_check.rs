@@ -255,8 +255,10 @@ pub fn run_seed(seed: u64, size: Size) -> Outcome {
             // it: keep the log, and show its end beside the panic.
             let kept = std::env::temp_dir().join(format!("waly-oracle-seed-{seed}-{}.log", crate::harness::run_id()));
             let tail = cluster.keep_log(&kept, 60);
+            let plan: Vec<&str> = generate(seed, size, encrypted(seed)).iter().map(|s| s.name()).collect();
             eprintln!(
-                "oracle seed {seed} stopped; the server's log is kept in {}; its end:\n{tail}",
+                "oracle seed {seed} stopped; its plan: {}\nthe server's log is kept in {}; its end:\n{tail}",
+                plan.join(", "),
                 kept.display()
             );
             std::panic::resume_unwind(panic)
