@@ -41,6 +41,9 @@ pub struct InitOptions {
     pub no_ddl_capture: bool,
     /// Encrypt the archive (a new one): `--encrypt`.
     pub encrypt: Option<crate::crypt::EncryptSpec>,
+    /// The archive's database moved here: record that the archive follows
+    /// this one from now on (`--source-moved`).
+    pub source_moved: bool,
 }
 
 struct Table {
@@ -136,8 +139,15 @@ pub async fn init(
     let system = source::identify_system(&mut repl).await?;
     repl.close().await;
     let identity = Identity::new(&system.system_id, &database, &opts.slot, &opts.publication);
+    let mut moved_from = None;
     if let Some(theirs) = state::read_identity(store).await? {
-        state::check_identity(store, &theirs, &identity)?;
+        let theirs = state::following(store, theirs).await?;
+        if opts.source_moved && theirs.source() != identity.source() && theirs.slot == identity.slot {
+            state::check_source_move(store, &identity.source(), system.xlogpos).await?;
+            moved_from = Some(theirs.source());
+        } else {
+            state::check_identity(store, &theirs, &identity)?;
+        }
         if opts.encrypt.is_some() && theirs.encryption.is_none() {
             return Err(problem(format!(
                 "the archive at {} already holds plaintext history: encryption starts with a new archive.\n  to fix: pass another --archive",
@@ -325,6 +335,17 @@ pub async fn init(
         sql.batch_execute(&crate::schema::ddl::install_sql()?)
             .await
             .map_err(q)?;
+    }
+    if let Some(from) = &moved_from {
+        let m = state::record_source_move(store, from, &identity.source(), system.xlogpos).await?;
+        writeln!(
+            out,
+            "-- the archive follows {} from now on (it followed {}; recorded as {}): \
+             `waly run` starts a new generation from a snapshot of it",
+            m.to,
+            m.from,
+            crate::archive::layout::source_move_key(m.number)
+        )?;
     }
     match &opts.encrypt {
         Some(spec) => crate::crypt::create(store, &identity, spec).await?,

@@ -875,6 +875,7 @@ pub(crate) async fn start_generation(
     reason: &str,
     slot_lsn: Lsn,
     timeline: u32,
+    source: Option<state::Source>,
 ) -> Result<GenState, Error> {
     let n = previous.and_then(|g| g.parse::<u32>().ok()).map_or(1, |n| n + 1);
     let id = layout::generation_id(n);
@@ -884,6 +885,7 @@ pub(crate) async fn start_generation(
         reason: reason.to_string(),
         slot_lsn,
         timeline,
+        source,
     };
     match store.put_once(&layout::generation_meta(&id), to_json(&info)).await {
         Err(Error::Conflict { .. }) => {
@@ -1055,6 +1057,34 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
         Some(g) => state::load_generation(store, g).await?,
         None => GenState::default(),
     };
+    // The database this session reads, and whether the archive's last
+    // generation followed another (`waly init --source-moved`): its
+    // history cannot go on from a slot of another cluster's WAL.
+    let here = id.source();
+    if let Some(last) = gens.last() {
+        let info = state::generation_info(store, last).await?;
+        let before = match info.source {
+            Some(s) => s,
+            None => state::read_identity(store)
+                .await?
+                .map(|i| i.source())
+                .unwrap_or_else(|| here.clone()),
+        };
+        if before != here {
+            let end = gen.durable_position();
+            if system.xlogpos <= end {
+                return Err(Error::Prerequisite(format!(
+                    "{here} writes WAL at LSN {}, before the end of the archive's history (LSN {end}) \
+                     from {before}: run `waly init --source-moved` against it, which says how to fix this",
+                    system.xlogpos
+                )));
+            }
+            reason = Some(format!(
+                "the source moved from {before} to {here} (`waly init --source-moved`): history goes on \
+                 from a new snapshot of the new source"
+            ));
+        }
+    }
     if gens.is_empty() {
         reason = Some("first start".into());
     } else if reason.is_none() {
@@ -1072,7 +1102,15 @@ async fn session(info: &ConnInfo, store: &Store, opts: &RunOptions, stop: watch:
             .await?
             .and_then(|s| s.confirmed_flush)
             .unwrap_or_default();
-        gen = start_generation(store, gens.last().map(|s| s.as_str()), r, slot_lsn, system.timeline).await?;
+        gen = start_generation(
+            store,
+            gens.last().map(|s| s.as_str()),
+            r,
+            slot_lsn,
+            system.timeline,
+            Some(here.clone()),
+        )
+        .await?;
     }
 
     // Every published table needs a snapshot in this generation.

@@ -198,7 +198,7 @@ pub async fn generate(store: &Store, opts: &SynthOptions) -> Result<SynthStats, 
     state::claim(store, &Identity::new("synthetic", "synthetic", "waly", "waly")).await?;
     store.prepare_writing().await?;
     let mut lsn = Lsn(0x0100_0000);
-    let gen = crate::pipeline::start_generation(store, None, "synthetic archive (waly synth)", lsn, 1)
+    let gen = crate::pipeline::start_generation(store, None, "synthetic archive (waly synth)", lsn, 1, None)
         .await?
         .id;
     let names = Names {

@@ -120,12 +120,13 @@ impl Report {
 /// Walks the whole archive.
 pub async fn verify(store: &Store) -> Result<Report, Error> {
     let mut report = Report::default();
-    if state::read_identity(store).await?.is_none() {
+    let Some(identity) = state::read_identity(store).await? else {
         return Err(Error::ArchiveMismatch(format!(
             "{} is not a waly archive (no waly.json); check --archive",
             store.url()
         )));
-    }
+    };
+    source_moves(store, &identity, &mut report).await?;
     report.encrypted = store.is_encrypted().await?;
     report.records_checked = !report.encrypted || store.crypt().has_source();
     let leases = crate::archive::lease::list(store).await?;
@@ -638,6 +639,41 @@ async fn check_sealed_part(store: &Store, key: &str, bytes: bytes::Bytes, report
     };
     if let Err(e) = zstd::decode_all(&opened[..]) {
         report.add(key, Kind::Altered, format!("a frame does not decompress: {e}"));
+    }
+    Ok(())
+}
+
+/// The source moves: each one reads, numbered from 1 with none missing,
+/// and moves from where the one before it moved to (the first, from
+/// `waly.json`'s database).
+async fn source_moves(store: &Store, identity: &state::Identity, report: &mut Report) -> Result<(), Error> {
+    let mut at = identity.source();
+    for (i, (n, key)) in state::source_move_keys(store).await?.into_iter().enumerate() {
+        if n != i as u64 + 1 {
+            report.add(
+                layout::source_move_key(i as u64 + 1),
+                Kind::Missing,
+                format!("source move {} is missing (the next one is {n})", i + 1),
+            );
+        }
+        let m = match state::parse_json::<state::SourceMove>(&key, &store.get(&key).await?) {
+            Ok(m) => m,
+            Err(e) => {
+                report.add(&key, Kind::Altered, e.to_string());
+                continue;
+            }
+        };
+        if m.number != n || m.from != at {
+            report.add(
+                &key,
+                Kind::Altered,
+                format!(
+                    "it says move {} from {}, where move {n} from {at} belongs",
+                    m.number, m.from
+                ),
+            );
+        }
+        at = m.to;
     }
     Ok(())
 }

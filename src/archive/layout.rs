@@ -161,6 +161,26 @@ pub fn parse_lease_key(key: &str) -> Option<(u64, String, u64)> {
     Some((token.parse().ok()?, gen.to_string(), first.parse().ok()?))
 }
 
+/// The directory of source moves (`waly init --source-moved`).
+pub const SOURCES_DIR: &str = "sources";
+
+/// The record of source move number `n` (from 1).
+pub fn source_move_key(n: u64) -> String {
+    format!("{SOURCES_DIR}/{n:010}.json")
+}
+
+/// Parses a source move key into its number.
+pub fn parse_source_move_key(key: &str) -> Option<u64> {
+    let name = key
+        .strip_prefix(SOURCES_DIR)?
+        .strip_prefix('/')?
+        .strip_suffix(".json")?;
+    if name.len() != 10 || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok().filter(|&n| n > 0)
+}
+
 /// The directory where `waly run` leaves the errors that ended its sessions.
 pub const ERRORS_DIR: &str = "errors";
 
@@ -206,6 +226,20 @@ pub fn data_kind(key: &str) -> Option<DataKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_move_keys_round_trip_and_refuse_what_is_not_one() {
+        assert_eq!(source_move_key(7), "sources/0000000007.json");
+        assert_eq!(parse_source_move_key(&source_move_key(7)), Some(7));
+        for junk in [
+            "sources/0000000000.json",
+            "sources/7.json",
+            "sources/00000000x7.json",
+            "leases/0000000007.json",
+        ] {
+            assert_eq!(parse_source_move_key(junk), None, "{junk}");
+        }
+    }
 
     #[test]
     fn segment_keys_sort_and_parse() {

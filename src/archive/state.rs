@@ -40,6 +40,40 @@ pub struct Identity {
     pub lc_monetary: Option<String>,
 }
 
+/// A database of a cluster: where an archive's changes come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// The cluster's system identifier (`IDENTIFY_SYSTEM`).
+    pub system_identifier: String,
+    /// The database name.
+    pub database: String,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "database {:?} of cluster {}", self.database, self.system_identifier)
+    }
+}
+
+/// `sources/<n>.json`: the archive follows another database from now on
+/// (`waly init --source-moved`, after `pg_upgrade` or a dump and restore).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceMove {
+    /// Format version (1).
+    pub waly_source_move: u32,
+    /// Its number, from 1.
+    pub number: u64,
+    /// The source before.
+    pub from: Source,
+    /// The source from now on.
+    pub to: Source,
+    /// The end of the archive's history when it was recorded: the new
+    /// source's WAL was already past it.
+    pub archive_end: Lsn,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+}
+
 /// The `lc_monetary` a new archive's `money` values are printed under:
 /// `C`, which every server has, whatever locales its machine holds.
 pub const MONEY_LOCALE: &str = "C";
@@ -58,6 +92,101 @@ impl Identity {
             lc_monetary: Some(MONEY_LOCALE.to_string()),
         }
     }
+
+    /// The database this identity names.
+    pub fn source(&self) -> Source {
+        Source {
+            system_identifier: self.system_identifier.clone(),
+            database: self.database.clone(),
+        }
+    }
+}
+
+/// The archive's source moves, oldest first.
+pub async fn source_moves(store: &Store) -> Result<Vec<SourceMove>, Error> {
+    let keys = source_move_keys(store).await?;
+    let mut moves = Vec::with_capacity(keys.len());
+    for (_, key) in keys {
+        moves.push(parse_json::<SourceMove>(&key, &store.get(&key).await?)?);
+    }
+    Ok(moves)
+}
+
+/// The keys of the source moves listed, by number.
+pub async fn source_move_keys(store: &Store) -> Result<Vec<(u64, String)>, Error> {
+    let mut keys: Vec<(u64, String)> = store
+        .list(layout::SOURCES_DIR)
+        .await?
+        .into_iter()
+        .filter_map(|(k, _)| layout::parse_source_move_key(&k).map(|n| (n, k)))
+        .collect();
+    keys.sort();
+    Ok(keys)
+}
+
+/// `id` (the archive's `waly.json`) naming the database the archive
+/// follows now: the newest source move's, if any.
+pub async fn following(store: &Store, mut id: Identity) -> Result<Identity, Error> {
+    if let Some(m) = source_moves(store).await?.pop() {
+        id.system_identifier = m.to.system_identifier;
+        id.database = m.to.database;
+    }
+    Ok(id)
+}
+
+/// Records that the archive follows `to` from now on (it followed
+/// `from`): refused unless the new source's WAL position `to_lsn` lies
+/// past every LSN the archive holds, so that LSNs keep their order
+/// across the move.
+pub async fn record_source_move(store: &Store, from: &Source, to: &Source, to_lsn: Lsn) -> Result<SourceMove, Error> {
+    let end = check_source_move(store, to, to_lsn).await?;
+    let number = source_moves(store).await?.last().map_or(1, |m| m.number + 1);
+    let m = SourceMove {
+        waly_source_move: 1,
+        number,
+        from: from.clone(),
+        to: to.clone(),
+        archive_end: end,
+        recorded_at: Utc::now(),
+    };
+    match store.put_once(&layout::source_move_key(number), to_json(&m)).await {
+        Err(Error::Conflict { .. }) => Err(Error::Contended(format!(
+            "source move {number} was recorded by another process at the same moment; run this again"
+        ))),
+        r => r.map(|()| m),
+    }
+}
+
+/// The end of the archive's history (its last generation's durable
+/// position), when `to`, writing WAL at `to_lsn`, can follow it: refused
+/// unless `to_lsn` lies past it.
+pub async fn check_source_move(store: &Store, to: &Source, to_lsn: Lsn) -> Result<Lsn, Error> {
+    let end = match generations(store).await?.last() {
+        Some(g) => {
+            let (st, _) = load_generation_listing(store, g, Shapes::WhatOpens, |_| {}).await?;
+            st.durable_position()
+        }
+        None => Lsn::ZERO,
+    };
+    if to_lsn <= end {
+        return Err(Error::Prerequisite(format!(
+            "the archive at {} holds history up to LSN {end}, and {to} writes WAL at LSN {to_lsn}, before \
+             that: LSNs would go back, and a point given by LSN would be ambiguous. A cluster that \
+             `pg_upgrade` made continues the old one's WAL; a new cluster starts low.\n  to fix: stop the new \
+             cluster and start its WAL past the archive's: pg_resetwal -l {} <data directory> (a WAL file name \
+             past LSN {end}), then run this again",
+            store.url(),
+            wal_file_past(end)
+        )));
+    }
+    Ok(end)
+}
+
+/// The name of a WAL file (timeline 1, 16 MiB segments) that starts past
+/// `lsn`, for `pg_resetwal -l`.
+fn wal_file_past(lsn: Lsn) -> String {
+    let next = (lsn.as_u64() >> 24) + 2;
+    format!("00000001{:08X}{:08X}", next >> 8, next & 0xff)
 }
 
 /// `info` with the session settings the archive at `store` holds its
@@ -85,6 +214,10 @@ pub struct GenerationInfo {
     pub slot_lsn: Lsn,
     /// The timeline.
     pub timeline: u32,
+    /// The database it follows; absent in generations begun before
+    /// sources could move: `waly.json`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Source>,
 }
 
 /// A snapshot manifest: written last, after every part.
@@ -306,6 +439,7 @@ pub async fn read_identity(store: &Store) -> Result<Option<Identity>, Error> {
 /// none, refuses if it names another database.
 pub async fn claim(store: &Store, mine: &Identity) -> Result<Identity, Error> {
     if let Some(theirs) = read_identity(store).await? {
+        let theirs = following(store, theirs).await?;
         check_identity(store, &theirs, mine)?;
         return Ok(theirs);
     }
@@ -316,6 +450,7 @@ pub async fn claim(store: &Store, mine: &Identity) -> Result<Identity, Error> {
             let theirs = read_identity(store)
                 .await?
                 .ok_or_else(|| Error::ArchiveMismatch("the archive identity vanished".into()))?;
+            let theirs = following(store, theirs).await?;
             check_identity(store, &theirs, mine)?;
             Ok(theirs)
         }
@@ -328,7 +463,8 @@ pub fn check_identity(store: &Store, theirs: &Identity, mine: &Identity) -> Resu
     if theirs.system_identifier != mine.system_identifier || theirs.database != mine.database {
         return Err(Error::ArchiveMismatch(format!(
             "the archive at {} belongs to database {:?} of cluster {}, not to database {:?} of cluster {}; \
-             use another --archive for this database",
+             use another --archive for this database (or, if this is that database moved here by pg_upgrade \
+             or a dump and restore, run `waly init --source-moved` against it to carry the archive on)",
             store.url(),
             theirs.database,
             theirs.system_identifier,
@@ -689,6 +825,20 @@ pub async fn load_generation_telling(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wal_file_named_for_pg_resetwal_starts_past_the_lsn() {
+        // 16 MiB segments: 0/400D048 is in segment 4; the name is two past it.
+        assert_eq!(
+            wal_file_past("0/400D048".parse().expect("lsn")),
+            "000000010000000000000006"
+        );
+        // 256 segments per log id: 1/FF000000 is segment 0x1FF.
+        assert_eq!(
+            wal_file_past("1/FF000000".parse().expect("lsn")),
+            "000000010000000200000001"
+        );
+    }
     use bytes::Bytes;
     use futures_util::stream::BoxStream;
     use futures_util::{StreamExt, TryStreamExt};

@@ -34,6 +34,10 @@ pub struct InitArgs {
     /// (from WALY_PASSPHRASE, else asked for).
     #[arg(long, value_name = "SPEC")]
     pub encrypt: Option<String>,
+    /// The archive's database now lives here (moved by pg_upgrade, or a dump and restore into
+    /// another cluster): carry the archive on from this database, in a new generation.
+    #[arg(long, conflicts_with = "encrypt")]
+    pub source_moved: bool,
 }
 
 pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
@@ -48,6 +52,7 @@ pub async fn run(args: &InitArgs) -> anyhow::Result<()> {
         skip_unkeyed: args.skip_unkeyed,
         no_guard: args.no_guard,
         no_ddl_capture: args.no_ddl_capture,
+        source_moved: args.source_moved,
         encrypt: match &args.encrypt {
             Some(spec) => Some(crate::crypt::EncryptSpec::parse(spec, ask_passphrase)?),
             None => None,

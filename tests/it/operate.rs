@@ -632,3 +632,163 @@ fn postgres_shuts_down_at_once_beside_an_idle_waly_behind_unpublished_wal() {
     cluster.stop();
     let _ = std::fs::remove_dir_all(&archive);
 }
+
+/// The archive's database moves to another cluster (`pg_upgrade`, or a dump
+/// and restore): `waly init --source-moved` carries the archive on. Until
+/// then `waly run` on the new cluster is refused, saying so; a cluster
+/// whose WAL lies before the archive's end is refused, saying how to fix
+/// it; after the move history goes on in a new generation that records its
+/// source, the old cluster is refused, and points on both sides restore.
+#[test]
+fn a_database_moved_to_another_cluster_carries_its_archive_on_after_init_source_moved() {
+    if crate::harness::owned_cluster().is_none() {
+        return;
+    }
+    let old: &'static crate::harness::Cluster = Box::leak(Box::new(crate::harness::Cluster::start(&[])));
+    let new: &'static crate::harness::Cluster = Box::leak(Box::new(crate::harness::Cluster::start(&[])));
+    let db = TestDb::on(old);
+    let schema = "CREATE TABLE acct (id int PRIMARY KEY, v int); CREATE PUBLICATION waly FOR TABLE acct;";
+    db.psql(schema);
+    db.psql("INSERT INTO acct SELECT g, g FROM generate_series(1, 20) g");
+    // The old cluster's WAL runs ahead of the new one's.
+    for _ in 0..3 {
+        db.psql("CREATE TABLE x (); DROP TABLE x; SELECT pg_switch_wal();");
+    }
+    let archive = archive_dir(&db);
+    let run = spawn(&db, &archive, &["--flush-interval", "200ms"]);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE acct SET v = v + 100 WHERE id <= 5; DELETE FROM acct WHERE id = 20");
+    wait_confirmed(&db, 120);
+    let before_move = state_now(&db, "acct");
+    let (status, stderr) = run.terminate(60);
+    assert!(status.success(), "{stderr}");
+
+    // The database moves: its schema and rows, under the same name (so
+    // the same slot name).
+    new.psql("postgres", &format!("CREATE DATABASE {}", db.name));
+    let moved = TestDb {
+        name: db.name.clone(),
+        cluster: new,
+    };
+    moved.psql(schema);
+    moved.psql(&format!(
+        "INSERT INTO acct VALUES {}",
+        db.psql("SELECT string_agg(format('(%s,%s)', id, v), ',') FROM acct")
+    ));
+    let run_on = |on: &TestDb| run_within(&mut crate::archive::run_command(on, &on.url(), &archive, &[]), 120);
+    let refused = run_on(&moved);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains("belongs to database") && err.contains("waly init --source-moved"),
+        "{err}"
+    );
+    let init = || {
+        run_within(
+            waly().args([
+                "init",
+                "--source",
+                &moved.url(),
+                "--archive",
+                &archive,
+                "--slot",
+                &slot(&moved),
+                "--source-moved",
+            ]),
+            120,
+        )
+    };
+    let behind = init();
+    let err = String::from_utf8_lossy(&behind.stderr);
+    assert!(!behind.status.success(), "{err}");
+    assert!(
+        err.contains("LSNs would go back") && err.contains("pg_resetwal -l"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(&archive).join("sources").exists());
+    // Its WAL goes past the archive's end (pg_resetwal would do it at once).
+    while moved.current_lsn() <= db.current_lsn() {
+        moved.psql("CREATE TABLE x (); DROP TABLE x; SELECT pg_switch_wal();");
+    }
+    let done = init();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(String::from_utf8_lossy(&done.stdout).contains("the archive follows"));
+
+    let run = spawn(&moved, &archive, &["--flush-interval", "200ms"]);
+    wait_streaming(&moved, &run);
+    moved.psql("UPDATE acct SET v = v + 1000 WHERE id <= 2; INSERT INTO acct VALUES (21, 21)");
+    wait_confirmed(&moved, 120);
+    let after_move = state_now(&moved, "acct");
+    let (status, stderr) = run.terminate(60);
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("the source moved from"), "{stderr}");
+    let gen = |n: &str| -> serde_json::Value {
+        let path = std::path::Path::new(&archive).join(format!("generations/{n}/generation.json"));
+        serde_json::from_slice(&std::fs::read(path).expect("generation.json")).expect("json")
+    };
+    let identity: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(std::path::Path::new(&archive).join("waly.json")).expect("waly.json"))
+            .expect("json");
+    let followed = gen("00000002")["source"]["system_identifier"].clone();
+    assert!(
+        followed.is_string() && followed != identity["system_identifier"],
+        "{followed}"
+    );
+
+    // The old cluster is refused now.
+    let stale = run_on(&db);
+    let err = String::from_utf8_lossy(&stale.stderr);
+    assert!(!stale.status.success() && err.contains("belongs to database"), "{err}");
+
+    // Both sides restore (the old side up to its last commit: after it
+    // lies the move, which the archive did not see); a row's history goes
+    // through both generations.
+    let last_before = log_json(&archive, &["--table", "acct"])
+        .iter()
+        .filter_map(|c| c["commit_time"].as_str().map(str::to_string))
+        .filter(|t| *t < before_move.0)
+        .max()
+        .expect("a commit before the move");
+    assert_eq!(show_at(&archive, "acct", &last_before), Ok(before_move.1));
+    assert!(show_at(&archive, "acct", &before_move.0).is_err_and(|e| e.contains("gap")));
+    assert_eq!(show_at(&archive, "acct", &after_move.0), Ok(after_move.1));
+    let out = run_within(
+        waly().args(["history", "acct", "1", "--archive", &archive, "--json"]),
+        120,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let versions: Vec<(String, String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+        .map(|v| {
+            let s = |f: &str| v[f].as_str().unwrap_or_default().to_string();
+            (
+                s("generation"),
+                s("op"),
+                v["new"]["v"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let want = [
+        ("00000001", "snapshot", "1"),
+        ("00000001", "update", "101"),
+        ("00000002", "snapshot", "101"),
+        ("00000002", "update", "1101"),
+    ];
+    assert_eq!(
+        versions,
+        want.map(|(g, o, v)| (g.to_string(), o.to_string(), v.to_string()))
+    );
+    let (code, report) = verify_json(&archive);
+    assert_eq!(code, 0, "{report}");
+    let against = run_within(
+        waly().args(["verify", "--archive", &archive, "--against-source", &moved.url()]),
+        120,
+    );
+    assert!(against.status.success(), "{}", String::from_utf8_lossy(&against.stderr));
+    drop(moved);
+    drop(db);
+    new.stop();
+    old.stop();
+    let _ = std::fs::remove_dir_all(&archive);
+}
