@@ -655,13 +655,21 @@ fn a_database_moved_to_another_cluster_carries_its_archive_on_after_init_source_
         db.psql("CREATE TABLE x (); DROP TABLE x; SELECT pg_switch_wal();");
     }
     let archive = archive_dir(&db);
-    let run = spawn(&db, &archive, &["--flush-interval", "200ms"]);
-    wait_streaming(&db, &run);
-    db.psql("UPDATE acct SET v = v + 100 WHERE id <= 5; DELETE FROM acct WHERE id = 20");
-    wait_confirmed(&db, 120);
-    let before_move = state_now(&db, "acct");
-    let (status, stderr) = run.terminate(60);
-    assert!(status.success(), "{stderr}");
+    // `waly run` on `on` while `sql` runs: the table then, and what it said.
+    let era = |on: &TestDb, sql: &str| {
+        let run = spawn(on, &archive, &["--flush-interval", "200ms"]);
+        wait_streaming(on, &run);
+        on.psql(sql);
+        wait_confirmed(on, 120);
+        let state = state_now(on, "acct");
+        let (status, stderr) = run.terminate(60);
+        assert!(status.success(), "{stderr}");
+        (state, stderr)
+    };
+    let (before_move, _) = era(
+        &db,
+        "UPDATE acct SET v = v + 100 WHERE id <= 5; DELETE FROM acct WHERE id = 20",
+    );
 
     // The database moves: its schema and rows, under the same name (so
     // the same slot name).
@@ -714,13 +722,10 @@ fn a_database_moved_to_another_cluster_carries_its_archive_on_after_init_source_
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     assert!(String::from_utf8_lossy(&done.stdout).contains("the archive follows"));
 
-    let run = spawn(&moved, &archive, &["--flush-interval", "200ms"]);
-    wait_streaming(&moved, &run);
-    moved.psql("UPDATE acct SET v = v + 1000 WHERE id <= 2; INSERT INTO acct VALUES (21, 21)");
-    wait_confirmed(&moved, 120);
-    let after_move = state_now(&moved, "acct");
-    let (status, stderr) = run.terminate(60);
-    assert!(status.success(), "{stderr}");
+    let (after_move, stderr) = era(
+        &moved,
+        "UPDATE acct SET v = v + 1000 WHERE id <= 2; INSERT INTO acct VALUES (21, 21)",
+    );
     assert!(stderr.contains("the source moved from"), "{stderr}");
     let gen = |n: &str| -> serde_json::Value {
         let path = std::path::Path::new(&archive).join(format!("generations/{n}/generation.json"));
