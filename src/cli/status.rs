@@ -120,10 +120,11 @@ async fn archive(args: &StatusArgs) -> anyhow::Result<serde_json::Value> {
     } else {
         serde_json::Value::Null
     };
+    let moves = state::source_moves(&store).await?;
     Ok(
         serde_json::json!({"url": store.url(), "identity": identity, "bytes": total_bytes,
         "segments": total_segments, "latest_commit": latest, "generations": gens,
-        "writer": writer, "last_error": last_error, "encryption": encryption}),
+        "writer": writer, "last_error": last_error, "encryption": encryption, "source_moves": moves}),
     )
 }
 
@@ -182,6 +183,18 @@ pub async fn run(args: &StatusArgs) -> anyhow::Result<()> {
         s(&archive["latest_commit"]["commit_lsn"]),
         s(&archive["latest_commit"]["commit_time"])
     )?;
+    if let Some(m) = archive["source_moves"].as_array().and_then(|m| m.last()) {
+        writeln!(
+            out,
+            "source: database {} of cluster {}, since move {} at {} (from database {} of cluster {}; waly init --source-moved)",
+            s(&m["to"]["database"]),
+            s(&m["to"]["system_identifier"]),
+            s(&m["number"]),
+            s(&m["recorded_at"]),
+            s(&m["from"]["database"]),
+            s(&m["from"]["system_identifier"])
+        )?;
+    }
     let w = &archive["writer"];
     if !w.is_null() {
         // The lease says who wrote last; whether it still runs, the slot says.

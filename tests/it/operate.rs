@@ -740,6 +740,28 @@ fn a_database_moved_to_another_cluster_carries_its_archive_on_after_init_source_
         "{followed}"
     );
 
+    let status = run_within(
+        waly().args([
+            "status",
+            "--archive",
+            &archive,
+            "--source",
+            &moved.url(),
+            "--slot",
+            &slot(&moved),
+        ]),
+        120,
+    );
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        said.contains(&format!(
+            "source: database {} of cluster {}",
+            moved.name,
+            followed.as_str().unwrap_or("?")
+        )),
+        "{said}"
+    );
+
     // The old cluster is refused now.
     let stale = run_on(&db);
     let err = String::from_utf8_lossy(&stale.stderr);
