@@ -140,7 +140,7 @@ pub async fn following(store: &Store, mut id: Identity) -> Result<Identity, Erro
 /// across the move.
 pub async fn record_source_move(store: &Store, from: &Source, to: &Source, to_lsn: Lsn) -> Result<SourceMove, Error> {
     let end = check_source_move(store, to, to_lsn).await?;
-    let number = source_moves(store).await?.last().map_or(1, |m| m.number + 1);
+    let number = source_move_keys(store).await?.last().map_or(1, |(n, _)| n + 1);
     let m = SourceMove {
         waly_source_move: 1,
         number,
@@ -825,6 +825,15 @@ pub async fn load_generation_telling(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use futures_util::stream::BoxStream;
+    use futures_util::{StreamExt, TryStreamExt};
+    use object_store::path::Path;
+    use object_store::{
+        GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
+        PutPayload, PutResult, Result as OsResult,
+    };
+    use std::sync::Arc;
 
     #[test]
     fn the_wal_file_named_for_pg_resetwal_starts_past_the_lsn() {
@@ -839,15 +848,6 @@ mod tests {
             "000000010000000200000001"
         );
     }
-    use bytes::Bytes;
-    use futures_util::stream::BoxStream;
-    use futures_util::{StreamExt, TryStreamExt};
-    use object_store::path::Path;
-    use object_store::{
-        GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
-        PutPayload, PutResult, Result as OsResult,
-    };
-    use std::sync::Arc;
 
     fn manifest(lsn: u64, tables: &[&str]) -> Manifest {
         Manifest {
