@@ -321,24 +321,72 @@ async fn publishes(sql: &tokio_postgres::Client, publication: &str, schema: &str
     Ok(row.get(0))
 }
 
-/// [`publishes`], asked about a table a publication command just decoded
-/// published whole. The walsender may decode a commit before the server
-/// shows it to other sessions (its WAL is flushed first), so a `false` is
-/// asked again for up to a second before it is believed (the table left
-/// again since: a later command says so).
-async fn publishes_committed(
+/// [`publishes`], asked about a table transaction `t` changed, once `t`
+/// is visible ([`await_visible`]).
+async fn publishes_visible(
     sql: &tokio_postgres::Client,
+    t: &mut Txn,
     publication: &str,
     schema: &str,
     name: &str,
 ) -> Result<bool, Error> {
-    for _ in 0..20 {
-        if publishes(sql, publication, schema, name).await? {
-            return Ok(true);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    await_visible(sql, t).await?;
     publishes(sql, publication, schema, name).await
+}
+
+/// Whether transaction `xid` (its 32 bits, as the stream gives it) is
+/// visible to a snapshot taken now: its full 64-bit id is the one nearest
+/// below the snapshot's `xmax` (an id at or past `xmax`, or more than
+/// 2^31 below it, is not finished yet, as far as this snapshot knows).
+const VISIBLE_SQL: &str = "SELECT CASE WHEN d = 0 OR d > 2147483648 OR d > x THEN false
+                 ELSE pg_catalog.pg_visible_in_snapshot((x - d)::text::pg_catalog.xid8, s) END
+  FROM (SELECT s, x, (x % 4294967296 - $1::bigint + 4294967296) % 4294967296 AS d
+          FROM (SELECT s, pg_catalog.pg_snapshot_xmax(s)::text::bigint AS x
+                  FROM pg_catalog.pg_current_snapshot() s) a) b";
+
+/// Waits until transaction `t`'s commit is visible to other sessions
+/// before the catalog is asked anything about what it did. The walsender
+/// decodes a commit as soon as its WAL is flushed, which comes before the
+/// server shows the transaction to other sessions: by a moment, or, with
+/// synchronous replication, until the synchronous standbys confirm it.
+/// Asked before then, the catalog answers as it was before the
+/// transaction: a table it created does not exist yet, one it added to the
+/// publication is not in it, and a decision taken on that answer loses
+/// rows. Asked once per transaction; one archived already (replayed after
+/// a restart) asks nothing of the catalog that depends on it.
+async fn await_visible(sql: &tokio_postgres::Client, t: &mut Txn) -> Result<(), Error> {
+    if t.visible || t.skip {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    let mut warn_at = Duration::from_secs(10);
+    loop {
+        let visible: bool = sql
+            .query_one(VISIBLE_SQL, &[&i64::from(t.xid)])
+            .await
+            .map_err(|e| source::tls::sql_failed("asking whether a decoded transaction is visible yet", e))?
+            .get(0);
+        if visible {
+            t.visible = true;
+            return Ok(());
+        }
+        let waited = started.elapsed();
+        if waited >= warn_at {
+            // The application's session waits as long: its commit returns
+            // when the transaction becomes visible.
+            tracing::warn!(
+                xid = t.xid,
+                commit_lsn = %t.commit_lsn,
+                waited_s = waited.as_secs(),
+                "a decoded transaction is not visible to other sessions yet (a synchronous standby that has \
+                 not confirmed it?); waiting, as the catalog it changed decides how it is archived"
+            );
+            warn_at += Duration::from_secs(30);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
 }
 
 /// The writer's state within one session.
@@ -775,6 +823,8 @@ struct Txn {
     commit_time: chrono::DateTime<chrono::Utc>,
     /// Already archived in an earlier session: skip it whole.
     skip: bool,
+    /// Its commit is visible to other sessions ([`await_visible`]).
+    visible: bool,
     records: u64,
     /// Schema versions it made (a DDL transaction archives its commit
     /// marker even with no change, so its point in time is known), as
@@ -1505,9 +1555,8 @@ async fn on_ddl(
         // left the publication) and it is defined again: created again
         // under the name, or renamed onto it. Published whole, its rows
         // come from a snapshot now; otherwise from one when it joins.
-        // (Asked until the command is visible: decoded, it may not be yet.)
         if let (Some(d), false) = (&msg.table, t.skip) {
-            if publishes_committed(w.sql, &w.publication, &d.schema, &d.name).await? {
+            if publishes_visible(w.sql, t, &w.publication, &d.schema, &d.name).await? {
                 w.snapshot_now(info, &[d.table_ref()]).await?;
             }
         }
@@ -1612,7 +1661,7 @@ async fn settle_born(info: &ConnInfo, w: &mut Writer<'_>, t: &mut Txn, b: Born) 
     if let (false, true, Some(d)) = (born, b.published, last) {
         let q = d.qualified();
         let archived = w.gen.snapshots.contains_key(&q) && !w.ended.contains(&q);
-        if !archived && publishes_committed(w.sql, &w.publication, &d.schema, &d.name).await? {
+        if !archived && publishes_visible(w.sql, t, &w.publication, &d.schema, &d.name).await? {
             w.snapshot_now(info, &[d.table_ref()]).await?;
         }
     }
@@ -1733,7 +1782,7 @@ async fn on_publication(
         // (A table this transaction created is settled at its commit.)
         if (!w.gen.snapshots.contains_key(&q) || w.ended.contains(&q))
             && !t.holds(&q)
-            && publishes_committed(w.sql, &w.publication, schema, name).await?
+            && publishes_visible(w.sql, t, &w.publication, schema, name).await?
         {
             joining.push(TableRef {
                 schema: schema.clone(),
@@ -1780,6 +1829,7 @@ async fn handle_events(
                     xid: *xid,
                     commit_time: *commit_time,
                     skip,
+                    visible: false,
                     records: 0,
                     versions: Vec::new(),
                     born: Vec::new(),
@@ -1796,6 +1846,11 @@ async fn handle_events(
                         // table of the archive; nor is a table published in
                         // part. (Asked each time: Relation messages are
                         // rare, and a table may join the publication.)
+                        // Asked once this transaction is visible: it may
+                        // have created the table, or published it.
+                        if let Some(t) = txn.as_mut() {
+                            await_visible(sql, t).await?;
+                        }
                         if !publishes(sql, &w.publication, &rel.schema, &rel.name).await? {
                             continue;
                         }
@@ -1859,6 +1914,9 @@ async fn handle_events(
                         // A lost connection ends the session (nothing is
                         // confirmed past it); a query the server refuses
                         // leaves the names-only rule below.
+                        if let Some(t) = txn.as_mut() {
+                            await_visible(sql, t).await?;
+                        }
                         let catalog = match crate::schema::ddl::catalog_definition(sql, &rel.schema, &rel.name).await {
                             Ok(c) => c,
                             Err(e) if e.is_transient() => return Err(e),
@@ -1911,7 +1969,11 @@ async fn handle_events(
                     continue;
                 }
                 // The DDL was not captured (no event trigger, or it failed):
-                // learn the new shape from the description and the catalog.
+                // learn the new shape from the description and the catalog
+                // (once this transaction, which may have made it, is visible).
+                if let Some(t) = txn.as_mut() {
+                    await_visible(sql, t).await?;
+                }
                 let (columns, meta) = relation_columns(sql, rel).await;
                 let rec = SchemaRecord {
                     commit_lsn,

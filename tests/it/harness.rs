@@ -519,6 +519,69 @@ impl TestDb {
     }
 }
 
+/// A synchronous standby of a cluster of a test's own that confirms what it
+/// receives only every `every_s` seconds (`pg_recvlogical` on a slot of
+/// its own, as `application_name` `holdup`). Each commit on the cluster
+/// then waits that long before other sessions see it, while a walsender
+/// can decode it at once: its WAL is flushed. Dropped, the cluster stops
+/// waiting for it first, then it stops.
+pub struct SlowStandby {
+    cluster: &'static Cluster,
+    child: Child,
+}
+
+impl SlowStandby {
+    pub fn start(db: &TestDb, every_s: u32) -> SlowStandby {
+        db.psql(
+            "CREATE PUBLICATION holdup FOR ALL TABLES;
+             SELECT 1 FROM pg_create_logical_replication_slot('holdup', 'pgoutput');",
+        );
+        let child = Command::new("pg_recvlogical")
+            .arg("-d")
+            .arg(format!("{} application_name=holdup", db.url()))
+            .args(["--slot", "holdup", "--start", "-f", "-", "-F", "0"])
+            .args(["-s", &every_s.to_string()])
+            .args([
+                "-o",
+                "proto_version=1",
+                "-o",
+                "publication_names=holdup",
+                "-o",
+                "messages=true",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pg_recvlogical");
+        let standby = SlowStandby {
+            cluster: db.cluster,
+            child,
+        };
+        db.cluster.psql(
+            "postgres",
+            "ALTER SYSTEM SET synchronous_standby_names = 'holdup'; SELECT pg_reload_conf();",
+        );
+        db.wait_for(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'holdup' AND sync_state = 'sync'",
+            "1",
+            60,
+        );
+        standby
+    }
+}
+
+impl Drop for SlowStandby {
+    fn drop(&mut self) {
+        let _ = self.cluster.try_psql(
+            "postgres",
+            "ALTER SYSTEM RESET synchronous_standby_names; SELECT pg_reload_conf();",
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let n = &self.name;

@@ -833,6 +833,84 @@ fn a_generated_columns_new_expression_is_what_every_reader_shows_after_it() {
     let _ = std::fs::remove_dir_all(&archive);
 }
 
+/// The guarantee: every committed change is history, though the walsender
+/// decodes a commit as soon as its WAL is flushed, before the server shows
+/// it to other sessions. A synchronous standby that confirms every two
+/// seconds holds each commit out of sight that long after waly can decode
+/// it. Each decision waly takes from the catalog of now waits until the
+/// transaction it decodes is visible: a table created, published and
+/// filled in one transaction keeps its rows (from a snapshot), whether the
+/// publication took it in by its schema or by name; a table
+/// that joins the publication starts from a snapshot at that command,
+/// not at its next change; one created in a schema the publication
+/// publishes is history from its creation.
+#[test]
+fn a_commit_decoded_before_other_sessions_see_it_is_archived_by_the_catalog_it_made() {
+    if crate::harness::owned_cluster().is_none() {
+        return;
+    }
+    let cluster: &'static crate::harness::Cluster = Box::leak(Box::new(crate::harness::Cluster::start(&[])));
+    let db = TestDb::on(cluster);
+    db.psql(
+        "CREATE TABLE keep (id int PRIMARY KEY, v text); INSERT INTO keep VALUES (1, 'k1');
+         CREATE TABLE late (id int PRIMARY KEY, v text); INSERT INTO late VALUES (1, 'l1'), (2, 'l2');
+         CREATE SCHEMA side; CREATE PUBLICATION waly FOR TABLE keep, TABLES IN SCHEMA side;",
+    );
+    let archive = archive_dir(&db);
+    init(&db, &archive);
+    let _standby = crate::harness::SlowStandby::start(&db, 2);
+    let run = spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql(
+        "BEGIN; CREATE TABLE filled (id int PRIMARY KEY, v text); ALTER PUBLICATION waly ADD TABLE filled;
+         INSERT INTO filled VALUES (3, 'f3'); COMMIT;",
+    );
+    db.psql("BEGIN; CREATE TABLE side.filled (id int PRIMARY KEY, v text); INSERT INTO side.filled VALUES (5, 'f5'); COMMIT;");
+    db.psql("ALTER PUBLICATION waly ADD TABLE late");
+    // Its snapshot comes with the command, before any change of it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = run_within(waly().args(["history", "late", "1", "--archive", &archive]), 60);
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("snapshot") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "late was not archived when it joined the publication: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            run.stderr_so_far()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    db.psql("UPDATE late SET v = 'l1b' WHERE id = 1");
+    db.psql("CREATE TABLE side.born (id int PRIMARY KEY)");
+    db.psql("INSERT INTO side.born VALUES (4); UPDATE keep SET v = 'k1b'");
+    settle(&db, run);
+    let history = |t: &str, key: &str| -> Vec<String> {
+        let out = ok(&run_within(
+            waly().args(["history", t, key, "--archive", &archive, "--json"]),
+            60,
+        ));
+        out.lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("json")["op"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(history("filled", "3"), ["snapshot"]);
+    assert_eq!(history("side.filled", "5"), ["snapshot"]);
+    assert_eq!(history("late", "1"), ["snapshot", "update"]);
+    assert_eq!(history("side.born", "4"), ["insert"]);
+    assert_eq!(history("keep", "1"), ["snapshot", "update"]);
+    for t in ["keep", "late", "filled", "side.filled", "side.born"] {
+        verify_against_source(&db, &archive, t);
+    }
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
 /// The guarantee: every committed change is history. A table created
 /// while `waly run` runs is archived from its `CREATE TABLE`, empty: its
 /// first rows are `insert`s with their own commit, transaction and intent,
