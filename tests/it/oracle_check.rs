@@ -206,6 +206,14 @@ fn server_settings(seed: u64) -> &'static [&'static str] {
     }
 }
 
+/// Whether `seed`'s cluster has a synchronous standby that confirms only
+/// every second (one seed in five): each commit is then decoded up to a
+/// second before other sessions see it, and every decision `waly run`
+/// takes from the catalog meets a transaction not yet visible.
+fn slow_standby(seed: u64) -> bool {
+    seed % 5 == 3
+}
+
 /// The cluster for `seed`, with [`server_settings`]. Where the server
 /// prints `money` in German (its locale made for it), the oracle's own
 /// sessions print it as `C` does, the form the audit records and waly
@@ -277,6 +285,7 @@ fn play_seed(seed: u64, size: Size, cluster: &'static Cluster) -> Outcome {
              CREATE TRIGGER oracle_truncate AFTER TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION oracle_audit('{t}');"
         ));
     }
+    let _standby = slow_standby(seed).then(|| crate::harness::SlowStandby::start(&db, 1));
     let archive = archive_dir(&db);
     let enc = encrypted(seed);
     let mut init_args = vec![

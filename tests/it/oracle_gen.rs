@@ -14,7 +14,9 @@
 //! standby taking over, a restore into the source database, an object-store
 //! outage, the sidecar down across a migration; in an encrypted archive, a
 //! key rotation). Every third seed's server prints values in other styles
-//! than the defaults (see `oracle_check::server_settings`). Checkpoints
+//! than the defaults (see `oracle_check::server_settings`), and every fifth
+//! has a synchronous standby that holds each commit out of sight for up to
+//! a second after `waly run` can decode it (`oracle_check::slow_standby`). Checkpoints
 //! fall at random moments. The same seed gives the same run.
 
 /// One step of a run.
