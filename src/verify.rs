@@ -648,14 +648,18 @@ async fn check_sealed_part(store: &Store, key: &str, bytes: bytes::Bytes, report
 /// `waly.json`'s database).
 async fn source_moves(store: &Store, identity: &state::Identity, report: &mut Report) -> Result<(), Error> {
     let mut at = identity.source();
-    for (i, (n, key)) in state::source_move_keys(store).await?.into_iter().enumerate() {
-        if n != i as u64 + 1 {
+    let mut next = 1;
+    for (n, key) in state::source_move_keys(store).await? {
+        for gone in next..n {
             report.add(
-                layout::source_move_key(i as u64 + 1),
+                layout::source_move_key(gone),
                 Kind::Missing,
-                format!("source move {} is missing (the next one is {n})", i + 1),
+                format!("source move {gone} is missing (the next one is {n})"),
             );
         }
+        // After a gap, where the move before it went is unknown.
+        let after_gap = n > next;
+        next = n + 1;
         let m = match state::parse_json::<state::SourceMove>(&key, &store.get(&key).await?) {
             Ok(m) => m,
             Err(e) => {
@@ -663,7 +667,7 @@ async fn source_moves(store: &Store, identity: &state::Identity, report: &mut Re
                 continue;
             }
         };
-        if m.number != n || m.from != at {
+        if m.number != n || (m.from != at && !after_gap) {
             report.add(
                 &key,
                 Kind::Altered,
@@ -1285,6 +1289,75 @@ pub async fn against_source(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The guarantee: `waly verify` names what is missing, and only that.
+    /// Moves 1, 3, 5 and 6 of 6: moves 2 and 4 are missing, each named once;
+    /// the moves there are not, nor called altered for moving from where
+    /// the missing one went; one that moves from elsewhere is.
+    #[tokio::test]
+    async fn verify_names_each_missing_source_move_and_no_other() {
+        let store = Store::open("memory://").expect("store");
+        let source = |n: u64| state::Source {
+            system_identifier: format!("7{n}"),
+            database: "app".into(),
+        };
+        let identity = state::Identity {
+            waly_archive: 1,
+            system_identifier: "70".into(),
+            database: "app".into(),
+            slot: "waly".into(),
+            publication: "waly".into(),
+            created_at: Utc::now(),
+            encryption: None,
+            lc_monetary: None,
+        };
+        for n in [1, 3, 5, 6] {
+            let m = state::SourceMove {
+                waly_source_move: 1,
+                number: n,
+                // Move 6 says it moved from where no move went.
+                from: source(if n == 6 { 9 } else { n - 1 }),
+                to: source(n),
+                archive_end: Lsn(n * 100),
+                recorded_at: Utc::now(),
+            };
+            store
+                .put_once(&layout::source_move_key(n), state::to_json(&m))
+                .await
+                .expect("put");
+        }
+        let mut report = Report::default();
+        source_moves(&store, &identity, &mut report).await.expect("verify");
+        let said: Vec<(String, Kind, String)> = report
+            .problems
+            .iter()
+            .map(|p| (p.object.clone(), p.kind, p.detail.clone()))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                (
+                    layout::source_move_key(2),
+                    Kind::Missing,
+                    "source move 2 is missing (the next one is 3)".to_string()
+                ),
+                (
+                    layout::source_move_key(4),
+                    Kind::Missing,
+                    "source move 4 is missing (the next one is 5)".to_string()
+                ),
+                (
+                    layout::source_move_key(6),
+                    Kind::Altered,
+                    format!(
+                        "it says move 6 from {}, where move 6 from {} belongs",
+                        source(9),
+                        source(5)
+                    )
+                ),
+            ]
+        );
+    }
 
     fn at(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap_or_default()
