@@ -2,7 +2,7 @@
 //! PostgreSQL, with crashes, restarts and store outages, judged by an audit
 //! trigger that records every committed change.
 
-use crate::harness::{run_within, s3_bucket, waly, Cluster, Running, TestDb};
+use crate::harness::{run_within, s3_bucket, waly, Running, TestDb};
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -583,10 +583,9 @@ fn base_snapshot_taken_during_writes_plus_events_equals_the_source() {
 
 #[test]
 fn postgres_restarts_fast_and_immediate_lose_nothing() {
-    let Some(_) = crate::harness::owned_cluster() else {
+    let Some(cluster) = crate::harness::own_cluster(&[]) else {
         return;
     };
-    let cluster: &'static Cluster = Box::leak(Box::new(Cluster::start(&[])));
     let db = TestDb {
         name: "postgres".into(),
         cluster,
@@ -619,10 +618,9 @@ fn postgres_restarts_fast_and_immediate_lose_nothing() {
 /// open them and keep their description of now.
 #[test]
 fn a_restart_right_after_a_type_is_made_and_used_stalls_nothing_and_loses_nothing() {
-    let Some(_) = crate::harness::owned_cluster() else {
+    let Some(cluster) = crate::harness::own_cluster(&[]) else {
         return;
     };
-    let cluster: &'static Cluster = Box::leak(Box::new(Cluster::start(&[])));
     let db = TestDb::on(cluster);
     db.psql(AUDITED);
     let archive = archive_dir(&db);

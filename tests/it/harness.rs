@@ -432,6 +432,14 @@ pub fn owned_cluster() -> Option<&'static Cluster> {
     Some(c)
 }
 
+/// A cluster of the test's own, with extra `postgres -c` settings, kept for
+/// the test process's life (stopped when it exits); `None`, saying why,
+/// where the harness does not run its own (`WALY_TEST_DATABASE_URL`).
+pub fn own_cluster(settings: &[&str]) -> Option<&'static Cluster> {
+    owned_cluster()?;
+    Some(Box::leak(Box::new(Cluster::start(settings))))
+}
+
 /// A database of its own for one test; dropped with its slots afterwards.
 pub struct TestDb {
     pub name: String,

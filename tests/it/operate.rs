@@ -340,13 +340,10 @@ fn a_standby_takes_over_and_a_deposed_writers_late_upload_is_fenced() {
 
 #[test]
 fn an_invalidated_slot_is_reported_starts_a_new_generation_and_restore_refuses_the_gap() {
-    if crate::harness::owned_cluster().is_none() {
-        return;
-    }
     // max_slot_wal_keep_size is cluster-wide: a small cluster of its own.
-    let cluster: &'static crate::harness::Cluster = Box::leak(Box::new(crate::harness::Cluster::start(&[
-        "max_slot_wal_keep_size=1MB",
-    ])));
+    let Some(cluster) = crate::harness::own_cluster(&["max_slot_wal_keep_size=1MB"]) else {
+        return;
+    };
     let db = TestDb::on(cluster);
     db.psql(
         "CREATE TABLE acct (id int PRIMARY KEY, note text); CREATE TABLE junk (x text);
@@ -604,10 +601,9 @@ fn prune_keeps_every_point_inside_the_window_restorable_and_verify_clean() {
 /// restart.
 #[test]
 fn postgres_shuts_down_at_once_beside_an_idle_waly_behind_unpublished_wal() {
-    if crate::harness::owned_cluster().is_none() {
+    let Some(cluster) = crate::harness::own_cluster(&[]) else {
         return;
-    }
-    let cluster: &'static crate::harness::Cluster = Box::leak(Box::new(crate::harness::Cluster::start(&[])));
+    };
     let db = TestDb::on(cluster);
     db.psql("CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s VALUES (1, 'a')");
     let archive = archive_dir(&db);
@@ -641,11 +637,9 @@ fn postgres_shuts_down_at_once_beside_an_idle_waly_behind_unpublished_wal() {
 /// source, the old cluster is refused, and points on both sides restore.
 #[test]
 fn a_database_moved_to_another_cluster_carries_its_archive_on_after_init_source_moved() {
-    if crate::harness::owned_cluster().is_none() {
+    let (Some(old), Some(new)) = (crate::harness::own_cluster(&[]), crate::harness::own_cluster(&[])) else {
         return;
-    }
-    let old: &'static crate::harness::Cluster = Box::leak(Box::new(crate::harness::Cluster::start(&[])));
-    let new: &'static crate::harness::Cluster = Box::leak(Box::new(crate::harness::Cluster::start(&[])));
+    };
     let db = TestDb::on(old);
     let schema = "CREATE TABLE acct (id int PRIMARY KEY, v int); CREATE PUBLICATION waly FOR TABLE acct;";
     db.psql(schema);

@@ -846,10 +846,9 @@ fn a_generated_columns_new_expression_is_what_every_reader_shows_after_it() {
 /// publishes is history from its creation.
 #[test]
 fn a_commit_decoded_before_other_sessions_see_it_is_archived_by_the_catalog_it_made() {
-    if crate::harness::owned_cluster().is_none() {
+    let Some(cluster) = crate::harness::own_cluster(&[]) else {
         return;
-    }
-    let cluster: &'static crate::harness::Cluster = Box::leak(Box::new(crate::harness::Cluster::start(&[])));
+    };
     let db = TestDb::on(cluster);
     db.psql(
         "CREATE TABLE keep (id int PRIMARY KEY, v text); INSERT INTO keep VALUES (1, 'k1');
