@@ -529,10 +529,11 @@ impl TestDb {
 
 /// A synchronous standby of a cluster of a test's own that confirms what it
 /// receives only every `every_s` seconds (`pg_recvlogical` on a slot of
-/// its own, as `application_name` `holdup`). Each commit on the cluster
-/// then waits that long before other sessions see it, while a walsender
-/// can decode it at once: its WAL is flushed. Dropped, the cluster stops
-/// waiting for it first, then it stops.
+/// its own, as `application_name` `holdup`). Each commit in the test's
+/// database then waits that long before other sessions see it, while a
+/// walsender can decode it at once: its WAL is flushed. (Only there: the
+/// standby decodes that database alone, and confirms no other's commits.)
+/// Dropped, the cluster stops waiting for it first, then it stops.
 pub struct SlowStandby {
     cluster: &'static Cluster,
     child: Child,
@@ -570,7 +571,12 @@ impl SlowStandby {
         };
         db.cluster.psql(
             "postgres",
-            "ALTER SYSTEM SET synchronous_standby_names = 'holdup'; SELECT pg_reload_conf();",
+            &format!(
+                "ALTER DATABASE {} SET synchronous_commit = on;
+                 ALTER SYSTEM SET synchronous_commit = local;
+                 ALTER SYSTEM SET synchronous_standby_names = 'holdup'; SELECT pg_reload_conf();",
+                db.name
+            ),
         );
         db.wait_for(
             "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'holdup' AND sync_state = 'sync'",
@@ -585,7 +591,8 @@ impl Drop for SlowStandby {
     fn drop(&mut self) {
         let _ = self.cluster.try_psql(
             "postgres",
-            "ALTER SYSTEM RESET synchronous_standby_names; SELECT pg_reload_conf();",
+            "ALTER SYSTEM RESET synchronous_standby_names; ALTER SYSTEM RESET synchronous_commit;
+             SELECT pg_reload_conf();",
         );
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -285,7 +285,7 @@ fn play_seed(seed: u64, size: Size, cluster: &'static Cluster) -> Outcome {
              CREATE TRIGGER oracle_truncate AFTER TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION oracle_audit('{t}');"
         ));
     }
-    let _standby = slow_standby(seed).then(|| crate::harness::SlowStandby::start(&db, 1));
+    let standby = slow_standby(seed).then(|| crate::harness::SlowStandby::start(&db, 1));
     let archive = archive_dir(&db);
     let enc = encrypted(seed);
     let mut init_args = vec![
@@ -523,6 +523,7 @@ fn play_seed(seed: u64, size: Size, cluster: &'static Cluster) -> Outcome {
     } else {
         let _ = std::fs::remove_dir_all(&archive);
     }
+    drop(standby);
     drop(db);
     cluster.stop();
     out
