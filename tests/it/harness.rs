@@ -530,7 +530,7 @@ impl TestDb {
 /// A synchronous standby of a cluster of a test's own that confirms what it
 /// receives only every `every_s` seconds (`pg_recvlogical` on a slot of
 /// its own, as `application_name` `holdup`). Each commit in the test's
-/// database then waits that long before other sessions see it, while a
+/// database then waits up to that long before other sessions see it, while a
 /// walsender can decode it at once: its WAL is flushed. (Only there: the
 /// standby decodes that database alone, and confirms no other's commits.)
 /// Dropped, the cluster stops waiting for it first, then it stops.
