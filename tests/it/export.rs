@@ -578,7 +578,7 @@ fn a_value_parquet_cannot_hold_stops_the_export_and_names_it() {
 }
 
 /// The table as the export's as-of query gives it now, ordered by id.
-fn as_of_now(dest: &str, table: &str) -> Vec<Vec<Option<String>>> {
+pub(crate) fn as_of_now(dest: &str, table: &str) -> Vec<Vec<Option<String>>> {
     duckdb(&format!(
         "{};\nSELECT id::VARCHAR, v FROM \"{table}_as_of\"(now()::TIMESTAMPTZ) ORDER BY id",
         std::fs::read_to_string(format!("{dest}/_waly/as_of_duckdb.sql")).expect("the views")

@@ -635,6 +635,10 @@ fn postgres_shuts_down_at_once_beside_an_idle_waly_behind_unpublished_wal() {
 /// whose WAL lies before the archive's end is refused, saying how to fix
 /// it; after the move history goes on in a new generation that records its
 /// source, the old cluster is refused, and points on both sides restore.
+/// Every reader (tables, schema, log, history, export, verify) answers the
+/// same across the move before and after `compact` and `reindex`; a prune
+/// whose window starts after the move deletes the first generation whole,
+/// and the readers and the writer go on from what it kept.
 #[test]
 fn a_database_moved_to_another_cluster_carries_its_archive_on_after_init_source_moved() {
     let (Some(old), Some(new)) = (crate::harness::own_cluster(&[]), crate::harness::own_cluster(&[])) else {
@@ -770,9 +774,9 @@ fn a_database_moved_to_another_cluster_carries_its_archive_on_after_init_source_
         .filter(|t| *t < before_move.0)
         .max()
         .expect("a commit before the move");
-    assert_eq!(show_at(&archive, "acct", &last_before), Ok(before_move.1));
+    assert_eq!(show_at(&archive, "acct", &last_before), Ok(before_move.1.clone()));
     assert!(show_at(&archive, "acct", &before_move.0).is_err_and(|e| e.contains("gap")));
-    assert_eq!(show_at(&archive, "acct", &after_move.0), Ok(after_move.1));
+    assert_eq!(show_at(&archive, "acct", &after_move.0), Ok(after_move.1.clone()));
     let out = run_within(
         waly().args(["history", "acct", "1", "--archive", &archive, "--json"]),
         120,
@@ -807,6 +811,135 @@ fn a_database_moved_to_another_cluster_carries_its_archive_on_after_init_source_
         120,
     );
     assert!(against.status.success(), "{}", String::from_utf8_lossy(&against.stderr));
+
+    // Every other reader says the same across the move, and goes on saying
+    // it after each maintenance step.
+    let answers = |step: &str| {
+        let said = |args: &[&str]| {
+            let out = run_within(waly().args(args).args(["--archive", &archive]), 120);
+            assert!(
+                out.status.success(),
+                "{step}: waly {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+                .collect::<Vec<_>>()
+        };
+        let field = |v: &serde_json::Value, f: &str| v[f].as_str().map_or_else(|| v[f].to_string(), str::to_string);
+        let tables: Vec<String> = said(&["tables", "--json"])
+            .iter()
+            .map(|t| format!("{} {} {}", field(t, "table"), t["changes"], t["schema_versions"]))
+            .collect();
+        let schema: Vec<String> = said(&["schema", "acct", "--json"])
+            .iter()
+            .map(|v| format!("{} {}", field(v, "generation"), v["version"]))
+            .collect();
+        let log: Vec<String> = said(&["log", "--table", "acct", "--json"])
+            .iter()
+            .map(|c| {
+                let row = if c["new"].is_null() { &c["old"] } else { &c["new"] };
+                format!(
+                    "{} {} {}",
+                    field(c, "op"),
+                    row["id"].as_str().unwrap_or("?"),
+                    c["new"]["v"].as_str().unwrap_or("-")
+                )
+            })
+            .collect();
+        let history: Vec<String> = said(&["history", "acct", "1", "--json"])
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} {} {}",
+                    field(v, "generation"),
+                    field(v, "op"),
+                    v["new"]["v"].as_str().unwrap_or("-")
+                )
+            })
+            .collect();
+        let dest = format!("{archive}-export-{}", step.replace(' ', "-"));
+        let _ = std::fs::remove_dir_all(&dest);
+        said(&["export", "--to", &dest]);
+        let mut exported: Vec<String> = crate::export::as_of_now(&dest, "public.acct")
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .map(Option::unwrap_or_default)
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect();
+        exported.sort();
+        let _ = std::fs::remove_dir_all(&dest);
+        let (code, report) = verify_json(&archive);
+        assert_eq!(code, 0, "{step}: {report}");
+        (tables, schema, log, history, exported)
+    };
+    let first = answers("after the move");
+    // A schema version in each generation; every change of both.
+    assert_eq!(first.0, ["public.acct 9 2"]);
+    assert_eq!(first.1, ["00000001 1", "00000002 1"]);
+    assert_eq!(
+        first.2,
+        [
+            "update 1 101",
+            "update 2 102",
+            "update 3 103",
+            "update 4 104",
+            "update 5 105",
+            "delete 20 -",
+            "update 1 1101",
+            "update 2 1102",
+            "insert 21 21"
+        ]
+    );
+    assert_eq!(first.3, want.map(|(g, o, v)| format!("{g} {o} {v}")));
+    assert_eq!(first.4, state_now(&moved, "acct").1, "the export as of now");
+    for step in ["compact", "reindex"] {
+        let out = run_within(waly().args([step, "--archive", &archive]), 120);
+        assert!(out.status.success(), "{step}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(answers(step), first, "after {step}");
+        assert_eq!(
+            show_at(&archive, "acct", &last_before),
+            Ok(before_move.1.clone()),
+            "{step}"
+        );
+        assert_eq!(
+            show_at(&archive, "acct", &after_move.0),
+            Ok(after_move.1.clone()),
+            "{step}"
+        );
+    }
+    // A prune whose window starts after the move deletes the first
+    // generation whole; what the window holds stays.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (last, _) = era(&moved, "UPDATE acct SET v = v + 10000 WHERE id IN (1, 3)");
+    let out = run_within(waly().args(["prune", "--archive", &archive, "--keep", "1s"]), 120);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("deleting generations/00000001/generation.json"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let pruned = answers("prune");
+    assert_eq!(pruned.0, ["public.acct 2 1"]);
+    assert_eq!(pruned.1, ["00000002 1"]);
+    assert_eq!(pruned.2, ["update 1 11101", "update 3 10103"]);
+    // From the snapshot compact took, which starts the archive now.
+    assert_eq!(pruned.3, ["00000002 snapshot 1101", "00000002 update 11101"]);
+    assert_eq!(pruned.4, last.1, "the export as of now");
+    assert!(show_at(&archive, "acct", &last_before).is_err_and(|e| e.contains("before the archive's history")));
+    assert_eq!(show_at(&archive, "acct", &last.0), Ok(last.1.clone()));
+    // The writer goes on from the pruned archive on the new cluster only.
+    let (went_on, _) = era(&moved, "INSERT INTO acct VALUES (22, 22)");
+    assert_eq!(show_at(&archive, "acct", &went_on.0), Ok(went_on.1));
+    let stale = run_on(&db);
+    let err = String::from_utf8_lossy(&stale.stderr);
+    assert!(!stale.status.success() && err.contains("belongs to database"), "{err}");
+    let (code, report) = verify_json(&archive);
+    assert_eq!(code, 0, "{report}");
     drop(moved);
     drop(db);
     new.stop();
