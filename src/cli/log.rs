@@ -49,8 +49,19 @@ pub async fn run(args: &LogArgs) -> anyhow::Result<()> {
     let result = crate::log::walk(&store, &opts, &mut |item| {
         line.clear();
         match item {
-            // A table's snapshot shows as its rows.
-            Item::Generation { .. } | Item::Snapshot { .. } => return Ok(()),
+            // A table's snapshot shows as its rows; one with none as one
+            // line saying so (a consumer then knows the table was empty).
+            Item::Generation { .. } | Item::Snapshot { rows: 1.., .. } => return Ok(()),
+            Item::Snapshot { table, lsn, .. } => {
+                if json {
+                    let _ = serde_json::to_writer(
+                        &mut line,
+                        &serde_json::json!({"snapshot": {"table": table, "lsn": lsn, "empty": true}}),
+                    );
+                } else {
+                    let _ = write!(line, "snapshot {lsn} {table} (no rows)");
+                }
+            }
             Item::Change(c) => crate::tail::format_change(&c.change, json, &mut line),
             Item::Message(m) => {
                 if json {

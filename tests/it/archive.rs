@@ -546,7 +546,11 @@ fn base_snapshot_taken_during_writes_plus_events_equals_the_source() {
             let id = |r: &serde_json::Value| r["id"].as_str().and_then(|s| s.parse::<i64>().ok()).unwrap_or(-1);
             let val = |r: &serde_json::Value| r["v"].as_str().unwrap_or("NULL").to_string();
             if let Some(s) = v.get("snapshot") {
-                state.insert(id(&s["row"]), val(&s["row"]));
+                if s["empty"] == true {
+                    state.clear();
+                } else {
+                    state.insert(id(&s["row"]), val(&s["row"]));
+                }
                 continue;
             }
             match v["op"].as_str() {
@@ -765,7 +769,7 @@ fn frozen_object_store_holds_the_slot_back_and_loses_nothing() {
 }
 
 #[test]
-fn log_filters_by_table_and_time_and_hides_snapshot_rows_unless_asked() {
+fn log_filters_by_table_and_time_and_shows_snapshot_rows_or_an_empty_tables_line_only_when_asked() {
     let db = TestDb::new();
     db.psql(AUDITED);
     // Written before waly starts: in the snapshot, not a change.
@@ -797,6 +801,26 @@ fn log_filters_by_table_and_time_and_hides_snapshot_rows_unless_asked() {
     let with_snapshot = log_json(&archive, &["--snapshot", "--table", "public.acct"]);
     assert_eq!(with_snapshot[0]["snapshot"]["row"]["note"], "before waly");
     assert_eq!(with_snapshot.len(), 3);
+    // A table empty at the snapshot: one line says so, before its changes
+    // (a consumer rebuilding it from the log knows to empty it there).
+    let empty = log_json(&archive, &["--snapshot", "--table", "item"]);
+    assert_eq!(empty.len(), 3, "{empty:?}");
+    assert_eq!(empty[0]["snapshot"]["table"], "public.item", "{empty:?}");
+    assert_eq!(empty[0]["snapshot"]["empty"], true, "{empty:?}");
+    assert!(empty[0]["snapshot"]["lsn"].is_string(), "{empty:?}");
+    assert_eq!(empty[0]["snapshot"]["lsn"], with_snapshot[0]["snapshot"]["lsn"]);
+    assert_eq!(empty[1]["op"], "insert");
+    let out = run_within(
+        waly().args(["log", "--archive", &archive, "--snapshot", "--table", "item"]),
+        30,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.starts_with("snapshot ") && l.ends_with("public.item (no rows)")),
+        "{text}"
+    );
     // The same from the text output, one line each.
     let out = run_within(waly().args(["log", "--archive", &archive]), 30);
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
