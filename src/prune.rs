@@ -90,6 +90,10 @@ pub struct Plan {
     /// Per generation holding the window's start: the snapshots kept as
     /// starting points, and the mark to write.
     pub marks: Vec<PruneMark>,
+    /// Snapshots an interrupted writer left without their manifest, which
+    /// later ones replace: `(generation, LSN)`, marked abandoned before
+    /// their parts go.
+    pub abandoned: Vec<(String, Lsn)>,
     /// Every object to delete.
     pub objects: Vec<(String, u64)>,
 }
@@ -148,17 +152,20 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
             }
         }
         keep.retain(|table, lsn| !ended_before_window(table, *lsn));
-        let Some(boundary) = keep.values().min().copied() else {
-            continue;
-        };
-        // Snapshots no table starts from any more, and their index objects
-        // (listed by their directory: a listing's prefix is a whole path,
-        // so an object's own key lists nothing).
+        // Snapshots' index objects (listed by their directory: a listing's
+        // prefix is a whole path, so an object's own key lists nothing).
         let snapshot_index_dir = crate::index::snapshot_index_key(gen, Lsn(0))
             .rsplit_once('/')
             .map(|(dir, _)| dir.to_string())
             .unwrap_or_default();
         let snapshot_indexes: BTreeMap<String, u64> = store.list(&snapshot_index_dir).await?.into_iter().collect();
+        let gen_marks = marks(store, gen).await?;
+        let deleting: Vec<Lsn> = gen_marks.iter().flat_map(|m| m.snapshots.iter().copied()).collect();
+        abandoned_snapshots(store, gen, &st, window_start, &snapshot_indexes, &deleting, &mut plan).await?;
+        let Some(boundary) = keep.values().min().copied() else {
+            continue;
+        };
+        // Snapshots no table starts from any more, and their index objects.
         let mut deleted_snapshots = Vec::new();
         let mut delete_snapshot = |plan: &mut Plan, mut listed: Vec<(String, u64)>, lsn: Lsn| {
             let idx = crate::index::snapshot_index_key(gen, lsn);
@@ -170,7 +177,6 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
         };
         // What a prune cut short left of the snapshots it was deleting, once
         // their manifests were gone (no reader starts from them).
-        let gen_marks = marks(store, gen).await?;
         for lsn in gen_marks.iter().flat_map(|m| m.snapshots.iter().copied()) {
             if !st.manifests.iter().any(|m| m.lsn == lsn) {
                 let listed = store.list(&layout::snapshot_dir(gen, lsn)).await?;
@@ -293,6 +299,59 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
     Ok(plan)
 }
 
+/// Adds to `plan` the snapshots of `gen` that an interrupted writer left
+/// without their manifest (a crash while it took one) and that no point in
+/// the window could start from even if they were finished: each of their
+/// tables has a later snapshot taken at or before the window's start. They
+/// are marked abandoned (readers then ignore a manifest written there
+/// late), and their parts and index object deleted; a marked one that
+/// still holds objects (a prune cut short) loses the rest. Not those a
+/// prune mark names (`deleting`): a prune cut short after their manifests
+/// went, whose next run deletes them whole.
+async fn abandoned_snapshots(
+    store: &Store,
+    gen: &str,
+    st: &state::GenState,
+    window_start: DateTime<Utc>,
+    snapshot_indexes: &BTreeMap<String, u64>,
+    deleting: &[Lsn],
+    plan: &mut Plan,
+) -> Result<(), Error> {
+    let dir = format!("{}/snapshots/", layout::generation_dir(gen));
+    let mut dirs: BTreeMap<Lsn, Vec<(String, u64)>> = BTreeMap::new();
+    for (key, size) in store.list(dir.trim_end_matches('/')).await? {
+        let lsn = key
+            .strip_prefix(&dir)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+        if let Some(lsn) = lsn {
+            dirs.entry(Lsn(lsn)).or_default().push((key, size));
+        }
+    }
+    for (lsn, listed) in dirs {
+        let marker = layout::snapshot_abandoned(gen, lsn);
+        let marked = listed.iter().any(|(k, _)| *k == marker);
+        if deleting.contains(&lsn) {
+            continue;
+        }
+        if !marked {
+            if st.manifests.iter().any(|m| m.lsn == lsn) {
+                continue;
+            }
+            let tables = state::snapshot_part_tables(listed.iter().map(|(k, _)| k.as_str()));
+            if tables.is_empty() || !st.replaced_after(lsn, &tables, Some(window_start)) {
+                continue;
+            }
+            plan.abandoned.push((gen.to_string(), lsn));
+        }
+        let index = crate::index::snapshot_index_key(gen, lsn);
+        plan.objects
+            .extend(snapshot_indexes.get(&index).map(|size| (index, *size)));
+        plan.objects.extend(listed.into_iter().filter(|(k, _)| *k != marker));
+    }
+    Ok(())
+}
+
 /// The order of deletion, so that a prune cut short leaves refusals
 /// behind, never a wrong answer, and running it again finishes it: snapshot
 /// manifests first (a snapshot without its manifest does not exist, so no
@@ -318,6 +377,13 @@ fn deletion_rank(key: &str) -> u8 {
 /// order (an interrupted prune leaves an archive that verifies, and running
 /// it again finishes it).
 pub async fn execute(store: &Store, plan: &Plan) -> Result<(), Error> {
+    for (gen, lsn) in &plan.abandoned {
+        let key = layout::snapshot_abandoned(gen, *lsn);
+        if store.get_opt(&key).await?.is_none() {
+            let marker = serde_json::json!({"generation": gen, "lsn": lsn, "abandoned_at": Utc::now()});
+            store.put_once(&key, to_json(&marker)).await?;
+        }
+    }
     for m in &plan.marks {
         let key = mark_key(&m.generation, m.first_kept);
         // A prune cut short after writing its mark left it: the chain

@@ -855,22 +855,24 @@ async fn snapshots(store: &Store, gen: &str, st: &state::GenState, report: &mut 
             }
             continue;
         }
+        // Marked abandoned by a prune: readers ignore it, and a manifest
+        // its writer wrote there late.
+        let marker = layout::snapshot_abandoned(gen, lsn);
+        if keys.contains(&marker) {
+            report.add(
+                &marker,
+                Kind::AbandonedSnapshot,
+                format!(
+                    "an interrupted snapshot that prune marked abandoned ({} object(s) left beside the marker; readers ignore them)",
+                    keys.len() - 1
+                ),
+            );
+            continue;
+        }
         // Parts without a manifest: an interrupted snapshot that a later one
         // replaced is harmless; otherwise the manifest is gone.
-        let tables: BTreeSet<String> = keys
-            .iter()
-            .filter_map(|k| k.split('/').nth(4).map(str::to_string))
-            .collect();
-        let replaced = tables.iter().all(|t| {
-            st.manifests.iter().any(|m| {
-                m.lsn > lsn
-                    && m.tables.iter().any(|mt| {
-                        let (s, n) = mt.table.split_once('.').unwrap_or(("", &mt.table));
-                        layout::table_segment(s, n) == *t
-                    })
-            })
-        });
-        if replaced {
+        let tables = state::snapshot_part_tables(keys.iter().map(String::as_str));
+        if st.replaced_after(lsn, &tables, None) {
             report.add(
                 &manifest_key,
                 Kind::AbandonedSnapshot,

@@ -135,6 +135,14 @@ pub fn snapshot_manifest(gen: &str, lsn: Lsn) -> String {
     format!("{}/manifest.json", snapshot_dir(gen, lsn))
 }
 
+/// The marker `waly prune` writes (once) in the directory of a snapshot
+/// that an interrupted writer left without its manifest, before it deletes
+/// its parts: readers ignore a manifest beside it (docs/FORMAT.md,
+/// "Pruning").
+pub fn snapshot_abandoned(gen: &str, lsn: Lsn) -> String {
+    format!("{}/abandoned.json", snapshot_dir(gen, lsn))
+}
+
 /// Part `part` of table `table_seg` in the snapshot at `lsn`.
 pub fn snapshot_part(gen: &str, lsn: Lsn, table_seg: &str, part: u32) -> String {
     format!("{}/{table_seg}/{part:06}.jsonl.zst", snapshot_dir(gen, lsn))

@@ -8,6 +8,7 @@
 //! generations/<gen>/schemas/<schema.table>/<version>.json  each version of a table's columns
 //! generations/<gen>/snapshots/<lsn>/<schema.table>/<part>.jsonl.zst  snapshot rows
 //! generations/<gen>/snapshots/<lsn>/manifest.json     written last: the snapshot exists only with it
+//! generations/<gen>/snapshots/<lsn>/abandoned.json    a prune's mark: an unfinished snapshot, ignored
 //! leases/<token>-<gen>-<first>.json                  who may write segments from <gen>/<first> on
 //! errors/<time>.json                                  errors that ended `waly run` sessions
 //! index/...                                           derived lookup structures (docs/FORMAT.md)

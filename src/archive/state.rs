@@ -382,6 +382,23 @@ impl GenState {
             .max()
     }
 
+    /// Whether every one of `tables` (`schema.table`: those of a snapshot
+    /// at `lsn` left without its manifest, [`snapshot_part_tables`]) has a
+    /// later snapshot in the generation, taken at or before `by` when
+    /// given: no point from then on would start from the one at `lsn`.
+    pub fn replaced_after(
+        &self,
+        lsn: Lsn,
+        tables: &std::collections::BTreeSet<String>,
+        by: Option<DateTime<Utc>>,
+    ) -> bool {
+        tables.iter().all(|t| {
+            self.manifests
+                .iter()
+                .any(|m| m.lsn > lsn && by.is_none_or(|by| m.taken_at <= by) && m.tables.iter().any(|e| e.table == *t))
+        })
+    }
+
     /// The position up to which the slot may be confirmed: the chain's
     /// durable end, or a later snapshot's LSN.
     pub fn durable_position(&self) -> Lsn {
@@ -713,14 +730,34 @@ fn manifest_key_lsn(key: &str) -> Option<Lsn> {
     u64::from_str_radix(dir, 16).ok().map(Lsn)
 }
 
-/// The keys of `gen`'s snapshot manifests.
+/// The tables (`schema.table`) whose parts are among `keys` (objects of
+/// one snapshot's directory).
+pub fn snapshot_part_tables<'a>(keys: impl Iterator<Item = &'a str>) -> std::collections::BTreeSet<String> {
+    keys.filter_map(|k| match k.split('/').collect::<Vec<_>>().as_slice() {
+        ["generations", _, "snapshots", _, table, _] => {
+            layout::parse_table_segment(table).map(|(s, n)| format!("{s}.{n}"))
+        }
+        _ => None,
+    })
+    .collect()
+}
+
+/// The keys of `gen`'s snapshot manifests: not one beside a prune's
+/// `abandoned.json` (a writer that was interrupted, then finished the
+/// snapshot after a prune deleted its parts, wrote it).
 pub async fn manifest_keys(store: &Store, gen: &str) -> Result<Vec<String>, Error> {
-    Ok(store
+    let listed = store
         .list(&format!("{}/snapshots", layout::generation_dir(gen)))
-        .await?
-        .into_iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.ends_with("/manifest.json"))
+        .await?;
+    let abandoned: std::collections::BTreeSet<&str> = listed
+        .iter()
+        .filter_map(|(k, _)| k.strip_suffix("/abandoned.json"))
+        .collect();
+    Ok(listed
+        .iter()
+        .filter_map(|(k, _)| k.strip_suffix("/manifest.json").map(|dir| (k, dir)))
+        .filter(|(_, dir)| !abandoned.contains(dir))
+        .map(|(k, _)| k.clone())
         .collect())
 }
 

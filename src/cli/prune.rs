@@ -27,6 +27,12 @@ pub async fn run(args: &PruneArgs) -> anyhow::Result<()> {
     for g in &plan.generations {
         eprintln!("generation {g} ends before the window: {verb} all of it");
     }
+    for (g, lsn) in &plan.abandoned {
+        eprintln!(
+            "generation {g}: the snapshot at LSN {lsn} was left unfinished (no manifest) and later snapshots replace it: marked abandoned, its parts {}",
+            if args.dry_run { "would go" } else { "go" }
+        );
+    }
     for m in &plan.marks {
         eprintln!(
             "generation {}: history now starts at segment {} (commits from LSN {}), from the newest snapshot at or before {}",

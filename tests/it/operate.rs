@@ -459,6 +459,115 @@ fn state_now(db: &TestDb, table: &str) -> (String, Vec<String>) {
     (at, rows)
 }
 
+/// A crash while `waly run` takes a snapshot leaves its parts without a
+/// manifest. A prune deletes them once later snapshots, taken before the
+/// window, replace every table they hold (no point in the window could
+/// start from them), and leaves a marker there: a manifest the interrupted
+/// writer writes late is ignored by every reader and by verify. One that
+/// nothing replaces yet (it may be in progress) stays.
+#[test]
+fn prune_deletes_a_snapshot_a_crash_left_unfinished_once_later_ones_replace_it_and_readers_ignore_it_after() {
+    let db = TestDb::new();
+    db.psql(
+        "CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, 'v' || g FROM generate_series(1, 50) g;
+         CREATE PUBLICATION waly FOR TABLE s;",
+    );
+    let archive = archive_dir(&db);
+    let run = crate::archive::spawn_run(&db, &archive);
+    wait_streaming(&db, &run);
+    db.psql("UPDATE s SET v = 'changed' WHERE id <= 10");
+    wait_confirmed(&db, 120);
+    let snapshots = std::path::Path::new(&archive).join("generations/00000001/snapshots");
+    let dirs = |p: &std::path::Path| -> Vec<String> {
+        let mut d: Vec<String> = std::fs::read_dir(p)
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        d.sort();
+        d
+    };
+    let base = dirs(&snapshots).first().cloned().expect("the base snapshot");
+    let base_lsn = u64::from_str_radix(&base, 16).expect("hex");
+    let part = snapshots.join(&base).join("public.s/000000.jsonl.zst");
+    // What a crash leaves: parts of s, just after the base snapshot, and
+    // parts of s and of a table no later snapshot holds.
+    let left = |lsn: u64, tables: &[&str]| {
+        let dir = snapshots.join(format!("{lsn:016X}"));
+        for t in tables {
+            std::fs::create_dir_all(dir.join(t)).expect("mkdir");
+            std::fs::copy(&part, dir.join(t).join("000000.jsonl.zst")).expect("copy a part");
+        }
+        dir
+    };
+    let replaced = left(base_lsn + 1, &["public.s"]);
+    let pending = left(base_lsn + 2, &["public.s", "public.other"]);
+    let c = run_within(waly().args(["compact", "--archive", &archive]), 120);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    std::thread::sleep(Duration::from_millis(1500));
+    db.psql("UPDATE s SET v = 'later' WHERE id = 20");
+    wait_confirmed(&db, 120);
+    let out = run_within(waly().args(["prune", "--archive", &archive, "--keep", "1s"]), 120);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the snapshot at LSN {} was left unfinished",
+            waly::Lsn(base_lsn + 1)
+        )) && !stderr.contains(&waly::Lsn(base_lsn + 2).to_string()),
+        "{stderr}"
+    );
+    assert_eq!(
+        files_under(
+            &archive,
+            &format!("generations/00000001/snapshots/{:016X}", base_lsn + 1)
+        ),
+        ["abandoned.json"],
+        "the replaced one: its marker only"
+    );
+    assert_eq!(
+        dirs(&pending),
+        ["public.other", "public.s"],
+        "the one nothing replaces stays"
+    );
+    std::fs::remove_dir_all(&pending).expect("rm");
+    // Its writer wakes and finishes it, late: a manifest naming parts
+    // that are gone. Every reader ignores it.
+    let kept = dirs(&snapshots)
+        .into_iter()
+        .find(|d| snapshots.join(d).join("manifest.json").exists())
+        .expect("a snapshot kept");
+    let mut late: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(snapshots.join(&kept).join("manifest.json")).expect("manifest"))
+            .expect("json");
+    late["lsn"] = waly::Lsn(base_lsn + 1).to_string().into();
+    let late = late.to_string().replace(&kept, &format!("{:016X}", base_lsn + 1));
+    assert!(late.contains(&format!("{:016X}/public.s/", base_lsn + 1)), "{late}");
+    std::fs::write(replaced.join("manifest.json"), late).expect("the late manifest");
+    let (code, report) = verify_json(&archive);
+    assert_eq!(code, 0, "{report}");
+    assert!(
+        report["report"]["problems"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|p| p["kind"] == "abandoned_snapshot" && p["harmless"] == true)),
+        "{report}"
+    );
+    let state = state_now(&db, "s");
+    assert_eq!(show_at(&archive, "s", &state.0), Ok(state.1));
+    let snapshot_lsns: std::collections::BTreeSet<String> = log_json(&archive, &["--snapshot"])
+        .iter()
+        .filter_map(|l| l["snapshot"]["lsn"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        !snapshot_lsns.contains(&waly::Lsn(base_lsn + 1).to_string()) && snapshot_lsns.len() == 1,
+        "{snapshot_lsns:?}"
+    );
+    crate::archive::settle(&db, run);
+    let _ = std::fs::remove_dir_all(&archive);
+}
+
 #[test]
 fn prune_keeps_every_point_inside_the_window_restorable_and_verify_clean() {
     let db = TestDb::new();
