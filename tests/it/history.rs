@@ -9,7 +9,7 @@ fn history(archive: &str, args: &[&str]) -> Output {
     run_within(waly().args(["history", "--archive", archive]).args(args), 120)
 }
 
-fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+pub(crate) fn json_lines(out: &Output) -> Vec<serde_json::Value> {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()

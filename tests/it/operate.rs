@@ -925,16 +925,8 @@ fn a_database_moved_to_another_cluster_carries_its_archive_on_after_init_source_
     // it after each maintenance step.
     let answers = |step: &str| {
         let said = |args: &[&str]| {
-            let out = run_within(waly().args(args).args(["--archive", &archive]), 120);
-            assert!(
-                out.status.success(),
-                "{step}: waly {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
-                .collect::<Vec<_>>()
+            eprintln!("{step}: waly {args:?}");
+            crate::history::json_lines(&run_within(waly().args(args).args(["--archive", &archive]), 120))
         };
         let field = |v: &serde_json::Value, f: &str| v[f].as_str().map_or_else(|| v[f].to_string(), str::to_string);
         let tables: Vec<String> = said(&["tables", "--json"])
