@@ -161,7 +161,17 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
         let snapshot_indexes: BTreeMap<String, u64> = store.list(&snapshot_index_dir).await?.into_iter().collect();
         let gen_marks = marks(store, gen).await?;
         let deleting: Vec<Lsn> = gen_marks.iter().flat_map(|m| m.snapshots.iter().copied()).collect();
-        abandoned_snapshots(store, gen, &st, window_start, &snapshot_indexes, &deleting, &mut plan).await?;
+        let snapshot_dirs = state::snapshot_dirs(store, gen).await?;
+        let listed_under = |lsn: Lsn| snapshot_dirs.get(&lsn).cloned().unwrap_or_default();
+        abandoned_snapshots(
+            gen,
+            &st,
+            window_start,
+            &snapshot_dirs,
+            &snapshot_indexes,
+            &deleting,
+            &mut plan,
+        );
         let Some(boundary) = keep.values().min().copied() else {
             continue;
         };
@@ -179,8 +189,7 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
         // their manifests were gone (no reader starts from them).
         for lsn in gen_marks.iter().flat_map(|m| m.snapshots.iter().copied()) {
             if !st.manifests.iter().any(|m| m.lsn == lsn) {
-                let listed = store.list(&layout::snapshot_dir(gen, lsn)).await?;
-                delete_snapshot(&mut plan, listed, lsn);
+                delete_snapshot(&mut plan, listed_under(lsn), lsn);
             }
         }
         for m in &st.manifests {
@@ -190,8 +199,7 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
             if needed {
                 continue;
             }
-            let listed = store.list(&layout::snapshot_dir(gen, m.lsn)).await?;
-            delete_snapshot(&mut plan, listed, m.lsn);
+            delete_snapshot(&mut plan, listed_under(m.lsn), m.lsn);
         }
         deleted_snapshots.sort();
         deleted_snapshots.dedup();
@@ -308,27 +316,16 @@ pub async fn plan(store: &Store, window_start: DateTime<Utc>) -> Result<Plan, Er
 /// still holds objects (a prune cut short) loses the rest. Not those a
 /// prune mark names (`deleting`): a prune cut short after their manifests
 /// went, whose next run deletes them whole.
-async fn abandoned_snapshots(
-    store: &Store,
+fn abandoned_snapshots(
     gen: &str,
     st: &state::GenState,
     window_start: DateTime<Utc>,
+    snapshot_dirs: &BTreeMap<Lsn, Vec<(String, u64)>>,
     snapshot_indexes: &BTreeMap<String, u64>,
     deleting: &[Lsn],
     plan: &mut Plan,
-) -> Result<(), Error> {
-    let dir = format!("{}/snapshots/", layout::generation_dir(gen));
-    let mut dirs: BTreeMap<Lsn, Vec<(String, u64)>> = BTreeMap::new();
-    for (key, size) in store.list(dir.trim_end_matches('/')).await? {
-        let lsn = key
-            .strip_prefix(&dir)
-            .and_then(|rest| rest.split('/').next())
-            .and_then(|hex| u64::from_str_radix(hex, 16).ok());
-        if let Some(lsn) = lsn {
-            dirs.entry(Lsn(lsn)).or_default().push((key, size));
-        }
-    }
-    for (lsn, listed) in dirs {
+) {
+    for (&lsn, listed) in snapshot_dirs {
         let marker = layout::snapshot_abandoned(gen, lsn);
         let marked = listed.iter().any(|(k, _)| *k == marker);
         if deleting.contains(&lsn) {
@@ -347,9 +344,9 @@ async fn abandoned_snapshots(
         let index = crate::index::snapshot_index_key(gen, lsn);
         plan.objects
             .extend(snapshot_indexes.get(&index).map(|size| (index, *size)));
-        plan.objects.extend(listed.into_iter().filter(|(k, _)| *k != marker));
+        plan.objects
+            .extend(listed.iter().filter(|(k, _)| *k != marker).cloned());
     }
-    Ok(())
 }
 
 /// The order of deletion, so that a prune cut short leaves refusals

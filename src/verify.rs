@@ -824,21 +824,9 @@ fn check_records(
 }
 
 async fn snapshots(store: &Store, gen: &str, st: &state::GenState, report: &mut Report) -> Result<(), Error> {
-    let dir = format!("{}/snapshots", layout::generation_dir(gen));
-    let mut dirs: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (key, _) in store.list(&dir).await? {
-        let Some(rest) = key.strip_prefix(&format!("{dir}/")) else {
-            continue;
-        };
-        let lsn = rest.split('/').next().unwrap_or_default().to_string();
-        dirs.entry(lsn).or_default().push(key);
-    }
-    for (lsn_hex, keys) in dirs {
+    for (lsn, listed) in state::snapshot_dirs(store, gen).await? {
         report.snapshots += 1;
-        let Ok(lsn_value) = u64::from_str_radix(&lsn_hex, 16) else {
-            continue;
-        };
-        let lsn = Lsn(lsn_value);
+        let keys: Vec<String> = listed.into_iter().map(|(k, _)| k).collect();
         let manifest_key = layout::snapshot_manifest(gen, lsn);
         if let Some(m) = st.manifests.iter().find(|m| m.lsn == lsn) {
             for t in &m.tables {

@@ -730,6 +730,23 @@ fn manifest_key_lsn(key: &str) -> Option<Lsn> {
     u64::from_str_radix(dir, 16).ok().map(Lsn)
 }
 
+/// Every object under `gen`'s snapshot directories (`(key, size)`), by the
+/// LSN the directory is named by, in one listing.
+pub async fn snapshot_dirs(store: &Store, gen: &str) -> Result<BTreeMap<Lsn, Vec<(String, u64)>>, Error> {
+    let dir = format!("{}/snapshots/", layout::generation_dir(gen));
+    let mut dirs: BTreeMap<Lsn, Vec<(String, u64)>> = BTreeMap::new();
+    for (key, size) in store.list(dir.trim_end_matches('/')).await? {
+        let lsn = key
+            .strip_prefix(&dir)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok());
+        if let Some(lsn) = lsn {
+            dirs.entry(Lsn(lsn)).or_default().push((key, size));
+        }
+    }
+    Ok(dirs)
+}
+
 /// The tables (`schema.table`) whose parts are among `keys` (objects of
 /// one snapshot's directory).
 pub fn snapshot_part_tables<'a>(keys: impl Iterator<Item = &'a str>) -> std::collections::BTreeSet<String> {
